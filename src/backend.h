@@ -1,0 +1,163 @@
+/* backend.h — the op table the model calls. One implementation per device:
+ * backend_cpu.c (OpenMP + BLAS) and gpu/ (CUDA). The model never touches
+ * device memory directly; it only passes pointers obtained from be->alloc.
+ *
+ * Conventions (every implementation must follow them; tests check the CPU one):
+ *  - f32 everywhere, row-major, images NCHW, token sequences [N, L, C].
+ *  - Forward ops OVERWRITE their outputs.
+ *  - Backward ops ACCUMULATE (+=) into every gradient they are given
+ *    (dx, dw, db ...). Any gradient pointer may be NULL: that gradient is
+ *    skipped. The caller zeroes gradient buffers. This makes residuals,
+ *    skip connections and shared inputs trivial.
+ *  - Sizes are int64_t where they can exceed 2^31 elements (SDXL activations).
+ */
+#ifndef KRONA_BACKEND_H
+#define KRONA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct Backend Backend;
+
+struct Backend {
+    const char *name; /* "cpu", "cuda" */
+    void *impl;       /* backend private state */
+
+    /* ---- memory ---- */
+    void *(*alloc)(Backend *be, size_t bytes); /* zero-filled; NULL on OOM */
+    void (*free)(Backend *be, void *p);
+    void (*upload)(Backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*download)(Backend *be, void *host_dst, const void *src, size_t bytes);
+    void (*copy)(Backend *be, void *dst, const void *src, size_t bytes);
+    void (*zero)(Backend *be, void *p, size_t bytes);
+    void (*sync)(Backend *be);
+    size_t (*peak_bytes)(Backend *be); /* peak of live allocations since creation */
+
+    /* ---- dense algebra ----
+     * C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, row-major,
+     * op(X) = X or X^T per trans flag; ld* are row strides as stored. */
+    void (*gemm)(Backend *be, int transA, int transB, int M, int N, int K,
+                 float alpha, const float *A, int lda, const float *B, int ldb,
+                 float beta, float *C, int ldc);
+    /* batch independent gemms at element strides sA, sB, sC (sA or sB may be 0) */
+    void (*gemm_batched)(Backend *be, int transA, int transB, int M, int N, int K,
+                         float alpha, const float *A, int lda, int64_t sA,
+                         const float *B, int ldb, int64_t sB, float beta,
+                         float *C, int ldc, int64_t sC, int batch);
+
+    /* y[M,out] = x[M,in] W[out,in]^T + b (b may be NULL) */
+    void (*linear_fwd)(Backend *be, const float *x, const float *W, const float *b,
+                       float *y, int64_t M, int in, int out);
+    /* dx += dy W ; dW += dy^T x ; db += sum_rows dy */
+    void (*linear_bwd)(Backend *be, const float *dy, const float *x, const float *W,
+                       float *dx, float *dW, float *db, int64_t M, int in, int out);
+
+    /* ---- convolution: square kernel k (1 or 3), stride s (1 or 2), padding p ----
+     * x[N,Cin,H,W], w[Cout,Cin,k,k], b[Cout] (may be NULL), y[N,Cout,Ho,Wo],
+     * Ho = (H + 2p - k)/s + 1. */
+    void (*conv2d_fwd)(Backend *be, const float *x, const float *w, const float *b,
+                       float *y, int N, int Cin, int H, int W, int Cout, int k,
+                       int s, int p);
+    void (*conv2d_bwd)(Backend *be, const float *dy, const float *x, const float *w,
+                       float *dx, float *dw, float *db, int N, int Cin, int H,
+                       int W, int Cout, int k, int s, int p);
+
+    /* ---- normalisation ----
+     * group norm: x[N,C,HW], G groups; saves mean,rstd[N*G]; gamma,beta[C]. */
+    void (*group_norm_fwd)(Backend *be, const float *x, const float *gamma,
+                           const float *beta, float *y, float *mean, float *rstd,
+                           int N, int C, int64_t HW, int G, float eps);
+    void (*group_norm_bwd)(Backend *be, const float *dy, const float *x,
+                           const float *gamma, const float *mean, const float *rstd,
+                           float *dx, float *dgamma, float *dbeta, int N, int C,
+                           int64_t HW, int G);
+    /* layer norm over the last dim: x[M,C]; saves mean,rstd[M]. */
+    void (*layer_norm_fwd)(Backend *be, const float *x, const float *gamma,
+                           const float *beta, float *y, float *mean, float *rstd,
+                           int64_t M, int C, float eps);
+    void (*layer_norm_bwd)(Backend *be, const float *dy, const float *x,
+                           const float *gamma, const float *mean, const float *rstd,
+                           float *dx, float *dgamma, float *dbeta, int64_t M, int C);
+
+    /* ---- pointwise ---- (y may alias x in forward) */
+    void (*silu_fwd)(Backend *be, const float *x, float *y, int64_t n);
+    void (*silu_bwd)(Backend *be, const float *dy, const float *x, float *dx, int64_t n);
+    /* exact GELU, 0.5 x (1 + erf(x / sqrt 2)) as torch's default */
+    void (*gelu_fwd)(Backend *be, const float *x, float *y, int64_t n);
+    void (*gelu_bwd)(Backend *be, const float *dy, const float *x, float *dx, int64_t n);
+    /* GEGLU as diffusers: x[M,2D] -> (h, g) = split last dim; y[M,D] = h * gelu(g) */
+    void (*geglu_fwd)(Backend *be, const float *x, float *y, int64_t M, int D);
+    void (*geglu_bwd)(Backend *be, const float *dy, const float *x, float *dx, int64_t M, int D);
+    /* y = a + b (y may alias a or b) */
+    void (*add)(Backend *be, const float *a, const float *b, float *y, int64_t n);
+    /* y += alpha * x */
+    void (*axpy)(Backend *be, float alpha, const float *x, float *y, int64_t n);
+    /* x *= alpha */
+    void (*scale)(Backend *be, float *x, float alpha, int64_t n);
+    /* x[N,C,HW] += v[N,C] broadcast over HW (the resnet time-embedding add) */
+    void (*add_channel_bias)(Backend *be, float *x, const float *v, int N, int C, int64_t HW);
+    /* dv[N,C] += sum over HW of dy[N,C,HW] */
+    void (*channel_sum_bwd)(Backend *be, const float *dy, float *dv, int N, int C, int64_t HW);
+
+    /* ---- shape ops ---- */
+    /* y[N,Ca+Cb,HW] = cat(a[N,Ca,HW], b[N,Cb,HW]) along channels */
+    void (*concat_channels)(Backend *be, const float *a, const float *b, float *y,
+                            int N, int Ca, int Cb, int64_t HW);
+    /* da += dy[:, :Ca], db += dy[:, Ca:] */
+    void (*concat_channels_bwd)(Backend *be, const float *dy, float *da, float *db,
+                                int N, int Ca, int Cb, int64_t HW);
+    /* nearest 2x: x[N,C,H,W] -> y[N,C,2H,2W]; bwd: dx += sum of the 4 copies */
+    void (*upsample2x_fwd)(Backend *be, const float *x, float *y, int N, int C, int H, int W);
+    void (*upsample2x_bwd)(Backend *be, const float *dy, float *dx, int N, int C, int H, int W);
+    /* x[N,C,HW] -> y[N,HW,C] and back (proj_in / proj_out around transformers);
+     * the backward of one is the other with accumulate: pass accumulate=1. */
+    void (*nchw_to_nlc)(Backend *be, const float *x, float *y, int N, int C, int64_t HW, int accumulate);
+    void (*nlc_to_nchw)(Backend *be, const float *x, float *y, int N, int C, int64_t HW, int accumulate);
+
+    /* ---- attention ----
+     * q[N,Lq,H*D], k,v[N,Lk,H*D], o[N,Lq,H*D]; per head softmax(q k^T * scale) v.
+     * Forward saves lse[N,H,Lq] (log-sum-exp of the scaled scores) so backward can
+     * recompute probabilities without storing N*H*Lq*Lk floats. */
+    void (*attention_fwd)(Backend *be, const float *q, const float *k, const float *v,
+                          float *o, float *lse, int N, int Lq, int Lk, int H, int D,
+                          float scale);
+    void (*attention_bwd)(Backend *be, const float *dout, const float *q, const float *k,
+                          const float *v, const float *o, const float *lse, float *dq,
+                          float *dk, float *dv, int N, int Lq, int Lk, int H, int D,
+                          float scale);
+
+    /* ---- diffusion helpers ----
+     * sinusoidal embedding as diffusers get_timestep_embedding:
+     * half = dim/2, freq_j = exp(-ln(max_period) * j / (half - shift)),
+     * emb = [sin(t f), cos(t f)] (or [cos, sin] when flip_sin_to_cos). */
+    void (*timestep_embedding)(Backend *be, const float *t, float *emb, int N, int dim,
+                               int flip_sin_to_cos, float shift, float max_period);
+    /* returns mean((pred - target)^2) over n (host float); weight scales the loss */
+    float (*mse_fwd)(Backend *be, const float *pred, const float *target, int64_t n);
+    /* dpred += weight * 2 (pred - target) / n */
+    void (*mse_bwd)(Backend *be, const float *pred, const float *target, float *dpred,
+                    int64_t n, float weight);
+    /* AdamW (decoupled weight decay, torch semantics), step t >= 1 */
+    void (*adamw)(Backend *be, float *param, const float *grad, float *m, float *v,
+                  int64_t n, float lr, float beta1, float beta2, float eps,
+                  float weight_decay, int t);
+
+    /* ---- Kronecker adapter ----
+     * A[a1,a2], B[b1,b2], d_out = a1*b1, d_in = a2*b2, x[M,d_in], y[M,d_out].
+     * y += scale * (A ⊗ B) x without materialising A ⊗ B: each row of x viewed
+     * as X[a2,b2] maps to A X B^T viewed as [a1,b1]. */
+    void (*kron_fwd)(Backend *be, const float *x, const float *A, const float *B,
+                     float *y, int64_t M, int a1, int a2, int b1, int b2, float scale);
+    /* dx += scale (A⊗B)^T dy ; dA += ... ; dB += ... (any may be NULL) */
+    void (*kron_bwd)(Backend *be, const float *dy, const float *x, const float *A,
+                     const float *B, float *dx, float *dA, float *dB, int64_t M,
+                     int a1, int a2, int b1, int b2, float scale);
+    /* W[d_out,d_in] += scale * (A ⊗ B)  (merged path, and export) */
+    void (*kron_merge)(Backend *be, const float *A, const float *B, float *W,
+                       int a1, int a2, int b1, int b2, float scale);
+};
+
+Backend *backend_cpu_create(void);
+void backend_destroy(Backend *be);
+
+#endif

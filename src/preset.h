@@ -1,0 +1,69 @@
+/* preset.h — a run's settings, read from and written to .ini (inih).
+ * Every knob the studio exposes lives here; the file written is the file read
+ * back (stable key order, shortest round-trip float formatting). */
+#ifndef KRONA_PRESET_H
+#define KRONA_PRESET_H
+
+#include <stddef.h>
+
+#define PRESET_MAX_IMAGES 16
+#define PRESET_MAX_SAMPLES 8
+#define PRESET_PATH_MAX 512
+#define PRESET_TEXT_MAX 256
+
+typedef struct Preset {
+    /* [model] */
+    char model[PRESET_PATH_MAX];     /* "tiny", "sd15", "sdxl", or a model dir/file */
+    char device[16];                 /* "auto", "cpu", "cuda" */
+    /* [data] */
+    int n_images;
+    char images[PRESET_MAX_IMAGES][PRESET_PATH_MAX];
+    char instance_prompt[PRESET_TEXT_MAX]; /* "a sks dog" */
+    char class_prompt[PRESET_TEXT_MAX];    /* "a dog" (prior preservation) */
+    char class_dir[PRESET_PATH_MAX];       /* class images; empty: generate */
+    int n_class_images;
+    float prior_weight;              /* 0 disables prior preservation */
+    int resolution;                  /* training size in pixels */
+    int flip;                        /* random horizontal flips */
+    /* [adapter] */
+    char adapter[16];                /* "krona", "lora" */
+    int a1, a2;
+    int lora_rank;
+    float lora_alpha;
+    char modules[16];                /* "attn", "attn+ffn" */
+    /* [train] */
+    float lr;
+    char lr_schedule[16];            /* "constant", "warmup" */
+    int warmup_steps;
+    int iterations;
+    int batch;
+    int grad_accum;
+    float weight_decay;
+    unsigned long long seed;
+    int checkpoint_every;            /* 0: only at the end */
+    char prediction[16];             /* "epsilon", "v" */
+    /* [sample] */
+    int sample_every;                /* 0: only at the end */
+    int n_sample_prompts;
+    char sample_prompts[PRESET_MAX_SAMPLES][PRESET_TEXT_MAX];
+    char sampler[16];                /* "ddim", "euler" */
+    int sample_steps;
+    float guidance;
+    /* [output] */
+    char output_dir[PRESET_PATH_MAX];  /* run folder root, default "runs" */
+    char run_name[128];                /* empty: derived from time + knobs */
+} Preset;
+
+/* Fill with the defaults (the paper's: KronA a1=a2=... lr 6e-4, 500 iterations). */
+void preset_defaults(Preset *p);
+/* Read an .ini on top of the current values. 0, or -1 with a one-line err that
+ * names the file, line and key and says what is allowed. Unknown keys are errors. */
+int preset_load(Preset *p, const char *path, char *err, size_t errlen);
+/* Apply one "section.key=value" or "key=value" override (--set). */
+int preset_set(Preset *p, const char *assignment, char *err, size_t errlen);
+/* Validate ranges and combinations (not model-dependent ones). */
+int preset_validate(const Preset *p, char *err, size_t errlen);
+/* Write atomically (temp + rename) in a stable order. */
+int preset_save(const Preset *p, const char *path, char *err, size_t errlen);
+
+#endif
