@@ -88,6 +88,11 @@ struct Backend {
     /* GEGLU as diffusers: x[M,2D] -> (h, g) = split last dim; y[M,D] = h * gelu(g) */
     void (*geglu_fwd)(Backend *be, const float *x, float *y, int64_t M, int D);
     void (*geglu_bwd)(Backend *be, const float *dy, const float *x, float *dx, int64_t M, int D);
+    /* CLIP's quick GELU, x * sigmoid(1.702 x) (forward only: text encoder) */
+    void (*quick_gelu_fwd)(Backend *be, const float *x, float *y, int64_t n);
+    /* out[n,:] = table[ids[n],:] ; ids are device int32 */
+    void (*embedding_fwd)(Backend *be, const float *table, const int32_t *ids,
+                          float *out, int64_t n, int dim);
     /* y = a + b (y may alias a or b) */
     void (*add)(Backend *be, const float *a, const float *b, float *y, int64_t n);
     /* y += alpha * x */
@@ -117,14 +122,15 @@ struct Backend {
     /* ---- attention ----
      * q[N,Lq,H*D], k,v[N,Lk,H*D], o[N,Lq,H*D]; per head softmax(q k^T * scale) v.
      * Forward saves lse[N,H,Lq] (log-sum-exp of the scaled scores) so backward can
-     * recompute probabilities without storing N*H*Lq*Lk floats. */
+     * recompute probabilities without storing N*H*Lq*Lk floats. causal: query i sees
+ * keys j <= i only (CLIP text encoder). */
     void (*attention_fwd)(Backend *be, const float *q, const float *k, const float *v,
                           float *o, float *lse, int N, int Lq, int Lk, int H, int D,
-                          float scale);
+                          float scale, int causal);
     void (*attention_bwd)(Backend *be, const float *dout, const float *q, const float *k,
                           const float *v, const float *o, const float *lse, float *dq,
                           float *dk, float *dv, int N, int Lq, int Lk, int H, int D,
-                          float scale);
+                          float scale, int causal);
 
     /* ---- diffusion helpers ----
      * sinusoidal embedding as diffusers get_timestep_embedding:
