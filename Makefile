@@ -6,9 +6,9 @@
 
 CC      ?= cc
 PREFIX  ?= /usr/local
-PKGS    := stb inih libsixel openblas cmocka ncursesw
+PKGS    := stb inih libsixel openblas cmocka ncursesw zlib
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs stb inih libsixel openblas ncursesw 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs stb inih libsixel openblas ncursesw zlib 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
@@ -54,7 +54,7 @@ $(SAN_BUILD)/tests/%: tests/%.c $(SAN_OBJ) $(wildcard tests/*.h)
 
 # Debian packages the build and tests need; installed only when missing.
 DEB_PKGS := build-essential pkg-config libstb-dev libinih-dev libsixel-dev libopenblas-dev \
-            libcmocka-dev libncurses-dev tmux
+            libcmocka-dev libncurses-dev zlib1g-dev tmux
 deps:
 	@./tools/install-deps.sh $(DEB_PKGS)
 
