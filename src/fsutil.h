@@ -1,0 +1,32 @@
+/* fsutil.h — small file-system helpers: whole-file read, atomic write
+ * (temp + fsync + rename, so a crash never leaves a half-written file),
+ * mkdir -p, and a C-locale handle for number parsing/printing that must not
+ * follow the user's LC_NUMERIC (ncurses front ends call setlocale). */
+#ifndef KRONA_FSUTIL_H
+#define KRONA_FSUTIL_H
+
+#include <stddef.h>
+#include <locale.h>
+
+/* Whole file into a malloc'ed buffer with a NUL appended (not counted in *n).
+ * NULL with err "cannot open 'path': reason" on failure. */
+char *fs_read_all(const char *path, size_t *n, char *err, size_t errlen);
+/* Write path.tmp.<pid>, fsync, rename over path. 0, or -1 and no temp left. */
+int fs_write_atomic(const char *path, const void *data, size_t n, char *err, size_t errlen);
+/* Create a directory and its parents (mode 0755); existing dirs are fine. */
+int fs_mkdir_p(const char *path, char *err, size_t errlen);
+int fs_exists(const char *path);
+int fs_is_dir(const char *path);
+
+/* Streaming atomic write for large files (model weights): nothing appears at
+ * path until fs_atomic_commit succeeds; abort (or a failed commit) removes the temp. */
+typedef struct FsAtomic FsAtomic;
+FsAtomic *fs_atomic_open(const char *path, char *err, size_t errlen);
+int fs_atomic_write(FsAtomic *f, const void *data, size_t n);  /* 0 / -1 (error kept for commit) */
+int fs_atomic_commit(FsAtomic *f, char *err, size_t errlen);    /* frees f */
+void fs_atomic_abort(FsAtomic *f);                               /* frees f */
+
+/* The "C" locale, for strtod_l / strtof_l / uselocale around printf of floats. */
+locale_t fs_c_locale(void);
+
+#endif

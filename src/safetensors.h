@@ -1,0 +1,67 @@
+/* safetensors.h — read (mmap) and write .safetensors files.
+ * Format: u64 little-endian header length N, N bytes of JSON
+ *   {"__metadata__": {str: str}, "name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}, ...}
+ * then the data buffer; offsets are relative to its start and must tile it
+ * exactly (no gaps, no overlaps). st_open validates all of that up front. */
+#ifndef KRONA_SAFETENSORS_H
+#define KRONA_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ST_MAX_DIMS 8
+#define ST_MAX_HEADER (100 * 1000 * 1000)   /* the reference implementation's limit */
+
+enum { ST_BOOL, ST_U8, ST_I8, ST_F8_E5M2, ST_F8_E4M3, ST_I16, ST_U16, ST_F16, ST_BF16,
+       ST_I32, ST_U32, ST_F32, ST_F64, ST_I64, ST_U64, ST_NDTYPES };
+
+typedef struct {
+    char *name;
+    int dtype;                 /* ST_F32, ... */
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    int64_t numel;
+    const void *data;          /* into the mapping; may be unaligned in foreign files */
+    size_t nbytes;
+} StTensor;
+
+typedef struct SafeTensors SafeTensors;
+
+/* NULL with "path: problem" in err. Tensors are listed in header order. */
+SafeTensors *st_open(const char *path, char *err, size_t errlen);
+void st_close(SafeTensors *st);
+int st_count(const SafeTensors *st);
+const StTensor *st_at(const SafeTensors *st, int i);
+const StTensor *st_find(const SafeTensors *st, const char *name);
+const char *st_metadata(const SafeTensors *st, const char *key);   /* NULL if absent */
+int st_metadata_count(const SafeTensors *st);
+const char *st_metadata_key(const SafeTensors *st, int i);
+/* Convert any float or integer dtype to float (numel values into dst).
+ * -1 for dtypes without a conversion (F8). */
+int st_read_f32(const StTensor *t, float *dst);
+
+const char *st_dtype_name(int dtype);
+int st_dtype_from_name(const char *name);   /* -1 if unknown */
+int st_dtype_size(int dtype);
+
+/* Conversions, exposed for backends storing f16/bf16. bf16 rounds to nearest even. */
+float st_f16_to_f32(uint16_t h);
+float st_bf16_to_f32(uint16_t b);
+uint16_t st_f32_to_bf16(float f);
+uint16_t st_f32_to_f16(float f);
+
+/* Writer. Tensors are stored sorted by dtype size (largest first, keeps data
+ * aligned) then name; metadata keys sorted; header padded with spaces to a
+ * multiple of 8. Add errors (duplicate name, bad shape) are reported by stw_save. */
+typedef struct StWriter StWriter;
+StWriter *stw_create(void);
+/* copies data */
+int stw_add_f32(StWriter *w, const char *name, int ndim, const int64_t *shape, const float *data);
+/* references raw data of any dtype (numel * size bytes); it must outlive stw_save */
+int stw_add_ref(StWriter *w, const char *name, int dtype, int ndim, const int64_t *shape, const void *data);
+int stw_set_metadata(StWriter *w, const char *key, const char *value);
+/* atomic: temp file + fsync + rename */
+int stw_save(StWriter *w, const char *path, char *err, size_t errlen);
+void stw_free(StWriter *w);
+
+#endif
