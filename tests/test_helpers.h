@@ -1,0 +1,106 @@
+/* test_helpers.h — small shared utilities for the cmocka tests: random fills,
+ * device round trips, tolerance checks and central finite differences.
+ * Everything is static inline so a test that uses only part of it still
+ * compiles cleanly under -Werror. Include after the cmocka headers. */
+#ifndef KRONA_TEST_HELPERS_H
+#define KRONA_TEST_HELPERS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "rng.h"
+
+/* host buffers: abort the test on OOM rather than crash later */
+static inline float *th_falloc(int64_t n) {
+    float *p = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
+    assert_non_null(p);
+    return p;
+}
+static inline double *th_dalloc(int64_t n) {
+    double *p = calloc((size_t)(n > 0 ? n : 1), sizeof(double));
+    assert_non_null(p);
+    return p;
+}
+
+/* n floats uniform in [lo, hi), plus an optional double copy */
+static inline float *th_rand(Rng *r, int64_t n, float lo, float hi) {
+    float *p = th_falloc(n);
+    rng_fill_uniform(r, p, n, lo, hi);
+    return p;
+}
+static inline double *th_to_double(const float *x, int64_t n) {
+    double *d = th_dalloc(n);
+    for (int64_t i = 0; i < n; i++) d[i] = x[i];
+    return d;
+}
+
+/* device buffer holding a copy of host (or zeros when host is NULL) */
+static inline float *th_dev(Backend *be, const float *host, int64_t n) {
+    float *d = be->alloc(be, sizeof(float) * (size_t)(n > 0 ? n : 1));
+    assert_non_null(d);
+    if (host && n > 0) be->upload(be, d, host, sizeof(float) * (size_t)n);
+    return d;
+}
+/* device buffer filled with the constant v (gradient pre-fill for accumulate checks) */
+static inline float *th_dev_const(Backend *be, int64_t n, float v) {
+    float *h = th_falloc(n);
+    for (int64_t i = 0; i < n; i++) h[i] = v;
+    float *d = th_dev(be, h, n);
+    free(h);
+    return d;
+}
+/* malloc'd host copy of a device buffer */
+static inline float *th_host(Backend *be, const float *dev, int64_t n) {
+    float *h = th_falloc(n);
+    be->sync(be);
+    if (n > 0) be->download(be, h, dev, sizeof(float) * (size_t)n);
+    return h;
+}
+
+/* Check |got[i] - off - want[i]| <= atol + rtol |want[i]| for all i; `off` is
+ * subtracted from got (the pre-fill of an accumulated gradient). Fails the
+ * test naming the first bad index. Returns the max abs error. */
+static inline double th_check_off(const char *what, const float *got, float off,
+                                  const double *want, int64_t n, double atol, double rtol) {
+    double maxerr = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double g = (double)got[i] - off, e = fabs(g - want[i]);
+        if (!(e <= atol + rtol * fabs(want[i]))) {
+            fail_msg("%s: index %lld got %.9g want %.9g (|err| %.3g, atol %.1g rtol %.1g)", what,
+                     (long long)i, g, want[i], e, atol, rtol);
+        }
+        if (e > maxerr) maxerr = e;
+    }
+    return maxerr;
+}
+static inline double th_check(const char *what, const float *got, const double *want, int64_t n,
+                              double atol, double rtol) {
+    return th_check_off(what, got, 0.f, want, n, atol, rtol);
+}
+
+/* Central finite differences of a scalar function of x: g[i] = dL/dx[i].
+ * loss(ctx) must read x through ctx; x is restored exactly afterwards. */
+static inline void th_fd_grad(double (*loss)(void *ctx), void *ctx, double *x, int64_t n,
+                              double *g, double h) {
+    for (int64_t i = 0; i < n; i++) {
+        double x0 = x[i];
+        x[i] = x0 + h;
+        double lp = loss(ctx);
+        x[i] = x0 - h;
+        double lm = loss(ctx);
+        x[i] = x0;
+        g[i] = (lp - lm) / (2.0 * h);
+    }
+}
+
+static inline double th_dot(const double *a, const double *b, int64_t n) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+#endif
