@@ -11,7 +11,7 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs stb inih libsixel openblas ncursesw zlib 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 
-WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
+WARN    := -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation
 CFLAGS  ?= -O2 -march=x86-64-v2 -g
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -Isrc $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS  = $(PKG_LIBS) -fopenmp -lpthread -lm

@@ -1,0 +1,72 @@
+/* main.c — `krona-studio`: dispatch to the studio or a subcommand. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+#define KRONA_VERSION "0.1.0"
+
+static const char *USAGE =
+    "usage: krona-studio [--preset P.ini]              the studio (terminal UI)\n"
+    "       krona-studio train --preset P.ini --headless [--set key=value ...]\n"
+    "                          [--resume RUN_DIR] [--device auto|cpu|cuda] [--print-every N]\n"
+    "       krona-studio sample --model M [--adapter A.safetensors] --prompt TEXT\n"
+    "                          [-o out.png] [--n N] [--steps S] [--guidance G] [--seed S]\n"
+    "                          [--sampler ddim|euler] [--size PX] [--device auto|cpu|cuda]\n"
+    "       krona-studio info --model tiny|sd15|sdxl|DIR|config.json [--a1 N --a2 N]\n"
+    "                          [--modules attn|attn+ffn] [--lora-rank R] [--all]\n"
+    "       krona-studio --help | --version\n"
+    "\n"
+    "Personalise a text-to-image diffusion model with Kronecker-product adapters\n"
+    "(DiffuseKronA): dW = A (a1 x a2) kron B on the attention projections of a frozen UNet.\n"
+    "See krona-studio(1) for every preset key, the files written and examples.\n";
+
+int cli_parse_int(const char *s, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < -2147483647L || v > 2147483647L) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int cli_parse_float(const char *s, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end) return -1;
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))) {
+        fputs(USAGE, stdout);
+        return 0;
+    }
+    if (argc >= 2 && !strcmp(argv[1], "--version")) {
+        printf("krona-studio %s\n", KRONA_VERSION);
+        return 0;
+    }
+    if (argc >= 2 && !strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
+    if (argc >= 2 && argv[1][0] != '-') {
+        fprintf(stderr, "krona-studio: unknown command '%s' (train, sample, info; see --help)\n", argv[1]);
+        return 2;
+    }
+    /* The terminal studio is the next milestone; until then the bare command
+     * runs the headless demo on the default preset. */
+    const char *preset = "presets/default.ini";
+    if (argc >= 3 && !strcmp(argv[1], "--preset")) preset = argv[2];
+    else if (argc >= 2) {
+        fprintf(stderr, "krona-studio: unknown option '%s' (see --help)\n", argv[1]);
+        return 2;
+    }
+    fprintf(stderr, "krona-studio: the terminal studio is not in this build yet; running the "
+                    "headless demo on %s\n", preset);
+    char *targv[] = {"--preset", (char *)preset, "--headless", NULL};
+    return cmd_train(3, targv);
+}
