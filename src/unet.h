@@ -92,6 +92,12 @@ int unet_attach_adapters(UNet *u, const AdapterSpec *spec, uint64_t seed,
 AdapterSet *unet_adapters(UNet *u);
 /* Also train base weights (allocates grads). Default: frozen. */
 void unet_set_base_trainable(UNet *u, int trainable);
+int unet_base_trainable(const UNet *u);
+/* Zero the adapter gradients (dA, dB) and, when trainable, the base grads. */
+void unet_zero_grad(UNet *u);
+/* The adaptable linears (attention q/k/v/out, FFN), as in unet_param_table. */
+int unet_n_linears(const UNet *u);
+const UNetLinear *unet_linear_at(const UNet *u, int i);
 
 /* Forward. All pointers are device pointers.
  *   x[N,in,H,W], t[N] (float timesteps), ctx[N,L,cross_attention_dim],

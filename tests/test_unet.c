@@ -1,0 +1,596 @@
+/* test_unet.c — the UNet against PyTorch goldens (tests/golden/unet_*), parameter
+ * counts of the published SD 1.5 / SDXL configs, config parsing, adapter paths
+ * (zero init = base bit for bit, merged = factored), finite differences. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+#include "rng.h"
+#include "safetensors.h"
+#include "unet.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* max |a - b| / max |b| */
+static double rel_err(const float *a, const float *b, int64_t n) {
+    double md = 0, mr = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d > md || d != d) md = d != d ? INFINITY : d;
+        if (fabs(b[i]) > mr) mr = fabs(b[i]);
+    }
+    return mr > 0 ? md / mr : md;
+}
+
+/* ---------------------------------------------------------------- goldens */
+
+typedef struct {
+    SafeTensors *st;
+    UNetConfig cfg;
+    Backend *be;
+    UNet *u;
+    int N, H, W, L;
+    float *x, *t, *ctx, *added, *R;
+} Golden;
+
+static float *gt_read(Golden *g, const char *name, int64_t *n) {
+    const StTensor *t = st_find(g->st, name);
+    if (!t) fail_msg("golden tensor '%s' missing", name);
+    float *p = malloc((size_t)t->numel * sizeof *p);
+    assert_non_null(p);
+    assert_int_equal(st_read_f32(t, p), 0);
+    if (n) *n = t->numel;
+    return p;
+}
+
+static int meta_int(Golden *g, const char *k) {
+    const char *v = st_metadata(g->st, k);
+    if (!v) fail_msg("golden metadata '%s' missing", k);
+    return atoi(v);
+}
+
+static void golden_open(Golden *g, const char *stem) {
+    memset(g, 0, sizeof *g);
+    char path[256], err[512];
+    snprintf(path, sizeof path, "tests/golden/%s.json", stem);
+    if (unet_config_from_json(path, &g->cfg, err, sizeof err)) fail_msg("%s", err);
+    snprintf(path, sizeof path, "tests/golden/%s.safetensors", stem);
+    g->st = st_open(path, err, sizeof err);
+    if (!g->st) fail_msg("%s", err);
+    g->be = backend_cpu_create();
+    assert_non_null(g->be);
+    g->u = unet_create(&g->cfg, g->be, err, sizeof err);
+    if (!g->u) fail_msg("%s", err);
+    if (unet_load_safetensors(g->u, path, err, sizeof err)) fail_msg("%s", err);
+    g->N = meta_int(g, "N"); g->H = meta_int(g, "H"); g->W = meta_int(g, "W"); g->L = meta_int(g, "L");
+    g->x = gt_read(g, "in.sample", NULL);
+    g->t = gt_read(g, "in.timestep", NULL);
+    g->ctx = gt_read(g, "in.encoder_hidden_states", NULL);
+    g->added = st_find(g->st, "in.added") ? gt_read(g, "in.added", NULL) : NULL;
+    g->R = gt_read(g, "in.R", NULL);
+}
+
+static void golden_close(Golden *g) {
+    unet_free(g->u);
+    backend_destroy(g->be);
+    st_close(g->st);
+    free(g->x); free(g->t); free(g->ctx); free(g->added); free(g->R);
+}
+
+static int64_t out_n(Golden *g) { return (int64_t)g->N * g->cfg.out_channels * g->H * g->W; }
+static int64_t in_n(Golden *g) { return (int64_t)g->N * g->cfg.in_channels * g->H * g->W; }
+
+static float *run_fwd(Golden *g, int for_backward) {
+    float *out = malloc((size_t)out_n(g) * sizeof *out);
+    assert_non_null(out);
+    assert_int_equal(unet_forward(g->u, g->x, g->t, g->ctx, g->added, out, g->N, g->H, g->W, g->L,
+                                  for_backward), 0);
+    return out;
+}
+
+/* attach KronA as the golden says and copy its A, B in */
+static void golden_attach(Golden *g, int merged) {
+    AdapterSpec s = {0};
+    s.kind = ADAPTER_KRONA;
+    s.a1 = meta_int(g, "adapter_a1"); s.a2 = meta_int(g, "adapter_a2");
+    const char *m = st_metadata(g->st, "adapter_modules");
+    s.modules = ADAPT_ATTN | (m && strstr(m, "ffn") ? ADAPT_FFN : 0);
+    s.alpha = 1.0f;
+    s.merged = merged;
+    char err[512];
+    if (unet_attach_adapters(g->u, &s, 1, err, sizeof err)) fail_msg("%s", err);
+    AdapterSet *set = unet_adapters(g->u);
+    assert_int_equal(set->n, meta_int(g, "adapter_count"));
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->items[i];
+        char k[256];
+        int64_t n;
+        snprintf(k, sizeof k, "adapter.%s.A", a->name);
+        float *A = gt_read(g, k, &n);
+        assert_int_equal(n, (int64_t)a->a1 * a->a2);
+        snprintf(k, sizeof k, "adapter.%s.B", a->name);
+        float *B = gt_read(g, k, &n);
+        assert_int_equal(n, (int64_t)a->b1 * a->b2);
+        g->be->upload(g->be, a->A, A, (size_t)a->a1 * a->a2 * sizeof(float));
+        g->be->upload(g->be, a->B, B, (size_t)a->b1 * a->b2 * sizeof(float));
+        free(A); free(B);
+    }
+}
+
+static void check_golden(const char *stem) {
+    Golden g;
+    golden_open(&g, stem);
+    /* every golden weight is a parameter of ours and vice versa */
+    int n_unet = 0;
+    for (int i = 0; i < st_count(g.st); i++)
+        if (!strncmp(st_at(g.st, i)->name, "unet.", 5)) {
+            n_unet++;
+            if (!unet_param(g.u, st_at(g.st, i)->name + 5))
+                fail_msg("golden weight %s is not a parameter of the C UNet", st_at(g.st, i)->name);
+        }
+    assert_int_equal(n_unet, unet_n_params(g.u));
+
+    float *ref = gt_read(&g, "out.base", NULL);
+    float *out = run_fwd(&g, 0);
+    double e = rel_err(out, ref, out_n(&g));
+    print_message("%s: forward base rel err %.2e\n", stem, e);
+    assert_true(e <= 1e-4);
+    free(ref); free(out);
+
+    golden_attach(&g, 0);
+    unet_set_base_trainable(g.u, 1);
+    unet_zero_grad(g.u);
+    ref = gt_read(&g, "out.adapted", NULL);
+    out = run_fwd(&g, 1);
+    e = rel_err(out, ref, out_n(&g));
+    print_message("%s: forward adapted rel err %.2e\n", stem, e);
+    assert_true(e <= 1e-4);
+    float *dx = calloc((size_t)in_n(&g), sizeof *dx);
+    assert_int_equal(unet_backward(g.u, g.R, dx), 0);
+    float *gx = gt_read(&g, "grad.in.sample", NULL);
+    e = rel_err(dx, gx, in_n(&g));
+    print_message("%s: dL/dx rel err %.2e\n", stem, e);
+    assert_true(e <= 1e-4);
+
+    AdapterSet *set = unet_adapters(g.u);
+    double worst = 0;
+    const char *wname = "";
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->items[i];
+        for (int f = 0; f < 2; f++) {
+            char k[256];
+            int64_t n;
+            snprintf(k, sizeof k, "grad.adapter.%s.%s", a->name, f ? "B" : "A");
+            float *r = gt_read(&g, k, &n);
+            float *got = malloc((size_t)n * sizeof *got);
+            g.be->download(g.be, got, f ? a->dB : a->dA, (size_t)n * sizeof *got);
+            double ee = rel_err(got, r, n);
+            if (ee > worst) { worst = ee; wname = a->name; }
+            if (ee > 1e-4) fail_msg("%s: %s rel err %.2e", stem, k, ee);
+            free(r); free(got);
+        }
+    }
+    print_message("%s: %d adapters, worst dA/dB rel err %.2e (%s)\n", stem, set->n, worst, wname);
+    int nbase = 0;
+    for (int i = 0; i < st_count(g.st); i++) {
+        const char *k = st_at(g.st, i)->name;
+        if (strncmp(k, "grad.unet.", 10)) continue;
+        UNetParam *p = unet_param(g.u, k + 10);
+        assert_non_null(p);
+        assert_non_null(p->grad);
+        int64_t n;
+        float *r = gt_read(&g, k, &n);
+        assert_int_equal(n, p->numel);
+        float *got = malloc((size_t)n * sizeof *got);
+        g.be->download(g.be, got, p->grad, (size_t)n * sizeof *got);
+        double ee = rel_err(got, r, n);
+        print_message("%s: %s rel err %.2e\n", stem, k, ee);
+        assert_true(ee <= 1e-4);
+        free(r); free(got);
+        nbase++;
+    }
+    assert_true(nbase >= 4);
+
+    /* merged path (A⊗B folded into a copy of W) gives the same forward and grads */
+    float *out_f = out;
+    float **gA = calloc((size_t)set->n, sizeof *gA);
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->items[i];
+        gA[i] = malloc((size_t)(a->a1 * a->a2 + a->b1 * a->b2) * sizeof(float));
+        g.be->download(g.be, gA[i], a->dA, (size_t)a->a1 * a->a2 * sizeof(float));
+        g.be->download(g.be, gA[i] + a->a1 * a->a2, a->dB, (size_t)a->b1 * a->b2 * sizeof(float));
+    }
+    unet_set_base_trainable(g.u, 0);
+    golden_attach(&g, 1);
+    unet_zero_grad(g.u);
+    float *out_m = run_fwd(&g, 1);
+    float *dxm = calloc((size_t)in_n(&g), sizeof *dxm);
+    assert_int_equal(unet_backward(g.u, g.R, dxm), 0);
+    e = rel_err(out_m, out_f, out_n(&g));
+    print_message("%s: merged vs factored: out %.2e", stem, e);
+    assert_true(e <= 1e-5);
+    e = rel_err(dxm, dx, in_n(&g));
+    print_message(", dx %.2e", e);
+    assert_true(e <= 1e-5);
+    set = unet_adapters(g.u);
+    worst = 0;
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->items[i];
+        int na = a->a1 * a->a2, nb = a->b1 * a->b2;
+        float *got = malloc((size_t)(na + nb) * sizeof *got);
+        g.be->download(g.be, got, a->dA, (size_t)na * sizeof *got);
+        g.be->download(g.be, got + na, a->dB, (size_t)nb * sizeof *got);
+        double ea = rel_err(got, gA[i], na), eb = rel_err(got + na, gA[i] + na, nb);
+        if (ea > worst) worst = ea;
+        if (eb > worst) worst = eb;
+        free(got); free(gA[i]);
+    }
+    print_message(", dA/dB %.2e\n", worst);
+    assert_true(worst <= 1e-5);
+    free(gA); free(out_m); free(dxm);
+    free(out_f); free(ref); free(dx); free(gx);
+    golden_close(&g);
+}
+
+static void test_golden_sd15like(void **st) { (void)st; check_golden("unet_sd15like"); }
+static void test_golden_sdxllike(void **st) { (void)st; check_golden("unet_sdxllike"); }
+
+/* zero-initialised adapters (the training init) leave the output bit-identical */
+static void check_zero_init(AdapterKind kind, int merged) {
+    Golden g;
+    golden_open(&g, "unet_sdxllike");
+    float *base = run_fwd(&g, 0);
+    AdapterSpec s = {0};
+    s.kind = kind; s.a1 = 4; s.a2 = 2; s.rank = 4; s.alpha = kind == ADAPTER_LORA ? 8.0f : 1.0f;
+    s.modules = ADAPT_ATTN | ADAPT_FFN; s.merged = merged;
+    char err[512];
+    if (unet_attach_adapters(g.u, &s, 7, err, sizeof err)) fail_msg("%s", err);
+    assert_true(unet_adapters(g.u)->n > 0);
+    float *ad = run_fwd(&g, 1);
+    assert_memory_equal(base, ad, (size_t)out_n(&g) * sizeof(float));
+    /* ... and the nonzero factor really is nonzero (dB gets a gradient) */
+    unet_zero_grad(g.u);
+    assert_int_equal(unet_backward(g.u, g.R, NULL), 0);
+    Adapter *a = &unet_adapters(g.u)->items[0];
+    int64_t na = kind == ADAPTER_KRONA ? a->a1 * a->a2 : (int64_t)a->rank * a->d_in;
+    int64_t nb = kind == ADAPTER_KRONA ? a->b1 * a->b2 : (int64_t)a->d_out * a->rank;
+    float *h = malloc((size_t)(na > nb ? na : nb) * sizeof *h);
+    g.be->download(g.be, h, a->A, (size_t)na * sizeof *h);
+    double sa = 0;
+    for (int64_t i = 0; i < na; i++) sa += fabs(h[i]);
+    assert_true(sa > 0);
+    g.be->download(g.be, h, a->dB, (size_t)nb * sizeof *h);
+    double sb = 0;
+    for (int64_t i = 0; i < nb; i++) sb += fabs(h[i]);
+    assert_true(sb > 0);
+    free(h); free(base); free(ad);
+    golden_close(&g);
+}
+
+static void test_zero_init_identical(void **st) {
+    (void)st;
+    check_zero_init(ADAPTER_KRONA, 0);
+    check_zero_init(ADAPTER_KRONA, 1);
+    check_zero_init(ADAPTER_LORA, 0);
+}
+
+/* ---------------------------------------------------------------- counts, config */
+
+static int64_t table_total(const UNetConfig *c, int *np, int *nl) {
+    UNetParam *p;
+    UNetLinear *l;
+    assert_int_equal(unet_param_table(c, &p, np, &l, nl), 0);
+    int64_t t = 0;
+    for (int i = 0; i < *np; i++) t += p[i].numel;
+    free(p); free(l);
+    return t;
+}
+
+static void test_param_counts(void **st) {
+    (void)st;
+    UNetConfig c;
+    int np, nl;
+    assert_int_equal(unet_config_builtin("sd15", &c), 0);
+    assert_int_equal(table_total(&c, &np, &nl), 859520964LL);
+    assert_int_equal(np, 686);
+    assert_int_equal(nl, 16 * 8 + 16 * 2); /* 16 transformer blocks: 8 attn + 2 ffn linears */
+    assert_int_equal(unet_config_builtin("sdxl", &c), 0);
+    assert_int_equal(table_total(&c, &np, &nl), 2567463684LL);
+    assert_int_equal(np, 1680);
+    assert_int_equal(nl, 70 * 10);
+    /* a few names and shapes, as diffusers */
+    UNetParam *p;
+    UNetLinear *l;
+    assert_int_equal(unet_param_table(&c, &p, &np, &l, &nl), 0);
+    struct { const char *n; int nd; int64_t s[4]; } want[] = {
+        {"conv_in.weight", 4, {320, 4, 3, 3}},
+        {"time_embedding.linear_1.weight", 2, {1280, 320}},
+        {"add_embedding.linear_1.weight", 2, {1280, 2816}},
+        {"down_blocks.1.attentions.0.proj_in.weight", 2, {640, 640}},
+        {"down_blocks.1.attentions.1.transformer_blocks.1.attn2.to_k.weight", 2, {640, 2048}},
+        {"down_blocks.1.attentions.0.transformer_blocks.0.ff.net.0.proj.weight", 2, {5120, 640}},
+        {"down_blocks.1.resnets.0.conv_shortcut.weight", 4, {640, 320, 1, 1}},
+        {"down_blocks.0.downsamplers.0.conv.weight", 4, {320, 320, 3, 3}},
+        {"mid_block.attentions.0.transformer_blocks.9.norm3.bias", 1, {1280}},
+        {"up_blocks.0.resnets.2.conv_shortcut.weight", 4, {1280, 1920, 1, 1}},
+        {"up_blocks.1.upsamplers.0.conv.weight", 4, {640, 640, 3, 3}},
+        {"up_blocks.2.resnets.0.norm1.weight", 1, {960}},
+        {"conv_out.weight", 4, {4, 320, 3, 3}},
+    };
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
+        int found = 0;
+        for (int i = 0; i < np; i++) {
+            if (strcmp(p[i].name, want[k].n)) continue;
+            found = 1;
+            assert_int_equal(p[i].ndim, want[k].nd);
+            for (int d = 0; d < want[k].nd; d++) assert_int_equal(p[i].shape[d], want[k].s[d]);
+            assert_null(p[i].data);
+        }
+        if (!found) fail_msg("sdxl table lacks %s", want[k].n);
+    }
+    int ff = 0;
+    for (int i = 0; i < nl; i++)
+        if (!strcmp(l[i].name, "up_blocks.0.attentions.2.transformer_blocks.9.ff.net.0.proj")) {
+            ff = 1;
+            assert_int_equal(l[i].d_out, 10240);
+            assert_int_equal(l[i].d_in, 1280);
+            assert_true(l[i].is_ffn && !l[i].is_attn);
+        }
+    assert_true(ff);
+    free(p); free(l);
+}
+
+static void test_config_json(void **st) {
+    (void)st;
+    char err[512];
+    UNetConfig a, b;
+    const char *names[2] = {"sd15", "sdxl"};
+    const char *files[2] = {"/work/shared/reference/sd15-unet-config.json",
+                            "/work/shared/reference/sdxl-unet-config.json"};
+    for (int k = 0; k < 2; k++) {
+        FILE *f = fopen(files[k], "rb");
+        if (!f) { print_message("skip %s (not present)\n", files[k]); continue; }
+        fclose(f);
+        assert_int_equal(unet_config_from_json(files[k], &a, err, sizeof err), 0);
+        assert_int_equal(unet_config_builtin(names[k], &b), 0);
+        memcpy(a.name, b.name, sizeof a.name);
+        assert_memory_equal(&a, &b, sizeof a);
+    }
+    assert_int_equal(unet_config_from_json("tests/golden/unet_sdxllike.json", &a, err, sizeof err), 0);
+    assert_int_equal(a.n_levels, 3);
+    assert_int_equal(a.transformer_layers[2], 2);
+    assert_int_equal(a.heads[1], 2);
+    assert_int_equal(a.heads[2], 4);
+    assert_int_equal(a.use_linear_projection, 1);
+    assert_int_equal(a.addition_time_embed_dim, 8);
+    assert_int_equal(a.down_cross[0], 0);
+    assert_int_equal(a.up_cross[2], 0);
+
+    const char *base = "{\"block_out_channels\":[32,64],\"cross_attention_dim\":16,"
+                       "\"norm_num_groups\":8,\"layers_per_block\":1,"
+                       "\"down_block_types\":[\"CrossAttnDownBlock2D\",\"%s\"],"
+                       "\"up_block_types\":[\"UpBlock2D\",\"CrossAttnUpBlock2D\"],"
+                       "\"attention_head_dim\":%s%s}";
+    char js[1024];
+    snprintf(js, sizeof js, base, "DownBlock2D", "[2,4]", ",\"num_attention_heads\":[4,8]");
+    assert_int_equal(unet_config_from_json_text(js, &a, err, sizeof err), 0);
+    assert_int_equal(a.heads[0], 4);
+    assert_int_equal(a.heads[1], 8);
+    assert_int_equal(a.mid_block, 1);
+    snprintf(js, sizeof js, base, "SimpleDownBlock2D", "8", "");
+    assert_int_equal(unet_config_from_json_text(js, &a, err, sizeof err), -1);
+    assert_non_null(strstr(err, "down_block_types"));
+    assert_non_null(strstr(err, "SimpleDownBlock2D"));
+    snprintf(js, sizeof js, base, "DownBlock2D", "[2,4,8]", "");
+    assert_int_equal(unet_config_from_json_text(js, &a, err, sizeof err), -1);
+    assert_non_null(strstr(err, "attention_head_dim"));
+    snprintf(js, sizeof js, base, "DownBlock2D", "8", ",\"mid_block_type\":\"UNetMidBlock2DSimpleCrossAttn\"");
+    assert_int_equal(unet_config_from_json_text(js, &a, err, sizeof err), -1);
+    assert_non_null(strstr(err, "mid_block_type"));
+    snprintf(js, sizeof js, base, "DownBlock2D", "8", ",\"addition_embed_type\":\"text\"");
+    assert_int_equal(unet_config_from_json_text(js, &a, err, sizeof err), -1);
+    assert_non_null(strstr(err, "addition_embed_type"));
+    snprintf(js, sizeof js, base, "DownBlock2D", "8", ",\"mid_block_type\":null");
+    assert_int_equal(unet_config_from_json_text(js, &a, err, sizeof err), 0);
+    assert_int_equal(a.mid_block, 0);
+    assert_int_equal(unet_config_from_json_text("{\"block_out_channels\":", &a, err, sizeof err), -1);
+    assert_int_equal(unet_config_from_json("tests/golden/no_such.json", &a, err, sizeof err), -1);
+    assert_non_null(strstr(err, "no_such.json"));
+}
+
+/* ---------------------------------------------------------------- tiny */
+
+typedef struct {
+    Backend *be;
+    UNet *u;
+    int N, H, W, L;
+    float *x, *t, *ctx, *R, *out;
+} Tiny;
+
+static void tiny_open(Tiny *m, int H) {
+    UNetConfig c;
+    char err[512];
+    assert_int_equal(unet_config_builtin("tiny", &c), 0);
+    m->be = backend_cpu_create();
+    m->u = unet_create(&c, m->be, err, sizeof err);
+    if (!m->u) fail_msg("%s", err);
+    unet_init_random(m->u, 42);
+    m->N = 1; m->H = m->W = H; m->L = 8;
+    Rng r;
+    rng_seed(&r, 3);
+    int64_t nx = (int64_t)m->N * 3 * H * H;
+    m->x = malloc((size_t)nx * sizeof(float)); rng_fill_normal(&r, m->x, nx);
+    m->R = malloc((size_t)nx * sizeof(float)); rng_fill_normal(&r, m->R, nx);
+    m->out = malloc((size_t)nx * sizeof(float));
+    m->t = malloc(sizeof(float)); m->t[0] = 321.0f;
+    m->ctx = malloc((size_t)m->L * 64 * sizeof(float)); rng_fill_normal(&r, m->ctx, m->L * 64);
+}
+
+static void tiny_close(Tiny *m) {
+    unet_free(m->u);
+    backend_destroy(m->be);
+    free(m->x); free(m->R); free(m->out); free(m->t); free(m->ctx);
+}
+
+static double tiny_loss(Tiny *m) {
+    assert_int_equal(unet_forward(m->u, m->x, m->t, m->ctx, NULL, m->out, m->N, m->H, m->W, m->L, 0), 0);
+    double s = 0;
+    for (int64_t i = 0; i < (int64_t)m->N * 3 * m->H * m->W; i++) s += (double)m->out[i] * m->R[i];
+    return s;
+}
+
+static void test_tiny_train_step(void **st) {
+    (void)st;
+    Tiny m;
+    tiny_open(&m, 32);
+    AdapterSpec s = {0};
+    s.kind = ADAPTER_KRONA; s.a1 = 4; s.a2 = 4; s.alpha = 1; s.modules = ADAPT_ATTN | ADAPT_FFN;
+    char err[512];
+    if (unet_attach_adapters(m.u, &s, 1, err, sizeof err)) fail_msg("%s", err);
+    double best = 1e9;
+    for (int it = 0; it < 4; it++) {
+        double t0 = now_s();
+        unet_zero_grad(m.u);
+        assert_int_equal(unet_forward(m.u, m.x, m.t, m.ctx, NULL, m.out, 1, 32, 32, 8, 1), 0);
+        assert_int_equal(unet_backward(m.u, m.R, NULL), 0);
+        double dt = now_s() - t0;
+        if (dt < best) best = dt;
+    }
+    print_message("tiny 32x32 L=8 fwd+bwd: %.1f ms (best of 4), %lld adapter params\n",
+                  best * 1e3, (long long)adapter_set_param_count(unet_adapters(m.u)));
+    for (int64_t i = 0; i < 3 * 32 * 32; i++) assert_true(isfinite(m.out[i]));
+    /* sanity bound (generous: sanitizer builds and loaded machines) */
+    assert_true(best < 2.0);
+    tiny_close(&m);
+}
+
+/* dL/dA by central differences, L = sum(out * R), B made nonzero */
+static void test_tiny_finite_diff(void **st) {
+    (void)st;
+    Tiny m;
+    tiny_open(&m, 16);
+    AdapterSpec s = {0};
+    s.kind = ADAPTER_KRONA; s.a1 = 2; s.a2 = 4; s.alpha = 1; s.modules = ADAPT_ATTN | ADAPT_FFN;
+    char err[512];
+    if (unet_attach_adapters(m.u, &s, 5, err, sizeof err)) fail_msg("%s", err);
+    AdapterSet *set = unet_adapters(m.u);
+    Rng r;
+    rng_seed(&r, 11);
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->items[i];
+        int64_t n = (int64_t)a->b1 * a->b2;
+        float *h = malloc((size_t)n * sizeof *h);
+        rng_fill_uniform(&r, h, n, -0.5f / sqrtf((float)a->d_in) * 4, 0.5f / sqrtf((float)a->d_in) * 4);
+        m.be->upload(m.be, a->B, h, (size_t)n * sizeof *h);
+        free(h);
+    }
+    unet_zero_grad(m.u);
+    assert_int_equal(unet_forward(m.u, m.x, m.t, m.ctx, NULL, m.out, 1, 16, 16, 8, 1), 0);
+    assert_int_equal(unet_backward(m.u, m.R, NULL), 0);
+    /* a few adapters across the net: first (down attn1 to_q), a cross to_v, an ffn, the last */
+    int pick[4] = {0, 6, 9, set->n - 1};
+    for (int k = 0; k < 4; k++) {
+        Adapter *a = &set->items[pick[k]];
+        float A[64], dA[64];
+        int na = a->a1 * a->a2;
+        m.be->download(m.be, A, a->A, (size_t)na * sizeof(float));
+        m.be->download(m.be, dA, a->dA, (size_t)na * sizeof(float));
+        for (int j = 0; j < 2; j++) {
+            int e = (j * 5 + k) % na;
+            float keep = A[e], eps = 1e-2f;
+            A[e] = keep + eps; m.be->upload(m.be, a->A, A, (size_t)na * sizeof(float));
+            double lp = tiny_loss(&m);
+            A[e] = keep - eps; m.be->upload(m.be, a->A, A, (size_t)na * sizeof(float));
+            double lm = tiny_loss(&m);
+            A[e] = keep; m.be->upload(m.be, a->A, A, (size_t)na * sizeof(float));
+            double fd = (lp - lm) / (2 * eps);
+            double den = fabs(fd) > fabs(dA[e]) ? fabs(fd) : fabs(dA[e]);
+            print_message("%s A[%d]: analytic %.6g fd %.6g\n", a->name, e, dA[e], fd);
+            assert_true(fabs(fd - dA[e]) <= 2e-2 * den + 2e-3);
+        }
+    }
+    tiny_close(&m);
+}
+
+static void test_adapter_check_errors(void **st) {
+    (void)st;
+    Tiny m;
+    tiny_open(&m, 16);
+    AdapterSpec s = {0};
+    s.kind = ADAPTER_KRONA; s.a1 = 3; s.a2 = 4; s.alpha = 1; s.modules = ADAPT_ATTN;
+    char err[1024];
+    assert_int_equal(unet_attach_adapters(m.u, &s, 1, err, sizeof err), -1);
+    print_message("%s\n", err);
+    assert_non_null(strstr(err, "a1=3 does not divide d_out=32 of "
+                                "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"));
+    assert_non_null(strstr(err, "valid a1 for this model: 1, 2, 4, 8, 16, 32"));
+    assert_int_equal(unet_adapters(m.u)->n, 0);
+    s.a1 = 2; s.a2 = 5;
+    assert_int_equal(unet_attach_adapters(m.u, &s, 1, err, sizeof err), -1);
+    assert_non_null(strstr(err, "a2=5 does not divide d_in=32"));
+    assert_non_null(strstr(err, "valid a2 for this model: 1, 2, 4, 8, 16, 32"));
+    /* FFN: ff.net.2 has d_in 4*32 = 128; ff.net.0.proj d_out 256 */
+    s.a1 = 64; s.a2 = 64; s.modules = ADAPT_FFN;
+    assert_int_equal(unet_attach_adapters(m.u, &s, 1, err, sizeof err), -1);
+    assert_non_null(strstr(err, "a2=64 does not divide d_in=32 of "
+                                "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj"));
+    s.a1 = 32; s.a2 = 32;
+    if (unet_attach_adapters(m.u, &s, 1, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(unet_adapters(m.u)->n, 2 * 7); /* 7 transformers: 2 down, 1 mid, 2+2 up */
+    /* bad shapes for forward: H not divisible by 4 */
+    assert_int_equal(unet_forward(m.u, m.x, m.t, m.ctx, NULL, m.out, 1, 10, 10, 8, 0), -1);
+    tiny_close(&m);
+}
+
+/* forward reuses its arenas: a smaller shape after a larger one, then the larger again */
+static void test_shapes_reuse(void **st) {
+    (void)st;
+    Tiny m;
+    tiny_open(&m, 16);
+    double l1 = tiny_loss(&m);
+    float *o16 = malloc(3 * 16 * 16 * sizeof(float));
+    memcpy(o16, m.out, 3 * 16 * 16 * sizeof(float));
+    /* batch 2 of the same sample: both halves equal the batch-1 output */
+    float *x2 = malloc(2 * 3 * 16 * 16 * sizeof(float)), *o2 = malloc(2 * 3 * 16 * 16 * sizeof(float));
+    float t2[2] = {m.t[0], m.t[0]};
+    float *c2 = malloc(2 * 8 * 64 * sizeof(float));
+    memcpy(x2, m.x, 3 * 256 * sizeof(float)); memcpy(x2 + 3 * 256, m.x, 3 * 256 * sizeof(float));
+    memcpy(c2, m.ctx, 8 * 64 * sizeof(float)); memcpy(c2 + 8 * 64, m.ctx, 8 * 64 * sizeof(float));
+    assert_int_equal(unet_forward(m.u, x2, t2, c2, NULL, o2, 2, 16, 16, 8, 1), 0);
+    assert_true(rel_err(o2, o16, 3 * 256) < 1e-5);
+    assert_true(rel_err(o2 + 3 * 256, o16, 3 * 256) < 1e-5);
+    double l2 = tiny_loss(&m);
+    assert_true(fabs(l1 - l2) <= 1e-6 * fabs(l1) + 1e-6);
+    /* backward without a kept forward is refused */
+    assert_int_equal(unet_backward(m.u, m.R, NULL), -1);
+    free(x2); free(o2); free(c2); free(o16);
+    tiny_close(&m);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_param_counts),
+        cmocka_unit_test(test_config_json),
+        cmocka_unit_test(test_golden_sd15like),
+        cmocka_unit_test(test_golden_sdxllike),
+        cmocka_unit_test(test_zero_init_identical),
+        cmocka_unit_test(test_adapter_check_errors),
+        cmocka_unit_test(test_shapes_reuse),
+        cmocka_unit_test(test_tiny_train_step),
+        cmocka_unit_test(test_tiny_finite_diff),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
