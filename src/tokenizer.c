@@ -670,7 +670,7 @@ int tok_encode_padded(const Tokenizer *t, const char *text, int context_len, int
         return -1;
     }
     ids[0] = t->bos;
-    memcpy(ids + 1, b.v, (size_t)b.n * sizeof *ids);
+    if (b.n) memcpy(ids + 1, b.v, (size_t)b.n * sizeof *ids);
     ids[b.n + 1] = t->eos;
     for (int i = b.n + 2; i < context_len; i++) ids[i] = t->pad;
     if (n_out) *n_out = b.n + 2;

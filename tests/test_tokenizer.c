@@ -138,9 +138,7 @@ static void test_errors(void **state)
 
 /* ---------------- CLIP BPE on a tiny merges file ---------------- */
 
-/* Merges (rank r gives id 512 + r); specials follow: BOS 518, EOS 519.
- * "l ow</w>" can never fire ("ow</w>" is no token) but still takes a rank... no:
- * every line is a merge, so we keep all lines real. */
+/* Merges (rank r gives id 512 + r); specials follow: BOS 518, EOS 519. */
 static const char *tiny_merges =
     "#version: 0.2\n"
     "l o\n"        /* 512 lo      */
@@ -213,8 +211,9 @@ static void test_bpe_tiny(void **state)
     check_prompt(t, "newer", (int32_t[]){516, 514}, 2);
     /* lolo: only the first (l,o) is a pair, the second o carries </w> */
     check_prompt(t, "lolo", (int32_t[]){512, A('l'), AW('o')}, 3);
-    /* "wewe": (w,e) merges both occurrences at once -> we we</w>? no: the last
-     * e carries </w>, so only the first pair is (w,e) */
+    /* every occurrence of the best pair merges in one step, left to right */
+    check_prompt(t, "lolol", (int32_t[]){512, 512, AW('l')}, 3);
+    /* wewe: w e w e</w> -- only the first pair is (w,e), the last e carries </w> */
     check_prompt(t, "wewe", (int32_t[]){517, A('w'), AW('e')}, 3);
     /* contractions, punctuation runs, single digits, words split by spaces */
     check_prompt(t, "it's", (int32_t[]){A('i'), AW('t'), A('\''), AW('s')}, 4);
