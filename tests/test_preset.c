@@ -1,0 +1,420 @@
+/* test_preset.c — defaults, presets/default.ini, error messages (unknown keys
+ * with suggestions, ranges, malformed lines), exact save/load round trips, --set. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fsutil.h"
+#include "preset.h"
+
+static char tmpdir[256], ini[512];
+
+static int setup(void **state) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/krona_preset_XXXXXX");
+    if (!mkdtemp(tmpdir)) return -1;
+    snprintf(ini, sizeof ini, "%s/P.ini", tmpdir);
+    return 0;
+}
+static int teardown(void **state) {
+    DIR *d = opendir(tmpdir);
+    struct dirent *e;
+    char p[512];
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
+        unlink(p);
+    }
+    if (d) closedir(d);
+    rmdir(tmpdir);
+    return 0;
+}
+
+static void write_ini(const char *text) {
+    FILE *f = fopen(ini, "wb");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* zero-filled copy, so presets compare with memcmp */
+static void put(char *dst, size_t cap, const char *s) {
+    memset(dst, 0, cap);
+    strncpy(dst, s, cap - 1);
+}
+#define PUT(field, s) put(field, sizeof(field), s)
+
+static void test_defaults(void **state) {
+    Preset p;
+    char err[256] = "";
+    preset_defaults(&p);
+    if (preset_validate(&p, err, sizeof err)) fail_msg("%s", err);
+    assert_string_equal(p.model, "tiny");
+    assert_string_equal(p.device, "auto");
+    assert_string_equal(p.adapter, "krona");
+    assert_int_equal(p.a1, 4);
+    assert_int_equal(p.a2, 4);
+    assert_int_equal(p.lora_rank, 4);
+    assert_true(p.lora_alpha == 4.0f);
+    assert_string_equal(p.modules, "attn");
+    assert_true(p.lr == 6e-4f);
+    assert_string_equal(p.lr_schedule, "constant");
+    assert_int_equal(p.iterations, 500);
+    assert_int_equal(p.batch, 1);
+    assert_int_equal(p.grad_accum, 1);
+    assert_true(p.weight_decay == 1e-2f);
+    assert_int_equal(p.seed, 42);
+    assert_int_equal(p.checkpoint_every, 100);
+    assert_string_equal(p.prediction, "epsilon");
+    assert_int_equal(p.sample_every, 100);
+    assert_string_equal(p.sampler, "ddim");
+    assert_int_equal(p.sample_steps, 25);
+    assert_true(p.guidance == 5.0f);
+    assert_int_equal(p.resolution, 32);
+    assert_int_equal(p.flip, 0);
+    assert_true(p.prior_weight == 0.0f);
+    assert_int_equal(p.n_class_images, 0);
+    assert_string_equal(p.output_dir, "runs");
+    assert_int_equal(p.n_images, 0);
+    assert_int_equal(p.n_sample_prompts, 0);
+}
+
+static void test_default_ini(void **state) {
+    Preset p, want;
+    char err[256] = "";
+    preset_defaults(&p);
+    p.n_images = 7;   /* the file's image lines replace whatever was there */
+    if (preset_load(&p, "presets/default.ini", err, sizeof err)) fail_msg("%s", err);
+    if (preset_validate(&p, err, sizeof err)) fail_msg("%s", err);
+    preset_defaults(&want);
+    want.n_images = 4;
+    for (int i = 0; i < 4; i++) {
+        char s[64];
+        snprintf(s, sizeof s, "models/demo/subject%d.png", i + 1);
+        PUT(want.images[i], s);
+    }
+    PUT(want.instance_prompt, "a sks emoji");
+    PUT(want.class_prompt, "an emoji");
+    want.n_sample_prompts = 2;
+    PUT(want.sample_prompts[0], "a sks emoji");
+    PUT(want.sample_prompts[1], "a sks emoji on a blue background");
+    assert_memory_equal(&p, &want, sizeof p);
+}
+
+/* load must fail with exactly this message (after "<path>:") */
+static void expect_error(const char *text, const char *want) {
+    Preset p, before;
+    char err[512] = "", full[700];
+    preset_defaults(&p);
+    before = p;
+    write_ini(text);
+    assert_int_equal(preset_load(&p, ini, err, sizeof err), -1);
+    snprintf(full, sizeof full, "%s:%s", ini, want);
+    if (strcmp(err, full) != 0) fail_msg("for\n%s\ngot  '%s'\nwant '%s'", text, err, full);
+    assert_memory_equal(&p, &before, sizeof p);   /* nothing applied on error */
+}
+
+/* load must fail and the message must contain the line prefix and want */
+static void expect_error_sub(const char *text, int line, const char *want) {
+    Preset p;
+    char err[512] = "", prefix[600];
+    preset_defaults(&p);
+    write_ini(text);
+    assert_int_equal(preset_load(&p, ini, err, sizeof err), -1);
+    snprintf(prefix, sizeof prefix, "%s:%d: ", ini, line);
+    if (strncmp(err, prefix, strlen(prefix)) != 0) fail_msg("'%s' does not start with '%s'", err, prefix);
+    if (!strstr(err, want)) fail_msg("'%s' does not contain '%s'", err, want);
+}
+
+static void test_unknown_keys(void **state) {
+    expect_error("[model]\nmodel = tiny\n\n[train]\n# comment\nlr = 1e-3\n; another\n\n\n\n\nlerning_rate = 1e-3\n",
+                 "12: unknown key 'lerning_rate' in [train] (did you mean 'lr'?)");
+    expect_error("[train]\nitterations = 5\n", "2: unknown key 'itterations' in [train] (did you mean 'iterations'?)");
+    expect_error("[sample]\nguidance_scale = 3\n", "2: unknown key 'guidance_scale' in [sample] (did you mean 'guidance'?)");
+    expect_error("[data]\nlr = 1e-3\n", "2: unknown key 'lr' in [data] (it belongs in [train])");
+    expect_error("[train]\nzzzzzz = 1\n", "2: unknown key 'zzzzzz' in [train]");
+    expect_error("[trian]\nlr = 1\n", "1: unknown section [trian] (did you mean [train]?)");
+    expect_error("[weird]\n", "1: unknown section [weird] (sections: model, data, adapter, train, sample, output)");
+    expect_error("lr = 1\n[train]\n", "1: key 'lr' before any section (put it under [train])");
+    expect_error("[train]\nlr = 1e-3\nthis line has no equals sign\n",
+                 "3: malformed line 'this line has no equals sign' (expected 'key = value' or '[section]')");
+    expect_error("[train\nlr = 1\n", "1: malformed section header (missing ']')");
+}
+
+static void test_ranges(void **state) {
+    struct { const char *text; const char *want; } c[] = {
+        { "[adapter]\na1 = 0\n", "a1 = '0': out of range, allowed 1..4096" },
+        { "[adapter]\na2 = 4097\n", "a2 = '4097': out of range, allowed 1..4096" },
+        { "[train]\nlr = 0\n", "lr = '0': out of range, allowed (0, 1]" },
+        { "[train]\nlr = 1.5\n", "lr = '1.5': out of range, allowed (0, 1]" },
+        { "[train]\nlr = 6e-4x\n", "lr = '6e-4x': not a number" },
+        { "[train]\nlr = nan\n", "lr = 'nan': not a finite number" },
+        { "[train]\nlr = inf\n", "lr = 'inf': not a finite number" },
+        { "[train]\nlr =\n", "lr = '': not a number" },
+        { "[train]\niterations = 0\n", "iterations = '0': out of range, allowed 1..1000000" },
+        { "[train]\niterations = 1000001\n", "iterations = '1000001': out of range, allowed 1..1000000" },
+        { "[train]\niterations = 1.5\n", "iterations = '1.5': not an integer" },
+        { "[train]\niterations = 99999999999999999999\n", "out of range, allowed 1..1000000" },
+        { "[train]\nbatch = 65\n", "batch = '65': out of range, allowed 1..64" },
+        { "[train]\nseed = -1\n", "seed = '-1': must not be negative" },
+        { "[train]\nseed = 18446744073709551616\n", "seed = '18446744073709551616': out of range" },
+        { "[train]\nlr_schedule = cosine\n", "lr_schedule = 'cosine': must be one of: constant, warmup" },
+        { "[train]\nprediction = x0\n", "prediction = 'x0': must be one of: epsilon, v" },
+        { "[data]\nresolution = 12\n", "resolution = '12': must be a multiple of 8" },
+        { "[data]\nresolution = 4104\n", "resolution = '4104': out of range, allowed 8..4096" },
+        { "[data]\nflip = 2\n", "flip = '2': not a boolean" },
+        { "[sample]\nguidance = 50.5\n", "guidance = '50.5': out of range, allowed [0, 50]" },
+        { "[sample]\nsample_steps = 0\n", "sample_steps = '0': out of range, allowed 1..1000" },
+        { "[sample]\nsampler = plms\n", "sampler = 'plms': must be one of: ddim, euler" },
+        { "[adapter]\nmodules = ffn\n", "modules = 'ffn': must be one of: attn, attn+ffn" },
+        { "[adapter]\nadapter = lokr\n", "adapter = 'lokr': must be one of: krona, lora" },
+        { "[model]\ndevice = tpu\n", "device = 'tpu': must be one of: auto, cpu, cuda" },
+        { "[data]\ninstance_prompt = \"unterminated\n", "unterminated quote" },
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) expect_error_sub(c[i].text, 2, c[i].want);
+
+    /* a text longer than its field */
+    char text[1200];
+    int k = snprintf(text, sizeof text, "[data]\ninstance_prompt = ");
+    memset(text + k, 'x', 300);
+    strcpy(text + k + 300, "\n");
+    expect_error_sub(text, 2, "too long (at most 255 characters)");
+    /* more than PRESET_MAX_IMAGES images */
+    k = snprintf(text, sizeof text, "[data]\n");
+    for (int i = 0; i < PRESET_MAX_IMAGES + 1; i++) k += snprintf(text + k, sizeof text - (size_t)k, "image = img%d.png\n", i);
+    expect_error_sub(text, PRESET_MAX_IMAGES + 2, "image = 'img16.png': too many entries (at most 16)");
+}
+
+static void test_syntax_variants(void **state) {
+    /* BOM, CRLF, indentation, inline comments, key:value, bool words */
+    write_ini("\xEF\xBB\xBF[train]\r\n   lr = 0.001 ; inline comment\r\n\titerations: 20\r\n[data]\r\nflip = yes\r\n"
+              "  image = a.png\n  image = b.png\n");
+    Preset p;
+    char err[256] = "";
+    preset_defaults(&p);
+    if (preset_load(&p, ini, err, sizeof err)) fail_msg("%s", err);
+    assert_true(p.lr == 0.001f);
+    assert_int_equal(p.iterations, 20);
+    assert_int_equal(p.flip, 1);
+    assert_int_equal(p.n_images, 2);
+    assert_string_equal(p.images[1], "b.png");
+    /* "image =" with nothing clears the list */
+    write_ini("[data]\nimage =\n");
+    if (preset_load(&p, ini, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(p.n_images, 0);
+    /* missing file */
+    char missing[600];
+    snprintf(missing, sizeof missing, "%s/none.ini", tmpdir);
+    assert_int_equal(preset_load(&p, missing, err, sizeof err), -1);
+    assert_non_null(strstr(err, missing));
+}
+
+static void test_roundtrip(void **state) {
+    Preset p, q;
+    char err[256] = "", path2[600];
+    preset_defaults(&p);
+    PUT(p.model, "/models/some dir/sd15");
+    PUT(p.device, "cuda");
+    p.n_images = PRESET_MAX_IMAGES;
+    for (int i = 0; i < PRESET_MAX_IMAGES; i++) {
+        char s[PRESET_PATH_MAX];
+        snprintf(s, sizeof s, "data/img_%02d.png", i);
+        PUT(p.images[i], s);
+    }
+    /* a 511-character path (longer than inih's line buffer) */
+    char longp[PRESET_PATH_MAX];
+    memset(longp, 'p', PRESET_PATH_MAX - 1);
+    longp[0] = '/';
+    longp[PRESET_PATH_MAX - 1] = 0;
+    PUT(p.images[3], longp);
+    PUT(p.instance_prompt, "  a sks dog; \"quoted\" \\ back ;x  ");
+    PUT(p.class_prompt, "\"a dog\"");
+    PUT(p.class_dir, "");
+    p.n_class_images = 200;
+    p.prior_weight = 1.0f;
+    p.resolution = 512;
+    p.flip = 1;
+    PUT(p.adapter, "lora");
+    p.a1 = 16;
+    p.a2 = 64;
+    p.lora_rank = 8;
+    p.lora_alpha = 0.1f + 1e-9f;
+    PUT(p.modules, "attn+ffn");
+    p.lr = nextafterf(1e-4f, 1.0f);
+    PUT(p.lr_schedule, "warmup");
+    p.warmup_steps = 50;
+    p.iterations = 1000;
+    p.batch = 4;
+    p.grad_accum = 2;
+    p.weight_decay = 3.3333333e-3f;
+    p.seed = 18446744073709551615ull;
+    p.checkpoint_every = 0;
+    PUT(p.prediction, "v");
+    p.sample_every = 0;
+    p.n_sample_prompts = PRESET_MAX_SAMPLES;
+    for (int i = 0; i < PRESET_MAX_SAMPLES; i++) {
+        char s[64];
+        snprintf(s, sizeof s, "prompt number %d; with = and : and #", i);
+        PUT(p.sample_prompts[i], s);
+    }
+    PUT(p.sampler, "euler");
+    p.sample_steps = 50;
+    p.guidance = 7.5f;
+    PUT(p.output_dir, "out/runs");
+    PUT(p.run_name, "my-run");
+    if (preset_validate(&p, err, sizeof err)) fail_msg("%s", err);
+    if (preset_save(&p, ini, err, sizeof err)) fail_msg("%s", err);
+    preset_defaults(&q);
+    if (preset_load(&q, ini, err, sizeof err)) fail_msg("%s", err);
+    assert_memory_equal(&p, &q, sizeof p);
+    /* stable output: saving what was loaded gives the same bytes */
+    snprintf(path2, sizeof path2, "%s/Q.ini", tmpdir);
+    assert_int_equal(preset_save(&q, path2, err, sizeof err), 0);
+    size_t n1, n2;
+    char *a = fs_read_all(ini, &n1, err, sizeof err), *b = fs_read_all(path2, &n2, err, sizeof err);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(a, b, n1);
+    assert_non_null(strstr(a, "\nlr = "));
+    assert_non_null(strstr(a, "\nguidance = 7.5\n"));   /* shortest digits that round-trip */
+    free(a);
+    free(b);
+
+    /* random floats within range survive exactly (shortest-digit printing must round-trip) */
+    uint32_t s = 12345;
+    for (int it = 0; it < 150; it++) {
+        s = s * 1664525u + 1013904223u;
+        float u = (float)(s >> 8) / 16777216.0f;   /* [0, 1) */
+        p.lr = u > 0 ? u : 0.5f;
+        p.guidance = u * 50.0f;
+        p.weight_decay = u * u;
+        p.lora_alpha = 1.0f + u * 1000.0f;
+        p.prior_weight = u * 1e-3f;
+        if (preset_save(&p, ini, err, sizeof err)) fail_msg("%s", err);
+        preset_defaults(&q);
+        if (preset_load(&q, ini, err, sizeof err)) fail_msg("%s", err);
+        if (memcmp(&p, &q, sizeof p) != 0) fail_msg("round trip differs at iteration %d (lr %.9g)", it, p.lr);
+    }
+    /* empty lists round-trip too (written as "image =") */
+    preset_defaults(&p);
+    if (preset_save(&p, ini, err, sizeof err)) fail_msg("%s", err);
+    preset_defaults(&q);
+    q.n_images = 1;
+    PUT(q.images[0], "x.png");
+    memset(q.images[0], 0, sizeof q.images[0]);
+    q.n_images = 0;
+    if (preset_load(&q, ini, err, sizeof err)) fail_msg("%s", err);
+    assert_memory_equal(&p, &q, sizeof p);
+    /* no temp files left by the atomic writes */
+    DIR *d = opendir(tmpdir);
+    struct dirent *e;
+    while ((e = readdir(d))) assert_null(strstr(e->d_name, ".tmp."));
+    closedir(d);
+}
+
+static void test_set(void **state) {
+    Preset p, before;
+    char err[256] = "";
+    preset_defaults(&p);
+    assert_int_equal(preset_set(&p, "train.lr=1e-3", err, sizeof err), 0);
+    assert_true(p.lr == 1e-3f);
+    assert_int_equal(preset_set(&p, "lr=2e-3", err, sizeof err), 0);
+    assert_true(p.lr == 2e-3f);
+    assert_int_equal(preset_set(&p, " batch = 8 ", err, sizeof err), 0);
+    assert_int_equal(p.batch, 8);
+    assert_int_equal(preset_set(&p, "instance_prompt=a sks dog", err, sizeof err), 0);
+    assert_string_equal(p.instance_prompt, "a sks dog");
+    assert_int_equal(preset_set(&p, "adapter.a1=16", err, sizeof err), 0);
+    assert_int_equal(p.a1, 16);
+    assert_int_equal(preset_set(&p, "image=a.png", err, sizeof err), 0);
+    assert_int_equal(preset_set(&p, "data.image+=b.png", err, sizeof err), 0);
+    assert_int_equal(p.n_images, 2);
+    assert_string_equal(p.images[0], "a.png");
+    assert_string_equal(p.images[1], "b.png");
+    assert_int_equal(preset_set(&p, "image=c.png", err, sizeof err), 0);   /* '=' replaces the list */
+    assert_int_equal(p.n_images, 1);
+    assert_string_equal(p.images[0], "c.png");
+    assert_int_equal(preset_set(&p, "seed=18446744073709551615", err, sizeof err), 0);
+    assert_true(p.seed == 18446744073709551615ull);
+
+    before = p;
+    struct { const char *a; const char *want; } c[] = {
+        { "lr=abc", "--set lr=abc: not a number" },
+        { "train.lr=2", "--set train.lr=2: out of range, allowed (0, 1]" },
+        { "lerning_rate=1e-3", "--set lerning_rate=1e-3: unknown key 'lerning_rate' (did you mean 'lr'?)" },
+        { "data.lr=1", "--set data.lr=1: unknown key 'lr' in [data] (it belongs in [train])" },
+        { "trian.lr=1", "--set trian.lr=1: unknown section [trian] (sections: model, data, adapter, train, sample, output)" },
+        { "lr", "--set lr: expected key=value or section.key=value" },
+        { "=3", "--set =3: expected key=value or section.key=value" },
+        { "a1+=3", "--set a1+=3: '+=' only works for list keys (image, prompt)" },
+        { "resolution=100", "--set resolution=100: must be a multiple of 8 (the latent/UNet downsampling needs it), allowed 8..4096" },
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        assert_int_equal(preset_set(&p, c[i].a, err, sizeof err), -1);
+        if (strcmp(err, c[i].want) != 0) fail_msg("got '%s'\nwant '%s'", err, c[i].want);
+    }
+    assert_memory_equal(&p, &before, sizeof p);
+}
+
+static void test_validate(void **state) {
+    Preset p;
+    char err[256] = "";
+    preset_defaults(&p);
+    p.batch = 0;
+    assert_int_equal(preset_validate(&p, err, sizeof err), -1);
+    assert_string_equal(err, "train.batch = 0: out of range, allowed 1..64");
+    preset_defaults(&p);
+    p.lr = -1.0f;
+    assert_int_equal(preset_validate(&p, err, sizeof err), -1);
+    assert_non_null(strstr(err, "train.lr = -1: out of range, allowed (0, 1]"));
+    preset_defaults(&p);
+    PUT(p.sampler, "plms");
+    assert_int_equal(preset_validate(&p, err, sizeof err), -1);
+    assert_non_null(strstr(err, "sample.sampler = 'plms': must be one of: ddim, euler"));
+    preset_defaults(&p);
+    PUT(p.lr_schedule, "warmup");
+    p.warmup_steps = 600;
+    assert_int_equal(preset_validate(&p, err, sizeof err), -1);
+    assert_non_null(strstr(err, "must not exceed train.iterations (500)"));
+    preset_defaults(&p);
+    p.prior_weight = 1.0f;
+    assert_int_equal(preset_validate(&p, err, sizeof err), -1);
+    assert_non_null(strstr(err, "needs data.class_prompt"));
+    preset_defaults(&p);
+    PUT(p.run_name, "a/b");
+    assert_int_equal(preset_validate(&p, err, sizeof err), -1);
+    assert_non_null(strstr(err, "output.run_name"));
+    preset_defaults(&p);
+    PUT(p.model, "");
+    assert_int_equal(preset_validate(&p, err, sizeof err), -1);
+    assert_non_null(strstr(err, "model.model = '': must not be empty"));
+    preset_defaults(&p);
+    p.n_images = 1;
+    assert_int_equal(preset_validate(&p, err, sizeof err), -1);
+    assert_non_null(strstr(err, "entry 1 is empty"));
+    preset_defaults(&p);
+    memset(p.device, 'x', sizeof p.device);   /* unterminated field */
+    assert_int_equal(preset_validate(&p, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not terminated"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_default_ini),
+        cmocka_unit_test(test_unknown_keys),
+        cmocka_unit_test(test_ranges),
+        cmocka_unit_test(test_syntax_variants),
+        cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_set),
+        cmocka_unit_test(test_validate),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
