@@ -58,7 +58,9 @@ DEB_PKGS := build-essential pkg-config libstb-dev libinih-dev libsixel-dev libop
 deps:
 	@./tools/install-deps.sh $(DEB_PKGS)
 
-run: deps krona-studio
+# deps first, then a fresh make: pkg-config flags are read when make starts
+run: deps
+	@$(MAKE) --no-print-directory krona-studio
 	./krona-studio
 
 test: $(TEST_BIN) krona-studio
@@ -72,8 +74,9 @@ check: deps
 	@$(MAKE) --no-print-directory test
 	@$(MAKE) --no-print-directory test-san
 
-bench: krona-studio $(BUILD)/bench/bench_train
-	./$(BUILD)/bench/bench_train bench/results.txt
+bench: deps
+	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_train
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} ./$(BUILD)/bench/bench_train bench/results.txt
 
 $(BUILD)/bench/%: bench/%.c $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
