@@ -94,8 +94,9 @@ static int *list_count(Preset *p, const Key *k) { return (int *)((char *)p + k->
 static int clist_count(const Preset *p, const Key *k) { return *(const int *)((const char *)p + k->count_off); }
 
 static void set_text(char *dst, size_t cap, const char *s) {
+    size_t n = strlen(s);
     memset(dst, 0, cap);  /* zero the tail: presets compare with memcmp */
-    strncpy(dst, s, cap - 1);
+    memcpy(dst, s, n < cap ? n : cap - 1);
 }
 
 void preset_defaults(Preset *p) {
@@ -662,6 +663,25 @@ static void put_value(FILE *f, const char *s) {
 }
 
 int preset_save(const Preset *p, const char *path, char *err, size_t errlen) {
+    /* texts that the .ini format cannot carry (a newline would inject keys) are
+     * refused; out-of-range numbers are written as they are (preset_validate) */
+    for (int i = 0; i < NKEYS; i++) {
+        const Key *k = &keys[i];
+        if (k->kind != K_STR && k->kind != K_ENUM && k->kind != K_LIST) continue;
+        int cnt = k->kind == K_LIST ? clist_count(p, k) : 1;
+        if (cnt < 0 || cnt > (k->kind == K_LIST ? k->max_items : 1)) {
+            snprintf(err, errlen, "cannot save '%s': %s.%s has %d entries (at most %d)", path, k->section, k->key, cnt, k->max_items);
+            return -1;
+        }
+        for (int j = 0; j < cnt; j++) {
+            const char *s = (const char *)cfield(p, k) + (size_t)j * k->size;
+            char why[80];
+            if (!memchr(s, 0, k->size) || text_ok(s, why, sizeof why)) {
+                snprintf(err, errlen, "cannot save '%s': %s.%s is unterminated or contains control characters", path, k->section, k->key);
+                return -1;
+            }
+        }
+    }
     char *buf = NULL;
     size_t n = 0;
     FILE *f = open_memstream(&buf, &n);

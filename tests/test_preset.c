@@ -47,8 +47,9 @@ static void write_ini(const char *text) {
 
 /* zero-filled copy, so presets compare with memcmp */
 static void put(char *dst, size_t cap, const char *s) {
+    size_t n = strlen(s);
     memset(dst, 0, cap);
-    strncpy(dst, s, cap - 1);
+    memcpy(dst, s, n < cap ? n : cap - 1);
 }
 #define PUT(field, s) put(field, sizeof(field), s)
 
@@ -312,6 +313,12 @@ static void test_roundtrip(void **state) {
     q.n_images = 0;
     if (preset_load(&q, ini, err, sizeof err)) fail_msg("%s", err);
     assert_memory_equal(&p, &q, sizeof p);
+    /* a newline inside a text would inject keys into the file: refused */
+    PUT(p.instance_prompt, "a dog\nlr = 1");
+    assert_int_equal(preset_save(&p, ini, err, sizeof err), -1);
+    assert_non_null(strstr(err, "data.instance_prompt"));
+    assert_int_equal(preset_set(&p, "prompt=x\ny", err, sizeof err), -1);
+    assert_non_null(strstr(err, "control characters"));
     /* no temp files left by the atomic writes */
     DIR *d = opendir(tmpdir);
     struct dirent *e;
