@@ -12,31 +12,6 @@
 #include "safetensors.h"
 #include "train.h"
 
-#ifdef KRONA_CUDA
-#include "../gpu/backend_cuda.h"
-#endif
-
-Backend *cli_backend(const char *device, char *err, size_t errlen) {
-    if (!device || !strcmp(device, "auto")) {
-#ifdef KRONA_CUDA
-        Backend *be = backend_cuda_create(err, errlen);
-        if (be) return be;
-#endif
-        return backend_cpu_create();
-    }
-    if (!strcmp(device, "cpu")) return backend_cpu_create();
-    if (!strcmp(device, "cuda")) {
-#ifdef KRONA_CUDA
-        return backend_cuda_create(err, errlen);
-#else
-        snprintf(err, errlen, "device = cuda: this build has no CUDA backend (build with `make cuda`, "
-                              "or use device = cpu)");
-        return NULL;
-#endif
-    }
-    snprintf(err, errlen, "device = %s: use auto, cpu or cuda", device);
-    return NULL;
-}
 
 static void fmt_time(double s, char *out, size_t n) {
     if (!isfinite(s) || s < 0) { snprintf(out, n, "--"); return; }

@@ -1,5 +1,4 @@
 /* main.c — `krona-studio`: dispatch to the studio or a subcommand. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,24 +21,6 @@ static const char *USAGE =
     "Personalise a text-to-image diffusion model with Kronecker-product adapters\n"
     "(DiffuseKronA): dW = A (a1 x a2) kron B on the attention projections of a frozen UNet.\n"
     "See krona-studio(1) for every preset key, the files written and examples.\n";
-
-int cli_parse_int(const char *s, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < -2147483647L || v > 2147483647L) return -1;
-    *out = (int)v;
-    return 0;
-}
-
-int cli_parse_float(const char *s, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end) return -1;
-    *out = v;
-    return 0;
-}
 
 int main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))) {
