@@ -1,0 +1,1447 @@
+/* backend_cuda.cu — struct Backend on CUDA: cuBLAS for every matrix product
+ * (conv via im2col, attention via row tiles of S = QK^T, Kronecker adapter via
+ * strided-batched gemms) plus own kernels for norms, pointwise ops, reductions.
+ * f32 storage, fp32 accumulation; cuBLAS may use TF32 tensor cores (option).
+ *
+ * Row-major gemm through column-major cuBLAS: a row-major [M,N] matrix is the
+ * column-major [N,M] matrix of its transpose, so C = op(A) op(B) becomes
+ * C^T = op(B)^T op(A)^T: call cuBLAS with (B, A) swapped and M/N swapped.
+ *
+ * One stream for everything (uploads and downloads included), so the order of
+ * host calls is the order of device work, and a freed block can be handed out
+ * again at once: anything that used it was queued before anything new.
+ */
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "backend.h"
+}
+#include "backend_cuda.h"
+
+/* ------------------------------------------------------------------ state */
+
+typedef struct {
+    void *p;
+    size_t bytes; /* rounded size of the block */
+    size_t req;   /* bytes asked for (what peak_bytes counts) */
+} Block;
+
+typedef struct {
+    int dev;
+    char dev_name[256];
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    int tf32;
+    float *host_scalar; /* pinned, for mse_fwd's single device-to-host copy */
+    /* caching allocator: live blocks in an open-addressing table keyed by
+     * pointer, freed blocks in a list searched by exact rounded size */
+    Block *live;
+    size_t live_cap, live_n;
+    Block *cache;
+    size_t cache_n, cache_cap;
+    size_t live_req, peak_req, reserved;
+    char err[512];
+    long nerr;
+} Cuda;
+
+static Cuda *CU(Backend *be) { return (Cuda *)be->impl; }
+
+static void set_err(Cuda *c, const char *op, const char *what, const char *msg) {
+    c->nerr++;
+    if (c->err[0]) return; /* keep the first: later ones are usually its echo */
+    snprintf(c->err, sizeof c->err, "cuda backend: %s: %s failed: %s", op, what, msg);
+}
+
+static int ck_cuda(Cuda *c, cudaError_t e, const char *op, const char *what) {
+    if (e == cudaSuccess) return 0;
+    set_err(c, op, what, cudaGetErrorString(e));
+    return -1;
+}
+static int ck_blas(Cuda *c, cublasStatus_t s, const char *op, const char *what) {
+    if (s == CUBLAS_STATUS_SUCCESS) return 0;
+    set_err(c, op, what, cublasGetStatusString(s));
+    return -1;
+}
+#define CK(c, call) ck_cuda((c), (call), __func__, #call)
+#define CB(c, call) ck_blas((c), (call), __func__, #call)
+/* after every kernel launch: catches bad launch configs immediately */
+#define LAUNCHED(c) ck_cuda((c), cudaGetLastError(), __func__, "kernel launch")
+
+/* ------------------------------------------------------- caching allocator */
+
+static size_t round_bytes(size_t n) {
+    if (n == 0) n = 1;
+    if (n <= ((size_t)1 << 20)) return (n + 511) & ~(size_t)511;
+    return (n + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1);
+}
+
+static size_t hash_ptr(const void *p, size_t cap) {
+    uint64_t x = (uint64_t)(uintptr_t)p;
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33;
+    return (size_t)(x & (cap - 1));
+}
+
+static int live_insert(Cuda *c, Block b);
+static int live_grow(Cuda *c) {
+    size_t ncap = c->live_cap ? c->live_cap * 2 : 1024;
+    Block *old = c->live;
+    size_t ocap = c->live_cap;
+    c->live = (Block *)calloc(ncap, sizeof(Block));
+    if (!c->live) { c->live = old; return -1; }
+    c->live_cap = ncap;
+    c->live_n = 0;
+    for (size_t i = 0; i < ocap; i++)
+        if (old[i].p) live_insert(c, old[i]);
+    free(old);
+    return 0;
+}
+static int live_insert(Cuda *c, Block b) {
+    if ((c->live_n + 1) * 2 > c->live_cap && live_grow(c)) return -1;
+    size_t i = hash_ptr(b.p, c->live_cap);
+    while (c->live[i].p) i = (i + 1) & (c->live_cap - 1);
+    c->live[i] = b;
+    c->live_n++;
+    return 0;
+}
+/* removes p from the live table (backward-shift deletion); 0 if found */
+static int live_remove(Cuda *c, const void *p, Block *out) {
+    if (!c->live_cap) return -1;
+    size_t mask = c->live_cap - 1, i = hash_ptr(p, c->live_cap);
+    while (c->live[i].p && c->live[i].p != p) i = (i + 1) & mask;
+    if (!c->live[i].p) return -1;
+    *out = c->live[i];
+    size_t j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (!c->live[j].p) break;
+        size_t h = hash_ptr(c->live[j].p, c->live_cap);
+        /* move j back to i if its home is not in (i, j] cyclically */
+        int move = (i <= j) ? (h <= i || h > j) : (h <= i && h > j);
+        if (move) { c->live[i] = c->live[j]; i = j; }
+    }
+    c->live[i].p = NULL;
+    c->live_n--;
+    return 0;
+}
+
+static void cache_release(Cuda *c) {
+    if (!c->cache_n) return;
+    CK(c, cudaStreamSynchronize(c->stream));
+    for (size_t i = 0; i < c->cache_n; i++) {
+        CK(c, cudaFree(c->cache[i].p));
+        c->reserved -= c->cache[i].bytes;
+    }
+    c->cache_n = 0;
+}
+
+/* device memory, not zeroed; for the backend's own workspaces too, so peak
+ * counts them */
+static void *dalloc(Cuda *c, size_t req) {
+    size_t bytes = round_bytes(req);
+    void *p = NULL;
+    for (size_t i = c->cache_n; i-- > 0;) {
+        if (c->cache[i].bytes == bytes) {
+            p = c->cache[i].p;
+            c->cache[i] = c->cache[--c->cache_n];
+            break;
+        }
+    }
+    if (!p) {
+        cudaError_t e = cudaMalloc(&p, bytes);
+        if (e != cudaSuccess) { /* give the cache back to the driver and retry */
+            cudaGetLastError();
+            cache_release(c);
+            e = cudaMalloc(&p, bytes);
+        }
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            char what[96];
+            snprintf(what, sizeof what, "cudaMalloc(%zu bytes)", bytes);
+            set_err(c, "alloc", what, cudaGetErrorString(e));
+            return NULL;
+        }
+        c->reserved += bytes;
+    }
+    Block b = {p, bytes, req};
+    if (live_insert(c, b)) {
+        set_err(c, "alloc", "live table", "host out of memory");
+        cudaFree(p);
+        c->reserved -= bytes;
+        return NULL;
+    }
+    c->live_req += req;
+    if (c->live_req > c->peak_req) c->peak_req = c->live_req;
+    return p;
+}
+
+static void dfree(Cuda *c, void *p) {
+    if (!p) return;
+    Block b;
+    if (live_remove(c, p, &b)) {
+        set_err(c, "free", "lookup", "pointer was not allocated by this backend (or freed twice)");
+        return;
+    }
+    c->live_req -= b.req;
+    if (c->cache_n == c->cache_cap) {
+        size_t ncap = c->cache_cap ? c->cache_cap * 2 : 256;
+        Block *nc = (Block *)realloc(c->cache, ncap * sizeof(Block));
+        if (!nc) { CK(c, cudaFree(p)); c->reserved -= b.bytes; return; }
+        c->cache = nc;
+        c->cache_cap = ncap;
+    }
+    c->cache[c->cache_n++] = b;
+}
+
+/* ------------------------------------------------------------- utilities */
+
+#define TPB 256
+#ifndef GRID_CAP
+#define GRID_CAP (65535 * 32)
+#endif
+static unsigned grid_1d(int64_t n) {
+    int64_t b = (n + TPB - 1) / TPB;
+    if (b > GRID_CAP) b = GRID_CAP; /* grid-stride loops cover the rest */
+    return (unsigned)(b < 1 ? 1 : b);
+}
+#define GSTRIDE(i, n) \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (int64_t)blockDim.x * gridDim.x)
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+/* sum over the block (blockDim.x a multiple of 32, <= 1024); all threads get it */
+__device__ float block_sum(float v) {
+    __shared__ float sh[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads(); /* sh may still be read by a previous call */
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = (threadIdx.x < (unsigned)nw) ? sh[threadIdx.x] : 0.f;
+    if (w == 0) v = warp_sum(v);
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    return sh[0];
+}
+__device__ float block_max(float v) {
+    __shared__ float sh[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = (threadIdx.x < (unsigned)nw) ? sh[threadIdx.x] : -INFINITY;
+    if (w == 0) v = warp_max(v);
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    return sh[0];
+}
+
+/* ------------------------------------------------------------ memory ops */
+
+static void *cu_alloc(Backend *be, size_t bytes) {
+    Cuda *c = CU(be);
+    void *p = dalloc(c, bytes);
+    if (p && CK(c, cudaMemsetAsync(p, 0, round_bytes(bytes), c->stream))) {
+        dfree(c, p);
+        return NULL;
+    }
+    return p;
+}
+static void cu_free(Backend *be, void *p) { dfree(CU(be), p); }
+static void cu_upload(Backend *be, void *dst, const void *src, size_t bytes) {
+    Cuda *c = CU(be);
+    if (!bytes) return;
+    CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    /* the caller may reuse src as soon as we return */
+    CK(c, cudaStreamSynchronize(c->stream));
+}
+static void cu_download(Backend *be, void *dst, const void *src, size_t bytes) {
+    Cuda *c = CU(be);
+    if (!bytes) return;
+    CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    CK(c, cudaStreamSynchronize(c->stream));
+}
+static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
+    Cuda *c = CU(be);
+    if (!bytes || dst == src) return;
+    CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+}
+static void cu_zero(Backend *be, void *p, size_t bytes) {
+    Cuda *c = CU(be);
+    if (!bytes) return;
+    CK(c, cudaMemsetAsync(p, 0, bytes, c->stream));
+}
+static void cu_sync(Backend *be) {
+    Cuda *c = CU(be);
+    CK(c, cudaStreamSynchronize(c->stream));
+}
+static size_t cu_peak(Backend *be) { return CU(be)->peak_req; }
+
+/* ------------------------------------------------------------------ gemm */
+
+static cublasOperation_t OP(int t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+/* row-major C[M,N] = alpha op(A) op(B) + beta C, batched at element strides */
+static void gemm_sb(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, int64_t lda, int64_t sA, const float *B, int64_t ldb,
+                    int64_t sB, float beta, float *C, int64_t ldc, int64_t sC, int64_t batch) {
+    if (M <= 0 || N <= 0 || batch <= 0) return;
+    if (batch == 1)
+        CB(c, cublasSgemm_64(c->blas, OP(tB), OP(tA), N, M, K, &alpha, B, ldb, A, lda, &beta,
+                             C, ldc));
+    else
+        CB(c, cublasSgemmStridedBatched_64(c->blas, OP(tB), OP(tA), N, M, K, &alpha, B, ldb,
+                                           sB, A, lda, sA, &beta, C, ldc, sC, batch));
+}
+static void gemm1(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K, float alpha,
+                  const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                  float *C, int64_t ldc) {
+    gemm_sb(c, tA, tB, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+}
+
+static void cu_gemm(Backend *be, int transA, int transB, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                    int ldc) {
+    gemm1(CU(be), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+static void cu_gemm_batched(Backend *be, int transA, int transB, int M, int N, int K,
+                            float alpha, const float *A, int lda, int64_t sA, const float *B,
+                            int ldb, int64_t sB, float beta, float *C, int ldc, int64_t sC,
+                            int batch) {
+    gemm_sb(CU(be), transA, transB, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC,
+            batch);
+}
+
+/* ------------------------------------------------------------ reductions */
+
+/* part[py][c] = sum of X[m][c] over the rows m of slice py (X is [M,C]) */
+__global__ void colsum_partial_k(const float *X, int64_t M, int C, float *part) {
+    __shared__ float sh[8][33];
+    int cidx = blockIdx.x * 32 + threadIdx.x;
+    float acc = 0.f;
+    if (cidx < C)
+        for (int64_t m = (int64_t)blockIdx.y * 8 + threadIdx.y; m < M; m += 8 * (int64_t)gridDim.y)
+            acc += X[m * C + cidx];
+    sh[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && cidx < C) {
+        float s = 0.f;
+        for (int r = 0; r < 8; r++) s += sh[r][threadIdx.x];
+        part[(int64_t)blockIdx.y * C + cidx] = s;
+    }
+}
+/* out[c] += scale * sum_p part[p][c] (fixed order: deterministic) */
+__global__ void partial_final_k(const float *part, int P, int C, float *out, float scale) {
+    GSTRIDE(i, C) {
+        float s = 0.f;
+        for (int p = 0; p < P; p++) s += part[(int64_t)p * C + i];
+        out[i] += scale * s;
+    }
+}
+static int col_slices(int64_t M) {
+    int64_t p = (M + 63) / 64;
+    return (int)(p < 1 ? 1 : (p > 512 ? 512 : p));
+}
+/* out[c] += scale * sum_m X[m][c] */
+static void colsum_accum(Cuda *c, const float *X, int64_t M, int C, float *out, float scale) {
+    if (M <= 0 || C <= 0) return;
+    int P = col_slices(M);
+    float *part = (float *)dalloc(c, (size_t)P * C * sizeof(float));
+    if (!part) return;
+    dim3 g((C + 31) / 32, P), b(32, 8);
+    colsum_partial_k<<<g, b, 0, c->stream>>>(X, M, C, part);
+    LAUNCHED(c);
+    partial_final_k<<<grid_1d(C), TPB, 0, c->stream>>>(part, P, C, out, scale);
+    LAUNCHED(c);
+    dfree(c, part);
+}
+
+/* X[N,C,HW]: per_n ? out[n*C+c] += sum_hw : out[c] += sum_{n,hw}; block per output */
+__global__ void chan_sum_k(const float *X, int N, int C, int64_t HW, float *out, int per_n) {
+    int cidx = blockIdx.x;
+    int n0 = per_n ? blockIdx.y : 0, n1 = per_n ? n0 + 1 : N;
+    float acc = 0.f;
+    for (int n = n0; n < n1; n++) {
+        const float *row = X + ((int64_t)n * C + cidx) * HW;
+        for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) acc += row[i];
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) out[per_n ? (int64_t)n0 * C + cidx : cidx] += acc;
+}
+
+/* --------------------------------------------------------------- linear */
+
+__global__ void fill_rows_k(float *y, const float *b, int64_t M, int out) {
+    GSTRIDE(i, M * out) y[i] = b[i % out];
+}
+
+static void cu_linear_fwd(Backend *be, const float *x, const float *W, const float *b,
+                          float *y, int64_t M, int in, int out) {
+    Cuda *c = CU(be);
+    if (M <= 0 || out <= 0) return;
+    if (b) {
+        fill_rows_k<<<grid_1d(M * out), TPB, 0, c->stream>>>(y, b, M, out);
+        LAUNCHED(c);
+    }
+    gemm1(c, 0, 1, M, out, in, 1.f, x, in, W, in, b ? 1.f : 0.f, y, out);
+}
+static void cu_linear_bwd(Backend *be, const float *dy, const float *x, const float *W,
+                          float *dx, float *dW, float *db, int64_t M, int in, int out) {
+    Cuda *c = CU(be);
+    if (M <= 0) return;
+    if (dx) gemm1(c, 0, 0, M, in, out, 1.f, dy, out, W, in, 1.f, dx, in);
+    if (dW) gemm1(c, 1, 0, out, in, M, 1.f, dy, out, x, in, 1.f, dW, in);
+    if (db) colsum_accum(c, dy, M, out, db, 1.f);
+}
+
+/* ---------------------------------------------------------- convolution */
+
+/* col[b][ci*k*k + kh*k + kw][oh*Wo + ow] = x[b][ci][oh*s-p+kh][ow*s-p+kw] (0 outside) */
+__global__ void im2col_k(const float *x, float *col, int nb, int Cin, int H, int W, int k,
+                         int s, int p, int Ho, int Wo) {
+    int64_t HoWo = (int64_t)Ho * Wo, CKK = (int64_t)Cin * k * k;
+    GSTRIDE(i, (int64_t)nb * CKK * HoWo) {
+        int64_t o = i % HoWo, r = i / HoWo;
+        int64_t ckk = r % CKK, bi = r / CKK;
+        int kw = (int)(ckk % k), kh = (int)((ckk / k) % k), ci = (int)(ckk / (k * k));
+        int oh = (int)(o / Wo), ow = (int)(o % Wo);
+        int ih = oh * s - p + kh, iw = ow * s - p + kw;
+        float v = 0.f;
+        if (ih >= 0 && ih < H && iw >= 0 && iw < W)
+            v = x[((bi * Cin + ci) * H + ih) * (int64_t)W + iw];
+        col[i] = v;
+    }
+}
+/* dx[b][ci][ih][iw] += sum over (kh,kw) of col[b][ci,kh,kw][oh,ow] with oh*s-p+kh == ih */
+__global__ void col2im_acc_k(const float *col, float *dx, int nb, int Cin, int H, int W, int k,
+                             int s, int p, int Ho, int Wo) {
+    int64_t HoWo = (int64_t)Ho * Wo, CKK = (int64_t)Cin * k * k;
+    GSTRIDE(i, (int64_t)nb * Cin * H * W) {
+        int iw = (int)(i % W), ih = (int)((i / W) % H);
+        int64_t bc = i / ((int64_t)H * W);
+        int ci = (int)(bc % Cin);
+        int64_t bi = bc / Cin;
+        const float *cb = col + bi * CKK * HoWo + (int64_t)ci * k * k * HoWo;
+        float acc = 0.f;
+        for (int kh = 0; kh < k; kh++) {
+            int th = ih + p - kh;
+            if (th < 0 || th % s) continue;
+            int oh = th / s;
+            if (oh >= Ho) continue;
+            for (int kw = 0; kw < k; kw++) {
+                int tw = iw + p - kw;
+                if (tw < 0 || tw % s) continue;
+                int ow = tw / s;
+                if (ow >= Wo) continue;
+                acc += cb[(int64_t)(kh * k + kw) * HoWo + (int64_t)oh * Wo + ow];
+            }
+        }
+        dx[i] += acc;
+    }
+}
+/* y[n][c][hw] += b[c] */
+__global__ void add_bias_nchw_k(float *y, const float *b, int C, int64_t HW, int64_t total) {
+    GSTRIDE(i, total) y[i] += b[(i / HW) % C];
+}
+
+/* im2col workspace: images per chunk so it stays under this (at least one image) */
+#define CONV_WS_BYTES ((size_t)512 << 20)
+
+static int conv_chunk(int64_t per_image_floats, int N) {
+    int64_t nb = (int64_t)(CONV_WS_BYTES / sizeof(float)) / (per_image_floats > 0 ? per_image_floats : 1);
+    if (nb < 1) nb = 1;
+    if (nb > N) nb = N;
+    return (int)nb;
+}
+
+static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const float *b, float *y,
+                          int N, int Cin, int H, int W, int Cout, int k, int s, int p) {
+    Cuda *c = CU(be);
+    int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
+    if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return;
+    int64_t HoWo = (int64_t)Ho * Wo, CKK = (int64_t)Cin * k * k, HW = (int64_t)H * W;
+    if (k == 1 && s == 1 && p == 0) { /* 1x1: the image is its own im2col */
+        gemm_sb(c, 0, 0, Cout, HW, Cin, 1.f, w, Cin, 0, x, HW, (int64_t)Cin * HW, 0.f, y, HW,
+                (int64_t)Cout * HW, N);
+    } else {
+        int nb = conv_chunk(CKK * HoWo, N);
+        float *col = (float *)dalloc(c, (size_t)nb * CKK * HoWo * sizeof(float));
+        if (!col) return;
+        for (int n0 = 0; n0 < N; n0 += nb) {
+            int m = N - n0 < nb ? N - n0 : nb;
+            im2col_k<<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
+                x + (int64_t)n0 * Cin * HW, col, m, Cin, H, W, k, s, p, Ho, Wo);
+            LAUNCHED(c);
+            gemm_sb(c, 0, 0, Cout, HoWo, CKK, 1.f, w, CKK, 0, col, HoWo, CKK * HoWo, 0.f,
+                    y + (int64_t)n0 * Cout * HoWo, HoWo, (int64_t)Cout * HoWo, m);
+        }
+        dfree(c, col);
+    }
+    if (b) {
+        int64_t total = (int64_t)N * Cout * HoWo;
+        add_bias_nchw_k<<<grid_1d(total), TPB, 0, c->stream>>>(y, b, Cout, HoWo, total);
+        LAUNCHED(c);
+    }
+}
+
+static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const float *w,
+                          float *dx, float *dw, float *db, int N, int Cin, int H, int W,
+                          int Cout, int k, int s, int p) {
+    Cuda *c = CU(be);
+    int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
+    if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return;
+    int64_t HoWo = (int64_t)Ho * Wo, CKK = (int64_t)Cin * k * k, HW = (int64_t)H * W;
+    if (db) {
+        chan_sum_k<<<dim3(Cout, 1), TPB, 0, c->stream>>>(dy, N, Cout, HoWo, db, 0);
+        LAUNCHED(c);
+    }
+    if (!dx && !dw) return;
+    if (k == 1 && s == 1 && p == 0) {
+        if (dw) /* dw[Cout,Cin] += dy_n[Cout,HW] x_n[Cin,HW]^T, one image at a time */
+            for (int n = 0; n < N; n++)
+                gemm1(c, 0, 1, Cout, Cin, HW, 1.f, dy + (int64_t)n * Cout * HW, HW,
+                      x + (int64_t)n * Cin * HW, HW, 1.f, dw, Cin);
+        if (dx)
+            gemm_sb(c, 1, 0, Cin, HW, Cout, 1.f, w, Cin, 0, dy, HW, (int64_t)Cout * HW, 1.f, dx,
+                    HW, (int64_t)Cin * HW, N);
+        return;
+    }
+    int nb = conv_chunk(CKK * HoWo, N);
+    float *col = (float *)dalloc(c, (size_t)nb * CKK * HoWo * sizeof(float));
+    if (!col) return;
+    for (int n0 = 0; n0 < N; n0 += nb) {
+        int m = N - n0 < nb ? N - n0 : nb;
+        const float *dyc = dy + (int64_t)n0 * Cout * HoWo;
+        if (dw) {
+            im2col_k<<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
+                x + (int64_t)n0 * Cin * HW, col, m, Cin, H, W, k, s, p, Ho, Wo);
+            LAUNCHED(c);
+            for (int i = 0; i < m; i++)
+                gemm1(c, 0, 1, Cout, CKK, HoWo, 1.f, dyc + (int64_t)i * Cout * HoWo, HoWo,
+                      col + (int64_t)i * CKK * HoWo, HoWo, 1.f, dw, CKK);
+        }
+        if (dx) { /* dcol = w^T dy, then scatter-free gather back into dx */
+            gemm_sb(c, 1, 0, CKK, HoWo, Cout, 1.f, w, CKK, 0, dyc, HoWo, (int64_t)Cout * HoWo,
+                    0.f, col, HoWo, CKK * HoWo, m);
+            col2im_acc_k<<<grid_1d((int64_t)m * Cin * HW), TPB, 0, c->stream>>>(
+                col, dx + (int64_t)n0 * Cin * HW, m, Cin, H, W, k, s, p, Ho, Wo);
+            LAUNCHED(c);
+        }
+    }
+    dfree(c, col);
+}
+
+/* ----------------------------------------------------------- group norm */
+
+/* per (n,c) row of HW: mean and sum of squared deviations (two passes: exact) */
+__global__ void gn_chan_stats_k(const float *x, int64_t HW, float *cmean, float *cm2) {
+    const float *r = x + (int64_t)blockIdx.x * HW;
+    float s = 0.f;
+    for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) s += r[i];
+    float mu = block_sum(s) / (float)HW;
+    float q = 0.f;
+    for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
+        float d = r[i] - mu;
+        q += d * d;
+    }
+    q = block_sum(q);
+    if (threadIdx.x == 0) { cmean[blockIdx.x] = mu; cm2[blockIdx.x] = q; }
+}
+/* combine the Cg channel stats of each (n,g) (Chan et al., equal counts) */
+__global__ void gn_group_stats_k(const float *cmean, const float *cm2, int N, int C, int G,
+                                 int64_t HW, float eps, float *mean, float *rstd) {
+    GSTRIDE(t, (int64_t)N * G) {
+        int Cg = C / G;
+        int64_t base = (t / G) * C + (t % G) * Cg;
+        float mu = 0.f;
+        for (int i = 0; i < Cg; i++) mu += cmean[base + i];
+        mu /= (float)Cg;
+        float m2 = 0.f, dev = 0.f;
+        for (int i = 0; i < Cg; i++) {
+            float d = cmean[base + i] - mu;
+            m2 += cm2[base + i];
+            dev += d * d;
+        }
+        float var = (m2 + (float)HW * dev) / ((float)Cg * (float)HW);
+        mean[t] = mu;
+        rstd[t] = rsqrtf(fmaxf(var, 0.f) + eps);
+    }
+}
+__global__ void gn_apply_k(const float *x, const float *gamma, const float *beta, float *y,
+                           const float *mean, const float *rstd, int C, int G, int64_t HW,
+                           int64_t total) {
+    GSTRIDE(i, total) {
+        int64_t row = i / HW;
+        int cc = (int)(row % C);
+        int64_t ng = (row / C) * G + cc / (C / G);
+        float v = (x[i] - mean[ng]) * rstd[ng];
+        y[i] = v * (gamma ? gamma[cc] : 1.f) + (beta ? beta[cc] : 0.f);
+    }
+}
+
+static void cu_group_norm_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
+                              float *y, float *mean, float *rstd, int N, int C, int64_t HW,
+                              int G, float eps) {
+    Cuda *c = CU(be);
+    if (N <= 0 || C <= 0 || HW <= 0 || G <= 0) return;
+    float *tmp = (float *)dalloc(c, (size_t)(2 * N * C + 2 * N * G) * sizeof(float));
+    if (!tmp) return;
+    float *cmean = tmp, *cm2 = tmp + N * C;
+    float *mu = mean ? mean : tmp + 2 * N * C, *rs = rstd ? rstd : tmp + 2 * N * C + N * G;
+    gn_chan_stats_k<<<N * C, TPB, 0, c->stream>>>(x, HW, cmean, cm2);
+    LAUNCHED(c);
+    gn_group_stats_k<<<grid_1d((int64_t)N * G), TPB, 0, c->stream>>>(cmean, cm2, N, C, G, HW,
+                                                                       eps, mu, rs);
+    LAUNCHED(c);
+    int64_t total = (int64_t)N * C * HW;
+    gn_apply_k<<<grid_1d(total), TPB, 0, c->stream>>>(x, gamma, beta, y, mu, rs, C, G, HW, total);
+    LAUNCHED(c);
+    dfree(c, tmp);
+}
+
+/* per (n,c): ds = sum dy, dsx = sum dy * xhat */
+__global__ void gn_bwd_chan_k(const float *dy, const float *x, const float *mean,
+                              const float *rstd, int C, int G, int64_t HW, float *ds,
+                              float *dsx) {
+    int64_t row = blockIdx.x;
+    int cc = (int)(row % C);
+    int64_t ng = (row / C) * G + cc / (C / G);
+    float mu = mean[ng], rs = rstd[ng];
+    const float *d = dy + row * HW, *xr = x + row * HW;
+    float a = 0.f, b = 0.f;
+    for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
+        a += d[i];
+        b += d[i] * (xr[i] - mu) * rs;
+    }
+    a = block_sum(a);
+    b = block_sum(b);
+    if (threadIdx.x == 0) { ds[row] = a; dsx[row] = b; }
+}
+/* dgamma[c] += sum_n dsx[n,c]; dbeta[c] += sum_n ds[n,c] */
+__global__ void gn_bwd_params_k(const float *ds, const float *dsx, int N, int C, float *dgamma,
+                                float *dbeta) {
+    GSTRIDE(cc, C) {
+        float a = 0.f, b = 0.f;
+        for (int n = 0; n < N; n++) { a += ds[(int64_t)n * C + cc]; b += dsx[(int64_t)n * C + cc]; }
+        if (dbeta) dbeta[cc] += a;
+        if (dgamma) dgamma[cc] += b;
+    }
+}
+/* per (n,g): mean over the group of dy*gamma and of dy*gamma*xhat */
+__global__ void gn_bwd_group_k(const float *ds, const float *dsx, const float *gamma, int N,
+                               int C, int G, int64_t HW, float *ca, float *cb) {
+    GSTRIDE(t, (int64_t)N * G) {
+        int Cg = C / G;
+        int64_t base = (t / G) * C + (t % G) * Cg;
+        int c0 = (int)((t % G) * Cg);
+        float a = 0.f, b = 0.f;
+        for (int i = 0; i < Cg; i++) {
+            float gm = gamma ? gamma[c0 + i] : 1.f;
+            a += gm * ds[base + i];
+            b += gm * dsx[base + i];
+        }
+        float inv = 1.f / ((float)Cg * (float)HW);
+        ca[t] = a * inv;
+        cb[t] = b * inv;
+    }
+}
+__global__ void gn_bwd_dx_k(const float *dy, const float *x, const float *gamma,
+                            const float *mean, const float *rstd, const float *ca,
+                            const float *cb, float *dx, int C, int G, int64_t HW,
+                            int64_t total) {
+    GSTRIDE(i, total) {
+        int64_t row = i / HW;
+        int cc = (int)(row % C);
+        int64_t ng = (row / C) * G + cc / (C / G);
+        float rs = rstd[ng], xh = (x[i] - mean[ng]) * rs;
+        float g = dy[i] * (gamma ? gamma[cc] : 1.f);
+        dx[i] += rs * (g - ca[ng] - xh * cb[ng]);
+    }
+}
+
+static void cu_group_norm_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
+                              const float *mean, const float *rstd, float *dx, float *dgamma,
+                              float *dbeta, int N, int C, int64_t HW, int G) {
+    Cuda *c = CU(be);
+    if (N <= 0 || C <= 0 || HW <= 0 || G <= 0 || (!dx && !dgamma && !dbeta)) return;
+    float *tmp = (float *)dalloc(c, (size_t)(2 * N * C + 2 * N * G) * sizeof(float));
+    if (!tmp) return;
+    float *ds = tmp, *dsx = tmp + N * C, *ca = tmp + 2 * N * C, *cb = ca + N * G;
+    gn_bwd_chan_k<<<N * C, TPB, 0, c->stream>>>(dy, x, mean, rstd, C, G, HW, ds, dsx);
+    LAUNCHED(c);
+    if (dgamma || dbeta) {
+        gn_bwd_params_k<<<grid_1d(C), TPB, 0, c->stream>>>(ds, dsx, N, C, dgamma, dbeta);
+        LAUNCHED(c);
+    }
+    if (dx) {
+        gn_bwd_group_k<<<grid_1d((int64_t)N * G), TPB, 0, c->stream>>>(ds, dsx, gamma, N, C, G,
+                                                                         HW, ca, cb);
+        LAUNCHED(c);
+        int64_t total = (int64_t)N * C * HW;
+        gn_bwd_dx_k<<<grid_1d(total), TPB, 0, c->stream>>>(dy, x, gamma, mean, rstd, ca, cb, dx,
+                                                           C, G, HW, total);
+        LAUNCHED(c);
+    }
+    dfree(c, tmp);
+}
+
+/* ----------------------------------------------------------- layer norm */
+
+/* one warp per row, 8 rows per block */
+__global__ void ln_fwd_k(const float *x, const float *gamma, const float *beta, float *y,
+                         float *mean, float *rstd, int64_t M, int C, float eps) {
+    int64_t row = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= M) return; /* whole warp leaves together; no block barriers below */
+    const float *xr = x + row * C;
+    float s = 0.f;
+    for (int i = lane; i < C; i += 32) s += xr[i];
+    float mu = warp_sum(s) / (float)C;
+    float q = 0.f;
+    for (int i = lane; i < C; i += 32) { float d = xr[i] - mu; q += d * d; }
+    float rs = rsqrtf(warp_sum(q) / (float)C + eps);
+    float *yr = y + row * C;
+    for (int i = lane; i < C; i += 32)
+        yr[i] = (xr[i] - mu) * rs * (gamma ? gamma[i] : 1.f) + (beta ? beta[i] : 0.f);
+    if (lane == 0) { mean[row] = mu; rstd[row] = rs; }
+}
+__global__ void ln_bwd_dx_k(const float *dy, const float *x, const float *gamma,
+                            const float *mean, const float *rstd, float *dx, int64_t M, int C) {
+    int64_t row = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= M) return;
+    const float *xr = x + row * C, *dr = dy + row * C;
+    float mu = mean[row], rs = rstd[row];
+    float a = 0.f, b = 0.f;
+    for (int i = lane; i < C; i += 32) {
+        float g = dr[i] * (gamma ? gamma[i] : 1.f);
+        a += g;
+        b += g * (xr[i] - mu) * rs;
+    }
+    a = warp_sum(a) / (float)C;
+    b = warp_sum(b) / (float)C;
+    float *o = dx + row * C;
+    for (int i = lane; i < C; i += 32) {
+        float g = dr[i] * (gamma ? gamma[i] : 1.f);
+        o[i] += rs * (g - a - (xr[i] - mu) * rs * b);
+    }
+}
+/* slices of rows: pg[p][c] = sum dy*xhat, pb[p][c] = sum dy */
+__global__ void ln_bwd_params_partial_k(const float *dy, const float *x, const float *mean,
+                                        const float *rstd, int64_t M, int C, float *pg,
+                                        float *pb) {
+    __shared__ float sg[8][33], sb[8][33];
+    int cidx = blockIdx.x * 32 + threadIdx.x;
+    float ag = 0.f, ab = 0.f;
+    if (cidx < C)
+        for (int64_t m = (int64_t)blockIdx.y * 8 + threadIdx.y; m < M; m += 8 * (int64_t)gridDim.y) {
+            float d = dy[m * C + cidx];
+            ab += d;
+            ag += d * (x[m * C + cidx] - mean[m]) * rstd[m];
+        }
+    sg[threadIdx.y][threadIdx.x] = ag;
+    sb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && cidx < C) {
+        float g = 0.f, b = 0.f;
+        for (int r = 0; r < 8; r++) { g += sg[r][threadIdx.x]; b += sb[r][threadIdx.x]; }
+        pg[(int64_t)blockIdx.y * C + cidx] = g;
+        pb[(int64_t)blockIdx.y * C + cidx] = b;
+    }
+}
+
+static void cu_layer_norm_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
+                              float *y, float *mean, float *rstd, int64_t M, int C, float eps) {
+    Cuda *c = CU(be);
+    if (M <= 0 || C <= 0) return;
+    float *tmp = NULL;
+    if (!mean || !rstd) {
+        tmp = (float *)dalloc(c, (size_t)M * 2 * sizeof(float));
+        if (!tmp) return;
+    }
+    ln_fwd_k<<<(unsigned)((M + 7) / 8), 256, 0, c->stream>>>(
+        x, gamma, beta, y, mean ? mean : tmp, rstd ? rstd : tmp + M, M, C, eps);
+    LAUNCHED(c);
+    dfree(c, tmp);
+}
+static void cu_layer_norm_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
+                              const float *mean, const float *rstd, float *dx, float *dgamma,
+                              float *dbeta, int64_t M, int C) {
+    Cuda *c = CU(be);
+    if (M <= 0 || C <= 0) return;
+    if (dx) {
+        ln_bwd_dx_k<<<(unsigned)((M + 7) / 8), 256, 0, c->stream>>>(dy, x, gamma, mean, rstd, dx,
+                                                                    M, C);
+        LAUNCHED(c);
+    }
+    if (dgamma || dbeta) {
+        int P = col_slices(M);
+        float *part = (float *)dalloc(c, (size_t)P * C * 2 * sizeof(float));
+        if (!part) return;
+        dim3 g((C + 31) / 32, P), b(32, 8);
+        ln_bwd_params_partial_k<<<g, b, 0, c->stream>>>(dy, x, mean, rstd, M, C, part,
+                                                        part + (int64_t)P * C);
+        LAUNCHED(c);
+        if (dgamma) {
+            partial_final_k<<<grid_1d(C), TPB, 0, c->stream>>>(part, P, C, dgamma, 1.f);
+            LAUNCHED(c);
+        }
+        if (dbeta) {
+            partial_final_k<<<grid_1d(C), TPB, 0, c->stream>>>(part + (int64_t)P * C, P, C,
+                                                               dbeta, 1.f);
+            LAUNCHED(c);
+        }
+        dfree(c, part);
+    }
+}
+
+/* ------------------------------------------------------------ pointwise */
+
+__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
+__device__ __forceinline__ float gelu_f(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
+__device__ __forceinline__ float gelu_d(float x) {
+    float cdf = 0.5f * (1.f + erff(x * 0.70710678118654752f));
+    float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+
+__global__ void silu_fwd_k(const float *x, float *y, int64_t n) { GSTRIDE(i, n) { float v = x[i]; y[i] = v * sigm(v); } }
+__global__ void silu_bwd_k(const float *dy, const float *x, float *dx, int64_t n) {
+    GSTRIDE(i, n) {
+        float v = x[i], s = sigm(v);
+        dx[i] += dy[i] * s * (1.f + v * (1.f - s));
+    }
+}
+__global__ void gelu_fwd_k(const float *x, float *y, int64_t n) { GSTRIDE(i, n) y[i] = gelu_f(x[i]); }
+__global__ void gelu_bwd_k(const float *dy, const float *x, float *dx, int64_t n) {
+    GSTRIDE(i, n) dx[i] += dy[i] * gelu_d(x[i]);
+}
+__global__ void quick_gelu_k(const float *x, float *y, int64_t n) {
+    GSTRIDE(i, n) { float v = x[i]; y[i] = v * sigm(1.702f * v); }
+}
+__global__ void geglu_fwd_k(const float *x, float *y, int64_t M, int D) {
+    GSTRIDE(i, M * D) {
+        int64_t m = i / D, j = i % D;
+        const float *r = x + m * 2 * D;
+        y[i] = r[j] * gelu_f(r[D + j]);
+    }
+}
+__global__ void geglu_bwd_k(const float *dy, const float *x, float *dx, int64_t M, int D) {
+    GSTRIDE(i, M * D) {
+        int64_t m = i / D, j = i % D;
+        const float *r = x + m * 2 * D;
+        float *o = dx + m * 2 * D;
+        float h = r[j], g = r[D + j], d = dy[i];
+        o[j] += d * gelu_f(g);
+        o[D + j] += d * h * gelu_d(g);
+    }
+}
+__global__ void embedding_k(const float *table, const int32_t *ids, float *out, int64_t n,
+                            int dim) {
+    GSTRIDE(i, n * dim) {
+        int64_t r = i / dim, j = i % dim;
+        int32_t id = ids[r];
+        out[i] = id >= 0 ? table[(int64_t)id * dim + j] : 0.f; /* never read before the table */
+    }
+}
+__global__ void add_k(const float *a, const float *b, float *y, int64_t n) { GSTRIDE(i, n) y[i] = a[i] + b[i]; }
+__global__ void axpy_k(float alpha, const float *x, float *y, int64_t n) { GSTRIDE(i, n) y[i] += alpha * x[i]; }
+__global__ void scale_k(float *x, float alpha, int64_t n) { GSTRIDE(i, n) x[i] *= alpha; }
+__global__ void add_channel_bias_k(float *x, const float *v, int64_t HW, int64_t total) {
+    GSTRIDE(i, total) x[i] += v[i / HW];
+}
+
+#define LAUNCH1D(c, n, kern, ...)                                              \
+    do {                                                                      \
+        if ((n) > 0) {                                                        \
+            kern<<<grid_1d(n), TPB, 0, (c)->stream>>>(__VA_ARGS__);          \
+            LAUNCHED(c);                                                      \
+        }                                                                     \
+    } while (0)
+
+static void cu_silu_fwd(Backend *be, const float *x, float *y, int64_t n) { LAUNCH1D(CU(be), n, silu_fwd_k, x, y, n); }
+static void cu_silu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t n) {
+    if (dx) LAUNCH1D(CU(be), n, silu_bwd_k, dy, x, dx, n);
+}
+static void cu_gelu_fwd(Backend *be, const float *x, float *y, int64_t n) { LAUNCH1D(CU(be), n, gelu_fwd_k, x, y, n); }
+static void cu_gelu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t n) {
+    if (dx) LAUNCH1D(CU(be), n, gelu_bwd_k, dy, x, dx, n);
+}
+static void cu_geglu_fwd(Backend *be, const float *x, float *y, int64_t M, int D) {
+    LAUNCH1D(CU(be), M * D, geglu_fwd_k, x, y, M, D);
+}
+static void cu_geglu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t M, int D) {
+    if (dx) LAUNCH1D(CU(be), M * D, geglu_bwd_k, dy, x, dx, M, D);
+}
+static void cu_quick_gelu_fwd(Backend *be, const float *x, float *y, int64_t n) {
+    LAUNCH1D(CU(be), n, quick_gelu_k, x, y, n);
+}
+static void cu_embedding_fwd(Backend *be, const float *table, const int32_t *ids, float *out,
+                             int64_t n, int dim) {
+    LAUNCH1D(CU(be), n * dim, embedding_k, table, ids, out, n, dim);
+}
+static void cu_add(Backend *be, const float *a, const float *b, float *y, int64_t n) { LAUNCH1D(CU(be), n, add_k, a, b, y, n); }
+static void cu_axpy(Backend *be, float alpha, const float *x, float *y, int64_t n) { LAUNCH1D(CU(be), n, axpy_k, alpha, x, y, n); }
+static void cu_scale(Backend *be, float *x, float alpha, int64_t n) { LAUNCH1D(CU(be), n, scale_k, x, alpha, n); }
+static void cu_add_channel_bias(Backend *be, float *x, const float *v, int N, int C, int64_t HW) {
+    int64_t total = (int64_t)N * C * HW;
+    LAUNCH1D(CU(be), total, add_channel_bias_k, x, v, HW, total);
+}
+static void cu_channel_sum_bwd(Backend *be, const float *dy, float *dv, int N, int C, int64_t HW) {
+    Cuda *c = CU(be);
+    if (!dv || N <= 0 || C <= 0 || HW <= 0) return;
+    chan_sum_k<<<dim3(C, N), TPB, 0, c->stream>>>(dy, N, C, HW, dv, 1);
+    LAUNCHED(c);
+}
+
+/* ----------------------------------------------------------- shape ops */
+
+__global__ void concat_k(const float *a, const float *b, float *y, int64_t CaHW, int64_t CbHW,
+                         int64_t total) {
+    GSTRIDE(i, total) {
+        int64_t per = CaHW + CbHW, n = i / per, r = i % per;
+        y[i] = r < CaHW ? a[n * CaHW + r] : b[n * CbHW + (r - CaHW)];
+    }
+}
+__global__ void concat_bwd_k(const float *dy, float *da, float *db, int64_t CaHW, int64_t CbHW,
+                             int64_t total) {
+    GSTRIDE(i, total) {
+        int64_t per = CaHW + CbHW, n = i / per, r = i % per;
+        if (r < CaHW) { if (da) da[n * CaHW + r] += dy[i]; }
+        else if (db) db[n * CbHW + (r - CaHW)] += dy[i];
+    }
+}
+__global__ void upsample_fwd_k(const float *x, float *y, int H, int W, int64_t total) {
+    GSTRIDE(i, total) {
+        int W2 = 2 * W, H2 = 2 * H;
+        int64_t w2 = i % W2, h2 = (i / W2) % H2, nc = i / ((int64_t)H2 * W2);
+        y[i] = x[(nc * H + h2 / 2) * W + w2 / 2];
+    }
+}
+__global__ void upsample_bwd_k(const float *dy, float *dx, int H, int W, int64_t total) {
+    GSTRIDE(i, total) {
+        int64_t w = i % W, h = (i / W) % H, nc = i / ((int64_t)H * W);
+        int64_t W2 = 2 * (int64_t)W;
+        const float *r = dy + (nc * 2 * H + 2 * h) * W2 + 2 * w;
+        dx[i] += r[0] + r[1] + r[W2] + r[W2 + 1];
+    }
+}
+/* y[z][c][r] (+)= x[z][r][c] for x[z] of R rows, Cc cols; 32x32 tiles via shared memory */
+__global__ void transpose_k(const float *x, float *y, int64_t R, int64_t Cc, int acc) {
+    __shared__ float t[32][33];
+    const float *xz = x + (int64_t)blockIdx.z * R * Cc;
+    float *yz = y + (int64_t)blockIdx.z * R * Cc;
+    int64_t tiles_r = (R + 31) / 32;
+    int64_t c0 = (int64_t)blockIdx.x * 32;
+    for (int64_t tr = blockIdx.y; tr < tiles_r; tr += gridDim.y) {
+        int64_t r0 = tr * 32;
+        for (int j = threadIdx.y; j < 32; j += 8) {
+            int64_t r = r0 + j, cc = c0 + threadIdx.x;
+            if (r < R && cc < Cc) t[j][threadIdx.x] = xz[r * Cc + cc];
+        }
+        __syncthreads();
+        for (int j = threadIdx.y; j < 32; j += 8) {
+            int64_t cc = c0 + j, r = r0 + threadIdx.x;
+            if (r < R && cc < Cc) {
+                float v = t[threadIdx.x][j];
+                if (acc) yz[cc * R + r] += v; else yz[cc * R + r] = v;
+            }
+        }
+        __syncthreads();
+    }
+}
+static void transpose(Cuda *c, const float *x, float *y, int batch, int64_t R, int64_t Cc, int acc) {
+    if (batch <= 0 || R <= 0 || Cc <= 0) return;
+    int64_t ty = (R + 31) / 32;
+    dim3 g((unsigned)((Cc + 31) / 32), (unsigned)(ty > 65535 ? 65535 : ty), batch);
+    transpose_k<<<g, dim3(32, 8), 0, c->stream>>>(x, y, R, Cc, acc);
+    LAUNCHED(c);
+}
+
+static void cu_concat_channels(Backend *be, const float *a, const float *b, float *y, int N,
+                               int Ca, int Cb, int64_t HW) {
+    int64_t total = (int64_t)N * (Ca + Cb) * HW;
+    LAUNCH1D(CU(be), total, concat_k, a, b, y, (int64_t)Ca * HW, (int64_t)Cb * HW, total);
+}
+static void cu_concat_channels_bwd(Backend *be, const float *dy, float *da, float *db, int N,
+                                   int Ca, int Cb, int64_t HW) {
+    int64_t total = (int64_t)N * (Ca + Cb) * HW;
+    if (da || db) LAUNCH1D(CU(be), total, concat_bwd_k, dy, da, db, (int64_t)Ca * HW, (int64_t)Cb * HW, total);
+}
+static void cu_upsample2x_fwd(Backend *be, const float *x, float *y, int N, int C, int H, int W) {
+    int64_t total = (int64_t)N * C * 4 * H * W;
+    LAUNCH1D(CU(be), total, upsample_fwd_k, x, y, H, W, total);
+}
+static void cu_upsample2x_bwd(Backend *be, const float *dy, float *dx, int N, int C, int H, int W) {
+    int64_t total = (int64_t)N * C * H * W;
+    if (dx) LAUNCH1D(CU(be), total, upsample_bwd_k, dy, dx, H, W, total);
+}
+static void cu_nchw_to_nlc(Backend *be, const float *x, float *y, int N, int C, int64_t HW, int accumulate) {
+    transpose(CU(be), x, y, N, C, HW, accumulate);
+}
+static void cu_nlc_to_nchw(Backend *be, const float *x, float *y, int N, int C, int64_t HW, int accumulate) {
+    transpose(CU(be), x, y, N, HW, C, accumulate);
+}
+
+/* ------------------------------------------------------------ attention
+ * Row tiles of T queries: S = scale Q K^T for all heads at once (strided
+ * batched over heads: a head is a column slice of width D at stride H*D),
+ * softmax in place (saving lse), O = P V. Memory O(H * T * Lk), T chosen
+ * so a tile buffer stays under ATTN_TILE_BYTES. Backward recomputes P from
+ * lse and never stores the full Lq x Lk matrix either. */
+#define ATTN_TILE_BYTES ((size_t)256 << 20)
+
+static int attn_tile(int Lq, int Lk, int H) {
+    int64_t per_row = (int64_t)H * Lk * (int64_t)sizeof(float);
+    int64_t t = (int64_t)ATTN_TILE_BYTES / (per_row > 0 ? per_row : 1);
+    if (t < 1) t = 1;
+    if (t > Lq) t = Lq;
+    return (int)t;
+}
+
+/* one block per row of the tile (H*T rows); causal: keys j <= i only */
+__global__ void attn_softmax_k(float *S, float *lse, int T, int Lk, int i0, int Lq, int causal) {
+    int64_t row = blockIdx.x;
+    int h = (int)(row / T), i = i0 + (int)(row % T);
+    float *s = S + row * Lk;
+    int jn = causal ? (i + 1 < Lk ? i + 1 : Lk) : Lk; /* valid keys: j < jn */
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < jn; j += blockDim.x) mx = fmaxf(mx, s[j]);
+    mx = block_max(mx);
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < jn; j += blockDim.x) sum += expf(s[j] - mx);
+    sum = block_sum(sum);
+    float l = (jn > 0) ? mx + logf(sum) : -INFINITY;
+    for (int j = threadIdx.x; j < Lk; j += blockDim.x) s[j] = (j < jn) ? expf(s[j] - l) : 0.f;
+    if (threadIdx.x == 0) lse[(int64_t)h * Lq + i] = l;
+}
+/* P = exp(S - lse) in place (S already scaled), 0 for masked keys */
+__global__ void attn_recompute_p_k(float *S, const float *lse, int T, int Lk, int i0, int Lq,
+                                   int causal, int64_t total) {
+    GSTRIDE(idx, total) {
+        int64_t row = idx / Lk;
+        int j = (int)(idx % Lk), h = (int)(row / T), i = i0 + (int)(row % T);
+        float l = lse[(int64_t)h * Lq + i];
+        S[idx] = ((causal && j > i) || l == -INFINITY) ? 0.f : expf(S[idx] - l);
+    }
+}
+/* dS = scale * P * (dP - Delta_i), written over dP */
+__global__ void attn_ds_k(const float *P, float *dP, const float *delta, int T, int Lk, int i0,
+                          int Lq, float scale, int64_t total) {
+    GSTRIDE(idx, total) {
+        int64_t row = idx / Lk;
+        int h = (int)(row / T), i = i0 + (int)(row % T);
+        dP[idx] = scale * P[idx] * (dP[idx] - delta[(int64_t)h * Lq + i]);
+    }
+}
+/* delta[n][h][i] = dO[n,i,h,:] . O[n,i,h,:] */
+__global__ void attn_delta_k(const float *dO, const float *O, float *delta, int Lq, int H, int D,
+                             int64_t total) {
+    GSTRIDE(t, total) {
+        int h = (int)(t % H);
+        int64_t ni = t / H; /* n * Lq + i */
+        int64_t n = ni / Lq, i = ni % Lq;
+        const float *a = dO + ni * H * D + (int64_t)h * D, *b = O + ni * H * D + (int64_t)h * D;
+        float s = 0.f;
+        for (int d = 0; d < D; d++) s += a[d] * b[d];
+        delta[(n * H + h) * Lq + i] = s;
+    }
+}
+
+static void cu_attention_fwd(Backend *be, const float *q, const float *k, const float *v,
+                             float *o, float *lse, int N, int Lq, int Lk, int H, int D,
+                             float scale, int causal) {
+    Cuda *c = CU(be);
+    if (N <= 0 || Lq <= 0 || H <= 0 || D <= 0) return;
+    int64_t HD = (int64_t)H * D;
+    if (Lk <= 0) { CK(c, cudaMemsetAsync(o, 0, (size_t)N * Lq * HD * sizeof(float), c->stream)); return; }
+    int T = attn_tile(Lq, Lk, H);
+    float *S = (float *)dalloc(c, (size_t)H * T * Lk * sizeof(float));
+    float *lse_tmp = lse ? NULL : (float *)dalloc(c, (size_t)N * H * Lq * sizeof(float));
+    if (!S || (!lse && !lse_tmp)) { dfree(c, S); dfree(c, lse_tmp); return; }
+    float *L = lse ? lse : lse_tmp;
+    for (int n = 0; n < N; n++) {
+        const float *qn = q + (int64_t)n * Lq * HD, *kn = k + (int64_t)n * Lk * HD,
+                    *vn = v + (int64_t)n * Lk * HD;
+        float *on = o + (int64_t)n * Lq * HD, *ln = L + (int64_t)n * H * Lq;
+        for (int i0 = 0; i0 < Lq; i0 += T) {
+            int t = Lq - i0 < T ? Lq - i0 : T;
+            gemm_sb(c, 0, 1, t, Lk, D, scale, qn + (int64_t)i0 * HD, HD, D, kn, HD, D, 0.f, S, Lk,
+                    (int64_t)t * Lk, H);
+            attn_softmax_k<<<(unsigned)(H * t), 128, 0, c->stream>>>(S, ln, t, Lk, i0, Lq, causal);
+            LAUNCHED(c);
+            gemm_sb(c, 0, 0, t, D, Lk, 1.f, S, Lk, (int64_t)t * Lk, vn, HD, D, 0.f,
+                    on + (int64_t)i0 * HD, HD, D, H);
+        }
+    }
+    dfree(c, S);
+    dfree(c, lse_tmp);
+}
+
+static void cu_attention_bwd(Backend *be, const float *dout, const float *q, const float *k,
+                             const float *v, const float *o, const float *lse, float *dq,
+                             float *dk, float *dv, int N, int Lq, int Lk, int H, int D,
+                             float scale, int causal) {
+    Cuda *c = CU(be);
+    if (N <= 0 || Lq <= 0 || Lk <= 0 || H <= 0 || D <= 0 || (!dq && !dk && !dv)) return;
+    int64_t HD = (int64_t)H * D;
+    int T = attn_tile(Lq, Lk, H);
+    int need_ds = dq || dk;
+    float *P = (float *)dalloc(c, (size_t)H * T * Lk * sizeof(float));
+    float *dP = need_ds ? (float *)dalloc(c, (size_t)H * T * Lk * sizeof(float)) : NULL;
+    float *delta = need_ds ? (float *)dalloc(c, (size_t)N * H * Lq * sizeof(float)) : NULL;
+    if (!P || (need_ds && (!dP || !delta))) { dfree(c, P); dfree(c, dP); dfree(c, delta); return; }
+    if (need_ds) {
+        int64_t tot = (int64_t)N * Lq * H;
+        attn_delta_k<<<grid_1d(tot), TPB, 0, c->stream>>>(dout, o, delta, Lq, H, D, tot);
+        LAUNCHED(c);
+    }
+    for (int n = 0; n < N; n++) {
+        const float *qn = q + (int64_t)n * Lq * HD, *kn = k + (int64_t)n * Lk * HD,
+                    *vn = v + (int64_t)n * Lk * HD, *don = dout + (int64_t)n * Lq * HD;
+        const float *ln = lse + (int64_t)n * H * Lq;
+        for (int i0 = 0; i0 < Lq; i0 += T) {
+            int t = Lq - i0 < T ? Lq - i0 : T;
+            int64_t tot = (int64_t)H * t * Lk;
+            const float *qt = qn + (int64_t)i0 * HD, *dot = don + (int64_t)i0 * HD;
+            gemm_sb(c, 0, 1, t, Lk, D, scale, qt, HD, D, kn, HD, D, 0.f, P, Lk, (int64_t)t * Lk, H);
+            attn_recompute_p_k<<<grid_1d(tot), TPB, 0, c->stream>>>(P, ln, t, Lk, i0, Lq, causal, tot);
+            LAUNCHED(c);
+            if (dv) /* dV += P^T dO */
+                gemm_sb(c, 1, 0, Lk, D, t, 1.f, P, Lk, (int64_t)t * Lk, dot, HD, D, 1.f,
+                        dv + (int64_t)n * Lk * HD, HD, D, H);
+            if (!need_ds) continue;
+            /* dP = dO V^T, then dS = scale P (dP - delta) */
+            gemm_sb(c, 0, 1, t, Lk, D, 1.f, dot, HD, D, vn, HD, D, 0.f, dP, Lk, (int64_t)t * Lk, H);
+            attn_ds_k<<<grid_1d(tot), TPB, 0, c->stream>>>(P, dP, delta + (int64_t)n * H * Lq, t,
+                                                           Lk, i0, Lq, scale, tot);
+            LAUNCHED(c);
+            if (dq) /* dQ += dS K */
+                gemm_sb(c, 0, 0, t, D, Lk, 1.f, dP, Lk, (int64_t)t * Lk, kn, HD, D, 1.f,
+                        dq + (int64_t)n * Lq * HD + (int64_t)i0 * HD, HD, D, H);
+            if (dk) /* dK += dS^T Q */
+                gemm_sb(c, 1, 0, Lk, D, t, 1.f, dP, Lk, (int64_t)t * Lk, qt, HD, D, 1.f,
+                        dk + (int64_t)n * Lk * HD, HD, D, H);
+        }
+    }
+    dfree(c, P);
+    dfree(c, dP);
+    dfree(c, delta);
+}
+
+/* ---------------------------------------------------- diffusion helpers */
+
+__global__ void timestep_emb_k(const float *t, float *emb, int N, int dim, int flip, float shift,
+                               float log_max_period) {
+    GSTRIDE(idx, (int64_t)N * dim) {
+        int n = (int)(idx / dim), j = (int)(idx % dim), half = dim / 2;
+        float v = 0.f; /* odd dim: the last column is zero padding */
+        if (j < 2 * half) {
+            int f = j < half ? j : j - half;
+            float ex = (-log_max_period * (float)f) / ((float)half - shift);
+            float a = t[n] * expf(ex);
+            int first = j < half;
+            v = (first != (flip != 0)) ? sinf(a) : cosf(a);
+        }
+        emb[idx] = v;
+    }
+}
+static void cu_timestep_embedding(Backend *be, const float *t, float *emb, int N, int dim,
+                                  int flip_sin_to_cos, float shift, float max_period) {
+    int64_t total = (int64_t)N * dim;
+    LAUNCH1D(CU(be), total, timestep_emb_k, t, emb, N, dim, flip_sin_to_cos, shift,
+             (float)log((double)max_period));
+}
+
+#define MSE_BLOCKS 1024
+__global__ void mse_partial_k(const float *p, const float *t, int64_t n, float *part) {
+    float acc = 0.f;
+    GSTRIDE(i, n) { float d = p[i] - t[i]; acc += d * d; }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) part[blockIdx.x] = acc;
+}
+__global__ void mse_final_k(const float *part, int P, int64_t n, float *out) {
+    __shared__ double sh[TPB];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < P; i += blockDim.x) s += part[i];
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = (float)(sh[0] / (double)n);
+}
+static float cu_mse_fwd(Backend *be, const float *pred, const float *target, int64_t n) {
+    Cuda *c = CU(be);
+    if (n <= 0) return 0.f;
+    unsigned P = grid_1d(n);
+    if (P > MSE_BLOCKS) P = MSE_BLOCKS;
+    float *part = (float *)dalloc(c, (P + 1) * sizeof(float));
+    if (!part) return NAN;
+    long before = c->nerr;
+    mse_partial_k<<<P, TPB, 0, c->stream>>>(pred, target, n, part);
+    LAUNCHED(c);
+    mse_final_k<<<1, TPB, 0, c->stream>>>(part, (int)P, n, part + P);
+    LAUNCHED(c);
+    CK(c, cudaMemcpyAsync(c->host_scalar, part + P, sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+    CK(c, cudaStreamSynchronize(c->stream));
+    dfree(c, part);
+    return c->nerr == before ? *c->host_scalar : NAN;
+}
+__global__ void mse_bwd_k(const float *p, const float *t, float *dp, int64_t n, float k) {
+    GSTRIDE(i, n) dp[i] += k * (p[i] - t[i]);
+}
+static void cu_mse_bwd(Backend *be, const float *pred, const float *target, float *dpred,
+                       int64_t n, float weight) {
+    if (!dpred || n <= 0) return;
+    LAUNCH1D(CU(be), n, mse_bwd_k, pred, target, dpred, n, (float)(2.0 * weight / (double)n));
+}
+
+__global__ void adamw_k(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
+                        float b1, float b2, float eps, float decay, float step, float inv_bc2_sqrt) {
+    GSTRIDE(i, n) {
+        float g = grad[i];
+        float mi = b1 * m[i] + (1.f - b1) * g;
+        float vi = b2 * v[i] + (1.f - b2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        float p = param[i] * decay;
+        param[i] = p - step * mi / (sqrtf(vi) * inv_bc2_sqrt + eps);
+    }
+}
+static void cu_adamw(Backend *be, float *param, const float *grad, float *m, float *v, int64_t n,
+                     float lr, float beta1, float beta2, float eps, float weight_decay, int t) {
+    if (t < 1) t = 1;
+    double bc1 = 1.0 - pow((double)beta1, t), bc2 = 1.0 - pow((double)beta2, t);
+    float decay = (float)(1.0 - (double)lr * weight_decay);
+    float step = (float)(lr / bc1), inv = (float)(1.0 / sqrt(bc2));
+    LAUNCH1D(CU(be), n, adamw_k, param, grad, m, v, n, lr, beta1, beta2, eps, decay, step, inv);
+}
+
+/* --------------------------------------------------- Kronecker adapter
+ * Rows of x are X_m[a2,b2]; y_m = A X_m B^T. All M rows at once:
+ *   T = X_all[M*a2, b2] B^T           (one gemm)
+ *   Y_m += scale A T_m                (strided batched over m)
+ * Backward with U_m = A^T dY_m:
+ *   dX_all += scale U_all B ;  dB += scale U_all^T X_all ;
+ *   dA += scale sum_m dY_m T_m^T     (batched into [M, a1*a2], then column sum)
+ * Rows go in chunks so workspaces stay under KRON_WS_BYTES. */
+#define KRON_WS_BYTES ((size_t)256 << 20)
+
+static int64_t kron_chunk(int64_t M, int64_t per_row_floats) {
+    int64_t mc = (int64_t)(KRON_WS_BYTES / sizeof(float)) / (per_row_floats > 0 ? per_row_floats : 1);
+    if (mc < 1) mc = 1;
+    return mc > M ? M : mc;
+}
+
+static void cu_kron_fwd(Backend *be, const float *x, const float *A, const float *B, float *y,
+                        int64_t M, int a1, int a2, int b1, int b2, float scale) {
+    Cuda *c = CU(be);
+    if (M <= 0) return;
+    int64_t din = (int64_t)a2 * b2, dout = (int64_t)a1 * b1, tr = (int64_t)a2 * b1;
+    int64_t mc = kron_chunk(M, tr);
+    float *T = (float *)dalloc(c, (size_t)(mc * tr) * sizeof(float));
+    if (!T) return;
+    for (int64_t m0 = 0; m0 < M; m0 += mc) {
+        int64_t m = M - m0 < mc ? M - m0 : mc;
+        gemm1(c, 0, 1, m * a2, b1, b2, 1.f, x + m0 * din, b2, B, b2, 0.f, T, b1);
+        gemm_sb(c, 0, 0, a1, b1, a2, scale, A, a2, 0, T, b1, tr, 1.f, y + m0 * dout, b1, dout, m);
+    }
+    dfree(c, T);
+}
+
+static void cu_kron_bwd(Backend *be, const float *dy, const float *x, const float *A,
+                        const float *B, float *dx, float *dA, float *dB, int64_t M, int a1,
+                        int a2, int b1, int b2, float scale) {
+    Cuda *c = CU(be);
+    if (M <= 0 || (!dx && !dA && !dB)) return;
+    int64_t din = (int64_t)a2 * b2, dout = (int64_t)a1 * b1, tr = (int64_t)a2 * b1,
+            aa = (int64_t)a1 * a2;
+    int64_t per_row = ((dx || dB) ? tr : 0) + (dA ? tr + aa : 0);
+    int64_t mc = kron_chunk(M, per_row);
+    float *ws = (float *)dalloc(c, (size_t)(mc * per_row) * sizeof(float));
+    if (!ws) return;
+    float *U = ws, *T = ws + ((dx || dB) ? mc * tr : 0), *Wb = T + mc * tr;
+    for (int64_t m0 = 0; m0 < M; m0 += mc) {
+        int64_t m = M - m0 < mc ? M - m0 : mc;
+        const float *dyc = dy + m0 * dout, *xc = x + m0 * din;
+        if (dx || dB) {
+            gemm_sb(c, 1, 0, a2, b1, a1, 1.f, A, a2, 0, dyc, b1, dout, 0.f, U, b1, tr, m);
+            if (dx) gemm1(c, 0, 0, m * a2, b2, b1, scale, U, b1, B, b2, 1.f, dx + m0 * din, b2);
+            if (dB) gemm1(c, 1, 0, b1, b2, m * a2, scale, U, b1, xc, b2, 1.f, dB, b2);
+        }
+        if (dA) {
+            gemm1(c, 0, 1, m * a2, b1, b2, 1.f, xc, b2, B, b2, 0.f, T, b1);
+            gemm_sb(c, 0, 1, a1, a2, b1, 1.f, dyc, b1, dout, T, b1, tr, 0.f, Wb, a2, aa, m);
+            colsum_accum(c, Wb, m, (int)aa, dA, scale);
+        }
+    }
+    dfree(c, ws);
+}
+
+__global__ void kron_merge_k(const float *A, const float *B, float *W, int a2, int b1, int b2,
+                             float scale, int64_t total) {
+    GSTRIDE(idx, total) {
+        int64_t din = (int64_t)a2 * b2;
+        int64_t r = idx / din, col = idx % din;
+        int64_t i = r / b1, kk = r % b1, j = col / b2, l = col % b2;
+        W[idx] += scale * A[i * a2 + j] * B[kk * b2 + l];
+    }
+}
+static void cu_kron_merge(Backend *be, const float *A, const float *B, float *W, int a1, int a2,
+                          int b1, int b2, float scale) {
+    int64_t total = (int64_t)a1 * b1 * a2 * b2;
+    LAUNCH1D(CU(be), total, kron_merge_k, A, B, W, a2, b1, b2, scale, total);
+}
+
+/* ------------------------------------------------------------- create */
+
+static void apply_math_mode(Cuda *c) {
+    CB(c, cublasSetMathMode(c->blas, c->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+}
+
+extern "C" Backend *backend_cuda_create(char *err, size_t errlen) {
+    int ndev = 0;
+    cudaError_t e = cudaGetDeviceCount(&ndev);
+    if (e != cudaSuccess || ndev == 0) {
+        if (e != cudaSuccess)
+            snprintf(err, errlen, "no CUDA device: cudaGetDeviceCount failed: %s (use --device cpu)",
+                     cudaGetErrorString(e));
+        else
+            snprintf(err, errlen, "no CUDA device: cudaGetDeviceCount returned 0 (use --device cpu)");
+        cudaGetLastError();
+        return NULL;
+    }
+    Backend *be = (Backend *)calloc(1, sizeof(Backend));
+    Cuda *c = (Cuda *)calloc(1, sizeof(Cuda));
+    if (!be || !c) {
+        free(be); free(c);
+        snprintf(err, errlen, "cuda backend: out of host memory");
+        return NULL;
+    }
+    cudaDeviceProp prop;
+    if ((e = cudaGetDevice(&c->dev)) != cudaSuccess ||
+        (e = cudaGetDeviceProperties(&prop, c->dev)) != cudaSuccess ||
+        (e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaMallocHost((void **)&c->host_scalar, sizeof(float))) != cudaSuccess) {
+        snprintf(err, errlen, "cuda backend: device setup failed: %s (check the driver with nvidia-smi, or use --device cpu)",
+                 cudaGetErrorString(e));
+        if (c->stream) cudaStreamDestroy(c->stream);
+        free(be); free(c);
+        return NULL;
+    }
+    snprintf(c->dev_name, sizeof c->dev_name, "%s", prop.name);
+    cublasStatus_t s = cublasCreate(&c->blas);
+    if (s == CUBLAS_STATUS_SUCCESS) s = cublasSetStream(c->blas, c->stream);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "cuda backend: cuBLAS init failed: %s (use --device cpu)",
+                 cublasGetStatusString(s));
+        if (c->blas) cublasDestroy(c->blas);
+        cudaFreeHost(c->host_scalar);
+        cudaStreamDestroy(c->stream);
+        free(be); free(c);
+        return NULL;
+    }
+    const char *tf = getenv("KRONA_CUDA_TF32");
+    c->tf32 = !(tf && tf[0] == '0');
+    apply_math_mode(c);
+
+    be->name = "cuda";
+    be->impl = c;
+    be->alloc = cu_alloc;
+    be->free = cu_free;
+    be->upload = cu_upload;
+    be->download = cu_download;
+    be->copy = cu_copy;
+    be->zero = cu_zero;
+    be->sync = cu_sync;
+    be->peak_bytes = cu_peak;
+    be->gemm = cu_gemm;
+    be->gemm_batched = cu_gemm_batched;
+    be->linear_fwd = cu_linear_fwd;
+    be->linear_bwd = cu_linear_bwd;
+    be->conv2d_fwd = cu_conv2d_fwd;
+    be->conv2d_bwd = cu_conv2d_bwd;
+    be->group_norm_fwd = cu_group_norm_fwd;
+    be->group_norm_bwd = cu_group_norm_bwd;
+    be->layer_norm_fwd = cu_layer_norm_fwd;
+    be->layer_norm_bwd = cu_layer_norm_bwd;
+    be->silu_fwd = cu_silu_fwd;
+    be->silu_bwd = cu_silu_bwd;
+    be->gelu_fwd = cu_gelu_fwd;
+    be->gelu_bwd = cu_gelu_bwd;
+    be->geglu_fwd = cu_geglu_fwd;
+    be->geglu_bwd = cu_geglu_bwd;
+    be->quick_gelu_fwd = cu_quick_gelu_fwd;
+    be->embedding_fwd = cu_embedding_fwd;
+    be->add = cu_add;
+    be->axpy = cu_axpy;
+    be->scale = cu_scale;
+    be->add_channel_bias = cu_add_channel_bias;
+    be->channel_sum_bwd = cu_channel_sum_bwd;
+    be->concat_channels = cu_concat_channels;
+    be->concat_channels_bwd = cu_concat_channels_bwd;
+    be->upsample2x_fwd = cu_upsample2x_fwd;
+    be->upsample2x_bwd = cu_upsample2x_bwd;
+    be->nchw_to_nlc = cu_nchw_to_nlc;
+    be->nlc_to_nchw = cu_nlc_to_nchw;
+    be->attention_fwd = cu_attention_fwd;
+    be->attention_bwd = cu_attention_bwd;
+    be->timestep_embedding = cu_timestep_embedding;
+    be->mse_fwd = cu_mse_fwd;
+    be->mse_bwd = cu_mse_bwd;
+    be->adamw = cu_adamw;
+    be->kron_fwd = cu_kron_fwd;
+    be->kron_bwd = cu_kron_bwd;
+    be->kron_merge = cu_kron_merge;
+    return be;
+}
+
+static int is_cuda(Backend *be) { return be && be->name && !strcmp(be->name, "cuda") && be->impl; }
+
+extern "C" void backend_cuda_destroy(Backend *be) {
+    if (!is_cuda(be)) return;
+    Cuda *c = CU(be);
+    cudaStreamSynchronize(c->stream);
+    for (size_t i = 0; i < c->live_cap; i++)
+        if (c->live[i].p) cudaFree(c->live[i].p);
+    for (size_t i = 0; i < c->cache_n; i++) cudaFree(c->cache[i].p);
+    free(c->live);
+    free(c->cache);
+    cublasDestroy(c->blas);
+    cudaFreeHost(c->host_scalar);
+    cudaStreamDestroy(c->stream);
+    free(c);
+    free(be);
+}
+extern "C" const char *backend_cuda_last_error(Backend *be) { return is_cuda(be) ? CU(be)->err : "not a cuda backend"; }
+extern "C" void backend_cuda_clear_error(Backend *be) {
+    if (!is_cuda(be)) return;
+    CU(be)->err[0] = 0;
+    CU(be)->nerr = 0;
+}
+extern "C" void backend_cuda_set_tf32(Backend *be, int on) {
+    if (!is_cuda(be)) return;
+    CU(be)->tf32 = on != 0;
+    apply_math_mode(CU(be));
+}
+extern "C" int backend_cuda_get_tf32(Backend *be) { return is_cuda(be) ? CU(be)->tf32 : 0; }
+extern "C" const char *backend_cuda_device_name(Backend *be) { return is_cuda(be) ? CU(be)->dev_name : ""; }
+extern "C" size_t backend_cuda_reserved_bytes(Backend *be) { return is_cuda(be) ? CU(be)->reserved : 0; }
+extern "C" void backend_cuda_release_cache(Backend *be) {
+    if (is_cuda(be)) cache_release(CU(be));
+}

@@ -1,0 +1,234 @@
+/* emu_cuda.h — just enough of the CUDA runtime, device intrinsics and cuBLAS to
+ * run gpu/backend_cuda.cu on a CPU, for checking its logic on machines without
+ * a GPU (see run_emu.sh). Not fast, not a simulator of timing or memory
+ * ordering: every CUDA thread is a ucontext coroutine; a block runs its threads
+ * one after another, switching only at __syncthreads (block barrier) and warp
+ * shuffles (warp barrier); a barrier not reached by every live thread aborts. cuBLAS is a naive column-major reference that checks its
+ * arguments like the real library. Device memory is malloc'd and filled with
+ * NaN so reads of never-written memory show up in results.
+ */
+#ifndef EMU_CUDA_H
+#define EMU_CUDA_H
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <ucontext.h>
+
+/* ---------------------------------------------------------------- device side */
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+static dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+static inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+
+namespace emu {
+struct Thr {
+    ucontext_t ctx;
+    char *stack;
+    int state; /* 0 runnable, 1 at barrier, 2 done */
+    int kind;  /* barrier kind, to catch divergent sync */
+};
+static ucontext_t sched_ctx;
+static Thr *thr;
+static int nthr_cap, cur;
+static float shfl_buf[1024];
+static std::function<void()> *body;
+static const size_t STACK = 64 * 1024;
+static long launches;
+
+static void entry() {
+    (*body)();
+    thr[cur].state = 2;
+    swapcontext(&thr[cur].ctx, &sched_ctx);
+}
+static void sync(int kind) {
+    thr[cur].state = 1;
+    thr[cur].kind = kind;
+    swapcontext(&thr[cur].ctx, &sched_ctx);
+}
+static void set_tid(int t) {
+    threadIdx.x = t % blockDim.x;
+    threadIdx.y = (t / blockDim.x) % blockDim.y;
+    threadIdx.z = t / (blockDim.x * blockDim.y);
+}
+static void launch(dim3 g, dim3 b, std::function<void()> f) {
+    int n = (int)(b.x * b.y * b.z);
+    if (n > 1024 || n <= 0 || g.y > 65535 || g.z > 65535 || g.x == 0 || g.y == 0 || g.z == 0) {
+        fprintf(stderr, "emu: bad launch config grid(%u,%u,%u) block(%u,%u,%u)\n", g.x, g.y, g.z, b.x, b.y, b.z);
+        abort();
+    }
+    launches++;
+    if (n > nthr_cap) {
+        thr = (Thr *)realloc(thr, sizeof(Thr) * n);
+        for (int i = nthr_cap; i < n; i++) thr[i].stack = (char *)malloc(STACK);
+        nthr_cap = n;
+    }
+    body = &f;
+    gridDim = g;
+    blockDim = b;
+    for (unsigned bz = 0; bz < g.z; bz++)
+        for (unsigned by = 0; by < g.y; by++)
+            for (unsigned bx = 0; bx < g.x; bx++) {
+                blockIdx = dim3(bx, by, bz);
+                for (int t = 0; t < n; t++) {
+                    getcontext(&thr[t].ctx);
+                    thr[t].ctx.uc_stack.ss_sp = thr[t].stack;
+                    thr[t].ctx.uc_stack.ss_size = STACK;
+                    thr[t].ctx.uc_link = NULL;
+                    makecontext(&thr[t].ctx, entry, 0);
+                    thr[t].state = 0;
+                }
+                for (;;) {
+                    for (int t = 0; t < n; t++) {
+                        if (thr[t].state != 0) continue;
+                        cur = t;
+                        set_tid(t);
+                        swapcontext(&sched_ctx, &thr[t].ctx);
+                    }
+                    /* a warp barrier opens when every lane still running waits at it */
+                    int released = 0;
+                    for (int w0 = 0; w0 < n; w0 += 32) {
+                        int live = 0, waiting = 0;
+                        for (int t = w0; t < n && t < w0 + 32; t++) {
+                            live += thr[t].state != 2;
+                            waiting += thr[t].state == 1 && thr[t].kind == 1;
+                        }
+                        if (live && waiting == live) {
+                            for (int t = w0; t < n && t < w0 + 32; t++)
+                                if (thr[t].state == 1) thr[t].state = 0;
+                            released = 1;
+                        }
+                    }
+                    if (released) continue;
+                    int live = 0, atbar = 0;
+                    for (int t = 0; t < n; t++) {
+                        live += thr[t].state != 2;
+                        atbar += thr[t].state == 1 && thr[t].kind == 0;
+                    }
+                    if (!live) break;
+                    if (atbar != live) {
+                        fprintf(stderr, "emu: divergent barriers in one block\n");
+                        abort();
+                    }
+                    for (int t = 0; t < n; t++)
+                        if (thr[t].state == 1) thr[t].state = 0;
+                }
+            }
+}
+} /* namespace emu */
+
+static inline void __syncthreads() { emu::sync(0); }
+static inline float __shfl_xor_sync(unsigned mask, float v, int o) {
+    (void)mask;
+    int t = emu::cur, lane = t & 31;
+    emu::shfl_buf[t] = v;
+    emu::sync(1);
+    float r = emu::shfl_buf[(t - lane) + (lane ^ o)];
+    emu::sync(1);
+    return r;
+}
+
+/* ---------------------------------------------------------------- runtime */
+typedef int cudaError_t;
+enum { cudaSuccess = 0, cudaErrorMemoryAllocation = 2, cudaErrorInvalidValue = 1 };
+typedef struct emu_stream *cudaStream_t;
+enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+#define cudaStreamNonBlocking 1
+struct cudaDeviceProp { char name[256]; };
+
+static long emu_live_allocs;
+static inline const char *cudaGetErrorString(cudaError_t e) { return e ? "emulated error" : "no error"; }
+static inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+static inline cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
+static inline cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
+static inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) {
+    snprintf(p->name, sizeof p->name, "CPU emulation");
+    return cudaSuccess;
+}
+static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) { *s = (cudaStream_t)malloc(1); return cudaSuccess; }
+static inline cudaError_t cudaStreamDestroy(cudaStream_t s) { free(s); return cudaSuccess; }
+static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+static inline cudaError_t cudaMalloc(void **p, size_t n) {
+    *p = aligned_alloc(256, (n + 255) & ~(size_t)255);
+    if (!*p) return cudaErrorMemoryAllocation;
+    memset(*p, 0xFF, n); /* NaN: catches reads of memory nobody wrote */
+    emu_live_allocs++;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaFree(void *p) { if (p) emu_live_allocs--; free(p); return cudaSuccess; }
+static inline cudaError_t cudaMallocHost(void **p, size_t n) { *p = malloc(n); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
+static inline cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
+static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) { memset(p, v, n); return cudaSuccess; }
+static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind, cudaStream_t) {
+    memmove(d, s, n);
+    return cudaSuccess;
+}
+
+/* kernel<<<g, b, 0, s>>>(args) is rewritten by translate.py into this */
+#define EMU_LAUNCH(g, b, kern, ...) emu::launch(dim3(g), dim3(b), [&]() { kern(__VA_ARGS__); })
+
+/* ---------------------------------------------------------------- cuBLAS */
+typedef struct emu_blas *cublasHandle_t;
+typedef int cublasStatus_t;
+enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7 };
+typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;
+typedef enum { CUBLAS_DEFAULT_MATH = 0, CUBLAS_TF32_TENSOR_OP_MATH = 3 } cublasMath_t;
+static long emu_gemms;
+static inline cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = (cublasHandle_t)malloc(1); return 0; }
+static inline cublasStatus_t cublasDestroy(cublasHandle_t h) { free(h); return 0; }
+static inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return 0; }
+static inline cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return 0; }
+static inline const char *cublasGetStatusString(cublasStatus_t s) { return s == 7 ? "CUBLAS_STATUS_INVALID_VALUE" : "CUBLAS_STATUS_?"; }
+
+static inline cublasStatus_t cublasSgemmStridedBatched_64(
+    cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
+    const float *alpha, const float *A, int64_t lda, long long sA, const float *B, int64_t ldb,
+    long long sB, const float *beta, float *C, int64_t ldc, long long sC, int64_t batch) {
+    /* the argument rules of the real cuBLAS (column-major) */
+    if (m < 0 || n < 0 || k < 0 || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    if (lda < (ta == CUBLAS_OP_N ? (m > 1 ? m : 1) : (k > 1 ? k : 1))) return CUBLAS_STATUS_INVALID_VALUE;
+    if (ldb < (tb == CUBLAS_OP_N ? (k > 1 ? k : 1) : (n > 1 ? n : 1))) return CUBLAS_STATUS_INVALID_VALUE;
+    if (ldc < (m > 1 ? m : 1)) return CUBLAS_STATUS_INVALID_VALUE;
+    emu_gemms++;
+    /* contiguous copies of op(A) rows and op(B) columns keep the dot products fast */
+    float *Ar = (float *)malloc(sizeof(float) * (m * k + 1)), *Bc = (float *)malloc(sizeof(float) * (n * k + 1));
+    for (int64_t b = 0; b < batch; b++) {
+        const float *Ab = A + b * sA, *Bb = B + b * sB;
+        float *Cb = C + b * sC;
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t l = 0; l < k; l++) Ar[i * k + l] = ta == CUBLAS_OP_N ? Ab[i + l * lda] : Ab[l + i * lda];
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t l = 0; l < k; l++) Bc[j * k + l] = tb == CUBLAS_OP_N ? Bb[l + j * ldb] : Bb[j + l * ldb];
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t i = 0; i < m; i++) {
+                double acc = 0;
+                const float *a = Ar + i * k, *bb = Bc + j * k;
+                for (int64_t l = 0; l < k; l++) acc += (double)a[l] * bb[l];
+                float *c = &Cb[i + j * ldc];
+                *c = (float)(*alpha * acc + (*beta != 0.f ? (double)*beta * *c : 0.0));
+            }
+    }
+    free(Ar);
+    free(Bc);
+    return CUBLAS_STATUS_SUCCESS;
+}
+static inline cublasStatus_t cublasSgemm_64(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                                            int64_t m, int64_t n, int64_t k, const float *alpha,
+                                            const float *A, int64_t lda, const float *B, int64_t ldb,
+                                            const float *beta, float *C, int64_t ldc) {
+    return cublasSgemmStridedBatched_64(h, ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+}
+
+#endif

@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Rewrite gpu/backend_cuda.cu into plain C++ for emu_cuda.h:
+CUDA headers -> emu_cuda.h, kern<<<g, b, shm, stream>>>(args) -> EMU_LAUNCH(g, b, kern, args).
+usage: translate.py IN.cu OUT.cpp"""
+import re
+import sys
+
+
+def split_top(s):
+    """split s on commas that are not inside parentheses"""
+    out, depth, cur = [], 0, ''
+    for ch in s:
+        if ch == '(':
+            depth += 1
+        elif ch == ')':
+            depth -= 1
+        if ch == ',' and depth == 0:
+            out.append(cur)
+            cur = ''
+        else:
+            cur += ch
+    out.append(cur)
+    return [x.strip() for x in out]
+
+
+def main():
+    src = open(sys.argv[1]).read()
+    src = src.replace('#include <cuda_runtime.h>', '#include "emu_cuda.h"')
+    src = src.replace('#include <cublas_v2.h>', '')
+    out, pos, n = [], 0, 0
+    pat = re.compile(r'(\w+)<<<(.*?)>>>\(', re.S)
+    while True:
+        m = pat.search(src, pos)
+        if not m:
+            break
+        # find the matching ')' of the argument list
+        i, depth = m.end(), 1
+        while depth:
+            if src[i] == '(':
+                depth += 1
+            elif src[i] == ')':
+                depth -= 1
+            i += 1
+        args = src[m.end():i - 1]
+        cfg = split_top(m.group(2))
+        out.append(src[pos:m.start()])
+        out.append('EMU_LAUNCH((%s), (%s), %s, %s)' % (cfg[0], cfg[1], m.group(1), args))
+        pos = i
+        n += 1
+    out.append(src[pos:])
+    open(sys.argv[2], 'w').write(''.join(out))
+    sys.stderr.write('translate.py: %d launches rewritten\n' % n)
+
+
+main()

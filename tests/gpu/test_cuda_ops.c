@@ -1,0 +1,586 @@
+/* test_cuda_ops.c — every op of the CUDA backend against the CPU backend, on
+ * random inputs at realistic shapes (SD 1.5 attention / conv / norms among
+ * them). Each case runs once on the CPU and twice on the GPU: exact fp32 gemms
+ * and TF32 tensor-core gemms. Prints one row per compared buffer and exits 1
+ * on any mismatch (2 when no GPU).
+ *
+ * Buffers handed to an op are filled with random values first, including its
+ * outputs and gradients, so both "forward overwrites" and "backward
+ * accumulates" are compared. A gradient's error is measured against the size
+ * of what the op added to it, not against the prefill.
+ *
+ *   test_cuda_ops [--small] [--only SUBSTRING]
+ *     --small  skip the SD-sized cases (quick smoke run)
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+#include "backend_cuda.h"
+
+enum { IN, OUT, ACC, NUL, IDS };
+
+typedef struct {
+    const char *name;
+    int kind;
+    int64_t n;
+    float lo, hi; /* IN/ACC/OUT fill range; IDS: ids in [0, hi) */
+} Arg;
+
+#define MAXA 12
+typedef struct Case Case;
+typedef void (*CaseFn)(Backend *be, void **p, const Case *cs);
+struct Case {
+    char name[96];
+    CaseFn fn;
+    int na;
+    Arg a[MAXA];
+    int64_t i[16];
+    float f[8];
+    double tol, tol_tf32; /* max |gpu - cpu| / size of the cpu result */
+    int big;              /* SD-sized: skipped by --small */
+};
+
+#define MAXC 128
+static Case cases[MAXC];
+static int ncases;
+
+static Case *add_case(const char *name, CaseFn fn, double tol, double tol_tf32, int big) {
+    if (ncases == MAXC) { fprintf(stderr, "test_cuda_ops: too many cases\n"); exit(2); }
+    Case *c = &cases[ncases++];
+    memset(c, 0, sizeof *c);
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->fn = fn;
+    c->tol = tol;
+    c->tol_tf32 = tol_tf32;
+    c->big = big;
+    return c;
+}
+static void arg(Case *c, const char *name, int kind, int64_t n, float lo, float hi) {
+    Arg *a = &c->a[c->na++];
+    a->name = name; a->kind = kind; a->n = n; a->lo = lo; a->hi = hi;
+}
+#define ARG(c, name, kind, n) arg(c, name, kind, n, -1.f, 1.f)
+
+/* ------------------------------------------------------------ rng */
+static uint64_t rng_s = 0x9E3779B97F4A7C15ULL;
+static uint32_t rnd(void) {
+    rng_s ^= rng_s << 13; rng_s ^= rng_s >> 7; rng_s ^= rng_s << 17;
+    return (uint32_t)(rng_s >> 16);
+}
+static float frand(float lo, float hi) { return lo + (hi - lo) * (float)(rnd() & 0xFFFFFF) / 16777216.f; }
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------ case bodies */
+#define F(k) ((float *)p[k])
+#define CF(k) ((const float *)p[k])
+
+static void k_gemm(Backend *be, void **p, const Case *c) {
+    be->gemm(be, (int)c->i[0], (int)c->i[1], (int)c->i[2], (int)c->i[3], (int)c->i[4], c->f[0],
+             CF(0), (int)c->i[5], CF(1), (int)c->i[6], c->f[1], F(2), (int)c->i[7]);
+}
+static void k_gemm_batched(Backend *be, void **p, const Case *c) {
+    be->gemm_batched(be, (int)c->i[0], (int)c->i[1], (int)c->i[2], (int)c->i[3], (int)c->i[4],
+                     c->f[0], CF(0), (int)c->i[5], c->i[8], CF(1), (int)c->i[6], c->i[9], c->f[1],
+                     F(2), (int)c->i[7], c->i[10], (int)c->i[11]);
+}
+static void k_linear_fwd(Backend *be, void **p, const Case *c) {
+    be->linear_fwd(be, CF(0), CF(1), CF(2), F(3), c->i[0], (int)c->i[1], (int)c->i[2]);
+}
+static void k_linear_bwd(Backend *be, void **p, const Case *c) {
+    be->linear_bwd(be, CF(0), CF(1), CF(2), F(3), F(4), F(5), c->i[0], (int)c->i[1], (int)c->i[2]);
+}
+/* i: N Cin H W Cout k s p */
+static void k_conv_fwd(Backend *be, void **p, const Case *c) {
+    be->conv2d_fwd(be, CF(0), CF(1), CF(2), F(3), (int)c->i[0], (int)c->i[1], (int)c->i[2],
+                   (int)c->i[3], (int)c->i[4], (int)c->i[5], (int)c->i[6], (int)c->i[7]);
+}
+static void k_conv_bwd(Backend *be, void **p, const Case *c) {
+    be->conv2d_bwd(be, CF(0), CF(1), CF(2), F(3), F(4), F(5), (int)c->i[0], (int)c->i[1],
+                   (int)c->i[2], (int)c->i[3], (int)c->i[4], (int)c->i[5], (int)c->i[6],
+                   (int)c->i[7]);
+}
+/* x gamma beta y mean rstd dy dx dgamma dbeta ; i: N C HW G ; f: eps */
+static void k_group_norm(Backend *be, void **p, const Case *c) {
+    int N = (int)c->i[0], C = (int)c->i[1], G = (int)c->i[3];
+    be->group_norm_fwd(be, CF(0), CF(1), CF(2), F(3), F(4), F(5), N, C, c->i[2], G, c->f[0]);
+    be->group_norm_bwd(be, CF(6), CF(0), CF(1), CF(4), CF(5), F(7), F(8), F(9), N, C, c->i[2], G);
+}
+/* same layout; i: M C */
+static void k_layer_norm(Backend *be, void **p, const Case *c) {
+    be->layer_norm_fwd(be, CF(0), CF(1), CF(2), F(3), F(4), F(5), c->i[0], (int)c->i[1], c->f[0]);
+    be->layer_norm_bwd(be, CF(6), CF(0), CF(1), CF(4), CF(5), F(7), F(8), F(9), c->i[0], (int)c->i[1]);
+}
+/* x y dy dx */
+static void k_silu(Backend *be, void **p, const Case *c) {
+    be->silu_fwd(be, CF(0), F(1), c->i[0]);
+    be->silu_bwd(be, CF(2), CF(0), F(3), c->i[0]);
+}
+static void k_gelu(Backend *be, void **p, const Case *c) {
+    be->gelu_fwd(be, CF(0), F(1), c->i[0]);
+    be->gelu_bwd(be, CF(2), CF(0), F(3), c->i[0]);
+}
+static void k_geglu(Backend *be, void **p, const Case *c) {
+    be->geglu_fwd(be, CF(0), F(1), c->i[0], (int)c->i[1]);
+    be->geglu_bwd(be, CF(2), CF(0), F(3), c->i[0], (int)c->i[1]);
+}
+static void k_quick_gelu(Backend *be, void **p, const Case *c) { be->quick_gelu_fwd(be, CF(0), F(1), c->i[0]); }
+static void k_silu_inplace(Backend *be, void **p, const Case *c) { be->silu_fwd(be, F(0), F(0), c->i[0]); }
+static void k_embedding(Backend *be, void **p, const Case *c) {
+    be->embedding_fwd(be, CF(0), (const int32_t *)p[1], F(2), c->i[0], (int)c->i[1]);
+}
+static void k_add(Backend *be, void **p, const Case *c) { be->add(be, CF(0), CF(1), F(2), c->i[0]); }
+static void k_add_alias(Backend *be, void **p, const Case *c) { be->add(be, F(0), CF(1), F(0), c->i[0]); }
+static void k_axpy(Backend *be, void **p, const Case *c) { be->axpy(be, c->f[0], CF(0), F(1), c->i[0]); }
+static void k_scale(Backend *be, void **p, const Case *c) { be->scale(be, F(0), c->f[0], c->i[0]); }
+/* i: N C HW */
+static void k_chan_bias(Backend *be, void **p, const Case *c) {
+    be->add_channel_bias(be, F(0), CF(1), (int)c->i[0], (int)c->i[1], c->i[2]);
+}
+static void k_chan_sum(Backend *be, void **p, const Case *c) {
+    be->channel_sum_bwd(be, CF(0), F(1), (int)c->i[0], (int)c->i[1], c->i[2]);
+}
+/* i: N Ca Cb HW */
+static void k_concat(Backend *be, void **p, const Case *c) {
+    be->concat_channels(be, CF(0), CF(1), F(2), (int)c->i[0], (int)c->i[1], (int)c->i[2], c->i[3]);
+}
+static void k_concat_bwd(Backend *be, void **p, const Case *c) {
+    be->concat_channels_bwd(be, CF(0), F(1), F(2), (int)c->i[0], (int)c->i[1], (int)c->i[2], c->i[3]);
+}
+/* i: N C H W */
+static void k_up(Backend *be, void **p, const Case *c) {
+    be->upsample2x_fwd(be, CF(0), F(1), (int)c->i[0], (int)c->i[1], (int)c->i[2], (int)c->i[3]);
+}
+static void k_up_bwd(Backend *be, void **p, const Case *c) {
+    be->upsample2x_bwd(be, CF(0), F(1), (int)c->i[0], (int)c->i[1], (int)c->i[2], (int)c->i[3]);
+}
+/* i: N C HW acc */
+static void k_to_nlc(Backend *be, void **p, const Case *c) {
+    be->nchw_to_nlc(be, CF(0), F(1), (int)c->i[0], (int)c->i[1], c->i[2], (int)c->i[3]);
+}
+static void k_to_nchw(Backend *be, void **p, const Case *c) {
+    be->nlc_to_nchw(be, CF(0), F(1), (int)c->i[0], (int)c->i[1], c->i[2], (int)c->i[3]);
+}
+/* q k v o lse dout dq dk dv ; i: N Lq Lk H D causal ; f: scale */
+static void k_attention(Backend *be, void **p, const Case *c) {
+    int N = (int)c->i[0], Lq = (int)c->i[1], Lk = (int)c->i[2], H = (int)c->i[3], D = (int)c->i[4],
+        causal = (int)c->i[5];
+    be->attention_fwd(be, CF(0), CF(1), CF(2), F(3), F(4), N, Lq, Lk, H, D, c->f[0], causal);
+    be->attention_bwd(be, CF(5), CF(0), CF(1), CF(2), CF(3), CF(4), F(6), F(7), F(8), N, Lq, Lk,
+                      H, D, c->f[0], causal);
+}
+/* i: N dim flip ; f: shift max_period */
+static void k_timestep(Backend *be, void **p, const Case *c) {
+    be->timestep_embedding(be, CF(0), F(1), (int)c->i[0], (int)c->i[1], (int)c->i[2], c->f[0], c->f[1]);
+}
+/* pred target loss[1] dpred ; f: weight */
+static void k_mse(Backend *be, void **p, const Case *c) {
+    float l = be->mse_fwd(be, CF(0), CF(1), c->i[0]);
+    be->upload(be, p[2], &l, sizeof l);
+    be->mse_bwd(be, CF(0), CF(1), F(3), c->i[0], c->f[0]);
+}
+/* param grad m v ; f: lr b1 b2 eps wd ; i: n t */
+static void k_adamw(Backend *be, void **p, const Case *c) {
+    be->adamw(be, F(0), CF(1), F(2), F(3), c->i[0], c->f[0], c->f[1], c->f[2], c->f[3], c->f[4], (int)c->i[1]);
+}
+/* i: M a1 a2 b1 b2 ; f: scale */
+static void k_kron_fwd(Backend *be, void **p, const Case *c) {
+    be->kron_fwd(be, CF(0), CF(1), CF(2), F(3), c->i[0], (int)c->i[1], (int)c->i[2], (int)c->i[3],
+                 (int)c->i[4], c->f[0]);
+}
+static void k_kron_bwd(Backend *be, void **p, const Case *c) {
+    be->kron_bwd(be, CF(0), CF(1), CF(2), CF(3), F(4), F(5), F(6), c->i[0], (int)c->i[1],
+                 (int)c->i[2], (int)c->i[3], (int)c->i[4], c->f[0]);
+}
+static void k_kron_merge(Backend *be, void **p, const Case *c) {
+    be->kron_merge(be, CF(0), CF(1), F(2), (int)c->i[1], (int)c->i[2], (int)c->i[3], (int)c->i[4], c->f[0]);
+}
+
+/* ------------------------------------------------------------ case list */
+#define T_PW 2e-5   /* pointwise: libm vs CUDA math, a few ulp */
+#define T_MM 2e-4   /* fp32 gemm / reductions: summation order */
+#define T_TF 1.5e-2 /* TF32 gemms: 10-bit mantissa inputs */
+
+static void gemm_case(int tA, int tB, int M, int N, int K, int pad, float beta, int batch, int sA0) {
+    char nm[96];
+    int lda = (tA ? M : K) + pad, ldb = (tB ? K : N) + pad, ldc = N + pad;
+    int64_t szA = (int64_t)(tA ? K : M) * lda, szB = (int64_t)(tB ? N : K) * ldb, szC = (int64_t)M * ldc;
+    if (batch == 1) {
+        snprintf(nm, sizeof nm, "gemm %s%s %dx%dx%d beta=%g", tA ? "T" : "N", tB ? "T" : "N", M, N, K, beta);
+        Case *c = add_case(nm, k_gemm, T_MM, T_TF, 0);
+        ARG(c, "A", IN, szA); ARG(c, "B", IN, szB); ARG(c, "C", ACC, szC);
+        int64_t iv[] = {tA, tB, M, N, K, lda, ldb, ldc};
+        memcpy(c->i, iv, sizeof iv);
+    } else {
+        snprintf(nm, sizeof nm, "gemm_batched %s%s %dx%dx%d b=%d%s", tA ? "T" : "N", tB ? "T" : "N",
+                 M, N, K, batch, sA0 ? " sA=0" : "");
+        Case *c = add_case(nm, k_gemm_batched, T_MM, T_TF, 0);
+        int64_t sA = sA0 ? 0 : szA;
+        ARG(c, "A", IN, sA0 ? szA : szA * batch); ARG(c, "B", IN, szB * batch); ARG(c, "C", ACC, szC * batch);
+        int64_t iv[] = {tA, tB, M, N, K, lda, ldb, ldc, sA, szB, szC, batch};
+        memcpy(c->i, iv, sizeof iv);
+    }
+    cases[ncases - 1].f[0] = 0.75f;
+    cases[ncases - 1].f[1] = beta;
+}
+
+static void conv_cases(int N, int Cin, int H, int W, int Cout, int k, int s, int p, int bias, int big) {
+    char nm[96];
+    int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
+    int64_t iv[] = {N, Cin, H, W, Cout, k, s, p};
+    snprintf(nm, sizeof nm, "conv2d_fwd %dx%d s%d p%d %d->%d %dx%d N=%d", k, k, s, p, Cin, Cout, H, W, N);
+    Case *c = add_case(nm, k_conv_fwd, T_MM, T_TF, big);
+    ARG(c, "x", IN, (int64_t)N * Cin * H * W); ARG(c, "w", IN, (int64_t)Cout * Cin * k * k);
+    ARG(c, "b", bias ? IN : NUL, Cout); ARG(c, "y", OUT, (int64_t)N * Cout * Ho * Wo);
+    memcpy(c->i, iv, sizeof iv);
+    snprintf(nm, sizeof nm, "conv2d_bwd %dx%d s%d p%d %d->%d %dx%d N=%d", k, k, s, p, Cin, Cout, H, W, N);
+    c = add_case(nm, k_conv_bwd, T_MM, T_TF, big);
+    ARG(c, "dy", IN, (int64_t)N * Cout * Ho * Wo); ARG(c, "x", IN, (int64_t)N * Cin * H * W);
+    ARG(c, "w", IN, (int64_t)Cout * Cin * k * k); ARG(c, "dx", ACC, (int64_t)N * Cin * H * W);
+    ARG(c, "dw", ACC, (int64_t)Cout * Cin * k * k); ARG(c, "db", bias ? ACC : NUL, Cout);
+    memcpy(c->i, iv, sizeof iv);
+}
+
+static void norm_case(int group, int64_t N_or_M, int C, int64_t HW, int G, int big) {
+    char nm[96];
+    Case *c;
+    if (group) {
+        snprintf(nm, sizeof nm, "group_norm fwd+bwd N=%lld C=%d HW=%lld G=%d", (long long)N_or_M, C, (long long)HW, G);
+        c = add_case(nm, k_group_norm, T_MM, T_MM, big);
+        int64_t n = N_or_M * C * HW;
+        ARG(c, "x", IN, n); arg(c, "gamma", IN, C, 0.5f, 1.5f); ARG(c, "beta", IN, C);
+        ARG(c, "y", OUT, n); ARG(c, "mean", OUT, N_or_M * G); ARG(c, "rstd", OUT, N_or_M * G);
+        ARG(c, "dy", IN, n); ARG(c, "dx", ACC, n); ARG(c, "dgamma", ACC, C); ARG(c, "dbeta", ACC, C);
+        int64_t iv[] = {N_or_M, C, HW, G};
+        memcpy(c->i, iv, sizeof iv);
+    } else {
+        snprintf(nm, sizeof nm, "layer_norm fwd+bwd M=%lld C=%d", (long long)N_or_M, C);
+        c = add_case(nm, k_layer_norm, T_MM, T_MM, big);
+        int64_t n = N_or_M * C;
+        ARG(c, "x", IN, n); arg(c, "gamma", IN, C, 0.5f, 1.5f); ARG(c, "beta", IN, C);
+        ARG(c, "y", OUT, n); ARG(c, "mean", OUT, N_or_M); ARG(c, "rstd", OUT, N_or_M);
+        ARG(c, "dy", IN, n); ARG(c, "dx", ACC, n); ARG(c, "dgamma", ACC, C); ARG(c, "dbeta", ACC, C);
+        c->i[0] = N_or_M; c->i[1] = C;
+    }
+    c->f[0] = 1e-5f;
+}
+
+static void attn_case(int N, int Lq, int Lk, int H, int D, int causal, int null_dq, int big) {
+    char nm[96];
+    snprintf(nm, sizeof nm, "attention fwd+bwd N=%d Lq=%d Lk=%d H=%d D=%d%s%s", N, Lq, Lk, H, D,
+             causal ? " causal" : "", null_dq ? " dq=NULL" : "");
+    Case *c = add_case(nm, k_attention, T_MM, T_TF, big);
+    int64_t nq = (int64_t)N * Lq * H * D, nk = (int64_t)N * Lk * H * D;
+    ARG(c, "q", IN, nq); ARG(c, "k", IN, nk); ARG(c, "v", IN, nk);
+    ARG(c, "o", OUT, nq); ARG(c, "lse", OUT, (int64_t)N * H * Lq);
+    ARG(c, "dout", IN, nq); ARG(c, "dq", null_dq ? NUL : ACC, nq); ARG(c, "dk", ACC, nk); ARG(c, "dv", ACC, nk);
+    int64_t iv[] = {N, Lq, Lk, H, D, causal};
+    memcpy(c->i, iv, sizeof iv);
+    c->f[0] = 1.f / sqrtf((float)D);
+}
+
+static void kron_cases(int64_t M, int a1, int a2, int b1, int b2, float scale, int nullA) {
+    char nm[96];
+    int64_t din = (int64_t)a2 * b2, dout = (int64_t)a1 * b1;
+    int64_t iv[] = {M, a1, a2, b1, b2};
+    snprintf(nm, sizeof nm, "kron_fwd M=%lld A%dx%d B%dx%d", (long long)M, a1, a2, b1, b2);
+    Case *c = add_case(nm, k_kron_fwd, T_MM, T_TF, 0);
+    ARG(c, "x", IN, M * din); ARG(c, "A", IN, (int64_t)a1 * a2); ARG(c, "B", IN, (int64_t)b1 * b2); ARG(c, "y", ACC, M * dout);
+    memcpy(c->i, iv, sizeof iv); c->f[0] = scale;
+    snprintf(nm, sizeof nm, "kron_bwd M=%lld A%dx%d B%dx%d%s", (long long)M, a1, a2, b1, b2, nullA ? " dA=NULL" : "");
+    c = add_case(nm, k_kron_bwd, T_MM, T_TF, 0);
+    ARG(c, "dy", IN, M * dout); ARG(c, "x", IN, M * din); ARG(c, "A", IN, (int64_t)a1 * a2); ARG(c, "B", IN, (int64_t)b1 * b2);
+    ARG(c, "dx", ACC, M * din); ARG(c, "dA", nullA ? NUL : ACC, (int64_t)a1 * a2); ARG(c, "dB", ACC, (int64_t)b1 * b2);
+    memcpy(c->i, iv, sizeof iv); c->f[0] = scale;
+    snprintf(nm, sizeof nm, "kron_merge A%dx%d B%dx%d", a1, a2, b1, b2);
+    c = add_case(nm, k_kron_merge, T_PW, T_PW, 0);
+    ARG(c, "A", IN, (int64_t)a1 * a2); ARG(c, "B", IN, (int64_t)b1 * b2); ARG(c, "W", ACC, dout * din);
+    memcpy(c->i, iv, sizeof iv); c->f[0] = scale;
+}
+
+static void build_cases(void) {
+    Case *c;
+    /* dense algebra */
+    gemm_case(0, 0, 300, 200, 150, 0, 0.f, 1, 0);
+    gemm_case(1, 0, 129, 257, 65, 3, 0.5f, 1, 0);
+    gemm_case(0, 1, 77, 320, 768, 0, 1.f, 1, 0);
+    gemm_case(1, 1, 64, 33, 100, 5, 0.f, 1, 0);
+    gemm_case(0, 1, 96, 80, 40, 0, 0.f, 8, 0);
+    gemm_case(1, 0, 40, 50, 60, 2, 1.f, 5, 1);
+
+    c = add_case("linear_fwd M=4096 320->1280 +bias", k_linear_fwd, T_MM, T_TF, 0);
+    ARG(c, "x", IN, 4096LL * 320); ARG(c, "W", IN, 1280LL * 320); ARG(c, "b", IN, 1280); ARG(c, "y", OUT, 4096LL * 1280);
+    c->i[0] = 4096; c->i[1] = 320; c->i[2] = 1280;
+    c = add_case("linear_fwd M=154 768->320 no bias", k_linear_fwd, T_MM, T_TF, 0);
+    ARG(c, "x", IN, 154LL * 768); ARG(c, "W", IN, 320LL * 768); ARG(c, "b", NUL, 0); ARG(c, "y", OUT, 154LL * 320);
+    c->i[0] = 154; c->i[1] = 768; c->i[2] = 320;
+    c = add_case("linear_bwd M=4096 320->1280", k_linear_bwd, T_MM, T_TF, 0);
+    ARG(c, "dy", IN, 4096LL * 1280); ARG(c, "x", IN, 4096LL * 320); ARG(c, "W", IN, 1280LL * 320);
+    ARG(c, "dx", ACC, 4096LL * 320); ARG(c, "dW", ACC, 1280LL * 320); ARG(c, "db", ACC, 1280);
+    c->i[0] = 4096; c->i[1] = 320; c->i[2] = 1280;
+    c = add_case("linear_bwd M=333 96->40 dx=NULL db=NULL", k_linear_bwd, T_MM, T_TF, 0);
+    ARG(c, "dy", IN, 333LL * 40); ARG(c, "x", IN, 333LL * 96); ARG(c, "W", IN, 40LL * 96);
+    ARG(c, "dx", NUL, 0); ARG(c, "dW", ACC, 40LL * 96); ARG(c, "db", NUL, 0);
+    c->i[0] = 333; c->i[1] = 96; c->i[2] = 40;
+
+    /* convolution: SD 1.5 resnet conv, conv_in, downsampler, 1x1 shortcut, odd shape */
+    conv_cases(1, 320, 64, 64, 320, 3, 1, 1, 1, 1);
+    conv_cases(2, 4, 64, 64, 320, 3, 1, 1, 1, 0);
+    conv_cases(2, 64, 32, 32, 64, 3, 2, 1, 1, 0);
+    conv_cases(2, 320, 32, 32, 640, 1, 1, 0, 1, 0);
+    conv_cases(3, 5, 7, 9, 6, 3, 1, 1, 0, 0);
+    conv_cases(2, 6, 9, 7, 4, 3, 2, 1, 1, 0);
+
+    /* normalisation */
+    norm_case(1, 2, 320, 4096, 32, 1);
+    norm_case(1, 1, 640, 1024, 32, 0);
+    norm_case(1, 3, 12, 37, 3, 0);
+    norm_case(0, 4096, 320, 0, 0, 0);
+    norm_case(0, 154, 768, 0, 0, 0);
+    norm_case(0, 37, 1280, 0, 0, 0);
+
+    /* pointwise */
+    int64_t n = (1 << 20) + 3;
+    c = add_case("silu fwd+bwd n=2^20+3", k_silu, T_PW, T_PW, 0);
+    arg(c, "x", IN, n, -8, 8); ARG(c, "y", OUT, n); ARG(c, "dy", IN, n); ARG(c, "dx", ACC, n); c->i[0] = n;
+    c = add_case("silu in place (y == x)", k_silu_inplace, T_PW, T_PW, 0);
+    arg(c, "x", ACC, 1000, -8, 8); c->i[0] = 1000;
+    c = add_case("gelu fwd+bwd n=2^20+3", k_gelu, T_PW, T_PW, 0);
+    arg(c, "x", IN, n, -6, 6); ARG(c, "y", OUT, n); ARG(c, "dy", IN, n); ARG(c, "dx", ACC, n); c->i[0] = n;
+    c = add_case("geglu fwd+bwd M=4096 D=1280", k_geglu, T_PW, T_PW, 0);
+    arg(c, "x", IN, 4096LL * 2560, -4, 4); ARG(c, "y", OUT, 4096LL * 1280); ARG(c, "dy", IN, 4096LL * 1280);
+    ARG(c, "dx", ACC, 4096LL * 2560); c->i[0] = 4096; c->i[1] = 1280;
+    c = add_case("quick_gelu n=154*3072", k_quick_gelu, T_PW, T_PW, 0);
+    arg(c, "x", IN, 154LL * 3072, -6, 6); ARG(c, "y", OUT, 154LL * 3072); c->i[0] = 154LL * 3072;
+    c = add_case("embedding 154 ids of 49408x768", k_embedding, 0, 0, 0);
+    ARG(c, "table", IN, 49408LL * 768); arg(c, "ids", IDS, 154, 0, 49408); ARG(c, "out", OUT, 154LL * 768);
+    c->i[0] = 154; c->i[1] = 768;
+    c = add_case("add n=1e6+1", k_add, T_PW, T_PW, 0);
+    ARG(c, "a", IN, 1000001); ARG(c, "b", IN, 1000001); ARG(c, "y", OUT, 1000001); c->i[0] = 1000001;
+    c = add_case("add in place (y == a)", k_add_alias, T_PW, T_PW, 0);
+    ARG(c, "a", ACC, 4099); ARG(c, "b", IN, 4099); c->i[0] = 4099;
+    c = add_case("axpy n=1e6+1", k_axpy, T_PW, T_PW, 0);
+    ARG(c, "x", IN, 1000001); ARG(c, "y", ACC, 1000001); c->i[0] = 1000001; c->f[0] = -0.37f;
+    c = add_case("scale n=1e6+1", k_scale, T_PW, T_PW, 0);
+    ARG(c, "x", ACC, 1000001); c->i[0] = 1000001; c->f[0] = 1.7f;
+    c = add_case("add_channel_bias N=2 C=320 HW=4096", k_chan_bias, T_PW, T_PW, 0);
+    ARG(c, "x", ACC, 2LL * 320 * 4096); ARG(c, "v", IN, 2 * 320); c->i[0] = 2; c->i[1] = 320; c->i[2] = 4096;
+    c = add_case("channel_sum_bwd N=2 C=320 HW=4096", k_chan_sum, T_MM, T_MM, 0);
+    ARG(c, "dy", IN, 2LL * 320 * 4096); ARG(c, "dv", ACC, 2 * 320); c->i[0] = 2; c->i[1] = 320; c->i[2] = 4096;
+
+    /* shape ops */
+    c = add_case("concat_channels N=2 640+320 HW=1024", k_concat, 0, 0, 0);
+    ARG(c, "a", IN, 2LL * 640 * 1024); ARG(c, "b", IN, 2LL * 320 * 1024); ARG(c, "y", OUT, 2LL * 960 * 1024);
+    c->i[0] = 2; c->i[1] = 640; c->i[2] = 320; c->i[3] = 1024;
+    c = add_case("concat_channels_bwd N=2 640+320 HW=1024", k_concat_bwd, T_PW, T_PW, 0);
+    ARG(c, "dy", IN, 2LL * 960 * 1024); ARG(c, "da", ACC, 2LL * 640 * 1024); ARG(c, "db", ACC, 2LL * 320 * 1024);
+    c->i[0] = 2; c->i[1] = 640; c->i[2] = 320; c->i[3] = 1024;
+    c = add_case("concat_channels_bwd da=NULL", k_concat_bwd, T_PW, T_PW, 0);
+    ARG(c, "dy", IN, 3LL * 12 * 50); ARG(c, "da", NUL, 0); ARG(c, "db", ACC, 3LL * 7 * 50);
+    c->i[0] = 3; c->i[1] = 5; c->i[2] = 7; c->i[3] = 50;
+    c = add_case("upsample2x_fwd N=2 C=640 16x16", k_up, 0, 0, 0);
+    ARG(c, "x", IN, 2LL * 640 * 256); ARG(c, "y", OUT, 2LL * 640 * 1024);
+    c->i[0] = 2; c->i[1] = 640; c->i[2] = 16; c->i[3] = 16;
+    c = add_case("upsample2x_bwd N=2 C=3 5x7", k_up_bwd, T_PW, T_PW, 0);
+    ARG(c, "dy", IN, 2LL * 3 * 140); ARG(c, "dx", ACC, 2LL * 3 * 35);
+    c->i[0] = 2; c->i[1] = 3; c->i[2] = 5; c->i[3] = 7;
+    c = add_case("nchw_to_nlc N=2 C=320 HW=4096", k_to_nlc, 0, 0, 0);
+    ARG(c, "x", IN, 2LL * 320 * 4096); ARG(c, "y", OUT, 2LL * 320 * 4096);
+    c->i[0] = 2; c->i[1] = 320; c->i[2] = 4096; c->i[3] = 0;
+    c = add_case("nchw_to_nlc accumulate N=3 C=45 HW=77", k_to_nlc, T_PW, T_PW, 0);
+    ARG(c, "x", IN, 3LL * 45 * 77); ARG(c, "y", ACC, 3LL * 45 * 77);
+    c->i[0] = 3; c->i[1] = 45; c->i[2] = 77; c->i[3] = 1;
+    c = add_case("nlc_to_nchw N=2 C=640 HW=1024", k_to_nchw, 0, 0, 0);
+    ARG(c, "x", IN, 2LL * 640 * 1024); ARG(c, "y", OUT, 2LL * 640 * 1024);
+    c->i[0] = 2; c->i[1] = 640; c->i[2] = 1024; c->i[3] = 0;
+    c = add_case("nlc_to_nchw accumulate N=3 C=45 HW=77", k_to_nchw, T_PW, T_PW, 0);
+    ARG(c, "x", IN, 3LL * 45 * 77); ARG(c, "y", ACC, 3LL * 45 * 77);
+    c->i[0] = 3; c->i[1] = 45; c->i[2] = 77; c->i[3] = 1;
+
+    /* attention: SD 1.5 self-attention at 64x64, cross-attention, CLIP causal, odd */
+    attn_case(1, 4096, 4096, 8, 40, 0, 0, 1);
+    attn_case(2, 4096, 77, 8, 40, 0, 0, 1);
+    attn_case(2, 1024, 1024, 8, 80, 0, 1, 0);
+    attn_case(2, 77, 77, 12, 64, 1, 0, 0);
+    attn_case(2, 100, 37, 3, 24, 0, 0, 0);
+    attn_case(1, 50, 50, 2, 16, 1, 0, 0);
+
+    /* diffusion helpers */
+    c = add_case("timestep_embedding N=4 dim=320 flip", k_timestep, 2e-4, 2e-4, 0);
+    arg(c, "t", IN, 4, 0, 999); ARG(c, "emb", OUT, 4 * 320); c->i[0] = 4; c->i[1] = 320; c->i[2] = 1;
+    c->f[0] = 0.f; c->f[1] = 10000.f;
+    c = add_case("timestep_embedding N=3 dim=255 shift=1", k_timestep, 2e-4, 2e-4, 0);
+    arg(c, "t", IN, 3, 0, 999); ARG(c, "emb", OUT, 3 * 255); c->i[0] = 3; c->i[1] = 255; c->i[2] = 0;
+    c->f[0] = 1.f; c->f[1] = 10000.f;
+    c = add_case("mse fwd+bwd n=2*4*64*64", k_mse, 1e-5, 1e-5, 0);
+    ARG(c, "pred", IN, 32768); ARG(c, "target", IN, 32768); ARG(c, "loss", OUT, 1); ARG(c, "dpred", ACC, 32768);
+    c->i[0] = 32768; c->f[0] = 0.5f;
+    c = add_case("mse fwd+bwd n=3e6+7", k_mse, 1e-5, 1e-5, 0);
+    ARG(c, "pred", IN, 3000007); ARG(c, "target", IN, 3000007); ARG(c, "loss", OUT, 1); ARG(c, "dpred", ACC, 3000007);
+    c->i[0] = 3000007; c->f[0] = 1.f;
+    c = add_case("adamw n=1e6+5 t=3", k_adamw, T_PW, T_PW, 0);
+    ARG(c, "param", ACC, 1000005); ARG(c, "grad", IN, 1000005); arg(c, "m", ACC, 1000005, -0.1f, 0.1f);
+    arg(c, "v", ACC, 1000005, 0.f, 0.01f);
+    c->i[0] = 1000005; c->i[1] = 3;
+    c->f[0] = 1e-3f; c->f[1] = 0.9f; c->f[2] = 0.999f; c->f[3] = 1e-8f; c->f[4] = 1e-2f;
+
+    /* Kronecker adapter: SD attn q (320x320), cross k (320x768), ffn-like */
+    kron_cases(4096, 16, 16, 20, 20, 1.f, 0);
+    kron_cases(154, 16, 8, 20, 96, 0.5f, 0);
+    kron_cases(2 * 1024, 4, 4, 160, 160, 2.f, 1);
+    kron_cases(7, 3, 5, 2, 1, 1.f, 0);
+}
+
+/* ------------------------------------------------------------ runner */
+
+static int run_on(Backend *be, const Case *c, float **host, float **res, double *ms) {
+    void *p[MAXA] = {0};
+    for (int j = 0; j < c->na; j++) {
+        if (c->a[j].kind == NUL) continue;
+        size_t bytes = (size_t)c->a[j].n * 4;
+        p[j] = be->alloc(be, bytes);
+        if (!p[j]) {
+            fprintf(stderr, "%s: %s: alloc of %zu bytes for %s failed\n", c->name, be->name, bytes, c->a[j].name);
+            for (int k = 0; k < j; k++) be->free(be, p[k]);
+            return -1;
+        }
+        be->upload(be, p[j], host[j], bytes);
+    }
+    be->sync(be);
+    double t0 = now();
+    c->fn(be, p, c);
+    be->sync(be);
+    *ms = (now() - t0) * 1e3;
+    for (int j = 0; j < c->na; j++) {
+        if (c->a[j].kind == OUT || c->a[j].kind == ACC)
+            be->download(be, res[j], p[j], (size_t)c->a[j].n * 4);
+        be->free(be, p[j]);
+    }
+    return 0;
+}
+
+static float *xmalloc(size_t n) {
+    float *p = malloc(n ? n : 1);
+    if (!p) { fprintf(stderr, "test_cuda_ops: host out of memory (%zu bytes)\n", n); exit(2); }
+    return p;
+}
+
+int main(int argc, char **argv) {
+    int small = 0;
+    const char *only = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--small")) small = 1;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else { fprintf(stderr, "usage: %s [--small] [--only SUBSTRING]\n", argv[0]); return 2; }
+    }
+    char err[256] = "";
+    Backend *gpu = backend_cuda_create(err, sizeof err);
+    if (!gpu) { fprintf(stderr, "test_cuda_ops: %s\n", err); return 2; }
+    Backend *cpu = backend_cpu_create();
+    if (!cpu) { fprintf(stderr, "test_cuda_ops: backend_cpu_create failed\n"); return 2; }
+    printf("device: %s\n", backend_cuda_device_name(gpu));
+    int fails = 0, rows = 0;
+
+    /* allocator: zero-filled even when a dirty block is reused; frees are cached */
+    {
+        size_t nb = 3 << 20;
+        float *h = xmalloc(nb);
+        for (size_t i = 0; i < nb / 4; i++) h[i] = 1.f;
+        void *a = gpu->alloc(gpu, nb);
+        gpu->upload(gpu, a, h, nb);
+        gpu->free(gpu, a);
+        void *b = gpu->alloc(gpu, nb);
+        gpu->download(gpu, h, b, nb);
+        int nz = 0;
+        for (size_t i = 0; i < nb / 4; i++) nz += h[i] != 0.f;
+        int ok = b != NULL && nz == 0 && gpu->peak_bytes(gpu) >= nb;
+        printf("allocator: reuse %s, zero-fill %s, peak %zu bytes, reserved %zu bytes: %s\n",
+               a == b ? "cached" : "fresh", nz ? "FAILED" : "ok", gpu->peak_bytes(gpu),
+               backend_cuda_reserved_bytes(gpu), ok ? "PASS" : "FAIL");
+        fails += !ok;
+        gpu->free(gpu, b);
+        free(h);
+    }
+
+    build_cases();
+    printf("%-58s %-7s %-4s %11s %11s %9s %8s %9s %s\n", "op", "buffer", "math", "max|err|",
+           "scale", "rel", "tol", "gpu ms", "");
+    for (int ci = 0; ci < ncases; ci++) {
+        Case *c = &cases[ci];
+        if (small && c->big) continue;
+        if (only && !strstr(c->name, only)) continue;
+        rng_s = 0x9E3779B97F4A7C15ULL ^ (uint64_t)(ci + 1) * 0x2545F4914F6CDD1DULL;
+        float *host[MAXA] = {0}, *ref[MAXA] = {0}, *got[MAXA] = {0};
+        for (int j = 0; j < c->na; j++) {
+            Arg *a = &c->a[j];
+            if (a->kind == NUL) continue;
+            host[j] = xmalloc((size_t)a->n * 4);
+            if (a->kind == IDS)
+                for (int64_t e = 0; e < a->n; e++) ((int32_t *)host[j])[e] = (int32_t)(rnd() % (uint32_t)a->hi);
+            else
+                for (int64_t e = 0; e < a->n; e++) host[j][e] = frand(a->lo, a->hi);
+            if (a->kind == OUT || a->kind == ACC) {
+                ref[j] = xmalloc((size_t)a->n * 4);
+                got[j] = xmalloc((size_t)a->n * 4);
+            }
+        }
+        double ms_cpu = 0, ms_gpu = 0;
+        if (run_on(cpu, c, host, ref, &ms_cpu)) { fails++; continue; }
+        for (int tf = 0; tf < 2; tf++) {
+            backend_cuda_set_tf32(gpu, tf);
+            if (run_on(gpu, c, host, got, &ms_gpu)) { fails++; break; }
+            const char *e = backend_cuda_last_error(gpu);
+            if (e[0]) {
+                printf("%-58s CUDA ERROR: %s\n", c->name, e);
+                backend_cuda_clear_error(gpu);
+                fails++;
+                continue;
+            }
+            double tol = tf ? c->tol_tf32 : c->tol;
+            for (int j = 0; j < c->na; j++) {
+                Arg *a = &c->a[j];
+                if (a->kind != OUT && a->kind != ACC) continue;
+                double maxerr = 0, scale = 0;
+                int64_t nan_at = -1;
+                for (int64_t e = 0; e < a->n; e++) {
+                    double r = ref[j][e], g = got[j][e];
+                    double d = fabs(g - r);
+                    if (!isfinite(g) || !isfinite(r)) { /* equal infinities are fine */
+                        if (!(g == r) && nan_at < 0) nan_at = e;
+                        continue;
+                    }
+                    if (d > maxerr) maxerr = d;
+                    double s = a->kind == ACC ? fabs(r - host[j][e]) : fabs(r);
+                    if (s > scale) scale = s;
+                }
+                double rel = maxerr / (scale > 1e-6 ? scale : 1e-6);
+                int ok = nan_at < 0 && rel <= tol;
+                if (!ok) fails++;
+                rows++;
+                printf("%-58s %-7s %-4s %11.3e %11.3e %9.2e %8.1e %9.3f %s", c->name, a->name,
+                       tf ? "tf32" : "fp32", maxerr, scale, rel, tol, ms_gpu, ok ? "ok" : "FAIL");
+                if (nan_at >= 0) printf(" (non-finite mismatch at %lld: gpu %g cpu %g)", (long long)nan_at, got[j][nan_at], ref[j][nan_at]);
+                printf("\n");
+            }
+        }
+        fflush(stdout);
+        for (int j = 0; j < c->na; j++) { free(host[j]); free(ref[j]); free(got[j]); }
+    }
+    const char *e = backend_cuda_last_error(gpu);
+    if (e[0]) { printf("pending CUDA error: %s\n", e); fails++; }
+    printf("gpu peak %.1f MiB, reserved %.1f MiB\n", gpu->peak_bytes(gpu) / 1048576.0,
+           backend_cuda_reserved_bytes(gpu) / 1048576.0);
+    printf("%s: %d comparisons, %d failures\n", fails ? "FAIL" : "PASS", rows, fails);
+    backend_cuda_destroy(gpu);
+    backend_destroy(cpu);
+    return fails ? 1 : 0;
+}
