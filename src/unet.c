@@ -798,11 +798,11 @@ int unet_load_safetensors(UNet *u, const char *path, char *err, size_t errlen) {
         if (!t) { snprintf(err, errlen, "%s: missing tensor '%s'", path, name); goto out; }
         int same = t->numel == p->numel;
         /* a Linear stored as a 1x1 conv (or back) has the same data: accept it */
-        if (same && t->ndim != p->ndim) {
+        if (same) {
+            int nd = t->ndim < p->ndim ? t->ndim : p->ndim;
+            for (int d = 0; d < nd; d++) if (t->shape[d] != p->shape[d]) same = 0;
             for (int d = p->ndim; d < t->ndim; d++) if (t->shape[d] != 1) same = 0;
             for (int d = t->ndim; d < p->ndim; d++) if (p->shape[d] != 1) same = 0;
-        } else if (same) {
-            for (int d = 0; d < p->ndim; d++) if (t->shape[d] != p->shape[d]) same = 0;
         }
         if (!same) {
             char want[64] = "", got[64] = "";
@@ -858,6 +858,7 @@ int unet_attach_adapters(UNet *u, const AdapterSpec *spec, uint64_t seed, char *
     for (int i = 0; i < u->n_linears; i++) u->linp[i]->ad = NULL;
     u->ads.be = u->be;
     u->ads.spec = *spec;
+    u->have_fwd = 0; /* saved activations belong to the old adapters */
     if (spec->kind == ADAPTER_NONE) return 0;
     int n = 0;
     for (int i = 0; i < u->n_linears; i++) {
@@ -1132,17 +1133,22 @@ static void attn_bwd(UNet *u, Attn *a, const float *dy, const float *xq, const f
     Backend *be = u->be;
     int C = a->q.dout, H = a->heads, D = C / H;
     int64_t Mq = (int64_t)N * Sq, Mk = (int64_t)N * Lk, tm = u->tmp.off;
+    /* cross-attention k/v see only the text: their gradients matter only for
+     * weights (adapters or trainable base) */
+    int need_kv = !a->cross || u->trainable || a->k.ad || a->v.ad;
     float *dq = takez(u, &u->tmp, Mq * C);
-    float *dk = takez(u, &u->tmp, Mk * C);
-    float *dv = takez(u, &u->tmp, Mk * C);
+    float *dk = need_kv ? takez(u, &u->tmp, Mk * C) : NULL;
+    float *dv = need_kv ? takez(u, &u->tmp, Mk * C) : NULL;
     float *dout = takez(u, &u->tmp, Mq * C);
     lin_bwd(u, &a->o, dy, a->o_, dout, Mq);
     if (!u->plan)
         be->attention_bwd(be, dout, a->q_, a->k_, a->v_, a->o_, a->lse, dq, dk, dv, N, Sq, Lk, H,
                           D, 1.0f / sqrtf((float)D), 0);
     lin_bwd(u, &a->q, dq, xq, dxq, Mq);
-    lin_bwd(u, &a->k, dk, xkv, dxkv, Mk);
-    lin_bwd(u, &a->v, dv, xkv, dxkv, Mk);
+    if (need_kv) {
+        lin_bwd(u, &a->k, dk, xkv, dxkv, Mk);
+        lin_bwd(u, &a->v, dv, xkv, dxkv, Mk);
+    }
     u->tmp.off = tm;
 }
 
@@ -1587,4 +1593,45 @@ int unet_backward(UNet *u, const float *dout, float *dx) {
     u->overflow = 0;
     backward_pass(u, dout, dx);
     return u->overflow ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------ planning only */
+
+int unet_memory_plan(const UNetConfig *cfg, int N, int H, int W, int L, int for_backward,
+                     int trainable, int64_t *act_bytes, int64_t *tmp_bytes, int64_t *grad_bytes) {
+    char err[256];
+    if (cfg_valid(cfg, err, sizeof err)) return -1;
+    int f = 1 << (cfg->n_levels - 1);
+    if (N < 1 || H < 1 || W < 1 || L < 1 || H % f || W % f) return -1;
+    UNet *u = calloc(1, sizeof *u);
+    if (!u) return -1;
+    u->cfg = *cfg;
+    Builder b = {0};
+    int rc = build(u, &b);
+    u->params = b.p; u->n_params = b.n; u->linears = b.lin; u->linp = b.linp; u->n_linears = b.nl;
+    if (!rc) {
+        /* the passes below only count: no op runs, no weight is read */
+        if (trainable) {
+            static float dummy;
+            for (int i = 0; i < u->n_params; i++) u->params[i].grad = &dummy;
+        }
+        u->trainable = trainable;
+        u->plan = 1; u->keep = for_backward;
+        u->fN = N; u->fH = H; u->fW = W; u->fL = L;
+        forward_pass(u, NULL, NULL, NULL, NULL, NULL);
+        int64_t tmp_peak = u->tmp.peak;
+        u->tmp.peak = 0;
+        if (for_backward) {
+            backward_pass(u, NULL, NULL);
+            u->grd.peak += 2 * ((u->slot_n + 15) & ~(int64_t)15);
+        }
+        if (u->tmp.peak < tmp_peak) u->tmp.peak = tmp_peak;
+        if (act_bytes) *act_bytes = u->act.peak * 4;
+        if (tmp_bytes) *tmp_bytes = u->tmp.peak * 4;
+        if (grad_bytes) *grad_bytes = u->grd.peak * 4;
+    }
+    free_modules(u);
+    free(u->params); free(u->linears); free(u->linp);
+    free(u);
+    return rc ? -1 : 0;
 }

@@ -63,6 +63,12 @@ typedef struct UNetLinear {
 int unet_param_table(const UNetConfig *cfg, UNetParam **params, int *n_params,
                      UNetLinear **linears, int *n_linears);
 
+/* Device memory the activation arenas need for one forward (+ backward) at this
+ * shape, without creating the model (adapter scratch not included): bytes kept
+ * for backward, temporaries, backward gradient buffers. 0, or -1 on bad shape. */
+int unet_memory_plan(const UNetConfig *cfg, int N, int H, int W, int L, int for_backward,
+                     int trainable, int64_t *act_bytes, int64_t *tmp_bytes, int64_t *grad_bytes);
+
 typedef struct UNet UNet;
 
 /* Allocate a UNet with zeroed weights on the backend. NULL + err on failure. */
