@@ -1288,6 +1288,16 @@ static void xformer_bwd(UNet *u, Xformer *x, const float *dy, float *dx, int N, 
     u->tmp.off = tm;
 }
 
+static int xformer_adapted(const Xformer *x) {
+    for (int i = 0; i < x->depth; i++) {
+        const TBlock *t = &x->blocks[i];
+        if (t->a1.q.ad || t->a1.k.ad || t->a1.v.ad || t->a1.o.ad || t->a2.q.ad || t->a2.k.ad ||
+            t->a2.v.ad || t->a2.o.ad || t->ff0.ad || t->ff2.ad)
+            return 1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ forward */
 
 static void push_skip(UNet *u, float *p, int C, int H, int W) {
@@ -1524,10 +1534,27 @@ static void backward_pass(UNet *u, const float *dout, float *dx) {
         resnet_bwd(u, &u->mid.res[0], d, dn, N, H, W);
         d = dn;
     }
+    /* Layers of the down path are numbered in forward order (resnet, attention,
+     * downsampler). With a frozen base and no dx wanted, nothing before the first
+     * adapted attention needs a gradient: backward stops there (for SDXL that skips
+     * the whole 128x128 level). */
+    int need_all = u->trainable || dx != NULL, first = 0, pos = 0, done = 0;
+    for (int i = 0; i < nl; i++) {
+        Block *k = &u->down[i];
+        for (int j = 0; j < k->nres; j++) {
+            pos++;
+            if (k->cross && !first && xformer_adapted(&k->att[j])) first = pos + 1;
+            if (k->cross) pos++;
+        }
+        if (k->has_sample) pos++;
+    }
+    if (!first) first = pos + 1; /* no adapter in the down path */
+    if (need_all) first = 0;
     int top = u->n_skips - 1;
-    for (int i = nl - 1; i >= 0; i--) {
+    for (int i = nl - 1; i >= 0 && !done; i--) {
         Block *k = &u->down[i];
         if (k->has_sample) {
+            if (pos-- < first) { done = 1; break; }
             if (!u->plan) be->axpy(be, 1.0f, dskip[top], d, (int64_t)N * C * H * W);
             top--;
             int Hi = H * 2, Wi = W * 2;
@@ -1539,23 +1566,28 @@ static void backward_pass(UNet *u, const float *dout, float *dx) {
         }
         for (int j = k->nres - 1; j >= 0; j--) {
             Resnet *r = &k->res[j];
+            if (k->cross && pos < first) { done = 1; break; }
             if (!u->plan) be->axpy(be, 1.0f, dskip[top], d, (int64_t)N * C * H * W);
             top--;
             if (k->cross) {
+                pos--;
                 float *dn = next_slot(u, (int64_t)N * C * H * W);
                 xformer_bwd(u, &k->att[j], d, dn, N, H, W);
                 d = dn;
             }
+            if (pos-- < first) { done = 1; break; }
             float *dn = next_slot(u, (int64_t)N * r->cin * H * W);
             resnet_bwd(u, r, d, dn, N, H, W);
             d = dn;
             C = r->cin;
         }
     }
-    if (!u->plan) be->axpy(be, 1.0f, dskip[0], d, (int64_t)N * C * H * W);
-    if (!u->plan && (dx || u->trainable))
-        be->conv2d_bwd(be, d, u->x_in, P(u->conv_in.w), dx, G(u->conv_in.w), G(u->conv_in.b), N,
-                       c->in_channels, H, W, ch0, 3, 1, 1);
+    if (!done && need_all) {
+        if (!u->plan) be->axpy(be, 1.0f, dskip[0], d, (int64_t)N * C * H * W);
+        if (!u->plan)
+            be->conv2d_bwd(be, d, u->x_in, P(u->conv_in.w), dx, G(u->conv_in.w), G(u->conv_in.b), N,
+                           c->in_channels, H, W, ch0, 3, 1, 1);
+    }
     /* time embedding (base weights only: no adapter lives there) */
     if (u->trainable) {
         int64_t nt = (int64_t)N * T;

@@ -236,10 +236,29 @@ static void check_golden(const char *stem) {
         double ea = rel_err(got, gA[i], na), eb = rel_err(got + na, gA[i] + na, nb);
         if (ea > worst) worst = ea;
         if (eb > worst) worst = eb;
-        free(got); free(gA[i]);
+        free(got);
     }
     print_message(", dA/dB %.2e\n", worst);
     assert_true(worst <= 1e-5);
+    /* frozen base, no dx: backward stops before the first adapted layer; the adapter
+     * grads must not change */
+    golden_attach(&g, 0);
+    unet_zero_grad(g.u);
+    free(run_fwd(&g, 1));
+    assert_int_equal(unet_backward(g.u, g.R, NULL), 0);
+    set = unet_adapters(g.u);
+    worst = 0;
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->items[i];
+        int na = a->a1 * a->a2, nb = a->b1 * a->b2;
+        float *got = malloc((size_t)(na + nb) * sizeof *got);
+        g.be->download(g.be, got, a->dA, (size_t)na * sizeof *got);
+        g.be->download(g.be, got + na, a->dB, (size_t)nb * sizeof *got);
+        worst = fmax(worst, fmax(rel_err(got, gA[i], na), rel_err(got + na, gA[i] + na, nb)));
+        free(got); free(gA[i]);
+    }
+    print_message("%s: adapter-only backward vs full: dA/dB %.2e\n", stem, worst);
+    assert_true(worst <= 1e-6);
     free(gA); free(out_m); free(dxm);
     free(out_f); free(ref); free(dx); free(gx);
     golden_close(&g);
