@@ -1,9 +1,9 @@
 # gpu/gpu.mk — the CUDA build. Included at the END of the main Makefile
 # (`-include gpu/gpu.mk`), so ENGINE_SRC, TUI_SRC, ALL_CFLAGS, LDLIBS, BUILD are set.
 #
-#   make cuda        krona-studio-cuda, build-cuda/tests/test_cuda_ops and (when
-#                    bench/bench_train.c exists) build-cuda/bench/bench_train;
-#                    the engine is compiled with -DKRONA_CUDA into build-cuda/
+#   make cuda        krona-studio-cuda, build/cuda/tests/test_cuda_ops and (when
+#                    bench/bench_train.c exists) build/cuda/bench/bench_train;
+#                    the engine is compiled with -DKRONA_CUDA into build/cuda/
 #   make test-cuda   build, then compare every CUDA op with the CPU backend (needs a GPU)
 #   make cuda-emu    run the CUDA backend's host code and kernels on the CPU
 #                    (tests/gpu/emu): checks its logic on machines without a GPU
@@ -17,7 +17,7 @@ NVCC       ?= $(CUDA_HOME)/bin/nvcc
 CUDA_ARCH  ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 NVCCFLAGS  ?= -O3 -std=c++17 -lineinfo -Xcompiler -Wall,-Wextra,-Wno-unused-parameter
 CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
-CUDA_BUILD := build-cuda
+CUDA_BUILD := $(BUILD)/cuda
 
 GPU_SRC         := $(wildcard gpu/*.cu)
 GPU_OBJ         := $(GPU_SRC:%.cu=$(CUDA_BUILD)/%.o)

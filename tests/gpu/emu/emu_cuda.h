@@ -6,6 +6,10 @@
  * shuffles (warp barrier); a barrier not reached by every live thread aborts. cuBLAS is a naive column-major reference that checks its
  * arguments like the real library. Device memory is malloc'd and filled with
  * NaN so reads of never-written memory show up in results.
+ * `make cuda-emu` builds and runs it (gpu/gpu.mk). For out-of-bounds checks
+ * compile the translated backend and the test with -fsanitize=address and
+ * -DKRONA_CUDA_EXACT_ALLOC (no size rounding in the caching allocator).
+ * TF32 is not emulated: the tf32 rows repeat the fp32 ones here.
  */
 #ifndef EMU_CUDA_H
 #define EMU_CUDA_H
