@@ -402,6 +402,7 @@ struct UNet {
     int cur;
     int64_t slot_n;
     float *dtembs;
+    char err[256];   /* why the last forward/backward returned -1 */
 };
 
 /* ------------------------------------------------------------------ builder */
@@ -1429,9 +1430,18 @@ int unet_forward(UNet *u, const float *x, const float *t, const float *ctx, cons
                  float *out, int N, int H, int W, int L, int for_backward) {
     const UNetConfig *c = &u->cfg;
     int f = 1 << (c->n_levels - 1);
-    if (N < 1 || H < 1 || W < 1 || L < 1 || H % f || W % f) return -1;
-    if (u->has_add && !added) return -1;
     u->have_fwd = 0;
+    u->err[0] = 0;
+    if (N < 1 || H < 1 || W < 1 || L < 1 || H % f || W % f) {
+        snprintf(u->err, sizeof u->err, "UNet '%s': shape N=%d H=%d W=%d L=%d: sizes must be "
+                 ">= 1 and H, W multiples of %d", c->name, N, H, W, L, f);
+        return -1;
+    }
+    if (u->has_add && !added) {
+        snprintf(u->err, sizeof u->err, "UNet '%s' has a text_time embedding: forward needs "
+                 "'added' (pooled text embedding + 6 time ids)", c->name);
+        return -1;
+    }
     u->fN = N; u->fH = H; u->fW = W; u->fL = L;
     u->keep = for_backward;
     /* planning pass: counts buffers, runs no op */
@@ -1439,10 +1449,15 @@ int unet_forward(UNet *u, const float *x, const float *t, const float *ctx, cons
     u->act.peak = u->tmp.peak = 0;
     forward_pass(u, x, t, ctx, added, out);
     u->plan = 0;
-    if (arena_fit(u->be, &u->act) || arena_fit(u->be, &u->tmp)) return -1;
+    if (arena_fit(u->be, &u->act) || arena_fit(u->be, &u->tmp)) {
+        snprintf(u->err, sizeof u->err, "out of %s memory for activations (%.2f GB) at N=%d "
+                 "%dx%d L=%d", u->be->name, (double)(u->act.peak + u->tmp.peak) * 4 / 1e9, N, H,
+                 W, L);
+        return -1;
+    }
     u->overflow = 0;
     forward_pass(u, x, t, ctx, added, out);
-    if (u->overflow) return -1;
+    if (u->overflow) { snprintf(u->err, sizeof u->err, "internal: activation plan overflow"); return -1; }
     u->have_fwd = for_backward;
     return 0;
 }
@@ -1615,16 +1630,29 @@ static void backward_pass(UNet *u, const float *dout, float *dx) {
 }
 
 int unet_backward(UNet *u, const float *dout, float *dx) {
-    if (!u->have_fwd) return -1;
+    u->err[0] = 0;
+    if (!u->have_fwd) {
+        snprintf(u->err, sizeof u->err, "backward needs a forward with for_backward=1 first "
+                 "(and no adapter change in between)");
+        return -1;
+    }
     u->plan = 1;
     u->tmp.peak = u->grd.peak = 0;
     backward_pass(u, dout, dx);
     u->grd.peak += 2 * ((u->slot_n + 15) & ~(int64_t)15);
     u->plan = 0;
-    if (arena_fit(u->be, &u->tmp) || arena_fit(u->be, &u->grd)) return -1;
+    if (arena_fit(u->be, &u->tmp) || arena_fit(u->be, &u->grd)) {
+        snprintf(u->err, sizeof u->err, "out of %s memory for backward buffers (%.2f GB)",
+                 u->be->name, (double)(u->tmp.peak + u->grd.peak) * 4 / 1e9);
+        return -1;
+    }
     u->overflow = 0;
     backward_pass(u, dout, dx);
-    return u->overflow ? -1 : 0;
+    if (u->overflow) { snprintf(u->err, sizeof u->err, "internal: backward plan overflow"); return -1; }
+    return 0;
+}
+
+const char *unet_last_error(const UNet *u) { return u->err;
 }
 
 /* ------------------------------------------------------------------ planning only */

@@ -120,5 +120,7 @@ int unet_forward(UNet *u, const float *x, const float *t, const float *ctx,
  * Accumulates into adapter grads (and base grads when trainable);
  * dx (may be NULL) += d loss / d x. */
 int unet_backward(UNet *u, const float *dout, float *dx);
+/* One line saying why the last unet_forward / unet_backward returned -1 ("" if none). */
+const char *unet_last_error(const UNet *u);
 
 #endif

@@ -590,6 +590,7 @@ static void test_adapter_check_errors(void **st) {
     assert_int_equal(unet_adapters(m.u)->n, 2 * 7); /* 7 transformers: 2 down, 1 mid, 2+2 up */
     /* bad shapes for forward: H not divisible by 4 */
     assert_int_equal(unet_forward(m.u, m.x, m.t, m.ctx, NULL, m.out, 1, 10, 10, 8, 0), -1);
+    assert_non_null(strstr(unet_last_error(m.u), "multiples of 4"));
     tiny_close(&m);
 }
 
@@ -614,6 +615,7 @@ static void test_shapes_reuse(void **st) {
     assert_true(fabs(l1 - l2) <= 1e-6 * fabs(l1) + 1e-6);
     /* backward without a kept forward is refused */
     assert_int_equal(unet_backward(m.u, m.R, NULL), -1);
+    assert_non_null(strstr(unet_last_error(m.u), "for_backward"));
     free(x2); free(o2); free(c2); free(o16);
     tiny_close(&m);
 }
