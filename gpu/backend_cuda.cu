@@ -461,7 +461,9 @@ __global__ void add_bias_nchw_k(float *y, const float *b, int C, int64_t HW, int
 }
 
 /* im2col workspace: images per chunk so it stays under this (at least one image) */
+#ifndef CONV_WS_BYTES /* the emulator shrinks these to exercise the chunked paths */
 #define CONV_WS_BYTES ((size_t)512 << 20)
+#endif
 
 static int conv_chunk(int64_t per_image_floats, int N) {
     int64_t nb = (int64_t)(CONV_WS_BYTES / sizeof(float)) / (per_image_floats > 0 ? per_image_floats : 1);
@@ -1005,7 +1007,9 @@ static void cu_nlc_to_nchw(Backend *be, const float *x, float *y, int N, int C, 
  * softmax in place (saving lse), O = P V. Memory O(H * T * Lk), T chosen
  * so a tile buffer stays under ATTN_TILE_BYTES. Backward recomputes P from
  * lse and never stores the full Lq x Lk matrix either. */
+#ifndef ATTN_TILE_BYTES /* the emulator shrinks these to exercise the chunked paths */
 #define ATTN_TILE_BYTES ((size_t)256 << 20)
+#endif
 
 static int attn_tile(int Lq, int Lk, int H) {
     int64_t per_row = (int64_t)H * Lk * (int64_t)sizeof(float);
@@ -1243,7 +1247,9 @@ static void cu_adamw(Backend *be, float *param, const float *grad, float *m, flo
  *   dX_all += scale U_all B ;  dB += scale U_all^T X_all ;
  *   dA += scale sum_m dY_m T_m^T     (batched into [M, a1*a2], then column sum)
  * Rows go in chunks so workspaces stay under KRON_WS_BYTES. */
+#ifndef KRON_WS_BYTES /* the emulator shrinks these to exercise the chunked paths */
 #define KRON_WS_BYTES ((size_t)256 << 20)
+#endif
 
 static int64_t kron_chunk(int64_t M, int64_t per_row_floats) {
     int64_t mc = (int64_t)(KRON_WS_BYTES / sizeof(float)) / (per_row_floats > 0 ? per_row_floats : 1);

@@ -54,11 +54,14 @@ test-cuda: $(CUDA_BUILD)/tests/test_cuda_ops
 
 # CPU emulation of the CUDA backend (no GPU needed; slow, so small shapes)
 CUDA_EMU := $(CUDA_BUILD)/emu
+# small grids and workspaces so grid-stride loops, attention row tiles, conv
+# image chunks and kron row chunks all take more than one pass
+CUDA_EMU_DEFS := -DGRID_CAP=64 -DATTN_TILE_BYTES=65536 -DCONV_WS_BYTES=65536 -DKRON_WS_BYTES=65536
 $(CUDA_EMU)/backend_cuda_emu.cpp: gpu/backend_cuda.cu tests/gpu/emu/translate.py
 	@mkdir -p $(dir $@)
 	python3 tests/gpu/emu/translate.py $< $@
 $(CUDA_EMU)/backend_cuda_emu.o: $(CUDA_EMU)/backend_cuda_emu.cpp tests/gpu/emu/emu_cuda.h gpu/backend_cuda.h src/backend.h
-	$(CXX) -std=c++17 -O2 -g -DGRID_CAP=64 -Isrc -Igpu -Itests/gpu/emu -c -o $@ $<
+	$(CXX) -std=c++17 -O2 -g $(CUDA_EMU_DEFS) -Isrc -Igpu -Itests/gpu/emu -c -o $@ $<
 $(CUDA_EMU)/test_cuda_ops: tests/gpu/test_cuda_ops.c $(filter-out $(BUILD)/src/main.o,$(ENGINE_OBJ)) $(CUDA_EMU)/backend_cuda_emu.o
 	$(CC) $(ALL_CFLAGS) -Igpu -o $@ $^ $(LDLIBS) -lstdc++
 cuda-emu: $(CUDA_EMU)/test_cuda_ops
