@@ -90,3 +90,4 @@ install: krona-studio
 
 clean:
 	rm -rf $(BUILD) $(SAN_BUILD) krona-studio
+-include gpu/gpu.mk
