@@ -29,7 +29,7 @@ int te_config_builtin(TextConfig *cfg, const char *name, char *err, size_t errle
     if (name && strcmp(name, "tiny-text") == 0) {
         *cfg = (TextConfig){
             .vocab_size = 258, .hidden_size = 64, .intermediate_size = 256,
-            .num_hidden_layers = 2, .num_attention_heads = 4, .max_position_embeddings = 32,
+            .num_hidden_layers = 2, .num_attention_heads = 4, .max_position_embeddings = 77,
             .hidden_act = TE_ACT_GELU, .layer_norm_eps = 1e-5f, .projection_dim = 0,
             .eos_token_id = 257,
         };

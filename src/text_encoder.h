@@ -43,7 +43,7 @@ typedef struct TextConfig {
 } TextConfig;
 
 /* Built-in configs: "tiny-text" (byte tokenizer: vocab 258, hidden 64, 2 layers,
- * 4 heads, intermediate 256, 32 positions, gelu, eps 1e-5, no projection,
+ * 4 heads, intermediate 256, 77 positions (75 prompt bytes), gelu, eps 1e-5, no projection,
  * eos 257). -1 with the known names in err otherwise. */
 int te_config_builtin(TextConfig *cfg, const char *name, char *err, size_t errlen);
 /* A HF text_encoder/config.json (file, or text already in memory). Missing

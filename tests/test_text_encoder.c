@@ -338,7 +338,7 @@ static void test_tiny_causal(void **state)
     assert_int_equal(te_config_builtin(&cfg, "tiny-text", err, sizeof err), 0);
     assert_int_equal(cfg.vocab_size, 258);
     assert_int_equal(cfg.hidden_size, 64);
-    assert_int_equal(cfg.max_position_embeddings, 32);
+    assert_int_equal(cfg.max_position_embeddings, 77);
     assert_int_equal(te_config_builtin(&cfg, "huge-text", err, sizeof err), -1);
     assert_non_null(strstr(err, "tiny-text"));
     te_config_builtin(&cfg, "tiny-text", err, sizeof err);
