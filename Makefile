@@ -65,6 +65,7 @@ run: deps
 
 test: $(TEST_BIN) krona-studio
 	@./tools/run-tests.sh $(BUILD)/tests $(TEST_BIN)
+	@./tests/cli/test_cli.sh
 
 test-san: $(SAN_BIN)
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 \

@@ -1,0 +1,82 @@
+#!/bin/sh
+# End-to-end tests of the krona-studio command line (run from the repo root by
+# `make test`): parameter tables against the closed-form count, one-line
+# errors with exit status 2 on bad input, and a run killed with SIGKILL that,
+# resumed from its checkpoint, ends with the same adapter bytes as a run that
+# was never interrupted.
+set -u
+bin=./krona-studio
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0 fail=0
+ok() { pass=$((pass + 1)); echo "ok   $1"; }
+bad() { fail=$((fail + 1)); echo "FAIL $1"; }
+num() { sed -n "s/^$1: *\([0-9,]*\).*/\1/p" | tr -d ,; }
+
+# --- help and usage errors
+$bin --help | grep -q "usage: krona-studio" && ok "--help" || bad "--help"
+$bin frobnicate >/dev/null 2>"$tmp/e"; [ $? -eq 2 ] && grep -q "unknown command" "$tmp/e" && ok "unknown command" || bad "unknown command"
+
+# --- info: totals against the closed form a1*a2 + (d_out/a1)(d_in/a2), summed by hand from
+# the published architectures (transformer blocks per width, cross-attention width)
+krona() { # a1 a2 C ctx blocks -> trainable params of those blocks' 8 attention linears
+  awk -v a1="$1" -v a2="$2" -v c="$3" -v x="$4" -v n="$5" 'BEGIN {
+    sq = a1*a2 + (c/a1)*(c/a2); cr = a1*a2 + (c/a1)*(x/a2); printf "%d\n", n*(6*sq + 2*cr) }'; }
+sd15=$(( $(krona 4 4 320 768 5) + $(krona 4 4 640 768 5) + $(krona 4 4 1280 768 6) ))
+out=$($bin info --model sd15 --a1 4 --a2 4)
+[ "$(echo "$out" | num 'base UNet parameters')" = 859520964 ] && ok "sd15 base = 859,520,964" || bad "sd15 base"
+[ "$(echo "$out" | num 'trainable parameters')" = "$sd15" ] && ok "sd15 KronA(4,4) = $sd15" || bad "sd15 trainable: want $sd15"
+# SDXL: 10 blocks at 640 (2+3 attentions x depth 2), 60 at 1280 (2x10 down, 10 mid, 3x10 up)
+sdxl=$(( $(krona 4 4 640 2048 10) + $(krona 4 4 1280 2048 60) ))
+out=$($bin info --model sdxl --a1 4 --a2 4)
+[ "$(echo "$out" | num 'base UNet parameters')" = 2567463684 ] && ok "sdxl base = 2,567,463,684" || bad "sdxl base"
+[ "$(echo "$out" | num 'trainable parameters')" = "$sdxl" ] && ok "sdxl KronA(4,4) = $sdxl" || bad "sdxl trainable: want $sdxl"
+sdxl8=$(( $(krona 8 64 640 2048 10) + $(krona 8 64 1280 2048 60) ))
+[ "$($bin info --model sdxl --a1 8 --a2 64 | num 'trainable parameters')" = "$sdxl8" ] && ok "sdxl KronA(8,64) = $sdxl8" || bad "sdxl (8,64)"
+lora=$($bin info --model sd15 --lora-rank 4 | num 'trainable parameters')
+# LoRA: r (d_in + d_out) per linear
+want=$(awk 'BEGIN { t=0; split("320 640 1280", C); split("5 5 6", N);
+  for (i=1;i<=3;i++) t += N[i] * 4 * (6*2*C[i] + 2*(C[i]+768)); print t }')
+[ "$lora" = "$want" ] && ok "sd15 LoRA r=4 = $want" || bad "sd15 LoRA: got $lora want $want"
+
+$bin info --model sd15 --a1 3 --a2 4 >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q "a1=3 does not divide" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "info: a1=3 is one clear line" || bad "info a1=3 (rc $rc)"
+$bin info --model nosuch >/dev/null 2>"$tmp/e"; [ $? -eq 2 ] && grep -q nosuch "$tmp/e" && ok "info: unknown model" || bad "info unknown model"
+
+# --- train: bad presets and --set values
+printf '[train]\nlerning_rate = 1e-3\n' >"$tmp/typo.ini"
+$bin train --preset "$tmp/typo.ini" --headless >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q "typo.ini:2: unknown key 'lerning_rate'" "$tmp/e" && grep -q "did you mean 'lr'" "$tmp/e" && ok "preset typo" || bad "preset typo (rc $rc): $(cat "$tmp/e")"
+$bin train --preset presets/default.ini --headless --set lr=abc >/dev/null 2>"$tmp/e"; [ $? -eq 2 ] && grep -q "not a number" "$tmp/e" && ok "--set lr=abc" || bad "--set lr=abc"
+$bin train --preset presets/default.ini --headless --set iterations=0 >/dev/null 2>"$tmp/e"; [ $? -eq 2 ] && grep -q "iterations" "$tmp/e" && ok "--set iterations=0" || bad "--set iterations=0"
+$bin train --preset presets/default.ini --headless --set image=nope.png --set output_dir="$tmp/r" >/dev/null 2>"$tmp/e"; [ $? -eq 2 ] && grep -q "nope.png" "$tmp/e" && ok "missing image" || bad "missing image: $(cat "$tmp/e")"
+
+# --- sample: a malformed adapter file
+printf 'not a safetensors file' >"$tmp/junk.safetensors"
+$bin sample --model tiny --adapter "$tmp/junk.safetensors" --prompt "a sks dog" -o "$tmp/x.png" >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q "junk.safetensors" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "malformed adapter file" || bad "malformed adapter (rc $rc)"
+
+# --- a SIGKILLed run resumes to the same adapter as an uninterrupted one
+common="--headless --preset presets/default.ini --set resolution=16 --set iterations=30 --set checkpoint_every=5 --set sample_every=0 --set output_dir=$tmp/runs --set device=cpu"
+$bin train $common --set run_name=full >"$tmp/full.log" 2>&1 || bad "uninterrupted run: $(tail -1 "$tmp/full.log")"
+$bin train $common --set run_name=killed >"$tmp/killed.log" 2>&1 &
+pid=$!
+i=0
+while [ ! -f "$tmp/runs/killed/checkpoint.safetensors" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
+kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+if [ -f "$tmp/runs/killed/adapter.safetensors" ]; then
+  bad "the run finished before it could be killed"
+else
+  $bin train --headless --resume "$tmp/runs/killed" >"$tmp/resume.log" 2>&1 && grep -q "resumed" "$tmp/resume.log" ||
+    bad "resume: $(tail -1 "$tmp/resume.log")"
+  cmp -s "$tmp/runs/full/adapter.safetensors" "$tmp/runs/killed/adapter.safetensors" &&
+    ok "killed at step $(sed -n 's/.*resumed .* at step \([0-9]*\).*/\1/p' "$tmp/resume.log") and resumed: same adapter bytes" ||
+    bad "resumed adapter differs"
+fi
+
+# --- sample with the trained adapter
+$bin sample --model tiny --adapter "$tmp/runs/full/adapter.safetensors" --prompt "a sks emoji" --n 2 --steps 5 --size 16 -o "$tmp/s.png" >/dev/null 2>"$tmp/e" &&
+  [ "$(head -c 8 "$tmp/s.png" | od -An -tx1 | tr -d ' ')" = 89504e470d0a1a0a ] && ok "sample writes a PNG" || bad "sample: $(cat "$tmp/e")"
+
+echo "== cli: $pass passed, $fail failed =="
+[ $fail -eq 0 ]
