@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,11 +209,73 @@ static void test_bad_input(void **state) {
     expect_create_error(&p, "no-such-model");
 }
 
+/* The studio's use: a training thread paused, resumed and finished from
+ * another thread. */
+static void test_thread_pause_resume(void **state) {
+    Backend *be = backend_cpu_create();
+    Preset p;
+    base_preset(&p, "thread", 10);
+    char err[512];
+    Trainer *t = trainer_create(&p, NULL, be, NULL, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    assert_int_equal(trainer_start(t), 0);
+    while (trainer_progress(t).step < 2) usleep(2000);
+    trainer_pause(t, 1);
+    /* at most the step in flight completes, then the loop waits */
+    int s1 = -1;
+    for (int i = 0; i < 200; i++) {
+        usleep(5000);
+        if (trainer_progress(t).state == TRAIN_PAUSED) { s1 = trainer_progress(t).step; break; }
+    }
+    assert_true(s1 >= 2);
+    usleep(100000);
+    assert_int_equal(trainer_progress(t).step, s1);
+    assert_int_equal(trainer_progress(t).state, TRAIN_PAUSED);
+    trainer_pause(t, 0);
+    assert_int_equal(trainer_join(t), 0);
+    TrainProgress fin = trainer_progress(t);
+    assert_int_equal(fin.step, 10);
+    assert_int_equal(fin.state, TRAIN_DONE);
+    assert_true(fin.peak_bytes > 0);
+    assert_true(fin.it_per_s > 0);
+    trainer_free(t);
+    backend_destroy(be);
+}
+
+/* Prior preservation without class images generates them with the base model
+ * into the run folder; gradient accumulation and warm-up run with it. */
+static void test_prior_preservation(void **state) {
+    Backend *be = backend_cpu_create();
+    Preset p;
+    base_preset(&p, "prior", 3);
+    p.prior_weight = 0.5f;
+    p.n_class_images = 2;
+    snprintf(p.class_prompt, sizeof p.class_prompt, "a dog");
+    p.sample_steps = 3;
+    p.grad_accum = 2;
+    snprintf(p.lr_schedule, sizeof p.lr_schedule, "warmup");
+    p.warmup_steps = 2;
+    char err[512];
+    Trainer *t = trainer_create(&p, NULL, be, NULL, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    char path[600];
+    snprintf(path, sizeof path, "%s/class_images/class_001.png", trainer_run_dir(t));
+    assert_true(fs_exists(path));
+    assert_int_equal(trainer_run(t), 0);
+    TrainProgress fin = trainer_progress(t);
+    assert_true(isfinite(fin.loss));
+    assert_float_equal(fin.lr, p.lr, 1e-9); /* warm-up over by step 3 */
+    trainer_free(t);
+    backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_goes_down),
         cmocka_unit_test(test_resume_is_exact),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_thread_pause_resume),
+        cmocka_unit_test(test_prior_preservation),
     };
     return cmocka_run_group_tests(tests, setup_root, NULL);
 }
