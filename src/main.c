@@ -8,11 +8,12 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "../tui/studio.h"
 
 #define KRONA_VERSION "0.1.0"
 
 static const char *USAGE =
-    "usage: krona-studio [--preset P.ini]              the studio (terminal UI)\n"
+    "usage: krona-studio [--preset P.ini] [--graphics sixel|halfblock|none]   the studio\n"
     "       krona-studio train --preset P.ini --headless [--set key=value ...]\n"
     "                          [--resume RUN_DIR] [--device auto|cpu|cuda] [--print-every N]\n"
     "       krona-studio sample --model M [--adapter A.safetensors] --prompt TEXT\n"
@@ -55,22 +56,14 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc >= 2 && !strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
+    /* `train --preset P.ini` without --headless opens the studio on that preset */
+    if (argc == 4 && !strcmp(argv[1], "train") && !strcmp(argv[2], "--preset")) return studio_main(2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
     if (argc >= 2 && argv[1][0] != '-') {
         fprintf(stderr, "krona-studio: unknown command '%s' (train, sample, info; see --help)\n", argv[1]);
         return 2;
     }
-    /* The terminal studio is the next milestone; until then the bare command
-     * runs the headless demo on the default preset. */
-    const char *preset = "presets/default.ini";
-    if (argc >= 3 && !strcmp(argv[1], "--preset")) preset = argv[2];
-    else if (argc >= 2) {
-        fprintf(stderr, "krona-studio: unknown option '%s' (see --help)\n", argv[1]);
-        return 2;
-    }
-    fprintf(stderr, "krona-studio: the terminal studio is not in this build yet; running the "
-                    "headless demo on %s\n", preset);
-    char *targv[] = {"--preset", (char *)preset, "--headless", NULL};
-    return cmd_train(3, targv);
+    /* the bare command (and its options) opens the terminal studio */
+    return studio_main(argc - 1, argv + 1);
 }

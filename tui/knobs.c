@@ -1,0 +1,195 @@
+/* knobs.c — the Knobs panel's fields (formatting, +/- steps through
+ * preset_set so the preset's own range checks apply) and the live
+ * trainable-parameter count, summed exactly as `krona-studio info` does. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adapter.h"
+#include "fsutil.h"
+#include "studio.h"
+#include "unet.h"
+
+static const struct { const char *label, *key; } KNOBS[N_KNOBS] = {
+    [KNOB_MODEL] = {"model", "model.model"},
+    [KNOB_ADAPTER] = {"adapter", "adapter.adapter"},
+    [KNOB_A1] = {"a1", "adapter.a1"},
+    [KNOB_A2] = {"a2", "adapter.a2"},
+    [KNOB_RANK] = {"LoRA rank", "adapter.lora_rank"},
+    [KNOB_MODULES] = {"modules", "adapter.modules"},
+    [KNOB_LR] = {"learning rate", "train.lr"},
+    [KNOB_ITERS] = {"iterations", "train.iterations"},
+    [KNOB_BATCH] = {"batch", "train.batch"},
+    [KNOB_SEED] = {"seed", "train.seed"},
+    [KNOB_RES] = {"resolution", "data.resolution"},
+    [KNOB_SAMPLE_EVERY] = {"sample every", "sample.sample_every"},
+    [KNOB_SAMPLE_STEPS] = {"sampler steps", "sample.sample_steps"},
+    [KNOB_GUIDANCE] = {"guidance", "sample.guidance"},
+    [KNOB_OUTPUT] = {"output dir", "output.output_dir"},
+};
+
+const char *knob_label(int k) { return k >= 0 && k < N_KNOBS ? KNOBS[k].label : "?"; }
+const char *knob_key(int k) { return k >= 0 && k < N_KNOBS ? KNOBS[k].key : "?"; }
+
+void knob_format(const Preset *p, int k, char *out, size_t n) {
+    switch (k) {
+    case KNOB_MODEL: snprintf(out, n, "%s", p->model); break;
+    case KNOB_ADAPTER: snprintf(out, n, "%s", p->adapter); break;
+    case KNOB_A1: snprintf(out, n, "%d", p->a1); break;
+    case KNOB_A2: snprintf(out, n, "%d", p->a2); break;
+    case KNOB_RANK: snprintf(out, n, "%d", p->lora_rank); break;
+    case KNOB_MODULES: snprintf(out, n, "%s", p->modules); break;
+    case KNOB_LR: snprintf(out, n, "%g", p->lr); break;
+    case KNOB_ITERS: snprintf(out, n, "%d", p->iterations); break;
+    case KNOB_BATCH: snprintf(out, n, "%d", p->batch); break;
+    case KNOB_SEED: snprintf(out, n, "%llu", p->seed); break;
+    case KNOB_RES: snprintf(out, n, "%d", p->resolution); break;
+    case KNOB_SAMPLE_EVERY: snprintf(out, n, "%d", p->sample_every); break;
+    case KNOB_SAMPLE_STEPS: snprintf(out, n, "%d", p->sample_steps); break;
+    case KNOB_GUIDANCE: snprintf(out, n, "%g", p->guidance); break;
+    case KNOB_OUTPUT: snprintf(out, n, "%s", p->output_dir); break;
+    default: snprintf(out, n, "?");
+    }
+}
+
+static int set_text(Preset *p, int k, const char *v, char *err, size_t errlen) {
+    char a[PRESET_PATH_MAX + 64];
+    snprintf(a, sizeof a, "%s=%s", knob_key(k), v);
+    return preset_set(p, a, err, errlen);
+}
+
+static int step_int(Preset *p, int k, long long v, char *err, size_t errlen) {
+    char b[32];
+    snprintf(b, sizeof b, "%lld", v);
+    return set_text(p, k, b, err, errlen);
+}
+
+/* lr moves by one unit of its leading digit (6e-4 -> 7e-4), shift by x10 */
+static float lr_step(float lr, int dir, int big) {
+    if (big) return dir > 0 ? lr * 10.0f : lr / 10.0f;
+    double d = pow(10.0, floor(log10((double)lr) + 1e-9));
+    double v = lr + dir * d;
+    if (v <= 0 || (dir < 0 && v < d * 0.999)) v = lr - d / 10.0;
+    char b[32];
+    snprintf(b, sizeof b, "%.2g", v);   /* no 6.999e-4 drift */
+    return strtof(b, NULL);
+}
+
+int knob_step(Preset *p, int k, int dir, int big, char *err, size_t errlen) {
+    Preset q = *p;
+    int rc = 0;
+    char b[64];
+    switch (k) {
+    case KNOB_MODEL: {
+        static const char *m[] = {"tiny", "sd15", "sdxl"};
+        int i = 0;
+        while (i < 3 && strcmp(p->model, m[i])) i++;
+        i = i == 3 ? 0 : (i + (dir > 0 ? 1 : 2)) % 3;
+        rc = set_text(&q, k, m[i], err, errlen);
+        break;
+    }
+    case KNOB_ADAPTER: rc = set_text(&q, k, strcmp(p->adapter, "krona") ? "krona" : "lora", err, errlen); break;
+    case KNOB_MODULES: rc = set_text(&q, k, strcmp(p->modules, "attn") ? "attn" : "attn+ffn", err, errlen); break;
+    case KNOB_A1: case KNOB_A2: case KNOB_RANK: {
+        int v = k == KNOB_A1 ? p->a1 : k == KNOB_A2 ? p->a2 : p->lora_rank;
+        v = big ? (dir > 0 ? v * 2 : v / 2) : v + dir;
+        if (v < 1) { snprintf(err, errlen, "%s: at least 1", knob_label(k)); return -1; }
+        rc = step_int(&q, k, v, err, errlen);
+        break;
+    }
+    case KNOB_LR:
+        snprintf(b, sizeof b, "%g", lr_step(p->lr, dir, big));
+        rc = set_text(&q, k, b, err, errlen);
+        break;
+    case KNOB_ITERS: {
+        long long v = p->iterations + (long long)dir * (big ? 500 : 50);
+        if (p->iterations < 50 && !big) v = p->iterations + dir * 10;
+        rc = step_int(&q, k, v < 1 ? 1 : v, err, errlen);
+        break;
+    }
+    case KNOB_BATCH: rc = step_int(&q, k, p->batch + dir * (big ? 4 : 1), err, errlen); break;
+    case KNOB_SEED: rc = step_int(&q, k, (long long)p->seed + dir * (big ? 100 : 1) < 0 ? 0 : (long long)p->seed + dir * (big ? 100 : 1), err, errlen); break;
+    case KNOB_RES: rc = step_int(&q, k, p->resolution + dir * (big ? 32 : 8), err, errlen); break;
+    case KNOB_SAMPLE_EVERY: {
+        long long v = p->sample_every + dir * (big ? 100 : 10);
+        rc = step_int(&q, k, v < 0 ? 0 : v, err, errlen);
+        break;
+    }
+    case KNOB_SAMPLE_STEPS: rc = step_int(&q, k, p->sample_steps + dir * (big ? 10 : 1), err, errlen); break;
+    case KNOB_GUIDANCE:
+        snprintf(b, sizeof b, "%g", p->guidance + dir * (big ? 2.5 : 0.5));
+        rc = set_text(&q, k, b, err, errlen);
+        break;
+    default:
+        snprintf(err, errlen, "%s: press Enter to edit", knob_label(k));
+        return -1;
+    }
+    if (rc == 0) *p = q;
+    return rc;
+}
+
+void commas(int64_t v, char *out, size_t n) {
+    char raw[32];
+    snprintf(raw, sizeof raw, "%lld", (long long)(v < 0 ? -v : v));
+    size_t len = strlen(raw), o = 0;
+    if (v < 0 && o + 1 < n) out[o++] = '-';
+    for (size_t i = 0; i < len && o + 2 < n; i++) {
+        out[o++] = raw[i];
+        if ((len - 1 - i) % 3 == 0 && i + 1 < len) out[o++] = ',';
+    }
+    out[o] = 0;
+}
+
+static int load_arch(const char *model, UNetConfig *cfg, char *err, size_t errlen) {
+    if (unet_config_builtin(model, cfg) == 0) return 0;
+    char path[1100];
+    if (fs_is_dir(model)) {
+        snprintf(path, sizeof path, "%s/unet/config.json", model);
+        if (!fs_exists(path)) snprintf(path, sizeof path, "%s/config.json", model);
+        return unet_config_from_json(path, cfg, err, errlen);
+    }
+    if (fs_exists(model) && strstr(model, ".json")) return unet_config_from_json(model, cfg, err, errlen);
+    snprintf(err, errlen, "model %s: not tiny, sd15, sdxl or a diffusers folder", model);
+    return -1;
+}
+
+void params_count(const Preset *p, ParamCount *out) {
+    memset(out, 0, sizeof *out);
+    out->bad_knob = -1;
+    UNetConfig cfg;
+    if (load_arch(p->model, &cfg, out->err, sizeof out->err) != 0) {
+        out->bad_knob = KNOB_MODEL;
+        return;
+    }
+    AdapterSpec spec = {0};
+    spec.kind = strcmp(p->adapter, "lora") == 0 ? ADAPTER_LORA : ADAPTER_KRONA;
+    spec.a1 = p->a1;
+    spec.a2 = p->a2;
+    spec.rank = p->lora_rank;
+    spec.alpha = spec.kind == ADAPTER_LORA ? p->lora_alpha : 1.0f;
+    spec.modules = ADAPT_ATTN | (strcmp(p->modules, "attn+ffn") == 0 ? ADAPT_FFN : 0);
+    UNetParam *params = NULL;
+    UNetLinear *lin = NULL;
+    int np = 0, nl = 0;
+    if (unet_param_table(&cfg, &params, &np, &lin, &nl) != 0) {
+        snprintf(out->err, sizeof out->err, "model %s: cannot build its parameter table", p->model);
+        out->bad_knob = KNOB_MODEL;
+        return;
+    }
+    for (int i = 0; i < np; i++) out->base += params[i].numel;
+    out->ok = 1;
+    for (int i = 0; i < nl; i++) {
+        if (!adapter_selects(&spec, lin[i].is_attn, lin[i].is_ffn)) continue;
+        if (adapter_check(&spec, lin[i].name, lin[i].d_out, lin[i].d_in, out->err, sizeof out->err) != 0) {
+            out->ok = 0;
+            if (spec.kind == ADAPTER_LORA) out->bad_knob = KNOB_RANK;
+            else out->bad_knob = (spec.a1 < 1 || lin[i].d_out % spec.a1) ? KNOB_A1 : KNOB_A2;
+            out->trainable = 0;
+            break;
+        }
+        out->trainable += adapter_param_count(&spec, lin[i].d_out, lin[i].d_in);
+    }
+    free(params);
+    free(lin);
+}

@@ -1,0 +1,210 @@
+/* runs.c — the Runs view: every folder under the output dir that has a
+ * preset.ini, with its knobs, trainable parameters, final loss and latest
+ * sample grid; marked runs side by side (loss curves over sample grids) so
+ * ablations can be judged at a glance; p re-opens a run's preset. */
+#include <curses.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "fsutil.h"
+#include "studio.h"
+
+static void load_loss(RunInfo *r) {
+    char path[1100], err[256];
+    size_t n;
+    snprintf(path, sizeof path, "%s/loss.csv", r->dir);
+    char *text = fs_read_all(path, &n, err, sizeof err);
+    if (!text) return;
+    locale_t old = uselocale(fs_c_locale());
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        char *comma = strchr(line, ',');
+        if (!comma || line[0] < '0' || line[0] > '9') continue;   /* header */
+        series_push(&r->loss, strtof(comma + 1, NULL));
+    }
+    uselocale(old);
+    free(text);
+}
+
+static void find_sample(RunInfo *r) {
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/samples", r->dir);
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *de;
+    char best[256] = "";
+    while ((de = readdir(d)))
+        if (!strncmp(de->d_name, "step_", 5) && strstr(de->d_name, ".png") && strcmp(de->d_name, best) > 0)
+            snprintf(best, sizeof best, "%s", de->d_name);
+    closedir(d);
+    if (best[0]) snprintf(r->sample_png, sizeof r->sample_png, "%s/%s", dir, best);
+}
+
+static int cmp_run(const void *a, const void *b) {
+    return strcmp(((const RunInfo *)b)->name, ((const RunInfo *)a)->name);   /* newest first */
+}
+
+void runs_free(RunsView *rv) {
+    for (int i = 0; i < rv->n; i++) {
+        series_free(&rv->r[i].loss);
+        image_free(&rv->r[i].grid);
+    }
+    free(rv->r);
+    rv->r = NULL;
+    rv->n = 0;
+}
+
+void runs_open(RunsView *rv, const char *root) {
+    runs_free(rv);
+    memset(rv, 0, sizeof *rv);
+    snprintf(rv->root, sizeof rv->root, "%s", root && root[0] ? root : "runs");
+    DIR *d = opendir(rv->root);
+    if (!d) { snprintf(rv->msg, sizeof rv->msg, "no runs yet in %s (t trains one)", rv->root); return; }
+    struct dirent *de;
+    int cap = 0;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        char ini[2200];
+        snprintf(ini, sizeof ini, "%s/%s/preset.ini", rv->root, de->d_name);
+        if (!fs_exists(ini)) continue;
+        if (rv->n == cap) {
+            cap = cap ? cap * 2 : 16;
+            RunInfo *nr = realloc(rv->r, sizeof(RunInfo) * (size_t)cap);
+            if (!nr) break;
+            rv->r = nr;
+        }
+        RunInfo *r = &rv->r[rv->n++];
+        memset(r, 0, sizeof *r);
+        snprintf(r->dir, sizeof r->dir, "%s/%s", rv->root, de->d_name);
+        snprintf(r->name, sizeof r->name, "%s", de->d_name);
+        char err[512];
+        preset_defaults(&r->p);
+        r->preset_ok = preset_load(&r->p, ini, err, sizeof err) == 0;
+        ParamCount pc;
+        params_count(&r->p, &pc);
+        r->trainable = pc.ok ? pc.trainable : -1;
+        load_loss(r);
+        find_sample(r);
+        struct stat st;
+        if (stat(ini, &st) == 0) r->mtime = (double)st.st_mtime;
+    }
+    closedir(d);
+    qsort(rv->r, (size_t)rv->n, sizeof(RunInfo), cmp_run);
+    if (rv->n == 0) snprintf(rv->msg, sizeof rv->msg, "no runs yet in %s (t trains one)", rv->root);
+}
+
+static int n_marked(const RunsView *rv) {
+    int m = 0;
+    for (int i = 0; i < rv->n; i++) m += rv->r[i].marked;
+    return m;
+}
+
+int runs_key(RunsView *rv, int ch, char *out, size_t n) {
+    rv->msg[0] = 0;
+    if (rv->compare) {
+        if (ch == 27 || ch == 'q' || ch == 'c' || ch == KEY_BACKSPACE || ch == 127) rv->compare = 0;
+        return 0;
+    }
+    switch (ch) {
+    case 27: case 'q': case 'r': return 1;
+    case KEY_UP: case 'k': if (rv->cur > 0) rv->cur--; break;
+    case KEY_DOWN: case 'j': if (rv->cur < rv->n - 1) rv->cur++; break;
+    case ' ': if (rv->n) rv->r[rv->cur].marked ^= 1; if (rv->cur < rv->n - 1) rv->cur++; break;
+    case 'c': case '\n': case '\r': case KEY_ENTER:
+        if (n_marked(rv) < 2) snprintf(rv->msg, sizeof rv->msg, "mark two or more runs with space, then c");
+        else rv->compare = 1;
+        break;
+    case 'p': case 'o':
+        if (!rv->n) break;
+        snprintf(out, n, "%s/preset.ini", rv->r[rv->cur].dir);
+        return 2;
+    default: break;
+    }
+    return 0;
+}
+
+static void describe(const RunInfo *r, char *out, size_t n) {
+    char t[32];
+    if (r->trainable >= 0) commas(r->trainable, t, sizeof t);
+    else snprintf(t, sizeof t, "invalid");
+    float fin = r->loss.n ? r->loss.v[r->loss.n - 1] : NAN;
+    double ema = 0;
+    int k = r->loss.n < 20 ? r->loss.n : 20;
+    for (int i = r->loss.n - k; i < r->loss.n; i++) ema += r->loss.v[i];
+    if (k) fin = (float)(ema / k);   /* mean of the last 20 steps: one step is too noisy */
+    if (!strcmp(r->p.adapter, "lora"))
+        snprintf(out, n, "lora r%-3d %-7g %5d %d %-8s %9s %7.4f", r->p.lora_rank, r->p.lr, r->p.iterations,
+                 r->p.n_images, r->p.modules, t, fin);
+    else
+        snprintf(out, n, "%3dx%-4d %-7g %5d %d %-8s %9s %7.4f", r->p.a1, r->p.a2, r->p.lr, r->p.iterations,
+                 r->p.n_images, r->p.modules, t, fin);
+}
+
+static void run_grid(RunInfo *r) {
+    if (r->grid_tried || !r->sample_png[0]) return;
+    r->grid_tried = 1;
+    char err[256];
+    if (image_load(r->sample_png, &r->grid, err, sizeof err) != 0) memset(&r->grid, 0, sizeof r->grid);
+}
+
+static void draw_run_column(RunsView *rv, int i, Gfx *g, int colour, int y, int x, int h, int w) {
+    RunInfo *r = &rv->r[i];
+    char line[300], title[300];
+    snprintf(title, sizeof title, "%s", r->name);
+    panel_box(y, x, h, w, title, 0, colour);
+    if (!strcmp(r->p.adapter, "lora")) snprintf(line, sizeof line, "lora r%d lr %g %dit %s", r->p.lora_rank, r->p.lr, r->p.iterations, r->p.modules);
+    else snprintf(line, sizeof line, "%dx%d lr %g %dit %dshot %s", r->p.a1, r->p.a2, r->p.lr, r->p.iterations, r->p.n_images, r->p.modules);
+    mvaddnstr(y + 1, x + 1, line, w - 2);
+    int ch = (h - 3) / 2;
+    chart_draw(&r->loss, y + 2, x + 1, ch, w - 2, colour);
+    run_grid(r);
+    if (r->grid.px) preview_draw(g, &r->grid, 7000000L + i, r->sample_png, y + 2 + ch, x + 1, h - 3 - ch, w - 2);
+    else mvaddnstr(y + 2 + ch, x + 1, "(no samples)", w - 2);
+}
+
+void runs_draw(RunsView *rv, Gfx *g, int colour) {
+    int H = LINES, W = COLS;
+    erase();
+    attron(cp(colour, CP_TITLE) | A_BOLD);
+    mvhline(0, 0, ' ', W);
+    mvprintw(0, 1, "Runs in %.*s  (%d)%s", W - 20, rv->root, rv->n, rv->compare ? "  comparison" : "");
+    attroff(cp(colour, CP_TITLE) | A_BOLD);
+    if (rv->compare) {
+        int idx[8], m = 0;
+        for (int i = 0; i < rv->n && m < 4; i++)
+            if (rv->r[i].marked) idx[m++] = i;
+        int cw = W / (m ? m : 1);
+        for (int k = 0; k < m; k++) draw_run_column(rv, idx[k], g, colour, 1, k * cw, H - 2, k == m - 1 ? W - k * cw : cw);
+    } else {
+        int list_h = rv->n ? (H - 3) / 2 : H - 3;
+        attron(A_BOLD);
+        mvprintw(1, 0, "  %-*.*s %-8s %-7s %5s %s %-8s %9s %7s", W > 100 ? 40 : 24, W > 100 ? 40 : 24, "name", "a1xa2",
+                 "lr", "iters", "n", "modules", "trainable", "loss");
+        attroff(A_BOLD);
+        int rows = list_h - 1, top = rv->cur >= rows ? rv->cur - rows + 1 : 0;
+        for (int i = 0; i < rows && top + i < rv->n; i++) {
+            RunInfo *r = &rv->r[top + i];
+            char d[200];
+            describe(r, d, sizeof d);
+            if (top + i == rv->cur) attron(A_REVERSE);
+            mvhline(2 + i, 0, ' ', W);
+            mvprintw(2 + i, 0, "%c %-*.*s %s", r->marked ? '*' : ' ', W > 100 ? 40 : 24, W > 100 ? 40 : 24, r->name, d);
+            if (top + i == rv->cur) attroff(A_REVERSE);
+        }
+        if (rv->n) draw_run_column(rv, rv->cur, g, colour, 1 + list_h, 0, H - 2 - list_h, W);
+    }
+    if (rv->msg[0]) {
+        attron(cp(colour, CP_WARN) | A_BOLD);
+        mvaddnstr(H - 2, 0, rv->msg, W);
+        attroff(cp(colour, CP_WARN) | A_BOLD);
+    }
+    attron(cp(colour, CP_KEY));
+    mvhline(H - 1, 0, ' ', W);
+    mvaddnstr(H - 1, 0, rv->compare ? " Esc/c back to the list"
+                                     : " j/k move  space mark  c compare marked  p re-open preset  Esc back", W);
+    attroff(cp(colour, CP_KEY));
+}
