@@ -1,0 +1,97 @@
+/* score.h — measure a personalisation instead of eyeballing it (docs/metrics.md).
+ * Samples of "<instance_prompt> on a <colour> background" for several palette
+ * colours, with fixed seeds, scored by
+ *   fidelity  (0..1): how close each sample's foreground is to the closest subject
+ *                     image (colour histogram + coarse shape of the foreground mask);
+ *   adherence (0..1): the fraction of samples whose background (median of the
+ *                     border pixels) is nearest, in the palette, to the asked colour.
+ * The image metrics are pure functions on 8-bit RGB images so tests can check
+ * them on synthetic pictures; score_model / score_run_dir add the sampling. */
+#ifndef KRONA_SCORE_H
+#define KRONA_SCORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "diffusion.h"
+#include "image.h"
+#include "model.h"
+#include "preset.h"
+
+#define SCORE_SIZE 32          /* images are compared at SCORE_SIZE x SCORE_SIZE */
+#define SCORE_FG_DIST 64       /* foreground: RGB distance from the background colour > this */
+#define SCORE_HIST_LEVELS 4    /* colour histogram: levels per channel (4^3 = 64 bins) */
+#define SCORE_SHAPE_GRID 8     /* shape: mask coverage on an 8 x 8 grid of cells */
+#define SCORE_MAX_SUBJECTS 16
+
+typedef struct ScoreColour { const char *name; unsigned char rgb[3]; } ScoreColour;
+
+/* The palette: the first SCORE_N_ASKED colours can be asked for (the default
+ * asks the first 6: red, green, blue, yellow, purple, orange); the rest
+ * (white, gray, black) only catch backgrounds that are none of them. */
+#define SCORE_N_PALETTE 12
+#define SCORE_N_ASKED 9
+extern const ScoreColour score_palette[SCORE_N_PALETTE];
+
+typedef struct ScoreOpts {
+    int n_colours;        /* the first n askable colours, 1..SCORE_N_ASKED (default 6) */
+    int per_colour;       /* samples per colour, 1..8 (default 1) */
+    uint64_t seed;        /* sample i uses noise from (seed, i): fixed across models */
+    SamplerKind sampler;  /* default DDIM */
+    int steps;            /* sampler steps (default 25) */
+    float guidance;       /* CFG scale (default 5) */
+    int size;             /* pixels; 0: the model's native size */
+} ScoreOpts;
+
+typedef struct ScoreResult {
+    float fidelity;       /* mean over samples, 0..1 */
+    float adherence;      /* fraction of samples with the asked background, 0..1 */
+    int n;                /* samples scored */
+} ScoreResult;
+
+void score_opts_default(ScoreOpts *o);
+/* 0, or -1 with a one-line err naming the field. */
+int score_opts_check(const ScoreOpts *o, char *err, size_t errlen);
+
+/* ---- image metrics (RGB, c = 3) ---- */
+/* Per-channel median of the outer ring of pixels, max(1, side/16) wide. */
+void score_border_median(const Image *im, unsigned char rgb[3]);
+/* Index of the palette colour nearest (Euclidean RGB) to rgb. */
+int score_nearest_colour(const unsigned char rgb[3]);
+/* 1 when the image's background is nearest to palette colour `asked`. */
+int score_adherent(const Image *im, int asked);
+/* Descriptor of an image's foreground at SCORE_SIZE: normalised colour
+ * histogram and shape grid; fg_pixels 0 means nothing stood out. */
+typedef struct ScoreDesc {
+    float hist[SCORE_HIST_LEVELS * SCORE_HIST_LEVELS * SCORE_HIST_LEVELS];
+    float shape[SCORE_SHAPE_GRID * SCORE_SHAPE_GRID];
+    int fg_pixels;
+} ScoreDesc;
+int score_describe(const Image *im, ScoreDesc *d);   /* 0 / -1 (alloc, not RGB) */
+/* 0.5 * histogram intersection + 0.5 * shape soft-IoU; 0 when either is empty. */
+float score_desc_similarity(const ScoreDesc *a, const ScoreDesc *b);
+/* Similarity to the closest of n subjects (max over them). */
+float score_fidelity(const Image *sample, const ScoreDesc *subjects, int n);
+
+/* ---- sampling ---- */
+/* The prompt asked for colour index c: "<instance_prompt> on a <name> background". */
+void score_prompt(const char *instance_prompt, int c, char *out, size_t outlen);
+/* n samples of prompts[i] (size px, sampler settings from o), noise from
+ * (seed, i), in batches of 8; tiles[i] receive RGB images (caller frees). */
+int score_generate(Model *m, const char *const *prompts, int n, const ScoreOpts *o,
+                   uint64_t seed, Image *tiles, char *err, size_t errlen);
+/* Load subject images into descriptors. */
+int score_load_subjects(const char (*paths)[PRESET_PATH_MAX], int n, ScoreDesc *out, char *err, size_t errlen);
+/* Generate and score the model as it stands (with whatever adapters are attached).
+ * tiles (may be NULL): n_colours * per_colour images, colour-major, caller frees. */
+int score_model(Model *m, const char *instance_prompt, const ScoreDesc *subjects, int n_subjects,
+                const ScoreOpts *o, ScoreResult *r, Image *tiles, char *err, size_t errlen);
+/* Attach the adapters an adapter .safetensors describes (its metadata) and load them. */
+int score_load_adapter(Model *m, const char *path, char *err, size_t errlen);
+/* Score a run folder (its preset.ini, images and adapter.safetensors; base = 1:
+ * the base model alone). grid_png (may be NULL): write the samples there. */
+int score_run_dir(const char *run_dir, int base, Backend *be, const ScoreOpts *o, ScoreResult *r,
+                  const char *grid_png, char *err, size_t errlen);
+
+#endif
