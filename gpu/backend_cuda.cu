@@ -898,6 +898,19 @@ static void cu_embedding_fwd(Backend *be, const float *table, const int32_t *ids
                              int64_t n, int dim) {
     LAUNCH1D(CU(be), n * dim, embedding_k, table, ids, out, n, dim);
 }
+/* dtable[ids[r]] += dout[r]; repeated ids collide, hence atomics (float
+ * atomics make the sum order, and so the last bits, vary from run to run) */
+__global__ void embedding_bwd_k(const float *dout, const int32_t *ids, float *dtable, int64_t n,
+                                int dim) {
+    GSTRIDE(i, n * dim) {
+        int64_t r = i / dim, j = i % dim;
+        atomicAdd(&dtable[(int64_t)ids[r] * dim + j], dout[i]);
+    }
+}
+static void cu_embedding_bwd(Backend *be, const float *dout, const int32_t *ids, float *dtable,
+                             int64_t n, int dim) {
+    if (dtable) LAUNCH1D(CU(be), n * dim, embedding_bwd_k, dout, ids, dtable, n, dim);
+}
 static void cu_add(Backend *be, const float *a, const float *b, float *y, int64_t n) { LAUNCH1D(CU(be), n, add_k, a, b, y, n); }
 static void cu_axpy(Backend *be, float alpha, const float *x, float *y, int64_t n) { LAUNCH1D(CU(be), n, axpy_k, alpha, x, y, n); }
 static void cu_scale(Backend *be, float *x, float alpha, int64_t n) { LAUNCH1D(CU(be), n, scale_k, x, alpha, n); }
@@ -1417,6 +1430,7 @@ extern "C" Backend *backend_cuda_create(char *err, size_t errlen) {
     be->kron_fwd = cu_kron_fwd;
     be->kron_bwd = cu_kron_bwd;
     be->kron_merge = cu_kron_merge;
+    be->embedding_bwd = cu_embedding_bwd;
     return be;
 }
 

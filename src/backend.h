@@ -161,6 +161,12 @@ struct Backend {
     /* W[d_out,d_in] += scale * (A ⊗ B)  (merged path, and export) */
     void (*kron_merge)(Backend *be, const float *A, const float *B, float *W,
                        int a1, int a2, int b1, int b2, float scale);
+
+    /* ---- text encoder training ----
+     * backward of embedding_fwd: dtable[ids[i], :] += dout[i, :] for i < n
+     * (ids device int32; repeated ids add up) */
+    void (*embedding_bwd)(Backend *be, const float *dout, const int32_t *ids, float *dtable,
+                          int64_t n, int dim);
 };
 
 Backend *backend_cpu_create(void);

@@ -988,6 +988,10 @@ static void cpu_kron_merge(Backend *be, const float *A, const float *B, float *W
 
 /* ------------------------------------------------------------------ create */
 
+/* text encoder training (defined at the end of the file) */
+static void cpu_embedding_bwd(Backend *be, const float *dout, const int32_t *ids, float *dtable,
+                              int64_t n, int dim);
+
 Backend *backend_cpu_create(void) {
     Backend *be = calloc(1, sizeof(Backend));
     CpuImpl *im = calloc(1, sizeof(CpuImpl));
@@ -1047,6 +1051,7 @@ Backend *backend_cpu_create(void) {
     be->kron_fwd = cpu_kron_fwd;
     be->kron_bwd = cpu_kron_bwd;
     be->kron_merge = cpu_kron_merge;
+    be->embedding_bwd = cpu_embedding_bwd;
     return be;
 }
 
@@ -1059,4 +1064,18 @@ void backend_destroy(Backend *be) {
         free(im);
     }
     free(be);
+}
+
+/* ---- text encoder training: embedding backward ----
+ * dtable[ids[i]] += dout[i]. Rows with the same id add up, so rows are walked
+ * in order (deterministic; n x dim is small next to the encoder's GEMMs). */
+static void cpu_embedding_bwd(Backend *be, const float *dout, const int32_t *ids, float *dtable,
+                              int64_t n, int dim) {
+    (void)be;
+    if (!dtable) return;
+    for (int64_t i = 0; i < n; i++) {
+        float *dst = dtable + (int64_t)ids[i] * dim;
+        const float *src = dout + i * dim;
+        for (int j = 0; j < dim; j++) dst[j] += src[j];
+    }
 }

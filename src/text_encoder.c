@@ -170,6 +170,13 @@ struct TextEncoder {
     TextLayer *layers;
     float *final_w, *final_b;
     float *proj_w;  /* NULL without projection */
+    /* training: a gradient block shaped like params, and the activations of
+     * the last forward (te_forward keeps them while trainable) */
+    float *grads;
+    float *acts;
+    size_t acts_floats;
+    int32_t *act_ids;
+    int act_N, act_L, have_fwd;
 };
 
 static void add_spec(TextEncoder *te, const char *name, float **slot, int ndim, int64_t d0,
@@ -251,6 +258,7 @@ void te_free(TextEncoder *te)
 {
     if (!te) return;
     if (te->params) te->be->free(te->be, te->params);
+    te_set_trainable(te, 0, NULL, 0);
     free(te->layers);
     free(te->specs);
     free(te);
@@ -368,6 +376,38 @@ int te_eos_position(const TextConfig *cfg, const int32_t *ids, int L)
     return best;
 }
 
+/* Activations of one layer (the residual stream entering it, its norms, q k v,
+ * attention output and MLP); one slot per layer while training, a single
+ * reused slot otherwise. */
+typedef struct {
+    float *xin, *h1, *q, *k, *v, *o, *xmid, *h2, *f1, *f2, *mean1, *rstd1, *mean2, *rstd2, *lse;
+} TextActs;
+
+static size_t slot_floats(const TextConfig *c, int N, int L)
+{
+    size_t M = (size_t)N * L;
+    return M * c->hidden_size * 8 + M * c->intermediate_size * 2 + M * 4 +
+           (size_t)N * c->num_attention_heads * L;
+}
+
+/* final part after the slots: x before the final norm, its mean/rstd, pooled rows */
+static size_t final_floats(const TextConfig *c, int N, int L)
+{
+    size_t M = (size_t)N * L;
+    return M * c->hidden_size + M * 2 + (size_t)N * c->hidden_size;
+}
+
+static TextActs slot_at(const TextConfig *c, float *base, int N, int L)
+{
+    int64_t M = (int64_t)N * L, H = c->hidden_size, I = c->intermediate_size;
+    TextActs a;
+    a.xin = base; a.h1 = a.xin + M * H; a.q = a.h1 + M * H; a.k = a.q + M * H; a.v = a.k + M * H;
+    a.o = a.v + M * H; a.xmid = a.o + M * H; a.h2 = a.xmid + M * H; a.f1 = a.h2 + M * H;
+    a.f2 = a.f1 + M * I; a.mean1 = a.f2 + M * I; a.rstd1 = a.mean1 + M; a.mean2 = a.rstd1 + M;
+    a.rstd2 = a.mean2 + M; a.lse = a.rstd2 + M;
+    return a;
+}
+
 int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hidden_out,
                float *penultimate_out, float *pooled_out, char *err, size_t errlen)
 {
@@ -390,48 +430,70 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
     const int D = H / nh, nl = c->num_hidden_layers;
     const int64_t M = (int64_t)N * L;
     const float eps = c->layer_norm_eps;
+    const int keep = te->grads != NULL;
+    const int nslots = keep ? nl : 1;
+    size_t per = slot_floats(c, N, L), fl = per * (size_t)nslots + final_floats(c, N, L);
 
-    /* workspace: x h q k v o [M,H], f [M,I], mean rstd [M], lse [N,nh,L], pooled [N,H], ids */
-    size_t fl = (size_t)M * H * 6 + (size_t)M * I + (size_t)M * 2 + (size_t)N * nh * L + (size_t)N * H;
-    float *ws = be->alloc(be, fl * sizeof(float));
-    int32_t *ids = be->alloc(be, (size_t)M * sizeof(int32_t));
+    float *ws;
+    int32_t *ids;
+    if (keep) { /* kept until the next forward; reallocated only when the shape grows */
+        te->have_fwd = 0;
+        if (fl > te->acts_floats || M > (int64_t)te->act_N * te->act_L) {
+            if (te->acts) be->free(be, te->acts);
+            if (te->act_ids) be->free(be, te->act_ids);
+            te->acts = be->alloc(be, fl * sizeof(float));
+            te->act_ids = be->alloc(be, (size_t)M * sizeof(int32_t));
+            te->acts_floats = te->acts ? fl : 0;
+            te->act_N = te->act_ids ? N : 0;
+            te->act_L = te->act_ids ? L : 0;
+        }
+        ws = te->acts;
+        ids = te->act_ids;
+    } else {
+        ws = be->alloc(be, fl * sizeof(float));
+        ids = be->alloc(be, (size_t)M * sizeof(int32_t));
+    }
     float *hid_tmp = hidden_out ? NULL : be->alloc(be, (size_t)M * H * sizeof(float));
     if (!ws || !ids || (!hidden_out && !hid_tmp)) {
-        if (ws) be->free(be, ws);
-        if (ids) be->free(be, ids);
+        if (!keep && ws) be->free(be, ws);
+        if (!keep && ids) be->free(be, ids);
         if (hid_tmp) be->free(be, hid_tmp);
         seterr(err, errlen, "text encoder: out of memory for a batch of %d x %d tokens", N, L);
         return -1;
     }
-    float *x = ws, *h = x + M * H, *q = h + M * H, *k = q + M * H, *v = k + M * H, *o = v + M * H;
-    float *f = o + M * H, *mean = f + M * I, *rstd = mean + M, *lse = rstd + M;
-    float *pool = lse + (int64_t)N * nh * L;
+    float *xfin = ws + per * (size_t)nslots, *fmean = xfin + M * H, *frstd = fmean + M;
+    float *pool = frstd + M;
     float *hidden = hidden_out ? hidden_out : hid_tmp;
     be->upload(be, ids, ids_host, (size_t)M * sizeof(int32_t));
 
-    be->embedding_fwd(be, te->tok_emb, ids, x, M, H);
-    for (int n = 0; n < N; n++) be->add(be, x + (int64_t)n * L * H, te->pos_emb, x + (int64_t)n * L * H, (int64_t)L * H);
+    TextActs a0 = slot_at(c, ws, N, L);
+    be->embedding_fwd(be, te->tok_emb, ids, a0.xin, M, H);
+    for (int n = 0; n < N; n++) be->add(be, a0.xin + (int64_t)n * L * H, te->pos_emb, a0.xin + (int64_t)n * L * H, (int64_t)L * H);
 
     const float scale = 1.0f / sqrtf((float)D);
     for (int l = 0; l < nl; l++) {
         const TextLayer *w = &te->layers[l];
+        TextActs a = slot_at(c, ws + per * (size_t)(keep ? l : 0), N, L);
+        /* where this layer's output goes: the next slot's input, the final x, or
+         * (one reused slot) back over its own input */
+        float *xout = l == nl - 1 ? xfin : keep ? slot_at(c, ws + per * (size_t)(l + 1), N, L).xin : a.xin;
         /* hidden_states[-2] is what enters the last layer */
-        if (penultimate_out && l == nl - 1) be->copy(be, penultimate_out, x, (size_t)M * H * sizeof(float));
-        be->layer_norm_fwd(be, x, w->ln1_w, w->ln1_b, h, mean, rstd, M, H, eps);
-        be->linear_fwd(be, h, w->q_w, w->q_b, q, M, H, H);
-        be->linear_fwd(be, h, w->k_w, w->k_b, k, M, H, H);
-        be->linear_fwd(be, h, w->v_w, w->v_b, v, M, H, H);
-        be->attention_fwd(be, q, k, v, o, lse, N, L, L, nh, D, scale, 1);
-        be->linear_fwd(be, o, w->o_w, w->o_b, h, M, H, H);
-        be->add(be, x, h, x, M * H);
-        be->layer_norm_fwd(be, x, w->ln2_w, w->ln2_b, h, mean, rstd, M, H, eps);
-        be->linear_fwd(be, h, w->fc1_w, w->fc1_b, f, M, H, I);
-        if (c->hidden_act == TE_ACT_QUICK_GELU) be->quick_gelu_fwd(be, f, f, M * I);
-        else be->gelu_fwd(be, f, f, M * I);
-        be->linear_fwd(be, f, w->fc2_w, w->fc2_b, h, M, I, H);
-        be->add(be, x, h, x, M * H);
+        if (penultimate_out && l == nl - 1) be->copy(be, penultimate_out, a.xin, (size_t)M * H * sizeof(float));
+        be->layer_norm_fwd(be, a.xin, w->ln1_w, w->ln1_b, a.h1, a.mean1, a.rstd1, M, H, eps);
+        be->linear_fwd(be, a.h1, w->q_w, w->q_b, a.q, M, H, H);
+        be->linear_fwd(be, a.h1, w->k_w, w->k_b, a.k, M, H, H);
+        be->linear_fwd(be, a.h1, w->v_w, w->v_b, a.v, M, H, H);
+        be->attention_fwd(be, a.q, a.k, a.v, a.o, a.lse, N, L, L, nh, D, scale, 1);
+        be->linear_fwd(be, a.o, w->o_w, w->o_b, a.xmid, M, H, H);
+        be->add(be, a.xin, a.xmid, a.xmid, M * H);
+        be->layer_norm_fwd(be, a.xmid, w->ln2_w, w->ln2_b, a.h2, a.mean2, a.rstd2, M, H, eps);
+        be->linear_fwd(be, a.h2, w->fc1_w, w->fc1_b, a.f1, M, H, I);
+        if (c->hidden_act == TE_ACT_QUICK_GELU) be->quick_gelu_fwd(be, a.f1, a.f2, M * I);
+        else be->gelu_fwd(be, a.f1, a.f2, M * I);
+        be->linear_fwd(be, a.f2, w->fc2_w, w->fc2_b, xout, M, I, H);
+        be->add(be, a.xmid, xout, xout, M * H);
     }
-    be->layer_norm_fwd(be, x, te->final_w, te->final_b, hidden, mean, rstd, M, H, eps);
+    be->layer_norm_fwd(be, xfin, te->final_w, te->final_b, hidden, fmean, frstd, M, H, eps);
 
     if (pooled_out) {
         for (int n = 0; n < N; n++) {
@@ -441,8 +503,143 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
         if (te->proj_w) be->linear_fwd(be, pool, te->proj_w, NULL, pooled_out, N, H, c->projection_dim);
         else be->copy(be, pooled_out, pool, (size_t)N * H * sizeof(float));
     }
-    be->free(be, ws);
-    be->free(be, ids);
+    if (keep) {
+        te->have_fwd = 1;
+        te->act_N = N;
+        te->act_L = L;
+    } else {
+        be->free(be, ws);
+        be->free(be, ids);
+    }
     if (hid_tmp) be->free(be, hid_tmp);
     return 0;
+}
+
+/* ---------------- training ---------------- */
+
+int te_set_trainable(TextEncoder *te, int trainable, char *err, size_t errlen)
+{
+    Backend *be = te->be;
+    if (trainable) {
+        if (te->grads) return 0;
+        te->grads = be->alloc(be, (size_t)te->n_params * sizeof(float));
+        if (!te->grads) {
+            seterr(err, errlen, "out of memory: text encoder gradients need %.1f MiB on %s",
+                   (double)te->n_params * 4 / (1 << 20), be->name);
+            return -1;
+        }
+        return 0;
+    }
+    if (te->grads) be->free(be, te->grads);
+    if (te->acts) be->free(be, te->acts);
+    if (te->act_ids) be->free(be, te->act_ids);
+    te->grads = te->acts = NULL;
+    te->act_ids = NULL;
+    te->acts_floats = 0;
+    te->act_N = te->act_L = te->have_fwd = 0;
+    return 0;
+}
+
+int te_trainable(const TextEncoder *te) { return te->grads != NULL; }
+float *te_params(TextEncoder *te) { return te->params; }
+float *te_grads(TextEncoder *te) { return te->grads; }
+int te_n_tensors(const TextEncoder *te) { return te->n_specs; }
+
+void te_zero_grad(TextEncoder *te)
+{
+    if (te->grads) te->be->zero(te->be, te->grads, (size_t)te->n_params * sizeof(float));
+}
+
+const char *te_tensor_info(const TextEncoder *te, int i, int *ndim, int64_t shape[2], int64_t *offset)
+{
+    if (i < 0 || i >= te->n_specs) return NULL;
+    const ParamSpec *s = &te->specs[i];
+    if (ndim) *ndim = s->ndim;
+    if (shape) { shape[0] = s->shape[0]; shape[1] = s->shape[1]; }
+    if (offset) *offset = *s->slot - te->params;
+    return s->name;
+}
+
+/* the gradient of the parameter at p (same offset in the gradient block) */
+static float *gof(const TextEncoder *te, const float *p) { return te->grads + (p - te->params); }
+
+int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t errlen)
+{
+    const TextConfig *c = &te->cfg;
+    Backend *be = te->be;
+    if (!te->grads) { seterr(err, errlen, "text encoder backward: call te_set_trainable(te, 1) before the forward"); return -1; }
+    if (!te->have_fwd) { seterr(err, errlen, "text encoder backward: no forward to differentiate (run te_forward while trainable)"); return -1; }
+    if (c->hidden_act != TE_ACT_GELU) {
+        seterr(err, errlen, "text encoder backward: hidden_act quick_gelu cannot be trained (the backend has no quick_gelu backward); use gelu");
+        return -1;
+    }
+    if (!be->embedding_bwd) { seterr(err, errlen, "text encoder backward: backend %s has no embedding_bwd", be->name); return -1; }
+    const int N = te->act_N, L = te->act_L;
+    const int H = c->hidden_size, I = c->intermediate_size, nh = c->num_attention_heads;
+    const int D = H / nh, nl = c->num_hidden_layers;
+    const int64_t M = (int64_t)N * L;
+    const size_t per = slot_floats(c, N, L);
+    float *xfin = te->acts + per * (size_t)nl, *fmean = xfin + M * H, *frstd = fmean + M;
+
+    /* dx, dmid, dh, dq, dk, dv, do [M,H]; df, df1 [M,I] */
+    float *ws = be->alloc(be, ((size_t)M * H * 7 + (size_t)M * I * 2) * sizeof(float));
+    if (!ws) { seterr(err, errlen, "text encoder backward: out of memory for %d x %d tokens", N, L); return -1; }
+    float *dx = ws, *dmid = dx + M * H, *dh = dmid + M * H, *dq = dh + M * H, *dk = dq + M * H;
+    float *dv = dk + M * H, *dout = dv + M * H, *df = dout + M * H, *df1 = df + M * I;
+
+    be->layer_norm_bwd(be, d_hidden_out, xfin, te->final_w, fmean, frstd, dx, gof(te, te->final_w),
+                       gof(te, te->final_b), M, H);
+    const float scale = 1.0f / sqrtf((float)D);
+    for (int l = nl - 1; l >= 0; l--) {
+        const TextLayer *w = &te->layers[l];
+        TextActs a = slot_at(c, te->acts + per * (size_t)l, N, L);
+        /* xout = xmid + fc2(gelu(fc1(ln2(xmid)))); dx holds d xout */
+        be->copy(be, dmid, dx, (size_t)M * H * sizeof(float));
+        be->zero(be, df, (size_t)M * I * 2 * sizeof(float)); /* df, df1 */
+        be->linear_bwd(be, dx, a.f2, w->fc2_w, df, gof(te, w->fc2_w), gof(te, w->fc2_b), M, I, H);
+        be->gelu_bwd(be, df, a.f1, df1, M * I);
+        be->zero(be, dh, (size_t)M * H * sizeof(float));
+        be->linear_bwd(be, df1, a.h2, w->fc1_w, dh, gof(te, w->fc1_w), gof(te, w->fc1_b), M, H, I);
+        be->layer_norm_bwd(be, dh, a.xmid, w->ln2_w, a.mean2, a.rstd2, dmid, gof(te, w->ln2_w),
+                           gof(te, w->ln2_b), M, H);
+        /* xmid = xin + out_proj(attn(ln1(xin))); dmid holds d xmid */
+        be->copy(be, dx, dmid, (size_t)M * H * sizeof(float));
+        be->zero(be, dq, (size_t)M * H * 4 * sizeof(float)); /* dq, dk, dv, dout */
+        be->linear_bwd(be, dmid, a.o, w->o_w, dout, gof(te, w->o_w), gof(te, w->o_b), M, H, H);
+        be->attention_bwd(be, dout, a.q, a.k, a.v, a.o, a.lse, dq, dk, dv, N, L, L, nh, D, scale, 1);
+        be->zero(be, dh, (size_t)M * H * sizeof(float));
+        be->linear_bwd(be, dq, a.h1, w->q_w, dh, gof(te, w->q_w), gof(te, w->q_b), M, H, H);
+        be->linear_bwd(be, dk, a.h1, w->k_w, dh, gof(te, w->k_w), gof(te, w->k_b), M, H, H);
+        be->linear_bwd(be, dv, a.h1, w->v_w, dh, gof(te, w->v_w), gof(te, w->v_b), M, H, H);
+        be->layer_norm_bwd(be, dh, a.xin, w->ln1_w, a.mean1, a.rstd1, dx, gof(te, w->ln1_w),
+                           gof(te, w->ln1_b), M, H);
+    }
+    /* x0 = tok_emb[ids] + pos_emb[0..L) */
+    be->embedding_bwd(be, dx, te->act_ids, gof(te, te->tok_emb), M, H);
+    for (int n = 0; n < N; n++) be->axpy(be, 1.0f, dx + (int64_t)n * L * H, gof(te, te->pos_emb), (int64_t)L * H);
+    be->free(be, ws);
+    return 0;
+}
+
+int te_save_safetensors(TextEncoder *te, const char *path, char *err, size_t errlen)
+{
+    float *host = malloc((size_t)te->n_params * sizeof *host);
+    StWriter *w = stw_create();
+    if (!host || !w) {
+        free(host);
+        stw_free(w);
+        seterr(err, errlen, "%s: out of memory saving the text encoder", path);
+        return -1;
+    }
+    te->be->download(te->be, host, te->params, (size_t)te->n_params * sizeof *host);
+    int rc = 0;
+    for (int i = 0; i < te->n_specs && rc == 0; i++) {
+        const ParamSpec *s = &te->specs[i];
+        rc = stw_add_ref(w, s->name, ST_F32, s->ndim, s->shape, host + (*s->slot - te->params));
+    }
+    if (rc == 0) rc = stw_save(w, path, err, errlen);
+    else seterr(err, errlen, "%s: cannot assemble the text encoder tensors", path);
+    stw_free(w);
+    free(host);
+    return rc;
 }

@@ -87,6 +87,31 @@ int te_load_safetensors(TextEncoder *te, const char *path, const char *prefix,
 int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hidden_out,
                float *penultimate_out, float *pooled_out, char *err, size_t errlen);
 
+/* ---- training (the built-in tiny model is pretrained jointly with its UNet) ----
+ * te_set_trainable(te, 1) allocates one gradient block shaped like the
+ * parameter block (zeroed) and makes te_forward keep the activations that
+ * te_backward needs; 0 frees both. -1 on out of memory. */
+int te_set_trainable(TextEncoder *te, int trainable, char *err, size_t errlen);
+int te_trainable(const TextEncoder *te);
+/* Every parameter in one contiguous device block of te_n_params floats, in the
+ * order te_param_name lists them; the gradient block has the same layout
+ * (NULL unless trainable). */
+float *te_params(TextEncoder *te);
+float *te_grads(TextEncoder *te);
+void te_zero_grad(TextEncoder *te);
+int te_n_tensors(const TextEncoder *te);
+/* HF name, shape and offset (in floats, into te_params) of tensor i. */
+const char *te_tensor_info(const TextEncoder *te, int i, int *ndim, int64_t shape[2], int64_t *offset);
+/* Backward of the last te_forward (made while trainable) for the gradient of
+ * its hidden_out [N, L, hidden] (device): ACCUMULATES into te_grads. Gradients
+ * through penultimate_out and pooled_out are not supported (the tiny UNet only
+ * reads last_hidden_state). -1 with a reason when not trainable, without a
+ * forward, for quick_gelu encoders (the backend has no quick_gelu backward) or
+ * on out of memory. */
+int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t errlen);
+/* All parameters as F32 under their HF names (atomic write). */
+int te_save_safetensors(TextEncoder *te, const char *path, char *err, size_t errlen);
+
 /* The pooled position for one sequence under cfg's rule (exposed for tests). */
 int te_eos_position(const TextConfig *cfg, const int32_t *ids, int L);
 

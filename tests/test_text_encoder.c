@@ -3,7 +3,9 @@
  *    gen_text_golden.py: HF CLIPTextModelWithProjection semantics, quick_gelu),
  *  - a naive double-precision loop implementation in this file (gelu path,
  *    penultimate state, pooling without projection),
- * plus causality, pooling position, config parsing and error messages. */
+ * plus causality, pooling position, config parsing and error messages, and
+ * the training backward (te_backward, embedding_bwd) against central finite
+ * differences in double-accumulated loss. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,6 +19,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "rng.h"
 #include "safetensors.h"
 #include "text_encoder.h"
 #include "tokenizer.h"
@@ -547,6 +550,193 @@ static void test_sd15_params(void **state)
     te_free(te);
 }
 
+/* ---------------- backward ---------------- */
+
+/* embedding_bwd against a naive scatter-add, with repeated ids, accumulating */
+static void test_embedding_bwd_op(void **state)
+{
+    (void)state;
+    const int V = 7, dim = 5, n = 13;
+    int32_t ids[13] = {3, 1, 3, 0, 6, 3, 1, 2, 2, 5, 3, 0, 6};
+    Rng r;
+    rng_seed(&r, 11);
+    float hd[13 * 5], ht[7 * 5];
+    rng_fill_uniform(&r, hd, n * dim, -1, 1);
+    rng_fill_uniform(&r, ht, V * dim, -1, 1);
+    double want[7 * 5];
+    for (int i = 0; i < V * dim; i++) want[i] = ht[i];
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < dim; j++) want[ids[i] * dim + j] += hd[i * dim + j];
+    float *dd = dev_alloc(n * dim), *dt = dev_alloc(V * dim);
+    int32_t *di = be->alloc(be, sizeof ids);
+    assert_non_null(di);
+    be->upload(be, dd, hd, sizeof hd);
+    be->upload(be, dt, ht, sizeof ht);
+    be->upload(be, di, ids, sizeof ids);
+    assert_non_null(be->embedding_bwd);
+    be->embedding_bwd(be, dd, di, dt, n, dim);
+    float *got = download(dt, V * dim);
+    for (int i = 0; i < V * dim; i++) assert_true(fabs(got[i] - want[i]) < 1e-5);
+    free(got);
+    be->free(be, dd);
+    be->free(be, dt);
+    be->free(be, di);
+}
+
+/* loss = sum(hidden * R) in double, for the finite differences */
+static double te_loss(TextEncoder *te, const int32_t *ids, int N, int L, const float *R, float *dhid)
+{
+    char err[256];
+    int H = te_config(te)->hidden_size;
+    int64_t n = (int64_t)N * L * H;
+    assert_int_equal(te_forward(te, ids, N, L, dhid, NULL, NULL, err, sizeof err), 0);
+    float *h = download(dhid, n);
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)h[i] * R[i];
+    free(h);
+    return s;
+}
+
+static int find_tensor(const TextEncoder *te, const char *name, int64_t *offset, int64_t *numel)
+{
+    for (int i = 0; i < te_n_tensors(te); i++) {
+        int nd;
+        int64_t sh[2];
+        const char *nm = te_tensor_info(te, i, &nd, sh, offset);
+        if (strcmp(nm, name) == 0) {
+            *numel = sh[0] * (nd > 1 ? sh[1] : 1);
+            return i;
+        }
+    }
+    fail_msg("no tensor %s", name);
+    return -1;
+}
+
+static void test_backward_fd(void **state)
+{
+    (void)state;
+    TextConfig c = {.vocab_size = 20, .hidden_size = 16, .intermediate_size = 32,
+                    .num_hidden_layers = 2, .num_attention_heads = 2, .max_position_embeddings = 8,
+                    .hidden_act = TE_ACT_GELU, .layer_norm_eps = 1e-5f, .projection_dim = 0,
+                    .eos_token_id = 19};
+    char err[256];
+    TextEncoder *te = te_create(&c, be, err, sizeof err);
+    assert_non_null(te);
+    /* parameters of order one (LN weights near 1) so every path carries gradient */
+    int64_t P = te_n_params(te);
+    float *hp = malloc((size_t)P * sizeof *hp);
+    assert_non_null(hp);
+    Rng r;
+    rng_seed(&r, 5);
+    rng_fill_uniform(&r, hp, P, -0.4f, 0.4f);
+    for (int i = 0; i < te_n_tensors(te); i++) {
+        int nd;
+        int64_t sh[2], off;
+        const char *nm = te_tensor_info(te, i, &nd, sh, &off);
+        if (strstr(nm, "norm") && strstr(nm, ".weight"))
+            for (int64_t j = 0; j < sh[0]; j++) hp[off + j] += 1.0f;
+    }
+    be->upload(be, te_params(te), hp, (size_t)P * sizeof *hp);
+
+    /* token 4 repeats (scatter-add); ids 0..2 and positions 6, 7 are never used */
+    const int N = 2, L = 6, H = c.hidden_size;
+    int32_t ids[12] = {18, 4, 9, 4, 19, 19, 18, 7, 4, 12, 3, 19};
+    int64_t nh = (int64_t)N * L * H;
+    float *R = malloc((size_t)nh * sizeof *R);
+    assert_non_null(R);
+    rng_fill_uniform(&r, R, nh, -1, 1);
+    float *dhid = dev_alloc(nh), *dR = dev_alloc(nh);
+    be->upload(be, dR, R, (size_t)nh * sizeof *R);
+
+    assert_int_equal(te_backward(te, dR, err, sizeof err), -1); /* not trainable */
+    assert_non_null(strstr(err, "te_set_trainable"));
+    assert_int_equal(te_set_trainable(te, 1, err, sizeof err), 0);
+    assert_int_equal(te_backward(te, dR, err, sizeof err), -1); /* no forward yet */
+    te_zero_grad(te);
+    te_loss(te, ids, N, L, R, dhid);
+    assert_int_equal(te_backward(te, dR, err, sizeof err), 0);
+    float *g = download(te_grads(te), P);
+
+    struct { const char *name; int64_t idx[4]; } checks[] = {
+        {"text_model.embeddings.token_embedding.weight", {4 * 16 + 3, 18 * 16 + 0, 19 * 16 + 15, 9 * 16 + 7}},
+        {"text_model.embeddings.position_embedding.weight", {0 * 16 + 1, 3 * 16 + 5, 5 * 16 + 9, 2 * 16 + 14}},
+        {"text_model.encoder.layers.0.self_attn.q_proj.weight", {0, 17, 100, 255}},
+        {"text_model.encoder.layers.0.self_attn.k_proj.bias", {0, 3, 8, 15}},
+        {"text_model.encoder.layers.0.layer_norm1.weight", {0, 5, 9, 15}},
+        {"text_model.encoder.layers.1.mlp.fc1.bias", {0, 7, 20, 31}},
+        {"text_model.encoder.layers.1.mlp.fc2.weight", {1, 60, 300, 511}},
+        {"text_model.encoder.layers.1.self_attn.out_proj.weight", {2, 40, 130, 250}},
+        {"text_model.final_layer_norm.bias", {0, 4, 11, 15}},
+    };
+    const float h = 1e-2f;
+    for (size_t k = 0; k < sizeof checks / sizeof checks[0]; k++) {
+        int64_t off, numel;
+        find_tensor(te, checks[k].name, &off, &numel);
+        for (int e = 0; e < 4; e++) {
+            int64_t j = off + checks[k].idx[e];
+            assert_true(checks[k].idx[e] < numel);
+            float save = hp[j], v;
+            v = save + h; be->upload(be, te_params(te) + j, &v, sizeof v);
+            double lp = te_loss(te, ids, N, L, R, dhid);
+            v = save - h; be->upload(be, te_params(te) + j, &v, sizeof v);
+            double lm = te_loss(te, ids, N, L, R, dhid);
+            be->upload(be, te_params(te) + j, &save, sizeof save);
+            double fd = (lp - lm) / (2 * h);
+            if (fabs(fd - g[j]) > 2e-2 * fabs(fd) + 2e-3)
+                fail_msg("%s[%lld]: backward %g, finite difference %g", checks[k].name,
+                         (long long)checks[k].idx[e], g[j], fd);
+        }
+    }
+    /* unused token rows and positions get exactly zero */
+    int64_t toff, poff, numel;
+    find_tensor(te, "text_model.embeddings.token_embedding.weight", &toff, &numel);
+    find_tensor(te, "text_model.embeddings.position_embedding.weight", &poff, &numel);
+    for (int j = 0; j < 3 * H; j++) assert_true(g[toff + j] == 0.0f);
+    for (int j = L * H; j < 8 * H; j++) assert_true(g[poff + j] == 0.0f);
+
+    /* backward accumulates: a second one (same forward) doubles every gradient */
+    te_loss(te, ids, N, L, R, dhid);
+    assert_int_equal(te_backward(te, dR, err, sizeof err), 0);
+    assert_int_equal(te_backward(te, dR, err, sizeof err), 0);
+    float *g2 = download(te_grads(te), P);
+    for (int64_t j = 0; j < P; j++) assert_true(fabs(g2[j] - 3 * g[j]) <= 1e-4 * (1 + fabs(g[j])));
+
+    /* save + load round trip */
+    char path[] = "/tmp/te_bwd_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(te_save_safetensors(te, path, err, sizeof err), 0);
+    TextEncoder *te2 = te_create(&c, be, err, sizeof err);
+    assert_non_null(te2);
+    assert_int_equal(te_load_safetensors(te2, path, "", err, sizeof err), 0);
+    float *p2 = download(te_params(te2), P);
+    assert_memory_equal(p2, hp, (size_t)P * sizeof *hp);
+    unlink(path);
+
+    /* quick_gelu encoders refuse to train */
+    TextConfig cq = c;
+    cq.hidden_act = TE_ACT_QUICK_GELU;
+    TextEncoder *tq = te_create(&cq, be, err, sizeof err);
+    assert_non_null(tq);
+    te_init_random(tq, 1);
+    assert_int_equal(te_set_trainable(tq, 1, err, sizeof err), 0);
+    assert_int_equal(te_forward(tq, ids, N, L, dhid, NULL, NULL, err, sizeof err), 0);
+    assert_int_equal(te_backward(tq, dR, err, sizeof err), -1);
+    assert_non_null(strstr(err, "quick_gelu"));
+
+    te_free(tq);
+    te_free(te2);
+    te_free(te);
+    free(p2);
+    free(g2);
+    free(g);
+    free(R);
+    free(hp);
+    be->free(be, dhid);
+    be->free(be, dR);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -556,6 +746,8 @@ int main(void)
         cmocka_unit_test(test_eos_rule),
         cmocka_unit_test(test_config_and_errors),
         cmocka_unit_test(test_sd15_params),
+        cmocka_unit_test(test_embedding_bwd_op),
+        cmocka_unit_test(test_backward_fd),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

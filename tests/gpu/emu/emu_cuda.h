@@ -36,6 +36,8 @@ struct dim3 {
 static dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 static inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+/* threads run one at a time here, so an atomic add is a plain add */
+static inline float atomicAdd(float *p, float v) { float old = *p; *p = old + v; return old; }
 
 namespace emu {
 struct Thr {
