@@ -52,6 +52,9 @@ $(SAN_BUILD)/tests/%: tests/%.c $(SAN_OBJ) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -Itests -o $@ $< $(filter-out $(SAN_BUILD)/src/main.o,$(SAN_OBJ)) $(CMOCKA_LIBS) $(LDLIBS)
 
+# test_tui_sixel compiles tui/sixel_enc.c into itself (no ncurses, no other tui objects): rebuild on change
+$(BUILD)/tests/test_tui_sixel $(SAN_BUILD)/tests/test_tui_sixel: tui/sixel_enc.c tui/sixel_enc.h
+
 # Debian packages the build and tests need; installed only when missing.
 DEB_PKGS := build-essential pkg-config libstb-dev libinih-dev libsixel-dev libopenblas-dev \
             libcmocka-dev libncurses-dev zlib1g-dev tmux
@@ -66,6 +69,7 @@ run: deps
 test: $(TEST_BIN) krona-studio
 	@./tools/run-tests.sh $(BUILD)/tests $(TEST_BIN)
 	@./tests/cli/test_cli.sh
+	@./tests/tui/test_tui.sh
 
 test-san: $(SAN_BIN)
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 \

@@ -23,6 +23,20 @@ int image_scale_nearest(const Image *in, int k, Image *out) {
     return 0;
 }
 
+/* distinct RGB colours, counting stops at limit (previews are small: O(n*limit) is fine) */
+static int count_colours(const Image *im, int limit) {
+    unsigned cols[512];
+    int n = 0;
+    for (size_t i = 0; i < (size_t)im->w * im->h && n < limit && n < 512; i++) {
+        const unsigned char *p = im->px + i * 3;
+        unsigned c = (unsigned)p[0] << 16 | (unsigned)p[1] << 8 | p[2];
+        int k = 0;
+        while (k < n && cols[k] != c) k++;
+        if (k == n) cols[n++] = c;
+    }
+    return n;
+}
+
 typedef struct Buf { char *p; size_t n, cap; int oom; } Buf;
 
 static int buf_write(char *data, int size, void *priv) {
@@ -63,9 +77,12 @@ int sixel_encode_image(const Image *im, int k, char **out, size_t *len, char *er
         snprintf(err, errlen, "sixel: cannot create the libsixel encoder");
         goto done;
     }
-    /* previews are small: a good palette matters more than speed */
+    /* HIGHCOLOR keeps every colour exactly when there are at most 256 (the
+     * median-cut modes merge close ones even then); noisy early samples have
+     * more, and median cut suits those */
+    int quality = count_colours(im, 257) <= 256 ? SIXEL_QUALITY_HIGHCOLOR : SIXEL_QUALITY_HIGH;
     if (SIXEL_FAILED(sixel_dither_initialize(d, big.px, big.w, big.h, SIXEL_PIXELFORMAT_RGB888,
-                                             SIXEL_LARGE_NORM, SIXEL_REP_CENTER_BOX, SIXEL_QUALITY_HIGH))) {
+                                             SIXEL_LARGE_NORM, SIXEL_REP_CENTER_BOX, quality))) {
         snprintf(err, errlen, "sixel: palette for %dx%d failed", big.w, big.h);
         goto done;
     }

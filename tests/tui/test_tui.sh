@@ -1,0 +1,153 @@
+#!/bin/sh
+# End-to-end test of the terminal studio (run from the repo root by `make test`):
+# drives the real binary in tmux at 80x24 and 120x40 with send-keys and reads
+# the screen with capture-pane. Checks the live parameter count against
+# `krona-studio info`, invalid a1 in red with a reason, bad inputs (a text
+# file, a corrupt PNG, a preset with a typo) leaving the session usable, live
+# training (step and loss advance, pause holds, resume continues), save +
+# reopen + save giving the same file, resize, quit; then a sixel preview
+# stream captured from the studio decodes back to the saved PNG.
+set -u
+bin=./krona-studio
+command -v tmux >/dev/null || { echo "SKIP studio tests: tmux not installed (make deps)"; exit 0; }
+tmp=$(mktemp -d)
+# one tmux server per session (a fresh socket avoids racing a server that is exiting)
+n_srv=0
+sock="krona-tui-$$-0"
+T() { tmux -L "$sock" "$@"; }
+cleanup() { i=0; while [ $i -le $n_srv ]; do tmux -L "krona-tui-$$-$i" kill-server 2>/dev/null; i=$((i + 1)); done; rm -rf "$tmp"; }
+trap cleanup EXIT
+pass=0 fail=0
+ok() { pass=$((pass + 1)); echo "ok   $1"; }
+bad() { fail=$((fail + 1)); echo "FAIL $1"; screen | sed 's/^/     | /'; }
+screen() { T capture-pane -p -t s 2>/dev/null; }
+keys() { T send-keys -t s "$@"; }
+# wait until the screen matches an extended regex (timeout in tenths of a second)
+wait_for() {
+  i=0
+  while [ $i -lt "$2" ]; do screen | grep -Eq -- "$1" && return 0; sleep 0.1; i=$((i + 1)); done
+  return 1
+}
+step() { screen | sed -n 's/.*step \([0-9]*\)\/.*/\1/p' | head -1; }
+shown_params() { screen | sed -n 's/.*trainable \([0-9,]*\) of.*/\1/p' | head -1; }
+info_params() { $bin info --model tiny "$@" | sed -n 's/^trainable parameters: *\([0-9,]*\).*/\1/p'; }
+
+# a fast preset: 16 px, cheap sampling, run folders in the temp dir
+sed -e 's/^resolution = .*/resolution = 16/' -e 's/^iterations = .*/iterations = 400/' \
+    -e 's/^sample_every = .*/sample_every = 0/' -e 's/^sample_steps = .*/sample_steps = 2/' \
+    -e 's/^checkpoint_every = .*/checkpoint_every = 0/' -e "s|^output_dir = .*|output_dir = $tmp/runs|" \
+    -e "s|^image = models/|image = $PWD/models/|" presets/default.ini > "$tmp/fast.ini"
+sed 's/^a2 = /aa2 = /' "$tmp/fast.ini" > "$tmp/typo.ini"
+echo "just some notes" > "$tmp/notes.txt"
+head -c 100 models/demo/subject1.png > "$tmp/broken.png"
+export XDG_CONFIG_HOME="$tmp/cfg"
+
+start() { # cols rows args...
+  c=$1 r=$2; shift 2
+  T kill-server 2>/dev/null
+  n_srv=$((n_srv + 1)); sock="krona-tui-$$-$n_srv"
+  T new-session -d -s s -x "$c" -y "$r" "$bin $* ; echo \"exit=\$?\" > $tmp/exit; sleep 60"
+  rm -f "$tmp/exit"
+}
+
+# ---------------------------------------------------------------- 80x24
+start 80 24 --preset "$tmp/fast.ini" --graphics halfblock
+if wait_for 'trainable [0-9,]+ of' 100; then ok "80x24: studio opens the preset"; else bad "80x24: studio opens"; fi
+for p in Inputs Prompt Knobs Status Loss Preview; do screen | grep -q "$p" || bad "80x24: panel $p missing"; done
+screen | grep -q "q quit" && ok "80x24: all panels and the key bar" || bad "80x24: key bar"
+[ "$(shown_params)" = "$(info_params --a1 4 --a2 4)" ] && ok "params a1=4 a2=4 = $(shown_params)" || bad "params 4x4: $(shown_params) vs $(info_params --a1 4 --a2 4)"
+keys Tab Tab Down Down '>'      # Knobs, row a1, bigger step: 4 -> 8
+want=$(info_params --a1 8 --a2 4)
+if wait_for "trainable $want of" 30; then ok "a1 -> 8: trainable $want as info prints"; else bad "a1=8 count (want $want)"; fi
+keys '-'                        # a1 = 7 divides nothing
+if wait_for 'invalid: a1=7' 30 && screen | grep -q 'does not divide'; then ok "a1=7 shown invalid with the reason"; else bad "a1=7 invalid"; fi
+keys t
+wait_for 'cannot train' 30 && ok "t refuses an invalid combination" || bad "t with invalid a1"
+keys '+'
+wait_for "trainable $want of" 30 || bad "a1 back to 8"
+
+# bad inputs: a text file, a corrupt png, a preset with a typo
+keys i; wait_for 'images only' 30 || bad "image picker opens"
+keys "$tmp/notes.txt" Enter
+wait_for 'not added' 30 && ok "non-image file refused with a message" || bad "non-image file"
+keys i; wait_for 'images only' 30; keys "$tmp/broken.png" Enter
+wait_for 'not added' 30 && screen | grep -q 'broken.png' && ok "corrupt PNG refused with a message" || bad "corrupt PNG"
+keys o; wait_for 'Open preset' 30 || bad "preset picker opens"
+keys "$tmp/typo.ini" Enter
+wait_for 'aa2' 30 && ok "preset typo reported" || bad "preset typo"
+keys i; wait_for 'images only' 30; keys "$PWD/models/demo/subject2.png" Enter
+wait_for 'added .*subject2' 30 && ok "session still usable: image added" || bad "add image after errors"
+
+# save, reopen, save again: identical files
+keys s; wait_for 'save preset as' 30; keys C-u "$tmp/saved.ini" Enter
+wait_for "saved $tmp/saved.ini" 30 && ok "preset saved" || bad "save"
+keys s; wait_for 'save preset as' 30; keys C-u "$tmp/saved.ini" Enter
+wait_for 'overwrite' 30 && ok "overwrite asks" || bad "overwrite confirm"
+keys y; wait_for "saved $tmp/saved.ini" 30 || bad "overwrite y"
+keys o; wait_for 'Open preset' 30; keys "$tmp/saved.ini" Enter
+wait_for "opened $tmp/saved.ini" 30 || bad "reopen saved"
+keys s; wait_for 'save preset as' 30; keys C-u "$tmp/saved2.ini" Enter
+wait_for "saved $tmp/saved2.ini" 30
+if cmp -s "$tmp/saved.ini" "$tmp/saved2.ini" && grep -q '^a1 = 8$' "$tmp/saved.ini" &&
+   [ "$(grep -c '^image = ' "$tmp/saved.ini")" = 5 ]; then ok "save -> open -> save is identical (a1 = 8, 5 images)"
+else bad "saved presets differ"; diff "$tmp/saved.ini" "$tmp/saved2.ini" | head; fi
+
+# live training: step and loss advance, pause holds, resume continues
+keys t
+if wait_for 'training +step [1-9]' 300; then ok "training started"; else bad "training start"; fi
+s1=$(step); wait_for "loss [0-9]" 100 || bad "loss shown"
+i=0; while [ "$(step)" -le "$s1" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+s2=$(step); [ "$s2" -gt "$s1" ] && ok "step advances ($s1 -> $s2)" || bad "step stuck at $s1"
+keys Space
+wait_for 'paused +step' 100 && ok "paused" || bad "pause"
+p1=$(step); sleep 1; p2=$(step)
+[ "$p1" = "$p2" ] && ok "step holds while paused ($p1)" || bad "step moved while paused ($p1 -> $p2)"
+keys Space
+i=0; while [ "$(step)" -le "$p2" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+[ "$(step)" -gt "$p2" ] && ok "resumed ($p2 -> $(step))" || bad "resume"
+keys '?'; wait_for 'Keys' 20 && screen | grep -q 'export' && ok "help overlay while training" || bad "help"
+keys Escape
+keys q; wait_for 'stop it and quit' 30 && ok "quit asks while training" || bad "quit confirm"
+keys n; wait_for 'cancelled' 20 || bad "quit n"
+keys q y
+i=0; while [ ! -f "$tmp/exit" ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i + 1)); done
+grep -q 'exit=0' "$tmp/exit" 2>/dev/null && ok "quit (exit 0)" || bad "quit"
+[ -f "$tmp/cfg/krona-studio/session.ini" ] && grep -q '^a1 = 8$' "$tmp/cfg/krona-studio/session.ini" &&
+  ok "session state in \$XDG_CONFIG_HOME/krona-studio" || bad "session state"
+
+# --------------------------------------------------------------- 120x40
+start 120 40 --preset "$tmp/saved.ini" --graphics halfblock
+wait_for 'trainable [0-9,]+ of' 100 || bad "120x40 opens"
+keys Tab Tab Down Down Down '>'   # a2 4 -> 8
+want=$(info_params --a1 8 --a2 8)
+wait_for "trainable $want of" 30 && ok "120x40: a2 -> 8: trainable $want" || bad "120x40 a2=8 (want $want)"
+keys Down Down Enter C-u attn+ffn Enter   # modules, typed
+want=$(info_params --a1 8 --a2 8 --modules attn+ffn)
+wait_for "trainable $want of" 30 && ok "120x40: modules attn+ffn: trainable $want" || bad "attn+ffn count (want $want)"
+T resize-window -t s -x 90 -y 28 2>/dev/null
+sleep 0.5
+screen | grep -q "Status" && screen | grep -q "q quit" && [ "$(screen | wc -l)" -le 28 ] && ok "reflows after resize" || bad "resize"
+keys r; wait_for 'Runs in' 30 && screen | grep -q 'krona8x4' && ok "runs view lists the run" || bad "runs view"
+keys p; wait_for 'opened .*/preset.ini' 30 && ok "run preset re-opened" || bad "re-open run preset"
+keys q
+i=0; while [ ! -f "$tmp/exit" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+grep -q 'exit=0' "$tmp/exit" 2>/dev/null && ok "120x40 quit" || bad "120x40 quit"
+
+# ------------------------------------------- sixel stream vs the saved PNG
+sed -e 's/^iterations = .*/iterations = 4/' -e 's/^sample_every = .*/sample_every = 2/' "$tmp/fast.ini" > "$tmp/six.ini"
+T kill-server 2>/dev/null; rm -f "$tmp/exit"
+n_srv=$((n_srv + 1)); sock="krona-tui-$$-$n_srv"
+T new-session -d -s s -x 100 -y 30 "KRONA_STUDIO_SIXEL_DUMP=$tmp/dump.six TERM=xterm-256color $bin --preset $tmp/six.ini --graphics sixel; echo exit=\$? > $tmp/exit; sleep 60"
+wait_for 'trainable' 100
+keys t
+wait_for 'done +step 4/4' 300 || bad "sixel run finished"
+wait_for 'Preview step 4' 50 || bad "sixel preview of the last step"
+sleep 0.5
+if [ -f "$tmp/dump.six" ] && KRONA_SIXEL_STREAM="$tmp/dump.six" KRONA_SIXEL_PNG="$(cat "$tmp/dump.six.src")" \
+     ./build/tests/test_tui_sixel >"$tmp/six.log" 2>&1 && grep -q 'studio stream' "$tmp/six.log"; then
+  ok "sixel stream decodes to the saved PNG ($(grep 'studio stream' "$tmp/six.log" | cut -d: -f2))"
+else bad "sixel stream"; cat "$tmp/six.log" 2>/dev/null; fi
+keys q
+
+echo "== tests/tui: $pass passed, $fail failed =="
+[ "$fail" -eq 0 ]
