@@ -101,28 +101,35 @@ int score_adherent(const Image *im, int asked) {
     return score_nearest_colour(bg) == asked;
 }
 
-int score_describe(const Image *im, ScoreDesc *d) {
-    memset(d, 0, sizeof *d);
+int score_subject(const Image *im, ScoreSubject *s) {
+    memset(s, 0, sizeof *s);
     if (!im || !im->px || im->c != 3) return -1;
-    Image s = {0};
-    if (image_center_crop_resize(im, SCORE_SIZE, &s) != 0) return -1;
-    unsigned char bg[3];
-    score_border_median(&s, bg);
+    Image r = {0};
+    if (image_center_crop_resize(im, SCORE_SIZE, &r) != 0) return -1;
+    memcpy(s->px, r.px, sizeof s->px);
+    score_border_median(&r, s->bg);
+    image_free(&r);
+    for (int i = 0; i < SCORE_SIZE * SCORE_SIZE; i++)
+        if (dist2(s->px + 3 * i, s->bg) > SCORE_FG_DIST * SCORE_FG_DIST) s->fg_pixels++;
+    return 0;
+}
+
+void score_describe(const ScoreSubject *s, const unsigned char *also_bg, ScoreDesc *d) {
+    memset(d, 0, sizeof *d);
     const int L = SCORE_HIST_LEVELS, G = SCORE_SHAPE_GRID, cell = SCORE_SIZE / SCORE_SHAPE_GRID;
+    const int T2 = SCORE_FG_DIST * SCORE_FG_DIST;
     for (int y = 0; y < SCORE_SIZE; y++)
         for (int x = 0; x < SCORE_SIZE; x++) {
-            const unsigned char *p = s.px + ((size_t)y * SCORE_SIZE + x) * 3;
-            if (dist2(p, bg) <= SCORE_FG_DIST * SCORE_FG_DIST) continue;
+            const unsigned char *p = s->px + ((size_t)y * SCORE_SIZE + x) * 3;
+            if (dist2(p, s->bg) <= T2 || (also_bg && dist2(p, also_bg) <= T2)) continue;
             int bin = (p[0] * L / 256) * L * L + (p[1] * L / 256) * L + p[2] * L / 256;
             d->hist[bin] += 1.0f;
             d->shape[(y / cell) * G + x / cell] += 1.0f;
             d->fg_pixels++;
         }
-    image_free(&s);
     if (d->fg_pixels > 0)
         for (int i = 0; i < L * L * L; i++) d->hist[i] /= (float)d->fg_pixels;
     for (int i = 0; i < G * G; i++) d->shape[i] /= (float)(cell * cell);
-    return 0;
 }
 
 float score_desc_similarity(const ScoreDesc *a, const ScoreDesc *b) {
@@ -140,13 +147,20 @@ float score_desc_similarity(const ScoreDesc *a, const ScoreDesc *b) {
     return (float)(s < 0 ? 0 : s > 1 ? 1 : s);
 }
 
-float score_fidelity(const Image *sample, const ScoreDesc *subjects, int n) {
-    ScoreDesc d;
-    if (score_describe(sample, &d) != 0) return 0.0f;
+float score_pair(const ScoreSubject *a, const ScoreSubject *b) {
+    ScoreDesc da, db;
+    score_describe(a, b->bg, &da);
+    score_describe(b, a->bg, &db);
+    return score_desc_similarity(&da, &db);
+}
+
+float score_fidelity(const Image *sample, const ScoreSubject *subjects, int n) {
+    ScoreSubject s;
+    if (score_subject(sample, &s) != 0) return 0.0f;
     float best = 0.0f;
     for (int i = 0; i < n; i++) {
-        float s = score_desc_similarity(&d, &subjects[i]);
-        if (s > best) best = s;
+        float v = score_pair(&s, &subjects[i]);
+        if (v > best) best = v;
     }
     return best;
 }
@@ -210,7 +224,7 @@ done:
     return rc;
 }
 
-int score_load_subjects(const char (*paths)[PRESET_PATH_MAX], int n, ScoreDesc *out, char *err,
+int score_load_subjects(const char (*paths)[PRESET_PATH_MAX], int n, ScoreSubject *out, char *err,
                         size_t errlen) {
     if (n < 1 || n > SCORE_MAX_SUBJECTS) {
         snprintf(err, errlen, "%d subject images: need 1..%d", n, SCORE_MAX_SUBJECTS);
@@ -219,7 +233,7 @@ int score_load_subjects(const char (*paths)[PRESET_PATH_MAX], int n, ScoreDesc *
     for (int i = 0; i < n; i++) {
         Image im = {0};
         if (image_load(paths[i], &im, err, errlen) != 0) return -1;
-        int rc = score_describe(&im, &out[i]);
+        int rc = score_subject(&im, &out[i]);
         image_free(&im);
         if (rc != 0) { snprintf(err, errlen, "%s: out of memory describing it", paths[i]); return -1; }
         if (out[i].fg_pixels == 0) {
@@ -231,7 +245,7 @@ int score_load_subjects(const char (*paths)[PRESET_PATH_MAX], int n, ScoreDesc *
     return 0;
 }
 
-int score_model(Model *m, const char *instance_prompt, const ScoreDesc *subjects, int n_subjects,
+int score_model(Model *m, const char *instance_prompt, const ScoreSubject *subjects, int n_subjects,
                 const ScoreOpts *o, ScoreResult *r, Image *tiles, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
     if (score_opts_check(o, err, errlen) != 0) return -1;
@@ -298,7 +312,7 @@ int score_run_dir(const char *run_dir, int base, Backend *be, const ScoreOpts *o
     if (preset_load(&p, path, err, errlen) != 0) return -1;
     ScoreOpts o = *opts;
     if (o.size == 0) o.size = p.resolution;
-    ScoreDesc *subj = calloc(SCORE_MAX_SUBJECTS, sizeof *subj);
+    ScoreSubject *subj = calloc(SCORE_MAX_SUBJECTS, sizeof *subj);
     int n = o.n_colours * o.per_colour, rc = -1;
     Image *tiles = calloc((size_t)(n > 0 ? n : 1), sizeof(Image)), *order = NULL, grid = {0};
     Model *m = NULL;

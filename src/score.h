@@ -61,18 +61,31 @@ void score_border_median(const Image *im, unsigned char rgb[3]);
 int score_nearest_colour(const unsigned char rgb[3]);
 /* 1 when the image's background is nearest to palette colour `asked`. */
 int score_adherent(const Image *im, int asked);
-/* Descriptor of an image's foreground at SCORE_SIZE: normalised colour
- * histogram and shape grid; fg_pixels 0 means nothing stood out. */
+/* An image reduced for comparison: SCORE_SIZE x SCORE_SIZE RGB (centre crop +
+ * resize) and its background colour (border median). */
+typedef struct ScoreSubject {
+    unsigned char px[SCORE_SIZE * SCORE_SIZE * 3];
+    unsigned char bg[3];
+    int fg_pixels;   /* pixels farther than SCORE_FG_DIST from bg */
+} ScoreSubject;
+int score_subject(const Image *im, ScoreSubject *s);   /* 0 / -1 (alloc, not RGB) */
+/* Foreground descriptor: normalised colour histogram and shape grid of the
+ * pixels farther than SCORE_FG_DIST from the image's own background AND from
+ * also_bg (may be NULL); fg_pixels 0 means nothing stood out. */
 typedef struct ScoreDesc {
     float hist[SCORE_HIST_LEVELS * SCORE_HIST_LEVELS * SCORE_HIST_LEVELS];
     float shape[SCORE_SHAPE_GRID * SCORE_SHAPE_GRID];
     int fg_pixels;
 } ScoreDesc;
-int score_describe(const Image *im, ScoreDesc *d);   /* 0 / -1 (alloc, not RGB) */
+void score_describe(const ScoreSubject *s, const unsigned char *also_bg, ScoreDesc *d);
 /* 0.5 * histogram intersection + 0.5 * shape soft-IoU; 0 when either is empty. */
 float score_desc_similarity(const ScoreDesc *a, const ScoreDesc *b);
-/* Similarity to the closest of n subjects (max over them). */
-float score_fidelity(const Image *sample, const ScoreDesc *subjects, int n);
+/* Symmetric similarity of two images: each described with both backgrounds
+ * excluded, so a subject part that matches the asked background (an orange
+ * face on orange) counts in neither. */
+float score_pair(const ScoreSubject *a, const ScoreSubject *b);
+/* Similarity of a sample to the closest of n subjects (max over them). */
+float score_fidelity(const Image *sample, const ScoreSubject *subjects, int n);
 
 /* ---- sampling ---- */
 /* The prompt asked for colour index c: "<instance_prompt> on a <name> background". */
@@ -81,11 +94,12 @@ void score_prompt(const char *instance_prompt, int c, char *out, size_t outlen);
  * (seed, i), in batches of 8; tiles[i] receive RGB images (caller frees). */
 int score_generate(Model *m, const char *const *prompts, int n, const ScoreOpts *o,
                    uint64_t seed, Image *tiles, char *err, size_t errlen);
-/* Load subject images into descriptors. */
-int score_load_subjects(const char (*paths)[PRESET_PATH_MAX], int n, ScoreDesc *out, char *err, size_t errlen);
+/* Load subject images (each must have a foreground). */
+int score_load_subjects(const char (*paths)[PRESET_PATH_MAX], int n, ScoreSubject *out, char *err,
+                        size_t errlen);
 /* Generate and score the model as it stands (with whatever adapters are attached).
  * tiles (may be NULL): n_colours * per_colour images, colour-major, caller frees. */
-int score_model(Model *m, const char *instance_prompt, const ScoreDesc *subjects, int n_subjects,
+int score_model(Model *m, const char *instance_prompt, const ScoreSubject *subjects, int n_subjects,
                 const ScoreOpts *o, ScoreResult *r, Image *tiles, char *err, size_t errlen);
 /* Attach the adapters an adapter .safetensors describes (its metadata) and load them. */
 int score_load_adapter(Model *m, const char *path, char *err, size_t errlen);

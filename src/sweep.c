@@ -281,7 +281,7 @@ int sweep_check(const Sweep *s, Backend *be, char *err, size_t errlen) {
     Model *m = NULL;
     char name[SWEEP_NAME_MAX], why[1024];
     int rc = -1;
-    ScoreDesc *subj = s->score ? calloc(SCORE_MAX_SUBJECTS, sizeof *subj) : NULL;
+    ScoreSubject *subj = s->score ? calloc(SCORE_MAX_SUBJECTS, sizeof *subj) : NULL;
     if (s->score && !subj) { snprintf(err, errlen, "out of memory"); return -1; }
     for (int i = 0; i < n; i++) {
         Preset p;
@@ -383,7 +383,7 @@ static int sample_tiles(Model *m, const Preset *p, SweepRow *row, char *err, siz
 
 static int score_row(Model *m, const Sweep *s, const Preset *p, SweepRow *row, char *err, size_t errlen) {
     if (!s->score) return 0;
-    ScoreDesc *subj = calloc(SCORE_MAX_SUBJECTS, sizeof *subj);
+    ScoreSubject *subj = calloc(SCORE_MAX_SUBJECTS, sizeof *subj);
     if (!subj) { snprintf(err, errlen, "out of memory"); return -1; }
     ScoreOpts o = s->score_opts;
     if (o.size == 0) o.size = p->resolution;
