@@ -7,7 +7,7 @@
 static const char *const HELP[] = {
     "Move      arrows / h j k l   Tab / Shift-Tab next / previous panel",
     "Edit      Enter edits the field (Esc cancels)",
-    "Knobs     + / - change   Shift: + / _ bigger step (also > <)",
+    "Knobs     + / - change   > / < or Shift-Right / Shift-Left: bigger step",
     "Train     t start   space pause/resume   x stop   g sample now",
     "Presets   o open .ini   s save (asks before overwrite)",
     "Images    i add (file picker, images only)   d remove selected",
