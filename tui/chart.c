@@ -41,7 +41,7 @@ void chart_draw(const LossSeries *s, int y, int x, int h, int w, int colour) {
     if (h < 1 || w < 2) return;
     int n = s->n;
     if (n == 0) {
-        if (h > 1) mvaddnstr(y + h / 2, x + 1, "no steps yet: press t to train", w - 1);
+        if (h > 1) mvaddnstr(y + h / 2, x + 1, "no loss values yet", w - 1);
         return;
     }
     int W = 2 * w, H = 4 * h;
