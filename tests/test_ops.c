@@ -9,6 +9,8 @@
 
 #include <cmocka.h>
 
+#include <omp.h>
+
 #include "test_helpers.h"
 
 #define PRE 0.25f   /* gradient pre-fill: backward must add to it */
@@ -1050,6 +1052,54 @@ static void test_determinism(void **state) {
     be->free(be, dx); be->free(be, dw); be->free(be, dq);
 }
 
+/* the same ops on a one-thread backend and on the default one: bitwise equal,
+ * because work is cut by problem size and reductions go in chunk order */
+static void run_mixed(Backend *be, float *out[6], int64_t ns[6]) {
+    Rng rng;
+    rng_seed(&rng, 16);
+    int N = 3, C = 16, H = 16, W = 16, L = 256, Hh = 4, D = 8, M = 512; /* M * 24 == nx */
+    int64_t nx = (int64_t)N * C * H * W, nw = (int64_t)C * C * 9, nq = (int64_t)N * L * Hh * D;
+    float *x = th_rand(&rng, nx, -1, 1), *w = th_rand(&rng, nw, -1, 1), *q = th_rand(&rng, nq, -1, 1);
+    float *dx = th_dev(be, x, nx), *dw = th_dev(be, w, nw), *dq = th_dev(be, q, nq);
+    float *y = th_dev(be, NULL, nx), *gx = th_dev(be, NULL, nx), *gw = th_dev(be, NULL, nw);
+    float *o = th_dev(be, NULL, nq), *lse = th_dev(be, NULL, N * Hh * L), *gq = th_dev(be, NULL, nq);
+    float *gA = th_dev(be, NULL, 16), *mean = th_dev(be, NULL, M), *rstd = th_dev(be, NULL, M);
+    float *gg = th_dev(be, NULL, 24);
+    be->conv2d_fwd(be, dx, dw, NULL, y, N, C, H, W, C, 3, 1, 1);
+    be->conv2d_bwd(be, y, dx, dw, gx, gw, NULL, N, C, H, W, C, 3, 1, 1);
+    be->attention_fwd(be, dq, dq, dq, o, lse, N, L, L, Hh, D, 0.35f, 0);
+    be->attention_bwd(be, o, dq, dq, dq, o, lse, gq, gq, gq, N, L, L, Hh, D, 0.35f, 0);
+    be->kron_bwd(be, dq, dq, dw, dw, NULL, gA, NULL, nq / 32, 4, 4, 8, 8, 1.f);
+    be->layer_norm_fwd(be, dx, dw, dw, y, mean, rstd, M, 24, 1e-5f);
+    be->layer_norm_bwd(be, dx, y, dw, mean, rstd, NULL, gg, NULL, M, 24);
+    float *res[6] = {th_host(be, y, nx), th_host(be, gx, nx), th_host(be, gw, nw), th_host(be, gq, nq),
+                     th_host(be, gA, 16), th_host(be, gg, 24)};
+    int64_t n[6] = {nx, nx, nw, nq, 16, 24};
+    for (int i = 0; i < 6; i++) { out[i] = res[i]; ns[i] = n[i]; }
+    free(x); free(w); free(q);
+    be->free(be, dx); be->free(be, dw); be->free(be, dq); be->free(be, y); be->free(be, gx);
+    be->free(be, gw); be->free(be, o); be->free(be, lse); be->free(be, gq); be->free(be, gA);
+    be->free(be, mean); be->free(be, rstd); be->free(be, gg);
+}
+
+static void test_thread_count_invariance(void **state) {
+    float *a[6], *b[6];
+    int64_t n[6];
+    run_mixed(*state, a, n);
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    Backend *one = backend_cpu_create();
+    omp_set_num_threads(saved);
+    assert_non_null(one);
+    run_mixed(one, b, n);
+    backend_destroy(one);
+    for (int i = 0; i < 6; i++) {
+        assert_memory_equal(a[i], b[i], sizeof(float) * n[i]);
+        free(a[i]);
+        free(b[i]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_alloc_peak),
@@ -1069,6 +1119,7 @@ int main(void) {
         cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_kron),
         cmocka_unit_test(test_determinism),
+        cmocka_unit_test(test_thread_count_invariance),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
