@@ -42,7 +42,8 @@ static void on_end(void *user, int i, int n, const SweepRow *r) {
 static void on_progress(void *user, const TrainProgress *p) {
     SweepPrint *sp = user;
     if (p->state != TRAIN_RUNNING || p->step == 0) return;
-    if (p->step % sp->every != 0 && p->step != p->total) return;
+    int every = sp->every > 0 ? sp->every : (p->total >= 10 ? p->total / 5 : 1);
+    if (p->step % every != 0 && p->step != p->total) return;
     printf("  step %5d/%d  loss %.4f  avg %.4f  %.2f it/s\n", p->step, p->total, p->loss, p->loss_ema,
            p->it_per_s);
     fflush(stdout);
@@ -131,7 +132,6 @@ static int cmd_sweep_run(int argc, char **argv) {
     }
     int n = sweep_count(s, err, sizeof err);
     if (n < 0) { fprintf(stderr, "%s: %s\n", me, err); goto out; }
-    if (sp.every == 0) sp.every = base.iterations >= 10 ? base.iterations / 5 : 1;
     Backend *be = cli_backend(device ? device : base.device, err, sizeof err);
     if (!be) { fprintf(stderr, "%s: %s\n", me, err); goto out; }
     SweepRow *rows = calloc((size_t)n + 1, sizeof *rows);

@@ -410,6 +410,8 @@ static int write_outputs(const char *dir, const SweepRow *rows, int n, const Pre
     char path[PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/results.csv", dir);
     if (sweep_write_csv(path, rows, n, err, errlen) != 0) return -1;
+    snprintf(path, sizeof path, "%s/results.md", dir);
+    if (sweep_write_markdown(path, rows, n, err, errlen) != 0) return -1;
     Image grid = {0};
     if (sweep_make_grid(rows, n, p, &grid) != 0) {
         snprintf(err, errlen, "out of memory for the sweep grid");
@@ -578,6 +580,47 @@ int sweep_write_csv(const char *path, const SweepRow *rows, int n, char *err, si
         }
         fputc(',', f);
         csv_text(f, r->status);
+        fputc('\n', f);
+    }
+    uselocale(old);
+    if (fclose(f) != 0) { free(buf); snprintf(err, errlen, "out of memory"); return -1; }
+    int rc = fs_write_atomic(path, buf, len, err, errlen);
+    free(buf);
+    return rc;
+}
+
+static void md_num(FILE *f, double v, const char *fmt) {
+    if (isfinite(v)) fprintf(f, fmt, v);
+    else fputs("–", f);
+}
+
+int sweep_write_markdown(const char *path, const SweepRow *rows, int n, char *err, size_t errlen) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) { snprintf(err, errlen, "out of memory"); return -1; }
+    locale_t old = uselocale(fs_c_locale());
+    fputs("| variant | trainable | time (s) | final loss | eval loss | fidelity | adherence |\n"
+          "|---|---:|---:|---:|---:|---:|---:|\n", f);
+    for (int i = 0; i < n; i++) {
+        const SweepRow *r = &rows[i];
+        fputs("| `", f);
+        for (const char *c = r->variant; *c; c++) fputc(*c == '|' || *c == '`' ? '_' : *c, f);
+        fprintf(f, "` | %lld | ", (long long)r->trainable);
+        md_num(f, r->run_dir[0] ? r->time_s : NAN, "%.1f");
+        fputs(" | ", f);
+        md_num(f, r->final_loss, "%.4f");
+        fputs(" | ", f);
+        md_num(f, r->eval_loss, "%.4f");
+        fputs(" | ", f);
+        md_num(f, r->fidelity, "%.3f");
+        fputs(" | ", f);
+        md_num(f, r->adherence, "%.3f");
+        fputs(" |", f);
+        if (strcmp(r->status, "ok")) {
+            fputs(" ", f);
+            for (const char *c = r->status; *c; c++) fputc(*c == '|' ? '/' : *c == '\n' ? ' ' : *c, f);
+        }
         fputc('\n', f);
     }
     uselocale(old);

@@ -80,7 +80,7 @@ int sweep_check(const Sweep *s, Backend *be, char *err, size_t errlen);
 
 /* Run the sweep: checks, then each variant as a normal training run in
  * <out_dir>/<variant>, then (optionally) scores it; results.csv and grid.png
- * are rewritten after every variant so a stopped sweep keeps what it made.
+ * (and results.md) are rewritten after every variant so a stopped sweep keeps what it made.
  * cancel (may be NULL) stops the current variant and the sweep (returns 1).
  * rows (may be NULL): receive the rows (at most SWEEP_MAX_VARIANTS + 1);
  * free their tiles with sweep_rows_free. Returns 0, 1 cancelled, -1 err. */
@@ -91,6 +91,9 @@ void sweep_rows_free(SweepRow *rows, int n);
 
 /* ---- output ---- */
 int sweep_write_csv(const char *path, const SweepRow *rows, int n, char *err, size_t errlen);
+/* The same rows as a markdown table (results.md; tools/run-ablations.sh collects them).
+ * A row whose status is not "ok" gets the status after the last column. */
+int sweep_write_markdown(const char *path, const SweepRow *rows, int n, char *err, size_t errlen);
 /* The labelled grid: a header row with the prompts (3 text lines), a label
  * column with each row's variant, one part per line (and "fid"/"adh" scores
  * when present), tiles scaled up by an integer factor to at least 96 px.

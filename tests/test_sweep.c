@@ -196,6 +196,12 @@ static void test_sweep_run_tiny(void **state) {
     snprintf(want, sizeof want, "\na1=4,%lld,", (long long)rows[1].trainable);
     assert_non_null(strstr(csv, want));
     free(csv);
+    snprintf(path, sizeof path, "%s/results.md", dir);
+    char *md = fs_read_all(path, &n, err, sizeof err);
+    assert_non_null(md);
+    assert_int_equal(count_lines(md), 2 + 3);
+    assert_non_null(strstr(md, "\n| `a1=8` | "));
+    free(md);
     for (int i = 1; i <= 2; i++) {
         snprintf(path, sizeof path, "%s/%s/adapter.safetensors", dir, rows[i].variant);
         assert_true(fs_exists(path));
