@@ -60,6 +60,7 @@ int main(int argc, char **argv) {
     if (argc == 4 && !strcmp(argv[1], "train") && !strcmp(argv[2], "--preset")) return studio_main(2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "pretrain")) return cmd_pretrain(argc - 2, argv + 2);
     if (argc >= 2 && (!strcmp(argv[1], "sweep") || !strcmp(argv[1], "score"))) return cmd_sweep(argc - 1, argv + 1);
     if (argc >= 2 && argv[1][0] != '-') {
         fprintf(stderr, "krona-studio: unknown command '%s' (train, sample, info; see --help)\n", argv[1]);

@@ -176,6 +176,7 @@ struct TextEncoder {
     float *acts;
     size_t acts_floats;
     int32_t *act_ids;
+    int64_t act_ids_cap;
     int act_N, act_L, have_fwd;
 };
 
@@ -438,14 +439,13 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
     int32_t *ids;
     if (keep) { /* kept until the next forward; reallocated only when the shape grows */
         te->have_fwd = 0;
-        if (fl > te->acts_floats || M > (int64_t)te->act_N * te->act_L) {
+        if (fl > te->acts_floats || M > te->act_ids_cap) {
             if (te->acts) be->free(be, te->acts);
             if (te->act_ids) be->free(be, te->act_ids);
             te->acts = be->alloc(be, fl * sizeof(float));
             te->act_ids = be->alloc(be, (size_t)M * sizeof(int32_t));
             te->acts_floats = te->acts ? fl : 0;
-            te->act_N = te->act_ids ? N : 0;
-            te->act_L = te->act_ids ? L : 0;
+            te->act_ids_cap = te->act_ids ? M : 0;
         }
         ws = te->acts;
         ids = te->act_ids;
@@ -536,6 +536,7 @@ int te_set_trainable(TextEncoder *te, int trainable, char *err, size_t errlen)
     te->grads = te->acts = NULL;
     te->act_ids = NULL;
     te->acts_floats = 0;
+    te->act_ids_cap = 0;
     te->act_N = te->act_L = te->have_fwd = 0;
     return 0;
 }

@@ -402,6 +402,7 @@ struct UNet {
     int cur;
     int64_t slot_n;
     float *dtembs;
+    float *dctx;     /* += d loss / d ctx during backward (unet_backward_ctx), else NULL */
     char err[256];   /* why the last forward/backward returned -1 */
 };
 
@@ -1136,7 +1137,7 @@ static void attn_bwd(UNet *u, Attn *a, const float *dy, const float *xq, const f
     int64_t Mq = (int64_t)N * Sq, Mk = (int64_t)N * Lk, tm = u->tmp.off;
     /* cross-attention k/v see only the text: their gradients matter only for
      * weights (adapters or trainable base) */
-    int need_kv = !a->cross || u->trainable || a->k.ad || a->v.ad;
+    int need_kv = !a->cross || u->trainable || a->k.ad || a->v.ad || (dxkv != NULL);
     float *dq = takez(u, &u->tmp, Mq * C);
     float *dk = need_kv ? takez(u, &u->tmp, Mk * C) : NULL;
     float *dv = need_kv ? takez(u, &u->tmp, Mk * C) : NULL;
@@ -1200,7 +1201,7 @@ static void tblock_bwd(UNet *u, TBlock *t, float *dh, int N, int S, int L) {
                            G(t->ln3.b), M, C);
         be->zero(be, dn, (size_t)M * C * sizeof(float));
     }
-    attn_bwd(u, &t->a2, dh, t->n2, u->ctx, dn, NULL, N, S, L);
+    attn_bwd(u, &t->a2, dh, t->n2, u->ctx, dn, u->dctx, N, S, L);
     if (!u->plan) {
         be->layer_norm_bwd(be, dn, t->h1, P(t->ln2.g), t->ln2.mean, t->ln2.rstd, dh, G(t->ln2.g),
                            G(t->ln2.b), M, C);
@@ -1553,7 +1554,7 @@ static void backward_pass(UNet *u, const float *dout, float *dx) {
      * downsampler). With a frozen base and no dx wanted, nothing before the first
      * adapted attention needs a gradient: backward stops there (for SDXL that skips
      * the whole 128x128 level). */
-    int need_all = u->trainable || dx != NULL, first = 0, pos = 0, done = 0;
+    int need_all = u->trainable || dx != NULL || u->dctx != NULL, first = 0, pos = 0, done = 0;
     for (int i = 0; i < nl; i++) {
         Block *k = &u->down[i];
         for (int j = 0; j < k->nres; j++) {
@@ -1630,7 +1631,12 @@ static void backward_pass(UNet *u, const float *dout, float *dx) {
 }
 
 int unet_backward(UNet *u, const float *dout, float *dx) {
+    return unet_backward_ctx(u, dout, dx, NULL);
+}
+
+int unet_backward_ctx(UNet *u, const float *dout, float *dx, float *dctx) {
     u->err[0] = 0;
+    u->dctx = dctx;
     if (!u->have_fwd) {
         snprintf(u->err, sizeof u->err, "backward needs a forward with for_backward=1 first "
                  "(and no adapter change in between)");
@@ -1648,6 +1654,7 @@ int unet_backward(UNet *u, const float *dout, float *dx) {
     }
     u->overflow = 0;
     backward_pass(u, dout, dx);
+    u->dctx = NULL;
     if (u->overflow) { snprintf(u->err, sizeof u->err, "internal: backward plan overflow"); return -1; }
     return 0;
 }

@@ -120,6 +120,9 @@ int unet_forward(UNet *u, const float *x, const float *t, const float *ctx,
  * Accumulates into adapter grads (and base grads when trainable);
  * dx (may be NULL) += d loss / d x. */
 int unet_backward(UNet *u, const float *dout, float *dx);
+/* The same, and dctx[N,L,cross_attention_dim] (device, may be NULL) += d loss /
+ * d ctx: the text encoder's input gradient when it trains with the UNet. */
+int unet_backward_ctx(UNet *u, const float *dout, float *dx, float *dctx);
 /* One line saying why the last unet_forward / unet_backward returned -1 ("" if none). */
 const char *unet_last_error(const UNet *u);
 
