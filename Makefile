@@ -81,7 +81,7 @@ check: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_train
-	OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-$$(./tools/openblas-coretype.sh)} ./$(BUILD)/bench/bench_train bench/results.txt
+	./$(BUILD)/bench/bench_train bench/results.txt
 
 $(BUILD)/bench/%: bench/%.c $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)

@@ -3,9 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cblas.h>
-#include <strings.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "../tui/studio.h"
@@ -27,26 +24,7 @@ static const char *USAGE =
     "(DiffuseKronA): dW = A (a1 x a2) kron B on the attention projections of a frozen UNet.\n"
     "See krona-studio(1) for every preset key, the files written and examples.\n";
 
-/* Debian's OpenBLAS 0.3.21 does not recognise recent Xeons and falls back to
- * its generic SSE3 ("Prescott") kernels, 3-5x slower than the AVX-512 ones.
- * The kernels are chosen when the library loads, from OPENBLAS_CORETYPE, so
- * set it and re-execute once. tools/openblas-coretype.sh does the same for tests. */
-static void tune_openblas(char **argv) {
-    if (getenv("OPENBLAS_CORETYPE") || strcasecmp(openblas_get_corename(), "prescott") != 0) return;
-    __builtin_cpu_init();
-    const char *best = NULL;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-        best = "SkylakeX";
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        best = "Haswell";
-    if (!best) return;
-    setenv("OPENBLAS_CORETYPE", best, 1);
-    execv("/proc/self/exe", argv); /* returns only on failure: keep the slow kernels */
-}
-
 int main(int argc, char **argv) {
-    tune_openblas(argv);
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))) {
         fputs(USAGE, stdout);
         return 0;

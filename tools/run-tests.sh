@@ -1,7 +1,6 @@
 #!/bin/sh
 # Run each test binary from the repository root; print a summary; fail if any failed.
 dir=$1; shift
-[ -n "${OPENBLAS_CORETYPE:-}" ] || { c=$(./tools/openblas-coretype.sh); [ -n "$c" ] && export OPENBLAS_CORETYPE=$c; }
 fail=0; n=0
 for t in "$@"; do
   n=$((n+1))
