@@ -204,14 +204,24 @@ def child_env():
     env = dict(os.environ)
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     if not env.get("OPENBLAS_CORETYPE"):
-        try:
-            ct = subprocess.run([os.path.join(ROOT, "tools", "openblas-coretype.sh")],
-                                capture_output=True, text=True).stdout.strip()
-        except OSError:
-            ct = ""
+        ct = openblas_coretype()
         if ct:
             env["OPENBLAS_CORETYPE"] = ct
     return env
+
+
+def openblas_coretype():
+    """The kernels the C backend selects for this CPU (backend_cpu.c does the same)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+    except OSError:
+        return ""
+    if all(x in flags for x in ("avx512f", "avx512bw", "avx512vl", "avx512dq")):
+        return "SkylakeX"
+    if "avx2" in flags and "fma" in flags:
+        return "Haswell"
+    return ""
 
 
 def main():
