@@ -30,7 +30,7 @@ SAN_FLAGS  := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-s
 SAN_OBJ    := $(ENGINE_SRC:%.c=$(SAN_BUILD)/%.o)
 SAN_BIN    := $(TEST_SRC:tests/%.c=$(SAN_BUILD)/tests/%)
 
-.PHONY: all run check test test-san bench deps install clean
+.PHONY: all run check test test-san bench bench-ops deps install clean
 all: krona-studio
 
 krona-studio: $(ENGINE_OBJ) $(TUI_OBJ)
@@ -82,6 +82,10 @@ check: deps
 bench: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_train
 	./$(BUILD)/bench/bench_train bench/results.txt
+
+# attention op timings (best of N) on tiny-UNet and SD-like shapes
+bench-ops: $(BUILD)/bench/bench_ops
+	./$(BUILD)/bench/bench_ops
 
 $(BUILD)/bench/%: bench/%.c $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)

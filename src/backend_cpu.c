@@ -1024,149 +1024,376 @@ static void cpu_nlc_to_nchw(Backend *be, const float *x, float *y, int N, int C,
 
 /* ------------------------------------------------------------------ attention */
 
-/* rows of the score tile kept per thread: bounded so T*Lk floats stay ~256 KB */
-static int attn_tile(int Lq, int Lk) {
-    int t = 65536 / (Lk > 0 ? Lk : 1);
-    if (t < 8) t = 8;
-    if (t > 256) t = 256;
-    return t < Lq ? t : Lq;
+/* Fused attention, one kernel set for every head size. Per (n, head) K and V
+ * are transposed to Kt, Vt [D, Lkp] (Lkp = Lk rounded up to 16, zero padded)
+ * so every inner loop runs along keys, 16 lanes at a time, whatever D is:
+ * with D = 8 a GEMM along D (what OpenBLAS sees) is mostly overhead. A query
+ * tile of T rows keeps its whole score rows [T, Lkp] (T bounded so the tile
+ * stays ~256 KB), so the softmax is two exact passes (max, then exp/sum)
+ * instead of an online rescale. The forward splits over (n, head, tile); the
+ * backward over (n, head), each head walked in tile order by one thread, so
+ * dk/dv sums (and dq, dk, dv aliasing one buffer) never depend on the thread
+ * count. The kernels are written with GCC vector types and compiled three
+ * times (AVX-512, AVX2+FMA, baseline) behind a runtime CPU check; within one
+ * machine every element is computed the same way whatever the split. */
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast") /* let the AVX2/AVX-512 clones use FMA */
+/* the vector helpers are always inlined; the ABI note about 64-byte vector
+ * arguments in non-AVX-512 code is reported at the end of the file */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+#define AINL static inline __attribute__((always_inline))
+
+AINL vf vld(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+AINL void vst(float *p, vf v) { memcpy(p, &v, sizeof v); }
+AINL vf vsel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); } /* m ? a : b */
+AINL vf vmax(vf a, vf b) { return vsel(a > b, a, b); }
+
+/* lanes summed in a fixed tree order */
+AINL float vsum(vf v) {
+    float t[16];
+    memcpy(t, &v, sizeof t);
+    for (int w = 8; w > 0; w >>= 1)
+        for (int i = 0; i < w; i++) t[i] += t[i + w];
+    return t[0];
+}
+AINL float vhmax(vf v) {
+    float t[16];
+    memcpy(t, &v, sizeof t);
+    float m = t[0];
+    for (int i = 1; i < 16; i++) m = t[i] > m ? t[i] : m;
+    return m;
 }
 
-/* S[T, Lk] = scale * Q_tile K^T, masked when causal (query row i0+r sees keys <= i0+r) */
-static void attn_scores(const float *qt, const float *kh, float *S, int T, int i0, int Lk, int D,
-                        int ld, float scale, int causal) {
-    sgemm1(0, 1, T, Lk, D, scale, qt, ld, kh, ld, 0.f, S, Lk);
-    if (causal)
-        for (int r = 0; r < T; r++)
-            for (int j = i0 + r + 1; j < Lk; j++) S[(int64_t)r * Lk + j] = -INFINITY;
+/* fast_expf on 16 lanes: Cephes reduction, degree-5 polynomial, ~2 ulp;
+ * exact 0 below -87.3 (masked scores are -inf) */
+AINL vf vexp(vf x) {
+    vi under = x < -87.3f;
+    x = vsel(x > 88.3f, (vf){0} + 88.3f, x);
+    x = vsel(under, (vf){0} - 87.3f, x);
+    vf t = x * 1.44269504088896341f + 12582912.f; /* round to nearest via 1.5 * 2^23 */
+    vf n = t - 12582912.f;
+    vi ni = (vi)t - 0x4B400000;
+    vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    vf q = (vf){0} + 1.9875691500e-4f;
+    q = q * r + 1.3981999507e-3f;
+    q = q * r + 8.3334519073e-3f;
+    q = q * r + 4.1665795894e-2f;
+    q = q * r + 1.6666665459e-1f;
+    q = q * r + 5.0000001201e-1f;
+    q = q * r * r + r + 1.f;
+    vf sc = (vf)((ni + 127) << 23);
+    return (vf)((vi)(q * sc) & ~under);
 }
 
-#if defined(__SSE2__)
-/* 4-wide fast_expf: the same reduction and polynomial, round-to-nearest n */
-static inline __m128 exp4(__m128 x) {
-    __m128 under = _mm_cmplt_ps(x, _mm_set1_ps(-87.3f));
-    x = _mm_min_ps(_mm_max_ps(x, _mm_set1_ps(-87.3f)), _mm_set1_ps(88.3f));
-    __m128i ni = _mm_cvtps_epi32(_mm_mul_ps(x, _mm_set1_ps(1.44269504088896341f)));
-    __m128 n = _mm_cvtepi32_ps(ni);
-    __m128 r = _mm_sub_ps(x, _mm_mul_ps(n, _mm_set1_ps(0.693359375f)));
-    r = _mm_add_ps(r, _mm_mul_ps(n, _mm_set1_ps(2.12194440e-4f)));
-    __m128 q = _mm_set1_ps(1.9875691500e-4f);
-    q = _mm_add_ps(_mm_mul_ps(q, r), _mm_set1_ps(1.3981999507e-3f));
-    q = _mm_add_ps(_mm_mul_ps(q, r), _mm_set1_ps(8.3334519073e-3f));
-    q = _mm_add_ps(_mm_mul_ps(q, r), _mm_set1_ps(4.1665795894e-2f));
-    q = _mm_add_ps(_mm_mul_ps(q, r), _mm_set1_ps(1.6666665459e-1f));
-    q = _mm_add_ps(_mm_mul_ps(q, r), _mm_set1_ps(5.0000001201e-1f));
-    q = _mm_add_ps(_mm_add_ps(_mm_mul_ps(_mm_mul_ps(q, r), r), r), _mm_set1_ps(1.f));
-    __m128i e = _mm_slli_epi32(_mm_add_epi32(ni, _mm_set1_epi32(127)), 23);
-    return _mm_andnot_ps(under, _mm_mul_ps(q, _mm_castsi128_ps(e)));
+/* C[i, j..j+16*JB) (+)= alpha * sum_k A(i, k) B[k, j..], A(i, k) = A[i*si + k*sk] */
+AINL void kbc_block(const float *A, int64_t si, int64_t sk, const float *B, int64_t ldb, int K,
+                    float *C, int64_t ldc, int acc_in, float alpha, const int RB, const int JB) {
+    vf acc[4][4];
+    #pragma GCC unroll 4
+    for (int i = 0; i < RB; i++)
+        #pragma GCC unroll 4
+        for (int j = 0; j < JB; j++) acc[i][j] = acc_in ? vld(C + i * ldc + 16 * j) : (vf){0};
+    for (int k = 0; k < K; k++) {
+        vf b[4];
+        #pragma GCC unroll 4
+        for (int j = 0; j < JB; j++) b[j] = vld(B + k * ldb + 16 * j);
+        #pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) {
+            float a = A[i * si + k * sk];
+            #pragma GCC unroll 4
+            for (int j = 0; j < JB; j++) acc[i][j] += a * b[j];
+        }
+    }
+    #pragma GCC unroll 4
+    for (int i = 0; i < RB; i++)
+        #pragma GCC unroll 4
+        for (int j = 0; j < JB; j++) vst(C + i * ldc + 16 * j, acc_in ? acc[i][j] : acc[i][j] * alpha);
 }
-#endif
 
-/* p[j] = exp(p[j] - sub); returns the sum */
-static float exp_sub_row(float *p, int n, float sub) {
+/* C[M, nj] (+)= alpha * A(M, K) B[K, nj], nj a multiple of 16; key blocks
+ * outermost so a B panel is reused from cache by every row */
+AINL void kbc(const float *A, int64_t si, int64_t sk, int M, int K, const float *B, int64_t ldb,
+              int nj, float *C, int64_t ldc, int acc_in, float alpha) {
     int j = 0;
-    float sum = 0.f;
-#if defined(__SSE2__)
-    __m128 vs = _mm_setzero_ps(), vsub = _mm_set1_ps(sub);
-    for (; j + 4 <= n; j += 4) {
-        __m128 e = exp4(_mm_sub_ps(_mm_loadu_ps(p + j), vsub));
-        _mm_storeu_ps(p + j, e);
-        vs = _mm_add_ps(vs, e);
+    for (; j + 64 <= nj; j += 64) {
+        int i = 0;
+        for (; i + 4 <= M; i += 4)
+            kbc_block(A + i * si, si, sk, B + j, ldb, K, C + i * ldc + j, ldc, acc_in, alpha, 4, 4);
+        for (; i < M; i++)
+            kbc_block(A + i * si, si, sk, B + j, ldb, K, C + i * ldc + j, ldc, acc_in, alpha, 1, 4);
     }
-    float t[4];
-    _mm_storeu_ps(t, vs);
-    sum = (t[0] + t[1]) + (t[2] + t[3]);
-#endif
-    for (; j < n; j++) {
-        p[j] = fast_expf(p[j] - sub);
-        sum += p[j];
+    for (; j < nj; j += 16) {
+        int i = 0;
+        for (; i + 4 <= M; i += 4)
+            kbc_block(A + i * si, si, sk, B + j, ldb, K, C + i * ldc + j, ldc, acc_in, alpha, 4, 1);
+        for (; i < M; i++)
+            kbc_block(A + i * si, si, sk, B + j, ldb, K, C + i * ldc + j, ldc, acc_in, alpha, 1, 1);
     }
-    return sum;
 }
 
-/* row softmax in place; returns log-sum-exp */
-static float softmax_row(float *sr, int Lk) {
-    float mx = -INFINITY;
-    for (int j = 0; j < Lk; j++) mx = sr[j] > mx ? sr[j] : mx;
-    if (mx == -INFINITY) mx = 0.f; /* fully masked row: all p = 0 */
-    float sum = exp_sub_row(sr, Lk, mx);
-    float inv = sum > 0.f ? 1.f / sum : 0.f;
-    for (int j = 0; j < Lk; j++) sr[j] *= inv;
-    return mx + logf(sum);
+/* the 16 lane sums of v[0..15] as one vector (lane k = sum of v[k]), by a
+ * fixed shuffle tree: each level halves the lanes kept per input */
+AINL vf vsum16(vf v[16]) {
+    const vi lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const vi hi8 = lo8 + 8;
+    const vi lo4 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+    const vi hi4 = lo4 + 4;
+    const vi lo2 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+    const vi hi2 = lo2 + 2;
+    const vi lo1 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    const vi hi1 = lo1 + 1;
+    vf a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++)
+        a[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], lo8) + __builtin_shuffle(v[2 * i], v[2 * i + 1], hi8);
+    for (int i = 0; i < 4; i++)
+        b[i] = __builtin_shuffle(a[2 * i], a[2 * i + 1], lo4) + __builtin_shuffle(a[2 * i], a[2 * i + 1], hi4);
+    for (int i = 0; i < 2; i++)
+        c[i] = __builtin_shuffle(b[2 * i], b[2 * i + 1], lo2) + __builtin_shuffle(b[2 * i], b[2 * i + 1], hi2);
+    return __builtin_shuffle(c[0], c[1], lo1) + __builtin_shuffle(c[0], c[1], hi1);
+}
+
+/* out[r*D + d] = sum_j P[r, j] Bt[d, j] over j < nj (row dots, fixed lane order) */
+AINL void kdot_block(const float *P, int64_t ldp, const float *Bt, int64_t ldb, int nj, float *out,
+                     int D, const int RB, const int DB) {
+    vf acc[16];
+    #pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) acc[i] = (vf){0};
+    for (int j = 0; j < nj; j += 16) {
+        vf p[4], b[4];
+        #pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) p[i] = vld(P + i * ldp + j);
+        #pragma GCC unroll 4
+        for (int e = 0; e < DB; e++) b[e] = vld(Bt + e * ldb + j);
+        #pragma GCC unroll 4
+        for (int i = 0; i < RB; i++)
+            #pragma GCC unroll 4
+            for (int e = 0; e < DB; e++) acc[i * 4 + e] += p[i] * b[e];
+    }
+    float t[16];
+    vst(t, vsum16(acc));
+    #pragma GCC unroll 4
+    for (int i = 0; i < RB; i++)
+        #pragma GCC unroll 4
+        for (int e = 0; e < DB; e++) out[i * D + e] = t[i * 4 + e];
+}
+
+AINL void kdot(const float *P, int64_t ldp, int T, const float *Bt, int64_t ldb, int D, int nj,
+               float *out) {
+    int r = 0;
+    for (; r + 4 <= T; r += 4) {
+        int d = 0;
+        for (; d + 4 <= D; d += 4) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * D + d, D, 4, 4);
+        for (; d < D; d++) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * D + d, D, 4, 1);
+    }
+    for (; r < T; r++) {
+        int d = 0;
+        for (; d + 4 <= D; d += 4) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * D + d, D, 1, 4);
+        for (; d < D; d++) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * D + d, D, 1, 1);
+    }
+}
+
+/* dst[d*ldt + j] = src[j*ld + d] for j < L, zero for L <= j < ldt */
+static void attn_transpose(const float *src, int64_t ld, int L, int D, float *dst, int ldt) {
+    for (int j = 0; j < L; j++)
+        for (int d = 0; d < D; d++) dst[(int64_t)d * ldt + j] = src[j * ld + d];
+    for (int d = 0; d < D; d++)
+        for (int j = L; j < ldt; j++) dst[(int64_t)d * ldt + j] = 0.f;
 }
 
 typedef struct {
     const float *q, *k, *v, *o, *dout, *lse_in;
     float *out, *lse, *dq, *dk, *dv;
-    int Lq, Lk, H, D, T, ntile, causal;
+    int Lq, Lk, Lkp, H, D, T, ntile, causal;
     float scale;
-    float *P[MAX_THREADS], *dS[MAX_THREADS];
+    float *ws[MAX_THREADS];
+    int64_t cached[MAX_THREADS]; /* (n*H + h) whose Kt, Vt the thread's ws holds, -1 none */
 } AttnJob;
 
-static void attn_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
-    AttnJob *j = p;
-    int H = j->H, D = j->D, HD = H * D, Lq = j->Lq, Lk = j->Lk, T = j->T;
-    for (int64_t job = lo; job < hi; job++) {
-        int64_t n = job / ((int64_t)H * j->ntile);
-        int h = (int)(job / j->ntile % H), tile = (int)(job % j->ntile);
-        int i0 = tile * T, Tr = i0 + T <= Lq ? T : Lq - i0;
-        float *S = j->P[tid];
-        const float *qt = j->q + (n * Lq + i0) * HD + h * D;
-        const float *kh = j->k + n * Lk * HD + h * D;
-        const float *vh = j->v + n * Lk * HD + h * D;
-        attn_scores(qt, kh, S, Tr, i0, Lk, D, HD, j->scale, j->causal);
-        float *l = j->lse + (n * H + h) * Lq + i0;
-        for (int r = 0; r < Tr; r++) l[r] = softmax_row(S + (int64_t)r * Lk, Lk);
-        sgemm1(0, 0, Tr, D, Lk, 1.f, S, Lk, vh, HD, 0.f, j->out + (n * Lq + i0) * HD + h * D, HD);
+static inline int round16(int x) { return (x + 15) & ~15; }
+
+/* per-thread workspace layout (floats, each part a multiple of 16) */
+typedef struct {
+    float *Kt, *Vt, *dKt, *dVt, *S, *dS, *tmp, *rs;
+} AttnWs;
+
+static size_t attn_ws(int D, int Lkp, int T, float *base, AttnWs *w) {
+    size_t kv = (size_t)D * Lkp, st = (size_t)T * Lkp, tt = (size_t)round16(T * D), tr = (size_t)round16(T);
+    if (base) {
+        w->Kt = base; w->Vt = w->Kt + kv; w->dKt = w->Vt + kv; w->dVt = w->dKt + kv;
+        w->S = w->dVt + kv; w->dS = w->S + st; w->tmp = w->dS + st; w->rs = w->tmp + tt;
     }
+    return 4 * kv + 2 * st + tt + tr;
+}
+
+/* scores of rows i0..i0+Tr into S (scale folded in), masked past Lk and by causality;
+ * returns nj, the padded key count that can be nonzero for these rows */
+AINL int attn_tile_scores(const AttnJob *j, const float *qt, const float *Kt, float *S, int i0, int Tr) {
+    int Lk = j->Lk, Lkp = j->Lkp, HD = j->H * j->D;
+    int kmax = j->causal ? (i0 + Tr < Lk ? i0 + Tr : Lk) : Lk;
+    int nj = round16(kmax);
+    kbc(qt, HD, 1, Tr, j->D, Kt, Lkp, nj, S, Lkp, 0, j->scale);
+    for (int r = 0; r < Tr; r++) {
+        int lim = j->causal ? (i0 + r + 1 < Lk ? i0 + r + 1 : Lk) : Lk;
+        for (int c = lim; c < nj; c++) S[(int64_t)r * Lkp + c] = -INFINITY;
+    }
+    return nj;
+}
+
+AINL void attn_fwd_body(AttnJob *j, int64_t lo, int64_t hi, int tid) {
+    int H = j->H, D = j->D, HD = H * D, Lq = j->Lq, Lk = j->Lk, Lkp = j->Lkp, T = j->T;
+    AttnWs w;
+    attn_ws(D, Lkp, T, j->ws[tid], &w);
+    for (int64_t job = lo; job < hi; job++) {
+        int64_t nh = job / j->ntile, n = nh / H;
+        int h = (int)(nh % H), tile = (int)(job % j->ntile);
+        int i0 = tile * T, Tr = i0 + T <= Lq ? T : Lq - i0;
+        if (j->cached[tid] != nh) {
+            attn_transpose(j->k + n * Lk * HD + h * D, HD, Lk, D, w.Kt, Lkp);
+            attn_transpose(j->v + n * Lk * HD + h * D, HD, Lk, D, w.Vt, Lkp);
+            j->cached[tid] = nh;
+        }
+        int64_t roff = (n * Lq + i0) * HD + h * D;
+        int nj = attn_tile_scores(j, j->q + roff, w.Kt, w.S, i0, Tr);
+        float *l = j->lse + nh * Lq + i0;
+        for (int r = 0; r < Tr; r++) {
+            float *s = w.S + (int64_t)r * Lkp;
+            vf m = (vf){0} - INFINITY;
+            for (int c = 0; c < nj; c += 16) m = vmax(m, vld(s + c));
+            float mx = vhmax(m);
+            if (mx == -INFINITY) mx = 0.f; /* fully masked row: all p = 0 */
+            vf sum = (vf){0};
+            for (int c = 0; c < nj; c += 16) {
+                vf p = vexp(vld(s + c) - mx);
+                vst(s + c, p);
+                sum += p;
+            }
+            float tot = vsum(sum);
+            w.rs[r] = tot > 0.f ? 1.f / tot : 0.f;
+            l[r] = mx + logf(tot);
+        }
+        kdot(w.S, Lkp, Tr, w.Vt, Lkp, D, nj, w.tmp);
+        for (int r = 0; r < Tr; r++)
+            for (int d = 0; d < D; d++) j->out[roff + (int64_t)r * HD + d] = w.tmp[r * D + d] * w.rs[r];
+    }
+}
+
+AINL void attn_bwd_body(AttnJob *j, int64_t lo, int64_t hi, int tid) {
+    int H = j->H, D = j->D, HD = H * D, Lq = j->Lq, Lk = j->Lk, Lkp = j->Lkp, T = j->T;
+    AttnWs w;
+    attn_ws(D, Lkp, T, j->ws[tid], &w);
+    for (int64_t nh = lo; nh < hi; nh++) {
+        int64_t n = nh / H;
+        int h = (int)(nh % H);
+        int64_t koff = n * Lk * HD + h * D;
+        attn_transpose(j->k + koff, HD, Lk, D, w.Kt, Lkp);
+        attn_transpose(j->v + koff, HD, Lk, D, w.Vt, Lkp);
+        if (j->dk) memset(w.dKt, 0, sizeof(float) * D * Lkp);
+        if (j->dv) memset(w.dVt, 0, sizeof(float) * D * Lkp);
+        for (int tile = 0; tile < j->ntile; tile++) {
+            int i0 = tile * T, Tr = i0 + T <= Lq ? T : Lq - i0;
+            int64_t roff = (n * Lq + i0) * HD + h * D;
+            const float *qt = j->q + roff, *dot = j->dout + roff, *ot = j->o + roff;
+            const float *l = j->lse_in + nh * Lq + i0;
+            int nj = attn_tile_scores(j, qt, w.Kt, w.S, i0, Tr);
+            for (int r = 0; r < Tr; r++) {
+                float *s = w.S + (int64_t)r * Lkp;
+                for (int c = 0; c < nj; c += 16) vst(s + c, vexp(vld(s + c) - l[r]));
+            }
+            if (j->dv) kbc(dot, 1, HD, D, Tr, w.S, Lkp, nj, w.dVt, Lkp, 1, 1.f); /* dVt += dO^T P */
+            if (!j->dq && !j->dk) continue;
+            kbc(dot, HD, 1, Tr, D, w.Vt, Lkp, nj, w.dS, Lkp, 0, 1.f); /* dP = dO V^T */
+            for (int r = 0; r < Tr; r++) {
+                float di = 0.f;
+                for (int d = 0; d < D; d++) di += dot[(int64_t)r * HD + d] * ot[(int64_t)r * HD + d];
+                float *ds = w.dS + (int64_t)r * Lkp, *p = w.S + (int64_t)r * Lkp;
+                for (int c = 0; c < nj; c += 16) vst(ds + c, vld(p + c) * (vld(ds + c) - di));
+            }
+            if (j->dq) {
+                kdot(w.dS, Lkp, Tr, w.Kt, Lkp, D, nj, w.tmp);
+                for (int r = 0; r < Tr; r++)
+                    for (int d = 0; d < D; d++) j->dq[roff + (int64_t)r * HD + d] += j->scale * w.tmp[r * D + d];
+            }
+            if (j->dk) kbc(qt, 1, HD, D, Tr, w.dS, Lkp, nj, w.dKt, Lkp, 1, 1.f); /* dKt += Q^T dS */
+        }
+        for (int c = 0; c < Lk; c++)
+            for (int d = 0; d < D; d++) {
+                if (j->dk) j->dk[koff + (int64_t)c * HD + d] += j->scale * w.dKt[(int64_t)d * Lkp + c];
+                if (j->dv) j->dv[koff + (int64_t)c * HD + d] += w.dVt[(int64_t)d * Lkp + c];
+            }
+    }
+}
+
+#define ATTN_CLONES(name, body)                                                                    \
+    __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2"))) static void       \
+    name##_avx512(void *p, int64_t lo, int64_t hi, int chunk, int tid) { body(p, lo, hi, tid); }   \
+    __attribute__((target("avx2,fma,bmi2"))) static void                                            \
+    name##_avx2(void *p, int64_t lo, int64_t hi, int chunk, int tid) { body(p, lo, hi, tid); }     \
+    static void name##_base(void *p, int64_t lo, int64_t hi, int chunk, int tid) { body(p, lo, hi, tid); }
+
+ATTN_CLONES(attn_fwd_chunk, attn_fwd_body)
+ATTN_CLONES(attn_bwd_chunk, attn_bwd_body)
+
+#pragma GCC pop_options
+
+/* 2 = AVX-512, 1 = AVX2+FMA, 0 = baseline */
+static int attn_isa(void) {
+#if defined(__x86_64__)
+    static atomic_int isa = -1;
+    int v = atomic_load(&isa);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")
+                ? 2
+                : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+        atomic_store(&isa, v);
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
+/* query rows per tile: the score tile (two in backward) stays ~256 KB */
+static int attn_tile(int Lq, int Lkp) {
+    int t = 65536 / (Lkp > 0 ? Lkp : 1);
+    t = t < 8 ? 8 : (t > 256 ? 256 : t);
+    return t < Lq ? t : Lq;
+}
+
+/* sets tiles and grows every thread's workspace; -1 on OOM */
+static int attn_setup(CpuImpl *im, AttnJob *j) {
+    j->Lkp = round16(j->Lk);
+    j->T = attn_tile(j->Lq, j->Lkp);
+    j->ntile = (j->Lq + j->T - 1) / j->T;
+    size_t n = attn_ws(j->D, j->Lkp, j->T, NULL, NULL);
+    scratch_all(im, 0, n, j->ws);
+    for (int t = 0; t < im->nthreads; t++) {
+        if (!j->ws[t]) return -1;
+        j->cached[t] = -1;
+    }
+    return 0;
 }
 
 static void cpu_attention_fwd(Backend *be, const float *q, const float *k, const float *v, float *o,
                               float *lse, int N, int Lq, int Lk, int H, int D, float scale,
                               int causal) {
     CpuImpl *im = impl_of(be);
+    if (N <= 0 || Lq <= 0 || H <= 0 || D <= 0) return;
     AttnJob j = {.q = q, .k = k, .v = v, .out = o, .lse = lse, .Lq = Lq, .Lk = Lk, .H = H, .D = D,
                  .causal = causal, .scale = scale};
-    j.T = attn_tile(Lq, Lk);
-    j.ntile = (Lq + j.T - 1) / j.T;
-    scratch_all(im, 0, (size_t)j.T * Lk, j.P);
+    if (attn_setup(im, &j)) return;
+    static const ChunkFn fns[3] = {attn_fwd_chunk_base, attn_fwd_chunk_avx2, attn_fwd_chunk_avx512};
     int64_t jobs = (int64_t)N * H * j.ntile;
-    par_run(im, jobs, chunks_for(jobs * j.T * Lk * (D + 8), 200000, jobs), attn_fwd_chunk, &j);
-}
-
-/* one whole head per item: tiles of a head write the same dk, dv rows */
-static void attn_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
-    AttnJob *j = p;
-    int H = j->H, D = j->D, HD = H * D, Lq = j->Lq, Lk = j->Lk, T = j->T;
-    float *P = j->P[tid], *dS = j->dS[tid];
-    for (int64_t job = lo; job < hi; job++) {
-        int64_t n = job / H;
-        int h = (int)(job % H);
-        const float *kh = j->k + n * Lk * HD + h * D;
-        const float *vh = j->v + n * Lk * HD + h * D;
-        float *dkh = j->dk ? j->dk + n * Lk * HD + h * D : NULL;
-        float *dvh = j->dv ? j->dv + n * Lk * HD + h * D : NULL;
-        for (int tile = 0; tile < j->ntile; tile++) {
-            int i0 = tile * T, Tr = i0 + T <= Lq ? T : Lq - i0;
-            int64_t roff = (n * Lq + i0) * HD + h * D;
-            const float *qt = j->q + roff, *dot = j->dout + roff, *ot = j->o + roff;
-            const float *l = j->lse_in + (n * H + h) * Lq + i0;
-            attn_scores(qt, kh, P, Tr, i0, Lk, D, HD, j->scale, j->causal);
-            for (int r = 0; r < Tr; r++) exp_sub_row(P + (int64_t)r * Lk, Lk, l[r]);
-            if (dvh) sgemm1(1, 0, Lk, D, Tr, 1.f, P, Lk, dot, HD, 1.f, dvh, HD);
-            if (!j->dq && !dkh) continue;
-            sgemm1(0, 1, Tr, Lk, D, 1.f, dot, HD, vh, HD, 0.f, dS, Lk); /* dP */
-            for (int r = 0; r < Tr; r++) {
-                const float *dr = dot + (int64_t)r * HD, *orow = ot + (int64_t)r * HD;
-                float di = 0.f;
-                for (int d = 0; d < D; d++) di += dr[d] * orow[d];
-                float *sr = dS + (int64_t)r * Lk, *pr = P + (int64_t)r * Lk;
-                for (int c = 0; c < Lk; c++) sr[c] = pr[c] * (sr[c] - di);
-            }
-            if (j->dq) sgemm1(0, 0, Tr, D, Lk, j->scale, dS, Lk, kh, HD, 1.f, j->dq + roff, HD);
-            if (dkh) sgemm1(1, 0, Lk, D, Tr, j->scale, dS, Lk, qt, HD, 1.f, dkh, HD);
-        }
-    }
+    par_run(im, jobs, chunks_for(jobs * j.T * j.Lkp * (2 * D + 16), 200000, jobs), fns[attn_isa()], &j);
 }
 
 static void cpu_attention_bwd(Backend *be, const float *dout, const float *q, const float *k,
@@ -1174,14 +1401,13 @@ static void cpu_attention_bwd(Backend *be, const float *dout, const float *q, co
                               float *dk, float *dv, int N, int Lq, int Lk, int H, int D,
                               float scale, int causal) {
     CpuImpl *im = impl_of(be);
+    if (N <= 0 || Lq <= 0 || H <= 0 || D <= 0 || (!dq && !dk && !dv)) return;
     AttnJob j = {.q = q, .k = k, .v = v, .o = o, .dout = dout, .lse_in = lse, .dq = dq, .dk = dk,
                  .dv = dv, .Lq = Lq, .Lk = Lk, .H = H, .D = D, .causal = causal, .scale = scale};
-    j.T = attn_tile(Lq, Lk);
-    j.ntile = (Lq + j.T - 1) / j.T;
-    scratch_all(im, 0, (size_t)j.T * Lk, j.P);
-    scratch_all(im, 1, (size_t)j.T * Lk, j.dS);
+    if (attn_setup(im, &j)) return;
+    static const ChunkFn fns[3] = {attn_bwd_chunk_base, attn_bwd_chunk_avx2, attn_bwd_chunk_avx512};
     int64_t jobs = (int64_t)N * H;
-    par_run(im, jobs, chunks_for(jobs * Lq * Lk * (D + 8), 200000, jobs), attn_bwd_chunk, &j);
+    par_run(im, jobs, chunks_for(jobs * Lq * j.Lkp * (4 * D + 32), 200000, jobs), fns[attn_isa()], &j);
 }
 
 /* ------------------------------------------------------------------ diffusion helpers */
