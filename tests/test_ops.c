@@ -822,6 +822,14 @@ static void test_attention(void **state) {
     attention_case(be, 1, 3, 5, 1, 4, 0, 1);  /* single head */
     attention_case(be, 1, 130, 1100, 2, 2, 0, 0); /* several query tiles, ragged last */
     attention_case(be, 1, 300, 300, 2, 4, 1, 0);  /* causal across tiles */
+    /* the tiny UNet's shapes: 32x32 and 16x16 tokens, head dims 4..16 */
+    attention_case(be, 1, 1024, 1024, 2, 4, 0, 0);
+    attention_case(be, 1, 1024, 1024, 2, 8, 0, 0);
+    attention_case(be, 1, 1024, 1024, 1, 16, 0, 0);
+    attention_case(be, 1, 256, 77, 2, 16, 0, 0);  /* cross-attention to 77 tokens */
+    attention_case(be, 2, 77, 77, 2, 16, 1, 0);   /* text encoder: causal, 77 tokens */
+    attention_case(be, 1, 70, 90, 2, 40, 0, 0);   /* SD-like head dims */
+    attention_case(be, 1, 33, 50, 1, 160, 1, 0);
 }
 
 /* ------------------------------------------------------------------ diffusion helpers */
