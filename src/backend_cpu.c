@@ -1076,8 +1076,7 @@ AINL float vhmax(vf v) {
  * exact 0 below -87.3 (masked scores are -inf) */
 AINL vf vexp(vf x) {
     vi under = x < -87.3f;
-    x = vsel(x > 88.3f, (vf){0} + 88.3f, x);
-    x = vsel(under, (vf){0} - 87.3f, x);
+    x = vsel(x > 88.3f, (vf){0} + 88.3f, x); /* below -87.3 the garbage is masked off */
     vf t = x * 1.44269504088896341f + 12582912.f; /* round to nearest via 1.5 * 2^23 */
     vf n = t - 12582912.f;
     vi ni = (vi)t - 0x4B400000;
@@ -1130,12 +1129,18 @@ AINL void kbc(const float *A, int64_t si, int64_t sk, int M, int K, const float 
         for (; i < M; i++)
             kbc_block(A + i * si, si, sk, B + j, ldb, K, C + i * ldc + j, ldc, acc_in, alpha, 1, 4);
     }
-    for (; j < nj; j += 16) {
-        int i = 0;
-        for (; i + 4 <= M; i += 4)
-            kbc_block(A + i * si, si, sk, B + j, ldb, K, C + i * ldc + j, ldc, acc_in, alpha, 4, 1);
-        for (; i < M; i++)
-            kbc_block(A + i * si, si, sk, B + j, ldb, K, C + i * ldc + j, ldc, acc_in, alpha, 1, 1);
+    int rem = (nj - j) / 16; /* 0..3 vectors left: one block of that width */
+    for (int i = 0; rem && i < M;) {
+        int rb = M - i >= 4 ? 4 : 1;
+        const float *Ai = A + i * si;
+        float *Ci = C + i * ldc + j;
+        if (rb == 4 && rem == 1) kbc_block(Ai, si, sk, B + j, ldb, K, Ci, ldc, acc_in, alpha, 4, 1);
+        if (rb == 4 && rem == 2) kbc_block(Ai, si, sk, B + j, ldb, K, Ci, ldc, acc_in, alpha, 4, 2);
+        if (rb == 4 && rem == 3) kbc_block(Ai, si, sk, B + j, ldb, K, Ci, ldc, acc_in, alpha, 4, 3);
+        if (rb == 1 && rem == 1) kbc_block(Ai, si, sk, B + j, ldb, K, Ci, ldc, acc_in, alpha, 1, 1);
+        if (rb == 1 && rem == 2) kbc_block(Ai, si, sk, B + j, ldb, K, Ci, ldc, acc_in, alpha, 1, 2);
+        if (rb == 1 && rem == 3) kbc_block(Ai, si, sk, B + j, ldb, K, Ci, ldc, acc_in, alpha, 1, 3);
+        i += rb;
     }
 }
 
@@ -1162,7 +1167,7 @@ AINL vf vsum16(vf v[16]) {
 
 /* out[r*D + d] = sum_j P[r, j] Bt[d, j] over j < nj (row dots, fixed lane order) */
 AINL void kdot_block(const float *P, int64_t ldp, const float *Bt, int64_t ldb, int nj, float *out,
-                     int D, const int RB, const int DB) {
+                     int ldo, const int RB, const int DB) {
     vf acc[16];
     #pragma GCC unroll 16
     for (int i = 0; i < 16; i++) acc[i] = (vf){0};
@@ -1182,21 +1187,21 @@ AINL void kdot_block(const float *P, int64_t ldp, const float *Bt, int64_t ldb, 
     #pragma GCC unroll 4
     for (int i = 0; i < RB; i++)
         #pragma GCC unroll 4
-        for (int e = 0; e < DB; e++) out[i * D + e] = t[i * 4 + e];
+        for (int e = 0; e < DB; e++) out[i * ldo + e] = t[i * 4 + e];
 }
 
 AINL void kdot(const float *P, int64_t ldp, int T, const float *Bt, int64_t ldb, int D, int nj,
-               float *out) {
+               float *out, int ldo) {
     int r = 0;
     for (; r + 4 <= T; r += 4) {
         int d = 0;
-        for (; d + 4 <= D; d += 4) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * D + d, D, 4, 4);
-        for (; d < D; d++) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * D + d, D, 4, 1);
+        for (; d + 4 <= D; d += 4) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * ldo + d, ldo, 4, 4);
+        for (; d < D; d++) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * ldo + d, ldo, 4, 1);
     }
     for (; r < T; r++) {
         int d = 0;
-        for (; d + 4 <= D; d += 4) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * D + d, D, 1, 4);
-        for (; d < D; d++) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * D + d, D, 1, 1);
+        for (; d + 4 <= D; d += 4) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * ldo + d, ldo, 1, 4);
+        for (; d < D; d++) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * ldo + d, ldo, 1, 1);
     }
 }
 
@@ -1208,10 +1213,17 @@ static void attn_transpose(const float *src, int64_t ld, int L, int D, float *ds
         for (int j = L; j < ldt; j++) dst[(int64_t)d * ldt + j] = 0.f;
 }
 
+/* dst[j*ldd + d] = src[j*ld + d] for j < L, d < D; zero up to [Lp, ldd) */
+static void attn_pad_rows(const float *src, int64_t ld, int L, int D, float *dst, int Lp, int ldd) {
+    for (int j = 0; j < Lp; j++)
+        for (int d = 0; d < ldd; d++) dst[(int64_t)j * ldd + d] = j < L && d < D ? src[j * ld + d] : 0.f;
+}
+
 typedef struct {
     const float *q, *k, *v, *o, *dout, *lse_in;
     float *out, *lse, *dq, *dk, *dv;
-    int Lq, Lk, Lkp, H, D, T, ntile, causal;
+    int Lq, Lk, Lkp, H, D, Dp, T, ntile, causal;
+    int rowpad; /* big heads: P V and dS K along d on padded rows Kp, Vp [Lkp, Dp], no lane sums */
     float scale;
     float *ws[MAX_THREADS];
     int64_t cached[MAX_THREADS]; /* (n*H + h) whose Kt, Vt the thread's ws holds, -1 none */
@@ -1221,16 +1233,26 @@ static inline int round16(int x) { return (x + 15) & ~15; }
 
 /* per-thread workspace layout (floats, each part a multiple of 16) */
 typedef struct {
-    float *Kt, *Vt, *dKt, *dVt, *S, *dS, *tmp, *rs;
+    float *Kt, *Vt, *dKt, *dVt, *Kp, *Vp, *S, *dS, *tmp, *rs;
 } AttnWs;
 
-static size_t attn_ws(int D, int Lkp, int T, float *base, AttnWs *w) {
-    size_t kv = (size_t)D * Lkp, st = (size_t)T * Lkp, tt = (size_t)round16(T * D), tr = (size_t)round16(T);
+static size_t attn_ws(const AttnJob *j, float *base, AttnWs *w) {
+    size_t kv = (size_t)j->D * j->Lkp, kp = j->rowpad ? (size_t)j->Dp * j->Lkp : 0;
+    size_t st = (size_t)j->T * j->Lkp, tt = (size_t)round16(j->T * j->Dp), tr = (size_t)round16(j->T);
     if (base) {
         w->Kt = base; w->Vt = w->Kt + kv; w->dKt = w->Vt + kv; w->dVt = w->dKt + kv;
-        w->S = w->dVt + kv; w->dS = w->S + st; w->tmp = w->dS + st; w->rs = w->tmp + tt;
+        w->Kp = w->dVt + kv; w->Vp = w->Kp + kp;
+        w->S = w->Vp + kp; w->dS = w->S + st; w->tmp = w->dS + st; w->rs = w->tmp + tt;
     }
-    return 4 * kv + 2 * st + tt + tr;
+    return 4 * kv + 2 * kp + 2 * st + tt + tr;
+}
+
+/* out[r*Dp + d] = sum_j P[r, j] X[j, d] for r < T, with X as Xt [D, Lkp] or padded rows Xp */
+AINL void attn_pv(const AttnJob *j, const float *P, int T, const float *Xt, const float *Xp, int nj, float *out) {
+    if (j->rowpad)
+        kbc(P, j->Lkp, 1, T, nj, Xp, j->Dp, j->Dp, out, j->Dp, 0, 1.f);
+    else
+        kdot(P, j->Lkp, T, Xt, j->Lkp, j->D, nj, out, j->Dp);
 }
 
 /* scores of rows i0..i0+Tr into S (scale folded in), masked past Lk and by causality;
@@ -1248,16 +1270,19 @@ AINL int attn_tile_scores(const AttnJob *j, const float *qt, const float *Kt, fl
 }
 
 AINL void attn_fwd_body(AttnJob *j, int64_t lo, int64_t hi, int tid) {
-    int H = j->H, D = j->D, HD = H * D, Lq = j->Lq, Lk = j->Lk, Lkp = j->Lkp, T = j->T;
+    int H = j->H, D = j->D, HD = H * D, Lq = j->Lq, Lk = j->Lk, Lkp = j->Lkp, T = j->T, Dp = j->Dp;
     AttnWs w;
-    attn_ws(D, Lkp, T, j->ws[tid], &w);
+    attn_ws(j, j->ws[tid], &w);
     for (int64_t job = lo; job < hi; job++) {
         int64_t nh = job / j->ntile, n = nh / H;
         int h = (int)(nh % H), tile = (int)(job % j->ntile);
         int i0 = tile * T, Tr = i0 + T <= Lq ? T : Lq - i0;
         if (j->cached[tid] != nh) {
             attn_transpose(j->k + n * Lk * HD + h * D, HD, Lk, D, w.Kt, Lkp);
-            attn_transpose(j->v + n * Lk * HD + h * D, HD, Lk, D, w.Vt, Lkp);
+            if (j->rowpad)
+                attn_pad_rows(j->v + n * Lk * HD + h * D, HD, Lk, D, w.Vp, Lkp, Dp);
+            else
+                attn_transpose(j->v + n * Lk * HD + h * D, HD, Lk, D, w.Vt, Lkp);
             j->cached[tid] = nh;
         }
         int64_t roff = (n * Lq + i0) * HD + h * D;
@@ -1279,22 +1304,23 @@ AINL void attn_fwd_body(AttnJob *j, int64_t lo, int64_t hi, int tid) {
             w.rs[r] = tot > 0.f ? 1.f / tot : 0.f;
             l[r] = mx + logf(tot);
         }
-        kdot(w.S, Lkp, Tr, w.Vt, Lkp, D, nj, w.tmp);
+        attn_pv(j, w.S, Tr, w.Vt, w.Vp, nj, w.tmp);
         for (int r = 0; r < Tr; r++)
-            for (int d = 0; d < D; d++) j->out[roff + (int64_t)r * HD + d] = w.tmp[r * D + d] * w.rs[r];
+            for (int d = 0; d < D; d++) j->out[roff + (int64_t)r * HD + d] = w.tmp[r * Dp + d] * w.rs[r];
     }
 }
 
 AINL void attn_bwd_body(AttnJob *j, int64_t lo, int64_t hi, int tid) {
-    int H = j->H, D = j->D, HD = H * D, Lq = j->Lq, Lk = j->Lk, Lkp = j->Lkp, T = j->T;
+    int H = j->H, D = j->D, HD = H * D, Lq = j->Lq, Lk = j->Lk, Lkp = j->Lkp, T = j->T, Dp = j->Dp;
     AttnWs w;
-    attn_ws(D, Lkp, T, j->ws[tid], &w);
+    attn_ws(j, j->ws[tid], &w);
     for (int64_t nh = lo; nh < hi; nh++) {
         int64_t n = nh / H;
         int h = (int)(nh % H);
         int64_t koff = n * Lk * HD + h * D;
         attn_transpose(j->k + koff, HD, Lk, D, w.Kt, Lkp);
         attn_transpose(j->v + koff, HD, Lk, D, w.Vt, Lkp);
+        if (j->rowpad && j->dq) attn_pad_rows(j->k + koff, HD, Lk, D, w.Kp, Lkp, Dp);
         if (j->dk) memset(w.dKt, 0, sizeof(float) * D * Lkp);
         if (j->dv) memset(w.dVt, 0, sizeof(float) * D * Lkp);
         for (int tile = 0; tile < j->ntile; tile++) {
@@ -1317,9 +1343,9 @@ AINL void attn_bwd_body(AttnJob *j, int64_t lo, int64_t hi, int tid) {
                 for (int c = 0; c < nj; c += 16) vst(ds + c, vld(p + c) * (vld(ds + c) - di));
             }
             if (j->dq) {
-                kdot(w.dS, Lkp, Tr, w.Kt, Lkp, D, nj, w.tmp);
+                attn_pv(j, w.dS, Tr, w.Kt, w.Kp, nj, w.tmp);
                 for (int r = 0; r < Tr; r++)
-                    for (int d = 0; d < D; d++) j->dq[roff + (int64_t)r * HD + d] += j->scale * w.tmp[r * D + d];
+                    for (int d = 0; d < D; d++) j->dq[roff + (int64_t)r * HD + d] += j->scale * w.tmp[r * Dp + d];
             }
             if (j->dk) kbc(qt, 1, HD, D, Tr, w.dS, Lkp, nj, w.dKt, Lkp, 1, 1.f); /* dKt += Q^T dS */
         }
@@ -1372,9 +1398,11 @@ static int attn_tile(int Lq, int Lkp) {
 /* sets tiles and grows every thread's workspace; -1 on OOM */
 static int attn_setup(CpuImpl *im, AttnJob *j) {
     j->Lkp = round16(j->Lk);
+    j->Dp = round16(j->D);
+    j->rowpad = j->D >= 32; /* lane sums cost more than the padding from here on */
     j->T = attn_tile(j->Lq, j->Lkp);
     j->ntile = (j->Lq + j->T - 1) / j->T;
-    size_t n = attn_ws(j->D, j->Lkp, j->T, NULL, NULL);
+    size_t n = attn_ws(j, NULL, NULL);
     scratch_all(im, 0, n, j->ws);
     for (int t = 0; t < im->nthreads; t++) {
         if (!j->ws[t]) return -1;
