@@ -57,7 +57,8 @@ int main(int argc, char **argv) {
     bench(be, "text encoder causal", 1, 77, 77, 4, 16, 1, reps);
     bench(be, "SD-like D=40", 1, 4096, 4096, 8, 40, 0, reps > 3 ? 3 : reps);
     bench(be, "SD-like D=80", 1, 1024, 1024, 8, 80, 0, reps > 3 ? 3 : reps);
-    bench(be, "SD-like D=160", 1, 256, 256, 8, 160, 0, reps);
+    bench(be, "SD-like D=160", 1, 1024, 1024, 8, 160, 0, reps > 3 ? 3 : reps);
+    bench(be, "SD-like D=160 (2 heads)", 1, 4096, 4096, 2, 160, 0, reps > 2 ? 2 : reps);
     bench(be, "SD-like cross D=40", 1, 4096, 77, 8, 40, 0, reps);
     backend_destroy(be);
     return 0;
