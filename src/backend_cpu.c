@@ -1052,21 +1052,21 @@ AINL vf vld(const float *p) {
     memcpy(&v, p, sizeof v);
     return v;
 }
-AINL void vst(float *p, vf v) { memcpy(p, &v, sizeof v); }
-AINL vf vsel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); } /* m ? a : b */
-AINL vf vmax(vf a, vf b) { return vsel(a > b, a, b); }
+/* macros, not functions: 64-byte vector arguments draw ABI notes from GCC */
+#define vst(p, v) do { vf vst_ = (v); memcpy((p), &vst_, sizeof vst_); } while (0)
+#define vsel(m, a, b) ((vf)(((vi)(a) & (m)) | ((vi)(b) & ~(m)))) /* m ? a : b */
 
 /* lanes summed in a fixed tree order */
-AINL float vsum(vf v) {
+AINL float vsum(const vf *v) {
     float t[16];
-    memcpy(t, &v, sizeof t);
+    memcpy(t, v, sizeof t);
     for (int w = 8; w > 0; w >>= 1)
         for (int i = 0; i < w; i++) t[i] += t[i + w];
     return t[0];
 }
-AINL float vhmax(vf v) {
+AINL float vhmax(const vf *v) {
     float t[16];
-    memcpy(t, &v, sizeof t);
+    memcpy(t, v, sizeof t);
     float m = t[0];
     for (int i = 1; i < 16; i++) m = t[i] > m ? t[i] : m;
     return m;
@@ -1074,7 +1074,8 @@ AINL float vhmax(vf v) {
 
 /* fast_expf on 16 lanes: Cephes reduction, degree-5 polynomial, ~2 ulp;
  * exact 0 below -87.3 (masked scores are -inf) */
-AINL vf vexp(vf x) {
+AINL vf vexp(const vf *px) {
+    vf x = *px;
     vi under = x < -87.3f;
     x = vsel(x > 88.3f, (vf){0} + 88.3f, x); /* below -87.3 the garbage is masked off */
     vf t = x * 1.44269504088896341f + 12582912.f; /* round to nearest via 1.5 * 2^23 */
@@ -1146,7 +1147,7 @@ AINL void kbc(const float *A, int64_t si, int64_t sk, int M, int K, const float 
 
 /* the 16 lane sums of v[0..15] as one vector (lane k = sum of v[k]), by a
  * fixed shuffle tree: each level halves the lanes kept per input */
-AINL vf vsum16(vf v[16]) {
+AINL vf vsum16(const vf v[16]) {
     const vi lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
     const vi hi8 = lo8 + 8;
     const vi lo4 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
@@ -1291,16 +1292,19 @@ AINL void attn_fwd_body(AttnJob *j, int64_t lo, int64_t hi, int tid) {
         for (int r = 0; r < Tr; r++) {
             float *s = w.S + (int64_t)r * Lkp;
             vf m = (vf){0} - INFINITY;
-            for (int c = 0; c < nj; c += 16) m = vmax(m, vld(s + c));
-            float mx = vhmax(m);
+            for (int c = 0; c < nj; c += 16) {
+                vf x = vld(s + c);
+                m = vsel(x > m, x, m);
+            }
+            float mx = vhmax(&m);
             if (mx == -INFINITY) mx = 0.f; /* fully masked row: all p = 0 */
             vf sum = (vf){0};
             for (int c = 0; c < nj; c += 16) {
-                vf p = vexp(vld(s + c) - mx);
+                vf x = vld(s + c) - mx, p = vexp(&x);
                 vst(s + c, p);
                 sum += p;
             }
-            float tot = vsum(sum);
+            float tot = vsum(&sum);
             w.rs[r] = tot > 0.f ? 1.f / tot : 0.f;
             l[r] = mx + logf(tot);
         }
@@ -1331,7 +1335,10 @@ AINL void attn_bwd_body(AttnJob *j, int64_t lo, int64_t hi, int tid) {
             int nj = attn_tile_scores(j, qt, w.Kt, w.S, i0, Tr);
             for (int r = 0; r < Tr; r++) {
                 float *s = w.S + (int64_t)r * Lkp;
-                for (int c = 0; c < nj; c += 16) vst(s + c, vexp(vld(s + c) - l[r]));
+                for (int c = 0; c < nj; c += 16) {
+                    vf x = vld(s + c) - l[r];
+                    vst(s + c, vexp(&x));
+                }
             }
             if (j->dv) kbc(dot, 1, HD, D, Tr, w.S, Lkp, nj, w.dVt, Lkp, 1, 1.f); /* dVt += dO^T P */
             if (!j->dq && !j->dk) continue;
