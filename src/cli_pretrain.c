@@ -15,7 +15,7 @@ static const char *PRETRAIN_USAGE =
     "           [--stop-after STEP] [--print-every N] [--sample-every N] [--sample-steps N]\n"
     "           [--device auto|cpu|cuda]\n"
     "Trains the tiny UNet and its text encoder jointly (epsilon loss, AdamW with warm-up and\n"
-    "cosine decay, global-norm clipping, 10%% empty-prompt dropout for guidance, flips).\n"
+    "cosine decay, global-norm clipping, 10% empty-prompt dropout for guidance, flips).\n"
     "Writes OUT/unet.safetensors and OUT/text_encoder.safetensors (what `--model tiny` loads),\n"
     "OUT/checkpoint.safetensors (resume exactly with --resume and the same options),\n"
     "OUT/pretrain_log.csv and OUT/samples/step_N.png. Build the data with\n"

@@ -3,7 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 #include "cli.h"
 #include "../tui/studio.h"
 
@@ -18,6 +17,11 @@ static const char *USAGE =
     "                          [--sampler ddim|euler] [--size PX] [--device auto|cpu|cuda]\n"
     "       krona-studio info --model tiny|sd15|sdxl|DIR|config.json [--a1 N --a2 N]\n"
     "                          [--modules attn|attn+ffn] [--lora-rank R] [--all]\n"
+    "       krona-studio sweep --preset P.ini --vary key=v1,v2,... [--vary ...] [--list]\n"
+    "                          [--set key=value ...] [--out DIR] [--no-base] [--no-score]\n"
+    "       krona-studio score --run RUN_DIR [--base|--no-base] [--grid out.png]\n"
+    "       krona-studio pretrain --data FILE --out DIR [--steps N] [--batch B] [--lr LR]\n"
+    "                          [--resume] [--time-limit MIN] [--checkpoint-every N] (see man page)\n"
     "       krona-studio --help | --version\n"
     "\n"
     "Personalise a text-to-image diffusion model with Kronecker-product adapters\n"
@@ -41,7 +45,7 @@ int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "pretrain")) return cmd_pretrain(argc - 2, argv + 2);
     if (argc >= 2 && (!strcmp(argv[1], "sweep") || !strcmp(argv[1], "score"))) return cmd_sweep(argc - 1, argv + 1);
     if (argc >= 2 && argv[1][0] != '-') {
-        fprintf(stderr, "krona-studio: unknown command '%s' (train, sample, info; see --help)\n", argv[1]);
+        fprintf(stderr, "krona-studio: unknown command '%s' (train, sample, info, sweep, score, pretrain; see --help)\n", argv[1]);
         return 2;
     }
     /* the bare command (and its options) opens the terminal studio */
