@@ -10,31 +10,6 @@
 #include "fsutil.h"
 #include "unet.h"
 
-static int load_arch(const char *model, UNetConfig *cfg, char *err, size_t errlen) {
-    if (unet_config_builtin(model, cfg) == 0) return 0;
-    char path[1024];
-    if (fs_is_dir(model)) {
-        snprintf(path, sizeof path, "%s/unet/config.json", model);
-        if (!fs_exists(path)) snprintf(path, sizeof path, "%s/config.json", model);
-        return unet_config_from_json(path, cfg, err, errlen);
-    }
-    if (fs_exists(model)) return unet_config_from_json(model, cfg, err, errlen);
-    snprintf(err, errlen, "--model %s: not tiny, sd15, sdxl, a diffusers folder or a config.json",
-             model);
-    return -1;
-}
-
-static void commas(int64_t v, char *out, size_t n) {
-    char raw[32];
-    snprintf(raw, sizeof raw, "%lld", (long long)(v < 0 ? -v : v));
-    size_t len = strlen(raw), o = 0;
-    if (v < 0 && o + 1 < n) out[o++] = '-';
-    for (size_t i = 0; i < len && o + 2 < n; i++) {
-        out[o++] = raw[i];
-        if ((len - 1 - i) % 3 == 0 && i + 1 < len) out[o++] = ',';
-    }
-    out[o] = 0;
-}
 
 /* The projection a linear is (attn1.to_q, ff.net.2, ...): the name's tail. */
 static const char *kind_of(const char *name) {
@@ -76,7 +51,7 @@ int cmd_info(int argc, char **argv) {
 
     char err[512];
     UNetConfig cfg;
-    if (load_arch(model, &cfg, err, sizeof err) != 0) {
+    if (unet_config_resolve(model, &cfg, err, sizeof err) != 0) {
         fprintf(stderr, "krona-studio info: %s\n", err);
         return 2;
     }
@@ -119,8 +94,8 @@ int cmd_info(int argc, char **argv) {
         if (all) {
             char dims[32];
             snprintf(dims, sizeof dims, "%dx%d", lin[i].d_out, lin[i].d_in);
-            commas(bp, b1, sizeof b1);
-            commas(tp, b2, sizeof b2);
+            fmt_thousands(bp, b1, sizeof b1);
+            fmt_thousands(tp, b2, sizeof b2);
             printf("%-72s %11s %14s %12s\n", lin[i].name, dims, b1, b2);
         }
         const char *k = kind_of(lin[i].name);
@@ -153,14 +128,14 @@ int cmd_info(int argc, char **argv) {
         char dims[48];
         snprintf(dims, sizeof dims, "%d..%d x %d..%d", g[j].d_out_min, g[j].d_out_max, g[j].d_in_min,
                  g[j].d_in_max);
-        commas(g[j].base, b1, sizeof b1);
-        commas(g[j].train, b2, sizeof b2);
+        fmt_thousands(g[j].base, b1, sizeof b1);
+        fmt_thousands(g[j].train, b2, sizeof b2);
         printf("%-16s %6d %-22s %16s %14s\n", g[j].kind, g[j].count, dims, b1, b2);
     }
-    commas(adapted_base, b1, sizeof b1);
-    commas(trainable, b2, sizeof b2);
+    fmt_thousands(adapted_base, b1, sizeof b1);
+    fmt_thousands(trainable, b2, sizeof b2);
     printf("%-16s %6d %-22s %16s %14s\n", "adapted total", n_adapted, "", b1, b2);
-    commas(base, b3, sizeof b3);
+    fmt_thousands(base, b3, sizeof b3);
     printf("\nbase UNet parameters:  %s\n", b3);
     printf("trainable parameters:  %s  (%.4f%% of the UNet)\n", b2, 100.0 * (double)trainable / (double)base);
     free(params);

@@ -148,30 +148,6 @@ int cmd_train(int argc, char **argv) {
     return rc == 0 ? 0 : 1;
 }
 
-/* Attach the adapters a file describes (its metadata), then load them. */
-static int load_adapter_file(Model *m, const char *path, char *err, size_t errlen) {
-    SafeTensors *st = st_open(path, err, errlen);
-    if (!st) return -1;
-    AdapterSpec spec = {0};
-    const char *kind = st_metadata(st, "kind"), *mods = st_metadata(st, "modules");
-    const char *a1 = st_metadata(st, "a1"), *a2 = st_metadata(st, "a2"), *rank = st_metadata(st, "rank"),
-               *alpha = st_metadata(st, "alpha");
-    if (!kind || !mods || (strcmp(kind, "krona") && strcmp(kind, "lora"))) {
-        snprintf(err, errlen, "%s: no krona-studio adapter metadata (kind, modules)", path);
-        st_close(st);
-        return -1;
-    }
-    spec.kind = strcmp(kind, "lora") == 0 ? ADAPTER_LORA : ADAPTER_KRONA;
-    spec.a1 = a1 ? atoi(a1) : 1;
-    spec.a2 = a2 ? atoi(a2) : 1;
-    spec.rank = rank ? atoi(rank) : 0;
-    spec.alpha = alpha ? strtof(alpha, NULL) : 1.0f;
-    spec.modules = (strstr(mods, "attn") ? ADAPT_ATTN : 0) | (strstr(mods, "ffn") ? ADAPT_FFN : 0);
-    st_close(st);
-    if (unet_attach_adapters(m->unet, &spec, 0, err, errlen) != 0) return -1;
-    return adapter_set_load(unet_adapters(m->unet), path, err, errlen);
-}
-
 int cmd_sample(int argc, char **argv) {
     const char *model = "tiny", *adapter = NULL, *prompt = NULL, *out = "sample.png", *device = "auto";
     const char *neg = "";
@@ -214,7 +190,7 @@ int cmd_sample(int argc, char **argv) {
     Image *tiles = NULL, grid = {0};
     Model *m = model_open(model, be, err, sizeof err);
     if (!m) goto fail;
-    if (adapter && load_adapter_file(m, adapter, err, sizeof err) != 0) goto fail;
+    if (adapter && model_load_adapter(m, adapter, err, sizeof err) != 0) goto fail;
     if (size == 0) size = m->ucfg.sample_size * m->pixel_scale;
     int cell = (1 << (m->ucfg.n_levels - 1)) * m->pixel_scale;
     if (size % cell) {

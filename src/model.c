@@ -8,6 +8,7 @@
 
 #include "fsutil.h"
 #include "rng.h"
+#include "safetensors.h"
 
 #ifndef KRONA_PREFIX
 #define KRONA_PREFIX "/usr/local"
@@ -211,4 +212,29 @@ done:
     free(thost);
     free(noise);
     return rc;
+}
+
+/* Attach the adapters an adapter file describes (its metadata: kind, factors or
+ * rank, modules), then load their values. */
+int model_load_adapter(Model *m, const char *path, char *err, size_t errlen) {
+    SafeTensors *st = st_open(path, err, errlen);
+    if (!st) return -1;
+    const char *kind = st_metadata(st, "kind"), *mods = st_metadata(st, "modules");
+    const char *a1 = st_metadata(st, "a1"), *a2 = st_metadata(st, "a2"), *rank = st_metadata(st, "rank"),
+               *alpha = st_metadata(st, "alpha");
+    if (!kind || !mods || (strcmp(kind, "krona") && strcmp(kind, "lora"))) {
+        snprintf(err, errlen, "%s: no krona-studio adapter metadata (kind, modules)", path);
+        st_close(st);
+        return -1;
+    }
+    AdapterSpec spec = {0};
+    spec.kind = strcmp(kind, "lora") == 0 ? ADAPTER_LORA : ADAPTER_KRONA;
+    spec.a1 = a1 ? atoi(a1) : 1;
+    spec.a2 = a2 ? atoi(a2) : 1;
+    spec.rank = rank ? atoi(rank) : 0;
+    spec.alpha = alpha ? strtof(alpha, NULL) : 1.0f;
+    spec.modules = (strstr(mods, "attn") ? ADAPT_ATTN : 0) | (strstr(mods, "ffn") ? ADAPT_FFN : 0);
+    st_close(st);
+    if (unet_attach_adapters(m->unet, &spec, 0, err, errlen) != 0) return -1;
+    return adapter_set_load(unet_adapters(m->unet), path, err, errlen);
 }

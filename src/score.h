@@ -101,8 +101,6 @@ int score_load_subjects(const char (*paths)[PRESET_PATH_MAX], int n, ScoreSubjec
  * tiles (may be NULL): n_colours * per_colour images, colour-major, caller frees. */
 int score_model(Model *m, const char *instance_prompt, const ScoreSubject *subjects, int n_subjects,
                 const ScoreOpts *o, ScoreResult *r, Image *tiles, char *err, size_t errlen);
-/* Attach the adapters an adapter .safetensors describes (its metadata) and load them. */
-int score_load_adapter(Model *m, const char *path, char *err, size_t errlen);
 /* Score a run folder (its preset.ini, images and adapter.safetensors; base = 1:
  * the base model alone). grid_png (may be NULL): write the samples there. */
 int score_run_dir(const char *run_dir, int base, Backend *be, const ScoreOpts *o, ScoreResult *r,

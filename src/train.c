@@ -471,6 +471,16 @@ done:
 
 /* -------------------------------------------------------------- set up --- */
 
+void train_adapter_spec(const Preset *p, AdapterSpec *spec) {
+    memset(spec, 0, sizeof *spec);
+    spec->kind = strcmp(p->adapter, "lora") == 0 ? ADAPTER_LORA : ADAPTER_KRONA;
+    spec->a1 = p->a1;
+    spec->a2 = p->a2;
+    spec->rank = p->lora_rank;
+    spec->alpha = spec->kind == ADAPTER_LORA ? p->lora_alpha : 1.0f;
+    spec->modules = ADAPT_ATTN | (strcmp(p->modules, "attn+ffn") == 0 ? ADAPT_FFN : 0);
+}
+
 static void *dev_alloc(Trainer *t, size_t floats, int *ok) {
     void *p = t->be->alloc(t->be, sizeof(float) * (floats ? floats : 1));
     if (!p) *ok = 0;
@@ -553,13 +563,8 @@ static int setup(Trainer *t, const char *resume_dir) {
     t->D = m->ctx_dim;
 
     /* adapters: spec errors (a1 not dividing a layer) surface here */
-    AdapterSpec spec = {0};
-    spec.kind = strcmp(p->adapter, "lora") == 0 ? ADAPTER_LORA : ADAPTER_KRONA;
-    spec.a1 = p->a1;
-    spec.a2 = p->a2;
-    spec.rank = p->lora_rank;
-    spec.alpha = spec.kind == ADAPTER_LORA ? p->lora_alpha : 1.0f;
-    spec.modules = ADAPT_ATTN | (strcmp(p->modules, "attn+ffn") == 0 ? ADAPT_FFN : 0);
+    AdapterSpec spec;
+    train_adapter_spec(p, &spec);
     if (unet_attach_adapters(m->unet, &spec, p->seed, t->err, sizeof t->err) != 0) return -1;
     t->trainable = adapter_set_param_count(unet_adapters(m->unet));
 

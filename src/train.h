@@ -37,6 +37,9 @@ typedef struct TrainCallbacks {
     void (*log)(void *user, const char *line);
 } TrainCallbacks;
 
+/* The adapter a preset asks for ([adapter] adapter, a1, a2, lora_rank, lora_alpha, modules). */
+void train_adapter_spec(const Preset *p, AdapterSpec *spec);
+
 typedef struct Trainer Trainer;
 
 /* Opens the model, loads and checks the images, encodes the prompts, attaches

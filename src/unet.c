@@ -1702,3 +1702,16 @@ int unet_memory_plan(const UNetConfig *cfg, int N, int H, int W, int L, int for_
     free(u);
     return rc ? -1 : 0;
 }
+
+int unet_config_resolve(const char *model, UNetConfig *cfg, char *err, size_t errlen) {
+    if (unet_config_builtin(model, cfg) == 0) return 0;
+    char path[4200];
+    if (fs_is_dir(model)) {
+        snprintf(path, sizeof path, "%s/unet/config.json", model);
+        if (!fs_exists(path)) snprintf(path, sizeof path, "%s/config.json", model);
+        return unet_config_from_json(path, cfg, err, errlen);
+    }
+    if (fs_exists(model)) return unet_config_from_json(model, cfg, err, errlen);
+    snprintf(err, errlen, "model %s: not tiny, sd15, sdxl, a diffusers folder or a config.json", model);
+    return -1;
+}

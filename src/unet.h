@@ -36,6 +36,9 @@ typedef struct UNetConfig {
 
 /* Built-in architectures: "tiny", "sd15", "sdxl". Returns 0 on success. */
 int unet_config_builtin(const char *name, UNetConfig *cfg);
+/* A built-in name, a diffusers model folder (its unet/config.json, or a
+ * config.json inside it), or a config.json file. 0, or -1 with a one-line err. */
+int unet_config_resolve(const char *model, UNetConfig *cfg, char *err, size_t errlen);
 /* Parse a diffusers unet/config.json. Returns 0, or -1 with a one-line err. */
 int unet_config_from_json(const char *path, UNetConfig *cfg, char *err, size_t errlen);
 int unet_config_from_json_text(const char *json, UNetConfig *cfg, char *err, size_t errlen);

@@ -129,46 +129,17 @@ int knob_step(Preset *p, int k, int dir, int big, char *err, size_t errlen) {
     return rc;
 }
 
-void commas(int64_t v, char *out, size_t n) {
-    char raw[32];
-    snprintf(raw, sizeof raw, "%lld", (long long)(v < 0 ? -v : v));
-    size_t len = strlen(raw), o = 0;
-    if (v < 0 && o + 1 < n) out[o++] = '-';
-    for (size_t i = 0; i < len && o + 2 < n; i++) {
-        out[o++] = raw[i];
-        if ((len - 1 - i) % 3 == 0 && i + 1 < len) out[o++] = ',';
-    }
-    out[o] = 0;
-}
-
-static int load_arch(const char *model, UNetConfig *cfg, char *err, size_t errlen) {
-    if (unet_config_builtin(model, cfg) == 0) return 0;
-    char path[1100];
-    if (fs_is_dir(model)) {
-        snprintf(path, sizeof path, "%s/unet/config.json", model);
-        if (!fs_exists(path)) snprintf(path, sizeof path, "%s/config.json", model);
-        return unet_config_from_json(path, cfg, err, errlen);
-    }
-    if (fs_exists(model) && strstr(model, ".json")) return unet_config_from_json(model, cfg, err, errlen);
-    snprintf(err, errlen, "model %s: not tiny, sd15, sdxl or a diffusers folder", model);
-    return -1;
-}
 
 void params_count(const Preset *p, ParamCount *out) {
     memset(out, 0, sizeof *out);
     out->bad_knob = -1;
     UNetConfig cfg;
-    if (load_arch(p->model, &cfg, out->err, sizeof out->err) != 0) {
+    if (unet_config_resolve(p->model, &cfg, out->err, sizeof out->err) != 0) {
         out->bad_knob = KNOB_MODEL;
         return;
     }
-    AdapterSpec spec = {0};
-    spec.kind = strcmp(p->adapter, "lora") == 0 ? ADAPTER_LORA : ADAPTER_KRONA;
-    spec.a1 = p->a1;
-    spec.a2 = p->a2;
-    spec.rank = p->lora_rank;
-    spec.alpha = spec.kind == ADAPTER_LORA ? p->lora_alpha : 1.0f;
-    spec.modules = ADAPT_ATTN | (strcmp(p->modules, "attn+ffn") == 0 ? ADAPT_FFN : 0);
+    AdapterSpec spec;
+    train_adapter_spec(p, &spec);
     UNetParam *params = NULL;
     UNetLinear *lin = NULL;
     int np = 0, nl = 0;

@@ -148,8 +148,8 @@ static void status_panel(Studio *s, int y, int x, int h, int w) {
     if (r < y + h - 1) {
         char t[32], b[32];
         if (s->pc.ok) {
-            commas(s->pc.trainable, t, sizeof t);
-            commas(s->pc.base, b, sizeof b);
+            fmt_thousands(s->pc.trainable, t, sizeof t);
+            fmt_thousands(s->pc.base, b, sizeof b);
             snprintf(line, sizeof line, "trainable %s of %s (%.4f%%)", t, b,
                      s->pc.base ? 100.0 * (double)s->pc.trainable / (double)s->pc.base : 0.0);
             mvaddnstr(r++, x + 1, line, in);

@@ -129,7 +129,7 @@ int runs_key(RunsView *rv, int ch, char *out, size_t n) {
 
 static void describe(const RunInfo *r, char *out, size_t n) {
     char t[32];
-    if (r->trainable >= 0) commas(r->trainable, t, sizeof t);
+    if (r->trainable >= 0) fmt_thousands(r->trainable, t, sizeof t);
     else snprintf(t, sizeof t, "invalid");
     float fin = r->loss.n ? r->loss.v[r->loss.n - 1] : NAN;
     double ema = 0;

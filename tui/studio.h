@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "cli.h"
 #include "image.h"
 #include "preset.h"
 #include "train.h"
@@ -39,7 +40,6 @@ typedef struct ParamCount {
 /* Trainable and base UNet parameters for p's model and adapter, from shapes only
  * (the sums `krona-studio info` prints). Never fails hard: bad combos set ok = 0. */
 void params_count(const Preset *p, ParamCount *out);
-void commas(int64_t v, char *out, size_t n);
 
 /* ---- chart.c: braille loss chart ---- */
 typedef struct LossSeries { float *v; int n, cap; } LossSeries;
