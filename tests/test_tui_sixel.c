@@ -3,7 +3,8 @@
  * translation unit; libsixel's own decoder (sixel_decode_raw) is the
  * independent reference. With KRONA_SIXEL_STREAM and KRONA_SIXEL_PNG set (by
  * tests/tui/test_tui.sh) it also checks a stream the running studio wrote
- * against the preview PNG saved in the run folder. */
+ * against the preview PNG saved in the run folder (with KRONA_SIXEL_REGION,
+ * the newest grid's place in a picture that stacks several). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -18,6 +19,20 @@
 
 #include "../tui/sixel_enc.c"
 #include "fsutil.h"
+
+/* Mean absolute channel error of the decoded region at (rx, ry) against ref
+ * scaled by k (nearest). */
+static double region_error(const unsigned char *px, const unsigned char *pal, int w, int rx, int ry,
+                           const Image *ref, int k) {
+    double err = 0;
+    for (int y = 0; y < k * ref->h; y++)
+        for (int x = 0; x < k * ref->w; x++) {
+            const unsigned char *c = pal + 3 * px[(size_t)(ry + y) * w + rx + x];
+            const unsigned char *r = ref->px + ((size_t)(y / k) * ref->w + x / k) * 3;
+            for (int j = 0; j < 3; j++) err += abs((int)c[j] - (int)r[j]);
+        }
+    return err / ((double)k * ref->w * k * ref->h * 3);
+}
 
 /* Decode a sixel stream and compare it with ref scaled by the factor the
  * decoded size implies. Returns the mean absolute channel error; *k_out is
@@ -37,16 +52,29 @@ static double decode_and_compare(const char *stream, size_t len, const Image *re
         return 1e9;
     }
     *k_out = k;
-    double err = 0;
-    for (int y = 0; y < k * ref->h; y++)
-        for (int x = 0; x < w; x++) {
-            const unsigned char *c = pal + 3 * px[(size_t)y * w + x];
-            const unsigned char *r = ref->px + ((size_t)(y / k) * ref->w + x / k) * 3;
-            for (int j = 0; j < 3; j++) err += abs((int)c[j] - (int)r[j]);
-        }
+    double err = region_error(px, pal, w, 0, 0, ref, k);
     free(px);
     free(pal);
-    return err / ((double)w * k * ref->h * 3);
+    return err;
+}
+
+/* The same for a region (rx, ry, rw, rh) of a larger image that should hold
+ * ref scaled by k: the studio stacks several sample grids in one picture. */
+static double decode_region(const char *stream, size_t len, const Image *ref, int rx, int ry, int rw, int rh,
+                            int k) {
+    unsigned char *px = NULL, *pal = NULL;
+    int w = 0, h = 0, nc = 0;
+    SIXELSTATUS st = sixel_decode_raw((unsigned char *)stream, (int)len, &px, &w, &h, &pal, &nc, NULL);
+    assert_true(SIXEL_SUCCEEDED(st));
+    assert_non_null(px);
+    assert_true(k >= 1);
+    assert_int_equal(rw, k * ref->w);
+    assert_int_equal(rh, k * ref->h);
+    assert_true(rx >= 0 && ry >= 0 && rx + rw <= w && ry + rh <= h);
+    double err = region_error(px, pal, w, rx, ry, ref, k);
+    free(px);
+    free(pal);
+    return err;
 }
 
 static void check_roundtrip(const Image *im, int k) {
@@ -108,10 +136,13 @@ static void test_scale_factor(void **state) {
     assert_int_equal(sixel_scale_factor(10, 10, 100, 100), 10);
 }
 
-/* the stream the studio itself wrote for a preview, against the run's PNG */
+/* the stream the studio itself wrote for a preview, against the run's PNG;
+ * KRONA_SIXEL_REGION ("x y w h k", from the studio's dump) says where in the
+ * picture the newest grid sits when several are stacked */
 static void test_studio_stream(void **state) {
     (void)state;
     const char *sp = getenv("KRONA_SIXEL_STREAM"), *pp = getenv("KRONA_SIXEL_PNG");
+    const char *rp = getenv("KRONA_SIXEL_REGION");
     if (!sp || !pp) skip();
     size_t len;
     char err[512];
@@ -119,9 +150,12 @@ static void test_studio_stream(void **state) {
     assert_non_null(s);
     Image ref;
     assert_int_equal(image_load(pp, &ref, err, sizeof err), 0);
-    int k;
-    double e = decode_and_compare(s, len, &ref, &k);
-    printf("studio stream: %zu bytes, scale %d, mean abs error %.3f\n", len, k, e);
+    int k, rx = 0, ry = 0, rw = 0, rh = 0, rk = 0;
+    int region = rp && rp[0];
+    if (region) assert_int_equal(sscanf(rp, "%d %d %d %d %d", &rx, &ry, &rw, &rh, &rk), 5);
+    double e = region ? decode_region(s, len, &ref, rx, ry, rw, rh, rk) : decode_and_compare(s, len, &ref, &k);
+    if (region) k = rk;
+    printf("studio stream: %zu bytes, scale %d, region %d,%d %dx%d, mean abs error %.3f\n", len, k, rx, ry, rw, rh, e);
     assert_true(k >= 1);
     /* early samples are noise with more than 256 colours: the palette costs a
      * few levels per channel; a different image costs ten times that */
@@ -130,9 +164,23 @@ static void test_studio_stream(void **state) {
     assert_int_equal(image_alloc(&flip, ref.w, ref.h, 3), 0);
     for (int y = 0; y < ref.h; y++)
         memcpy(flip.px + (size_t)y * ref.w * 3, ref.px + (size_t)(ref.h - 1 - y) * ref.w * 3, (size_t)ref.w * 3);
-    double e_wrong = decode_and_compare(s, len, &flip, &k);
+    double e_wrong = region ? decode_region(s, len, &flip, rx, ry, rw, rh, rk) : decode_and_compare(s, len, &flip, &k);
     printf("against the flipped PNG: %.3f\n", e_wrong);
     assert_true(e_wrong > 2 * e + 5.0);
+    /* and a region one grid-row lower (the label strip and the older grid) is not it */
+    if (region) {
+        unsigned char *px = NULL, *pal = NULL;
+        int w = 0, h = 0, nc = 0;
+        assert_true(SIXEL_SUCCEEDED(sixel_decode_raw((unsigned char *)s, (int)len, &px, &w, &h, &pal, &nc, NULL)));
+        int dy = ry >= rh / 2 ? -ry : rh / 2;   /* shifted onto the label strip or half a grid down */
+        if (ry + dy + rh <= h) {
+            double e_shift = region_error(px, pal, w, rx, ry + dy, &ref, rk);
+            printf("region shifted by %d rows: %.3f\n", dy, e_shift);
+            assert_true(e_shift > e + 5.0);
+        }
+        free(px);
+        free(pal);
+    }
     image_free(&flip);
     image_free(&ref);
     free(s);

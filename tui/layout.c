@@ -186,15 +186,15 @@ static void loss_panel(Studio *s, int y, int x, int h, int w) {
 
 static void preview_panel(Studio *s, int y, int x, int h, int w) {
     char title[64];
-    if (s->sample.px) snprintf(title, sizeof title, "Preview step %d", s->sample_step);
+    const SampleHist *sh = &s->samples;
+    if (sh->n) snprintf(title, sizeof title, "Preview step %d", sh->step[0]);
     else snprintf(title, sizeof title, "Preview");
     panel_box(y, x, h, w, title, 0, s->colour);
-    if (!s->sample.px) {
+    if (!sh->n) {
         if (h > 3) mvaddnstr(y + h / 2, x + 2, "samples appear here", w - 4);
         return;
     }
-    preview_draw(&s->gfx, &s->sample, s->sample_step + 1000L * s->seen_gen, s->sample_path,
-                 y + 1, x + 1, h - 2, w - 2);
+    preview_draw_hist(&s->gfx, sh, y + 1, x + 1, h - 2, w - 2);
 }
 
 void layout_draw(Studio *s) {

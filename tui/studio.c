@@ -45,13 +45,7 @@ static void on_progress(void *user, const TrainProgress *p) {
 static void on_sample(void *user, int step, const Image *grid, const char *png_path) {
     Shared *sh = user;
     pthread_mutex_lock(&sh->mu);
-    if (!sh->sample.px || sh->sample.w != grid->w || sh->sample.h != grid->h || sh->sample.c != grid->c) {
-        image_free(&sh->sample);
-        image_alloc(&sh->sample, grid->w, grid->h, grid->c);
-    }
-    if (sh->sample.px) memcpy(sh->sample.px, grid->px, (size_t)grid->w * grid->h * grid->c);
-    sh->sample_step = step;
-    snprintf(sh->sample_path, sizeof sh->sample_path, "%s", png_path ? png_path : "");
+    if (hist_push(&sh->samples, step, grid, png_path) != 0) snprintf(sh->log, sizeof sh->log, "preview: out of memory");
     sh->gen++;
     pthread_mutex_unlock(&sh->mu);
 }
@@ -93,13 +87,7 @@ static void poll_shared(Studio *s) {
         s->seen_gen = s->sh.gen;
         s->prog = s->sh.prog;
         for (int i = s->loss.n; i < s->sh.loss.n; i++) series_push(&s->loss, s->sh.loss.v[i]);
-        if (s->sh.sample.px && s->sh.sample_step != s->sample_step) {
-            image_free(&s->sample);
-            if (image_alloc(&s->sample, s->sh.sample.w, s->sh.sample.h, s->sh.sample.c) == 0)
-                memcpy(s->sample.px, s->sh.sample.px, (size_t)s->sample.w * s->sample.h * s->sample.c);
-            s->sample_step = s->sh.sample_step;
-            snprintf(s->sample_path, sizeof s->sample_path, "%s", s->sh.sample_path);
-        }
+        if (s->sh.samples.serial != s->samples.serial) hist_copy(&s->samples, &s->sh.samples);
         if (s->sh.log[0]) {
             snprintf(s->log, sizeof s->log, "%s", s->sh.log);
             s->log_bad = 0;
@@ -147,14 +135,12 @@ static void start_training(Studio *s) {
     if (!s->be) { studio_log(s, 1, "cannot train: %s", err); return; }
     pthread_mutex_lock(&s->sh.mu);
     s->sh.loss.n = 0;
-    image_free(&s->sh.sample);
-    s->sh.sample_step = -1;
+    hist_clear(&s->sh.samples);
     s->sh.log[0] = 0;
     memset(&s->sh.prog, 0, sizeof s->sh.prog);
     pthread_mutex_unlock(&s->sh.mu);
     s->loss.n = 0;
-    image_free(&s->sample);
-    s->sample_step = -1;
+    hist_clear(&s->samples);
     TrainCallbacks cb = {&s->sh, on_progress, on_sample, on_log};
     s->tr = trainer_create(&s->p, NULL, s->be, &cb, err, sizeof err);
     if (!s->tr) {
@@ -576,7 +562,6 @@ int studio_main(int argc, char **argv) {
     Studio *s = calloc(1, sizeof *s);
     if (!s) return 1;
     pthread_mutex_init(&s->sh.mu, NULL);
-    s->sample_step = -1;
     char path[1024];
     if (!preset) {
         if (model_find_data("presets/default.ini", path, sizeof path) != 0) {
@@ -639,8 +624,8 @@ int studio_main(int argc, char **argv) {
     runs_free(&s->runs);
     series_free(&s->loss);
     series_free(&s->sh.loss);
-    image_free(&s->sample);
-    image_free(&s->sh.sample);
+    hist_clear(&s->samples);
+    hist_clear(&s->sh.samples);
     pthread_mutex_destroy(&s->sh.mu);
     free(s);
     return 0;

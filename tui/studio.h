@@ -57,6 +57,8 @@ typedef struct SixelSlot {
     long key;               /* caller's identity of the image shown */
     char *stream; size_t len;
     char src[1024];         /* the PNG it came from (test hook) */
+    int rx, ry, rw, rh, rk; /* where that PNG sits in the image, scaled by rk (0: not a whole multiple) */
+    int rows;               /* grids stacked in the image */
 } SixelSlot;
 typedef struct Gfx {
     GfxMode mode;
@@ -79,6 +81,26 @@ void gfx_begin_frame(Gfx *g);
 /* Draw im into the cell box; half-block now, or a sixel slot emitted after
  * doupdate. key identifies the image (same key, same pixels). */
 void preview_draw(Gfx *g, const Image *im, long key, const char *src, int y, int x, int h, int w);
+
+/* The latest sample grids, [0] newest. serial counts every grid ever pushed
+ * (never reset), so it names what is shown for the sixel cache. */
+enum { PREVIEW_HIST = 4 };
+typedef struct SampleHist {
+    Image im[PREVIEW_HIST];
+    int step[PREVIEW_HIST];
+    char path[PREVIEW_HIST][1024];
+    int n;
+    long serial;
+} SampleHist;
+/* 0, or -1 when out of memory (history unchanged) */
+int hist_push(SampleHist *h, int step, const Image *im, const char *path);
+int hist_copy(SampleHist *dst, const SampleHist *src);
+void hist_clear(SampleHist *h);   /* frees the grids, keeps serial */
+/* As many grids as fit the box (at most PREVIEW_HIST), newest on top, each
+ * labelled "step N": text lines in half-block and none modes; in sixel mode
+ * one image with the labels drawn into its pixels, so they line up at any
+ * cell size. */
+void preview_draw_hist(Gfx *g, const SampleHist *h, int y, int x, int bh, int bw);
 /* Before doupdate: make ncurses repaint the boxes whose sixel content changes
  * (clears the old image). After doupdate: gfx_flush writes the streams. */
 void gfx_prepare(Gfx *g);
@@ -138,9 +160,7 @@ typedef struct Shared {
     pthread_mutex_t mu;
     TrainProgress prog;
     LossSeries loss;        /* one value per step */
-    Image sample;           /* latest grid */
-    int sample_step;
-    char sample_path[1024];
+    SampleHist samples;     /* latest grids */
     char log[256];
     int gen;                /* bumped on every change */
 } Shared;
@@ -173,7 +193,7 @@ typedef struct Studio {
     int seen_gen;
     TrainProgress prog;     /* UI copy */
     LossSeries loss;        /* UI copy */
-    Image sample; int sample_step; char sample_path[1024];
+    SampleHist samples;     /* UI copy */
     char run_dir[1024];
     int training;           /* a trainer thread exists and has not been joined */
 

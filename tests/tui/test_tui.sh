@@ -6,7 +6,8 @@
 # file, a corrupt PNG, a preset with a typo) leaving the session usable, live
 # training (step and loss advance, pause holds, resume continues), save +
 # reopen + save giving the same file, resize, quit; then a sixel preview
-# stream captured from the studio decodes back to the saved PNG.
+# stream captured from the studio decodes back to the saved PNG; two sample
+# events show two labelled grids in the preview.
 set -u
 bin=./krona-studio
 command -v tmux >/dev/null || { echo "SKIP studio tests: tmux not installed (make deps)"; exit 0; }
@@ -133,8 +134,27 @@ keys q
 i=0; while [ ! -f "$tmp/exit" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 grep -q 'exit=0' "$tmp/exit" 2>/dev/null && ok "120x40 quit" || bad "120x40 quit"
 
-# ------------------------------------------- sixel stream vs the saved PNG
+# ------------------------------- preview history: two samples, two labels
 sed -e 's/^iterations = .*/iterations = 4/' -e 's/^sample_every = .*/sample_every = 2/' "$tmp/fast.ini" > "$tmp/six.ini"
+start 100 30 --preset "$tmp/six.ini" --graphics halfblock
+wait_for 'trainable [0-9,]+ of' 100 || bad "history run opens"
+keys t
+wait_for 'done +step 4/4' 300 || bad "history run finished"
+wait_for 'Preview step 4' 50 || bad "history preview of the last step"
+# the labels alone: drop the panel title and the status "step k/n"
+labels() { screen | sed -e 's/Preview step [0-9]*//' -e 's/step [0-9]*\///g' | grep -Eo 'step [0-9]+' | tr '\n' ' '; }
+# what the run saved (step 0, 2, 4), newest first: each grid is one sample event
+saved_steps() { ls "$(ls -td "$tmp"/runs/*/ | head -1)"samples/step_*.png 2>/dev/null | sed 's/.*step_0*\([0-9][0-9]*\)\.png/\1/' | sort -rn | head -4; }
+want=$(saved_steps | sed 's/^/step /' | tr '\n' ' ')
+case "$(labels)" in
+  "step 4 step 2 "*) [ "$(labels)" = "$want" ] && ok "preview shows the latest grids with their steps, newest first ($(labels))" ||
+                     bad "preview history labels: '$(labels)', saved '$want'" ;;
+  *) bad "preview history labels: '$(labels)' (want step 4, step 2, ...)" ;;
+esac
+keys q
+i=0; while [ ! -f "$tmp/exit" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+
+# ------------------------------------------- sixel stream vs the saved PNG
 T kill-server 2>/dev/null; rm -f "$tmp/exit"
 n_srv=$((n_srv + 1)); sock="krona-tui-$$-$n_srv"
 T new-session -d -s s -x 100 -y 30 "KRONA_STUDIO_SIXEL_DUMP=$tmp/dump.six TERM=xterm-256color $bin --preset $tmp/six.ini --graphics sixel; echo exit=\$? > $tmp/exit; sleep 60"
@@ -143,10 +163,13 @@ keys t
 wait_for 'done +step 4/4' 300 || bad "sixel run finished"
 wait_for 'Preview step 4' 50 || bad "sixel preview of the last step"
 sleep 0.5
-if [ -f "$tmp/dump.six" ] && KRONA_SIXEL_STREAM="$tmp/dump.six" KRONA_SIXEL_PNG="$(cat "$tmp/dump.six.src")" \
-     ./build/tests/test_tui_sixel >"$tmp/six.log" 2>&1 && grep -q 'studio stream' "$tmp/six.log"; then
+if [ -f "$tmp/dump.six" ] && KRONA_SIXEL_STREAM="$tmp/dump.six" KRONA_SIXEL_PNG="$(sed -n 1p "$tmp/dump.six.src")" \
+     KRONA_SIXEL_REGION="$(sed -n 's/^region //p' "$tmp/dump.six.src")" ./build/tests/test_tui_sixel >"$tmp/six.log" 2>&1 && grep -q 'studio stream' "$tmp/six.log"; then
   ok "sixel stream decodes to the saved PNG ($(grep 'studio stream' "$tmp/six.log" | cut -d: -f2))"
 else bad "sixel stream"; cat "$tmp/six.log" 2>/dev/null; fi
+n=$(saved_steps | wc -l)
+[ "$n" -ge 2 ] && grep -q "^rows $n\$" "$tmp/dump.six.src" 2>/dev/null && ok "sixel preview stacks the $n grids in one image" ||
+  bad "sixel rows: $(grep rows "$tmp/dump.six.src" 2>/dev/null), $n samples saved"
 keys q
 
 echo "== tests/tui: $pass passed, $fail failed =="
