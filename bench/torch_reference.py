@@ -235,6 +235,7 @@ def main():
         print(f"reshape+matmul KronA or forward_cut disagrees with the reference: max err {err:.2e}")
         return 1
     env = child_env()
+    load0 = os.getloadavg()
     rows = []
     for B, reps in BATCHES:
         for what, kind in CASES:
@@ -256,6 +257,9 @@ def main():
         lines.append("%-24s %5d %10d %12.1f %10.1f %10.1f" % (r["what"], r["batch"], r["trainable"],
                                                               r["ms_median"], r["ms_min"],
                                                               r["peak_mb"]))
+    load1 = os.getloadavg()
+    lines.append("load average (1/5/15 min) before %.2f %.2f %.2f, after %.2f %.2f %.2f on %d cores"
+                 % (load0 + load1 + (os.cpu_count() or 0,)))
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
     with open(out, "w") as f:
