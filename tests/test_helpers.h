@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <dirent.h>
+#include <unistd.h>
+
 #include "backend.h"
 #include "rng.h"
 
@@ -102,5 +105,27 @@ static inline double th_dot(const double *a, const double *b, int64_t n) {
     for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
     return s;
 }
+
+/* A temporary folder per test program (flat: files only), made by setup and
+ * removed with its files by teardown. */
+static char tmpdir[256];
+static inline int th_tmpdir_make(const char *tag) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/krona_%s_XXXXXX", tag);
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+static inline int th_tmpdir_remove(void) {
+    DIR *d = opendir(tmpdir);
+    struct dirent *e;
+    char p[512];
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
+        unlink(p);
+    }
+    if (d) closedir(d);
+    rmdir(tmpdir);
+    return 0;
+}
+static inline void path_of(char *buf, const char *name) { snprintf(buf, 512, "%s/%s", tmpdir, name); }
 
 #endif

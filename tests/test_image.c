@@ -16,29 +16,15 @@
 
 #include <stb_image_write.h>
 
+#include "test_helpers.h"
 #include "fsutil.h"
 #include "image.h"
 
-static char tmpdir[256];
 
 static int setup(void **state) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/krona_img_XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return th_tmpdir_make("img");
 }
-static int teardown(void **state) {
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    char p[512];
-    while (d && (e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
-        unlink(p);
-    }
-    if (d) closedir(d);
-    rmdir(tmpdir);
-    return 0;
-}
-static void path_of(char *buf, const char *name) { snprintf(buf, 512, "%s/%s", tmpdir, name); }
+static int teardown(void **state) { return th_tmpdir_remove(); }
 
 static void write_bytes(const char *path, const void *p, size_t n) {
     FILE *f = fopen(path, "wb");

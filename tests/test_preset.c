@@ -13,30 +13,18 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "test_helpers.h"
 #include "fsutil.h"
 #include "preset.h"
 
-static char tmpdir[256], ini[512];
+static char ini[512];
 
 static int setup(void **state) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/krona_preset_XXXXXX");
-    if (!mkdtemp(tmpdir)) return -1;
+    if (th_tmpdir_make("preset") != 0) return -1;
     snprintf(ini, sizeof ini, "%s/P.ini", tmpdir);
     return 0;
 }
-static int teardown(void **state) {
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    char p[512];
-    while (d && (e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
-        unlink(p);
-    }
-    if (d) closedir(d);
-    rmdir(tmpdir);
-    return 0;
-}
+static int teardown(void **state) { return th_tmpdir_remove(); }
 
 static void write_ini(const char *text) {
     FILE *f = fopen(ini, "wb");

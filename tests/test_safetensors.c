@@ -14,31 +14,17 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "test_helpers.h"
 #include "fsutil.h"
 #include "json.h"
 #include "safetensors.h"
 
-static char tmpdir[256];
 
 static int setup(void **state) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/krona_st_XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return th_tmpdir_make("st");
 }
-static int teardown(void **state) {
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    char p[512];
-    while (d && (e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
-        unlink(p);
-    }
-    if (d) closedir(d);
-    rmdir(tmpdir);
-    return 0;
-}
+static int teardown(void **state) { return th_tmpdir_remove(); }
 
-static void path_of(char *buf, const char *name) { snprintf(buf, 512, "%s/%s", tmpdir, name); }
 
 /* no "*.tmp.*" files anywhere in the test dir */
 static void assert_no_temp_files(void) {
