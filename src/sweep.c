@@ -264,16 +264,6 @@ int sweep_variant(const Sweep *s, int i, Preset *p, char *name, size_t namelen, 
     return 0;
 }
 
-static void adapter_spec_of(const Preset *p, AdapterSpec *spec) {
-    memset(spec, 0, sizeof *spec);
-    spec->kind = strcmp(p->adapter, "lora") == 0 ? ADAPTER_LORA : ADAPTER_KRONA;
-    spec->a1 = p->a1;
-    spec->a2 = p->a2;
-    spec->rank = p->lora_rank;
-    spec->alpha = spec->kind == ADAPTER_LORA ? p->lora_alpha : 1.0f;
-    spec->modules = ADAPT_ATTN | (strcmp(p->modules, "attn+ffn") == 0 ? ADAPT_FFN : 0);
-}
-
 int sweep_check(const Sweep *s, Backend *be, char *err, size_t errlen) {
     int n = sweep_count(s, err, errlen);
     if (n < 0) return -1;
@@ -299,7 +289,7 @@ int sweep_check(const Sweep *s, Backend *be, char *err, size_t errlen) {
             goto bad;
         }
         AdapterSpec spec;
-        adapter_spec_of(&p, &spec);
+        train_adapter_spec(&p, &spec);
         if (unet_attach_adapters(m->unet, &spec, 0, why, sizeof why) != 0) goto bad;
         for (int k = 0; k < p.n_images; k++) {
             Image im = {0};
