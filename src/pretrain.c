@@ -503,8 +503,7 @@ static int save_checkpoint(Pt *p) {
     stw_set_metadata(w, "format", PT_FORMAT);
     snprintf(val, sizeof val, "%d", p->step);
     stw_set_metadata(w, "step", val);
-    snprintf(val, sizeof val, "%016llx%016llx%016llx%016llx", (unsigned long long)p->rng.s[0],
-             (unsigned long long)p->rng.s[1], (unsigned long long)p->rng.s[2], (unsigned long long)p->rng.s[3]);
+    rng_to_hex(&p->rng, val);
     stw_set_metadata(w, "rng", val);
     snprintf(val, sizeof val, "%016llx", (unsigned long long)p->d->hash);
     stw_set_metadata(w, "data_hash", val);
@@ -549,7 +548,7 @@ static int load_checkpoint(Pt *p) {
     const char *fmt = st_metadata(st, "format"), *step = st_metadata(st, "step"),
                *rng = st_metadata(st, "rng"), *hash = st_metadata(st, "data_hash"),
                *batch = st_metadata(st, "batch"), *ema = st_metadata(st, "ema");
-    if (!fmt || strcmp(fmt, PT_FORMAT) != 0 || !step || !rng || strlen(rng) != 64 || !hash ||
+    if (!fmt || strcmp(fmt, PT_FORMAT) != 0 || !step || rng_from_hex(&p->rng, rng) != 0 || !hash ||
         !batch || !ema) {
         snprintf(p->err, sizeof p->err, "%s: not a pretraining checkpoint", path);
         goto done;
@@ -569,12 +568,6 @@ static int load_checkpoint(Pt *p) {
         snprintf(p->err, sizeof p->err, "%s is at step %d, past --steps %d — raise --steps",
                  path, p->step, p->o.steps);
         goto done;
-    }
-    for (int i = 0; i < 4; i++) {
-        char hex[17];
-        memcpy(hex, rng + 16 * i, 16);
-        hex[16] = 0;
-        p->rng.s[i] = strtoull(hex, NULL, 16);
     }
     for (int i = 0; i < unet_n_params(p->u); i++) {
         UNetParam *q = unet_param_at(p->u, i);

@@ -1,5 +1,8 @@
 #include "rng.h"
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static uint64_t splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
@@ -40,4 +43,19 @@ void rng_fill_normal(Rng *r, float *x, int64_t n) {
 
 void rng_fill_uniform(Rng *r, float *x, int64_t n, float lo, float hi) {
     for (int64_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * (float)rng_uniform(r);
+}
+
+void rng_to_hex(const Rng *r, char out[65]) {
+    for (int i = 0; i < 4; i++) snprintf(out + 16 * i, 17, "%016llx", (unsigned long long)r->s[i]);
+}
+
+int rng_from_hex(Rng *r, const char *hex) {
+    if (!hex || strlen(hex) != 64 || strspn(hex, "0123456789abcdefABCDEF") != 64) return -1;
+    for (int i = 0; i < 4; i++) {
+        char part[17];
+        memcpy(part, hex + 16 * i, 16);
+        part[16] = 0;
+        r->s[i] = strtoull(part, NULL, 16);
+    }
+    return 0;
 }

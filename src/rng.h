@@ -15,5 +15,8 @@ int rng_int(Rng *r, int n);            /* [0, n) */
 double rng_normal(Rng *r);             /* standard normal (Box-Muller, no cache) */
 void rng_fill_normal(Rng *r, float *x, int64_t n);
 void rng_fill_uniform(Rng *r, float *x, int64_t n, float lo, float hi);
+/* The state as 64 hex digits (checkpoints), and back: 0, or -1 if malformed. */
+void rng_to_hex(const Rng *r, char out[65]);
+int rng_from_hex(Rng *r, const char *hex);
 
 #endif

@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <stdarg.h>
 #include <strings.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -388,9 +387,9 @@ static int save_checkpoint(Trainer *t) {
     stw_set_metadata(w, "format", CKPT_FORMAT);
     snprintf(val, sizeof val, "%d", t->step);
     stw_set_metadata(w, "step", val);
-    snprintf(val, sizeof val, "%016" PRIx64 "%016" PRIx64 "%016" PRIx64 "%016" PRIx64,
-             t->rng.s[0], t->rng.s[1], t->rng.s[2], t->rng.s[3]);
-    stw_set_metadata(w, "rng", val);
+    char hex[65];
+    rng_to_hex(&t->rng, hex);
+    stw_set_metadata(w, "rng", hex);
     snprintf(val, sizeof val, "%.9g", t->eval_start);
     stw_set_metadata(w, "eval_loss_start", val);
     char path[PATH_MAX + 32];
@@ -426,7 +425,7 @@ static int load_checkpoint(Trainer *t) {
     int rc = -1;
     const char *fmt = st_metadata(st, "format"), *step = st_metadata(st, "step"),
                *rng = st_metadata(st, "rng"), *ev = st_metadata(st, "eval_loss_start");
-    if (!fmt || strcmp(fmt, CKPT_FORMAT) != 0 || !step || !rng || strlen(rng) != 64) {
+    if (!fmt || strcmp(fmt, CKPT_FORMAT) != 0 || !step || rng_from_hex(&t->rng, rng) != 0) {
         snprintf(t->err, sizeof t->err, "%s: not a krona-studio checkpoint", path);
         goto done;
     }
@@ -435,12 +434,6 @@ static int load_checkpoint(Trainer *t) {
         snprintf(t->err, sizeof t->err, "%s: step %d is outside 0..iterations=%d", path, t->step,
                  t->p.iterations);
         goto done;
-    }
-    for (int i = 0; i < 4; i++) {
-        char hex[17];
-        memcpy(hex, rng + 16 * i, 16);
-        hex[16] = 0;
-        t->rng.s[i] = strtoull(hex, NULL, 16);
     }
     if (ev) t->eval_start = strtof(ev, NULL);
     AdapterSet *s = unet_adapters(t->m->unet);
