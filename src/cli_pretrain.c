@@ -9,7 +9,7 @@
 
 static const char *PRETRAIN_USAGE =
     "usage: krona-studio pretrain [--data data/emoji32.bin] [--out models/tiny] [--steps N]\n"
-    "           [--batch B] [--lr LR] [--seed S] [--resume] [--time-limit MINUTES]\n"
+    "           [--batch B] [--lr LR] [--seed S] [--resume | --init-from DIR] [--time-limit MINUTES]\n"
     "           [--warmup N] [--lr-min FRACTION] [--weight-decay W] [--clip NORM]\n"
     "           [--cfg-drop P] [--no-flip] [--ema DECAY] [--checkpoint-every N]\n"
     "           [--stop-after STEP] [--print-every N] [--sample-every N] [--sample-steps N]\n"
@@ -53,6 +53,7 @@ int cmd_pretrain(int argc, char **argv) {
         else if (!v) bad = 1;
         else if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "--out")) o.out_dir = v;
+        else if (!strcmp(a, "--init-from")) o.init_from = v;
         else if (!strcmp(a, "--device")) device = v;
         else if (!strcmp(a, "--steps")) { bad = cli_parse_int(v, &iv) || iv <= 0; o.steps = iv; }
         else if (!strcmp(a, "--batch")) { bad = cli_parse_int(v, &iv) || iv <= 0; o.batch = iv; }

@@ -225,6 +225,14 @@ static int pt_setup(Pt *p) {
     if (!p->te) { snprintf(p->err, sizeof p->err, "tiny text encoder: %s", e); return -1; }
     unet_init_random(p->u, o->seed);
     te_init_random(p->te, o->seed + 1);
+    if (o->init_from && !o->resume) {
+        /* continue a shipped model without its checkpoint (moments start at zero) */
+        char path[1100];
+        snprintf(path, sizeof path, "%s/unet.safetensors", o->init_from);
+        if (unet_load_safetensors(p->u, path, e, sizeof e) != 0) { snprintf(p->err, sizeof p->err, "--init-from: %s", e); return -1; }
+        snprintf(path, sizeof path, "%s/text_encoder.safetensors", o->init_from);
+        if (te_load_safetensors(p->te, path, "", e, sizeof e) != 0) { snprintf(p->err, sizeof p->err, "--init-from: %s", e); return -1; }
+    }
     unet_set_base_trainable(p->u, 1);
     if (te_set_trainable(p->te, 1, e, sizeof e) != 0) { snprintf(p->err, sizeof p->err, "%s", e); return -1; }
     p->tok = tok_create_bytes();

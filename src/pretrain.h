@@ -54,6 +54,8 @@ typedef struct PretrainOpts {
     float ema;             /* EMA decay (e.g. 0.999); 0: off */
     uint64_t seed;
     int resume;            /* continue from out_dir/checkpoint.safetensors */
+    const char *init_from; /* start from DIR/unet.safetensors + text_encoder.safetensors
+                              (fresh optimiser) instead of random weights; NULL: random */
     int checkpoint_every;  /* steps; also rewrites the weights; <= 0: only at the end */
     int stop_after;        /* stop (with a checkpoint) once this step is reached; 0: off */
     double time_limit_s;   /* stop cleanly before this much wall time; <= 0: none */
