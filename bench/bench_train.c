@@ -31,11 +31,6 @@ static int cmp_d(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static int64_t numel(const Adapter *a, int which) {
-    if (a->kind == ADAPTER_LORA) return which ? (int64_t)a->d_out * a->rank : (int64_t)a->rank * a->d_in;
-    return which ? (int64_t)a->b1 * a->b2 : (int64_t)a->a1 * a->a2;
-}
-
 static int run(const char *what, const AdapterSpec *spec, int B, int reps, Row *row) {
     char err[512];
     Backend *be = backend_cpu_create();
@@ -69,16 +64,16 @@ static int run(const char *what, const AdapterSpec *spec, int B, int reps, Row *
     float **m = calloc((size_t)(2 * na + 1), sizeof(float *)), **v = calloc((size_t)(2 * na + 1), sizeof(float *));
     for (int i = 0; i < na; i++)
         for (int w = 0; w < 2; w++) {
-            m[2 * i + w] = be->alloc(be, sizeof(float) * (size_t)numel(&set->items[i], w));
-            v[2 * i + w] = be->alloc(be, sizeof(float) * (size_t)numel(&set->items[i], w));
+            m[2 * i + w] = be->alloc(be, sizeof(float) * (size_t)(w ? adapter_numel_B(&set->items[i]) : adapter_numel_A(&set->items[i])));
+            v[2 * i + w] = be->alloc(be, sizeof(float) * (size_t)(w ? adapter_numel_B(&set->items[i]) : adapter_numel_A(&set->items[i])));
         }
     double *times = malloc(sizeof(double) * (size_t)reps);
     for (int it = -2; it < reps; it++) { /* two warm-up steps */
         double t0 = now_s();
         for (int i = 0; i < na; i++) {
             Adapter *a = &set->items[i];
-            be->zero(be, a->dA, sizeof(float) * (size_t)numel(a, 0));
-            be->zero(be, a->dB, sizeof(float) * (size_t)numel(a, 1));
+            be->zero(be, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
+            be->zero(be, a->dB, sizeof(float) * (size_t)adapter_numel_B(a));
         }
         unet_forward(u, x, t, ctx, NULL, y, B, H, W, L, 1);
         be->mse_fwd(be, y, tgt, n);
@@ -87,8 +82,8 @@ static int run(const char *what, const AdapterSpec *spec, int B, int reps, Row *
         unet_backward(u, dy, NULL);
         for (int i = 0; i < na; i++) {
             Adapter *a = &set->items[i];
-            be->adamw(be, a->A, a->dA, m[2 * i], v[2 * i], numel(a, 0), 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
-            be->adamw(be, a->B, a->dB, m[2 * i + 1], v[2 * i + 1], numel(a, 1), 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
+            be->adamw(be, a->A, a->dA, m[2 * i], v[2 * i], adapter_numel_A(a), 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
+            be->adamw(be, a->B, a->dB, m[2 * i + 1], v[2 * i + 1], adapter_numel_B(a), 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
         }
         be->sync(be);
         if (it >= 0) times[it] = (now_s() - t0) * 1000.0;

@@ -10,10 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int64_t nA(const Adapter *a) {
+int64_t adapter_numel_A(const Adapter *a) {
     return a->kind == ADAPTER_KRONA ? (int64_t)a->a1 * a->a2 : (int64_t)a->rank * a->d_in;
 }
-static int64_t nB(const Adapter *a) {
+int64_t adapter_numel_B(const Adapter *a) {
     return a->kind == ADAPTER_KRONA ? (int64_t)a->b1 * a->b2 : (int64_t)a->d_out * a->rank;
 }
 
@@ -84,7 +84,7 @@ int adapter_init(Adapter *a, Backend *be, const AdapterSpec *s, const char *name
         a->rank = s->rank;
     }
     a->scale = spec_scale(s);
-    int64_t na = pad16(nA(a)), nb = pad16(nB(a));
+    int64_t na = pad16(adapter_numel_A(a)), nb = pad16(adapter_numel_B(a));
     /* one block: A, B, dA, dB, mA, vA, mB, vB */
     float *blk = be->alloc(be, (size_t)(4 * (na + nb)) * sizeof(float));
     if (!blk) {
@@ -97,7 +97,7 @@ int adapter_init(Adapter *a, Backend *be, const AdapterSpec *s, const char *name
     a->mB = a->vA + na; a->vB = a->mB + nb;
     /* A (KronA) / down (LoRA): kaiming_uniform(a=sqrt(5)) as LyCORIS lokr_w1 and
      * peft lora_A, i.e. U(+-1/sqrt(fan_in)); B / up stay zero (be->alloc zero-fills) */
-    int64_t n = nA(a);
+    int64_t n = adapter_numel_A(a);
     int fan_in = a->kind == ADAPTER_KRONA ? a->a2 : a->d_in;
     float *h = malloc((size_t)n * sizeof *h);
     if (!h) { be->free(be, blk); memset(a, 0, sizeof *a); snprintf(err, errlen, "out of host memory"); return -1; }
@@ -125,7 +125,7 @@ void adapter_set_free(AdapterSet *set) {
 
 int64_t adapter_set_param_count(const AdapterSet *set) {
     int64_t n = 0;
-    for (int i = 0; i < set->n; i++) n += nA(&set->items[i]) + nB(&set->items[i]);
+    for (int i = 0; i < set->n; i++) n += adapter_numel_A(&set->items[i]) + adapter_numel_B(&set->items[i]);
     return n;
 }
 
@@ -197,8 +197,8 @@ int adapter_set_save(const AdapterSet *set, const char *path, const char *metada
     JsonValue *extra = NULL;
     int64_t mx = 1;
     for (int i = 0; i < set->n; i++) {
-        if (nA(&set->items[i]) > mx) mx = nA(&set->items[i]);
-        if (nB(&set->items[i]) > mx) mx = nB(&set->items[i]);
+        if (adapter_numel_A(&set->items[i]) > mx) mx = adapter_numel_A(&set->items[i]);
+        if (adapter_numel_B(&set->items[i]) > mx) mx = adapter_numel_B(&set->items[i]);
     }
     h = malloc((size_t)mx * sizeof *h);
     if (!h) { snprintf(err, errlen, "out of host memory"); goto out; }
@@ -215,10 +215,10 @@ int adapter_set_save(const AdapterSet *set, const char *path, const char *metada
             sa[0] = a->rank; sa[1] = a->d_in; sb[0] = a->d_out; sb[1] = a->rank;
             ka = "lora_down.weight"; kb = "lora_up.weight";
         }
-        be->download(be, h, a->A, (size_t)nA(a) * sizeof *h);
+        be->download(be, h, a->A, (size_t)adapter_numel_A(a) * sizeof *h);
         snprintf(key, sizeof key, "%s.%s", base, ka);
         if (stw_add_f32(w, key, 2, sa, h)) goto addfail;
-        be->download(be, h, a->B, (size_t)nB(a) * sizeof *h);
+        be->download(be, h, a->B, (size_t)adapter_numel_B(a) * sizeof *h);
         snprintf(key, sizeof key, "%s.%s", base, kb);
         if (stw_add_f32(w, key, 2, sb, h)) goto addfail;
         /* alpha: LoRA scale = alpha / rank (kohya); KronA: the scale itself */
@@ -317,8 +317,8 @@ int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen
     int64_t mx = 1;
     for (int i = 0; i < set->n; i++) {
         Adapter *a = &set->items[i];
-        if (nA(a) > mx) mx = nA(a);
-        if (nB(a) > mx) mx = nB(a);
+        if (adapter_numel_A(a) > mx) mx = adapter_numel_A(a);
+        if (adapter_numel_B(a) > mx) mx = adapter_numel_B(a);
         char base[200], key[240];
         key_base(a, base, sizeof base);
         for (int f = 0; f < 3; f++) {
@@ -362,10 +362,10 @@ int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen
         key_base(a, base, sizeof base);
         snprintf(key, sizeof key, "%s.%s", base, kind == ADAPTER_KRONA ? "lokr_w1" : "lora_down.weight");
         st_read_f32(st_find(st, key), h);
-        set->be->upload(set->be, a->A, h, (size_t)nA(a) * sizeof *h);
+        set->be->upload(set->be, a->A, h, (size_t)adapter_numel_A(a) * sizeof *h);
         snprintf(key, sizeof key, "%s.%s", base, kind == ADAPTER_KRONA ? "lokr_w2" : "lora_up.weight");
         st_read_f32(st_find(st, key), h);
-        set->be->upload(set->be, a->B, h, (size_t)nB(a) * sizeof *h);
+        set->be->upload(set->be, a->B, h, (size_t)adapter_numel_B(a) * sizeof *h);
         snprintf(key, sizeof key, "%s.alpha", base);
         const StTensor *t = st_find(st, key);
         if (t) {

@@ -49,6 +49,10 @@ int adapter_check(const AdapterSpec *s, const char *layer, int d_out, int d_in,
 /* Does this spec adapt this linear? */
 int adapter_selects(const AdapterSpec *s, int is_attn, int is_ffn);
 
+/* Floats in factor A (KronA a1*a2, LoRA down r*d_in) and B (b1*b2, LoRA up d_out*r). */
+int64_t adapter_numel_A(const Adapter *a);
+int64_t adapter_numel_B(const Adapter *a);
+
 /* Allocate (and initialise: A kaiming-uniform-like, B zero) one adapter. */
 int adapter_init(Adapter *a, Backend *be, const AdapterSpec *s, const char *name,
                  int d_out, int d_in, uint64_t seed, char *err, size_t errlen);

@@ -289,19 +289,12 @@ static float forward_backward(Trainer *t, const float *src, int n, const float *
     return loss;
 }
 
-static int64_t numel_A(const Adapter *a) {
-    return a->kind == ADAPTER_LORA ? (int64_t)a->rank * a->d_in : (int64_t)a->a1 * a->a2;
-}
-static int64_t numel_B(const Adapter *a) {
-    return a->kind == ADAPTER_LORA ? (int64_t)a->d_out * a->rank : (int64_t)a->b1 * a->b2;
-}
-
 static void zero_grads(Trainer *t) {
     AdapterSet *s = unet_adapters(t->m->unet);
     for (int i = 0; i < s->n; i++) {
         Adapter *a = &s->items[i];
-        t->be->zero(t->be, a->dA, sizeof(float) * (size_t)numel_A(a));
-        t->be->zero(t->be, a->dB, sizeof(float) * (size_t)numel_B(a));
+        t->be->zero(t->be, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
+        t->be->zero(t->be, a->dB, sizeof(float) * (size_t)adapter_numel_B(a));
     }
 }
 
@@ -310,9 +303,9 @@ static void optimizer_step(Trainer *t, float lr) {
     int k = t->step + 1;
     for (int i = 0; i < s->n; i++) {
         Adapter *a = &s->items[i];
-        t->be->adamw(t->be, a->A, a->dA, t->mA[i], t->vA[i], numel_A(a), lr, 0.9f, 0.999f, 1e-8f,
+        t->be->adamw(t->be, a->A, a->dA, t->mA[i], t->vA[i], adapter_numel_A(a), lr, 0.9f, 0.999f, 1e-8f,
                      t->p.weight_decay, k);
-        t->be->adamw(t->be, a->B, a->dB, t->mB[i], t->vB[i], numel_B(a), lr, 0.9f, 0.999f, 1e-8f,
+        t->be->adamw(t->be, a->B, a->dB, t->mB[i], t->vB[i], adapter_numel_B(a), lr, 0.9f, 0.999f, 1e-8f,
                      t->p.weight_decay, k);
     }
 }
@@ -376,7 +369,7 @@ static int save_checkpoint(Trainer *t) {
         Adapter *a = &s->items[i];
         const char *suffix[6] = {"A", "B", "mA", "vA", "mB", "vB"};
         const float *ptr[6] = {a->A, a->B, t->mA[i], t->vA[i], t->mB[i], t->vB[i]};
-        int64_t nn[6] = {numel_A(a), numel_B(a), numel_A(a), numel_A(a), numel_B(a), numel_B(a)};
+        int64_t nn[6] = {adapter_numel_A(a), adapter_numel_B(a), adapter_numel_A(a), adapter_numel_A(a), adapter_numel_B(a), adapter_numel_B(a)};
         for (int j = 0; rc == 0 && j < 6; j++) {
             snprintf(name, sizeof name, "%s.%s", a->name, suffix[j]);
             rc = add_device(w, t->be, name, ptr[j], nn[j]);
@@ -442,7 +435,7 @@ static int load_checkpoint(Trainer *t) {
         Adapter *a = &s->items[i];
         const char *suffix[6] = {"A", "B", "mA", "vA", "mB", "vB"};
         float *ptr[6] = {a->A, a->B, t->mA[i], t->vA[i], t->mB[i], t->vB[i]};
-        int64_t nn[6] = {numel_A(a), numel_B(a), numel_A(a), numel_A(a), numel_B(a), numel_B(a)};
+        int64_t nn[6] = {adapter_numel_A(a), adapter_numel_B(a), adapter_numel_A(a), adapter_numel_A(a), adapter_numel_B(a), adapter_numel_B(a)};
         for (int j = 0; j < 6; j++) {
             snprintf(name, sizeof name, "%s.%s", a->name, suffix[j]);
             if (load_f32(st, name, t->be, ptr[j], nn[j], path, t->err, sizeof t->err) != 0) goto done;
@@ -528,9 +521,6 @@ static int setup(Trainer *t, const char *resume_dir) {
         snprintf(t->err, sizeof t->err, "no training images: add `image = path` lines to [data]");
         return -1;
     }
-    if (strcmp(p->prediction, "v") == 0) {
-        /* the built-in and SD 1.5 models predict epsilon; v only for v-models */
-    }
     t->m = model_open(p->model, be, t->err, sizeof t->err);
     if (!t->m) return -1;
     Model *m = t->m;
@@ -601,10 +591,10 @@ static int setup(Trainer *t, const char *resume_dir) {
     if (!t->hx0 || !t->hnoise || !t->htf || !t->ht || !t->loss_hist || !t->eval_noise || !t->mA ||
         !t->vA || !t->mB || !t->vB) ok = 0;
     for (int i = 0; ok && i < s->n; i++) {
-        t->mA[i] = dev_alloc(t, (size_t)numel_A(&s->items[i]), &ok);
-        t->vA[i] = dev_alloc(t, (size_t)numel_A(&s->items[i]), &ok);
-        t->mB[i] = dev_alloc(t, (size_t)numel_B(&s->items[i]), &ok);
-        t->vB[i] = dev_alloc(t, (size_t)numel_B(&s->items[i]), &ok);
+        t->mA[i] = dev_alloc(t, (size_t)adapter_numel_A(&s->items[i]), &ok);
+        t->vA[i] = dev_alloc(t, (size_t)adapter_numel_A(&s->items[i]), &ok);
+        t->mB[i] = dev_alloc(t, (size_t)adapter_numel_B(&s->items[i]), &ok);
+        t->vB[i] = dev_alloc(t, (size_t)adapter_numel_B(&s->items[i]), &ok);
     }
     if (!ok) {
         snprintf(t->err, sizeof t->err, "out of memory allocating training buffers (lower batch)");
