@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "diffusion.h"
 #include "pretrain.h"
 
 static const char *PRETRAIN_USAGE =
@@ -13,8 +14,9 @@ static const char *PRETRAIN_USAGE =
     "           [--warmup N] [--lr-min FRACTION] [--weight-decay W] [--clip NORM]\n"
     "           [--cfg-drop P] [--no-flip] [--ema DECAY] [--checkpoint-every N]\n"
     "           [--stop-after STEP] [--print-every N] [--sample-every N] [--sample-steps N]\n"
-    "           [--device auto|cpu|cuda]\n"
-    "Trains the tiny UNet and its text encoder jointly (epsilon loss, AdamW with warm-up and\n"
+    "           [--schedule linear|scaled_linear] [--prediction v|epsilon] [--device auto|cpu|cuda]\n"
+    "Trains the tiny UNet and its text encoder jointly (v or epsilon loss on DDPM's linear\n"
+    "schedule by default; both go to OUT/scheduler_config.json), AdamW with warm-up and\n"
     "cosine decay, global-norm clipping, 10% empty-prompt dropout for guidance, flips).\n"
     "Writes OUT/unet.safetensors and OUT/text_encoder.safetensors (what `--model tiny` loads),\n"
     "OUT/checkpoint.safetensors (resume exactly with --resume and the same options),\n"
@@ -55,6 +57,13 @@ int cmd_pretrain(int argc, char **argv) {
         else if (!strcmp(a, "--out")) o.out_dir = v;
         else if (!strcmp(a, "--init-from")) o.init_from = v;
         else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--schedule")) {
+            bad = !v || (strcmp(v, "linear") && strcmp(v, "scaled_linear"));
+            o.schedule = v && strcmp(v, "linear") == 0 ? BETAS_LINEAR : BETAS_SCALED_LINEAR;
+        } else if (!strcmp(a, "--prediction")) {
+            bad = !v || (strcmp(v, "v") && strcmp(v, "epsilon"));
+            o.prediction = v && strcmp(v, "v") == 0 ? PRED_V : PRED_EPSILON;
+        }
         else if (!strcmp(a, "--steps")) { bad = cli_parse_int(v, &iv) || iv <= 0; o.steps = iv; }
         else if (!strcmp(a, "--batch")) { bad = cli_parse_int(v, &iv) || iv <= 0; o.batch = iv; }
         else if (!strcmp(a, "--seed")) { bad = cli_parse_int(v, &iv) || iv < 0; o.seed = (uint64_t)iv; }

@@ -14,19 +14,32 @@
 
 #define STEPS_OFFSET 1 /* SD's scheduler config */
 
-void schedule_scaled_linear(Schedule *s, int T, double beta_start, double beta_end,
-                            Prediction pred) {
+void schedule_make(Schedule *s, BetaSchedule kind, int T, double beta_start, double beta_end,
+                   Prediction pred) {
     s->prediction = pred;
+    s->kind = kind;
+    s->beta_start = beta_start;
+    s->beta_end = beta_end;
     /* An out-of-range T leaves an empty schedule that diffusion_validate rejects. */
     if (T < 2 || T > DIFFUSION_MAX_T) { s->T = 0; return; }
     s->T = T;
-    double a = sqrt(beta_start), b = sqrt(beta_end), prod = 1.0;
+    double a = kind == BETAS_LINEAR ? beta_start : sqrt(beta_start);
+    double b = kind == BETAS_LINEAR ? beta_end : sqrt(beta_end), prod = 1.0;
     for (int i = 0; i < T; i++) {
         double r = a + (b - a) * (double)i / (double)(T - 1);
-        s->betas[i] = r * r;
+        s->betas[i] = kind == BETAS_LINEAR ? r : r * r;
         prod *= 1.0 - s->betas[i];
         s->alphas_cumprod[i] = prod;
     }
+}
+
+void schedule_scaled_linear(Schedule *s, int T, double beta_start, double beta_end,
+                            Prediction pred) {
+    schedule_make(s, BETAS_SCALED_LINEAR, T, beta_start, beta_end, pred);
+}
+
+void schedule_linear(Schedule *s, int T, double beta_start, double beta_end, Prediction pred) {
+    schedule_make(s, BETAS_LINEAR, T, beta_start, beta_end, pred);
 }
 
 /* Clamp so a caller's bad t cannot read outside the table. */

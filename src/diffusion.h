@@ -12,8 +12,15 @@
 
 typedef enum { PRED_EPSILON = 0, PRED_V = 1 } Prediction;
 
+/* beta schedules as diffusers names them: scaled_linear is SD's (latent
+ * space); linear is DDPM's, which noises pixel-space images enough at t = T-1
+ * that their mean colour is gone (the tiny model's: see models/tiny/). */
+typedef enum { BETAS_SCALED_LINEAR = 0, BETAS_LINEAR = 1 } BetaSchedule;
+
 typedef struct Schedule {
     int T;
+    BetaSchedule kind;
+    double beta_start, beta_end;
     double betas[DIFFUSION_MAX_T];
     double alphas_cumprod[DIFFUSION_MAX_T];
     Prediction prediction;
@@ -22,6 +29,11 @@ typedef struct Schedule {
 /* scaled_linear: betas = linspace(sqrt(b0), sqrt(b1), T)^2 */
 void schedule_scaled_linear(Schedule *s, int T, double beta_start, double beta_end,
                             Prediction pred);
+/* linear: betas = linspace(b0, b1, T) */
+void schedule_linear(Schedule *s, int T, double beta_start, double beta_end, Prediction pred);
+/* either kind by its enum */
+void schedule_make(Schedule *s, BetaSchedule kind, int T, double beta_start, double beta_end,
+                   Prediction pred);
 
 /* x_t = sqrt(ac[t]) x0 + sqrt(1-ac[t]) noise, per batch item (t[N] host ints);
  * x0, noise, xt device [N, per] */

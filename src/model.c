@@ -9,6 +9,7 @@
 #include "fsutil.h"
 #include "rng.h"
 #include "safetensors.h"
+#include "scheduler_config.h"
 
 #ifndef KRONA_PREFIX
 #define KRONA_PREFIX "/usr/local"
@@ -50,6 +51,13 @@ static int open_tiny(Model *m, char *err, size_t errlen) {
         model_find_data("models/tiny/text_encoder.safetensors", tpath, sizeof tpath) == 0) {
         if (unet_load_safetensors(m->unet, upath, err, errlen) != 0) return -1;
         if (te_load_safetensors(m->te, tpath, "", err, errlen) != 0) return -1;
+        /* the schedule the weights were trained with (pretrain writes it) */
+        char spath[PATH_MAX + 32];
+        snprintf(spath, sizeof spath, "%s", upath);
+        char *slash = strrchr(spath, '/');
+        snprintf(slash ? slash + 1 : spath, sizeof spath - (size_t)(slash ? slash + 1 - spath : 0),
+                 "scheduler_config.json");
+        if (fs_exists(spath) && schedule_from_json(spath, &m->sched, err, errlen) != 0) return -1;
         m->pretrained = 1;
         snprintf(m->note, sizeof m->note, "pretrained weights from %s", upath);
     } else {
@@ -67,6 +75,8 @@ static int open_diffusers_dir(Model *m, const char *dir, char *err, size_t errle
     char path[PATH_MAX], path2[PATH_MAX];
     snprintf(path, sizeof path, "%s/unet/config.json", dir);
     if (unet_config_from_json(path, &m->ucfg, err, errlen) != 0) return -1;
+    snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir);
+    if (fs_exists(path) && schedule_from_json(path, &m->sched, err, errlen) != 0) return -1;
     snprintf(path, sizeof path, "%s/vae/config.json", dir);
     if (m->ucfg.in_channels == 4 || fs_exists(path)) {
         snprintf(err, errlen,
@@ -100,6 +110,7 @@ Model *model_open(const char *spec, Backend *be, char *err, size_t errlen) {
     if (!m) { snprintf(err, errlen, "out of memory"); return NULL; }
     snprintf(m->spec, sizeof m->spec, "%s", spec);
     m->be = be;
+    schedule_sd_default(&m->sched); /* a model's scheduler config may replace it */
     int rc;
     if (strcmp(spec, "tiny") == 0) {
         rc = open_tiny(m, err, errlen);
@@ -126,7 +137,6 @@ Model *model_open(const char *spec, Backend *be, char *err, size_t errlen) {
     m->channels = m->ucfg.in_channels;
     m->latent = 0;
     m->pixel_scale = 1;
-    schedule_scaled_linear(&m->sched, 1000, 0.00085, 0.012, PRED_EPSILON);
     return m;
 }
 

@@ -72,7 +72,7 @@ static const Key keys[] = {
     { "train", "weight_decay", K_FLOAT, F(weight_decay), 0, 0, 0, 1, 0, NULL, "adam_weight_decay|wd", "AdamW weight decay, 0..1" },
     { "train", "seed", K_U64, F(seed), 0, 0, 0, 0, 0, NULL, "random_seed|rng_seed", "any unsigned 64-bit integer" },
     { "train", "checkpoint_every", K_INT, F(checkpoint_every), 0, 0, 0, 1000000, 0, NULL, "checkpointing_steps|save_every|save_steps", "0: only at the end" },
-    { "train", "prediction", K_ENUM, F(prediction), 0, 0, 0, 0, 0, "epsilon|v", "prediction_type|parameterization", "epsilon | v" },
+    { "train", "prediction", K_ENUM, F(prediction), 0, 0, 0, 0, 0, "auto|epsilon|v", "prediction_type|parameterization", "auto (the model's scheduler config) | epsilon | v" },
 
     { "sample", "sample_every", K_INT, F(sample_every), 0, 0, 0, 1000000, 0, NULL, "validation_steps|preview_every", "0: only at the end" },
     { "sample", "prompt", K_LIST, L(sample_prompts, n_sample_prompts), PRESET_MAX_SAMPLES, 0, 0, 0, NULL, "prompts|sample_prompt|validation_prompt",
@@ -118,7 +118,7 @@ void preset_defaults(Preset *p) {
     p->weight_decay = 1e-2f;
     p->seed = 42;
     p->checkpoint_every = 100;
-    set_text(p->prediction, sizeof p->prediction, "epsilon");
+    set_text(p->prediction, sizeof p->prediction, "auto");
     p->sample_every = 100;
     set_text(p->sampler, sizeof p->sampler, "ddim");
     p->sample_steps = 25;

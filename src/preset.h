@@ -41,7 +41,7 @@ typedef struct Preset {
     float weight_decay;
     unsigned long long seed;
     int checkpoint_every;            /* 0: only at the end */
-    char prediction[16];             /* "epsilon", "v" */
+    char prediction[16];             /* "auto" (the model's), "epsilon", "v" */
     /* [sample] */
     int sample_every;                /* 0: only at the end */
     int n_sample_prompts;

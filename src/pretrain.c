@@ -14,6 +14,7 @@
 #include "model.h"
 #include "rng.h"
 #include "safetensors.h"
+#include "scheduler_config.h"
 #include "text_encoder.h"
 #include "tokenizer.h"
 #include "unet.h"
@@ -125,7 +126,7 @@ void pretrain_default_opts(PretrainOpts *o) {
     *o = (PretrainOpts){
         .out_dir = "models/tiny", .steps = 10000, .batch = 32, .lr = 1e-3f, .lr_min = 0.05f,
         .warmup = -1, .weight_decay = 0.01f, .clip = 1.0f, .cfg_drop = 0.1f, .flip = 1,
-        .ema = 0.0f, .seed = 1234, .checkpoint_every = 200, .print_every = 10,
+        .ema = 0.0f, .seed = 1234, .schedule = BETAS_LINEAR, .prediction = PRED_V, .checkpoint_every = 200, .print_every = 10,
         .sample_every = 1000, .sample_steps = 20, .sample_guidance = 4.0f,
         .sample_prompts = prompts, .n_sample_prompts = 4,
     };
@@ -237,7 +238,12 @@ static int pt_setup(Pt *p) {
     if (te_set_trainable(p->te, 1, e, sizeof e) != 0) { snprintf(p->err, sizeof p->err, "%s", e); return -1; }
     p->tok = tok_create_bytes();
     if (!p->tok) { snprintf(p->err, sizeof p->err, "out of memory (tokenizer)"); return -1; }
-    schedule_scaled_linear(&p->sched, 1000, 0.00085, 0.012, PRED_EPSILON);
+    /* Pixel space needs DDPM's linear schedule: SD's scaled-linear one leaves
+     * sqrt(ac) = 0.07 of the image at t = 999, so the mean colour of a 32x32
+     * x_t tells the background and the model learns to ignore the prompt. v
+     * prediction then makes that colour the target at high t. */
+    if (o->schedule == BETAS_LINEAR) schedule_linear(&p->sched, 1000, 1e-4, 0.02, (Prediction)o->prediction);
+    else schedule_scaled_linear(&p->sched, 1000, 0.00085, 0.012, (Prediction)o->prediction);
     p->L = tc.max_position_embeddings;
     p->H = d->h;
     p->W = d->w;
@@ -451,6 +457,13 @@ static void swap_ema(Pt *p) {
     be->upload(be, p->emat, p->hgrad, tb);
 }
 
+/* "linear/v" etc.: what a checkpoint must match to be resumed */
+static const char *sched_name(const Schedule *s) {
+    static const char *const names[2][2] = {{"scaled_linear/epsilon", "scaled_linear/v"},
+                                            {"linear/epsilon", "linear/v"}};
+    return names[s->kind == BETAS_LINEAR][s->prediction == PRED_V];
+}
+
 static int save_weights(Pt *p) {
     char path[1200], e[400];
     int rc = 0;
@@ -462,6 +475,11 @@ static int save_weights(Pt *p) {
     }
     snprintf(path, sizeof path, "%s/text_encoder.safetensors", p->o.out_dir);
     if (rc == 0 && te_save_safetensors(p->te, path, e, sizeof e) != 0) {
+        snprintf(p->err, sizeof p->err, "%s", e);
+        rc = -1;
+    }
+    snprintf(path, sizeof path, "%s/scheduler_config.json", p->o.out_dir);
+    if (rc == 0 && schedule_save_json(path, &p->sched, e, sizeof e) != 0) {
         snprintf(p->err, sizeof p->err, "%s", e);
         rc = -1;
     }
@@ -519,6 +537,7 @@ static int save_checkpoint(Pt *p) {
     stw_set_metadata(w, "batch", val);
     snprintf(val, sizeof val, "%.9g", (double)p->o.ema);
     stw_set_metadata(w, "ema", val);
+    stw_set_metadata(w, "schedule", sched_name(&p->sched));
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", p->o.out_dir);
     if (rc == 0) rc = stw_save(w, path, e, sizeof e);
     else snprintf(e, sizeof e, "%s: out of memory assembling the checkpoint", path);
@@ -555,7 +574,8 @@ static int load_checkpoint(Pt *p) {
     int rc = -1;
     const char *fmt = st_metadata(st, "format"), *step = st_metadata(st, "step"),
                *rng = st_metadata(st, "rng"), *hash = st_metadata(st, "data_hash"),
-               *batch = st_metadata(st, "batch"), *ema = st_metadata(st, "ema");
+               *batch = st_metadata(st, "batch"), *ema = st_metadata(st, "ema"),
+               *sched = st_metadata(st, "schedule");
     if (!fmt || strcmp(fmt, PT_FORMAT) != 0 || !step || rng_from_hex(&p->rng, rng) != 0 || !hash ||
         !batch || !ema) {
         snprintf(p->err, sizeof p->err, "%s: not a pretraining checkpoint", path);
@@ -569,6 +589,12 @@ static int load_checkpoint(Pt *p) {
     if (atoi(batch) != p->B || (strtod(ema, NULL) > 0) != (p->o.ema > 0)) {
         snprintf(p->err, sizeof p->err, "%s was made with --batch %s --ema %s: pass the same "
                  "values to resume", path, batch, ema);
+        goto done;
+    }
+    if (!sched || strcmp(sched, sched_name(&p->sched)) != 0) {
+        snprintf(p->err, sizeof p->err, "%s was trained with schedule %s, not %s: pass the same "
+                 "--schedule/--prediction to resume", path, sched ? sched : "scaled_linear/epsilon",
+                 sched_name(&p->sched));
         goto done;
     }
     p->step = atoi(step);

@@ -2,7 +2,8 @@
  * whole tiny UNet and its tiny text encoder jointly, on a captioned image set
  * (data/emoji32.bin, see tools/build-emoji-dataset.sh).
  *
- * Epsilon loss at uniform timesteps of SD's schedule; AdamW (torch semantics)
+ * Noise-prediction loss (epsilon or v) at uniform timesteps of a linear
+ * (DDPM, the default: pixel space needs it) or scaled-linear (SD) schedule; AdamW (torch semantics)
  * with linear warm-up and cosine decay; gradient clipping by global norm;
  * caption dropout (empty prompt) so classifier-free guidance works; random
  * horizontal flips; optional EMA of the weights. Everything random comes from
@@ -12,6 +13,7 @@
  * Files in the output folder (each written atomically):
  *   unet.safetensors, text_encoder.safetensors   the weights model.c's "tiny" loads
  *                                                (the EMA weights when EMA is on)
+ *   scheduler_config.json                        the schedule + prediction (diffusers keys)
  *   checkpoint.safetensors                       weights, AdamW moments, EMA, step, RNG
  *   pretrain_log.csv                             step, loss, lr, grad norm, speed
  *   samples/step_NNNNNN.png                      a grid, one tile per sample prompt */
@@ -53,6 +55,8 @@ typedef struct PretrainOpts {
     int flip;              /* random horizontal flips */
     float ema;             /* EMA decay (e.g. 0.999); 0: off */
     uint64_t seed;
+    int schedule;          /* BetaSchedule: BETAS_LINEAR (DDPM 1e-4..0.02) or BETAS_SCALED_LINEAR (SD) */
+    int prediction;        /* Prediction: PRED_V or PRED_EPSILON */
     int resume;            /* continue from out_dir/checkpoint.safetensors */
     const char *init_from; /* start from DIR/unet.safetensors + text_encoder.safetensors
                               (fresh optimiser) instead of random weights; NULL: random */

@@ -524,7 +524,9 @@ static int setup(Trainer *t, const char *resume_dir) {
     t->m = model_open(p->model, be, t->err, sizeof t->err);
     if (!t->m) return -1;
     Model *m = t->m;
-    m->sched.prediction = strcmp(p->prediction, "v") == 0 ? PRED_V : PRED_EPSILON;
+    /* auto: what the model was trained for (its scheduler config) */
+    if (strcmp(p->prediction, "v") == 0) m->sched.prediction = PRED_V;
+    else if (strcmp(p->prediction, "epsilon") == 0) m->sched.prediction = PRED_EPSILON;
     int down = 1 << (m->ucfg.n_levels - 1);
     int cell = down * m->pixel_scale;
     if (p->resolution % cell != 0) {

@@ -62,7 +62,7 @@ static void test_defaults(void **state) {
     assert_true(p.weight_decay == 1e-2f);
     assert_int_equal(p.seed, 42);
     assert_int_equal(p.checkpoint_every, 100);
-    assert_string_equal(p.prediction, "epsilon");
+    assert_string_equal(p.prediction, "auto");
     assert_int_equal(p.sample_every, 100);
     assert_string_equal(p.sampler, "ddim");
     assert_int_equal(p.sample_steps, 25);
@@ -156,7 +156,7 @@ static void test_ranges(void **state) {
         { "[train]\nseed = -1\n", "seed = '-1': must not be negative" },
         { "[train]\nseed = 18446744073709551616\n", "seed = '18446744073709551616': out of range" },
         { "[train]\nlr_schedule = cosine\n", "lr_schedule = 'cosine': must be one of: constant, warmup" },
-        { "[train]\nprediction = x0\n", "prediction = 'x0': must be one of: epsilon, v" },
+        { "[train]\nprediction = x0\n", "prediction = 'x0': must be one of: auto, epsilon, v" },
         { "[data]\nresolution = 12\n", "resolution = '12': must be a multiple of 8" },
         { "[data]\nresolution = 4104\n", "resolution = '4104': out of range, allowed 8..4096" },
         { "[data]\nflip = 2\n", "flip = '2': not a boolean" },
