@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "pretrain.h"
 #include "score.h"
 #include "sweep.h"
 
@@ -173,10 +174,64 @@ out:
     return rc;
 }
 
+/* `score --data FILE [--model M] [--n N]`: does the base model draw what its
+ * training captions ask for? (score_dataset) */
+static int score_base_on_data(const char *model, const char *data, int n, const char *device,
+                              const ScoreOpts *o, const char *grid) {
+    const char *me = "krona-studio score";
+    char err[1024];
+    PtDataset d;
+    if (pt_dataset_load(&d, data, err, sizeof err) != 0) { fprintf(stderr, "%s: %s\n", me, err); return 2; }
+    Backend *be = cli_backend(device, err, sizeof err);
+    if (!be) { fprintf(stderr, "%s: %s\n", me, err); pt_dataset_free(&d); return 2; }
+    Model *m = model_open(model, be, err, sizeof err);
+    Image *tiles = calloc((size_t)n, sizeof(Image)), g = {0};
+    ScoreDatasetResult r;
+    int rc = 1;
+    if (!m || !tiles || score_dataset(m, &d, n, o, &r, tiles, err, sizeof err) != 0) {
+        fprintf(stderr, "%s: %s\n", me, tiles ? err : "out of memory");
+        goto done;
+    }
+    printf("base model %s on %d captions of %s (DDIM %d steps, guidance %g, seed %llu):\n", model, n,
+           data, o->steps, (double)o->guidance, (unsigned long long)o->seed);
+    printf("  right background   %d/%d (%.0f%%)\n", r.adherent, r.n, 100.0 * r.adherent / r.n);
+    printf("  fidelity to the named emoji %.3f, to another emoji (control) %.3f\n",
+           (double)r.fidelity_named, (double)r.fidelity_other);
+    char (*cap)[128] = malloc(sizeof *cap * (size_t)n);
+    int *col = malloc(sizeof(int) * (size_t)n);
+    if (cap && col && score_dataset_pick(&d, n, cap[0], sizeof cap[0], col, err, sizeof err) == 0)
+        for (int i = 0; i < n; i++)
+            printf("  %3d %-4s %s\n", i + 1, score_adherent(&tiles[i], col[i]) ? "ok" : "MISS", cap[i]);
+    free(cap);
+    free(col);
+    printf("  per colour:");
+    for (int c = 0; c < SCORE_N_ASKED; c++)
+        if (r.per_colour_n[c]) printf(" %s %d/%d", score_palette[c].name, r.per_colour_hit[c], r.per_colour_n[c]);
+    printf("\n");
+    rc = 0;
+    if (grid) {
+        if (image_grid(tiles, n, 10, 2, &g) != 0 || image_save_png(grid, &g, err, sizeof err) != 0) {
+            fprintf(stderr, "%s: %s\n", me, err);
+            rc = 1;
+        } else {
+            printf("  samples: %s (10 per row, in the order of the captions above)\n", grid);
+        }
+    }
+done:
+    if (tiles) for (int i = 0; i < n; i++) image_free(&tiles[i]);
+    free(tiles);
+    image_free(&g);
+    model_free(m);
+    backend_destroy(be);
+    pt_dataset_free(&d);
+    return rc;
+}
+
 static int cmd_score_run(int argc, char **argv) {
     const char *me = "krona-studio score";
-    const char *run = NULL, *device = "auto", *grid = NULL;
+    const char *run = NULL, *device = "auto", *grid = NULL, *data = NULL, *model = "tiny";
     int which = 3; /* 1 adapter, 2 base, 3 both */
+    int n_data = 50;
     ScoreOpts o;
     score_opts_default(&o);
     for (int i = 0; i < argc; i++) {
@@ -189,6 +244,9 @@ static int cmd_score_run(int argc, char **argv) {
         if (!strcmp(a, "--run")) run = v;
         else if (!strcmp(a, "--device")) device = v;
         else if (!strcmp(a, "--grid")) grid = v;
+        else if (!strcmp(a, "--data")) data = v;
+        else if (!strcmp(a, "--model")) model = v;
+        else if (!strcmp(a, "--n")) bad = cli_parse_int(v, &n_data) || n_data < 1 || n_data > 1000;
         else if (!strcmp(a, "--size")) bad = cli_parse_int(v, &o.size) || o.size < 8;
         else if (!parse_score_opt(a, v, &o, &bad)) {
             fprintf(stderr, "%s: unknown option '%s' (see krona-studio(1))\n", me, a);
@@ -196,7 +254,12 @@ static int cmd_score_run(int argc, char **argv) {
         }
         if (bad) { fprintf(stderr, "%s: %s %s: value out of range (see krona-studio(1))\n", me, a, v); return 2; }
     }
-    if (!run) { fprintf(stderr, "%s: give --run RUN_DIR (a training run folder)\n", me); return 2; }
+    if (data) return score_base_on_data(model, data, n_data, device, &o, grid);
+    if (!run) {
+        fprintf(stderr, "%s: give --run RUN_DIR (a training run folder), or --data FILE to check "
+                "a base model on its training captions\n", me);
+        return 2;
+    }
     char err[1024];
     Backend *be = cli_backend(device, err, sizeof err);
     if (!be) { fprintf(stderr, "%s: %s\n", me, err); return 2; }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "adapter.h"
+#include "pretrain.h"
 #include "safetensors.h"
 #include "score.h"
 
@@ -322,5 +323,114 @@ done:
     image_free(&grid);
     free(subj);
     model_free(m);
+    return rc;
+}
+
+/* --------------------------------------------- base model vs its data --- */
+
+/* The askable colour a caption "a <name> on a <colour> background" asks for, or -1. */
+static int caption_colour(const char *cap) {
+    size_t n = strlen(cap);
+    for (int c = 0; c < SCORE_N_ASKED; c++) {
+        char tail[64];
+        int k = snprintf(tail, sizeof tail, " on a %s background", score_palette[c].name);
+        if ((size_t)k < n && strcmp(cap + n - (size_t)k, tail) == 0) return c;
+    }
+    return -1;
+}
+
+/* the "a <name>" part of two such captions is the same */
+static int same_name(const char *a, const char *b) {
+    const char *ea = strstr(a, " on a "), *eb = strstr(b, " on a ");
+    size_t na = ea ? (size_t)(ea - a) : strlen(a), nb = eb ? (size_t)(eb - b) : strlen(b);
+    return na == nb && memcmp(a, b, na) == 0;
+}
+
+int score_dataset_pick(const PtDataset *d, int n, char *prompts, size_t promptlen, int *colour,
+                       char *err, size_t errlen) {
+    int *cand = malloc(sizeof(int) * (size_t)(d->n > 0 ? d->n : 1));
+    if (!cand) { snprintf(err, errlen, "out of memory"); return -1; }
+    int nc = 0;
+    for (int i = 0; i < d->n; i++)
+        if (strlen(d->captions[i]) < promptlen && caption_colour(d->captions[i]) >= 0) cand[nc++] = i;
+    int rc = -1;
+    if (n < 1 || nc < n) {
+        snprintf(err, errlen, "the dataset has %d captions of the form \"a <name> on a <colour> "
+                 "background\"; need at least %d", nc, n < 1 ? 1 : n);
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        int want = i % SCORE_N_ASKED, found = -1;
+        /* from an even spread over the data, the next caption with the wanted
+         * colour not picked yet; any colour if none is left */
+        for (int pass = 0; pass < 2 && found < 0; pass++)
+            for (int k = 0; k < nc && found < 0; k++) {
+                const char *cap = d->captions[cand[((int64_t)i * nc / n + k) % nc]];
+                if (pass == 0 && caption_colour(cap) != want) continue;
+                /* one caption per emoji: the data holds each name in two designs */
+                int dup = 0;
+                for (int j = 0; j < i && !dup; j++) dup = same_name(prompts + (size_t)j * promptlen, cap);
+                if (!dup) found = cand[((int64_t)i * nc / n + k) % nc];
+            }
+        if (found < 0) { snprintf(err, errlen, "not enough distinct captions for %d samples", n); goto done; }
+        snprintf(prompts + (size_t)i * promptlen, promptlen, "%s", d->captions[found]);
+        colour[i] = caption_colour(d->captions[found]);
+    }
+    rc = 0;
+done:
+    free(cand);
+    return rc;
+}
+
+/* The dataset's images with exactly this caption, described for comparison. */
+static int caption_subjects(const PtDataset *d, const char *cap, ScoreSubject *out, int max) {
+    int k = 0;
+    for (int i = 0; i < d->n && k < max; i++) {
+        if (strcmp(d->captions[i], cap) != 0) continue;
+        Image im = {d->w, d->h, d->c, d->px + (size_t)i * d->w * d->h * d->c};
+        if (score_subject(&im, &out[k]) == 0 && out[k].fg_pixels > 0) k++;
+    }
+    return k;
+}
+
+#define PICK_PROMPT_MAX 128
+
+int score_dataset(Model *m, const PtDataset *d, int n, const ScoreOpts *o, ScoreDatasetResult *r,
+                  Image *tiles, char *err, size_t errlen) {
+    memset(r, 0, sizeof *r);
+    char *text = malloc((size_t)(n > 0 ? n : 1) * PICK_PROMPT_MAX);
+    const char **prompts = calloc((size_t)(n > 0 ? n : 1), sizeof *prompts);
+    int *colour = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    Image *own = tiles ? tiles : calloc((size_t)(n > 0 ? n : 1), sizeof(Image));
+    ScoreSubject *ref = malloc(sizeof *ref * SCORE_MAX_SUBJECTS * 2);
+    int rc = -1;
+    if (!text || !prompts || !colour || !own || !ref) { snprintf(err, errlen, "out of memory"); goto done; }
+    if (score_dataset_pick(d, n, text, PICK_PROMPT_MAX, colour, err, errlen) != 0) goto done;
+    for (int i = 0; i < n; i++) prompts[i] = text + (size_t)i * PICK_PROMPT_MAX;
+    if (score_generate(m, prompts, n, o, o->seed, own, err, errlen) != 0) goto done;
+    double named = 0, other = 0;
+    for (int i = 0; i < n; i++) {
+        int hit = score_adherent(&own[i], colour[i]);
+        r->adherent += hit;
+        r->per_colour_n[colour[i]]++;
+        r->per_colour_hit[colour[i]] += hit;
+        int k = caption_subjects(d, prompts[i], ref, SCORE_MAX_SUBJECTS);
+        named += k ? score_fidelity(&own[i], ref, k) : 0.0;
+        k = caption_subjects(d, prompts[(i + 1) % n], ref, SCORE_MAX_SUBJECTS);
+        other += k ? score_fidelity(&own[i], ref, k) : 0.0;
+    }
+    r->n = n;
+    r->fidelity_named = (float)(named / n);
+    r->fidelity_other = (float)(other / n);
+    rc = 0;
+done:
+    if (own && own != tiles) {
+        for (int i = 0; i < n; i++) image_free(&own[i]);
+        free(own);
+    }
+    free(text);
+    free(prompts);
+    free(colour);
+    free(ref);
     return rc;
 }

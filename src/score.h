@@ -106,4 +106,25 @@ int score_model(Model *m, const char *instance_prompt, const ScoreSubject *subje
 int score_run_dir(const char *run_dir, int base, Backend *be, const ScoreOpts *o, ScoreResult *r,
                   const char *grid_png, char *err, size_t errlen);
 
+/* ---- the base model against its own training set ----
+ * n prompts "a <name> on a <colour> background" taken from the dataset's
+ * captions, spread evenly over it with the askable colours in turn; each
+ * sample is scored for adherence (its background) and recognisability:
+ * fidelity to the dataset images with that very caption (every design), and,
+ * as a control, to those of the next pick (another emoji and colour). */
+struct PtDataset;
+typedef struct ScoreDatasetResult {
+    int n, adherent;          /* samples, and those with the asked background */
+    float fidelity_named;     /* mean fidelity to the named emoji's images */
+    float fidelity_other;     /* mean fidelity to another pick's images (control) */
+    int per_colour_n[SCORE_N_ASKED], per_colour_hit[SCORE_N_ASKED];
+} ScoreDatasetResult;
+/* Picks n captions (written to prompts[i], each promptlen bytes) and their
+ * asked colour indices; -1 when the dataset has fewer than n usable captions. */
+int score_dataset_pick(const struct PtDataset *d, int n, char *prompts, size_t promptlen,
+                       int *colour, char *err, size_t errlen);
+/* Generate (settings from o) and score; tiles (may be NULL) receive the n samples. */
+int score_dataset(Model *m, const struct PtDataset *d, int n, const ScoreOpts *o,
+                  ScoreDatasetResult *r, Image *tiles, char *err, size_t errlen);
+
 #endif

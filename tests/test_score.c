@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pretrain.h"
 #include "score.h"
 
 /* ---------------------------------------------------------- pictures --- */
@@ -325,6 +326,104 @@ static void test_score_model(void **state) {
     backend_destroy(be);
 }
 
+/* A synthetic captioned set: 12 emoji names x their colours (the subject
+ * composited on each), in two "designs" like the real data, plus plain
+ * "a <name>" captions that must never be picked. */
+static const char *const NAMES[12] = {"cat", "dog", "fox", "owl", "bee", "ant",
+                                      "cow", "pig", "hen", "elk", "yak", "emu"};
+static void make_set(PtDataset *d, char (*caps)[64]) {
+    int n = 0;
+    memset(d, 0, sizeof *d);
+    d->w = d->h = 32;
+    d->c = 3;
+    d->captions = malloc(sizeof(char *) * 2 * 12 * 10);
+    d->px = malloc((size_t)2 * 12 * 10 * 32 * 32 * 3);
+    for (int design = 0; design < 2; design++)
+        for (int e = 0; e < 12; e++)
+            for (int c = -1; c < SCORE_N_ASKED; c++) {
+                if (c == (e % SCORE_N_ASKED) && c >= 0) continue; /* like a colour the emoji vanishes on */
+                if (c < 0) snprintf(caps[n], 64, "a %s", NAMES[e]);
+                else snprintf(caps[n], 64, "a %s on a %s background", NAMES[e], score_palette[c].name);
+                d->captions[n] = caps[n];
+                Image im = subject(c < 0 ? score_palette[9].rgb : score_palette[c].rgb, e % 3 - 1, 0);
+                memcpy(d->px + (size_t)n * 32 * 32 * 3, im.px, 32 * 32 * 3);
+                image_free(&im);
+                n++;
+            }
+    d->n = n;
+}
+
+static void test_dataset_pick(void **state) {
+    (void)state;
+    static char caps[2 * 12 * 10][64];
+    PtDataset d;
+    make_set(&d, caps);
+    char prompts[12][128], err[256] = "";
+    int col[12];
+    assert_int_equal(score_dataset_pick(&d, 12, prompts[0], sizeof prompts[0], col, err, sizeof err), 0);
+    for (int i = 0; i < 12; i++) {
+        /* a real caption of the set, with an askable colour it names */
+        int found = 0;
+        for (int k = 0; k < d.n; k++) found |= strcmp(d.captions[k], prompts[i]) == 0;
+        assert_true(found);
+        char want[64];
+        snprintf(want, sizeof want, " on a %s background", score_palette[col[i]].name);
+        assert_non_null(strstr(prompts[i], want));
+        /* colours in turn where the emoji has that colour */
+        if (col[i] != i % SCORE_N_ASKED) {
+            /* only when every emoji not picked yet lacks the wanted colour */
+            snprintf(want, sizeof want, " on a %s background", score_palette[i % SCORE_N_ASKED].name);
+            for (int k = 0; k < d.n; k++) {
+                if (!strstr(d.captions[k], want)) continue;
+                char nk[32], nj[32];
+                int seen = 0;
+                sscanf(d.captions[k], "a %31s", nk);
+                for (int j = 0; j < i && !seen; j++) {
+                    sscanf(prompts[j], "a %31s", nj);
+                    seen = !strcmp(nk, nj);
+                }
+                if (!seen) fail_msg("pick %d: colour %s, but '%s' was free", i, score_palette[col[i]].name, d.captions[k]);
+            }
+        }
+        /* one caption per emoji name */
+        for (int j = 0; j < i; j++) {
+            char a[32], b[32];
+            sscanf(prompts[i], "a %31s", a);
+            sscanf(prompts[j], "a %31s", b);
+            if (!strcmp(a, b)) fail_msg("picks %d and %d share the emoji '%s'", j, i, a);
+        }
+    }
+    /* more picks than distinct emoji: an error naming the count */
+    char many[13][128];
+    int c13[13];
+    assert_int_equal(score_dataset_pick(&d, 13, many[0], sizeof many[0], c13, err, sizeof err), -1);
+    assert_non_null(strstr(err, "13"));
+
+    /* score_dataset: the counts are the per-image metrics of its own samples */
+    Backend *be = backend_cpu_create();
+    Model *m = model_open("tiny", be, err, sizeof err);
+    assert_non_null(m);
+    ScoreOpts o;
+    score_opts_default(&o);
+    o.steps = 2;
+    ScoreDatasetResult r;
+    Image tiles[4];
+    assert_int_equal(score_dataset(m, &d, 4, &o, &r, tiles, err, sizeof err), 0);
+    assert_int_equal(r.n, 4);
+    int hit = 0, tot = 0;
+    for (int i = 0; i < 4; i++) hit += score_adherent(&tiles[i], col[i]);
+    for (int c = 0; c < SCORE_N_ASKED; c++) tot += r.per_colour_n[c];
+    assert_int_equal(r.adherent, hit);
+    assert_int_equal(tot, 4);
+    assert_true(r.fidelity_named >= 0 && r.fidelity_named <= 1);
+    assert_true(r.fidelity_other >= 0 && r.fidelity_other <= 1);
+    for (int i = 0; i < 4; i++) image_free(&tiles[i]);
+    model_free(m);
+    backend_destroy(be);
+    free(d.captions);
+    free(d.px);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_border_median),
@@ -334,6 +433,7 @@ int main(void) {
         cmocka_unit_test(test_fidelity_known_answers),
         cmocka_unit_test(test_opts_and_subjects),
         cmocka_unit_test(test_score_model),
+        cmocka_unit_test(test_dataset_pick),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
