@@ -246,6 +246,13 @@ int score_load_subjects(const char (*paths)[PRESET_PATH_MAX], int n, ScoreSubjec
     return 0;
 }
 
+/* sample images a scorer allocated itself (the caller passed no tiles) */
+static void free_own_tiles(Image *own, const Image *tiles, int n) {
+    if (!own || own == tiles) return;
+    for (int i = 0; i < n; i++) image_free(&own[i]);
+    free(own);
+}
+
 int score_model(Model *m, const char *instance_prompt, const ScoreSubject *subjects, int n_subjects,
                 const ScoreOpts *o, ScoreResult *r, Image *tiles, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
@@ -272,10 +279,7 @@ int score_model(Model *m, const char *instance_prompt, const ScoreSubject *subje
     r->n = n;
     rc = 0;
 done:
-    if (own && own != tiles) {
-        for (int i = 0; i < n; i++) image_free(&own[i]);
-        free(own);
-    }
+    free_own_tiles(own, tiles, n);
     free(text);
     free(prompts);
     return rc;
@@ -424,10 +428,7 @@ int score_dataset(Model *m, const PtDataset *d, int n, const ScoreOpts *o, Score
     r->fidelity_other = (float)(other / n);
     rc = 0;
 done:
-    if (own && own != tiles) {
-        for (int i = 0; i < n; i++) image_free(&own[i]);
-        free(own);
-    }
+    free_own_tiles(own, tiles, n);
     free(text);
     free(prompts);
     free(colour);
