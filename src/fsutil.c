@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,4 +164,12 @@ static void c_locale_init(void) { c_locale = newlocale(LC_ALL_MASK, "C", (locale
 locale_t fs_c_locale(void) {
     pthread_once(&c_locale_once, c_locale_init);
     return c_locale;
+}
+
+void err_set(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
 }

@@ -26,6 +26,11 @@ int fs_atomic_write(FsAtomic *f, const void *data, size_t n);  /* 0 / -1 (error 
 int fs_atomic_commit(FsAtomic *f, char *err, size_t errlen);    /* frees f */
 void fs_atomic_abort(FsAtomic *f);                               /* frees f */
 
+/* printf into an error buffer (err may be NULL or errlen 0: nothing written):
+ * the one helper behind the engine's one-line errors. */
+__attribute__((format(printf, 3, 4)))
+void err_set(char *err, size_t errlen, const char *fmt, ...);
+
 /* The "C" locale, for strtod_l / strtof_l / uselocale around printf of floats. */
 locale_t fs_c_locale(void);
 

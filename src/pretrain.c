@@ -22,14 +22,6 @@
 #define PT_FORMAT "krona-studio-pretrain-1"
 #define PT_MAGIC "KSDATA1"
 
-__attribute__((format(printf, 3, 4)))
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static double now_s(void) {
     struct timespec ts;
@@ -62,7 +54,7 @@ int pt_dataset_load(PtDataset *d, const char *path, char *err, size_t errlen) {
     if (!buf) return -1;
     const unsigned char *u = (const unsigned char *)buf;
     if (len < 28 || memcmp(buf, PT_MAGIC, 8) != 0) {
-        seterr(err, errlen, "%s: not a krona-studio dataset (no KSDATA1 header) — build one with "
+        err_set(err, errlen, "%s: not a krona-studio dataset (no KSDATA1 header) — build one with "
                "tools/build-emoji-dataset.sh", path);
         free(buf);
         return -1;
@@ -70,25 +62,25 @@ int pt_dataset_load(PtDataset *d, const char *path, char *err, size_t errlen) {
     uint32_t n = rd_u32(u + 8), w = rd_u32(u + 12), h = rd_u32(u + 16), c = rd_u32(u + 20),
              cb = rd_u32(u + 24);
     if (n == 0 || c != 3 || w != h || w < 4 || w > 512 || w % 4) {
-        seterr(err, errlen, "%s: %u images of %ux%ux%u — need RGB, square, a side that is a "
+        err_set(err, errlen, "%s: %u images of %ux%ux%u — need RGB, square, a side that is a "
                "multiple of 4 (the tiny UNet downsamples twice)", path, n, w, h, c);
         free(buf);
         return -1;
     }
     uint64_t need = 28ull + cb + (uint64_t)n * w * h * c;
     if (len != need) {
-        seterr(err, errlen, "%s: %zu bytes but the header says %llu — truncated or not this format; "
+        err_set(err, errlen, "%s: %zu bytes but the header says %llu — truncated or not this format; "
                "rebuild it with tools/build-emoji-dataset.sh", path, len, (unsigned long long)need);
         free(buf);
         return -1;
     }
     d->captions = malloc(sizeof *d->captions * n);
-    if (!d->captions) { seterr(err, errlen, "%s: out of memory", path); free(buf); return -1; }
+    if (!d->captions) { err_set(err, errlen, "%s: out of memory", path); free(buf); return -1; }
     char *cap = buf + 28, *end = cap + cb;
     for (uint32_t i = 0; i < n; i++) {
         char *z = memchr(cap, 0, (size_t)(end - cap));
         if (!z) {
-            seterr(err, errlen, "%s: caption block ends inside caption %u of %u", path, i, n);
+            err_set(err, errlen, "%s: caption block ends inside caption %u of %u", path, i, n);
             free(d->captions);
             free(buf);
             d->captions = NULL;
@@ -698,21 +690,21 @@ done:
 
 int pretrain_run(const PtDataset *d, const PretrainOpts *o, Backend *be,
                  const PretrainCallbacks *cb, char *err, size_t errlen) {
-    if (!d || d->n <= 0 || !d->px || !d->captions) { seterr(err, errlen, "pretrain: empty dataset"); return -1; }
-    if (!o->out_dir || !o->out_dir[0]) { seterr(err, errlen, "pretrain: no output folder (--out)"); return -1; }
+    if (!d || d->n <= 0 || !d->px || !d->captions) { err_set(err, errlen, "pretrain: empty dataset"); return -1; }
+    if (!o->out_dir || !o->out_dir[0]) { err_set(err, errlen, "pretrain: no output folder (--out)"); return -1; }
     if (o->steps <= 0 || o->batch <= 0 || !(o->lr > 0) || o->cfg_drop < 0 || o->cfg_drop > 1 ||
         o->ema < 0 || o->ema >= 1 || o->lr_min < 0 || o->lr_min > 1) {
-        seterr(err, errlen, "pretrain: need --steps > 0, --batch > 0, --lr > 0, caption dropout in "
+        err_set(err, errlen, "pretrain: need --steps > 0, --batch > 0, --lr > 0, caption dropout in "
                "[0,1], EMA decay in [0,1), lr_min in [0,1]");
         return -1;
     }
     if (d->w != d->h || d->w % 4) {
-        seterr(err, errlen, "pretrain: images are %dx%d — need square, side a multiple of 4", d->w, d->h);
+        err_set(err, errlen, "pretrain: images are %dx%d — need square, side a multiple of 4", d->w, d->h);
         return -1;
     }
     if (fs_mkdir_p(o->out_dir, err, errlen) != 0) return -1;
     Pt *p = calloc(1, sizeof *p);
-    if (!p) { seterr(err, errlen, "out of memory"); return -1; }
+    if (!p) { err_set(err, errlen, "out of memory"); return -1; }
     p->d = d;
     p->o = *o;
     p->be = be;
@@ -771,7 +763,7 @@ int pretrain_run(const PtDataset *d, const PretrainOpts *o, Backend *be,
         /* resumed a finished run: just make sure the weights are there */
         if (save_weights(p) != 0) rc = -1;
     }
-    if (rc != 0) seterr(err, errlen, "%s", p->err);
+    if (rc != 0) err_set(err, errlen, "%s", p->err);
     pt_free(p);
     free(p);
     return rc != 0 ? -1 : stopped;

@@ -2,7 +2,6 @@
 #include "text_encoder.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,15 +11,6 @@
 #include "rng.h"
 #include "safetensors.h"
 
-__attribute__((format(printf, 3, 4)))
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---------------- config ---------------- */
 
@@ -35,7 +25,7 @@ int te_config_builtin(TextConfig *cfg, const char *name, char *err, size_t errle
         };
         return 0;
     }
-    seterr(err, errlen, "unknown built-in text encoder '%s' — known: tiny-text", name ? name : "(null)");
+    err_set(err, errlen, "unknown built-in text encoder '%s' — known: tiny-text", name ? name : "(null)");
     return -1;
 }
 
@@ -50,14 +40,14 @@ static int check_config(const TextConfig *c, const char *what, char *err, size_t
     else if (c->max_position_embeddings <= 0) bad = "max_position_embeddings";
     else if (c->projection_dim < 0) bad = "projection_dim";
     else if (!(c->layer_norm_eps > 0)) bad = "layer_norm_eps";
-    if (bad) { seterr(err, errlen, "%s: %s must be positive", what, bad); return -1; }
+    if (bad) { err_set(err, errlen, "%s: %s must be positive", what, bad); return -1; }
     if (c->hidden_size % c->num_attention_heads) {
-        seterr(err, errlen, "%s: hidden_size %d is not a multiple of num_attention_heads %d",
+        err_set(err, errlen, "%s: hidden_size %d is not a multiple of num_attention_heads %d",
                what, c->hidden_size, c->num_attention_heads);
         return -1;
     }
     if (c->hidden_act != TE_ACT_GELU && c->hidden_act != TE_ACT_QUICK_GELU) {
-        seterr(err, errlen, "%s: hidden_act must be quick_gelu or gelu", what);
+        err_set(err, errlen, "%s: hidden_act must be quick_gelu or gelu", what);
         return -1;
     }
     return 0;
@@ -69,7 +59,7 @@ static int get_int(const JsonValue *root, const char *key, int *out, const char 
     const JsonValue *v = json_get(root, key);
     if (!v || v->type == JSON_NULL) return 0; /* keep the default */
     if (v->type != JSON_NUMBER || v->number != floor(v->number) || fabs(v->number) > 1e9) {
-        seterr(err, errlen, "%s: \"%s\" must be an integer", what, key);
+        err_set(err, errlen, "%s: \"%s\" must be an integer", what, key);
         return -1;
     }
     *out = (int)v->number;
@@ -82,9 +72,9 @@ int te_config_parse(TextConfig *cfg, const char *json_text, size_t len, const ch
     char jerr[256];
     if (!what) what = "text encoder config";
     JsonValue *root = json_parse(json_text, len, jerr, sizeof jerr);
-    if (!root) { seterr(err, errlen, "%s: %s", what, jerr); return -1; }
+    if (!root) { err_set(err, errlen, "%s: %s", what, jerr); return -1; }
     if (root->type != JSON_OBJECT) {
-        seterr(err, errlen, "%s: expected a JSON object", what);
+        err_set(err, errlen, "%s: expected a JSON object", what);
         json_free(root);
         return -1;
     }
@@ -111,7 +101,7 @@ int te_config_parse(TextConfig *cfg, const char *json_text, size_t len, const ch
         if (v->type == JSON_STRING && strcmp(v->string, "quick_gelu") == 0) c.hidden_act = TE_ACT_QUICK_GELU;
         else if (v->type == JSON_STRING && strcmp(v->string, "gelu") == 0) c.hidden_act = TE_ACT_GELU;
         else {
-            seterr(err, errlen, "%s: hidden_act \"%s\" is not supported — quick_gelu or gelu",
+            err_set(err, errlen, "%s: hidden_act \"%s\" is not supported — quick_gelu or gelu",
                    what, v->type == JSON_STRING ? v->string : "?");
             rc = -1;
         }
@@ -198,13 +188,13 @@ TextEncoder *te_create(const TextConfig *cfg, Backend *be, char *err, size_t err
 {
     if (check_config(cfg, "text encoder config", err, errlen) != 0) return NULL;
     TextEncoder *te = calloc(1, sizeof *te);
-    if (!te) { seterr(err, errlen, "out of memory creating the text encoder"); return NULL; }
+    if (!te) { err_set(err, errlen, "out of memory creating the text encoder"); return NULL; }
     te->cfg = *cfg;
     te->be = be;
     int nl = cfg->num_hidden_layers, H = cfg->hidden_size, I = cfg->intermediate_size;
     te->layers = calloc((size_t)nl, sizeof *te->layers);
     te->specs = calloc((size_t)(nl * 16 + 5), sizeof *te->specs);
-    if (!te->layers || !te->specs) { seterr(err, errlen, "out of memory creating the text encoder"); te_free(te); return NULL; }
+    if (!te->layers || !te->specs) { err_set(err, errlen, "out of memory creating the text encoder"); te_free(te); return NULL; }
 
     add_spec(te, "text_model.embeddings.token_embedding.weight", &te->tok_emb, 2, cfg->vocab_size, H, 2);
     add_spec(te, "text_model.embeddings.position_embedding.weight", &te->pos_emb, 2, cfg->max_position_embeddings, H, 2);
@@ -242,7 +232,7 @@ TextEncoder *te_create(const TextConfig *cfg, Backend *be, char *err, size_t err
     te->n_params = total;
     te->params = be->alloc(be, (size_t)total * sizeof(float));
     if (!te->params) {
-        seterr(err, errlen, "out of memory: the text encoder needs %.1f MiB for %lld parameters on %s",
+        err_set(err, errlen, "out of memory: the text encoder needs %.1f MiB for %lld parameters on %s",
                (double)total * 4 / (1 << 20), (long long)total, be->name);
         te_free(te);
         return NULL;
@@ -322,7 +312,7 @@ int te_load_safetensors(TextEncoder *te, const char *path, const char *prefix, c
         snprintf(name, sizeof name, "%s%s", prefix, s->name);
         const StTensor *t = st_find(st, name);
         if (!t) {
-            seterr(err, errlen, "%s: no tensor '%s' — not a CLIP text encoder in HF naming, or the "
+            err_set(err, errlen, "%s: no tensor '%s' — not a CLIP text encoder in HF naming, or the "
                    "prefix '%s' is wrong%s", path, name, prefix,
                    strcmp(s->name, "text_projection.weight") == 0
                        ? " (or the config has a projection the weights lack)" : "");
@@ -336,10 +326,10 @@ int te_load_safetensors(TextEncoder *te, const char *path, const char *prefix, c
             for (int d = 0; d < t->ndim && k < sizeof got - 24; d++)
                 k += (size_t)snprintf(got + k, sizeof got - k, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
             if (s->ndim == 1)
-                seterr(err, errlen, "%s: '%s' has shape [%s] but the config wants [%lld] — the config does not match these weights",
+                err_set(err, errlen, "%s: '%s' has shape [%s] but the config wants [%lld] — the config does not match these weights",
                        path, name, got, (long long)s->shape[0]);
             else
-                seterr(err, errlen, "%s: '%s' has shape [%s] but the config wants [%lld, %lld] — the config does not match these weights",
+                err_set(err, errlen, "%s: '%s' has shape [%s] but the config wants [%lld, %lld] — the config does not match these weights",
                        path, name, got, (long long)s->shape[0], (long long)s->shape[1]);
             rc = -1;
             break;
@@ -347,12 +337,12 @@ int te_load_safetensors(TextEncoder *te, const char *path, const char *prefix, c
         size_t need = (size_t)t->numel * sizeof(float);
         if (need > host_cap) {
             float *nh = realloc(host, need);
-            if (!nh) { seterr(err, errlen, "%s: out of memory reading '%s'", path, name); rc = -1; break; }
+            if (!nh) { err_set(err, errlen, "%s: out of memory reading '%s'", path, name); rc = -1; break; }
             host = nh;
             host_cap = need;
         }
         if (st_read_f32(t, host) != 0) {
-            seterr(err, errlen, "%s: '%s' has dtype %s, which cannot be read as float", path, name,
+            err_set(err, errlen, "%s: '%s' has dtype %s, which cannot be read as float", path, name,
                    st_dtype_name(t->dtype));
             rc = -1;
             break;
@@ -414,15 +404,15 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
 {
     const TextConfig *c = &te->cfg;
     Backend *be = te->be;
-    if (N <= 0 || L <= 0) { seterr(err, errlen, "text encoder: empty batch (N=%d, L=%d)", N, L); return -1; }
+    if (N <= 0 || L <= 0) { err_set(err, errlen, "text encoder: empty batch (N=%d, L=%d)", N, L); return -1; }
     if (L > c->max_position_embeddings) {
-        seterr(err, errlen, "text encoder: %d tokens per prompt but the model has %d positions — use a context of at most %d",
+        err_set(err, errlen, "text encoder: %d tokens per prompt but the model has %d positions — use a context of at most %d",
                L, c->max_position_embeddings, c->max_position_embeddings);
         return -1;
     }
     for (int64_t i = 0; i < (int64_t)N * L; i++) {
         if (ids_host[i] < 0 || ids_host[i] >= c->vocab_size) {
-            seterr(err, errlen, "text encoder: token id %d (prompt %lld, position %lld) is outside the vocabulary of %d — tokenizer and text encoder do not match",
+            err_set(err, errlen, "text encoder: token id %d (prompt %lld, position %lld) is outside the vocabulary of %d — tokenizer and text encoder do not match",
                    ids_host[i], (long long)(i / L), (long long)(i % L), c->vocab_size);
             return -1;
         }
@@ -458,7 +448,7 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
         if (!keep && ws) be->free(be, ws);
         if (!keep && ids) be->free(be, ids);
         if (hid_tmp) be->free(be, hid_tmp);
-        seterr(err, errlen, "text encoder: out of memory for a batch of %d x %d tokens", N, L);
+        err_set(err, errlen, "text encoder: out of memory for a batch of %d x %d tokens", N, L);
         return -1;
     }
     float *xfin = ws + per * (size_t)nslots, *fmean = xfin + M * H, *frstd = fmean + M;
@@ -524,7 +514,7 @@ int te_set_trainable(TextEncoder *te, int trainable, char *err, size_t errlen)
         if (te->grads) return 0;
         te->grads = be->alloc(be, (size_t)te->n_params * sizeof(float));
         if (!te->grads) {
-            seterr(err, errlen, "out of memory: text encoder gradients need %.1f MiB on %s",
+            err_set(err, errlen, "out of memory: text encoder gradients need %.1f MiB on %s",
                    (double)te->n_params * 4 / (1 << 20), be->name);
             return -1;
         }
@@ -568,13 +558,13 @@ int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t er
 {
     const TextConfig *c = &te->cfg;
     Backend *be = te->be;
-    if (!te->grads) { seterr(err, errlen, "text encoder backward: call te_set_trainable(te, 1) before the forward"); return -1; }
-    if (!te->have_fwd) { seterr(err, errlen, "text encoder backward: no forward to differentiate (run te_forward while trainable)"); return -1; }
+    if (!te->grads) { err_set(err, errlen, "text encoder backward: call te_set_trainable(te, 1) before the forward"); return -1; }
+    if (!te->have_fwd) { err_set(err, errlen, "text encoder backward: no forward to differentiate (run te_forward while trainable)"); return -1; }
     if (c->hidden_act != TE_ACT_GELU) {
-        seterr(err, errlen, "text encoder backward: hidden_act quick_gelu cannot be trained (the backend has no quick_gelu backward); use gelu");
+        err_set(err, errlen, "text encoder backward: hidden_act quick_gelu cannot be trained (the backend has no quick_gelu backward); use gelu");
         return -1;
     }
-    if (!be->embedding_bwd) { seterr(err, errlen, "text encoder backward: backend %s has no embedding_bwd", be->name); return -1; }
+    if (!be->embedding_bwd) { err_set(err, errlen, "text encoder backward: backend %s has no embedding_bwd", be->name); return -1; }
     const int N = te->act_N, L = te->act_L;
     const int H = c->hidden_size, I = c->intermediate_size, nh = c->num_attention_heads;
     const int D = H / nh, nl = c->num_hidden_layers;
@@ -584,7 +574,7 @@ int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t er
 
     /* dx, dmid, dh, dq, dk, dv, do [M,H]; df, df1 [M,I] */
     float *ws = be->alloc(be, ((size_t)M * H * 7 + (size_t)M * I * 2) * sizeof(float));
-    if (!ws) { seterr(err, errlen, "text encoder backward: out of memory for %d x %d tokens", N, L); return -1; }
+    if (!ws) { err_set(err, errlen, "text encoder backward: out of memory for %d x %d tokens", N, L); return -1; }
     float *dx = ws, *dmid = dx + M * H, *dh = dmid + M * H, *dq = dh + M * H, *dk = dq + M * H;
     float *dv = dk + M * H, *dout = dv + M * H, *df = dout + M * H, *df1 = df + M * I;
 
@@ -629,7 +619,7 @@ int te_save_safetensors(TextEncoder *te, const char *path, char *err, size_t err
     if (!host || !w) {
         free(host);
         stw_free(w);
-        seterr(err, errlen, "%s: out of memory saving the text encoder", path);
+        err_set(err, errlen, "%s: out of memory saving the text encoder", path);
         return -1;
     }
     te->be->download(te->be, host, te->params, (size_t)te->n_params * sizeof *host);
@@ -639,7 +629,7 @@ int te_save_safetensors(TextEncoder *te, const char *path, char *err, size_t err
         rc = stw_add_ref(w, s->name, ST_F32, s->ndim, s->shape, host + (*s->slot - te->params));
     }
     if (rc == 0) rc = stw_save(w, path, err, errlen);
-    else seterr(err, errlen, "%s: cannot assemble the text encoder tensors", path);
+    else err_set(err, errlen, "%s: cannot assemble the text encoder tensors", path);
     stw_free(w);
     free(host);
     return rc;

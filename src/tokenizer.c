@@ -15,13 +15,13 @@
  * tokenise exactly as the reference. */
 #include "tokenizer.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include "fsutil.h"
 #include "json.h"
 
 enum { TOK_BYTES = 0, TOK_CLIP = 1 };
@@ -43,15 +43,6 @@ struct Tokenizer {
     int32_t byte_w_id[256]; /* id of byte b + "</w>" (end of a word) */
 };
 
-__attribute__((format(printf, 3, 4)))
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---------------- Unicode helpers ---------------- */
 
@@ -191,7 +182,7 @@ static int normalize(const char *text, uint32_t **out, int *n_out, char *err, si
 {
     size_t len = strlen(text);
     uint32_t *cp = malloc((2 * len + 1) * sizeof *cp); /* 'İ' doubles */
-    if (!cp) { seterr(err, errlen, "out of memory normalising a %ld-byte prompt", (long)len); return -1; }
+    if (!cp) { err_set(err, errlen, "out of memory normalising a %ld-byte prompt", (long)len); return -1; }
     const unsigned char *s = (const unsigned char *)text;
     int n = 0, space = 0;
     size_t i = 0;
@@ -200,7 +191,7 @@ static int normalize(const char *text, uint32_t **out, int *n_out, char *err, si
         int k = utf8_next(s + i, &c);
         if (!k) {
             free(cp);
-            seterr(err, errlen, "prompt is not valid UTF-8 at byte %ld — save it as UTF-8", (long)i);
+            err_set(err, errlen, "prompt is not valid UTF-8 at byte %ld — save it as UTF-8", (long)i);
             return -1;
         }
         i += (size_t)k;
@@ -332,14 +323,14 @@ static int file_exists(const char *p)
 static int check_vocab_json(const Tokenizer *t, const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
-    if (!f) { seterr(err, errlen, "%s: cannot open", path); return -1; }
+    if (!f) { err_set(err, errlen, "%s: cannot open", path); return -1; }
     fseek(f, 0, SEEK_END);
     long sz = ftell(f);
     fseek(f, 0, SEEK_SET);
     char *buf = sz >= 0 ? malloc((size_t)sz + 1) : NULL;
     if (!buf || fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
         fclose(f); free(buf);
-        seterr(err, errlen, "%s: cannot read %ld bytes", path, sz);
+        err_set(err, errlen, "%s: cannot read %ld bytes", path, sz);
         return -1;
     }
     fclose(f);
@@ -349,10 +340,10 @@ static int check_vocab_json(const Tokenizer *t, const char *path, char *err, siz
     if (!v) { if (err && errlen) snprintf(err, errlen, "%s: %s", path, jerr); return -1; }
     int rc = 0;
     if (v->type != JSON_OBJECT) {
-        seterr(err, errlen, "%s: expected an object of token -> id", path);
+        err_set(err, errlen, "%s: expected an object of token -> id", path);
         rc = -1;
     } else if (v->n != t->vocab) {
-        seterr(err, errlen, "%s: has %d tokens but the merges file gives %d — use the vocab.json and merges.txt of one tokenizer", path, v->n, t->vocab);
+        err_set(err, errlen, "%s: has %d tokens but the merges file gives %d — use the vocab.json and merges.txt of one tokenizer", path, v->n, t->vocab);
         rc = -1;
     } else {
         for (int i = 0; i < v->n && rc == 0; i++) {
@@ -373,18 +364,18 @@ static int check_vocab_json(const Tokenizer *t, const char *path, char *err, siz
 Tokenizer *tok_create_clip(const char *merges_path, char *err, size_t errlen)
 {
     char path[4096];
-    if (!merges_path) { seterr(err, errlen, "no CLIP merges file given"); return NULL; }
+    if (!merges_path) { err_set(err, errlen, "no CLIP merges file given"); return NULL; }
     snprintf(path, sizeof path, "%s", merges_path);
     if (is_dir(merges_path)) {
         snprintf(path, sizeof path, "%s/merges.txt", merges_path);
         if (!file_exists(path)) snprintf(path, sizeof path, "%s/bpe_simple_vocab_16e6.txt.gz", merges_path);
         if (!file_exists(path)) {
-            seterr(err, errlen, "%s: no merges.txt or bpe_simple_vocab_16e6.txt.gz in this folder — point to a diffusers tokenizer/ folder", merges_path);
+            err_set(err, errlen, "%s: no merges.txt or bpe_simple_vocab_16e6.txt.gz in this folder — point to a diffusers tokenizer/ folder", merges_path);
             return NULL;
         }
     }
     gzFile gz = gzopen(path, "rb"); /* reads plain text transparently too */
-    if (!gz) { seterr(err, errlen, "%s: cannot open the CLIP merges file", path); return NULL; }
+    if (!gz) { err_set(err, errlen, "%s: cannot open the CLIP merges file", path); return NULL; }
 
     /* Read up to CLIP_MAX_MERGES merge lines after the "#version" header. */
     size_t cap = 1 << 20, used = 0;
@@ -395,12 +386,12 @@ Tokenizer *tok_create_clip(const char *merges_path, char *err, size_t errlen)
     long lineno = 0;
     char line[4096];
     Tokenizer *t = NULL;
-    if (!text || !split || !start) { seterr(err, errlen, "%s: out of memory", path); goto fail; }
+    if (!text || !split || !start) { err_set(err, errlen, "%s: out of memory", path); goto fail; }
     while (n < CLIP_MAX_MERGES && gzgets(gz, line, sizeof line)) {
         lineno++;
         size_t L = strlen(line);
         if (L == sizeof line - 1 && line[L - 1] != '\n') {
-            seterr(err, errlen, "%s: line %ld is longer than %ld bytes — not a BPE merges file", path, lineno, (long)sizeof line);
+            err_set(err, errlen, "%s: line %ld is longer than %ld bytes — not a BPE merges file", path, lineno, (long)sizeof line);
             goto fail;
         }
         while (L && (line[L - 1] == '\n' || line[L - 1] == '\r')) line[--L] = 0;
@@ -408,13 +399,13 @@ Tokenizer *tok_create_clip(const char *merges_path, char *err, size_t errlen)
         if (L == 0) break; /* end of the merges */
         char *sp = strchr(line, ' ');
         if (!sp || sp == line || sp[1] == 0 || strchr(sp + 1, ' ')) {
-            seterr(err, errlen, "%s: line %ld is not \"left right\" — not a BPE merges file", path, lineno);
+            err_set(err, errlen, "%s: line %ld is not \"left right\" — not a BPE merges file", path, lineno);
             goto fail;
         }
         if (used + L + 2 > cap) {
             cap *= 2;
             char *nt = realloc(text, cap);
-            if (!nt) { seterr(err, errlen, "%s: out of memory", path); goto fail; }
+            if (!nt) { err_set(err, errlen, "%s: out of memory", path); goto fail; }
             text = nt;
         }
         *sp = 0;
@@ -425,7 +416,7 @@ Tokenizer *tok_create_clip(const char *merges_path, char *err, size_t errlen)
         n++;
     }
     if (n == 0) {
-        seterr(err, errlen, "%s: no merges found (%ld lines read) — expected CLIP's bpe_simple_vocab_16e6.txt.gz or a merges.txt", path, lineno);
+        err_set(err, errlen, "%s: no merges found (%ld lines read) — expected CLIP's bpe_simple_vocab_16e6.txt.gz or a merges.txt", path, lineno);
         goto fail;
     }
     gzclose(gz);
@@ -512,7 +503,7 @@ Tokenizer *tok_create_clip(const char *merges_path, char *err, size_t errlen)
     return t;
 
 oom:
-    seterr(err, errlen, "%s: out of memory building the tokenizer", path);
+    err_set(err, errlen, "%s: out of memory building the tokenizer", path);
 fail:
     if (gz) gzclose(gz);
     free(text);
@@ -619,7 +610,7 @@ static int encode_all(const Tokenizer *t, const char *text, IdBuf *out, char *er
             i = end;
         }
         free(bytes);
-        if (rc) seterr(err, errlen, "out of memory tokenising a %ld-character prompt", (long)n);
+        if (rc) err_set(err, errlen, "out of memory tokenising a %ld-character prompt", (long)n);
     }
     free(cp);
     return rc;
@@ -636,7 +627,7 @@ int tok_encode(const Tokenizer *t, const char *text, int32_t *ids, int max_ids, 
     if (k > 0) memcpy(ids, b.v, (size_t)k * sizeof *ids);
     free(b.v);
     if (b.n > max_ids) {
-        seterr(err, errlen, "prompt has %ld tokens; only %ld fit", (long)b.n, (long)max_ids);
+        err_set(err, errlen, "prompt has %ld tokens; only %ld fit", (long)b.n, (long)max_ids);
         return -1;
     }
     return 0;
@@ -647,7 +638,7 @@ int tok_encode_padded(const Tokenizer *t, const char *text, int context_len, int
 {
     if (n_out) *n_out = 0;
     if (context_len < 2) {
-        seterr(err, errlen, "context length %ld leaves no room for BOS and EOS", (long)context_len);
+        err_set(err, errlen, "context length %ld leaves no room for BOS and EOS", (long)context_len);
         return -1;
     }
     IdBuf b = {0};
