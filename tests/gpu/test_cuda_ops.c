@@ -138,6 +138,10 @@ static void k_silu_inplace(Backend *be, void **p, const Case *c) { be->silu_fwd(
 static void k_embedding(Backend *be, void **p, const Case *c) {
     be->embedding_fwd(be, CF(0), (const int32_t *)p[1], F(2), c->i[0], (int)c->i[1]);
 }
+/* dout ids dtable; i: n dim. Repeated ids make the CUDA kernel's atomicAdd race. */
+static void k_embedding_bwd(Backend *be, void **p, const Case *c) {
+    be->embedding_bwd(be, CF(0), (const int32_t *)p[1], F(2), c->i[0], (int)c->i[1]);
+}
 static void k_add(Backend *be, void **p, const Case *c) { be->add(be, CF(0), CF(1), F(2), c->i[0]); }
 static void k_add_alias(Backend *be, void **p, const Case *c) { be->add(be, F(0), CF(1), F(0), c->i[0]); }
 static void k_axpy(Backend *be, void **p, const Case *c) { be->axpy(be, c->f[0], CF(0), F(1), c->i[0]); }
@@ -364,6 +368,9 @@ static void build_cases(void) {
     c = add_case("embedding 154 ids of 49408x768", k_embedding, 0, 0, 0);
     ARG(c, "table", IN, 49408LL * 768); arg(c, "ids", IDS, 154, 0, 49408); ARG(c, "out", OUT, 154LL * 768);
     c->i[0] = 154; c->i[1] = 768;
+    c = add_case("embedding_bwd 616 ids of 300x64 (repeats)", k_embedding_bwd, 1e-5, 1e-5, 0);
+    ARG(c, "dout", IN, 616LL * 64); arg(c, "ids", IDS, 616, 0, 300); ARG(c, "dtable", ACC, 300LL * 64);
+    c->i[0] = 616; c->i[1] = 64;
     c = add_case("add n=1e6+1", k_add, T_PW, T_PW, 0);
     ARG(c, "a", IN, 1000001); ARG(c, "b", IN, 1000001); ARG(c, "y", OUT, 1000001); c->i[0] = 1000001;
     c = add_case("add in place (y == a)", k_add_alias, T_PW, T_PW, 0);
