@@ -77,7 +77,7 @@ int schedule_from_json(const char *path, Schedule *s, char *err, size_t errlen) 
     if (!text) { snprintf(err, errlen, "%s", e); return -1; }
     int rc = schedule_from_json_text(text, s, e, sizeof e);
     free(text);
-    if (rc) snprintf(err, errlen, "%s: %s — fix the key or delete the file for SD's schedule", path, e);
+    if (rc) snprintf(err, errlen, "%s: %s — fix that key (diffusers' scheduler_config.json names)", path, e);
     return rc;
 }
 

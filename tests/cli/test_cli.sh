@@ -78,5 +78,22 @@ fi
 $bin sample --model tiny --adapter "$tmp/runs/full/adapter.safetensors" --prompt "a sks emoji" --n 2 --steps 5 --size 16 -o "$tmp/s.png" >/dev/null 2>"$tmp/e" &&
   [ "$(head -c 8 "$tmp/s.png" | od -An -tx1 | tr -d ' ')" = 89504e470d0a1a0a ] && ok "sample writes a PNG" || bad "sample: $(cat "$tmp/e")"
 
+# --- score --data / pretrain: bad inputs are one-line errors with status 2
+$bin score --data "$tmp/none.bin" >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q "none.bin" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "score --data: missing file" || bad "score --data missing (rc $rc)"
+$bin score --data "$tmp/junk.safetensors" >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q "KSDATA1" "$tmp/e" && ok "score --data: not a dataset" || bad "score --data junk (rc $rc)"
+$bin pretrain --schedule cosine >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q -- "--schedule" "$tmp/e" && ok "pretrain --schedule cosine refused" || bad "pretrain --schedule (rc $rc)"
+# a broken scheduler config next to the tiny weights names the file
+mkdir -p "$tmp/home/models/tiny"
+if [ -f models/tiny/unet.safetensors ]; then
+  cp models/tiny/unet.safetensors models/tiny/text_encoder.safetensors "$tmp/home/models/tiny/"
+  echo '{"beta_schedule": "squaredcos_cap_v2"}' >"$tmp/home/models/tiny/scheduler_config.json"
+  KRONA_HOME="$tmp/home" $bin sample --model tiny --prompt "a dog" -o "$tmp/y.png" >/dev/null 2>"$tmp/e"; rc=$?
+  [ $rc -ne 0 ] && grep -q "scheduler_config.json.*beta_schedule" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+    ok "bad scheduler_config.json: one-line error" || bad "bad scheduler config (rc $rc): $(cat "$tmp/e")"
+fi
+
 echo "== cli: $pass passed, $fail failed =="
 [ $fail -eq 0 ]
