@@ -27,7 +27,8 @@ typedef struct Headless {
 
 static void on_progress(void *user, const TrainProgress *p) {
     Headless *h = user;
-    if (p->state != TRAIN_RUNNING || p->step == h->last_printed) return;
+    /* step 0 is the start (no loss yet): the first line is step 1 */
+    if (p->state != TRAIN_RUNNING || p->step == 0 || p->step == h->last_printed) return;
     if (p->step % h->every != 0 && p->step != p->total && p->step != 1) return;
     h->last_printed = p->step;
     char eta[16];

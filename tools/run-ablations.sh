@@ -19,7 +19,8 @@ if [ $# -gt 0 ]; then names="$*"; else
 fi
 mkdir -p "$OUT" "$(dirname "$DOC")"
 tmp="$DOC.tmp.$$"
-trap 'rm -f "$tmp"' EXIT INT TERM
+trap 'rm -f "$tmp"' EXIT
+trap 'rm -f "$tmp"; exit 130' INT TERM   # a trap that only cleaned up would let the loop go on
 {
     echo "# Ablations"
     echo
