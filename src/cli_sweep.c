@@ -186,10 +186,14 @@ static int score_base_on_data(const char *model, const char *data, int n, const 
     if (!be) { fprintf(stderr, "%s: %s\n", me, err); pt_dataset_free(&d); return 2; }
     Model *m = model_open(model, be, err, sizeof err);
     Image *tiles = calloc((size_t)n, sizeof(Image)), g = {0};
+    char (*cap)[128] = malloc(sizeof *cap * (size_t)n);
+    int *col = malloc(sizeof(int) * (size_t)n);
     ScoreDatasetResult r;
     int rc = 1;
-    if (!m || !tiles || score_dataset(m, &d, n, o, &r, tiles, err, sizeof err) != 0) {
-        fprintf(stderr, "%s: %s\n", me, tiles ? err : "out of memory");
+    if (!tiles || !cap || !col) { fprintf(stderr, "%s: out of memory\n", me); goto done; }
+    if (!m || score_dataset_pick(&d, n, cap[0], sizeof cap[0], col, err, sizeof err) != 0 ||
+        score_dataset(m, &d, cap[0], sizeof cap[0], col, n, o, &r, tiles, err, sizeof err) != 0) {
+        fprintf(stderr, "%s: %s\n", me, err);
         goto done;
     }
     printf("base model %s on %d captions of %s (DDIM %d steps, guidance %g, seed %llu):\n", model, n,
@@ -197,13 +201,8 @@ static int score_base_on_data(const char *model, const char *data, int n, const 
     printf("  right background   %d/%d (%.0f%%)\n", r.adherent, r.n, 100.0 * r.adherent / r.n);
     printf("  fidelity to the named emoji %.3f, to another emoji (control) %.3f\n",
            (double)r.fidelity_named, (double)r.fidelity_other);
-    char (*cap)[128] = malloc(sizeof *cap * (size_t)n);
-    int *col = malloc(sizeof(int) * (size_t)n);
-    if (cap && col && score_dataset_pick(&d, n, cap[0], sizeof cap[0], col, err, sizeof err) == 0)
-        for (int i = 0; i < n; i++)
-            printf("  %3d %-4s %s\n", i + 1, score_adherent(&tiles[i], col[i]) ? "ok" : "MISS", cap[i]);
-    free(cap);
-    free(col);
+    for (int i = 0; i < n; i++)
+        printf("  %3d %-4s %s\n", i + 1, score_adherent(&tiles[i], col[i]) ? "ok" : "MISS", cap[i]);
     printf("  per colour:");
     for (int c = 0; c < SCORE_N_ASKED; c++)
         if (r.per_colour_n[c]) printf(" %s %d/%d", score_palette[c].name, r.per_colour_hit[c], r.per_colour_n[c]);
@@ -220,6 +219,8 @@ static int score_base_on_data(const char *model, const char *data, int n, const 
 done:
     if (tiles) for (int i = 0; i < n; i++) image_free(&tiles[i]);
     free(tiles);
+    free(cap);
+    free(col);
     image_free(&g);
     model_free(m);
     backend_destroy(be);

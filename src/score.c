@@ -397,20 +397,16 @@ static int caption_subjects(const PtDataset *d, const char *cap, ScoreSubject *o
     return k;
 }
 
-#define PICK_PROMPT_MAX 128
-
-int score_dataset(Model *m, const PtDataset *d, int n, const ScoreOpts *o, ScoreDatasetResult *r,
-                  Image *tiles, char *err, size_t errlen) {
+int score_dataset(Model *m, const PtDataset *d, const char *text, size_t promptlen, const int *colour,
+                  int n, const ScoreOpts *o, ScoreDatasetResult *r, Image *tiles, char *err,
+                  size_t errlen) {
     memset(r, 0, sizeof *r);
-    char *text = malloc((size_t)(n > 0 ? n : 1) * PICK_PROMPT_MAX);
     const char **prompts = calloc((size_t)(n > 0 ? n : 1), sizeof *prompts);
-    int *colour = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
     Image *own = tiles ? tiles : calloc((size_t)(n > 0 ? n : 1), sizeof(Image));
-    ScoreSubject *ref = malloc(sizeof *ref * SCORE_MAX_SUBJECTS * 2);
+    ScoreSubject *ref = malloc(sizeof *ref * SCORE_MAX_SUBJECTS);
     int rc = -1;
-    if (!text || !prompts || !colour || !own || !ref) { snprintf(err, errlen, "out of memory"); goto done; }
-    if (score_dataset_pick(d, n, text, PICK_PROMPT_MAX, colour, err, errlen) != 0) goto done;
-    for (int i = 0; i < n; i++) prompts[i] = text + (size_t)i * PICK_PROMPT_MAX;
+    if (!prompts || !own || !ref) { snprintf(err, errlen, "out of memory"); goto done; }
+    for (int i = 0; i < n; i++) prompts[i] = text + (size_t)i * promptlen;
     if (score_generate(m, prompts, n, o, o->seed, own, err, errlen) != 0) goto done;
     double named = 0, other = 0;
     for (int i = 0; i < n; i++) {
@@ -429,9 +425,7 @@ int score_dataset(Model *m, const PtDataset *d, int n, const ScoreOpts *o, Score
     rc = 0;
 done:
     free_own_tiles(own, tiles, n);
-    free(text);
     free(prompts);
-    free(colour);
     free(ref);
     return rc;
 }

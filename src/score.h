@@ -123,8 +123,10 @@ typedef struct ScoreDatasetResult {
  * asked colour indices; -1 when the dataset has fewer than n usable captions. */
 int score_dataset_pick(const struct PtDataset *d, int n, char *prompts, size_t promptlen,
                        int *colour, char *err, size_t errlen);
-/* Generate (settings from o) and score; tiles (may be NULL) receive the n samples. */
-int score_dataset(Model *m, const struct PtDataset *d, int n, const ScoreOpts *o,
-                  ScoreDatasetResult *r, Image *tiles, char *err, size_t errlen);
+/* Generate the n picked prompts (settings from o) and score them; tiles (may
+ * be NULL) receive the samples. */
+int score_dataset(Model *m, const struct PtDataset *d, const char *prompts, size_t promptlen,
+                  const int *colour, int n, const ScoreOpts *o, ScoreDatasetResult *r, Image *tiles,
+                  char *err, size_t errlen);
 
 #endif

@@ -399,7 +399,7 @@ static void test_dataset_pick(void **state) {
     assert_int_equal(score_dataset_pick(&d, 13, many[0], sizeof many[0], c13, err, sizeof err), -1);
     assert_non_null(strstr(err, "13"));
 
-    /* score_dataset: the counts are the per-image metrics of its own samples */
+    /* score_dataset on the first 4 picks: the counts are the per-image metrics of its samples */
     Backend *be = backend_cpu_create();
     Model *m = model_open("tiny", be, err, sizeof err);
     assert_non_null(m);
@@ -408,7 +408,8 @@ static void test_dataset_pick(void **state) {
     o.steps = 2;
     ScoreDatasetResult r;
     Image tiles[4];
-    assert_int_equal(score_dataset(m, &d, 4, &o, &r, tiles, err, sizeof err), 0);
+    assert_int_equal(score_dataset(m, &d, prompts[0], sizeof prompts[0], col, 4, &o, &r, tiles, err,
+                                   sizeof err), 0);
     assert_int_equal(r.n, 4);
     int hit = 0, tot = 0;
     for (int i = 0; i < 4; i++) hit += score_adherent(&tiles[i], col[i]);
