@@ -20,6 +20,7 @@ static const char *USAGE =
     "       krona-studio sweep --preset P.ini --vary key=v1,v2,... [--vary ...] [--list]\n"
     "                          [--set key=value ...] [--out DIR] [--no-base] [--no-score]\n"
     "       krona-studio score --run RUN_DIR [--base|--no-base] [--grid out.png]\n"
+    "       krona-studio score --data FILE [--model M] [--n N] [--grid out.png]\n"
     "       krona-studio pretrain --data FILE --out DIR [--steps N] [--batch B] [--lr LR]\n"
     "                          [--resume] [--time-limit MIN] [--checkpoint-every N] (see man page)\n"
     "       krona-studio --help | --version\n"
