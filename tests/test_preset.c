@@ -400,10 +400,59 @@ static void test_validate(void **state) {
     assert_non_null(strstr(err, "not terminated"));
 }
 
+/* Every presets/ablation-*.ini loads, validates, and sets the knob its name says
+ * (ablation-lr-2e-3.ini: lr = 2e-3; -factors-4x32: a1 4, a2 32; -iters-N; -shots-N;
+ * -modules-attn / -modules-attn-ffn); everything else is the default preset's. */
+static void test_ablation_presets(void **state) {
+    (void)state;
+    Preset def;
+    char err[256] = "";
+    preset_defaults(&def);
+    if (preset_load(&def, "presets/default.ini", err, sizeof err)) fail_msg("%s", err);
+    DIR *d = opendir("presets");
+    assert_non_null(d);
+    int seen = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *n = e->d_name;
+        size_t len = strlen(n);
+        if (strncmp(n, "ablation-", 9) != 0 || len < 13 || strcmp(n + len - 4, ".ini") != 0) continue;
+        char path[300], knob[64];
+        snprintf(path, sizeof path, "presets/%s", n);
+        snprintf(knob, sizeof knob, "%.*s", (int)(len - 13), n + 9);
+        Preset p, want = def;
+        preset_defaults(&p);
+        if (preset_load(&p, path, err, sizeof err)) fail_msg("%s: %s", path, err);
+        if (preset_validate(&p, err, sizeof err)) fail_msg("%s: %s", path, err);
+        int a1, a2, k;
+        if (!strncmp(knob, "lr-", 3)) {
+            want.lr = strtof(knob + 3, NULL);
+            if (!(want.lr > 0)) fail_msg("%s: no lr in the name", path);
+        } else if (sscanf(knob, "factors-%dx%d", &a1, &a2) == 2) {
+            want.a1 = a1; want.a2 = a2;
+        } else if (sscanf(knob, "iters-%d", &k) == 1) {
+            want.iterations = k;
+        } else if (sscanf(knob, "shots-%d", &k) == 1) {
+            want.n_images = k;
+            for (int i = k; i < PRESET_MAX_IMAGES; i++) memset(want.images[i], 0, sizeof want.images[i]);
+        } else if (!strcmp(knob, "modules-attn") || !strcmp(knob, "modules-attn-ffn")) {
+            memset(want.modules, 0, sizeof want.modules);
+            snprintf(want.modules, sizeof want.modules, "%s", knob[12] ? "attn+ffn" : "attn");
+        } else {
+            fail_msg("%s: unknown ablation (lr-, factors-AxB, iters-, shots-, modules-)", path);
+        }
+        if (memcmp(&p, &want, sizeof p) != 0) fail_msg("%s differs from default.ini in more than %s", path, knob);
+        seen++;
+    }
+    closedir(d);
+    assert_true(seen >= 16);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_default_ini),
+        cmocka_unit_test(test_ablation_presets),
         cmocka_unit_test(test_unknown_keys),
         cmocka_unit_test(test_ranges),
         cmocka_unit_test(test_syntax_variants),
