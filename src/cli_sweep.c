@@ -153,13 +153,16 @@ static int cmd_sweep_run(int argc, char **argv) {
         rc = 2;
     } else {
         if (nr > 0) {
-            printf("\n%-32s %10s %8s %9s %9s %8s %9s\n", "variant", "trainable", "time_s", "loss", "eval",
-                   "fidelity", "adherence");
-            for (int i = 0; i < nr; i++)
-                printf("%-32s %10lld %8.1f %9.4f %9.4f %8.3f %9.3f%s%s\n", rows[i].variant,
+            printf("\n%-32s %10s %8s %9s %9s %8s %15s %9s\n", "variant", "trainable", "time_s", "loss",
+                   "eval", "fidelity", "vs base (se)", "adherence");
+            for (int i = 0; i < nr; i++) {
+                char gain[32] = "";
+                if (isfinite(rows[i].gain)) snprintf(gain, sizeof gain, "%+.3f (%.3f)", rows[i].gain, rows[i].gain_se);
+                printf("%-32s %10lld %8.1f %9.4f %9.4f %8.3f %15s %9.3f%s%s\n", rows[i].variant,
                        (long long)rows[i].trainable, rows[i].time_s, rows[i].final_loss, rows[i].eval_loss,
-                       rows[i].fidelity, rows[i].adherence, strcmp(rows[i].status, "ok") ? "  " : "",
+                       rows[i].fidelity, gain, rows[i].adherence, strcmp(rows[i].status, "ok") ? "  " : "",
                        strcmp(rows[i].status, "ok") ? rows[i].status : "");
+            }
         }
         if (r < 0) fprintf(stderr, "%s: %s\n", me, err);
         if (dir[0]) printf("outputs in %s: grid.png, results.csv, base.ini, a run folder per variant\n", dir);
@@ -265,9 +268,10 @@ static int cmd_score_run(int argc, char **argv) {
     Backend *be = cli_backend(device, err, sizeof err);
     if (!be) { fprintf(stderr, "%s: %s\n", me, err); return 2; }
     int rc = 0;
+    ScoreResult both[2];
     for (int base = 0; base < 2 && rc == 0; base++) {
         if (!(which & (base ? 2 : 1))) continue;
-        ScoreResult r;
+        ScoreResult *rp = &both[base], r;
         char gpath[PATH_MAX];
         if (grid) {
             /* both: out.png for the adapter, out.base.png for the base */
@@ -283,10 +287,16 @@ static int cmd_score_run(int argc, char **argv) {
             rc = 1;
             break;
         }
-        printf("%-8s fidelity %.3f  adherence %.3f  (%d samples: %d colours x %d, seed %llu, %d steps)%s%s\n",
-               base ? "base" : "adapter", r.fidelity, r.adherence, r.n, o.n_colours, o.per_colour,
-               (unsigned long long)o.seed, o.steps, grid ? " -> " : "", grid ? gpath : "");
+        *rp = r;
+        printf("%-8s fidelity %.3f  adherence %.3f  (se %.3f; %d samples: %d colours x %d, seed %llu, "
+               "%d steps)%s%s\n", base ? "base" : "adapter", r.fidelity, r.adherence, r.fidelity_se, r.n,
+               o.n_colours, o.per_colour, (unsigned long long)o.seed, o.steps, grid ? " -> " : "",
+               grid ? gpath : "");
     }
+    float gain, se;
+    if (rc == 0 && which == 3 && score_paired_gain(&both[0], &both[1], &gain, &se) == 0)
+        printf("gain     fidelity %+.3f  se %.3f  (adapter - base, sample by sample: same prompts, "
+               "same noise)\n", gain, se);
     backend_destroy(be);
     return rc;
 }

@@ -253,6 +253,20 @@ static void free_own_tiles(Image *own, const Image *tiles, int n) {
     free(own);
 }
 
+int score_paired_gain(const ScoreResult *r, const ScoreResult *base, float *gain, float *se) {
+    int n = r->n;
+    if (n < 2 || n != base->n || n > SCORE_MAX_SAMPLES) return -1;
+    double sum = 0, sum2 = 0;
+    for (int i = 0; i < n; i++) {
+        double d = (double)r->sample_fidelity[i] - base->sample_fidelity[i];
+        sum += d;
+        sum2 += d * d;
+    }
+    *gain = (float)(sum / n);
+    *se = (float)sqrt(fmax(0.0, (sum2 - sum * sum / n) / (n - 1)) / n);
+    return 0;
+}
+
 int score_model(Model *m, const char *instance_prompt, const ScoreSubject *subjects, int n_subjects,
                 const ScoreOpts *o, ScoreResult *r, Image *tiles, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
@@ -268,13 +282,17 @@ int score_model(Model *m, const char *instance_prompt, const ScoreSubject *subje
         prompts[i] = text[i];
     }
     if (score_generate(m, prompts, n, o, o->seed, own, err, errlen) != 0) goto done;
-    double fid = 0;
+    double fid = 0, fid2 = 0;
     int hit = 0;
     for (int i = 0; i < n; i++) {
-        fid += score_fidelity(&own[i], subjects, n_subjects);
+        float f = score_fidelity(&own[i], subjects, n_subjects);
+        r->sample_fidelity[i] = f;
+        fid += f;
+        fid2 += (double)f * f;
         hit += score_adherent(&own[i], i / o->per_colour);
     }
     r->fidelity = (float)(fid / n);
+    r->fidelity_se = n > 1 ? (float)sqrt(fmax(0.0, (fid2 - fid * fid / n) / (n - 1)) / n) : 0.0f;
     r->adherence = (float)hit / (float)n;
     r->n = n;
     rc = 0;

@@ -44,15 +44,24 @@ typedef struct ScoreOpts {
     int size;             /* pixels; 0: the model's native size */
 } ScoreOpts;
 
+#define SCORE_MAX_SAMPLES (SCORE_N_ASKED * 8)
 typedef struct ScoreResult {
     float fidelity;       /* mean over samples, 0..1 */
+    float fidelity_se;    /* its standard error (sample sd / sqrt n); 0 when n < 2 */
     float adherence;      /* fraction of samples with the asked background, 0..1 */
     int n;                /* samples scored */
+    float sample_fidelity[SCORE_MAX_SAMPLES];   /* per sample, in prompt order */
 } ScoreResult;
 
 void score_opts_default(ScoreOpts *o);
 /* 0, or -1 with a one-line err naming the field. */
 int score_opts_check(const ScoreOpts *o, char *err, size_t errlen);
+
+/* Fidelity gain of r over base, sample by sample: both drew the same prompts
+ * from the same noise, so the paired difference is far less noisy than two
+ * separate means. gain = mean(r_i - base_i), se = sd(r_i - base_i) / sqrt(n).
+ * -1 when the two did not score the same number (>= 2) of samples. */
+int score_paired_gain(const ScoreResult *r, const ScoreResult *base, float *gain, float *se);
 
 /* ---- image metrics (RGB, c = 3) ---- */
 /* Per-channel median of the outer ring of pixels, max(1, side/16) wide. */

@@ -371,7 +371,20 @@ static int sample_tiles(Model *m, const Preset *p, SweepRow *row, char *err, siz
     return 0;
 }
 
-static int score_row(Model *m, const Sweep *s, const Preset *p, SweepRow *row, char *err, size_t errlen) {
+/* Same subject images and prompt as the base preset: then a variant's samples
+ * pair one to one with the base row's. */
+static int same_subject(const Preset *a, const Preset *b) {
+    if (a->n_images != b->n_images || strcmp(a->instance_prompt, b->instance_prompt) ||
+        a->resolution != b->resolution)
+        return 0;
+    for (int i = 0; i < a->n_images; i++)
+        if (strcmp(a->images[i], b->images[i])) return 0;
+    return 1;
+}
+
+/* base: the scored base row, or NULL */
+static int score_row(Model *m, const Sweep *s, const Preset *p, SweepRow *row, const SweepRow *base,
+                     char *err, size_t errlen) {
     if (!s->score) return 0;
     ScoreSubject *subj = calloc(SCORE_MAX_SUBJECTS, sizeof *subj);
     if (!subj) { snprintf(err, errlen, "out of memory"); return -1; }
@@ -382,7 +395,12 @@ static int score_row(Model *m, const Sweep *s, const Preset *p, SweepRow *row, c
     if (rc == 0) rc = score_model(m, p->instance_prompt, subj, p->n_images, &o, &r, NULL, err, errlen);
     if (rc == 0) {
         row->fidelity = r.fidelity;
+        row->fidelity_se = r.fidelity_se;
         row->adherence = r.adherence;
+        row->score = r;
+        if (base && base->score.n > 0 && same_subject(p, &s->base) &&
+            score_paired_gain(&r, &base->score, &row->gain, &row->gain_se) != 0)
+            row->gain = row->gain_se = NAN;
     }
     free(subj);
     return rc;
@@ -392,6 +410,7 @@ static void row_init(SweepRow *row, const char *variant) {
     memset(row, 0, sizeof *row);
     snprintf(row->variant, sizeof row->variant, "%s", variant);
     row->final_loss = row->eval_loss = row->fidelity = row->adherence = NAN;
+    row->fidelity_se = row->gain = row->gain_se = NAN;
     snprintf(row->status, sizeof row->status, "ok");
 }
 
@@ -446,6 +465,7 @@ int sweep_run(const Sweep *s, Backend *be, const SweepCallbacks *cb, atomic_int 
     SweepRow *rows = rows_out ? rows_out : calloc((size_t)n + 1, sizeof *rows);
     if (!rows) { snprintf(err, errlen, "out of memory"); return -1; }
     int nr = 0, rc = 0;
+    const SweepRow *base_row = NULL;
 
     if (s->score && s->score_base) {
         SweepRow *row = &rows[nr];
@@ -453,13 +473,14 @@ int sweep_run(const Sweep *s, Backend *be, const SweepCallbacks *cb, atomic_int 
         if (cb && cb->begin) cb->begin(cb->user, -1, n, "base", "");
         Model *m = model_open(s->base.model, be, err, errlen);
         if (!m || sample_tiles(m, &s->base, row, err, errlen) != 0 ||
-            score_row(m, s, &s->base, row, err, errlen) != 0) {
+            score_row(m, s, &s->base, row, NULL, err, errlen) != 0) {
             model_free(m);
             sweep_rows_free(rows, nr + 1);
             rc = -1;
             goto done;
         }
         model_free(m);
+        base_row = row;
         nr++;
         if (cb && cb->end) cb->end(cb->user, -1, n, row);
         if (write_outputs(dir, rows, nr, &s->base, err, errlen) != 0) { rc = -1; goto done; }
@@ -502,7 +523,7 @@ int sweep_run(const Sweep *s, Backend *be, const SweepCallbacks *cb, atomic_int 
             Model *m = trainer_model(t);
             if (row->n_tiles == 0 && sample_tiles(m, &p, row, why, sizeof why) != 0)
                 snprintf(row->status, sizeof row->status, "samples failed: %s", why);
-            else if (score_row(m, s, &p, row, why, sizeof why) != 0)
+            else if (score_row(m, s, &p, row, base_row, why, sizeof why) != 0)
                 snprintf(row->status, sizeof row->status, "scoring failed: %s", why);
         }
         trainer_free(t);
@@ -548,7 +569,8 @@ int sweep_write_csv(const char *path, const SweepRow *rows, int n, char *err, si
     FILE *f = open_memstream(&buf, &len);
     if (!f) { snprintf(err, errlen, "out of memory"); return -1; }
     locale_t old = uselocale(fs_c_locale());   /* "0.5", whatever LC_NUMERIC says */
-    fputs("variant,trainable_params,time_s,final_loss,eval_loss,fidelity,adherence,adapter,status\n", f);
+    fputs("variant,trainable_params,time_s,final_loss,eval_loss,fidelity,adherence,fidelity_se,"
+          "fidelity_gain,fidelity_gain_se,adapter,status\n", f);
     for (int i = 0; i < n; i++) {
         const SweepRow *r = &rows[i];
         csv_text(f, r->variant);
@@ -562,6 +584,12 @@ int sweep_write_csv(const char *path, const SweepRow *rows, int n, char *err, si
         csv_num(f, r->fidelity, "%.4f");
         fputc(',', f);
         csv_num(f, r->adherence, "%.4f");
+        fputc(',', f);
+        csv_num(f, r->fidelity_se, "%.4f");
+        fputc(',', f);
+        csv_num(f, r->gain, "%.4f");
+        fputc(',', f);
+        csv_num(f, r->gain_se, "%.4f");
         fputc(',', f);
         if (r->run_dir[0] && !strcmp(r->status, "ok")) {
             char a[PATH_MAX + 32];
@@ -590,8 +618,8 @@ int sweep_write_markdown(const char *path, const SweepRow *rows, int n, char *er
     FILE *f = open_memstream(&buf, &len);
     if (!f) { snprintf(err, errlen, "out of memory"); return -1; }
     locale_t old = uselocale(fs_c_locale());
-    fputs("| variant | trainable | time (s) | final loss | eval loss | fidelity | adherence |\n"
-          "|---|---:|---:|---:|---:|---:|---:|\n", f);
+    fputs("| variant | trainable | time (s) | final loss | eval loss | fidelity ± se | vs base ± se "
+          "| adherence |\n|---|---:|---:|---:|---:|---:|---:|---:|\n", f);
     for (int i = 0; i < n; i++) {
         const SweepRow *r = &rows[i];
         fputs("| `", f);
@@ -604,6 +632,10 @@ int sweep_write_markdown(const char *path, const SweepRow *rows, int n, char *er
         md_num(f, r->eval_loss, "%.4f");
         fputs(" | ", f);
         md_num(f, r->fidelity, "%.3f");
+        if (isfinite(r->fidelity_se)) fprintf(f, " ± %.3f", r->fidelity_se);
+        fputs(" | ", f);
+        md_num(f, r->gain, "%+.3f");
+        if (isfinite(r->gain)) fprintf(f, " ± %.3f", r->gain_se);
         fputs(" | ", f);
         md_num(f, r->adherence, "%.3f");
         fputs(" |", f);

@@ -50,6 +50,11 @@ typedef struct SweepRow {
     float final_loss;               /* smoothed (EMA 0.9) training loss at the end; NaN: none */
     float eval_loss;                /* fixed (noise, t) set; NaN: none */
     float fidelity, adherence;      /* NaN when not scored */
+    float fidelity_se;              /* standard error of fidelity; NaN when not scored */
+    float gain, gain_se;            /* fidelity - base's, sample by sample (score_paired_gain);
+                                       NaN for the base row, or when the variant is scored
+                                       against other subject images (n_images) */
+    ScoreResult score;              /* per-sample fidelities (n = 0: not scored) */
     char status[256];               /* "ok", "failed: why", "cancelled at step N" */
     Image tiles[PRESET_MAX_SAMPLES];/* final samples, one per sample prompt */
     int n_tiles;

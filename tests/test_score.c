@@ -281,6 +281,32 @@ static void test_opts_and_subjects(void **state) {
 
 /* the sampling path: the tiny model (random weights when models/tiny is
  * missing), 2 colours x 2 seeds, a few steps; deterministic, in range */
+/* The paired gain against a hand computation: differences 0.1, 0.2, 0.3 ->
+ * mean 0.2, sd 0.1, se 0.1 / sqrt(3); mismatched or too few samples refuse. */
+static void test_paired_gain(void **state) {
+    (void)state;
+    ScoreResult a = {0}, b = {0};
+    a.n = b.n = 3;
+    const float base[3] = {0.30f, 0.50f, 0.10f}, diff[3] = {0.1f, 0.2f, 0.3f};
+    for (int i = 0; i < 3; i++) {
+        b.sample_fidelity[i] = base[i];
+        a.sample_fidelity[i] = base[i] + diff[i];
+    }
+    float g = -1, se = -1;
+    assert_int_equal(score_paired_gain(&a, &b, &g, &se), 0);
+    assert_float_equal(g, 0.2, 1e-6);
+    assert_float_equal(se, 0.1 / sqrt(3.0), 1e-6);
+    /* the same shift everywhere: a certain gain (se 0) however noisy the samples are */
+    for (int i = 0; i < 3; i++) a.sample_fidelity[i] = base[i] + 0.05f;
+    assert_int_equal(score_paired_gain(&a, &b, &g, &se), 0);
+    assert_float_equal(g, 0.05, 1e-6);
+    assert_float_equal(se, 0, 1e-6);
+    b.n = 2;
+    assert_int_equal(score_paired_gain(&a, &b, &g, &se), -1);
+    a.n = b.n = 1;
+    assert_int_equal(score_paired_gain(&a, &b, &g, &se), -1);
+}
+
 static void test_score_model(void **state) {
     (void)state;
     char err[512];
@@ -314,6 +340,13 @@ static void test_score_model(void **state) {
     }
     assert_float_equal(r1.fidelity, fid / 4, 1e-6);
     assert_float_equal(r1.adherence, hit / 4.0, 1e-6);
+    /* per-sample fidelities and the standard error, two-pass */
+    double ss = 0;
+    for (int i = 0; i < 4; i++) {
+        assert_float_equal(r1.sample_fidelity[i], score_fidelity(&tiles[i], d, 1), 1e-7);
+        ss += (r1.sample_fidelity[i] - fid / 4) * (r1.sample_fidelity[i] - fid / 4);
+    }
+    assert_float_equal(r1.fidelity_se, sqrt(ss / 3 / 4), 1e-6);
     assert_int_equal(score_model(m, "a sks emoji", d, 1, &o, &r2, NULL, err, sizeof err), 0);
     assert_float_equal(r1.fidelity, r2.fidelity, 0);
     assert_float_equal(r1.adherence, r2.adherence, 0);
@@ -433,6 +466,7 @@ int main(void) {
         cmocka_unit_test(test_descriptor_reference),
         cmocka_unit_test(test_fidelity_known_answers),
         cmocka_unit_test(test_opts_and_subjects),
+        cmocka_unit_test(test_paired_gain),
         cmocka_unit_test(test_score_model),
         cmocka_unit_test(test_dataset_pick),
     };

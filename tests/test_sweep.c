@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,6 +184,19 @@ static void test_sweep_run_tiny(void **state) {
     /* zero-initialised adapters: the untrained variant samples == base samples
      * is not checked here (they trained 3 steps); the losses are real numbers */
     assert_true(rows[1].final_loss > 0 && rows[1].eval_loss > 0);
+    /* the paired gain: none for the base row; for a variant scored on the same
+     * subject, the mean of per-sample differences is the difference of means */
+    assert_true(isnan(rows[0].gain));
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(rows[i].score.n, 2);
+        float mean = (rows[i].score.sample_fidelity[0] + rows[i].score.sample_fidelity[1]) / 2;
+        assert_float_equal(rows[i].fidelity, mean, 1e-6);
+        assert_true(rows[i].fidelity_se >= 0);
+    }
+    for (int i = 1; i < 3; i++) {
+        assert_float_equal(rows[i].gain, rows[i].fidelity - rows[0].fidelity, 1e-5);
+        assert_true(rows[i].gain_se >= 0);
+    }
 
     char path[4200];
     snprintf(path, sizeof path, "%s/results.csv", dir);
@@ -190,7 +204,9 @@ static void test_sweep_run_tiny(void **state) {
     char *csv = fs_read_all(path, &n, err, sizeof err);
     assert_non_null(csv);
     assert_int_equal(count_lines(csv), 4);
-    assert_true(strncmp(csv, "variant,trainable_params,time_s,final_loss,eval_loss,fidelity,adherence,", 71) == 0);
+    const char *head = "variant,trainable_params,time_s,final_loss,eval_loss,fidelity,adherence,fidelity_se,"
+                       "fidelity_gain,fidelity_gain_se,adapter,status\n";
+    assert_true(strncmp(csv, head, strlen(head)) == 0);
     assert_non_null(strstr(csv, "\nbase,0,"));
     char want[256];
     snprintf(want, sizeof want, "\na1=4,%lld,", (long long)rows[1].trainable);

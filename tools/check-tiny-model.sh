@@ -41,6 +41,7 @@ right=$(sed -n 's/^ *right background *\([0-9]*\)\/\([0-9]*\).*/\1 of \2/p' "$OU
 fid=$(sed -n 's/^ *fidelity to the named emoji \([0-9.]*\), to another emoji (control) \([0-9.]*\)/\1 named vs \2 control/p' "$OUT/base-check.txt")
 ad=$(awk '$1 == "adapter" {print $3, $5}' "$OUT/default-score.txt")
 bs=$(awk '$1 == "base" {print $3, $5}' "$OUT/default-score.txt")
+gain=$(awk '$1 == "gain" {print $3, "±", $5}' "$OUT/default-score.txt")
 {
     echo "# Tiny model: acceptance checks"
     echo
@@ -77,6 +78,8 @@ bs=$(awk '$1 == "base" {print $3, $5}' "$OUT/default-score.txt")
     echo "|---|---|---|"
     echo "| base model | $(echo "$bs" | cut -d' ' -f1) | $(echo "$bs" | cut -d' ' -f2) |"
     echo "| default preset | $(echo "$ad" | cut -d' ' -f1) | $(echo "$ad" | cut -d' ' -f2) |"
+    echo
+    echo "Fidelity gain, sample by sample (same prompts, same noise; ± standard error): **$gain**."
     echo
     echo "Wall time of the whole train command (model load, 500 steps, 5 preview grids, save):"
     echo "$(printf '%.0f' "$secs") s. Its last lines:"

@@ -78,6 +78,12 @@ fi
 $bin sample --model tiny --adapter "$tmp/runs/full/adapter.safetensors" --prompt "a sks emoji" --n 2 --steps 5 --size 16 -o "$tmp/s.png" >/dev/null 2>"$tmp/e" &&
   [ "$(head -c 8 "$tmp/s.png" | od -An -tx1 | tr -d ' ')" = 89504e470d0a1a0a ] && ok "sample writes a PNG" || bad "sample: $(cat "$tmp/e")"
 
+# --- score --run: adapter, base and their paired gain (= the difference of the two means)
+$bin score --run "$tmp/runs/full" --colours 2 --steps 3 --size 16 >"$tmp/sc" 2>"$tmp/e" &&
+  awk '$1 == "adapter" {a = $3} $1 == "base" {b = $3} $1 == "gain" {g = $3; n++}
+       END {d = a - b - g; exit !(n == 1 && d < 0.0015 && d > -0.0015)}' "$tmp/sc" &&
+  ok "score --run: gain $(awk '$1 == "gain" {print $3}' "$tmp/sc") = adapter - base" || bad "score --run: $(cat "$tmp/sc" "$tmp/e")"
+
 # --- score --data / pretrain: bad inputs are one-line errors with status 2
 $bin score --data "$tmp/none.bin" >/dev/null 2>"$tmp/e"; rc=$?
 [ $rc -eq 2 ] && grep -q "none.bin" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "score --data: missing file" || bad "score --data missing (rc $rc)"
