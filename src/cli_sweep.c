@@ -204,6 +204,8 @@ static int score_base_on_data(const char *model, const char *data, int n, const 
     printf("  right background   %d/%d (%.0f%%)\n", r.adherent, r.n, 100.0 * r.adherent / r.n);
     printf("  fidelity to the named emoji %.3f, to another emoji (control) %.3f\n",
            (double)r.fidelity_named, (double)r.fidelity_other);
+    printf("  named - control    %+.3f  se %.3f  (sample by sample)\n", (double)r.named_gain,
+           (double)r.named_gain_se);
     for (int i = 0; i < n; i++)
         printf("  %3d %-4s %s\n", i + 1, score_adherent(&tiles[i], col[i]) ? "ok" : "MISS", cap[i]);
     printf("  per colour:");

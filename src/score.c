@@ -426,20 +426,26 @@ int score_dataset(Model *m, const PtDataset *d, const char *text, size_t promptl
     if (!prompts || !own || !ref) { snprintf(err, errlen, "out of memory"); goto done; }
     for (int i = 0; i < n; i++) prompts[i] = text + (size_t)i * promptlen;
     if (score_generate(m, prompts, n, o, o->seed, own, err, errlen) != 0) goto done;
-    double named = 0, other = 0;
+    double named = 0, other = 0, diff2 = 0;
     for (int i = 0; i < n; i++) {
         int hit = score_adherent(&own[i], colour[i]);
         r->adherent += hit;
         r->per_colour_n[colour[i]]++;
         r->per_colour_hit[colour[i]] += hit;
         int k = caption_subjects(d, prompts[i], ref, SCORE_MAX_SUBJECTS);
-        named += k ? score_fidelity(&own[i], ref, k) : 0.0;
+        double fn = k ? score_fidelity(&own[i], ref, k) : 0.0;
         k = caption_subjects(d, prompts[(i + 1) % n], ref, SCORE_MAX_SUBJECTS);
-        other += k ? score_fidelity(&own[i], ref, k) : 0.0;
+        double fo = k ? score_fidelity(&own[i], ref, k) : 0.0;
+        named += fn;
+        other += fo;
+        diff2 += (fn - fo) * (fn - fo);
     }
     r->n = n;
     r->fidelity_named = (float)(named / n);
     r->fidelity_other = (float)(other / n);
+    double dm = (named - other) / n;
+    r->named_gain = (float)dm;
+    r->named_gain_se = n > 1 ? (float)sqrt(fmax(0.0, (diff2 - n * dm * dm) / (n - 1)) / n) : 0.0f;
     rc = 0;
 done:
     free_own_tiles(own, tiles, n);

@@ -126,6 +126,7 @@ typedef struct ScoreDatasetResult {
     int n, adherent;          /* samples, and those with the asked background */
     float fidelity_named;     /* mean fidelity to the named emoji's images */
     float fidelity_other;     /* mean fidelity to another pick's images (control) */
+    float named_gain, named_gain_se;  /* mean over samples of named - other, its standard error */
     int per_colour_n[SCORE_N_ASKED], per_colour_hit[SCORE_N_ASKED];
 } ScoreDatasetResult;
 /* Picks n captions (written to prompts[i], each promptlen bytes) and their

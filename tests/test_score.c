@@ -451,6 +451,9 @@ static void test_dataset_pick(void **state) {
     assert_int_equal(tot, 4);
     assert_true(r.fidelity_named >= 0 && r.fidelity_named <= 1);
     assert_true(r.fidelity_other >= 0 && r.fidelity_other <= 1);
+    /* the paired difference's mean is the difference of the means */
+    assert_float_equal(r.named_gain, r.fidelity_named - r.fidelity_other, 1e-5);
+    assert_true(r.named_gain_se >= 0);
     for (int i = 0; i < 4; i++) image_free(&tiles[i]);
     model_free(m);
     backend_destroy(be);

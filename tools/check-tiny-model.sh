@@ -34,11 +34,12 @@ start=$(date +%s.%N)
     --set output_dir="$OUT" --set run_name=default | tee "$OUT/default-train.txt"
 end=$(date +%s.%N)
 secs=$(awk "BEGIN {print $end - $start}")
-"$BIN" score --run "$OUT/default" --colours 9 --per-colour 2 --grid "$OUT/default-score.png" \
+"$BIN" score --run "$OUT/default" --colours 9 --per-colour 4 --grid "$OUT/default-score.png" \
     | tee "$OUT/default-score.txt"
 
 right=$(sed -n 's/^ *right background *\([0-9]*\)\/\([0-9]*\).*/\1 of \2/p' "$OUT/base-check.txt")
 fid=$(sed -n 's/^ *fidelity to the named emoji \([0-9.]*\), to another emoji (control) \([0-9.]*\)/\1 named vs \2 control/p' "$OUT/base-check.txt")
+named_gain=$(awk '$1 == "named" && $2 == "-" {print $4, "±", $6}' "$OUT/base-check.txt")
 ad=$(awk '$1 == "adapter" {print $3, $5}' "$OUT/default-score.txt")
 bs=$(awk '$1 == "base" {print $3, $5}' "$OUT/default-score.txt")
 gain=$(awk '$1 == "gain" {print $3, "±", $5}' "$OUT/default-score.txt")
@@ -58,6 +59,7 @@ gain=$(awk '$1 == "gain" {print $3, "±", $5}' "$OUT/default-score.txt")
     echo "|---|---|"
     echo "| right background colour | $right |"
     echo "| fidelity to the named emoji vs another emoji (control) | $fid |"
+    echo "| named − control, sample by sample (± standard error) | $named_gain |"
     echo
     echo "![base samples](tiny-base-samples.png)"
     echo
@@ -71,7 +73,7 @@ gain=$(awk '$1 == "gain" {print $3, "±", $5}' "$OUT/default-score.txt")
     echo "## 2. Default preset: KronA 4x4, attention only, lr 6e-4, 500 iterations"
     echo
     echo "\`krona-studio train --preset presets/default.ini --headless\`, then"
-    echo "\`krona-studio score --run RUN --colours 9 --per-colour 2\` (18 samples of"
+    echo "\`krona-studio score --run RUN --colours 9 --per-colour 4\` (36 samples of"
     echo "\"a sks dog on a <colour> background\")."
     echo
     echo "| | fidelity | adherence |"
