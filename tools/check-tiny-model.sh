@@ -7,6 +7,7 @@
 #   2. the default preset (KronA, attention only, lr 6e-4): wall time of the
 #      whole `train` command, then fidelity/adherence of adapter vs base model.
 # The learning-rate ablation is a sweep: tools/run-ablations.sh lr.
+# Everything in $DOC below the line "<!-- by hand below -->" is kept.
 # Run from the repository root after `make` (and tools/build-emoji-dataset.sh).
 #   OUT=runs/checks DOC=docs/tiny-model-checks.md N=50 tools/check-tiny-model.sh
 set -eu
@@ -15,6 +16,7 @@ OUT=${OUT:-runs/checks}
 DOC=${DOC:-docs/tiny-model-checks.md}
 DATA=${DATA:-data/emoji32.bin}
 N=${N:-50}
+MARK='<!-- by hand below -->'
 [ -x "$BIN" ] || { echo "check-tiny-model: $BIN not found; run make first" >&2; exit 2; }
 [ -f "$DATA" ] || { echo "check-tiny-model: $DATA not found; run tools/build-emoji-dataset.sh" >&2; exit 2; }
 mkdir -p "$OUT" "$(dirname "$DOC")"
@@ -89,6 +91,11 @@ gain=$(awk '$1 == "gain" {print $3, "±", $5}' "$OUT/default-score.txt")
     echo '```'
     tail -n 3 "$OUT/default-train.txt"
     echo '```'
+    # the reading of the numbers is written by hand below this marker and kept across runs
+    if [ -f "$DOC" ] && grep -q "^$MARK" "$DOC"; then
+        echo
+        sed -n "/^$MARK/,\$p" "$DOC"
+    fi
 } > "$DOC.tmp"
 mv "$DOC.tmp" "$DOC"
 echo "wrote $DOC"
