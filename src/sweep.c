@@ -575,22 +575,16 @@ int sweep_write_csv(const char *path, const SweepRow *rows, int n, char *err, si
         const SweepRow *r = &rows[i];
         csv_text(f, r->variant);
         fprintf(f, ",%lld,", (long long)r->trainable);
-        csv_num(f, r->time_s, "%.1f");
-        fputc(',', f);
-        csv_num(f, r->final_loss, "%.5f");
-        fputc(',', f);
-        csv_num(f, r->eval_loss, "%.5f");
-        fputc(',', f);
-        csv_num(f, r->fidelity, "%.4f");
-        fputc(',', f);
-        csv_num(f, r->adherence, "%.4f");
-        fputc(',', f);
-        csv_num(f, r->fidelity_se, "%.4f");
-        fputc(',', f);
-        csv_num(f, r->gain, "%.4f");
-        fputc(',', f);
-        csv_num(f, r->gain_se, "%.4f");
-        fputc(',', f);
+        /* the numeric columns, in the header's order; NaN writes an empty field */
+        const struct { double v; const char *fmt; } num[] = {
+            {r->time_s, "%.1f"},      {r->final_loss, "%.5f"},  {r->eval_loss, "%.5f"},
+            {r->fidelity, "%.4f"},    {r->adherence, "%.4f"},   {r->fidelity_se, "%.4f"},
+            {r->gain, "%.4f"},        {r->gain_se, "%.4f"},
+        };
+        for (size_t k = 0; k < sizeof num / sizeof num[0]; k++) {
+            csv_num(f, num[k].v, num[k].fmt);
+            fputc(',', f);
+        }
         if (r->run_dir[0] && !strcmp(r->status, "ok")) {
             char a[PATH_MAX + 32];
             snprintf(a, sizeof a, "%s/adapter.safetensors", r->run_dir);
