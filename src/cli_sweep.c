@@ -273,7 +273,7 @@ static int cmd_score_run(int argc, char **argv) {
     ScoreResult both[2];
     for (int base = 0; base < 2 && rc == 0; base++) {
         if (!(which & (base ? 2 : 1))) continue;
-        ScoreResult *rp = &both[base], r;
+        ScoreResult *r = &both[base];
         char gpath[PATH_MAX];
         if (grid) {
             /* both: out.png for the adapter, out.base.png for the base */
@@ -284,14 +284,13 @@ static int cmd_score_run(int argc, char **argv) {
             else
                 snprintf(gpath, sizeof gpath, "%s", grid);
         }
-        if (score_run_dir(run, base, be, &o, &r, grid ? gpath : NULL, err, sizeof err) != 0) {
+        if (score_run_dir(run, base, be, &o, r, grid ? gpath : NULL, err, sizeof err) != 0) {
             fprintf(stderr, "%s: %s\n", me, err);
             rc = 1;
             break;
         }
-        *rp = r;
         printf("%-8s fidelity %.3f  adherence %.3f  (se %.3f; %d samples: %d colours x %d, seed %llu, "
-               "%d steps)%s%s\n", base ? "base" : "adapter", r.fidelity, r.adherence, r.fidelity_se, r.n,
+               "%d steps)%s%s\n", base ? "base" : "adapter", r->fidelity, r->adherence, r->fidelity_se, r->n,
                o.n_colours, o.per_colour, (unsigned long long)o.seed, o.steps, grid ? " -> " : "",
                grid ? gpath : "");
     }

@@ -253,6 +253,11 @@ static void free_own_tiles(Image *own, const Image *tiles, int n) {
     free(own);
 }
 
+/* Standard error of the mean of n values from their sum and sum of squares. */
+static float mean_se(double sum, double sum2, int n) {
+    return n > 1 ? (float)sqrt(fmax(0.0, (sum2 - sum * sum / n) / (n - 1)) / n) : 0.0f;
+}
+
 int score_paired_gain(const ScoreResult *r, const ScoreResult *base, float *gain, float *se) {
     int n = r->n;
     if (n < 2 || n != base->n || n > SCORE_MAX_SAMPLES) return -1;
@@ -263,7 +268,7 @@ int score_paired_gain(const ScoreResult *r, const ScoreResult *base, float *gain
         sum2 += d * d;
     }
     *gain = (float)(sum / n);
-    *se = (float)sqrt(fmax(0.0, (sum2 - sum * sum / n) / (n - 1)) / n);
+    *se = mean_se(sum, sum2, n);
     return 0;
 }
 
@@ -292,7 +297,7 @@ int score_model(Model *m, const char *instance_prompt, const ScoreSubject *subje
         hit += score_adherent(&own[i], i / o->per_colour);
     }
     r->fidelity = (float)(fid / n);
-    r->fidelity_se = n > 1 ? (float)sqrt(fmax(0.0, (fid2 - fid * fid / n) / (n - 1)) / n) : 0.0f;
+    r->fidelity_se = mean_se(fid, fid2, n);
     r->adherence = (float)hit / (float)n;
     r->n = n;
     rc = 0;
@@ -443,9 +448,8 @@ int score_dataset(Model *m, const PtDataset *d, const char *text, size_t promptl
     r->n = n;
     r->fidelity_named = (float)(named / n);
     r->fidelity_other = (float)(other / n);
-    double dm = (named - other) / n;
-    r->named_gain = (float)dm;
-    r->named_gain_se = n > 1 ? (float)sqrt(fmax(0.0, (diff2 - n * dm * dm) / (n - 1)) / n) : 0.0f;
+    r->named_gain = (float)((named - other) / n);
+    r->named_gain_se = mean_se(named - other, diff2, n);
     rc = 0;
 done:
     free_own_tiles(own, tiles, n);
