@@ -60,7 +60,7 @@ int score_opts_check(const ScoreOpts *o, char *err, size_t errlen);
 /* Fidelity gain of r over base, sample by sample: both drew the same prompts
  * from the same noise, so the paired difference is far less noisy than two
  * separate means. gain = mean(r_i - base_i), se = sd(r_i - base_i) / sqrt(n).
- * -1 when the two did not score the same number (>= 2) of samples. */
+ * -1, writing nothing, when the two did not score the same number (>= 2) of samples. */
 int score_paired_gain(const ScoreResult *r, const ScoreResult *base, float *gain, float *se);
 
 /* ---- image metrics (RGB, c = 3) ---- */

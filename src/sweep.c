@@ -398,9 +398,10 @@ static int score_row(Model *m, const Sweep *s, const Preset *p, SweepRow *row, c
         row->fidelity_se = r.fidelity_se;
         row->adherence = r.adherence;
         row->score = r;
-        if (base && base->score.n > 0 && same_subject(p, &s->base) &&
-            score_paired_gain(&r, &base->score, &row->gain, &row->gain_se) != 0)
-            row->gain = row->gain_se = NAN;
+        /* gain stays NaN (row_init) when the samples do not pair: score_paired_gain
+         * writes nothing for an unscored base or a different sample count */
+        if (base && same_subject(p, &s->base))
+            (void)score_paired_gain(&r, &base->score, &row->gain, &row->gain_se);
     }
     free(subj);
     return rc;
