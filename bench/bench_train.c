@@ -1,7 +1,11 @@
 /* bench_train.c — `make bench`: time one training step (forward + backward +
  * AdamW on the adapters) of the tiny UNet at 32x32, batch 1 and 8, without
  * adapters, with KronA (attn, attn+ffn) and with LoRA at a similar parameter
- * count. Prints a table and writes it to the file given as argv[1]. */
+ * count. Prints a table and writes it to the file given as the first argument.
+ *   bench_train [OUT] [--device cpu|cuda] [--model tiny|sd15|sdxl] [--batch B]
+ * --model sd15 / sdxl time SD 1.5 at 512x512 (64x64 latents, 77 tokens) and
+ * SDXL at 1024x1024 (128x128 latents) with random weights: the step costs the
+ * same as with real ones. --device cuda needs a `make cuda` build. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +13,9 @@
 #include <time.h>
 
 #include "backend.h"
+#ifdef KRONA_CUDA
+#include "backend_cuda.h"
+#endif
 #include "rng.h"
 #include "unet.h"
 
@@ -31,19 +38,48 @@ static int cmp_d(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static int run(const char *what, const AdapterSpec *spec, int B, int reps, Row *row) {
+static Backend *make_backend(const char *device) {
+    if (!strcmp(device, "cpu")) return backend_cpu_create();
+#ifdef KRONA_CUDA
+    if (!strcmp(device, "cuda")) {
+        char err[256];
+        Backend *be = backend_cuda_create(err, sizeof err);
+        if (!be) fprintf(stderr, "bench_train: %s\n", err);
+        return be;
+    }
+#endif
+    fprintf(stderr, "bench_train: device %s is not in this build (cpu%s)\n", device,
+#ifdef KRONA_CUDA
+            ", cuda"
+#else
+            "; `make cuda` builds build/cuda/bench/bench_train for cuda"
+#endif
+    );
+    return NULL;
+}
+
+static int run(const char *device, const char *model, const char *what, const AdapterSpec *spec,
+               int B, int reps, Row *row) {
     char err[512];
-    Backend *be = backend_cpu_create();
+    Backend *be = make_backend(device);
+    if (!be) return -1;
     UNetConfig cfg;
-    unet_config_builtin("tiny", &cfg);
+    unet_config_builtin(model, &cfg);
     UNet *u = unet_create(&cfg, be, err, sizeof err);
-    if (!u) { fprintf(stderr, "%s\n", err); return -1; }
+    if (!u) { fprintf(stderr, "%s\n", err); backend_destroy(be); return -1; }
     unet_init_random(u, 1);
     if (spec && unet_attach_adapters(u, spec, 2, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
+        unet_free(u);
+        backend_destroy(be);
         return -1;
     }
-    int H = 32, W = 32, L = 32, C = cfg.in_channels, D = cfg.cross_attention_dim;
+    int tiny = !strcmp(model, "tiny");
+    int H = cfg.sample_size, W = cfg.sample_size, L = tiny ? 32 : 77, C = cfg.in_channels;
+    int D = cfg.cross_attention_dim;
+    /* SDXL's added conditioning: pooled text embedding, then 6 time ids */
+    int P = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim;
+    int64_t n_added = cfg.addition_time_embed_dim ? (int64_t)B * (P + 6) : 0;
     int64_t n = (int64_t)B * C * H * W;
     Rng r;
     rng_seed(&r, 3);
@@ -59,6 +95,18 @@ static int run(const char *what, const AdapterSpec *spec, int B, int reps, Row *
     be->upload(be, tgt, hx, sizeof(float) * (size_t)n);
     be->upload(be, ctx, hc, sizeof(float) * (size_t)B * L * D);
     be->upload(be, t, ht, sizeof(float) * (size_t)B);
+    float *added = NULL;
+    if (n_added) {
+        float *ha = malloc(sizeof(float) * (size_t)n_added);
+        rng_fill_normal(&r, ha, n_added);
+        for (int b = 0; b < B; b++) {
+            float ids[6] = {1024, 1024, 0, 0, 1024, 1024};
+            memcpy(ha + (int64_t)b * (P + 6) + P, ids, sizeof ids);
+        }
+        added = be->alloc(be, sizeof(float) * (size_t)n_added);
+        be->upload(be, added, ha, sizeof(float) * (size_t)n_added);
+        free(ha);
+    }
     AdapterSet *set = unet_adapters(u);
     int na = set ? set->n : 0;
     float **m = calloc((size_t)(2 * na + 1), sizeof(float *)), **v = calloc((size_t)(2 * na + 1), sizeof(float *));
@@ -75,11 +123,12 @@ static int run(const char *what, const AdapterSpec *spec, int B, int reps, Row *
             be->zero(be, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
             be->zero(be, a->dB, sizeof(float) * (size_t)adapter_numel_B(a));
         }
-        unet_forward(u, x, t, ctx, NULL, y, B, H, W, L, 1);
-        be->mse_fwd(be, y, tgt, n);
-        be->zero(be, dy, sizeof(float) * (size_t)n);
-        be->mse_bwd(be, y, tgt, dy, n, 1.0f);
-        unet_backward(u, dy, NULL);
+        if (unet_forward(u, x, t, ctx, added, y, B, H, W, L, 1) != 0 ||
+            (be->mse_fwd(be, y, tgt, n), be->zero(be, dy, sizeof(float) * (size_t)n),
+             be->mse_bwd(be, y, tgt, dy, n, 1.0f), unet_backward(u, dy, NULL) != 0)) {
+            fprintf(stderr, "bench_train: %s\n", unet_last_error(u));
+            return -1;
+        }
         for (int i = 0; i < na; i++) {
             Adapter *a = &set->items[i];
             be->adamw(be, a->A, a->dA, m[2 * i], v[2 * i], adapter_numel_A(a), 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
@@ -98,19 +147,38 @@ static int run(const char *what, const AdapterSpec *spec, int B, int reps, Row *
     for (int i = 0; i < 2 * na; i++) { be->free(be, m[i]); be->free(be, v[i]); }
     free(m); free(v); free(times); free(hx); free(hc);
     be->free(be, x); be->free(be, y); be->free(be, tgt); be->free(be, dy); be->free(be, ctx); be->free(be, t);
+    if (added) be->free(be, added);
     unet_free(u);
     backend_destroy(be);
     return 0;
 }
 
 int main(int argc, char **argv) {
-    const char *out = argc > 1 ? argv[1] : "bench/results.txt";
-    AdapterSpec krona = {.kind = ADAPTER_KRONA, .a1 = 4, .a2 = 4, .alpha = 1, .modules = ADAPT_ATTN};
+    const char *out = "bench/results.txt", *device = "cpu", *model = "tiny";
+    int only_batch = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--device") && v) device = argv[++i];
+        else if (!strcmp(a, "--model") && v) model = argv[++i];
+        else if (!strcmp(a, "--batch") && v) only_batch = atoi(argv[++i]);
+        else if (a[0] != '-') out = a;
+        else {
+            fprintf(stderr, "usage: bench_train [OUT] [--device cpu|cuda] [--model tiny|sd15|sdxl] [--batch B]\n");
+            return 2;
+        }
+    }
+    UNetConfig cfg;
+    if (unet_config_builtin(model, &cfg) != 0) {
+        fprintf(stderr, "bench_train: --model %s: use tiny, sd15 or sdxl\n", model);
+        return 2;
+    }
+    int tiny = !strcmp(model, "tiny");
+    /* tiny: the default preset's 4x4; SD: the paper's large factors (a1 4, a2 64),
+     * small factors blow B up at SD widths */
+    AdapterSpec krona = {.kind = ADAPTER_KRONA, .a1 = 4, .a2 = tiny ? 4 : 64, .alpha = 1, .modules = ADAPT_ATTN};
     AdapterSpec krona_ffn = krona;
     krona_ffn.modules = ADAPT_ATTN | ADAPT_FFN;
-    /* LoRA rank with about KronA(4,4)'s parameter count */
-    UNetConfig cfg;
-    unet_config_builtin("tiny", &cfg);
+    /* LoRA rank with about KronA's parameter count */
     UNetParam *params;
     UNetLinear *lin;
     int np, nl;
@@ -125,28 +193,38 @@ int main(int argc, char **argv) {
     free(lin);
     int rank = (int)fmax(1.0, round((double)kp / (double)per_rank));
     AdapterSpec lora = {.kind = ADAPTER_LORA, .rank = rank, .alpha = (float)rank, .modules = ADAPT_ATTN};
-    char lname[48];
+    char kname[48], kfname[48], lname[48];
+    snprintf(kname, sizeof kname, "KronA %dx%d attn", krona.a1, krona.a2);
+    snprintf(kfname, sizeof kfname, "KronA %dx%d attn+ffn", krona.a1, krona.a2);
     snprintf(lname, sizeof lname, "LoRA r=%d attn", rank);
 
     struct { const char *what; const AdapterSpec *spec; } cases[] = {
         {"no adapter (fwd+bwd)", NULL},
-        {"KronA 4x4 attn", &krona},
-        {"KronA 4x4 attn+ffn", &krona_ffn},
+        {kname, &krona},
+        {kfname, &krona_ffn},
         {lname, &lora},
     };
-    int batches[2] = {1, 8};
+    int batches[2] = {1, 8}, nb = 2;
+    if (only_batch > 0) { batches[0] = only_batch; nb = 1; }
+    else if (!tiny) nb = 1; /* SD: batch 1, as in the figures to beat */
     Row rows[8];
     int nr = 0;
-    for (int b = 0; b < 2; b++)
-        for (int c = 0; c < 4; c++)
-            if (run(cases[c].what, cases[c].spec, batches[b], batches[b] == 1 ? 20 : 6, &rows[nr]) == 0) nr++;
+    int nc = tiny ? 4 : 2; /* SD: no adapter and KronA attn (the paper's setting) */
+    for (int b = 0; b < nb; b++)
+        for (int c = 0; c < nc; c++) {
+            int reps = batches[b] == 1 ? 20 : 6;
+            if (!tiny && !strcmp(device, "cpu")) reps = 2; /* minutes per step there */
+            if (run(device, model, cases[c].what, cases[c].spec, batches[b], reps, &rows[nr]) == 0) nr++;
+        }
 
     char buf[4096];
     size_t len = 0;
     len += (size_t)snprintf(buf + len, sizeof buf - len,
-                            "krona-studio bench: one training step, tiny UNet (32/64/64), 32x32 RGB, 32 tokens, CPU backend\n"
-                            "%-24s %5s %10s %12s %10s %10s\n", "adapter", "batch", "trainable",
-                            "median ms", "min ms", "peak MB");
+                            "krona-studio bench: one training step, %s UNet, %dx%d %s, %d tokens, %s backend\n"
+                            "%-24s %5s %10s %12s %10s %10s\n",
+                            model, cfg.sample_size, cfg.sample_size, tiny ? "RGB" : "latents",
+                            tiny ? 32 : 77, device, "adapter", "batch", "trainable", "median ms",
+                            "min ms", "peak MB");
     for (int i = 0; i < nr; i++)
         len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5d %10lld %12.1f %10.1f %10.1f\n",
                                 rows[i].what, rows[i].batch, (long long)rows[i].trainable, rows[i].ms_median,
@@ -157,5 +235,5 @@ int main(int argc, char **argv) {
     fputs(buf, f);
     fclose(f);
     printf("written to %s\n", out);
-    return 0;
+    return nr == nc * nb ? 0 : 1;
 }

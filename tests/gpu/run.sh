@@ -1,46 +1,104 @@
-#!/bin/sh
-# tests/gpu/run.sh — the whole GPU check in one go, for a machine with an
-# NVIDIA GPU and CUDA 13 at /usr/local/cuda: build with `make cuda`, compare
-# every CUDA op with the CPU backend, then time training steps if the bench
-# exists. Each stage has a time limit; the whole script stays under ~8 minutes.
-# Exit status: 0 all passed, 1 a stage failed.
+#!/bin/bash
+# tests/gpu/run.sh — the whole GPU check in one call, for a machine with an
+# NVIDIA GPU (sm_90 build; CUDA 13): compare every CUDA op with the CPU backend,
+# compare whole pretraining steps on both backends, time training steps (tiny,
+# SD 1.5 at 512², SDXL at 1024²), time the default preset end to end, and, if
+# every op passed and PRETRAIN_UNTIL is set, continue pretraining the tiny model
+# on the GPU until that many seconds into the script.
+#
+# Binaries: built here with `make cuda`, unless tools/gpu-carry.sh prepared
+# .gpu-carry/ (stripped binaries, their non-system libraries and the dataset,
+# for a device machine without the Debian -dev packages).
+# Logs and results go to $OUT (default build/gpu-out). Exit 0 when all passed.
 cd "$(dirname "$0")/../.." || exit 1
-JOBS=$(nproc 2>/dev/null || echo 4)
+OUT=${OUT:-build/gpu-out}
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+: >"$LOG"
 status=0
-stage() { echo; echo "=== $* ($(date +%T))"; }
+stage() { echo; echo "=== $* (t=${SECONDS}s, $(date +%T))"; } 2>&1
+say() { "$@" 2>&1 | tee -a "$LOG"; return "${PIPESTATUS[0]}"; }
 
-stage "device"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || echo "nvidia-smi not available"
-
-stage "build: make cuda (limit 180 s)"
-MK="make"
-grep -q 'gpu/gpu.mk' Makefile || MK="make -f Makefile -f gpu/gpu.mk" # not wired into the Makefile yet
-if ! timeout 180 $MK -j"$JOBS" --no-print-directory cuda; then
-  echo "run.sh: make cuda failed"
-  exit 1
-fi
-
-stage "op comparison: CUDA vs CPU backend (limit 240 s)"
-OMP_NUM_THREADS=$JOBS timeout 240 ./build/cuda/tests/test_cuda_ops
-rc=$?
-if [ $rc -eq 124 ]; then echo "run.sh: op comparison timed out"; status=1
-elif [ $rc -ne 0 ]; then echo "run.sh: op comparison failed (exit $rc)"; status=1; fi
-
-BENCH=""
-for b in build/cuda/bench/bench_train build/bench/bench_train; do
-  [ -x "$b" ] && { BENCH=$b; break; }
-done
-if [ -n "$BENCH" ] && ! grep -q -- '--device' bench/bench_train.c 2>/dev/null; then
-  stage "bench: bench/bench_train.c has no --device option yet, skipped"
-elif [ -n "$BENCH" ]; then
-  stage "bench: $BENCH --device cuda (limit 90 s)"
-  timeout 90 "$BENCH" --device cuda
-  rc=$?
-  [ $rc -eq 124 ] && echo "run.sh: bench timed out (not a failure of the ops)"
-  [ $rc -ne 0 ] && [ $rc -ne 124 ] && { echo "run.sh: bench failed (exit $rc)"; status=1; }
+if [ -d .gpu-carry/bin ]; then
+  BIN=.gpu-carry/bin
+  export LD_LIBRARY_PATH="$PWD/.gpu-carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  [ -f .gpu-carry/lib/libopenblas.so.0.gz ] && gunzip -f .gpu-carry/lib/libopenblas.so.0.gz
+  if ldd "$BIN/test_cuda_ops" | grep -q 'libcublas.*not found'; then
+    # no toolkit at /usr/local/cuda: PyTorch's wheels carry the same libraries
+    for d in $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, s, "lib") for p in nvidia.__path__ for s in ("cublas", "cuda_runtime")))' 2>/dev/null); do
+      LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
+    done
+  fi
+  mkdir -p data
+  [ -f data/emoji32.bin ] || gunzip -c .gpu-carry/emoji32.bin.gz >data/emoji32.bin
+  KS=$BIN/krona-studio-cuda OPS=$BIN/test_cuda_ops BENCH=$BIN/bench_train
 else
-  stage "bench: no bench_train binary, skipped"
+  stage "build: make cuda" | tee -a "$LOG"
+  say timeout 300 make -j"$(nproc)" --no-print-directory cuda || { echo "run.sh: make cuda failed"; exit 1; }
+  KS=./krona-studio-cuda OPS=build/cuda/tests/test_cuda_ops BENCH=build/cuda/bench/bench_train
+fi
+ldd "$OPS" | grep 'not found' && { echo "run.sh: missing libraries"; exit 1; }
+
+stage "device" | tee -a "$LOG"
+say nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader
+
+stage "1. ops: CUDA vs CPU backend" | tee -a "$LOG"
+OMP_NUM_THREADS=$(nproc) say timeout 240 "$OPS"
+ops_rc=$?
+[ $ops_rc -ne 0 ] && { echo "run.sh: op comparison failed (exit $ops_rc)" | tee -a "$LOG"; status=1; }
+
+stage "2. whole pretraining steps, CPU vs CUDA (same seed, same batches)" | tee -a "$LOG"
+for dev in cpu cuda; do
+  timeout 120 "$KS" pretrain --device $dev --init-from models/tiny --out "/tmp/e2e-$dev" --steps 4 \
+    --batch 16 --lr 1e-4 --seed 7 --print-every 1 --sample-every 0 --checkpoint-every 0 >"/tmp/e2e-$dev.txt" 2>&1
+  echo "$dev: exit $?" | tee -a "$LOG"
+done
+# loss and gradient norm of each step (the 4th step's loss already sees 3 updates)
+paste <(awk '$1 == "step" && $2 ~ /\// {print $2, $4, $10}' /tmp/e2e-cpu.txt) \
+      <(awk '$1 == "step" && $2 ~ /\// {print $4, $10}' /tmp/e2e-cuda.txt) |
+  awk 'function rel(a, b) {d = a - b; if (d < 0) d = -d; return d / (b > 1e-9 ? b : 1e-9)}
+       {r = rel($4, $2); g = rel($5, $3); ok = r < 5e-3 && g < 1e-2 && NF == 5;
+        printf "step %-6s loss cpu %s cuda %s (rel %.1e)  |g| cpu %s cuda %s (rel %.1e)  %s\n",
+               $1, $2, $4, r, $3, $5, g, ok ? "ok" : "FAIL"; bad += !ok; n++}
+       END {if (n < 4 || bad) {print "e2e: FAIL"; exit 1} print "e2e: PASS"}' | tee -a "$LOG"
+[ "${PIPESTATUS[1]}" -ne 0 ] && { status=1; tail -3 /tmp/e2e-cuda.txt | tee -a "$LOG"; }
+
+stage "3. bench: training step, batch 1 (tiny also 8)" | tee -a "$LOG"
+say timeout 90 "$BENCH" /tmp/bench-tiny.txt --device cuda --model tiny || status=1
+say timeout 100 "$BENCH" /tmp/bench-sd15.txt --device cuda --model sd15 || status=1
+say timeout 130 "$BENCH" /tmp/bench-sdxl.txt --device cuda --model sdxl || status=1
+cat /tmp/bench-tiny.txt /tmp/bench-sd15.txt /tmp/bench-sdxl.txt >"$OUT/bench-cuda.txt" 2>/dev/null
+
+stage "4. default preset on the GPU, timed, then scored" | tee -a "$LOG"
+t0=$SECONDS
+say timeout 120 "$KS" train --preset presets/default.ini --headless --device cuda --print-every 100 \
+  --set output_dir=/tmp/runs --set run_name=default || status=1
+echo "default preset: $((SECONDS - t0)) s wall" | tee -a "$LOG"
+say timeout 90 "$KS" score --run /tmp/runs/default --device cuda --colours 9 --per-colour 4 || status=1
+
+if [ -n "${PRETRAIN_UNTIL:-}" ] && [ $ops_rc -eq 0 ]; then
+  stage "5. pretraining phase on the GPU until t=${PRETRAIN_UNTIL}s" | tee -a "$LOG"
+  B=${PRETRAIN_BATCH:-128}
+  timeout 60 "$KS" pretrain --device cuda --init-from models/tiny --out /tmp/probe --steps 40 --batch $B \
+    --print-every 20 --sample-every 0 --checkpoint-every 0 2>&1 | tee -a "$LOG" | tail -1
+  sps=$(grep '^step' "$LOG" | tail -1 | awk '{for (i = 1; i < NF; i++) if ($(i + 1) == "samples/s") v = $i} END {print v + 0}')
+  left=$((PRETRAIN_UNTIL - SECONDS - 45)) # 45 s for sampling and writing
+  steps=$(awk -v s="$sps" -v l="$left" -v b="$B" 'BEGIN {n = int(s * l / b * 0.95); print n > 0 ? n : 0}')
+  echo "probe: $sps samples/s at batch $B; $left s left -> $steps steps" | tee -a "$LOG"
+  if [ "$steps" -ge 100 ]; then
+    mkdir -p "$OUT/pt"
+    timeout $((left + 40)) "$KS" pretrain --device cuda --init-from models/tiny --out /tmp/pt --steps "$steps" \
+      --batch $B --lr ${PRETRAIN_LR:-6e-4} --warmup 100 --ema ${PRETRAIN_EMA:-0.999} --seed ${PRETRAIN_SEED:-2028} \
+      --print-every 50 --sample-every 0 --checkpoint-every 0 --time-limit "$(awk -v l="$left" 'BEGIN {print l / 60}')" \
+      >"$OUT/pt/pretrain.txt" 2>&1
+    echo "pretrain: exit $?" | tee -a "$LOG"
+    tail -4 "$OUT/pt/pretrain.txt" | tee -a "$LOG"
+    cp /tmp/pt/unet.safetensors /tmp/pt/text_encoder.safetensors /tmp/pt/pretrain_log.csv \
+      /tmp/pt/scheduler_config.json "$OUT/pt/" 2>/dev/null
+  fi
 fi
 
-stage "done: $([ $status -eq 0 ] && echo PASS || echo FAIL)"
+stage "summary" | tee -a "$LOG"
+grep -E '^(PASS|FAIL):|^e2e:|^default preset:|^(no adapter|KronA|LoRA)|^krona-studio bench|^probe:|^pretrain:' "$LOG"
+echo "run.sh: $([ $status -eq 0 ] && echo PASS || echo FAIL) at t=${SECONDS}s"
 exit $status
