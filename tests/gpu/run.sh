@@ -61,13 +61,16 @@ paste <(awk '$1 == "step" && $2 ~ /\// {print $2, $4, $10}' /tmp/e2e-cpu.txt) \
         printf "step %-6s loss cpu %s cuda %s (rel %.1e)  |g| cpu %s cuda %s (rel %.1e)  %s\n",
                $1, $2, $4, r, $3, $5, g, ok ? "ok" : "FAIL"; bad += !ok; n++}
        END {if (n < 4 || bad) {print "e2e: FAIL"; exit 1} print "e2e: PASS"}' | tee -a "$LOG"
-[ "${PIPESTATUS[1]}" -ne 0 ] && { status=1; tail -3 /tmp/e2e-cuda.txt | tee -a "$LOG"; }
+e2e_rc=${PIPESTATUS[1]}
+[ "$e2e_rc" -ne 0 ] && { status=1; tail -3 /tmp/e2e-cuda.txt | tee -a "$LOG"; }
 
+if [ -z "${SKIP_BENCH:-}" ]; then
 stage "3. bench: training step, batch 1 (tiny also 8)" | tee -a "$LOG"
 say timeout 90 "$BENCH" /tmp/bench-tiny.txt --device cuda --model tiny || status=1
 say timeout 100 "$BENCH" /tmp/bench-sd15.txt --device cuda --model sd15 || status=1
 say timeout 130 "$BENCH" /tmp/bench-sdxl.txt --device cuda --model sdxl || status=1
 cat /tmp/bench-tiny.txt /tmp/bench-sd15.txt /tmp/bench-sdxl.txt >"$OUT/bench-cuda.txt" 2>/dev/null
+fi
 
 stage "4. default preset on the GPU, timed, then scored" | tee -a "$LOG"
 t0=$SECONDS
@@ -76,7 +79,7 @@ say timeout 120 "$KS" train --preset presets/default.ini --headless --device cud
 echo "default preset: $((SECONDS - t0)) s wall" | tee -a "$LOG"
 say timeout 90 "$KS" score --run /tmp/runs/default --device cuda --colours 9 --per-colour 4 || status=1
 
-if [ -n "${PRETRAIN_UNTIL:-}" ] && [ $ops_rc -eq 0 ]; then
+if [ -n "${PRETRAIN_UNTIL:-}" ] && [ $ops_rc -eq 0 ] && [ "$e2e_rc" -eq 0 ]; then
   stage "5. pretraining phase on the GPU until t=${PRETRAIN_UNTIL}s" | tee -a "$LOG"
   B=${PRETRAIN_BATCH:-128}
   timeout 60 "$KS" pretrain --device cuda --init-from models/tiny --out /tmp/probe --steps 40 --batch $B \
@@ -93,8 +96,13 @@ if [ -n "${PRETRAIN_UNTIL:-}" ] && [ $ops_rc -eq 0 ]; then
       >"$OUT/pt/pretrain.txt" 2>&1
     echo "pretrain: exit $?" | tee -a "$LOG"
     tail -4 "$OUT/pt/pretrain.txt" | tee -a "$LOG"
-    cp /tmp/pt/unet.safetensors /tmp/pt/text_encoder.safetensors /tmp/pt/pretrain_log.csv \
-      /tmp/pt/scheduler_config.json "$OUT/pt/" 2>/dev/null
+    cp /tmp/pt/unet.safetensors /tmp/pt/text_encoder.safetensors /tmp/pt/pretrain_log.csv "$OUT/pt/"
+    if [ -f /tmp/pt/unet.safetensors ]; then
+      stage "6. acceptance checks of the new weights (tools/check-tiny-model.sh)" | tee -a "$LOG"
+      cp /tmp/pt/unet.safetensors /tmp/pt/text_encoder.safetensors models/tiny/
+      BIN=$KS OUT=runs/checks say timeout 120 sh tools/check-tiny-model.sh
+      tar czf "$OUT/checks.tar.gz" runs/checks docs/tiny-model-checks.md docs/tiny-base-samples.png
+    fi
   fi
 fi
 
