@@ -84,9 +84,9 @@ if [ -n "${PRETRAIN_UNTIL:-}" ] && [ $ops_rc -eq 0 ] && [ "$e2e_rc" -eq 0 ]; the
   B=${PRETRAIN_BATCH:-128}
   timeout 60 "$KS" pretrain --device cuda --init-from models/tiny --out /tmp/probe --steps 40 --batch $B \
     --print-every 20 --sample-every 0 --checkpoint-every 0 2>&1 | tee -a "$LOG" | tail -1
-  sps=$(grep '^step' "$LOG" | tail -1 | awk '{for (i = 1; i < NF; i++) if ($(i + 1) == "samples/s") v = $i} END {print v + 0}')
+  sps=$(grep 'samples/s' "$LOG" | tail -1 | awk '{for (i = 1; i < NF; i++) if ($(i + 1) == "samples/s") v = $i} END {print v + 0}')
   left=$((PRETRAIN_UNTIL - SECONDS - 45)) # 45 s for sampling and writing
-  steps=$(awk -v s="$sps" -v l="$left" -v b="$B" 'BEGIN {n = int(s * l / b * 0.95); print n > 0 ? n : 0}')
+  steps=$(awk -v s="$sps" -v l="$left" -v b="$B" 'BEGIN {n = int(s * l / b * 0.95); print (n > 0 ? n : 0)}')
   echo "probe: $sps samples/s at batch $B; $left s left -> $steps steps" | tee -a "$LOG"
   if [ "$steps" -ge 100 ]; then
     mkdir -p "$OUT/pt"
