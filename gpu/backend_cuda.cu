@@ -472,6 +472,29 @@ static int conv_chunk(int64_t per_image_floats, int N) {
     return (int)nb;
 }
 
+/* dw[Cout,K] += sum_i dy_i[Cout,P] x_i[K,P]^T over m images (dy_i = dy + i*sdy,
+ * x_i = x + i*sx): one strided-batched GEMM per group of images into a workspace,
+ * then a fixed-order sum, instead of one GEMM launch per image (pretraining the
+ * tiny model at batch 128 made 128 launches per convolution). */
+static void conv_dw_accumulate(Cuda *c, const float *dy, int64_t sdy, const float *x, int64_t sx,
+                               int m, int Cout, int64_t K, int64_t P, float *dw) {
+    int q = conv_chunk((int64_t)Cout * K, m);
+    float *ws = q > 1 ? (float *)dalloc(c, (size_t)q * Cout * K * sizeof(float)) : NULL;
+    if (q > 1 && !ws) return; /* the error is recorded, as for every workspace */
+    for (int i0 = 0; i0 < m; i0 += q) {
+        int g = m - i0 < q ? m - i0 : q;
+        if (g == 1) {
+            gemm1(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, P, x + i0 * sx, P, 1.f, dw, K);
+            continue;
+        }
+        gemm_sb(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, P, sdy, x + i0 * sx, P, sx, 0.f, ws, K,
+                (int64_t)Cout * K, g);
+        partial_final_k<<<grid_1d((int64_t)Cout * K), TPB, 0, c->stream>>>(ws, g, (int)((int64_t)Cout * K), dw, 1.f);
+        LAUNCHED(c);
+    }
+    dfree(c, ws);
+}
+
 static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const float *b, float *y,
                           int N, int Cin, int H, int W, int Cout, int k, int s, int p) {
     Cuda *c = CU(be);
@@ -515,10 +538,8 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
     }
     if (!dx && !dw) return;
     if (k == 1 && s == 1 && p == 0) {
-        if (dw) /* dw[Cout,Cin] += dy_n[Cout,HW] x_n[Cin,HW]^T, one image at a time */
-            for (int n = 0; n < N; n++)
-                gemm1(c, 0, 1, Cout, Cin, HW, 1.f, dy + (int64_t)n * Cout * HW, HW,
-                      x + (int64_t)n * Cin * HW, HW, 1.f, dw, Cin);
+        if (dw) /* dw[Cout,Cin] += sum_n dy_n[Cout,HW] x_n[Cin,HW]^T */
+            conv_dw_accumulate(c, dy, (int64_t)Cout * HW, x, (int64_t)Cin * HW, N, Cout, Cin, HW, dw);
         if (dx)
             gemm_sb(c, 1, 0, Cin, HW, Cout, 1.f, w, Cin, 0, dy, HW, (int64_t)Cout * HW, 1.f, dx,
                     HW, (int64_t)Cin * HW, N);
@@ -534,9 +555,7 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
             im2col_k<<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
                 x + (int64_t)n0 * Cin * HW, col, m, Cin, H, W, k, s, p, Ho, Wo);
             LAUNCHED(c);
-            for (int i = 0; i < m; i++)
-                gemm1(c, 0, 1, Cout, CKK, HoWo, 1.f, dyc + (int64_t)i * Cout * HoWo, HoWo,
-                      col + (int64_t)i * CKK * HoWo, HoWo, 1.f, dw, CKK);
+            conv_dw_accumulate(c, dyc, (int64_t)Cout * HoWo, col, CKK * HoWo, m, Cout, CKK, HoWo, dw);
         }
         if (dx) { /* dcol = w^T dy, then scatter-free gather back into dx */
             gemm_sb(c, 1, 0, CKK, HoWo, Cout, 1.f, w, CKK, 0, dyc, HoWo, (int64_t)Cout * HoWo,

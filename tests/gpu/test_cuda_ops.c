@@ -344,6 +344,10 @@ static void build_cases(void) {
     conv_cases(2, 320, 32, 32, 640, 1, 1, 0, 1, 0);
     conv_cases(3, 5, 7, 9, 6, 3, 1, 1, 0, 0);
     conv_cases(2, 6, 9, 7, 4, 3, 2, 1, 1, 0);
+    /* many images: dw sums over groups of images (under the emulator's small
+     * workspace, groups of 3, 3 and 1) */
+    conv_cases(7, 16, 4, 4, 32, 3, 1, 1, 1, 0);
+    conv_cases(7, 320, 3, 3, 16, 1, 1, 0, 1, 0);
 
     /* normalisation */
     norm_case(1, 2, 320, 4096, 32, 1);
