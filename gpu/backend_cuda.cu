@@ -1034,25 +1034,52 @@ static void cu_nlc_to_nchw(Backend *be, const float *x, float *y, int N, int C, 
 }
 
 /* ------------------------------------------------------------ attention
- * Row tiles of T queries: S = scale Q K^T for all heads at once (strided
- * batched over heads: a head is a column slice of width D at stride H*D),
- * softmax in place (saving lse), O = P V. Memory O(H * T * Lk), T chosen
- * so a tile buffer stays under ATTN_TILE_BYTES. Backward recomputes P from
- * lse and never stores the full Lq x Lk matrix either. */
+ * Row tiles of T queries: S = scale Q K^T for a batch of (image, head) pairs
+ * at once (strided batched GEMMs), softmax in place (saving lse), O = P V.
+ * The batch runs over the heads of one image (a head is a column slice of
+ * width D at stride H*D) or, when there are more images than heads, over the
+ * images for one head: fewer, larger launches either way (the tiny model
+ * pretrains 128 images of 4 heads). Memory O(batch * T * Lk), T chosen so a
+ * tile buffer stays under ATTN_TILE_BYTES. Backward recomputes P from lse and
+ * never stores the full Lq x Lk matrix either. lse and delta are [N, H, Lq]. */
 #ifndef ATTN_TILE_BYTES /* the emulator shrinks these to exercise the chunked paths */
 #define ATTN_TILE_BYTES ((size_t)256 << 20)
 #endif
 
-static int attn_tile(int Lq, int Lk, int H) {
-    int64_t per_row = (int64_t)H * Lk * (int64_t)sizeof(float);
+static int attn_tile(int Lq, int Lk, int batch) {
+    int64_t per_row = (int64_t)batch * Lk * (int64_t)sizeof(float);
     int64_t t = (int64_t)ATTN_TILE_BYTES / (per_row > 0 ? per_row : 1);
     if (t < 1) t = 1;
     if (t > Lq) t = Lq;
     return (int)t;
 }
 
-/* one block per row of the tile (H*T rows); causal: keys j <= i only */
-__global__ void attn_softmax_k(float *S, float *lse, int T, int Lk, int i0, int Lq, int causal) {
+/* How the (image, head) pairs are split: an outer loop of G steps, each one
+ * batched GEMM of B entries. Element strides: per outer step (o) and per batch
+ * entry (b), for q/o rows, k/v rows and lse/delta. */
+typedef struct AttnSplit {
+    int G, B;
+    int64_t q_o, q_b, k_o, k_b, l_o, l_b;
+} AttnSplit;
+
+static AttnSplit attn_split(int N, int Lq, int Lk, int H, int D) {
+    int64_t HD = (int64_t)H * D;
+    AttnSplit a;
+    if (N > H) { /* batch over images, loop over heads */
+        a.G = H; a.B = N;
+        a.q_o = D; a.q_b = (int64_t)Lq * HD; a.k_o = D; a.k_b = (int64_t)Lk * HD;
+        a.l_o = Lq; a.l_b = (int64_t)H * Lq;
+    } else { /* batch over heads, loop over images */
+        a.G = N; a.B = H;
+        a.q_o = (int64_t)Lq * HD; a.q_b = D; a.k_o = (int64_t)Lk * HD; a.k_b = D;
+        a.l_o = (int64_t)H * Lq; a.l_b = Lq;
+    }
+    return a;
+}
+
+/* one block per row of the tile (B*T rows); causal: keys j <= i only */
+__global__ void attn_softmax_k(float *S, float *lse, int T, int Lk, int i0, int Lq, int causal,
+                               int64_t lb) {
     int64_t row = blockIdx.x;
     int h = (int)(row / T), i = i0 + (int)(row % T);
     float *s = S + row * Lk;
@@ -1065,25 +1092,25 @@ __global__ void attn_softmax_k(float *S, float *lse, int T, int Lk, int i0, int 
     sum = block_sum(sum);
     float l = (jn > 0) ? mx + logf(sum) : -INFINITY;
     for (int j = threadIdx.x; j < Lk; j += blockDim.x) s[j] = (j < jn) ? expf(s[j] - l) : 0.f;
-    if (threadIdx.x == 0) lse[(int64_t)h * Lq + i] = l;
+    if (threadIdx.x == 0) lse[(int64_t)h * lb + i] = l;
 }
 /* P = exp(S - lse) in place (S already scaled), 0 for masked keys */
 __global__ void attn_recompute_p_k(float *S, const float *lse, int T, int Lk, int i0, int Lq,
-                                   int causal, int64_t total) {
+                                   int causal, int64_t lb, int64_t total) {
     GSTRIDE(idx, total) {
         int64_t row = idx / Lk;
         int j = (int)(idx % Lk), h = (int)(row / T), i = i0 + (int)(row % T);
-        float l = lse[(int64_t)h * Lq + i];
+        float l = lse[(int64_t)h * lb + i];
         S[idx] = ((causal && j > i) || l == -INFINITY) ? 0.f : expf(S[idx] - l);
     }
 }
 /* dS = scale * P * (dP - Delta_i), written over dP */
 __global__ void attn_ds_k(const float *P, float *dP, const float *delta, int T, int Lk, int i0,
-                          int Lq, float scale, int64_t total) {
+                          int Lq, float scale, int64_t lb, int64_t total) {
     GSTRIDE(idx, total) {
         int64_t row = idx / Lk;
         int h = (int)(row / T), i = i0 + (int)(row % T);
-        dP[idx] = scale * P[idx] * (dP[idx] - delta[(int64_t)h * Lq + i]);
+        dP[idx] = scale * P[idx] * (dP[idx] - delta[(int64_t)h * lb + i]);
     }
 }
 /* delta[n][h][i] = dO[n,i,h,:] . O[n,i,h,:] */
@@ -1107,23 +1134,23 @@ static void cu_attention_fwd(Backend *be, const float *q, const float *k, const 
     if (N <= 0 || Lq <= 0 || H <= 0 || D <= 0) return;
     int64_t HD = (int64_t)H * D;
     if (Lk <= 0) { CK(c, cudaMemsetAsync(o, 0, (size_t)N * Lq * HD * sizeof(float), c->stream)); return; }
-    int T = attn_tile(Lq, Lk, H);
-    float *S = (float *)dalloc(c, (size_t)H * T * Lk * sizeof(float));
+    AttnSplit a = attn_split(N, Lq, Lk, H, D);
+    int T = attn_tile(Lq, Lk, a.B);
+    float *S = (float *)dalloc(c, (size_t)a.B * T * Lk * sizeof(float));
     float *lse_tmp = lse ? NULL : (float *)dalloc(c, (size_t)N * H * Lq * sizeof(float));
     if (!S || (!lse && !lse_tmp)) { dfree(c, S); dfree(c, lse_tmp); return; }
     float *L = lse ? lse : lse_tmp;
-    for (int n = 0; n < N; n++) {
-        const float *qn = q + (int64_t)n * Lq * HD, *kn = k + (int64_t)n * Lk * HD,
-                    *vn = v + (int64_t)n * Lk * HD;
-        float *on = o + (int64_t)n * Lq * HD, *ln = L + (int64_t)n * H * Lq;
+    for (int g = 0; g < a.G; g++) {
+        const float *qg = q + g * a.q_o, *kg = k + g * a.k_o, *vg = v + g * a.k_o;
+        float *og = o + g * a.q_o, *lg = L + g * a.l_o;
         for (int i0 = 0; i0 < Lq; i0 += T) {
             int t = Lq - i0 < T ? Lq - i0 : T;
-            gemm_sb(c, 0, 1, t, Lk, D, scale, qn + (int64_t)i0 * HD, HD, D, kn, HD, D, 0.f, S, Lk,
-                    (int64_t)t * Lk, H);
-            attn_softmax_k<<<(unsigned)(H * t), 128, 0, c->stream>>>(S, ln, t, Lk, i0, Lq, causal);
+            gemm_sb(c, 0, 1, t, Lk, D, scale, qg + (int64_t)i0 * HD, HD, a.q_b, kg, HD, a.k_b, 0.f,
+                    S, Lk, (int64_t)t * Lk, a.B);
+            attn_softmax_k<<<(unsigned)(a.B * t), 128, 0, c->stream>>>(S, lg, t, Lk, i0, Lq, causal, a.l_b);
             LAUNCHED(c);
-            gemm_sb(c, 0, 0, t, D, Lk, 1.f, S, Lk, (int64_t)t * Lk, vn, HD, D, 0.f,
-                    on + (int64_t)i0 * HD, HD, D, H);
+            gemm_sb(c, 0, 0, t, D, Lk, 1.f, S, Lk, (int64_t)t * Lk, vg, HD, a.k_b, 0.f,
+                    og + (int64_t)i0 * HD, HD, a.q_b, a.B);
         }
     }
     dfree(c, S);
@@ -1137,10 +1164,11 @@ static void cu_attention_bwd(Backend *be, const float *dout, const float *q, con
     Cuda *c = CU(be);
     if (N <= 0 || Lq <= 0 || Lk <= 0 || H <= 0 || D <= 0 || (!dq && !dk && !dv)) return;
     int64_t HD = (int64_t)H * D;
-    int T = attn_tile(Lq, Lk, H);
+    AttnSplit a = attn_split(N, Lq, Lk, H, D);
+    int T = attn_tile(Lq, Lk, a.B);
     int need_ds = dq || dk;
-    float *P = (float *)dalloc(c, (size_t)H * T * Lk * sizeof(float));
-    float *dP = need_ds ? (float *)dalloc(c, (size_t)H * T * Lk * sizeof(float)) : NULL;
+    float *P = (float *)dalloc(c, (size_t)a.B * T * Lk * sizeof(float));
+    float *dP = need_ds ? (float *)dalloc(c, (size_t)a.B * T * Lk * sizeof(float)) : NULL;
     float *delta = need_ds ? (float *)dalloc(c, (size_t)N * H * Lq * sizeof(float)) : NULL;
     if (!P || (need_ds && (!dP || !delta))) { dfree(c, P); dfree(c, dP); dfree(c, delta); return; }
     if (need_ds) {
@@ -1148,32 +1176,34 @@ static void cu_attention_bwd(Backend *be, const float *dout, const float *q, con
         attn_delta_k<<<grid_1d(tot), TPB, 0, c->stream>>>(dout, o, delta, Lq, H, D, tot);
         LAUNCHED(c);
     }
-    for (int n = 0; n < N; n++) {
-        const float *qn = q + (int64_t)n * Lq * HD, *kn = k + (int64_t)n * Lk * HD,
-                    *vn = v + (int64_t)n * Lk * HD, *don = dout + (int64_t)n * Lq * HD;
-        const float *ln = lse + (int64_t)n * H * Lq;
+    for (int g = 0; g < a.G; g++) {
+        const float *qg = q + g * a.q_o, *kg = k + g * a.k_o, *vg = v + g * a.k_o,
+                    *dog = dout + g * a.q_o, *lg = lse + g * a.l_o;
         for (int i0 = 0; i0 < Lq; i0 += T) {
             int t = Lq - i0 < T ? Lq - i0 : T;
-            int64_t tot = (int64_t)H * t * Lk;
-            const float *qt = qn + (int64_t)i0 * HD, *dot = don + (int64_t)i0 * HD;
-            gemm_sb(c, 0, 1, t, Lk, D, scale, qt, HD, D, kn, HD, D, 0.f, P, Lk, (int64_t)t * Lk, H);
-            attn_recompute_p_k<<<grid_1d(tot), TPB, 0, c->stream>>>(P, ln, t, Lk, i0, Lq, causal, tot);
+            int64_t tot = (int64_t)a.B * t * Lk;
+            const float *qt = qg + (int64_t)i0 * HD, *dot = dog + (int64_t)i0 * HD;
+            gemm_sb(c, 0, 1, t, Lk, D, scale, qt, HD, a.q_b, kg, HD, a.k_b, 0.f, P, Lk,
+                    (int64_t)t * Lk, a.B);
+            attn_recompute_p_k<<<grid_1d(tot), TPB, 0, c->stream>>>(P, lg, t, Lk, i0, Lq, causal,
+                                                                    a.l_b, tot);
             LAUNCHED(c);
             if (dv) /* dV += P^T dO */
-                gemm_sb(c, 1, 0, Lk, D, t, 1.f, P, Lk, (int64_t)t * Lk, dot, HD, D, 1.f,
-                        dv + (int64_t)n * Lk * HD, HD, D, H);
+                gemm_sb(c, 1, 0, Lk, D, t, 1.f, P, Lk, (int64_t)t * Lk, dot, HD, a.q_b, 1.f,
+                        dv + g * a.k_o, HD, a.k_b, a.B);
             if (!need_ds) continue;
             /* dP = dO V^T, then dS = scale P (dP - delta) */
-            gemm_sb(c, 0, 1, t, Lk, D, 1.f, dot, HD, D, vn, HD, D, 0.f, dP, Lk, (int64_t)t * Lk, H);
-            attn_ds_k<<<grid_1d(tot), TPB, 0, c->stream>>>(P, dP, delta + (int64_t)n * H * Lq, t,
-                                                           Lk, i0, Lq, scale, tot);
+            gemm_sb(c, 0, 1, t, Lk, D, 1.f, dot, HD, a.q_b, vg, HD, a.k_b, 0.f, dP, Lk,
+                    (int64_t)t * Lk, a.B);
+            attn_ds_k<<<grid_1d(tot), TPB, 0, c->stream>>>(P, dP, delta + g * a.l_o, t, Lk, i0, Lq,
+                                                           scale, a.l_b, tot);
             LAUNCHED(c);
             if (dq) /* dQ += dS K */
-                gemm_sb(c, 0, 0, t, D, Lk, 1.f, dP, Lk, (int64_t)t * Lk, kn, HD, D, 1.f,
-                        dq + (int64_t)n * Lq * HD + (int64_t)i0 * HD, HD, D, H);
+                gemm_sb(c, 0, 0, t, D, Lk, 1.f, dP, Lk, (int64_t)t * Lk, kg, HD, a.k_b, 1.f,
+                        dq + g * a.q_o + (int64_t)i0 * HD, HD, a.q_b, a.B);
             if (dk) /* dK += dS^T Q */
-                gemm_sb(c, 1, 0, Lk, D, t, 1.f, dP, Lk, (int64_t)t * Lk, qt, HD, D, 1.f,
-                        dk + (int64_t)n * Lk * HD, HD, D, H);
+                gemm_sb(c, 1, 0, Lk, D, t, 1.f, dP, Lk, (int64_t)t * Lk, qt, HD, a.q_b, 1.f,
+                        dk + g * a.k_o, HD, a.k_b, a.B);
         }
     }
     dfree(c, P);

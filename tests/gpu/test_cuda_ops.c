@@ -425,6 +425,11 @@ static void build_cases(void) {
     attn_case(2, 77, 77, 12, 64, 1, 0, 0);
     attn_case(2, 100, 37, 3, 24, 0, 0, 0);
     attn_case(1, 50, 50, 2, 16, 1, 0, 0);
+    /* more images than heads: batched over images, one head at a time */
+    attn_case(6, 100, 37, 2, 24, 0, 0, 0);
+    attn_case(5, 50, 50, 1, 16, 1, 0, 0);
+    attn_case(4, 64, 64, 2, 8, 0, 1, 0);
+    attn_case(128, 1024, 1024, 4, 8, 0, 0, 1); /* the tiny model's pretraining batch */
 
     /* diffusion helpers */
     c = add_case("timestep_embedding N=4 dim=320 flip", k_timestep, 2e-4, 2e-4, 0);
