@@ -13,9 +13,7 @@
 #include <time.h>
 
 #include "backend.h"
-#ifdef KRONA_CUDA
-#include "backend_cuda.h"
-#endif
+#include "cli.h"
 #include "rng.h"
 #include "unet.h"
 
@@ -38,31 +36,11 @@ static int cmp_d(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static Backend *make_backend(const char *device) {
-    if (!strcmp(device, "cpu")) return backend_cpu_create();
-#ifdef KRONA_CUDA
-    if (!strcmp(device, "cuda")) {
-        char err[256];
-        Backend *be = backend_cuda_create(err, sizeof err);
-        if (!be) fprintf(stderr, "bench_train: %s\n", err);
-        return be;
-    }
-#endif
-    fprintf(stderr, "bench_train: device %s is not in this build (cpu%s)\n", device,
-#ifdef KRONA_CUDA
-            ", cuda"
-#else
-            "; `make cuda` builds build/cuda/bench/bench_train for cuda"
-#endif
-    );
-    return NULL;
-}
-
 static int run(const char *device, const char *model, const char *what, const AdapterSpec *spec,
                int B, int reps, Row *row) {
     char err[512];
-    Backend *be = make_backend(device);
-    if (!be) return -1;
+    Backend *be = cli_backend(device, err, sizeof err);
+    if (!be) { fprintf(stderr, "bench_train: %s\n", err); return -1; }
     UNetConfig cfg;
     unet_config_builtin(model, &cfg);
     UNet *u = unet_create(&cfg, be, err, sizeof err);
@@ -123,10 +101,15 @@ static int run(const char *device, const char *model, const char *what, const Ad
             be->zero(be, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
             be->zero(be, a->dB, sizeof(float) * (size_t)adapter_numel_B(a));
         }
-        if (unet_forward(u, x, t, ctx, added, y, B, H, W, L, 1) != 0 ||
-            (be->mse_fwd(be, y, tgt, n), be->zero(be, dy, sizeof(float) * (size_t)n),
-             be->mse_bwd(be, y, tgt, dy, n, 1.0f), unet_backward(u, dy, NULL) != 0)) {
-            fprintf(stderr, "bench_train: %s\n", unet_last_error(u));
+        int failed = unet_forward(u, x, t, ctx, added, y, B, H, W, L, 1) != 0;
+        if (!failed) {
+            be->mse_fwd(be, y, tgt, n);
+            be->zero(be, dy, sizeof(float) * (size_t)n);
+            be->mse_bwd(be, y, tgt, dy, n, 1.0f);
+            failed = unet_backward(u, dy, NULL) != 0;
+        }
+        if (failed) { /* e.g. out of device memory: say why, skip the row */
+            fprintf(stderr, "bench_train: %s: %s\n", what, unet_last_error(u));
             return -1;
         }
         for (int i = 0; i < na; i++) {
@@ -172,6 +155,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_train: --model %s: use tiny, sd15 or sdxl\n", model);
         return 2;
     }
+    char err[256];
+    Backend *probe = cli_backend(device, err, sizeof err); /* each row makes its own: own peak */
+    if (!probe) { fprintf(stderr, "bench_train: %s\n", err); return 2; }
+    backend_destroy(probe);
     int tiny = !strcmp(model, "tiny");
     /* tiny: the default preset's 4x4; SD: the paper's large factors (a1 4, a2 64),
      * small factors blow B up at SD widths */
