@@ -16,41 +16,59 @@ CFLAGS  ?= -O2 -march=x86-64-v2 -g
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -Isrc $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS  = $(PKG_LIBS) -fopenmp -lpthread -lm
 
-ENGINE_SRC := $(wildcard src/*.c)
+# layers, arrows one way: cli/ and tui/ (front ends) -> src/ (the engine library:
+# training -> models -> formats -> core); gpu/ plugs into src/core/backend.h
+ENGINE_SRC := $(wildcard src/*/*.c)
+CLI_SRC    := $(wildcard cli/*.c)
 TUI_SRC    := $(wildcard tui/*.c)
 TEST_SRC   := $(wildcard tests/test_*.c)
 BUILD      := build
 
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ    := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TUI_OBJ    := $(TUI_SRC:%.c=$(BUILD)/%.o)
+# the engine as one static library; whole-archive because backends register
+# themselves from constructors that nothing else references
+LIBKRONA   := $(BUILD)/libkrona.a
+LINK_KRONA  = -Wl,--whole-archive $(LIBKRONA) -Wl,--no-whole-archive
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 SAN_BUILD  := build-san
 SAN_FLAGS  := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 SAN_OBJ    := $(ENGINE_SRC:%.c=$(SAN_BUILD)/%.o)
+SAN_LIB    := $(SAN_BUILD)/libkrona.a
 SAN_BIN    := $(TEST_SRC:tests/%.c=$(SAN_BUILD)/tests/%)
 
 .PHONY: all run check test test-san bench bench-ops deps install clean
 all: krona-studio
 
-krona-studio: $(ENGINE_OBJ) $(TUI_OBJ)
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+krona-studio: $(CLI_OBJ) $(TUI_OBJ) $(LIBKRONA)
+	$(CC) $(ALL_CFLAGS) -o $@ $(CLI_OBJ) $(TUI_OBJ) $(LINK_KRONA) $(LDLIBS)
 
-$(BUILD)/%.o: %.c $(wildcard src/*.h tui/*.h)
+$(LIBKRONA): $(ENGINE_OBJ)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+ENGINE_H := $(wildcard src/*/*.h)
+$(BUILD)/%.o: %.c $(ENGINE_H) $(wildcard tui/*.h cli/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/%.c $(ENGINE_OBJ) $(wildcard tests/*.h)
+$(BUILD)/tests/%: tests/%.c $(LIBKRONA) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests -o $@ $< $(filter-out $(BUILD)/src/main.o,$(ENGINE_OBJ)) $(CMOCKA_LIBS) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -Itests -o $@ $< $(LINK_KRONA) $(CMOCKA_LIBS) $(LDLIBS)
 
-$(SAN_BUILD)/%.o: %.c $(wildcard src/*.h)
+$(SAN_BUILD)/%.o: %.c $(ENGINE_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -c -o $@ $<
 
-$(SAN_BUILD)/tests/%: tests/%.c $(SAN_OBJ) $(wildcard tests/*.h)
+$(SAN_LIB): $(SAN_OBJ)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(SAN_BUILD)/tests/%: tests/%.c $(SAN_LIB) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -Itests -o $@ $< $(filter-out $(SAN_BUILD)/src/main.o,$(SAN_OBJ)) $(CMOCKA_LIBS) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -Itests -o $@ $< -Wl,--whole-archive $(SAN_LIB) -Wl,--no-whole-archive $(CMOCKA_LIBS) $(LDLIBS)
 
 # test_tui_sixel compiles tui/sixel_enc.c into itself (no ncurses, no other tui objects): rebuild on change
 $(BUILD)/tests/test_tui_sixel $(SAN_BUILD)/tests/test_tui_sixel: tui/sixel_enc.c tui/sixel_enc.h
@@ -87,9 +105,9 @@ bench: deps
 bench-ops: $(BUILD)/bench/bench_ops
 	./$(BUILD)/bench/bench_ops
 
-$(BUILD)/bench/%: bench/%.c $(ENGINE_OBJ)
+$(BUILD)/bench/%: bench/%.c $(LIBKRONA)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(filter-out $(BUILD)/src/main.o,$(ENGINE_OBJ)) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
 
 install: krona-studio
 	install -Dm755 krona-studio $(DESTDIR)$(PREFIX)/bin/krona-studio

@@ -1,6 +1,6 @@
 /* bench_ops.c — best-of-N timings of the CPU attention op on the shapes the
  * tiny UNet and an SD-like UNet use. Usage: bench_ops [reps] */
-#include "backend.h"
+#include "core/backend.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -12,10 +12,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "cli.h"
-#include "rng.h"
-#include "unet.h"
+#include "core/backend.h"
+#include "../cli/cli.h"
+#include "core/rng.h"
+#include "models/unet.h"
 
 static double now_s(void) {
     struct timespec ts;

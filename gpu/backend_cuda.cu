@@ -20,7 +20,7 @@
 #include <string.h>
 
 extern "C" {
-#include "backend.h"
+#include "core/backend.h"
 }
 #include "backend_cuda.h"
 

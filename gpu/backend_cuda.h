@@ -12,7 +12,7 @@
 #define KRONA_BACKEND_CUDA_H
 
 #include <stddef.h>
-#include "backend.h"
+#include "core/backend.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -22,8 +22,8 @@ CUDA_BUILD := $(BUILD)/cuda
 GPU_SRC         := $(wildcard gpu/*.cu)
 GPU_OBJ         := $(GPU_SRC:%.cu=$(CUDA_BUILD)/%.o)
 CUDA_ENGINE_OBJ := $(ENGINE_SRC:%.c=$(CUDA_BUILD)/%.o)
-CUDA_TUI_OBJ    := $(TUI_SRC:%.c=$(CUDA_BUILD)/%.o)
-CUDA_LIB_OBJ    := $(filter-out $(CUDA_BUILD)/src/main.o,$(CUDA_ENGINE_OBJ)) $(GPU_OBJ)
+CUDA_TUI_OBJ    := $(TUI_SRC:%.c=$(CUDA_BUILD)/%.o) $(CLI_SRC:%.c=$(CUDA_BUILD)/%.o)
+CUDA_LIB_OBJ    := $(CUDA_ENGINE_OBJ) $(GPU_OBJ) $(CUDA_BUILD)/cli/cli.o
 CUDA_BENCH      := $(if $(wildcard bench/bench_train.c),$(CUDA_BUILD)/bench/bench_train)
 
 .PHONY: cuda test-cuda cuda-emu clean-cuda
@@ -32,12 +32,12 @@ cuda: krona-studio-cuda $(CUDA_BUILD)/tests/test_cuda_ops $(CUDA_BENCH)
 krona-studio-cuda: $(CUDA_ENGINE_OBJ) $(CUDA_TUI_OBJ) $(GPU_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
 
-$(CUDA_BUILD)/gpu/%.o: gpu/%.cu $(wildcard gpu/*.h) src/backend.h
+$(CUDA_BUILD)/gpu/%.o: gpu/%.cu $(wildcard gpu/*.h) src/core/backend.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) $(CUDA_ARCH) -Isrc -Igpu -c -o $@ $<
 
 # engine and TUI with the CUDA backend compiled in (main.c: #ifdef KRONA_CUDA)
-$(CUDA_BUILD)/%.o: %.c $(wildcard src/*.h tui/*.h gpu/*.h)
+$(CUDA_BUILD)/%.o: %.c $(wildcard src/*/*.h tui/*.h cli/*.h gpu/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -DKRONA_CUDA -Igpu -c -o $@ $<
 
@@ -60,9 +60,9 @@ CUDA_EMU_DEFS := -DGRID_CAP=64 -DATTN_TILE_BYTES=65536 -DCONV_WS_BYTES=65536 -DK
 $(CUDA_EMU)/backend_cuda_emu.cpp: gpu/backend_cuda.cu tests/gpu/emu/translate.py
 	@mkdir -p $(dir $@)
 	python3 tests/gpu/emu/translate.py $< $@
-$(CUDA_EMU)/backend_cuda_emu.o: $(CUDA_EMU)/backend_cuda_emu.cpp tests/gpu/emu/emu_cuda.h gpu/backend_cuda.h src/backend.h
+$(CUDA_EMU)/backend_cuda_emu.o: $(CUDA_EMU)/backend_cuda_emu.cpp tests/gpu/emu/emu_cuda.h gpu/backend_cuda.h src/core/backend.h
 	$(CXX) -std=c++17 -O2 -g $(CUDA_EMU_DEFS) -Isrc -Igpu -Itests/gpu/emu -c -o $@ $<
-$(CUDA_EMU)/test_cuda_ops: tests/gpu/test_cuda_ops.c $(filter-out $(BUILD)/src/main.o,$(ENGINE_OBJ)) $(CUDA_EMU)/backend_cuda_emu.o
+$(CUDA_EMU)/test_cuda_ops: tests/gpu/test_cuda_ops.c $(LIBKRONA) $(CUDA_EMU)/backend_cuda_emu.o
 	$(CC) $(ALL_CFLAGS) -Igpu -o $@ $^ $(LDLIBS) -lstdc++
 cuda-emu: $(CUDA_EMU)/test_cuda_ops
 	OMP_NUM_THREADS=1 ./$(CUDA_EMU)/test_cuda_ops --small

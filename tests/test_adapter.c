@@ -13,10 +13,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "adapter.h"
-#include "backend.h"
-#include "rng.h"
-#include "safetensors.h"
+#include "models/adapter.h"
+#include "core/backend.h"
+#include "core/rng.h"
+#include "formats/safetensors.h"
 
 static void test_counts(void **st) {
     (void)st;

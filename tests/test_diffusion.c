@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "diffusion.h"
-#include "rng.h"
+#include "core/backend.h"
+#include "models/diffusion.h"
+#include "core/rng.h"
 
 /* ---- golden file: blocks of "<name> <count>" then count values ---- */
 

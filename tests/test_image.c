@@ -17,8 +17,8 @@
 #include <stb_image_write.h>
 
 #include "test_helpers.h"
-#include "fsutil.h"
-#include "image.h"
+#include "core/fsutil.h"
+#include "formats/image.h"
 
 
 static int setup(void **state) {

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
+#include "formats/json.h"
 
 static JsonValue *parse_ok(const char *s) {
     char err[256] = "";

@@ -14,8 +14,8 @@
 #include <unistd.h>
 
 #include "test_helpers.h"
-#include "fsutil.h"
-#include "preset.h"
+#include "core/fsutil.h"
+#include "formats/preset.h"
 
 static char ini[512];
 

@@ -17,11 +17,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "fsutil.h"
-#include "pretrain.h"
-#include "rng.h"
-#include "unet.h"
+#include "core/backend.h"
+#include "core/fsutil.h"
+#include "training/pretrain.h"
+#include "core/rng.h"
+#include "models/unet.h"
 
 static Backend *be;
 

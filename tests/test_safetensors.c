@@ -15,9 +15,9 @@
 #include <unistd.h>
 
 #include "test_helpers.h"
-#include "fsutil.h"
-#include "json.h"
-#include "safetensors.h"
+#include "core/fsutil.h"
+#include "formats/json.h"
+#include "formats/safetensors.h"
 
 
 static int setup(void **state) {

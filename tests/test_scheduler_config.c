@@ -14,9 +14,9 @@
 #include <string.h>
 
 #include "test_helpers.h"
-#include "fsutil.h"
-#include "model.h"
-#include "scheduler_config.h"
+#include "core/fsutil.h"
+#include "models/model.h"
+#include "models/scheduler_config.h"
 
 static int setup(void **state) { return th_tmpdir_make("sched"); }
 static int teardown(void **state) { return th_tmpdir_remove(); }

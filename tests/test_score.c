@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pretrain.h"
-#include "score.h"
+#include "training/pretrain.h"
+#include "training/score.h"
 
 /* ---------------------------------------------------------- pictures --- */
 

@@ -12,8 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fsutil.h"
-#include "sweep.h"
+#include "core/fsutil.h"
+#include "training/sweep.h"
 
 static Preset tiny_preset(void) {
     Preset p;

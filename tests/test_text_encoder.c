@@ -18,11 +18,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "rng.h"
-#include "safetensors.h"
-#include "text_encoder.h"
-#include "tokenizer.h"
+#include "core/backend.h"
+#include "core/rng.h"
+#include "formats/safetensors.h"
+#include "models/text_encoder.h"
+#include "models/tokenizer.h"
 
 #define GOLDEN "tests/golden/text_encoder.safetensors"
 

@@ -14,8 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "json.h"
-#include "tokenizer.h"
+#include "formats/json.h"
+#include "models/tokenizer.h"
 
 static void assert_ids(const int32_t *got, int n_got, const int32_t *want, int n_want, const char *what)
 {

@@ -14,9 +14,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fsutil.h"
-#include "safetensors.h"
-#include "train.h"
+#include "core/fsutil.h"
+#include "formats/safetensors.h"
+#include "training/train.h"
 
 static char g_root[256];
 

@@ -18,7 +18,7 @@
 #include <sixel.h>
 
 #include "../tui/sixel_enc.c"
-#include "fsutil.h"
+#include "core/fsutil.h"
 
 /* Mean absolute channel error of the decoded region at (rx, ry) against ref
  * scaled by k (nearest). */

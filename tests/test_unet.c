@@ -13,10 +13,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "rng.h"
-#include "safetensors.h"
-#include "unet.h"
+#include "core/backend.h"
+#include "core/rng.h"
+#include "formats/safetensors.h"
+#include "models/unet.h"
 
 static double now_s(void) {
     struct timespec ts;

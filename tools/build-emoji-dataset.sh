@@ -26,7 +26,7 @@ trap 'rm -rf "$TMP"' EXIT INT TERM
 
 echo "build-emoji-dataset: compiling the helper" >&2
 cc -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Isrc $(pkg-config --cflags stb) \
-   -o "$TMP/emoji_dataset" tools/emoji_dataset.c src/json.c src/fsutil.c -lm
+   -o "$TMP/emoji_dataset" tools/emoji_dataset.c src/formats/json.c src/core/fsutil.c -lm
 
 ARGS=""
 for set in google twitter; do

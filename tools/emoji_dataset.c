@@ -30,8 +30,8 @@
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>
 
-#include "fsutil.h"
-#include "json.h"
+#include "core/fsutil.h"
+#include "formats/json.h"
 
 typedef struct { const char *name; unsigned char rgb[3]; } Colour;
 

@@ -6,10 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "adapter.h"
-#include "fsutil.h"
+#include "models/adapter.h"
+#include "core/fsutil.h"
 #include "studio.h"
-#include "unet.h"
+#include "models/unet.h"
 
 static const struct { const char *label, *key; } KNOBS[N_KNOBS] = {
     [KNOB_MODEL] = {"model", "model.model"},

@@ -12,7 +12,7 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include "fsutil.h"
+#include "core/fsutil.h"
 #include "studio.h"
 
 /* Read the terminal's answers to CSI 16 t and DA1 (sent in that order, so the

@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "fsutil.h"
+#include "core/fsutil.h"
 #include "studio.h"
 
 static void load_loss(RunInfo *r) {

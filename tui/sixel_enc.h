@@ -5,7 +5,7 @@
 
 #include <stddef.h>
 
-#include "image.h"
+#include "formats/image.h"
 
 /* Nearest-neighbour integer upscale so a small preview fills its cell box:
  * the largest k >= 1 with k*w <= max_w and k*h <= max_h (1 if none fits). */

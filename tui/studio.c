@@ -13,12 +13,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "adapter.h"
-#include "cli.h"
-#include "fsutil.h"
-#include "model.h"
+#include "models/adapter.h"
+#include "../cli/cli.h"
+#include "core/fsutil.h"
+#include "models/model.h"
 #include "studio.h"
-#include "unet.h"
+#include "models/unet.h"
 
 void studio_log(Studio *s, int bad, const char *fmt, ...) {
     va_list ap;

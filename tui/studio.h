@@ -7,10 +7,10 @@
 #include <pthread.h>
 #include <stdint.h>
 
-#include "cli.h"
-#include "image.h"
-#include "preset.h"
-#include "train.h"
+#include "../cli/cli.h"
+#include "formats/image.h"
+#include "formats/preset.h"
+#include "training/train.h"
 
 /* `krona-studio [--preset P.ini] [--graphics sixel|halfblock|none]`; returns the exit status */
 int studio_main(int argc, char **argv);

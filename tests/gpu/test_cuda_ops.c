@@ -20,8 +20,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "backend_cuda.h"
+#include "core/backend.h"
+#include "../../gpu/backend_cuda.h"
 
 enum { IN, OUT, ACC, NUL, IDS };
 

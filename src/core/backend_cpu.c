@@ -1,0 +1,1824 @@
+/* backend_cpu.c — the CPU implementation of the op table in backend.h.
+ *
+ * Threading: OpenBLAS is pinned to one thread and all parallelism is ours, so
+ * an sgemm inside a parallel loop never oversubscribes the cores. We use a
+ * small pool of our own (spin briefly, then sleep on a condition variable)
+ * instead of OpenMP regions: libgomp's default busy-wait barriers make every
+ * op take a scheduler time slice when the machine is shared (measured 7x
+ * slower than one thread at load 6 on 2 cores), while ours degrade to the
+ * speed of one thread. Work is cut into chunks whose count depends only on the
+ * problem size and chunks are claimed dynamically; reductions go through
+ * per-chunk partials summed in chunk order, so results are bitwise identical
+ * whatever the thread count or the load.
+ *
+ * Scratch: im2col columns, attention score tiles, Kronecker intermediates and
+ * partial sums live in per-thread scratch slots that only grow, so steady-state
+ * training does no mallocs. The backend is not reentrant: one thread calls it
+ * at a time (the train thread).
+ */
+#include "core/backend.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef KRONA_CUDA
+#include "../../gpu/backend_cuda.h"
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+/* OpenBLAS 0.3.21 (Debian 12) does not recognise recent Xeons (e.g. Sapphire
+ * Rapids) and falls back to its SSE3 "Prescott" kernels, which made our GEMMs
+ * 1.5-2x slower. A DYNAMIC_ARCH build picks its kernels in a library
+ * constructor, before any code of ours, and reads OPENBLAS_CORETYPE only there;
+ * so when it settled on Prescott on a CPU with AVX2/AVX-512 we re-run its
+ * (exported) selection with the right core type, once, before our first GEMM.
+ * The symbols are weak: other OpenBLAS builds simply skip this. A user's own
+ * OPENBLAS_CORETYPE is respected. */
+extern void gotoblas_dynamic_init(void) __attribute__((weak));
+extern void gotoblas_dynamic_quit(void) __attribute__((weak));
+
+static void fix_openblas_core(void) {
+    static atomic_int done;
+    if (atomic_exchange(&done, 1)) return;
+#if defined(__x86_64__)
+    if (!gotoblas_dynamic_init || !gotoblas_dynamic_quit || getenv("OPENBLAS_CORETYPE")) return;
+    if (strcmp(openblas_get_corename(), "Prescott") != 0) return;
+    if (!strstr(openblas_get_config(), "DYNAMIC_ARCH")) return;
+    __builtin_cpu_init();
+    const char *core = NULL;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        core = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        core = "Haswell";
+    if (!core) return;
+    setenv("OPENBLAS_CORETYPE", core, 0);
+    gotoblas_dynamic_quit();
+    gotoblas_dynamic_init();
+    unsetenv("OPENBLAS_CORETYPE"); /* child processes choose for themselves */
+#endif
+}
+
+#define MAX_THREADS 64
+#define MAX_CHUNKS 64
+#define NSLOT 5
+#define SPIN 4000 /* polls before a waiting thread sleeps (~100 us) */
+
+typedef struct {
+    float *p;
+    size_t n; /* floats */
+} Scratch;
+
+/* one parallel job: chunk c of nchunks covers [c*n/nchunks, (c+1)*n/nchunks) */
+typedef void (*ChunkFn)(void *ctx, int64_t lo, int64_t hi, int chunk, int tid);
+
+typedef struct CpuImpl CpuImpl;
+typedef struct {
+    CpuImpl *im;
+    int tid;
+} Worker;
+
+struct CpuImpl {
+    _Atomic size_t live, peak;
+    int nthreads;
+    Scratch s[MAX_THREADS][NSLOT];
+    /* pool */
+    pthread_t th[MAX_THREADS];
+    Worker wk[MAX_THREADS];
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    _Atomic uint64_t ticket; /* see TK_* below */
+    _Atomic int done;        /* chunks finished in the current job */
+    _Atomic int stop;
+    ChunkFn fn;
+    void *ctx;
+    int64_t n;
+};
+
+/* set while running a chunk: nested jobs run inline, on this thread's scratch */
+static _Thread_local int in_pool, cur_tid;
+
+static CpuImpl *impl_of(Backend *be) { return (CpuImpl *)be->impl; }
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* ticket layout: generation (24 bits) | chunk count (8) | next unclaimed chunk (32).
+ * The count travels in the ticket so a late worker never reads the parameters
+ * of a job it cannot claim; after a successful claim the job cannot finish
+ * before our chunk does, so fn, ctx and n are stable. */
+#define TK_GEN(t) ((uint32_t)((t) >> 40))
+#define TK_NCH(t) ((int)(((t) >> 32) & 0xff))
+#define TK_NEXT(t) ((uint32_t)(t))
+
+/* claim and run chunks of generation gen until none is left */
+static void run_chunks(CpuImpl *im, uint32_t gen, int tid) {
+    for (;;) {
+        uint64_t t = atomic_load(&im->ticket);
+        if (TK_GEN(t) != gen || (int)TK_NEXT(t) >= TK_NCH(t)) return;
+        if (!atomic_compare_exchange_weak(&im->ticket, &t, t + 1)) continue;
+        int c = (int)TK_NEXT(t), nch = TK_NCH(t);
+        int64_t lo = im->n * c / nch, hi = im->n * (c + 1) / nch;
+        in_pool = 1;
+        cur_tid = tid;
+        im->fn(im->ctx, lo, hi, c, tid);
+        in_pool = 0;
+        if (atomic_fetch_add(&im->done, 1) + 1 == nch) {
+            pthread_mutex_lock(&im->mu);
+            pthread_cond_broadcast(&im->cv_done);
+            pthread_mutex_unlock(&im->mu);
+        }
+    }
+}
+
+static void *worker_main(void *arg) {
+    Worker *w = arg;
+    CpuImpl *im = w->im;
+    uint32_t last = TK_GEN(atomic_load(&im->ticket));
+    for (;;) {
+        uint32_t g = last;
+        for (int i = 0; i < SPIN && g == last && !atomic_load(&im->stop); i++) {
+            cpu_relax();
+            g = TK_GEN(atomic_load(&im->ticket));
+        }
+        if (g == last) {
+            pthread_mutex_lock(&im->mu);
+            while ((g = TK_GEN(atomic_load(&im->ticket))) == last && !atomic_load(&im->stop))
+                pthread_cond_wait(&im->cv_work, &im->mu);
+            pthread_mutex_unlock(&im->mu);
+        }
+        if (atomic_load(&im->stop)) return NULL;
+        last = g;
+        run_chunks(im, g, w->tid);
+    }
+}
+
+/* Run fn over [0, n) cut into nchunks chunks (a function of the problem size
+ * only). Serial when nested, single-threaded, or one chunk. */
+static void par_run(CpuImpl *im, int64_t n, int nchunks, ChunkFn fn, void *ctx) {
+    if (nchunks < 1) nchunks = 1;
+    if (nchunks > MAX_CHUNKS) nchunks = MAX_CHUNKS;
+    if (n <= 0) return;
+    if (im->nthreads <= 1 || nchunks == 1 || in_pool) {
+        int tid = in_pool ? cur_tid : 0;
+        for (int c = 0; c < nchunks; c++) fn(ctx, n * c / nchunks, n * (c + 1) / nchunks, c, tid);
+        return;
+    }
+    im->fn = fn;
+    im->ctx = ctx;
+    im->n = n;
+    atomic_store(&im->done, 0);
+    uint32_t gen = (TK_GEN(atomic_load(&im->ticket)) + 1) & 0xffffff;
+    pthread_mutex_lock(&im->mu);
+    atomic_store(&im->ticket, (uint64_t)gen << 40 | (uint64_t)nchunks << 32); /* publishes fn, ctx, n */
+    pthread_cond_broadcast(&im->cv_work);
+    pthread_mutex_unlock(&im->mu);
+    run_chunks(im, gen, 0);
+    for (int i = 0; i < SPIN && atomic_load(&im->done) < nchunks; i++) cpu_relax();
+    if (atomic_load(&im->done) < nchunks) {
+        pthread_mutex_lock(&im->mu);
+        while (atomic_load(&im->done) < nchunks) pthread_cond_wait(&im->cv_done, &im->mu);
+        pthread_mutex_unlock(&im->mu);
+    }
+}
+
+/* chunk count for `work` units of cost when ~grain units make a chunk worth it */
+static int chunks_for(int64_t work, int64_t grain, int64_t max_by_items) {
+    int64_t c = work / (grain > 0 ? grain : 1);
+    if (c > max_by_items) c = max_by_items;
+    if (c > 16) c = 16;
+    return c < 1 ? 1 : (int)c;
+}
+
+/* scratch slot `slot` of thread `t`, at least n floats; NULL on OOM */
+static float *scratch(CpuImpl *im, int t, int slot, size_t n) {
+    Scratch *s = &im->s[t][slot];
+    if (s->n < n) {
+        free(s->p);
+        size_t want = n + n / 4 + 64;
+        s->p = aligned_alloc(64, ((want * sizeof(float)) + 63) / 64 * 64);
+        s->n = s->p ? want : 0;
+    }
+    return s->p;
+}
+
+/* scratch for every thread that may run a chunk (grown before the job starts) */
+static void scratch_all(CpuImpl *im, int slot, size_t n, float **out) {
+    for (int t = 0; t < im->nthreads; t++) out[t] = scratch(im, t, slot, n);
+}
+
+/* ------------------------------------------------------------------ memory */
+
+/* header before each block: base pointer from calloc and the user size */
+typedef struct {
+    void *base;
+    size_t bytes;
+} AllocHdr;
+
+static void *cpu_alloc(Backend *be, size_t bytes) {
+    CpuImpl *im = impl_of(be);
+    /* calloc gives lazily-zeroed pages for big blocks; we align by hand */
+    char *base = calloc(1, bytes + 64 + sizeof(AllocHdr) + 64);
+    if (!base) return NULL;
+    uintptr_t u = ((uintptr_t)base + sizeof(AllocHdr) + 63) & ~(uintptr_t)63;
+    AllocHdr *h = (AllocHdr *)u - 1;
+    h->base = base;
+    h->bytes = bytes;
+    size_t live = atomic_fetch_add(&im->live, bytes) + bytes;
+    size_t peak = atomic_load(&im->peak);
+    while (live > peak && !atomic_compare_exchange_weak(&im->peak, &peak, live)) {}
+    return (void *)u;
+}
+
+static void cpu_free(Backend *be, void *p) {
+    if (!p) return;
+    AllocHdr *h = (AllocHdr *)p - 1;
+    atomic_fetch_sub(&impl_of(be)->live, h->bytes);
+    free(h->base);
+}
+
+static void cpu_memcpy(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes && dst != src) memcpy(dst, src, bytes);
+}
+static void cpu_zero(Backend *be, void *p, size_t bytes) {
+    if (bytes) memset(p, 0, bytes);
+}
+static void cpu_sync(Backend *be) {}
+static size_t cpu_peak(Backend *be) { return atomic_load(&impl_of(be)->peak); }
+
+/* ------------------------------------------------------------------ gemm */
+
+static void sgemm1(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* BLAS semantics: C = beta C */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++)
+                C[(int64_t)i * ldc + j] = beta == 0.f ? 0.f : beta * C[(int64_t)i * ldc + j];
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, M, N,
+                K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+typedef struct {
+    int tA, tB, M, N, K, lda, ldb, ldc, splitM;
+    float alpha, beta;
+    const float *A, *B;
+    float *C;
+} GemmJob;
+
+static void gemm_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    GemmJob *g = p;
+    /* chunk edges on multiples of 16 keep the kernels' panels whole */
+    int64_t len = g->splitM ? g->M : g->N;
+    int a = (int)(lo * 16), b = (int)(hi * 16 < len ? hi * 16 : len);
+    if (a >= b) return;
+    if (g->splitM) {
+        const float *Ai = g->tA ? g->A + a : g->A + (int64_t)a * g->lda;
+        sgemm1(g->tA, g->tB, b - a, g->N, g->K, g->alpha, Ai, g->lda, g->B, g->ldb, g->beta,
+               g->C + (int64_t)a * g->ldc, g->ldc);
+    } else {
+        const float *Bj = g->tB ? g->B + (int64_t)a * g->ldb : g->B + a;
+        sgemm1(g->tA, g->tB, g->M, b - a, g->K, g->alpha, g->A, g->lda, Bj, g->ldb, g->beta,
+               g->C + a, g->ldc);
+    }
+}
+
+/* one GEMM split over the pool along the larger of M, N when it is big enough;
+ * each C element is computed the same way whatever the split */
+static void sgemm_par(CpuImpl *im, int tA, int tB, int M, int N, int K, float alpha,
+                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                      int ldc) {
+    double flops = 2.0 * M * N * K;
+    int splitM = M >= N, len = splitM ? M : N;
+    int64_t units = (len + 15) / 16;
+    int nch = flops < 4e6 ? 1 : chunks_for((int64_t)(flops / 2e6), 1, units);
+    if (nch > 4) nch = 4;
+    if (nch <= 1 || im->nthreads <= 1 || in_pool) {
+        sgemm1(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    GemmJob g = {tA, tB, M, N, K, lda, ldb, ldc, splitM, alpha, beta, A, B, C};
+    par_run(im, units, nch, gemm_chunk, &g);
+}
+
+static void cpu_gemm(Backend *be, int transA, int transB, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                     int ldc) {
+    sgemm_par(impl_of(be), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+typedef struct {
+    GemmJob g;
+    int64_t sA, sB, sC;
+} BatchJob;
+
+static void batch_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    BatchJob *j = p;
+    GemmJob *g = &j->g;
+    for (int64_t b = lo; b < hi; b++)
+        sgemm1(g->tA, g->tB, g->M, g->N, g->K, g->alpha, g->A + b * j->sA, g->lda, g->B + b * j->sB,
+               g->ldb, g->beta, g->C + b * j->sC, g->ldc);
+}
+
+static void cpu_gemm_batched(Backend *be, int transA, int transB, int M, int N, int K,
+                             float alpha, const float *A, int lda, int64_t sA, const float *B,
+                             int ldb, int64_t sB, float beta, float *C, int ldc, int64_t sC,
+                             int batch) {
+    CpuImpl *im = impl_of(be);
+    double flops = 2.0 * M * N * K;
+    if (flops >= 4e6 || batch == 1) { /* big matrices: split each one instead */
+        for (int b = 0; b < batch; b++)
+            sgemm_par(im, transA, transB, M, N, K, alpha, A + b * sA, lda, B + b * sB, ldb, beta, C + b * sC, ldc);
+        return;
+    }
+    BatchJob j = {{transA, transB, M, N, K, lda, ldb, ldc, 0, alpha, beta, A, B, C}, sA, sB, sC};
+    par_run(im, batch, chunks_for((int64_t)(flops * batch), 1000000, batch), batch_chunk, &j);
+}
+
+/* ------------------------------------------------------------------ linear */
+
+/* db[j] += sum_i dy[i, j]: per-chunk partials summed in chunk order */
+typedef struct {
+    const float *dy;
+    float *part[MAX_CHUNKS];
+    int n;
+} ColSumJob;
+
+static void colsum_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    ColSumJob *j = p;
+    float *acc = j->part[chunk];
+    memset(acc, 0, sizeof(float) * j->n);
+    for (int64_t i = lo; i < hi; i++) {
+        const float *r = j->dy + i * j->n;
+        for (int c = 0; c < j->n; c++) acc[c] += r[c];
+    }
+}
+
+static void col_sum_acc(CpuImpl *im, const float *dy, float *db, int64_t M, int n) {
+    int nch = chunks_for(M * n, 32768, M);
+    ColSumJob j = {.dy = dy, .n = n};
+    float *buf = scratch(im, 0, 4, (size_t)nch * n);
+    for (int c = 0; c < nch; c++) j.part[c] = buf + (int64_t)c * n;
+    par_run(im, M, nch, colsum_chunk, &j);
+    for (int c = 0; c < nch; c++)
+        for (int k = 0; k < n; k++) db[k] += j.part[c][k];
+}
+
+typedef struct {
+    float *y;
+    const float *b;
+    int out;
+} BiasRowsJob;
+
+static void bias_rows_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    BiasRowsJob *j = p;
+    for (int64_t i = lo; i < hi; i++) memcpy(j->y + i * j->out, j->b, sizeof(float) * j->out);
+}
+
+static void cpu_linear_fwd(Backend *be, const float *x, const float *W, const float *b, float *y,
+                           int64_t M, int in, int out) {
+    CpuImpl *im = impl_of(be);
+    float beta = 0.f;
+    if (b) {
+        BiasRowsJob j = {y, b, out};
+        par_run(im, M, chunks_for(M * out, 65536, M), bias_rows_chunk, &j);
+        beta = 1.f;
+    }
+    sgemm_par(im, 0, 1, (int)M, out, in, 1.f, x, in, W, in, beta, y, out);
+}
+
+static void cpu_linear_bwd(Backend *be, const float *dy, const float *x, const float *W, float *dx,
+                           float *dW, float *db, int64_t M, int in, int out) {
+    CpuImpl *im = impl_of(be);
+    if (dx) sgemm_par(im, 0, 0, (int)M, in, out, 1.f, dy, out, W, in, 1.f, dx, in);
+    if (dW) sgemm_par(im, 1, 0, out, in, (int)M, 1.f, dy, out, x, in, 1.f, dW, in);
+    if (db) col_sum_acc(im, dy, db, M, out);
+}
+
+/* ------------------------------------------------------------------ conv2d */
+
+/* col[(c*k+ki)*k+kj][oy*Wo+ox] = x[c][oy*s-p+ki][ox*s-p+kj] (0 outside) */
+static void im2col(const float *x, float *col, int C, int H, int W, int k, int s, int p, int Ho,
+                   int Wo) {
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < k; ki++)
+            for (int kj = 0; kj < k; kj++) {
+                float *dst = col + ((int64_t)(c * k + ki) * k + kj) * Ho * Wo;
+                const float *xc = x + (int64_t)c * H * W;
+                /* valid ox range: 0 <= ox*s - p + kj < W */
+                int ox0 = 0, ox1 = Wo;
+                while (ox0 < Wo && ox0 * s - p + kj < 0) ox0++;
+                while (ox1 > ox0 && (ox1 - 1) * s - p + kj >= W) ox1--;
+                for (int oy = 0; oy < Ho; oy++) {
+                    float *d = dst + (int64_t)oy * Wo;
+                    int iy = oy * s - p + ki;
+                    if (iy < 0 || iy >= H) {
+                        memset(d, 0, sizeof(float) * Wo);
+                        continue;
+                    }
+                    const float *xr = xc + (int64_t)iy * W + kj - p;
+                    for (int ox = 0; ox < ox0; ox++) d[ox] = 0.f;
+                    if (s == 1)
+                        memcpy(d + ox0, xr + ox0, sizeof(float) * (ox1 - ox0));
+                    else
+                        for (int ox = ox0; ox < ox1; ox++) d[ox] = xr[ox * s];
+                    for (int ox = ox1; ox < Wo; ox++) d[ox] = 0.f;
+                }
+            }
+}
+
+/* dx[c][iy][ix] += dcol[...]: the adjoint of im2col */
+static void col2im_acc(const float *col, float *dx, int C, int H, int W, int k, int s, int p,
+                       int Ho, int Wo) {
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < k; ki++)
+            for (int kj = 0; kj < k; kj++) {
+                const float *src = col + ((int64_t)(c * k + ki) * k + kj) * Ho * Wo;
+                float *xc = dx + (int64_t)c * H * W;
+                int ox0 = 0, ox1 = Wo;
+                while (ox0 < Wo && ox0 * s - p + kj < 0) ox0++;
+                while (ox1 > ox0 && (ox1 - 1) * s - p + kj >= W) ox1--;
+                for (int oy = 0; oy < Ho; oy++) {
+                    int iy = oy * s - p + ki;
+                    if (iy < 0 || iy >= H) continue;
+                    const float *sr = src + (int64_t)oy * Wo;
+                    float *xr = xc + (int64_t)iy * W + kj - p;
+                    if (s == 1)
+                        for (int ox = ox0; ox < ox1; ox++) xr[ox] += sr[ox];
+                    else
+                        for (int ox = ox0; ox < ox1; ox++) xr[ox * s] += sr[ox];
+                }
+            }
+}
+
+typedef struct {
+    const float *x, *w, *b, *dy;
+    float *y, *dx, *dw;
+    int N, Cin, H, W, Cout, k, s, p, Ho, Wo, direct;
+    int64_t HWo, HWi, KK;
+    float *cols[MAX_THREADS], *dcols[MAX_THREADS];
+    float *dwpart[MAX_CHUNKS]; /* per-chunk dw partials (NULL: write dw directly) */
+    CpuImpl *im;
+} ConvJob;
+
+static void conv_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    ConvJob *j = p;
+    for (int64_t n = lo; n < hi; n++) {
+        const float *xn = j->x + n * j->Cin * j->HWi;
+        float *yn = j->y + n * j->Cout * j->HWo;
+        float beta = 0.f;
+        if (j->b) {
+            for (int c = 0; c < j->Cout; c++)
+                for (int64_t i = 0; i < j->HWo; i++) yn[c * j->HWo + i] = j->b[c];
+            beta = 1.f;
+        }
+        const float *src = xn;
+        if (!j->direct) {
+            im2col(xn, j->cols[tid], j->Cin, j->H, j->W, j->k, j->s, j->p, j->Ho, j->Wo);
+            src = j->cols[tid];
+        }
+        /* one image per job (batch 1): the GEMM itself splits over the pool */
+        sgemm_par(j->im, 0, 0, j->Cout, (int)j->HWo, (int)j->KK, 1.f, j->w, (int)j->KK, src,
+                  (int)j->HWo, beta, yn, (int)j->HWo);
+    }
+}
+
+static void cpu_conv2d_fwd(Backend *be, const float *x, const float *w, const float *b, float *y,
+                           int N, int Cin, int H, int W, int Cout, int k, int s, int p) {
+    CpuImpl *im = impl_of(be);
+    ConvJob j = {.x = x, .w = w, .b = b, .y = y, .N = N, .Cin = Cin, .H = H, .W = W, .Cout = Cout,
+                 .k = k, .s = s, .p = p, .im = im};
+    j.Ho = (H + 2 * p - k) / s + 1;
+    j.Wo = (W + 2 * p - k) / s + 1;
+    j.HWo = (int64_t)j.Ho * j.Wo;
+    j.HWi = (int64_t)H * W;
+    j.KK = (int64_t)Cin * k * k;
+    j.direct = (k == 1 && s == 1 && p == 0);
+    if (!j.direct) scratch_all(im, 0, (size_t)(j.KK * j.HWo), j.cols);
+    par_run(im, N, N, conv_fwd_chunk, &j);
+}
+
+static void conv_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    ConvJob *j = p;
+    float *dw = j->dwpart[chunk] ? j->dwpart[chunk] : j->dw;
+    if (j->dwpart[chunk]) memset(dw, 0, sizeof(float) * j->Cout * j->KK);
+    for (int64_t n = lo; n < hi; n++) {
+        const float *xn = j->x + n * j->Cin * j->HWi;
+        const float *dyn = j->dy + n * j->Cout * j->HWo;
+        int HWo = (int)j->HWo, KK = (int)j->KK;
+        if (j->dw) {
+            const float *src = xn;
+            if (!j->direct) {
+                im2col(xn, j->cols[tid], j->Cin, j->H, j->W, j->k, j->s, j->p, j->Ho, j->Wo);
+                src = j->cols[tid];
+            }
+            sgemm_par(j->im, 0, 1, j->Cout, KK, HWo, 1.f, dyn, HWo, src, HWo, 1.f, dw, KK);
+        }
+        if (j->dx) {
+            float *dxn = j->dx + n * j->Cin * j->HWi;
+            if (j->direct) {
+                sgemm_par(j->im, 1, 0, j->Cin, HWo, j->Cout, 1.f, j->w, j->Cin, dyn, HWo, 1.f, dxn, HWo);
+            } else {
+                sgemm_par(j->im, 1, 0, KK, HWo, j->Cout, 1.f, j->w, KK, dyn, HWo, 0.f, j->dcols[tid], HWo);
+                col2im_acc(j->dcols[tid], dxn, j->Cin, j->H, j->W, j->k, j->s, j->p, j->Ho, j->Wo);
+            }
+        }
+    }
+}
+
+static void cpu_conv2d_bwd(Backend *be, const float *dy, const float *x, const float *w, float *dx,
+                           float *dw, float *db, int N, int Cin, int H, int W, int Cout, int k,
+                           int s, int p) {
+    CpuImpl *im = impl_of(be);
+    ConvJob j = {.x = x, .w = w, .dy = dy, .dx = dx, .dw = dw, .N = N, .Cin = Cin, .H = H, .W = W,
+                 .Cout = Cout, .k = k, .s = s, .p = p, .im = im};
+    j.Ho = (H + 2 * p - k) / s + 1;
+    j.Wo = (W + 2 * p - k) / s + 1;
+    j.HWo = (int64_t)j.Ho * j.Wo;
+    j.HWi = (int64_t)H * W;
+    j.KK = (int64_t)Cin * k * k;
+    j.direct = (k == 1 && s == 1 && p == 0);
+    if (db)
+        for (int n = 0; n < N; n++)
+            for (int c = 0; c < Cout; c++) {
+                const float *r = dy + ((int64_t)n * Cout + c) * j.HWo;
+                float acc = 0.f;
+                for (int64_t i = 0; i < j.HWo; i++) acc += r[i];
+                db[c] += acc;
+            }
+    if (!dx && !dw) return;
+    if (!j.direct && dw) scratch_all(im, 0, (size_t)(j.KK * j.HWo), j.cols);
+    if (!j.direct && dx) scratch_all(im, 1, (size_t)(j.KK * j.HWo), j.dcols);
+    /* images go in at most 4 fixed groups; each group has its own dw partial */
+    int nch = N < 4 ? N : 4;
+    if (dw && nch > 1) {
+        float *buf = scratch(im, 0, 2, (size_t)nch * Cout * j.KK);
+        for (int c = 0; c < nch; c++) j.dwpart[c] = buf + (int64_t)c * Cout * j.KK;
+    }
+    par_run(im, N, nch, conv_bwd_chunk, &j);
+    if (dw && nch > 1)
+        for (int c = 0; c < nch; c++)
+            for (int64_t i = 0; i < Cout * j.KK; i++) dw[i] += j.dwpart[c][i];
+}
+
+/* ------------------------------------------------------------------ norms */
+
+/* mean and rstd of n floats: two passes, double accumulation, biased variance */
+static void moments(const float *x, int64_t n, float eps, float *mean, float *rstd) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) s += x[i];
+    double mu = s / (double)n, v = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = x[i] - mu;
+        v += d * d;
+    }
+    v /= (double)n;
+    *mean = (float)mu;
+    *rstd = (float)(1.0 / sqrt(v + eps));
+}
+
+typedef struct {
+    const float *x, *gamma, *beta, *dy, *mean, *rstd;
+    float *y, *mo, *ro, *dx, *sdx, *sd;
+    int C, G;
+    int64_t HW;
+    float eps;
+    float *part[MAX_CHUNKS];
+} NormJob;
+
+static void gn_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    NormJob *j = p;
+    int cpg = j->C / j->G;
+    for (int64_t ng = lo; ng < hi; ng++) {
+        int64_t n = ng / j->G, g = ng % j->G;
+        int64_t off = (n * j->C + g * cpg) * j->HW;
+        float mu, rs;
+        moments(j->x + off, cpg * j->HW, j->eps, &mu, &rs);
+        j->mo[ng] = mu;
+        j->ro[ng] = rs;
+        for (int c = 0; c < cpg; c++) {
+            int64_t cc = g * cpg + c;
+            float a = rs * (j->gamma ? j->gamma[cc] : 1.f);
+            float bb = (j->beta ? j->beta[cc] : 0.f) - mu * a;
+            const float *xr = j->x + off + c * j->HW;
+            float *yr = j->y + off + c * j->HW;
+            for (int64_t i = 0; i < j->HW; i++) yr[i] = xr[i] * a + bb;
+        }
+    }
+}
+
+static void cpu_group_norm_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
+                               float *y, float *mean, float *rstd, int N, int C, int64_t HW, int G,
+                               float eps) {
+    NormJob j = {.x = x, .gamma = gamma, .beta = beta, .y = y, .mo = mean, .ro = rstd, .C = C, .G = G,
+                 .HW = HW, .eps = eps};
+    par_run(impl_of(be), (int64_t)N * G, chunks_for((int64_t)N * C * HW, 16384, (int64_t)N * G), gn_fwd_chunk, &j);
+}
+
+static void gn_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    NormJob *j = p;
+    int C = j->C, cpg = C / j->G;
+    int64_t HW = j->HW;
+    for (int64_t ng = lo; ng < hi; ng++) {
+        int64_t n = ng / j->G, g = ng % j->G;
+        int64_t off = (n * C + g * cpg) * HW;
+        float mu = j->mean[ng], rs = j->rstd[ng];
+        double sum_dxh = 0.0, sum_dxh_xh = 0.0; /* sums of dxhat, dxhat*xhat */
+        for (int c = 0; c < cpg; c++) {
+            int64_t cc = g * cpg + c;
+            float gm = j->gamma ? j->gamma[cc] : 1.f;
+            const float *xr = j->x + off + c * HW, *dr = j->dy + off + c * HW;
+            float a = 0.f, bsum = 0.f;
+            for (int64_t i = 0; i < HW; i++) {
+                float xh = (xr[i] - mu) * rs;
+                a += dr[i] * xh;
+                bsum += dr[i];
+            }
+            j->sdx[n * C + cc] = a; /* per (n, c): reduced over n by the caller */
+            j->sd[n * C + cc] = bsum;
+            sum_dxh += (double)gm * bsum;
+            sum_dxh_xh += (double)gm * a;
+        }
+        if (!j->dx) continue;
+        double inv = 1.0 / ((double)cpg * HW);
+        float m1 = (float)(sum_dxh * inv), m2 = (float)(sum_dxh_xh * inv);
+        for (int c = 0; c < cpg; c++) {
+            int64_t cc = g * cpg + c;
+            float gm = j->gamma ? j->gamma[cc] : 1.f;
+            const float *xr = j->x + off + c * HW, *dr = j->dy + off + c * HW;
+            float *o = j->dx + off + c * HW;
+            for (int64_t i = 0; i < HW; i++) {
+                float xh = (xr[i] - mu) * rs;
+                o[i] += rs * (gm * dr[i] - m1 - xh * m2);
+            }
+        }
+    }
+}
+
+static void cpu_group_norm_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
+                               const float *mean, const float *rstd, float *dx, float *dgamma,
+                               float *dbeta, int N, int C, int64_t HW, int G) {
+    CpuImpl *im = impl_of(be);
+    float *sdx = scratch(im, 0, 4, (size_t)2 * N * C);
+    NormJob j = {.x = x, .gamma = gamma, .dy = dy, .mean = mean, .rstd = rstd, .dx = dx, .sdx = sdx,
+                 .sd = sdx + (int64_t)N * C, .C = C, .G = G, .HW = HW};
+    par_run(im, (int64_t)N * G, chunks_for((int64_t)N * C * HW, 16384, (int64_t)N * G), gn_bwd_chunk, &j);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            if (dgamma) dgamma[c] += j.sdx[(int64_t)n * C + c];
+            if (dbeta) dbeta[c] += j.sd[(int64_t)n * C + c];
+        }
+}
+
+static void ln_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    NormJob *j = p;
+    int C = j->C;
+    for (int64_t i = lo; i < hi; i++) {
+        const float *xr = j->x + i * C;
+        float *yr = j->y + i * C;
+        float mu, rs;
+        moments(xr, C, j->eps, &mu, &rs);
+        j->mo[i] = mu;
+        j->ro[i] = rs;
+        for (int c = 0; c < C; c++)
+            yr[c] = (xr[c] - mu) * rs * (j->gamma ? j->gamma[c] : 1.f) + (j->beta ? j->beta[c] : 0.f);
+    }
+}
+
+static void cpu_layer_norm_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
+                               float *y, float *mean, float *rstd, int64_t M, int C, float eps) {
+    NormJob j = {.x = x, .gamma = gamma, .beta = beta, .y = y, .mo = mean, .ro = rstd, .C = C, .eps = eps};
+    par_run(impl_of(be), M, chunks_for(M * C, 16384, M), ln_fwd_chunk, &j);
+}
+
+static void ln_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    NormJob *j = p;
+    int C = j->C;
+    float *pg = j->part[chunk], *pb = pg + C;
+    memset(pg, 0, sizeof(float) * 2 * C);
+    for (int64_t i = lo; i < hi; i++) {
+        const float *xr = j->x + i * C, *dr = j->dy + i * C;
+        float mu = j->mean[i], rs = j->rstd[i];
+        float s1 = 0.f, s2 = 0.f; /* sums of dxhat, dxhat*xhat */
+        for (int c = 0; c < C; c++) {
+            float xh = (xr[c] - mu) * rs;
+            float dxh = dr[c] * (j->gamma ? j->gamma[c] : 1.f);
+            s1 += dxh;
+            s2 += dxh * xh;
+            pg[c] += dr[c] * xh;
+            pb[c] += dr[c];
+        }
+        if (!j->dx) continue;
+        float m1 = s1 / C, m2 = s2 / C;
+        float *o = j->dx + i * C;
+        for (int c = 0; c < C; c++) {
+            float xh = (xr[c] - mu) * rs;
+            o[c] += rs * (dr[c] * (j->gamma ? j->gamma[c] : 1.f) - m1 - xh * m2);
+        }
+    }
+}
+
+static void cpu_layer_norm_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
+                               const float *mean, const float *rstd, float *dx, float *dgamma,
+                               float *dbeta, int64_t M, int C) {
+    CpuImpl *im = impl_of(be);
+    int nch = chunks_for(M * C, 16384, M);
+    NormJob j = {.x = x, .gamma = gamma, .dy = dy, .mean = mean, .rstd = rstd, .dx = dx, .C = C};
+    float *buf = scratch(im, 0, 4, (size_t)nch * 2 * C);
+    for (int c = 0; c < nch; c++) j.part[c] = buf + (int64_t)c * 2 * C;
+    par_run(im, M, nch, ln_bwd_chunk, &j);
+    for (int t = 0; t < nch; t++)
+        for (int c = 0; c < C; c++) {
+            if (dgamma) dgamma[c] += j.part[t][c];
+            if (dbeta) dbeta[c] += j.part[t][C + c];
+        }
+}
+
+/* ------------------------------------------------------------------ pointwise */
+
+/* exp for the attention softmax: Cephes-style range reduction and degree-5
+ * polynomial, ~2 ulp, written so the compiler vectorises it; exact 0 below
+ * the float range (masked scores are -inf) */
+static inline float fast_expf(float x) {
+    float xc = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    float n = floorf(xc * 1.44269504088896341f + 0.5f);
+    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    float q = 1.9875691500e-4f;
+    q = q * r + 1.3981999507e-3f;
+    q = q * r + 8.3334519073e-3f;
+    q = q * r + 4.1665795894e-2f;
+    q = q * r + 1.6666665459e-1f;
+    q = q * r + 5.0000001201e-1f;
+    q = q * r * r + r + 1.f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float sc;
+    memcpy(&sc, &bits, sizeof sc);
+    return x < -87.3f ? 0.f : q * sc;
+}
+
+static inline float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
+static inline float gelu1(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
+static inline float gelu_grad1(float x) {
+    return 0.5f * (1.f + erff(x * 0.70710678118654752f)) + x * 0.39894228040143268f * expf(-0.5f * x * x);
+}
+
+enum { PW_SILU, PW_SILU_B, PW_GELU, PW_GELU_B, PW_QGELU, PW_ADD, PW_AXPY, PW_SCALE, PW_GEGLU, PW_GEGLU_B,
+       PW_CBIAS, PW_CSUM, PW_MSE_B };
+
+typedef struct {
+    int op, D;
+    const float *a, *b;
+    float *y;
+    float alpha;
+    int64_t HW;
+} PwJob;
+
+static void pw_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    PwJob *j = p;
+    const float *a = j->a, *b = j->b;
+    float *y = j->y, al = j->alpha;
+    switch (j->op) {
+    case PW_SILU:
+        for (int64_t i = lo; i < hi; i++) y[i] = a[i] * sigmoidf(a[i]);
+        break;
+    case PW_SILU_B: /* a = dy, b = x */
+        for (int64_t i = lo; i < hi; i++) {
+            float s = sigmoidf(b[i]);
+            y[i] += a[i] * s * (1.f + b[i] * (1.f - s));
+        }
+        break;
+    case PW_GELU:
+        for (int64_t i = lo; i < hi; i++) y[i] = gelu1(a[i]);
+        break;
+    case PW_GELU_B:
+        for (int64_t i = lo; i < hi; i++) y[i] += a[i] * gelu_grad1(b[i]);
+        break;
+    case PW_QGELU:
+        for (int64_t i = lo; i < hi; i++) y[i] = a[i] * sigmoidf(1.702f * a[i]);
+        break;
+    case PW_ADD:
+        for (int64_t i = lo; i < hi; i++) y[i] = a[i] + b[i];
+        break;
+    case PW_AXPY:
+        for (int64_t i = lo; i < hi; i++) y[i] += al * a[i];
+        break;
+    case PW_SCALE:
+        for (int64_t i = lo; i < hi; i++) y[i] *= al;
+        break;
+    case PW_MSE_B: /* a = pred, b = target */
+        for (int64_t i = lo; i < hi; i++) y[i] += al * (a[i] - b[i]);
+        break;
+    case PW_GEGLU: /* rows lo..hi of x[M, 2D] */
+        for (int64_t i = lo; i < hi; i++) {
+            const float *h = a + i * 2 * j->D, *g = h + j->D;
+            float *yr = y + i * j->D;
+            for (int k = 0; k < j->D; k++) yr[k] = h[k] * gelu1(g[k]);
+        }
+        break;
+    case PW_GEGLU_B: /* a = dy[M, D], b = x[M, 2D], y = dx[M, 2D] */
+        for (int64_t i = lo; i < hi; i++) {
+            const float *h = b + i * 2 * j->D, *g = h + j->D, *d = a + i * j->D;
+            float *dh = y + i * 2 * j->D, *dg = dh + j->D;
+            for (int k = 0; k < j->D; k++) {
+                dh[k] += d[k] * gelu1(g[k]);
+                dg[k] += d[k] * h[k] * gelu_grad1(g[k]);
+            }
+        }
+        break;
+    case PW_CBIAS: /* rows (n, c) of x[N*C, HW] += v[n*C + c] */
+        for (int64_t i = lo; i < hi; i++) {
+            float *r = y + i * j->HW, v = a[i];
+            for (int64_t k = 0; k < j->HW; k++) r[k] += v;
+        }
+        break;
+    case PW_CSUM:
+        for (int64_t i = lo; i < hi; i++) {
+            const float *r = a + i * j->HW;
+            float acc = 0.f;
+            for (int64_t k = 0; k < j->HW; k++) acc += r[k];
+            y[i] += acc;
+        }
+        break;
+    }
+}
+
+/* elementwise work of n items at `per` cost units each */
+static void pw_run(CpuImpl *im, PwJob *j, int64_t n, int64_t per) {
+    par_run(im, n, chunks_for(n * per, 32768, n), pw_chunk, j);
+}
+
+static void cpu_silu_fwd(Backend *be, const float *x, float *y, int64_t n) {
+    PwJob j = {.op = PW_SILU, .a = x, .y = y};
+    pw_run(impl_of(be), &j, n, 1);
+}
+static void cpu_silu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t n) {
+    PwJob j = {.op = PW_SILU_B, .a = dy, .b = x, .y = dx};
+    pw_run(impl_of(be), &j, n, 1);
+}
+static void cpu_gelu_fwd(Backend *be, const float *x, float *y, int64_t n) {
+    PwJob j = {.op = PW_GELU, .a = x, .y = y};
+    pw_run(impl_of(be), &j, n, 2);
+}
+static void cpu_gelu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t n) {
+    PwJob j = {.op = PW_GELU_B, .a = dy, .b = x, .y = dx};
+    pw_run(impl_of(be), &j, n, 2);
+}
+static void cpu_geglu_fwd(Backend *be, const float *x, float *y, int64_t M, int D) {
+    PwJob j = {.op = PW_GEGLU, .D = D, .a = x, .y = y};
+    pw_run(impl_of(be), &j, M, 2 * D);
+}
+static void cpu_geglu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t M, int D) {
+    PwJob j = {.op = PW_GEGLU_B, .D = D, .a = dy, .b = x, .y = dx};
+    pw_run(impl_of(be), &j, M, 4 * D);
+}
+static void cpu_quick_gelu_fwd(Backend *be, const float *x, float *y, int64_t n) {
+    PwJob j = {.op = PW_QGELU, .a = x, .y = y};
+    pw_run(impl_of(be), &j, n, 1);
+}
+static void cpu_embedding_fwd(Backend *be, const float *table, const int32_t *ids, float *out,
+                              int64_t n, int dim) {
+    /* the table size is unknown here; a negative id yields a zero row, not a wild read */
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] < 0) memset(out + i * dim, 0, sizeof(float) * dim);
+        else memcpy(out + i * dim, table + (int64_t)ids[i] * dim, sizeof(float) * dim);
+    }
+}
+static void cpu_add(Backend *be, const float *a, const float *b, float *y, int64_t n) {
+    PwJob j = {.op = PW_ADD, .a = a, .b = b, .y = y};
+    pw_run(impl_of(be), &j, n, 1);
+}
+static void cpu_axpy(Backend *be, float alpha, const float *x, float *y, int64_t n) {
+    PwJob j = {.op = PW_AXPY, .a = x, .y = y, .alpha = alpha};
+    pw_run(impl_of(be), &j, n, 1);
+}
+static void cpu_scale(Backend *be, float *x, float alpha, int64_t n) {
+    PwJob j = {.op = PW_SCALE, .y = x, .alpha = alpha};
+    pw_run(impl_of(be), &j, n, 1);
+}
+static void cpu_add_channel_bias(Backend *be, float *x, const float *v, int N, int C, int64_t HW) {
+    PwJob j = {.op = PW_CBIAS, .a = v, .y = x, .HW = HW};
+    pw_run(impl_of(be), &j, (int64_t)N * C, HW);
+}
+static void cpu_channel_sum_bwd(Backend *be, const float *dy, float *dv, int N, int C, int64_t HW) {
+    PwJob j = {.op = PW_CSUM, .a = dy, .y = dv, .HW = HW};
+    pw_run(impl_of(be), &j, (int64_t)N * C, HW);
+}
+
+/* ------------------------------------------------------------------ shape ops */
+
+static void cpu_concat_channels(Backend *be, const float *a, const float *b, float *y, int N,
+                                int Ca, int Cb, int64_t HW) {
+    for (int n = 0; n < N; n++) {
+        float *yn = y + (int64_t)n * (Ca + Cb) * HW;
+        memcpy(yn, a + (int64_t)n * Ca * HW, sizeof(float) * Ca * HW);
+        memcpy(yn + (int64_t)Ca * HW, b + (int64_t)n * Cb * HW, sizeof(float) * Cb * HW);
+    }
+}
+static void cpu_concat_channels_bwd(Backend *be, const float *dy, float *da, float *db, int N,
+                                    int Ca, int Cb, int64_t HW) {
+    int64_t na = (int64_t)Ca * HW, nb = (int64_t)Cb * HW;
+    for (int n = 0; n < N; n++) {
+        const float *d = dy + (int64_t)n * (na + nb);
+        if (da) {
+            float *o = da + n * na;
+            for (int64_t i = 0; i < na; i++) o[i] += d[i];
+        }
+        if (db) {
+            float *o = db + n * nb;
+            for (int64_t i = 0; i < nb; i++) o[i] += d[na + i];
+        }
+    }
+}
+
+typedef struct {
+    const float *x;
+    float *y;
+    int H, W, bwd;
+} UpJob;
+
+static void up_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    UpJob *j = p;
+    int H = j->H, W = j->W;
+    for (int64_t nc = lo; nc < hi; nc++) {
+        if (!j->bwd) {
+            const float *xc = j->x + nc * H * W;
+            float *yc = j->y + nc * 4 * H * W;
+            for (int i = 0; i < H; i++) {
+                float *r0 = yc + (int64_t)(2 * i) * 2 * W, *r1 = r0 + 2 * W;
+                const float *xr = xc + (int64_t)i * W;
+                for (int k = 0; k < W; k++) r0[2 * k] = r0[2 * k + 1] = xr[k];
+                memcpy(r1, r0, sizeof(float) * 2 * W);
+            }
+        } else { /* x = dy[.., 2H, 2W], y = dx[.., H, W] */
+            const float *dc = j->x + nc * 4 * H * W;
+            float *xc = j->y + nc * H * W;
+            for (int i = 0; i < H; i++) {
+                const float *r0 = dc + (int64_t)(2 * i) * 2 * W, *r1 = r0 + 2 * W;
+                float *xr = xc + (int64_t)i * W;
+                for (int k = 0; k < W; k++) xr[k] += r0[2 * k] + r0[2 * k + 1] + r1[2 * k] + r1[2 * k + 1];
+            }
+        }
+    }
+}
+
+static void cpu_upsample2x_fwd(Backend *be, const float *x, float *y, int N, int C, int H, int W) {
+    UpJob j = {x, y, H, W, 0};
+    par_run(impl_of(be), (int64_t)N * C, chunks_for((int64_t)N * C * H * W * 4, 65536, (int64_t)N * C), up_chunk, &j);
+}
+static void cpu_upsample2x_bwd(Backend *be, const float *dy, float *dx, int N, int C, int H, int W) {
+    UpJob j = {dy, dx, H, W, 1};
+    par_run(impl_of(be), (int64_t)N * C, chunks_for((int64_t)N * C * H * W * 4, 65536, (int64_t)N * C), up_chunk, &j);
+}
+
+typedef struct {
+    const float *x;
+    float *y;
+    int64_t rows, cols, nbr;
+    int acc;
+} TrJob;
+
+/* blocks of 32 rows of x[n] (rows x cols) written transposed into y[n] */
+static void tr_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    TrJob *j = p;
+    const int64_t BS = 32;
+    for (int64_t nb = lo; nb < hi; nb++) {
+        int64_t n = nb / j->nbr, r0 = (nb % j->nbr) * BS, rows = j->rows, cols = j->cols;
+        const float *xn = j->x + n * rows * cols;
+        float *yn = j->y + n * rows * cols;
+        int64_t r1 = r0 + BS < rows ? r0 + BS : rows;
+        for (int64_t c0 = 0; c0 < cols; c0 += BS) {
+            int64_t c1 = c0 + BS < cols ? c0 + BS : cols;
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t c = c0; c < c1; c++) {
+                    if (j->acc) yn[c * rows + r] += xn[r * cols + c];
+                    else yn[c * rows + r] = xn[r * cols + c];
+                }
+        }
+    }
+}
+
+static void transpose_batch(CpuImpl *im, const float *x, float *y, int N, int64_t rows,
+                            int64_t cols, int acc) {
+    TrJob j = {x, y, rows, cols, (rows + 31) / 32, acc};
+    int64_t nblk = N * j.nbr;
+    par_run(im, nblk, chunks_for(N * rows * cols, 65536, nblk), tr_chunk, &j);
+}
+static void cpu_nchw_to_nlc(Backend *be, const float *x, float *y, int N, int C, int64_t HW, int accumulate) {
+    transpose_batch(impl_of(be), x, y, N, C, HW, accumulate);
+}
+static void cpu_nlc_to_nchw(Backend *be, const float *x, float *y, int N, int C, int64_t HW, int accumulate) {
+    transpose_batch(impl_of(be), x, y, N, HW, C, accumulate);
+}
+
+/* ------------------------------------------------------------------ attention */
+
+/* Fused attention, one kernel set for every head size. Per (n, head) K and V
+ * are transposed to Kt, Vt [D, Lkp] (Lkp = Lk rounded up to 16, zero padded)
+ * so every inner loop runs along keys, 16 lanes at a time, whatever D is:
+ * with D = 8 a GEMM along D (what OpenBLAS sees) is mostly overhead. A query
+ * tile of T rows keeps its whole score rows [T, Lkp] (T bounded so the tile
+ * stays ~256 KB), so the softmax is two exact passes (max, then exp/sum)
+ * instead of an online rescale. The forward splits over (n, head, tile); the
+ * backward over (n, head), each head walked in tile order by one thread, so
+ * dk/dv sums (and dq, dk, dv aliasing one buffer) never depend on the thread
+ * count. The kernels are written with GCC vector types and compiled three
+ * times (AVX-512, AVX2+FMA, baseline) behind a runtime CPU check; within one
+ * machine every element is computed the same way whatever the split. */
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast") /* let the AVX2/AVX-512 clones use FMA */
+/* the vector helpers are always inlined; the ABI note about 64-byte vector
+ * arguments in non-AVX-512 code is reported at the end of the file */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+#define AINL static inline __attribute__((always_inline))
+
+AINL vf vld(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+/* macros, not functions: 64-byte vector arguments draw ABI notes from GCC */
+#define vst(p, v) do { vf vst_ = (v); memcpy((p), &vst_, sizeof vst_); } while (0)
+#define vsel(m, a, b) ((vf)(((vi)(a) & (m)) | ((vi)(b) & ~(m)))) /* m ? a : b */
+
+/* lanes summed in a fixed tree order */
+AINL float vsum(const vf *v) {
+    float t[16];
+    memcpy(t, v, sizeof t);
+    for (int w = 8; w > 0; w >>= 1)
+        for (int i = 0; i < w; i++) t[i] += t[i + w];
+    return t[0];
+}
+AINL float vhmax(const vf *v) {
+    float t[16];
+    memcpy(t, v, sizeof t);
+    float m = t[0];
+    for (int i = 1; i < 16; i++) m = t[i] > m ? t[i] : m;
+    return m;
+}
+
+/* fast_expf on 16 lanes: Cephes reduction, degree-5 polynomial, ~2 ulp;
+ * exact 0 below -87.3 (masked scores are -inf) */
+AINL vf vexp(const vf *px) {
+    vf x = *px;
+    vi under = x < -87.3f;
+    x = vsel(x > 88.3f, (vf){0} + 88.3f, x); /* below -87.3 the garbage is masked off */
+    vf t = x * 1.44269504088896341f + 12582912.f; /* round to nearest via 1.5 * 2^23 */
+    vf n = t - 12582912.f;
+    vi ni = (vi)t - 0x4B400000;
+    vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    vf q = (vf){0} + 1.9875691500e-4f;
+    q = q * r + 1.3981999507e-3f;
+    q = q * r + 8.3334519073e-3f;
+    q = q * r + 4.1665795894e-2f;
+    q = q * r + 1.6666665459e-1f;
+    q = q * r + 5.0000001201e-1f;
+    q = q * r * r + r + 1.f;
+    vf sc = (vf)((ni + 127) << 23);
+    return (vf)((vi)(q * sc) & ~under);
+}
+
+/* C[i, j..j+16*JB) (+)= alpha * sum_k A(i, k) B[k, j..], A(i, k) = A[i*si + k*sk] */
+AINL void kbc_block(const float *A, int64_t si, int64_t sk, const float *B, int64_t ldb, int K,
+                    float *C, int64_t ldc, int acc_in, float alpha, const int RB, const int JB) {
+    vf acc[4][4];
+    #pragma GCC unroll 4
+    for (int i = 0; i < RB; i++)
+        #pragma GCC unroll 4
+        for (int j = 0; j < JB; j++) acc[i][j] = acc_in ? vld(C + i * ldc + 16 * j) : (vf){0};
+    for (int k = 0; k < K; k++) {
+        vf b[4];
+        #pragma GCC unroll 4
+        for (int j = 0; j < JB; j++) b[j] = vld(B + k * ldb + 16 * j);
+        #pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) {
+            float a = A[i * si + k * sk];
+            #pragma GCC unroll 4
+            for (int j = 0; j < JB; j++) acc[i][j] += a * b[j];
+        }
+    }
+    #pragma GCC unroll 4
+    for (int i = 0; i < RB; i++)
+        #pragma GCC unroll 4
+        for (int j = 0; j < JB; j++) vst(C + i * ldc + 16 * j, acc_in ? acc[i][j] : acc[i][j] * alpha);
+}
+
+/* C[M, nj] (+)= alpha * A(M, K) B[K, nj], nj a multiple of 16; key blocks
+ * outermost so a B panel is reused from cache by every row */
+AINL void kbc(const float *A, int64_t si, int64_t sk, int M, int K, const float *B, int64_t ldb,
+              int nj, float *C, int64_t ldc, int acc_in, float alpha) {
+    int j = 0;
+    for (; j + 64 <= nj; j += 64) {
+        int i = 0;
+        for (; i + 4 <= M; i += 4)
+            kbc_block(A + i * si, si, sk, B + j, ldb, K, C + i * ldc + j, ldc, acc_in, alpha, 4, 4);
+        for (; i < M; i++)
+            kbc_block(A + i * si, si, sk, B + j, ldb, K, C + i * ldc + j, ldc, acc_in, alpha, 1, 4);
+    }
+    int rem = (nj - j) / 16; /* 0..3 vectors left: one block of that width */
+    for (int i = 0; rem && i < M;) {
+        int rb = M - i >= 4 ? 4 : 1;
+        const float *Ai = A + i * si;
+        float *Ci = C + i * ldc + j;
+        if (rb == 4 && rem == 1) kbc_block(Ai, si, sk, B + j, ldb, K, Ci, ldc, acc_in, alpha, 4, 1);
+        if (rb == 4 && rem == 2) kbc_block(Ai, si, sk, B + j, ldb, K, Ci, ldc, acc_in, alpha, 4, 2);
+        if (rb == 4 && rem == 3) kbc_block(Ai, si, sk, B + j, ldb, K, Ci, ldc, acc_in, alpha, 4, 3);
+        if (rb == 1 && rem == 1) kbc_block(Ai, si, sk, B + j, ldb, K, Ci, ldc, acc_in, alpha, 1, 1);
+        if (rb == 1 && rem == 2) kbc_block(Ai, si, sk, B + j, ldb, K, Ci, ldc, acc_in, alpha, 1, 2);
+        if (rb == 1 && rem == 3) kbc_block(Ai, si, sk, B + j, ldb, K, Ci, ldc, acc_in, alpha, 1, 3);
+        i += rb;
+    }
+}
+
+/* the 16 lane sums of v[0..15] as one vector (lane k = sum of v[k]), by a
+ * fixed shuffle tree: each level halves the lanes kept per input */
+AINL vf vsum16(const vf v[16]) {
+    const vi lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const vi hi8 = lo8 + 8;
+    const vi lo4 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+    const vi hi4 = lo4 + 4;
+    const vi lo2 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+    const vi hi2 = lo2 + 2;
+    const vi lo1 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    const vi hi1 = lo1 + 1;
+    vf a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++)
+        a[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], lo8) + __builtin_shuffle(v[2 * i], v[2 * i + 1], hi8);
+    for (int i = 0; i < 4; i++)
+        b[i] = __builtin_shuffle(a[2 * i], a[2 * i + 1], lo4) + __builtin_shuffle(a[2 * i], a[2 * i + 1], hi4);
+    for (int i = 0; i < 2; i++)
+        c[i] = __builtin_shuffle(b[2 * i], b[2 * i + 1], lo2) + __builtin_shuffle(b[2 * i], b[2 * i + 1], hi2);
+    return __builtin_shuffle(c[0], c[1], lo1) + __builtin_shuffle(c[0], c[1], hi1);
+}
+
+/* out[r*D + d] = sum_j P[r, j] Bt[d, j] over j < nj (row dots, fixed lane order) */
+AINL void kdot_block(const float *P, int64_t ldp, const float *Bt, int64_t ldb, int nj, float *out,
+                     int ldo, const int RB, const int DB) {
+    vf acc[16];
+    #pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) acc[i] = (vf){0};
+    for (int j = 0; j < nj; j += 16) {
+        vf p[4], b[4];
+        #pragma GCC unroll 4
+        for (int i = 0; i < RB; i++) p[i] = vld(P + i * ldp + j);
+        #pragma GCC unroll 4
+        for (int e = 0; e < DB; e++) b[e] = vld(Bt + e * ldb + j);
+        #pragma GCC unroll 4
+        for (int i = 0; i < RB; i++)
+            #pragma GCC unroll 4
+            for (int e = 0; e < DB; e++) acc[i * 4 + e] += p[i] * b[e];
+    }
+    float t[16];
+    vst(t, vsum16(acc));
+    #pragma GCC unroll 4
+    for (int i = 0; i < RB; i++)
+        #pragma GCC unroll 4
+        for (int e = 0; e < DB; e++) out[i * ldo + e] = t[i * 4 + e];
+}
+
+AINL void kdot(const float *P, int64_t ldp, int T, const float *Bt, int64_t ldb, int D, int nj,
+               float *out, int ldo) {
+    int r = 0;
+    for (; r + 4 <= T; r += 4) {
+        int d = 0;
+        for (; d + 4 <= D; d += 4) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * ldo + d, ldo, 4, 4);
+        for (; d < D; d++) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * ldo + d, ldo, 4, 1);
+    }
+    for (; r < T; r++) {
+        int d = 0;
+        for (; d + 4 <= D; d += 4) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * ldo + d, ldo, 1, 4);
+        for (; d < D; d++) kdot_block(P + r * ldp, ldp, Bt + d * ldb, ldb, nj, out + r * ldo + d, ldo, 1, 1);
+    }
+}
+
+/* dst[d*ldt + j] = src[j*ld + d] for j < L, zero for L <= j < ldt */
+static void attn_transpose(const float *src, int64_t ld, int L, int D, float *dst, int ldt) {
+    for (int j = 0; j < L; j++)
+        for (int d = 0; d < D; d++) dst[(int64_t)d * ldt + j] = src[j * ld + d];
+    for (int d = 0; d < D; d++)
+        for (int j = L; j < ldt; j++) dst[(int64_t)d * ldt + j] = 0.f;
+}
+
+/* dst[j*ldd + d] = src[j*ld + d] for j < L, d < D; zero up to [Lp, ldd) */
+static void attn_pad_rows(const float *src, int64_t ld, int L, int D, float *dst, int Lp, int ldd) {
+    for (int j = 0; j < Lp; j++)
+        for (int d = 0; d < ldd; d++) dst[(int64_t)j * ldd + d] = j < L && d < D ? src[j * ld + d] : 0.f;
+}
+
+typedef struct {
+    const float *q, *k, *v, *o, *dout, *lse_in;
+    float *out, *lse, *dq, *dk, *dv;
+    int Lq, Lk, Lkp, H, D, Dp, T, ntile, causal;
+    int rowpad; /* big heads: P V and dS K along d on padded rows Kp, Vp [Lkp, Dp], no lane sums */
+    float scale;
+    float *ws[MAX_THREADS];
+    int64_t cached[MAX_THREADS]; /* (n*H + h) whose Kt, Vt the thread's ws holds, -1 none */
+} AttnJob;
+
+static inline int round16(int x) { return (x + 15) & ~15; }
+
+/* per-thread workspace layout (floats, each part a multiple of 16) */
+typedef struct {
+    float *Kt, *Vt, *dKt, *dVt, *Kp, *Vp, *S, *dS, *tmp, *rs;
+} AttnWs;
+
+static size_t attn_ws(const AttnJob *j, float *base, AttnWs *w) {
+    size_t kv = (size_t)j->D * j->Lkp, kp = j->rowpad ? (size_t)j->Dp * j->Lkp : 0;
+    size_t st = (size_t)j->T * j->Lkp, tt = (size_t)round16(j->T * j->Dp), tr = (size_t)round16(j->T);
+    if (base) {
+        w->Kt = base; w->Vt = w->Kt + kv; w->dKt = w->Vt + kv; w->dVt = w->dKt + kv;
+        w->Kp = w->dVt + kv; w->Vp = w->Kp + kp;
+        w->S = w->Vp + kp; w->dS = w->S + st; w->tmp = w->dS + st; w->rs = w->tmp + tt;
+    }
+    return 4 * kv + 2 * kp + 2 * st + tt + tr;
+}
+
+/* out[r*Dp + d] = sum_j P[r, j] X[j, d] for r < T, with X as Xt [D, Lkp] or padded rows Xp */
+AINL void attn_pv(const AttnJob *j, const float *P, int T, const float *Xt, const float *Xp, int nj, float *out) {
+    if (j->rowpad)
+        kbc(P, j->Lkp, 1, T, nj, Xp, j->Dp, j->Dp, out, j->Dp, 0, 1.f);
+    else
+        kdot(P, j->Lkp, T, Xt, j->Lkp, j->D, nj, out, j->Dp);
+}
+
+/* scores of rows i0..i0+Tr into S (scale folded in), masked past Lk and by causality;
+ * returns nj, the padded key count that can be nonzero for these rows */
+AINL int attn_tile_scores(const AttnJob *j, const float *qt, const float *Kt, float *S, int i0, int Tr) {
+    int Lk = j->Lk, Lkp = j->Lkp, HD = j->H * j->D;
+    int kmax = j->causal ? (i0 + Tr < Lk ? i0 + Tr : Lk) : Lk;
+    int nj = round16(kmax);
+    kbc(qt, HD, 1, Tr, j->D, Kt, Lkp, nj, S, Lkp, 0, j->scale);
+    for (int r = 0; r < Tr; r++) {
+        int lim = j->causal ? (i0 + r + 1 < Lk ? i0 + r + 1 : Lk) : Lk;
+        for (int c = lim; c < nj; c++) S[(int64_t)r * Lkp + c] = -INFINITY;
+    }
+    return nj;
+}
+
+AINL void attn_fwd_body(AttnJob *j, int64_t lo, int64_t hi, int tid) {
+    int H = j->H, D = j->D, HD = H * D, Lq = j->Lq, Lk = j->Lk, Lkp = j->Lkp, T = j->T, Dp = j->Dp;
+    AttnWs w;
+    attn_ws(j, j->ws[tid], &w);
+    for (int64_t job = lo; job < hi; job++) {
+        int64_t nh = job / j->ntile, n = nh / H;
+        int h = (int)(nh % H), tile = (int)(job % j->ntile);
+        int i0 = tile * T, Tr = i0 + T <= Lq ? T : Lq - i0;
+        if (j->cached[tid] != nh) {
+            attn_transpose(j->k + n * Lk * HD + h * D, HD, Lk, D, w.Kt, Lkp);
+            if (j->rowpad)
+                attn_pad_rows(j->v + n * Lk * HD + h * D, HD, Lk, D, w.Vp, Lkp, Dp);
+            else
+                attn_transpose(j->v + n * Lk * HD + h * D, HD, Lk, D, w.Vt, Lkp);
+            j->cached[tid] = nh;
+        }
+        int64_t roff = (n * Lq + i0) * HD + h * D;
+        int nj = attn_tile_scores(j, j->q + roff, w.Kt, w.S, i0, Tr);
+        float *l = j->lse + nh * Lq + i0;
+        for (int r = 0; r < Tr; r++) {
+            float *s = w.S + (int64_t)r * Lkp;
+            vf m = (vf){0} - INFINITY;
+            for (int c = 0; c < nj; c += 16) {
+                vf x = vld(s + c);
+                m = vsel(x > m, x, m);
+            }
+            float mx = vhmax(&m);
+            if (mx == -INFINITY) mx = 0.f; /* fully masked row: all p = 0 */
+            vf sum = (vf){0};
+            for (int c = 0; c < nj; c += 16) {
+                vf x = vld(s + c) - mx, p = vexp(&x);
+                vst(s + c, p);
+                sum += p;
+            }
+            float tot = vsum(&sum);
+            w.rs[r] = tot > 0.f ? 1.f / tot : 0.f;
+            l[r] = mx + logf(tot);
+        }
+        attn_pv(j, w.S, Tr, w.Vt, w.Vp, nj, w.tmp);
+        for (int r = 0; r < Tr; r++)
+            for (int d = 0; d < D; d++) j->out[roff + (int64_t)r * HD + d] = w.tmp[r * Dp + d] * w.rs[r];
+    }
+}
+
+AINL void attn_bwd_body(AttnJob *j, int64_t lo, int64_t hi, int tid) {
+    int H = j->H, D = j->D, HD = H * D, Lq = j->Lq, Lk = j->Lk, Lkp = j->Lkp, T = j->T, Dp = j->Dp;
+    AttnWs w;
+    attn_ws(j, j->ws[tid], &w);
+    for (int64_t nh = lo; nh < hi; nh++) {
+        int64_t n = nh / H;
+        int h = (int)(nh % H);
+        int64_t koff = n * Lk * HD + h * D;
+        attn_transpose(j->k + koff, HD, Lk, D, w.Kt, Lkp);
+        attn_transpose(j->v + koff, HD, Lk, D, w.Vt, Lkp);
+        if (j->rowpad && j->dq) attn_pad_rows(j->k + koff, HD, Lk, D, w.Kp, Lkp, Dp);
+        if (j->dk) memset(w.dKt, 0, sizeof(float) * D * Lkp);
+        if (j->dv) memset(w.dVt, 0, sizeof(float) * D * Lkp);
+        for (int tile = 0; tile < j->ntile; tile++) {
+            int i0 = tile * T, Tr = i0 + T <= Lq ? T : Lq - i0;
+            int64_t roff = (n * Lq + i0) * HD + h * D;
+            const float *qt = j->q + roff, *dot = j->dout + roff, *ot = j->o + roff;
+            const float *l = j->lse_in + nh * Lq + i0;
+            int nj = attn_tile_scores(j, qt, w.Kt, w.S, i0, Tr);
+            for (int r = 0; r < Tr; r++) {
+                float *s = w.S + (int64_t)r * Lkp;
+                for (int c = 0; c < nj; c += 16) {
+                    vf x = vld(s + c) - l[r];
+                    vst(s + c, vexp(&x));
+                }
+            }
+            if (j->dv) kbc(dot, 1, HD, D, Tr, w.S, Lkp, nj, w.dVt, Lkp, 1, 1.f); /* dVt += dO^T P */
+            if (!j->dq && !j->dk) continue;
+            kbc(dot, HD, 1, Tr, D, w.Vt, Lkp, nj, w.dS, Lkp, 0, 1.f); /* dP = dO V^T */
+            for (int r = 0; r < Tr; r++) {
+                float di = 0.f;
+                for (int d = 0; d < D; d++) di += dot[(int64_t)r * HD + d] * ot[(int64_t)r * HD + d];
+                float *ds = w.dS + (int64_t)r * Lkp, *p = w.S + (int64_t)r * Lkp;
+                for (int c = 0; c < nj; c += 16) vst(ds + c, vld(p + c) * (vld(ds + c) - di));
+            }
+            if (j->dq) {
+                attn_pv(j, w.dS, Tr, w.Kt, w.Kp, nj, w.tmp);
+                for (int r = 0; r < Tr; r++)
+                    for (int d = 0; d < D; d++) j->dq[roff + (int64_t)r * HD + d] += j->scale * w.tmp[r * Dp + d];
+            }
+            if (j->dk) kbc(qt, 1, HD, D, Tr, w.dS, Lkp, nj, w.dKt, Lkp, 1, 1.f); /* dKt += Q^T dS */
+        }
+        for (int c = 0; c < Lk; c++)
+            for (int d = 0; d < D; d++) {
+                if (j->dk) j->dk[koff + (int64_t)c * HD + d] += j->scale * w.dKt[(int64_t)d * Lkp + c];
+                if (j->dv) j->dv[koff + (int64_t)c * HD + d] += w.dVt[(int64_t)d * Lkp + c];
+            }
+    }
+}
+
+#define ATTN_CLONES(name, body)                                                                    \
+    __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2"))) static void       \
+    name##_avx512(void *p, int64_t lo, int64_t hi, int chunk, int tid) { body(p, lo, hi, tid); }   \
+    __attribute__((target("avx2,fma,bmi2"))) static void                                            \
+    name##_avx2(void *p, int64_t lo, int64_t hi, int chunk, int tid) { body(p, lo, hi, tid); }     \
+    static void name##_base(void *p, int64_t lo, int64_t hi, int chunk, int tid) { body(p, lo, hi, tid); }
+
+ATTN_CLONES(attn_fwd_chunk, attn_fwd_body)
+ATTN_CLONES(attn_bwd_chunk, attn_bwd_body)
+
+#pragma GCC pop_options
+
+/* 2 = AVX-512, 1 = AVX2+FMA, 0 = baseline */
+static int attn_isa(void) {
+#if defined(__x86_64__)
+    static atomic_int isa = -1;
+    int v = atomic_load(&isa);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")
+                ? 2
+                : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+        atomic_store(&isa, v);
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
+/* query rows per tile: the score tile (two in backward) stays ~256 KB */
+static int attn_tile(int Lq, int Lkp) {
+    int t = 65536 / (Lkp > 0 ? Lkp : 1);
+    t = t < 8 ? 8 : (t > 256 ? 256 : t);
+    return t < Lq ? t : Lq;
+}
+
+/* sets tiles and grows every thread's workspace; -1 on OOM */
+static int attn_setup(CpuImpl *im, AttnJob *j) {
+    j->Lkp = round16(j->Lk);
+    j->Dp = round16(j->D);
+    j->rowpad = j->D >= 32; /* lane sums cost more than the padding from here on */
+    j->T = attn_tile(j->Lq, j->Lkp);
+    j->ntile = (j->Lq + j->T - 1) / j->T;
+    size_t n = attn_ws(j, NULL, NULL);
+    scratch_all(im, 0, n, j->ws);
+    for (int t = 0; t < im->nthreads; t++) {
+        if (!j->ws[t]) return -1;
+        j->cached[t] = -1;
+    }
+    return 0;
+}
+
+static void cpu_attention_fwd(Backend *be, const float *q, const float *k, const float *v, float *o,
+                              float *lse, int N, int Lq, int Lk, int H, int D, float scale,
+                              int causal) {
+    CpuImpl *im = impl_of(be);
+    if (N <= 0 || Lq <= 0 || H <= 0 || D <= 0) return;
+    AttnJob j = {.q = q, .k = k, .v = v, .out = o, .lse = lse, .Lq = Lq, .Lk = Lk, .H = H, .D = D,
+                 .causal = causal, .scale = scale};
+    if (attn_setup(im, &j)) return;
+    static const ChunkFn fns[3] = {attn_fwd_chunk_base, attn_fwd_chunk_avx2, attn_fwd_chunk_avx512};
+    int64_t jobs = (int64_t)N * H * j.ntile;
+    par_run(im, jobs, chunks_for(jobs * j.T * j.Lkp * (2 * D + 16), 200000, jobs), fns[attn_isa()], &j);
+}
+
+static void cpu_attention_bwd(Backend *be, const float *dout, const float *q, const float *k,
+                              const float *v, const float *o, const float *lse, float *dq,
+                              float *dk, float *dv, int N, int Lq, int Lk, int H, int D,
+                              float scale, int causal) {
+    CpuImpl *im = impl_of(be);
+    if (N <= 0 || Lq <= 0 || H <= 0 || D <= 0 || (!dq && !dk && !dv)) return;
+    AttnJob j = {.q = q, .k = k, .v = v, .o = o, .dout = dout, .lse_in = lse, .dq = dq, .dk = dk,
+                 .dv = dv, .Lq = Lq, .Lk = Lk, .H = H, .D = D, .causal = causal, .scale = scale};
+    if (attn_setup(im, &j)) return;
+    static const ChunkFn fns[3] = {attn_bwd_chunk_base, attn_bwd_chunk_avx2, attn_bwd_chunk_avx512};
+    int64_t jobs = (int64_t)N * H;
+    par_run(im, jobs, chunks_for(jobs * Lq * j.Lkp * (4 * D + 32), 200000, jobs), fns[attn_isa()], &j);
+}
+
+/* ------------------------------------------------------------------ diffusion helpers */
+
+static void cpu_timestep_embedding(Backend *be, const float *t, float *emb, int N, int dim,
+                                   int flip_sin_to_cos, float shift, float max_period) {
+    int half = dim / 2;
+    /* float arithmetic in the same order as diffusers' torch code */
+    float neg_log = (float)(-log((double)max_period));
+    float denom = (float)half - shift;
+    for (int n = 0; n < N; n++) {
+        float *e = emb + (int64_t)n * dim;
+        for (int j = 0; j < half; j++) {
+            float f = expf((neg_log * (float)j) / denom);
+            float a = t[n] * f;
+            float sv = sinf(a), cv = cosf(a);
+            e[j] = flip_sin_to_cos ? cv : sv;
+            e[half + j] = flip_sin_to_cos ? sv : cv;
+        }
+        if (dim % 2) e[dim - 1] = 0.f;
+    }
+}
+
+typedef struct {
+    const float *a, *b;
+    double part[MAX_CHUNKS];
+} MseJob;
+
+static void mse_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    MseJob *j = p;
+    double acc = 0.0;
+    for (int64_t i = lo; i < hi; i++) {
+        double d = (double)j->a[i] - j->b[i];
+        acc += d * d;
+    }
+    j->part[chunk] = acc;
+}
+
+static float cpu_mse_fwd(Backend *be, const float *pred, const float *target, int64_t n) {
+    if (n <= 0) return 0.f;
+    MseJob j = {.a = pred, .b = target};
+    int nch = chunks_for(n, 32768, n);
+    par_run(impl_of(be), n, nch, mse_chunk, &j);
+    double acc = 0.0;
+    for (int c = 0; c < nch; c++) acc += j.part[c];
+    return (float)(acc / (double)n);
+}
+
+static void cpu_mse_bwd(Backend *be, const float *pred, const float *target, float *dpred,
+                        int64_t n, float weight) {
+    PwJob j = {.op = PW_MSE_B, .a = pred, .b = target, .y = dpred, .alpha = (float)(2.0 * weight / (double)n)};
+    pw_run(impl_of(be), &j, n, 1);
+}
+
+typedef struct {
+    float *p, *m, *v;
+    const float *g;
+    float b1, b2, eps, decay, step, bc2s;
+} AdamJob;
+
+static void adam_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    AdamJob *j = p;
+    for (int64_t i = lo; i < hi; i++) {
+        float g = j->g[i];
+        float pp = j->p[i] * j->decay;
+        float mi = j->b1 * j->m[i] + (1.f - j->b1) * g;
+        float vi = j->b2 * j->v[i] + (1.f - j->b2) * g * g;
+        j->m[i] = mi;
+        j->v[i] = vi;
+        j->p[i] = pp - j->step * mi / (sqrtf(vi) / j->bc2s + j->eps);
+    }
+}
+
+static void cpu_adamw(Backend *be, float *param, const float *grad, float *m, float *v, int64_t n,
+                      float lr, float beta1, float beta2, float eps, float weight_decay, int t) {
+    /* torch.optim.AdamW (single-tensor path): decay, moments, then
+     * p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps) */
+    double bc1 = 1.0 - pow((double)beta1, t), bc2 = 1.0 - pow((double)beta2, t);
+    AdamJob j = {param, m, v, grad, beta1, beta2, eps, (float)(1.0 - (double)lr * weight_decay),
+                 (float)(lr / bc1), (float)sqrt(bc2)};
+    par_run(impl_of(be), n, chunks_for(n * 4, 65536, n), adam_chunk, &j);
+}
+
+/* ------------------------------------------------------------------ Kronecker */
+
+typedef struct {
+    const float *L, *R;
+    float *out, *Rp, *Op;
+    const float *P, *Q;
+    float *part[MAX_CHUNKS];
+    int transL, r, p, q, s;
+    int64_t M;
+    float alpha, beta;
+} KronJob;
+
+/* direct small-factor left multiply: out[m] = beta out[m] + alpha op(L) R[m] */
+static void lm_direct_chunk(void *pp, int64_t lo, int64_t hi, int chunk, int tid) {
+    KronJob *j = pp;
+    int r = j->r, p = j->p, q = j->q;
+    for (int64_t m = lo; m < hi; m++) {
+        const float *Rm = j->R + m * p * q;
+        float *Om = j->out + m * r * q;
+        for (int i = 0; i < r; i++) {
+            float *o = Om + (int64_t)i * q;
+            if (j->beta == 0.f) memset(o, 0, sizeof(float) * q);
+            else if (j->beta != 1.f)
+                for (int c = 0; c < q; c++) o[c] *= j->beta;
+            for (int k = 0; k < p; k++) {
+                float a = j->alpha * (j->transL ? j->L[(int64_t)k * r + i] : j->L[(int64_t)i * p + k]);
+                const float *rr = Rm + (int64_t)k * q;
+                for (int c = 0; c < q; c++) o[c] += a * rr[c];
+            }
+        }
+    }
+}
+
+/* R[M, p, q] -> Rp[p, M*q] */
+static void lm_perm_in_chunk(void *pp, int64_t lo, int64_t hi, int chunk, int tid) {
+    KronJob *j = pp;
+    int64_t mq = j->M * j->q;
+    for (int64_t m = lo; m < hi; m++)
+        for (int k = 0; k < j->p; k++)
+            memcpy(j->Rp + k * mq + m * j->q, j->R + (m * j->p + k) * j->q, sizeof(float) * j->q);
+}
+
+/* Op[r, M*q] -> out[M, r, q] (with beta) */
+static void lm_perm_out_chunk(void *pp, int64_t lo, int64_t hi, int chunk, int tid) {
+    KronJob *j = pp;
+    int64_t mq = j->M * j->q;
+    for (int64_t m = lo; m < hi; m++)
+        for (int i = 0; i < j->r; i++) {
+            float *o = j->out + (m * j->r + i) * j->q;
+            const float *s = j->Op + i * mq + m * j->q;
+            if (j->beta == 0.f)
+                memcpy(o, s, sizeof(float) * j->q);
+            else
+                for (int c = 0; c < j->q; c++) o[c] = j->beta * o[c] + s[c];
+        }
+}
+
+/* out[m] = beta*out[m] + alpha * op(L) R[m] for m < M, where R[m] is p x q,
+ * op(L) is r x p (L stored r x p, or p x r when transL), out[m] is r x q.
+ * Small L: direct loop over rows; large L: permute R to [p, M*q], one GEMM,
+ * permute back. */
+static void left_mul(CpuImpl *im, int transL, const float *L, int r, int p, int q, const float *R,
+                     int64_t M, float *out, float alpha, float beta) {
+    KronJob j = {.L = L, .R = R, .out = out, .transL = transL, .r = r, .p = p, .q = q, .M = M,
+                 .alpha = alpha, .beta = beta};
+    int nch = chunks_for(M * r * q * (p + 1), 65536, M);
+    if ((int64_t)r * p <= 64 || q < 4) {
+        par_run(im, M, nch, lm_direct_chunk, &j);
+        return;
+    }
+    int64_t mq = M * q;
+    j.Rp = scratch(im, 0, 1, (size_t)(p * mq));
+    j.Op = scratch(im, 0, 2, (size_t)(r * mq));
+    par_run(im, M, chunks_for(M * p * q, 65536, M), lm_perm_in_chunk, &j);
+    sgemm_par(im, transL, 0, r, (int)mq, p, alpha, L, transL ? r : p, j.Rp, (int)mq, 0.f, j.Op, (int)mq);
+    par_run(im, M, chunks_for(M * r * q, 65536, M), lm_perm_out_chunk, &j);
+}
+
+static void pc_direct_chunk(void *pp, int64_t lo, int64_t hi, int chunk, int tid) {
+    KronJob *j = pp;
+    int r = j->r, s = j->s, q = j->q;
+    float *pa = j->part[chunk];
+    memset(pa, 0, sizeof(float) * r * s);
+    for (int64_t m = lo; m < hi; m++)
+        for (int i = 0; i < r; i++) {
+            const float *pr = j->P + (m * r + i) * q;
+            for (int k = 0; k < s; k++) {
+                const float *qr = j->Q + (m * s + k) * q;
+                float acc = 0.f;
+                for (int c = 0; c < q; c++) acc += pr[c] * qr[c];
+                pa[i * s + k] += acc;
+            }
+        }
+}
+
+static void pc_perm_chunk(void *pp, int64_t lo, int64_t hi, int chunk, int tid) {
+    KronJob *j = pp;
+    int64_t mq = j->M * j->q;
+    for (int64_t m = lo; m < hi; m++) {
+        for (int i = 0; i < j->r; i++)
+            memcpy(j->Rp + i * mq + m * j->q, j->P + (m * j->r + i) * j->q, sizeof(float) * j->q);
+        for (int k = 0; k < j->s; k++)
+            memcpy(j->Op + k * mq + m * j->q, j->Q + (m * j->s + k) * j->q, sizeof(float) * j->q);
+    }
+}
+
+/* out[r, s] += alpha * sum_m P_m Q_m^T for P[M, r, q], Q[M, s, q]. Small r*s:
+ * per-chunk partial dot products; large: permute both to [*, M*q] and do one
+ * GEMM with K = M*q. */
+static void pair_contract(CpuImpl *im, const float *P, const float *Q, int64_t M, int r, int s,
+                          int q, float *out, float alpha) {
+    KronJob j = {.P = P, .Q = Q, .r = r, .s = s, .q = q, .M = M};
+    if ((int64_t)r * s <= 64 || q < 4) {
+        int nch = chunks_for(M * r * s * q, 65536, M);
+        float *buf = scratch(im, 0, 4, (size_t)nch * r * s);
+        for (int c = 0; c < nch; c++) j.part[c] = buf + (int64_t)c * r * s;
+        par_run(im, M, nch, pc_direct_chunk, &j);
+        for (int c = 0; c < nch; c++)
+            for (int i = 0; i < r * s; i++) out[i] += alpha * j.part[c][i];
+        return;
+    }
+    int64_t mq = M * q;
+    j.Rp = scratch(im, 0, 1, (size_t)(r * mq));
+    j.Op = scratch(im, 0, 2, (size_t)(s * mq));
+    par_run(im, M, chunks_for(M * (r + s) * q, 65536, M), pc_perm_chunk, &j);
+    sgemm_par(im, 0, 1, r, s, (int)mq, alpha, j.Rp, (int)mq, j.Op, (int)mq, 1.f, out, s);
+}
+
+static void cpu_kron_fwd(Backend *be, const float *x, const float *A, const float *B, float *y,
+                         int64_t M, int a1, int a2, int b1, int b2, float scale) {
+    CpuImpl *im = impl_of(be);
+    /* T_m = X_m B^T for all rows at once: [(M a2), b2] x [b2, b1] */
+    float *Tm = scratch(im, 0, 0, (size_t)(M * a2 * b1));
+    sgemm_par(im, 0, 1, (int)(M * a2), b1, b2, 1.f, x, b2, B, b2, 0.f, Tm, b1);
+    /* Y_m += scale * A T_m */
+    left_mul(im, 0, A, a1, a2, b1, Tm, M, y, scale, 1.f);
+}
+
+static void cpu_kron_bwd(Backend *be, const float *dy, const float *x, const float *A,
+                         const float *B, float *dx, float *dA, float *dB, int64_t M, int a1,
+                         int a2, int b1, int b2, float scale) {
+    CpuImpl *im = impl_of(be);
+    float *buf = scratch(im, 0, 0, (size_t)(M * (int64_t)(a1 > a2 ? a1 : a2) * (b1 > b2 ? b1 : b2)));
+    if (dx) {
+        /* dX_m += scale A^T (dY_m B): U = dY B over all rows, then left multiply */
+        sgemm_par(im, 0, 0, (int)(M * a1), b2, b1, 1.f, dy, b1, B, b2, 0.f, buf, b2);
+        left_mul(im, 1, A, a2, a1, b2, buf, M, dx, scale, 1.f);
+    }
+    if (dA) {
+        /* dA += scale sum_m dY_m T_m^T with T_m = X_m B^T */
+        sgemm_par(im, 0, 1, (int)(M * a2), b1, b2, 1.f, x, b2, B, b2, 0.f, buf, b1);
+        pair_contract(im, dy, buf, M, a1, a2, b1, dA, scale);
+    }
+    if (dB) {
+        /* dB += scale dY^T Z with Z_m = A X_m, both as [(M a1), *] matrices */
+        left_mul(im, 0, A, a1, a2, b2, x, M, buf, 1.f, 0.f);
+        sgemm_par(im, 1, 0, b1, b2, (int)(M * a1), scale, dy, b1, buf, b2, 1.f, dB, b2);
+    }
+}
+
+static void cpu_kron_merge(Backend *be, const float *A, const float *B, float *W, int a1, int a2,
+                           int b1, int b2, float scale) {
+    int64_t din = (int64_t)a2 * b2;
+    for (int i = 0; i < a1; i++)
+        for (int c = 0; c < b1; c++) {
+            float *wr = W + ((int64_t)i * b1 + c) * din;
+            for (int j = 0; j < a2; j++) {
+                float a = scale * A[(int64_t)i * a2 + j];
+                const float *br = B + (int64_t)c * b2;
+                float *w = wr + (int64_t)j * b2;
+                for (int e = 0; e < b2; e++) w[e] += a * br[e];
+            }
+        }
+}
+
+/* ------------------------------------------------------------------ create */
+
+/* text encoder training (defined at the end of the file) */
+static void cpu_embedding_bwd(Backend *be, const float *dout, const int32_t *ids, float *dtable,
+                              int64_t n, int dim);
+
+Backend *backend_cpu_create(void) {
+    Backend *be = calloc(1, sizeof(Backend));
+    CpuImpl *im = calloc(1, sizeof(CpuImpl));
+    if (!be || !im) {
+        free(be);
+        free(im);
+        return NULL;
+    }
+    fix_openblas_core();
+    openblas_set_num_threads(1);
+    /* omp_get_max_threads honours OMP_NUM_THREADS and the CPU affinity mask */
+    int nt = omp_get_max_threads();
+    im->nthreads = nt < 1 ? 1 : (nt > MAX_THREADS ? MAX_THREADS : nt);
+    pthread_mutex_init(&im->mu, NULL);
+    pthread_cond_init(&im->cv_work, NULL);
+    pthread_cond_init(&im->cv_done, NULL);
+    for (int t = 1; t < im->nthreads; t++) {
+        im->wk[t].im = im;
+        im->wk[t].tid = t;
+        if (pthread_create(&im->th[t], NULL, worker_main, &im->wk[t]) != 0) {
+            im->nthreads = t; /* fewer threads still work */
+            break;
+        }
+    }
+    be->name = "cpu";
+    be->impl = im;
+    be->alloc = cpu_alloc;
+    be->free = cpu_free;
+    be->upload = cpu_memcpy;
+    be->download = cpu_memcpy;
+    be->copy = cpu_memcpy;
+    be->zero = cpu_zero;
+    be->sync = cpu_sync;
+    be->peak_bytes = cpu_peak;
+    be->gemm = cpu_gemm;
+    be->gemm_batched = cpu_gemm_batched;
+    be->linear_fwd = cpu_linear_fwd;
+    be->linear_bwd = cpu_linear_bwd;
+    be->conv2d_fwd = cpu_conv2d_fwd;
+    be->conv2d_bwd = cpu_conv2d_bwd;
+    be->group_norm_fwd = cpu_group_norm_fwd;
+    be->group_norm_bwd = cpu_group_norm_bwd;
+    be->layer_norm_fwd = cpu_layer_norm_fwd;
+    be->layer_norm_bwd = cpu_layer_norm_bwd;
+    be->silu_fwd = cpu_silu_fwd;
+    be->silu_bwd = cpu_silu_bwd;
+    be->gelu_fwd = cpu_gelu_fwd;
+    be->gelu_bwd = cpu_gelu_bwd;
+    be->geglu_fwd = cpu_geglu_fwd;
+    be->geglu_bwd = cpu_geglu_bwd;
+    be->quick_gelu_fwd = cpu_quick_gelu_fwd;
+    be->embedding_fwd = cpu_embedding_fwd;
+    be->add = cpu_add;
+    be->axpy = cpu_axpy;
+    be->scale = cpu_scale;
+    be->add_channel_bias = cpu_add_channel_bias;
+    be->channel_sum_bwd = cpu_channel_sum_bwd;
+    be->concat_channels = cpu_concat_channels;
+    be->concat_channels_bwd = cpu_concat_channels_bwd;
+    be->upsample2x_fwd = cpu_upsample2x_fwd;
+    be->upsample2x_bwd = cpu_upsample2x_bwd;
+    be->nchw_to_nlc = cpu_nchw_to_nlc;
+    be->nlc_to_nchw = cpu_nlc_to_nchw;
+    be->attention_fwd = cpu_attention_fwd;
+    be->attention_bwd = cpu_attention_bwd;
+    be->timestep_embedding = cpu_timestep_embedding;
+    be->mse_fwd = cpu_mse_fwd;
+    be->mse_bwd = cpu_mse_bwd;
+    be->adamw = cpu_adamw;
+    be->kron_fwd = cpu_kron_fwd;
+    be->kron_bwd = cpu_kron_bwd;
+    be->kron_merge = cpu_kron_merge;
+    be->embedding_bwd = cpu_embedding_bwd;
+    return be;
+}
+
+/* One destroy for every backend: a CUDA backend (when built in) frees its own. */
+void backend_destroy(Backend *be) {
+    if (!be) return;
+#ifdef KRONA_CUDA
+    if (be->name && strcmp(be->name, "cuda") == 0) {
+        backend_cuda_destroy(be);
+        return;
+    }
+#endif
+    CpuImpl *im = be->impl;
+    if (im) {
+        pthread_mutex_lock(&im->mu);
+        atomic_store(&im->stop, 1);
+        pthread_cond_broadcast(&im->cv_work);
+        pthread_mutex_unlock(&im->mu);
+        for (int t = 1; t < im->nthreads; t++) pthread_join(im->th[t], NULL);
+        pthread_mutex_destroy(&im->mu);
+        pthread_cond_destroy(&im->cv_work);
+        pthread_cond_destroy(&im->cv_done);
+        for (int t = 0; t < MAX_THREADS; t++)
+            for (int k = 0; k < NSLOT; k++) free(im->s[t][k].p);
+        free(im);
+    }
+    free(be);
+}
+
+/* ---- text encoder training: embedding backward ----
+ * dtable[ids[i]] += dout[i]. Rows with the same id add up, so rows are walked
+ * in order (deterministic; n x dim is small next to the encoder's GEMMs). */
+static void cpu_embedding_bwd(Backend *be, const float *dout, const int32_t *ids, float *dtable,
+                              int64_t n, int dim) {
+    (void)be;
+    if (!dtable) return;
+    for (int64_t i = 0; i < n; i++) {
+        float *dst = dtable + (int64_t)ids[i] * dim;
+        const float *src = dout + i * dim;
+        for (int j = 0; j < dim; j++) dst[j] += src[j];
+    }
+}

@@ -1,0 +1,175 @@
+/* fsutil.c — see fsutil.h. */
+#include "core/fsutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void seterr(char *err, size_t errlen, const char *fmt, const char *a, const char *b) {
+    if (err && errlen) snprintf(err, errlen, fmt, a, b);
+}
+
+char *fs_read_all(const char *path, size_t *n, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) { seterr(err, errlen, "cannot open '%s': %s", path, strerror(errno)); return NULL; }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
+        seterr(err, errlen, "cannot read '%s': %s", path, S_ISDIR(st.st_mode) ? "is a directory" : strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    /* size from fstat is a hint; read until EOF so pipes and growing files work too */
+    size_t cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096, len = 0;
+    char *buf = malloc(cap);
+    if (!buf) { seterr(err, errlen, "cannot read '%s': %s", path, "out of memory"); close(fd); return NULL; }
+    for (;;) {
+        if (len + 1 >= cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) { free(buf); close(fd); seterr(err, errlen, "cannot read '%s': %s", path, "out of memory"); return NULL; }
+            buf = nb; cap *= 2;
+        }
+        ssize_t r = read(fd, buf + len, cap - 1 - len);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            seterr(err, errlen, "cannot read '%s': %s", path, strerror(errno));
+            free(buf); close(fd);
+            return NULL;
+        }
+        if (r == 0) break;
+        len += (size_t)r;
+    }
+    close(fd);
+    buf[len] = 0;
+    if (n) *n = len;
+    return buf;
+}
+
+struct FsAtomic {
+    int fd;
+    int failed_errno;   /* first write error, reported at commit */
+    char *path, *tmp;
+};
+
+FsAtomic *fs_atomic_open(const char *path, char *err, size_t errlen) {
+    FsAtomic *f = calloc(1, sizeof(*f));
+    size_t pl = strlen(path);
+    if (!f || !(f->path = strdup(path)) || !(f->tmp = malloc(pl + 32))) {
+        if (f) { free(f->path); free(f); }
+        seterr(err, errlen, "cannot write '%s': %s", path, "out of memory");
+        return NULL;
+    }
+    snprintf(f->tmp, pl + 32, "%s.tmp.%ld", path, (long)getpid());
+    f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (f->fd < 0) {
+        seterr(err, errlen, "cannot write '%s': %s", f->tmp, strerror(errno));
+        free(f->tmp); free(f->path); free(f);
+        return NULL;
+    }
+    return f;
+}
+
+int fs_atomic_write(FsAtomic *f, const void *data, size_t n) {
+    const char *p = data;
+    while (n > 0 && !f->failed_errno) {
+        ssize_t w = write(f->fd, p, n);
+        if (w < 0) { if (errno == EINTR) continue; f->failed_errno = errno; break; }
+        p += w; n -= (size_t)w;
+    }
+    return f->failed_errno ? -1 : 0;
+}
+
+static void atomic_free(FsAtomic *f) { free(f->tmp); free(f->path); free(f); }
+
+void fs_atomic_abort(FsAtomic *f) {
+    if (!f) return;
+    if (f->fd >= 0) close(f->fd);
+    unlink(f->tmp);
+    atomic_free(f);
+}
+
+int fs_atomic_commit(FsAtomic *f, char *err, size_t errlen) {
+    int e = f->failed_errno;
+    if (!e && fsync(f->fd) != 0) e = errno;
+    if (close(f->fd) != 0 && !e) e = errno;
+    f->fd = -1;
+    if (!e && rename(f->tmp, f->path) != 0) e = errno;
+    if (e) {
+        seterr(err, errlen, "cannot write '%s': %s", f->path, strerror(e));
+        unlink(f->tmp);
+        atomic_free(f);
+        return -1;
+    }
+    /* make the rename itself durable: fsync the containing directory (best effort) */
+    char *slash = strrchr(f->path, '/');
+    if (slash) { if (slash == f->path) slash[1] = 0; else *slash = 0; }
+    int dfd = open(slash ? f->path : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) { fsync(dfd); close(dfd); }
+    atomic_free(f);
+    return 0;
+}
+
+int fs_write_atomic(const char *path, const void *data, size_t n, char *err, size_t errlen) {
+    FsAtomic *f = fs_atomic_open(path, err, errlen);
+    if (!f) return -1;
+    fs_atomic_write(f, data, n);
+    return fs_atomic_commit(f, err, errlen);
+}
+
+int fs_exists(const char *path) {
+    struct stat st;
+    return path && stat(path, &st) == 0;
+}
+
+int fs_is_dir(const char *path) {
+    struct stat st;
+    return path && stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int fs_mkdir_p(const char *path, char *err, size_t errlen) {
+    size_t n = strlen(path);
+    if (n == 0) { seterr(err, errlen, "cannot create directory '%s': %s", path, "empty path"); return -1; }
+    char *p = strdup(path);
+    if (!p) { seterr(err, errlen, "cannot create directory '%s': %s", path, "out of memory"); return -1; }
+    /* walk each prefix ending at a '/', then the whole path */
+    for (size_t i = 1; i <= n; i++) {
+        if (i < n && p[i] != '/') continue;
+        char c = p[i];
+        p[i] = 0;
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            seterr(err, errlen, "cannot create directory '%s': %s", p, strerror(errno));
+            free(p);
+            return -1;
+        }
+        if (!fs_is_dir(p)) {
+            seterr(err, errlen, "cannot create directory '%s': %s", p, "a file with that name exists");
+            free(p);
+            return -1;
+        }
+        p[i] = c;
+    }
+    free(p);
+    return 0;
+}
+
+static pthread_once_t c_locale_once = PTHREAD_ONCE_INIT;
+static locale_t c_locale;
+static void c_locale_init(void) { c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0); }
+
+locale_t fs_c_locale(void) {
+    pthread_once(&c_locale_once, c_locale_init);
+    return c_locale;
+}
+
+void err_set(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}

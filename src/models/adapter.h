@@ -1,0 +1,82 @@
+/* adapter.h — trainable low-parameter updates on frozen linear layers.
+ * KronA (DiffuseKronA): dW = scale * (A ⊗ B), A[a1,a2], B[d_out/a1, d_in/a2].
+ * LoRA (baseline):      dW = (alpha / r) * up[d_out,r] down[r,d_in].
+ * One factor starts at zero (B for KronA, up for LoRA) so step 0 is exactly the
+ * base model. Names follow LyCORIS/diffusers conventions so exports load elsewhere. */
+#ifndef KRONA_ADAPTER_H
+#define KRONA_ADAPTER_H
+
+#include <stdint.h>
+#include "core/backend.h"
+
+typedef enum { ADAPTER_NONE = 0, ADAPTER_KRONA = 1, ADAPTER_LORA = 2 } AdapterKind;
+
+enum { ADAPT_ATTN = 1, ADAPT_FFN = 2 }; /* module selection bits */
+
+typedef struct AdapterSpec {
+    AdapterKind kind;
+    int a1, a2;       /* KronA factor A shape */
+    int rank;         /* LoRA rank */
+    float alpha;      /* LoRA alpha (scale = alpha / rank); KronA scale multiplier */
+    int modules;      /* ADAPT_ATTN | ADAPT_FFN */
+    int merged;       /* 1: merge A⊗B into a copy of W each step (fast when M is large) */
+} AdapterSpec;
+
+typedef struct Adapter {
+    char name[128];   /* module name, e.g. "down_blocks.0...attn1.to_q" */
+    AdapterKind kind;
+    int d_out, d_in;
+    int a1, a2, b1, b2; /* KronA: b1 = d_out/a1, b2 = d_in/a2 */
+    int rank;
+    float scale;
+    float *A, *B;     /* KronA factors, or LoRA: A = down[r,d_in], B = up[d_out,r] */
+    float *dA, *dB;   /* gradients (device) */
+    float *mA, *vA, *mB, *vB; /* AdamW moments */
+} Adapter;
+
+typedef struct AdapterSet {
+    AdapterSpec spec;
+    int n;
+    Adapter *items;
+    Backend *be;
+} AdapterSet;
+
+/* Trainable parameter count for one linear, or -1 if the factors do not divide. */
+int64_t adapter_param_count(const AdapterSpec *s, int d_out, int d_in);
+/* Check a spec against one layer; 0 if fine, else -1 with an err naming the layer. */
+int adapter_check(const AdapterSpec *s, const char *layer, int d_out, int d_in,
+                  char *err, size_t errlen);
+/* Does this spec adapt this linear? */
+int adapter_selects(const AdapterSpec *s, int is_attn, int is_ffn);
+
+/* Floats in factor A (KronA a1*a2, LoRA down r*d_in) and B (b1*b2, LoRA up d_out*r). */
+int64_t adapter_numel_A(const Adapter *a);
+int64_t adapter_numel_B(const Adapter *a);
+
+/* Allocate (and initialise: A kaiming-uniform-like, B zero) one adapter. */
+int adapter_init(Adapter *a, Backend *be, const AdapterSpec *s, const char *name,
+                 int d_out, int d_in, uint64_t seed, char *err, size_t errlen);
+void adapter_free(Adapter *a, Backend *be);
+void adapter_set_free(AdapterSet *set);
+int64_t adapter_set_param_count(const AdapterSet *set);
+
+/* y[M,d_out] += adapter(x[M,d_in]) */
+void adapter_fwd(Backend *be, const Adapter *a, const float *x, float *y, int64_t M,
+                 float *scratch);
+/* dx += adapter^T dy (dx may be NULL); dA, dB += grads. scratch: M*max(rank,...) */
+void adapter_bwd(Backend *be, Adapter *a, const float *dy, const float *x, float *dx,
+                 int64_t M, float *scratch);
+/* scratch floats adapter_fwd/bwd need for M rows */
+int64_t adapter_scratch_floats(const Adapter *a, int64_t M);
+/* W += dW (export a merged model / merged training path) */
+void adapter_merge_into(Backend *be, const Adapter *a, float *W, float *scratch);
+
+/* Save / load adapters as .safetensors. Keys (LyCORIS LoKr style, diffusers
+ * module path with '.' -> '_'):  lycoris_<path>.lokr_w1 (A), .lokr_w2 (B),
+ * .alpha; LoRA: lora_unet_<path>.lora_down.weight / .lora_up.weight / .alpha.
+ * Metadata records kind, a1, a2, rank, modules. */
+int adapter_set_save(const AdapterSet *set, const char *path,
+                     const char *metadata_json_extra, char *err, size_t errlen);
+int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,118 @@
+/* text_encoder.h — CLIP text transformer (HF CLIPTextModel /
+ * CLIPTextModelWithProjection), config-driven: one code path for the built-in
+ * tiny encoder, SD 1.5's ViT-L/14 text tower and both SDXL encoders.
+ *
+ * Parameters are looked up by HF names:
+ *   text_model.embeddings.token_embedding.weight      [vocab, hidden]
+ *   text_model.embeddings.position_embedding.weight   [max_pos, hidden]
+ *   text_model.encoder.layers.{i}.layer_norm1.{weight,bias}
+ *   text_model.encoder.layers.{i}.self_attn.{q,k,v,out}_proj.{weight,bias}
+ *   text_model.encoder.layers.{i}.layer_norm2.{weight,bias}
+ *   text_model.encoder.layers.{i}.mlp.fc1.{weight,bias}, .mlp.fc2.{weight,bias}
+ *   text_model.final_layer_norm.{weight,bias}
+ *   text_projection.weight [projection_dim, hidden]   (only with a projection)
+ *
+ * Forward: token + position embeddings, pre-LN blocks with causal self-attention
+ * and an MLP (quick_gelu or gelu), final layer norm. No padding mask, as SD uses
+ * it. All math goes through the Backend op table. */
+#ifndef KRONA_TEXT_ENCODER_H
+#define KRONA_TEXT_ENCODER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/backend.h"
+
+typedef enum { TE_ACT_QUICK_GELU = 0, TE_ACT_GELU = 1 } TextAct;
+
+typedef struct TextConfig {
+    int vocab_size;
+    int hidden_size;
+    int intermediate_size;
+    int num_hidden_layers;
+    int num_attention_heads;
+    int max_position_embeddings; /* also the longest id sequence accepted */
+    TextAct hidden_act;
+    float layer_norm_eps;
+    int projection_dim;          /* 0: no text_projection (CLIPTextModel) */
+    /* Pooled output position: the first occurrence of this id in each sequence;
+     * -1 (or the id absent): the argmax of the ids, OpenAI's rule, which HF uses
+     * for legacy configs with eos_token_id 2 (SD 1.5). Both agree whenever EOS is
+     * the largest id, as in CLIP's vocabulary and the byte tokenizer. */
+    int eos_token_id;
+} TextConfig;
+
+/* Built-in configs: "tiny-text" (byte tokenizer: vocab 258, hidden 64, 2 layers,
+ * 4 heads, intermediate 256, 77 positions (75 prompt bytes), gelu, eps 1e-5, no projection,
+ * eos 257). -1 with the known names in err otherwise. */
+int te_config_builtin(TextConfig *cfg, const char *name, char *err, size_t errlen);
+/* A HF text_encoder/config.json (file, or text already in memory). Missing
+ * fields take CLIPTextConfig's defaults; projection_dim is used only when
+ * "architectures" names CLIPTextModelWithProjection. */
+int te_config_load(TextConfig *cfg, const char *path, char *err, size_t errlen);
+int te_config_parse(TextConfig *cfg, const char *json_text, size_t len, const char *what,
+                    char *err, size_t errlen);
+
+typedef struct TextEncoder TextEncoder;
+
+/* Allocates the parameters on be (zeroed; LN weights are not yet 1: call
+ * te_init_random or te_load_safetensors). NULL with a reason on a bad config
+ * or out of memory. */
+TextEncoder *te_create(const TextConfig *cfg, Backend *be, char *err, size_t errlen);
+void te_free(TextEncoder *te);
+const TextConfig *te_config(const TextEncoder *te);
+int64_t te_n_params(const TextEncoder *te);
+/* Width of the pooled output: projection_dim, or hidden_size without projection. */
+int te_pooled_dim(const TextEncoder *te);
+
+/* Deterministic init from the host RNG (same numbers on every backend):
+ * weights and embeddings N(0, 0.02), biases 0, layer norms 1 / 0. */
+void te_init_random(TextEncoder *te, uint64_t seed);
+/* Loads every parameter by name (prefix + HF name, e.g. prefix "" for a
+ * diffusers text_encoder/model.safetensors, "cond_stage_model.transformer." for
+ * an original SD 1.5 checkpoint). Any float dtype; shapes must match the
+ * config. Extra tensors are ignored. */
+int te_load_safetensors(TextEncoder *te, const char *path, const char *prefix,
+                        char *err, size_t errlen);
+
+/* ids_host[N, L] (host). Outputs are DEVICE pointers on te's backend, any may
+ * be NULL:
+ *   hidden_out[N, L, hidden]      last_hidden_state (after final_layer_norm)
+ *   penultimate_out[N, L, hidden] hidden_states[-2]: the input of the last
+ *                                 layer, without final norm (SDXL)
+ *   pooled_out[N, pooled_dim]     final-normed hidden at the EOS position,
+ *                                 projected when text_projection exists
+ * -1 with a reason when L exceeds max_position_embeddings or an id is out of
+ * range, or on out-of-memory. */
+int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hidden_out,
+               float *penultimate_out, float *pooled_out, char *err, size_t errlen);
+
+/* ---- training (the built-in tiny model is pretrained jointly with its UNet) ----
+ * te_set_trainable(te, 1) allocates one gradient block shaped like the
+ * parameter block (zeroed) and makes te_forward keep the activations that
+ * te_backward needs; 0 frees both. -1 on out of memory. */
+int te_set_trainable(TextEncoder *te, int trainable, char *err, size_t errlen);
+int te_trainable(const TextEncoder *te);
+/* Every parameter in one contiguous device block of te_n_params floats, in the
+ * order te_param_name lists them; the gradient block has the same layout
+ * (NULL unless trainable). */
+float *te_params(TextEncoder *te);
+float *te_grads(TextEncoder *te);
+void te_zero_grad(TextEncoder *te);
+int te_n_tensors(const TextEncoder *te);
+/* HF name, shape and offset (in floats, into te_params) of tensor i. */
+const char *te_tensor_info(const TextEncoder *te, int i, int *ndim, int64_t shape[2], int64_t *offset);
+/* Backward of the last te_forward (made while trainable) for the gradient of
+ * its hidden_out [N, L, hidden] (device): ACCUMULATES into te_grads. Gradients
+ * through penultimate_out and pooled_out are not supported (the tiny UNet only
+ * reads last_hidden_state). -1 with a reason when not trainable, without a
+ * forward, for quick_gelu encoders (the backend has no quick_gelu backward) or
+ * on out of memory. */
+int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t errlen);
+/* All parameters as F32 under their HF names (atomic write). */
+int te_save_safetensors(TextEncoder *te, const char *path, char *err, size_t errlen);
+
+/* The pooled position for one sequence under cfg's rule (exposed for tests). */
+int te_eos_position(const TextConfig *cfg, const int32_t *ids, int L);
+
+#endif

@@ -1,0 +1,836 @@
+#include "training/train.h"
+
+#include <dirent.h>
+#include <stdarg.h>
+#include <strings.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "models/diffusion.h"
+#include "core/fsutil.h"
+#include "core/rng.h"
+#include "formats/safetensors.h"
+
+#define N_EVAL 8
+#define CKPT_FORMAT "krona-studio-checkpoint-1"
+
+struct Trainer {
+    Preset p;
+    Backend *be;
+    Model *m;
+    TrainCallbacks cb;
+    char run_dir[PATH_MAX];
+    char err[512];
+
+    int px, H, W, C;       /* training image size (pixels) and UNet grid */
+    int64_t per;           /* floats per image */
+    int L, D;              /* context tokens and width */
+    int n_img, n_class;
+    float *img_host;       /* [n_img * 2, per]: each image and its mirror */
+    float *class_host;     /* [n_class * 2, per] */
+
+    /* device */
+    float *ctx_inst, *ctx_class, *ctx_empty, *ctx_batch;
+    float *ctx_samples, *ctx_samples_uncond;
+    float *x0, *noise, *xt, *target, *out, *dout, *tdev;
+    /* host scratch */
+    float *hx0, *hnoise, *htf;
+    int *ht;
+    /* optimiser moments, one pair per factor */
+    float **mA, **vA, **mB, **vB;
+
+    Rng rng;
+    int step;              /* optimiser steps done */
+    float *loss_hist;      /* [iterations] */
+    float eval_start;
+    int64_t trainable;
+
+    /* fixed evaluation set */
+    int eval_img[N_EVAL], eval_t[N_EVAL];
+    float *eval_noise;     /* host [N_EVAL, per] */
+
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_int paused, cancel, sample_req;
+    int result;
+    TrainProgress prog;
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void tlog(Trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tlog(Trainer *t, const char *fmt, ...) {
+    if (!t->cb.log) return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    t->cb.log(t->cb.user, line);
+}
+
+/* ---------------------------------------------------------------- data --- */
+
+/* Load, centre-crop/resize and convert one image; slot gets it and its mirror. */
+static int load_image_pair(const char *path, int px, float *slot, int64_t per, char *err,
+                           size_t errlen) {
+    Image im = {0}, sq = {0};
+    if (image_load(path, &im, err, errlen) != 0) return -1;
+    int rc = image_center_crop_resize(&im, px, &sq);
+    image_free(&im);
+    if (rc != 0) { snprintf(err, errlen, "%s: cannot resize to %dpx", path, px); return -1; }
+    image_to_chw(&sq, slot);
+    image_flip_h(&sq);
+    image_to_chw(&sq, slot + per);
+    image_free(&sq);
+    return 0;
+}
+
+static int is_image_name(const char *n) {
+    const char *dot = strrchr(n, '.');
+    if (!dot) return 0;
+    return !strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") ||
+           !strcasecmp(dot, ".bmp") || !strcasecmp(dot, ".tga") || !strcasecmp(dot, ".gif");
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Sorted image files of a folder (at most max). */
+static int list_images(const char *dir, char ***out, int max) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0, cap = 16;
+    char **v = malloc(sizeof(char *) * (size_t)cap);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!is_image_name(e->d_name)) continue;
+        if (n == cap) v = realloc(v, sizeof(char *) * (size_t)(cap *= 2));
+        size_t len = strlen(dir) + strlen(e->d_name) + 2;
+        v[n] = malloc(len);
+        snprintf(v[n++], len, "%s/%s", dir, e->d_name);
+    }
+    closedir(d);
+    qsort(v, (size_t)n, sizeof(char *), cmp_str);
+    if (n > max) {
+        for (int i = max; i < n; i++) free(v[i]);
+        n = max;
+    }
+    *out = v;
+    return n;
+}
+
+static void free_list(char **v, int n) {
+    for (int i = 0; i < n; i++) free(v[i]);
+    free(v);
+}
+
+/* ------------------------------------------------------------ sampling --- */
+
+static int generate(Trainer *t, const float *ctx_cond, const float *ctx_uncond, int n,
+                    uint64_t seed, Image *grid, Image *tiles_out) {
+    Model *m = t->m;
+    SamplerOpts so = {0};
+    so.kind = strcmp(t->p.sampler, "euler") == 0 ? SAMPLER_EULER : SAMPLER_DDIM;
+    so.steps = t->p.sample_steps;
+    so.guidance = t->p.guidance;
+    so.seed = seed;
+    float *out = malloc(sizeof(float) * (size_t)(n * t->per));
+    Image *tiles = calloc((size_t)n, sizeof(Image));
+    int rc = -1;
+    if (!out || !tiles) { snprintf(t->err, sizeof t->err, "out of memory"); goto done; }
+    if (model_generate(m, ctx_cond, ctx_uncond, n, t->px, &so, seed, &t->cancel, out, t->err,
+                       sizeof t->err) != 0)
+        goto done;
+    for (int i = 0; i < n; i++)
+        image_from_chw(out + i * t->per, t->C, t->px, t->px, &tiles[i]);
+    if (grid) image_grid(tiles, n, n, 2, grid);
+    if (tiles_out)
+        for (int i = 0; i < n; i++) { tiles_out[i] = tiles[i]; tiles[i].px = NULL; }
+    rc = 0;
+done:
+    if (tiles)
+        for (int i = 0; i < n; i++) image_free(&tiles[i]);
+    free(tiles);
+    free(out);
+    return rc;
+}
+
+static int write_samples(Trainer *t) {
+    int n = t->p.n_sample_prompts;
+    if (n <= 0) return 0;
+    Image grid = {0};
+    TrainState prev = t->prog.state;
+    pthread_mutex_lock(&t->mu);
+    t->prog.state = TRAIN_SAMPLING;
+    pthread_mutex_unlock(&t->mu);
+    if (t->cb.progress) t->cb.progress(t->cb.user, &t->prog);
+    /* the same noise every time, so the grids show what training changed */
+    int rc = generate(t, t->ctx_samples, t->ctx_samples_uncond, n, t->p.seed + 7919, &grid, NULL);
+    pthread_mutex_lock(&t->mu);
+    t->prog.state = prev;
+    pthread_mutex_unlock(&t->mu);
+    if (rc != 0) return atomic_load(&t->cancel) ? 0 : -1;
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/samples/step_%06d.png", t->run_dir, t->step);
+    if (image_save_png(path, &grid, t->err, sizeof t->err) != 0) { image_free(&grid); return -1; }
+    if (t->cb.sample) t->cb.sample(t->cb.user, t->step, &grid, path);
+    image_free(&grid);
+    return 0;
+}
+
+/* Prior preservation: class images from class_dir, cached from an earlier
+ * generation in the run folder, or generated now with the base model. */
+static int prepare_class_images(Trainer *t) {
+    Preset *p = &t->p;
+    if (p->prior_weight <= 0.0f) return 0;
+    char cache[PATH_MAX + 16];
+    snprintf(cache, sizeof cache, "%s/class_images", t->run_dir);
+    const char *dir = p->class_dir[0] ? p->class_dir : (fs_is_dir(cache) ? cache : NULL);
+    int want = p->n_class_images > 0 ? p->n_class_images : 4;
+    char **files = NULL;
+    int n = 0;
+    if (dir) {
+        n = list_images(dir, &files, want);
+        if (n <= 0) {
+            snprintf(t->err, sizeof t->err, "class_dir %s: no images (png/jpg) found", dir);
+            if (n == 0) free(files);
+            return -1;
+        }
+    }
+    int count = dir ? n : want;
+    t->class_host = malloc(sizeof(float) * (size_t)(2 * count * t->per));
+    if (!t->class_host) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
+    if (dir) {
+        for (int i = 0; i < n; i++)
+            if (load_image_pair(files[i], t->px, t->class_host + 2 * i * t->per, t->per, t->err,
+                                sizeof t->err) != 0) {
+                free_list(files, n);
+                return -1;
+            }
+        free_list(files, n);
+    } else {
+        tlog(t, "generating %d class images for \"%s\" with the base model", count, p->class_prompt);
+        if (fs_mkdir_p(cache, t->err, sizeof t->err) != 0) return -1;
+        size_t cb = sizeof(float) * (size_t)t->L * t->D;
+        float *cc = t->be->alloc(t->be, cb * (size_t)count);
+        float *cu = t->be->alloc(t->be, cb * (size_t)count);
+        Image *tiles = calloc((size_t)count, sizeof(Image));
+        int rc = cc && cu && tiles ? 0 : -1;
+        for (int i = 0; rc == 0 && i < count; i++) {
+            t->be->copy(t->be, (char *)cc + cb * i, t->ctx_class, cb);
+            t->be->copy(t->be, (char *)cu + cb * i, t->ctx_empty, cb);
+        }
+        if (rc == 0) rc = generate(t, cc, cu, count, p->seed + 104729, NULL, tiles);
+        for (int i = 0; rc == 0 && i < count; i++) {
+            char path[PATH_MAX + 48];
+            snprintf(path, sizeof path, "%s/class_%03d.png", cache, i);
+            rc = image_save_png(path, &tiles[i], t->err, sizeof t->err);
+            if (rc == 0) rc = load_image_pair(path, t->px, t->class_host + 2 * i * t->per, t->per,
+                                              t->err, sizeof t->err);
+        }
+        for (int i = 0; tiles && i < count; i++) image_free(&tiles[i]);
+        free(tiles);
+        t->be->free(t->be, cc);
+        t->be->free(t->be, cu);
+        if (rc != 0) return -1;
+    }
+    t->n_class = count;
+    return 0;
+}
+
+/* ---------------------------------------------------------- train step --- */
+
+static float lr_at(const Preset *p, int step) {
+    if (strcmp(p->lr_schedule, "warmup") == 0 && p->warmup_steps > 0 && step < p->warmup_steps)
+        return p->lr * (float)(step + 1) / (float)p->warmup_steps;
+    return p->lr;
+}
+
+/* One forward/backward on a batch drawn from src (n images, each with its
+ * mirror) with the context ctx; adds weight * grads; returns the loss. */
+static float forward_backward(Trainer *t, const float *src, int n, const float *ctx, float weight) {
+    Backend *be = t->be;
+    int B = t->p.batch;
+    size_t cb = sizeof(float) * (size_t)t->L * t->D;
+    for (int b = 0; b < B; b++) {
+        int i = rng_int(&t->rng, n);
+        int mirror = t->p.flip ? rng_int(&t->rng, 2) : 0;
+        memcpy(t->hx0 + b * t->per, src + (2 * i + mirror) * t->per, sizeof(float) * (size_t)t->per);
+        t->ht[b] = rng_int(&t->rng, t->m->sched.T);
+        t->htf[b] = (float)t->ht[b];
+        be->copy(be, (char *)t->ctx_batch + cb * b, ctx, cb);
+    }
+    rng_fill_normal(&t->rng, t->hnoise, B * t->per);
+    int64_t n_all = B * t->per;
+    be->upload(be, t->x0, t->hx0, sizeof(float) * (size_t)n_all);
+    be->upload(be, t->noise, t->hnoise, sizeof(float) * (size_t)n_all);
+    be->upload(be, t->tdev, t->htf, sizeof(float) * (size_t)B);
+    diffusion_q_sample(be, &t->m->sched, t->x0, t->noise, t->ht, t->xt, B, t->per);
+    diffusion_target(be, &t->m->sched, t->x0, t->noise, t->ht, t->target, B, t->per);
+    unet_forward(t->m->unet, t->xt, t->tdev, t->ctx_batch, NULL, t->out, B, t->H, t->W, t->L, 1);
+    float loss = be->mse_fwd(be, t->out, t->target, n_all);
+    be->zero(be, t->dout, sizeof(float) * (size_t)n_all);
+    be->mse_bwd(be, t->out, t->target, t->dout, n_all, weight);
+    unet_backward(t->m->unet, t->dout, NULL);
+    return loss;
+}
+
+static void zero_grads(Trainer *t) {
+    AdapterSet *s = unet_adapters(t->m->unet);
+    for (int i = 0; i < s->n; i++) {
+        Adapter *a = &s->items[i];
+        t->be->zero(t->be, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
+        t->be->zero(t->be, a->dB, sizeof(float) * (size_t)adapter_numel_B(a));
+    }
+}
+
+static void optimizer_step(Trainer *t, float lr) {
+    AdapterSet *s = unet_adapters(t->m->unet);
+    int k = t->step + 1;
+    for (int i = 0; i < s->n; i++) {
+        Adapter *a = &s->items[i];
+        t->be->adamw(t->be, a->A, a->dA, t->mA[i], t->vA[i], adapter_numel_A(a), lr, 0.9f, 0.999f, 1e-8f,
+                     t->p.weight_decay, k);
+        t->be->adamw(t->be, a->B, a->dB, t->mB[i], t->vB[i], adapter_numel_B(a), lr, 0.9f, 0.999f, 1e-8f,
+                     t->p.weight_decay, k);
+    }
+}
+
+float trainer_eval_loss(Trainer *t) {
+    Backend *be = t->be;
+    size_t cb = sizeof(float) * (size_t)t->L * t->D;
+    double sum = 0;
+    for (int e = 0; e < N_EVAL; e++) {
+        memcpy(t->hx0, t->img_host + 2 * t->eval_img[e] * t->per, sizeof(float) * (size_t)t->per);
+        float tf = (float)t->eval_t[e];
+        be->upload(be, t->x0, t->hx0, sizeof(float) * (size_t)t->per);
+        be->upload(be, t->noise, t->eval_noise + e * t->per, sizeof(float) * (size_t)t->per);
+        be->upload(be, t->tdev, &tf, sizeof(float));
+        be->copy(be, t->ctx_batch, t->ctx_inst, cb);
+        diffusion_q_sample(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->xt, 1, t->per);
+        diffusion_target(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->target, 1, t->per);
+        unet_forward(t->m->unet, t->xt, t->tdev, t->ctx_batch, NULL, t->out, 1, t->H, t->W, t->L, 0);
+        sum += be->mse_fwd(be, t->out, t->target, t->per);
+    }
+    return (float)(sum / N_EVAL);
+}
+
+/* ---------------------------------------------------------- checkpoint --- */
+
+static int64_t *shape1(int64_t n, int64_t *buf) { buf[0] = n; return buf; }
+
+static int add_device(StWriter *w, Backend *be, const char *name, const float *dev, int64_t n) {
+    float *h = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    if (!h) return -1;
+    be->download(be, h, dev, sizeof(float) * (size_t)n);
+    int64_t sh[1];
+    int rc = stw_add_f32(w, name, 1, shape1(n, sh), h);
+    free(h);
+    return rc;
+}
+
+static int write_loss_csv(Trainer *t) {
+    size_t cap = 64 + (size_t)t->step * 48, len = 0;
+    char *buf = malloc(cap);
+    if (!buf) return -1;
+    len += (size_t)snprintf(buf + len, cap - len, "step,loss,lr\n");
+    for (int i = 0; i < t->step; i++)
+        len += (size_t)snprintf(buf + len, cap - len, "%d,%.7g,%.7g\n", i + 1, t->loss_hist[i],
+                                lr_at(&t->p, i));
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/loss.csv", t->run_dir);
+    int rc = fs_write_atomic(path, buf, len, t->err, sizeof t->err);
+    free(buf);
+    return rc;
+}
+
+/* Everything an exact resume needs: factors, AdamW moments, RNG, step, losses. */
+static int save_checkpoint(Trainer *t) {
+    AdapterSet *s = unet_adapters(t->m->unet);
+    StWriter *w = stw_create();
+    if (!w) return -1;
+    char name[300], val[128];
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < s->n; i++) {
+        Adapter *a = &s->items[i];
+        const char *suffix[6] = {"A", "B", "mA", "vA", "mB", "vB"};
+        const float *ptr[6] = {a->A, a->B, t->mA[i], t->vA[i], t->mB[i], t->vB[i]};
+        int64_t nn[6] = {adapter_numel_A(a), adapter_numel_B(a), adapter_numel_A(a), adapter_numel_A(a), adapter_numel_B(a), adapter_numel_B(a)};
+        for (int j = 0; rc == 0 && j < 6; j++) {
+            snprintf(name, sizeof name, "%s.%s", a->name, suffix[j]);
+            rc = add_device(w, t->be, name, ptr[j], nn[j]);
+        }
+    }
+    int64_t sh[1];
+    if (rc == 0 && t->step > 0) rc = stw_add_f32(w, "loss_history", 1, shape1(t->step, sh), t->loss_hist);
+    stw_set_metadata(w, "format", CKPT_FORMAT);
+    snprintf(val, sizeof val, "%d", t->step);
+    stw_set_metadata(w, "step", val);
+    char hex[65];
+    rng_to_hex(&t->rng, hex);
+    stw_set_metadata(w, "rng", hex);
+    snprintf(val, sizeof val, "%.9g", t->eval_start);
+    stw_set_metadata(w, "eval_loss_start", val);
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", t->run_dir);
+    if (rc == 0) rc = stw_save(w, path, t->err, sizeof t->err);
+    else snprintf(t->err, sizeof t->err, "%s: cannot assemble checkpoint", path);
+    stw_free(w);
+    if (rc == 0) rc = write_loss_csv(t);
+    return rc;
+}
+
+static int load_f32(const SafeTensors *st, const char *name, Backend *be, float *dev, int64_t n,
+                    const char *path, char *err, size_t errlen) {
+    const StTensor *x = st_find(st, name);
+    if (!x || x->numel != n) {
+        snprintf(err, errlen, "%s: %s %s (delete the checkpoint to start over)", path, name,
+                 x ? "has the wrong size" : "is missing");
+        return -1;
+    }
+    float *h = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    if (!h) return -1;
+    st_read_f32(x, h);
+    if (dev) be->upload(be, dev, h, sizeof(float) * (size_t)n);
+    free(h);
+    return 0;
+}
+
+static int load_checkpoint(Trainer *t) {
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", t->run_dir);
+    SafeTensors *st = st_open(path, t->err, sizeof t->err);
+    if (!st) return -1;
+    int rc = -1;
+    const char *fmt = st_metadata(st, "format"), *step = st_metadata(st, "step"),
+               *rng = st_metadata(st, "rng"), *ev = st_metadata(st, "eval_loss_start");
+    if (!fmt || strcmp(fmt, CKPT_FORMAT) != 0 || !step || rng_from_hex(&t->rng, rng) != 0) {
+        snprintf(t->err, sizeof t->err, "%s: not a krona-studio checkpoint", path);
+        goto done;
+    }
+    t->step = atoi(step);
+    if (t->step < 0 || t->step > t->p.iterations) {
+        snprintf(t->err, sizeof t->err, "%s: step %d is outside 0..iterations=%d", path, t->step,
+                 t->p.iterations);
+        goto done;
+    }
+    if (ev) t->eval_start = strtof(ev, NULL);
+    AdapterSet *s = unet_adapters(t->m->unet);
+    char name[300];
+    for (int i = 0; i < s->n; i++) {
+        Adapter *a = &s->items[i];
+        const char *suffix[6] = {"A", "B", "mA", "vA", "mB", "vB"};
+        float *ptr[6] = {a->A, a->B, t->mA[i], t->vA[i], t->mB[i], t->vB[i]};
+        int64_t nn[6] = {adapter_numel_A(a), adapter_numel_B(a), adapter_numel_A(a), adapter_numel_A(a), adapter_numel_B(a), adapter_numel_B(a)};
+        for (int j = 0; j < 6; j++) {
+            snprintf(name, sizeof name, "%s.%s", a->name, suffix[j]);
+            if (load_f32(st, name, t->be, ptr[j], nn[j], path, t->err, sizeof t->err) != 0) goto done;
+        }
+    }
+    if (t->step > 0) {
+        const StTensor *lh = st_find(st, "loss_history");
+        if (!lh || lh->numel != t->step) {
+            snprintf(t->err, sizeof t->err, "%s: loss_history missing or short", path);
+            goto done;
+        }
+        st_read_f32(lh, t->loss_hist);
+    }
+    rc = 0;
+done:
+    st_close(st);
+    return rc;
+}
+
+/* -------------------------------------------------------------- set up --- */
+
+void train_adapter_spec(const Preset *p, AdapterSpec *spec) {
+    memset(spec, 0, sizeof *spec);
+    spec->kind = strcmp(p->adapter, "lora") == 0 ? ADAPTER_LORA : ADAPTER_KRONA;
+    spec->a1 = p->a1;
+    spec->a2 = p->a2;
+    spec->rank = p->lora_rank;
+    spec->alpha = spec->kind == ADAPTER_LORA ? p->lora_alpha : 1.0f;
+    spec->modules = ADAPT_ATTN | (strcmp(p->modules, "attn+ffn") == 0 ? ADAPT_FFN : 0);
+}
+
+static void *dev_alloc(Trainer *t, size_t floats, int *ok) {
+    void *p = t->be->alloc(t->be, sizeof(float) * (floats ? floats : 1));
+    if (!p) *ok = 0;
+    return p;
+}
+
+static int make_run_dir(Trainer *t) {
+    Preset *p = &t->p;
+    if (p->run_name[0]) {
+        snprintf(t->run_dir, sizeof t->run_dir, "%s/%s", p->output_dir, p->run_name);
+    } else {
+        char stamp[32];
+        time_t now = time(NULL);
+        struct tm tmv;
+        localtime_r(&now, &tmv);
+        strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tmv);
+        if (strcmp(p->adapter, "lora") == 0)
+            snprintf(t->run_dir, sizeof t->run_dir, "%s/%s-lora%d-lr%g-%dit", p->output_dir, stamp,
+                     p->lora_rank, p->lr, p->iterations);
+        else
+            snprintf(t->run_dir, sizeof t->run_dir, "%s/%s-krona%dx%d-lr%g-%dit", p->output_dir,
+                     stamp, p->a1, p->a2, p->lr, p->iterations);
+        /* two runs started in the same second get distinct folders */
+        size_t len = strlen(t->run_dir);
+        for (int k = 2; fs_exists(t->run_dir) && k < 1000; k++)
+            snprintf(t->run_dir + len, sizeof t->run_dir - len, "-%d", k);
+    }
+    char sub[PATH_MAX + 16];
+    snprintf(sub, sizeof sub, "%s/samples", t->run_dir);
+    if (fs_mkdir_p(sub, t->err, sizeof t->err) != 0) return -1;
+    snprintf(sub, sizeof sub, "%s/preset.ini", t->run_dir);
+    return preset_save(p, sub, t->err, sizeof t->err);
+}
+
+static int setup(Trainer *t, const char *resume_dir) {
+    Preset *p = &t->p;
+    Backend *be = t->be;
+    if (resume_dir) {
+        char path[PATH_MAX + 16];
+        snprintf(t->run_dir, sizeof t->run_dir, "%s", resume_dir);
+        snprintf(path, sizeof path, "%s/preset.ini", resume_dir);
+        preset_defaults(p);
+        if (preset_load(p, path, t->err, sizeof t->err) != 0) return -1;
+        snprintf(path, sizeof path, "%s/checkpoint.safetensors", resume_dir);
+        if (!fs_exists(path)) {
+            snprintf(t->err, sizeof t->err, "%s: no checkpoint to resume from", resume_dir);
+            return -1;
+        }
+    }
+    if (preset_validate(p, t->err, sizeof t->err) != 0) return -1;
+    if (p->n_images < 1) {
+        snprintf(t->err, sizeof t->err, "no training images: add `image = path` lines to [data]");
+        return -1;
+    }
+    t->m = model_open(p->model, be, t->err, sizeof t->err);
+    if (!t->m) return -1;
+    Model *m = t->m;
+    /* auto: what the model was trained for (its scheduler config) */
+    if (strcmp(p->prediction, "v") == 0) m->sched.prediction = PRED_V;
+    else if (strcmp(p->prediction, "epsilon") == 0) m->sched.prediction = PRED_EPSILON;
+    int down = 1 << (m->ucfg.n_levels - 1);
+    int cell = down * m->pixel_scale;
+    if (p->resolution % cell != 0) {
+        snprintf(t->err, sizeof t->err,
+                 "resolution = %d: must be a multiple of %d for this model (e.g. %d)",
+                 p->resolution, cell, (p->resolution / cell + 1) * cell);
+        return -1;
+    }
+    t->px = p->resolution;
+    t->H = t->W = t->px / m->pixel_scale;
+    t->C = m->channels;
+    if (m->latent || t->C != 3) {
+        snprintf(t->err, sizeof t->err, "model %s: only pixel-space RGB models train in this build",
+                 p->model);
+        return -1;
+    }
+    t->per = (int64_t)t->C * t->H * t->W;
+    t->L = m->context_len;
+    t->D = m->ctx_dim;
+
+    /* adapters: spec errors (a1 not dividing a layer) surface here */
+    AdapterSpec spec;
+    train_adapter_spec(p, &spec);
+    if (unet_attach_adapters(m->unet, &spec, p->seed, t->err, sizeof t->err) != 0) return -1;
+    t->trainable = adapter_set_param_count(unet_adapters(m->unet));
+
+    /* images */
+    t->n_img = p->n_images;
+    t->img_host = malloc(sizeof(float) * (size_t)(2 * t->n_img * t->per));
+    if (!t->img_host) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
+    for (int i = 0; i < t->n_img; i++)
+        if (load_image_pair(p->images[i], t->px, t->img_host + 2 * i * t->per, t->per, t->err,
+                            sizeof t->err) != 0)
+            return -1;
+
+    /* device buffers */
+    int ok = 1, B = p->batch, S = p->n_sample_prompts > 0 ? p->n_sample_prompts : 1;
+    size_t ctxn = (size_t)t->L * t->D;
+    t->ctx_inst = dev_alloc(t, ctxn, &ok);
+    t->ctx_class = dev_alloc(t, ctxn, &ok);
+    t->ctx_empty = dev_alloc(t, ctxn, &ok);
+    t->ctx_batch = dev_alloc(t, ctxn * B, &ok);
+    t->ctx_samples = dev_alloc(t, ctxn * S, &ok);
+    t->ctx_samples_uncond = dev_alloc(t, ctxn * S, &ok);
+    size_t nb = (size_t)(B * t->per);
+    t->x0 = dev_alloc(t, nb, &ok);
+    t->noise = dev_alloc(t, nb, &ok);
+    t->xt = dev_alloc(t, nb, &ok);
+    t->target = dev_alloc(t, nb, &ok);
+    t->out = dev_alloc(t, nb, &ok);
+    t->dout = dev_alloc(t, nb, &ok);
+    t->tdev = dev_alloc(t, (size_t)B, &ok);
+    t->hx0 = malloc(sizeof(float) * nb);
+    t->hnoise = malloc(sizeof(float) * nb);
+    t->htf = malloc(sizeof(float) * (size_t)B);
+    t->ht = malloc(sizeof(int) * (size_t)B);
+    t->loss_hist = calloc((size_t)p->iterations + 1, sizeof(float));
+    t->eval_noise = malloc(sizeof(float) * (size_t)(N_EVAL * t->per));
+    AdapterSet *s = unet_adapters(m->unet);
+    t->mA = calloc((size_t)s->n + 1, sizeof(float *));
+    t->vA = calloc((size_t)s->n + 1, sizeof(float *));
+    t->mB = calloc((size_t)s->n + 1, sizeof(float *));
+    t->vB = calloc((size_t)s->n + 1, sizeof(float *));
+    if (!t->hx0 || !t->hnoise || !t->htf || !t->ht || !t->loss_hist || !t->eval_noise || !t->mA ||
+        !t->vA || !t->mB || !t->vB) ok = 0;
+    for (int i = 0; ok && i < s->n; i++) {
+        t->mA[i] = dev_alloc(t, (size_t)adapter_numel_A(&s->items[i]), &ok);
+        t->vA[i] = dev_alloc(t, (size_t)adapter_numel_A(&s->items[i]), &ok);
+        t->mB[i] = dev_alloc(t, (size_t)adapter_numel_B(&s->items[i]), &ok);
+        t->vB[i] = dev_alloc(t, (size_t)adapter_numel_B(&s->items[i]), &ok);
+    }
+    if (!ok) {
+        snprintf(t->err, sizeof t->err, "out of memory allocating training buffers (lower batch)");
+        return -1;
+    }
+
+    /* prompts, encoded once */
+    if (model_encode_prompt(m, p->instance_prompt, t->ctx_inst, t->err, sizeof t->err) != 0) return -1;
+    if (model_encode_prompt(m, p->class_prompt, t->ctx_class, t->err, sizeof t->err) != 0) return -1;
+    if (model_encode_prompt(m, "", t->ctx_empty, t->err, sizeof t->err) != 0) return -1;
+    for (int i = 0; i < p->n_sample_prompts; i++) {
+        if (model_encode_prompt(m, p->sample_prompts[i], t->ctx_samples + ctxn * i, t->err,
+                                sizeof t->err) != 0)
+            return -1;
+        be->copy(be, t->ctx_samples_uncond + ctxn * i, t->ctx_empty, sizeof(float) * ctxn);
+    }
+
+    /* fixed evaluation set: its own seed, independent of the training stream */
+    Rng er;
+    rng_seed(&er, 0x6576616c);
+    rng_fill_normal(&er, t->eval_noise, N_EVAL * t->per);
+    for (int e = 0; e < N_EVAL; e++) {
+        t->eval_img[e] = e % t->n_img;
+        t->eval_t[e] = (int)((e + 0.5) * m->sched.T / N_EVAL);
+    }
+
+    rng_seed(&t->rng, p->seed);
+    if (resume_dir) {
+        if (load_checkpoint(t) != 0) return -1;
+        tlog(t, "resumed %s at step %d", t->run_dir, t->step);
+    } else {
+        if (make_run_dir(t) != 0) return -1;
+        t->eval_start = trainer_eval_loss(t);
+    }
+    if (prepare_class_images(t) != 0) return -1;
+
+    t->prog.state = TRAIN_IDLE;
+    t->prog.step = t->step;
+    t->prog.total = p->iterations;
+    t->prog.trainable = t->trainable;
+    t->prog.base = unet_n_base_params(m->unet);
+    t->prog.lr = p->lr;
+    t->prog.eval_loss_start = t->prog.eval_loss = t->eval_start;
+    t->prog.loss = t->prog.loss_ema = t->step > 0 ? t->loss_hist[t->step - 1] : NAN;
+    return 0;
+}
+
+Trainer *trainer_create(const Preset *p, const char *resume_dir, Backend *be,
+                        const TrainCallbacks *cb, char *err, size_t errlen) {
+    Trainer *t = calloc(1, sizeof *t);
+    if (!t) { snprintf(err, errlen, "out of memory"); return NULL; }
+    if (p) t->p = *p;
+    t->be = be;
+    if (cb) t->cb = *cb;
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cv, NULL);
+    if (setup(t, resume_dir) != 0) {
+        snprintf(err, errlen, "%s", t->err);
+        trainer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void trainer_free(Trainer *t) {
+    if (!t) return;
+    if (t->thread_started) {
+        trainer_cancel(t);
+        trainer_join(t);
+    }
+    Backend *be = t->be;
+    if (t->m) {
+        AdapterSet *s = unet_adapters(t->m->unet);
+        for (int i = 0; s && i < s->n && t->mA; i++) {
+            be->free(be, t->mA[i]);
+            be->free(be, t->vA[i]);
+            be->free(be, t->mB[i]);
+            be->free(be, t->vB[i]);
+        }
+    }
+    float *dev[] = {t->ctx_inst, t->ctx_class, t->ctx_empty, t->ctx_batch, t->ctx_samples,
+                    t->ctx_samples_uncond, t->x0, t->noise, t->xt, t->target, t->out, t->dout,
+                    t->tdev};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(be, dev[i]);
+    free(t->mA); free(t->vA); free(t->mB); free(t->vB);
+    free(t->hx0); free(t->hnoise); free(t->htf); free(t->ht);
+    free(t->loss_hist); free(t->eval_noise); free(t->img_host); free(t->class_host);
+    model_free(t->m);
+    pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->cv);
+    free(t);
+}
+
+/* ----------------------------------------------------------------- run --- */
+
+static void publish(Trainer *t, TrainState st, float loss, float lr, double t0, int step0) {
+    pthread_mutex_lock(&t->mu);
+    TrainProgress *g = &t->prog;
+    g->state = st;
+    g->step = t->step;
+    g->loss = loss;
+    g->loss_ema = isnan(g->loss_ema) ? loss : 0.9f * g->loss_ema + 0.1f * loss;
+    g->lr = lr;
+    g->elapsed_s = now_s() - t0;
+    int done = t->step - step0;
+    g->it_per_s = done > 0 && g->elapsed_s > 0 ? done / g->elapsed_s : 0;
+    g->eta_s = g->it_per_s > 0 ? (t->p.iterations - t->step) / g->it_per_s : 0;
+    g->peak_bytes = t->be->peak_bytes(t->be);
+    TrainProgress copy = *g;
+    pthread_mutex_unlock(&t->mu);
+    if (t->cb.progress) t->cb.progress(t->cb.user, &copy);
+}
+
+static int finish(Trainer *t) {
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/adapter.safetensors", t->run_dir);
+    char meta[256];
+    snprintf(meta, sizeof meta, "{\"base_model\":\"%s\",\"steps\":\"%d\"}", t->p.model, t->step);
+    if (adapter_set_save(unet_adapters(t->m->unet), path, meta, t->err, sizeof t->err) != 0) return -1;
+    tlog(t, "adapter written to %s", path);
+    return 0;
+}
+
+int trainer_run(Trainer *t) {
+    Preset *p = &t->p;
+    double t0 = now_s();
+    int step0 = t->step, rc = 0;
+    float loss = t->prog.loss;
+    publish(t, TRAIN_RUNNING, loss, lr_at(p, t->step), t0, step0);
+    if (t->step == 0 && p->sample_every > 0 && write_samples(t) != 0) rc = -1;
+    while (rc == 0 && t->step < p->iterations) {
+        pthread_mutex_lock(&t->mu);
+        if (atomic_load(&t->paused) && !atomic_load(&t->cancel)) {
+            t->prog.state = TRAIN_PAUSED;
+            TrainProgress copy = t->prog;
+            pthread_mutex_unlock(&t->mu);
+            if (t->cb.progress) t->cb.progress(t->cb.user, &copy);
+            pthread_mutex_lock(&t->mu);
+            double pause0 = now_s();
+            while (atomic_load(&t->paused) && !atomic_load(&t->cancel)) pthread_cond_wait(&t->cv, &t->mu);
+            t0 += now_s() - pause0; /* paused time is not training time */
+        }
+        pthread_mutex_unlock(&t->mu);
+        if (atomic_load(&t->cancel)) { rc = 1; break; }
+
+        float lr = lr_at(p, t->step);
+        zero_grads(t);
+        double acc = 0;
+        for (int k = 0; k < p->grad_accum; k++) {
+            acc += forward_backward(t, t->img_host, t->n_img, t->ctx_inst, 1.0f / p->grad_accum);
+            if (t->n_class > 0)
+                forward_backward(t, t->class_host, t->n_class, t->ctx_class,
+                                 p->prior_weight / p->grad_accum);
+        }
+        loss = (float)(acc / p->grad_accum);
+        if (!isfinite(loss)) {
+            snprintf(t->err, sizeof t->err,
+                     "loss became %g at step %d: lower lr (now %g) and resume from the checkpoint",
+                     loss, t->step + 1, p->lr);
+            rc = -1;
+            break;
+        }
+        optimizer_step(t, lr);
+        t->loss_hist[t->step++] = loss;
+        publish(t, TRAIN_RUNNING, loss, lr, t0, step0);
+
+        int last = t->step == p->iterations;
+        if (p->checkpoint_every > 0 && (t->step % p->checkpoint_every == 0) && !last) {
+            if (save_checkpoint(t) != 0) { rc = -1; break; }
+            tlog(t, "checkpoint at step %d", t->step);
+        }
+        int want = atomic_exchange(&t->sample_req, 0) ||
+                   (p->sample_every > 0 && t->step % p->sample_every == 0) || last;
+        if (want && write_samples(t) != 0) { rc = -1; break; }
+    }
+    if (rc >= 0 && t->step > 0 && save_checkpoint(t) != 0) rc = -1;
+    if (rc == 0 && finish(t) != 0) rc = -1;
+    if (rc == 0) {
+        float ev = trainer_eval_loss(t);
+        pthread_mutex_lock(&t->mu);
+        t->prog.eval_loss = ev;
+        pthread_mutex_unlock(&t->mu);
+    }
+    publish(t, rc == 0 ? TRAIN_DONE : rc == 1 ? TRAIN_CANCELLED : TRAIN_FAILED, loss,
+            lr_at(p, t->step > 0 ? t->step - 1 : 0), t0, step0);
+    t->result = rc;
+    return rc;
+}
+
+static void *thread_main(void *arg) {
+    Trainer *t = arg;
+    trainer_run(t);
+    return NULL;
+}
+
+int trainer_start(Trainer *t) {
+    if (t->thread_started) return -1;
+    if (pthread_create(&t->thread, NULL, thread_main, t) != 0) {
+        snprintf(t->err, sizeof t->err, "cannot start the training thread");
+        return -1;
+    }
+    t->thread_started = 1;
+    return 0;
+}
+
+int trainer_join(Trainer *t) {
+    if (!t->thread_started) return t->result;
+    pthread_join(t->thread, NULL);
+    t->thread_started = 0;
+    return t->result;
+}
+
+void trainer_pause(Trainer *t, int paused) {
+    pthread_mutex_lock(&t->mu);
+    atomic_store(&t->paused, paused);
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+}
+
+void trainer_cancel(Trainer *t) {
+    pthread_mutex_lock(&t->mu);
+    atomic_store(&t->cancel, 1);
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+}
+
+void trainer_request_sample(Trainer *t) { atomic_store(&t->sample_req, 1); }
+const char *trainer_run_dir(const Trainer *t) { return t->run_dir; }
+const char *trainer_error(const Trainer *t) { return t->err; }
+Model *trainer_model(Trainer *t) { return t->m; }
+
+TrainProgress trainer_progress(Trainer *t) {
+    pthread_mutex_lock(&t->mu);
+    TrainProgress p = t->prog;
+    pthread_mutex_unlock(&t->mu);
+    return p;
+}

@@ -1,0 +1,69 @@
+/* train.h — the personalisation loop: few-shot data, noise-prediction loss,
+ * AdamW on adapter parameters only, checkpoint/exact resume, periodic samples.
+ * Runs synchronously (trainer_run) or in its own pthread (trainer_start) that
+ * another thread can pause, resume and cancel. Progress goes out through a
+ * callback called on the training thread: copy what you need and return fast. */
+#ifndef KRONA_TRAIN_H
+#define KRONA_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "formats/image.h"
+#include "models/model.h"
+#include "formats/preset.h"
+
+typedef enum { TRAIN_IDLE, TRAIN_RUNNING, TRAIN_PAUSED, TRAIN_SAMPLING, TRAIN_DONE,
+               TRAIN_CANCELLED, TRAIN_FAILED } TrainState;
+
+typedef struct TrainProgress {
+    TrainState state;
+    int step, total;        /* optimiser steps done / planned */
+    float loss;             /* this step's loss */
+    float loss_ema;         /* smoothed (EMA 0.9) */
+    float lr;
+    double it_per_s, eta_s, elapsed_s;
+    size_t peak_bytes;      /* backend peak allocation */
+    int64_t trainable, base;
+    float eval_loss_start, eval_loss;   /* fixed (noise, t) evaluation set */
+} TrainProgress;
+
+typedef struct TrainCallbacks {
+    void *user;
+    void (*progress)(void *user, const TrainProgress *p);
+    /* a sample grid (a tile per sample prompt) at step */
+    void (*sample)(void *user, int step, const Image *grid, const char *png_path);
+    /* one-line messages (checkpoint written, warnings) */
+    void (*log)(void *user, const char *line);
+} TrainCallbacks;
+
+/* The adapter a preset asks for ([adapter] adapter, a1, a2, lora_rank, lora_alpha, modules). */
+void train_adapter_spec(const Preset *p, AdapterSpec *spec);
+
+typedef struct Trainer Trainer;
+
+/* Opens the model, loads and checks the images, encodes the prompts, attaches
+ * the adapters and creates the run folder. Every bad input is reported here,
+ * before any training, in one line naming the file/field and the fix.
+ * resume_dir: continue the run in that folder from its checkpoint (the preset
+ * is read from it; p is ignored then, pass NULL). */
+Trainer *trainer_create(const Preset *p, const char *resume_dir, Backend *be,
+                        const TrainCallbacks *cb, char *err, size_t errlen);
+void trainer_free(Trainer *t);
+
+int trainer_run(Trainer *t);        /* synchronous: 0 done, 1 cancelled, -1 failed */
+int trainer_start(Trainer *t);      /* the same on a new pthread */
+int trainer_join(Trainer *t);       /* wait; returns trainer_run's value */
+void trainer_pause(Trainer *t, int paused);
+void trainer_cancel(Trainer *t);
+/* Ask for samples at the next step boundary (the studio's "sample now"). */
+void trainer_request_sample(Trainer *t);
+
+const char *trainer_run_dir(const Trainer *t);
+const char *trainer_error(const Trainer *t);
+TrainProgress trainer_progress(Trainer *t);  /* thread-safe snapshot */
+Model *trainer_model(Trainer *t);
+/* Mean loss over the fixed evaluation set of (image, noise, timestep) triples. */
+float trainer_eval_loss(Trainer *t);
+
+#endif
