@@ -14,7 +14,7 @@ CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation
 CFLAGS  ?= -O2 -march=x86-64-v2 -g
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -Isrc $(PKG_CFLAGS) $(CFLAGS)
-LDLIBS  = $(PKG_LIBS) -fopenmp -lpthread -lm
+LDLIBS  = $(PKG_LIBS) -fopenmp -lpthread -ldl -lm
 
 # layers, arrows one way: cli/ and tui/ (front ends) -> src/ (the engine library:
 # training -> models -> formats -> core); gpu/ plugs into src/core/backend.h
@@ -84,7 +84,8 @@ run: deps
 	@$(MAKE) --no-print-directory krona-studio
 	./krona-studio
 
-test: $(TEST_BIN) krona-studio
+test: $(TEST_BIN) all
+	@./tools/check-layers.sh
 	@./tools/run-tests.sh $(BUILD)/tests $(TEST_BIN)
 	@./tests/cli/test_cli.sh
 	@./tests/tui/test_tui.sh
@@ -99,7 +100,7 @@ check: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_train
-	./$(BUILD)/bench/bench_train bench/results.txt
+	KRONA_BACKEND_PATH=$(CURDIR) ./$(BUILD)/bench/bench_train bench/results.txt
 
 # attention op timings (best of N) on tiny-UNet and SD-like shapes
 bench-ops: $(BUILD)/bench/bench_ops
@@ -109,12 +110,14 @@ $(BUILD)/bench/%: bench/%.c $(LIBKRONA)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
 
-install: krona-studio
+install: all
 	install -Dm755 krona-studio $(DESTDIR)$(PREFIX)/bin/krona-studio
+	if [ -f krona-backend-cuda.so ]; then install -Dm755 krona-backend-cuda.so \
+	  $(DESTDIR)$(PREFIX)/lib/krona-studio/krona-backend-cuda.so; fi
 	install -Dm644 man/krona-studio.1 $(DESTDIR)$(PREFIX)/share/man/man1/krona-studio.1
 	install -d $(DESTDIR)$(PREFIX)/share/krona-studio/presets
 	install -m644 presets/*.ini $(DESTDIR)$(PREFIX)/share/krona-studio/presets/
 
 clean:
-	rm -rf $(BUILD) $(SAN_BUILD) krona-studio
+	rm -rf $(BUILD) $(SAN_BUILD) krona-studio krona-backend-cuda.so
 -include gpu/gpu.mk

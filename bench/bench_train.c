@@ -13,7 +13,7 @@
 #include <time.h>
 
 #include "core/backend.h"
-#include "../cli/cli.h"
+#include "core/fmt.h"
 #include "core/rng.h"
 #include "models/unet.h"
 
@@ -39,7 +39,7 @@ static int cmp_d(const void *a, const void *b) {
 static int run(const char *device, const char *model, const char *what, const AdapterSpec *spec,
                int B, int reps, Row *row) {
     char err[512];
-    Backend *be = cli_backend(device, err, sizeof err);
+    Backend *be = backend_open(device, err, sizeof err);
     if (!be) { fprintf(stderr, "bench_train: %s\n", err); return -1; }
     UNetConfig cfg;
     unet_config_builtin(model, &cfg);
@@ -156,7 +156,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     char err[256];
-    Backend *probe = cli_backend(device, err, sizeof err); /* each row makes its own: own peak */
+    Backend *probe = backend_open(device, err, sizeof err); /* each row makes its own: own peak */
     if (!probe) { fprintf(stderr, "bench_train: %s\n", err); return 2; }
     backend_destroy(probe);
     int tiny = !strcmp(model, "tiny");

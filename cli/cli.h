@@ -4,6 +4,7 @@
 #define KRONA_CLI_H
 
 #include "core/backend.h"
+#include "core/fmt.h"
 
 int cmd_info(int argc, char **argv);
 int cmd_train(int argc, char **argv);
@@ -14,9 +15,5 @@ int cmd_sweep(int argc, char **argv);
 
 int cli_parse_int(const char *s, int *out);
 int cli_parse_float(const char *s, float *out);
-/* 1234567 -> "1,234,567" */
-void fmt_thousands(int64_t v, char *out, size_t n);
-/* --device auto|cpu|cuda -> a backend, or NULL with a one-line reason */
-Backend *cli_backend(const char *device, char *err, size_t errlen);
 
 #endif

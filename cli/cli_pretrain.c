@@ -98,7 +98,7 @@ int cmd_pretrain(int argc, char **argv) {
         fprintf(stderr, "krona-studio pretrain: %s\n", err);
         return 2;
     }
-    Backend *be = cli_backend(device, err, sizeof err);
+    Backend *be = backend_open(device, err, sizeof err);
     if (!be) {
         fprintf(stderr, "krona-studio pretrain: %s\n", err);
         pt_dataset_free(&d);

@@ -133,7 +133,7 @@ static int cmd_sweep_run(int argc, char **argv) {
     }
     int n = sweep_count(s, err, sizeof err);
     if (n < 0) { fprintf(stderr, "%s: %s\n", me, err); goto out; }
-    Backend *be = cli_backend(device ? device : base.device, err, sizeof err);
+    Backend *be = backend_open(device ? device : base.device, err, sizeof err);
     if (!be) { fprintf(stderr, "%s: %s\n", me, err); goto out; }
     SweepRow *rows = calloc((size_t)n + 1, sizeof *rows);
     if (!rows) { fprintf(stderr, "%s: out of memory\n", me); backend_destroy(be); rc = 1; goto out; }
@@ -185,7 +185,7 @@ static int score_base_on_data(const char *model, const char *data, int n, const 
     char err[1024];
     PtDataset d;
     if (pt_dataset_load(&d, data, err, sizeof err) != 0) { fprintf(stderr, "%s: %s\n", me, err); return 2; }
-    Backend *be = cli_backend(device, err, sizeof err);
+    Backend *be = backend_open(device, err, sizeof err);
     if (!be) { fprintf(stderr, "%s: %s\n", me, err); pt_dataset_free(&d); return 2; }
     Model *m = model_open(model, be, err, sizeof err);
     Image *tiles = calloc((size_t)n, sizeof(Image)), g = {0};
@@ -267,7 +267,7 @@ static int cmd_score_run(int argc, char **argv) {
         return 2;
     }
     char err[1024];
-    Backend *be = cli_backend(device, err, sizeof err);
+    Backend *be = backend_open(device, err, sizeof err);
     if (!be) { fprintf(stderr, "%s: %s\n", me, err); return 2; }
     int rc = 0;
     ScoreResult both[2];

@@ -98,7 +98,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "krona-studio train: give --preset P.ini (or --resume RUN_DIR)\n");
         return 2;
     }
-    Backend *be = cli_backend(device ? device : p.device, err, sizeof err);
+    Backend *be = backend_open(device ? device : p.device, err, sizeof err);
     if (!be) { fprintf(stderr, "krona-studio train: %s\n", err); return 2; }
 
     Headless h = {every > 0 ? every : (p.iterations >= 20 ? p.iterations / 20 : 1), -1};
@@ -184,7 +184,7 @@ int cmd_sample(int argc, char **argv) {
     }
     if (!prompt) { fprintf(stderr, "krona-studio sample: give --prompt TEXT\n"); return 2; }
     char err[1024];
-    Backend *be = cli_backend(device, err, sizeof err);
+    Backend *be = backend_open(device, err, sizeof err);
     if (!be) { fprintf(stderr, "krona-studio sample: %s\n", err); return 2; }
     int rc = 2;
     float *cc = NULL, *cu = NULL, *pix = NULL;

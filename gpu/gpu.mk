@@ -1,58 +1,64 @@
-# gpu/gpu.mk — the CUDA build. Included at the END of the main Makefile
-# (`-include gpu/gpu.mk`), so ENGINE_SRC, TUI_SRC, ALL_CFLAGS, LDLIBS, BUILD are set.
+# gpu/gpu.mk — the CUDA backend, a plugin. Included at the END of the main
+# Makefile (`-include gpu/gpu.mk`), so LIBKRONA, ALL_CFLAGS, LDLIBS, BUILD are set.
 #
-#   make cuda        krona-studio-cuda, build/cuda/tests/test_cuda_ops and (when
-#                    bench/bench_train.c exists) build/cuda/bench/bench_train;
-#                    the engine is compiled with -DKRONA_CUDA into build/cuda/
-#   make test-cuda   build, then compare every CUDA op with the CPU backend (needs a GPU)
-#   make cuda-emu    run the CUDA backend's host code and kernels on the CPU
-#                    (tests/gpu/emu): checks its logic on machines without a GPU
+# krona-backend-cuda.so is built beside krona-studio by `make` whenever nvcc is
+# found ($(CUDA_HOME)/bin/nvcc or on PATH); the one krona-studio binary loads it
+# at run time (src/core/backend.c) for --device cuda|auto. Without nvcc, `make`
+# builds the CPU-only program and says so once.
+#
+#   make cuda        the plugin, build/cuda/tests/test_cuda_ops and build/cuda/bench/bench_train
+#   make test-cuda   compare every CUDA op with the CPU backend (needs a GPU)
+#   make cuda-emu    the same comparison with the plugin's kernels and host code
+#                    run on the CPU (tests/gpu/emu): its logic, on machines without a GPU
 #   make clean-cuda
 # CUDA 13 at /usr/local/cuda; SASS for sm_90 (H100/H200) plus compute_90 PTX
 # that the driver JIT-compiles for newer GPUs. Override CUDA_ARCH for others,
 # e.g. CUDA_ARCH="-gencode arch=compute_80,code=sm_80" for A100.
 
 CUDA_HOME  ?= /usr/local/cuda
-NVCC       ?= $(CUDA_HOME)/bin/nvcc
+NVCC       ?= $(firstword $(wildcard $(CUDA_HOME)/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
 CUDA_ARCH  ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
-NVCCFLAGS  ?= -O3 -std=c++17 -lineinfo -Xcompiler -Wall,-Wextra,-Wno-unused-parameter
-CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+NVCCFLAGS  ?= -O3 -std=c++17 -lineinfo -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fPIC
+# cuBLAS and the runtime from the toolkit's folder; LD_LIBRARY_PATH may point elsewhere
+CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
 CUDA_BUILD := $(BUILD)/cuda
-
-GPU_SRC         := $(wildcard gpu/*.cu)
-GPU_OBJ         := $(GPU_SRC:%.cu=$(CUDA_BUILD)/%.o)
-CUDA_ENGINE_OBJ := $(ENGINE_SRC:%.c=$(CUDA_BUILD)/%.o)
-CUDA_TUI_OBJ    := $(TUI_SRC:%.c=$(CUDA_BUILD)/%.o) $(CLI_SRC:%.c=$(CUDA_BUILD)/%.o)
-CUDA_LIB_OBJ    := $(CUDA_ENGINE_OBJ) $(GPU_OBJ) $(CUDA_BUILD)/cli/cli.o
-CUDA_BENCH      := $(if $(wildcard bench/bench_train.c),$(CUDA_BUILD)/bench/bench_train)
+CUDA_PLUGIN := krona-backend-cuda.so
 
 .PHONY: cuda test-cuda cuda-emu clean-cuda
-cuda: krona-studio-cuda $(CUDA_BUILD)/tests/test_cuda_ops $(CUDA_BENCH)
+ifneq ($(NVCC),)
+all: $(CUDA_PLUGIN)
+else
+all: no-nvcc-note
+.PHONY: no-nvcc-note
+no-nvcc-note: krona-studio
+	@echo "note: nvcc not found: krona-studio is CPU-only (install the CUDA Toolkit and run make for $(CUDA_PLUGIN))"
+endif
 
-krona-studio-cuda: $(CUDA_ENGINE_OBJ) $(CUDA_TUI_OBJ) $(GPU_OBJ)
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
+cuda: $(CUDA_PLUGIN) $(CUDA_BUILD)/tests/test_cuda_ops $(CUDA_BUILD)/bench/bench_train
 
-$(CUDA_BUILD)/gpu/%.o: gpu/%.cu $(wildcard gpu/*.h) src/core/backend.h
+$(CUDA_BUILD)/gpu/%.o: gpu/%.cu src/core/backend.h
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) $(CUDA_ARCH) -Isrc -Igpu -c -o $@ $<
+	$(NVCC) $(NVCCFLAGS) $(CUDA_ARCH) -Isrc -c -o $@ $<
 
-# engine and TUI with the CUDA backend compiled in (main.c: #ifdef KRONA_CUDA)
-$(CUDA_BUILD)/%.o: %.c $(wildcard src/*/*.h tui/*.h cli/*.h gpu/*.h)
+# exports only krona_backend_plugin (see src/core/backend.h)
+$(CUDA_PLUGIN): $(CUDA_BUILD)/gpu/backend_cuda.o
+	$(CXX) -shared -o $@ $^ $(CUDA_LIBS)
+
+# the GPU programs are ordinary engine programs: they open the plugin by name
+$(CUDA_BUILD)/tests/test_cuda_ops: tests/gpu/test_cuda_ops.c $(LIBKRONA)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -DKRONA_CUDA -Igpu -c -o $@ $<
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
 
-$(CUDA_BUILD)/tests/test_cuda_ops: tests/gpu/test_cuda_ops.c $(CUDA_LIB_OBJ)
+$(CUDA_BUILD)/bench/%: bench/%.c $(LIBKRONA)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -DKRONA_CUDA -Igpu -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
 
-$(CUDA_BUILD)/bench/%: bench/%.c $(CUDA_LIB_OBJ)
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -DKRONA_CUDA -Igpu -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
+# plugin folder: test_cuda_ops finds it beside itself only when installed, so say where
+test-cuda: $(CUDA_PLUGIN) $(CUDA_BUILD)/tests/test_cuda_ops
+	KRONA_BACKEND_PATH=$(CURDIR) ./$(CUDA_BUILD)/tests/test_cuda_ops
 
-test-cuda: $(CUDA_BUILD)/tests/test_cuda_ops
-	./$(CUDA_BUILD)/tests/test_cuda_ops
-
-# CPU emulation of the CUDA backend (no GPU needed; slow, so small shapes)
+# CPU emulation of the CUDA backend (no GPU needed; slow, so small shapes),
+# built as the same plugin and loaded through the same registry
 CUDA_EMU := $(CUDA_BUILD)/emu
 # small grids and workspaces so grid-stride loops, attention row tiles, conv
 # image chunks and kron row chunks all take more than one pass
@@ -60,12 +66,14 @@ CUDA_EMU_DEFS := -DGRID_CAP=64 -DATTN_TILE_BYTES=65536 -DCONV_WS_BYTES=65536 -DK
 $(CUDA_EMU)/backend_cuda_emu.cpp: gpu/backend_cuda.cu tests/gpu/emu/translate.py
 	@mkdir -p $(dir $@)
 	python3 tests/gpu/emu/translate.py $< $@
-$(CUDA_EMU)/backend_cuda_emu.o: $(CUDA_EMU)/backend_cuda_emu.cpp tests/gpu/emu/emu_cuda.h gpu/backend_cuda.h src/core/backend.h
-	$(CXX) -std=c++17 -O2 -g $(CUDA_EMU_DEFS) -Isrc -Igpu -Itests/gpu/emu -c -o $@ $<
-$(CUDA_EMU)/test_cuda_ops: tests/gpu/test_cuda_ops.c $(LIBKRONA) $(CUDA_EMU)/backend_cuda_emu.o
-	$(CC) $(ALL_CFLAGS) -Igpu -o $@ $^ $(LDLIBS) -lstdc++
-cuda-emu: $(CUDA_EMU)/test_cuda_ops
-	OMP_NUM_THREADS=1 ./$(CUDA_EMU)/test_cuda_ops --small
+$(CUDA_EMU)/$(CUDA_PLUGIN): $(CUDA_EMU)/backend_cuda_emu.cpp tests/gpu/emu/emu_cuda.h src/core/backend.h
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -O2 -g -fPIC -shared $(CUDA_EMU_DEFS) -Isrc -Itests/gpu/emu -o $@ $<
+$(CUDA_EMU)/test_cuda_ops: tests/gpu/test_cuda_ops.c $(LIBKRONA)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
+cuda-emu: $(CUDA_EMU)/test_cuda_ops $(CUDA_EMU)/$(CUDA_PLUGIN)
+	OMP_NUM_THREADS=1 KRONA_BACKEND_PATH=$(CUDA_EMU) ./$(CUDA_EMU)/test_cuda_ops --small
 
 clean-cuda:
-	rm -rf $(CUDA_BUILD) krona-studio-cuda
+	rm -rf $(CUDA_BUILD) $(CUDA_PLUGIN)

@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 #include "models/adapter.h"
-#include "../cli/cli.h"
 #include "core/fsutil.h"
 #include "models/model.h"
 #include "studio.h"
@@ -131,7 +130,7 @@ static void start_training(Studio *s) {
     layout_draw(s);
     doupdate();
     refresh();
-    s->be = cli_backend(s->p.device, err, sizeof err);
+    s->be = backend_open(s->p.device, err, sizeof err);
     if (!s->be) { studio_log(s, 1, "cannot train: %s", err); return; }
     pthread_mutex_lock(&s->sh.mu);
     s->sh.loss.n = 0;

@@ -7,7 +7,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
-#include "../cli/cli.h"
+#include "core/fmt.h"
 #include "formats/image.h"
 #include "formats/preset.h"
 #include "training/train.h"

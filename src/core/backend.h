@@ -1,6 +1,10 @@
-/* backend.h — the op table the model calls. One implementation per device:
- * backend_cpu.c (OpenMP + BLAS) and gpu/ (CUDA). The model never touches
- * device memory directly; it only passes pointers obtained from be->alloc.
+/* backend.h — the op table the model calls, and the registry that opens one.
+ * One implementation per device: backend_cpu.c (our thread pool + BLAS), built
+ * into the engine, and gpu/backend_cuda.cu, a plugin (krona-backend-cuda.so
+ * beside the binary) loaded at run time by backend.c. The engine only ever asks
+ * the registry by name (backend_open); it never names a backend's functions.
+ * The model never touches device memory directly; it only passes pointers
+ * obtained from be->alloc.
  *
  * Conventions (every implementation must follow them; tests check the CPU one):
  *  - f32 everywhere, row-major, images NCHW, token sequences [N, L, C].
@@ -22,6 +26,18 @@ typedef struct Backend Backend;
 struct Backend {
     const char *name; /* "cpu", "cuda" */
     void *impl;       /* backend private state */
+
+    /* ---- lifecycle and errors ----
+     * Ops cannot return errors through this table, so a backend records the
+     * first failure (out of device memory, a failed launch) and keeps running;
+     * callers check last_error after sync at the end of a step. */
+    void (*destroy)(Backend *be);            /* waits for queued work, frees all, and be */
+    const char *(*last_error)(Backend *be);  /* "" when nothing failed since create/clear */
+    void (*clear_error)(Backend *be);
+    const char *(*device_name)(Backend *be); /* e.g. "NVIDIA H100 80GB HBM3", "cpu (16 threads)" */
+    /* TF32 tensor-core math in gemms: 0 ok, -1 when the backend has no such mode */
+    int (*set_tf32)(Backend *be, int on);
+    size_t (*reserved_bytes)(Backend *be);   /* memory held from the device (live + cached) */
 
     /* ---- memory ---- */
     void *(*alloc)(Backend *be, size_t bytes); /* zero-filled; NULL on OOM */
@@ -169,7 +185,31 @@ struct Backend {
                           int64_t n, int dim);
 };
 
+/* ---- the registry (backend.c) ----
+ * Each backend registers a driver: the CPU one from a constructor in
+ * backend_cpu.c; a plugin krona-backend-NAME.so exports
+ *     const BackendDriver *krona_backend_plugin(int abi);
+ * returning its driver when abi == KRONA_BACKEND_ABI (else NULL: a stale build). */
+#define KRONA_BACKEND_ABI 2 /* bump when struct Backend or BackendDriver changes */
+
+typedef struct BackendDriver {
+    const char *name;  /* what --device / `device =` names: "cpu", "cuda" */
+    int auto_rank;     /* device = auto tries the highest rank first (cpu: 0) */
+    /* NULL with a one-line reason (no device, no driver ...) */
+    Backend *(*create)(char *err, size_t errlen);
+} BackendDriver;
+
+void backend_register(const BackendDriver *d);
+
+/* "auto" | "cpu" | "cuda" | any registered or plugin name. NULL with a one-line
+ * reason naming the device and what is missing. For "auto", the best backend
+ * that opens; err then says why faster ones were skipped ("" if none). Plugins
+ * are looked for in $KRONA_BACKEND_PATH (':'-separated folders) when set, else
+ * beside the executable and in ../lib/krona-studio from it. */
+Backend *backend_open(const char *name, char *err, size_t errlen);
+void backend_destroy(Backend *be); /* be->destroy, NULL-safe */
+
+/* The CPU backend directly (tests and tools that compare against it). */
 Backend *backend_cpu_create(void);
-void backend_destroy(Backend *be);
 
 #endif

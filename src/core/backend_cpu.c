@@ -23,12 +23,10 @@
 #include <omp.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef KRONA_CUDA
-#include "../../gpu/backend_cuda.h"
-#endif
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -88,6 +86,7 @@ typedef struct {
 struct CpuImpl {
     _Atomic size_t live, peak;
     int nthreads;
+    char desc[48];      /* device_name: "cpu (N threads)" */
     Scratch s[MAX_THREADS][NSLOT];
     /* pool */
     pthread_t th[MAX_THREADS];
@@ -255,6 +254,7 @@ static void cpu_zero(Backend *be, void *p, size_t bytes) {
 }
 static void cpu_sync(Backend *be) {}
 static size_t cpu_peak(Backend *be) { return atomic_load(&impl_of(be)->peak); }
+static size_t cpu_reserved(Backend *be) { return atomic_load(&impl_of(be)->live); }
 
 /* ------------------------------------------------------------------ gemm */
 
@@ -1707,6 +1707,14 @@ static void cpu_kron_merge(Backend *be, const float *A, const float *B, float *W
 static void cpu_embedding_bwd(Backend *be, const float *dout, const int32_t *ids, float *dtable,
                               int64_t n, int dim);
 
+static void cpu_destroy(Backend *be);
+/* Host memory and our own loops: after create the ops have no failure to
+ * report (the model allocates every buffer through be->alloc and checks it). */
+static const char *cpu_last_error(Backend *be) { return ""; }
+static void cpu_clear_error(Backend *be) {}
+static const char *cpu_device_name(Backend *be) { return impl_of(be)->desc; }
+static int cpu_set_tf32(Backend *be, int on) { return on ? -1 : 0; }
+
 Backend *backend_cpu_create(void) {
     Backend *be = calloc(1, sizeof(Backend));
     CpuImpl *im = calloc(1, sizeof(CpuImpl));
@@ -1731,6 +1739,7 @@ Backend *backend_cpu_create(void) {
             break;
         }
     }
+    snprintf(im->desc, sizeof im->desc, "cpu (%d thread%s)", im->nthreads, im->nthreads == 1 ? "" : "s");
     be->name = "cpu";
     be->impl = im;
     be->alloc = cpu_alloc;
@@ -1741,6 +1750,12 @@ Backend *backend_cpu_create(void) {
     be->zero = cpu_zero;
     be->sync = cpu_sync;
     be->peak_bytes = cpu_peak;
+    be->destroy = cpu_destroy;
+    be->last_error = cpu_last_error;
+    be->clear_error = cpu_clear_error;
+    be->device_name = cpu_device_name;
+    be->set_tf32 = cpu_set_tf32;
+    be->reserved_bytes = cpu_reserved;
     be->gemm = cpu_gemm;
     be->gemm_batched = cpu_gemm_batched;
     be->linear_fwd = cpu_linear_fwd;
@@ -1783,15 +1798,7 @@ Backend *backend_cpu_create(void) {
     return be;
 }
 
-/* One destroy for every backend: a CUDA backend (when built in) frees its own. */
-void backend_destroy(Backend *be) {
-    if (!be) return;
-#ifdef KRONA_CUDA
-    if (be->name && strcmp(be->name, "cuda") == 0) {
-        backend_cuda_destroy(be);
-        return;
-    }
-#endif
+static void cpu_destroy(Backend *be) {
     CpuImpl *im = be->impl;
     if (im) {
         pthread_mutex_lock(&im->mu);
@@ -1822,3 +1829,12 @@ static void cpu_embedding_bwd(Backend *be, const float *dout, const int32_t *ids
         for (int j = 0; j < dim; j++) dst[j] += src[j];
     }
 }
+
+/* ---- registration: the CPU backend is always there, and last in `auto` ---- */
+static Backend *cpu_open(char *err, size_t errlen) {
+    Backend *be = backend_cpu_create();
+    if (!be) snprintf(err, errlen, "cpu backend: out of memory");
+    return be;
+}
+static const BackendDriver cpu_driver = {"cpu", 0, cpu_open};
+__attribute__((constructor)) static void cpu_register(void) { backend_register(&cpu_driver); }

@@ -337,6 +337,16 @@ static double sumsq(Pt *p, const float *g, int64_t n) {
     return s;
 }
 
+/* A device failure (out of memory, a failed launch) stops pretraining with the
+ * backend's own message, before anything is written over the last checkpoint. */
+static int device_failed(Pt *p) {
+    const char *e = p->be->last_error(p->be);
+    if (!e[0]) return 0;
+    snprintf(p->err, sizeof p->err, "%s device failed at step %d: %s (the last checkpoint is kept)",
+             p->be->name, p->step + 1, e);
+    return 1;
+}
+
 static int train_step(Pt *p, float *loss_out, float *gnorm_out) {
     Backend *be = p->be;
     int B = p->B;
@@ -360,6 +370,7 @@ static int train_step(Pt *p, float *loss_out, float *gnorm_out) {
         return -1;
     }
     float loss = be->mse_fwd(be, p->out, p->target, n);
+    if (device_failed(p)) return -1;
     if (!isfinite(loss)) {
         snprintf(p->err, sizeof p->err, "loss became %g at step %d — lower --lr (now %g) and "
                  "resume from the checkpoint", loss, p->step + 1, p->o.lr);
@@ -385,6 +396,7 @@ static int train_step(Pt *p, float *loss_out, float *gnorm_out) {
         ss += sumsq(p, q->grad, q->numel);
     }
     float gnorm = (float)sqrt(ss);
+    if (device_failed(p)) return -1;
     if (!isfinite(gnorm)) {
         snprintf(p->err, sizeof p->err, "gradient norm became %g at step %d — lower --lr (now %g) "
                  "and resume from the checkpoint", gnorm, p->step + 1, p->o.lr);
@@ -415,6 +427,8 @@ static int train_step(Pt *p, float *loss_out, float *gnorm_out) {
         be->scale(be, p->emat, p->o.ema, p->nt);
         be->axpy(be, 1.0f - p->o.ema, te_params(p->te), p->emat, p->nt);
     }
+    be->sync(be);
+    if (device_failed(p)) return -1;
     p->step = t;
     *loss_out = loss;
     *gnorm_out = gnorm;

@@ -358,6 +358,16 @@ static int write_loss_csv(Trainer *t) {
     return rc;
 }
 
+/* A device failure (out of memory, a failed launch) stops training with the
+ * backend's own message; the last checkpoint on disk is left as it was. */
+static int device_failed(Trainer *t) {
+    const char *e = t->be->last_error(t->be);
+    if (!e[0]) return 0;
+    snprintf(t->err, sizeof t->err, "%s device failed at step %d: %s (the last checkpoint is kept)",
+             t->be->name, t->step + 1, e);
+    return 1;
+}
+
 /* Everything an exact resume needs: factors, AdamW moments, RNG, step, losses. */
 static int save_checkpoint(Trainer *t) {
     AdapterSet *s = unet_adapters(t->m->unet);
@@ -375,6 +385,7 @@ static int save_checkpoint(Trainer *t) {
             rc = add_device(w, t->be, name, ptr[j], nn[j]);
         }
     }
+    if (device_failed(t)) { stw_free(w); return -1; } /* never overwrite it with garbage */
     int64_t sh[1];
     if (rc == 0 && t->step > 0) rc = stw_add_f32(w, "loss_history", 1, shape1(t->step, sh), t->loss_hist);
     stw_set_metadata(w, "format", CKPT_FORMAT);
@@ -752,6 +763,7 @@ int trainer_run(Trainer *t) {
                                  p->prior_weight / p->grad_accum);
         }
         loss = (float)(acc / p->grad_accum);
+        if (device_failed(t)) { rc = -1; break; }
         if (!isfinite(loss)) {
             snprintf(t->err, sizeof t->err,
                      "loss became %g at step %d: lower lr (now %g) and resume from the checkpoint",
@@ -760,6 +772,8 @@ int trainer_run(Trainer *t) {
             break;
         }
         optimizer_step(t, lr);
+        t->be->sync(t->be);
+        if (device_failed(t)) { rc = -1; break; }
         t->loss_hist[t->step++] = loss;
         publish(t, TRAIN_RUNNING, loss, lr, t0, step0);
 

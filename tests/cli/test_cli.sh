@@ -101,5 +101,40 @@ if [ -f models/tiny/unet.safetensors ]; then
     ok "bad scheduler_config.json: one-line error" || bad "bad scheduler config (rc $rc): $(cat "$tmp/e")"
 fi
 
+# --- devices: one binary; backends are plugins found at run time (src/core/backend.c)
+$bin sample --model tiny --prompt "a dog" --steps 2 -o "$tmp/d.png" --device auto >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 0 ] && [ -s "$tmp/d.png" ] && ok "--device auto runs (on the CPU here)" || bad "--device auto (rc $rc): $(cat "$tmp/e")"
+$bin train $common --set device=auto --set iterations=2 --set run_name=auto >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 0 ] && [ -f "$tmp/runs/auto/adapter.safetensors" ] && ok "train --device auto trains" || bad "train device=auto (rc $rc): $(cat "$tmp/e")"
+if ! nvidia-smi -L >/dev/null 2>&1; then # no GPU here: cuda fails in one line, whatever is installed
+  $bin sample --model tiny --prompt "a dog" -o "$tmp/d.png" --device cuda >/dev/null 2>"$tmp/e"; rc=$?
+  [ $rc -ne 0 ] && grep -q "device = cuda: " "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+    ok "--device cuda without a GPU: $(cut -c1-90 "$tmp/e")" || bad "--device cuda no GPU (rc $rc): $(cat "$tmp/e")"
+fi
+KRONA_BACKEND_PATH="$tmp/none" $bin sample --model tiny --prompt "a dog" -o "$tmp/d.png" --device cuda >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -ne 0 ] && grep -q "this build has no cuda backend.*$tmp/none" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+  ok "--device cuda, no plugin: one line naming where it looked" || bad "no plugin (rc $rc): $(cat "$tmp/e")"
+if command -v cc >/dev/null; then
+  mkdir -p "$tmp/stale" "$tmp/rt" "$tmp/nort"
+  # a plugin of another version answers NULL to our ABI number
+  echo 'const void *krona_backend_plugin(int abi) { (void)abi; return 0; }' >"$tmp/stale.c"
+  cc -shared -fPIC -o "$tmp/stale/krona-backend-cuda.so" "$tmp/stale.c"
+  KRONA_BACKEND_PATH="$tmp/stale" $bin sample --model tiny --prompt "a dog" -o "$tmp/d.png" --device cuda >/dev/null 2>"$tmp/e"; rc=$?
+  [ $rc -ne 0 ] && grep -q "is not a krona-studio cuda backend of this version" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+    ok "--device cuda, stale plugin: rebuild it" || bad "stale plugin (rc $rc): $(cat "$tmp/e")"
+  # a plugin whose runtime library is gone, as on a machine without the CUDA runtime
+  echo 'int krona_fake_runtime(void) { return 1; }' >"$tmp/rt.c"
+  cc -shared -fPIC -o "$tmp/rt/libkrona_fake_rt.so" "$tmp/rt.c"
+  echo 'int krona_fake_runtime(void); const void *krona_backend_plugin(int abi) { (void)abi; krona_fake_runtime(); return (const void *)0; }' >"$tmp/nort.c"
+  cc -shared -fPIC -o "$tmp/nort/krona-backend-cuda.so" "$tmp/nort.c" -L"$tmp/rt" -lkrona_fake_rt
+  rm "$tmp/rt/libkrona_fake_rt.so"
+  KRONA_BACKEND_PATH="$tmp/nort" $bin sample --model tiny --prompt "a dog" -o "$tmp/d.png" --device cuda >/dev/null 2>"$tmp/e"; rc=$?
+  [ $rc -ne 0 ] && grep -q "the CUDA runtime is not installed (.*needs libkrona_fake_rt.so" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+    ok "--device cuda, runtime missing: names the library" || bad "missing runtime (rc $rc): $(cat "$tmp/e")"
+  # auto skips a plugin that cannot load and trains on the CPU
+  KRONA_BACKEND_PATH="$tmp/nort" $bin sample --model tiny --prompt "a dog" --steps 2 -o "$tmp/d.png" --device auto >/dev/null 2>"$tmp/e"; rc=$?
+  [ $rc -eq 0 ] && ok "--device auto with a broken plugin falls back to the CPU" || bad "auto, broken plugin (rc $rc): $(cat "$tmp/e")"
+fi
+
 echo "== cli: $pass passed, $fail failed =="
 [ $fail -eq 0 ]

@@ -27,7 +27,7 @@ if [ -d .gpu-carry/bin ]; then
   BIN=.gpu-carry/bin
   export LD_LIBRARY_PATH="$PWD/.gpu-carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   [ -f .gpu-carry/lib/libopenblas.so.0.gz ] && gunzip -f .gpu-carry/lib/libopenblas.so.0.gz
-  if ldd "$BIN/test_cuda_ops" | grep -q 'libcublas.*not found'; then
+  if ldd "$BIN/krona-backend-cuda.so" | grep -q "libcublas.*not found"; then
     # no toolkit at /usr/local/cuda: PyTorch's wheels carry the same libraries
     for d in $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, s, "lib") for p in nvidia.__path__ for s in ("cublas", "cuda_runtime")))' 2>/dev/null); do
       LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
@@ -35,13 +35,15 @@ if [ -d .gpu-carry/bin ]; then
   fi
   mkdir -p data
   [ -f data/emoji32.bin ] || gunzip -c .gpu-carry/emoji32.bin.gz >data/emoji32.bin
-  KS=$BIN/krona-studio-cuda OPS=$BIN/test_cuda_ops BENCH=$BIN/bench_train
+  KS=$BIN/krona-studio OPS=$BIN/test_cuda_ops BENCH=$BIN/bench_train
+  export KRONA_BACKEND_PATH="$PWD/$BIN" # the plugin krona-backend-cuda.so travels beside them
 else
-  stage "build: make cuda" | tee -a "$LOG"
-  say timeout 300 make -j"$(nproc)" --no-print-directory cuda || { echo "run.sh: make cuda failed"; exit 1; }
-  KS=./krona-studio-cuda OPS=build/cuda/tests/test_cuda_ops BENCH=build/cuda/bench/bench_train
+  stage "build: make all cuda" | tee -a "$LOG"
+  say timeout 300 make -j"$(nproc)" --no-print-directory all cuda || { echo "run.sh: make cuda failed"; exit 1; }
+  KS=./krona-studio OPS=build/cuda/tests/test_cuda_ops BENCH=build/cuda/bench/bench_train
+  export KRONA_BACKEND_PATH="$PWD"
 fi
-ldd "$OPS" | grep 'not found' && { echo "run.sh: missing libraries"; exit 1; }
+ldd "$OPS" "$KRONA_BACKEND_PATH/krona-backend-cuda.so" | grep 'not found' && { echo "run.sh: missing libraries"; exit 1; }
 
 stage "device" | tee -a "$LOG"
 say nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader

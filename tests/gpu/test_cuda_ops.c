@@ -21,7 +21,6 @@
 #include <time.h>
 
 #include "core/backend.h"
-#include "../../gpu/backend_cuda.h"
 
 enum { IN, OUT, ACC, NUL, IDS };
 
@@ -500,11 +499,14 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "usage: %s [--small] [--only SUBSTRING]\n", argv[0]); return 2; }
     }
     char err[256] = "";
-    Backend *gpu = backend_cuda_create(err, sizeof err);
+    /* through the registry, as the program opens it: the plugin
+     * krona-backend-cuda.so (the real one, or the emulator's with
+     * KRONA_BACKEND_PATH=build/cuda/emu) */
+    Backend *gpu = backend_open("cuda", err, sizeof err);
     if (!gpu) { fprintf(stderr, "test_cuda_ops: %s\n", err); return 2; }
-    Backend *cpu = backend_cpu_create();
-    if (!cpu) { fprintf(stderr, "test_cuda_ops: backend_cpu_create failed\n"); return 2; }
-    printf("device: %s\n", backend_cuda_device_name(gpu));
+    Backend *cpu = backend_open("cpu", err, sizeof err);
+    if (!cpu) { fprintf(stderr, "test_cuda_ops: %s\n", err); return 2; }
+    printf("device: %s\n", gpu->device_name(gpu));
     int fails = 0, rows = 0;
 
     /* allocator: zero-filled even when a dirty block is reused; frees are cached */
@@ -522,7 +524,7 @@ int main(int argc, char **argv) {
         int ok = b != NULL && nz == 0 && gpu->peak_bytes(gpu) >= nb;
         printf("allocator: reuse %s, zero-fill %s, peak %zu bytes, reserved %zu bytes: %s\n",
                a == b ? "cached" : "fresh", nz ? "FAILED" : "ok", gpu->peak_bytes(gpu),
-               backend_cuda_reserved_bytes(gpu), ok ? "PASS" : "FAIL");
+               gpu->reserved_bytes(gpu), ok ? "PASS" : "FAIL");
         fails += !ok;
         gpu->free(gpu, b);
         free(h);
@@ -553,12 +555,12 @@ int main(int argc, char **argv) {
         double ms_cpu = 0, ms_gpu = 0;
         if (run_on(cpu, c, host, ref, &ms_cpu)) { fails++; continue; }
         for (int tf = 0; tf < 2; tf++) {
-            backend_cuda_set_tf32(gpu, tf);
+            gpu->set_tf32(gpu, tf);
             if (run_on(gpu, c, host, got, &ms_gpu)) { fails++; break; }
-            const char *e = backend_cuda_last_error(gpu);
+            const char *e = gpu->last_error(gpu);
             if (e[0]) {
                 printf("%-58s CUDA ERROR: %s\n", c->name, e);
-                backend_cuda_clear_error(gpu);
+                gpu->clear_error(gpu);
                 fails++;
                 continue;
             }
@@ -596,12 +598,12 @@ int main(int argc, char **argv) {
         fflush(stdout);
         for (int j = 0; j < c->na; j++) { free(host[j]); free(ref[j]); free(got[j]); }
     }
-    const char *e = backend_cuda_last_error(gpu);
+    const char *e = gpu->last_error(gpu);
     if (e[0]) { printf("pending CUDA error: %s\n", e); fails++; }
     printf("gpu peak %.1f MiB, reserved %.1f MiB\n", gpu->peak_bytes(gpu) / 1048576.0,
-           backend_cuda_reserved_bytes(gpu) / 1048576.0);
+           gpu->reserved_bytes(gpu) / 1048576.0);
     printf("%s: %d comparisons, %d failures\n", fails ? "FAIL" : "PASS", rows, fails);
-    backend_cuda_destroy(gpu);
+    backend_destroy(gpu);
     backend_destroy(cpu);
     return fails ? 1 : 0;
 }

@@ -1,0 +1,17 @@
+/* fmt.c — number formatting the front ends share. */
+#include "core/fmt.h"
+
+#include <stdio.h>
+#include <string.h>
+
+void fmt_thousands(int64_t v, char *out, size_t n) {
+    char raw[32];
+    snprintf(raw, sizeof raw, "%lld", (long long)(v < 0 ? -v : v));
+    size_t len = strlen(raw), o = 0;
+    if (v < 0 && o + 1 < n) out[o++] = '-';
+    for (size_t i = 0; i < len && o + 2 < n; i++) {
+        out[o++] = raw[i];
+        if ((len - 1 - i) % 3 == 0 && i + 1 < len) out[o++] = ',';
+    }
+    out[o] = 0;
+}

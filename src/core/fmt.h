@@ -1,0 +1,11 @@
+/* fmt.h — number formatting the front ends share. */
+#ifndef KRONA_FMT_H
+#define KRONA_FMT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* 1234567 -> "1,234,567" (truncated to n-1 characters) */
+void fmt_thousands(int64_t v, char *out, size_t n);
+
+#endif

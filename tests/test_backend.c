@@ -1,0 +1,167 @@
+/* test_backend.c — the backend registry and the backend lifecycle:
+ * backend_open by name and for `auto` (highest rank that opens, with the
+ * reasons for the ones skipped), one-line errors for unknown names and missing
+ * plugins, and a device failure in the middle of training stopping it with the
+ * backend's message while the last checkpoint stays as it was. (Loading real
+ * plugin files, good, stale and with a missing runtime: tests/cli/test_cli.sh.) */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/backend.h"
+#include "core/fsutil.h"
+#include "formats/safetensors.h"
+#include "training/train.h"
+
+static void test_open_cpu(void **state) {
+    char err[512];
+    Backend *be = backend_open("cpu", err, sizeof err);
+    assert_non_null(be);
+    assert_string_equal(be->name, "cpu");
+    assert_string_equal(err, "");
+    /* every lifecycle slot is filled */
+    assert_non_null(be->destroy);
+    assert_non_null(be->last_error);
+    assert_non_null(be->clear_error);
+    assert_non_null(be->device_name);
+    assert_non_null(be->set_tf32);
+    assert_non_null(be->reserved_bytes);
+    assert_int_equal(strncmp(be->device_name(be), "cpu (", 5), 0);
+    assert_string_equal(be->last_error(be), "");
+    assert_int_equal(be->set_tf32(be, 0), 0);
+    assert_int_equal(be->set_tf32(be, 1), -1); /* the CPU has no TF32 mode */
+    void *p = be->alloc(be, 1000);
+    assert_true(be->reserved_bytes(be) >= 1000);
+    be->free(be, p);
+    backend_destroy(be);
+    backend_destroy(NULL);
+}
+
+static void test_unknown_names(void **state) {
+    char err[512];
+    const char *bad[] = {"bogus", "../../tmp/x", "CPU", "cuda;rm"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_null(backend_open(bad[i], err, sizeof err));
+        char want[128];
+        snprintf(want, sizeof want, "device = %s: use auto, cpu or cuda", bad[i]);
+        assert_string_equal(err, want);
+    }
+}
+
+/* no plugin folder holds krona-backend-cuda.so: one line naming where it looked */
+static void test_missing_plugin(void **state) {
+    char err[512];
+    setenv("KRONA_BACKEND_PATH", "build/no-such-plugin-dir", 1);
+    assert_null(backend_open("cuda", err, sizeof err));
+    unsetenv("KRONA_BACKEND_PATH");
+    assert_non_null(strstr(err, "device = cuda: this build has no cuda backend"));
+    assert_non_null(strstr(err, "build/no-such-plugin-dir"));
+    assert_null(strchr(err, '\n'));
+}
+
+/* ---- auto: the highest rank that opens; the skipped ones say why ---- */
+static Backend *fails_create(char *err, size_t errlen) {
+    snprintf(err, errlen, "no fake device here");
+    return NULL;
+}
+static const BackendDriver fails_driver = {"fakefail", 100, fails_create};
+
+static Backend *renamed_cpu(char *err, size_t errlen) {
+    Backend *be = backend_cpu_create();
+    if (be) be->name = "fakeok";
+    return be;
+}
+static const BackendDriver ok_driver = {"fakeok", 50, renamed_cpu};
+
+static void test_auto_ranks(void **state) {
+    char err[512];
+    setenv("KRONA_BACKEND_PATH", "build/no-such-plugin-dir", 1); /* no real plugin joins in */
+    backend_register(&fails_driver);
+    Backend *be = backend_open("auto", err, sizeof err);
+    assert_non_null(be);
+    assert_string_equal(be->name, "cpu");
+    assert_string_equal(err, "fakefail: no fake device here");
+    backend_destroy(be);
+    assert_null(backend_open("fakefail", err, sizeof err));
+    assert_string_equal(err, "device = fakefail: no fake device here");
+
+    backend_register(&ok_driver); /* ranks above cpu: auto takes it */
+    be = backend_open(NULL, err, sizeof err);
+    assert_non_null(be);
+    assert_string_equal(be->name, "fakeok");
+    assert_string_equal(err, "fakefail: no fake device here");
+    backend_destroy(be);
+    unsetenv("KRONA_BACKEND_PATH");
+}
+
+/* ---- a device failure stops training; the last checkpoint is kept ---- */
+static int g_fail;
+static const char *injected_error(Backend *be) { return g_fail ? "out of memory (injected)" : ""; }
+static void fail_after_step(void *user, const TrainProgress *p) {
+    if (p->state == TRAIN_RUNNING && p->step == 6) g_fail = 1;
+}
+
+static void test_device_failure_stops_training(void **state) {
+    char err[512], root[128];
+    snprintf(root, sizeof root, "build/test-backend-%d", (int)getpid());
+    assert_int_equal(fs_mkdir_p(root, err, sizeof err), 0);
+    Backend *be = backend_cpu_create();
+    be->last_error = injected_error;
+    g_fail = 0;
+    Preset p;
+    preset_defaults(&p);
+    p.n_images = 1;
+    snprintf(p.images[0], sizeof p.images[0], "models/demo/subject1.png");
+    snprintf(p.instance_prompt, sizeof p.instance_prompt, "a sks dog");
+    p.resolution = 16;
+    p.iterations = 12;
+    p.sample_every = 0;
+    p.n_sample_prompts = 0;
+    p.checkpoint_every = 4;
+    snprintf(p.device, sizeof p.device, "cpu");
+    snprintf(p.output_dir, sizeof p.output_dir, "%s", root);
+    snprintf(p.run_name, sizeof p.run_name, "devfail");
+    TrainCallbacks cb = {NULL, fail_after_step, NULL, NULL};
+    Trainer *t = trainer_create(&p, NULL, be, &cb, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    assert_int_equal(trainer_run(t), -1);
+    const char *e = trainer_error(t);
+    printf("trainer error: %s\n", e);
+    assert_non_null(strstr(e, "cpu device failed at step 7: out of memory (injected)"));
+    assert_non_null(strstr(e, "the last checkpoint is kept"));
+    assert_int_equal(trainer_progress(t).state, TRAIN_FAILED);
+    assert_int_equal(trainer_progress(t).step, 6);
+
+    /* the step-4 checkpoint is on disk, untouched; no adapter was exported */
+    char path[600];
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", trainer_run_dir(t));
+    SafeTensors *st = st_open(path, err, sizeof err);
+    if (!st) fail_msg("%s", err);
+    assert_string_equal(st_metadata(st, "step"), "4");
+    st_close(st);
+    snprintf(path, sizeof path, "%s/adapter.safetensors", trainer_run_dir(t));
+    assert_int_equal(access(path, F_OK), -1);
+    trainer_free(t);
+    backend_destroy(be);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_open_cpu),
+        cmocka_unit_test(test_unknown_names),
+        cmocka_unit_test(test_missing_plugin),
+        cmocka_unit_test(test_auto_ranks),
+        cmocka_unit_test(test_device_failure_stops_training),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,33 @@
+#!/bin/sh
+# tools/check-layers.sh — the arrows point one way (run by `make test`):
+#   cli/, tui/ (front ends) -> src/ (engine: training -> models -> formats -> core)
+#   gpu/ (the CUDA plugin) -> src/core/backend.h only
+# An engine file may include its own layer and the ones below it, never a front
+# end or a backend's files; nothing in the engine or front ends names a build flag
+# for a backend (backends are found at run time: src/core/backend.c).
+cd "$(dirname "$0")/.." || exit 1
+bad=0
+rank() { case $1 in core) echo 0 ;; formats) echo 1 ;; models) echo 2 ;; training) echo 3 ;; *) echo 9 ;; esac; }
+for f in src/*/*.c src/*/*.h; do
+    own=$(basename "$(dirname "$f")"); r=$(rank "$own")
+    [ "$r" = 9 ] && { echo "check-layers: $f: $own/ is not a layer (core, formats, models, training)"; bad=1; }
+    for inc in $(sed -n 's/^#include "\([^"]*\)".*/\1/p' "$f"); do
+        case $inc in
+        */*) ;;
+        *) echo "check-layers: $f: #include \"$inc\" does not name its layer (e.g. \"core/$inc\")"; bad=1; continue ;;
+        esac
+        layer=${inc%%/*}
+        if [ "$(rank "$layer")" -gt "$r" ]; then
+            echo "check-layers: $f ($own) includes $inc: arrows point down only (training -> models -> formats -> core)"; bad=1
+        fi
+    done
+done
+for f in tui/*.c tui/*.h; do
+    grep -Hn '#include "\(\.\./\)*\(cli\|gpu\)/' "$f" && { echo "check-layers: $f: the studio uses the engine, not the command line or a backend"; bad=1; }
+done
+for f in gpu/*.cu; do
+    grep -Hn '#include "' "$f" | grep -v '"core/backend.h"' && { echo "check-layers: $f: a backend plugin sees core/backend.h only"; bad=1; }
+done
+if grep -rn 'KRONA_CUDA\b\|ifdef.*CUDA' src tui cli; then echo "check-layers: a backend #ifdef in the engine or a front end"; bad=1; fi
+[ $bad -eq 0 ] && echo "== layers: src/{training,models,formats,core}, cli/ and tui/ on top, gpu/ a plugin: ok =="
+exit $bad
