@@ -100,6 +100,8 @@ int cmd_train(int argc, char **argv) {
     }
     Backend *be = backend_open(device ? device : p.device, err, sizeof err);
     if (!be) { fprintf(stderr, "krona-studio train: %s\n", err); return 2; }
+    char skipped[sizeof err]; /* device = auto: why a faster backend was not used */
+    snprintf(skipped, sizeof skipped, "%s", err);
 
     Headless h = {every > 0 ? every : (p.iterations >= 20 ? p.iterations / 20 : 1), -1};
     TrainCallbacks cb = {&h, on_progress, on_sample, on_log};
@@ -111,7 +113,8 @@ int cmd_train(int argc, char **argv) {
     }
     TrainProgress p0 = trainer_progress(t);
     Model *m = trainer_model(t);
-    printf("model %s (%s) on %s\n", m->spec, m->note, be->name);
+    printf("model %s (%s) on %s\n", m->spec, m->note, be->device_name(be));
+    if (skipped[0]) printf("device auto: skipped %s\n", skipped);
     printf("run folder %s\n", trainer_run_dir(t));
     printf("trainable %lld of %lld UNet parameters (%.4f%%)\n", (long long)p0.trainable,
            (long long)p0.base, 100.0 * (double)p0.trainable / (double)p0.base);

@@ -157,7 +157,7 @@ static void start_training(Studio *s) {
         return;
     }
     s->training = 1;
-    studio_log(s, 0, "training in %s", s->run_dir);
+    studio_log(s, 0, "training on %s in %s", s->be->device_name(s->be), s->run_dir);
 }
 
 static int load_preset_file(Studio *s, const char *path) {
