@@ -29,5 +29,11 @@ for f in gpu/*.cu; do
     grep -Hn '#include "' "$f" | grep -v '"core/backend.h"' && { echo "check-layers: $f: a backend plugin sees core/backend.h only"; bad=1; }
 done
 if grep -rn 'KRONA_CUDA\b\|ifdef.*CUDA' src tui cli; then echo "check-layers: a backend #ifdef in the engine or a front end"; bad=1; fi
+# every slot of the op table has a CPU implementation cpu_<slot> and a CUDA twin cu_<slot>,
+# so an op's code is found by name in both backends
+for slot in $(sed -n 's/.*(\*\([a-z0-9_]*\))(Backend \*be.*/\1/p' src/core/backend.h); do
+    grep -q "be->$slot = cpu_" src/core/backend_cpu.c || { echo "check-layers: op $slot: no be->$slot = cpu_... in src/core/backend_cpu.c"; bad=1; }
+    grep -q "be->$slot = cu_" gpu/backend_cuda.cu || { echo "check-layers: op $slot: no be->$slot = cu_... in gpu/backend_cuda.cu"; bad=1; }
+done
 [ $bad -eq 0 ] && echo "== layers: src/{training,models,formats,core}, cli/ and tui/ on top, gpu/ a plugin: ok =="
 exit $bad
