@@ -38,7 +38,12 @@ int unet_config_builtin(const char *name, UNetConfig *cfg);
 /* A built-in name, a diffusers model folder (its unet/config.json, or a
  * config.json inside it), or a config.json file. 0, or -1 with a one-line err. */
 int unet_config_resolve(const char *model, UNetConfig *cfg, char *err, size_t errlen);
-/* Parse a diffusers unet/config.json. Returns 0, or -1 with a one-line err. */
+/* Parse a diffusers unet/config.json. A field that changes the computation is
+ * accepted only at the values this engine implements (null and diffusers'
+ * defaults included); any other value, and any field diffusers does not know
+ * unless its name starts with '_', is refused. Returns 0, or -1 with a one-line
+ * err: "<file>: <field> = <value found> is not supported (only <supported>)".
+ * The _text form names the file "config.json". */
 int unet_config_from_json(const char *path, UNetConfig *cfg, char *err, size_t errlen);
 int unet_config_from_json_text(const char *json, UNetConfig *cfg, char *err, size_t errlen);
 
