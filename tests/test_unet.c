@@ -391,22 +391,37 @@ static void test_param_counts(void **st) {
                   tmp / 1e9, grd / 1e9);
 }
 
-static void test_config_json(void **st) {
+/* The published SD 1.5 / SDXL configs (copies beside the repository, in
+ * ../shared/reference, as the other tests find ../shared) give the built-ins. */
+static void test_config_reference(void **st) {
     (void)st;
     char err[512];
     UNetConfig a, b;
     const char *names[2] = {"sd15", "sdxl"};
-    const char *files[2] = {"/work/shared/reference/sd15-unet-config.json",
-                            "/work/shared/reference/sdxl-unet-config.json"};
+    const char *files[2] = {"../shared/reference/sd15-unet-config.json",
+                            "../shared/reference/sdxl-unet-config.json"};
+    int missing = 0;
     for (int k = 0; k < 2; k++) {
         FILE *f = fopen(files[k], "rb");
-        if (!f) { print_message("skip %s (not present)\n", files[k]); continue; }
+        if (!f) {
+            print_message("SKIP %s: not found (run from the repository root, with the shared "
+                          "reference files in ../shared)\n", files[k]);
+            missing++;
+            continue;
+        }
         fclose(f);
-        assert_int_equal(unet_config_from_json(files[k], &a, err, sizeof err), 0);
+        if (unet_config_from_json(files[k], &a, err, sizeof err)) fail_msg("%s", err);
         assert_int_equal(unet_config_builtin(names[k], &b), 0);
         memcpy(a.name, b.name, sizeof a.name);
         assert_memory_equal(&a, &b, sizeof a);
     }
+    if (missing) skip();
+}
+
+static void test_config_json(void **st) {
+    (void)st;
+    char err[512];
+    UNetConfig a;
     assert_int_equal(unet_config_from_json("tests/golden/unet_sdxllike.json", &a, err, sizeof err), 0);
     assert_int_equal(a.n_levels, 3);
     assert_int_equal(a.transformer_layers[2], 2);
@@ -447,6 +462,205 @@ static void test_config_json(void **st) {
     assert_int_equal(unet_config_from_json_text("{\"block_out_channels\":", &a, err, sizeof err), -1);
     assert_int_equal(unet_config_from_json("tests/golden/no_such.json", &a, err, sizeof err), -1);
     assert_non_null(strstr(err, "no_such.json"));
+}
+
+/* A small valid config as JSON text: the fields of CFG_BASE, with `key` (if
+ * not NULL) set to the JSON value `val` in place or appended (val NULL: left
+ * out), then `extra` (",\"k\":v..." or ""). */
+static const char *const CFG_BASE[][2] = {
+    {"block_out_channels", "[32,64]"}, {"cross_attention_dim", "16"},
+    {"norm_num_groups", "8"}, {"layers_per_block", "1"},
+    {"down_block_types", "[\"CrossAttnDownBlock2D\",\"DownBlock2D\"]"},
+    {"up_block_types", "[\"UpBlock2D\",\"CrossAttnUpBlock2D\"]"},
+    {"attention_head_dim", "8"},
+};
+static void cfg_json(char *js, size_t cap, const char *key, const char *val, const char *extra) {
+    size_t n = (size_t)snprintf(js, cap, "{");
+    int found = 0, first = 1;
+    for (size_t i = 0; i < sizeof CFG_BASE / sizeof CFG_BASE[0]; i++) {
+        int here = key && !strcmp(key, CFG_BASE[i][0]);
+        found |= here;
+        if (here && !val) continue;
+        n += (size_t)snprintf(js + n, cap - n, "%s\"%s\":%s", first ? "" : ",", CFG_BASE[i][0],
+                              here ? val : CFG_BASE[i][1]);
+        first = 0;
+    }
+    if (key && val && !found) n += (size_t)snprintf(js + n, cap - n, ",\"%s\":%s", key, val);
+    n += (size_t)snprintf(js + n, cap - n, "%s}", extra);
+    assert_true(n < cap);
+}
+
+/* Each field at a value the engine does not compute as diffusers would: -1, and
+ * one line that names the file, the field and the value found. */
+static void test_config_refuses_unsupported(void **st) {
+    (void)st;
+    struct { const char *field, *json; } bad[] = {
+        {"time_embedding_act_fn", "\"silu\""},
+        {"timestep_post_act", "\"silu\""},
+        {"time_cond_proj_dim", "256"},
+        {"time_embedding_dim", "256"},           /* 4 x 32 = 128 is the one width */
+        {"time_embedding_type", "\"fourier\""},
+        {"class_embed_type", "\"timestep\""},
+        {"num_class_embeds", "10"},
+        {"class_embeddings_concat", "true"},
+        {"encoder_hid_dim", "768"},
+        {"encoder_hid_dim_type", "\"text_proj\""},
+        {"addition_embed_type", "\"text\""},
+        {"center_input_sample", "true"},
+        {"dual_cross_attention", "true"},
+        {"only_cross_attention", "true"},
+        {"only_cross_attention", "[false,true]"},
+        {"reverse_transformer_layers_per_block", "[[1],[1]]"},
+        {"transformer_layers_per_block", "[[1],[1]]"},
+        {"act_fn", "\"gelu\""},
+        {"resnet_time_scale_shift", "\"scale_shift\""},
+        {"attention_type", "\"gated\""},
+        {"dropout", "0.1"},
+        {"downsample_padding", "0"},
+        {"mid_block_scale_factor", "1.5"},
+        {"conv_in_kernel", "1"},
+        {"conv_out_kernel", "1"},
+        {"mid_block_type", "\"UNetMidBlock2D\""},
+        {"flip_sin_to_cos", "null"},
+        {"flip_sin_to_cos", "\"yes\""},
+        {"freq_shift", "\"1\""},
+        {"norm_eps", "null"},
+        {"use_linear_projection", "1"},
+        {"norm_num_groups", "null"},
+        {"in_channels", "null"},
+        {"out_channels", "0"},
+        {"layers_per_block", "[1,1]"},
+        {"cross_attention_dim", "[16,16]"},
+        {"attention_head_dim", "null"},
+        {"num_attention_heads", "[4,4,4]"},
+        {"sample_size", "[64,32]"},
+        {"block_out_channels", "[32,0]"},
+        {"up_block_types", "[\"UpBlock2D\",\"AttnUpBlock2D\"]"},
+        {"not_a_diffusers_field", "1"},
+    };
+    char js[1024], err[512];
+    UNetConfig c;
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        cfg_json(js, sizeof js, bad[k].field, bad[k].json, "");
+        err[0] = 0;
+        int rc = unet_config_from_json_text(js, &c, err, sizeof err);
+        if (rc != -1 || !strstr(err, bad[k].field) || !strstr(err, "config.json: ") ||
+            strchr(err, '\n'))
+            fail_msg("%s = %s: rc %d, err '%s'", bad[k].field, bad[k].json, rc, err);
+    }
+    /* the value found and what is supported, in one line */
+    cfg_json(js, sizeof js, "time_embedding_act_fn", "\"silu\"", "");
+    assert_int_equal(unet_config_from_json_text(js, &c, err, sizeof err), -1);
+    assert_string_equal(err, "config.json: time_embedding_act_fn = \"silu\" is not supported "
+                             "(only null)");
+    cfg_json(js, sizeof js, "downsample_padding", "0", "");
+    assert_int_equal(unet_config_from_json_text(js, &c, err, sizeof err), -1);
+    assert_string_equal(err, "config.json: downsample_padding = 0 is not supported (only 1)");
+    cfg_json(js, sizeof js, "up_block_types", "[\"UpBlock2D\",\"AttnUpBlock2D\"]", "");
+    assert_int_equal(unet_config_from_json_text(js, &c, err, sizeof err), -1);
+    assert_string_equal(err, "config.json: up_block_types[1] = \"AttnUpBlock2D\" is not "
+                             "supported (only \"CrossAttnUpBlock2D\" or \"UpBlock2D\")");
+    cfg_json(js, sizeof js, "not_a_diffusers_field", "1", "");
+    assert_int_equal(unet_config_from_json_text(js, &c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "unknown field 'not_a_diffusers_field'"));
+    /* a repeated field: diffusers (Python's json) would read the last value */
+    cfg_json(js, sizeof js, "act_fn", "\"silu\"", ",\"act_fn\":\"gelu\"");
+    assert_int_equal(unet_config_from_json_text(js, &c, err, sizeof err), -1);
+    assert_string_equal(err, "config.json: field 'act_fn' is given more than once");
+    /* from a file the message starts with its path */
+    char path[] = "/tmp/krona_test_unet_XXXXXX", want[256];
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "wb");
+    assert_non_null(f);
+    cfg_json(js, sizeof js, "timestep_post_act", "\"mish\"", "");
+    fputs(js, f);
+    fclose(f);
+    int rc = unet_config_from_json(path, &c, err, sizeof err);
+    remove(path);
+    assert_int_equal(rc, -1);
+    snprintf(want, sizeof want, "%s: timestep_post_act = \"mish\" is not supported (only null)",
+             path);
+    assert_string_equal(err, want);
+}
+
+/* Every diffusers field at its default (as a full save_config writes them), the
+ * fields that change nothing here at other values, and '_' metadata: all load,
+ * to the same config as the bare one. */
+static void test_config_accepts_defaults(void **st) {
+    (void)st;
+    char js[4096], err[512];
+    UNetConfig bare, c;
+    cfg_json(js, sizeof js, NULL, NULL, "");
+    if (unet_config_from_json_text(js, &bare, err, sizeof err)) fail_msg("%s", err);
+    /* a field left out means diffusers' default (attention_head_dim: 8) */
+    cfg_json(js, sizeof js, "attention_head_dim", NULL, "");
+    if (unet_config_from_json_text(js, &c, err, sizeof err)) fail_msg("%s", err);
+    assert_memory_equal(&c, &bare, sizeof c);
+    const char *defaults =
+        ",\"_class_name\":\"UNet2DConditionModel\",\"_diffusers_version\":\"0.30.0\","
+        "\"_name_or_path\":\"x/y\",\"_anything\":{\"a\":[1,2]},"
+        "\"sample_size\":null,\"in_channels\":4,\"out_channels\":4,"
+        "\"center_input_sample\":false,\"flip_sin_to_cos\":true,\"freq_shift\":0,"
+        "\"mid_block_type\":\"UNetMidBlock2DCrossAttn\",\"only_cross_attention\":false,"
+        "\"downsample_padding\":1,\"mid_block_scale_factor\":1,\"dropout\":0.0,"
+        "\"act_fn\":\"silu\",\"norm_eps\":1e-05,\"transformer_layers_per_block\":1,"
+        "\"reverse_transformer_layers_per_block\":null,\"encoder_hid_dim\":null,"
+        "\"encoder_hid_dim_type\":null,\"num_attention_heads\":null,"
+        "\"dual_cross_attention\":false,\"use_linear_projection\":false,"
+        "\"class_embed_type\":null,\"addition_embed_type\":null,"
+        "\"addition_time_embed_dim\":null,\"num_class_embeds\":null,"
+        "\"upcast_attention\":false,\"resnet_time_scale_shift\":\"default\","
+        "\"resnet_skip_time_act\":false,\"resnet_out_scale_factor\":1.0,"
+        "\"time_embedding_type\":\"positional\",\"time_embedding_dim\":null,"
+        "\"time_embedding_act_fn\":null,\"timestep_post_act\":null,"
+        "\"time_cond_proj_dim\":null,\"conv_in_kernel\":3,\"conv_out_kernel\":3,"
+        "\"projection_class_embeddings_input_dim\":null,\"attention_type\":\"default\","
+        "\"class_embeddings_concat\":false,\"mid_block_only_cross_attention\":null,"
+        "\"cross_attention_norm\":null,\"addition_embed_type_num_heads\":64";
+    cfg_json(js, sizeof js, NULL, NULL, defaults);
+    if (unet_config_from_json_text(js, &c, err, sizeof err)) fail_msg("%s", err);
+    assert_memory_equal(&c, &bare, sizeof c);
+    /* the same computation, spelled otherwise; and fields that only other block
+     * types read */
+    const char *same =
+        ",\"sample_size\":[64,64],\"act_fn\":\"swish\",\"time_embedding_dim\":128,"
+        "\"only_cross_attention\":[false,false],\"center_input_sample\":null,"
+        "\"use_linear_projection\":null,\"upcast_attention\":true,"
+        "\"resnet_skip_time_act\":true,\"resnet_out_scale_factor\":2.0,"
+        "\"cross_attention_norm\":\"layer_norm\",\"mid_block_only_cross_attention\":true,"
+        "\"addition_embed_type_num_heads\":8,\"num_attention_heads\":[8,8]";
+    cfg_json(js, sizeof js, NULL, NULL, same);
+    if (unet_config_from_json_text(js, &c, err, sizeof err)) fail_msg("%s", err);
+    assert_memory_equal(&c, &bare, sizeof c);
+    /* SDXL as diffusers writes it today (every field) is the sdxl built-in */
+    const char *sdxl =
+        "{\"_class_name\":\"UNet2DConditionModel\",\"_diffusers_version\":\"0.19.0.dev0\","
+        "\"act_fn\":\"silu\",\"addition_embed_type\":\"text_time\","
+        "\"addition_embed_type_num_heads\":64,\"addition_time_embed_dim\":256,"
+        "\"attention_head_dim\":[5,10,20],\"block_out_channels\":[320,640,1280],"
+        "\"center_input_sample\":false,\"class_embed_type\":null,"
+        "\"class_embeddings_concat\":false,\"conv_in_kernel\":3,\"conv_out_kernel\":3,"
+        "\"cross_attention_dim\":2048,\"cross_attention_norm\":null,"
+        "\"down_block_types\":[\"DownBlock2D\",\"CrossAttnDownBlock2D\",\"CrossAttnDownBlock2D\"],"
+        "\"downsample_padding\":1,\"dual_cross_attention\":false,\"encoder_hid_dim\":null,"
+        "\"encoder_hid_dim_type\":null,\"flip_sin_to_cos\":true,\"freq_shift\":0,"
+        "\"in_channels\":4,\"layers_per_block\":2,\"mid_block_only_cross_attention\":null,"
+        "\"mid_block_scale_factor\":1,\"mid_block_type\":\"UNetMidBlock2DCrossAttn\","
+        "\"norm_eps\":1e-05,\"norm_num_groups\":32,\"num_attention_heads\":null,"
+        "\"num_class_embeds\":null,\"only_cross_attention\":false,\"out_channels\":4,"
+        "\"projection_class_embeddings_input_dim\":2816,\"resnet_out_scale_factor\":1.0,"
+        "\"resnet_skip_time_act\":false,\"resnet_time_scale_shift\":\"default\","
+        "\"sample_size\":128,\"time_cond_proj_dim\":null,\"time_embedding_act_fn\":null,"
+        "\"time_embedding_dim\":null,\"time_embedding_type\":\"positional\","
+        "\"timestep_post_act\":null,\"transformer_layers_per_block\":[1,2,10],"
+        "\"up_block_types\":[\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\",\"UpBlock2D\"],"
+        "\"upcast_attention\":null,\"use_linear_projection\":true}";
+    UNetConfig want;
+    if (unet_config_from_json_text(sdxl, &c, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(unet_config_builtin("sdxl", &want), 0);
+    memcpy(c.name, want.name, sizeof c.name);
+    assert_memory_equal(&c, &want, sizeof c);
 }
 
 /* ---------------------------------------------------------------- tiny */
@@ -624,7 +838,10 @@ static void test_shapes_reuse(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_param_counts),
+        cmocka_unit_test(test_config_reference),
         cmocka_unit_test(test_config_json),
+        cmocka_unit_test(test_config_refuses_unsupported),
+        cmocka_unit_test(test_config_accepts_defaults),
         cmocka_unit_test(test_golden_sd15like),
         cmocka_unit_test(test_golden_sdxllike),
         cmocka_unit_test(test_zero_init_identical),
