@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "models/adapter_census.h"
 #include "models/diffusion.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
@@ -551,7 +552,14 @@ static int setup(Trainer *t, const char *resume_dir) {
     AdapterSpec spec;
     train_adapter_spec(p, &spec);
     if (unet_attach_adapters(m->unet, &spec, p->seed, t->err, sizeof t->err) != 0) return -1;
-    t->trainable = adapter_set_param_count(unet_adapters(m->unet));
+    AdapterCensus census;
+    if (adapter_census(unet_config(m->unet), &spec, &census) != 0) {
+        snprintf(t->err, sizeof t->err, "%s", census.err);
+        adapter_census_free(&census);
+        return -1;
+    }
+    t->trainable = census.trainable;
+    adapter_census_free(&census);
 
     /* images */
     t->n_img = p->n_images;
