@@ -14,8 +14,8 @@
 #include <dirent.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "rng.h"
+#include "core/backend.h"
+#include "core/rng.h"
 
 /* host buffers: abort the test on OOM rather than crash later */
 static inline float *th_falloc(int64_t n) {
