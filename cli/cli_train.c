@@ -10,6 +10,7 @@
 #include "formats/image.h"
 #include "models/model.h"
 #include "formats/safetensors.h"
+#include "training/run_dir.h"
 #include "training/train.h"
 
 
@@ -139,8 +140,9 @@ int cmd_train(int argc, char **argv) {
                fin.it_per_s, fin.loss, fin.loss_ema);
         printf("eval loss %.4f -> %.4f on the fixed (noise, timestep) set\n", fin.eval_loss_start,
                fin.eval_loss);
-        printf("peak memory %.1f MB; outputs in %s: adapter.safetensors, loss.csv, samples/, preset.ini\n",
-               fin.peak_bytes / 1048576.0, trainer_run_dir(t));
+        printf("peak memory %.1f MB; outputs in %s: %s, %s, %s/, %s\n", fin.peak_bytes / 1048576.0,
+               trainer_run_dir(t), run_file_name(RUN_ADAPTER), run_file_name(RUN_LOSS),
+               run_file_name(RUN_SAMPLES), run_file_name(RUN_PRESET));
     } else if (rc == 1) {
         printf("stopped at step %d; resume with: krona-studio train --headless --resume %s\n", fin.step,
                trainer_run_dir(t));

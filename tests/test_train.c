@@ -1,7 +1,8 @@
 /* test_train.c — the training loop end to end on the tiny config:
  * the loss on a fixed evaluation set goes down, a run stopped mid-way and
  * resumed from its checkpoint ends with exactly the adapter of an
- * uninterrupted run, and bad input fails early with a message naming it. */
+ * uninterrupted run, bad input fails early with a message naming it, and the
+ * run folder it leaves has the documented layout and reads back. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,6 +17,7 @@
 
 #include "core/fsutil.h"
 #include "formats/safetensors.h"
+#include "training/run_dir.h"
 #include "training/train.h"
 
 static char g_root[256];
@@ -269,6 +271,99 @@ static void test_prior_preservation(void **state) {
     backend_destroy(be);
 }
 
+/* The run folder a short run leaves: every entry where run_dir.h says (the
+ * names spelled out here on purpose: they are a contract with users and
+ * scripts), and its summary read back as the trainer saw it. */
+static void test_run_folder(void **state) {
+    Backend *be = backend_cpu_create();
+    Preset p;
+    base_preset(&p, "folder", 3);
+    p.a1 = 2;
+    p.a2 = 4;
+    p.sample_every = 2;
+    p.n_sample_prompts = 1;
+    snprintf(p.sample_prompts[0], sizeof p.sample_prompts[0], "a sks dog");
+    p.sample_steps = 2;
+    char err[512];
+    Trainer *t = trainer_create(&p, NULL, be, NULL, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    assert_int_equal(trainer_run(t), 0);
+    TrainProgress fin = trainer_progress(t);
+    char dir[512], want[700], got[700];
+    snprintf(dir, sizeof dir, "%s", trainer_run_dir(t));
+    trainer_free(t);
+    backend_destroy(be);
+
+    snprintf(want, sizeof want, "%s/folder", g_root);
+    assert_string_equal(dir, want);
+    run_dir_choose(&p, got, sizeof got);
+    assert_string_equal(got, want);
+    const struct { RunFile f; const char *name; } entries[] = {
+        {RUN_PRESET, "preset.ini"},          {RUN_LOSS, "loss.csv"},
+        {RUN_CHECKPOINT, "checkpoint.safetensors"}, {RUN_ADAPTER, "adapter.safetensors"},
+        {RUN_SAMPLES, "samples"},
+    };
+    for (size_t i = 0; i < sizeof entries / sizeof entries[0]; i++) {
+        snprintf(want, sizeof want, "%s/%s", dir, entries[i].name);
+        assert_string_equal(run_path(dir, entries[i].f, got, sizeof got), want);
+        if (!fs_exists(want)) fail_msg("%s missing", want);
+    }
+    snprintf(want, sizeof want, "%s/samples/step_000002.png", dir);
+    assert_string_equal(run_sample_path(dir, 2, got, sizeof got), want);
+    assert_true(fs_exists(want));
+    snprintf(want, sizeof want, "%s/class_images/class_007.png", dir);
+    assert_string_equal(run_class_image_path(dir, 7, got, sizeof got), want);
+    assert_true(run_dir_is_run(dir));
+    assert_false(run_dir_is_run(g_root));
+
+    RunSummary s;
+    assert_int_equal(run_summary_read(dir, &s), 0);
+    assert_true(s.preset_ok);
+    assert_string_equal(s.preset.run_name, "folder");
+    assert_int_equal(s.preset.a1, 2);
+    assert_int_equal(s.preset.a2, 4);
+    assert_int_equal(s.preset.iterations, 3);
+    assert_int_equal(s.trainable, fin.trainable);
+    assert_int_equal(s.steps, 3);
+    assert_non_null(s.loss);
+    assert_float_equal(s.loss[2], fin.loss, 1e-6 * fin.loss);
+    for (int i = 0; i < s.steps; i++) assert_true(s.loss[i] > 0);
+    snprintf(want, sizeof want, "%s/samples/step_000003.png", dir);
+    assert_string_equal(s.last_sample, want);   /* the latest of steps 0, 2, 3 */
+    assert_true(s.mtime > 0);
+    run_summary_free(&s);
+    assert_null(s.loss);
+
+    /* not a run folder */
+    assert_int_equal(run_summary_read(g_root, &s), -1);
+    /* a run folder whose adapter does not fit its model: trainable -1, no
+     * losses or samples yet */
+    char unfit[512];
+    snprintf(unfit, sizeof unfit, "%s/unfit", g_root);
+    assert_int_equal(fs_mkdir_p(unfit, err, sizeof err), 0);
+    p.a1 = 3;
+    assert_int_equal(preset_save(&p, run_path(unfit, RUN_PRESET, got, sizeof got), err, sizeof err), 0);
+    assert_int_equal(run_summary_read(unfit, &s), 0);
+    assert_int_equal(s.preset.a1, 3);
+    assert_int_equal(s.trainable, -1);
+    assert_int_equal(s.steps, 0);
+    assert_string_equal(s.last_sample, "");
+    run_summary_free(&s);
+
+    /* unnamed runs: time stamp and knobs */
+    p.run_name[0] = 0;
+    p.a1 = 4;
+    p.a2 = 8;
+    p.lr = 3e-3f;
+    run_dir_choose(&p, got, sizeof got);
+    assert_int_equal(strncmp(got, g_root, strlen(g_root)), 0);
+    assert_non_null(strstr(got, "-krona4x8-lr0.003-3it"));
+    snprintf(p.adapter, sizeof p.adapter, "lora");
+    p.lora_rank = 8;
+    run_dir_choose(&p, got, sizeof got);
+    assert_non_null(strstr(got, "-lora8-lr0.003-3it"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_goes_down),
@@ -276,6 +371,7 @@ int main(void) {
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_thread_pause_resume),
         cmocka_unit_test(test_prior_preservation),
+        cmocka_unit_test(test_run_folder),
     };
     return cmocka_run_group_tests(tests, setup_root, NULL);
 }

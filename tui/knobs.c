@@ -1,12 +1,12 @@
 /* knobs.c — the Knobs panel's fields (formatting, +/- steps through
  * preset_set so the preset's own range checks apply) and the live
- * trainable-parameter count, summed exactly as `krona-studio info` does. */
+ * trainable-parameter count: the adapter census `krona-studio info` prints. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "models/adapter.h"
+#include "models/adapter_census.h"
 #include "core/fsutil.h"
 #include "studio.h"
 #include "models/unet.h"
@@ -130,6 +130,16 @@ int knob_step(Preset *p, int k, int dir, int big, char *err, size_t errlen) {
 }
 
 
+/* The knob to turn red for a spec the census refuses. */
+static int knob_of_fault(AdapterFault f) {
+    switch (f) {
+    case ADAPTER_BAD_A1: return KNOB_A1;
+    case ADAPTER_BAD_A2: return KNOB_A2;
+    case ADAPTER_BAD_RANK: return KNOB_RANK;
+    default: return KNOB_ADAPTER;
+    }
+}
+
 void params_count(const Preset *p, ParamCount *out) {
     memset(out, 0, sizeof *out);
     out->bad_knob = -1;
@@ -140,27 +150,20 @@ void params_count(const Preset *p, ParamCount *out) {
     }
     AdapterSpec spec;
     train_adapter_spec(p, &spec);
-    UNetParam *params = NULL;
-    UNetLinear *lin = NULL;
-    int np = 0, nl = 0;
-    if (unet_param_table(&cfg, &params, &np, &lin, &nl) != 0) {
+    AdapterCensus c;
+    if (adapter_census(&cfg, &spec, &c) != 0) {
         snprintf(out->err, sizeof out->err, "model %s: cannot build its parameter table", p->model);
         out->bad_knob = KNOB_MODEL;
+        adapter_census_free(&c);
         return;
     }
-    for (int i = 0; i < np; i++) out->base += params[i].numel;
-    out->ok = 1;
-    for (int i = 0; i < nl; i++) {
-        if (!adapter_selects(&spec, lin[i].is_attn, lin[i].is_ffn)) continue;
-        if (adapter_check(&spec, lin[i].name, lin[i].d_out, lin[i].d_in, out->err, sizeof out->err) != 0) {
-            out->ok = 0;
-            if (spec.kind == ADAPTER_LORA) out->bad_knob = KNOB_RANK;
-            else out->bad_knob = (spec.a1 < 1 || lin[i].d_out % spec.a1) ? KNOB_A1 : KNOB_A2;
-            out->trainable = 0;
-            break;
-        }
-        out->trainable += adapter_param_count(&spec, lin[i].d_out, lin[i].d_in);
+    out->base = c.base;
+    out->ok = c.ok;
+    if (c.ok) {
+        out->trainable = c.trainable;
+    } else {
+        snprintf(out->err, sizeof out->err, "%s", c.err);
+        out->bad_knob = knob_of_fault(c.fault);
     }
-    free(params);
-    free(lin);
+    adapter_census_free(&c);
 }

@@ -1,48 +1,17 @@
-/* runs.c — the Runs view: every folder under the output dir that has a
- * preset.ini, with its knobs, trainable parameters, final loss and latest
- * sample grid; marked runs side by side (loss curves over sample grids) so
- * ablations can be judged at a glance; p re-opens a run's preset. */
+/* runs.c — the Runs view: every run folder under the output dir (its summary,
+ * training/run_dir.h), with its knobs, trainable parameters, final loss and
+ * latest sample grid; marked runs side by side (loss curves over sample grids)
+ * so ablations can be judged at a glance; p re-opens a run's preset. */
 #include <curses.h>
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
-#include "core/fsutil.h"
 #include "studio.h"
-
-static void load_loss(RunInfo *r) {
-    char path[1100], err[256];
-    size_t n;
-    snprintf(path, sizeof path, "%s/loss.csv", r->dir);
-    char *text = fs_read_all(path, &n, err, sizeof err);
-    if (!text) return;
-    locale_t old = uselocale(fs_c_locale());
-    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-        char *comma = strchr(line, ',');
-        if (!comma || line[0] < '0' || line[0] > '9') continue;   /* header */
-        series_push(&r->loss, strtof(comma + 1, NULL));
-    }
-    uselocale(old);
-    free(text);
-}
-
-static void find_sample(RunInfo *r) {
-    char dir[1100];
-    snprintf(dir, sizeof dir, "%s/samples", r->dir);
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *de;
-    char best[256] = "";
-    while ((de = readdir(d)))
-        if (!strncmp(de->d_name, "step_", 5) && strstr(de->d_name, ".png") && strcmp(de->d_name, best) > 0)
-            snprintf(best, sizeof best, "%s", de->d_name);
-    closedir(d);
-    if (best[0]) snprintf(r->sample_png, sizeof r->sample_png, "%s/%s", dir, best);
-}
+#include "training/run_dir.h"
 
 static int cmp_run(const void *a, const void *b) {
     return strcmp(((const RunInfo *)b)->name, ((const RunInfo *)a)->name);   /* newest first */
@@ -68,29 +37,27 @@ void runs_open(RunsView *rv, const char *root) {
     int cap = 0;
     while ((de = readdir(d))) {
         if (de->d_name[0] == '.') continue;
-        char ini[2200];
-        snprintf(ini, sizeof ini, "%s/%s/preset.ini", rv->root, de->d_name);
-        if (!fs_exists(ini)) continue;
+        char dir[2200];
+        snprintf(dir, sizeof dir, "%s/%s", rv->root, de->d_name);
+        RunSummary sum;
+        if (run_summary_read(dir, &sum) != 0) continue;   /* not a run folder */
         if (rv->n == cap) {
             cap = cap ? cap * 2 : 16;
             RunInfo *nr = realloc(rv->r, sizeof(RunInfo) * (size_t)cap);
-            if (!nr) break;
+            if (!nr) { run_summary_free(&sum); break; }
             rv->r = nr;
         }
         RunInfo *r = &rv->r[rv->n++];
         memset(r, 0, sizeof *r);
         snprintf(r->dir, sizeof r->dir, "%s/%s", rv->root, de->d_name);
         snprintf(r->name, sizeof r->name, "%s", de->d_name);
-        char err[512];
-        preset_defaults(&r->p);
-        r->preset_ok = preset_load(&r->p, ini, err, sizeof err) == 0;
-        ParamCount pc;
-        params_count(&r->p, &pc);
-        r->trainable = pc.ok ? pc.trainable : -1;
-        load_loss(r);
-        find_sample(r);
-        struct stat st;
-        if (stat(ini, &st) == 0) r->mtime = (double)st.st_mtime;
+        r->p = sum.preset;
+        r->preset_ok = sum.preset_ok;
+        r->trainable = sum.trainable;
+        for (int k = 0; k < sum.steps; k++) series_push(&r->loss, sum.loss[k]);
+        snprintf(r->sample_png, sizeof r->sample_png, "%s", sum.last_sample);
+        r->mtime = sum.mtime;
+        run_summary_free(&sum);
     }
     closedir(d);
     qsort(rv->r, (size_t)rv->n, sizeof(RunInfo), cmp_run);
@@ -120,7 +87,7 @@ int runs_key(RunsView *rv, int ch, char *out, size_t n) {
         break;
     case 'p': case 'o':
         if (!rv->n) break;
-        snprintf(out, n, "%s/preset.ini", rv->r[rv->cur].dir);
+        run_path(rv->r[rv->cur].dir, RUN_PRESET, out, n);
         return 2;
     default: break;
     }

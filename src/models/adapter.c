@@ -1,6 +1,7 @@
 /* adapter.c — KronA and LoRA updates on frozen linears, their init, counts,
  * merge and .safetensors export/import (LyCORIS LoKr / kohya LoRA key names). */
 #include "models/adapter.h"
+#include "core/fsutil.h"
 #include "formats/json.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
@@ -29,31 +30,46 @@ int64_t adapter_param_count(const AdapterSpec *s, int d_out, int d_in) {
     return 0;
 }
 
-int adapter_check(const AdapterSpec *s, const char *layer, int d_out, int d_in, char *err,
-                  size_t errlen) {
+AdapterFault adapter_fault(const AdapterSpec *s, const char *layer, int d_out, int d_in,
+                           char *err, size_t errlen) {
     if (s->kind == ADAPTER_KRONA) {
         if (s->a1 <= 0 || d_out % s->a1) {
-            snprintf(err, errlen, "a1=%d does not divide d_out=%d of %s", s->a1, d_out, layer);
-            return -1;
+            err_set(err, errlen, "a1=%d does not divide d_out=%d of %s", s->a1, d_out, layer);
+            return ADAPTER_BAD_A1;
         }
         if (s->a2 <= 0 || d_in % s->a2) {
-            snprintf(err, errlen, "a2=%d does not divide d_in=%d of %s", s->a2, d_in, layer);
-            return -1;
+            err_set(err, errlen, "a2=%d does not divide d_in=%d of %s", s->a2, d_in, layer);
+            return ADAPTER_BAD_A2;
         }
-        return 0;
+        return ADAPTER_FITS;
     }
     if (s->kind == ADAPTER_LORA) {
         int mx = d_out < d_in ? d_out : d_in;
         if (s->rank <= 0 || s->rank > mx) {
-            snprintf(err, errlen, "LoRA rank=%d must be between 1 and %d for %s [%d x %d]", s->rank,
-                     mx, layer, d_out, d_in);
-            return -1;
+            err_set(err, errlen, "LoRA rank=%d must be between 1 and %d for %s [%d x %d]", s->rank,
+                    mx, layer, d_out, d_in);
+            return ADAPTER_BAD_RANK;
         }
-        return 0;
+        return ADAPTER_FITS;
     }
-    if (s->kind == ADAPTER_NONE) return 0;
-    snprintf(err, errlen, "unknown adapter kind %d for %s", (int)s->kind, layer);
-    return -1;
+    if (s->kind == ADAPTER_NONE) return ADAPTER_FITS;
+    err_set(err, errlen, "unknown adapter kind %d for %s", (int)s->kind, layer);
+    return ADAPTER_BAD_KIND;
+}
+
+const char *adapter_fault_name(AdapterFault f) {
+    switch (f) {
+    case ADAPTER_BAD_A1: return "a1";
+    case ADAPTER_BAD_A2: return "a2";
+    case ADAPTER_BAD_RANK: return "rank";
+    case ADAPTER_BAD_KIND: return "kind";
+    default: return "";
+    }
+}
+
+int adapter_check(const AdapterSpec *s, const char *layer, int d_out, int d_in, char *err,
+                  size_t errlen) {
+    return adapter_fault(s, layer, d_out, d_in, err, errlen) == ADAPTER_FITS ? 0 : -1;
 }
 
 int adapter_selects(const AdapterSpec *s, int is_attn, int is_ffn) {

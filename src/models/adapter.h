@@ -43,7 +43,18 @@ typedef struct AdapterSet {
 
 /* Trainable parameter count for one linear, or -1 if the factors do not divide. */
 int64_t adapter_param_count(const AdapterSpec *s, int d_out, int d_in);
-/* Check a spec against one layer; 0 if fine, else -1 with an err naming the layer. */
+/* What of a spec does not fit a layer: KronA a1 must divide d_out and a2 d_in
+ * (a1 is checked first), a LoRA rank lies in 1..min(d_out, d_in). */
+typedef enum { ADAPTER_FITS = 0, ADAPTER_BAD_A1, ADAPTER_BAD_A2, ADAPTER_BAD_RANK,
+               ADAPTER_BAD_KIND } AdapterFault;
+/* Which factor of s does not fit the d_out x d_in linear `layer` (ADAPTER_FITS
+ * if none); err (may be NULL) gets one line naming the factor, the dimension
+ * and the layer. */
+AdapterFault adapter_fault(const AdapterSpec *s, const char *layer, int d_out, int d_in,
+                           char *err, size_t errlen);
+/* "a1", "a2", "rank", "kind" ("" for ADAPTER_FITS): the knob at fault. */
+const char *adapter_fault_name(AdapterFault f);
+/* adapter_fault as 0 if fine, else -1 with the err naming the layer. */
 int adapter_check(const AdapterSpec *s, const char *layer, int d_out, int d_in,
                   char *err, size_t errlen);
 /* Does this spec adapt this linear? */

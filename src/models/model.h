@@ -40,7 +40,7 @@ int model_find_data(const char *rel, char *out, size_t outlen);
 Model *model_open(const char *spec, Backend *be, char *err, size_t errlen);
 void model_free(Model *m);
 
-/* Attach and load the adapters of a file written by `train` (adapter.safetensors). */
+/* Attach and load the adapters of a file written by `train` (a run's adapter, training/run_dir.h). */
 int model_load_adapter(Model *m, const char *path, char *err, size_t errlen);
 
 /* Encode one prompt to a context [context_len, ctx_dim] on the device. Errors

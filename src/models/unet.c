@@ -484,6 +484,8 @@ void unet_init_random(UNet *u, uint64_t seed) {
 
 /* ------------------------------------------------------------------ adapters */
 
+#include "models/adapter_census.h"   /* here, with the one function that uses it */
+
 int unet_attach_adapters(UNet *u, const AdapterSpec *spec, uint64_t seed, char *err, size_t errlen) {
     adapter_set_free(&u->ads);
     for (int i = 0; i < u->n_linears; i++) u->linp[i]->ad = NULL;
@@ -491,36 +493,30 @@ int unet_attach_adapters(UNet *u, const AdapterSpec *spec, uint64_t seed, char *
     u->ads.spec = *spec;
     u->have_fwd = 0; /* saved activations belong to the old adapters */
     if (spec->kind == ADAPTER_NONE) return 0;
-    int n = 0;
-    for (int i = 0; i < u->n_linears; i++) {
-        const UNetLinear *l = &u->linears[i];
-        if (!adapter_selects(spec, l->is_attn, l->is_ffn)) continue;
-        if (adapter_check(spec, l->name, l->d_out, l->d_in, err, errlen)) {
-            /* name the values that would work for every selected layer */
-            if (spec->kind == ADAPTER_KRONA) {
-                size_t len = strlen(err);
-                int bad_out = l->d_out % (spec->a1 > 0 ? spec->a1 : 1) != 0 || spec->a1 <= 0;
-                const char *which = bad_out ? "a1" : "a2";
-                len += (size_t)snprintf(err + len, len < errlen ? errlen - len : 0,
-                                        "; valid %s for this model:", which);
-                int cnt = 0;
-                for (int v = 1; v <= 4096 && len < errlen; v++) {
-                    int ok = 1;
-                    for (int j = 0; j < u->n_linears && ok; j++) {
-                        const UNetLinear *m = &u->linears[j];
-                        if (!adapter_selects(spec, m->is_attn, m->is_ffn)) continue;
-                        ok = (bad_out ? m->d_out : m->d_in) % v == 0;
-                    }
-                    if (!ok) continue;
-                    len += (size_t)snprintf(err + len, len < errlen ? errlen - len : 0, "%s %d",
-                                            cnt ? "," : "", v);
-                    cnt++;
-                }
-            }
-            return -1;
-        }
-        n++;
+    AdapterCensus c;
+    if (adapter_census_table(u->params, u->n_params, u->linears, u->n_linears, spec, &c) != 0) {
+        snprintf(err, errlen, "%s", c.err);
+        adapter_census_free(&c);
+        return -1;
     }
+    int n = c.n_layers;
+    if (!c.ok) {
+        snprintf(err, errlen, "%s", c.err);
+        if (c.fault == ADAPTER_BAD_A1 || c.fault == ADAPTER_BAD_A2) {
+            /* name the values that would work for every selected layer */
+            int vals[ADAPTER_CENSUS_MAX_VALUE];
+            int nv = adapter_census_valid(&c, vals, ADAPTER_CENSUS_MAX_VALUE);
+            size_t len = strlen(err);
+            len += (size_t)snprintf(err + len, len < errlen ? errlen - len : 0,
+                                    "; valid %s for this model:", adapter_fault_name(c.fault));
+            for (int k = 0; k < nv && len < errlen; k++)
+                len += (size_t)snprintf(err + len, len < errlen ? errlen - len : 0, "%s %d",
+                                        k ? "," : "", vals[k]);
+        }
+        adapter_census_free(&c);
+        return -1;
+    }
+    adapter_census_free(&c);
     if (n == 0) return 0;
     u->ads.items = calloc((size_t)n, sizeof *u->ads.items);
     if (!u->ads.items) { snprintf(err, errlen, "out of host memory"); return -1; }

@@ -8,6 +8,7 @@
 #include "models/adapter.h"
 #include "training/pretrain.h"
 #include "formats/safetensors.h"
+#include "training/run_dir.h"
 #include "training/score.h"
 
 /* Backgrounds the prompts ask for, then the catch-alls. The RGB values are the
@@ -312,9 +313,7 @@ int score_run_dir(const char *run_dir, int base, Backend *be, const ScoreOpts *o
                   const char *grid_png, char *err, size_t errlen) {
     char path[PATH_MAX];
     Preset p;
-    preset_defaults(&p);
-    snprintf(path, sizeof path, "%s/preset.ini", run_dir);
-    if (preset_load(&p, path, err, errlen) != 0) return -1;
+    if (run_preset_load(run_dir, &p, err, errlen) != 0) return -1;
     ScoreOpts o = *opts;
     if (o.size == 0) o.size = p.resolution;
     ScoreSubject *subj = calloc(SCORE_MAX_SUBJECTS, sizeof *subj);
@@ -327,8 +326,8 @@ int score_run_dir(const char *run_dir, int base, Backend *be, const ScoreOpts *o
     m = model_open(p.model, be, err, errlen);
     if (!m) goto done;
     if (!base) {
-        snprintf(path, sizeof path, "%s/adapter.safetensors", run_dir);
-        if (model_load_adapter(m, path, err, errlen) != 0) goto done;
+        if (model_load_adapter(m, run_path(run_dir, RUN_ADAPTER, path, sizeof path), err, errlen) != 0)
+            goto done;
     }
     if (score_model(m, p.instance_prompt, subj, p.n_images, &o, r, tiles, err, errlen) != 0) goto done;
     if (grid_png) {

@@ -110,7 +110,7 @@ int score_load_subjects(const char (*paths)[PRESET_PATH_MAX], int n, ScoreSubjec
  * tiles (may be NULL): n_colours * per_colour images, colour-major, caller frees. */
 int score_model(Model *m, const char *instance_prompt, const ScoreSubject *subjects, int n_subjects,
                 const ScoreOpts *o, ScoreResult *r, Image *tiles, char *err, size_t errlen);
-/* Score a run folder (its preset.ini, images and adapter.safetensors; base = 1:
+/* Score a run folder (its preset copy, images and adapter: run_dir.h; base = 1:
  * the base model alone). grid_png (may be NULL): write the samples there. */
 int score_run_dir(const char *run_dir, int base, Backend *be, const ScoreOpts *o, ScoreResult *r,
                   const char *grid_png, char *err, size_t errlen);

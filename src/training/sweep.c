@@ -12,6 +12,7 @@
 #include "models/adapter.h"
 #include "core/fsutil.h"
 #include "models/model.h"
+#include "training/run_dir.h"
 #include "training/sweep.h"
 
 /* ------------------------------------------------------------------ font --- */
@@ -496,7 +497,7 @@ int sweep_run(const Sweep *s, Backend *be, const SweepCallbacks *cb, atomic_int 
         snprintf(p.run_name, sizeof p.run_name, "%s", name);
         SweepRow *row = &rows[nr];
         row_init(row, name);
-        snprintf(row->run_dir, sizeof row->run_dir, "%s/%s", dir, name);
+        run_dir_choose(&p, row->run_dir, sizeof row->run_dir);   /* <dir>/<name>, as the trainer makes it */
         RunCtx ctx = {cb, cancel, NULL, p.iterations, row, p.n_sample_prompts, p.resolution};
         TrainCallbacks tc = {&ctx, on_progress, on_sample, on_log};
         if (cb && cb->begin) cb->begin(cb->user, i, n, name, row->run_dir);
@@ -588,8 +589,7 @@ int sweep_write_csv(const char *path, const SweepRow *rows, int n, char *err, si
         }
         if (r->run_dir[0] && !strcmp(r->status, "ok")) {
             char a[PATH_MAX + 32];
-            snprintf(a, sizeof a, "%s/adapter.safetensors", r->run_dir);
-            csv_text(f, a);
+            csv_text(f, run_path(r->run_dir, RUN_ADAPTER, a, sizeof a));
         }
         fputc(',', f);
         csv_text(f, r->status);

@@ -12,10 +12,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "models/adapter_census.h"
 #include "models/diffusion.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
+#include "training/run_dir.h"
 
 #define N_EVAL 8
 #define CKPT_FORMAT "krona-studio-checkpoint-1"
@@ -185,7 +187,7 @@ static int write_samples(Trainer *t) {
     pthread_mutex_unlock(&t->mu);
     if (rc != 0) return atomic_load(&t->cancel) ? 0 : -1;
     char path[PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/samples/step_%06d.png", t->run_dir, t->step);
+    run_sample_path(t->run_dir, t->step, path, sizeof path);
     if (image_save_png(path, &grid, t->err, sizeof t->err) != 0) { image_free(&grid); return -1; }
     if (t->cb.sample) t->cb.sample(t->cb.user, t->step, &grid, path);
     image_free(&grid);
@@ -198,7 +200,7 @@ static int prepare_class_images(Trainer *t) {
     Preset *p = &t->p;
     if (p->prior_weight <= 0.0f) return 0;
     char cache[PATH_MAX + 16];
-    snprintf(cache, sizeof cache, "%s/class_images", t->run_dir);
+    run_path(t->run_dir, RUN_CLASS_IMAGES, cache, sizeof cache);
     const char *dir = p->class_dir[0] ? p->class_dir : (fs_is_dir(cache) ? cache : NULL);
     int want = p->n_class_images > 0 ? p->n_class_images : 4;
     char **files = NULL;
@@ -237,7 +239,7 @@ static int prepare_class_images(Trainer *t) {
         if (rc == 0) rc = generate(t, cc, cu, count, p->seed + 104729, NULL, tiles);
         for (int i = 0; rc == 0 && i < count; i++) {
             char path[PATH_MAX + 48];
-            snprintf(path, sizeof path, "%s/class_%03d.png", cache, i);
+            run_class_image_path(t->run_dir, i, path, sizeof path);
             rc = image_save_png(path, &tiles[i], t->err, sizeof t->err);
             if (rc == 0) rc = load_image_pair(path, t->px, t->class_host + 2 * i * t->per, t->per,
                                               t->err, sizeof t->err);
@@ -344,17 +346,11 @@ static int add_device(StWriter *w, Backend *be, const char *name, const float *d
 }
 
 static int write_loss_csv(Trainer *t) {
-    size_t cap = 64 + (size_t)t->step * 48, len = 0;
-    char *buf = malloc(cap);
-    if (!buf) return -1;
-    len += (size_t)snprintf(buf + len, cap - len, "step,loss,lr\n");
-    for (int i = 0; i < t->step; i++)
-        len += (size_t)snprintf(buf + len, cap - len, "%d,%.7g,%.7g\n", i + 1, t->loss_hist[i],
-                                lr_at(&t->p, i));
-    char path[PATH_MAX + 16];
-    snprintf(path, sizeof path, "%s/loss.csv", t->run_dir);
-    int rc = fs_write_atomic(path, buf, len, t->err, sizeof t->err);
-    free(buf);
+    float *lr = malloc(sizeof(float) * (size_t)(t->step > 0 ? t->step : 1));
+    if (!lr) return -1;
+    for (int i = 0; i < t->step; i++) lr[i] = lr_at(&t->p, i);
+    int rc = run_loss_write(t->run_dir, t->loss_hist, lr, t->step, t->err, sizeof t->err);
+    free(lr);
     return rc;
 }
 
@@ -397,7 +393,7 @@ static int save_checkpoint(Trainer *t) {
     snprintf(val, sizeof val, "%.9g", t->eval_start);
     stw_set_metadata(w, "eval_loss_start", val);
     char path[PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/checkpoint.safetensors", t->run_dir);
+    run_path(t->run_dir, RUN_CHECKPOINT, path, sizeof path);
     if (rc == 0) rc = stw_save(w, path, t->err, sizeof t->err);
     else snprintf(t->err, sizeof t->err, "%s: cannot assemble checkpoint", path);
     stw_free(w);
@@ -423,7 +419,7 @@ static int load_f32(const SafeTensors *st, const char *name, Backend *be, float 
 
 static int load_checkpoint(Trainer *t) {
     char path[PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/checkpoint.safetensors", t->run_dir);
+    run_path(t->run_dir, RUN_CHECKPOINT, path, sizeof path);
     SafeTensors *st = st_open(path, t->err, sizeof t->err);
     if (!st) return -1;
     int rc = -1;
@@ -485,44 +481,17 @@ static void *dev_alloc(Trainer *t, size_t floats, int *ok) {
 }
 
 static int make_run_dir(Trainer *t) {
-    Preset *p = &t->p;
-    if (p->run_name[0]) {
-        snprintf(t->run_dir, sizeof t->run_dir, "%s/%s", p->output_dir, p->run_name);
-    } else {
-        char stamp[32];
-        time_t now = time(NULL);
-        struct tm tmv;
-        localtime_r(&now, &tmv);
-        strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tmv);
-        if (strcmp(p->adapter, "lora") == 0)
-            snprintf(t->run_dir, sizeof t->run_dir, "%s/%s-lora%d-lr%g-%dit", p->output_dir, stamp,
-                     p->lora_rank, p->lr, p->iterations);
-        else
-            snprintf(t->run_dir, sizeof t->run_dir, "%s/%s-krona%dx%d-lr%g-%dit", p->output_dir,
-                     stamp, p->a1, p->a2, p->lr, p->iterations);
-        /* two runs started in the same second get distinct folders */
-        size_t len = strlen(t->run_dir);
-        for (int k = 2; fs_exists(t->run_dir) && k < 1000; k++)
-            snprintf(t->run_dir + len, sizeof t->run_dir - len, "-%d", k);
-    }
-    char sub[PATH_MAX + 16];
-    snprintf(sub, sizeof sub, "%s/samples", t->run_dir);
-    if (fs_mkdir_p(sub, t->err, sizeof t->err) != 0) return -1;
-    snprintf(sub, sizeof sub, "%s/preset.ini", t->run_dir);
-    return preset_save(p, sub, t->err, sizeof t->err);
+    return run_dir_create(&t->p, t->run_dir, sizeof t->run_dir, t->err, sizeof t->err);
 }
 
 static int setup(Trainer *t, const char *resume_dir) {
     Preset *p = &t->p;
     Backend *be = t->be;
     if (resume_dir) {
-        char path[PATH_MAX + 16];
+        char path[PATH_MAX + 32];
         snprintf(t->run_dir, sizeof t->run_dir, "%s", resume_dir);
-        snprintf(path, sizeof path, "%s/preset.ini", resume_dir);
-        preset_defaults(p);
-        if (preset_load(p, path, t->err, sizeof t->err) != 0) return -1;
-        snprintf(path, sizeof path, "%s/checkpoint.safetensors", resume_dir);
-        if (!fs_exists(path)) {
+        if (run_preset_load(resume_dir, p, t->err, sizeof t->err) != 0) return -1;
+        if (!fs_exists(run_path(resume_dir, RUN_CHECKPOINT, path, sizeof path))) {
             snprintf(t->err, sizeof t->err, "%s: no checkpoint to resume from", resume_dir);
             return -1;
         }
@@ -562,7 +531,14 @@ static int setup(Trainer *t, const char *resume_dir) {
     AdapterSpec spec;
     train_adapter_spec(p, &spec);
     if (unet_attach_adapters(m->unet, &spec, p->seed, t->err, sizeof t->err) != 0) return -1;
-    t->trainable = adapter_set_param_count(unet_adapters(m->unet));
+    AdapterCensus census;
+    if (adapter_census(unet_config(m->unet), &spec, &census) != 0) {
+        snprintf(t->err, sizeof t->err, "%s", census.err);
+        adapter_census_free(&census);
+        return -1;
+    }
+    t->trainable = census.trainable;
+    adapter_census_free(&census);
 
     /* images */
     t->n_img = p->n_images;
@@ -723,7 +699,7 @@ static void publish(Trainer *t, TrainState st, float loss, float lr, double t0, 
 
 static int finish(Trainer *t) {
     char path[PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/adapter.safetensors", t->run_dir);
+    run_path(t->run_dir, RUN_ADAPTER, path, sizeof path);
     char meta[256];
     snprintf(meta, sizeof meta, "{\"base_model\":\"%s\",\"steps\":\"%d\"}", t->p.model, t->step);
     if (adapter_set_save(unet_adapters(t->m->unet), path, meta, t->err, sizeof t->err) != 0) return -1;
