@@ -15,6 +15,7 @@
 #include "core/backend.h"
 #include "core/fmt.h"
 #include "core/rng.h"
+#include "models/adapter_census.h"
 #include "models/unet.h"
 
 static double now_s(void) {
@@ -166,19 +167,16 @@ int main(int argc, char **argv) {
     AdapterSpec krona_ffn = krona;
     krona_ffn.modules = ADAPT_ATTN | ADAPT_FFN;
     /* LoRA rank with about KronA's parameter count */
-    UNetParam *params;
-    UNetLinear *lin;
-    int np, nl;
-    unet_param_table(&cfg, &params, &np, &lin, &nl);
-    int64_t kp = 0, per_rank = 0;
-    for (int i = 0; i < nl; i++) {
-        if (!adapter_selects(&krona, lin[i].is_attn, lin[i].is_ffn)) continue;
-        kp += adapter_param_count(&krona, lin[i].d_out, lin[i].d_in);
-        per_rank += lin[i].d_out + lin[i].d_in;
+    AdapterCensus census;
+    if (adapter_census(&cfg, &krona, &census) != 0 || !census.ok) {
+        fprintf(stderr, "bench_train: %s\n", census.err);
+        adapter_census_free(&census);
+        return 2;
     }
-    free(params);
-    free(lin);
-    int rank = (int)fmax(1.0, round((double)kp / (double)per_rank));
+    int64_t per_rank = 0; /* a LoRA rank costs d_in + d_out per adapted linear */
+    for (int i = 0; i < census.n_layers; i++) per_rank += census.layers[i].d_out + census.layers[i].d_in;
+    int rank = (int)fmax(1.0, round((double)census.trainable / (double)per_rank));
+    adapter_census_free(&census);
     AdapterSpec lora = {.kind = ADAPTER_LORA, .rank = rank, .alpha = (float)rank, .modules = ADAPT_ATTN};
     char kname[48], kfname[48], lname[48];
     snprintf(kname, sizeof kname, "KronA %dx%d attn", krona.a1, krona.a2);

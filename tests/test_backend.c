@@ -18,6 +18,7 @@
 #include "core/backend.h"
 #include "core/fsutil.h"
 #include "formats/safetensors.h"
+#include "models/model.h"
 #include "training/train.h"
 
 static void test_open_cpu(void **state) {
@@ -155,6 +156,33 @@ static void test_device_failure_stops_training(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* sampling on a failing device returns an error, not an image of garbage */
+static const char *always_failing(Backend *be) { return "unspecified launch failure (injected)"; }
+static void test_device_failure_fails_sampling(void **state) {
+    char err[512];
+    Backend *be = backend_cpu_create();
+    Model *m = model_open("tiny", be, err, sizeof err);
+    if (!m) fail_msg("%s", err);
+    size_t cb = sizeof(float) * (size_t)m->context_len * m->ctx_dim;
+    float *cc = be->alloc(be, cb), *cu = be->alloc(be, cb);
+    assert_int_equal(model_encode_prompt(m, "a dog", cc, err, sizeof err), 0);
+    assert_int_equal(model_encode_prompt(m, "", cu, err, sizeof err), 0);
+    int px = m->ucfg.sample_size * m->pixel_scale;
+    float *pix = malloc(sizeof(float) * (size_t)m->channels * px * px);
+    SamplerOpts so = {0};
+    so.steps = 2;
+    so.guidance = 2.0f;
+    assert_int_equal(model_generate(m, cc, cu, 1, px, &so, 1, NULL, pix, err, sizeof err), 0);
+    be->last_error = always_failing;
+    assert_int_equal(model_generate(m, cc, cu, 1, px, &so, 1, NULL, pix, err, sizeof err), -1);
+    assert_string_equal(err, "cpu device failed while sampling: unspecified launch failure (injected)");
+    free(pix);
+    be->free(be, cc);
+    be->free(be, cu);
+    model_free(m);
+    backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_cpu),
@@ -162,6 +190,7 @@ int main(void) {
         cmocka_unit_test(test_missing_plugin),
         cmocka_unit_test(test_auto_ranks),
         cmocka_unit_test(test_device_failure_stops_training),
+        cmocka_unit_test(test_device_failure_fails_sampling),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

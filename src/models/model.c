@@ -214,6 +214,10 @@ int model_generate(Model *m, const float *ctx_cond, const float *ctx_uncond, int
         goto done;
     }
     be->download(be, out_host, x, sizeof(float) * (size_t)(N * per));
+    if (be->last_error(be)[0]) { /* never hand back an image the device did not finish */
+        snprintf(err, errlen, "%s device failed while sampling: %s", be->name, be->last_error(be));
+        goto done;
+    }
     rc = 0;
 done:
     be->free(be, x);

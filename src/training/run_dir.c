@@ -55,12 +55,14 @@ void run_dir_choose(const Preset *p, char *out, size_t n) {
     struct tm tmv;
     localtime_r(&now, &tmv);
     strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tmv);
+    locale_t old = uselocale(fs_c_locale()); /* lr0.0006, never lr0,0006 */
     if (strcmp(p->adapter, "lora") == 0)
         snprintf(out, n, "%s/%s-lora%d-lr%g-%dit", p->output_dir, stamp, p->lora_rank, p->lr,
                  p->iterations);
     else
         snprintf(out, n, "%s/%s-krona%dx%d-lr%g-%dit", p->output_dir, stamp, p->a1, p->a2, p->lr,
                  p->iterations);
+    uselocale(old);
     /* two runs started in the same second get distinct folders */
     size_t len = strlen(out);
     for (int k = 2; fs_exists(out) && k < 1000; k++) snprintf(out + len, n - len, "-%d", k);
@@ -92,8 +94,10 @@ int run_loss_write(const char *dir, const float *loss, const float *lr, int step
     char *buf = malloc(cap);
     if (!buf) return -1;
     len += (size_t)snprintf(buf + len, cap - len, LOSS_HEADER);
+    locale_t old = uselocale(fs_c_locale()); /* "0.5" even after the studio's setlocale */
     for (int i = 0; i < steps; i++)
         len += (size_t)snprintf(buf + len, cap - len, "%d,%.7g,%.7g\n", i + 1, loss[i], lr[i]);
+    uselocale(old);
     char path[PATH_MAX + 32];
     int rc = fs_write_atomic(run_path(dir, RUN_LOSS, path, sizeof path), buf, len, err, errlen);
     free(buf);
