@@ -131,22 +131,30 @@ static int load_plugin(const char *name, char *err, size_t errlen) {
     return -1;
 }
 
-/* every krona-backend-*.so in the plugin folders, for device = auto */
-static void load_all_plugins(void) {
+/* every krona-backend-*.so in the plugin folders, for device = auto; why
+ * collects the ones that would not load ("cuda: the CUDA runtime is not ...") */
+static void load_all_plugins(char *why, size_t whylen) {
     char dirs[MAX_DIRS][PATH_MAX];
     int nd = plugin_dirs(dirs);
     for (int i = 0; i < nd; i++) {
         DIR *d = opendir(dirs[i]);
         if (!d) continue;
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            const char *pre = "krona-backend-", *n = e->d_name;
+        struct dirent *ent;
+        while ((ent = readdir(d))) {
+            const char *pre = "krona-backend-", *n = ent->d_name;
             size_t len = strlen(n), pl = strlen(pre);
             if (len <= pl + 3 || strncmp(n, pre, pl) || strcmp(n + len - 3, ".so")) continue;
             char name[64];
             snprintf(name, sizeof name, "%.*s", (int)(len - pl - 3), n + pl);
-            char ignored[256];
-            if (!find_driver(name)) load_plugin(name, ignored, sizeof ignored);
+            char msg[512], tag[80];
+            snprintf(tag, sizeof tag, "%s: ", name);
+            if (find_driver(name) || strstr(why, tag)) continue; /* loaded, or failed already */
+            if (load_plugin(name, msg, sizeof msg) != 0) {
+                /* "device = cuda: X" -> "cuda: X" */
+                const char *reason = strncmp(msg, "device = ", 9) ? msg : msg + 9;
+                size_t l = strlen(why);
+                snprintf(why + l, whylen - l, "%s%s", l ? "; " : "", reason);
+            }
         }
         closedir(d);
     }
@@ -155,10 +163,10 @@ static void load_all_plugins(void) {
 /* ---------------------------------------------------------------- open --- */
 
 static Backend *open_auto(char *err, size_t errlen) {
-    load_all_plugins();
+    char why[1024] = "";
+    load_all_plugins(why, sizeof why);
     /* highest rank first; a backend that does not open is skipped, with why */
     int tried[MAX_DRIVERS] = {0};
-    char why[512] = "";
     for (;;) {
         int best = -1;
         for (int i = 0; i < n_drivers; i++)

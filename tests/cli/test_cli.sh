@@ -134,6 +134,9 @@ if command -v cc >/dev/null; then
   # auto skips a plugin that cannot load and trains on the CPU
   KRONA_BACKEND_PATH="$tmp/nort" $bin sample --model tiny --prompt "a dog" --steps 2 -o "$tmp/d.png" --device auto >/dev/null 2>"$tmp/e"; rc=$?
   [ $rc -eq 0 ] && ok "--device auto with a broken plugin falls back to the CPU" || bad "auto, broken plugin (rc $rc): $(cat "$tmp/e")"
+  KRONA_BACKEND_PATH="$tmp/nort" $bin train $common --set device=auto --set iterations=1 --set run_name=nort >"$tmp/o" 2>&1; rc=$?
+  [ $rc -eq 0 ] && grep -q "^device auto: skipped cuda: the CUDA runtime is not installed" "$tmp/o" &&
+    ok "train --device auto says why it skipped the GPU" || bad "auto skip note (rc $rc): $(cat "$tmp/o")"
 fi
 
 echo "== cli: $pass passed, $fail failed =="
