@@ -156,6 +156,47 @@ static void test_device_failure_stops_training(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* the UNet cannot get its activation memory on the first training step: the
+ * run stops with the UNet's message (before: the failure went unnoticed) */
+static int g_alloc_fail;
+static void *(*real_alloc)(Backend *be, size_t bytes);
+static void *failing_alloc(Backend *be, size_t bytes) { return g_alloc_fail ? NULL : real_alloc(be, bytes); }
+
+static void test_unet_failure_stops_training(void **state) {
+    char err[512], root[128];
+    snprintf(root, sizeof root, "build/test-backend-oom-%d", (int)getpid());
+    assert_int_equal(fs_mkdir_p(root, err, sizeof err), 0);
+    Backend *be = backend_cpu_create();
+    real_alloc = be->alloc;
+    be->alloc = failing_alloc;
+    g_alloc_fail = 0;
+    Preset p;
+    preset_defaults(&p);
+    p.n_images = 1;
+    snprintf(p.images[0], sizeof p.images[0], "models/demo/subject1.png");
+    snprintf(p.instance_prompt, sizeof p.instance_prompt, "a sks dog");
+    p.resolution = 16;
+    p.iterations = 5;
+    p.sample_every = 0;
+    p.n_sample_prompts = 0;
+    snprintf(p.device, sizeof p.device, "cpu");
+    snprintf(p.output_dir, sizeof p.output_dir, "%s", root);
+    snprintf(p.run_name, sizeof p.run_name, "oom");
+    Trainer *t = trainer_create(&p, NULL, be, NULL, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    g_alloc_fail = 1;
+    assert_int_equal(trainer_run(t), -1);
+    printf("trainer error: %s\n", trainer_error(t));
+    assert_non_null(strstr(trainer_error(t), "step 1: UNet"));
+    assert_int_equal(trainer_progress(t).step, 0);
+    g_alloc_fail = 0;
+    trainer_free(t);
+    backend_destroy(be);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* sampling on a failing device returns an error, not an image of garbage */
 static const char *always_failing(Backend *be) { return "unspecified launch failure (injected)"; }
 static void test_device_failure_fails_sampling(void **state) {
@@ -191,6 +232,7 @@ int main(void) {
         cmocka_unit_test(test_auto_ranks),
         cmocka_unit_test(test_device_failure_stops_training),
         cmocka_unit_test(test_device_failure_fails_sampling),
+        cmocka_unit_test(test_unet_failure_stops_training),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

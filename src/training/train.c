@@ -263,8 +263,10 @@ static float lr_at(const Preset *p, int step) {
 }
 
 /* One forward/backward on a batch drawn from src (n images, each with its
- * mirror) with the context ctx; adds weight * grads; returns the loss. */
-static float forward_backward(Trainer *t, const float *src, int n, const float *ctx, float weight) {
+ * mirror) with the context ctx; adds weight * grads; *loss = the batch loss.
+ * 0, or -1 with t->err when the UNet could not run (e.g. out of memory). */
+static int forward_backward(Trainer *t, const float *src, int n, const float *ctx, float weight,
+                            float *loss_out) {
     Backend *be = t->be;
     int B = t->p.batch;
     size_t cb = sizeof(float) * (size_t)t->L * t->D;
@@ -283,12 +285,18 @@ static float forward_backward(Trainer *t, const float *src, int n, const float *
     be->upload(be, t->tdev, t->htf, sizeof(float) * (size_t)B);
     diffusion_q_sample(be, &t->m->sched, t->x0, t->noise, t->ht, t->xt, B, t->per);
     diffusion_target(be, &t->m->sched, t->x0, t->noise, t->ht, t->target, B, t->per);
-    unet_forward(t->m->unet, t->xt, t->tdev, t->ctx_batch, NULL, t->out, B, t->H, t->W, t->L, 1);
-    float loss = be->mse_fwd(be, t->out, t->target, n_all);
+    if (unet_forward(t->m->unet, t->xt, t->tdev, t->ctx_batch, NULL, t->out, B, t->H, t->W, t->L, 1) != 0) {
+        snprintf(t->err, sizeof t->err, "step %d: UNet forward: %s", t->step + 1, unet_last_error(t->m->unet));
+        return -1;
+    }
+    *loss_out = be->mse_fwd(be, t->out, t->target, n_all);
     be->zero(be, t->dout, sizeof(float) * (size_t)n_all);
     be->mse_bwd(be, t->out, t->target, t->dout, n_all, weight);
-    unet_backward(t->m->unet, t->dout, NULL);
-    return loss;
+    if (unet_backward(t->m->unet, t->dout, NULL) != 0) {
+        snprintf(t->err, sizeof t->err, "step %d: UNet backward: %s", t->step + 1, unet_last_error(t->m->unet));
+        return -1;
+    }
+    return 0;
 }
 
 static void zero_grads(Trainer *t) {
@@ -325,10 +333,11 @@ float trainer_eval_loss(Trainer *t) {
         be->copy(be, t->ctx_batch, t->ctx_inst, cb);
         diffusion_q_sample(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->xt, 1, t->per);
         diffusion_target(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->target, 1, t->per);
-        unet_forward(t->m->unet, t->xt, t->tdev, t->ctx_batch, NULL, t->out, 1, t->H, t->W, t->L, 0);
+        if (unet_forward(t->m->unet, t->xt, t->tdev, t->ctx_batch, NULL, t->out, 1, t->H, t->W, t->L, 0) != 0)
+            return NAN; /* no number rather than a wrong one */
         sum += be->mse_fwd(be, t->out, t->target, t->per);
     }
-    return (float)(sum / N_EVAL);
+    return be->last_error(be)[0] ? NAN : (float)(sum / N_EVAL);
 }
 
 /* ---------------------------------------------------------- checkpoint --- */
@@ -732,14 +741,18 @@ int trainer_run(Trainer *t) {
         float lr = lr_at(p, t->step);
         zero_grads(t);
         double acc = 0;
-        for (int k = 0; k < p->grad_accum; k++) {
-            acc += forward_backward(t, t->img_host, t->n_img, t->ctx_inst, 1.0f / p->grad_accum);
-            if (t->n_class > 0)
-                forward_backward(t, t->class_host, t->n_class, t->ctx_class,
-                                 p->prior_weight / p->grad_accum);
+        float l = 0;
+        int failed = 0;
+        for (int k = 0; k < p->grad_accum && !failed; k++) {
+            failed = forward_backward(t, t->img_host, t->n_img, t->ctx_inst, 1.0f / p->grad_accum, &l);
+            acc += l;
+            if (!failed && t->n_class > 0)
+                failed = forward_backward(t, t->class_host, t->n_class, t->ctx_class,
+                                          p->prior_weight / p->grad_accum, &l);
         }
         loss = (float)(acc / p->grad_accum);
-        if (device_failed(t)) { rc = -1; break; }
+        /* the device's own message, when it has one, says more than the UNet's */
+        if (device_failed(t) || failed) { rc = -1; break; }
         if (!isfinite(loss)) {
             snprintf(t->err, sizeof t->err,
                      "loss became %g at step %d: lower lr (now %g) and resume from the checkpoint",

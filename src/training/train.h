@@ -64,6 +64,6 @@ const char *trainer_error(const Trainer *t);
 TrainProgress trainer_progress(Trainer *t);  /* thread-safe snapshot */
 Model *trainer_model(Trainer *t);
 /* Mean loss over the fixed evaluation set of (image, noise, timestep) triples. */
-float trainer_eval_loss(Trainer *t);
+float trainer_eval_loss(Trainer *t); /* NaN when the UNet or the device failed */
 
 #endif
