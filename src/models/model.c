@@ -92,8 +92,14 @@ static int open_diffusers_dir(Model *m, const char *dir, char *err, size_t errle
     if (!m->unet) return -1;
     m->te = te_create(&tc, m->be, err, errlen);
     if (!m->te) return -1;
-    snprintf(path, sizeof path, "%s/tokenizer", dir);
-    m->tok = fs_is_dir(path) ? tok_create_clip(path, err, errlen) : tok_create_bytes();
+    /* a byte-level vocabulary (the tiny model's kind) needs no files; CLIP's is
+     * looked for in the folder and where SD users already have it */
+    if (tc.vocab_size == TOK_BYTES_VOCAB) {
+        m->tok = tok_create_bytes();
+    } else {
+        if (tok_find_clip(NULL, dir, path, sizeof path, err, errlen) != 0) return -1;
+        m->tok = tok_create_clip(path, err, errlen);
+    }
     if (!m->tok) return -1;
     m->context_len = tc.max_position_embeddings;
     snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", dir);

@@ -273,7 +273,7 @@ Tokenizer *tok_create_bytes(void)
     Tokenizer *t = calloc(1, sizeof *t);
     if (!t) return NULL;
     t->kind = TOK_BYTES;
-    t->vocab = 258;
+    t->vocab = TOK_BYTES_VOCAB;
     t->bos = 256;
     t->eos = 257;
     t->pad = 257;

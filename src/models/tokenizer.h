@@ -23,11 +23,21 @@
 
 typedef struct Tokenizer Tokenizer;
 
+enum { TOK_BYTES_VOCAB = 258 }; /* the byte tokenizer's ids: 256 bytes, BOS, EOS */
+
 /* merges_path: CLIP's bpe_simple_vocab_16e6.txt.gz (gzip), a plain merges.txt,
  * or a folder holding either (a diffusers "tokenizer/" folder). The first line
  * is a "#version" header; at most 48,894 merges are used, their order being the
  * rank. NULL on error with the reason in err. */
 Tokenizer *tok_create_clip(const char *merges_path, char *err, size_t errlen);
+/* Where CLIP's vocabulary is (tokenizer_find.c): explicit_path (--tokenizer)
+ * when given, else model_dir/tokenizer or model_dir (may be NULL), else
+ * $KRONA_TOKENIZER, else where SD users already have it: the Hugging Face
+ * cache, ComfyUI's comfy/sd1_tokenizer, AUTOMATIC1111's venv and user/system
+ * open_clip packages. 0 with the path in out (for tok_create_clip), or -1 with
+ * one line naming the places and the command that fetches it. */
+int tok_find_clip(const char *explicit_path, const char *model_dir, char *out, size_t n,
+                  char *err, size_t errlen);
 /* The byte tokenizer (never fails short of out-of-memory). */
 Tokenizer *tok_create_bytes(void);
 void tok_free(Tokenizer *tok);
