@@ -203,15 +203,15 @@ int cmd_sample(int argc, char **argv) {
         snprintf(err, sizeof err, "--size %d: must be a multiple of %d for this model", size, cell);
         goto fail;
     }
-    size_t cb = sizeof(float) * (size_t)m->context_len * m->ctx_dim;
+    size_t cb = sizeof(float) * (size_t)m->cond_floats;
     cc = be->alloc(be, cb * (size_t)n);
     cu = be->alloc(be, cb * (size_t)n);
     int64_t per = (int64_t)m->channels * size * size;
     pix = malloc(sizeof(float) * (size_t)(per * n));
     tiles = calloc((size_t)n, sizeof(Image));
     if (!cc || !cu || !pix || !tiles) { snprintf(err, sizeof err, "out of memory"); goto fail; }
-    if (model_encode_prompt(m, prompt, cc, err, sizeof err) != 0) goto fail;
-    if (model_encode_prompt(m, neg, cu, err, sizeof err) != 0) goto fail;
+    if (model_encode_prompt(m, prompt, size, cc, err, sizeof err) != 0) goto fail;
+    if (model_encode_prompt(m, neg, size, cu, err, sizeof err) != 0) goto fail;
     for (int i = 1; i < n; i++) {
         be->copy(be, (char *)cc + cb * i, cc, cb);
         be->copy(be, (char *)cu + cb * i, cu, cb);

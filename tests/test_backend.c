@@ -204,10 +204,10 @@ static void test_device_failure_fails_sampling(void **state) {
     Backend *be = backend_cpu_create();
     Model *m = model_open("tiny", be, err, sizeof err);
     if (!m) fail_msg("%s", err);
-    size_t cb = sizeof(float) * (size_t)m->context_len * m->ctx_dim;
+    size_t cb = sizeof(float) * (size_t)m->cond_floats;
     float *cc = be->alloc(be, cb), *cu = be->alloc(be, cb);
-    assert_int_equal(model_encode_prompt(m, "a dog", cc, err, sizeof err), 0);
-    assert_int_equal(model_encode_prompt(m, "", cu, err, sizeof err), 0);
+    assert_int_equal(model_encode_prompt(m, "a dog", 32, cc, err, sizeof err), 0);
+    assert_int_equal(model_encode_prompt(m, "", 32, cu, err, sizeof err), 0);
     int px = m->ucfg.sample_size * m->pixel_scale;
     float *pix = malloc(sizeof(float) * (size_t)m->channels * px * px);
     SamplerOpts so = {0};

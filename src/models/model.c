@@ -71,6 +71,22 @@ static int open_tiny(Model *m, char *err, size_t errlen) {
     return 0;
 }
 
+/* A byte-level vocabulary (the tiny model's kind) needs no files; CLIP's is
+ * found in dir/sub or where SD users already have it (tok_find_clip). */
+static int open_tokenizer(const TextConfig *tc, const char *dir, const char *sub, Tokenizer **tok,
+                          char *err, size_t errlen) {
+    if (tc->vocab_size == TOK_BYTES_VOCAB) {
+        *tok = tok_create_bytes();
+        return *tok ? 0 : -1;
+    }
+    char path[PATH_MAX], found[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, sub);
+    if (fs_is_dir(path)) snprintf(found, sizeof found, "%s", path);
+    else if (tok_find_clip(NULL, dir, found, sizeof found, err, errlen) != 0) return -1;
+    *tok = tok_create_clip(found, err, errlen);
+    return *tok ? 0 : -1;
+}
+
 static int open_diffusers_dir(Model *m, const char *dir, char *err, size_t errlen) {
     char path[PATH_MAX], path2[PATH_MAX];
     snprintf(path, sizeof path, "%s/unet/config.json", dir);
@@ -92,22 +108,58 @@ static int open_diffusers_dir(Model *m, const char *dir, char *err, size_t errle
     if (!m->unet) return -1;
     m->te = te_create(&tc, m->be, err, errlen);
     if (!m->te) return -1;
-    /* a byte-level vocabulary (the tiny model's kind) needs no files; CLIP's is
-     * looked for in the folder and where SD users already have it */
-    if (tc.vocab_size == TOK_BYTES_VOCAB) {
-        m->tok = tok_create_bytes();
-    } else {
-        if (tok_find_clip(NULL, dir, path, sizeof path, err, errlen) != 0) return -1;
-        m->tok = tok_create_clip(path, err, errlen);
-    }
-    if (!m->tok) return -1;
+    if (open_tokenizer(&tc, dir, "tokenizer", &m->tok, err, errlen) != 0) return -1;
     m->context_len = tc.max_position_embeddings;
     snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", dir);
     snprintf(path2, sizeof path2, "%s/text_encoder/model.safetensors", dir);
     if (unet_load_safetensors(m->unet, path, err, errlen) != 0) return -1;
     if (te_load_safetensors(m->te, path2, "", err, errlen) != 0) return -1;
+    /* SDXL: a second text encoder (OpenCLIP ViT-bigG in HF form) */
+    snprintf(path, sizeof path, "%s/text_encoder_2/config.json", dir);
+    if (fs_exists(path)) {
+        TextConfig tc2;
+        if (te_config_load(&tc2, path, err, errlen) != 0) return -1;
+        m->te2 = te_create(&tc2, m->be, err, errlen);
+        if (!m->te2) return -1;
+        snprintf(path, sizeof path, "%s/text_encoder_2/model.safetensors", dir);
+        if (te_load_safetensors(m->te2, path, "", err, errlen) != 0) return -1;
+        if (open_tokenizer(&tc2, dir, "tokenizer_2", &m->tok2, err, errlen) != 0) return -1;
+        tok_set_pad(m->tok2, 0); /* bigG pads with "!" (id 0), CLIP-L with EOS */
+        if (tc2.max_position_embeddings != m->context_len) {
+            snprintf(err, errlen, "%s: text_encoder_2 takes %d tokens, text_encoder %d", dir,
+                     tc2.max_position_embeddings, m->context_len);
+            return -1;
+        }
+    }
     m->pretrained = 1;
     snprintf(m->note, sizeof m->note, "diffusers folder %s", dir);
+    return 0;
+}
+
+/* The text encoders' widths against what the UNet takes; sets ctx_dim,
+ * added_dim and cond_floats. */
+static int check_widths(Model *m, char *err, size_t errlen) {
+    const UNetConfig *u = &m->ucfg;
+    int w = te_config(m->te)->hidden_size, w2 = m->te2 ? te_config(m->te2)->hidden_size : 0;
+    m->ctx_dim = u->cross_attention_dim;
+    if (w + w2 != m->ctx_dim) {
+        snprintf(err, errlen, "model '%s': text encoder width %d%s != UNet cross_attention_dim %d",
+                 m->spec, w + w2, m->te2 ? " (both encoders)" : "", m->ctx_dim);
+        return -1;
+    }
+    m->added_dim = 0;
+    if (u->addition_time_embed_dim > 0) {
+        /* the add-embedding takes [pooled P, 6 time ids each embedded to addition_time_embed_dim] */
+        int P = u->projection_class_embeddings_input_dim - 6 * u->addition_time_embed_dim;
+        if (!m->te2 || te_pooled_dim(m->te2) != P) {
+            snprintf(err, errlen, "model '%s': the UNet's added conditioning wants a pooled text "
+                     "embedding of %d, %s", m->spec, P,
+                     m->te2 ? "text_encoder_2 gives another width" : "and there is no text_encoder_2");
+            return -1;
+        }
+        m->added_dim = P + 6;
+    }
+    m->cond_floats = (int64_t)m->context_len * m->ctx_dim + m->added_dim;
     return 0;
 }
 
@@ -133,13 +185,7 @@ Model *model_open(const char *spec, Backend *be, char *err, size_t errlen) {
         rc = -1;
     }
     if (rc != 0) { model_free(m); return NULL; }
-    m->ctx_dim = m->ucfg.cross_attention_dim;
-    if (te_config(m->te)->hidden_size != m->ctx_dim) {
-        snprintf(err, errlen, "model '%s': text encoder width %d != UNet cross_attention_dim %d",
-                 spec, te_config(m->te)->hidden_size, m->ctx_dim);
-        model_free(m);
-        return NULL;
-    }
+    if (check_widths(m, err, errlen) != 0) { model_free(m); return NULL; }
     m->channels = m->ucfg.in_channels;
     m->latent = 0;
     m->pixel_scale = 1;
@@ -151,23 +197,98 @@ void model_free(Model *m) {
     if (m->unet) unet_free(m->unet);
     if (m->te) te_free(m->te);
     if (m->tok) tok_free(m->tok);
+    if (m->te2) te_free(m->te2);
+    if (m->tok2) tok_free(m->tok2);
+    if (m->be) {
+        m->be->free(m->be, m->split_ctx);
+        m->be->free(m->be, m->split_added);
+    }
     free(m);
 }
 
-int model_encode_prompt(Model *m, const char *prompt, float *ctx, char *err, size_t errlen) {
+/* ids of one prompt for tok (BOS, ids, EOS, pad) */
+static int32_t *prompt_ids(const Model *m, const Tokenizer *tok, const char *prompt, char *err,
+                           size_t errlen) {
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)m->context_len);
+    if (!ids) { snprintf(err, errlen, "out of memory"); return NULL; }
+    if (tok_encode_padded(tok, prompt, m->context_len, ids, NULL, err, errlen) != 0) {
+        free(ids);
+        return NULL;
+    }
+    return ids;
+}
+
+int model_encode_prompt(Model *m, const char *prompt, int px, float *cond, char *err, size_t errlen) {
+    Backend *be = m->be;
     int L = m->context_len;
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)L);
-    if (!ids) { snprintf(err, errlen, "out of memory"); return -1; }
-    int rc = tok_encode_padded(m->tok, prompt, L, ids, NULL, err, errlen);
-    if (rc == 0) rc = te_forward(m->te, ids, 1, L, ctx, NULL, NULL, err, errlen);
-    free(ids);
+    if (!m->te2) { /* one encoder: its last hidden state */
+        int32_t *ids = prompt_ids(m, m->tok, prompt, err, errlen);
+        if (!ids) return -1;
+        int rc = te_forward(m->te, ids, 1, L, cond, NULL, NULL, err, errlen);
+        free(ids);
+        return rc;
+    }
+    /* SDXL: [L, w1 | w2] from both penultimate states, then [pooled | time ids] */
+    int w1 = te_config(m->te)->hidden_size, w2 = te_config(m->te2)->hidden_size;
+    int P = m->added_dim - 6;
+    float *added = cond + (int64_t)L * m->ctx_dim;
+    float ids6[6] = {(float)px, (float)px, 0.f, 0.f, (float)px, (float)px}; /* size, crop, target */
+    if (!prompt[0]) { /* force_zeros_for_empty_prompt */
+        be->zero(be, cond, sizeof(float) * (size_t)(m->cond_floats - 6));
+        be->upload(be, added + P, ids6, sizeof ids6);
+        return 0;
+    }
+    int32_t *ids1 = prompt_ids(m, m->tok, prompt, err, errlen);
+    int32_t *ids2 = ids1 ? prompt_ids(m, m->tok2, prompt, err, errlen) : NULL;
+    float *h1 = be->alloc(be, sizeof(float) * (size_t)L * w1);
+    float *h2 = be->alloc(be, sizeof(float) * (size_t)L * w2);
+    int rc = -1;
+    if (!ids1 || !ids2) goto done;
+    if (!h1 || !h2) { snprintf(err, errlen, "out of memory encoding the prompt"); goto done; }
+    if (te_forward(m->te, ids1, 1, L, NULL, h1, NULL, err, errlen) != 0) goto done;
+    if (te_forward(m->te2, ids2, 1, L, NULL, h2, added, err, errlen) != 0) goto done;
+    for (int l = 0; l < L; l++) {
+        be->copy(be, cond + (int64_t)l * m->ctx_dim, h1 + (int64_t)l * w1, sizeof(float) * (size_t)w1);
+        be->copy(be, cond + (int64_t)l * m->ctx_dim + w1, h2 + (int64_t)l * w2, sizeof(float) * (size_t)w2);
+    }
+    be->upload(be, added + P, ids6, sizeof ids6);
+    rc = 0;
+done:
+    free(ids1);
+    free(ids2);
+    be->free(be, h1);
+    be->free(be, h2);
     return rc;
+}
+
+int model_unet_forward(Model *m, const float *x, const float *t, const float *cond, float *out,
+                       int N, int H, int W, int for_backward) {
+    if (!m->added_dim)
+        return unet_forward(m->unet, x, t, cond, NULL, out, N, H, W, m->context_len, for_backward);
+    /* records [ctx | added] -> the UNet's [N, L, D] and [N, added_dim] */
+    Backend *be = m->be;
+    int64_t nc = (int64_t)m->context_len * m->ctx_dim;
+    if (m->split_n < N) {
+        be->free(be, m->split_ctx);
+        be->free(be, m->split_added);
+        m->split_ctx = be->alloc(be, sizeof(float) * (size_t)(N * nc));
+        m->split_added = be->alloc(be, sizeof(float) * (size_t)N * m->added_dim);
+        m->split_n = m->split_ctx && m->split_added ? N : 0;
+        if (!m->split_n) return -1;
+    }
+    for (int i = 0; i < N; i++) {
+        be->copy(be, m->split_ctx + i * nc, cond + i * m->cond_floats, sizeof(float) * (size_t)nc);
+        be->copy(be, m->split_added + (int64_t)i * m->added_dim, cond + i * m->cond_floats + nc,
+                 sizeof(float) * (size_t)m->added_dim);
+    }
+    return unet_forward(m->unet, x, t, m->split_ctx, m->split_added, out, N, H, W, m->context_len,
+                        for_backward);
 }
 
 /* The sampler's view of the model: one doubled batch [uncond; cond]. */
 typedef struct GenCtx {
     Model *m;
-    const float *ctx2;   /* [2N, L, D] */
+    const float *ctx2;   /* [2N, cond_floats] */
     float *tbuf;         /* [2N] device */
     float *thost;
     int N, H, W;
@@ -179,8 +300,7 @@ static int gen_denoise(void *user, const float *x, float t, float *out, int n2) 
     if (g->cancel && *g->cancel) return -1;
     for (int i = 0; i < n2; i++) g->thost[i] = t;
     g->m->be->upload(g->m->be, g->tbuf, g->thost, sizeof(float) * (size_t)n2);
-    return unet_forward(g->m->unet, x, g->tbuf, g->ctx2, NULL, out, n2, g->H, g->W,
-                        g->m->context_len, 0);
+    return model_unet_forward(g->m, x, g->tbuf, g->ctx2, out, n2, g->H, g->W, 0);
 }
 
 int model_generate(Model *m, const float *ctx_cond, const float *ctx_uncond, int N, int px,
@@ -189,7 +309,7 @@ int model_generate(Model *m, const float *ctx_cond, const float *ctx_uncond, int
     Backend *be = m->be;
     int H = px / m->pixel_scale, W = H, C = m->channels;
     int64_t per = (int64_t)C * H * W;
-    size_t ctx_bytes = sizeof(float) * (size_t)N * m->context_len * m->ctx_dim;
+    size_t ctx_bytes = sizeof(float) * (size_t)(N * m->cond_floats);
     if (diffusion_validate(&m->sched, o, err, errlen) != 0) return -1;
     float *x = be->alloc(be, sizeof(float) * (size_t)(N * per));
     float *ctx2 = be->alloc(be, 2 * ctx_bytes);

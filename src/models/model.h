@@ -22,8 +22,17 @@ typedef struct Model {
     UNet *unet;
     TextEncoder *te;
     Tokenizer *tok;
+    TextEncoder *te2;  /* SDXL's second encoder (OpenCLIP ViT-bigG); NULL otherwise */
+    Tokenizer *tok2;
     int context_len;   /* tokens per prompt, BOS..EOS..pad */
-    int ctx_dim;       /* text hidden size = cross_attention_dim */
+    int ctx_dim;       /* = cross_attention_dim: the text hidden size (SDXL: both encoders' concatenated) */
+    int added_dim;     /* UNet add-embedding input per prompt: pooled text + 6 time ids (SDXL), else 0 */
+    /* One prompt's conditioning, a record of cond_floats on the device:
+     * [context_len, ctx_dim] then added_dim floats. Callers size prompt buffers
+     * with it and hand records to model_unet_forward / model_generate. */
+    int64_t cond_floats;
+    float *split_ctx, *split_added; /* model_unet_forward's scratch (SDXL) */
+    int split_n;
     Schedule sched;
     int channels;      /* UNet input channels (3: pixels) */
     int latent;        /* 1 when images go through a VAE */
@@ -43,12 +52,21 @@ void model_free(Model *m);
 /* Attach and load the adapters of a file written by `train` (a run's adapter, training/run_dir.h). */
 int model_load_adapter(Model *m, const char *path, char *err, size_t errlen);
 
-/* Encode one prompt to a context [context_len, ctx_dim] on the device. Errors
- * (too long, invalid UTF-8) name the prompt. */
-int model_encode_prompt(Model *m, const char *prompt, float *ctx, char *err, size_t errlen);
+/* Encode one prompt to its conditioning record cond[cond_floats] (device).
+ * SD 1.5 / tiny: the last hidden state. SDXL: both encoders' penultimate
+ * states concatenated to ctx_dim, then the bigG pooled output and the time ids
+ * (px, px, 0, 0, px, px) for images of px pixels; the empty prompt is all
+ * zeros, as diffusers' SDXL pipelines do (force_zeros_for_empty_prompt).
+ * Errors (too long, invalid UTF-8) name the prompt. */
+int model_encode_prompt(Model *m, const char *prompt, int px, float *cond, char *err, size_t errlen);
 
-/* Generate N images of size px (pixels) for prompt contexts ctx_cond[N,L,D]
- * (device) with classifier-free guidance against ctx_uncond[N,L,D].
+/* unet_forward on N conditioning records cond[N, cond_floats] (device). */
+int model_unet_forward(Model *m, const float *x, const float *t, const float *cond, float *out,
+                       int N, int H, int W, int for_backward);
+
+/* Generate N images of size px (pixels) for conditioning records
+ * ctx_cond[N, cond_floats] (device) with classifier-free guidance against
+ * ctx_uncond[N, cond_floats].
  * out_host[N,C,px,px] in [-1,1]. Deterministic in seed. cancel (may be NULL)
  * is polled between sampler steps. */
 int model_generate(Model *m, const float *ctx_cond, const float *ctx_uncond, int N, int px,

@@ -655,11 +655,12 @@ static int write_samples(Pt *p) {
     m.tok = p->tok;
     m.context_len = p->L;
     m.ctx_dim = p->ucfg.cross_attention_dim;
+    m.cond_floats = (int64_t)p->L * m.ctx_dim; /* the tiny model: no added conditioning */
     m.sched = p->sched;
     m.channels = p->ucfg.in_channels;
     m.pixel_scale = 1;
     char e[400], path[1200];
-    int64_t cl = (int64_t)p->L * m.ctx_dim;
+    int64_t cl = m.cond_floats;
     float *cond = be->alloc(be, sizeof(float) * (size_t)(n * cl));
     float *unc = be->alloc(be, sizeof(float) * (size_t)(n * cl));
     float *img = malloc(sizeof(float) * (size_t)(n * p->per));
@@ -669,8 +670,8 @@ static int write_samples(Pt *p) {
     swap_ema(p);
     if (!cond || !unc || !img || !tiles) { snprintf(e, sizeof e, "out of memory"); goto done; }
     for (int i = 0; i < n; i++) {
-        if (model_encode_prompt(&m, o->sample_prompts[i], cond + i * cl, e, sizeof e) != 0 ||
-            model_encode_prompt(&m, "", unc + i * cl, e, sizeof e) != 0)
+        if (model_encode_prompt(&m, o->sample_prompts[i], p->W, cond + i * cl, e, sizeof e) != 0 ||
+            model_encode_prompt(&m, "", p->W, unc + i * cl, e, sizeof e) != 0)
             goto done;
     }
     SamplerOpts so = {.kind = SAMPLER_DDIM, .steps = o->sample_steps, .guidance = o->sample_guidance};

@@ -189,7 +189,7 @@ int score_generate(Model *m, const char *const *prompts, int n, const ScoreOpts 
         snprintf(err, errlen, "scoring needs a pixel-space RGB model");
         return -1;
     }
-    size_t ctxn = (size_t)m->context_len * m->ctx_dim;
+    size_t ctxn = (size_t)m->cond_floats;
     int64_t per = (int64_t)m->channels * px * px;
     float *cc = be->alloc(be, sizeof(float) * ctxn * SCORE_BATCH);
     float *cu = be->alloc(be, sizeof(float) * ctxn * SCORE_BATCH);
@@ -204,8 +204,8 @@ int score_generate(Model *m, const char *const *prompts, int n, const ScoreOpts 
     for (int i0 = 0; i0 < n; i0 += SCORE_BATCH) {
         int nb = n - i0 < SCORE_BATCH ? n - i0 : SCORE_BATCH;
         for (int k = 0; k < nb; k++) {
-            if (model_encode_prompt(m, prompts[i0 + k], cc + ctxn * k, err, errlen) != 0) goto done;
-            if (model_encode_prompt(m, "", cu + ctxn * k, err, errlen) != 0) goto done;
+            if (model_encode_prompt(m, prompts[i0 + k], px, cc + ctxn * k, err, errlen) != 0) goto done;
+            if (model_encode_prompt(m, "", px, cu + ctxn * k, err, errlen) != 0) goto done;
         }
         so.seed = seed + (uint64_t)i0;
         if (model_generate(m, cc, cu, nb, px, &so, seed + (uint64_t)i0, NULL, out, err, errlen) != 0)

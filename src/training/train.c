@@ -32,7 +32,6 @@ struct Trainer {
 
     int px, H, W, C;       /* training image size (pixels) and UNet grid */
     int64_t per;           /* floats per image */
-    int L, D;              /* context tokens and width */
     int n_img, n_class;
     float *img_host;       /* [n_img * 2, per]: each image and its mirror */
     float *class_host;     /* [n_class * 2, per] */
@@ -227,7 +226,7 @@ static int prepare_class_images(Trainer *t) {
     } else {
         tlog(t, "generating %d class images for \"%s\" with the base model", count, p->class_prompt);
         if (fs_mkdir_p(cache, t->err, sizeof t->err) != 0) return -1;
-        size_t cb = sizeof(float) * (size_t)t->L * t->D;
+        size_t cb = sizeof(float) * (size_t)t->m->cond_floats;
         float *cc = t->be->alloc(t->be, cb * (size_t)count);
         float *cu = t->be->alloc(t->be, cb * (size_t)count);
         Image *tiles = calloc((size_t)count, sizeof(Image));
@@ -269,7 +268,7 @@ static int forward_backward(Trainer *t, const float *src, int n, const float *ct
                             float *loss_out) {
     Backend *be = t->be;
     int B = t->p.batch;
-    size_t cb = sizeof(float) * (size_t)t->L * t->D;
+    size_t cb = sizeof(float) * (size_t)t->m->cond_floats;
     for (int b = 0; b < B; b++) {
         int i = rng_int(&t->rng, n);
         int mirror = t->p.flip ? rng_int(&t->rng, 2) : 0;
@@ -285,7 +284,7 @@ static int forward_backward(Trainer *t, const float *src, int n, const float *ct
     be->upload(be, t->tdev, t->htf, sizeof(float) * (size_t)B);
     diffusion_q_sample(be, &t->m->sched, t->x0, t->noise, t->ht, t->xt, B, t->per);
     diffusion_target(be, &t->m->sched, t->x0, t->noise, t->ht, t->target, B, t->per);
-    if (unet_forward(t->m->unet, t->xt, t->tdev, t->ctx_batch, NULL, t->out, B, t->H, t->W, t->L, 1) != 0) {
+    if (model_unet_forward(t->m, t->xt, t->tdev, t->ctx_batch, t->out, B, t->H, t->W, 1) != 0) {
         snprintf(t->err, sizeof t->err, "step %d: UNet forward: %s", t->step + 1, unet_last_error(t->m->unet));
         return -1;
     }
@@ -322,7 +321,7 @@ static void optimizer_step(Trainer *t, float lr) {
 
 float trainer_eval_loss(Trainer *t) {
     Backend *be = t->be;
-    size_t cb = sizeof(float) * (size_t)t->L * t->D;
+    size_t cb = sizeof(float) * (size_t)t->m->cond_floats;
     double sum = 0;
     for (int e = 0; e < N_EVAL; e++) {
         memcpy(t->hx0, t->img_host + 2 * t->eval_img[e] * t->per, sizeof(float) * (size_t)t->per);
@@ -333,7 +332,7 @@ float trainer_eval_loss(Trainer *t) {
         be->copy(be, t->ctx_batch, t->ctx_inst, cb);
         diffusion_q_sample(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->xt, 1, t->per);
         diffusion_target(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->target, 1, t->per);
-        if (unet_forward(t->m->unet, t->xt, t->tdev, t->ctx_batch, NULL, t->out, 1, t->H, t->W, t->L, 0) != 0)
+        if (model_unet_forward(t->m, t->xt, t->tdev, t->ctx_batch, t->out, 1, t->H, t->W, 0) != 0)
             return NAN; /* no number rather than a wrong one */
         sum += be->mse_fwd(be, t->out, t->target, t->per);
     }
@@ -533,8 +532,6 @@ static int setup(Trainer *t, const char *resume_dir) {
         return -1;
     }
     t->per = (int64_t)t->C * t->H * t->W;
-    t->L = m->context_len;
-    t->D = m->ctx_dim;
 
     /* adapters: spec errors (a1 not dividing a layer) surface here */
     AdapterSpec spec;
@@ -560,7 +557,7 @@ static int setup(Trainer *t, const char *resume_dir) {
 
     /* device buffers */
     int ok = 1, B = p->batch, S = p->n_sample_prompts > 0 ? p->n_sample_prompts : 1;
-    size_t ctxn = (size_t)t->L * t->D;
+    size_t ctxn = (size_t)m->cond_floats; /* one prompt's conditioning record */
     t->ctx_inst = dev_alloc(t, ctxn, &ok);
     t->ctx_class = dev_alloc(t, ctxn, &ok);
     t->ctx_empty = dev_alloc(t, ctxn, &ok);
@@ -600,11 +597,11 @@ static int setup(Trainer *t, const char *resume_dir) {
     }
 
     /* prompts, encoded once */
-    if (model_encode_prompt(m, p->instance_prompt, t->ctx_inst, t->err, sizeof t->err) != 0) return -1;
-    if (model_encode_prompt(m, p->class_prompt, t->ctx_class, t->err, sizeof t->err) != 0) return -1;
-    if (model_encode_prompt(m, "", t->ctx_empty, t->err, sizeof t->err) != 0) return -1;
+    if (model_encode_prompt(m, p->instance_prompt, t->px, t->ctx_inst, t->err, sizeof t->err) != 0) return -1;
+    if (model_encode_prompt(m, p->class_prompt, t->px, t->ctx_class, t->err, sizeof t->err) != 0) return -1;
+    if (model_encode_prompt(m, "", t->px, t->ctx_empty, t->err, sizeof t->err) != 0) return -1;
     for (int i = 0; i < p->n_sample_prompts; i++) {
-        if (model_encode_prompt(m, p->sample_prompts[i], t->ctx_samples + ctxn * i, t->err,
+        if (model_encode_prompt(m, p->sample_prompts[i], t->px, t->ctx_samples + ctxn * i, t->err,
                                 sizeof t->err) != 0)
             return -1;
         be->copy(be, t->ctx_samples_uncond + ctxn * i, t->ctx_empty, sizeof(float) * ctxn);

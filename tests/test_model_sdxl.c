@@ -1,0 +1,214 @@
+/* test_model_sdxl.c — SDXL's text conditioning through the model layer, on a
+ * small random-weight diffusers folder the test writes (pixel space, so no VAE
+ * is needed): two text encoders (the second with a projection, padding with
+ * id 0), their penultimate states concatenated to the UNet's context width,
+ * the pooled projection and the time ids as the UNet's added input, all in one
+ * conditioning record per prompt; checked against the encoders and the UNet
+ * called directly, and the empty prompt as zeros (force_zeros_for_empty_prompt). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/fsutil.h"
+#include "models/model.h"
+
+static char g_dir[256];
+
+/* the SDXL-like test UNet of tests/golden/unet_sdxllike.json in pixel space:
+ * context 32 = 16 + 16, added input 16 (pooled) + 6 time ids of 8 each */
+static const char *UNET_JSON =
+    "{\"_class_name\": \"UNet2DConditionModel\", \"in_channels\": 3, \"out_channels\": 3,"
+    " \"sample_size\": 8, \"flip_sin_to_cos\": true, \"freq_shift\": 0,"
+    " \"down_block_types\": [\"DownBlock2D\", \"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\"],"
+    " \"mid_block_type\": \"UNetMidBlock2DCrossAttn\","
+    " \"up_block_types\": [\"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", \"UpBlock2D\"],"
+    " \"block_out_channels\": [8, 16, 16], \"layers_per_block\": 1, \"norm_num_groups\": 8,"
+    " \"cross_attention_dim\": 32, \"transformer_layers_per_block\": [1, 1, 2],"
+    " \"attention_head_dim\": [2, 2, 4], \"use_linear_projection\": true,"
+    " \"addition_embed_type\": \"text_time\", \"addition_time_embed_dim\": 8,"
+    " \"projection_class_embeddings_input_dim\": 64}";
+static const char *TE1_JSON =
+    "{\"architectures\": [\"CLIPTextModel\"], \"vocab_size\": 258, \"hidden_size\": 16,"
+    " \"intermediate_size\": 32, \"num_hidden_layers\": 2, \"num_attention_heads\": 2,"
+    " \"max_position_embeddings\": 77, \"hidden_act\": \"quick_gelu\", \"eos_token_id\": 257}";
+static const char *TE2_JSON =
+    "{\"architectures\": [\"CLIPTextModelWithProjection\"], \"vocab_size\": 258, \"hidden_size\": 16,"
+    " \"intermediate_size\": 32, \"num_hidden_layers\": 3, \"num_attention_heads\": 4,"
+    " \"max_position_embeddings\": 77, \"hidden_act\": \"gelu\", \"projection_dim\": 16,"
+    " \"eos_token_id\": 257}";
+
+static void write_text(const char *rel, const char *text) {
+    char path[512], err[256];
+    snprintf(path, sizeof path, "%s/%s", g_dir, rel);
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", path);
+    *strrchr(dir, '/') = 0;
+    assert_int_equal(fs_mkdir_p(dir, err, sizeof err), 0);
+    assert_int_equal(fs_write_atomic(path, text, strlen(text), err, sizeof err), 0);
+}
+
+static int setup(void **state) {
+    snprintf(g_dir, sizeof g_dir, "build/test-model-sdxl-%d", (int)getpid());
+    write_text("unet/config.json", UNET_JSON);
+    write_text("text_encoder/config.json", TE1_JSON);
+    write_text("text_encoder_2/config.json", TE2_JSON);
+    char err[512], path[600];
+    Backend *be = backend_cpu_create();
+    UNetConfig uc;
+    snprintf(path, sizeof path, "%s/unet/config.json", g_dir);
+    if (unet_config_from_json(path, &uc, err, sizeof err) != 0) { fprintf(stderr, "%s\n", err); return -1; }
+    UNet *u = unet_create(&uc, be, err, sizeof err);
+    if (!u) return -1;
+    unet_init_random(u, 3);
+    snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", g_dir);
+    if (unet_save_safetensors(u, path, err, sizeof err) != 0) return -1;
+    unet_free(u);
+    const char *te_dirs[2] = {"text_encoder", "text_encoder_2"};
+    for (int i = 0; i < 2; i++) {
+        TextConfig tc;
+        snprintf(path, sizeof path, "%s/%s/config.json", g_dir, te_dirs[i]);
+        if (te_config_load(&tc, path, err, sizeof err) != 0) { fprintf(stderr, "%s\n", err); return -1; }
+        TextEncoder *te = te_create(&tc, be, err, sizeof err);
+        if (!te) return -1;
+        te_init_random(te, 10 + (uint64_t)i);
+        snprintf(path, sizeof path, "%s/%s/model.safetensors", g_dir, te_dirs[i]);
+        if (te_save_safetensors(te, path, err, sizeof err) != 0) return -1;
+        te_free(te);
+    }
+    backend_destroy(be);
+    return 0;
+}
+
+static int teardown(void **state) {
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static float *download(Backend *be, const float *dev, int64_t n) {
+    float *h = malloc(sizeof(float) * (size_t)n);
+    be->download(be, h, dev, sizeof(float) * (size_t)n);
+    return h;
+}
+
+static void test_sdxl_conditioning(void **state) {
+    char err[512];
+    Backend *be = backend_cpu_create();
+    Model *m = model_open(g_dir, be, err, sizeof err);
+    if (!m) fail_msg("%s", err);
+    assert_non_null(m->te2);
+    assert_int_equal(m->ctx_dim, 32);
+    assert_int_equal(m->added_dim, 16 + 6);
+    int L = m->context_len;
+    assert_int_equal(m->cond_floats, (int64_t)L * 32 + 22);
+
+    /* the record against the two encoders run directly */
+    const char *prompt = "a photo of a sks fox";
+    float *cond = be->alloc(be, sizeof(float) * (size_t)m->cond_floats);
+    assert_int_equal(model_encode_prompt(m, prompt, 48, cond, err, sizeof err), 0);
+    float *rec = download(be, cond, m->cond_floats);
+    int32_t ids1[77], ids2[77];
+    assert_int_equal(tok_encode_padded(m->tok, prompt, L, ids1, NULL, err, sizeof err), 0);
+    assert_int_equal(tok_encode_padded(m->tok2, prompt, L, ids2, NULL, err, sizeof err), 0);
+    assert_int_equal(ids2[L - 1], 0); /* the second tokenizer pads with 0 */
+    assert_int_equal(ids1[L - 1], tok_eos(m->tok));
+    float *p1 = be->alloc(be, sizeof(float) * (size_t)L * 16), *p2 = be->alloc(be, sizeof(float) * (size_t)L * 16);
+    float *pooled = be->alloc(be, sizeof(float) * 16);
+    assert_int_equal(te_forward(m->te, ids1, 1, L, NULL, p1, NULL, err, sizeof err), 0);
+    assert_int_equal(te_forward(m->te2, ids2, 1, L, NULL, p2, pooled, err, sizeof err), 0);
+    float *h1 = download(be, p1, (int64_t)L * 16), *h2 = download(be, p2, (int64_t)L * 16);
+    float *hp = download(be, pooled, 16);
+    for (int l = 0; l < L; l++)
+        for (int j = 0; j < 16; j++) {
+            assert_true(rec[l * 32 + j] == h1[l * 16 + j]);
+            assert_true(rec[l * 32 + 16 + j] == h2[l * 16 + j]);
+        }
+    for (int j = 0; j < 16; j++) assert_true(rec[L * 32 + j] == hp[j]);
+    const float ids6[6] = {48, 48, 0, 0, 48, 48};
+    for (int j = 0; j < 6; j++) assert_true(rec[L * 32 + 16 + j] == ids6[j]);
+
+    /* the empty prompt: zeros, time ids still there */
+    float *cu = be->alloc(be, sizeof(float) * (size_t)m->cond_floats);
+    assert_int_equal(model_encode_prompt(m, "", 48, cu, err, sizeof err), 0);
+    float *ru = download(be, cu, m->cond_floats);
+    for (int64_t i = 0; i < m->cond_floats - 6; i++) assert_true(ru[i] == 0.f);
+    for (int j = 0; j < 6; j++) assert_true(ru[m->cond_floats - 6 + j] == ids6[j]);
+
+    /* the UNet on records = the UNet on (context, added) laid out by hand, batch of 2 */
+    int N = 2, H = 8, W = 8;
+    int64_t per = 3LL * H * W;
+    float *cond2 = be->alloc(be, sizeof(float) * (size_t)(2 * m->cond_floats));
+    be->copy(be, cond2, cond, sizeof(float) * (size_t)m->cond_floats);
+    be->copy(be, cond2 + m->cond_floats, cu, sizeof(float) * (size_t)m->cond_floats);
+    float hx[2 * 3 * 64], ht[2] = {10.f, 700.f};
+    for (int i = 0; i < 2 * 3 * 64; i++) hx[i] = sinf(0.37f * (float)i);
+    float *x = be->alloc(be, sizeof hx), *t = be->alloc(be, sizeof ht);
+    be->upload(be, x, hx, sizeof hx);
+    be->upload(be, t, ht, sizeof ht);
+    float *o1 = be->alloc(be, sizeof(float) * (size_t)(N * per)), *o2 = be->alloc(be, sizeof(float) * (size_t)(N * per));
+    assert_int_equal(model_unet_forward(m, x, t, cond2, o1, N, H, W, 0), 0);
+    float *ctx = be->alloc(be, sizeof(float) * (size_t)N * L * 32), *added = be->alloc(be, sizeof(float) * (size_t)N * 22);
+    float *hctx = malloc(sizeof(float) * (size_t)N * L * 32), hadd[2 * 22];
+    for (int n = 0; n < N; n++) {
+        const float *r = n == 0 ? rec : ru;
+        memcpy(hctx + (int64_t)n * L * 32, r, sizeof(float) * (size_t)L * 32);
+        memcpy(hadd + n * 22, r + L * 32, sizeof(float) * 22);
+    }
+    be->upload(be, ctx, hctx, sizeof(float) * (size_t)N * L * 32);
+    be->upload(be, added, hadd, sizeof hadd);
+    assert_int_equal(unet_forward(m->unet, x, t, ctx, added, o2, N, H, W, L, 0), 0);
+    float *a = download(be, o1, N * per), *b = download(be, o2, N * per);
+    assert_memory_equal(a, b, sizeof(float) * (size_t)(N * per));
+    /* the added input matters: another size gives another output */
+    float *cond48 = cond;
+    assert_int_equal(model_encode_prompt(m, prompt, 64, cond48, err, sizeof err), 0);
+    be->copy(be, cond2, cond48, sizeof(float) * (size_t)m->cond_floats);
+    assert_int_equal(model_unet_forward(m, x, t, cond2, o1, N, H, W, 0), 0);
+    float *c = download(be, o1, N * per);
+    assert_true(memcmp(c, b, sizeof(float) * (size_t)per) != 0);
+
+    /* and sampling runs on records, to finite pixels */
+    float *img = malloc(sizeof(float) * (size_t)per);
+    SamplerOpts so = {0};
+    so.steps = 2;
+    so.guidance = 3.0f;
+    assert_int_equal(model_generate(m, cond, cu, 1, 8, &so, 5, NULL, img, err, sizeof err), 0);
+    for (int64_t i = 0; i < per; i++) assert_true(isfinite(img[i]));
+
+    free(img); free(a); free(b); free(c); free(hctx); free(rec); free(ru); free(h1); free(h2); free(hp);
+    float *dev[] = {cond, cu, p1, p2, pooled, cond2, x, t, o1, o2, ctx, added};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(be, dev[i]);
+    model_free(m);
+    backend_destroy(be);
+}
+
+/* a UNet that wants added conditioning without a second encoder is refused in one line */
+static void test_missing_second_encoder(void **state) {
+    char err[512], cmd[600];
+    snprintf(cmd, sizeof cmd, "mv '%s/text_encoder_2' '%s/te2.off'", g_dir, g_dir);
+    assert_int_equal(system(cmd), 0);
+    Backend *be = backend_cpu_create();
+    Model *m = model_open(g_dir, be, err, sizeof err);
+    assert_null(m);
+    printf("%s\n", err);
+    assert_non_null(strstr(err, "text encoder width 16 != UNet cross_attention_dim 32"));
+    backend_destroy(be);
+    snprintf(cmd, sizeof cmd, "mv '%s/te2.off' '%s/text_encoder_2'", g_dir, g_dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sdxl_conditioning),
+        cmocka_unit_test(test_missing_second_encoder),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
