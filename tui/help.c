@@ -11,6 +11,7 @@ static const char *const HELP[] = {
     "Train     t start   space pause/resume   x stop   g sample now",
     "Presets   o open .ini   s save (asks before overwrite)",
     "Images    i add (file picker, images only)   d remove selected",
+    "Model     m choose a checkpoint (.safetensors) or diffusers folder",
     "Adapter   e export the trained adapter (.safetensors)",
     "Runs      r runs view: space mark, c compare, p re-open preset",
     "Screen    Ctrl-L redraw   ? this help   q quit (asks while training)",

@@ -1,7 +1,8 @@
-/* picker.c — a file picker that browses folders and lists only images (or
- * only .ini presets). Arrows move, Enter opens a folder or picks a file,
- * Backspace on an empty line goes up, typed text filters the list, and a
- * typed path (starting with / ~ or .) is taken as is. */
+/* picker.c — a file picker that browses folders and lists only images, only
+ * .ini presets, or only models (.safetensors checkpoints and diffusers model
+ * folders, which Enter picks rather than opens). Arrows move, Enter opens a
+ * folder or picks a file, Backspace on an empty line goes up, typed text
+ * filters the list, and a typed path (starting with / ~ or .) is taken as is. */
 #include <curses.h>
 #include <dirent.h>
 #include <limits.h>
@@ -24,8 +25,22 @@ static int has_ext(const char *name, const char *const *exts) {
 static int wanted(PickKind k, const char *name) {
     static const char *const img[] = {"png", "jpg", "jpeg", "bmp", "gif", "tga", "ppm", "pgm", "pnm", "psd", "hdr", "pic", NULL};
     static const char *const ini[] = {"ini", NULL};
-    return has_ext(name, k == PICK_IMAGE ? img : ini);
+    static const char *const model[] = {"safetensors", NULL};
+    return has_ext(name, k == PICK_IMAGE ? img : k == PICK_PRESET ? ini : model);
 }
+
+/* a diffusers model folder: what model = PATH accepts as a folder */
+static int is_model_dir(const char *path) {
+    char p[2300];
+    snprintf(p, sizeof p, "%s/model_index.json", path);
+    if (access(p, R_OK) == 0) return 1;
+    snprintf(p, sizeof p, "%s/unet/config.json", path);
+    return access(p, R_OK) == 0;
+}
+
+static const char *const TITLE[] = {"Add image", "Open preset", "Choose model"};
+static const char *const WHAT[] = {"(images only)", "(.ini)", "(.safetensors checkpoints, diffusers folders)"};
+static const char *const NONE[] = {"(no images here)", "(no presets here)", "(no checkpoints or model folders here)"};
 
 static int cmp_entry(const void *a, const void *b) {
     const PickEntry *x = a, *y = b;
@@ -61,6 +76,7 @@ static void scan(Picker *pk) {
         }
         snprintf(pk->e[pk->n].name, sizeof pk->e[pk->n].name, "%s", de->d_name);
         pk->e[pk->n].is_dir = dir;
+        pk->e[pk->n].is_model = dir && pk->kind == PICK_MODEL && is_model_dir(full);
         pk->n++;
     }
     closedir(d);
@@ -133,7 +149,7 @@ int picker_key(Picker *pk, int ch, char *out, size_t n) {
         }
         struct stat st;
         if (stat(path, &st) != 0) snprintf(pk->msg, sizeof pk->msg, "%s: no such file or folder", path);
-        else if (S_ISDIR(st.st_mode)) set_dir(pk, path);
+        else if (S_ISDIR(st.st_mode) && !(pk->kind == PICK_MODEL && is_model_dir(path))) set_dir(pk, path);
         else {
             snprintf(out, n, "%s", path);
             rc = 1;
@@ -152,8 +168,7 @@ void picker_draw(const Picker *pk, int colour) {
     erase();
     attron(cp(colour, CP_TITLE) | A_BOLD);
     mvhline(0, 0, ' ', W);
-    mvprintw(0, 1, "%s  %s", pk->kind == PICK_IMAGE ? "Add image" : "Open preset",
-             pk->kind == PICK_IMAGE ? "(images only)" : "(.ini)");
+    mvprintw(0, 1, "%s  %s", TITLE[pk->kind], WHAT[pk->kind]);
     attroff(cp(colour, CP_TITLE) | A_BOLD);
     mvprintw(1, 1, "folder: %.*s", W - 10, pk->dir);
     mvprintw(2, 1, "> %s", pk->input);
@@ -167,10 +182,11 @@ void picker_draw(const Picker *pk, int colour) {
         const PickEntry *e = &pk->e[idx[top + i]];
         int sel = top + i == pk->cur;
         if (sel) attron(A_REVERSE);
-        mvprintw(4 + i, 2, "%s%-.*s%s", e->is_dir ? "[" : " ", W - 8, e->name, e->is_dir ? "]" : "");
+        mvprintw(4 + i, 2, "%s%-.*s%s%s", e->is_dir ? "[" : " ", W - 20, e->name, e->is_dir ? "]" : "",
+                 e->is_model ? "  diffusers" : "");
         if (sel) attroff(A_REVERSE);
     }
-    if (m == 0) mvaddstr(4, 2, pk->kind == PICK_IMAGE ? "(no images here)" : "(no presets here)");
+    if (m == 0) mvaddstr(4, 2, NONE[pk->kind]);
     free(idx);
     if (pk->msg[0]) {
         attron(cp(colour, CP_BAD) | A_BOLD);

@@ -323,6 +323,18 @@ static void commit_edit(Studio *s) {
     studio_log(s, 0, "set");
 }
 
+/* model = PATH from the model picker: the knobs' census follows it */
+static void set_model(Studio *s, const char *path) {
+    char a[1200], err[1024];
+    Preset q = s->p;
+    snprintf(a, sizeof a, "model.model=%s", path);
+    if (preset_set(&q, a, err, sizeof err) != 0) { studio_log(s, 1, "%s", err); return; }
+    s->p = q;
+    preset_changed(s);
+    if (s->pc.ok) studio_log(s, 0, "model = %s", path);
+    else studio_log(s, 1, "model = %s: %s", path, s->pc.err);
+}
+
 static void edit_key(Studio *s, int ch) {
     int len = (int)strlen(s->edit_buf);
     if (ch == 27) { s->mode = MODE_MAIN; curs_set(0); studio_log(s, 0, "cancelled"); return; }
@@ -430,6 +442,13 @@ static void main_key(Studio *s, int ch) {
         s->mode = MODE_PICKER;
         break;
     case 'd': remove_image(s); break;
+    case 'm':
+        if (s->training) { studio_log(s, 1, "the model cannot change while training"); break; }
+        if (fs_exists(s->p.model)) dir_of(s->p.model, path, sizeof path);
+        else snprintf(path, sizeof path, ".");
+        picker_open(&s->picker, PICK_MODEL, path);
+        s->mode = MODE_PICKER;
+        break;
     case 'e': {
         if (!s->tr) { studio_log(s, 1, "export: nothing trained yet (t starts training)"); break; }
         const char *b = strrchr(s->run_dir, '/');
@@ -465,6 +484,7 @@ static void handle_key(Studio *s, int ch) {
         if (rc != 0) s->mode = MODE_MAIN;
         if (rc == 1) {
             if (s->picker.kind == PICK_IMAGE) add_image(s, path);
+            else if (s->picker.kind == PICK_MODEL) set_model(s, path);
             else load_preset_file(s, path);
         }
         break;

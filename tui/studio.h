@@ -19,7 +19,7 @@ typedef enum { GFX_NONE, GFX_HALFBLOCK, GFX_SIXEL } GfxMode;
 typedef enum { MODE_MAIN, MODE_EDIT, MODE_CONFIRM, MODE_PICKER, MODE_HELP, MODE_RUNS } UiMode;
 typedef enum { PANEL_INPUTS, PANEL_PROMPT, PANEL_KNOBS, N_PANELS } PanelId;
 typedef enum { CONFIRM_NONE, CONFIRM_STOP, CONFIRM_QUIT, CONFIRM_OVERWRITE, CONFIRM_EXPORT } ConfirmKind;
-typedef enum { PICK_IMAGE, PICK_PRESET } PickKind;
+typedef enum { PICK_IMAGE, PICK_PRESET, PICK_MODEL } PickKind;
 
 /* ---- knobs.c (no ncurses): the editable fields and live parameter counts ---- */
 enum { KNOB_MODEL, KNOB_ADAPTER, KNOB_A1, KNOB_A2, KNOB_RANK, KNOB_MODULES, KNOB_LR, KNOB_ITERS,
@@ -106,8 +106,8 @@ void preview_draw_hist(Gfx *g, const SampleHist *h, int y, int x, int bh, int bw
 void gfx_prepare(Gfx *g);
 void gfx_flush(Gfx *g);
 
-/* ---- picker.c: file picker (images or .ini presets) ---- */
-typedef struct PickEntry { char name[256]; int is_dir; } PickEntry;
+/* ---- picker.c: file picker (images, .ini presets, or models: .safetensors and diffusers folders) ---- */
+typedef struct PickEntry { char name[256]; int is_dir; int is_model; } PickEntry;
 typedef struct Picker {
     PickKind kind;
     char dir[1024];

@@ -134,6 +134,20 @@ keys q
 i=0; while [ ! -f "$tmp/exit" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 grep -q 'exit=0' "$tmp/exit" 2>/dev/null && ok "120x40 quit" || bad "120x40 quit"
 
+# ---------------------------------- model picker: a diffusers folder is picked whole
+mkdir -p "$tmp/sd15like/unet"
+cp tests/golden/unet_sd15like.json "$tmp/sd15like/unet/config.json"
+start 100 30 --preset "$tmp/fast.ini" --graphics none
+wait_for 'trainable [0-9,]+ of' 100 || bad "model picker: studio opens"
+keys m; wait_for 'Choose model' 30 && ok "m opens the model picker" || bad "model picker opens"
+keys "$tmp/" Enter; wait_for 'sd15like\] +diffusers' 30 && ok "a diffusers folder is marked" || bad "diffusers folder marked"
+keys "$tmp/sd15like" Enter
+want=$($bin info --model "$tmp/sd15like" --a1 4 --a2 4 | sed -n 's/^trainable parameters: *\([0-9,]*\).*/\1/p')
+wait_for "model = $tmp/sd15like" 30 && wait_for "trainable $want of" 30 && ok "picked: model = the folder, count $want as info" ||
+  bad "model picked (want $want)"
+keys q
+i=0; while [ ! -f "$tmp/exit" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+
 # ------------------------------- preview history: two samples, two labels
 sed -e 's/^iterations = .*/iterations = 4/' -e 's/^sample_every = .*/sample_every = 2/' "$tmp/fast.ini" > "$tmp/six.ini"
 start 100 30 --preset "$tmp/six.ini" --graphics halfblock
