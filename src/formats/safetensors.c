@@ -469,7 +469,7 @@ static int cmp_pstr(const void *a, const void *b) { return strcmp(**(char *const
 
 int stw_save(StWriter *w, const char *path, char *err, size_t errlen) {
     if (w->err[0]) return sterr(err, errlen, path, "%s", w->err);
-    qsort(w->e, (size_t)w->n, sizeof(WEntry), cmp_wentry);
+    if (w->n) qsort(w->e, (size_t)w->n, sizeof(WEntry), cmp_wentry);   /* e is NULL when empty */
     for (int i = 1; i < w->n; i++)
         if (strcmp(w->e[i].name, w->e[i - 1].name) == 0)
             return sterr(err, errlen, path, "duplicate tensor name '%s'", w->e[i].name);
