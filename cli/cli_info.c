@@ -9,6 +9,7 @@
 
 #include "core/fsutil.h"
 #include "models/adapter_census.h"
+#include "models/checkpoint.h"
 #include "models/unet.h"
 
 
@@ -42,9 +43,32 @@ int cmd_info(int argc, char **argv) {
     spec.modules = ADAPT_ATTN | (strcmp(modules, "attn+ffn") == 0 ? ADAPT_FFN : 0);
     spec.alpha = spec.kind == ADAPTER_LORA ? (float)spec.rank : 1.0f;
 
-    char err[512];
+    char err[1024];
     UNetConfig cfg;
-    if (unet_config_resolve(model, &cfg, err, sizeof err) != 0) {
+    if (checkpoint_is_file(model)) {
+        /* a single-file checkpoint: what it is and its parts, from the header */
+        CheckpointInfo ci;
+        if (checkpoint_inspect(model, &ci, err, sizeof err) != 0) {
+            fprintf(stderr, "krona-studio info: %s\n", err);
+            return 2;
+        }
+        const char *part[4] = {"UNet", "VAE", "text encoder", "text encoder 2"};
+        printf("checkpoint %s\n  %s\n", model, ci.desc);
+        for (int p = 0; p < 4; p++) {
+            if (!ci.params[p]) continue;
+            char b[32];
+            fmt_thousands(ci.params[p], b, sizeof b);
+            printf("  %-15s %15s parameters\n", part[p], b);
+        }
+        if (ci.params[CONVERT_UNET] != ci.arch_unet_params) {
+            char b[32];
+            fmt_thousands(ci.arch_unet_params, b, sizeof b);
+            printf("  note: the %s architecture has %s UNet parameters; this file's UNet is another "
+                   "size, so the table below is the standard architecture's\n", ci.unet.name, b);
+        }
+        printf("\n");
+        cfg = ci.unet;
+    } else if (unet_config_resolve(model, &cfg, err, sizeof err) != 0) {
         fprintf(stderr, "krona-studio info: %s\n", err);
         return 2;
     }

@@ -244,6 +244,20 @@ static void build_open_clip(ConvertMap *m, int layers) {
     add_exact(m, CONVERT_TRANSPOSE, "text_projection", "text_projection.weight");
 }
 
+const char *convert_part_prefix(ModelKind kind, ConvertPart part) {
+    if (kind != MODEL_KIND_SD15 && kind != MODEL_KIND_SDXL) return NULL;
+    switch (part) {
+    case CONVERT_UNET: return "model.diffusion_model.";
+    case CONVERT_VAE: return "first_stage_model.";
+    /* the HF CLIPTextModel's own state dict behind FrozenCLIPEmbedder's
+     * "transformer" attribute (SD 1.x), or behind SDXL's embedders[0] */
+    case CONVERT_TEXT: return kind == MODEL_KIND_SD15 ? "cond_stage_model.transformer."
+                                                      : "conditioner.embedders.0.transformer.";
+    case CONVERT_TEXT_2: return kind == MODEL_KIND_SDXL ? "conditioner.embedders.1.model." : NULL;
+    }
+    return NULL;
+}
+
 ConvertMap *convert_map_create(ModelKind kind, ConvertPart part, const ConvertShape *shape,
                                char *err, size_t errlen) {
     if (kind != MODEL_KIND_SD15 && kind != MODEL_KIND_SDXL) {
@@ -259,20 +273,14 @@ ConvertMap *convert_map_create(ModelKind kind, ConvertPart part, const ConvertSh
             err_set(err, errlen, "UNet name table: no valid UNetConfig");
             return NULL;
         }
-        prefix = "model.diffusion_model.";
         break;
     case CONVERT_VAE:
         if (!shape || shape->vae_levels < 1 || shape->vae_layers_per_block < 1) {
             err_set(err, errlen, "VAE name table: vae_levels and vae_layers_per_block must be positive");
             return NULL;
         }
-        prefix = "first_stage_model.";
         break;
     case CONVERT_TEXT:
-        /* the HF CLIPTextModel's own state dict behind FrozenCLIPEmbedder's
-         * "transformer" attribute (SD 1.x), or behind SDXL's embedders[0] */
-        prefix = kind == MODEL_KIND_SD15 ? "cond_stage_model.transformer."
-                                         : "conditioner.embedders.0.transformer.";
         break;
     case CONVERT_TEXT_2:
         if (kind != MODEL_KIND_SDXL) {
@@ -284,12 +292,12 @@ ConvertMap *convert_map_create(ModelKind kind, ConvertPart part, const ConvertSh
             err_set(err, errlen, "text_encoder_2 name table: text_layers must be positive");
             return NULL;
         }
-        prefix = "conditioner.embedders.1.model.";
         break;
     default:
         err_set(err, errlen, "unknown model part %d", (int)part);
         return NULL;
     }
+    prefix = convert_part_prefix(kind, part);
     ConvertMap *m = calloc(1, sizeof *m);
     if (!m) { err_set(err, errlen, "out of host memory"); return NULL; }
     snprintf(m->prefix, sizeof m->prefix, "%s", prefix);

@@ -74,6 +74,10 @@ typedef struct ConvertShape {
 
 typedef struct ConvertMap ConvertMap;
 
+/* The key prefix of a part in a SD15 / SDXL single file ("first_stage_model."),
+ * or NULL when the kind has no such part. */
+const char *convert_part_prefix(ModelKind kind, ConvertPart part);
+
 /* The table of one part of a SD15 or SDXL single file. NULL with a one-line
  * err for another kind, a part the kind lacks (SD 1.5 has no text_encoder_2)
  * or a shape the part cannot have. */

@@ -43,6 +43,19 @@ $bin info --model sd15 --a1 3 --a2 4 >/dev/null 2>"$tmp/e"; rc=$?
 [ $rc -eq 2 ] && grep -q "a1=3 does not divide" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "info: a1=3 is one clear line" || bad "info a1=3 (rc $rc)"
 $bin info --model nosuch >/dev/null 2>"$tmp/e"; [ $? -eq 2 ] && grep -q nosuch "$tmp/e" && ok "info: unknown model" || bad "info unknown model"
 
+# --- info on single-file checkpoints: the kind and parts from the header; what is not one, in one line
+out=$($bin info --model tests/golden/ldm_sdxllike.safetensors --a1 4 --a2 4 2>&1); rc=$?
+[ $rc -eq 0 ] && echo "$out" | grep -q "SDXL base single file: UNet .*, VAE, CLIP ViT-L + OpenCLIP bigG" &&
+  echo "$out" | grep -q "text encoder 2" && [ "$(echo "$out" | num 'base UNet parameters')" = 2567463684 ] &&
+  ok "info: SDXL single file (kind, parts, SDXL table)" || bad "info SDXL file (rc $rc): $out"
+$bin info --model tests/golden/ldm_sd15like_diffusers.safetensors >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q "a diffusers UNet weights file" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+  ok "info: a diffusers weights file is refused in one line" || bad "info diffusers file (rc $rc): $(cat "$tmp/e")"
+head -c 5000 tests/golden/ldm_sd15like.safetensors >"$tmp/cut.safetensors"
+$bin info --model "$tmp/cut.safetensors" >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q "cut.safetensors" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+  ok "info: a truncated checkpoint in one line" || bad "info truncated (rc $rc): $(cat "$tmp/e")"
+
 # --- train: bad presets and --set values
 printf '[train]\nlerning_rate = 1e-3\n' >"$tmp/typo.ini"
 $bin train --preset "$tmp/typo.ini" --headless >/dev/null 2>"$tmp/e"; rc=$?
