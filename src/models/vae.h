@@ -8,15 +8,20 @@
  * weight loader and the two passes. There is no backward and no adapter: the
  * VAE only turns training images into latents and sampled latents into images.
  * Memory: the weights (83,653,863 floats for sd15/sdxl, 335 MB in f32) and, per
- * call, the activations of the layer being computed plus the tensors it
- * still needs: each is allocated with be->alloc when made and freed as soon as
- * it is consumed, so nothing is kept between calls. Measured with the CPU
- * backend at SD size, N = 1 (peak_bytes: weights + activations, everything
- * be->alloc holds): encode 512x512 -> 64x64 1.36 GB (1.03 GB above the
- * weights), decode 64x64 -> 512x512 1.66 GB (1.33 GB above the weights). The
- * CPU backend's im2col scratch is not in peak_bytes: up to Cin*9*H*W floats per
- * convolution (2.4 GB for the decoder's 256-channel 512x512 convolution),
- * kept by the backend after the call. See vae_encode for what "encode" returns. */
+ * call, only the tensors of the layer being computed and its input: each is
+ * allocated with be->alloc when made and freed as soon as it is consumed, and
+ * nothing is kept between calls. Measured on the CPU backend, SD 1.5 shapes,
+ * N = 1, random weights (bench/bench_vae.c; peak_bytes = everything be->alloc
+ * held at once): encode 512x512 -> 64x64: 741 MB = 335 weights + 403 activations
+ * (a 128-channel 512x512 resnet holds its input, norm output and conv output)
+ * + 3 image and latent, 22.6 s on 2 threads; decode 64x64 -> 512x512: 1009 MB =
+ * 335 + 671 (the first resnet of the last up block, 256 -> 128 channels at
+ * 512x512) + 3, 46.8 s. Activations scale with N and with the pixel count. The CPU backend's
+ * im2col scratch is not in peak_bytes: Cin*9*H*W floats for the largest 3x3
+ * convolution (1.2 GB encoding, 2.4 GB decoding at 512x512), kept by the backend
+ * after the call; the process peaked at 1.9 GB (encode) and 3.3 GB (decode) RSS.
+ * On CUDA the convolution's im2col workspace goes through the allocator, so it
+ * is in peak_bytes there. vae_encode returns the latent MEAN (see there). */
 #ifndef KRONA_VAE_H
 #define KRONA_VAE_H
 
