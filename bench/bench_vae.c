@@ -91,7 +91,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
         else if (!strcmp(argv[i], "--batch") && i + 1 < argc) N = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "encode") || !strcmp(argv[i], "decode") || !strcmp(argv[i], "both")) what = argv[i];
+        else if (!strcmp(argv[i], "encode") || !strcmp(argv[i], "decode") || !strcmp(argv[i], "both"))
+            what = argv[i];
         else {
             fprintf(stderr, "usage: %s [encode|decode|both] [--size PX] [--model sd15|sdxl|config.json] "
                     "[--device cpu|cuda|auto] [--batch N]\n", argv[0]);

@@ -259,7 +259,10 @@ static int vae_config_parse(const char *text, const char *src, VAEConfig *c, cha
     v = json_get(root, "sample_size");
     if (v && v->type == JSON_NUMBER) {
         int s;
-        if (jint(v, &s) || s < 1) { refuse(r, "sample_size", v, "a positive integer, [h, w] or null"); goto done; }
+        if (jint(v, &s) || s < 1) {
+            refuse(r, "sample_size", v, "a positive integer, [h, w] or null");
+            goto done;
+        }
         c->sample_size = s;
     } else if (v && v->type == JSON_ARRAY && v->n == 2) {
         int h, w;
