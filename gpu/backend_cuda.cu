@@ -975,6 +975,23 @@ __global__ void upsample_bwd_k(const float *dy, float *dx, int H, int W, int64_t
         dx[i] += r[0] + r[1] + r[W2] + r[W2 + 1];
     }
 }
+/* y[nc][i][k] = x[nc][i - top][k - left] inside, 0 in the border */
+__global__ void pad2d_k(const float *x, float *y, int H, int W, int top, int left, int Hp, int Wp,
+                        int64_t total) {
+    GSTRIDE(i, total) {
+        int64_t k = i % Wp, r = (i / Wp) % Hp, nc = i / ((int64_t)Hp * Wp);
+        int64_t ix = k - left, iy = r - top;
+        y[i] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[(nc * H + iy) * W + ix] : 0.f;
+    }
+}
+/* dx[nc][h][w] += dy[nc][h + top][w + left] */
+__global__ void pad2d_bwd_k(const float *dy, float *dx, int H, int W, int top, int left, int Hp,
+                            int Wp, int64_t total) {
+    GSTRIDE(i, total) {
+        int64_t w = i % W, h = (i / W) % H, nc = i / ((int64_t)H * W);
+        dx[i] += dy[(nc * Hp + h + top) * Wp + w + left];
+    }
+}
 /* y[z][c][r] (+)= x[z][r][c] for x[z] of R rows, Cc cols; 32x32 tiles via shared memory */
 __global__ void transpose_k(const float *x, float *y, int64_t R, int64_t Cc, int acc) {
     __shared__ float t[32][33];
@@ -1024,6 +1041,18 @@ static void cu_upsample2x_fwd(Backend *be, const float *x, float *y, int N, int 
 static void cu_upsample2x_bwd(Backend *be, const float *dy, float *dx, int N, int C, int H, int W) {
     int64_t total = (int64_t)N * C * H * W;
     if (dx) LAUNCH1D(CU(be), total, upsample_bwd_k, dy, dx, H, W, total);
+}
+static void cu_pad2d(Backend *be, const float *x, float *y, int N, int C, int H, int W, int top,
+                     int bottom, int left, int right) {
+    int Hp = H + top + bottom, Wp = W + left + right;
+    int64_t total = (int64_t)N * C * Hp * Wp;
+    LAUNCH1D(CU(be), total, pad2d_k, x, y, H, W, top, left, Hp, Wp, total);
+}
+static void cu_pad2d_bwd(Backend *be, const float *dy, float *dx, int N, int C, int H, int W,
+                         int top, int bottom, int left, int right) {
+    int Hp = H + top + bottom, Wp = W + left + right;
+    int64_t total = (int64_t)N * C * H * W;
+    if (dx) LAUNCH1D(CU(be), total, pad2d_bwd_k, dy, dx, H, W, top, left, Hp, Wp, total);
 }
 static void cu_nchw_to_nlc(Backend *be, const float *x, float *y, int N, int C, int64_t HW, int accumulate) {
     transpose(CU(be), x, y, N, C, HW, accumulate);
@@ -1485,6 +1514,8 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     be->concat_channels_bwd = cu_concat_channels_bwd;
     be->upsample2x_fwd = cu_upsample2x_fwd;
     be->upsample2x_bwd = cu_upsample2x_bwd;
+    be->pad2d = cu_pad2d;
+    be->pad2d_bwd = cu_pad2d_bwd;
     be->nchw_to_nlc = cu_nchw_to_nlc;
     be->nlc_to_nchw = cu_nlc_to_nchw;
     be->attention_fwd = cu_attention_fwd;

@@ -681,6 +681,43 @@ static void test_shape_ops(void **state) {
         be->free(be, dx); be->free(be, du); be->free(be, ddy); be->free(be, gx);
     }
 
+    /* pad2d (asymmetric, zero pads on some sides, a threaded size); the output is
+     * pre-filled so every border element must be written; bwd accumulates and
+     * is the adjoint: <dy, pad(x)> = <pad_bwd(dy), x> */
+    int psh[3][8] = {{2, 3, 4, 5, 0, 1, 0, 1}, {1, 2, 3, 3, 2, 0, 1, 3}, {2, 16, 64, 64, 0, 1, 0, 1}};
+    for (int s = 0; s < 3; s++) {
+        int n = psh[s][0], c = psh[s][1], H = psh[s][2], W = psh[s][3];
+        int t = psh[s][4], bo = psh[s][5], l = psh[s][6], r = psh[s][7];
+        int Hp = H + t + bo, Wp = W + l + r;
+        int64_t nx = (int64_t)n * c * H * W, np = (int64_t)n * c * Hp * Wp;
+        float *x = th_rand(&rng, nx, -1, 1), *dyh = th_rand(&rng, np, -1, 1);
+        float *dx = th_dev(be, x, nx), *dp = th_dev_const(be, np, 7.f), *ddy = th_dev(be, dyh, np);
+        float *gx = th_dev_const(be, nx, PRE);
+        be->pad2d(be, dx, dp, n, c, H, W, t, bo, l, r);
+        be->pad2d_bwd(be, ddy, gx, n, c, H, W, t, bo, l, r);
+        be->pad2d_bwd(be, ddy, NULL, n, c, H, W, t, bo, l, r);
+        float *hp = th_host(be, dp, np), *hx = th_host(be, gx, nx);
+        double *ep = th_dalloc(np), *egx = th_dalloc(nx);
+        for (int64_t nc = 0; nc < (int64_t)n * c; nc++)
+            for (int i = 0; i < Hp; i++)
+                for (int j = 0; j < Wp; j++) {
+                    int64_t o = (nc * Hp + i) * Wp + j;
+                    int iy = i - t, ix = j - l;
+                    if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
+                        ep[o] = x[(nc * H + iy) * W + ix];
+                        egx[(nc * H + iy) * W + ix] += dyh[o];
+                    }
+                }
+        th_check("pad2d fwd", hp, ep, np, 0, 0);
+        th_check_off("pad2d bwd", hx, PRE, egx, nx, 0, 0);
+        double lhs = 0, rhs = 0;
+        for (int64_t i = 0; i < np; i++) lhs += (double)dyh[i] * hp[i];
+        for (int64_t i = 0; i < nx; i++) rhs += ((double)hx[i] - PRE) * x[i];
+        assert_true(fabs(lhs - rhs) <= 1e-5 * (1 + fabs(lhs)));
+        free(x); free(dyh); free(hp); free(hx); free(ep); free(egx);
+        be->free(be, dx); be->free(be, dp); be->free(be, ddy); be->free(be, gx);
+    }
+
     /* nchw <-> nlc, overwrite and accumulate (small and threaded sizes) */
     int tsh[2][3] = {{2, 3, 37}, {2, 40, 1500}};
     for (int s = 0; s < 2; s++) {

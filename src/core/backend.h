@@ -130,6 +130,13 @@ struct Backend {
     /* nearest 2x: x[N,C,H,W] -> y[N,C,2H,2W]; bwd: dx += sum of the 4 copies */
     void (*upsample2x_fwd)(Backend *be, const float *x, float *y, int N, int C, int H, int W);
     void (*upsample2x_bwd)(Backend *be, const float *dy, float *dx, int N, int C, int H, int W);
+    /* zero padding: x[N,C,H,W] -> y[N,C,top+H+bottom,left+W+right] (pads >= 0; the
+     * VAE encoder's Downsample2D pads right and bottom by one before a stride-2
+     * conv); bwd: dx += dy cropped back to [N,C,H,W] */
+    void (*pad2d)(Backend *be, const float *x, float *y, int N, int C, int H, int W, int top,
+                  int bottom, int left, int right);
+    void (*pad2d_bwd)(Backend *be, const float *dy, float *dx, int N, int C, int H, int W,
+                      int top, int bottom, int left, int right);
     /* x[N,C,HW] -> y[N,HW,C] and back (proj_in / proj_out around transformers);
      * the backward of one is the other with accumulate: pass accumulate=1. */
     void (*nchw_to_nlc)(Backend *be, const float *x, float *y, int N, int C, int64_t HW, int accumulate);
@@ -190,7 +197,7 @@ struct Backend {
  * backend_cpu.c; a plugin krona-backend-NAME.so exports
  *     const BackendDriver *krona_backend_plugin(int abi);
  * returning its driver when abi == KRONA_BACKEND_ABI (else NULL: a stale build). */
-#define KRONA_BACKEND_ABI 2 /* bump when struct Backend or BackendDriver changes */
+#define KRONA_BACKEND_ABI 3 /* bump when struct Backend or BackendDriver changes */
 
 typedef struct BackendDriver {
     const char *name;  /* what --device / `device =` names: "cpu", "cuda" */

@@ -985,6 +985,55 @@ static void cpu_upsample2x_bwd(Backend *be, const float *dy, float *dx, int N, i
 typedef struct {
     const float *x;
     float *y;
+    int H, W, top, bottom, left, right, bwd;
+} PadJob;
+
+/* one (n, c) plane per item: fwd writes the whole padded plane (zeros around
+ * x), bwd adds the interior of the padded dy plane into dx */
+static void pad_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    PadJob *j = p;
+    int H = j->H, W = j->W, Wp = W + j->left + j->right, Hp = H + j->top + j->bottom;
+    for (int64_t nc = lo; nc < hi; nc++) {
+        if (!j->bwd) {
+            const float *xc = j->x + nc * H * W;
+            float *yc = j->y + nc * Hp * Wp;
+            memset(yc, 0, sizeof(float) * j->top * Wp);
+            for (int i = 0; i < H; i++) {
+                float *yr = yc + (int64_t)(j->top + i) * Wp;
+                memset(yr, 0, sizeof(float) * j->left);
+                memcpy(yr + j->left, xc + (int64_t)i * W, sizeof(float) * W);
+                memset(yr + j->left + W, 0, sizeof(float) * j->right);
+            }
+            memset(yc + (int64_t)(j->top + H) * Wp, 0, sizeof(float) * j->bottom * Wp);
+        } else { /* x = dy[.., Hp, Wp], y = dx[.., H, W] */
+            const float *dc = j->x + nc * Hp * Wp;
+            float *xc = j->y + nc * H * W;
+            for (int i = 0; i < H; i++) {
+                const float *dr = dc + (int64_t)(j->top + i) * Wp + j->left;
+                float *xr = xc + (int64_t)i * W;
+                for (int k = 0; k < W; k++) xr[k] += dr[k];
+            }
+        }
+    }
+}
+
+static void cpu_pad2d(Backend *be, const float *x, float *y, int N, int C, int H, int W, int top,
+                      int bottom, int left, int right) {
+    PadJob j = {x, y, H, W, top, bottom, left, right, 0};
+    int64_t nc = (int64_t)N * C, per = (int64_t)(H + top + bottom) * (W + left + right);
+    par_run(impl_of(be), nc, chunks_for(nc * per, 65536, nc), pad_chunk, &j);
+}
+static void cpu_pad2d_bwd(Backend *be, const float *dy, float *dx, int N, int C, int H, int W,
+                          int top, int bottom, int left, int right) {
+    if (!dx) return;
+    PadJob j = {dy, dx, H, W, top, bottom, left, right, 1};
+    int64_t nc = (int64_t)N * C;
+    par_run(impl_of(be), nc, chunks_for(nc * H * W, 65536, nc), pad_chunk, &j);
+}
+
+typedef struct {
+    const float *x;
+    float *y;
     int64_t rows, cols, nbr;
     int acc;
 } TrJob;
@@ -1783,6 +1832,8 @@ Backend *backend_cpu_create(void) {
     be->concat_channels_bwd = cpu_concat_channels_bwd;
     be->upsample2x_fwd = cpu_upsample2x_fwd;
     be->upsample2x_bwd = cpu_upsample2x_bwd;
+    be->pad2d = cpu_pad2d;
+    be->pad2d_bwd = cpu_pad2d_bwd;
     be->nchw_to_nlc = cpu_nchw_to_nlc;
     be->nlc_to_nchw = cpu_nlc_to_nchw;
     be->attention_fwd = cpu_attention_fwd;

@@ -168,6 +168,14 @@ static void k_up_bwd(Backend *be, void **p, const Case *c) {
     be->upsample2x_bwd(be, CF(0), F(1), (int)c->i[0], (int)c->i[1], (int)c->i[2], (int)c->i[3]);
 }
 /* i: N C HW acc */
+static void k_pad(Backend *be, void **p, const Case *c) {
+    be->pad2d(be, CF(0), F(1), (int)c->i[0], (int)c->i[1], (int)c->i[2], (int)c->i[3], (int)c->i[4],
+              (int)c->i[5], (int)c->i[6], (int)c->i[7]);
+}
+static void k_pad_bwd(Backend *be, void **p, const Case *c) {
+    be->pad2d_bwd(be, CF(0), F(1), (int)c->i[0], (int)c->i[1], (int)c->i[2], (int)c->i[3],
+                  (int)c->i[4], (int)c->i[5], (int)c->i[6], (int)c->i[7]);
+}
 static void k_to_nlc(Backend *be, void **p, const Case *c) {
     be->nchw_to_nlc(be, CF(0), F(1), (int)c->i[0], (int)c->i[1], c->i[2], (int)c->i[3]);
 }
@@ -404,6 +412,16 @@ static void build_cases(void) {
     c = add_case("upsample2x_bwd N=2 C=3 5x7", k_up_bwd, T_PW, T_PW, 0);
     ARG(c, "dy", IN, 2LL * 3 * 140); ARG(c, "dx", ACC, 2LL * 3 * 35);
     c->i[0] = 2; c->i[1] = 3; c->i[2] = 5; c->i[3] = 7;
+    /* the VAE encoder's Downsample2D pad (0,1,0,1), and an uneven one on every side */
+    c = add_case("pad2d N=2 C=128 64x64 (0,1,0,1)", k_pad, 0, 0, 0);
+    ARG(c, "x", IN, 2LL * 128 * 64 * 64); ARG(c, "y", OUT, 2LL * 128 * 65 * 65);
+    c->i[0] = 2; c->i[1] = 128; c->i[2] = 64; c->i[3] = 64; c->i[4] = 0; c->i[5] = 1; c->i[6] = 0; c->i[7] = 1;
+    c = add_case("pad2d N=3 C=5 7x6 (2,1,3,0)", k_pad, 0, 0, 0);
+    ARG(c, "x", IN, 3LL * 5 * 42); ARG(c, "y", OUT, 3LL * 5 * 10 * 9);
+    c->i[0] = 3; c->i[1] = 5; c->i[2] = 7; c->i[3] = 6; c->i[4] = 2; c->i[5] = 1; c->i[6] = 3; c->i[7] = 0;
+    c = add_case("pad2d_bwd N=3 C=5 7x6 (2,1,3,0)", k_pad_bwd, T_PW, T_PW, 0);
+    ARG(c, "dy", IN, 3LL * 5 * 10 * 9); ARG(c, "dx", ACC, 3LL * 5 * 42);
+    c->i[0] = 3; c->i[1] = 5; c->i[2] = 7; c->i[3] = 6; c->i[4] = 2; c->i[5] = 1; c->i[6] = 3; c->i[7] = 0;
     c = add_case("nchw_to_nlc N=2 C=320 HW=4096", k_to_nlc, 0, 0, 0);
     ARG(c, "x", IN, 2LL * 320 * 4096); ARG(c, "y", OUT, 2LL * 320 * 4096);
     c->i[0] = 2; c->i[1] = 320; c->i[2] = 4096; c->i[3] = 0;

@@ -1,0 +1,976 @@
+/* vae.c — diffusers' AutoencoderKL (the Stable Diffusion VAE), forward only, on
+ * the Backend op table: the config (built-ins and a strict config.json reader),
+ * the parameter table named as diffusers' state_dict, the weight loader, and
+ * the encode / decode passes.
+ *
+ * The architecture, as diffusers builds it (all norms GroupNorm(groups, eps 1e-6),
+ * every activation SiLU, every conv 3x3 padding 1 unless said):
+ *   encoder: conv_in (in -> c0); per level i a DownEncoderBlock2D of
+ *            layers_per_block resnets (-> c_i) and, except on the last level,
+ *            Downsample2D: pad right and bottom by one, conv 3x3 stride 2
+ *            padding 0; mid block (resnet, attention, resnet); conv_norm_out,
+ *            silu, conv_out (-> 2 x latent: mean and logvar)
+ *   quant_conv 1x1 (2 latent -> 2 latent), post_quant_conv 1x1 (latent -> latent)
+ *   decoder: conv_in (latent -> c_last); mid block; per level from the last an
+ *            UpDecoderBlock2D of layers_per_block + 1 resnets and, except on
+ *            level 0, Upsample2D: nearest 2x then conv; conv_norm_out, silu,
+ *            conv_out (-> out)
+ *   resnet:  x + conv2(silu(norm2(conv1(silu(norm1(x)))))), x through a 1x1
+ *            conv_shortcut when the channels change (no time embedding)
+ *   attention (mid block): one head over the H*W tokens of C channels:
+ *            x + to_out(attn(to_q(g), to_k(g), to_v(g))), g = group_norm(x) as
+ *            [N, HW, C]; q/k/v/out all have biases; scale 1/sqrt(C)
+ *
+ * Memory: nothing is kept between calls. Each tensor is allocated with
+ * be->alloc when a layer makes it and freed as soon as the next layer has
+ * consumed it, so a call holds the weights plus the few tensors of the layer
+ * being computed (the figures are in vae.h). Allocation failures stop the pass
+ * with a message naming the layer and the size. */
+#include "models/vae.h"
+#include "core/fsutil.h"
+#include "core/rng.h"
+#include "formats/json.h"
+#include "formats/safetensors.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define VAE_EPS 1e-6f
+
+/* ================================================================== config */
+
+static void cfg_defaults(VAEConfig *c) {
+    /* diffusers' AutoencoderKL defaults, for fields a config.json leaves out */
+    memset(c, 0, sizeof *c);
+    c->in_channels = 3; c->out_channels = 3; c->latent_channels = 4;
+    c->layers_per_block = 1;
+    c->norm_num_groups = 32;
+    c->sample_size = 32;
+    c->scaling_factor = 0.18215f;
+    c->force_upcast = 1;
+    c->use_quant_conv = 1; c->use_post_quant_conv = 1;
+    c->mid_block_add_attention = 1;
+}
+
+int vae_config_builtin(const char *name, VAEConfig *c) {
+    if (!name || (strcmp(name, "sd15") && strcmp(name, "sdxl"))) return -1;
+    int xl = !strcmp(name, "sdxl");
+    cfg_defaults(c);
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->n_levels = 4;
+    int boc[4] = {128, 256, 512, 512};
+    memcpy(c->block_out_channels, boc, sizeof boc);
+    c->layers_per_block = 2;
+    c->sample_size = xl ? 1024 : 512;
+    c->scaling_factor = xl ? 0.13025f : 0.18215f;
+    c->force_upcast = 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ config.json
+ *
+ * Every argument of diffusers' AutoencoderKL.__init__ is listed here. A field
+ * that changes the computation is accepted only at the values the passes
+ * compute; metadata (sample_size, force_upcast: the passes are f32 anyway) is
+ * accepted as it comes; a field AutoencoderKL does not have is refused unless
+ * its name starts with '_' (diffusers' metadata: _class_name, _diffusers_version,
+ * _name_or_path). One line per refusal: file, field, value, what is supported. */
+
+static const char *const VAE_FIELDS[] = {
+    "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+    "layers_per_block", "act_fn", "latent_channels", "norm_num_groups", "sample_size",
+    "scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast",
+    "use_quant_conv", "use_post_quant_conv", "mid_block_add_attention",
+};
+
+typedef struct {
+    const JsonValue *root;
+    const char *src;
+    char *err;
+    size_t errlen;
+} Reader;
+
+static void app(char *b, size_t cap, const char *s) {
+    size_t n = strlen(b);
+    if (n + 1 < cap) snprintf(b + n, cap - n, "%s", s);
+}
+
+/* v as JSON text for a message (nested containers cut to "..."), at most cap-1 chars */
+static void vfmt(const JsonValue *v, char *out, size_t cap) {
+    char b[512] = "", t[256];
+    switch (v->type) {
+    case JSON_NULL: app(b, sizeof b, "null"); break;
+    case JSON_BOOL: app(b, sizeof b, v->boolean ? "true" : "false"); break;
+    case JSON_NUMBER: snprintf(t, sizeof t, "%g", v->number); app(b, sizeof b, t); break;
+    case JSON_STRING: json_escape(t, sizeof t, v->string); app(b, sizeof b, t); break;
+    case JSON_ARRAY:
+    case JSON_OBJECT:
+        app(b, sizeof b, v->type == JSON_ARRAY ? "[" : "{");
+        for (int i = 0; i < v->n; i++) {
+            const JsonValue *e = &v->items[i];
+            if (i) app(b, sizeof b, ", ");
+            if (v->type == JSON_OBJECT) {
+                json_escape(t, sizeof t, v->keys[i]);
+                app(b, sizeof b, t);
+                app(b, sizeof b, ": ");
+            }
+            if (e->type == JSON_ARRAY || e->type == JSON_OBJECT) app(b, sizeof b, "...");
+            else { char s[256]; vfmt(e, s, sizeof s); app(b, sizeof b, s); }
+        }
+        app(b, sizeof b, v->type == JSON_ARRAY ? "]" : "}");
+        break;
+    }
+    if (strlen(b) >= cap && cap > 4) memcpy(b + cap - 4, "...", 4);
+    snprintf(out, cap, "%s", b);
+}
+
+static int refuse(Reader *r, const char *key, const JsonValue *v, const char *only) {
+    char val[100];
+    vfmt(v, val, sizeof val);
+    snprintf(r->err, r->errlen, "%s: %s = %s is not supported (only %s)", r->src, key, val, only);
+    return -1;
+}
+
+static int jint(const JsonValue *v, int *out) {
+    if (!v || v->type != JSON_NUMBER || v->number != (double)(int)v->number) return -1;
+    *out = (int)v->number;
+    return 0;
+}
+
+/* a positive integer; absent keeps *dst */
+static int read_pos(Reader *r, const char *key, int *dst) {
+    const JsonValue *v = json_get(r->root, key);
+    if (!v) return 0;
+    int x;
+    if (jint(v, &x) || x < 1) return refuse(r, key, v, "a positive integer");
+    *dst = x;
+    return 0;
+}
+
+/* true/false (null: diffusers' default, which *dst already holds) */
+static int read_bool(Reader *r, const char *key, int *dst) {
+    const JsonValue *v = json_get(r->root, key);
+    if (!v || v->type == JSON_NULL) return 0;
+    if (v->type != JSON_BOOL) return refuse(r, key, v, "true, false or null");
+    *dst = v->boolean;
+    return 0;
+}
+
+static int must_be_null(Reader *r, const char *key) {
+    const JsonValue *v = json_get(r->root, key);
+    if (v && v->type != JSON_NULL) return refuse(r, key, v, "null");
+    return 0;
+}
+
+/* a list of n copies of the string want */
+static int read_types(Reader *r, const char *key, int n, const char *want) {
+    const JsonValue *v = json_get(r->root, key);
+    char what[160];
+    snprintf(what, sizeof what, "a list of %d \"%s\", one per block_out_channels entry", n, want);
+    if (!v) {
+        snprintf(r->err, r->errlen, "%s: %s is missing (%s)", r->src, key, what);
+        return -1;
+    }
+    if (v->type != JSON_ARRAY || v->n != n) return refuse(r, key, v, what);
+    for (int i = 0; i < n; i++) {
+        const JsonValue *e = &v->items[i];
+        if (e->type == JSON_STRING && !strcmp(e->string, want)) continue;
+        char k[48], only[64];
+        snprintf(k, sizeof k, "%s[%d]", key, i);
+        snprintf(only, sizeof only, "\"%s\"", want);
+        return refuse(r, k, e, only);
+    }
+    return 0;
+}
+
+static int vae_config_parse(const char *text, const char *src, VAEConfig *c, char *err,
+                            size_t errlen) {
+    char jerr[200];
+    JsonValue *root = json_parse(text, strlen(text), jerr, sizeof jerr);
+    if (!root) { snprintf(err, errlen, "%s: %s", src, jerr); return -1; }
+    Reader rd = {root, src, err, errlen}, *r = &rd;
+    int rc = -1;
+    const JsonValue *v;
+    cfg_defaults(c);
+    snprintf(c->name, sizeof c->name, "custom");
+    if (root->type != JSON_OBJECT) { snprintf(err, errlen, "%s: not a JSON object", src); goto done; }
+    for (int i = 0; i < root->n; i++) {
+        const char *key = root->keys[i];
+        for (int j = 0; j < i; j++)
+            if (!strcmp(root->keys[j], key)) {
+                snprintf(err, errlen, "%s: field '%s' is given more than once", src, key);
+                goto done;
+            }
+        if (key[0] == '_') continue;
+        size_t k = 0, nf = sizeof VAE_FIELDS / sizeof VAE_FIELDS[0];
+        while (k < nf && strcmp(VAE_FIELDS[k], key)) k++;
+        if (k == nf) {
+            snprintf(err, errlen, "%s: unknown field '%s' (not a diffusers AutoencoderKL field; "
+                     "names starting with '_' are ignored)", src, key);
+            goto done;
+        }
+    }
+
+    char what[128];
+    snprintf(what, sizeof what, "a list of 1..%d positive integers", VAE_MAX_LEVELS);
+    const JsonValue *boc = json_get(root, "block_out_channels");
+    if (!boc) { snprintf(err, errlen, "%s: block_out_channels is missing (%s)", src, what); goto done; }
+    int ok = boc->type == JSON_ARRAY && boc->n >= 1 && boc->n <= VAE_MAX_LEVELS;
+    for (int i = 0; ok && i < boc->n; i++)
+        if (jint(&boc->items[i], &c->block_out_channels[i]) || c->block_out_channels[i] <= 0) ok = 0;
+    if (!ok) { refuse(r, "block_out_channels", boc, what); goto done; }
+    c->n_levels = boc->n;
+
+    if (read_pos(r, "in_channels", &c->in_channels) ||
+        read_pos(r, "out_channels", &c->out_channels) ||
+        read_pos(r, "latent_channels", &c->latent_channels) ||
+        read_pos(r, "layers_per_block", &c->layers_per_block) ||
+        read_pos(r, "norm_num_groups", &c->norm_num_groups) ||
+        read_types(r, "down_block_types", c->n_levels, "DownEncoderBlock2D") ||
+        read_types(r, "up_block_types", c->n_levels, "UpDecoderBlock2D") ||
+        read_bool(r, "force_upcast", &c->force_upcast) ||
+        read_bool(r, "use_quant_conv", &c->use_quant_conv) ||
+        read_bool(r, "use_post_quant_conv", &c->use_post_quant_conv) ||
+        read_bool(r, "mid_block_add_attention", &c->mid_block_add_attention) ||
+        must_be_null(r, "shift_factor") || must_be_null(r, "latents_mean") ||
+        must_be_null(r, "latents_std"))
+        goto done;
+    if (c->layers_per_block > 16) {
+        refuse(r, "layers_per_block", json_get(root, "layers_per_block"), "1..16");
+        goto done;
+    }
+    v = json_get(root, "act_fn");
+    if (v && !(v->type == JSON_STRING && (!strcmp(v->string, "silu") || !strcmp(v->string, "swish")))) {
+        refuse(r, "act_fn", v, "\"silu\" or \"swish\"");
+        goto done;
+    }
+    v = json_get(root, "scaling_factor");
+    if (v && v->type != JSON_NULL) {
+        if (v->type != JSON_NUMBER || !(v->number > 0)) {
+            refuse(r, "scaling_factor", v, "a positive number or null");
+            goto done;
+        }
+        c->scaling_factor = (float)v->number;
+    }
+    /* metadata: the default image size, an integer or [h, w] in newer configs */
+    v = json_get(root, "sample_size");
+    if (v && v->type == JSON_NUMBER) {
+        int s;
+        if (jint(v, &s) || s < 1) {
+            refuse(r, "sample_size", v, "a positive integer, [h, w] or null");
+            goto done;
+        }
+        c->sample_size = s;
+    } else if (v && v->type == JSON_ARRAY && v->n == 2) {
+        int h, w;
+        if (jint(&v->items[0], &h) || jint(&v->items[1], &w) || h < 1 || w < 1) {
+            refuse(r, "sample_size", v, "a positive integer, [h, w] or null");
+            goto done;
+        }
+        c->sample_size = h;
+    } else if (v && v->type != JSON_NULL) {
+        refuse(r, "sample_size", v, "a positive integer, [h, w] or null");
+        goto done;
+    }
+    for (int i = 0; i < c->n_levels; i++)
+        if (c->block_out_channels[i] % c->norm_num_groups) {
+            snprintf(err, errlen, "%s: norm_num_groups = %d does not divide block_out_channels[%d] = %d",
+                     src, c->norm_num_groups, i, c->block_out_channels[i]);
+            goto done;
+        }
+    rc = 0;
+done:
+    json_free(root);
+    return rc;
+}
+
+int vae_config_from_json_text(const char *text, VAEConfig *c, char *err, size_t errlen) {
+    return vae_config_parse(text, "config.json", c, err, errlen);
+}
+
+int vae_config_from_json(const char *path, VAEConfig *c, char *err, size_t errlen) {
+    size_t n;
+    char *text = fs_read_all(path, &n, err, errlen);
+    if (!text) return -1;
+    int rc = vae_config_parse(text, path, c, err, errlen);
+    free(text);
+    if (rc) return -1;
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    snprintf(c->name, sizeof c->name, "%s", b);
+    char *dot = strrchr(c->name, '.');
+    if (dot && dot != c->name) *dot = 0;
+    return 0;
+}
+
+int vae_config_resolve(const char *model, VAEConfig *cfg, char *err, size_t errlen) {
+    if (vae_config_builtin(model, cfg) == 0) return 0;
+    char path[4200];
+    if (model && fs_is_dir(model)) {
+        snprintf(path, sizeof path, "%s/vae/config.json", model);
+        if (!fs_exists(path)) snprintf(path, sizeof path, "%s/config.json", model);
+        return vae_config_from_json(path, cfg, err, errlen);
+    }
+    if (model && fs_exists(model)) return vae_config_from_json(model, cfg, err, errlen);
+    snprintf(err, errlen, "vae %s: not sd15, sdxl, a diffusers folder or a config.json",
+             model ? model : "(null)");
+    return -1;
+}
+
+/* ================================================================== model */
+
+typedef struct { int w, b; int cin, cout, k; } Conv;
+typedef struct { int g, b; int C; } Norm;
+typedef struct { int w, b; int din, dout; } Lin;
+
+typedef struct {
+    int cin, cout, has_sc;
+    Norm n1, n2;
+    Conv c1, c2, sc;
+} Res;
+
+typedef struct {
+    int C;
+    Norm gn;
+    Lin q, k, v, o;
+} Attn;
+
+typedef struct {
+    int nres, has_samp;
+    Res *res;
+    Conv samp;
+} Blk;
+
+typedef struct {
+    Res res[2];
+    int has_attn;
+    Attn attn;
+} Mid;
+
+struct VAE {
+    VAEConfig cfg;
+    Backend *be;
+    VAEParam *params;
+    int n_params;
+    float *wblock;
+    int64_t n_base;
+    Conv enc_in, enc_out, quant, post_quant, dec_in, dec_out;
+    Norm enc_nout, dec_nout;
+    Blk down[VAE_MAX_LEVELS], up[VAE_MAX_LEVELS];
+    Mid emid, dmid;
+    /* per call */
+    float *gmean, *grstd;  /* group norm statistics, N * groups */
+    int fail;
+    char err[256];
+};
+
+/* ------------------------------------------------------------------ builder */
+
+typedef struct {
+    VAEParam *p;
+    int n, cap, oom;
+} Builder;
+
+static void pre_fmt(char *buf, size_t n, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, n, fmt, ap);
+    va_end(ap);
+}
+#define PRE(buf, ...) pre_fmt(buf, sizeof buf, __VA_ARGS__)
+
+static int addp(Builder *b, const char *pre, const char *suf, int ndim, int64_t s0, int64_t s1,
+                int64_t s2, int64_t s3) {
+    if (b->n == b->cap) {
+        int cap = b->cap ? 2 * b->cap : 256;
+        VAEParam *np = realloc(b->p, (size_t)cap * sizeof *np);
+        if (!np) { b->oom = 1; return -1; }
+        b->p = np; b->cap = cap;
+    }
+    VAEParam *p = &b->p[b->n];
+    memset(p, 0, sizeof *p);
+    pre_fmt(p->name, sizeof p->name, "%s.%s", pre, suf);
+    p->ndim = ndim;
+    int64_t s[4] = {s0, s1, s2, s3};
+    p->numel = 1;
+    for (int i = 0; i < ndim; i++) { p->shape[i] = s[i]; p->numel *= s[i]; }
+    return b->n++;
+}
+
+static void b_conv(Builder *b, Conv *c, const char *pre, int cin, int cout, int k) {
+    c->cin = cin; c->cout = cout; c->k = k;
+    c->w = addp(b, pre, "weight", 4, cout, cin, k, k);
+    c->b = addp(b, pre, "bias", 1, cout, 0, 0, 0);
+}
+
+static void b_norm(Builder *b, Norm *n, const char *pre, int C) {
+    n->C = C;
+    n->g = addp(b, pre, "weight", 1, C, 0, 0, 0);
+    n->b = addp(b, pre, "bias", 1, C, 0, 0, 0);
+}
+
+static void b_lin(Builder *b, Lin *l, const char *pre, int din, int dout) {
+    l->din = din; l->dout = dout;
+    l->w = addp(b, pre, "weight", 2, dout, din, 0, 0);
+    l->b = addp(b, pre, "bias", 1, dout, 0, 0, 0);
+}
+
+static void b_res(Builder *b, Res *r, const char *pre, int cin, int cout) {
+    char s[VAE_NAME_MAX];
+    r->cin = cin; r->cout = cout; r->has_sc = cin != cout;
+    PRE(s, "%s.norm1", pre); b_norm(b, &r->n1, s, cin);
+    PRE(s, "%s.conv1", pre); b_conv(b, &r->c1, s, cin, cout, 3);
+    PRE(s, "%s.norm2", pre); b_norm(b, &r->n2, s, cout);
+    PRE(s, "%s.conv2", pre); b_conv(b, &r->c2, s, cout, cout, 3);
+    if (r->has_sc) { PRE(s, "%s.conv_shortcut", pre); b_conv(b, &r->sc, s, cin, cout, 1); }
+}
+
+static void b_mid(Builder *b, Mid *m, const char *pre, int C, int attn) {
+    char s[VAE_NAME_MAX];
+    m->has_attn = attn;
+    if (attn) {
+        Attn *a = &m->attn;
+        a->C = C;
+        PRE(s, "%s.attentions.0.group_norm", pre); b_norm(b, &a->gn, s, C);
+        PRE(s, "%s.attentions.0.to_q", pre); b_lin(b, &a->q, s, C, C);
+        PRE(s, "%s.attentions.0.to_k", pre); b_lin(b, &a->k, s, C, C);
+        PRE(s, "%s.attentions.0.to_v", pre); b_lin(b, &a->v, s, C, C);
+        PRE(s, "%s.attentions.0.to_out.0", pre); b_lin(b, &a->o, s, C, C);
+    }
+    PRE(s, "%s.resnets.0", pre); b_res(b, &m->res[0], s, C, C);
+    PRE(s, "%s.resnets.1", pre); b_res(b, &m->res[1], s, C, C);
+}
+
+static void free_modules(VAE *v) {
+    for (int i = 0; i < VAE_MAX_LEVELS; i++) {
+        free(v->down[i].res);
+        free(v->up[i].res);
+        v->down[i].res = v->up[i].res = NULL;
+    }
+}
+
+/* diffusers' registration order: encoder, decoder, quant_conv, post_quant_conv */
+static int build(VAE *v, Builder *b) {
+    const VAEConfig *c = &v->cfg;
+    int nl = c->n_levels, lpb = c->layers_per_block, last = c->block_out_channels[nl - 1];
+    char p[VAE_NAME_MAX];
+    b_conv(b, &v->enc_in, "encoder.conv_in", c->in_channels, c->block_out_channels[0], 3);
+    int cout = c->block_out_channels[0];
+    for (int i = 0; i < nl; i++) {
+        Blk *k = &v->down[i];
+        int cin = cout;
+        cout = c->block_out_channels[i];
+        k->nres = lpb; k->has_samp = i != nl - 1;
+        k->res = calloc((size_t)lpb, sizeof *k->res);
+        if (!k->res) return -1;
+        for (int j = 0; j < lpb; j++) {
+            PRE(p, "encoder.down_blocks.%d.resnets.%d", i, j);
+            b_res(b, &k->res[j], p, j ? cout : cin, cout);
+        }
+        if (k->has_samp) {
+            PRE(p, "encoder.down_blocks.%d.downsamplers.0.conv", i);
+            b_conv(b, &k->samp, p, cout, cout, 3);
+        }
+    }
+    b_mid(b, &v->emid, "encoder.mid_block", last, c->mid_block_add_attention);
+    b_norm(b, &v->enc_nout, "encoder.conv_norm_out", last);
+    b_conv(b, &v->enc_out, "encoder.conv_out", last, 2 * c->latent_channels, 3);
+
+    b_conv(b, &v->dec_in, "decoder.conv_in", c->latent_channels, last, 3);
+    b_mid(b, &v->dmid, "decoder.mid_block", last, c->mid_block_add_attention);
+    cout = last;
+    for (int i = 0; i < nl; i++) {
+        Blk *k = &v->up[i];
+        int prev = cout;
+        cout = c->block_out_channels[nl - 1 - i];
+        k->nres = lpb + 1; k->has_samp = i != nl - 1;
+        k->res = calloc((size_t)(lpb + 1), sizeof *k->res);
+        if (!k->res) return -1;
+        for (int j = 0; j < lpb + 1; j++) {
+            PRE(p, "decoder.up_blocks.%d.resnets.%d", i, j);
+            b_res(b, &k->res[j], p, j ? cout : prev, cout);
+        }
+        if (k->has_samp) {
+            PRE(p, "decoder.up_blocks.%d.upsamplers.0.conv", i);
+            b_conv(b, &k->samp, p, cout, cout, 3);
+        }
+    }
+    b_norm(b, &v->dec_nout, "decoder.conv_norm_out", c->block_out_channels[0]);
+    b_conv(b, &v->dec_out, "decoder.conv_out", c->block_out_channels[0], c->out_channels, 3);
+    if (c->use_quant_conv)
+        b_conv(b, &v->quant, "quant_conv", 2 * c->latent_channels, 2 * c->latent_channels, 1);
+    if (c->use_post_quant_conv)
+        b_conv(b, &v->post_quant, "post_quant_conv", c->latent_channels, c->latent_channels, 1);
+    return b->oom ? -1 : 0;
+}
+
+static int cfg_valid(const VAEConfig *c, char *err, size_t errlen) {
+    if (c->n_levels < 1 || c->n_levels > VAE_MAX_LEVELS || c->layers_per_block < 1 ||
+        c->layers_per_block > 16 || c->in_channels < 1 || c->out_channels < 1 ||
+        c->latent_channels < 1 || c->norm_num_groups < 1 || !(c->scaling_factor > 0)) {
+        snprintf(err, errlen, "VAE config '%s' is incomplete (levels 1..%d, layers_per_block "
+                 "1..16, channels, latent_channels, norm_num_groups, scaling_factor > 0)",
+                 c->name, VAE_MAX_LEVELS);
+        return -1;
+    }
+    for (int i = 0; i < c->n_levels; i++)
+        if (c->block_out_channels[i] < 1 || c->block_out_channels[i] % c->norm_num_groups) {
+            snprintf(err, errlen, "VAE config '%s' level %d: channels %d must be a positive "
+                     "multiple of norm_num_groups %d", c->name, i, c->block_out_channels[i],
+                     c->norm_num_groups);
+            return -1;
+        }
+    return 0;
+}
+
+int vae_param_table(const VAEConfig *cfg, VAEParam **params, int *n_params) {
+    char err[256];
+    if (cfg_valid(cfg, err, sizeof err)) return -1;
+    VAE *tmp = calloc(1, sizeof *tmp);
+    if (!tmp) return -1;
+    tmp->cfg = *cfg;
+    Builder b = {0};
+    int rc = build(tmp, &b);
+    free_modules(tmp);
+    free(tmp);
+    if (rc) { free(b.p); return -1; }
+    *params = b.p;
+    *n_params = b.n;
+    return 0;
+}
+
+VAE *vae_create(const VAEConfig *cfg, Backend *be, char *err, size_t errlen) {
+    if (cfg_valid(cfg, err, errlen)) return NULL;
+    VAE *v = calloc(1, sizeof *v);
+    if (!v) { snprintf(err, errlen, "out of host memory"); return NULL; }
+    v->cfg = *cfg;
+    v->be = be;
+    Builder b = {0};
+    if (build(v, &b)) {
+        free(b.p); free_modules(v); free(v);
+        snprintf(err, errlen, "out of host memory building VAE '%s'", cfg->name);
+        return NULL;
+    }
+    v->params = b.p;
+    v->n_params = b.n;
+    int64_t total = 0;
+    for (int i = 0; i < v->n_params; i++) total += v->params[i].numel;
+    v->n_base = total;
+    v->wblock = be->alloc(be, (size_t)total * sizeof(float));
+    if (!v->wblock) {
+        snprintf(err, errlen, "out of %s memory: VAE '%s' needs %.1f MB of weights", be->name,
+                 cfg->name, (double)total * 4 / 1e6);
+        vae_free(v);
+        return NULL;
+    }
+    int64_t off = 0;
+    for (int i = 0; i < v->n_params; i++) { v->params[i].data = v->wblock + off; off += v->params[i].numel; }
+    return v;
+}
+
+void vae_free(VAE *v) {
+    if (!v) return;
+    if (v->wblock) v->be->free(v->be, v->wblock);
+    free_modules(v);
+    free(v->params);
+    free(v);
+}
+
+const VAEConfig *vae_config(const VAE *v) { return &v->cfg; }
+Backend *vae_backend(const VAE *v) { return v->be; }
+int vae_n_params(const VAE *v) { return v->n_params; }
+VAEParam *vae_param_at(VAE *v, int i) { return i >= 0 && i < v->n_params ? &v->params[i] : NULL; }
+int64_t vae_n_base_params(const VAE *v) { return v->n_base; }
+const char *vae_last_error(const VAE *v) { return v->err; }
+
+VAEParam *vae_param(VAE *v, const char *name) {
+    for (int i = 0; i < v->n_params; i++)
+        if (!strcmp(v->params[i].name, name)) return &v->params[i];
+    return NULL;
+}
+
+void vae_init_random(VAE *v, uint64_t seed) {
+    Rng r;
+    rng_seed(&r, seed);
+    int64_t maxn = 0;
+    for (int i = 0; i < v->n_params; i++) if (v->params[i].numel > maxn) maxn = v->params[i].numel;
+    float *h = malloc((size_t)maxn * sizeof *h);
+    if (!h) return;
+    for (int i = 0; i < v->n_params; i++) {
+        VAEParam *p = &v->params[i];
+        const char *dot = strrchr(p->name, '.');
+        int is_w = dot && !strcmp(dot, ".weight");
+        if (is_w && p->ndim >= 2) {
+            float bound = 1.0f / sqrtf((float)(p->numel / p->shape[0]));
+            rng_fill_uniform(&r, h, p->numel, -bound, bound);
+        } else {
+            float val = is_w ? 1.0f : 0.0f;
+            for (int64_t j = 0; j < p->numel; j++) h[j] = val;
+        }
+        v->be->upload(v->be, p->data, h, (size_t)p->numel * sizeof *h);
+    }
+    free(h);
+}
+
+/* ------------------------------------------------------------------ weights */
+
+/* diffusers before 0.15 (and VAE files converted then) name the mid-block
+ * attention's linears query/key/value/proj_attn; the rest is the same */
+static int old_attn_name(const char *name, char *out, size_t cap) {
+    static const char *const map[][2] = {
+        {".attentions.0.to_q.", ".attentions.0.query."},
+        {".attentions.0.to_k.", ".attentions.0.key."},
+        {".attentions.0.to_v.", ".attentions.0.value."},
+        {".attentions.0.to_out.0.", ".attentions.0.proj_attn."},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+        const char *at = strstr(name, map[i][0]);
+        if (!at) continue;
+        snprintf(out, cap, "%.*s%s%s", (int)(at - name), name, map[i][1], at + strlen(map[i][0]));
+        return 1;
+    }
+    return 0;
+}
+
+static void shape_str(char *buf, size_t cap, const int64_t *s, int nd) {
+    buf[0] = 0;
+    for (int d = 0; d < nd && d < 8; d++)
+        snprintf(buf + strlen(buf), cap - strlen(buf), "%s%lld", d ? "," : "", (long long)s[d]);
+}
+
+int vae_load_safetensors(VAE *v, const char *path, const char *prefix, char *err, size_t errlen) {
+    Backend *be = v->be;
+    char e[256];
+    SafeTensors *st = st_open(path, e, sizeof e);
+    if (!st) { snprintf(err, errlen, "%s", e); return -1; }
+    const char *pre = prefix;
+    char name[VAE_NAME_MAX + 64], old[VAE_NAME_MAX + 64];
+    if (!pre) {
+        const char *cands[] = {"", "vae."};
+        for (int k = 0; k < 2 && !pre; k++) {
+            snprintf(name, sizeof name, "%s%s", cands[k], v->params[0].name);
+            if (st_find(st, name)) pre = cands[k];
+        }
+        if (!pre) {
+            snprintf(err, errlen, "%s: no tensor '%s' (with or without a 'vae.' prefix): not a "
+                     "diffusers AutoencoderKL checkpoint", path, v->params[0].name);
+            st_close(st);
+            return -1;
+        }
+    }
+    int64_t maxn = 0;
+    for (int i = 0; i < v->n_params; i++) if (v->params[i].numel > maxn) maxn = v->params[i].numel;
+    float *h = malloc((size_t)maxn * sizeof *h);
+    int rc = -1;
+    if (!h) { snprintf(err, errlen, "out of host memory"); goto out; }
+    for (int i = 0; i < v->n_params; i++) {
+        VAEParam *p = &v->params[i];
+        snprintf(name, sizeof name, "%s%s", pre, p->name);
+        const StTensor *t = st_find(st, name);
+        if (!t && old_attn_name(p->name, old, sizeof old)) {
+            char o2[sizeof old + 64];
+            snprintf(o2, sizeof o2, "%s%s", pre, old);
+            t = st_find(st, o2);
+            if (!t) {
+                snprintf(err, errlen, "%s: missing tensor '%s' (or its old name '%s')", path, name, o2);
+                goto out;
+            }
+            snprintf(name, sizeof name, "%s", o2);
+        }
+        if (!t) { snprintf(err, errlen, "%s: missing tensor '%s'", path, name); goto out; }
+        int same = t->numel == p->numel;
+        /* a Linear stored as a 1x1 conv (old VAE files) holds the same data */
+        if (same) {
+            int nd = t->ndim < p->ndim ? t->ndim : p->ndim;
+            for (int d = 0; d < nd; d++) if (t->shape[d] != p->shape[d]) same = 0;
+            for (int d = p->ndim; d < t->ndim; d++) if (t->shape[d] != 1) same = 0;
+            for (int d = t->ndim; d < p->ndim; d++) if (p->shape[d] != 1) same = 0;
+        }
+        if (!same) {
+            char want[64], got[64];
+            shape_str(want, sizeof want, p->shape, p->ndim);
+            shape_str(got, sizeof got, t->shape, t->ndim);
+            snprintf(err, errlen, "%s: tensor '%s' has shape [%s], the config needs [%s]", path,
+                     name, got, want);
+            goto out;
+        }
+        if (st_read_f32(t, h)) {
+            snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which cannot be read as float",
+                     path, name, st_dtype_name(t->dtype));
+            goto out;
+        }
+        be->upload(be, p->data, h, (size_t)p->numel * sizeof *h);
+    }
+    rc = 0;
+out:
+    free(h);
+    st_close(st);
+    return rc;
+}
+
+/* ================================================================== passes */
+
+#define P(i) (v->params[i].data)
+
+/* a device buffer of n floats for `what`; NULL after recording the failure */
+static float *nb(VAE *v, int64_t n, const char *what) {
+    float *p = v->be->alloc(v->be, (size_t)(n > 0 ? n : 1) * sizeof(float));
+    if (!p && !v->fail) {
+        v->fail = 1;
+        snprintf(v->err, sizeof v->err, "out of %s memory: the VAE's %s needs %.1f MB more "
+                 "(%.1f MB held)", v->be->name, what, (double)n * 4 / 1e6,
+                 (double)(v->be->reserved_bytes ? v->be->reserved_bytes(v->be) : 0) / 1e6);
+    }
+    return p;
+}
+
+static void fr(VAE *v, float *p) {
+    if (p) v->be->free(v->be, p);
+}
+
+/* conv of x[N,cin,H,W] into a new buffer (padding k/2, stride 1) */
+static float *conv_new(VAE *v, const Conv *c, const float *x, int N, int H, int W, const char *what) {
+    float *y = nb(v, (int64_t)N * c->cout * H * W, what);
+    if (y) v->be->conv2d_fwd(v->be, x, P(c->w), P(c->b), y, N, c->cin, H, W, c->cout, c->k, 1, c->k / 2);
+    return y;
+}
+
+/* silu(group_norm(x)) of x[N,C,HW] into a new buffer */
+static float *norm_silu(VAE *v, const Norm *n, const float *x, int N, int64_t HW, int silu,
+                        const char *what) {
+    Backend *be = v->be;
+    int64_t cnt = (int64_t)N * n->C * HW;
+    float *y = nb(v, cnt, what);
+    if (!y) return NULL;
+    be->group_norm_fwd(be, x, P(n->g), P(n->b), y, v->gmean, v->grstd, N, n->C, HW,
+                       v->cfg.norm_num_groups, VAE_EPS);
+    if (silu) be->silu_fwd(be, y, y, cnt);
+    return y;
+}
+
+static float *res_fwd(VAE *v, const Res *r, const float *x, int N, int H, int W) {
+    Backend *be = v->be;
+    int64_t HW = (int64_t)H * W, no = (int64_t)N * r->cout * HW;
+    float *a = norm_silu(v, &r->n1, x, N, HW, 1, "resnet norm1");
+    if (!a) return NULL;
+    float *h = conv_new(v, &r->c1, a, N, H, W, "resnet conv1");
+    fr(v, a);
+    if (!h) return NULL;
+    a = norm_silu(v, &r->n2, h, N, HW, 1, "resnet norm2");
+    fr(v, h);
+    if (!a) return NULL;
+    float *out = conv_new(v, &r->c2, a, N, H, W, "resnet conv2");
+    fr(v, a);
+    if (!out) return NULL;
+    if (r->has_sc) {
+        float *s = conv_new(v, &r->sc, x, N, H, W, "resnet conv_shortcut");
+        if (!s) { fr(v, out); return NULL; }
+        be->add(be, out, s, out, no);
+        fr(v, s);
+    } else {
+        be->add(be, out, x, out, no);
+    }
+    return out;
+}
+
+static float *attn_fwd(VAE *v, const Attn *a, const float *x, int N, int H, int W) {
+    Backend *be = v->be;
+    int C = a->C;
+    int64_t HW = (int64_t)H * W, n = (int64_t)N * C * HW, M = (int64_t)N * HW;
+    float *g = norm_silu(v, &a->gn, x, N, HW, 0, "attention group_norm");
+    if (!g) return NULL;
+    float *s = nb(v, n, "attention tokens");
+    if (s) be->nchw_to_nlc(be, g, s, N, C, HW, 0);
+    fr(v, g);
+    if (!s) return NULL;
+    float *q = nb(v, n, "attention q"), *k = nb(v, n, "attention k"), *vv = nb(v, n, "attention v");
+    float *o = NULL, *lse = NULL, *out = NULL;
+    if (q && k && vv) {
+        be->linear_fwd(be, s, P(a->q.w), P(a->q.b), q, M, C, C);
+        be->linear_fwd(be, s, P(a->k.w), P(a->k.b), k, M, C, C);
+        be->linear_fwd(be, s, P(a->v.w), P(a->v.b), vv, M, C, C);
+    }
+    fr(v, s);
+    if (q && k && vv) {
+        o = nb(v, n, "attention output");
+        lse = nb(v, M, "attention lse");
+        if (o && lse)
+            be->attention_fwd(be, q, k, vv, o, lse, N, (int)HW, (int)HW, 1, C,
+                              1.0f / sqrtf((float)C), 0);
+    }
+    fr(v, q); fr(v, k); fr(v, vv); fr(v, lse);
+    if (!o || v->fail) { fr(v, o); return NULL; }
+    float *p = nb(v, n, "attention to_out");
+    if (p) be->linear_fwd(be, o, P(a->o.w), P(a->o.b), p, M, C, C);
+    fr(v, o);
+    if (!p) return NULL;
+    out = nb(v, n, "attention residual");
+    if (out) {
+        be->copy(be, out, x, (size_t)n * sizeof(float));
+        be->nlc_to_nchw(be, p, out, N, C, HW, 1); /* out = x + to_out(...) */
+    }
+    fr(v, p);
+    return out;
+}
+
+/* replaces *h by f(*h): the old tensor is freed; 0, or -1 with *h freed */
+#define STEP(h, expr)                             \
+    do {                                          \
+        float *nh_ = (expr);                      \
+        fr(v, (h));                               \
+        (h) = nh_;                                \
+        if (!(h)) return -1;                      \
+    } while (0)
+
+static int mid_fwd(VAE *v, const Mid *m, float **h, int N, int H, int W) {
+    STEP(*h, res_fwd(v, &m->res[0], *h, N, H, W));
+    if (m->has_attn) STEP(*h, attn_fwd(v, &m->attn, *h, N, H, W));
+    STEP(*h, res_fwd(v, &m->res[1], *h, N, H, W));
+    return 0;
+}
+
+static float *down_fwd(VAE *v, const Conv *c, const float *x, int N, int H, int W) {
+    float *p = nb(v, (int64_t)N * c->cin * (H + 1) * (W + 1), "downsampler padding");
+    if (!p) return NULL;
+    v->be->pad2d(v->be, x, p, N, c->cin, H, W, 0, 1, 0, 1);
+    float *y = nb(v, (int64_t)N * c->cout * (H / 2) * (W / 2), "downsampler conv");
+    if (y) v->be->conv2d_fwd(v->be, p, P(c->w), P(c->b), y, N, c->cin, H + 1, W + 1, c->cout, 3, 2, 0);
+    fr(v, p);
+    return y;
+}
+
+static float *up_fwd(VAE *v, const Conv *c, const float *x, int N, int H, int W) {
+    float *u = nb(v, (int64_t)N * c->cin * 4 * H * W, "upsampler nearest 2x");
+    if (!u) return NULL;
+    v->be->upsample2x_fwd(v->be, x, u, N, c->cin, H, W);
+    float *y = conv_new(v, c, u, N, 2 * H, 2 * W, "upsampler conv");
+    fr(v, u);
+    return y;
+}
+
+/* group norm statistics for the call; 0 / -1 */
+static int begin(VAE *v, int N, const char *what, int ok_shape) {
+    v->fail = 0;
+    v->err[0] = 0;
+    if (!ok_shape) {
+        snprintf(v->err, sizeof v->err, "%s", what);
+        return -1;
+    }
+    int64_t ng = (int64_t)N * v->cfg.norm_num_groups;
+    v->gmean = nb(v, ng, "norm statistics");
+    v->grstd = nb(v, ng, "norm statistics");
+    return v->fail ? -1 : 0;
+}
+
+static int finish(VAE *v, int rc) {
+    Backend *be = v->be;
+    fr(v, v->gmean); fr(v, v->grstd);
+    v->gmean = v->grstd = NULL;
+    be->sync(be);
+    const char *e = be->last_error ? be->last_error(be) : "";
+    if (e && e[0] && !v->err[0]) snprintf(v->err, sizeof v->err, "%s", e);
+    if (e && e[0]) return -1;
+    return rc ? -1 : 0;
+}
+
+/* the encoder and quant_conv: moments[N, 2 latent, H/f, W/f] (new buffer) */
+static int encoder_fwd(VAE *v, const float *x, float **out, int N, int H, int W) {
+    const VAEConfig *c = &v->cfg;
+    float *h = conv_new(v, &v->enc_in, x, N, H, W, "encoder conv_in");
+    *out = NULL;
+    if (!h) return -1;
+    for (int i = 0; i < c->n_levels; i++) {
+        const Blk *k = &v->down[i];
+        for (int j = 0; j < k->nres; j++) STEP(h, res_fwd(v, &k->res[j], h, N, H, W));
+        if (k->has_samp) {
+            STEP(h, down_fwd(v, &k->samp, h, N, H, W));
+            H /= 2; W /= 2;
+        }
+    }
+    if (mid_fwd(v, &v->emid, &h, N, H, W)) return -1;
+    STEP(h, norm_silu(v, &v->enc_nout, h, N, (int64_t)H * W, 1, "encoder conv_norm_out"));
+    STEP(h, conv_new(v, &v->enc_out, h, N, H, W, "encoder conv_out"));
+    if (c->use_quant_conv) STEP(h, conv_new(v, &v->quant, h, N, H, W, "quant_conv"));
+    *out = h;
+    return 0;
+}
+
+int vae_encode(VAE *v, const float *x, float *z, const float *noise, int N, int H, int W) {
+    const VAEConfig *c = &v->cfg;
+    Backend *be = v->be;
+    int f = 1 << (c->n_levels - 1);
+    char what[160];
+    snprintf(what, sizeof what, "vae_encode: image %dx%d (batch %d): height and width must be "
+             "positive multiples of %d", H, W, N, f);
+    if (begin(v, N, what, N > 0 && H > 0 && W > 0 && H % f == 0 && W % f == 0)) return finish(v, -1);
+    float *mom = NULL;
+    if (encoder_fwd(v, x, &mom, N, H, W)) return finish(v, -1);
+    int L = c->latent_channels;
+    int64_t hw = (int64_t)(H / f) * (W / f), per = (int64_t)L * hw;
+    /* mean = moments[:, :L]; logvar = moments[:, L:] */
+    for (int n = 0; n < N; n++)
+        be->copy(be, z + n * per, mom + 2 * n * per, (size_t)per * sizeof(float));
+    int rc = 0;
+    if (noise) {
+        /* z = mean + exp(0.5 clamp(logvar, -30, 20)) * noise, on the host: a
+         * latent is small (16K floats at 512x512) and the table has no exp op */
+        int64_t tot = N * per;
+        float *hm = malloc((size_t)tot * 2 * sizeof(float)), *hn = malloc((size_t)tot * sizeof(float));
+        if (!hm || !hn) {
+            snprintf(v->err, sizeof v->err, "out of host memory");
+            rc = -1;
+        } else {
+            be->download(be, hm, mom, (size_t)tot * 2 * sizeof(float));
+            be->download(be, hn, noise, (size_t)tot * sizeof(float));
+            for (int n = 0; n < N; n++)
+                for (int64_t i = 0; i < per; i++) {
+                    double lv = hm[(2 * n + 1) * per + i];
+                    lv = lv < -30 ? -30 : lv > 20 ? 20 : lv;
+                    hn[n * per + i] = (float)(hm[2 * n * per + i] + exp(0.5 * lv) * hn[n * per + i]);
+                }
+            be->upload(be, z, hn, (size_t)tot * sizeof(float));
+        }
+        free(hm); free(hn);
+    }
+    be->scale(be, z, c->scaling_factor, N * per);
+    fr(v, mom);
+    return finish(v, rc);
+}
+
+int vae_decode(VAE *v, const float *z, float *x, int N, int h, int w) {
+    const VAEConfig *c = &v->cfg;
+    Backend *be = v->be;
+    int L = c->latent_channels, nl = c->n_levels;
+    char what[160];
+    snprintf(what, sizeof what, "vae_decode: latent %dx%d (batch %d) must be positive", h, w, N);
+    if (begin(v, N, what, N > 0 && h > 0 && w > 0)) return finish(v, -1);
+    int64_t nz = (int64_t)N * L * h * w;
+    float *t = nb(v, nz, "decoder input");
+    if (!t) return finish(v, -1);
+    be->copy(be, t, z, (size_t)nz * sizeof(float));
+    be->scale(be, t, 1.0f / c->scaling_factor, nz);
+    int H = h, W = w, rc = -1;
+#define DSTEP(expr) do { float *nh_ = (expr); fr(v, t); t = nh_; if (!t) goto out; } while (0)
+    if (c->use_post_quant_conv) DSTEP(conv_new(v, &v->post_quant, t, N, H, W, "post_quant_conv"));
+    DSTEP(conv_new(v, &v->dec_in, t, N, H, W, "decoder conv_in"));
+    if (mid_fwd(v, &v->dmid, &t, N, H, W)) { t = NULL; goto out; }
+    for (int i = 0; i < nl; i++) {
+        const Blk *k = &v->up[i];
+        for (int j = 0; j < k->nres; j++) DSTEP(res_fwd(v, &k->res[j], t, N, H, W));
+        if (k->has_samp) {
+            DSTEP(up_fwd(v, &k->samp, t, N, H, W));
+            H *= 2; W *= 2;
+        }
+    }
+    DSTEP(norm_silu(v, &v->dec_nout, t, N, (int64_t)H * W, 1, "decoder conv_norm_out"));
+    be->conv2d_fwd(be, t, P(v->dec_out.w), P(v->dec_out.b), x, N, v->dec_out.cin, H, W,
+                   v->dec_out.cout, 3, 1, 1);
+    rc = 0;
+#undef DSTEP
+out:
+    fr(v, t);
+    return finish(v, rc);
+}

@@ -1,0 +1,503 @@
+/* test_vae.c — the VAE (src/models/vae.c) against PyTorch goldens
+ * (tests/golden/vae_*, from gen_vae_golden.py: an independent torch AutoencoderKL),
+ * the parameter table of the SD VAE against its published count, the strict
+ * config.json reader, and the weight loader (missing / mis-shaped tensors named,
+ * old attention names, prefixes, 1x1-conv linears). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test_helpers.h"
+#include "formats/safetensors.h"
+#include "models/vae.h"
+
+/* max |a - b| / max |b| (NaN in a: infinite) */
+static double rel_err(const float *a, const float *b, int64_t n) {
+    double md = 0, mr = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d > md || d != d) md = d != d ? INFINITY : d;
+        if (fabs(b[i]) > mr) mr = fabs(b[i]);
+    }
+    return mr > 0 ? md / mr : md;
+}
+
+/* ---------------------------------------------------------------- goldens */
+
+typedef struct {
+    SafeTensors *st;
+    VAEConfig cfg;
+    Backend *be;
+    VAE *v;
+    int N, H, W, h, w, f;
+    char path[256];
+} Golden;
+
+static float *gt_read(SafeTensors *st, const char *name, int64_t *n) {
+    const StTensor *t = st_find(st, name);
+    if (!t) fail_msg("golden tensor '%s' missing", name);
+    float *p = malloc((size_t)t->numel * sizeof *p);
+    assert_non_null(p);
+    assert_int_equal(st_read_f32(t, p), 0);
+    if (n) *n = t->numel;
+    return p;
+}
+
+static int meta_int(SafeTensors *st, const char *k) {
+    const char *v = st_metadata(st, k);
+    if (!v) fail_msg("golden metadata '%s' missing", k);
+    return atoi(v);
+}
+
+static void golden_open(Golden *g, const char *stem) {
+    memset(g, 0, sizeof *g);
+    char path[256], err[512];
+    snprintf(path, sizeof path, "tests/golden/%s.json", stem);
+    if (vae_config_from_json(path, &g->cfg, err, sizeof err)) fail_msg("%s", err);
+    snprintf(g->path, sizeof g->path, "tests/golden/%s.safetensors", stem);
+    g->st = st_open(g->path, err, sizeof err);
+    if (!g->st) fail_msg("%s", err);
+    g->be = backend_cpu_create();
+    assert_non_null(g->be);
+    g->v = vae_create(&g->cfg, g->be, err, sizeof err);
+    if (!g->v) fail_msg("%s", err);
+    if (vae_load_safetensors(g->v, g->path, NULL, err, sizeof err)) fail_msg("%s", err);
+    g->N = meta_int(g->st, "N"); g->H = meta_int(g->st, "H"); g->W = meta_int(g->st, "W");
+    g->f = 1 << (g->cfg.n_levels - 1);
+    g->h = g->H / g->f; g->w = g->W / g->f;
+}
+
+static void golden_close(Golden *g) {
+    vae_free(g->v);
+    backend_destroy(g->be);
+    st_close(g->st);
+}
+
+static int64_t img_n(const Golden *g) { return (int64_t)g->N * g->cfg.in_channels * g->H * g->W; }
+static int64_t out_n(const Golden *g) { return (int64_t)g->N * g->cfg.out_channels * g->H * g->W; }
+static int64_t lat_n(const Golden *g) { return (int64_t)g->N * g->cfg.latent_channels * g->h * g->w; }
+
+/* host in, host out, through device buffers */
+static float *run_encode(Golden *g, VAE *v, const float *img, const float *noise) {
+    Backend *be = g->be;
+    float *dx = th_dev(be, img, img_n(g)), *dz = th_dev(be, NULL, lat_n(g));
+    float *dn = noise ? th_dev(be, noise, lat_n(g)) : NULL;
+    if (vae_encode(v, dx, dz, dn, g->N, g->H, g->W)) fail_msg("vae_encode: %s", vae_last_error(v));
+    float *z = th_host(be, dz, lat_n(g));
+    be->free(be, dx); be->free(be, dz);
+    if (dn) be->free(be, dn);
+    return z;
+}
+
+static float *run_decode(Golden *g, VAE *v, const float *lat) {
+    Backend *be = g->be;
+    float *dz = th_dev(be, lat, lat_n(g)), *dx = th_dev(be, NULL, out_n(g));
+    if (vae_decode(v, dz, dx, g->N, g->h, g->w)) fail_msg("vae_decode: %s", vae_last_error(v));
+    float *x = th_host(be, dx, out_n(g));
+    be->free(be, dx); be->free(be, dz);
+    return x;
+}
+
+static void check_golden(const char *stem) {
+    Golden g;
+    golden_open(&g, stem);
+    /* every golden weight is a parameter of ours and vice versa */
+    int nw = 0;
+    for (int i = 0; i < st_count(g.st); i++) {
+        const char *k = st_at(g.st, i)->name;
+        if (!strncmp(k, "in.", 3) || !strncmp(k, "out.", 4)) continue;
+        nw++;
+        if (!vae_param(g.v, k)) fail_msg("golden weight %s is not a parameter of the C VAE", k);
+    }
+    assert_int_equal(nw, vae_n_params(g.v));
+
+    float *img = gt_read(g.st, "in.image", NULL), *noise = gt_read(g.st, "in.noise", NULL);
+    float *lat = gt_read(g.st, "in.latent", NULL);
+    struct { const char *key; float *got; int64_t n; } res[4];
+    res[0].key = "out.mean"; res[0].got = run_encode(&g, g.v, img, NULL); res[0].n = lat_n(&g);
+    res[1].key = "out.sample"; res[1].got = run_encode(&g, g.v, img, noise); res[1].n = lat_n(&g);
+    res[2].key = "out.decoded"; res[2].got = run_decode(&g, g.v, lat); res[2].n = out_n(&g);
+    float *mean_ref = gt_read(g.st, "out.mean", NULL);
+    res[3].key = "out.roundtrip"; res[3].got = run_decode(&g, g.v, mean_ref); res[3].n = out_n(&g);
+    for (int k = 0; k < 4; k++) {
+        float *ref = gt_read(g.st, res[k].key, NULL);
+        double e = rel_err(res[k].got, ref, res[k].n);
+        print_message("%s: %-13s rel err %.2e\n", stem, res[k].key, e);
+        if (!(e <= 1e-4)) fail_msg("%s: %s rel err %.2e > 1e-4", stem, res[k].key, e);
+        free(ref); free(res[k].got);
+    }
+    free(img); free(noise); free(lat); free(mean_ref);
+    golden_close(&g);
+}
+
+static void test_golden_small(void **st) { (void)st; check_golden("vae_small"); }
+static void test_golden_plain(void **st) { (void)st; check_golden("vae_plain"); }
+
+/* the shape checks, and a failed call leaves the VAE usable */
+static void test_bad_shapes(void **st) {
+    (void)st;
+    Golden g;
+    golden_open(&g, "vae_small");
+    Backend *be = g.be;
+    float *dx = th_dev(be, NULL, 3 * 30 * 32), *dz = th_dev(be, NULL, 4 * 8 * 8);
+    assert_int_equal(vae_encode(g.v, dx, dz, NULL, 1, 30, 32), -1);
+    const char *e = vae_last_error(g.v);
+    if (!strstr(e, "30x32") || !strstr(e, "multiples of 4") || strchr(e, '\n')) fail_msg("'%s'", e);
+    assert_int_equal(vae_decode(g.v, dz, dx, 1, 0, 8), -1);
+    assert_true(strstr(vae_last_error(g.v), "0x8") != NULL);
+    be->free(be, dx); be->free(be, dz);
+    golden_close(&g);
+    check_golden("vae_small");
+}
+
+/* ---------------------------------------------------------------- weights */
+
+/* copy src to dst through a rename / reshape / drop function */
+typedef int (*Edit)(const char *name, char *out, size_t cap, int *ndim, int64_t *shape);
+
+static void rewrite(const char *src, const char *dst, Edit fn) {
+    char err[512];
+    SafeTensors *s = st_open(src, err, sizeof err);
+    if (!s) fail_msg("%s", err);
+    StWriter *w = stw_create();
+    assert_non_null(w);
+    for (int i = 0; i < st_count(s); i++) {
+        const StTensor *t = st_at(s, i);
+        char name[256];
+        int nd = t->ndim;
+        int64_t shape[ST_MAX_DIMS];
+        memcpy(shape, t->shape, sizeof shape);
+        snprintf(name, sizeof name, "%s", t->name);
+        if (fn && !fn(t->name, name, sizeof name, &nd, shape)) continue;
+        float *d = malloc((size_t)t->numel * sizeof *d);
+        assert_non_null(d);
+        assert_int_equal(st_read_f32(t, d), 0);
+        assert_int_equal(stw_add_f32(w, name, nd, shape, d), 0);
+        free(d);
+    }
+    if (stw_save(w, dst, err, sizeof err)) fail_msg("%s", err);
+    stw_free(w);
+    st_close(s);
+}
+
+static int is_weight(const char *n) { return strncmp(n, "in.", 3) && strncmp(n, "out.", 4); }
+
+static int drop_one(const char *n, char *out, size_t cap, int *nd, int64_t *s) {
+    return strcmp(n, "decoder.up_blocks.1.resnets.2.norm2.bias") != 0;
+}
+static int bad_shape(const char *n, char *out, size_t cap, int *nd, int64_t *s) {
+    if (!strcmp(n, "encoder.down_blocks.1.resnets.0.conv_shortcut.weight")) s[1] = 4; /* [16,8,1,1] -> [16,4,1,1] */
+    return 1;
+}
+static int drop_old_key(const char *n, char *out, size_t cap, int *nd, int64_t *s) {
+    return strcmp(n, "decoder.mid_block.attentions.0.to_k.weight") != 0;
+}
+/* diffusers' old attention names, behind a "vae." prefix, linears as 1x1 convs */
+static int old_names(const char *n, char *out, size_t cap, int *nd, int64_t *s) {
+    if (!is_weight(n)) return 1;
+    static const char *const map[][2] = {
+        {".to_q.", ".query."}, {".to_k.", ".key."}, {".to_v.", ".value."}, {".to_out.0.", ".proj_attn."}};
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s", n);
+    for (int i = 0; i < 4; i++) {
+        const char *at = strstr(n, map[i][0]);
+        if (at && strstr(n, ".attentions.0.")) {
+            snprintf(tmp, sizeof tmp, "%.*s%s%s", (int)(at - n), n, map[i][1], at + strlen(map[i][0]));
+            if (*nd == 2) { s[2] = s[3] = 1; *nd = 4; }
+        }
+    }
+    snprintf(out, cap, "vae.%s", tmp);
+    return 1;
+}
+
+static int setup_tmp(void **st) { (void)st; return th_tmpdir_make("vae"); }
+static int teardown_tmp(void **st) { (void)st; return th_tmpdir_remove(); }
+
+static void test_missing_and_misshaped(void **st) {
+    (void)st;
+    Golden g;
+    golden_open(&g, "vae_small");
+    char p[512], err[512];
+    path_of(p, "missing.safetensors");
+    rewrite(g.path, p, drop_one);
+    assert_int_equal(vae_load_safetensors(g.v, p, NULL, err, sizeof err), -1);
+    if (!strstr(err, "missing tensor 'decoder.up_blocks.1.resnets.2.norm2.bias'") || !strstr(err, p))
+        fail_msg("'%s'", err);
+    path_of(p, "shape.safetensors");
+    rewrite(g.path, p, bad_shape);
+    assert_int_equal(vae_load_safetensors(g.v, p, NULL, err, sizeof err), -1);
+    if (!strstr(err, "'encoder.down_blocks.1.resnets.0.conv_shortcut.weight' has shape [16,4,1,1], "
+                     "the config needs [16,8,1,1]"))
+        fail_msg("'%s'", err);
+    /* a missing attention tensor names both its names */
+    path_of(p, "nok.safetensors");
+    rewrite(g.path, p, drop_old_key);
+    assert_int_equal(vae_load_safetensors(g.v, p, NULL, err, sizeof err), -1);
+    if (!strstr(err, "'decoder.mid_block.attentions.0.to_k.weight' (or its old name "
+                     "'decoder.mid_block.attentions.0.key.weight')"))
+        fail_msg("'%s'", err);
+    /* an explicit prefix the file does not have */
+    assert_int_equal(vae_load_safetensors(g.v, g.path, "vae.", err, sizeof err), -1);
+    if (!strstr(err, "missing tensor 'vae.encoder.conv_in.weight'")) fail_msg("'%s'", err);
+    /* not a VAE at all */
+    assert_int_equal(vae_load_safetensors(g.v, "tests/golden/unet_sd15like.safetensors", NULL, err,
+                                          sizeof err), -1);
+    if (!strstr(err, "no tensor 'encoder.conv_in.weight'")) fail_msg("'%s'", err);
+    golden_close(&g);
+}
+
+/* the old names load to the same weights, so to the same outputs bit for bit */
+static void test_old_attention_names(void **st) {
+    (void)st;
+    Golden g;
+    golden_open(&g, "vae_small");
+    char p[512], err[512];
+    path_of(p, "old.safetensors");
+    rewrite(g.path, p, old_names);
+    {   /* the file really has only the old names */
+        SafeTensors *s = st_open(p, err, sizeof err);
+        assert_non_null(s);
+        assert_non_null(st_find(s, "vae.encoder.mid_block.attentions.0.proj_attn.weight"));
+        assert_null(st_find(s, "vae.encoder.mid_block.attentions.0.to_out.0.weight"));
+        assert_int_equal(st_find(s, "vae.decoder.mid_block.attentions.0.query.weight")->ndim, 4);
+        st_close(s);
+    }
+    float *img = gt_read(g.st, "in.image", NULL), *lat = gt_read(g.st, "in.latent", NULL);
+    float *z0 = run_encode(&g, g.v, img, NULL), *x0 = run_decode(&g, g.v, lat);
+    VAE *v2 = vae_create(&g.cfg, g.be, err, sizeof err);
+    assert_non_null(v2);
+    if (vae_load_safetensors(v2, p, NULL, err, sizeof err)) fail_msg("%s", err);
+    float *z1 = run_encode(&g, v2, img, NULL), *x1 = run_decode(&g, v2, lat);
+    assert_memory_equal(z0, z1, (size_t)lat_n(&g) * sizeof(float));
+    assert_memory_equal(x0, x1, (size_t)out_n(&g) * sizeof(float));
+    /* and with the prefix named */
+    vae_init_random(v2, 3);
+    if (vae_load_safetensors(v2, p, "vae.", err, sizeof err)) fail_msg("%s", err);
+    float *x2 = run_decode(&g, v2, lat);
+    assert_memory_equal(x0, x2, (size_t)out_n(&g) * sizeof(float));
+    vae_free(v2);
+    free(img); free(lat); free(z0); free(z1); free(x0); free(x1); free(x2);
+    golden_close(&g);
+}
+
+/* ---------------------------------------------------------------- tables, config */
+
+static void test_param_table(void **st) {
+    (void)st;
+    VAEConfig c;
+    VAEParam *p;
+    int np;
+    const char *names[] = {"sd15", "sdxl"};
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(vae_config_builtin(names[k], &c), 0);
+        assert_int_equal(vae_param_table(&c, &p, &np), 0);
+        int64_t t = 0;
+        for (int i = 0; i < np; i++) t += p[i].numel;
+        assert_int_equal(t, 83653863LL); /* the published SD VAE, 248 tensors */
+        assert_int_equal(np, 248);
+        struct { const char *n; int nd; int64_t s[4]; } want[] = {
+            {"encoder.conv_in.weight", 4, {128, 3, 3, 3}},
+            {"encoder.down_blocks.0.downsamplers.0.conv.weight", 4, {128, 128, 3, 3}},
+            {"encoder.down_blocks.1.resnets.0.conv_shortcut.weight", 4, {256, 128, 1, 1}},
+            {"encoder.down_blocks.3.resnets.1.norm2.bias", 1, {512}},
+            {"encoder.mid_block.attentions.0.to_q.weight", 2, {512, 512}},
+            {"encoder.mid_block.attentions.0.to_out.0.bias", 1, {512}},
+            {"encoder.conv_out.weight", 4, {8, 512, 3, 3}},
+            {"quant_conv.weight", 4, {8, 8, 1, 1}},
+            {"post_quant_conv.weight", 4, {4, 4, 1, 1}},
+            {"decoder.conv_in.weight", 4, {512, 4, 3, 3}},
+            {"decoder.up_blocks.2.resnets.0.conv_shortcut.weight", 4, {256, 512, 1, 1}},
+            {"decoder.up_blocks.3.resnets.2.conv2.weight", 4, {128, 128, 3, 3}},
+            {"decoder.up_blocks.2.upsamplers.0.conv.weight", 4, {256, 256, 3, 3}},
+            {"decoder.conv_out.weight", 4, {3, 128, 3, 3}},
+        };
+        for (size_t w = 0; w < sizeof want / sizeof want[0]; w++) {
+            int i = 0;
+            while (i < np && strcmp(p[i].name, want[w].n)) i++;
+            if (i == np) fail_msg("%s: no parameter %s", names[k], want[w].n);
+            assert_int_equal(p[i].ndim, want[w].nd);
+            for (int d = 0; d < want[w].nd; d++) assert_int_equal(p[i].shape[d], want[w].s[d]);
+        }
+        for (int i = 0; i < np; i++) {
+            if (strstr(p[i].name, "up_blocks.3.upsamplers") || strstr(p[i].name, "down_blocks.3.downsamplers"))
+                fail_msg("%s: the last level has no resampler: %s", names[k], p[i].name);
+        }
+        free(p);
+    }
+    assert_int_equal(vae_config_builtin("sd15", &c), 0);
+    assert_true(fabsf(c.scaling_factor - 0.18215f) < 1e-7f);
+    assert_int_equal(vae_config_builtin("sdxl", &c), 0);
+    assert_true(fabsf(c.scaling_factor - 0.13025f) < 1e-7f);
+    assert_int_equal(vae_config_builtin("tiny", &c), -1);
+    /* the options remove their parameters */
+    assert_int_equal(vae_config_builtin("sd15", &c), 0);
+    c.use_quant_conv = c.use_post_quant_conv = c.mid_block_add_attention = 0;
+    assert_int_equal(vae_param_table(&c, &p, &np), 0);
+    assert_int_equal(np, 248 - 4 - 2 * 10);
+    for (int i = 0; i < np; i++)
+        if (strstr(p[i].name, "quant_conv") || strstr(p[i].name, "attentions")) fail_msg("%s", p[i].name);
+    free(p);
+}
+
+/* SD 1.5's and SDXL's vae/config.json as published (SD 1.5 has no scaling_factor:
+ * diffusers' default 0.18215 applies) */
+static const char *SD15_JSON =
+    "{\"_class_name\": \"AutoencoderKL\", \"_diffusers_version\": \"0.6.0\", \"act_fn\": \"silu\","
+    " \"block_out_channels\": [128, 256, 512, 512], \"down_block_types\": [\"DownEncoderBlock2D\","
+    " \"DownEncoderBlock2D\", \"DownEncoderBlock2D\", \"DownEncoderBlock2D\"], \"in_channels\": 3,"
+    " \"latent_channels\": 4, \"layers_per_block\": 2, \"norm_num_groups\": 32, \"out_channels\": 3,"
+    " \"sample_size\": 512, \"up_block_types\": [\"UpDecoderBlock2D\", \"UpDecoderBlock2D\","
+    " \"UpDecoderBlock2D\", \"UpDecoderBlock2D\"]}";
+static const char *SDXL_JSON =
+    "{\"_class_name\": \"AutoencoderKL\", \"_diffusers_version\": \"0.20.0.dev0\","
+    " \"_name_or_path\": \"../sdxl-vae/\", \"act_fn\": \"silu\", \"block_out_channels\": [128, 256,"
+    " 512, 512], \"down_block_types\": [\"DownEncoderBlock2D\", \"DownEncoderBlock2D\","
+    " \"DownEncoderBlock2D\", \"DownEncoderBlock2D\"], \"force_upcast\": true, \"in_channels\": 3,"
+    " \"latent_channels\": 4, \"layers_per_block\": 2, \"norm_num_groups\": 32, \"out_channels\": 3,"
+    " \"sample_size\": 1024, \"scaling_factor\": 0.13025, \"up_block_types\": [\"UpDecoderBlock2D\","
+    " \"UpDecoderBlock2D\", \"UpDecoderBlock2D\", \"UpDecoderBlock2D\"]}";
+
+static void same_arch(const VAEConfig *a, const VAEConfig *b) {
+    assert_int_equal(a->in_channels, b->in_channels);
+    assert_int_equal(a->out_channels, b->out_channels);
+    assert_int_equal(a->latent_channels, b->latent_channels);
+    assert_int_equal(a->n_levels, b->n_levels);
+    for (int i = 0; i < a->n_levels; i++) assert_int_equal(a->block_out_channels[i], b->block_out_channels[i]);
+    assert_int_equal(a->layers_per_block, b->layers_per_block);
+    assert_int_equal(a->norm_num_groups, b->norm_num_groups);
+    assert_true(a->scaling_factor == b->scaling_factor);
+    assert_int_equal(a->use_quant_conv, b->use_quant_conv);
+    assert_int_equal(a->use_post_quant_conv, b->use_post_quant_conv);
+    assert_int_equal(a->mid_block_add_attention, b->mid_block_add_attention);
+}
+
+static void test_config_published(void **st) {
+    (void)st;
+    VAEConfig a, b;
+    char err[512];
+    if (vae_config_from_json_text(SD15_JSON, &a, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(vae_config_builtin("sd15", &b), 0);
+    same_arch(&a, &b);
+    assert_int_equal(a.sample_size, 512);
+    if (vae_config_from_json_text(SDXL_JSON, &a, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(vae_config_builtin("sdxl", &b), 0);
+    same_arch(&a, &b);
+    assert_int_equal(a.force_upcast, 1);
+    assert_int_equal(a.sample_size, 1024);
+    /* the goldens' configs, and resolve */
+    if (vae_config_resolve("tests/golden/vae_plain.json", &a, err, sizeof err)) fail_msg("%s", err);
+    assert_string_equal(a.name, "vae_plain");
+    assert_int_equal(a.use_quant_conv, 0);
+    assert_int_equal(a.mid_block_add_attention, 0);
+    assert_true(fabsf(a.scaling_factor - 0.18215f) < 1e-7f);
+    assert_int_equal(vae_config_resolve("sdxl", &a, err, sizeof err), 0);
+    assert_int_equal(vae_config_resolve("/nonexistent/vae", &a, err, sizeof err), -1);
+    assert_true(strstr(err, "/nonexistent/vae") != NULL);
+}
+
+/* SD15_JSON with one field replaced (or added when absent) */
+static void cfg_with(char *out, size_t cap, const char *field, const char *value) {
+    char key[96];
+    snprintf(key, sizeof key, "\"%s\": ", field);
+    const char *at = strstr(SD15_JSON, key);
+    if (!at) {
+        snprintf(out, cap, "{%s%s, %s", key, value, SD15_JSON + 1);
+        return;
+    }
+    const char *v = at + strlen(key), *e = v;
+    int depth = 0;
+    for (; *e; e++) {
+        if (*e == '[') depth++;
+        else if (*e == ']') depth--;
+        if (depth == 0 && (*e == ',' || *e == '}')) break;
+        if (depth == 0 && *e == ']') { e++; break; }
+    }
+    snprintf(out, cap, "%.*s%s%s", (int)(v - SD15_JSON), SD15_JSON, value, e);
+}
+
+static void test_config_refuses(void **st) {
+    (void)st;
+    struct { const char *field, *json, *want; } bad[] = {
+        {"act_fn", "\"gelu\"", "act_fn = \"gelu\" is not supported (only \"silu\" or \"swish\")"},
+        {"shift_factor", "0.1159", "shift_factor = 0.1159 is not supported (only null)"},
+        {"latents_mean", "[0.1, 0.2]", "latents_mean = [0.1, 0.2] is not supported (only null)"},
+        {"latents_std", "[1, 1]", "latents_std"},
+        {"down_block_types", "[\"DownEncoderBlock2D\", \"DownBlock2D\", \"DownEncoderBlock2D\", \"DownEncoderBlock2D\"]",
+         "down_block_types[1] = \"DownBlock2D\" is not supported (only \"DownEncoderBlock2D\")"},
+        {"up_block_types", "[\"UpDecoderBlock2D\"]", "up_block_types = [\"UpDecoderBlock2D\"] is not supported (only a list of 4"},
+        {"up_block_types", "[\"UpDecoderBlock2D\", \"AttnUpDecoderBlock2D\", \"UpDecoderBlock2D\", \"UpDecoderBlock2D\"]",
+         "up_block_types[1] = \"AttnUpDecoderBlock2D\""},
+        {"block_out_channels", "[128, 0]", "block_out_channels = [128, 0] is not supported"},
+        {"block_out_channels", "[128, 256, 512, 500]", "norm_num_groups = 32 does not divide block_out_channels[3] = 500"},
+        {"norm_num_groups", "null", "norm_num_groups = null is not supported (only a positive integer)"},
+        {"in_channels", "0", "in_channels = 0"},
+        {"latent_channels", "4.5", "latent_channels = 4.5"},
+        {"layers_per_block", "[2, 2]", "layers_per_block = [2, 2]"},
+        {"scaling_factor", "-1", "scaling_factor = -1 is not supported (only a positive number or null)"},
+        {"scaling_factor", "\"0.18\"", "scaling_factor = \"0.18\""},
+        {"use_quant_conv", "1", "use_quant_conv = 1 is not supported (only true, false or null)"},
+        {"mid_block_add_attention", "\"no\"", "mid_block_add_attention"},
+        {"force_upcast", "0", "force_upcast = 0"},
+        {"sample_size", "\"big\"", "sample_size = \"big\""},
+        {"double_z", "true", "unknown field 'double_z'"},
+        {"norm_eps", "1e-6", "unknown field 'norm_eps'"},
+    };
+    char js[2048], err[512];
+    VAEConfig c;
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        cfg_with(js, sizeof js, bad[k].field, bad[k].json);
+        err[0] = 0;
+        int rc = vae_config_from_json_text(js, &c, err, sizeof err);
+        if (rc != -1 || !strstr(err, bad[k].want) || strncmp(err, "config.json: ", 13) ||
+            strchr(err, '\n'))
+            fail_msg("%s = %s: rc %d, err '%s' (want '%s')", bad[k].field, bad[k].json, rc, err,
+                     bad[k].want);
+    }
+    /* missing required fields, repeated ones, not an object */
+    const char *miss = "{\"in_channels\": 3}";
+    assert_int_equal(vae_config_from_json_text(miss, &c, err, sizeof err), -1);
+    assert_string_equal(err, "config.json: block_out_channels is missing (a list of 1..6 positive integers)");
+    assert_int_equal(vae_config_from_json_text("{\"block_out_channels\": [32]}", &c, err, sizeof err), -1);
+    assert_true(strstr(err, "down_block_types is missing") != NULL);
+    snprintf(js, sizeof js, "{\"act_fn\": \"silu\", %s", SD15_JSON + 1);
+    assert_int_equal(vae_config_from_json_text(js, &c, err, sizeof err), -1);
+    assert_true(strstr(err, "'act_fn' is given more than once") != NULL);
+    assert_int_equal(vae_config_from_json_text("[1]", &c, err, sizeof err), -1);
+    /* accepted: the values implemented, metadata, null for the defaults */
+    struct { const char *field, *json; } good[] = {
+        {"act_fn", "\"swish\""}, {"shift_factor", "null"}, {"latents_mean", "null"},
+        {"scaling_factor", "null"}, {"force_upcast", "false"}, {"sample_size", "[256, 256]"},
+        {"sample_size", "null"}, {"use_quant_conv", "false"}, {"use_post_quant_conv", "null"},
+        {"mid_block_add_attention", "false"}, {"_anything", "{\"x\": 1}"},
+    };
+    for (size_t k = 0; k < sizeof good / sizeof good[0]; k++) {
+        cfg_with(js, sizeof js, good[k].field, good[k].json);
+        if (vae_config_from_json_text(js, &c, err, sizeof err))
+            fail_msg("%s = %s refused: %s", good[k].field, good[k].json, err);
+    }
+    cfg_with(js, sizeof js, "use_quant_conv", "false");
+    assert_int_equal(vae_config_from_json_text(js, &c, err, sizeof err), 0);
+    assert_int_equal(c.use_quant_conv, 0);
+    assert_int_equal(c.use_post_quant_conv, 1);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_param_table),
+        cmocka_unit_test(test_config_published),
+        cmocka_unit_test(test_config_refuses),
+        cmocka_unit_test(test_golden_small),
+        cmocka_unit_test(test_golden_plain),
+        cmocka_unit_test(test_bad_shapes),
+        cmocka_unit_test_setup_teardown(test_missing_and_misshaped, setup_tmp, teardown_tmp),
+        cmocka_unit_test_setup_teardown(test_old_attention_names, setup_tmp, teardown_tmp),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
