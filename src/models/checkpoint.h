@@ -1,8 +1,9 @@
 /* checkpoint.h — a single-file Stable Diffusion checkpoint (the original LDM
- * layout, as A1111 and ComfyUI users keep them) seen from its header alone:
- * what kind it is, its parts and their sizes, the UNet architecture of its
- * kind. Nothing is read but the safetensors header (the tensors stay mapped,
- * untouched), so `info` on a 7 GB SDXL file is instant. */
+ * layout, as A1111 and ComfyUI users keep them): what it is from its header
+ * alone (checkpoint_inspect: kind, parts and their sizes, the UNet architecture
+ * of its kind; the tensors stay mapped, untouched, so `info` on a 7 GB SDXL file
+ * is instant), and each part's weights through the name tables of convert.h
+ * (the UNet's is convert_load_unet). */
 #ifndef KRONA_CHECKPOINT_H
 #define KRONA_CHECKPOINT_H
 
@@ -10,7 +11,9 @@
 #include <stdint.h>
 
 #include "models/convert.h"
+#include "models/text_encoder.h"
 #include "models/unet.h"
+#include "models/vae.h"
 
 typedef struct CheckpointInfo {
     ModelKind kind;
@@ -26,5 +29,12 @@ int checkpoint_is_file(const char *path);
 /* 0, or -1 with one line naming the file and what was found (an SD 2.x,
  * inpainting, SD3 or Flux file, a diffusers UNet alone, an adapter, ...). */
 int checkpoint_inspect(const char *path, CheckpointInfo *ci, char *err, size_t errlen);
+
+/* Each part's weights from an open single file of kind (SD15 or SDXL) through
+ * the part's name table (convert.h): every parameter must be there with its
+ * shape, or -1 with one line naming both names. F32/F16/BF16. */
+int checkpoint_load_text(TextEncoder *te, const SafeTensors *st, ModelKind kind, ConvertPart part,
+                         char *err, size_t errlen);
+int checkpoint_load_vae(VAE *v, const SafeTensors *st, ModelKind kind, char *err, size_t errlen);
 
 #endif

@@ -25,7 +25,28 @@ int te_config_builtin(TextConfig *cfg, const char *name, char *err, size_t errle
         };
         return 0;
     }
-    err_set(err, errlen, "unknown built-in text encoder '%s' — known: tiny-text", name ? name : "(null)");
+    /* the text towers of SD 1.5 / SDXL (their diffusers text_encoder and text_encoder_2 config.json);
+     * eos_token_id 2 as those legacy configs say: the pooled position is the argmax id */
+    if (name && strcmp(name, "clip-vit-l") == 0) {
+        *cfg = (TextConfig){
+            .vocab_size = 49408, .hidden_size = 768, .intermediate_size = 3072,
+            .num_hidden_layers = 12, .num_attention_heads = 12, .max_position_embeddings = 77,
+            .hidden_act = TE_ACT_QUICK_GELU, .layer_norm_eps = 1e-5f, .projection_dim = 0,
+            .eos_token_id = 2,
+        };
+        return 0;
+    }
+    if (name && strcmp(name, "openclip-vit-bigg") == 0) {
+        *cfg = (TextConfig){
+            .vocab_size = 49408, .hidden_size = 1280, .intermediate_size = 5120,
+            .num_hidden_layers = 32, .num_attention_heads = 20, .max_position_embeddings = 77,
+            .hidden_act = TE_ACT_GELU, .layer_norm_eps = 1e-5f, .projection_dim = 1280,
+            .eos_token_id = 2,
+        };
+        return 0;
+    }
+    err_set(err, errlen, "unknown built-in text encoder '%s' — known: tiny-text, clip-vit-l, openclip-vit-bigg",
+            name ? name : "(null)");
     return -1;
 }
 
@@ -533,6 +554,7 @@ int te_set_trainable(TextEncoder *te, int trainable, char *err, size_t errlen)
 
 int te_trainable(const TextEncoder *te) { return te->grads != NULL; }
 float *te_params(TextEncoder *te) { return te->params; }
+Backend *te_backend(const TextEncoder *te) { return te->be; }
 float *te_grads(TextEncoder *te) { return te->grads; }
 int te_n_tensors(const TextEncoder *te) { return te->n_specs; }
 

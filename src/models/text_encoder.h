@@ -44,7 +44,9 @@ typedef struct TextConfig {
 
 /* Built-in configs: "tiny-text" (byte tokenizer: vocab 258, hidden 64, 2 layers,
  * 4 heads, intermediate 256, 77 positions (75 prompt bytes), gelu, eps 1e-5, no projection,
- * eos 257). -1 with the known names in err otherwise. */
+ * eos 257); "clip-vit-l" (SD 1.5's and SDXL's first encoder: 768 wide, 12 layers,
+ * quick_gelu) and "openclip-vit-bigg" (SDXL's second: 1280 wide, 32 layers, gelu,
+ * projection 1280). -1 with the known names in err otherwise. */
 int te_config_builtin(TextConfig *cfg, const char *name, char *err, size_t errlen);
 /* A HF text_encoder/config.json (file, or text already in memory). Missing
  * fields take CLIPTextConfig's defaults; projection_dim is used only when
@@ -61,6 +63,7 @@ typedef struct TextEncoder TextEncoder;
 TextEncoder *te_create(const TextConfig *cfg, Backend *be, char *err, size_t errlen);
 void te_free(TextEncoder *te);
 const TextConfig *te_config(const TextEncoder *te);
+Backend *te_backend(const TextEncoder *te);
 int64_t te_n_params(const TextEncoder *te);
 /* Width of the pooled output: projection_dim, or hidden_size without projection. */
 int te_pooled_dim(const TextEncoder *te);
