@@ -156,7 +156,7 @@ int cmd_train(int argc, char **argv) {
 
 int cmd_sample(int argc, char **argv) {
     const char *model = "tiny", *adapter = NULL, *prompt = NULL, *out = "sample.png", *device = "auto";
-    const char *neg = "";
+    const char *neg = "", *tokenizer = NULL;
     int n = 1, steps = 25, size = 0;
     float guidance = 5.0f;
     int seed = 1;
@@ -172,6 +172,7 @@ int cmd_sample(int argc, char **argv) {
         else if (!strcmp(a, "--negative")) neg = v;
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = v;
         else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--tokenizer")) tokenizer = v;
         else if (!strcmp(a, "--n")) bad = cli_parse_int(v, &n) || n < 1 || n > 64;
         else if (!strcmp(a, "--steps")) bad = cli_parse_int(v, &steps) || steps < 1 || steps > 999;
         else if (!strcmp(a, "--size")) bad = cli_parse_int(v, &size) || size < 8;
@@ -194,7 +195,7 @@ int cmd_sample(int argc, char **argv) {
     int rc = 2;
     float *cc = NULL, *cu = NULL, *pix = NULL;
     Image *tiles = NULL, grid = {0};
-    Model *m = model_open(model, be, err, sizeof err);
+    Model *m = model_open_with(model, tokenizer, be, err, sizeof err);
     if (!m) goto fail;
     if (adapter && model_load_adapter(m, adapter, err, sizeof err) != 0) goto fail;
     if (size == 0) size = m->ucfg.sample_size * m->pixel_scale;
@@ -206,7 +207,7 @@ int cmd_sample(int argc, char **argv) {
     size_t cb = sizeof(float) * (size_t)m->cond_floats;
     cc = be->alloc(be, cb * (size_t)n);
     cu = be->alloc(be, cb * (size_t)n);
-    int64_t per = (int64_t)m->channels * size * size;
+    int64_t per = (int64_t)m->image_channels * size * size;
     pix = malloc(sizeof(float) * (size_t)(per * n));
     tiles = calloc((size_t)n, sizeof(Image));
     if (!cc || !cu || !pix || !tiles) { snprintf(err, sizeof err, "out of memory"); goto fail; }
@@ -223,7 +224,7 @@ int cmd_sample(int argc, char **argv) {
     so.seed = (uint64_t)seed;
     rc = 1;
     if (model_generate(m, cc, cu, n, size, &so, (uint64_t)seed, NULL, pix, err, sizeof err) != 0) goto fail;
-    for (int i = 0; i < n; i++) image_from_chw(pix + per * i, m->channels, size, size, &tiles[i]);
+    for (int i = 0; i < n; i++) image_from_chw(pix + per * i, m->image_channels, size, size, &tiles[i]);
     if (n == 1) {
         if (image_save_png(out, &tiles[0], err, sizeof err) != 0) goto fail;
     } else {

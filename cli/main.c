@@ -15,6 +15,7 @@ static const char *USAGE =
     "       krona-studio sample --model M [--adapter A.safetensors] --prompt TEXT\n"
     "                          [-o out.png] [--n N] [--steps S] [--guidance G] [--seed S]\n"
     "                          [--sampler ddim|euler] [--size PX] [--device auto|cpu|cuda]\n"
+    "                          [--tokenizer DIR]   (M: tiny, a diffusers folder, or a .safetensors checkpoint)\n"
     "       krona-studio info --model tiny|sd15|sdxl|DIR|config.json [--a1 N --a2 N]\n"
     "                          [--modules attn|attn+ffn] [--lora-rank R] [--all]\n"
     "       krona-studio sweep --preset P.ini --vary key=v1,v2,... [--vary ...] [--list]\n"

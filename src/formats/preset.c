@@ -44,6 +44,8 @@ typedef struct {
 static const Key keys[] = {
     { "model", "model", K_STR, F(model), 0, 0, 0, 0, 0, NULL, "pretrained_model_name_or_path|model_path|checkpoint",
       "\"tiny\" (built in), \"sd15\", \"sdxl\", or a model folder / .safetensors file" },
+    { "model", "tokenizer", K_STR, F(tokenizer), 0, 0, 0, 0, 0, NULL, "tokenizer_dir|vocab",
+      "CLIP's vocabulary (a folder with merges.txt); empty: the model folder, $KRONA_TOKENIZER, the Hugging Face cache, ComfyUI or A1111" },
     { "model", "device", K_ENUM, F(device), 0, 0, 0, 0, 0, "auto|cpu|cuda", "backend|gpu", "auto | cpu | cuda" },
 
     { "data", "image", K_LIST, L(images, n_images), PRESET_MAX_IMAGES, 0, 0, 0, NULL, "images|instance_image|instance_data_dir",

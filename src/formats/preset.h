@@ -14,6 +14,7 @@
 typedef struct Preset {
     /* [model] */
     char model[PRESET_PATH_MAX];     /* "tiny", "sd15", "sdxl", or a model dir/file */
+    char tokenizer[PRESET_PATH_MAX]; /* CLIP vocabulary folder/file; "" = found (tok_find_clip) */
     char device[16];                 /* "auto", "cpu", "cuda" */
     /* [data] */
     int n_images;

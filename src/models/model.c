@@ -9,6 +9,8 @@
 #include "core/fsutil.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
+#include "models/checkpoint.h"
+#include "models/convert.h"
 #include "models/scheduler_config.h"
 
 #ifndef KRONA_PREFIX
@@ -72,34 +74,37 @@ static int open_tiny(Model *m, char *err, size_t errlen) {
 }
 
 /* A byte-level vocabulary (the tiny model's kind) needs no files; CLIP's is
- * found in dir/sub or where SD users already have it (tok_find_clip). */
-static int open_tokenizer(const TextConfig *tc, const char *dir, const char *sub, Tokenizer **tok,
-                          char *err, size_t errlen) {
+ * the explicit one (--tokenizer), else found in dir/sub or where SD users
+ * already have it (tok_find_clip). dir may be NULL (a single file). */
+static int open_tokenizer(const TextConfig *tc, const char *dir, const char *sub,
+                          const char *tokenizer, Tokenizer **tok, char *err, size_t errlen) {
     if (tc->vocab_size == TOK_BYTES_VOCAB) {
         *tok = tok_create_bytes();
         return *tok ? 0 : -1;
     }
     char path[PATH_MAX], found[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", dir, sub);
-    if (fs_is_dir(path)) snprintf(found, sizeof found, "%s", path);
-    else if (tok_find_clip(NULL, dir, found, sizeof found, err, errlen) != 0) return -1;
+    if (dir) snprintf(path, sizeof path, "%s/%s", dir, sub);
+    if (!(tokenizer && tokenizer[0]) && dir && fs_is_dir(path)) snprintf(found, sizeof found, "%s", path);
+    else if (tok_find_clip(tokenizer, dir, found, sizeof found, err, errlen) != 0) return -1;
     *tok = tok_create_clip(found, err, errlen);
     return *tok ? 0 : -1;
 }
 
-static int open_diffusers_dir(Model *m, const char *dir, char *err, size_t errlen) {
+static int open_diffusers_dir(Model *m, const char *dir, const char *tokenizer, char *err,
+                              size_t errlen) {
     char path[PATH_MAX], path2[PATH_MAX];
     snprintf(path, sizeof path, "%s/unet/config.json", dir);
     if (unet_config_from_json(path, &m->ucfg, err, errlen) != 0) return -1;
     snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir);
     if (fs_exists(path) && schedule_from_json(path, &m->sched, err, errlen) != 0) return -1;
     snprintf(path, sizeof path, "%s/vae/config.json", dir);
-    if (m->ucfg.in_channels == 4 || fs_exists(path)) {
-        snprintf(err, errlen,
-                 "%s: latent models (SD 1.5 / SDXL) need the VAE, which this build does not "
-                 "have yet; use model = tiny, or `krona-studio info --model %s` for the parameter table",
-                 dir, dir);
-        return -1;
+    if (fs_exists(path)) {
+        VAEConfig vc;
+        if (vae_config_from_json(path, &vc, err, errlen) != 0) return -1;
+        m->vae = vae_create(&vc, m->be, err, errlen);
+        if (!m->vae) return -1;
+        snprintf(path, sizeof path, "%s/vae/diffusion_pytorch_model.safetensors", dir);
+        if (vae_load_safetensors(m->vae, path, NULL, err, errlen) != 0) return -1;
     }
     TextConfig tc;
     snprintf(path, sizeof path, "%s/text_encoder/config.json", dir);
@@ -108,7 +113,7 @@ static int open_diffusers_dir(Model *m, const char *dir, char *err, size_t errle
     if (!m->unet) return -1;
     m->te = te_create(&tc, m->be, err, errlen);
     if (!m->te) return -1;
-    if (open_tokenizer(&tc, dir, "tokenizer", &m->tok, err, errlen) != 0) return -1;
+    if (open_tokenizer(&tc, dir, "tokenizer", tokenizer, &m->tok, err, errlen) != 0) return -1;
     m->context_len = tc.max_position_embeddings;
     snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", dir);
     snprintf(path2, sizeof path2, "%s/text_encoder/model.safetensors", dir);
@@ -123,7 +128,7 @@ static int open_diffusers_dir(Model *m, const char *dir, char *err, size_t errle
         if (!m->te2) return -1;
         snprintf(path, sizeof path, "%s/text_encoder_2/model.safetensors", dir);
         if (te_load_safetensors(m->te2, path, "", err, errlen) != 0) return -1;
-        if (open_tokenizer(&tc2, dir, "tokenizer_2", &m->tok2, err, errlen) != 0) return -1;
+        if (open_tokenizer(&tc2, dir, "tokenizer_2", tokenizer, &m->tok2, err, errlen) != 0) return -1;
         tok_set_pad(m->tok2, 0); /* bigG pads with "!" (id 0), CLIP-L with EOS */
         if (tc2.max_position_embeddings != m->context_len) {
             snprintf(err, errlen, "%s: text_encoder_2 takes %d tokens, text_encoder %d", dir,
@@ -134,6 +139,54 @@ static int open_diffusers_dir(Model *m, const char *dir, char *err, size_t errle
     m->pretrained = 1;
     snprintf(m->note, sizeof m->note, "diffusers folder %s", dir);
     return 0;
+}
+
+/* A single-file checkpoint (original LDM layout): the kind from its keys, the
+ * architecture of that kind, every part through the name tables. */
+static int open_single_file(Model *m, const char *path, const char *tokenizer, char *err,
+                            size_t errlen) {
+    SafeTensors *st = st_open(path, err, errlen);
+    if (!st) return -1;
+    ModelKind kind;
+    char desc[512], e[768];
+    int rc = -1;
+    if (convert_detect(st, &kind, desc, sizeof desc, e, sizeof e) != 0) {
+        snprintf(err, errlen, "%s: %s", path, e);
+        goto done;
+    }
+    int xl = kind == MODEL_KIND_SDXL;
+    TextConfig tc, tc2;
+    VAEConfig vc;
+    if (unet_config_builtin(xl ? "sdxl" : "sd15", &m->ucfg) != 0 ||
+        te_config_builtin(&tc, "clip-vit-l", e, sizeof e) != 0 ||
+        (xl && te_config_builtin(&tc2, "openclip-vit-bigg", e, sizeof e) != 0) ||
+        vae_config_builtin(xl ? "sdxl" : "sd15", &vc) != 0) {
+        snprintf(err, errlen, "built-in configs missing");
+        goto done;
+    }
+    if (!(m->unet = unet_create(&m->ucfg, m->be, err, errlen))) goto done;
+    if (!(m->te = te_create(&tc, m->be, err, errlen))) goto done;
+    if (xl && !(m->te2 = te_create(&tc2, m->be, err, errlen))) goto done;
+    if (!(m->vae = vae_create(&vc, m->be, err, errlen))) goto done;
+    m->context_len = tc.max_position_embeddings;
+    if (convert_load_unet(m->unet, st, e, sizeof e) != 0 ||
+        checkpoint_load_text(m->te, st, kind, CONVERT_TEXT, e, sizeof e) != 0 ||
+        (xl && checkpoint_load_text(m->te2, st, kind, CONVERT_TEXT_2, e, sizeof e) != 0) ||
+        checkpoint_load_vae(m->vae, st, kind, e, sizeof e) != 0) {
+        snprintf(err, errlen, "%s: %s", path, e);
+        goto done;
+    }
+    if (open_tokenizer(&tc, NULL, NULL, tokenizer, &m->tok, err, errlen) != 0) goto done;
+    if (xl) {
+        if (open_tokenizer(&tc2, NULL, NULL, tokenizer, &m->tok2, err, errlen) != 0) goto done;
+        tok_set_pad(m->tok2, 0);
+    }
+    m->pretrained = 1;
+    snprintf(m->note, sizeof m->note, "%s, %s", convert_kind_name(kind), path);
+    rc = 0;
+done:
+    st_close(st);
+    return rc;
 }
 
 /* The text encoders' widths against what the UNet takes; sets ctx_dim,
@@ -164,6 +217,10 @@ static int check_widths(Model *m, char *err, size_t errlen) {
 }
 
 Model *model_open(const char *spec, Backend *be, char *err, size_t errlen) {
+    return model_open_with(spec, NULL, be, err, errlen);
+}
+
+Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, char *err, size_t errlen) {
     Model *m = calloc(1, sizeof *m);
     if (!m) { snprintf(err, errlen, "out of memory"); return NULL; }
     snprintf(m->spec, sizeof m->spec, "%s", spec);
@@ -179,16 +236,36 @@ Model *model_open(const char *spec, Backend *be, char *err, size_t errlen) {
                  spec, spec);
         rc = -1;
     } else if (fs_is_dir(spec)) {
-        rc = open_diffusers_dir(m, spec, err, errlen);
+        rc = open_diffusers_dir(m, spec, tokenizer, err, errlen);
+    } else if (checkpoint_is_file(spec)) {
+        rc = open_single_file(m, spec, tokenizer, err, errlen);
     } else {
-        snprintf(err, errlen, "model '%s': not found (use tiny, or a diffusers model folder)", spec);
+        snprintf(err, errlen, "model '%s': not found (use tiny, a .safetensors checkpoint or a "
+                 "diffusers model folder)", spec);
         rc = -1;
     }
     if (rc != 0) { model_free(m); return NULL; }
     if (check_widths(m, err, errlen) != 0) { model_free(m); return NULL; }
     m->channels = m->ucfg.in_channels;
-    m->latent = 0;
+    m->latent = m->vae != NULL;
     m->pixel_scale = 1;
+    m->image_channels = m->channels;
+    if (m->vae) {
+        const VAEConfig *vc = vae_config(m->vae);
+        if (vc->latent_channels != m->channels) {
+            snprintf(err, errlen, "model '%s': the VAE makes %d latent channels, the UNet takes %d",
+                     spec, vc->latent_channels, m->channels);
+            model_free(m);
+            return NULL;
+        }
+        m->pixel_scale = 1 << (vc->n_levels - 1);
+        m->image_channels = vc->out_channels;
+    } else if (m->channels != 3) {
+        snprintf(err, errlen, "model '%s': a UNet of %d input channels needs a VAE (vae/ in the folder)",
+                 spec, m->channels);
+        model_free(m);
+        return NULL;
+    }
     return m;
 }
 
@@ -199,6 +276,7 @@ void model_free(Model *m) {
     if (m->tok) tok_free(m->tok);
     if (m->te2) te_free(m->te2);
     if (m->tok2) tok_free(m->tok2);
+    if (m->vae) vae_free(m->vae);
     if (m->be) {
         m->be->free(m->be, m->split_ctx);
         m->be->free(m->be, m->split_added);
@@ -285,6 +363,33 @@ int model_unet_forward(Model *m, const float *x, const float *t, const float *co
                         for_backward);
 }
 
+int model_encode_images(Model *m, const float *pix_host, int N, int px, float *in_host, char *err,
+                        size_t errlen) {
+    int64_t ipx = (int64_t)m->image_channels * px * px;
+    if (!m->vae) {
+        memcpy(in_host, pix_host, sizeof(float) * (size_t)(N * ipx));
+        return 0;
+    }
+    Backend *be = m->be;
+    int h = px / m->pixel_scale;
+    int64_t per = (int64_t)m->channels * h * h;
+    float *x = be->alloc(be, sizeof(float) * (size_t)ipx), *z = be->alloc(be, sizeof(float) * (size_t)per);
+    int rc = x && z ? 0 : -1;
+    if (rc) snprintf(err, errlen, "out of memory encoding a %dpx image", px);
+    for (int i = 0; rc == 0 && i < N; i++) {
+        be->upload(be, x, pix_host + i * ipx, sizeof(float) * (size_t)ipx);
+        if (vae_encode(m->vae, x, z, NULL, 1, px, px) != 0) {
+            snprintf(err, errlen, "VAE encode: %s", vae_last_error(m->vae));
+            rc = -1;
+        } else {
+            be->download(be, in_host + i * per, z, sizeof(float) * (size_t)per);
+        }
+    }
+    be->free(be, x);
+    be->free(be, z);
+    return rc;
+}
+
 /* The sampler's view of the model: one doubled batch [uncond; cond]. */
 typedef struct GenCtx {
     Model *m;
@@ -339,7 +444,23 @@ int model_generate(Model *m, const float *ctx_cond, const float *ctx_uncond, int
         snprintf(err, errlen, (cancel && *cancel) ? "sampling cancelled" : "sampling failed");
         goto done;
     }
-    be->download(be, out_host, x, sizeof(float) * (size_t)(N * per));
+    if (m->vae) { /* latents to pixels, one image at a time (the decoder's activations are big) */
+        int64_t ipx = (int64_t)m->image_channels * px * px;
+        float *img = be->alloc(be, sizeof(float) * (size_t)ipx);
+        if (!img) { snprintf(err, errlen, "out of memory decoding a %dpx image", px); goto done; }
+        for (int i = 0; i < N && rc != -2; i++) {
+            if (vae_decode(m->vae, x + i * per, img, 1, H, W) != 0) {
+                snprintf(err, errlen, "VAE decode: %s", vae_last_error(m->vae));
+                rc = -2;
+            } else {
+                be->download(be, out_host + i * ipx, img, sizeof(float) * (size_t)ipx);
+            }
+        }
+        be->free(be, img);
+        if (rc == -2) { rc = -1; goto done; }
+    } else {
+        be->download(be, out_host, x, sizeof(float) * (size_t)(N * per));
+    }
     if (be->last_error(be)[0]) { /* never hand back an image the device did not finish */
         snprintf(err, errlen, "%s device failed while sampling: %s", be->name, be->last_error(be));
         goto done;

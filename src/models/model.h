@@ -1,9 +1,13 @@
 /* model.h — everything a text-to-image model needs, opened by one name:
- * the UNet, its text encoder + tokenizer, and the noise schedule.
+ * the UNet, its text encoder(s) + tokenizer(s), the VAE of a latent model, and
+ * the noise schedule.
  *   "tiny"            the built-in pixel-space model (models/tiny/ weights;
  *                     random init when the weights are absent — said in `note`)
- *   DIR               a diffusers folder: unet/, text_encoder/, tokenizer/
- * Latent models (SD 1.5 / SDXL) additionally need the VAE (vae.c, next step). */
+ *   DIR               a diffusers folder: unet/, text_encoder/, tokenizer/, and
+ *                     vae/, text_encoder_2/, tokenizer_2/, scheduler/ when there
+ *   FILE.safetensors  a single-file SD 1.5 or SDXL base checkpoint (original
+ *                     LDM layout; models/checkpoint.h, models/convert.h)
+ * CLIP's vocabulary: see tok_find_clip. */
 #ifndef KRONA_MODEL_H
 #define KRONA_MODEL_H
 
@@ -14,6 +18,7 @@
 #include "models/text_encoder.h"
 #include "models/tokenizer.h"
 #include "models/unet.h"
+#include "models/vae.h"
 
 typedef struct Model {
     char spec[512];
@@ -34,7 +39,9 @@ typedef struct Model {
     float *split_ctx, *split_added; /* model_unet_forward's scratch (SDXL) */
     int split_n;
     Schedule sched;
-    int channels;      /* UNet input channels (3: pixels) */
+    VAE *vae;          /* latent models: images <-> latents; NULL in pixel space */
+    int channels;      /* UNet input channels (3: pixels, 4: SD latents) */
+    int image_channels;/* channels of the images it makes and trains on (3) */
     int latent;        /* 1 when images go through a VAE */
     int pixel_scale;   /* image pixels per UNet cell (1 pixel space, 8 latent) */
     int pretrained;    /* weights came from files */
@@ -47,6 +54,9 @@ typedef struct Model {
 int model_find_data(const char *rel, char *out, size_t outlen);
 
 Model *model_open(const char *spec, Backend *be, char *err, size_t errlen);
+/* The same with CLIP's vocabulary given (a folder with merges.txt or
+ * bpe_simple_vocab_16e6.txt.gz; NULL: found as tok_find_clip says). */
+Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, char *err, size_t errlen);
 void model_free(Model *m);
 
 /* Attach and load the adapters of a file written by `train` (a run's adapter, training/run_dir.h). */
@@ -60,14 +70,20 @@ int model_load_adapter(Model *m, const char *path, char *err, size_t errlen);
  * Errors (too long, invalid UTF-8) name the prompt. */
 int model_encode_prompt(Model *m, const char *prompt, int px, float *cond, char *err, size_t errlen);
 
+/* Training inputs from images: pix_host[N, image_channels, px, px] in [-1, 1]
+ * -> in_host[N, channels, px/pixel_scale, ...]: the pixels themselves, or the
+ * VAE's latent mean x scaling_factor. */
+int model_encode_images(Model *m, const float *pix_host, int N, int px, float *in_host, char *err,
+                        size_t errlen);
+
 /* unet_forward on N conditioning records cond[N, cond_floats] (device). */
 int model_unet_forward(Model *m, const float *x, const float *t, const float *cond, float *out,
                        int N, int H, int W, int for_backward);
 
 /* Generate N images of size px (pixels) for conditioning records
  * ctx_cond[N, cond_floats] (device) with classifier-free guidance against
- * ctx_uncond[N, cond_floats].
- * out_host[N,C,px,px] in [-1,1]. Deterministic in seed. cancel (may be NULL)
+ * ctx_uncond[N, cond_floats]; latent models decode through the VAE.
+ * out_host[N,image_channels,px,px] in [-1,1]. Deterministic in seed. cancel (may be NULL)
  * is polled between sampler steps. */
 int model_generate(Model *m, const float *ctx_cond, const float *ctx_uncond, int N, int px,
                    const SamplerOpts *o, uint64_t seed, const atomic_int *cancel,

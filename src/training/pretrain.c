@@ -657,7 +657,7 @@ static int write_samples(Pt *p) {
     m.ctx_dim = p->ucfg.cross_attention_dim;
     m.cond_floats = (int64_t)p->L * m.ctx_dim; /* the tiny model: no added conditioning */
     m.sched = p->sched;
-    m.channels = p->ucfg.in_channels;
+    m.channels = m.image_channels = p->ucfg.in_channels;
     m.pixel_scale = 1;
     char e[400], path[1200];
     int64_t cl = m.cond_floats;

@@ -84,19 +84,24 @@ static void tlog(Trainer *t, const char *fmt, ...) {
 
 /* ---------------------------------------------------------------- data --- */
 
-/* Load, centre-crop/resize and convert one image; slot gets it and its mirror. */
-static int load_image_pair(const char *path, int px, float *slot, int64_t per, char *err,
-                           size_t errlen) {
+/* Load, centre-crop/resize and convert one image; slot gets the model's input
+ * for it and its mirror (pixels, or the VAE's latents: encoded once per run). */
+static int load_image_pair(Trainer *t, const char *path, float *slot) {
     Image im = {0}, sq = {0};
-    if (image_load(path, &im, err, errlen) != 0) return -1;
-    int rc = image_center_crop_resize(&im, px, &sq);
+    if (image_load(path, &im, t->err, sizeof t->err) != 0) return -1;
+    int rc = image_center_crop_resize(&im, t->px, &sq);
     image_free(&im);
-    if (rc != 0) { snprintf(err, errlen, "%s: cannot resize to %dpx", path, px); return -1; }
-    image_to_chw(&sq, slot);
+    if (rc != 0) { snprintf(t->err, sizeof t->err, "%s: cannot resize to %dpx", path, t->px); return -1; }
+    int64_t ipx = (int64_t)t->m->image_channels * t->px * t->px;
+    float *pix = malloc(sizeof(float) * (size_t)(2 * ipx));
+    if (!pix) { image_free(&sq); snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
+    image_to_chw(&sq, pix);
     image_flip_h(&sq);
-    image_to_chw(&sq, slot + per);
+    image_to_chw(&sq, pix + ipx);
     image_free(&sq);
-    return 0;
+    rc = model_encode_images(t->m, pix, 2, t->px, slot, t->err, sizeof t->err);
+    free(pix);
+    return rc;
 }
 
 static int is_image_name(const char *n) {
@@ -149,7 +154,8 @@ static int generate(Trainer *t, const float *ctx_cond, const float *ctx_uncond, 
     so.steps = t->p.sample_steps;
     so.guidance = t->p.guidance;
     so.seed = seed;
-    float *out = malloc(sizeof(float) * (size_t)(n * t->per));
+    int64_t ipx = (int64_t)m->image_channels * t->px * t->px;
+    float *out = malloc(sizeof(float) * (size_t)(n * ipx));
     Image *tiles = calloc((size_t)n, sizeof(Image));
     int rc = -1;
     if (!out || !tiles) { snprintf(t->err, sizeof t->err, "out of memory"); goto done; }
@@ -157,7 +163,7 @@ static int generate(Trainer *t, const float *ctx_cond, const float *ctx_uncond, 
                        sizeof t->err) != 0)
         goto done;
     for (int i = 0; i < n; i++)
-        image_from_chw(out + i * t->per, t->C, t->px, t->px, &tiles[i]);
+        image_from_chw(out + i * ipx, m->image_channels, t->px, t->px, &tiles[i]);
     if (grid) image_grid(tiles, n, n, 2, grid);
     if (tiles_out)
         for (int i = 0; i < n; i++) { tiles_out[i] = tiles[i]; tiles[i].px = NULL; }
@@ -217,8 +223,7 @@ static int prepare_class_images(Trainer *t) {
     if (!t->class_host) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
     if (dir) {
         for (int i = 0; i < n; i++)
-            if (load_image_pair(files[i], t->px, t->class_host + 2 * i * t->per, t->per, t->err,
-                                sizeof t->err) != 0) {
+            if (load_image_pair(t, files[i], t->class_host + 2 * i * t->per) != 0) {
                 free_list(files, n);
                 return -1;
             }
@@ -240,8 +245,7 @@ static int prepare_class_images(Trainer *t) {
             char path[PATH_MAX + 48];
             run_class_image_path(t->run_dir, i, path, sizeof path);
             rc = image_save_png(path, &tiles[i], t->err, sizeof t->err);
-            if (rc == 0) rc = load_image_pair(path, t->px, t->class_host + 2 * i * t->per, t->per,
-                                              t->err, sizeof t->err);
+            if (rc == 0) rc = load_image_pair(t, path, t->class_host + 2 * i * t->per);
         }
         for (int i = 0; tiles && i < count; i++) image_free(&tiles[i]);
         free(tiles);
@@ -509,7 +513,7 @@ static int setup(Trainer *t, const char *resume_dir) {
         snprintf(t->err, sizeof t->err, "no training images: add `image = path` lines to [data]");
         return -1;
     }
-    t->m = model_open(p->model, be, t->err, sizeof t->err);
+    t->m = model_open_with(p->model, p->tokenizer, be, t->err, sizeof t->err);
     if (!t->m) return -1;
     Model *m = t->m;
     /* auto: what the model was trained for (its scheduler config) */
@@ -526,11 +530,6 @@ static int setup(Trainer *t, const char *resume_dir) {
     t->px = p->resolution;
     t->H = t->W = t->px / m->pixel_scale;
     t->C = m->channels;
-    if (m->latent || t->C != 3) {
-        snprintf(t->err, sizeof t->err, "model %s: only pixel-space RGB models train in this build",
-                 p->model);
-        return -1;
-    }
     t->per = (int64_t)t->C * t->H * t->W;
 
     /* adapters: spec errors (a1 not dividing a layer) surface here */
@@ -551,8 +550,7 @@ static int setup(Trainer *t, const char *resume_dir) {
     t->img_host = malloc(sizeof(float) * (size_t)(2 * t->n_img * t->per));
     if (!t->img_host) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
     for (int i = 0; i < t->n_img; i++)
-        if (load_image_pair(p->images[i], t->px, t->img_host + 2 * i * t->per, t->per, t->err,
-                            sizeof t->err) != 0)
+        if (load_image_pair(t, p->images[i], t->img_host + 2 * i * t->per) != 0)
             return -1;
 
     /* device buffers */
