@@ -18,7 +18,8 @@
  *    written by krona-studio e9cabcc) and LyCORIS's decomposed factors import;
  *  - what the studio cannot represent is refused in one line naming the key;
  *  - LyCORIS's factorization() and its rebuild of the factor shapes, against
- *    values printed by LyCORIS's own Python function. */
+ *    values printed by LyCORIS's own Python function;
+ *  - the export-name hook (AdapterSet.name_map) renames keys both ways. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -655,6 +656,58 @@ static void test_old_format(void **st) {
     backend_destroy(be);
 }
 
+/* The SDXL hook: a name map (here the SD 1 attention rows of the LDM layout,
+ * as kohya names SDXL modules) renames every key, and import reads them back
+ * through the same map; a module the map cannot name stops the export. */
+static int ldm_map(void *user, const char *d, char *out, size_t n, char *err, size_t errlen) {
+    int *calls = user;
+    (*calls)++;
+    ldm_of(d, out, n);
+    if (out[0]) return 0;
+    snprintf(err, errlen, "no LDM name for %s", d);
+    return -1;
+}
+
+static void test_name_map(void **st) {
+    (void)st;
+    Backend *be = backend_cpu_create();
+    AdapterSpec spec = {0};
+    spec.kind = ADAPTER_KRONA; spec.a1 = 4; spec.a2 = 4; spec.alpha = 1; spec.modules = ADAPT_ATTN;
+    AdapterSet a, b;
+    table_set(&a, be, "tiny", &spec);
+    table_set(&b, be, "tiny", &spec);
+    int calls = 0;
+    a.name_map = b.name_map = ldm_map;
+    a.name_map_user = b.name_map_user = &calls;
+    char path[256], err[1024];
+    tmpname(path, sizeof path, "ldm");
+    if (adapter_set_save(&a, path, NULL, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(calls, a.n);
+    SafeTensors *f = st_open(path, err, sizeof err);
+    assert_non_null(st_find(f, "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.lokr_w1"));
+    assert_non_null(st_find(f, "lora_unet_output_blocks_4_1_transformer_blocks_0_attn2_to_out_0.lokr_w2"));
+    assert_null(st_find(f, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lokr_w1"));
+    st_close(f);
+    if (adapter_set_load(&b, path, err, sizeof err)) fail_msg("%s", err);
+    for (int i = 0; i < a.n; i++) {
+        float *x = engine_dw(be, &a.items[i]), *y = engine_dw(be, &b.items[i]);
+        assert_memory_equal(x, y, sizeof(float) * (size_t)a.items[i].d_out * a.items[i].d_in);
+        free(x); free(y);
+    }
+    /* without the map the keys name no layer */
+    b.name_map = NULL;
+    assert_int_equal(adapter_set_load(&b, path, err, sizeof err), -1);
+    assert_non_null(strstr(err, "input_blocks_1_1"));
+    /* a layer the map has no name for */
+    snprintf(a.items[0].name, sizeof a.items[0].name, "conv_in");
+    assert_int_equal(adapter_set_save(&a, path, NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "no LDM name for conv_in"));
+    adapter_set_free(&a);
+    adapter_set_free(&b);
+    unlink(path);
+    backend_destroy(be);
+}
+
 /* The tiny model's first attention linears, 32 x 32 */
 static const char *MOD[4] = {
     "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
@@ -904,6 +957,7 @@ int main(void) {
         cmocka_unit_test(test_old_format),
         cmocka_unit_test(test_lycoris_file),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_name_map),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -41,10 +41,12 @@ typedef struct Adapter {
  * a key is "lora_unet_" + the path this returns, '.' -> '_'. NULL (the default)
  * keeps the diffusers path: kohya's names for SD 1.x and for the tiny model. SDXL
  * sets a map to the original (LDM) path, kohya's SDXL names ("input_blocks.4.1.
- * transformer_blocks.0.attn1.to_q"), from the name table of models/convert.h.
- * Import looks keys up through the same map. 0, or -1 with err when the module
- * has no name in that layout. docs/adapter-format.md. */
-typedef int (*AdapterNameMap)(const char *diffusers_path, char *out, size_t outlen,
+ * transformer_blocks.0.attn1.to_q"): convert_module_to_ldm of the UNet's name
+ * table (models/convert.h, user = the ConvertMap) without its
+ * "model.diffusion_model." prefix. Import looks keys up through the same map.
+ * 0, or -1 with err when the module has no name in that layout.
+ * docs/adapter-format.md. */
+typedef int (*AdapterNameMap)(void *user, const char *diffusers_path, char *out, size_t outlen,
                               char *err, size_t errlen);
 
 typedef struct AdapterSet {
@@ -53,6 +55,7 @@ typedef struct AdapterSet {
     Adapter *items;
     Backend *be;
     AdapterNameMap name_map; /* export names; NULL: diffusers paths (see above) */
+    void *name_map_user;     /* its first argument */
 } AdapterSet;
 
 /* Trainable parameter count for one linear, or -1 if the factors do not divide. */

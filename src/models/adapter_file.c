@@ -32,7 +32,7 @@ static const char *mods_name(int m) {
 static int module_path(const AdapterSet *set, const Adapter *a, char *out, size_t n, char *err,
                        size_t errlen) {
     if (set->name_map) {
-        if (set->name_map(a->name, out, n, err, errlen) != 0) return -1;
+        if (set->name_map(set->name_map_user, a->name, out, n, err, errlen) != 0) return -1;
     } else {
         snprintf(out, n, "%s", a->name);
     }
