@@ -277,6 +277,16 @@ static void make_set(AdapterSet *set, Backend *be, AdapterKind kind, int a1, int
     }
 }
 
+/* dW of one adapter as the engine merges it (W = 0 + dW), on the host */
+static float *merged_dw(Backend *be, const Adapter *a) {
+    int64_t n = (int64_t)a->d_out * a->d_in;
+    float *W = be->alloc(be, (size_t)n * sizeof(float)); /* zero-filled */
+    adapter_merge_into(be, a, W, NULL);
+    float *h = dl(be, W, n);
+    be->free(be, W);
+    return h;
+}
+
 static void tmpname(char *buf, size_t n, const char *tag) {
     snprintf(buf, n, "/tmp/krona_test_adapter_%d_%s.safetensors", (int)getpid(), tag);
 }
@@ -298,13 +308,24 @@ static void check_roundtrip(AdapterKind kind) {
     assert_non_null(st);
     assert_int_equal(st_count(st), 9);
     if (kind == ADAPTER_KRONA) {
-        const StTensor *t = st_find(st, "lycoris_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lokr_w2");
+        const StTensor *t = st_find(st, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lokr_w2");
         assert_non_null(t);
         assert_int_equal(t->shape[0], 8);
         assert_int_equal(t->shape[1], 32);
-        assert_non_null(st_find(st, "lycoris_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj.lokr_w1"));
+        assert_non_null(st_find(st, "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj.lokr_w1"));
         assert_string_equal(st_metadata(st, "kind"), "krona");
         assert_string_equal(st_metadata(st, "a1"), "4");
+        assert_string_equal(st_metadata(st, "krona_format"), "2");
+        assert_string_equal(st_metadata(st, "ss_network_module"), "lycoris.kohya");
+        /* full factors: alpha 1, the layer's scale multiplied into lokr_w1 */
+        t = st_find(st, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.alpha");
+        float al, w1[8], A[8];
+        assert_int_equal(st_read_f32(t, &al), 0);
+        assert_true(al == 1.0f);
+        t = st_find(st, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lokr_w1");
+        assert_int_equal(st_read_f32(t, w1), 0);
+        be->download(be, A, a.items[1].A, sizeof A);
+        for (int k = 0; k < 8; k++) assert_true(w1[k] == a.items[1].scale * A[k]);
     } else {
         const StTensor *t = st_find(st, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight");
         assert_non_null(t);
@@ -316,6 +337,9 @@ static void check_roundtrip(AdapterKind kind) {
         assert_float_equal(al, 8.0f, 1e-6);
         assert_string_equal(st_metadata(st, "kind"), "lora");
         assert_string_equal(st_metadata(st, "rank"), "4");
+        assert_string_equal(st_metadata(st, "ss_network_module"), "networks.lora");
+        assert_string_equal(st_metadata(st, "ss_network_dim"), "4");
+        assert_string_equal(st_metadata(st, "ss_network_alpha"), "8.0");
     }
     assert_string_equal(st_metadata(st, "modules"), "attn+ffn");
     assert_string_equal(st_metadata(st, "note"), "dog");
@@ -328,6 +352,14 @@ static void check_roundtrip(AdapterKind kind) {
         Adapter *x = &a.items[i], *y = &b.items[i];
         int64_t na = kind == ADAPTER_KRONA ? x->a1 * x->a2 : (int64_t)x->rank * x->d_in;
         int64_t nb = kind == ADAPTER_KRONA ? x->b1 * x->b2 : (int64_t)x->d_out * x->rank;
+        if (kind == ADAPTER_KRONA) {
+            /* the scale travels inside lokr_w1: the same dW, float for float */
+            float *p = merged_dw(be, x), *q = merged_dw(be, y);
+            assert_memory_equal(p, q, (size_t)x->d_out * x->d_in * sizeof(float));
+            free(p); free(q);
+            assert_true(y->scale == 1.0f);
+            continue;
+        }
         float *p = dl(be, x->A, na), *q = dl(be, y->A, na);
         assert_memory_equal(p, q, (size_t)na * sizeof(float));
         free(p); free(q);
@@ -366,7 +398,7 @@ static void test_malformed(void **st) {
     /* missing layer */
     assert_int_equal(adapter_set_load(&tgt, p2, err, sizeof err), -1);
     print_message("%s\n", err);
-    assert_non_null(strstr(err, "lycoris_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lokr_w1"));
+    assert_non_null(strstr(err, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lokr_w1"));
     assert_non_null(strstr(err, "shape [2,2], expected [4,2]"));
     /* LoRA file into a KronA run */
     assert_int_equal(adapter_set_load(&tgt, pl, err, sizeof err), -1);
@@ -382,7 +414,7 @@ static void test_malformed(void **st) {
     make_set(&s2b, be, ADAPTER_KRONA, 4, 2, 0, 2, 1, 1);
     assert_int_equal(adapter_set_save(&s2b, p2, NULL, err, sizeof err), 0);
     assert_int_equal(adapter_set_load(&tgt, p2, err, sizeof err), -1);
-    assert_non_null(strstr(err, "missing tensor 'lycoris_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj.lokr_w1'"));
+    assert_non_null(strstr(err, "missing tensor 'lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj.lokr_w1'"));
     /* garbage and truncated files */
     FILE *f = fopen(pbad, "wb");
     fputs("this is not a safetensors file", f);

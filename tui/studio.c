@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "models/adapter.h"
+#include "models/adapter_file.h"
 #include "core/fsutil.h"
 #include "models/model.h"
 #include "studio.h"
@@ -208,8 +209,19 @@ static void do_export(Studio *s, const char *path) {
         return;
     }
     snprintf(meta, sizeof meta, "{\"base_model\":\"%s\",\"steps\":\"%d\"}", s->p.model, s->prog.step);
-    if (adapter_set_save(unet_adapters(trainer_model(s->tr)->unet), path, meta, err, sizeof err) != 0)
+    const AdapterSet *set = unet_adapters(trainer_model(s->tr)->unet);
+    if (adapter_set_save(set, path, meta, err, sizeof err) != 0) {
         studio_log(s, 1, "export: %s", err);
+        return;
+    }
+    /* A1111, ComfyUI and sd.cpp apply any a1 x a2; LyCORIS's own loader
+     * rebuilds the factor shapes and gets them back only for a1 = a2 <= d/a1
+     * (docs/adapter-format.md) */
+    int misfit = adapter_set_lycoris_misfits(set, NULL, 0);
+    if (misfit) /* the note first: the log line is cut at the screen's width */
+        studio_log(s, 0, "adapter exported (LyCORIS's own loader cannot rebuild A %dx%d on %d/%d "
+                   "layers: it needs a1 = a2 <= d/a1; A1111, ComfyUI, sd.cpp load it) to %s, step %d",
+                   set->spec.a1, set->spec.a2, misfit, set->n, path, s->prog.step);
     else studio_log(s, 0, "adapter exported to %s (step %d)", path, s->prog.step);
 }
 

@@ -2,10 +2,12 @@
  * KronA (DiffuseKronA): dW = scale * (A ⊗ B), A[a1,a2], B[d_out/a1, d_in/a2].
  * LoRA (baseline):      dW = (alpha / r) * up[d_out,r] down[r,d_in].
  * One factor starts at zero (B for KronA, up for LoRA) so step 0 is exactly the
- * base model. Names follow LyCORIS/diffusers conventions so exports load elsewhere. */
+ * base model. Files (adapter_file.h) use the keys A1111, ComfyUI, sd.cpp and
+ * LyCORIS load. */
 #ifndef KRONA_ADAPTER_H
 #define KRONA_ADAPTER_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include "core/backend.h"
 
@@ -34,11 +36,26 @@ typedef struct Adapter {
     float *mA, *vA, *mB, *vB; /* AdamW moments */
 } Adapter;
 
+/* The one hook for how exported keys name a module. Adapter.name is the
+ * diffusers module path ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q");
+ * a key is "lora_unet_" + the path this returns, '.' -> '_'. NULL (the default)
+ * keeps the diffusers path: kohya's names for SD 1.x and for the tiny model. SDXL
+ * sets a map to the original (LDM) path, kohya's SDXL names ("input_blocks.4.1.
+ * transformer_blocks.0.attn1.to_q"): convert_module_to_ldm of the UNet's name
+ * table (models/convert.h, user = the ConvertMap) without its
+ * "model.diffusion_model." prefix. Import looks keys up through the same map.
+ * 0, or -1 with err when the module has no name in that layout.
+ * docs/adapter-format.md. */
+typedef int (*AdapterNameMap)(void *user, const char *diffusers_path, char *out, size_t outlen,
+                              char *err, size_t errlen);
+
 typedef struct AdapterSet {
     AdapterSpec spec;
     int n;
     Adapter *items;
     Backend *be;
+    AdapterNameMap name_map; /* export names; NULL: diffusers paths (see above) */
+    void *name_map_user;     /* its first argument */
 } AdapterSet;
 
 /* Trainable parameter count for one linear, or -1 if the factors do not divide. */
@@ -82,10 +99,17 @@ int64_t adapter_scratch_floats(const Adapter *a, int64_t M);
 /* W += dW (export a merged model / merged training path) */
 void adapter_merge_into(Backend *be, const Adapter *a, float *W, float *scratch);
 
-/* Save / load adapters as .safetensors. Keys (LyCORIS LoKr style, diffusers
- * module path with '.' -> '_'):  lycoris_<path>.lokr_w1 (A), .lokr_w2 (B),
- * .alpha; LoRA: lora_unet_<path>.lora_down.weight / .lora_up.weight / .alpha.
- * Metadata records kind, a1, a2, rank, modules. */
+/* Save / load adapters as .safetensors (adapter_file.c; the format, key by key and
+ * what A1111, ComfyUI, stable-diffusion.cpp and LyCORIS do with it, is
+ * docs/adapter-format.md). Save writes kohya-style keys "lora_unet_<path>":
+ * KronA as LyCORIS LoKr with full factors, lokr_w1 = scale * A, lokr_w2 = B and
+ * alpha = 1 (every loader applies kron(w1, w2) with scale 1 to full factors, so
+ * its dW is the trained one); LoRA as kohya lora_down.weight = A, lora_up.weight
+ * = B, alpha = scale * rank. Metadata: kind, a1, a2, rank, alpha, modules, count,
+ * krona_format, kohya's ss_network_* keys and the keys of metadata_json_extra.
+ * Load reads those files, older krona-studio files ("lycoris_" keys, scale in
+ * alpha) and LyCORIS's own LoKr files (lokr_w1_a/_b, lokr_w2_a/_b) into the
+ * attached adapters, refusing in one line what they cannot represent. */
 int adapter_set_save(const AdapterSet *set, const char *path,
                      const char *metadata_json_extra, char *err, size_t errlen);
 int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen);

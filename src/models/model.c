@@ -9,6 +9,7 @@
 #include "core/fsutil.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
+#include "models/adapter_file.h"
 #include "models/checkpoint.h"
 #include "models/convert.h"
 #include "models/scheduler_config.h"
@@ -475,27 +476,20 @@ done:
     return rc;
 }
 
-/* Attach the adapters an adapter file describes (its metadata: kind, factors or
- * rank, modules), then load their values. */
+/* Attach the adapters an adapter file needs (ours: its metadata; LyCORIS's or
+ * kohya's: its factor shapes and modules), then load their values. */
 int model_load_adapter(Model *m, const char *path, char *err, size_t errlen) {
-    SafeTensors *st = st_open(path, err, errlen);
-    if (!st) return -1;
-    const char *kind = st_metadata(st, "kind"), *mods = st_metadata(st, "modules");
-    const char *a1 = st_metadata(st, "a1"), *a2 = st_metadata(st, "a2"), *rank = st_metadata(st, "rank"),
-               *alpha = st_metadata(st, "alpha");
-    if (!kind || !mods || (strcmp(kind, "krona") && strcmp(kind, "lora"))) {
-        snprintf(err, errlen, "%s: no krona-studio adapter metadata (kind, modules)", path);
-        st_close(st);
+    AdapterFileInfo info;
+    if (adapter_file_probe(path, &info, err, errlen) != 0) return -1;
+    char e[1024];
+    if (unet_attach_adapters(m->unet, &info.spec, 0, e, sizeof e) != 0) {
+        if (info.spec.kind == ADAPTER_KRONA)
+            snprintf(err, errlen, "%s: its factors (A = a1 x a2 = %dx%d) do not fit this model: %s",
+                     path, info.spec.a1, info.spec.a2, e);
+        else
+            snprintf(err, errlen, "%s: its LoRA rank %d does not fit this model: %s", path,
+                     info.spec.rank, e);
         return -1;
     }
-    AdapterSpec spec = {0};
-    spec.kind = strcmp(kind, "lora") == 0 ? ADAPTER_LORA : ADAPTER_KRONA;
-    spec.a1 = a1 ? atoi(a1) : 1;
-    spec.a2 = a2 ? atoi(a2) : 1;
-    spec.rank = rank ? atoi(rank) : 0;
-    spec.alpha = alpha ? strtof(alpha, NULL) : 1.0f;
-    spec.modules = (strstr(mods, "attn") ? ADAPT_ATTN : 0) | (strstr(mods, "ffn") ? ADAPT_FFN : 0);
-    st_close(st);
-    if (unet_attach_adapters(m->unet, &spec, 0, err, errlen) != 0) return -1;
     return adapter_set_load(unet_adapters(m->unet), path, err, errlen);
 }

@@ -4,7 +4,8 @@
 # the screen with capture-pane. Checks the live parameter count against
 # `krona-studio info`, invalid a1 in red with a reason, bad inputs (a text
 # file, a corrupt PNG, a preset with a typo) leaving the session usable, live
-# training (step and loss advance, pause holds, resume continues), save +
+# training (step and loss advance, pause holds, export while paused names what
+# LyCORIS's loader cannot rebuild, resume continues), save +
 # reopen + save giving the same file, resize, quit; then a sixel preview
 # stream captured from the studio decodes back to the saved PNG; two sample
 # events show two labelled grids in the preview.
@@ -103,6 +104,10 @@ keys Space
 wait_for 'paused +step' 100 && ok "paused" || bad "pause"
 p1=$(step); sleep 1; p2=$(step)
 [ "$p1" = "$p2" ] && ok "step holds while paused ($p1)" || bad "step moved while paused ($p1 -> $p2)"
+keys e; wait_for 'export adapter to' 30 || bad "export asks for a path"
+keys C-u "$tmp/exported.safetensors" Enter   # A 8x4: LyCORIS's own loader cannot rebuild it
+wait_for "adapter exported \(LyCORIS's own loader cannot rebuild A 8x4" 50 && [ -s "$tmp/exported.safetensors" ] &&
+  ok "e exports while paused, saying LyCORIS's loader cannot take 8x4" || bad "export while paused"
 keys Space
 i=0; while [ "$(step)" -le "$p2" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 [ "$(step)" -gt "$p2" ] && ok "resumed ($p2 -> $(step))" || bad "resume"
