@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "core/fsutil.h"
+#include "formats/safetensors.h"
 #include "models/model.h"
 
 static char g_dir[256];
@@ -205,10 +206,70 @@ static void test_missing_second_encoder(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* SDXL adapters are keyed by their original (LDM) module paths, as kohya names
+ * SDXL modules, and load back through the same names */
+static void test_sdxl_adapter_names(void **state) {
+    char err[512], path[600];
+    Backend *be = backend_cpu_create();
+    Model *m = model_open(g_dir, be, err, sizeof err);
+    if (!m) fail_msg("%s", err);
+    AdapterSpec spec = {.kind = ADAPTER_KRONA, .a1 = 2, .a2 = 2, .alpha = 1, .modules = ADAPT_ATTN};
+    assert_int_equal(model_attach_adapters(m, &spec, 9, err, sizeof err), 0);
+    AdapterSet *set = unet_adapters(m->unet);
+    /* give B values (it starts at zero) so the round trip is meaningful */
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->items[i];
+        int64_t nb = adapter_numel_B(a);
+        float *h = malloc(sizeof(float) * (size_t)nb);
+        for (int64_t k = 0; k < nb; k++) h[k] = 0.01f * (float)((i * 7 + k) % 13) - 0.05f;
+        be->upload(be, a->B, h, sizeof(float) * (size_t)nb);
+        free(h);
+    }
+    snprintf(path, sizeof path, "%s/sdxl-adapter.safetensors", g_dir);
+    assert_int_equal(adapter_set_save(set, path, "{\"ss_base_model_version\":\"sdxl_base_v1-0\"}", err, sizeof err), 0);
+    SafeTensors *st = st_open(path, err, sizeof err);
+    assert_non_null(st);
+    int ldm = 0;
+    for (int i = 0; i < st_count(st); i++) {
+        const char *k = st_at(st, i)->name;
+        assert_int_equal(strncmp(k, "lora_unet_", 10), 0);
+        assert_null(strstr(k, "down_blocks")); /* diffusers paths never appear */
+        ldm += strstr(k, "lora_unet_input_blocks_") || strstr(k, "lora_unet_middle_block_") ||
+               strstr(k, "lora_unet_output_blocks_");
+    }
+    assert_int_equal(ldm, st_count(st));
+    assert_non_null(st_find(st, "lora_unet_middle_block_1_transformer_blocks_0_attn1_to_q.lokr_w1"));
+    assert_string_equal(st_metadata(st, "ss_base_model_version"), "sdxl_base_v1-0");
+    st_close(st);
+    assert_string_equal(model_base_version(m), "sdxl_base_v1-0");
+
+    Model *m2 = model_open(g_dir, be, err, sizeof err);
+    if (!m2) fail_msg("%s", err);
+    if (model_load_adapter(m2, path, err, sizeof err) != 0) fail_msg("%s", err);
+    AdapterSet *s2 = unet_adapters(m2->unet);
+    assert_int_equal(s2->n, set->n);
+    for (int i = 0; i < set->n; i++) {
+        int64_t na = adapter_numel_A(&set->items[i]), nb = adapter_numel_B(&set->items[i]);
+        float *a1 = malloc(sizeof(float) * (size_t)na), *a2 = malloc(sizeof(float) * (size_t)na);
+        float *b1 = malloc(sizeof(float) * (size_t)nb), *b2 = malloc(sizeof(float) * (size_t)nb);
+        be->download(be, a1, set->items[i].A, sizeof(float) * (size_t)na);
+        be->download(be, a2, s2->items[i].A, sizeof(float) * (size_t)na);
+        be->download(be, b1, set->items[i].B, sizeof(float) * (size_t)nb);
+        be->download(be, b2, s2->items[i].B, sizeof(float) * (size_t)nb);
+        assert_memory_equal(a1, a2, sizeof(float) * (size_t)na);
+        assert_memory_equal(b1, b2, sizeof(float) * (size_t)nb);
+        free(a1); free(a2); free(b1); free(b2);
+    }
+    model_free(m2);
+    model_free(m);
+    backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sdxl_conditioning),
         cmocka_unit_test(test_missing_second_encoder),
+        cmocka_unit_test(test_sdxl_adapter_names),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -278,6 +278,7 @@ void model_free(Model *m) {
     if (m->te2) te_free(m->te2);
     if (m->tok2) tok_free(m->tok2);
     if (m->vae) vae_free(m->vae);
+    convert_map_free(m->unet_names);
     if (m->be) {
         m->be->free(m->be, m->split_ctx);
         m->be->free(m->be, m->split_added);
@@ -478,11 +479,45 @@ done:
 
 /* Attach the adapters an adapter file needs (ours: its metadata; LyCORIS's or
  * kohya's: its factor shapes and modules), then load their values. */
+/* kohya names SDXL's modules by their original (LDM) paths: the UNet name
+ * table's module form without its "model.diffusion_model." prefix */
+static int ldm_module_path(void *user, const char *path, char *out, size_t n, char *err,
+                           size_t errlen) {
+    const ConvertMap *map = user;
+    ConvertName c;
+    if (convert_module_to_ldm(map, path, &c) != 0) {
+        snprintf(err, errlen, "%s: no original (LDM) module name", path);
+        return -1;
+    }
+    const char *pre = convert_map_ldm_prefix(map);
+    size_t pl = strlen(pre);
+    snprintf(out, n, "%s", strncmp(c.ldm, pre, pl) ? c.ldm : c.ldm + pl);
+    return 0;
+}
+
+int model_attach_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char *err, size_t errlen) {
+    if (unet_attach_adapters(m->unet, spec, seed, err, errlen) != 0) return -1;
+    if (!m->te2) return 0; /* SD 1.x and the tiny model keep diffusers paths */
+    if (!m->unet_names) {
+        ConvertShape shape = {.unet = &m->ucfg};
+        m->unet_names = convert_map_create(MODEL_KIND_SDXL, CONVERT_UNET, &shape, err, errlen);
+        if (!m->unet_names) return -1;
+    }
+    AdapterSet *set = unet_adapters(m->unet);
+    set->name_map = ldm_module_path;
+    set->name_map_user = m->unet_names;
+    return 0;
+}
+
+const char *model_base_version(const Model *m) {
+    return m->te2 ? "sdxl_base_v1-0" : m->latent ? "sd_v1" : "krona_tiny";
+}
+
 int model_load_adapter(Model *m, const char *path, char *err, size_t errlen) {
     AdapterFileInfo info;
     if (adapter_file_probe(path, &info, err, errlen) != 0) return -1;
     char e[1024];
-    if (unet_attach_adapters(m->unet, &info.spec, 0, e, sizeof e) != 0) {
+    if (model_attach_adapters(m, &info.spec, 0, e, sizeof e) != 0) {
         if (info.spec.kind == ADAPTER_KRONA)
             snprintf(err, errlen, "%s: its factors (A = a1 x a2 = %dx%d) do not fit this model: %s",
                      path, info.spec.a1, info.spec.a2, e);

@@ -37,6 +37,7 @@ typedef struct Model {
      * with it and hand records to model_unet_forward / model_generate. */
     int64_t cond_floats;
     float *split_ctx, *split_added; /* model_unet_forward's scratch (SDXL) */
+    struct ConvertMap *unet_names;  /* SDXL: the UNet's LDM name table, for adapter keys */
     int split_n;
     Schedule sched;
     VAE *vae;          /* latent models: images <-> latents; NULL in pixel space */
@@ -58,6 +59,12 @@ Model *model_open(const char *spec, Backend *be, char *err, size_t errlen);
  * bpe_simple_vocab_16e6.txt.gz; NULL: found as tok_find_clip says). */
 Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, char *err, size_t errlen);
 void model_free(Model *m);
+
+/* unet_attach_adapters, and the names their files use: diffusers module paths
+ * (SD 1.x, tiny) or, for SDXL, the original LDM paths kohya uses (docs/adapter-format.md). */
+int model_attach_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char *err, size_t errlen);
+/* kohya's ss_base_model_version for the model's adapters: "sd_v1", "sdxl_base_v1-0", ... */
+const char *model_base_version(const Model *m);
 
 /* Attach and load the adapters of a file written by `train` (a run's adapter, training/run_dir.h). */
 int model_load_adapter(Model *m, const char *path, char *err, size_t errlen);

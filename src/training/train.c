@@ -16,6 +16,7 @@
 #include "models/diffusion.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
+#include "formats/json.h"
 #include "formats/safetensors.h"
 #include "training/run_dir.h"
 
@@ -535,7 +536,7 @@ static int setup(Trainer *t, const char *resume_dir) {
     /* adapters: spec errors (a1 not dividing a layer) surface here */
     AdapterSpec spec;
     train_adapter_spec(p, &spec);
-    if (unet_attach_adapters(m->unet, &spec, p->seed, t->err, sizeof t->err) != 0) return -1;
+    if (model_attach_adapters(m, &spec, p->seed, t->err, sizeof t->err) != 0) return -1;
     AdapterCensus census;
     if (adapter_census(unet_config(m->unet), &spec, &census) != 0) {
         snprintf(t->err, sizeof t->err, "%s", census.err);
@@ -704,8 +705,10 @@ static void publish(Trainer *t, TrainState st, float loss, float lr, double t0, 
 static int finish(Trainer *t) {
     char path[PATH_MAX + 32];
     run_path(t->run_dir, RUN_ADAPTER, path, sizeof path);
-    char meta[256];
-    snprintf(meta, sizeof meta, "{\"base_model\":\"%s\",\"steps\":\"%d\"}", t->p.model, t->step);
+    char model[2 * PRESET_PATH_MAX + 8], meta[sizeof model + 160];
+    json_escape(model, sizeof model, t->p.model); /* a path may hold quotes */
+    snprintf(meta, sizeof meta, "{\"base_model\":%s,\"steps\":\"%d\",\"ss_base_model_version\":\"%s\"}",
+             model, t->step, model_base_version(t->m));
     if (adapter_set_save(unet_adapters(t->m->unet), path, meta, t->err, sizeof t->err) != 0) return -1;
     tlog(t, "adapter written to %s", path);
     return 0;
