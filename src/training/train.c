@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 
 #include "models/adapter_census.h"
 #include "models/diffusion.h"
@@ -38,7 +39,8 @@ struct Trainer {
     float *class_host;     /* [n_class * 2, per] */
 
     /* device */
-    float *ctx_inst, *ctx_class, *ctx_empty, *ctx_batch;
+    float *ctx_class, *ctx_empty, *ctx_batch;
+    float *ctx_img;        /* [n_img] records: each image's caption, or the instance prompt */
     float *ctx_samples, *ctx_samples_uncond;
     float *x0, *noise, *xt, *target, *out, *dout, *tdev;
     /* host scratch */
@@ -143,6 +145,37 @@ static int list_images(const char *dir, char ***out, int max) {
 static void free_list(char **v, int n) {
     for (int i = 0; i < n; i++) free(v[i]);
     free(v);
+}
+
+/* A caption beside an image (subject1.txt for subject1.png, as kohya reads
+ * them) replaces the instance prompt for that image. 1 with the caption, 0
+ * when there is none, -1 with t->err for one that is not a small text file. */
+static int read_caption(Trainer *t, const char *image, char *out, size_t n) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s", image);
+    char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
+    if (!dot || (slash && dot < slash)) return 0;
+    snprintf(dot, sizeof path - (size_t)(dot - path), ".txt");
+    struct stat st;
+    if (stat(path, &st) != 0) return 0;
+    if (!S_ISREG(st.st_mode) || st.st_size >= (off_t)n) {
+        snprintf(t->err, sizeof t->err, "%s: a caption must be a text file under %zu bytes", path, n);
+        return -1;
+    }
+    size_t len;
+    char *text = fs_read_all(path, &len, t->err, sizeof t->err);
+    if (!text) return -1;
+    /* one line: whitespace runs (newlines too) become single spaces, ends trimmed */
+    size_t k = 0;
+    for (size_t i = 0; i < len && k + 1 < n; i++) {
+        int sp = text[i] == ' ' || text[i] == '\n' || text[i] == '\r' || text[i] == '\t';
+        if (sp) { if (k && out[k - 1] != ' ') out[k++] = ' '; }
+        else out[k++] = text[i];
+    }
+    while (k && out[k - 1] == ' ') k--;
+    out[k] = 0;
+    free(text);
+    return k > 0;
 }
 
 /* ------------------------------------------------------------ sampling --- */
@@ -267,10 +300,11 @@ static float lr_at(const Preset *p, int step) {
 }
 
 /* One forward/backward on a batch drawn from src (n images, each with its
- * mirror) with the context ctx; adds weight * grads; *loss = the batch loss.
+ * mirror) with the conditioning ctx (per_image: one record per image, else one
+ * for all); adds weight * grads; *loss = the batch loss.
  * 0, or -1 with t->err when the UNet could not run (e.g. out of memory). */
-static int forward_backward(Trainer *t, const float *src, int n, const float *ctx, float weight,
-                            float *loss_out) {
+static int forward_backward(Trainer *t, const float *src, int n, const float *ctx, int per_image,
+                            float weight, float *loss_out) {
     Backend *be = t->be;
     int B = t->p.batch;
     size_t cb = sizeof(float) * (size_t)t->m->cond_floats;
@@ -280,7 +314,7 @@ static int forward_backward(Trainer *t, const float *src, int n, const float *ct
         memcpy(t->hx0 + b * t->per, src + (2 * i + mirror) * t->per, sizeof(float) * (size_t)t->per);
         t->ht[b] = rng_int(&t->rng, t->m->sched.T);
         t->htf[b] = (float)t->ht[b];
-        be->copy(be, (char *)t->ctx_batch + cb * b, ctx, cb);
+        be->copy(be, (char *)t->ctx_batch + cb * b, (const char *)ctx + (per_image ? cb * i : 0), cb);
     }
     rng_fill_normal(&t->rng, t->hnoise, B * t->per);
     int64_t n_all = B * t->per;
@@ -334,7 +368,7 @@ float trainer_eval_loss(Trainer *t) {
         be->upload(be, t->x0, t->hx0, sizeof(float) * (size_t)t->per);
         be->upload(be, t->noise, t->eval_noise + e * t->per, sizeof(float) * (size_t)t->per);
         be->upload(be, t->tdev, &tf, sizeof(float));
-        be->copy(be, t->ctx_batch, t->ctx_inst, cb);
+        be->copy(be, t->ctx_batch, (const char *)t->ctx_img + cb * t->eval_img[e], cb);
         diffusion_q_sample(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->xt, 1, t->per);
         diffusion_target(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->target, 1, t->per);
         if (model_unet_forward(t->m, t->xt, t->tdev, t->ctx_batch, t->out, 1, t->H, t->W, 0) != 0)
@@ -557,7 +591,7 @@ static int setup(Trainer *t, const char *resume_dir) {
     /* device buffers */
     int ok = 1, B = p->batch, S = p->n_sample_prompts > 0 ? p->n_sample_prompts : 1;
     size_t ctxn = (size_t)m->cond_floats; /* one prompt's conditioning record */
-    t->ctx_inst = dev_alloc(t, ctxn, &ok);
+    t->ctx_img = dev_alloc(t, ctxn * (size_t)t->n_img, &ok);
     t->ctx_class = dev_alloc(t, ctxn, &ok);
     t->ctx_empty = dev_alloc(t, ctxn, &ok);
     t->ctx_batch = dev_alloc(t, ctxn * B, &ok);
@@ -596,7 +630,15 @@ static int setup(Trainer *t, const char *resume_dir) {
     }
 
     /* prompts, encoded once */
-    if (model_encode_prompt(m, p->instance_prompt, t->px, t->ctx_inst, t->err, sizeof t->err) != 0) return -1;
+    for (int i = 0; i < t->n_img; i++) {
+        char caption[PRESET_TEXT_MAX];
+        int has = read_caption(t, p->images[i], caption, sizeof caption);
+        if (has < 0) return -1;
+        if (has) tlog(t, "caption of %s: \"%s\"", p->images[i], caption);
+        if (model_encode_prompt(m, has ? caption : p->instance_prompt, t->px, t->ctx_img + ctxn * (size_t)i,
+                                t->err, sizeof t->err) != 0)
+            return -1;
+    }
     if (model_encode_prompt(m, p->class_prompt, t->px, t->ctx_class, t->err, sizeof t->err) != 0) return -1;
     if (model_encode_prompt(m, "", t->px, t->ctx_empty, t->err, sizeof t->err) != 0) return -1;
     for (int i = 0; i < p->n_sample_prompts; i++) {
@@ -669,7 +711,7 @@ void trainer_free(Trainer *t) {
             be->free(be, t->vB[i]);
         }
     }
-    float *dev[] = {t->ctx_inst, t->ctx_class, t->ctx_empty, t->ctx_batch, t->ctx_samples,
+    float *dev[] = {t->ctx_img, t->ctx_class, t->ctx_empty, t->ctx_batch, t->ctx_samples,
                     t->ctx_samples_uncond, t->x0, t->noise, t->xt, t->target, t->out, t->dout,
                     t->tdev};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(be, dev[i]);
@@ -742,10 +784,10 @@ int trainer_run(Trainer *t) {
         float l = 0;
         int failed = 0;
         for (int k = 0; k < p->grad_accum && !failed; k++) {
-            failed = forward_backward(t, t->img_host, t->n_img, t->ctx_inst, 1.0f / p->grad_accum, &l);
+            failed = forward_backward(t, t->img_host, t->n_img, t->ctx_img, 1, 1.0f / p->grad_accum, &l);
             acc += l;
             if (!failed && t->n_class > 0)
-                failed = forward_backward(t, t->class_host, t->n_class, t->ctx_class,
+                failed = forward_backward(t, t->class_host, t->n_class, t->ctx_class, 0,
                                           p->prior_weight / p->grad_accum, &l);
         }
         loss = (float)(acc / p->grad_accum);
