@@ -16,6 +16,8 @@ int fs_write_atomic(const char *path, const void *data, size_t n, char *err, siz
 /* Create a directory and its parents (mode 0755); existing dirs are fine. */
 int fs_mkdir_p(const char *path, char *err, size_t errlen);
 int fs_exists(const char *path);
+/* "dir/config.json" -> "config" (the last component without its extension) */
+void fs_stem(const char *path, char *out, size_t n);
 int fs_is_dir(const char *path);
 
 /* Streaming atomic write for large files (model weights): nothing appears at

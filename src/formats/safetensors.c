@@ -523,3 +523,36 @@ int stw_save(StWriter *w, const char *path, char *err, size_t errlen) {
     free(h.s);
     return fs_atomic_commit(f, err, errlen);
 }
+
+static void shape_text(char *buf, size_t cap, const int64_t *s, int nd) {
+    buf[0] = 0;
+    for (int d = 0; d < nd && d < 8; d++)
+        snprintf(buf + strlen(buf), cap - strlen(buf), "%s%lld", d ? "," : "", (long long)s[d]);
+}
+
+int st_read_f32_as(const StTensor *t, int ndim, const int64_t *shape, float *dst, const char *path,
+                   char *err, size_t errlen) {
+    int64_t numel = 1;
+    for (int d = 0; d < ndim; d++) numel *= shape[d];
+    int same = t->numel == numel;
+    if (same) {
+        int nd = t->ndim < ndim ? t->ndim : ndim;
+        for (int d = 0; d < nd; d++) if (t->shape[d] != shape[d]) same = 0;
+        for (int d = ndim; d < t->ndim; d++) if (t->shape[d] != 1) same = 0;
+        for (int d = t->ndim; d < ndim; d++) if (shape[d] != 1) same = 0;
+    }
+    if (!same) {
+        char want[96], got[96];
+        shape_text(want, sizeof want, shape, ndim);
+        shape_text(got, sizeof got, t->shape, t->ndim);
+        snprintf(err, errlen, "%s: tensor '%s' has shape [%s], the config needs [%s]", path, t->name,
+                 got, want);
+        return -1;
+    }
+    if (st_read_f32(t, dst)) {
+        snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which cannot be read as float", path,
+                 t->name, st_dtype_name(t->dtype));
+        return -1;
+    }
+    return 0;
+}

@@ -39,6 +39,11 @@ const char *st_metadata_key(const SafeTensors *st, int i);
 /* Convert any float or integer dtype to float (numel values into dst).
  * -1 for dtypes without a conversion (F8). */
 int st_read_f32(const StTensor *t, float *dst);
+/* The same for a parameter of shape [shape[0..ndim-1]]: t must have that shape,
+ * or the same data with trailing 1s added or dropped (a Linear stored as a 1x1
+ * conv, as old files do). 0, or -1 with one line naming path and t. */
+int st_read_f32_as(const StTensor *t, int ndim, const int64_t *shape, float *dst, const char *path,
+                   char *err, size_t errlen);
 
 const char *st_dtype_name(int dtype);
 int st_dtype_from_name(const char *name);   /* -1 if unknown */

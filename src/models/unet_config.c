@@ -491,12 +491,7 @@ int unet_config_from_json(const char *path, UNetConfig *c, char *err, size_t err
     int rc = unet_config_parse(text, path, c, err, errlen);
     free(text);
     if (rc) return -1;
-    /* name: the file stem */
-    const char *b = strrchr(path, '/');
-    b = b ? b + 1 : path;
-    snprintf(c->name, sizeof c->name, "%s", b);
-    char *dot = strrchr(c->name, '.');
-    if (dot && dot != c->name) *dot = 0;
+    fs_stem(path, c->name, sizeof c->name);
     return 0;
 }
 

@@ -45,29 +45,7 @@ int unet_load_safetensors(UNet *u, const char *path, char *err, size_t errlen) {
         snprintf(name, sizeof name, "%s%s", pre, p->name);
         const StTensor *t = st_find(st, name);
         if (!t) { snprintf(err, errlen, "%s: missing tensor '%s'", path, name); goto out; }
-        int same = t->numel == p->numel;
-        /* a Linear stored as a 1x1 conv (or back) has the same data: accept it */
-        if (same) {
-            int nd = t->ndim < p->ndim ? t->ndim : p->ndim;
-            for (int d = 0; d < nd; d++) if (t->shape[d] != p->shape[d]) same = 0;
-            for (int d = p->ndim; d < t->ndim; d++) if (t->shape[d] != 1) same = 0;
-            for (int d = t->ndim; d < p->ndim; d++) if (p->shape[d] != 1) same = 0;
-        }
-        if (!same) {
-            char want[64] = "", got[64] = "";
-            for (int d = 0; d < p->ndim; d++)
-                snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? "," : "", (long long)p->shape[d]);
-            for (int d = 0; d < t->ndim && d < 8; d++)
-                snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? "," : "", (long long)t->shape[d]);
-            snprintf(err, errlen, "%s: tensor '%s' has shape [%s], the config needs [%s]", path,
-                     name, got, want);
-            goto out;
-        }
-        if (st_read_f32(t, h)) {
-            snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which cannot be read as float",
-                     path, name, st_dtype_name(t->dtype));
-            goto out;
-        }
+        if (st_read_f32_as(t, p->ndim, p->shape, h, path, err, errlen) != 0) goto out;
         be->upload(be, p->data, h, (size_t)p->numel * sizeof *h);
     }
     rc = 0;

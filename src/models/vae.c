@@ -298,11 +298,7 @@ int vae_config_from_json(const char *path, VAEConfig *c, char *err, size_t errle
     int rc = vae_config_parse(text, path, c, err, errlen);
     free(text);
     if (rc) return -1;
-    const char *b = strrchr(path, '/');
-    b = b ? b + 1 : path;
-    snprintf(c->name, sizeof c->name, "%s", b);
-    char *dot = strrchr(c->name, '.');
-    if (dot && dot != c->name) *dot = 0;
+    fs_stem(path, c->name, sizeof c->name);
     return 0;
 }
 
@@ -635,12 +631,6 @@ static int old_attn_name(const char *name, char *out, size_t cap) {
     return 0;
 }
 
-static void shape_str(char *buf, size_t cap, const int64_t *s, int nd) {
-    buf[0] = 0;
-    for (int d = 0; d < nd && d < 8; d++)
-        snprintf(buf + strlen(buf), cap - strlen(buf), "%s%lld", d ? "," : "", (long long)s[d]);
-}
-
 int vae_load_safetensors(VAE *v, const char *path, const char *prefix, char *err, size_t errlen) {
     Backend *be = v->be;
     char e[256];
@@ -681,27 +671,7 @@ int vae_load_safetensors(VAE *v, const char *path, const char *prefix, char *err
             snprintf(name, sizeof name, "%s", o2);
         }
         if (!t) { snprintf(err, errlen, "%s: missing tensor '%s'", path, name); goto out; }
-        int same = t->numel == p->numel;
-        /* a Linear stored as a 1x1 conv (old VAE files) holds the same data */
-        if (same) {
-            int nd = t->ndim < p->ndim ? t->ndim : p->ndim;
-            for (int d = 0; d < nd; d++) if (t->shape[d] != p->shape[d]) same = 0;
-            for (int d = p->ndim; d < t->ndim; d++) if (t->shape[d] != 1) same = 0;
-            for (int d = t->ndim; d < p->ndim; d++) if (p->shape[d] != 1) same = 0;
-        }
-        if (!same) {
-            char want[64], got[64];
-            shape_str(want, sizeof want, p->shape, p->ndim);
-            shape_str(got, sizeof got, t->shape, t->ndim);
-            snprintf(err, errlen, "%s: tensor '%s' has shape [%s], the config needs [%s]", path,
-                     name, got, want);
-            goto out;
-        }
-        if (st_read_f32(t, h)) {
-            snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which cannot be read as float",
-                     path, name, st_dtype_name(t->dtype));
-            goto out;
-        }
+        if (st_read_f32_as(t, p->ndim, p->shape, h, path, err, errlen) != 0) goto out;
         be->upload(be, p->data, h, (size_t)p->numel * sizeof *h);
     }
     rc = 0;
