@@ -110,6 +110,12 @@ $(BUILD)/bench/%: bench/%.c $(LIBKRONA)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
 
+# programs under tools/ linked with the engine, like the bench programs
+# (build/tools/make-checkpoint: full-size random single-file checkpoints)
+$(BUILD)/tools/%: tools/%.c $(LIBKRONA)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
+
 install: all
 	install -Dm755 krona-studio $(DESTDIR)$(PREFIX)/bin/krona-studio
 	if [ -f krona-backend-cuda.so ]; then install -Dm755 krona-backend-cuda.so \
