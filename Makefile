@@ -73,6 +73,9 @@ $(SAN_BUILD)/tests/%: tests/%.c $(SAN_LIB) $(wildcard tests/*.h)
 # test_tui_sixel compiles tui/sixel_enc.c into itself (no ncurses, no other tui objects): rebuild on change
 $(BUILD)/tests/test_tui_sixel $(SAN_BUILD)/tests/test_tui_sixel: tui/sixel_enc.c tui/sixel_enc.h
 
+# test_make_checkpoint runs the tool (tools/make-checkpoint.c, built with the plain engine)
+$(BUILD)/tests/test_make_checkpoint $(SAN_BUILD)/tests/test_make_checkpoint: $(BUILD)/tools/make-checkpoint
+
 # Debian packages the build and tests need; installed only when missing.
 DEB_PKGS := build-essential pkg-config libstb-dev libinih-dev libsixel-dev libopenblas-dev \
             libcmocka-dev libncurses-dev zlib1g-dev tmux
