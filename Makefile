@@ -1,6 +1,7 @@
 # krona-studio — build, test, bench.
 #   make run    build and launch the studio on the built-in model (installs Debian deps first)
 #   make check  build and run every test, also under ASan+UBSan
+#   make check-large  the program on a full-size SD 1.5 single file (2 GB in build/large/)
 #   make bench  time training steps, print a table and write bench/results.txt
 # Warnings are errors. Sources are picked up by wildcard: one file per concern.
 
@@ -39,7 +40,7 @@ SAN_OBJ    := $(ENGINE_SRC:%.c=$(SAN_BUILD)/%.o)
 SAN_LIB    := $(SAN_BUILD)/libkrona.a
 SAN_BIN    := $(TEST_SRC:tests/%.c=$(SAN_BUILD)/tests/%)
 
-.PHONY: all run check test test-san bench bench-ops deps install clean
+.PHONY: all run check check-large test test-san bench bench-ops deps install clean
 all: krona-studio
 
 krona-studio: $(CLI_OBJ) $(TUI_OBJ) $(LIBKRONA)
@@ -100,6 +101,11 @@ test-san: $(SAN_BIN)
 check: deps
 	@$(MAKE) --no-print-directory test
 	@$(MAKE) --no-print-directory test-san
+
+# not part of check: a full-size SD 1.5 single file (2.1 GB, random weights, kept in
+# build/large/) through the program (tests/large/run.sh)
+check-large: deps
+	@./tests/large/run.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_train
