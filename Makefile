@@ -1,6 +1,7 @@
 # krona-studio — build, test, bench.
 #   make run    build and launch the studio on the built-in model (installs Debian deps first)
 #   make check  build and run every test, also under ASan+UBSan
+#   make check-large  the program on a full-size SD 1.5 single file (2 GB in build/large/)
 #   make bench  time training steps, print a table and write bench/results.txt
 # Warnings are errors. Sources are picked up by wildcard: one file per concern.
 
@@ -39,7 +40,7 @@ SAN_OBJ    := $(ENGINE_SRC:%.c=$(SAN_BUILD)/%.o)
 SAN_LIB    := $(SAN_BUILD)/libkrona.a
 SAN_BIN    := $(TEST_SRC:tests/%.c=$(SAN_BUILD)/tests/%)
 
-.PHONY: all run check test test-san bench bench-ops deps install clean
+.PHONY: all run check check-large test test-san bench bench-ops deps install clean
 all: krona-studio
 
 krona-studio: $(CLI_OBJ) $(TUI_OBJ) $(LIBKRONA)
@@ -73,6 +74,9 @@ $(SAN_BUILD)/tests/%: tests/%.c $(SAN_LIB) $(wildcard tests/*.h)
 # test_tui_sixel compiles tui/sixel_enc.c into itself (no ncurses, no other tui objects): rebuild on change
 $(BUILD)/tests/test_tui_sixel $(SAN_BUILD)/tests/test_tui_sixel: tui/sixel_enc.c tui/sixel_enc.h
 
+# test_make_checkpoint runs the tool (tools/make-checkpoint.c, built with the plain engine)
+$(BUILD)/tests/test_make_checkpoint $(SAN_BUILD)/tests/test_make_checkpoint: $(BUILD)/tools/make-checkpoint
+
 # Debian packages the build and tests need; installed only when missing.
 DEB_PKGS := build-essential pkg-config libstb-dev libinih-dev libsixel-dev libopenblas-dev \
             libcmocka-dev libncurses-dev zlib1g-dev tmux
@@ -98,6 +102,11 @@ check: deps
 	@$(MAKE) --no-print-directory test
 	@$(MAKE) --no-print-directory test-san
 
+# not part of check: a full-size SD 1.5 single file (2.1 GB, random weights, kept in
+# build/large/) through the program (tests/large/run.sh)
+check-large: deps
+	@./tests/large/run.sh
+
 bench: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_train
 	KRONA_BACKEND_PATH=$(CURDIR) ./$(BUILD)/bench/bench_train bench/results.txt
@@ -107,6 +116,12 @@ bench-ops: $(BUILD)/bench/bench_ops
 	./$(BUILD)/bench/bench_ops
 
 $(BUILD)/bench/%: bench/%.c $(LIBKRONA)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
+
+# programs under tools/ linked with the engine, like the bench programs
+# (build/tools/make-checkpoint: full-size random single-file checkpoints)
+$(BUILD)/tools/%: tools/%.c $(LIBKRONA)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
 
