@@ -9,6 +9,7 @@
 #include "models/adapter_census.h"
 #include "core/fsutil.h"
 #include "studio.h"
+#include "models/model.h"
 #include "models/unet.h"
 
 static const struct { const char *label, *key; } KNOBS[N_KNOBS] = {
@@ -144,7 +145,7 @@ void params_count(const Preset *p, ParamCount *out) {
     memset(out, 0, sizeof *out);
     out->bad_knob = -1;
     UNetConfig cfg;
-    if (unet_config_resolve(p->model, &cfg, out->err, sizeof out->err) != 0) {
+    if (model_unet_config(p->model, &cfg, out->err, sizeof out->err) != 0) {
         out->bad_knob = KNOB_MODEL;
         return;
     }

@@ -221,6 +221,14 @@ Model *model_open(const char *spec, Backend *be, char *err, size_t errlen) {
     return model_open_with(spec, NULL, be, err, errlen);
 }
 
+int model_unet_config(const char *spec, UNetConfig *cfg, char *err, size_t errlen) {
+    if (!checkpoint_is_file(spec)) return unet_config_resolve(spec, cfg, err, errlen);
+    CheckpointInfo ci;
+    if (checkpoint_inspect(spec, &ci, err, errlen) != 0) return -1;
+    *cfg = ci.unet;
+    return 0;
+}
+
 Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, char *err, size_t errlen) {
     Model *m = calloc(1, sizeof *m);
     if (!m) { snprintf(err, errlen, "out of memory"); return NULL; }

@@ -55,6 +55,9 @@ typedef struct Model {
 int model_find_data(const char *rel, char *out, size_t outlen);
 
 Model *model_open(const char *spec, Backend *be, char *err, size_t errlen);
+/* The UNet architecture spec names, without loading weights: a built-in, a
+ * folder, a config.json or a single-file checkpoint (its header only). */
+int model_unet_config(const char *spec, UNetConfig *cfg, char *err, size_t errlen);
 /* The same with CLIP's vocabulary given (a folder with merges.txt or
  * bpe_simple_vocab_16e6.txt.gz; NULL: found as tok_find_clip says). */
 Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, char *err, size_t errlen);

@@ -11,6 +11,7 @@
 
 #include "core/fsutil.h"
 #include "models/adapter_census.h"
+#include "models/model.h"
 #include "training/train.h"
 
 static const char *const NAMES[RUN_N_FILES] = {
@@ -147,7 +148,7 @@ static void find_last_sample(const char *dir, RunSummary *s) {
 static int64_t trainable_of(const Preset *p) {
     UNetConfig cfg;
     char err[512];
-    if (unet_config_resolve(p->model, &cfg, err, sizeof err) != 0) return -1;
+    if (model_unet_config(p->model, &cfg, err, sizeof err) != 0) return -1;
     AdapterSpec spec;
     train_adapter_spec(p, &spec);
     AdapterCensus c;

@@ -150,6 +150,11 @@ keys "$tmp/sd15like" Enter
 want=$($bin info --model "$tmp/sd15like" --a1 4 --a2 4 | sed -n 's/^trainable parameters: *\([0-9,]*\).*/\1/p')
 wait_for "model = $tmp/sd15like" 30 && wait_for "trainable $want of" 30 && ok "picked: model = the folder, count $want as info" ||
   bad "model picked (want $want)"
+keys m; wait_for 'Choose model' 30
+keys "$PWD/tests/golden/ldm_sd15like.safetensors" Enter
+want=$($bin info --model tests/golden/ldm_sd15like.safetensors --a1 4 --a2 4 | sed -n 's/^trainable parameters: *\([0-9,]*\).*/\1/p')
+wait_for "model = .*ldm_sd15like.safetensors" 30 && wait_for "trainable $want of" 30 &&
+  ok "picked a single-file checkpoint: count $want as info" || bad "checkpoint picked (want $want)"
 keys q
 i=0; while [ ! -f "$tmp/exit" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 
