@@ -165,6 +165,12 @@ static int open_single_file(Model *m, const char *path, const char *tokenizer, c
         snprintf(err, errlen, "built-in configs missing");
         goto done;
     }
+    /* the vocabulary first: a missing one fails before gigabytes are read */
+    if (open_tokenizer(&tc, NULL, NULL, tokenizer, &m->tok, err, errlen) != 0) goto done;
+    if (xl) {
+        if (open_tokenizer(&tc2, NULL, NULL, tokenizer, &m->tok2, err, errlen) != 0) goto done;
+        tok_set_pad(m->tok2, 0);
+    }
     if (!(m->unet = unet_create(&m->ucfg, m->be, err, errlen))) goto done;
     if (!(m->te = te_create(&tc, m->be, err, errlen))) goto done;
     if (xl && !(m->te2 = te_create(&tc2, m->be, err, errlen))) goto done;
@@ -176,11 +182,6 @@ static int open_single_file(Model *m, const char *path, const char *tokenizer, c
         checkpoint_load_vae(m->vae, st, kind, e, sizeof e) != 0) {
         snprintf(err, errlen, "%s: %s", path, e);
         goto done;
-    }
-    if (open_tokenizer(&tc, NULL, NULL, tokenizer, &m->tok, err, errlen) != 0) goto done;
-    if (xl) {
-        if (open_tokenizer(&tc2, NULL, NULL, tokenizer, &m->tok2, err, errlen) != 0) goto done;
-        tok_set_pad(m->tok2, 0);
     }
     m->pretrained = 1;
     snprintf(m->note, sizeof m->note, "%s, %s", convert_kind_name(kind), path);

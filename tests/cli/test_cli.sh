@@ -56,6 +56,18 @@ $bin info --model "$tmp/cut.safetensors" >/dev/null 2>"$tmp/e"; rc=$?
 [ $rc -eq 2 ] && grep -q "cut.safetensors" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
   ok "info: a truncated checkpoint in one line" || bad "info truncated (rc $rc): $(cat "$tmp/e")"
 
+# --- sample on a single file: no vocabulary anywhere is one line with the fetch command (before any
+# weights are read); a checkpoint whose UNet is not the standard SD 1.5 one names the tensor
+mkdir -p "$tmp/nohome"
+HOME="$tmp/nohome" KRONA_TOKENIZER= HF_HOME= HF_HUB_CACHE= $bin sample --model tests/golden/ldm_sd15like.safetensors \
+  --prompt "a dog" -o "$tmp/s.png" >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -ne 0 ] && grep -q "no CLIP tokenizer vocabulary found.*huggingface-cli download openai/clip-vit-large-patch14" "$tmp/e" &&
+  [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "sample: no CLIP vocabulary: one line with the fetch command" || bad "no vocabulary (rc $rc): $(cat "$tmp/e")"
+./tests/large/fake-merges.sh "$tmp/merges.txt" >/dev/null 2>&1
+$bin sample --model tests/golden/ldm_sd15like.safetensors --tokenizer "$tmp/merges.txt" --prompt "a dog" -o "$tmp/s.png" >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -ne 0 ] && grep -q "ldm_sd15like.safetensors: .*model.diffusion_model\." "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+  ok "sample: a mis-shaped checkpoint names the tensor" || bad "mis-shaped checkpoint (rc $rc): $(cat "$tmp/e")"
+
 # --- train: bad presets and --set values
 printf '[train]\nlerning_rate = 1e-3\n' >"$tmp/typo.ini"
 $bin train --preset "$tmp/typo.ini" --headless >/dev/null 2>"$tmp/e"; rc=$?
