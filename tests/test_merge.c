@@ -39,20 +39,22 @@ typedef struct Fix {
     char dir[64], in[128], out[128];
 } Fix;
 
-static int setup(void **state) {
+static int setup_for(void **state, const char *stem, ModelKind kind) {
     Fix *f = calloc(1, sizeof *f);
-    char err[1024];
+    char err[1024], path[192];
     f->be = backend_cpu_create();
-    if (unet_config_from_json(GOLDEN "unet_sd15like.json", &f->cfg, err, sizeof err)) fail_msg("%s", err);
+    snprintf(path, sizeof path, GOLDEN "unet_%s.json", stem);
+    if (unet_config_from_json(path, &f->cfg, err, sizeof err)) fail_msg("%s", err);
     ConvertShape shape = {.unet = &f->cfg};
-    f->map = convert_map_create(MODEL_KIND_SD15, CONVERT_UNET, &shape, err, sizeof err);
+    f->map = convert_map_create(kind, CONVERT_UNET, &shape, err, sizeof err);
     if (!f->map) fail_msg("%s", err);
     snprintf(f->dir, sizeof f->dir, "/tmp/krona-merge-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
     /* the golden file with metadata added (and the writer's tensor order) */
     snprintf(f->in, sizeof f->in, "%s/in.safetensors", f->dir);
     snprintf(f->out, sizeof f->out, "%s/out.safetensors", f->dir);
-    SafeTensors *st = st_open(GOLDEN "ldm_sd15like.safetensors", err, sizeof err);
+    snprintf(path, sizeof path, GOLDEN "ldm_%s.safetensors", stem);
+    SafeTensors *st = st_open(path, err, sizeof err);
     if (!st) fail_msg("%s", err);
     StWriter *w = stw_create();
     for (int i = 0; i < st_count(st); i++) {
@@ -67,6 +69,9 @@ static int setup(void **state) {
     *state = f;
     return 0;
 }
+
+static int setup(void **state) { return setup_for(state, "sd15like", MODEL_KIND_SD15); }
+static int setup_sdxl(void **state) { return setup_for(state, "sdxllike", MODEL_KIND_SDXL); }
 
 static int teardown(void **state) {
     Fix *f = *state;
@@ -296,11 +301,46 @@ static void test_merge_from_file(void **state) {
     adapter_set_free(&set);
 }
 
+/* SDXL: adapter files name modules by their LDM paths (kohya's SDXL names); attn+ffn */
+static int ldm_name(void *user, const char *path, char *out, size_t n, char *err, size_t errlen) {
+    ConvertName c;
+    if (convert_module_to_ldm(user, path, &c) != 0) { snprintf(err, errlen, "%s: no LDM name", path); return -1; }
+    const char *pre = convert_map_ldm_prefix(user);
+    snprintf(out, n, "%s", c.ldm + strlen(pre));
+    return 0;
+}
+
+static void test_merge_sdxl(void **state) {
+    Fix *f = *state;
+    AdapterSet set, loaded;
+    make_set(f, &set, 2, 2, ADAPT_ATTN | ADAPT_FFN, 0.75f, 9);
+    set.name_map = ldm_name;
+    set.name_map_user = f->map;
+    char err[1024], path[192];
+    snprintf(path, sizeof path, "%s/a.safetensors", f->dir);
+    if (adapter_set_save(&set, path, NULL, err, sizeof err)) fail_msg("%s", err);
+    SafeTensors *st = st_open(path, err, sizeof err);
+    assert_non_null(st);
+    int ldm_keys = 0;
+    for (int i = 0; i < st_count(st); i++) ldm_keys += strstr(st_at(st, i)->name, "lora_unet_input_blocks_") != NULL;
+    assert_true(ldm_keys > 0);
+    st_close(st);
+    /* diffusers names do not find the LDM keys; LDM names do */
+    assert_int_equal(merge_load_adapters(&f->cfg, f->map, 0, path, f->be, &loaded, err, sizeof err), -1);
+    if (merge_load_adapters(&f->cfg, f->map, 1, path, f->be, &loaded, err, sizeof err)) fail_msg("%s", err);
+    MergeOpts o = {.scale = 2.0f, .dtype = ST_BF16, .adapter_name = "a.safetensors"};
+    if (checkpoint_merge(f->in, f->map, &loaded, &o, f->out, NULL, err, sizeof err)) fail_msg("%s", err);
+    check_merged(f, &set, 2.0f, ST_BF16, "a.safetensors");
+    adapter_set_free(&loaded);
+    adapter_set_free(&set);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_merge_same_dtype, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_dtypes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_from_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_merge_sdxl, setup_sdxl, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
