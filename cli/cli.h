@@ -10,6 +10,7 @@ int cmd_info(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_pretrain(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 /* argv[0] is "sweep" or "score" (cli_sweep.c) */
 int cmd_sweep(int argc, char **argv);
 

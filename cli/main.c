@@ -18,6 +18,8 @@ static const char *USAGE =
     "                          [--tokenizer DIR]   (M: tiny, a diffusers folder, or a .safetensors checkpoint)\n"
     "       krona-studio info --model tiny|sd15|sdxl|DIR|config.json [--a1 N --a2 N]\n"
     "                          [--modules attn|attn+ffn] [--lora-rank R] [--all]\n"
+    "       krona-studio merge --model CHECKPOINT.safetensors --adapter A.safetensors\n"
+    "                          -o MERGED.safetensors [--dtype same|f16|bf16|f32] [--scale S] [--force]\n"
     "       krona-studio sweep --preset P.ini --vary key=v1,v2,... [--vary ...] [--list]\n"
     "                          [--set key=value ...] [--out DIR] [--no-base] [--no-score]\n"
     "       krona-studio score --run RUN_DIR [--base|--no-base] [--grid out.png]\n"
@@ -44,10 +46,11 @@ int main(int argc, char **argv) {
     if (argc == 4 && !strcmp(argv[1], "train") && !strcmp(argv[2], "--preset")) return studio_main(2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "merge")) return cmd_merge(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "pretrain")) return cmd_pretrain(argc - 2, argv + 2);
     if (argc >= 2 && (!strcmp(argv[1], "sweep") || !strcmp(argv[1], "score"))) return cmd_sweep(argc - 1, argv + 1);
     if (argc >= 2 && argv[1][0] != '-') {
-        fprintf(stderr, "krona-studio: unknown command '%s' (train, sample, info, sweep, score, pretrain; see --help)\n", argv[1]);
+        fprintf(stderr, "krona-studio: unknown command '%s' (train, sample, info, merge, sweep, score, pretrain; see --help)\n", argv[1]);
         return 2;
     }
     /* the bare command (and its options) opens the terminal studio */

@@ -68,6 +68,28 @@ $bin sample --model tests/golden/ldm_sd15like.safetensors --tokenizer "$tmp/merg
 [ $rc -ne 0 ] && grep -q "ldm_sd15like.safetensors: .*model.diffusion_model\." "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
   ok "sample: a mis-shaped checkpoint names the tensor" || bad "mis-shaped checkpoint (rc $rc): $(cat "$tmp/e")"
 
+# --- merge: what it refuses, each in one line with status 2 (a full merge runs in make check-large;
+# the merge itself is tests/test_merge.c on the small SD 1.5-like file)
+one() { [ "$1" -eq 2 ] && grep -q "$2" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ]; }
+G=tests/golden
+$bin merge --model $G/ldm_sd15like.safetensors -o "$tmp/m.safetensors" >/dev/null 2>"$tmp/e"
+one $? "give --model" && ok "merge: missing --adapter" || bad "merge missing --adapter: $(cat "$tmp/e")"
+$bin merge --model $G/ldm_sd15like.safetensors --adapter $G/adapter_v1_tiny_krona4x8.safetensors -o "$tmp/m.safetensors" --dtype f8 >/dev/null 2>"$tmp/e"
+one $? "use same, f16, bf16 or f32" && ok "merge: bad --dtype" || bad "merge bad dtype: $(cat "$tmp/e")"
+for m in tiny "$tmp"; do
+  $bin merge --model "$m" --adapter $G/adapter_v1_tiny_krona4x8.safetensors -o "$tmp/m.safetensors" >/dev/null 2>"$tmp/e"
+  one $? "single-file" && ok "merge: --model $m refused (single files only)" || bad "merge --model $m: $(cat "$tmp/e")"
+done
+$bin merge --model $G/ldm_sd15like.safetensors --adapter $G/adapter_v1_tiny_krona4x8.safetensors -o "$tmp/m.safetensors" >/dev/null 2>"$tmp/e"
+one $? "adapter_v1_tiny_krona4x8.safetensors" && [ ! -e "$tmp/m.safetensors" ] && ok "merge: another model's adapter in one line" || bad "merge other adapter: $(cat "$tmp/e")"
+$bin merge --model $G/ldm_sd15like.safetensors --adapter "$tmp/nosuch.safetensors" -o "$tmp/m.safetensors" >/dev/null 2>"$tmp/e"
+one $? "nosuch.safetensors" && ok "merge: unreadable adapter" || bad "merge unreadable adapter: $(cat "$tmp/e")"
+$bin merge --model "$tmp/cut.safetensors" --adapter $G/adapter_v1_tiny_krona4x8.safetensors -o "$tmp/m.safetensors" >/dev/null 2>"$tmp/e"
+one $? "cut.safetensors" && ok "merge: truncated checkpoint" || bad "merge truncated: $(cat "$tmp/e")"
+: >"$tmp/m.safetensors"
+$bin merge --model $G/ldm_sd15like.safetensors --adapter $G/adapter_v1_tiny_krona4x8.safetensors -o "$tmp/m.safetensors" >/dev/null 2>"$tmp/e"
+one $? "exists (use --force" && [ ! -s "$tmp/m.safetensors" ] && ok "merge: output exists" || bad "merge output exists: $(cat "$tmp/e")"
+
 # --- train: bad presets and --set values
 printf '[train]\nlerning_rate = 1e-3\n' >"$tmp/typo.ini"
 $bin train --preset "$tmp/typo.ini" --headless >/dev/null 2>"$tmp/e"; rc=$?

@@ -9,7 +9,10 @@
 #   3. `krona-studio info --model FILE`: exit 0, "SD 1.5 single file", the UNet's
 #      859,520,964 parameters;
 #   4. a 2-step `sample` at 64 px and a 2-iteration `train` at resolution 64 on
-#      it (CPU): the whole pipeline (UNet, CLIP, VAE) at full size.
+#      it (CPU): the whole pipeline (UNet, CLIP, VAE) at full size;
+#   5. `merge` the trained adapter into build/large/merged.safetensors (a full
+#      2.1 GB single file, streamed), then `info --model` on it: exit 0, still
+#      "SD 1.5 single file" with 859,520,964 UNet parameters.
 # Each step prints its wall time and peak RSS (GNU time; the wall time alone
 # without it). Logs: build/large/<step>.log. Exit 0 when every step passed.
 set -u
@@ -78,4 +81,9 @@ step train ./krona-studio train --preset presets/default.ini --headless --device
 
 [ -s "$OUT/sample.png" ] || fail "sample: no image"
 ls "$OUT/runs/large-train/adapter.safetensors" >/dev/null || fail "train: no adapter"
+
+# 5. merge the trained adapter into a full checkpoint, and read it back
+step merge ./krona-studio merge --model "$FILE" --adapter "$OUT/runs/large-train/adapter.safetensors" -o "$OUT/merged.safetensors" --force || fail "merge"
+step info-merged ./krona-studio info --model "$OUT/merged.safetensors" || fail "info on the merged file exited non-zero"
+grep -Eq "^ *UNet +859,520,964 parameters" "$OUT/info-merged.log" || fail "info on the merged file: UNet not 859,520,964 parameters"
 echo "== check-large: ok"
