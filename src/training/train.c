@@ -48,6 +48,13 @@ struct Trainer {
     int *ht;
     /* optimiser moments, one pair per factor */
     float **mA, **vA, **mB, **vB;
+    /* every trained adapter: the UNet's, then the text encoder's */
+    Adapter **ads;
+    int n_ads;
+    /* text_encoder_adapters: the prompts' token ids (host), re-encoded each step */
+    int te_on;
+    int32_t *ids_img, *ids_class, *ids_batch; /* [n_img, L], [L], [batch, L] */
+    float *dctx;                              /* [batch, cond_floats] */
 
     Rng rng;
     int step;              /* optimiser steps done */
@@ -219,6 +226,14 @@ static int write_samples(Trainer *t) {
     t->prog.state = TRAIN_SAMPLING;
     pthread_mutex_unlock(&t->mu);
     if (t->cb.progress) t->cb.progress(t->cb.user, &t->prog);
+    /* the adapted text encoder: the sample prompts (and the empty one) again */
+    if (t->te_on) {
+        size_t cn = (size_t)t->m->cond_floats;
+        for (int i = 0; i < n; i++)
+            if (model_encode_prompt(t->m, t->p.sample_prompts[i], t->px, t->ctx_samples + cn * i, t->err, sizeof t->err) != 0 ||
+                model_encode_prompt(t->m, "", t->px, t->ctx_samples_uncond + cn * i, t->err, sizeof t->err) != 0)
+                return -1;
+    }
     /* the same noise every time, so the grids show what training changed */
     int rc = generate(t, t->ctx_samples, t->ctx_samples_uncond, n, t->p.seed + 7919, &grid, NULL);
     pthread_mutex_lock(&t->mu);
@@ -303,10 +318,10 @@ static float lr_at(const Preset *p, int step) {
  * mirror) with the conditioning ctx (per_image: one record per image, else one
  * for all); adds weight * grads; *loss = the batch loss.
  * 0, or -1 with t->err when the UNet could not run (e.g. out of memory). */
-static int forward_backward(Trainer *t, const float *src, int n, const float *ctx, int per_image,
-                            float weight, float *loss_out) {
+static int forward_backward(Trainer *t, const float *src, int n, const float *ctx,
+                            const int32_t *ids, int per_image, float weight, float *loss_out) {
     Backend *be = t->be;
-    int B = t->p.batch;
+    int B = t->p.batch, L = t->m->context_len;
     size_t cb = sizeof(float) * (size_t)t->m->cond_floats;
     for (int b = 0; b < B; b++) {
         int i = rng_int(&t->rng, n);
@@ -314,7 +329,15 @@ static int forward_backward(Trainer *t, const float *src, int n, const float *ct
         memcpy(t->hx0 + b * t->per, src + (2 * i + mirror) * t->per, sizeof(float) * (size_t)t->per);
         t->ht[b] = rng_int(&t->rng, t->m->sched.T);
         t->htf[b] = (float)t->ht[b];
-        be->copy(be, (char *)t->ctx_batch + cb * b, (const char *)ctx + (per_image ? cb * i : 0), cb);
+        if (t->te_on) /* the records come from the adapted encoder below */
+            memcpy(t->ids_batch + (size_t)b * L, ids + (per_image ? (size_t)i * L : 0), sizeof(int32_t) * (size_t)L);
+        else
+            be->copy(be, (char *)t->ctx_batch + cb * b, (const char *)ctx + (per_image ? cb * i : 0), cb);
+    }
+    char e[512];
+    if (t->te_on && te_forward(t->m->te, t->ids_batch, B, L, t->ctx_batch, NULL, NULL, e, sizeof e) != 0) {
+        snprintf(t->err, sizeof t->err, "step %d: text encoder forward: %s", t->step + 1, e);
+        return -1;
     }
     rng_fill_normal(&t->rng, t->hnoise, B * t->per);
     int64_t n_all = B * t->per;
@@ -330,27 +353,31 @@ static int forward_backward(Trainer *t, const float *src, int n, const float *ct
     *loss_out = be->mse_fwd(be, t->out, t->target, n_all);
     be->zero(be, t->dout, sizeof(float) * (size_t)n_all);
     be->mse_bwd(be, t->out, t->target, t->dout, n_all, weight);
-    if (unet_backward(t->m->unet, t->dout, NULL) != 0) {
+    if (t->te_on) be->zero(be, t->dctx, cb * (size_t)B);
+    if (unet_backward_ctx(t->m->unet, t->dout, NULL, t->te_on ? t->dctx : NULL) != 0) {
         snprintf(t->err, sizeof t->err, "step %d: UNet backward: %s", t->step + 1, unet_last_error(t->m->unet));
+        return -1;
+    }
+    /* SD 1.5 / tiny: the record is the last hidden state, d(record) = d(hidden) */
+    if (t->te_on && te_backward(t->m->te, t->dctx, e, sizeof e) != 0) {
+        snprintf(t->err, sizeof t->err, "step %d: text encoder backward: %s", t->step + 1, e);
         return -1;
     }
     return 0;
 }
 
 static void zero_grads(Trainer *t) {
-    AdapterSet *s = unet_adapters(t->m->unet);
-    for (int i = 0; i < s->n; i++) {
-        Adapter *a = &s->items[i];
+    for (int i = 0; i < t->n_ads; i++) {
+        Adapter *a = t->ads[i];
         t->be->zero(t->be, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
         t->be->zero(t->be, a->dB, sizeof(float) * (size_t)adapter_numel_B(a));
     }
 }
 
 static void optimizer_step(Trainer *t, float lr) {
-    AdapterSet *s = unet_adapters(t->m->unet);
     int k = t->step + 1;
-    for (int i = 0; i < s->n; i++) {
-        Adapter *a = &s->items[i];
+    for (int i = 0; i < t->n_ads; i++) {
+        Adapter *a = t->ads[i];
         t->be->adamw(t->be, a->A, a->dA, t->mA[i], t->vA[i], adapter_numel_A(a), lr, 0.9f, 0.999f, 1e-8f,
                      t->p.weight_decay, k);
         t->be->adamw(t->be, a->B, a->dB, t->mB[i], t->vB[i], adapter_numel_B(a), lr, 0.9f, 0.999f, 1e-8f,
@@ -368,7 +395,14 @@ float trainer_eval_loss(Trainer *t) {
         be->upload(be, t->x0, t->hx0, sizeof(float) * (size_t)t->per);
         be->upload(be, t->noise, t->eval_noise + e * t->per, sizeof(float) * (size_t)t->per);
         be->upload(be, t->tdev, &tf, sizeof(float));
-        be->copy(be, t->ctx_batch, (const char *)t->ctx_img + cb * t->eval_img[e], cb);
+        if (t->te_on) { /* the encoder as trained so far */
+            char err[256];
+            if (te_forward(t->m->te, t->ids_img + (size_t)t->eval_img[e] * t->m->context_len, 1,
+                           t->m->context_len, t->ctx_batch, NULL, NULL, err, sizeof err) != 0)
+                return NAN;
+        } else {
+            be->copy(be, t->ctx_batch, (const char *)t->ctx_img + cb * t->eval_img[e], cb);
+        }
         diffusion_q_sample(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->xt, 1, t->per);
         diffusion_target(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->target, 1, t->per);
         if (model_unet_forward(t->m, t->xt, t->tdev, t->ctx_batch, t->out, 1, t->H, t->W, 0) != 0)
@@ -413,13 +447,12 @@ static int device_failed(Trainer *t) {
 
 /* Everything an exact resume needs: factors, AdamW moments, RNG, step, losses. */
 static int save_checkpoint(Trainer *t) {
-    AdapterSet *s = unet_adapters(t->m->unet);
     StWriter *w = stw_create();
     if (!w) return -1;
     char name[300], val[128];
     int rc = 0;
-    for (int i = 0; rc == 0 && i < s->n; i++) {
-        Adapter *a = &s->items[i];
+    for (int i = 0; rc == 0 && i < t->n_ads; i++) {
+        Adapter *a = t->ads[i];
         const char *suffix[6] = {"A", "B", "mA", "vA", "mB", "vB"};
         const float *ptr[6] = {a->A, a->B, t->mA[i], t->vA[i], t->mB[i], t->vB[i]};
         int64_t nn[6] = {adapter_numel_A(a), adapter_numel_B(a), adapter_numel_A(a), adapter_numel_A(a), adapter_numel_B(a), adapter_numel_B(a)};
@@ -483,10 +516,9 @@ static int load_checkpoint(Trainer *t) {
         goto done;
     }
     if (ev) t->eval_start = strtof(ev, NULL);
-    AdapterSet *s = unet_adapters(t->m->unet);
     char name[300];
-    for (int i = 0; i < s->n; i++) {
-        Adapter *a = &s->items[i];
+    for (int i = 0; i < t->n_ads; i++) {
+        Adapter *a = t->ads[i];
         const char *suffix[6] = {"A", "B", "mA", "vA", "mB", "vB"};
         float *ptr[6] = {a->A, a->B, t->mA[i], t->vA[i], t->mB[i], t->vB[i]};
         int64_t nn[6] = {adapter_numel_A(a), adapter_numel_B(a), adapter_numel_A(a), adapter_numel_A(a), adapter_numel_B(a), adapter_numel_B(a)};
@@ -579,6 +611,27 @@ static int setup(Trainer *t, const char *resume_dir) {
     }
     t->trainable = census.trainable;
     adapter_census_free(&census);
+    /* text encoder adapters (DiffuseKronA's optional ones), trained jointly */
+    t->te_on = p->text_encoder_adapters;
+    if (t->te_on && m->te2) {
+        snprintf(t->err, sizeof t->err, "text_encoder_adapters = 1 is not supported for SDXL yet "
+                 "(its UNet reads the encoders' penultimate states, which te_backward does not "
+                 "differentiate): set text_encoder_adapters = 0");
+        return -1;
+    }
+    if (t->te_on) {
+        if (model_attach_text_adapters(m, &spec, p->seed + 1, t->err, sizeof t->err) != 0) return -1;
+        if (te_set_trainable(m->te, TE_TRAIN_ADAPTERS, t->err, sizeof t->err) != 0) return -1;
+        t->trainable += adapter_set_param_count(te_adapters(m->te));
+    }
+    {
+        AdapterSet *us = unet_adapters(m->unet), *ts = t->te_on ? te_adapters(m->te) : NULL;
+        int n = us->n + (ts ? ts->n : 0);
+        t->ads = calloc((size_t)n + 1, sizeof *t->ads);
+        if (!t->ads) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
+        for (int i = 0; i < us->n; i++) t->ads[t->n_ads++] = &us->items[i];
+        for (int i = 0; ts && i < ts->n; i++) t->ads[t->n_ads++] = &ts->items[i];
+    }
 
     /* images */
     t->n_img = p->n_images;
@@ -611,18 +664,25 @@ static int setup(Trainer *t, const char *resume_dir) {
     t->ht = malloc(sizeof(int) * (size_t)B);
     t->loss_hist = calloc((size_t)p->iterations + 1, sizeof(float));
     t->eval_noise = malloc(sizeof(float) * (size_t)(N_EVAL * t->per));
-    AdapterSet *s = unet_adapters(m->unet);
-    t->mA = calloc((size_t)s->n + 1, sizeof(float *));
-    t->vA = calloc((size_t)s->n + 1, sizeof(float *));
-    t->mB = calloc((size_t)s->n + 1, sizeof(float *));
-    t->vB = calloc((size_t)s->n + 1, sizeof(float *));
+    t->mA = calloc((size_t)t->n_ads + 1, sizeof(float *));
+    t->vA = calloc((size_t)t->n_ads + 1, sizeof(float *));
+    t->mB = calloc((size_t)t->n_ads + 1, sizeof(float *));
+    t->vB = calloc((size_t)t->n_ads + 1, sizeof(float *));
+    if (t->te_on) {
+        int L = m->context_len;
+        t->ids_img = malloc(sizeof(int32_t) * (size_t)L * (size_t)t->n_img);
+        t->ids_class = malloc(sizeof(int32_t) * (size_t)L);
+        t->ids_batch = malloc(sizeof(int32_t) * (size_t)L * (size_t)B);
+        t->dctx = dev_alloc(t, ctxn * (size_t)B, &ok);
+        if (!t->ids_img || !t->ids_class || !t->ids_batch) ok = 0;
+    }
     if (!t->hx0 || !t->hnoise || !t->htf || !t->ht || !t->loss_hist || !t->eval_noise || !t->mA ||
         !t->vA || !t->mB || !t->vB) ok = 0;
-    for (int i = 0; ok && i < s->n; i++) {
-        t->mA[i] = dev_alloc(t, (size_t)adapter_numel_A(&s->items[i]), &ok);
-        t->vA[i] = dev_alloc(t, (size_t)adapter_numel_A(&s->items[i]), &ok);
-        t->mB[i] = dev_alloc(t, (size_t)adapter_numel_B(&s->items[i]), &ok);
-        t->vB[i] = dev_alloc(t, (size_t)adapter_numel_B(&s->items[i]), &ok);
+    for (int i = 0; ok && i < t->n_ads; i++) {
+        t->mA[i] = dev_alloc(t, (size_t)adapter_numel_A(t->ads[i]), &ok);
+        t->vA[i] = dev_alloc(t, (size_t)adapter_numel_A(t->ads[i]), &ok);
+        t->mB[i] = dev_alloc(t, (size_t)adapter_numel_B(t->ads[i]), &ok);
+        t->vB[i] = dev_alloc(t, (size_t)adapter_numel_B(t->ads[i]), &ok);
     }
     if (!ok) {
         snprintf(t->err, sizeof t->err, "out of memory allocating training buffers (lower batch)");
@@ -638,8 +698,15 @@ static int setup(Trainer *t, const char *resume_dir) {
         if (model_encode_prompt(m, has ? caption : p->instance_prompt, t->px, t->ctx_img + ctxn * (size_t)i,
                                 t->err, sizeof t->err) != 0)
             return -1;
+        if (t->te_on && tok_encode_padded(m->tok, has ? caption : p->instance_prompt, m->context_len,
+                                          t->ids_img + (size_t)i * m->context_len, NULL, t->err,
+                                          sizeof t->err) != 0)
+            return -1;
     }
     if (model_encode_prompt(m, p->class_prompt, t->px, t->ctx_class, t->err, sizeof t->err) != 0) return -1;
+    if (t->te_on && tok_encode_padded(m->tok, p->class_prompt, m->context_len, t->ids_class, NULL,
+                                      t->err, sizeof t->err) != 0)
+        return -1;
     if (model_encode_prompt(m, "", t->px, t->ctx_empty, t->err, sizeof t->err) != 0) return -1;
     for (int i = 0; i < p->n_sample_prompts; i++) {
         if (model_encode_prompt(m, p->sample_prompts[i], t->px, t->ctx_samples + ctxn * i, t->err,
@@ -703,8 +770,7 @@ void trainer_free(Trainer *t) {
     }
     Backend *be = t->be;
     if (t->m) {
-        AdapterSet *s = unet_adapters(t->m->unet);
-        for (int i = 0; s && i < s->n && t->mA; i++) {
+        for (int i = 0; i < t->n_ads && t->mA; i++) {
             be->free(be, t->mA[i]);
             be->free(be, t->vA[i]);
             be->free(be, t->mB[i]);
@@ -713,9 +779,10 @@ void trainer_free(Trainer *t) {
     }
     float *dev[] = {t->ctx_img, t->ctx_class, t->ctx_empty, t->ctx_batch, t->ctx_samples,
                     t->ctx_samples_uncond, t->x0, t->noise, t->xt, t->target, t->out, t->dout,
-                    t->tdev};
+                    t->tdev, t->dctx};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(be, dev[i]);
-    free(t->mA); free(t->vA); free(t->mB); free(t->vB);
+    free(t->mA); free(t->vA); free(t->mB); free(t->vB); free(t->ads);
+    free(t->ids_img); free(t->ids_class); free(t->ids_batch);
     free(t->hx0); free(t->hnoise); free(t->htf); free(t->ht);
     free(t->loss_hist); free(t->eval_noise); free(t->img_host); free(t->class_host);
     model_free(t->m);
@@ -751,7 +818,7 @@ static int finish(Trainer *t) {
     json_escape(model, sizeof model, t->p.model); /* a path may hold quotes */
     snprintf(meta, sizeof meta, "{\"base_model\":%s,\"steps\":\"%d\",\"ss_base_model_version\":\"%s\"}",
              model, t->step, model_base_version(t->m));
-    if (adapter_set_save(unet_adapters(t->m->unet), path, meta, t->err, sizeof t->err) != 0) return -1;
+    if (model_save_adapter(t->m, path, meta, t->err, sizeof t->err) != 0) return -1;
     tlog(t, "adapter written to %s", path);
     return 0;
 }
@@ -784,10 +851,10 @@ int trainer_run(Trainer *t) {
         float l = 0;
         int failed = 0;
         for (int k = 0; k < p->grad_accum && !failed; k++) {
-            failed = forward_backward(t, t->img_host, t->n_img, t->ctx_img, 1, 1.0f / p->grad_accum, &l);
+            failed = forward_backward(t, t->img_host, t->n_img, t->ctx_img, t->ids_img, 1, 1.0f / p->grad_accum, &l);
             acc += l;
             if (!failed && t->n_class > 0)
-                failed = forward_backward(t, t->class_host, t->n_class, t->ctx_class, 0,
+                failed = forward_backward(t, t->class_host, t->n_class, t->ctx_class, t->ids_class, 0,
                                           p->prior_weight / p->grad_accum, &l);
         }
         loss = (float)(acc / p->grad_accum);
