@@ -852,6 +852,108 @@ static void adapter_fd_case(TextAct act, AdapterKind kind)
     be->free(be, dR);
 }
 
+/* loss = sum(R * hidden) (when R) + sum(R2 * penultimate) (when R2), in double */
+static double te_loss2(TextEncoder *te, const int32_t *ids, int N, int L, const float *R,
+                       const float *R2, float *dhid, float *dpen)
+{
+    char err[256];
+    int64_t n = (int64_t)N * L * te_config(te)->hidden_size;
+    assert_int_equal(te_forward(te, ids, N, L, dhid, dpen, NULL, err, sizeof err), 0);
+    float *h = download(dhid, n), *q = download(dpen, n);
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (R ? (double)h[i] * R[i] : 0) + (R2 ? (double)q[i] * R2[i] : 0);
+    free(h);
+    free(q);
+    return s;
+}
+
+/* te_backward_states: the gradient through penultimate_out (SDXL's UNet reads
+ * it), alone and with hidden_out's, on the adapters of a 3-layer quick_gelu
+ * encoder with a frozen base. */
+static void test_penultimate_fd(void **state)
+{
+    (void)state;
+    TextConfig c = {.vocab_size = 20, .hidden_size = 16, .intermediate_size = 32,
+                    .num_hidden_layers = 3, .num_attention_heads = 2, .max_position_embeddings = 8,
+                    .hidden_act = TE_ACT_QUICK_GELU, .layer_norm_eps = 1e-5f, .projection_dim = 0,
+                    .eos_token_id = 19};
+    char err[256];
+    TextEncoder *te = te_create(&c, be, err, sizeof err);
+    assert_non_null(te);
+    int64_t P = te_n_params(te);
+    float *hp = malloc((size_t)P * sizeof *hp);
+    Rng r;
+    rng_seed(&r, 21);
+    rng_fill_uniform(&r, hp, P, -0.4f, 0.4f);
+    for (int i = 0; i < te_n_tensors(te); i++) {
+        int nd;
+        int64_t sh[2], off;
+        const char *nm = te_tensor_info(te, i, &nd, sh, &off);
+        if (strstr(nm, "norm") && strstr(nm, ".weight"))
+            for (int64_t j = 0; j < sh[0]; j++) hp[off + j] += 1.0f;
+    }
+    be->upload(be, te_params(te), hp, (size_t)P * sizeof *hp);
+    AdapterSpec sp = {.kind = ADAPTER_KRONA, .a1 = 2, .a2 = 4, .alpha = 1.0f, .modules = ADAPT_ATTN};
+    assert_int_equal(te_attach_adapters(te, &sp, 3, err, sizeof err), 0);
+    AdapterSet *as = te_adapters(te);
+    for (int i = 0; i < as->n; i++) {
+        Adapter *a = &as->items[i];
+        int64_t na = adapter_numel_A(a), nb = adapter_numel_B(a);
+        float *t = malloc((size_t)(na + nb) * sizeof *t);
+        rng_fill_uniform(&r, t, na + nb, -0.5f, 0.5f);
+        be->upload(be, a->A, t, (size_t)na * sizeof *t);
+        be->upload(be, a->B, t + na, (size_t)nb * sizeof *t);
+        free(t);
+    }
+    const int N = 2, L = 5;
+    int32_t ids[10] = {18, 4, 9, 4, 19, 7, 4, 12, 3, 19};
+    int64_t nh = (int64_t)N * L * c.hidden_size;
+    float *R = malloc((size_t)nh * sizeof *R), *R2 = malloc((size_t)nh * sizeof *R2);
+    rng_fill_uniform(&r, R, nh, -1, 1);
+    rng_fill_uniform(&r, R2, nh, -1, 1);
+    float *dhid = dev_alloc(nh), *dpen = dev_alloc(nh), *dR = dev_alloc(nh), *dR2 = dev_alloc(nh);
+    be->upload(be, dR, R, (size_t)nh * sizeof *R);
+    be->upload(be, dR2, R2, (size_t)nh * sizeof *R2);
+    assert_int_equal(te_set_trainable(te, TE_TRAIN_ADAPTERS, err, sizeof err), 0);
+    for (int mode = 0; mode < 2; mode++) { /* 0: penultimate only, 1: both */
+        const float *Rh = mode ? R : NULL;
+        te_zero_grad(te);
+        te_loss2(te, ids, N, L, Rh, R2, dhid, dpen);
+        assert_int_equal(te_backward_states(te, mode ? dR : NULL, dR2, err, sizeof err), 0);
+        const float h = 1e-2f;
+        for (int i = 0; i < as->n; i++) {
+            Adapter *a = &as->items[i];
+            int64_t n = adapter_numel_B(a);
+            float *g = download(a->dB, n), *pv = download(a->B, n);
+            double m = 0;
+            for (int64_t j = 0; j < n; j++) m = fmax(m, fabs(g[j]));
+            /* penultimate only: the last layer's adapters get nothing */
+            if (!mode && i >= 8) assert_true(m == 0);
+            else assert_true(m > 1e-3);
+            int64_t picks[2] = {1, n - 2};
+            for (int e = 0; e < 2; e++) {
+                int64_t j = picks[e];
+                float save = pv[j], v;
+                v = save + h; be->upload(be, a->B + j, &v, sizeof v);
+                double lp = te_loss2(te, ids, N, L, Rh, R2, dhid, dpen);
+                v = save - h; be->upload(be, a->B + j, &v, sizeof v);
+                double lm = te_loss2(te, ids, N, L, Rh, R2, dhid, dpen);
+                be->upload(be, a->B + j, &save, sizeof save);
+                double fd = (lp - lm) / (2 * h);
+                if (fabs(fd - g[j]) > 2e-2 * fabs(fd) + 2e-3)
+                    fail_msg("mode %d %s B[%lld]: backward %g, finite difference %g", mode, a->name,
+                             (long long)j, g[j], fd);
+            }
+            free(g);
+            free(pv);
+        }
+    }
+    assert_int_equal(te_backward_states(te, NULL, NULL, err, sizeof err), -1);
+    te_free(te);
+    free(hp); free(R); free(R2);
+    be->free(be, dhid); be->free(be, dpen); be->free(be, dR); be->free(be, dR2);
+}
+
 static void test_adapter_fd(void **state)
 {
     (void)state;
@@ -873,6 +975,7 @@ int main(void)
         cmocka_unit_test(test_backward_fd),
         cmocka_unit_test(test_backward_fd_quick_gelu),
         cmocka_unit_test(test_adapter_fd),
+        cmocka_unit_test(test_penultimate_fd),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -644,6 +644,12 @@ static float *gof(const TextEncoder *te, const float *p) { return te->grads ? te
 
 int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t errlen)
 {
+    return te_backward_states(te, d_hidden_out, NULL, err, errlen);
+}
+
+int te_backward_states(TextEncoder *te, const float *d_hidden_out, const float *d_penultimate_out,
+                       char *err, size_t errlen)
+{
     const TextConfig *c = &te->cfg;
     Backend *be = te->be;
     if (te->train_mode == TE_TRAIN_OFF) { err_set(err, errlen, "text encoder backward: call te_set_trainable(te, 1) before the forward"); return -1; }
@@ -672,10 +678,24 @@ int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t er
     float *dv = dk + M * H, *dout = dv + M * H, *df = dout + M * H, *df1 = df + M * I;
     float *scr = scr_n ? df1 + M * I : NULL;
 
-    be->layer_norm_bwd(be, d_hidden_out, xfin, te->final_w, fmean, frstd, dx, gof(te, te->final_w),
-                       gof(te, te->final_b), M, H);
+    if (!d_hidden_out && !d_penultimate_out) {
+        be->free(be, ws);
+        err_set(err, errlen, "text encoder backward: no output gradient given");
+        return -1;
+    }
+    /* hidden_out = final_norm(the last layer's output); penultimate_out = its input */
+    int top = nl - 1;
+    if (d_hidden_out) {
+        be->layer_norm_bwd(be, d_hidden_out, xfin, te->final_w, fmean, frstd, dx, gof(te, te->final_w),
+                           gof(te, te->final_b), M, H);
+    } else {
+        be->copy(be, dx, d_penultimate_out, (size_t)M * H * sizeof(float));
+        top = nl - 2; /* nothing above the penultimate state carries gradient */
+    }
     const float scale = 1.0f / sqrtf((float)D);
-    for (int l = nl - 1; l >= 0; l--) {
+    for (int l = top; l >= 0; l--) {
+        if (d_hidden_out && d_penultimate_out && l == nl - 2)
+            be->axpy(be, 1.0f, d_penultimate_out, dx, M * H); /* dx now holds d(input of layer nl-1) */
         const TextLayer *w = &te->layers[l];
         TextActs a = slot_at(c, te->acts + per * (size_t)l, N, L);
         /* xout = xmid + fc2(gelu(fc1(ln2(xmid)))); dx holds d xout */
@@ -707,6 +727,8 @@ int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t er
         be->layer_norm_bwd(be, dh, a.xin, w->ln1_w, a.mean1, a.rstd1, dx, gof(te, w->ln1_w),
                            gof(te, w->ln1_b), M, H);
     }
+    if (d_hidden_out && d_penultimate_out && nl == 1) /* the penultimate state is the embedding sum */
+        be->axpy(be, 1.0f, d_penultimate_out, dx, M * H);
     /* x0 = tok_emb[ids] + pos_emb[0..L) */
     if (te->grads) {
         be->embedding_bwd(be, dx, te->act_ids, gof(te, te->tok_emb), M, H);

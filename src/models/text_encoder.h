@@ -129,6 +129,10 @@ const char *te_tensor_info(const TextEncoder *te, int i, int *ndim, int64_t shap
  * only read last_hidden_state). gelu and quick_gelu encoders. -1 with a reason
  * when not trainable, without a forward or on out of memory. */
 int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t errlen);
+/* The same with the gradient of penultimate_out [N, L, hidden] too (SDXL's UNet
+ * reads the penultimate states); either may be NULL, not both. */
+int te_backward_states(TextEncoder *te, const float *d_hidden_out, const float *d_penultimate_out,
+                       char *err, size_t errlen);
 /* All parameters as F32 under their HF names (atomic write). */
 int te_save_safetensors(TextEncoder *te, const char *path, char *err, size_t errlen);
 

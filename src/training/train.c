@@ -221,11 +221,6 @@ static int write_samples(Trainer *t) {
     int n = t->p.n_sample_prompts;
     if (n <= 0) return 0;
     Image grid = {0};
-    TrainState prev = t->prog.state;
-    pthread_mutex_lock(&t->mu);
-    t->prog.state = TRAIN_SAMPLING;
-    pthread_mutex_unlock(&t->mu);
-    if (t->cb.progress) t->cb.progress(t->cb.user, &t->prog);
     /* the adapted text encoder: the sample prompts (and the empty one) again */
     if (t->te_on) {
         size_t cn = (size_t)t->m->cond_floats;
@@ -234,6 +229,11 @@ static int write_samples(Trainer *t) {
                 model_encode_prompt(t->m, "", t->px, t->ctx_samples_uncond + cn * i, t->err, sizeof t->err) != 0)
                 return -1;
     }
+    TrainState prev = t->prog.state;
+    pthread_mutex_lock(&t->mu);
+    t->prog.state = TRAIN_SAMPLING;
+    pthread_mutex_unlock(&t->mu);
+    if (t->cb.progress) t->cb.progress(t->cb.user, &t->prog);
     /* the same noise every time, so the grids show what training changed */
     int rc = generate(t, t->ctx_samples, t->ctx_samples_uncond, n, t->p.seed + 7919, &grid, NULL);
     pthread_mutex_lock(&t->mu);
