@@ -53,8 +53,12 @@ struct Trainer {
     int n_ads;
     /* text_encoder_adapters: the prompts' token ids (host), re-encoded each step */
     int te_on;
-    int32_t *ids_img, *ids_class, *ids_batch; /* [n_img, L], [L], [batch, L] */
+    int idw;               /* ids per prompt: L, or 2 L for SDXL (each tokenizer's) */
+    int te2_first;         /* index in ads of the second encoder's first adapter (SDXL) */
+    int32_t *ids_img, *ids_class, *ids_batch; /* [n_img, idw], [idw], [batch, idw] */
+    int32_t *ids_b1, *ids_b2;                 /* SDXL: [batch, L] each */
     float *dctx;                              /* [batch, cond_floats] */
+    float *pen1, *pen2, *pooled, *dpen1, *dpen2; /* SDXL: [batch, L, w1|w2], [batch, P] */
 
     Rng rng;
     int step;              /* optimiser steps done */
@@ -314,6 +318,56 @@ static float lr_at(const Preset *p, int step) {
     return p->lr;
 }
 
+/* The conditioning records of n prompts (ids [n, idw] host) through the
+ * adapted encoder(s), as model_encode_prompt makes them: SD 1.5 / tiny the last
+ * hidden state; SDXL both penultimate states, the pooled output and the time ids. */
+static int te_encode(Trainer *t, const int32_t *ids, int n, float *cond, char *e, size_t elen) {
+    Model *m = t->m;
+    Backend *be = t->be;
+    int L = m->context_len;
+    if (!m->te2) return te_forward(m->te, ids, n, L, cond, NULL, NULL, e, elen);
+    int w1 = te_config(m->te)->hidden_size, w2 = te_config(m->te2)->hidden_size;
+    int P = m->added_dim - 6;
+    for (int b = 0; b < n; b++) {
+        memcpy(t->ids_b1 + (size_t)b * L, ids + (size_t)b * t->idw, sizeof(int32_t) * (size_t)L);
+        memcpy(t->ids_b2 + (size_t)b * L, ids + (size_t)b * t->idw + L, sizeof(int32_t) * (size_t)L);
+    }
+    if (te_forward(m->te, t->ids_b1, n, L, NULL, t->pen1, NULL, e, elen) != 0) return -1;
+    if (te_forward(m->te2, t->ids_b2, n, L, NULL, t->pen2, t->pooled, e, elen) != 0) return -1;
+    float ids6[6] = {(float)t->px, (float)t->px, 0.f, 0.f, (float)t->px, (float)t->px};
+    for (int b = 0; b < n; b++) {
+        float *c = cond + (int64_t)b * m->cond_floats;
+        for (int l = 0; l < L; l++) {
+            be->copy(be, c + (int64_t)l * m->ctx_dim, t->pen1 + ((int64_t)b * L + l) * w1, sizeof(float) * (size_t)w1);
+            be->copy(be, c + (int64_t)l * m->ctx_dim + w1, t->pen2 + ((int64_t)b * L + l) * w2, sizeof(float) * (size_t)w2);
+        }
+        float *added = c + (int64_t)L * m->ctx_dim;
+        be->copy(be, added, t->pooled + (int64_t)b * P, sizeof(float) * (size_t)P);
+        be->upload(be, added + P, ids6, sizeof ids6);
+    }
+    return 0;
+}
+
+/* d(records) [n, cond_floats] of the last te_encode back into the text adapters.
+ * SDXL: through the penultimate states only (the pooled output feeds the UNet's
+ * added embedding; that gradient is not taken). */
+static int te_backprop(Trainer *t, int n, char *e, size_t elen) {
+    Model *m = t->m;
+    Backend *be = t->be;
+    if (!m->te2) return te_backward(m->te, t->dctx, e, elen);
+    int L = m->context_len, w1 = te_config(m->te)->hidden_size, w2 = te_config(m->te2)->hidden_size;
+    for (int b = 0; b < n; b++) {
+        /* unet_backward_ctx's d(ctx) is [n, L, ctx_dim], without the added part */
+        const float *d = t->dctx + (int64_t)b * L * m->ctx_dim;
+        for (int l = 0; l < L; l++) {
+            be->copy(be, t->dpen1 + ((int64_t)b * L + l) * w1, d + (int64_t)l * m->ctx_dim, sizeof(float) * (size_t)w1);
+            be->copy(be, t->dpen2 + ((int64_t)b * L + l) * w2, d + (int64_t)l * m->ctx_dim + w1, sizeof(float) * (size_t)w2);
+        }
+    }
+    if (te_backward_states(m->te, NULL, t->dpen1, e, elen) != 0) return -1;
+    return te_backward_states(m->te2, NULL, t->dpen2, e, elen);
+}
+
 /* One forward/backward on a batch drawn from src (n images, each with its
  * mirror) with the conditioning ctx (per_image: one record per image, else one
  * for all); adds weight * grads; *loss = the batch loss.
@@ -321,7 +375,7 @@ static float lr_at(const Preset *p, int step) {
 static int forward_backward(Trainer *t, const float *src, int n, const float *ctx,
                             const int32_t *ids, int per_image, float weight, float *loss_out) {
     Backend *be = t->be;
-    int B = t->p.batch, L = t->m->context_len;
+    int B = t->p.batch;
     size_t cb = sizeof(float) * (size_t)t->m->cond_floats;
     for (int b = 0; b < B; b++) {
         int i = rng_int(&t->rng, n);
@@ -330,12 +384,13 @@ static int forward_backward(Trainer *t, const float *src, int n, const float *ct
         t->ht[b] = rng_int(&t->rng, t->m->sched.T);
         t->htf[b] = (float)t->ht[b];
         if (t->te_on) /* the records come from the adapted encoder below */
-            memcpy(t->ids_batch + (size_t)b * L, ids + (per_image ? (size_t)i * L : 0), sizeof(int32_t) * (size_t)L);
+            memcpy(t->ids_batch + (size_t)b * t->idw, ids + (per_image ? (size_t)i * t->idw : 0),
+                   sizeof(int32_t) * (size_t)t->idw);
         else
             be->copy(be, (char *)t->ctx_batch + cb * b, (const char *)ctx + (per_image ? cb * i : 0), cb);
     }
     char e[512];
-    if (t->te_on && te_forward(t->m->te, t->ids_batch, B, L, t->ctx_batch, NULL, NULL, e, sizeof e) != 0) {
+    if (t->te_on && te_encode(t, t->ids_batch, B, t->ctx_batch, e, sizeof e) != 0) {
         snprintf(t->err, sizeof t->err, "step %d: text encoder forward: %s", t->step + 1, e);
         return -1;
     }
@@ -358,8 +413,7 @@ static int forward_backward(Trainer *t, const float *src, int n, const float *ct
         snprintf(t->err, sizeof t->err, "step %d: UNet backward: %s", t->step + 1, unet_last_error(t->m->unet));
         return -1;
     }
-    /* SD 1.5 / tiny: the record is the last hidden state, d(record) = d(hidden) */
-    if (t->te_on && te_backward(t->m->te, t->dctx, e, sizeof e) != 0) {
+    if (t->te_on && te_backprop(t, B, e, sizeof e) != 0) {
         snprintf(t->err, sizeof t->err, "step %d: text encoder backward: %s", t->step + 1, e);
         return -1;
     }
@@ -397,8 +451,7 @@ float trainer_eval_loss(Trainer *t) {
         be->upload(be, t->tdev, &tf, sizeof(float));
         if (t->te_on) { /* the encoder as trained so far */
             char err[256];
-            if (te_forward(t->m->te, t->ids_img + (size_t)t->eval_img[e] * t->m->context_len, 1,
-                           t->m->context_len, t->ctx_batch, NULL, NULL, err, sizeof err) != 0)
+            if (te_encode(t, t->ids_img + (size_t)t->eval_img[e] * t->idw, 1, t->ctx_batch, err, sizeof err) != 0)
                 return NAN;
         } else {
             be->copy(be, t->ctx_batch, (const char *)t->ctx_img + cb * t->eval_img[e], cb);
@@ -457,7 +510,7 @@ static int save_checkpoint(Trainer *t) {
         const float *ptr[6] = {a->A, a->B, t->mA[i], t->vA[i], t->mB[i], t->vB[i]};
         int64_t nn[6] = {adapter_numel_A(a), adapter_numel_B(a), adapter_numel_A(a), adapter_numel_A(a), adapter_numel_B(a), adapter_numel_B(a)};
         for (int j = 0; rc == 0 && j < 6; j++) {
-            snprintf(name, sizeof name, "%s.%s", a->name, suffix[j]);
+            snprintf(name, sizeof name, "%s%s.%s", i >= t->te2_first ? "text_encoder_2." : "", a->name, suffix[j]);
             rc = add_device(w, t->be, name, ptr[j], nn[j]);
         }
     }
@@ -523,7 +576,7 @@ static int load_checkpoint(Trainer *t) {
         float *ptr[6] = {a->A, a->B, t->mA[i], t->vA[i], t->mB[i], t->vB[i]};
         int64_t nn[6] = {adapter_numel_A(a), adapter_numel_B(a), adapter_numel_A(a), adapter_numel_A(a), adapter_numel_B(a), adapter_numel_B(a)};
         for (int j = 0; j < 6; j++) {
-            snprintf(name, sizeof name, "%s.%s", a->name, suffix[j]);
+            snprintf(name, sizeof name, "%s%s.%s", i >= t->te2_first ? "text_encoder_2." : "", a->name, suffix[j]);
             if (load_f32(st, name, t->be, ptr[j], nn[j], path, t->err, sizeof t->err) != 0) goto done;
         }
     }
@@ -557,6 +610,23 @@ static void *dev_alloc(Trainer *t, size_t floats, int *ok) {
     void *p = t->be->alloc(t->be, sizeof(float) * (floats ? floats : 1));
     if (!p) *ok = 0;
     return p;
+}
+
+/* The token ids of a training prompt for the adapted encoder(s): [L], or for
+ * SDXL [L] of each tokenizer. SDXL's empty prompt is all zeros, not an
+ * encoding: it cannot train the text adapters. */
+static int prompt_ids(Trainer *t, const char *prompt, int32_t *out) {
+    Model *m = t->m;
+    if (m->te2 && !prompt[0]) {
+        snprintf(t->err, sizeof t->err, "text_encoder_adapters = 1 on SDXL needs non-empty prompts "
+                 "(its empty prompt is all zeros, no encoding): set instance_prompt / class_prompt");
+        return -1;
+    }
+    if (tok_encode_padded(m->tok, prompt, m->context_len, out, NULL, t->err, sizeof t->err) != 0) return -1;
+    if (m->te2 && tok_encode_padded(m->tok2, prompt, m->context_len, out + m->context_len, NULL, t->err,
+                                    sizeof t->err) != 0)
+        return -1;
+    return 0;
 }
 
 static int make_run_dir(Trainer *t) {
@@ -613,24 +683,24 @@ static int setup(Trainer *t, const char *resume_dir) {
     adapter_census_free(&census);
     /* text encoder adapters (DiffuseKronA's optional ones), trained jointly */
     t->te_on = p->text_encoder_adapters;
-    if (t->te_on && m->te2) {
-        snprintf(t->err, sizeof t->err, "text_encoder_adapters = 1 is not supported for SDXL yet "
-                 "(its UNet reads the encoders' penultimate states, which te_backward does not "
-                 "differentiate): set text_encoder_adapters = 0");
-        return -1;
-    }
+    t->idw = m->context_len * (m->te2 ? 2 : 1);
     if (t->te_on) {
         if (model_attach_text_adapters(m, &spec, p->seed + 1, t->err, sizeof t->err) != 0) return -1;
         if (te_set_trainable(m->te, TE_TRAIN_ADAPTERS, t->err, sizeof t->err) != 0) return -1;
+        if (m->te2 && te_set_trainable(m->te2, TE_TRAIN_ADAPTERS, t->err, sizeof t->err) != 0) return -1;
         t->trainable += adapter_set_param_count(te_adapters(m->te));
+        if (m->te2) t->trainable += adapter_set_param_count(te_adapters(m->te2));
     }
     {
         AdapterSet *us = unet_adapters(m->unet), *ts = t->te_on ? te_adapters(m->te) : NULL;
-        int n = us->n + (ts ? ts->n : 0);
+        AdapterSet *ts2 = t->te_on && m->te2 ? te_adapters(m->te2) : NULL;
+        int n = us->n + (ts ? ts->n : 0) + (ts2 ? ts2->n : 0);
         t->ads = calloc((size_t)n + 1, sizeof *t->ads);
         if (!t->ads) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
         for (int i = 0; i < us->n; i++) t->ads[t->n_ads++] = &us->items[i];
         for (int i = 0; ts && i < ts->n; i++) t->ads[t->n_ads++] = &ts->items[i];
+        t->te2_first = t->n_ads;
+        for (int i = 0; ts2 && i < ts2->n; i++) t->ads[t->n_ads++] = &ts2->items[i];
     }
 
     /* images */
@@ -670,11 +740,23 @@ static int setup(Trainer *t, const char *resume_dir) {
     t->vB = calloc((size_t)t->n_ads + 1, sizeof(float *));
     if (t->te_on) {
         int L = m->context_len;
-        t->ids_img = malloc(sizeof(int32_t) * (size_t)L * (size_t)t->n_img);
-        t->ids_class = malloc(sizeof(int32_t) * (size_t)L);
-        t->ids_batch = malloc(sizeof(int32_t) * (size_t)L * (size_t)B);
+        t->ids_img = malloc(sizeof(int32_t) * (size_t)t->idw * (size_t)t->n_img);
+        t->ids_class = malloc(sizeof(int32_t) * (size_t)t->idw);
+        t->ids_batch = malloc(sizeof(int32_t) * (size_t)t->idw * (size_t)B);
         t->dctx = dev_alloc(t, ctxn * (size_t)B, &ok);
         if (!t->ids_img || !t->ids_class || !t->ids_batch) ok = 0;
+        if (m->te2) {
+            size_t w1 = (size_t)te_config(m->te)->hidden_size, w2 = (size_t)te_config(m->te2)->hidden_size;
+            size_t BL = (size_t)B * (size_t)L;
+            t->ids_b1 = malloc(sizeof(int32_t) * BL);
+            t->ids_b2 = malloc(sizeof(int32_t) * BL);
+            if (!t->ids_b1 || !t->ids_b2) ok = 0;
+            t->pen1 = dev_alloc(t, BL * w1, &ok);
+            t->dpen1 = dev_alloc(t, BL * w1, &ok);
+            t->pen2 = dev_alloc(t, BL * w2, &ok);
+            t->dpen2 = dev_alloc(t, BL * w2, &ok);
+            t->pooled = dev_alloc(t, (size_t)B * (size_t)(m->added_dim - 6), &ok);
+        }
     }
     if (!t->hx0 || !t->hnoise || !t->htf || !t->ht || !t->loss_hist || !t->eval_noise || !t->mA ||
         !t->vA || !t->mB || !t->vB) ok = 0;
@@ -698,14 +780,11 @@ static int setup(Trainer *t, const char *resume_dir) {
         if (model_encode_prompt(m, has ? caption : p->instance_prompt, t->px, t->ctx_img + ctxn * (size_t)i,
                                 t->err, sizeof t->err) != 0)
             return -1;
-        if (t->te_on && tok_encode_padded(m->tok, has ? caption : p->instance_prompt, m->context_len,
-                                          t->ids_img + (size_t)i * m->context_len, NULL, t->err,
-                                          sizeof t->err) != 0)
+        if (t->te_on && prompt_ids(t, has ? caption : p->instance_prompt, t->ids_img + (size_t)i * t->idw) != 0)
             return -1;
     }
     if (model_encode_prompt(m, p->class_prompt, t->px, t->ctx_class, t->err, sizeof t->err) != 0) return -1;
-    if (t->te_on && tok_encode_padded(m->tok, p->class_prompt, m->context_len, t->ids_class, NULL,
-                                      t->err, sizeof t->err) != 0)
+    if (t->te_on && (p->prior_weight > 0 || p->class_prompt[0]) && prompt_ids(t, p->class_prompt, t->ids_class) != 0)
         return -1;
     if (model_encode_prompt(m, "", t->px, t->ctx_empty, t->err, sizeof t->err) != 0) return -1;
     for (int i = 0; i < p->n_sample_prompts; i++) {
@@ -779,10 +858,10 @@ void trainer_free(Trainer *t) {
     }
     float *dev[] = {t->ctx_img, t->ctx_class, t->ctx_empty, t->ctx_batch, t->ctx_samples,
                     t->ctx_samples_uncond, t->x0, t->noise, t->xt, t->target, t->out, t->dout,
-                    t->tdev, t->dctx};
+                    t->tdev, t->dctx, t->pen1, t->pen2, t->pooled, t->dpen1, t->dpen2};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(be, dev[i]);
     free(t->mA); free(t->vA); free(t->mB); free(t->vB); free(t->ads);
-    free(t->ids_img); free(t->ids_class); free(t->ids_batch);
+    free(t->ids_img); free(t->ids_class); free(t->ids_batch); free(t->ids_b1); free(t->ids_b2);
     free(t->hx0); free(t->hnoise); free(t->htf); free(t->ht);
     free(t->loss_hist); free(t->eval_noise); free(t->img_host); free(t->class_host);
     model_free(t->m);
