@@ -855,6 +855,12 @@ __global__ void gelu_bwd_k(const float *dy, const float *x, float *dx, int64_t n
 __global__ void quick_gelu_k(const float *x, float *y, int64_t n) {
     GSTRIDE(i, n) { float v = x[i]; y[i] = v * sigm(1.702f * v); }
 }
+__global__ void quick_gelu_bwd_k(const float *dy, const float *x, float *dx, int64_t n) {
+    GSTRIDE(i, n) {
+        float v = x[i], s = sigm(1.702f * v);
+        dx[i] += dy[i] * s * (1.f + 1.702f * v * (1.f - s));
+    }
+}
 __global__ void geglu_fwd_k(const float *x, float *y, int64_t M, int D) {
     GSTRIDE(i, M * D) {
         int64_t m = i / D, j = i % D;
@@ -911,6 +917,9 @@ static void cu_geglu_bwd(Backend *be, const float *dy, const float *x, float *dx
 }
 static void cu_quick_gelu_fwd(Backend *be, const float *x, float *y, int64_t n) {
     LAUNCH1D(CU(be), n, quick_gelu_k, x, y, n);
+}
+static void cu_quick_gelu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t n) {
+    if (dx) LAUNCH1D(CU(be), n, quick_gelu_bwd_k, dy, x, dx, n);
 }
 static void cu_embedding_fwd(Backend *be, const float *table, const int32_t *ids, float *out,
                              int64_t n, int dim) {
@@ -1504,6 +1513,7 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     be->geglu_fwd = cu_geglu_fwd;
     be->geglu_bwd = cu_geglu_bwd;
     be->quick_gelu_fwd = cu_quick_gelu_fwd;
+    be->quick_gelu_bwd = cu_quick_gelu_bwd;
     be->embedding_fwd = cu_embedding_fwd;
     be->add = cu_add;
     be->axpy = cu_axpy;

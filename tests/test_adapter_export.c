@@ -841,7 +841,8 @@ static void test_refusals(void **st) {
     Model *m = model_open("tiny", be, err, sizeof err);
     if (!m) fail_msg("%s", err);
     static const Bad bad[] = {
-        {"text encoder", {"lora_te_|0|lokr_w1|4|4"}, {"lora_te_", "text encoder"}},
+        {"text encoder", {"lora_te_|0|lokr_w1|4|4"}, {"lora_te_text_model_encoder_layers_0_mlp_fc1", "q_proj"}},
+        {"SDXL te keys", {"lora_te1_|0|lokr_w1|4|4"}, {"lora_te1_", "SDXL"}},
         {"other layer", {"lora_unet_|9|lokr_w1|4|4"}, {"resnets_0_conv1.lokr_w1", "attn-only"}},
         {"DoRA", {"lora_unet_|0|lokr_w1|4|4", "lora_unet_|0|lokr_w2|8|8", "lora_unet_|0|dora_scale|32|1"},
          {"attn1_to_q.dora_scale", "DoRA"}},
@@ -869,7 +870,8 @@ static void test_refusals(void **st) {
             int mod, rows, cols;
             assert_int_equal(sscanf(bad[b].keys[k], "%31[^|]|%d|%63[^|]|%d|%d", pre, &mod, suf, &rows, &cols), 5);
             underscore(mod == 9 ? mods9 : MOD[mod], mname, sizeof mname);
-            snprintf(key, sizeof key, "%s%s.%s", pre, !strcmp(pre, "lora_te_") ? "text_model_encoder_layers_0_self_attn_q_proj" : mname, suf);
+            snprintf(key, sizeof key, "%s%s.%s", pre, !strcmp(pre, "lora_te_") ? "text_model_encoder_layers_0_mlp_fc1"
+                     : !strcmp(pre, "lora_te1_") ? "text_model_encoder_layers_0_self_attn_q_proj" : mname, suf);
             int64_t sh[2] = {rows, cols};
             float *h = malloc(sizeof(float) * (size_t)rows * cols);
             rng_fill_uniform(&r, h, rows * cols, -1, 1);
@@ -947,6 +949,111 @@ static void test_lycoris_rule(void **st) {
             }
 }
 
+/* Text encoder adapters: kohya's lora_te_<HF path> keys with the UNet's in one
+ * file, LoKr full factors (w1 = scale * A); model_load_adapter attaches and
+ * loads both, bit for bit; a UNet-only file detaches them. */
+static void te_roundtrip(AdapterKind kind) {
+    Backend *be = backend_cpu_create();
+    char err[1024];
+    Model *m = model_open("tiny", be, err, sizeof err);
+    if (!m) fail_msg("%s", err);
+    AdapterSpec sp = {.kind = kind, .a1 = 4, .a2 = 8, .rank = 2, .alpha = kind == ADAPTER_LORA ? 4.0f : 1.0f,
+                      .modules = ADAPT_ATTN};
+    if (model_attach_adapters(m, &sp, 1, err, sizeof err)) fail_msg("%s", err);
+    if (model_attach_text_adapters(m, &sp, 2, err, sizeof err)) fail_msg("%s", err);
+    AdapterSet *sets[3] = {unet_adapters(m->unet)};
+    int ns = 1 + model_text_adapter_sets(m, sets + 1);
+    assert_int_equal(ns, 2);
+    int nt = sets[1]->n;
+    assert_int_equal(nt, 4 * te_config(m->te)->num_hidden_layers);
+    Rng r;
+    rng_seed(&r, 3);
+    for (int s = 0; s < ns; s++) /* B is zero at init: make every factor non-trivial */
+        for (int i = 0; i < sets[s]->n; i++) {
+            Adapter *a = &sets[s]->items[i];
+            int64_t na = adapter_numel_A(a), nb = adapter_numel_B(a);
+            float *h = malloc(sizeof(float) * (size_t)(na + nb));
+            rng_fill_uniform(&r, h, na + nb, -1, 1);
+            be->upload(be, a->A, h, sizeof(float) * (size_t)na);
+            be->upload(be, a->B, h + na, sizeof(float) * (size_t)nb);
+            free(h);
+        }
+    char path[256];
+    tmpname(path, sizeof path, "te");
+    if (model_save_adapter(m, path, NULL, err, sizeof err)) fail_msg("%s", err);
+    SafeTensors *st = st_open(path, err, sizeof err);
+    assert_non_null(st);
+    const char *k1 = kind == ADAPTER_KRONA ? "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lokr_w1"
+                                           : "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight";
+    const char *k2 = kind == ADAPTER_KRONA ? "lora_te_text_model_encoder_layers_1_self_attn_out_proj.lokr_w2"
+                                           : "lora_te_text_model_encoder_layers_1_self_attn_out_proj.lora_up.weight";
+    assert_non_null(st_find(st, k1));
+    assert_non_null(st_find(st, k2));
+    int n_te = 0;
+    for (int i = 0; i < st_count(st); i++)
+        if (!strncmp(st_at(st, i)->name, "lora_te_", 8)) n_te++;
+    assert_int_equal(n_te, 3 * nt);
+    char cnt[32];
+    snprintf(cnt, sizeof cnt, "%d", sets[0]->n + nt);
+    assert_string_equal(st_metadata(st, "count"), cnt);
+    st_close(st);
+    AdapterFileInfo info;
+    if (adapter_file_probe(path, &info, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(info.n_te_modules, nt);
+    assert_int_equal(info.te_prefixes, 1);
+    assert_int_equal(info.n_modules, sets[0]->n);
+
+    Model *m2 = model_open("tiny", be, err, sizeof err);
+    if (!m2) fail_msg("%s", err);
+    if (model_load_adapter(m2, path, err, sizeof err)) fail_msg("%s", err);
+    AdapterSet *sets2[3] = {unet_adapters(m2->unet)};
+    assert_int_equal(1 + model_text_adapter_sets(m2, sets2 + 1), 2);
+    for (int s = 0; s < 2; s++) {
+        assert_int_equal(sets2[s]->n, sets[s]->n);
+        for (int i = 0; i < sets[s]->n; i++) {
+            const Adapter *a = &sets[s]->items[i], *b = &sets2[s]->items[i];
+            assert_string_equal(a->name, b->name);
+            float *wa = engine_dw(be, a), *wb = engine_dw(be, b);
+            for (int64_t k = 0; k < (int64_t)a->d_out * a->d_in; k++)
+                if (fabsf(wa[k] - wb[k]) > 1e-6f * (1 + fabsf(wa[k])))
+                    fail_msg("%s: dW[%lld] %g after the round trip, %g before", a->name, (long long)k, wb[k], wa[k]);
+            free(wa);
+            free(wb);
+        }
+    }
+    /* the encoders give the same conditioning */
+    float *c1 = be->alloc(be, sizeof(float) * (size_t)m->cond_floats);
+    float *c2 = be->alloc(be, sizeof(float) * (size_t)m->cond_floats);
+    float *c0 = be->alloc(be, sizeof(float) * (size_t)m->cond_floats);
+    assert_int_equal(model_encode_prompt(m, "a photo of sks dog", 32, c1, err, sizeof err), 0);
+    assert_int_equal(model_encode_prompt(m2, "a photo of sks dog", 32, c2, err, sizeof err), 0);
+    float *h1 = malloc(sizeof(float) * (size_t)m->cond_floats), *h2 = malloc(sizeof(float) * (size_t)m->cond_floats);
+    be->download(be, h1, c1, sizeof(float) * (size_t)m->cond_floats);
+    be->download(be, h2, c2, sizeof(float) * (size_t)m->cond_floats);
+    for (int64_t k = 0; k < m->cond_floats; k++) assert_true(fabsf(h1[k] - h2[k]) <= 1e-5f * (1 + fabsf(h1[k])));
+    /* a UNet-only file detaches them: the base encoder again, which differs */
+    char p2[256];
+    tmpname(p2, sizeof p2, "unet");
+    if (adapter_set_save(unet_adapters(m->unet), p2, NULL, err, sizeof err)) fail_msg("%s", err);
+    if (model_load_adapter(m2, p2, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(model_text_adapter_sets(m2, sets2 + 1), 0);
+    assert_int_equal(model_encode_prompt(m2, "a photo of sks dog", 32, c0, err, sizeof err), 0);
+    be->download(be, h2, c0, sizeof(float) * (size_t)m->cond_floats);
+    double diff = 0;
+    for (int64_t k = 0; k < m->cond_floats; k++) diff = fmax(diff, fabs(h1[k] - h2[k]));
+    assert_true(diff > 1e-3);
+    free(h1); free(h2);
+    be->free(be, c0); be->free(be, c1); be->free(be, c2);
+    unlink(path);
+    unlink(p2);
+    model_free(m2);
+    model_free(m);
+    backend_destroy(be);
+}
+
+static void test_te_krona(void **st) { (void)st; te_roundtrip(ADAPTER_KRONA); }
+static void test_te_lora(void **st) { (void)st; te_roundtrip(ADAPTER_LORA); }
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lycoris_rule),
@@ -959,6 +1066,8 @@ int main(void) {
         cmocka_unit_test(test_lycoris_file),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_name_map),
+        cmocka_unit_test(test_te_krona),
+        cmocka_unit_test(test_te_lora),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,6 +20,8 @@
 #include "core/fsutil.h"
 #include "formats/safetensors.h"
 #include "models/model.h"
+#include "formats/preset.h"
+#include "training/train.h"
 
 static char g_dir[256];
 
@@ -265,11 +267,126 @@ static void test_sdxl_adapter_names(void **state) {
     backend_destroy(be);
 }
 
+/* text_encoder_adapters = 1 on SDXL: both encoders' adapters train through
+ * their penultimate states (lora_te1_ / lora_te2_ keys, non-zero B), a run
+ * cancelled at step 6 and resumed ends with the same file bit for bit, and
+ * model_load_adapter attaches all three sets. */
+static void sdxl_preset(Preset *p, const char *name) {
+    preset_defaults(p);
+    snprintf(p->model, sizeof p->model, "%s", g_dir);
+    p->n_images = 2;
+    snprintf(p->images[0], sizeof p->images[0], "models/demo/subject1.png");
+    snprintf(p->images[1], sizeof p->images[1], "models/demo/subject2.png");
+    snprintf(p->instance_prompt, sizeof p->instance_prompt, "a sks dog");
+    p->resolution = 16;
+    p->iterations = 8;
+    p->batch = 2; /* records and d(ctx) of more than one prompt */
+    p->sample_every = 0;
+    p->n_sample_prompts = 0;
+    p->checkpoint_every = 4;
+    p->a1 = 2;
+    p->a2 = 2;
+    p->lr = 3e-3f;
+    p->text_encoder_adapters = 1;
+    snprintf(p->device, sizeof p->device, "cpu");
+    snprintf(p->output_dir, sizeof p->output_dir, "%s", g_dir);
+    snprintf(p->run_name, sizeof p->run_name, "%s", name);
+}
+
+typedef struct Stop { Trainer *t; int at; } Stop;
+static void stop_cb(void *user, const TrainProgress *p) {
+    Stop *s = user;
+    if (p->state == TRAIN_RUNNING && p->step == s->at) trainer_cancel(s->t);
+}
+
+static float *file_floats(const char *path, int64_t *n_out, int *n_te1, int *n_te2, double *b1, double *b2) {
+    char err[256];
+    SafeTensors *st = st_open(path, err, sizeof err);
+    assert_non_null(st);
+    int64_t n = 0;
+    for (int i = 0; i < st_count(st); i++) n += st_at(st, i)->numel;
+    float *v = malloc(sizeof(float) * (size_t)n), *q = v;
+    *n_te1 = *n_te2 = 0;
+    *b1 = *b2 = 0;
+    for (int i = 0; i < st_count(st); i++) {
+        const StTensor *x = st_at(st, i);
+        st_read_f32(x, q);
+        int k = !strncmp(x->name, "lora_te1_", 9) ? 1 : !strncmp(x->name, "lora_te2_", 9) ? 2 : 0;
+        if (k == 1) (*n_te1)++;
+        if (k == 2) (*n_te2)++;
+        if (k && strstr(x->name, ".lokr_w2"))
+            for (int64_t j = 0; j < x->numel; j++) *(k == 1 ? b1 : b2) += (double)q[j] * q[j];
+        q += x->numel;
+    }
+    st_close(st);
+    *n_out = n;
+    return v;
+}
+
+static void test_sdxl_text_adapters_train(void **state) {
+    Backend *be = backend_cpu_create();
+    char err[1024], path[600];
+    Preset p;
+    sdxl_preset(&p, "te-full");
+    Trainer *t = trainer_create(&p, NULL, be, NULL, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    assert_int_equal(trainer_run(t), 0);
+    TrainProgress g = trainer_progress(t);
+    printf("SDXL with text adapters: eval loss %.5f -> %.5f\n", g.eval_loss_start, g.eval_loss);
+    assert_true(isfinite(g.eval_loss));
+    trainer_free(t);
+
+    sdxl_preset(&p, "te-killed");
+    Stop s = {0};
+    s.at = 6;
+    TrainCallbacks cb = {&s, stop_cb, NULL, NULL};
+    t = trainer_create(&p, NULL, be, &cb, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    s.t = t;
+    assert_int_equal(trainer_run(t), 1);
+    trainer_free(t);
+    char run[512];
+    snprintf(run, sizeof run, "%s/te-killed", g_dir);
+    t = trainer_create(NULL, run, be, NULL, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    assert_int_equal(trainer_progress(t).step, 6); /* the checkpoint the cancel wrote */
+    assert_int_equal(trainer_run(t), 0);
+    trainer_free(t);
+
+    int64_t na, nb;
+    int t1, t2, u1, u2;
+    double b1, b2, c1, c2;
+    snprintf(path, sizeof path, "%s/te-full/adapter.safetensors", g_dir);
+    float *a = file_floats(path, &na, &t1, &t2, &b1, &b2);
+    snprintf(path, sizeof path, "%s/te-killed/adapter.safetensors", g_dir);
+    float *b = file_floats(path, &nb, &u1, &u2, &c1, &c2);
+    printf("lora_te1_ %d tensors |B| %.3g, lora_te2_ %d tensors |B| %.3g\n", t1, sqrt(b1), t2, sqrt(b2));
+    assert_int_equal(t1, 3 * 4 * 2); /* TE1_JSON: 2 layers */
+    assert_true(t2 >= 3 * 4);
+    assert_true(b1 > 0 && b2 > 0);
+    assert_int_equal(na, nb);
+    assert_memory_equal(a, b, sizeof(float) * (size_t)na);
+    free(a);
+    free(b);
+
+    Model *m = model_open(g_dir, be, err, sizeof err);
+    if (!m) fail_msg("%s", err);
+    snprintf(path, sizeof path, "%s/te-full/adapter.safetensors", g_dir);
+    if (model_load_adapter(m, path, err, sizeof err)) fail_msg("%s", err);
+    AdapterSet *sets[2];
+    assert_int_equal(model_text_adapter_sets(m, sets), 2);
+    assert_string_equal(sets[0]->key_prefix, "lora_te1_");
+    assert_string_equal(sets[1]->key_prefix, "lora_te2_");
+    model_free(m);
+    backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sdxl_conditioning),
         cmocka_unit_test(test_missing_second_encoder),
         cmocka_unit_test(test_sdxl_adapter_names),
+        cmocka_unit_test(test_sdxl_text_adapters_train),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -543,7 +543,8 @@ static void test_pointwise(void **state) {
     unary_case(be, "silu big", be->silu_fwd, be->silu_bwd, ref_silu, 100003);
     unary_case(be, "gelu", be->gelu_fwd, be->gelu_bwd, ref_gelu, 257);
     unary_case(be, "gelu big", be->gelu_fwd, be->gelu_bwd, ref_gelu, 100003);
-    unary_case(be, "quick_gelu", be->quick_gelu_fwd, NULL, ref_quick_gelu, 257);
+    unary_case(be, "quick_gelu", be->quick_gelu_fwd, be->quick_gelu_bwd, ref_quick_gelu, 257);
+    unary_case(be, "quick_gelu big", be->quick_gelu_fwd, be->quick_gelu_bwd, ref_quick_gelu, 100003);
     /* geglu */
     Rng rng;
     rng_seed(&rng, 8);

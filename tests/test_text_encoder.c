@@ -612,12 +612,11 @@ static int find_tensor(const TextEncoder *te, const char *name, int64_t *offset,
     return -1;
 }
 
-static void test_backward_fd(void **state)
+static void backward_fd_case(TextAct act)
 {
-    (void)state;
     TextConfig c = {.vocab_size = 20, .hidden_size = 16, .intermediate_size = 32,
                     .num_hidden_layers = 2, .num_attention_heads = 2, .max_position_embeddings = 8,
-                    .hidden_act = TE_ACT_GELU, .layer_norm_eps = 1e-5f, .projection_dim = 0,
+                    .hidden_act = act, .layer_norm_eps = 1e-5f, .projection_dim = 0,
                     .eos_token_id = 19};
     char err[256];
     TextEncoder *te = te_create(&c, be, err, sizeof err);
@@ -714,18 +713,6 @@ static void test_backward_fd(void **state)
     assert_memory_equal(p2, hp, (size_t)P * sizeof *hp);
     unlink(path);
 
-    /* quick_gelu encoders refuse to train */
-    TextConfig cq = c;
-    cq.hidden_act = TE_ACT_QUICK_GELU;
-    TextEncoder *tq = te_create(&cq, be, err, sizeof err);
-    assert_non_null(tq);
-    te_init_random(tq, 1);
-    assert_int_equal(te_set_trainable(tq, 1, err, sizeof err), 0);
-    assert_int_equal(te_forward(tq, ids, N, L, dhid, NULL, NULL, err, sizeof err), 0);
-    assert_int_equal(te_backward(tq, dR, err, sizeof err), -1);
-    assert_non_null(strstr(err, "quick_gelu"));
-
-    te_free(tq);
     te_free(te2);
     te_free(te);
     free(p2);
@@ -735,6 +722,244 @@ static void test_backward_fd(void **state)
     free(hp);
     be->free(be, dhid);
     be->free(be, dR);
+}
+
+static void test_backward_fd(void **state)
+{
+    (void)state;
+    backward_fd_case(TE_ACT_GELU);
+}
+
+/* quick_gelu (SD 1.5's and SDXL's first encoder) through quick_gelu_bwd */
+static void test_backward_fd_quick_gelu(void **state)
+{
+    (void)state;
+    backward_fd_case(TE_ACT_QUICK_GELU);
+}
+
+/* Adapters on q/k/v/out_proj: gradients of sum(R * hidden) w.r.t. their
+ * factors against central differences, with a frozen base (TE_TRAIN_ADAPTERS:
+ * no base gradient block) for gelu and quick_gelu, KronA and LoRA. */
+static void adapter_fd_case(TextAct act, AdapterKind kind)
+{
+    TextConfig c = {.vocab_size = 20, .hidden_size = 16, .intermediate_size = 32,
+                    .num_hidden_layers = 2, .num_attention_heads = 2, .max_position_embeddings = 8,
+                    .hidden_act = act, .layer_norm_eps = 1e-5f, .projection_dim = 0,
+                    .eos_token_id = 19};
+    char err[256];
+    TextEncoder *te = te_create(&c, be, err, sizeof err);
+    assert_non_null(te);
+    int64_t P = te_n_params(te);
+    float *hp = malloc((size_t)P * sizeof *hp);
+    assert_non_null(hp);
+    Rng r;
+    rng_seed(&r, 9);
+    rng_fill_uniform(&r, hp, P, -0.4f, 0.4f);
+    for (int i = 0; i < te_n_tensors(te); i++) {
+        int nd;
+        int64_t sh[2], off;
+        const char *nm = te_tensor_info(te, i, &nd, sh, &off);
+        if (strstr(nm, "norm") && strstr(nm, ".weight"))
+            for (int64_t j = 0; j < sh[0]; j++) hp[off + j] += 1.0f;
+    }
+    be->upload(be, te_params(te), hp, (size_t)P * sizeof *hp);
+
+    /* a1 that does not divide 16: one line naming the layer */
+    AdapterSpec bad = {.kind = ADAPTER_KRONA, .a1 = 3, .a2 = 4, .alpha = 1, .modules = ADAPT_ATTN};
+    assert_int_equal(te_attach_adapters(te, &bad, 1, err, sizeof err), -1);
+    assert_non_null(strstr(err, "text_model.encoder.layers.0.self_attn.q_proj"));
+    assert_null(strchr(err, '\n'));
+    assert_int_equal(te_adapters(te)->n, 0);
+
+    AdapterSpec sp = {.kind = kind, .a1 = 4, .a2 = 2, .rank = 3, .alpha = kind == ADAPTER_LORA ? 3.0f : 1.5f,
+                      .modules = ADAPT_ATTN};
+    assert_int_equal(te_attach_adapters(te, &sp, 7, err, sizeof err), 0);
+    AdapterSet *as = te_adapters(te);
+    assert_int_equal(as->n, 8);
+    assert_string_equal(as->items[0].name, "text_model.encoder.layers.0.self_attn.q_proj");
+    assert_string_equal(as->items[7].name, "text_model.encoder.layers.1.self_attn.out_proj");
+    /* B starts at zero (exactly the base model); give every factor values of order one */
+    for (int i = 0; i < as->n; i++) {
+        Adapter *a = &as->items[i];
+        int64_t na = adapter_numel_A(a), nb = adapter_numel_B(a);
+        float *t = malloc((size_t)(na + nb) * sizeof *t);
+        assert_non_null(t);
+        rng_fill_uniform(&r, t, na + nb, -0.5f, 0.5f);
+        be->upload(be, a->A, t, (size_t)na * sizeof *t);
+        be->upload(be, a->B, t + na, (size_t)nb * sizeof *t);
+        free(t);
+    }
+
+    const int N = 2, L = 6, H = c.hidden_size;
+    int32_t ids[12] = {18, 4, 9, 4, 19, 19, 18, 7, 4, 12, 3, 19};
+    int64_t nh = (int64_t)N * L * H;
+    float *R = malloc((size_t)nh * sizeof *R);
+    assert_non_null(R);
+    rng_fill_uniform(&r, R, nh, -1, 1);
+    float *dhid = dev_alloc(nh), *dR = dev_alloc(nh);
+    be->upload(be, dR, R, (size_t)nh * sizeof *R);
+
+    assert_int_equal(te_set_trainable(te, TE_TRAIN_ADAPTERS, err, sizeof err), 0);
+    assert_int_equal(te_trainable(te), TE_TRAIN_ADAPTERS);
+    assert_null(te_grads(te)); /* no gradient block for the frozen base */
+    te_zero_grad(te);
+    te_loss(te, ids, N, L, R, dhid);
+    assert_int_equal(te_backward(te, dR, err, sizeof err), 0);
+
+    const float h = 1e-2f;
+    int checked = 0;
+    for (int i = 0; i < as->n; i++) {
+        Adapter *a = &as->items[i];
+        for (int f = 0; f < 2; f++) {
+            float *par = f ? a->B : a->A, *gr = f ? a->dB : a->dA;
+            int64_t n = f ? adapter_numel_B(a) : adapter_numel_A(a);
+            float *g = download(gr, n), *pv = download(par, n);
+            int64_t picks[3] = {0, n / 2, n - 1};
+            for (int e = 0; e < 3; e++) {
+                int64_t j = picks[e];
+                float save = pv[j], v;
+                v = save + h; be->upload(be, par + j, &v, sizeof v);
+                double lp = te_loss(te, ids, N, L, R, dhid);
+                v = save - h; be->upload(be, par + j, &v, sizeof v);
+                double lm = te_loss(te, ids, N, L, R, dhid);
+                be->upload(be, par + j, &save, sizeof save);
+                double fd = (lp - lm) / (2 * h);
+                if (fabs(fd - g[j]) > 2e-2 * fabs(fd) + 2e-3)
+                    fail_msg("%s %s[%lld]: backward %g, finite difference %g", a->name, f ? "B" : "A",
+                             (long long)j, g[j], fd);
+                checked++;
+            }
+            /* some gradient must be non-trivial, or the check proves nothing */
+            double m = 0;
+            for (int64_t j = 0; j < n; j++) m = fmax(m, fabs(g[j]));
+            assert_true(m > 1e-3);
+            free(g);
+            free(pv);
+        }
+    }
+    assert_int_equal(checked, 8 * 2 * 3);
+    /* detaching gives back the base output */
+    AdapterSpec none = {.kind = ADAPTER_NONE};
+    double l_ad = te_loss(te, ids, N, L, R, dhid);
+    assert_int_equal(te_attach_adapters(te, &none, 0, err, sizeof err), 0);
+    assert_int_equal(te_adapters(te)->n, 0);
+    double l_base = te_loss(te, ids, N, L, R, dhid);
+    assert_true(fabs(l_ad - l_base) > 1e-3);
+    te_free(te);
+    free(R);
+    free(hp);
+    be->free(be, dhid);
+    be->free(be, dR);
+}
+
+/* loss = sum(R * hidden) (when R) + sum(R2 * penultimate) (when R2), in double */
+static double te_loss2(TextEncoder *te, const int32_t *ids, int N, int L, const float *R,
+                       const float *R2, float *dhid, float *dpen)
+{
+    char err[256];
+    int64_t n = (int64_t)N * L * te_config(te)->hidden_size;
+    assert_int_equal(te_forward(te, ids, N, L, dhid, dpen, NULL, err, sizeof err), 0);
+    float *h = download(dhid, n), *q = download(dpen, n);
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (R ? (double)h[i] * R[i] : 0) + (R2 ? (double)q[i] * R2[i] : 0);
+    free(h);
+    free(q);
+    return s;
+}
+
+/* te_backward_states: the gradient through penultimate_out (SDXL's UNet reads
+ * it), alone and with hidden_out's, on the adapters of a 3-layer quick_gelu
+ * encoder with a frozen base. */
+static void test_penultimate_fd(void **state)
+{
+    (void)state;
+    TextConfig c = {.vocab_size = 20, .hidden_size = 16, .intermediate_size = 32,
+                    .num_hidden_layers = 3, .num_attention_heads = 2, .max_position_embeddings = 8,
+                    .hidden_act = TE_ACT_QUICK_GELU, .layer_norm_eps = 1e-5f, .projection_dim = 0,
+                    .eos_token_id = 19};
+    char err[256];
+    TextEncoder *te = te_create(&c, be, err, sizeof err);
+    assert_non_null(te);
+    int64_t P = te_n_params(te);
+    float *hp = malloc((size_t)P * sizeof *hp);
+    Rng r;
+    rng_seed(&r, 21);
+    rng_fill_uniform(&r, hp, P, -0.4f, 0.4f);
+    for (int i = 0; i < te_n_tensors(te); i++) {
+        int nd;
+        int64_t sh[2], off;
+        const char *nm = te_tensor_info(te, i, &nd, sh, &off);
+        if (strstr(nm, "norm") && strstr(nm, ".weight"))
+            for (int64_t j = 0; j < sh[0]; j++) hp[off + j] += 1.0f;
+    }
+    be->upload(be, te_params(te), hp, (size_t)P * sizeof *hp);
+    AdapterSpec sp = {.kind = ADAPTER_KRONA, .a1 = 2, .a2 = 4, .alpha = 1.0f, .modules = ADAPT_ATTN};
+    assert_int_equal(te_attach_adapters(te, &sp, 3, err, sizeof err), 0);
+    AdapterSet *as = te_adapters(te);
+    for (int i = 0; i < as->n; i++) {
+        Adapter *a = &as->items[i];
+        int64_t na = adapter_numel_A(a), nb = adapter_numel_B(a);
+        float *t = malloc((size_t)(na + nb) * sizeof *t);
+        rng_fill_uniform(&r, t, na + nb, -0.5f, 0.5f);
+        be->upload(be, a->A, t, (size_t)na * sizeof *t);
+        be->upload(be, a->B, t + na, (size_t)nb * sizeof *t);
+        free(t);
+    }
+    const int N = 2, L = 5;
+    int32_t ids[10] = {18, 4, 9, 4, 19, 7, 4, 12, 3, 19};
+    int64_t nh = (int64_t)N * L * c.hidden_size;
+    float *R = malloc((size_t)nh * sizeof *R), *R2 = malloc((size_t)nh * sizeof *R2);
+    rng_fill_uniform(&r, R, nh, -1, 1);
+    rng_fill_uniform(&r, R2, nh, -1, 1);
+    float *dhid = dev_alloc(nh), *dpen = dev_alloc(nh), *dR = dev_alloc(nh), *dR2 = dev_alloc(nh);
+    be->upload(be, dR, R, (size_t)nh * sizeof *R);
+    be->upload(be, dR2, R2, (size_t)nh * sizeof *R2);
+    assert_int_equal(te_set_trainable(te, TE_TRAIN_ADAPTERS, err, sizeof err), 0);
+    for (int mode = 0; mode < 2; mode++) { /* 0: penultimate only, 1: both */
+        const float *Rh = mode ? R : NULL;
+        te_zero_grad(te);
+        te_loss2(te, ids, N, L, Rh, R2, dhid, dpen);
+        assert_int_equal(te_backward_states(te, mode ? dR : NULL, dR2, err, sizeof err), 0);
+        const float h = 1e-2f;
+        for (int i = 0; i < as->n; i++) {
+            Adapter *a = &as->items[i];
+            int64_t n = adapter_numel_B(a);
+            float *g = download(a->dB, n), *pv = download(a->B, n);
+            double m = 0;
+            for (int64_t j = 0; j < n; j++) m = fmax(m, fabs(g[j]));
+            /* penultimate only: the last layer's adapters get nothing */
+            if (!mode && i >= 8) assert_true(m == 0);
+            else assert_true(m > 1e-3);
+            int64_t picks[2] = {1, n - 2};
+            for (int e = 0; e < 2; e++) {
+                int64_t j = picks[e];
+                float save = pv[j], v;
+                v = save + h; be->upload(be, a->B + j, &v, sizeof v);
+                double lp = te_loss2(te, ids, N, L, Rh, R2, dhid, dpen);
+                v = save - h; be->upload(be, a->B + j, &v, sizeof v);
+                double lm = te_loss2(te, ids, N, L, Rh, R2, dhid, dpen);
+                be->upload(be, a->B + j, &save, sizeof save);
+                double fd = (lp - lm) / (2 * h);
+                if (fabs(fd - g[j]) > 2e-2 * fabs(fd) + 2e-3)
+                    fail_msg("mode %d %s B[%lld]: backward %g, finite difference %g", mode, a->name,
+                             (long long)j, g[j], fd);
+            }
+            free(g);
+            free(pv);
+        }
+    }
+    assert_int_equal(te_backward_states(te, NULL, NULL, err, sizeof err), -1);
+    te_free(te);
+    free(hp); free(R); free(R2);
+    be->free(be, dhid); be->free(be, dpen); be->free(be, dR); be->free(be, dR2);
+}
+
+static void test_adapter_fd(void **state)
+{
+    (void)state;
+    adapter_fd_case(TE_ACT_GELU, ADAPTER_KRONA);
+    adapter_fd_case(TE_ACT_QUICK_GELU, ADAPTER_KRONA);
+    adapter_fd_case(TE_ACT_QUICK_GELU, ADAPTER_LORA);
 }
 
 int main(void)
@@ -748,6 +973,9 @@ int main(void)
         cmocka_unit_test(test_sd15_params),
         cmocka_unit_test(test_embedding_bwd_op),
         cmocka_unit_test(test_backward_fd),
+        cmocka_unit_test(test_backward_fd_quick_gelu),
+        cmocka_unit_test(test_adapter_fd),
+        cmocka_unit_test(test_penultimate_fd),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -112,23 +112,25 @@ static void stop_progress(void *user, const TrainProgress *p) {
     if (p->step == s->stop_at) trainer_cancel(s->t);
 }
 
-static void test_resume_is_exact(void **state) {
+static void resume_case(int te, const char *full_name, const char *killed_name) {
     Backend *be = backend_cpu_create();
     char err[512];
     Preset p;
-    base_preset(&p, "full", 12);
+    base_preset(&p, full_name, 12);
+    p.text_encoder_adapters = te;
     Trainer *t = trainer_create(&p, NULL, be, NULL, err, sizeof err);
     if (!t) fail_msg("%s", err);
     assert_int_equal(trainer_run(t), 0);
     trainer_free(t);
 
     /* stop at 7 (after the step-4 checkpoint), keeping a copy of that one */
-    base_preset(&p, "killed", 12);
+    base_preset(&p, killed_name, 12);
+    p.text_encoder_adapters = te;
     StopAt s = {0};
     s.backup_at = 5;
     s.stop_at = 7;
-    snprintf(s.ckpt, sizeof s.ckpt, "%s/killed/checkpoint.safetensors", g_root);
-    snprintf(s.backup, sizeof s.backup, "%s/killed-step4.safetensors", g_root);
+    snprintf(s.ckpt, sizeof s.ckpt, "%s/%s/checkpoint.safetensors", g_root, killed_name);
+    snprintf(s.backup, sizeof s.backup, "%s/%s-step4.safetensors", g_root, killed_name);
     TrainCallbacks cb = {&s, stop_progress, NULL, NULL};
     t = trainer_create(&p, NULL, be, &cb, err, sizeof err);
     if (!t) fail_msg("%s", err);
@@ -139,7 +141,7 @@ static void test_resume_is_exact(void **state) {
 
     /* a crash: only the step-4 checkpoint survives */
     char run[512];
-    snprintf(run, sizeof run, "%s/killed", g_root);
+    snprintf(run, sizeof run, "%s/%s", g_root, killed_name);
     size_t n;
     char *d = fs_read_all(s.backup, &n, err, sizeof err);
     assert_non_null(d);
@@ -152,7 +154,7 @@ static void test_resume_is_exact(void **state) {
     trainer_free(t);
 
     char full[512];
-    snprintf(full, sizeof full, "%s/full", g_root);
+    snprintf(full, sizeof full, "%s/%s", g_root, full_name);
     int64_t na, nb;
     float *a = read_factors(full, &na), *b = read_factors(run, &nb);
     assert_int_equal(na, nb);
@@ -163,6 +165,69 @@ static void test_resume_is_exact(void **state) {
     assert_true(mag > 0);
     free(a);
     free(b);
+    if (te) { /* the checkpoint holds the text adapters and their moments too */
+        char path[600];
+        snprintf(path, sizeof path, "%s/checkpoint.safetensors", run);
+        SafeTensors *st = st_open(path, err, sizeof err);
+        assert_non_null(st);
+        assert_non_null(st_find(st, "text_model.encoder.layers.1.self_attn.out_proj.vB"));
+        st_close(st);
+    }
+    backend_destroy(be);
+}
+
+static void test_resume_is_exact(void **state) { resume_case(0, "full", "killed"); }
+/* text_encoder_adapters = 1: the text adapters, their moments and the
+ * per-step re-encoding resume bit for bit too */
+static void test_resume_is_exact_te(void **state) { resume_case(1, "te-full", "te-killed"); }
+
+/* text_encoder_adapters = 1: the loss goes down, and the text adapters moved
+ * (their B starts at zero: it is non-zero only if gradients reached it) */
+static void test_te_adapters_train(void **state) {
+    Backend *be = backend_cpu_create();
+    Preset p;
+    base_preset(&p, "te-loss", 40);
+    p.lr = 3e-3f;
+    p.a1 = 2;
+    p.a2 = 2;
+    p.text_encoder_adapters = 1;
+    char err[512];
+    Trainer *t = trainer_create(&p, NULL, be, NULL, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    Preset p_off = p;
+    p_off.text_encoder_adapters = 0;
+    snprintf(p_off.run_name, sizeof p_off.run_name, "te-off");
+    Trainer *t_off = trainer_create(&p_off, NULL, be, NULL, err, sizeof err);
+    if (!t_off) fail_msg("%s", err);
+    TrainProgress q0 = trainer_progress(t), q_off = trainer_progress(t_off);
+    printf("trainable %lld with text adapters, %lld without\n", (long long)q0.trainable, (long long)q_off.trainable);
+    assert_true(q0.trainable > q_off.trainable);
+    trainer_free(t_off);
+    assert_int_equal(trainer_run(t), 0);
+    TrainProgress p1 = trainer_progress(t);
+    printf("eval loss %.5f -> %.5f\n", p1.eval_loss_start, p1.eval_loss);
+    assert_true(p1.eval_loss < 0.97f * p1.eval_loss_start);
+    char path[600];
+    snprintf(path, sizeof path, "%s/adapter.safetensors", trainer_run_dir(t));
+    SafeTensors *st = st_open(path, err, sizeof err);
+    assert_non_null(st);
+    int n_te = 0;
+    double mag = 0;
+    for (int i = 0; i < st_count(st); i++) {
+        const StTensor *x = st_at(st, i);
+        if (strncmp(x->name, "lora_te_text_model_encoder_layers_", 34)) continue;
+        n_te++;
+        if (!strstr(x->name, ".lokr_w2")) continue;
+        float *v = malloc(sizeof(float) * (size_t)x->numel);
+        st_read_f32(x, v);
+        for (int64_t k = 0; k < x->numel; k++) mag += (double)v[k] * v[k];
+        free(v);
+    }
+    st_close(st);
+    printf("%d text encoder tensors, |B| = %.3g\n", n_te, sqrt(mag));
+    assert_int_equal(n_te, 3 * 4 * 2); /* w1, w2, alpha x q k v out x 2 layers */
+    assert_true(mag > 0);
+    trainer_free(t);
     backend_destroy(be);
 }
 
@@ -368,6 +433,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_goes_down),
         cmocka_unit_test(test_resume_is_exact),
+        cmocka_unit_test(test_resume_is_exact_te),
+        cmocka_unit_test(test_te_adapters_train),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_thread_pause_resume),
         cmocka_unit_test(test_prior_preservation),

@@ -210,7 +210,8 @@ static void do_export(Studio *s, const char *path) {
     }
     snprintf(meta, sizeof meta, "{\"base_model\":\"%s\",\"steps\":\"%d\"}", s->p.model, s->prog.step);
     const AdapterSet *set = unet_adapters(trainer_model(s->tr)->unet);
-    if (adapter_set_save(set, path, meta, err, sizeof err) != 0) {
+    /* with text_encoder_adapters, their lora_te_ keys go in the same file */
+    if (model_save_adapter(trainer_model(s->tr), path, meta, err, sizeof err) != 0) {
         studio_log(s, 1, "export: %s", err);
         return;
     }

@@ -104,8 +104,10 @@ struct Backend {
     /* GEGLU as diffusers: x[M,2D] -> (h, g) = split last dim; y[M,D] = h * gelu(g) */
     void (*geglu_fwd)(Backend *be, const float *x, float *y, int64_t M, int D);
     void (*geglu_bwd)(Backend *be, const float *dy, const float *x, float *dx, int64_t M, int D);
-    /* CLIP's quick GELU, x * sigmoid(1.702 x) (forward only: text encoder) */
+    /* CLIP's quick GELU, x * sigmoid(1.702 x) (text encoder); bwd:
+     * dx += dy * s (1 + 1.702 x (1 - s)), s = sigmoid(1.702 x) */
     void (*quick_gelu_fwd)(Backend *be, const float *x, float *y, int64_t n);
+    void (*quick_gelu_bwd)(Backend *be, const float *dy, const float *x, float *dx, int64_t n);
     /* out[n,:] = table[ids[n],:] ; ids are device int32 */
     void (*embedding_fwd)(Backend *be, const float *table, const int32_t *ids,
                           float *out, int64_t n, int dim);
@@ -197,7 +199,7 @@ struct Backend {
  * backend_cpu.c; a plugin krona-backend-NAME.so exports
  *     const BackendDriver *krona_backend_plugin(int abi);
  * returning its driver when abi == KRONA_BACKEND_ABI (else NULL: a stale build). */
-#define KRONA_BACKEND_ABI 3 /* bump when struct Backend or BackendDriver changes */
+#define KRONA_BACKEND_ABI 4 /* bump when struct Backend or BackendDriver changes */
 
 typedef struct BackendDriver {
     const char *name;  /* what --device / `device =` names: "cpu", "cuda" */

@@ -774,7 +774,7 @@ static inline float gelu_grad1(float x) {
     return 0.5f * (1.f + erff(x * 0.70710678118654752f)) + x * 0.39894228040143268f * expf(-0.5f * x * x);
 }
 
-enum { PW_SILU, PW_SILU_B, PW_GELU, PW_GELU_B, PW_QGELU, PW_ADD, PW_AXPY, PW_SCALE, PW_GEGLU, PW_GEGLU_B,
+enum { PW_SILU, PW_SILU_B, PW_GELU, PW_GELU_B, PW_QGELU, PW_QGELU_B, PW_ADD, PW_AXPY, PW_SCALE, PW_GEGLU, PW_GEGLU_B,
        PW_CBIAS, PW_CSUM, PW_MSE_B };
 
 typedef struct {
@@ -807,6 +807,12 @@ static void pw_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
         break;
     case PW_QGELU:
         for (int64_t i = lo; i < hi; i++) y[i] = a[i] * sigmoidf(1.702f * a[i]);
+        break;
+    case PW_QGELU_B: /* a = dy, b = x: d/dx x s(kx) = s + k x s (1 - s) */
+        for (int64_t i = lo; i < hi; i++) {
+            float s = sigmoidf(1.702f * b[i]);
+            y[i] += a[i] * s * (1.f + 1.702f * b[i] * (1.f - s));
+        }
         break;
     case PW_ADD:
         for (int64_t i = lo; i < hi; i++) y[i] = a[i] + b[i];
@@ -885,6 +891,11 @@ static void cpu_geglu_bwd(Backend *be, const float *dy, const float *x, float *d
 }
 static void cpu_quick_gelu_fwd(Backend *be, const float *x, float *y, int64_t n) {
     PwJob j = {.op = PW_QGELU, .a = x, .y = y};
+    pw_run(impl_of(be), &j, n, 1);
+}
+static void cpu_quick_gelu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t n) {
+    if (!dx) return;
+    PwJob j = {.op = PW_QGELU_B, .a = dy, .b = x, .y = dx};
     pw_run(impl_of(be), &j, n, 1);
 }
 static void cpu_embedding_fwd(Backend *be, const float *table, const int32_t *ids, float *out,
@@ -1822,6 +1833,7 @@ Backend *backend_cpu_create(void) {
     be->geglu_fwd = cpu_geglu_fwd;
     be->geglu_bwd = cpu_geglu_bwd;
     be->quick_gelu_fwd = cpu_quick_gelu_fwd;
+    be->quick_gelu_bwd = cpu_quick_gelu_bwd;
     be->embedding_fwd = cpu_embedding_fwd;
     be->add = cpu_add;
     be->axpy = cpu_axpy;

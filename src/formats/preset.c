@@ -64,6 +64,8 @@ static const Key keys[] = {
     { "adapter", "lora_rank", K_INT, F(lora_rank), 0, 0, 1, 4096, 0, NULL, "rank|r|network_dim", "LoRA rank" },
     { "adapter", "lora_alpha", K_FLOAT, F(lora_alpha), 0, 0, 0, 65536, 1, NULL, "alpha|network_alpha", "LoRA scale is lora_alpha / lora_rank" },
     { "adapter", "modules", K_ENUM, F(modules), 0, 0, 0, 0, 0, "attn|attn+ffn", "target_modules|layers", "attn | attn+ffn" },
+    { "adapter", "text_encoder_adapters", K_BOOL, F(text_encoder_adapters), 0, 0, 0, 1, 0, NULL, "train_text_encoder|te_adapters",
+      "also adapt the text encoder's attention q/k/v/out_proj (SDXL: both encoders), trained with the UNet: 0 | 1" },
 
     { "train", "lr", K_FLOAT, F(lr), 0, 0, 0, 1, 1, NULL, "learning_rate|lr_rate|rate", "learning rate, (0, 1]" },
     { "train", "lr_schedule", K_ENUM, F(lr_schedule), 0, 0, 0, 0, 0, "constant|warmup", "lr_scheduler|scheduler_lr", "constant | warmup" },

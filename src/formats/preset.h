@@ -32,6 +32,7 @@ typedef struct Preset {
     int lora_rank;
     float lora_alpha;
     char modules[16];                /* "attn", "attn+ffn" */
+    int text_encoder_adapters;       /* 1: adapters on the text encoder's attention too */
     /* [train] */
     float lr;
     char lr_schedule[16];            /* "constant", "warmup" */

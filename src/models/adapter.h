@@ -56,6 +56,9 @@ typedef struct AdapterSet {
     Backend *be;
     AdapterNameMap name_map; /* export names; NULL: diffusers paths (see above) */
     void *name_map_user;     /* its first argument */
+    /* key prefix of its modules in files: NULL "lora_unet_" (the UNet); a text
+     * encoder's set: "lora_te_" (SD 1.x, tiny), "lora_te1_" / "lora_te2_" (SDXL) */
+    const char *key_prefix;
 } AdapterSet;
 
 /* Trainable parameter count for one linear, or -1 if the factors do not divide. */
@@ -113,5 +116,12 @@ void adapter_merge_into(Backend *be, const Adapter *a, float *W, float *scratch)
 int adapter_set_save(const AdapterSet *set, const char *path,
                      const char *metadata_json_extra, char *err, size_t errlen);
 int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen);
+/* The same for several sets in one file (the UNet's first, then text encoders'
+ * with their key_prefix); the metadata spec is sets[0]'s. Load: every adapter
+ * tensor of the file belongs to a layer of one of the sets. */
+int adapter_sets_save(const AdapterSet *const *sets, int nsets, const char *path,
+                      const char *metadata_json_extra, char *err, size_t errlen);
+int adapter_sets_load(AdapterSet *const *sets, int nsets, const char *path, char *err,
+                      size_t errlen);
 
 #endif

@@ -17,6 +17,12 @@
 /* LyCORIS's own wrapper (LycorisNetwork.LORA_PREFIX); our files before format 2 */
 #define PREFIX_LYCORIS "lycoris_"
 #define STEM_MAX 256
+/* kohya's text encoder prefixes: SD 1.x, SDXL's first and second encoder */
+static const char *const PREFIX_TE[3] = {"lora_te_", "lora_te1_", "lora_te2_"};
+
+static const char *set_prefix(const AdapterSet *set) {
+    return set->key_prefix ? set->key_prefix : PREFIX_UNET;
+}
 
 static const char *kname(AdapterKind k) {
     return k == ADAPTER_KRONA ? "krona" : k == ADAPTER_LORA ? "lora" : "none";
@@ -45,7 +51,7 @@ int adapter_key_stem(const AdapterSet *set, const Adapter *a, char *out, size_t 
                      size_t errlen) {
     char p[STEM_MAX];
     if (module_path(set, a, p, sizeof p, err, errlen) != 0) return -1;
-    snprintf(out, outlen, PREFIX_UNET "%s", p);
+    snprintf(out, outlen, "%s%s", set_prefix(set), p);
     return 0;
 }
 
@@ -62,9 +68,22 @@ static AdapterKind suffix_kind(int suf) {
 typedef struct Key {
     const char *rest;   /* module path after the prefix ('_' separated) */
     size_t rest_len;
-    int lycoris;        /* prefix "lycoris_" (else "lora_unet_") */
+    int lycoris;        /* prefix "lycoris_" (else "lora_unet_" or a text encoder's) */
+    int te;             /* 0 the UNet, else 1 + the index in PREFIX_TE */
+    const char *prefix; /* the key's prefix */
     int suf;
 } Key;
+
+/* a text encoder module krona-studio adapts: "..._self_attn_{q,k,v,out}_proj" */
+static int te_module_ok(const char *rest, size_t n) {
+    static const char *const ends[4] = {"_self_attn_q_proj", "_self_attn_k_proj",
+                                        "_self_attn_v_proj", "_self_attn_out_proj"};
+    for (int i = 0; i < 4; i++) {
+        size_t e = strlen(ends[i]);
+        if (n >= e && !strncmp(rest + n - e, ends[i], e)) return 1;
+    }
+    return 0;
+}
 
 /* "<prefix><module>.<suffix>": 0 and k, 1 for a key that is no adapter tensor
  * (no '.': LyCORIS's loaders skip those too), -1 with err for one krona-studio
@@ -72,20 +91,31 @@ typedef struct Key {
 static int parse_key(const char *path, const char *name, Key *k, char *err, size_t errlen) {
     const char *dot = strchr(name, '.');
     if (!dot) return 1;
-    if (!strncmp(name, PREFIX_UNET, strlen(PREFIX_UNET))) {
+    k->te = 0;
+    for (int i = 0; i < 3; i++)
+        if (!strncmp(name, PREFIX_TE[i], strlen(PREFIX_TE[i]))) k->te = i + 1;
+    if (k->te) {
         k->lycoris = 0;
+        k->prefix = PREFIX_TE[k->te - 1];
+        k->rest = name + strlen(k->prefix);
+        if (!te_module_ok(k->rest, (size_t)(dot - k->rest))) {
+            err_set(err, errlen, "%s: tensor '%s' adapts a text encoder layer krona-studio does not "
+                    "(it adapts the attention projections q_proj/k_proj/v_proj/out_proj; train "
+                    "the text encoder's attention only, or the UNet only)", path, name);
+            return -1;
+        }
+    } else if (!strncmp(name, PREFIX_UNET, strlen(PREFIX_UNET))) {
+        k->lycoris = 0;
+        k->prefix = PREFIX_UNET;
         k->rest = name + strlen(PREFIX_UNET);
     } else if (!strncmp(name, PREFIX_LYCORIS, strlen(PREFIX_LYCORIS))) {
         k->lycoris = 1;
+        k->prefix = PREFIX_UNET; /* our older files: the UNet's modules */
         k->rest = name + strlen(PREFIX_LYCORIS);
-    } else if (!strncmp(name, "lora_te", 7)) {
-        err_set(err, errlen, "%s: tensor '%s' adapts a text encoder; krona-studio adapts the UNet "
-                "only (train the adapter without the text encoder, e.g. kohya's "
-                "--network_train_unet_only)", path, name);
-        return -1;
     } else {
-        err_set(err, errlen, "%s: tensor '%s' is not a UNet adapter key (krona-studio reads "
-                PREFIX_UNET "<module>.<factor> and " PREFIX_LYCORIS "<module>.<factor>)", path, name);
+        err_set(err, errlen, "%s: tensor '%s' is not an adapter key krona-studio reads ("
+                PREFIX_UNET "<module>.<factor>, " PREFIX_LYCORIS "<module>.<factor>, "
+                "lora_te_/lora_te1_/lora_te2_<module>.<factor>)", path, name);
         return -1;
     }
     k->rest_len = (size_t)(dot - k->rest);
@@ -148,8 +178,10 @@ int adapter_file_probe(const char *path, AdapterFileInfo *info, char *err, size_
         for (int i = 0; i < st_count(st); i++) {
             Key k;
             if (parse_key(path, st_at(st, i)->name, &k, e, sizeof e) == 0 &&
-                (k.suf == SUF_W1 || k.suf == SUF_W1A || k.suf == SUF_DOWN))
-                info->n_modules++;
+                (k.suf == SUF_W1 || k.suf == SUF_W1A || k.suf == SUF_DOWN)) {
+                if (k.te) { info->n_te_modules++; info->te_prefixes |= 1 << (k.te - 1); }
+                else info->n_modules++;
+            }
         }
         rc = 0;
         goto out;
@@ -165,7 +197,7 @@ int adapter_file_probe(const char *path, AdapterFileInfo *info, char *err, size_
         if (r > 0) continue;
         char mod[STEM_MAX];
         snprintf(mod, sizeof mod, "%.*s", (int)k.rest_len, k.rest);
-        int m = (strstr(mod, "attn1_") || strstr(mod, "attn2_")) ? ADAPT_ATTN
+        int m = k.te ? -1 : (strstr(mod, "attn1_") || strstr(mod, "attn2_")) ? ADAPT_ATTN
               : strstr(mod, "ff_net_") ? ADAPT_FFN : 0;
         if (!m) {
             err_set(err, errlen, "%s: tensor '%s' adapts a layer krona-studio does not (it adapts "
@@ -173,7 +205,7 @@ int adapter_file_probe(const char *path, AdapterFileInfo *info, char *err, size_
                     "LyCORIS preset attn-only or attn-mlp)", path, name);
             goto out;
         }
-        s->modules |= m;
+        if (m > 0) s->modules |= m;
         AdapterKind kk = suffix_kind(k.suf);
         if (kk == ADAPTER_NONE) continue;
         if (s->kind != ADAPTER_NONE && kk != s->kind) {
@@ -183,7 +215,10 @@ int adapter_file_probe(const char *path, AdapterFileInfo *info, char *err, size_
             goto out;
         }
         const StTensor *t = st_at(st, i);
-        if (k.suf == SUF_W1 || k.suf == SUF_W1A || k.suf == SUF_DOWN) info->n_modules++;
+        if (k.suf == SUF_W1 || k.suf == SUF_W1A || k.suf == SUF_DOWN) {
+            if (k.te) { info->n_te_modules++; info->te_prefixes |= 1 << (k.te - 1); }
+            else info->n_modules++;
+        }
         if (s->kind != ADAPTER_NONE) continue;
         /* the first module gives the factor shape the others must share */
         if (k.suf == SUF_W1 && t->ndim == 2) {
@@ -213,6 +248,7 @@ int adapter_file_probe(const char *path, AdapterFileInfo *info, char *err, size_
                 ".lora_down.weight keys)", path);
         goto out;
     }
+    if (!s->modules) s->modules = ADAPT_ATTN; /* text encoder keys only */
     /* the scale of each layer comes with its factors (adapter_set_load) */
     s->alpha = s->kind == ADAPTER_LORA ? (float)s->rank : 1.0f;
     rc = 0;
@@ -231,20 +267,31 @@ static void py_float(double v, char *buf, size_t n) {
 
 int adapter_set_save(const AdapterSet *set, const char *path, const char *metadata_json_extra,
                      char *err, size_t errlen) {
+    return adapter_sets_save(&set, 1, path, metadata_json_extra, err, errlen);
+}
+
+int adapter_sets_save(const AdapterSet *const *sets, int nsets, const char *path,
+                      const char *metadata_json_extra, char *err, size_t errlen) {
+    const AdapterSet *set = sets[0];
     Backend *be = set->be;
+    int total = 0;
     StWriter *w = stw_create();
     if (!w) { err_set(err, errlen, "out of host memory"); return -1; }
     int rc = -1;
     float *h = NULL;
     JsonValue *extra = NULL;
     int64_t mx = 1;
-    for (int i = 0; i < set->n; i++) {
-        if (adapter_numel_A(&set->items[i]) > mx) mx = adapter_numel_A(&set->items[i]);
-        if (adapter_numel_B(&set->items[i]) > mx) mx = adapter_numel_B(&set->items[i]);
-    }
+    for (int si = 0; si < nsets; si++)
+        for (int i = 0; i < sets[si]->n; i++) {
+            if (adapter_numel_A(&sets[si]->items[i]) > mx) mx = adapter_numel_A(&sets[si]->items[i]);
+            if (adapter_numel_B(&sets[si]->items[i]) > mx) mx = adapter_numel_B(&sets[si]->items[i]);
+        }
     h = malloc((size_t)mx * sizeof *h);
     if (!h) { err_set(err, errlen, "out of host memory"); goto out; }
-    for (int i = 0; i < set->n; i++) {
+    for (int si = 0; si < nsets; si++)
+    for (int i = 0; i < sets[si]->n; i++) {
+        set = sets[si];
+        total++;
         const Adapter *a = &set->items[i];
         char stem[STEM_MAX], key[STEM_MAX + 32], e[256];
         if (adapter_key_stem(set, a, stem, sizeof stem, e, sizeof e) != 0) {
@@ -281,6 +328,7 @@ int adapter_set_save(const AdapterSet *set, const char *path, const char *metada
         err_set(err, errlen, "%s: cannot add tensor '%s'", path, key);
         goto out;
     }
+    set = sets[0];
     const AdapterSpec *sp = &set->spec;
     char num[64], num2[64], args[256];
     stw_set_metadata(w, "kind", kname(sp->kind));
@@ -289,7 +337,7 @@ int adapter_set_save(const AdapterSet *set, const char *path, const char *metada
     snprintf(num, sizeof num, "%d", sp->rank); stw_set_metadata(w, "rank", num);
     snprintf(num, sizeof num, "%.9g", (double)sp->alpha); stw_set_metadata(w, "alpha", num);
     stw_set_metadata(w, "modules", mods_name(sp->modules));
-    snprintf(num, sizeof num, "%d", set->n); stw_set_metadata(w, "count", num);
+    snprintf(num, sizeof num, "%d", total); stw_set_metadata(w, "count", num);
     snprintf(num, sizeof num, "%d", ADAPTER_FILE_FORMAT); stw_set_metadata(w, "krona_format", num);
     /* kohya's training metadata (train_network.py), as str() of its values */
     if (sp->kind == ADAPTER_KRONA) {
@@ -412,7 +460,14 @@ static void factor_read(const Factor *f, float *dst, float *tmp) {
 static int64_t factor_tmp(const Factor *f) { return f->full ? 0 : f->rank * (f->rows + f->cols); }
 
 int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen) {
-    if (set->n == 0) {
+    return adapter_sets_load(&set, 1, path, err, errlen);
+}
+
+int adapter_sets_load(AdapterSet *const *sets, int nsets, const char *path, char *err,
+                      size_t errlen) {
+    int n_all = 0;
+    for (int si = 0; si < nsets; si++) n_all += sets[si]->n;
+    if (sets[0]->n == 0 || n_all == 0) {
         err_set(err, errlen, "%s: no adapters attached to load into (attach adapters with the "
                 "file's kind, a1/a2 or rank and modules first)", path);
         return -1;
@@ -422,21 +477,29 @@ int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen
     if (!st) { err_set(err, errlen, "%s", e); return -1; }
     int rc = -1;
     float *host = NULL, *tmp = NULL;
-    Mod *mods = calloc((size_t)set->n, sizeof *mods);
-    char (*paths)[STEM_MAX] = malloc((size_t)set->n * sizeof *paths);
-    float *scales = malloc((size_t)set->n * sizeof *scales);
-    Factor *fac = calloc((size_t)set->n * 2, sizeof *fac);
-    if (!mods || !paths || !scales || !fac) { err_set(err, errlen, "out of host memory"); goto out; }
-    AdapterKind kind = set->spec.kind;
+    Mod *mods = calloc((size_t)n_all, sizeof *mods);
+    char (*paths)[STEM_MAX] = malloc((size_t)n_all * sizeof *paths);
+    float *scales = malloc((size_t)n_all * sizeof *scales);
+    Factor *fac = calloc((size_t)n_all * 2, sizeof *fac);
+    Adapter **items = malloc((size_t)n_all * sizeof *items);
+    const AdapterSet **owner = malloc((size_t)n_all * sizeof *owner);
+    Backend *be = sets[0]->be;
+    if (!mods || !paths || !scales || !fac || !items || !owner) { err_set(err, errlen, "out of host memory"); goto out; }
+    for (int si = 0, j = 0; si < nsets; si++)
+        for (int i = 0; i < sets[si]->n; i++, j++) {
+            items[j] = &sets[si]->items[i];
+            owner[j] = sets[si];
+        }
+    AdapterKind kind = sets[0]->spec.kind;
     int format = file_format(st);
     const char *mk = st_metadata(st, "kind");
     if (format > 0 && strcmp(mk, kname(kind))) {
         err_set(err, errlen, "%s: file holds %s adapters, this run uses %s", path, mk, kname(kind));
         goto out;
     }
-    for (int j = 0; j < set->n; j++)
-        if (module_path(set, &set->items[j], paths[j], sizeof paths[j], e, sizeof e) != 0) {
-            err_set(err, errlen, "%s: layer %s: %s", path, set->items[j].name, e);
+    for (int j = 0; j < n_all; j++)
+        if (module_path(owner[j], items[j], paths[j], sizeof paths[j], e, sizeof e) != 0) {
+            err_set(err, errlen, "%s: layer %s: %s", path, items[j]->name, e);
             goto out;
         }
     /* every adapter tensor of the file belongs to an attached layer */
@@ -454,9 +517,15 @@ int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen
             goto out;
         }
         int j = 0;
-        while (j < set->n && !(strlen(paths[j]) == k.rest_len && !strncmp(paths[j], k.rest, k.rest_len)))
+        while (j < n_all && !(!strcmp(set_prefix(owner[j]), k.prefix) && strlen(paths[j]) == k.rest_len &&
+                              !strncmp(paths[j], k.rest, k.rest_len)))
             j++;
-        if (j == set->n) {
+        if (j == n_all && k.te) {
+            err_set(err, errlen, "%s: tensor '%s' matches no adapted text encoder layer of this "
+                    "model (another model, or text encoder adapters are not attached)", path, t->name);
+            goto out;
+        }
+        if (j == n_all) {
             err_set(err, errlen, "%s: tensor '%s' matches no adapted layer of this model (another "
                     "model, or another module selection: krona-studio adapts attention to_q/to_k/"
                     "to_v/to_out.0, with modules = attn+ffn also ff.net.0.proj/ff.net.2)", path,
@@ -467,7 +536,7 @@ int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen
         if (mods[j].seen && mods[j].seen != seen) {
             err_set(err, errlen, "%s: tensor '%s': layer %s also has " PREFIX_UNET " / "
                     PREFIX_LYCORIS " keys; a file names each layer once", path, t->name,
-                    set->items[j].name);
+                    items[j]->name);
             goto out;
         }
         if (!mods[j].seen) n_seen++;
@@ -480,14 +549,14 @@ int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen
     }
     /* validate everything before touching the adapters */
     int64_t total = 0, mtmp = 1;
-    for (int j = 0; j < set->n; j++) total += adapter_numel_A(&set->items[j]) + adapter_numel_B(&set->items[j]);
-    for (int j = 0; j < set->n; j++) {
-        Adapter *a = &set->items[j];
+    for (int j = 0; j < n_all; j++) total += adapter_numel_A(items[j]) + adapter_numel_B(items[j]);
+    for (int j = 0; j < n_all; j++) {
+        Adapter *a = items[j];
         Mod *m = &mods[j];
         char stem[STEM_MAX + 16];
         snprintf(stem, sizeof stem, "%s%s",
-                 m->seen == 2 || (!m->seen && format == 1 && kind == ADAPTER_KRONA) ? PREFIX_LYCORIS
-                                                                                   : PREFIX_UNET,
+                 !owner[j]->key_prefix && (m->seen == 2 || (!m->seen && format == 1 && kind == ADAPTER_KRONA))
+                     ? PREFIX_LYCORIS : set_prefix(owner[j]),
                  paths[j]);
         scales[j] = a->scale;
         if (!m->seen) {
@@ -571,8 +640,8 @@ int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen
     tmp = malloc((size_t)mtmp * sizeof *tmp);
     if (!host || !tmp) { err_set(err, errlen, "out of host memory"); goto out; }
     float *p = host;
-    for (int j = 0; j < set->n; j++) {
-        Adapter *a = &set->items[j];
+    for (int j = 0; j < n_all; j++) {
+        Adapter *a = items[j];
         int64_t na = adapter_numel_A(a), nb = adapter_numel_B(a);
         if (mods[j].seen) {
             factor_read(&fac[2 * j], p, tmp);
@@ -583,11 +652,11 @@ int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen
         p += na + nb;
     }
     p = host;
-    for (int j = 0; j < set->n; j++) {
-        Adapter *a = &set->items[j];
+    for (int j = 0; j < n_all; j++) {
+        Adapter *a = items[j];
         int64_t na = adapter_numel_A(a), nb = adapter_numel_B(a);
-        if (mods[j].seen) set->be->upload(set->be, a->A, p, (size_t)na * sizeof *p);
-        set->be->upload(set->be, a->B, p + na, (size_t)nb * sizeof *p);
+        if (mods[j].seen) be->upload(be, a->A, p, (size_t)na * sizeof *p);
+        be->upload(be, a->B, p + na, (size_t)nb * sizeof *p);
         a->scale = scales[j];
         p += na + nb;
     }
@@ -599,6 +668,8 @@ out:
     free(paths);
     free(scales);
     free(fac);
+    free(items);
+    free(owner);
     st_close(st);
     return rc;
 }

@@ -18,17 +18,20 @@ typedef struct AdapterFileInfo {
                          ("lycoris_" keys, lokr_w2 = B, the scale in alpha);
                          0: another tool's (a LyCORIS LoKr or kohya LoRA file) */
     int n_modules;    /* UNet modules with factors in the file */
+    int n_te_modules; /* text encoder modules (lora_te_, lora_te1_, lora_te2_ keys) */
+    int te_prefixes;  /* which of those: 1 lora_te_, 2 lora_te1_, 4 lora_te2_ */
 } AdapterFileInfo;
 
 /* The spec a file needs attached, without loading it: our metadata, or for
  * another tool's file the factor shapes and module names of its keys (A from
  * the first lokr_w1 / lokr_w1_a x lokr_w1_b, the LoRA rank from lora_down).
  * -1 with a one-line err naming the key krona-studio cannot represent (text
- * encoder, layers other than attention / feed-forward, LoHa, DoRA, Tucker,
- * both LoKr and LoRA keys) and what to do instead. */
+ * encoder layers other than the attention projections, UNet layers other than
+ * attention / feed-forward, LoHa, DoRA, Tucker, both LoKr and LoRA keys) and
+ * what to do instead. */
 int adapter_file_probe(const char *path, AdapterFileInfo *info, char *err, size_t errlen);
 
-/* "lora_unet_" + the module's export path (set->name_map, else Adapter.name)
+/* set->key_prefix (default "lora_unet_") + the module's export path (set->name_map, else Adapter.name)
  * with '.' -> '_': what every tensor key of that module starts with. */
 int adapter_key_stem(const AdapterSet *set, const Adapter *a, char *out, size_t outlen,
                      char *err, size_t errlen);

@@ -518,6 +518,35 @@ int model_attach_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char
     return 0;
 }
 
+int model_attach_text_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char *err,
+                               size_t errlen) {
+    TextEncoder *tes[2] = {m->te, m->te2};
+    static const char *const pre[3] = {"lora_te_", "lora_te1_", "lora_te2_"};
+    for (int i = 0; i < 2; i++) {
+        if (!tes[i]) continue;
+        if (te_attach_adapters(tes[i], spec, seed + 0x7465u * (uint64_t)(i + 1), err, errlen) != 0) {
+            if (i == 1) { AdapterSpec none = {.kind = ADAPTER_NONE}; te_attach_adapters(m->te, &none, 0, NULL, 0); }
+            return -1;
+        }
+        te_adapters(tes[i])->key_prefix = m->te2 ? pre[1 + i] : pre[0];
+    }
+    return 0;
+}
+
+int model_text_adapter_sets(Model *m, AdapterSet **out) {
+    int n = 0;
+    if (m->te && te_adapters(m->te)->n) out[n++] = te_adapters(m->te);
+    if (m->te2 && te_adapters(m->te2)->n) out[n++] = te_adapters(m->te2);
+    return n;
+}
+
+int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, char *err,
+                       size_t errlen) {
+    AdapterSet *sets[3] = {unet_adapters(m->unet)};
+    int n = 1 + model_text_adapter_sets(m, sets + 1);
+    return adapter_sets_save((const AdapterSet *const *)sets, n, path, metadata_json_extra, err, errlen);
+}
+
 const char *model_base_version(const Model *m) {
     return m->te2 ? "sdxl_base_v1-0" : m->latent ? "sd_v1" : "krona_tiny";
 }
@@ -535,5 +564,26 @@ int model_load_adapter(Model *m, const char *path, char *err, size_t errlen) {
                      info.spec.rank, e);
         return -1;
     }
-    return adapter_set_load(unet_adapters(m->unet), path, err, errlen);
+    AdapterSpec none = {.kind = ADAPTER_NONE};
+    if (info.n_te_modules) {
+        if ((info.te_prefixes & 1) && m->te2) {
+            snprintf(err, errlen, "%s: its text encoder keys (lora_te_) are for SD 1.x; this SDXL "
+                     "model names its encoders lora_te1_ / lora_te2_", path);
+            return -1;
+        }
+        if ((info.te_prefixes & 6) && !m->te2) {
+            snprintf(err, errlen, "%s: its text encoder keys (lora_te1_ / lora_te2_) are for SDXL; "
+                     "this model has one encoder (lora_te_)", path);
+            return -1;
+        }
+        if (model_attach_text_adapters(m, &info.spec, 0, e, sizeof e) != 0) {
+            snprintf(err, errlen, "%s: its factors do not fit this model's text encoder: %s", path, e);
+            return -1;
+        }
+    } else {
+        model_attach_text_adapters(m, &none, 0, NULL, 0);
+    }
+    AdapterSet *sets[3] = {unet_adapters(m->unet)};
+    int n = 1 + model_text_adapter_sets(m, sets + 1);
+    return adapter_sets_load(sets, n, path, err, errlen);
 }

@@ -66,10 +66,22 @@ void model_free(Model *m);
 /* unet_attach_adapters, and the names their files use: diffusers module paths
  * (SD 1.x, tiny) or, for SDXL, the original LDM paths kohya uses (docs/adapter-format.md). */
 int model_attach_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char *err, size_t errlen);
+/* Adapters on the text encoder(s)' attention projections (te_attach_adapters),
+ * exported as kohya's lora_te_<HF path> (SD 1.x, tiny) or lora_te1_ / lora_te2_
+ * (SDXL's two encoders). kind NONE detaches. */
+int model_attach_text_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char *err,
+                               size_t errlen);
+/* The attached, non-empty text adapter sets (at most 2) into out; their count. */
+int model_text_adapter_sets(Model *m, AdapterSet **out);
+/* The UNet's adapters and any text encoder adapters in one file (adapter_sets_save). */
+int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, char *err,
+                       size_t errlen);
 /* kohya's ss_base_model_version for the model's adapters: "sd_v1", "sdxl_base_v1-0", ... */
 const char *model_base_version(const Model *m);
 
-/* Attach and load the adapters of a file written by `train` (a run's adapter, training/run_dir.h). */
+/* Attach and load the adapters of a file written by `train` (a run's adapter,
+ * training/run_dir.h); text encoder keys attach and load text encoder adapters
+ * (without them, any attached ones are detached). */
 int model_load_adapter(Model *m, const char *path, char *err, size_t errlen);
 
 /* Encode one prompt to its conditioning record cond[cond_floats] (device).

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/fsutil.h"
+#include "models/adapter.h"
 #include "formats/json.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
@@ -189,6 +190,9 @@ struct TextEncoder {
     int32_t *act_ids;
     int64_t act_ids_cap;
     int act_N, act_L, have_fwd;
+    int train_mode;   /* TE_TRAIN_* */
+    /* adapters on the attention projections: ads.items[4 l + {0 q, 1 k, 2 v, 3 out}] */
+    AdapterSet ads;
 };
 
 static void add_spec(TextEncoder *te, const char *name, float **slot, int ndim, int64_t d0,
@@ -271,6 +275,7 @@ void te_free(TextEncoder *te)
     if (!te) return;
     if (te->params) te->be->free(te->be, te->params);
     te_set_trainable(te, 0, NULL, 0);
+    adapter_set_free(&te->ads);
     free(te->layers);
     free(te->specs);
     free(te);
@@ -442,7 +447,7 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
     const int D = H / nh, nl = c->num_hidden_layers;
     const int64_t M = (int64_t)N * L;
     const float eps = c->layer_norm_eps;
-    const int keep = te->grads != NULL;
+    const int keep = te->train_mode != TE_TRAIN_OFF;
     const int nslots = keep ? nl : 1;
     size_t per = slot_floats(c, N, L), fl = per * (size_t)nslots + final_floats(c, N, L);
 
@@ -465,10 +470,17 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
         ids = be->alloc(be, (size_t)M * sizeof(int32_t));
     }
     float *hid_tmp = hidden_out ? NULL : be->alloc(be, (size_t)M * H * sizeof(float));
-    if (!ws || !ids || (!hidden_out && !hid_tmp)) {
+    int64_t scr_n = 0;
+    for (int i = 0; i < te->ads.n; i++) {
+        int64_t k = adapter_scratch_floats(&te->ads.items[i], M);
+        if (k > scr_n) scr_n = k;
+    }
+    float *scr = scr_n ? be->alloc(be, (size_t)scr_n * sizeof(float)) : NULL;
+    if (!ws || !ids || (!hidden_out && !hid_tmp) || (scr_n && !scr)) {
         if (!keep && ws) be->free(be, ws);
         if (!keep && ids) be->free(be, ids);
         if (hid_tmp) be->free(be, hid_tmp);
+        if (scr) be->free(be, scr);
         err_set(err, errlen, "text encoder: out of memory for a batch of %d x %d tokens", N, L);
         return -1;
     }
@@ -491,11 +503,18 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
         /* hidden_states[-2] is what enters the last layer */
         if (penultimate_out && l == nl - 1) be->copy(be, penultimate_out, a.xin, (size_t)M * H * sizeof(float));
         be->layer_norm_fwd(be, a.xin, w->ln1_w, w->ln1_b, a.h1, a.mean1, a.rstd1, M, H, eps);
+        const Adapter *ad = te->ads.n ? &te->ads.items[4 * l] : NULL;
         be->linear_fwd(be, a.h1, w->q_w, w->q_b, a.q, M, H, H);
         be->linear_fwd(be, a.h1, w->k_w, w->k_b, a.k, M, H, H);
         be->linear_fwd(be, a.h1, w->v_w, w->v_b, a.v, M, H, H);
+        if (ad) {
+            adapter_fwd(be, &ad[0], a.h1, a.q, M, scr);
+            adapter_fwd(be, &ad[1], a.h1, a.k, M, scr);
+            adapter_fwd(be, &ad[2], a.h1, a.v, M, scr);
+        }
         be->attention_fwd(be, a.q, a.k, a.v, a.o, a.lse, N, L, L, nh, D, scale, 1);
         be->linear_fwd(be, a.o, w->o_w, w->o_b, a.xmid, M, H, H);
+        if (ad) adapter_fwd(be, &ad[3], a.o, a.xmid, M, scr);
         be->add(be, a.xin, a.xmid, a.xmid, M * H);
         be->layer_norm_fwd(be, a.xmid, w->ln2_w, w->ln2_b, a.h2, a.mean2, a.rstd2, M, H, eps);
         be->linear_fwd(be, a.h2, w->fc1_w, w->fc1_b, a.f1, M, H, I);
@@ -523,6 +542,7 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
         be->free(be, ids);
     }
     if (hid_tmp) be->free(be, hid_tmp);
+    if (scr) be->free(be, scr);
     return 0;
 }
 
@@ -531,12 +551,21 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
 int te_set_trainable(TextEncoder *te, int trainable, char *err, size_t errlen)
 {
     Backend *be = te->be;
+    if (trainable == TE_TRAIN_ADAPTERS) { /* activations only: no base gradients */
+        if (te->grads) be->free(be, te->grads);
+        te->grads = NULL;
+        te->train_mode = TE_TRAIN_ADAPTERS;
+        te->have_fwd = 0;
+        return 0;
+    }
     if (trainable) {
+        te->train_mode = TE_TRAIN_FULL;
         if (te->grads) return 0;
         te->grads = be->alloc(be, (size_t)te->n_params * sizeof(float));
         if (!te->grads) {
             err_set(err, errlen, "out of memory: text encoder gradients need %.1f MiB on %s",
                    (double)te->n_params * 4 / (1 << 20), be->name);
+            te->train_mode = TE_TRAIN_OFF;
             return -1;
         }
         return 0;
@@ -549,10 +578,11 @@ int te_set_trainable(TextEncoder *te, int trainable, char *err, size_t errlen)
     te->acts_floats = 0;
     te->act_ids_cap = 0;
     te->act_N = te->act_L = te->have_fwd = 0;
+    te->train_mode = TE_TRAIN_OFF;
     return 0;
 }
 
-int te_trainable(const TextEncoder *te) { return te->grads != NULL; }
+int te_trainable(const TextEncoder *te) { return te->train_mode; }
 float *te_params(TextEncoder *te) { return te->params; }
 Backend *te_backend(const TextEncoder *te) { return te->be; }
 float *te_grads(TextEncoder *te) { return te->grads; }
@@ -561,7 +591,43 @@ int te_n_tensors(const TextEncoder *te) { return te->n_specs; }
 void te_zero_grad(TextEncoder *te)
 {
     if (te->grads) te->be->zero(te->be, te->grads, (size_t)te->n_params * sizeof(float));
+    for (int i = 0; i < te->ads.n; i++) {
+        Adapter *a = &te->ads.items[i];
+        te->be->zero(te->be, a->dA, (size_t)adapter_numel_A(a) * sizeof(float));
+        te->be->zero(te->be, a->dB, (size_t)adapter_numel_B(a) * sizeof(float));
+    }
 }
+
+static const char *const te_proj_names[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+
+int te_attach_adapters(TextEncoder *te, const AdapterSpec *spec, uint64_t seed, char *err, size_t errlen)
+{
+    adapter_set_free(&te->ads);
+    te->have_fwd = 0; /* saved activations belong to the old adapters */
+    te->ads.be = te->be;
+    if (!spec || spec->kind == ADAPTER_NONE) return 0;
+    const int nl = te->cfg.num_hidden_layers, H = te->cfg.hidden_size;
+    te->ads.items = calloc((size_t)nl * 4, sizeof *te->ads.items);
+    if (!te->ads.items) { err_set(err, errlen, "out of memory attaching text encoder adapters"); return -1; }
+    te->ads.spec = *spec;
+    te->ads.spec.merged = 0; /* the text encoder runs unmerged */
+    Rng r;
+    rng_seed(&r, seed);
+    for (int l = 0; l < nl; l++)
+        for (int p = 0; p < 4; p++) {
+            char name[96];
+            snprintf(name, sizeof name, "text_model.encoder.layers.%d.self_attn.%s", l, te_proj_names[p]);
+            if (adapter_init(&te->ads.items[te->ads.n], te->be, spec, name, H, H, rng_u64(&r), err, errlen)) {
+                adapter_set_free(&te->ads);
+                te->ads.be = te->be;
+                return -1;
+            }
+            te->ads.n++;
+        }
+    return 0;
+}
+
+AdapterSet *te_adapters(TextEncoder *te) { return &te->ads; }
 
 const char *te_tensor_info(const TextEncoder *te, int i, int *ndim, int64_t shape[2], int64_t *offset)
 {
@@ -574,19 +640,25 @@ const char *te_tensor_info(const TextEncoder *te, int i, int *ndim, int64_t shap
 }
 
 /* the gradient of the parameter at p (same offset in the gradient block) */
-static float *gof(const TextEncoder *te, const float *p) { return te->grads + (p - te->params); }
+static float *gof(const TextEncoder *te, const float *p) { return te->grads ? te->grads + (p - te->params) : NULL; }
 
 int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t errlen)
 {
+    return te_backward_states(te, d_hidden_out, NULL, err, errlen);
+}
+
+int te_backward_states(TextEncoder *te, const float *d_hidden_out, const float *d_penultimate_out,
+                       char *err, size_t errlen)
+{
     const TextConfig *c = &te->cfg;
     Backend *be = te->be;
-    if (!te->grads) { err_set(err, errlen, "text encoder backward: call te_set_trainable(te, 1) before the forward"); return -1; }
+    if (te->train_mode == TE_TRAIN_OFF) { err_set(err, errlen, "text encoder backward: call te_set_trainable(te, 1) before the forward"); return -1; }
     if (!te->have_fwd) { err_set(err, errlen, "text encoder backward: no forward to differentiate (run te_forward while trainable)"); return -1; }
-    if (c->hidden_act != TE_ACT_GELU) {
-        err_set(err, errlen, "text encoder backward: hidden_act quick_gelu cannot be trained (the backend has no quick_gelu backward); use gelu");
+    if (c->hidden_act == TE_ACT_QUICK_GELU && !be->quick_gelu_bwd) {
+        err_set(err, errlen, "text encoder backward: backend %s has no quick_gelu backward", be->name);
         return -1;
     }
-    if (!be->embedding_bwd) { err_set(err, errlen, "text encoder backward: backend %s has no embedding_bwd", be->name); return -1; }
+    if (te->grads && !be->embedding_bwd) { err_set(err, errlen, "text encoder backward: backend %s has no embedding_bwd", be->name); return -1; }
     const int N = te->act_N, L = te->act_L;
     const int H = c->hidden_size, I = c->intermediate_size, nh = c->num_attention_heads;
     const int D = H / nh, nl = c->num_hidden_layers;
@@ -595,22 +667,43 @@ int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t er
     float *xfin = te->acts + per * (size_t)nl, *fmean = xfin + M * H, *frstd = fmean + M;
 
     /* dx, dmid, dh, dq, dk, dv, do [M,H]; df, df1 [M,I] */
-    float *ws = be->alloc(be, ((size_t)M * H * 7 + (size_t)M * I * 2) * sizeof(float));
+    int64_t scr_n = 0;
+    for (int i = 0; i < te->ads.n; i++) {
+        int64_t k = adapter_scratch_floats(&te->ads.items[i], M);
+        if (k > scr_n) scr_n = k;
+    }
+    float *ws = be->alloc(be, ((size_t)M * H * 7 + (size_t)M * I * 2 + (size_t)scr_n) * sizeof(float));
     if (!ws) { err_set(err, errlen, "text encoder backward: out of memory for %d x %d tokens", N, L); return -1; }
     float *dx = ws, *dmid = dx + M * H, *dh = dmid + M * H, *dq = dh + M * H, *dk = dq + M * H;
     float *dv = dk + M * H, *dout = dv + M * H, *df = dout + M * H, *df1 = df + M * I;
+    float *scr = scr_n ? df1 + M * I : NULL;
 
-    be->layer_norm_bwd(be, d_hidden_out, xfin, te->final_w, fmean, frstd, dx, gof(te, te->final_w),
-                       gof(te, te->final_b), M, H);
+    if (!d_hidden_out && !d_penultimate_out) {
+        be->free(be, ws);
+        err_set(err, errlen, "text encoder backward: no output gradient given");
+        return -1;
+    }
+    /* hidden_out = final_norm(the last layer's output); penultimate_out = its input */
+    int top = nl - 1;
+    if (d_hidden_out) {
+        be->layer_norm_bwd(be, d_hidden_out, xfin, te->final_w, fmean, frstd, dx, gof(te, te->final_w),
+                           gof(te, te->final_b), M, H);
+    } else {
+        be->copy(be, dx, d_penultimate_out, (size_t)M * H * sizeof(float));
+        top = nl - 2; /* nothing above the penultimate state carries gradient */
+    }
     const float scale = 1.0f / sqrtf((float)D);
-    for (int l = nl - 1; l >= 0; l--) {
+    for (int l = top; l >= 0; l--) {
+        if (d_hidden_out && d_penultimate_out && l == nl - 2)
+            be->axpy(be, 1.0f, d_penultimate_out, dx, M * H); /* dx now holds d(input of layer nl-1) */
         const TextLayer *w = &te->layers[l];
         TextActs a = slot_at(c, te->acts + per * (size_t)l, N, L);
         /* xout = xmid + fc2(gelu(fc1(ln2(xmid)))); dx holds d xout */
         be->copy(be, dmid, dx, (size_t)M * H * sizeof(float));
         be->zero(be, df, (size_t)M * I * 2 * sizeof(float)); /* df, df1 */
         be->linear_bwd(be, dx, a.f2, w->fc2_w, df, gof(te, w->fc2_w), gof(te, w->fc2_b), M, I, H);
-        be->gelu_bwd(be, df, a.f1, df1, M * I);
+        if (c->hidden_act == TE_ACT_QUICK_GELU) be->quick_gelu_bwd(be, df, a.f1, df1, M * I);
+        else be->gelu_bwd(be, df, a.f1, df1, M * I);
         be->zero(be, dh, (size_t)M * H * sizeof(float));
         be->linear_bwd(be, df1, a.h2, w->fc1_w, dh, gof(te, w->fc1_w), gof(te, w->fc1_b), M, H, I);
         be->layer_norm_bwd(be, dh, a.xmid, w->ln2_w, a.mean2, a.rstd2, dmid, gof(te, w->ln2_w),
@@ -618,18 +711,29 @@ int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t er
         /* xmid = xin + out_proj(attn(ln1(xin))); dmid holds d xmid */
         be->copy(be, dx, dmid, (size_t)M * H * sizeof(float));
         be->zero(be, dq, (size_t)M * H * 4 * sizeof(float)); /* dq, dk, dv, dout */
+        Adapter *ad = te->ads.n ? &te->ads.items[4 * l] : NULL;
         be->linear_bwd(be, dmid, a.o, w->o_w, dout, gof(te, w->o_w), gof(te, w->o_b), M, H, H);
+        if (ad) adapter_bwd(be, &ad[3], dmid, a.o, dout, M, scr);
         be->attention_bwd(be, dout, a.q, a.k, a.v, a.o, a.lse, dq, dk, dv, N, L, L, nh, D, scale, 1);
         be->zero(be, dh, (size_t)M * H * sizeof(float));
         be->linear_bwd(be, dq, a.h1, w->q_w, dh, gof(te, w->q_w), gof(te, w->q_b), M, H, H);
         be->linear_bwd(be, dk, a.h1, w->k_w, dh, gof(te, w->k_w), gof(te, w->k_b), M, H, H);
         be->linear_bwd(be, dv, a.h1, w->v_w, dh, gof(te, w->v_w), gof(te, w->v_b), M, H, H);
+        if (ad) {
+            adapter_bwd(be, &ad[0], dq, a.h1, dh, M, scr);
+            adapter_bwd(be, &ad[1], dk, a.h1, dh, M, scr);
+            adapter_bwd(be, &ad[2], dv, a.h1, dh, M, scr);
+        }
         be->layer_norm_bwd(be, dh, a.xin, w->ln1_w, a.mean1, a.rstd1, dx, gof(te, w->ln1_w),
                            gof(te, w->ln1_b), M, H);
     }
+    if (d_hidden_out && d_penultimate_out && nl == 1) /* the penultimate state is the embedding sum */
+        be->axpy(be, 1.0f, d_penultimate_out, dx, M * H);
     /* x0 = tok_emb[ids] + pos_emb[0..L) */
-    be->embedding_bwd(be, dx, te->act_ids, gof(te, te->tok_emb), M, H);
-    for (int n = 0; n < N; n++) be->axpy(be, 1.0f, dx + (int64_t)n * L * H, gof(te, te->pos_emb), (int64_t)L * H);
+    if (te->grads) {
+        be->embedding_bwd(be, dx, te->act_ids, gof(te, te->tok_emb), M, H);
+        for (int n = 0; n < N; n++) be->axpy(be, 1.0f, dx + (int64_t)n * L * H, gof(te, te->pos_emb), (int64_t)L * H);
+    }
     be->free(be, ws);
     return 0;
 }

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "core/backend.h"
+#include "models/adapter.h"
 
 typedef enum { TE_ACT_QUICK_GELU = 0, TE_ACT_GELU = 1 } TextAct;
 
@@ -91,11 +92,27 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
                float *penultimate_out, float *pooled_out, char *err, size_t errlen);
 
 /* ---- training (the built-in tiny model is pretrained jointly with its UNet) ----
- * te_set_trainable(te, 1) allocates one gradient block shaped like the
- * parameter block (zeroed) and makes te_forward keep the activations that
- * te_backward needs; 0 frees both. -1 on out of memory. */
+ * te_set_trainable(te, TE_TRAIN_FULL (1)) allocates one gradient block shaped
+ * like the parameter block (zeroed) and makes te_forward keep the activations
+ * that te_backward needs; TE_TRAIN_ADAPTERS (2) keeps the activations only (no
+ * gradient block: the base is frozen, te_backward fills the adapter gradients
+ * and skips every base gradient); TE_TRAIN_OFF (0) frees both. -1 on out of
+ * memory. te_trainable returns the mode. */
+enum { TE_TRAIN_OFF = 0, TE_TRAIN_FULL = 1, TE_TRAIN_ADAPTERS = 2 };
 int te_set_trainable(TextEncoder *te, int trainable, char *err, size_t errlen);
 int te_trainable(const TextEncoder *te);
+
+/* Adapters (DiffuseKronA's optional text-encoder adapters) on the attention
+ * projections q_proj, k_proj, v_proj and out_proj of every layer, named by
+ * their HF module path ("text_model.encoder.layers.0.self_attn.q_proj"), in
+ * the order layer by layer, q k v out. Replaces any attached set; spec->modules
+ * and spec->merged are ignored (only attention, unmerged); kind NONE detaches.
+ * -1 with one line naming the layer when a1/a2 (or the rank) does not fit.
+ * te_forward adds them; te_backward accumulates into their dA/dB (zeroed by
+ * te_zero_grad). The set belongs to te (freed by te_free). */
+int te_attach_adapters(TextEncoder *te, const AdapterSpec *spec, uint64_t seed, char *err,
+                       size_t errlen);
+AdapterSet *te_adapters(TextEncoder *te);
 /* Every parameter in one contiguous device block of te_n_params floats, in the
  * order te_param_name lists them; the gradient block has the same layout
  * (NULL unless trainable). */
@@ -106,12 +123,16 @@ int te_n_tensors(const TextEncoder *te);
 /* HF name, shape and offset (in floats, into te_params) of tensor i. */
 const char *te_tensor_info(const TextEncoder *te, int i, int *ndim, int64_t shape[2], int64_t *offset);
 /* Backward of the last te_forward (made while trainable) for the gradient of
- * its hidden_out [N, L, hidden] (device): ACCUMULATES into te_grads. Gradients
- * through penultimate_out and pooled_out are not supported (the tiny UNet only
- * reads last_hidden_state). -1 with a reason when not trainable, without a
- * forward, for quick_gelu encoders (the backend has no quick_gelu backward) or
- * on out of memory. */
+ * its hidden_out [N, L, hidden] (device): ACCUMULATES into te_grads (when
+ * TE_TRAIN_FULL) and the attached adapters' dA/dB. Gradients through
+ * penultimate_out and pooled_out are not supported (the tiny UNet and SD 1.5
+ * only read last_hidden_state). gelu and quick_gelu encoders. -1 with a reason
+ * when not trainable, without a forward or on out of memory. */
 int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t errlen);
+/* The same with the gradient of penultimate_out [N, L, hidden] too (SDXL's UNet
+ * reads the penultimate states); either may be NULL, not both. */
+int te_backward_states(TextEncoder *te, const float *d_hidden_out, const float *d_penultimate_out,
+                       char *err, size_t errlen);
 /* All parameters as F32 under their HF names (atomic write). */
 int te_save_safetensors(TextEncoder *te, const char *path, char *err, size_t errlen);
 

@@ -48,6 +48,17 @@ struct Trainer {
     int *ht;
     /* optimiser moments, one pair per factor */
     float **mA, **vA, **mB, **vB;
+    /* every trained adapter: the UNet's, then the text encoder's */
+    Adapter **ads;
+    int n_ads;
+    /* text_encoder_adapters: the prompts' token ids (host), re-encoded each step */
+    int te_on;
+    int idw;               /* ids per prompt: L, or 2 L for SDXL (each tokenizer's) */
+    int te2_first;         /* index in ads of the second encoder's first adapter (SDXL) */
+    int32_t *ids_img, *ids_class, *ids_batch; /* [n_img, idw], [idw], [batch, idw] */
+    int32_t *ids_b1, *ids_b2;                 /* SDXL: [batch, L] each */
+    float *dctx;                              /* [batch, cond_floats] */
+    float *pen1, *pen2, *pooled, *dpen1, *dpen2; /* SDXL: [batch, L, w1|w2], [batch, P] */
 
     Rng rng;
     int step;              /* optimiser steps done */
@@ -214,6 +225,14 @@ static int write_samples(Trainer *t) {
     int n = t->p.n_sample_prompts;
     if (n <= 0) return 0;
     Image grid = {0};
+    /* the adapted text encoder: the sample prompts (and the empty one) again */
+    if (t->te_on) {
+        size_t cn = (size_t)t->m->cond_floats;
+        for (int i = 0; i < n; i++)
+            if (model_encode_prompt(t->m, t->p.sample_prompts[i], t->px, t->ctx_samples + cn * i, t->err, sizeof t->err) != 0 ||
+                model_encode_prompt(t->m, "", t->px, t->ctx_samples_uncond + cn * i, t->err, sizeof t->err) != 0)
+                return -1;
+    }
     TrainState prev = t->prog.state;
     pthread_mutex_lock(&t->mu);
     t->prog.state = TRAIN_SAMPLING;
@@ -299,12 +318,62 @@ static float lr_at(const Preset *p, int step) {
     return p->lr;
 }
 
+/* The conditioning records of n prompts (ids [n, idw] host) through the
+ * adapted encoder(s), as model_encode_prompt makes them: SD 1.5 / tiny the last
+ * hidden state; SDXL both penultimate states, the pooled output and the time ids. */
+static int te_encode(Trainer *t, const int32_t *ids, int n, float *cond, char *e, size_t elen) {
+    Model *m = t->m;
+    Backend *be = t->be;
+    int L = m->context_len;
+    if (!m->te2) return te_forward(m->te, ids, n, L, cond, NULL, NULL, e, elen);
+    int w1 = te_config(m->te)->hidden_size, w2 = te_config(m->te2)->hidden_size;
+    int P = m->added_dim - 6;
+    for (int b = 0; b < n; b++) {
+        memcpy(t->ids_b1 + (size_t)b * L, ids + (size_t)b * t->idw, sizeof(int32_t) * (size_t)L);
+        memcpy(t->ids_b2 + (size_t)b * L, ids + (size_t)b * t->idw + L, sizeof(int32_t) * (size_t)L);
+    }
+    if (te_forward(m->te, t->ids_b1, n, L, NULL, t->pen1, NULL, e, elen) != 0) return -1;
+    if (te_forward(m->te2, t->ids_b2, n, L, NULL, t->pen2, t->pooled, e, elen) != 0) return -1;
+    float ids6[6] = {(float)t->px, (float)t->px, 0.f, 0.f, (float)t->px, (float)t->px};
+    for (int b = 0; b < n; b++) {
+        float *c = cond + (int64_t)b * m->cond_floats;
+        for (int l = 0; l < L; l++) {
+            be->copy(be, c + (int64_t)l * m->ctx_dim, t->pen1 + ((int64_t)b * L + l) * w1, sizeof(float) * (size_t)w1);
+            be->copy(be, c + (int64_t)l * m->ctx_dim + w1, t->pen2 + ((int64_t)b * L + l) * w2, sizeof(float) * (size_t)w2);
+        }
+        float *added = c + (int64_t)L * m->ctx_dim;
+        be->copy(be, added, t->pooled + (int64_t)b * P, sizeof(float) * (size_t)P);
+        be->upload(be, added + P, ids6, sizeof ids6);
+    }
+    return 0;
+}
+
+/* d(records) [n, cond_floats] of the last te_encode back into the text adapters.
+ * SDXL: through the penultimate states only (the pooled output feeds the UNet's
+ * added embedding; that gradient is not taken). */
+static int te_backprop(Trainer *t, int n, char *e, size_t elen) {
+    Model *m = t->m;
+    Backend *be = t->be;
+    if (!m->te2) return te_backward(m->te, t->dctx, e, elen);
+    int L = m->context_len, w1 = te_config(m->te)->hidden_size, w2 = te_config(m->te2)->hidden_size;
+    for (int b = 0; b < n; b++) {
+        /* unet_backward_ctx's d(ctx) is [n, L, ctx_dim], without the added part */
+        const float *d = t->dctx + (int64_t)b * L * m->ctx_dim;
+        for (int l = 0; l < L; l++) {
+            be->copy(be, t->dpen1 + ((int64_t)b * L + l) * w1, d + (int64_t)l * m->ctx_dim, sizeof(float) * (size_t)w1);
+            be->copy(be, t->dpen2 + ((int64_t)b * L + l) * w2, d + (int64_t)l * m->ctx_dim + w1, sizeof(float) * (size_t)w2);
+        }
+    }
+    if (te_backward_states(m->te, NULL, t->dpen1, e, elen) != 0) return -1;
+    return te_backward_states(m->te2, NULL, t->dpen2, e, elen);
+}
+
 /* One forward/backward on a batch drawn from src (n images, each with its
  * mirror) with the conditioning ctx (per_image: one record per image, else one
  * for all); adds weight * grads; *loss = the batch loss.
  * 0, or -1 with t->err when the UNet could not run (e.g. out of memory). */
-static int forward_backward(Trainer *t, const float *src, int n, const float *ctx, int per_image,
-                            float weight, float *loss_out) {
+static int forward_backward(Trainer *t, const float *src, int n, const float *ctx,
+                            const int32_t *ids, int per_image, float weight, float *loss_out) {
     Backend *be = t->be;
     int B = t->p.batch;
     size_t cb = sizeof(float) * (size_t)t->m->cond_floats;
@@ -314,7 +383,16 @@ static int forward_backward(Trainer *t, const float *src, int n, const float *ct
         memcpy(t->hx0 + b * t->per, src + (2 * i + mirror) * t->per, sizeof(float) * (size_t)t->per);
         t->ht[b] = rng_int(&t->rng, t->m->sched.T);
         t->htf[b] = (float)t->ht[b];
-        be->copy(be, (char *)t->ctx_batch + cb * b, (const char *)ctx + (per_image ? cb * i : 0), cb);
+        if (t->te_on) /* the records come from the adapted encoder below */
+            memcpy(t->ids_batch + (size_t)b * t->idw, ids + (per_image ? (size_t)i * t->idw : 0),
+                   sizeof(int32_t) * (size_t)t->idw);
+        else
+            be->copy(be, (char *)t->ctx_batch + cb * b, (const char *)ctx + (per_image ? cb * i : 0), cb);
+    }
+    char e[512];
+    if (t->te_on && te_encode(t, t->ids_batch, B, t->ctx_batch, e, sizeof e) != 0) {
+        snprintf(t->err, sizeof t->err, "step %d: text encoder forward: %s", t->step + 1, e);
+        return -1;
     }
     rng_fill_normal(&t->rng, t->hnoise, B * t->per);
     int64_t n_all = B * t->per;
@@ -330,27 +408,30 @@ static int forward_backward(Trainer *t, const float *src, int n, const float *ct
     *loss_out = be->mse_fwd(be, t->out, t->target, n_all);
     be->zero(be, t->dout, sizeof(float) * (size_t)n_all);
     be->mse_bwd(be, t->out, t->target, t->dout, n_all, weight);
-    if (unet_backward(t->m->unet, t->dout, NULL) != 0) {
+    if (t->te_on) be->zero(be, t->dctx, cb * (size_t)B);
+    if (unet_backward_ctx(t->m->unet, t->dout, NULL, t->te_on ? t->dctx : NULL) != 0) {
         snprintf(t->err, sizeof t->err, "step %d: UNet backward: %s", t->step + 1, unet_last_error(t->m->unet));
+        return -1;
+    }
+    if (t->te_on && te_backprop(t, B, e, sizeof e) != 0) {
+        snprintf(t->err, sizeof t->err, "step %d: text encoder backward: %s", t->step + 1, e);
         return -1;
     }
     return 0;
 }
 
 static void zero_grads(Trainer *t) {
-    AdapterSet *s = unet_adapters(t->m->unet);
-    for (int i = 0; i < s->n; i++) {
-        Adapter *a = &s->items[i];
+    for (int i = 0; i < t->n_ads; i++) {
+        Adapter *a = t->ads[i];
         t->be->zero(t->be, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
         t->be->zero(t->be, a->dB, sizeof(float) * (size_t)adapter_numel_B(a));
     }
 }
 
 static void optimizer_step(Trainer *t, float lr) {
-    AdapterSet *s = unet_adapters(t->m->unet);
     int k = t->step + 1;
-    for (int i = 0; i < s->n; i++) {
-        Adapter *a = &s->items[i];
+    for (int i = 0; i < t->n_ads; i++) {
+        Adapter *a = t->ads[i];
         t->be->adamw(t->be, a->A, a->dA, t->mA[i], t->vA[i], adapter_numel_A(a), lr, 0.9f, 0.999f, 1e-8f,
                      t->p.weight_decay, k);
         t->be->adamw(t->be, a->B, a->dB, t->mB[i], t->vB[i], adapter_numel_B(a), lr, 0.9f, 0.999f, 1e-8f,
@@ -368,7 +449,13 @@ float trainer_eval_loss(Trainer *t) {
         be->upload(be, t->x0, t->hx0, sizeof(float) * (size_t)t->per);
         be->upload(be, t->noise, t->eval_noise + e * t->per, sizeof(float) * (size_t)t->per);
         be->upload(be, t->tdev, &tf, sizeof(float));
-        be->copy(be, t->ctx_batch, (const char *)t->ctx_img + cb * t->eval_img[e], cb);
+        if (t->te_on) { /* the encoder as trained so far */
+            char err[256];
+            if (te_encode(t, t->ids_img + (size_t)t->eval_img[e] * t->idw, 1, t->ctx_batch, err, sizeof err) != 0)
+                return NAN;
+        } else {
+            be->copy(be, t->ctx_batch, (const char *)t->ctx_img + cb * t->eval_img[e], cb);
+        }
         diffusion_q_sample(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->xt, 1, t->per);
         diffusion_target(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->target, 1, t->per);
         if (model_unet_forward(t->m, t->xt, t->tdev, t->ctx_batch, t->out, 1, t->H, t->W, 0) != 0)
@@ -413,18 +500,17 @@ static int device_failed(Trainer *t) {
 
 /* Everything an exact resume needs: factors, AdamW moments, RNG, step, losses. */
 static int save_checkpoint(Trainer *t) {
-    AdapterSet *s = unet_adapters(t->m->unet);
     StWriter *w = stw_create();
     if (!w) return -1;
     char name[300], val[128];
     int rc = 0;
-    for (int i = 0; rc == 0 && i < s->n; i++) {
-        Adapter *a = &s->items[i];
+    for (int i = 0; rc == 0 && i < t->n_ads; i++) {
+        Adapter *a = t->ads[i];
         const char *suffix[6] = {"A", "B", "mA", "vA", "mB", "vB"};
         const float *ptr[6] = {a->A, a->B, t->mA[i], t->vA[i], t->mB[i], t->vB[i]};
         int64_t nn[6] = {adapter_numel_A(a), adapter_numel_B(a), adapter_numel_A(a), adapter_numel_A(a), adapter_numel_B(a), adapter_numel_B(a)};
         for (int j = 0; rc == 0 && j < 6; j++) {
-            snprintf(name, sizeof name, "%s.%s", a->name, suffix[j]);
+            snprintf(name, sizeof name, "%s%s.%s", i >= t->te2_first ? "text_encoder_2." : "", a->name, suffix[j]);
             rc = add_device(w, t->be, name, ptr[j], nn[j]);
         }
     }
@@ -483,15 +569,14 @@ static int load_checkpoint(Trainer *t) {
         goto done;
     }
     if (ev) t->eval_start = strtof(ev, NULL);
-    AdapterSet *s = unet_adapters(t->m->unet);
     char name[300];
-    for (int i = 0; i < s->n; i++) {
-        Adapter *a = &s->items[i];
+    for (int i = 0; i < t->n_ads; i++) {
+        Adapter *a = t->ads[i];
         const char *suffix[6] = {"A", "B", "mA", "vA", "mB", "vB"};
         float *ptr[6] = {a->A, a->B, t->mA[i], t->vA[i], t->mB[i], t->vB[i]};
         int64_t nn[6] = {adapter_numel_A(a), adapter_numel_B(a), adapter_numel_A(a), adapter_numel_A(a), adapter_numel_B(a), adapter_numel_B(a)};
         for (int j = 0; j < 6; j++) {
-            snprintf(name, sizeof name, "%s.%s", a->name, suffix[j]);
+            snprintf(name, sizeof name, "%s%s.%s", i >= t->te2_first ? "text_encoder_2." : "", a->name, suffix[j]);
             if (load_f32(st, name, t->be, ptr[j], nn[j], path, t->err, sizeof t->err) != 0) goto done;
         }
     }
@@ -525,6 +610,23 @@ static void *dev_alloc(Trainer *t, size_t floats, int *ok) {
     void *p = t->be->alloc(t->be, sizeof(float) * (floats ? floats : 1));
     if (!p) *ok = 0;
     return p;
+}
+
+/* The token ids of a training prompt for the adapted encoder(s): [L], or for
+ * SDXL [L] of each tokenizer. SDXL's empty prompt is all zeros, not an
+ * encoding: it cannot train the text adapters. */
+static int prompt_ids(Trainer *t, const char *prompt, int32_t *out) {
+    Model *m = t->m;
+    if (m->te2 && !prompt[0]) {
+        snprintf(t->err, sizeof t->err, "text_encoder_adapters = 1 on SDXL needs non-empty prompts "
+                 "(its empty prompt is all zeros, no encoding): set instance_prompt / class_prompt");
+        return -1;
+    }
+    if (tok_encode_padded(m->tok, prompt, m->context_len, out, NULL, t->err, sizeof t->err) != 0) return -1;
+    if (m->te2 && tok_encode_padded(m->tok2, prompt, m->context_len, out + m->context_len, NULL, t->err,
+                                    sizeof t->err) != 0)
+        return -1;
+    return 0;
 }
 
 static int make_run_dir(Trainer *t) {
@@ -579,6 +681,27 @@ static int setup(Trainer *t, const char *resume_dir) {
     }
     t->trainable = census.trainable;
     adapter_census_free(&census);
+    /* text encoder adapters (DiffuseKronA's optional ones), trained jointly */
+    t->te_on = p->text_encoder_adapters;
+    t->idw = m->context_len * (m->te2 ? 2 : 1);
+    if (t->te_on) {
+        if (model_attach_text_adapters(m, &spec, p->seed + 1, t->err, sizeof t->err) != 0) return -1;
+        if (te_set_trainable(m->te, TE_TRAIN_ADAPTERS, t->err, sizeof t->err) != 0) return -1;
+        if (m->te2 && te_set_trainable(m->te2, TE_TRAIN_ADAPTERS, t->err, sizeof t->err) != 0) return -1;
+        t->trainable += adapter_set_param_count(te_adapters(m->te));
+        if (m->te2) t->trainable += adapter_set_param_count(te_adapters(m->te2));
+    }
+    {
+        AdapterSet *us = unet_adapters(m->unet), *ts = t->te_on ? te_adapters(m->te) : NULL;
+        AdapterSet *ts2 = t->te_on && m->te2 ? te_adapters(m->te2) : NULL;
+        int n = us->n + (ts ? ts->n : 0) + (ts2 ? ts2->n : 0);
+        t->ads = calloc((size_t)n + 1, sizeof *t->ads);
+        if (!t->ads) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
+        for (int i = 0; i < us->n; i++) t->ads[t->n_ads++] = &us->items[i];
+        for (int i = 0; ts && i < ts->n; i++) t->ads[t->n_ads++] = &ts->items[i];
+        t->te2_first = t->n_ads;
+        for (int i = 0; ts2 && i < ts2->n; i++) t->ads[t->n_ads++] = &ts2->items[i];
+    }
 
     /* images */
     t->n_img = p->n_images;
@@ -611,18 +734,37 @@ static int setup(Trainer *t, const char *resume_dir) {
     t->ht = malloc(sizeof(int) * (size_t)B);
     t->loss_hist = calloc((size_t)p->iterations + 1, sizeof(float));
     t->eval_noise = malloc(sizeof(float) * (size_t)(N_EVAL * t->per));
-    AdapterSet *s = unet_adapters(m->unet);
-    t->mA = calloc((size_t)s->n + 1, sizeof(float *));
-    t->vA = calloc((size_t)s->n + 1, sizeof(float *));
-    t->mB = calloc((size_t)s->n + 1, sizeof(float *));
-    t->vB = calloc((size_t)s->n + 1, sizeof(float *));
+    t->mA = calloc((size_t)t->n_ads + 1, sizeof(float *));
+    t->vA = calloc((size_t)t->n_ads + 1, sizeof(float *));
+    t->mB = calloc((size_t)t->n_ads + 1, sizeof(float *));
+    t->vB = calloc((size_t)t->n_ads + 1, sizeof(float *));
+    if (t->te_on) {
+        int L = m->context_len;
+        t->ids_img = malloc(sizeof(int32_t) * (size_t)t->idw * (size_t)t->n_img);
+        t->ids_class = malloc(sizeof(int32_t) * (size_t)t->idw);
+        t->ids_batch = malloc(sizeof(int32_t) * (size_t)t->idw * (size_t)B);
+        t->dctx = dev_alloc(t, ctxn * (size_t)B, &ok);
+        if (!t->ids_img || !t->ids_class || !t->ids_batch) ok = 0;
+        if (m->te2) {
+            size_t w1 = (size_t)te_config(m->te)->hidden_size, w2 = (size_t)te_config(m->te2)->hidden_size;
+            size_t BL = (size_t)B * (size_t)L;
+            t->ids_b1 = malloc(sizeof(int32_t) * BL);
+            t->ids_b2 = malloc(sizeof(int32_t) * BL);
+            if (!t->ids_b1 || !t->ids_b2) ok = 0;
+            t->pen1 = dev_alloc(t, BL * w1, &ok);
+            t->dpen1 = dev_alloc(t, BL * w1, &ok);
+            t->pen2 = dev_alloc(t, BL * w2, &ok);
+            t->dpen2 = dev_alloc(t, BL * w2, &ok);
+            t->pooled = dev_alloc(t, (size_t)B * (size_t)(m->added_dim - 6), &ok);
+        }
+    }
     if (!t->hx0 || !t->hnoise || !t->htf || !t->ht || !t->loss_hist || !t->eval_noise || !t->mA ||
         !t->vA || !t->mB || !t->vB) ok = 0;
-    for (int i = 0; ok && i < s->n; i++) {
-        t->mA[i] = dev_alloc(t, (size_t)adapter_numel_A(&s->items[i]), &ok);
-        t->vA[i] = dev_alloc(t, (size_t)adapter_numel_A(&s->items[i]), &ok);
-        t->mB[i] = dev_alloc(t, (size_t)adapter_numel_B(&s->items[i]), &ok);
-        t->vB[i] = dev_alloc(t, (size_t)adapter_numel_B(&s->items[i]), &ok);
+    for (int i = 0; ok && i < t->n_ads; i++) {
+        t->mA[i] = dev_alloc(t, (size_t)adapter_numel_A(t->ads[i]), &ok);
+        t->vA[i] = dev_alloc(t, (size_t)adapter_numel_A(t->ads[i]), &ok);
+        t->mB[i] = dev_alloc(t, (size_t)adapter_numel_B(t->ads[i]), &ok);
+        t->vB[i] = dev_alloc(t, (size_t)adapter_numel_B(t->ads[i]), &ok);
     }
     if (!ok) {
         snprintf(t->err, sizeof t->err, "out of memory allocating training buffers (lower batch)");
@@ -638,8 +780,12 @@ static int setup(Trainer *t, const char *resume_dir) {
         if (model_encode_prompt(m, has ? caption : p->instance_prompt, t->px, t->ctx_img + ctxn * (size_t)i,
                                 t->err, sizeof t->err) != 0)
             return -1;
+        if (t->te_on && prompt_ids(t, has ? caption : p->instance_prompt, t->ids_img + (size_t)i * t->idw) != 0)
+            return -1;
     }
     if (model_encode_prompt(m, p->class_prompt, t->px, t->ctx_class, t->err, sizeof t->err) != 0) return -1;
+    if (t->te_on && (p->prior_weight > 0 || p->class_prompt[0]) && prompt_ids(t, p->class_prompt, t->ids_class) != 0)
+        return -1;
     if (model_encode_prompt(m, "", t->px, t->ctx_empty, t->err, sizeof t->err) != 0) return -1;
     for (int i = 0; i < p->n_sample_prompts; i++) {
         if (model_encode_prompt(m, p->sample_prompts[i], t->px, t->ctx_samples + ctxn * i, t->err,
@@ -703,8 +849,7 @@ void trainer_free(Trainer *t) {
     }
     Backend *be = t->be;
     if (t->m) {
-        AdapterSet *s = unet_adapters(t->m->unet);
-        for (int i = 0; s && i < s->n && t->mA; i++) {
+        for (int i = 0; i < t->n_ads && t->mA; i++) {
             be->free(be, t->mA[i]);
             be->free(be, t->vA[i]);
             be->free(be, t->mB[i]);
@@ -713,9 +858,10 @@ void trainer_free(Trainer *t) {
     }
     float *dev[] = {t->ctx_img, t->ctx_class, t->ctx_empty, t->ctx_batch, t->ctx_samples,
                     t->ctx_samples_uncond, t->x0, t->noise, t->xt, t->target, t->out, t->dout,
-                    t->tdev};
+                    t->tdev, t->dctx, t->pen1, t->pen2, t->pooled, t->dpen1, t->dpen2};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(be, dev[i]);
-    free(t->mA); free(t->vA); free(t->mB); free(t->vB);
+    free(t->mA); free(t->vA); free(t->mB); free(t->vB); free(t->ads);
+    free(t->ids_img); free(t->ids_class); free(t->ids_batch); free(t->ids_b1); free(t->ids_b2);
     free(t->hx0); free(t->hnoise); free(t->htf); free(t->ht);
     free(t->loss_hist); free(t->eval_noise); free(t->img_host); free(t->class_host);
     model_free(t->m);
@@ -751,7 +897,7 @@ static int finish(Trainer *t) {
     json_escape(model, sizeof model, t->p.model); /* a path may hold quotes */
     snprintf(meta, sizeof meta, "{\"base_model\":%s,\"steps\":\"%d\",\"ss_base_model_version\":\"%s\"}",
              model, t->step, model_base_version(t->m));
-    if (adapter_set_save(unet_adapters(t->m->unet), path, meta, t->err, sizeof t->err) != 0) return -1;
+    if (model_save_adapter(t->m, path, meta, t->err, sizeof t->err) != 0) return -1;
     tlog(t, "adapter written to %s", path);
     return 0;
 }
@@ -784,10 +930,10 @@ int trainer_run(Trainer *t) {
         float l = 0;
         int failed = 0;
         for (int k = 0; k < p->grad_accum && !failed; k++) {
-            failed = forward_backward(t, t->img_host, t->n_img, t->ctx_img, 1, 1.0f / p->grad_accum, &l);
+            failed = forward_backward(t, t->img_host, t->n_img, t->ctx_img, t->ids_img, 1, 1.0f / p->grad_accum, &l);
             acc += l;
             if (!failed && t->n_class > 0)
-                failed = forward_backward(t, t->class_host, t->n_class, t->ctx_class, 0,
+                failed = forward_backward(t, t->class_host, t->n_class, t->ctx_class, t->ids_class, 0,
                                           p->prior_weight / p->grad_accum, &l);
         }
         loss = (float)(acc / p->grad_accum);

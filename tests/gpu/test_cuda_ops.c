@@ -134,6 +134,10 @@ static void k_geglu(Backend *be, void **p, const Case *c) {
     be->geglu_bwd(be, CF(2), CF(0), F(3), c->i[0], (int)c->i[1]);
 }
 static void k_quick_gelu(Backend *be, void **p, const Case *c) { be->quick_gelu_fwd(be, CF(0), F(1), c->i[0]); }
+static void k_quick_gelu_fb(Backend *be, void **p, const Case *c) {
+    be->quick_gelu_fwd(be, CF(0), F(1), c->i[0]);
+    be->quick_gelu_bwd(be, CF(2), CF(0), F(3), c->i[0]);
+}
 static void k_silu_inplace(Backend *be, void **p, const Case *c) { be->silu_fwd(be, F(0), F(0), c->i[0]); }
 static void k_embedding(Backend *be, void **p, const Case *c) {
     be->embedding_fwd(be, CF(0), (const int32_t *)p[1], F(2), c->i[0], (int)c->i[1]);
@@ -377,6 +381,8 @@ static void build_cases(void) {
     ARG(c, "dx", ACC, 4096LL * 2560); c->i[0] = 4096; c->i[1] = 1280;
     c = add_case("quick_gelu n=154*3072", k_quick_gelu, T_PW, T_PW, 0);
     arg(c, "x", IN, 154LL * 3072, -6, 6); ARG(c, "y", OUT, 154LL * 3072); c->i[0] = 154LL * 3072;
+    c = add_case("quick_gelu fwd+bwd n=2^20+3", k_quick_gelu_fb, T_PW, T_PW, 0);
+    arg(c, "x", IN, n, -6, 6); ARG(c, "y", OUT, n); ARG(c, "dy", IN, n); ARG(c, "dx", ACC, n); c->i[0] = n;
     c = add_case("embedding 154 ids of 49408x768", k_embedding, 0, 0, 0);
     ARG(c, "table", IN, 49408LL * 768); arg(c, "ids", IDS, 154, 0, 49408); ARG(c, "out", OUT, 154LL * 768);
     c->i[0] = 154; c->i[1] = 768;
