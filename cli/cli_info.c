@@ -10,8 +10,57 @@
 #include "core/fsutil.h"
 #include "models/adapter_census.h"
 #include "models/checkpoint.h"
+#include "models/text_encoder.h"
 #include "models/unet.h"
 
+
+/* --text-encoder: the adapters text_encoder_adapters = 1 adds, per encoder. The
+ * encoders of a built-in or a checkpoint are its kind's; a folder's are its configs. */
+static int print_text_census(const char *model, const UNetConfig *cfg, const AdapterSpec *spec, int print) {
+    TextConfig tc[2];
+    const char *label[2] = {"text encoder", "text encoder 2"};
+    int n = 0;
+    char err[512], path[4200];
+    if (!strcmp(cfg->name, "tiny")) n = te_config_builtin(&tc[0], "tiny-text", err, sizeof err) == 0;
+    else if (!strcmp(cfg->name, "sd15")) n = te_config_builtin(&tc[0], "clip-vit-l", err, sizeof err) == 0;
+    else if (!strcmp(cfg->name, "sdxl"))
+        n = (te_config_builtin(&tc[0], "clip-vit-l", err, sizeof err) == 0) +
+            (te_config_builtin(&tc[1], "openclip-vit-bigg", err, sizeof err) == 0);
+    else if (fs_is_dir(model)) {
+        const char *sub[2] = {"text_encoder", "text_encoder_2"};
+        for (int i = 0; i < 2; i++) {
+            snprintf(path, sizeof path, "%s/%s/config.json", model, sub[i]);
+            if (!fs_exists(path)) break;
+            if (te_config_load(&tc[i], path, err, sizeof err) != 0) {
+                fprintf(stderr, "krona-studio info: %s\n", err);
+                return 2;
+            }
+            n++;
+        }
+    }
+    if (!n) {
+        fprintf(stderr, "krona-studio info: --text-encoder: no text encoder known for %s\n", model);
+        return 2;
+    }
+    int64_t total = 0;
+    if (print) printf("\n");
+    for (int i = 0; i < n; i++) {
+        int64_t t = adapter_census_text(&tc[i], spec, err, sizeof err);
+        if (t < 0) {
+            fprintf(stderr, "krona-studio info: %s: %s\n", label[i], err);
+            return 2;
+        }
+        char b[32];
+        fmt_thousands(t, b, sizeof b);
+        if (print) printf("%-16s %6d %-22s %31s\n", label[i], 4 * tc[i].num_hidden_layers, "attention q/k/v/out", b);
+        total += t;
+    }
+    if (!print) return 0;
+    char b[32];
+    fmt_thousands(total, b, sizeof b);
+    printf("text encoder adapters:  %s trainable (text_encoder_adapters = 1)\n", b);
+    return 0;
+}
 
 int cmd_info(int argc, char **argv) {
     const char *model = "tiny", *modules = "attn";
@@ -19,13 +68,14 @@ int cmd_info(int argc, char **argv) {
     spec.kind = ADAPTER_KRONA;
     spec.a1 = 4;
     spec.a2 = 4;
-    int all = 0;
+    int all = 0, text = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int *iv = NULL;
         if (!strcmp(a, "--model") && v) { model = v; i++; continue; }
         if (!strcmp(a, "--modules") && v) { modules = v; i++; continue; }
         if (!strcmp(a, "--all")) { all = 1; continue; }
+        if (!strcmp(a, "--text-encoder")) { text = 1; continue; }
         if (!strcmp(a, "--a1")) iv = &spec.a1;
         else if (!strcmp(a, "--a2")) iv = &spec.a2;
         else if (!strcmp(a, "--lora-rank")) { iv = &spec.rank; spec.kind = ADAPTER_LORA; }
@@ -85,6 +135,11 @@ int cmd_info(int argc, char **argv) {
         return 2;
     }
 
+    /* the text encoders checked too before anything is printed */
+    if (text && print_text_census(model, &cfg, &spec, 0) != 0) {
+        adapter_census_free(&c);
+        return 2;
+    }
     char b1[32], b2[32], b3[32];
     if (all) {
         printf("%-72s %11s %14s %12s\n", "layer", "d_out x d_in", "base", "trainable");
@@ -118,6 +173,7 @@ int cmd_info(int argc, char **argv) {
     printf("\nbase UNet parameters:  %s\n", b3);
     printf("trainable parameters:  %s  (%.4f%% of the UNet)\n", b2,
            100.0 * (double)c.trainable / (double)c.base);
+    int rc = text ? print_text_census(model, &cfg, &spec, 1) : 0;
     adapter_census_free(&c);
-    return 0;
+    return rc;
 }

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "models/adapter.h"
+#include "models/text_encoder.h"
 #include "models/unet.h"
 
 enum { ADAPTER_CENSUS_MAX_GROUPS = 16,   /* projections beyond it count in the totals only */
@@ -63,6 +64,12 @@ int adapter_census(const UNetConfig *cfg, const AdapterSpec *spec, AdapterCensus
 int adapter_census_table(const UNetParam *params, int n_params, const UNetLinear *linears,
                          int n_linears, const AdapterSpec *spec, AdapterCensus *c);
 void adapter_census_free(AdapterCensus *c);
+
+/* Text-encoder adapters (preset text_encoder_adapters = 1): the attention
+ * projections q, k, v, out of every layer, each hidden x hidden
+ * (te_attach_adapters). Their trainable parameters, or -1 with a one-line err
+ * naming the first layer the spec does not fit. */
+int64_t adapter_census_text(const TextConfig *tc, const AdapterSpec *spec, char *err, size_t errlen);
 
 /* When c->fault is ADAPTER_BAD_A1 or _A2: the values 1..ADAPTER_CENSUS_MAX_VALUE
  * of that factor that divide every adapted layer (d_out for a1, d_in for a2),

@@ -39,6 +39,13 @@ want=$(awk 'BEGIN { t=0; split("320 640 1280", C); split("5 5 6", N);
   for (i=1;i<=3;i++) t += N[i] * 4 * (6*2*C[i] + 2*(C[i]+768)); print t }')
 [ "$lora" = "$want" ] && ok "sd15 LoRA r=4 = $want" || bad "sd15 LoRA: got $lora want $want"
 
+# text-encoder adapters: CLIP-L's 12 layers x 4 projections of 768x768
+want=$(awk 'BEGIN { printf "%d\n", 48 * (4*4 + (768/4)*(768/4)) }')
+got=$($bin info --model sd15 --a1 4 --a2 4 --text-encoder | sed -n 's/^text encoder adapters: *\([0-9,]*\).*/\1/p' | tr -d ,)
+[ "$got" = "$want" ] && ok "info --text-encoder: sd15 KronA(4,4) = $want" || bad "info --text-encoder: got $got want $want"
+$bin info --model sd15 --a1 5 --a2 4 --text-encoder >"$tmp/o" 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && [ ! -s "$tmp/o" ] && grep -q "text encoder: a1=5 does not divide d_out=768" "$tmp/e" &&
+  ok "info --text-encoder: a bad factor is one line, no partial table" || bad "info te a1=5 (rc $rc)"
 $bin info --model sd15 --a1 3 --a2 4 >/dev/null 2>"$tmp/e"; rc=$?
 [ $rc -eq 2 ] && grep -q "a1=3 does not divide" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "info: a1=3 is one clear line" || bad "info a1=3 (rc $rc)"
 $bin info --model nosuch >/dev/null 2>"$tmp/e"; [ $? -eq 2 ] && grep -q nosuch "$tmp/e" && ok "info: unknown model" || bad "info unknown model"
