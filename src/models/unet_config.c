@@ -6,6 +6,7 @@
  * unet.c builds and runs whatever config it is handed. */
 #include "models/unet_config.h"
 #include "core/fsutil.h"
+#include "formats/config_json.h"
 #include "formats/json.h"
 
 #include <stdio.h>
@@ -153,101 +154,7 @@ static const struct {
     {"addition_embed_type_num_heads", F_ANY, 0, {0}}, /* addition_embed_type "text" */
 };
 
-typedef struct {
-    const JsonValue *root;
-    const char *src;   /* the file, for messages */
-    char *err;
-    size_t errlen;
-} Reader;
-
-static void app(char *b, size_t cap, const char *s) {
-    size_t n = strlen(b);
-    if (n + 1 < cap) snprintf(b + n, cap - n, "%s", s);
-}
-
-static void vcat(const JsonValue *v, char *b, size_t cap, int depth) {
-    char t[256];
-    switch (v->type) {
-    case JSON_NULL: app(b, cap, "null"); break;
-    case JSON_BOOL: app(b, cap, v->boolean ? "true" : "false"); break;
-    case JSON_NUMBER: snprintf(t, sizeof t, "%g", v->number); app(b, cap, t); break;
-    case JSON_STRING: json_escape(t, sizeof t, v->string); app(b, cap, t); break;
-    case JSON_ARRAY:
-    case JSON_OBJECT:
-        app(b, cap, v->type == JSON_ARRAY ? "[" : "{");
-        for (int i = 0; i < v->n; i++) {
-            if (i) app(b, cap, ", ");
-            if (depth >= 2) { app(b, cap, "..."); break; }
-            if (v->type == JSON_OBJECT) {
-                json_escape(t, sizeof t, v->keys[i]);
-                app(b, cap, t);
-                app(b, cap, ": ");
-            }
-            vcat(&v->items[i], b, cap, depth + 1);
-        }
-        app(b, cap, v->type == JSON_ARRAY ? "]" : "}");
-        break;
-    }
-}
-
-/* v as JSON text for a message, cut to fit out with "..." */
-static void vfmt(const JsonValue *v, char *out, size_t cap) {
-    char b[512] = "";
-    vcat(v, b, sizeof b, 0);
-    if (strlen(b) >= cap && cap > 4) memcpy(b + cap - 4, "...", 4);
-    snprintf(out, cap, "%s", b);
-}
-
-/* "<file>: <key> = <value> is not supported (only <only>)"; returns -1 */
-static int refuse(Reader *r, const char *key, const JsonValue *v, const char *only) {
-    char val[100];
-    vfmt(v, val, sizeof val);
-    snprintf(r->err, r->errlen, "%s: %s = %s is not supported (only %s)", r->src, key, val, only);
-    return -1;
-}
-
-static int missing(Reader *r, const char *key, const char *what) {
-    snprintf(r->err, r->errlen, "%s: %s is missing (%s)", r->src, key, what);
-    return -1;
-}
-
-static int jint(const JsonValue *v, int *out) {
-    if (!v || v->type != JSON_NUMBER || v->number != (double)(int)v->number) return -1;
-    *out = (int)v->number;
-    return 0;
-}
-
-/* an integer >= min; absent keeps *dst; null too when null_ok */
-static int read_int(Reader *r, const char *key, int min, int null_ok, int *dst) {
-    const JsonValue *v = json_get(r->root, key);
-    if (!v || (null_ok && v->type == JSON_NULL)) return 0;
-    int x;
-    if (jint(v, &x) || x < min) {
-        char only[64];
-        snprintf(only, sizeof only, "%s%s", min == 1 ? "a positive integer" :
-                 min == 0 ? "an integer >= 0" : "an integer", null_ok ? " or null" : "");
-        return refuse(r, key, v, only);
-    }
-    *dst = x;
-    return 0;
-}
-
-static int read_float(Reader *r, const char *key, float *dst) {
-    const JsonValue *v = json_get(r->root, key);
-    if (!v) return 0;
-    if (v->type != JSON_NUMBER) return refuse(r, key, v, "a number");
-    *dst = (float)v->number;
-    return 0;
-}
-
-static int read_bool(Reader *r, const char *key, int null_ok, int *dst) {
-    const JsonValue *v = json_get(r->root, key);
-    if (!v || (null_ok && v->type == JSON_NULL)) return 0;
-    if (v->type != JSON_BOOL)
-        return refuse(r, key, v, null_ok ? "true, false or null" : "true or false");
-    *dst = v->boolean;
-    return 0;
-}
+typedef CfgReader Reader;
 
 /* int or list of n ints (diffusers' per-level fields); absent keeps out[],
  * null too when null_ok */
@@ -255,19 +162,19 @@ static int read_levels(Reader *r, const char *key, int n, int null_ok, int *out)
     const JsonValue *v = json_get(r->root, key);
     if (!v || (null_ok && v->type == JSON_NULL)) return 0;
     int x[UNET_MAX_LEVELS], ok = 0;
-    if (v->type == JSON_NUMBER && !jint(v, &x[0]) && x[0] > 0) {
+    if (v->type == JSON_NUMBER && !cfg_json_int(v, &x[0]) && x[0] > 0) {
         for (int i = 1; i < n; i++) x[i] = x[0];
         ok = 1;
     } else if (v->type == JSON_ARRAY && v->n == n) {
         ok = 1;
         for (int i = 0; i < n; i++)
-            if (jint(&v->items[i], &x[i]) || x[i] <= 0) ok = 0;
+            if (cfg_json_int(&v->items[i], &x[i]) || x[i] <= 0) ok = 0;
     }
     if (!ok) {
         char only[128];
         snprintf(only, sizeof only, "a positive integer or a list of %d of them, one per "
                  "block_out_channels entry%s", n, null_ok ? ", or null" : "");
-        return refuse(r, key, v, only);
+        return cfg_refuse(r, key, v, only);
     }
     memcpy(out, x, (size_t)n * sizeof *out);
     return 0;
@@ -285,16 +192,16 @@ static int check_simple(Reader *r) {
         case F_ANY:
             break;
         case F_NULL:
-            if (v->type != JSON_NULL) return refuse(r, key, v, "null");
+            if (v->type != JSON_NULL) return cfg_refuse(r, key, v, "null");
             break;
         case F_FALSE:
             if (v->type != JSON_NULL && !(v->type == JSON_BOOL && !v->boolean))
-                return refuse(r, key, v, "false or null");
+                return cfg_refuse(r, key, v, "false or null");
             break;
         case F_NUM:
             if (v->type != JSON_NUMBER || v->number != FIELDS[k].num) {
                 snprintf(only, sizeof only, "%g", FIELDS[k].num);
-                return refuse(r, key, v, only);
+                return cfg_refuse(r, key, v, only);
             }
             break;
         case F_STR: {
@@ -304,7 +211,7 @@ static int check_simple(Reader *r) {
                 break;
             snprintf(only, sizeof only, "\"%s\"%s%s%s", s[0], s[1] ? " or \"" : "",
                      s[1] ? s[1] : "", s[1] ? "\"" : "");
-            return refuse(r, key, v, only);
+            return cfg_refuse(r, key, v, only);
         }
         }
     }
@@ -344,20 +251,20 @@ static int unet_config_parse(const char *text, const char *src, UNetConfig *c, c
     const JsonValue *boc = json_get(root, "block_out_channels");
     char what[128];
     snprintf(what, sizeof what, "a list of 1..%d positive integers", UNET_MAX_LEVELS);
-    if (!boc) { missing(r, "block_out_channels", what); goto done; }
+    if (!boc) { cfg_missing(r, "block_out_channels", what); goto done; }
     int ok = boc->type == JSON_ARRAY && boc->n >= 1 && boc->n <= UNET_MAX_LEVELS;
     for (int i = 0; ok && i < boc->n; i++)
-        if (jint(&boc->items[i], &c->block_out_channels[i]) || c->block_out_channels[i] <= 0) ok = 0;
-    if (!ok) { refuse(r, "block_out_channels", boc, what); goto done; }
+        if (cfg_json_int(&boc->items[i], &c->block_out_channels[i]) || c->block_out_channels[i] <= 0) ok = 0;
+    if (!ok) { cfg_refuse(r, "block_out_channels", boc, what); goto done; }
     c->n_levels = boc->n;
     int nl = c->n_levels, ch0 = c->block_out_channels[0];
 
-    if (read_int(r, "in_channels", 1, 0, &c->in_channels) ||
-        read_int(r, "out_channels", 1, 0, &c->out_channels) ||
-        read_int(r, "layers_per_block", 1, 0, &c->layers_per_block) ||
-        read_int(r, "norm_num_groups", 1, 0, &c->norm_num_groups) ||
-        read_int(r, "addition_time_embed_dim", 0, 1, &c->addition_time_embed_dim) ||
-        read_int(r, "projection_class_embeddings_input_dim", 0, 1,
+    if (cfg_read_int(r, "in_channels", 1, 0, &c->in_channels) ||
+        cfg_read_int(r, "out_channels", 1, 0, &c->out_channels) ||
+        cfg_read_int(r, "layers_per_block", 1, 0, &c->layers_per_block) ||
+        cfg_read_int(r, "norm_num_groups", 1, 0, &c->norm_num_groups) ||
+        cfg_read_int(r, "addition_time_embed_dim", 0, 1, &c->addition_time_embed_dim) ||
+        cfg_read_int(r, "projection_class_embeddings_input_dim", 0, 1,
                  &c->projection_class_embeddings_input_dim))
         goto done;
     /* sample_size is only the default image size (square here); newer diffusers
@@ -365,21 +272,21 @@ static int unet_config_parse(const char *text, const char *src, UNetConfig *c, c
     v = json_get(root, "sample_size");
     if (v && v->type == JSON_ARRAY) {
         int h, w;
-        if (v->n != 2 || jint(&v->items[0], &h) || jint(&v->items[1], &w) || h < 1 || h != w) {
-            refuse(r, "sample_size", v, "a positive integer, [n, n] or null");
+        if (v->n != 2 || cfg_json_int(&v->items[0], &h) || cfg_json_int(&v->items[1], &w) || h < 1 || h != w) {
+            cfg_refuse(r, "sample_size", v, "a positive integer, [n, n] or null");
             goto done;
         }
         c->sample_size = h;
-    } else if (read_int(r, "sample_size", 1, 1, &c->sample_size))
+    } else if (cfg_read_int(r, "sample_size", 1, 1, &c->sample_size))
         goto done;
     if (!json_get(root, "cross_attention_dim")) {
-        missing(r, "cross_attention_dim", "a positive integer");
+        cfg_missing(r, "cross_attention_dim", "a positive integer");
         goto done;
     }
-    if (read_int(r, "cross_attention_dim", 1, 0, &c->cross_attention_dim) ||
-        read_float(r, "norm_eps", &c->norm_eps) || read_float(r, "freq_shift", &c->freq_shift) ||
-        read_bool(r, "flip_sin_to_cos", 0, &c->flip_sin_to_cos) ||
-        read_bool(r, "use_linear_projection", 1, &c->use_linear_projection))
+    if (cfg_read_int(r, "cross_attention_dim", 1, 0, &c->cross_attention_dim) ||
+        cfg_read_float(r, "norm_eps", &c->norm_eps) || cfg_read_float(r, "freq_shift", &c->freq_shift) ||
+        cfg_read_bool(r, "flip_sin_to_cos", 0, &c->flip_sin_to_cos) ||
+        cfg_read_bool(r, "use_linear_projection", 1, &c->use_linear_projection))
         goto done;
 
     /* attention_head_dim is, for historical reasons, diffusers' number of heads;
@@ -394,8 +301,8 @@ static int unet_config_parse(const char *text, const char *src, UNetConfig *c, c
     for (int d = 0; d < 2; d++) {
         const JsonValue *bt = json_get(root, bk[d]);
         snprintf(what, sizeof what, "a list of %d block types, one per block_out_channels entry", nl);
-        if (!bt) { missing(r, bk[d], what); goto done; }
-        if (bt->type != JSON_ARRAY || bt->n != nl) { refuse(r, bk[d], bt, what); goto done; }
+        if (!bt) { cfg_missing(r, bk[d], what); goto done; }
+        if (bt->type != JSON_ARRAY || bt->n != nl) { cfg_refuse(r, bk[d], bt, what); goto done; }
         const char *cross = d ? "CrossAttnUpBlock2D" : "CrossAttnDownBlock2D";
         const char *plain = d ? "UpBlock2D" : "DownBlock2D";
         int *dst = d ? c->up_cross : c->down_cross;
@@ -408,7 +315,7 @@ static int unet_config_parse(const char *text, const char *src, UNetConfig *c, c
                 char key[40], only[80];
                 snprintf(key, sizeof key, "%s[%d]", bk[d], i);
                 snprintf(only, sizeof only, "\"%s\" or \"%s\"", cross, plain);
-                refuse(r, key, e, only);
+                cfg_refuse(r, key, e, only);
                 goto done;
             }
         }
@@ -416,7 +323,7 @@ static int unet_config_parse(const char *text, const char *src, UNetConfig *c, c
     v = json_get(root, "mid_block_type");
     if (v && v->type == JSON_NULL) c->mid_block = 0;
     else if (v && !(v->type == JSON_STRING && !strcmp(v->string, "UNetMidBlock2DCrossAttn"))) {
-        refuse(r, "mid_block_type", v, "\"UNetMidBlock2DCrossAttn\" or null");
+        cfg_refuse(r, "mid_block_type", v, "\"UNetMidBlock2DCrossAttn\" or null");
         goto done;
     }
     /* false, or one false per level (true: attn1 attends to the text too) */
@@ -427,7 +334,7 @@ static int unet_config_parse(const char *text, const char *src, UNetConfig *c, c
             all_false = v->items[i].type == JSON_BOOL && !v->items[i].boolean;
         if (!all_false) {
             snprintf(what, sizeof what, "false, null or a list of %d false", nl);
-            refuse(r, "only_cross_attention", v, what);
+            cfg_refuse(r, "only_cross_attention", v, what);
             goto done;
         }
     }
@@ -435,16 +342,16 @@ static int unet_config_parse(const char *text, const char *src, UNetConfig *c, c
     v = json_get(root, "time_embedding_dim");
     if (v && v->type != JSON_NULL) {
         int x;
-        if (jint(v, &x) || x != 4 * ch0) {
+        if (cfg_json_int(v, &x) || x != 4 * ch0) {
             snprintf(what, sizeof what, "null or %d, 4 x block_out_channels[0]", 4 * ch0);
-            refuse(r, "time_embedding_dim", v, what);
+            cfg_refuse(r, "time_embedding_dim", v, what);
             goto done;
         }
     }
     v = json_get(root, "addition_embed_type");
     if (v && v->type != JSON_NULL) {
         if (v->type != JSON_STRING || strcmp(v->string, "text_time")) {
-            refuse(r, "addition_embed_type", v, "\"text_time\" or null");
+            cfg_refuse(r, "addition_embed_type", v, "\"text_time\" or null");
             goto done;
         }
         if (c->addition_time_embed_dim <= 0 ||

@@ -29,6 +29,7 @@
 #include "models/vae.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
+#include "formats/config_json.h"
 #include "formats/json.h"
 #include "formats/safetensors.h"
 
@@ -86,82 +87,11 @@ static const char *const VAE_FIELDS[] = {
     "use_quant_conv", "use_post_quant_conv", "mid_block_add_attention",
 };
 
-typedef struct {
-    const JsonValue *root;
-    const char *src;
-    char *err;
-    size_t errlen;
-} Reader;
-
-static void app(char *b, size_t cap, const char *s) {
-    size_t n = strlen(b);
-    if (n + 1 < cap) snprintf(b + n, cap - n, "%s", s);
-}
-
-/* v as JSON text for a message (nested containers cut to "..."), at most cap-1 chars */
-static void vfmt(const JsonValue *v, char *out, size_t cap) {
-    char b[512] = "", t[256];
-    switch (v->type) {
-    case JSON_NULL: app(b, sizeof b, "null"); break;
-    case JSON_BOOL: app(b, sizeof b, v->boolean ? "true" : "false"); break;
-    case JSON_NUMBER: snprintf(t, sizeof t, "%g", v->number); app(b, sizeof b, t); break;
-    case JSON_STRING: json_escape(t, sizeof t, v->string); app(b, sizeof b, t); break;
-    case JSON_ARRAY:
-    case JSON_OBJECT:
-        app(b, sizeof b, v->type == JSON_ARRAY ? "[" : "{");
-        for (int i = 0; i < v->n; i++) {
-            const JsonValue *e = &v->items[i];
-            if (i) app(b, sizeof b, ", ");
-            if (v->type == JSON_OBJECT) {
-                json_escape(t, sizeof t, v->keys[i]);
-                app(b, sizeof b, t);
-                app(b, sizeof b, ": ");
-            }
-            if (e->type == JSON_ARRAY || e->type == JSON_OBJECT) app(b, sizeof b, "...");
-            else { char s[256]; vfmt(e, s, sizeof s); app(b, sizeof b, s); }
-        }
-        app(b, sizeof b, v->type == JSON_ARRAY ? "]" : "}");
-        break;
-    }
-    if (strlen(b) >= cap && cap > 4) memcpy(b + cap - 4, "...", 4);
-    snprintf(out, cap, "%s", b);
-}
-
-static int refuse(Reader *r, const char *key, const JsonValue *v, const char *only) {
-    char val[100];
-    vfmt(v, val, sizeof val);
-    snprintf(r->err, r->errlen, "%s: %s = %s is not supported (only %s)", r->src, key, val, only);
-    return -1;
-}
-
-static int jint(const JsonValue *v, int *out) {
-    if (!v || v->type != JSON_NUMBER || v->number != (double)(int)v->number) return -1;
-    *out = (int)v->number;
-    return 0;
-}
-
-/* a positive integer; absent keeps *dst */
-static int read_pos(Reader *r, const char *key, int *dst) {
-    const JsonValue *v = json_get(r->root, key);
-    if (!v) return 0;
-    int x;
-    if (jint(v, &x) || x < 1) return refuse(r, key, v, "a positive integer");
-    *dst = x;
-    return 0;
-}
-
-/* true/false (null: diffusers' default, which *dst already holds) */
-static int read_bool(Reader *r, const char *key, int *dst) {
-    const JsonValue *v = json_get(r->root, key);
-    if (!v || v->type == JSON_NULL) return 0;
-    if (v->type != JSON_BOOL) return refuse(r, key, v, "true, false or null");
-    *dst = v->boolean;
-    return 0;
-}
+typedef CfgReader Reader;
 
 static int must_be_null(Reader *r, const char *key) {
     const JsonValue *v = json_get(r->root, key);
-    if (v && v->type != JSON_NULL) return refuse(r, key, v, "null");
+    if (v && v->type != JSON_NULL) return cfg_refuse(r, key, v, "null");
     return 0;
 }
 
@@ -174,14 +104,14 @@ static int read_types(Reader *r, const char *key, int n, const char *want) {
         snprintf(r->err, r->errlen, "%s: %s is missing (%s)", r->src, key, what);
         return -1;
     }
-    if (v->type != JSON_ARRAY || v->n != n) return refuse(r, key, v, what);
+    if (v->type != JSON_ARRAY || v->n != n) return cfg_refuse(r, key, v, what);
     for (int i = 0; i < n; i++) {
         const JsonValue *e = &v->items[i];
         if (e->type == JSON_STRING && !strcmp(e->string, want)) continue;
         char k[48], only[64];
         snprintf(k, sizeof k, "%s[%d]", key, i);
         snprintf(only, sizeof only, "\"%s\"", want);
-        return refuse(r, k, e, only);
+        return cfg_refuse(r, k, e, only);
     }
     return 0;
 }
@@ -220,37 +150,37 @@ static int vae_config_parse(const char *text, const char *src, VAEConfig *c, cha
     if (!boc) { snprintf(err, errlen, "%s: block_out_channels is missing (%s)", src, what); goto done; }
     int ok = boc->type == JSON_ARRAY && boc->n >= 1 && boc->n <= VAE_MAX_LEVELS;
     for (int i = 0; ok && i < boc->n; i++)
-        if (jint(&boc->items[i], &c->block_out_channels[i]) || c->block_out_channels[i] <= 0) ok = 0;
-    if (!ok) { refuse(r, "block_out_channels", boc, what); goto done; }
+        if (cfg_json_int(&boc->items[i], &c->block_out_channels[i]) || c->block_out_channels[i] <= 0) ok = 0;
+    if (!ok) { cfg_refuse(r, "block_out_channels", boc, what); goto done; }
     c->n_levels = boc->n;
 
-    if (read_pos(r, "in_channels", &c->in_channels) ||
-        read_pos(r, "out_channels", &c->out_channels) ||
-        read_pos(r, "latent_channels", &c->latent_channels) ||
-        read_pos(r, "layers_per_block", &c->layers_per_block) ||
-        read_pos(r, "norm_num_groups", &c->norm_num_groups) ||
+    if (cfg_read_int(r, "in_channels", 1, 0, &c->in_channels) ||
+        cfg_read_int(r, "out_channels", 1, 0, &c->out_channels) ||
+        cfg_read_int(r, "latent_channels", 1, 0, &c->latent_channels) ||
+        cfg_read_int(r, "layers_per_block", 1, 0, &c->layers_per_block) ||
+        cfg_read_int(r, "norm_num_groups", 1, 0, &c->norm_num_groups) ||
         read_types(r, "down_block_types", c->n_levels, "DownEncoderBlock2D") ||
         read_types(r, "up_block_types", c->n_levels, "UpDecoderBlock2D") ||
-        read_bool(r, "force_upcast", &c->force_upcast) ||
-        read_bool(r, "use_quant_conv", &c->use_quant_conv) ||
-        read_bool(r, "use_post_quant_conv", &c->use_post_quant_conv) ||
-        read_bool(r, "mid_block_add_attention", &c->mid_block_add_attention) ||
+        cfg_read_bool(r, "force_upcast", 1, &c->force_upcast) ||
+        cfg_read_bool(r, "use_quant_conv", 1, &c->use_quant_conv) ||
+        cfg_read_bool(r, "use_post_quant_conv", 1, &c->use_post_quant_conv) ||
+        cfg_read_bool(r, "mid_block_add_attention", 1, &c->mid_block_add_attention) ||
         must_be_null(r, "shift_factor") || must_be_null(r, "latents_mean") ||
         must_be_null(r, "latents_std"))
         goto done;
     if (c->layers_per_block > 16) {
-        refuse(r, "layers_per_block", json_get(root, "layers_per_block"), "1..16");
+        cfg_refuse(r, "layers_per_block", json_get(root, "layers_per_block"), "1..16");
         goto done;
     }
     v = json_get(root, "act_fn");
     if (v && !(v->type == JSON_STRING && (!strcmp(v->string, "silu") || !strcmp(v->string, "swish")))) {
-        refuse(r, "act_fn", v, "\"silu\" or \"swish\"");
+        cfg_refuse(r, "act_fn", v, "\"silu\" or \"swish\"");
         goto done;
     }
     v = json_get(root, "scaling_factor");
     if (v && v->type != JSON_NULL) {
         if (v->type != JSON_NUMBER || !(v->number > 0)) {
-            refuse(r, "scaling_factor", v, "a positive number or null");
+            cfg_refuse(r, "scaling_factor", v, "a positive number or null");
             goto done;
         }
         c->scaling_factor = (float)v->number;
@@ -259,20 +189,20 @@ static int vae_config_parse(const char *text, const char *src, VAEConfig *c, cha
     v = json_get(root, "sample_size");
     if (v && v->type == JSON_NUMBER) {
         int s;
-        if (jint(v, &s) || s < 1) {
-            refuse(r, "sample_size", v, "a positive integer, [h, w] or null");
+        if (cfg_json_int(v, &s) || s < 1) {
+            cfg_refuse(r, "sample_size", v, "a positive integer, [h, w] or null");
             goto done;
         }
         c->sample_size = s;
     } else if (v && v->type == JSON_ARRAY && v->n == 2) {
         int h, w;
-        if (jint(&v->items[0], &h) || jint(&v->items[1], &w) || h < 1 || w < 1) {
-            refuse(r, "sample_size", v, "a positive integer, [h, w] or null");
+        if (cfg_json_int(&v->items[0], &h) || cfg_json_int(&v->items[1], &w) || h < 1 || w < 1) {
+            cfg_refuse(r, "sample_size", v, "a positive integer, [h, w] or null");
             goto done;
         }
         c->sample_size = h;
     } else if (v && v->type != JSON_NULL) {
-        refuse(r, "sample_size", v, "a positive integer, [h, w] or null");
+        cfg_refuse(r, "sample_size", v, "a positive integer, [h, w] or null");
         goto done;
     }
     for (int i = 0; i < c->n_levels; i++)
