@@ -93,3 +93,35 @@ int cfg_read_bool(CfgReader *r, const char *key, int null_ok, int *dst) {
     return 0;
 }
 
+
+JsonValue *cfg_parse_object(const char *text, const char *src, char *err, size_t errlen) {
+    char jerr[200];
+    JsonValue *root = json_parse(text, strlen(text), jerr, sizeof jerr);
+    if (!root) {
+        snprintf(err, errlen, "%s: %s", src, jerr);
+        return NULL;
+    }
+    if (root->type != JSON_OBJECT) {
+        snprintf(err, errlen, "%s: not a JSON object", src);
+        json_free(root);
+        return NULL;
+    }
+    return root;
+}
+
+int cfg_check_fields(CfgReader *r, int (*is_field)(const char *key), const char *owner) {
+    const JsonValue *root = r->root;
+    for (int i = 0; i < root->n; i++) {
+        const char *key = root->keys[i];
+        for (int j = 0; j < i; j++)
+            if (!strcmp(root->keys[j], key)) {
+                snprintf(r->err, r->errlen, "%s: field '%s' is given more than once", r->src, key);
+                return -1;
+            }
+        if (key[0] == '_' || is_field(key)) continue;
+        snprintf(r->err, r->errlen, "%s: unknown field '%s' (not a %s field; names starting with "
+                 "'_' are ignored)", r->src, key, owner);
+        return -1;
+    }
+    return 0;
+}

@@ -16,6 +16,14 @@ typedef struct CfgReader {
     size_t errlen;
 } CfgReader;
 
+/* text parsed as a JSON object (free with json_free), or NULL with "<src>: why" in err */
+JsonValue *cfg_parse_object(const char *text, const char *src, char *err, size_t errlen);
+/* Every field given once (Python's json keeps the last of a repeated key,
+ * json_get the first: a repeat is refused) and known to is_field; names
+ * starting with '_' are metadata and skipped. 0, or -1 with one line naming
+ * the field and what it is not a field of (owner, e.g. "diffusers AutoencoderKL"). */
+int cfg_check_fields(CfgReader *r, int (*is_field)(const char *key), const char *owner);
+
 /* v as JSON text for a message (nesting below two levels as "..."), cut to fit out */
 void cfg_value_text(const JsonValue *v, char *out, size_t cap);
 /* the refusal line above; returns -1 */

@@ -218,35 +218,22 @@ static int check_simple(Reader *r) {
     return 0;
 }
 
+static int is_unet_field(const char *key) {
+    for (size_t k = 0; k < sizeof FIELDS / sizeof FIELDS[0]; k++)
+        if (!strcmp(FIELDS[k].key, key)) return 1;
+    return 0;
+}
+
 static int unet_config_parse(const char *text, const char *src, UNetConfig *c, char *err,
                              size_t errlen) {
-    char jerr[200];
-    JsonValue *root = json_parse(text, strlen(text), jerr, sizeof jerr);
-    if (!root) { snprintf(err, errlen, "%s: %s", src, jerr); return -1; }
+    JsonValue *root = cfg_parse_object(text, src, err, errlen);
+    if (!root) return -1;
     Reader rd = {root, src, err, errlen}, *r = &rd;
     int rc = -1;
     const JsonValue *v;
     cfg_common(c);
     snprintf(c->name, sizeof c->name, "custom");
-    if (root->type != JSON_OBJECT) { snprintf(err, errlen, "%s: not a JSON object", src); goto done; }
-
-    for (int i = 0; i < root->n; i++) {
-        const char *key = root->keys[i];
-        /* Python's json keeps the last of repeated keys, json_get finds the first */
-        for (int j = 0; j < i; j++)
-            if (!strcmp(root->keys[j], key)) {
-                snprintf(err, errlen, "%s: field '%s' is given more than once", src, key);
-                goto done;
-            }
-        if (key[0] == '_') continue;
-        size_t k = 0;
-        while (k < sizeof FIELDS / sizeof FIELDS[0] && strcmp(FIELDS[k].key, key)) k++;
-        if (k == sizeof FIELDS / sizeof FIELDS[0]) {
-            snprintf(err, errlen, "%s: unknown field '%s' (not a diffusers UNet2DConditionModel "
-                     "field; names starting with '_' are ignored)", src, key);
-            goto done;
-        }
-    }
+    if (cfg_check_fields(r, is_unet_field, "diffusers UNet2DConditionModel") != 0) goto done;
 
     const JsonValue *boc = json_get(root, "block_out_channels");
     char what[128];

@@ -116,38 +116,27 @@ static int read_types(Reader *r, const char *key, int n, const char *want) {
     return 0;
 }
 
+static int is_vae_field(const char *key) {
+    for (size_t k = 0; k < sizeof VAE_FIELDS / sizeof VAE_FIELDS[0]; k++)
+        if (!strcmp(VAE_FIELDS[k], key)) return 1;
+    return 0;
+}
+
 static int vae_config_parse(const char *text, const char *src, VAEConfig *c, char *err,
                             size_t errlen) {
-    char jerr[200];
-    JsonValue *root = json_parse(text, strlen(text), jerr, sizeof jerr);
-    if (!root) { snprintf(err, errlen, "%s: %s", src, jerr); return -1; }
+    JsonValue *root = cfg_parse_object(text, src, err, errlen);
+    if (!root) return -1;
     Reader rd = {root, src, err, errlen}, *r = &rd;
     int rc = -1;
     const JsonValue *v;
     cfg_defaults(c);
     snprintf(c->name, sizeof c->name, "custom");
-    if (root->type != JSON_OBJECT) { snprintf(err, errlen, "%s: not a JSON object", src); goto done; }
-    for (int i = 0; i < root->n; i++) {
-        const char *key = root->keys[i];
-        for (int j = 0; j < i; j++)
-            if (!strcmp(root->keys[j], key)) {
-                snprintf(err, errlen, "%s: field '%s' is given more than once", src, key);
-                goto done;
-            }
-        if (key[0] == '_') continue;
-        size_t k = 0, nf = sizeof VAE_FIELDS / sizeof VAE_FIELDS[0];
-        while (k < nf && strcmp(VAE_FIELDS[k], key)) k++;
-        if (k == nf) {
-            snprintf(err, errlen, "%s: unknown field '%s' (not a diffusers AutoencoderKL field; "
-                     "names starting with '_' are ignored)", src, key);
-            goto done;
-        }
-    }
+    if (cfg_check_fields(r, is_vae_field, "diffusers AutoencoderKL") != 0) goto done;
 
     char what[128];
     snprintf(what, sizeof what, "a list of 1..%d positive integers", VAE_MAX_LEVELS);
     const JsonValue *boc = json_get(root, "block_out_channels");
-    if (!boc) { snprintf(err, errlen, "%s: block_out_channels is missing (%s)", src, what); goto done; }
+    if (!boc) { cfg_missing(r, "block_out_channels", what); goto done; }
     int ok = boc->type == JSON_ARRAY && boc->n >= 1 && boc->n <= VAE_MAX_LEVELS;
     for (int i = 0; ok && i < boc->n; i++)
         if (cfg_json_int(&boc->items[i], &c->block_out_channels[i]) || c->block_out_channels[i] <= 0) ok = 0;
