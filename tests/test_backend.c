@@ -102,6 +102,21 @@ static void test_auto_ranks(void **state) {
     unsetenv("KRONA_BACKEND_PATH");
 }
 
+/* one demo image at 16 px on the CPU, no samples: a run of a few steps in root/run */
+static void small_preset(Preset *p, const char *root, const char *run, int iterations) {
+    preset_defaults(p);
+    p->n_images = 1;
+    snprintf(p->images[0], sizeof p->images[0], "models/demo/subject1.png");
+    snprintf(p->instance_prompt, sizeof p->instance_prompt, "a sks dog");
+    p->resolution = 16;
+    p->iterations = iterations;
+    p->sample_every = 0;
+    p->n_sample_prompts = 0;
+    snprintf(p->device, sizeof p->device, "cpu");
+    snprintf(p->output_dir, sizeof p->output_dir, "%s", root);
+    snprintf(p->run_name, sizeof p->run_name, "%s", run);
+}
+
 /* ---- a device failure stops training; the last checkpoint is kept ---- */
 static int g_fail;
 static const char *injected_error(Backend *be) { return g_fail ? "out of memory (injected)" : ""; }
@@ -117,18 +132,8 @@ static void test_device_failure_stops_training(void **state) {
     be->last_error = injected_error;
     g_fail = 0;
     Preset p;
-    preset_defaults(&p);
-    p.n_images = 1;
-    snprintf(p.images[0], sizeof p.images[0], "models/demo/subject1.png");
-    snprintf(p.instance_prompt, sizeof p.instance_prompt, "a sks dog");
-    p.resolution = 16;
-    p.iterations = 12;
-    p.sample_every = 0;
-    p.n_sample_prompts = 0;
+    small_preset(&p, root, "devfail", 12);
     p.checkpoint_every = 4;
-    snprintf(p.device, sizeof p.device, "cpu");
-    snprintf(p.output_dir, sizeof p.output_dir, "%s", root);
-    snprintf(p.run_name, sizeof p.run_name, "devfail");
     TrainCallbacks cb = {NULL, fail_after_step, NULL, NULL};
     Trainer *t = trainer_create(&p, NULL, be, &cb, err, sizeof err);
     if (!t) fail_msg("%s", err);
@@ -171,17 +176,7 @@ static void test_unet_failure_stops_training(void **state) {
     be->alloc = failing_alloc;
     g_alloc_fail = 0;
     Preset p;
-    preset_defaults(&p);
-    p.n_images = 1;
-    snprintf(p.images[0], sizeof p.images[0], "models/demo/subject1.png");
-    snprintf(p.instance_prompt, sizeof p.instance_prompt, "a sks dog");
-    p.resolution = 16;
-    p.iterations = 5;
-    p.sample_every = 0;
-    p.n_sample_prompts = 0;
-    snprintf(p.device, sizeof p.device, "cpu");
-    snprintf(p.output_dir, sizeof p.output_dir, "%s", root);
-    snprintf(p.run_name, sizeof p.run_name, "oom");
+    small_preset(&p, root, "oom", 5);
     Trainer *t = trainer_create(&p, NULL, be, NULL, err, sizeof err);
     if (!t) fail_msg("%s", err);
     g_alloc_fail = 1;
