@@ -11,6 +11,7 @@
  * install's bin/) and in ../lib/krona-studio from it (an install's lib/).
  */
 #include "core/backend.h"
+#include "core/fsutil.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -62,12 +63,7 @@ static int plugin_dirs(char dirs[MAX_DIRS][PATH_MAX]) {
         return n;
     }
     char exe[PATH_MAX];
-    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len <= 0) return 0;
-    exe[len] = 0;
-    char *slash = strrchr(exe, '/');
-    if (!slash) return 0;
-    *slash = 0;
+    if (fs_exe_dir(exe, sizeof exe) != 0) return 0;
     snprintf(dirs[n++], PATH_MAX, "%s", exe);
     snprintf(dirs[n++], PATH_MAX, "%s/../lib/krona-studio", exe);
     return n;

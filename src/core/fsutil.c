@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -179,4 +180,16 @@ void fs_stem(const char *path, char *out, size_t n) {
     snprintf(out, n, "%s", b ? b + 1 : path);
     char *dot = strrchr(out, '.');
     if (dot && dot != out) *dot = 0;
+}
+
+int fs_exe_dir(char *out, size_t n) {
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0) return -1;
+    exe[len] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash) return -1;
+    *slash = 0;
+    snprintf(out, n, "%s", exe);
+    return 0;
 }

@@ -16,6 +16,9 @@ int fs_write_atomic(const char *path, const void *data, size_t n, char *err, siz
 /* Create a directory and its parents (mode 0755); existing dirs are fine. */
 int fs_mkdir_p(const char *path, char *err, size_t errlen);
 int fs_exists(const char *path);
+/* The running program's folder (where an install keeps its data beside it):
+ * 0, or -1 when /proc/self/exe cannot be read. */
+int fs_exe_dir(char *out, size_t n);
 /* "dir/config.json" -> "config" (the last component without its extension) */
 void fs_stem(const char *path, char *out, size_t n);
 int fs_is_dir(const char *path);

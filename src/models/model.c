@@ -19,15 +19,10 @@
 #endif
 
 int model_find_data(const char *rel, char *out, size_t outlen) {
-    char exe[PATH_MAX] = "";
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = 0;
-        char *slash = strrchr(exe, '/');
-        if (slash) *slash = 0;
-    }
+    char exe[PATH_MAX];
+    int have_exe = fs_exe_dir(exe, sizeof exe) == 0;
     const char *home = getenv("KRONA_HOME");
-    const char *roots[] = {home, ".", n > 0 ? exe : NULL, KRONA_PREFIX "/share/krona-studio"};
+    const char *roots[] = {home, ".", have_exe ? exe : NULL, KRONA_PREFIX "/share/krona-studio"};
     for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++) {
         if (!roots[i] || !roots[i][0]) continue;
         snprintf(out, outlen, "%s/%s", roots[i], rel);
