@@ -1428,6 +1428,7 @@ static void cu_clear_error(Backend *be);
 static const char *cu_device_name(Backend *be);
 static int cu_set_tf32(Backend *be, int on);
 static size_t cu_reserved(Backend *be);
+static size_t cu_free_bytes(Backend *be);
 
 /* NULL with a one-line reason when there is no usable GPU or driver.
  * Env KRONA_CUDA_TF32=0 starts with TF32 tensor-core math off. */
@@ -1496,6 +1497,7 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     be->device_name = cu_device_name;
     be->set_tf32 = cu_set_tf32;
     be->reserved_bytes = cu_reserved;
+    be->free_bytes = cu_free_bytes;
     be->gemm = cu_gemm;
     be->gemm_batched = cu_gemm_batched;
     be->linear_fwd = cu_linear_fwd;
@@ -1573,6 +1575,17 @@ static int cu_set_tf32(Backend *be, int on) {
 static const char *cu_device_name(Backend *be) { return CU(be)->dev_name; }
 /* bytes the caching allocator holds from the driver (live + cached) */
 static size_t cu_reserved(Backend *be) { return CU(be)->reserved; }
+
+/* the driver's free memory plus our cached blocks nobody uses (alloc reuses or
+ * releases them before asking the driver) */
+static size_t cu_free_bytes(Backend *be) {
+    Cuda *c = CU(be);
+    size_t fr = 0, total = 0;
+    if (cudaMemGetInfo(&fr, &total) != cudaSuccess) { cudaGetLastError(); return 0; }
+    size_t cached = 0;
+    for (size_t i = 0; i < c->cache_n; i++) cached += c->cache[i].bytes;
+    return fr + cached;
+}
 
 /* The plugin's one export (see core/backend.h): krona-backend-cuda.so. */
 static const BackendDriver cuda_driver = {"cuda", 10, backend_cuda_create};

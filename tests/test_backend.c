@@ -40,6 +40,10 @@ static void test_open_cpu(void **state) {
     assert_int_equal(be->set_tf32(be, 1), -1); /* the CPU has no TF32 mode */
     void *p = be->alloc(be, 1000);
     assert_true(be->reserved_bytes(be) >= 1000);
+    /* the CPU's free memory is the kernel's MemAvailable: some, and less than all */
+    assert_non_null(be->free_bytes);
+    size_t fr = be->free_bytes(be);
+    assert_true(fr > ((size_t)16 << 20) && fr < ((size_t)1 << 50));
     be->free(be, p);
     backend_destroy(be);
     backend_destroy(NULL);

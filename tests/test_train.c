@@ -87,8 +87,49 @@ static void test_loss_goes_down(void **state) {
     assert_non_null(csv);
     assert_non_null(strstr(csv, "\n40,"));
     free(csv);
+    /* the run's prompts were encoded once; the encoder's weights went back */
+    Model *m = trainer_model(t);
+    float *rec = be->alloc(be, sizeof(float) * (size_t)m->cond_floats);
+    assert_int_equal(model_encode_prompt(m, "a dog", p.resolution, rec, err, sizeof err), -1);
+    assert_non_null(strstr(err, "released"));
+    be->free(be, rec);
     trainer_free(t);
     backend_destroy(be);
+}
+
+/* gradient_checkpointing = on trains the same adapter, bit for bit (the UNet
+ * test checks every gradient; this checks the preset reaches the UNet), with
+ * text-encoder adapters too; auto picks it only when memory is short. */
+static void test_gradient_checkpointing(void **state) {
+    Backend *be = backend_cpu_create();
+    float *f[2];
+    int64_t n[2];
+    for (int c = 0; c < 2; c++) {
+        Preset p;
+        base_preset(&p, c ? "ckpt-on" : "ckpt-off", 6);
+        p.lr = 3e-3f;
+        p.text_encoder_adapters = 1;
+        snprintf(p.grad_checkpointing, sizeof p.grad_checkpointing, "%s", c ? "on" : "off");
+        char err[512];
+        Trainer *t = trainer_create(&p, NULL, be, NULL, err, sizeof err);
+        if (!t) fail_msg("%s", err);
+        assert_int_equal(unet_checkpointing(trainer_model(t)->unet), c);
+        assert_int_equal(trainer_run(t), 0);
+        f[c] = read_factors(trainer_run_dir(t), &n[c]);
+        trainer_free(t);
+    }
+    assert_true(n[0] == n[1] && n[0] > 0);
+    assert_memory_equal(f[0], f[1], (size_t)n[0] * sizeof(float));
+    double moved = 0;
+    for (int64_t i = 0; i < n[0]; i++) moved += fabs(f[0][i]);
+    assert_true(moved > 0);
+    free(f[0]); free(f[1]);
+    backend_destroy(be);
+    assert_int_equal(train_pick_checkpointing("on", 1, 1000), 1);
+    assert_int_equal(train_pick_checkpointing("off", 999, 1000), 0);
+    assert_int_equal(train_pick_checkpointing("auto", 700, 1000), 0);
+    assert_int_equal(train_pick_checkpointing("auto", 900, 1000), 1);
+    assert_int_equal(train_pick_checkpointing("auto", 900, 0), 0); /* unknown: off */
 }
 
 typedef struct StopAt {
@@ -435,6 +476,7 @@ int main(void) {
         cmocka_unit_test(test_resume_is_exact),
         cmocka_unit_test(test_resume_is_exact_te),
         cmocka_unit_test(test_te_adapters_train),
+        cmocka_unit_test(test_gradient_checkpointing),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_thread_pause_resume),
         cmocka_unit_test(test_prior_preservation),

@@ -268,6 +268,90 @@ static void check_golden(const char *stem) {
 static void test_golden_sd15like(void **st) { (void)st; check_golden("unet_sd15like"); }
 static void test_golden_sdxllike(void **st) { (void)st; check_golden("unet_sdxllike"); }
 
+/* Gradient checkpointing: every gradient (input, text context, adapters, base
+ * weights) equals the run that keeps all activations, bit for bit (the
+ * recompute is the same ops on the same inputs), and matches the PyTorch golden.
+ * Forgetting to recompute one layer would read released memory that later
+ * layers overwrote, and the comparison fails. */
+typedef struct { float *dx, *dctx, *ad, *base; int64_t nad, nbase; } Grads;
+
+static Grads ckpt_run(Golden *g, int ckpt) {
+    Grads r = {0};
+    unet_set_checkpointing(g->u, ckpt);
+    assert_int_equal(unet_checkpointing(g->u), ckpt);
+    unet_zero_grad(g->u);
+    free(run_fwd(g, 1));
+    int64_t nctx = (int64_t)g->N * g->L * g->cfg.cross_attention_dim;
+    r.dx = calloc((size_t)in_n(g), sizeof(float));
+    r.dctx = calloc((size_t)nctx, sizeof(float));
+    float *dctx_dev = g->be->alloc(g->be, (size_t)nctx * sizeof(float));
+    assert_int_equal(unet_backward_ctx(g->u, g->R, r.dx, dctx_dev), 0);
+    g->be->download(g->be, r.dctx, dctx_dev, (size_t)nctx * sizeof(float));
+    g->be->free(g->be, dctx_dev);
+    AdapterSet *set = unet_adapters(g->u);
+    for (int i = 0; i < set->n; i++) r.nad += (int64_t)set->items[i].a1 * set->items[i].a2 +
+                                               (int64_t)set->items[i].b1 * set->items[i].b2;
+    r.ad = malloc((size_t)r.nad * sizeof(float));
+    int64_t o = 0;
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->items[i];
+        int64_t na = (int64_t)a->a1 * a->a2, nb = (int64_t)a->b1 * a->b2;
+        g->be->download(g->be, r.ad + o, a->dA, (size_t)na * sizeof(float)); o += na;
+        g->be->download(g->be, r.ad + o, a->dB, (size_t)nb * sizeof(float)); o += nb;
+    }
+    if (!unet_base_trainable(g->u)) return r;
+    for (int i = 0; i < unet_n_params(g->u); i++) r.nbase += unet_param_at(g->u, i)->numel;
+    r.base = malloc((size_t)r.nbase * sizeof(float));
+    o = 0;
+    for (int i = 0; i < unet_n_params(g->u); i++) {
+        UNetParam *p = unet_param_at(g->u, i);
+        g->be->download(g->be, r.base + o, p->grad, (size_t)p->numel * sizeof(float));
+        o += p->numel;
+    }
+    return r;
+}
+
+static void check_checkpointing(const char *stem) {
+    Golden g;
+    golden_open(&g, stem);
+    golden_attach(&g, 0);
+    unet_set_base_trainable(g.u, 1);
+    Grads full = ckpt_run(&g, 0), ck = ckpt_run(&g, 1);
+    assert_memory_equal(full.dx, ck.dx, (size_t)in_n(&g) * sizeof(float));
+    assert_memory_equal(full.dctx, ck.dctx,
+                        (size_t)g.N * g.L * g.cfg.cross_attention_dim * sizeof(float));
+    assert_memory_equal(full.ad, ck.ad, (size_t)full.nad * sizeof(float));
+    assert_memory_equal(full.base, ck.base, (size_t)full.nbase * sizeof(float));
+    float *gx = gt_read(&g, "grad.in.sample", NULL);
+    double e = rel_err(ck.dx, gx, in_n(&g));
+    print_message("%s: checkpointed dL/dx vs golden rel err %.2e; %lld adapter and %lld base "
+                  "gradients identical\n", stem, e, (long long)ck.nad, (long long)ck.nbase);
+    assert_true(e <= 1e-4);
+    /* frozen base, adapters only (the training case): same adapter gradients */
+    unet_set_base_trainable(g.u, 0);
+    Grads f2 = ckpt_run(&g, 0), c2 = ckpt_run(&g, 1);
+    assert_memory_equal(f2.ad, c2.ad, (size_t)f2.nad * sizeof(float));
+    Grads *all[4] = {&full, &ck, &f2, &c2};
+    for (int i = 0; i < 4; i++) { free(all[i]->dx); free(all[i]->dctx); free(all[i]->ad); free(all[i]->base); }
+    free(gx);
+    golden_close(&g);
+}
+
+static void test_checkpointing(void **st) {
+    (void)st;
+    check_checkpointing("unet_sd15like");
+    check_checkpointing("unet_sdxllike");
+    /* and it is what makes SDXL at 1024² fit: the plan's kept activations shrink */
+    UNetConfig c;
+    int64_t a0, t0, a1, t1;
+    assert_int_equal(unet_config_builtin("sdxl", &c), 0);
+    assert_int_equal(unet_memory_plan(&c, 1, 128, 128, 77, 1, 0, 0, &a0, &t0, NULL), 0);
+    assert_int_equal(unet_memory_plan(&c, 1, 128, 128, 77, 1, 0, 1, &a1, &t1, NULL), 0);
+    print_message("sdxl 128x128: kept %.2f GB + temp %.2f GB; checkpointed %.2f GB + %.2f GB\n",
+                  a0 / 1e9, t0 / 1e9, a1 / 1e9, t1 / 1e9);
+    assert_true(a1 + t1 < (a0 + t0) / 4);
+}
+
 /* zero-initialised adapters (the training init) leave the output bit-identical */
 static void check_zero_init(AdapterKind kind, int merged) {
     Golden g;
@@ -375,18 +459,18 @@ static void test_param_counts(void **st) {
     /* activation memory at training shapes (planning only, nothing allocated) */
     int64_t act, tmp, grd;
     assert_int_equal(unet_config_builtin("sd15", &c), 0);
-    assert_int_equal(unet_memory_plan(&c, 1, 64, 64, 77, 1, 0, &act, &tmp, &grd), 0);
+    assert_int_equal(unet_memory_plan(&c, 1, 64, 64, 77, 1, 0, 0, &act, &tmp, &grd), 0);
     print_message("sd15 64x64 N=1 L=77: kept %.2f GB, temp %.2f GB, grad %.2f GB\n", act / 1e9,
                   tmp / 1e9, grd / 1e9);
     assert_true(act > 1e8 && act < 8e9);
     int64_t act2;
-    assert_int_equal(unet_memory_plan(&c, 2, 64, 64, 77, 1, 0, &act2, NULL, NULL), 0);
+    assert_int_equal(unet_memory_plan(&c, 2, 64, 64, 77, 1, 0, 0, &act2, NULL, NULL), 0);
     assert_true(act2 > act * 19 / 10 && act2 < act * 21 / 10); /* linear in the batch */
-    assert_int_equal(unet_memory_plan(&c, 1, 64, 64, 77, 0, 0, &act2, NULL, NULL), 0);
+    assert_int_equal(unet_memory_plan(&c, 1, 64, 64, 77, 0, 0, 0, &act2, NULL, NULL), 0);
     assert_true(act2 < act / 4);                              /* inference keeps outputs only */
-    assert_int_equal(unet_memory_plan(&c, 1, 60, 60, 77, 1, 0, &act2, NULL, NULL), -1);
+    assert_int_equal(unet_memory_plan(&c, 1, 60, 60, 77, 1, 0, 0, &act2, NULL, NULL), -1);
     assert_int_equal(unet_config_builtin("sdxl", &c), 0);
-    assert_int_equal(unet_memory_plan(&c, 1, 128, 128, 77, 1, 0, &act, &tmp, &grd), 0);
+    assert_int_equal(unet_memory_plan(&c, 1, 128, 128, 77, 1, 0, 0, &act, &tmp, &grd), 0);
     print_message("sdxl 128x128 N=1 L=77: kept %.2f GB, temp %.2f GB, grad %.2f GB\n", act / 1e9,
                   tmp / 1e9, grd / 1e9);
 }
@@ -849,6 +933,7 @@ int main(void) {
         cmocka_unit_test(test_shapes_reuse),
         cmocka_unit_test(test_tiny_train_step),
         cmocka_unit_test(test_tiny_finite_diff),
+        cmocka_unit_test(test_checkpointing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

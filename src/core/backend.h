@@ -38,6 +38,9 @@ struct Backend {
     /* TF32 tensor-core math in gemms: 0 ok, -1 when the backend has no such mode */
     int (*set_tf32)(Backend *be, int on);
     size_t (*reserved_bytes)(Backend *be);   /* memory held from the device (live + cached) */
+    /* memory the device could still give now, counting our own cached blocks
+     * (CPU: the kernel's MemAvailable); 0 when unknown. For plans, not promises. */
+    size_t (*free_bytes)(Backend *be);
 
     /* ---- memory ---- */
     void *(*alloc)(Backend *be, size_t bytes); /* zero-filled; NULL on OOM */
@@ -199,7 +202,7 @@ struct Backend {
  * backend_cpu.c; a plugin krona-backend-NAME.so exports
  *     const BackendDriver *krona_backend_plugin(int abi);
  * returning its driver when abi == KRONA_BACKEND_ABI (else NULL: a stale build). */
-#define KRONA_BACKEND_ABI 4 /* bump when struct Backend or BackendDriver changes */
+#define KRONA_BACKEND_ABI 5 /* bump when struct Backend or BackendDriver changes */
 
 typedef struct BackendDriver {
     const char *name;  /* what --device / `device =` names: "cpu", "cuda" */

@@ -255,6 +255,17 @@ static void cpu_zero(Backend *be, void *p, size_t bytes) {
 static void cpu_sync(Backend *be) {}
 static size_t cpu_peak(Backend *be) { return atomic_load(&impl_of(be)->peak); }
 static size_t cpu_reserved(Backend *be) { return atomic_load(&impl_of(be)->live); }
+/* MemAvailable: what the kernel can hand out without swapping */
+static size_t cpu_free_bytes(Backend *be) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    fclose(f);
+    return (size_t)kb * 1024;
+}
 
 /* ------------------------------------------------------------------ gemm */
 
@@ -1816,6 +1827,7 @@ Backend *backend_cpu_create(void) {
     be->device_name = cpu_device_name;
     be->set_tf32 = cpu_set_tf32;
     be->reserved_bytes = cpu_reserved;
+    be->free_bytes = cpu_free_bytes;
     be->gemm = cpu_gemm;
     be->gemm_batched = cpu_gemm_batched;
     be->linear_fwd = cpu_linear_fwd;

@@ -4,6 +4,13 @@
 #include <stdio.h>
 #include <string.h>
 
+void fmt_bytes(double b, char *out, size_t n) {
+    if (b < 1e3) snprintf(out, n, "%.0f B", b);
+    else if (b < 1e6) snprintf(out, n, "%.1f kB", b / 1e3);
+    else if (b < 1e9) snprintf(out, n, "%.1f MB", b / 1e6);
+    else snprintf(out, n, "%.1f GB", b / 1e9);
+}
+
 void fmt_thousands(int64_t v, char *out, size_t n) {
     char raw[32];
     snprintf(raw, sizeof raw, "%lld", (long long)(v < 0 ? -v : v));

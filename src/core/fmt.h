@@ -8,4 +8,7 @@
 /* 1234567 -> "1,234,567" (truncated to n-1 characters) */
 void fmt_thousands(int64_t v, char *out, size_t n);
 
+/* bytes as people read them: "512 B", "31.7 MB", "5.8 GB" (decimal units) */
+void fmt_bytes(double bytes, char *out, size_t n);
+
 #endif

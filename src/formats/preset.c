@@ -77,6 +77,8 @@ static const Key keys[] = {
     { "train", "seed", K_U64, F(seed), 0, 0, 0, 0, 0, NULL, "random_seed|rng_seed", "any unsigned 64-bit integer" },
     { "train", "checkpoint_every", K_INT, F(checkpoint_every), 0, 0, 0, 1000000, 0, NULL, "checkpointing_steps|save_every|save_steps", "0: only at the end" },
     { "train", "prediction", K_ENUM, F(prediction), 0, 0, 0, 0, 0, "auto|epsilon|v", "prediction_type|parameterization", "auto (the model's scheduler config) | epsilon | v" },
+    { "train", "gradient_checkpointing", K_ENUM, F(grad_checkpointing), 0, 0, 0, 0, 0, "auto|on|off", "grad_checkpointing|checkpointing",
+      "recompute each layer's activations in backward: auto (when they would not fit) | on | off" },
 
     { "sample", "sample_every", K_INT, F(sample_every), 0, 0, 0, 1000000, 0, NULL, "validation_steps|preview_every", "0: only at the end" },
     { "sample", "prompt", K_LIST, L(sample_prompts, n_sample_prompts), PRESET_MAX_SAMPLES, 0, 0, 0, NULL, "prompts|sample_prompt|validation_prompt",
@@ -123,6 +125,7 @@ void preset_defaults(Preset *p) {
     p->seed = 42;
     p->checkpoint_every = 100;
     set_text(p->prediction, sizeof p->prediction, "auto");
+    set_text(p->grad_checkpointing, sizeof p->grad_checkpointing, "auto");
     p->sample_every = 100;
     set_text(p->sampler, sizeof p->sampler, "ddim");
     p->sample_steps = 25;

@@ -44,6 +44,7 @@ typedef struct Preset {
     unsigned long long seed;
     int checkpoint_every;            /* 0: only at the end */
     char prediction[16];             /* "auto" (the model's), "epsilon", "v" */
+    char grad_checkpointing[8];      /* "auto" (when memory is short), "on", "off" */
     /* [sample] */
     int sample_every;                /* 0: only at the end */
     int n_sample_prompts;

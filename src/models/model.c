@@ -302,6 +302,11 @@ static int32_t *prompt_ids(const Model *m, const Tokenizer *tok, const char *pro
     return ids;
 }
 
+void model_release_text_encoders(Model *m) {
+    te_release_weights(m->te);
+    te_release_weights(m->te2);
+}
+
 int model_encode_prompt(Model *m, const char *prompt, int px, float *cond, char *err, size_t errlen) {
     Backend *be = m->be;
     int L = m->context_len;

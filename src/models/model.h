@@ -76,6 +76,10 @@ int model_text_adapter_sets(Model *m, AdapterSet **out);
 /* The UNet's adapters and any text encoder adapters in one file (adapter_sets_save). */
 int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, char *err,
                        size_t errlen);
+/* Free the text encoders' weights once every prompt is encoded (training
+ * without text adapters encodes its prompts once); model_encode_prompt then
+ * fails saying so. */
+void model_release_text_encoders(Model *m);
 /* kohya's ss_base_model_version for the model's adapters: "sd_v1", "sdxl_base_v1-0", ... */
 const char *model_base_version(const Model *m);
 

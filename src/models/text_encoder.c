@@ -281,6 +281,14 @@ void te_free(TextEncoder *te)
     free(te);
 }
 
+void te_release_weights(TextEncoder *te)
+{
+    if (!te || !te->params) return;
+    te_set_trainable(te, 0, NULL, 0);
+    te->be->free(te->be, te->params);
+    te->params = NULL;
+}
+
 const TextConfig *te_config(const TextEncoder *te) { return &te->cfg; }
 int64_t te_n_params(const TextEncoder *te) { return te->n_params; }
 int te_pooled_dim(const TextEncoder *te)
@@ -431,6 +439,10 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
     const TextConfig *c = &te->cfg;
     Backend *be = te->be;
     if (N <= 0 || L <= 0) { err_set(err, errlen, "text encoder: empty batch (N=%d, L=%d)", N, L); return -1; }
+    if (!te->params) {
+        err_set(err, errlen, "text encoder: its weights were released after the run's prompts were encoded");
+        return -1;
+    }
     if (L > c->max_position_embeddings) {
         err_set(err, errlen, "text encoder: %d tokens per prompt but the model has %d positions — use a context of at most %d",
                L, c->max_position_embeddings, c->max_position_embeddings);

@@ -63,6 +63,10 @@ typedef struct TextEncoder TextEncoder;
  * or out of memory. */
 TextEncoder *te_create(const TextConfig *cfg, Backend *be, char *err, size_t errlen);
 void te_free(TextEncoder *te);
+/* Give the weights back to the device once every prompt a run needs is encoded
+ * (SDXL's two encoders hold 3.3 GB in f32). The config, tokenizer-facing sizes
+ * and adapter set stay; te_forward then fails saying so. */
+void te_release_weights(TextEncoder *te);
 const TextConfig *te_config(const TextEncoder *te);
 Backend *te_backend(const TextEncoder *te);
 int64_t te_n_params(const TextEncoder *te);

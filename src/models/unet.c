@@ -15,6 +15,9 @@
  *   tmp  per-layer temporaries (stack: mark/release), forward and backward
  *   grd  backward: gradients of the skip tensors + two ping-pong slots for the
  *        gradient of the main stream
+ *   rec  gradient checkpointing: the internals of the one resnet or transformer
+ *        block whose backward runs, recomputed from its kept input (the forward
+ *        then keeps only each such layer's output; memory for one extra forward)
  * Their sizes come from planning passes: the forward/backward code runs with
  * u->plan set, taking buffers (which only counts) and skipping every op; then
  * the arenas grow if needed and the real pass runs. One code path, so the plan
@@ -102,8 +105,11 @@ struct UNet {
     Norm norm_out;
 
     /* arenas */
-    struct Arena { float *base; int64_t cap, off, peak; } act, tmp, grd;
-    int plan, keep, overflow;
+    struct Arena { float *base; int64_t cap, off, peak; } act, tmp, grd, rec;
+    int plan, overflow;
+    int keep;   /* forward for backward: keep what backward reads */
+    int inner;  /* ... including resnet / transformer-block internals (not when ckpt) */
+    int ckpt;   /* gradient checkpointing (unet_set_checkpointing) */
 
     /* last forward */
     int fN, fH, fW, fL, have_fwd;
@@ -435,6 +441,7 @@ void unet_free(UNet *u) {
     if (u->wblock) be->free(be, u->wblock);
     if (u->gblock) be->free(be, u->gblock);
     arena_free(be, &u->act); arena_free(be, &u->tmp); arena_free(be, &u->grd);
+    arena_free(be, &u->rec);
     free_modules(u);
     free(u->params); free(u->linears); free(u->linp);
     free(u);
@@ -554,6 +561,13 @@ void unet_set_base_trainable(UNet *u, int trainable) {
 }
 
 int unet_base_trainable(const UNet *u) { return u->trainable; }
+
+void unet_set_checkpointing(UNet *u, int on) {
+    u->ckpt = on != 0;
+    u->have_fwd = 0; /* a forward kept for the other mode cannot serve backward */
+}
+
+int unet_checkpointing(const UNet *u) { return u->ckpt; }
 
 void unet_zero_grad(UNet *u) {
     Backend *be = u->be;
@@ -690,12 +704,33 @@ static float *resnet_fwd(UNet *u, Resnet *r, const float *x, int N, int H, int W
         }
     }
     u->tmp.off = tm;
-    if (!u->keep) u->act.off = am;
+    if (!u->inner) u->act.off = am;
     return out;
+}
+
+/* Gradient checkpointing: the forward released this layer's internals; run it
+ * again into the rec arena (swapped in as act) so its backward finds them. */
+static void recompute_begin(UNet *u, struct Arena *saved) {
+    *saved = u->act;
+    u->act = u->rec;
+    u->act.off = 0;
+    u->inner = 1;
+}
+
+static void recompute_end(UNet *u, const struct Arena *saved) {
+    u->rec = u->act;
+    u->act = *saved;
+    u->inner = 0;
 }
 
 static void resnet_bwd(UNet *u, Resnet *r, const float *dy, float *dx, int N, int H, int W) {
     Backend *be = u->be;
+    if (u->ckpt) {
+        struct Arena saved;
+        recompute_begin(u, &saved);
+        resnet_fwd(u, r, r->x, N, H, W);
+        recompute_end(u, &saved);
+    }
     int64_t HW = (int64_t)H * W, tm = u->tmp.off;
     int G = r->n1.G;
     int64_t no = N * r->cout * HW, ni = N * r->cin * HW;
@@ -792,6 +827,8 @@ static float *tblock_fwd(UNet *u, TBlock *t, const float *h0, int N, int S, int 
     Backend *be = u->be;
     int C = t->ln1.C;
     int64_t M = (int64_t)N * S;
+    float *h3 = take(u, &u->act, M * C);
+    int64_t am = u->act.off;
     t->h0 = h0;
     t->n1 = ln_fwd(u, &t->ln1, h0, M);
     t->h1 = attn_fwd(u, &t->a1, t->n1, t->n1, N, S, S);
@@ -802,17 +839,23 @@ static float *tblock_fwd(UNet *u, TBlock *t, const float *h0, int N, int S, int 
     t->n3 = ln_fwd(u, &t->ln3, t->h2, M);
     t->ffp = take(u, &u->act, M * 8 * C);
     t->ffg = take(u, &u->act, M * 4 * C);
-    float *h3 = take(u, &u->act, M * C);
     lin_fwd(u, &t->ff0, t->n3, t->ffp, M);
     if (!u->plan) be->geglu_fwd(be, t->ffp, t->ffg, M, 4 * C);
     lin_fwd(u, &t->ff2, t->ffg, h3, M);
     if (!u->plan) be->add(be, h3, t->h2, h3, M * C);
+    if (!u->inner) u->act.off = am;
     return h3;
 }
 
 /* dh [M,C] holds d(block output) and becomes d(block input), in place */
 static void tblock_bwd(UNet *u, TBlock *t, float *dh, int N, int S, int L) {
     Backend *be = u->be;
+    if (u->ckpt) {
+        struct Arena saved;
+        recompute_begin(u, &saved);
+        tblock_fwd(u, t, t->h0, N, S, L);
+        recompute_end(u, &saved);
+    }
     int C = t->ln1.C;
     int64_t M = (int64_t)N * S, tm = u->tmp.off;
     float *dffg = takez(u, &u->tmp, M * 4 * C);
@@ -1070,6 +1113,7 @@ int unet_forward(UNet *u, const float *x, const float *t, const float *ctx, cons
     }
     u->fN = N; u->fH = H; u->fW = W; u->fL = L;
     u->keep = for_backward;
+    u->inner = for_backward && !u->ckpt;
     /* planning pass: counts buffers, runs no op */
     u->plan = 1;
     u->act.peak = u->tmp.peak = 0;
@@ -1268,13 +1312,13 @@ int unet_backward_ctx(UNet *u, const float *dout, float *dx, float *dctx) {
         return -1;
     }
     u->plan = 1;
-    u->tmp.peak = u->grd.peak = 0;
+    u->tmp.peak = u->grd.peak = u->rec.peak = 0;
     backward_pass(u, dout, dx);
     u->grd.peak += 2 * ((u->slot_n + 15) & ~(int64_t)15);
     u->plan = 0;
-    if (arena_fit(u->be, &u->tmp) || arena_fit(u->be, &u->grd)) {
+    if (arena_fit(u->be, &u->tmp) || arena_fit(u->be, &u->grd) || arena_fit(u->be, &u->rec)) {
         snprintf(u->err, sizeof u->err, "out of %s memory for backward buffers (%.2f GB)",
-                 u->be->name, (double)(u->tmp.peak + u->grd.peak) * 4 / 1e9);
+                 u->be->name, (double)(u->tmp.peak + u->grd.peak + u->rec.peak) * 4 / 1e9);
         return -1;
     }
     u->overflow = 0;
@@ -1290,7 +1334,8 @@ const char *unet_last_error(const UNet *u) { return u->err;
 /* ------------------------------------------------------------------ planning only */
 
 int unet_memory_plan(const UNetConfig *cfg, int N, int H, int W, int L, int for_backward,
-                     int trainable, int64_t *act_bytes, int64_t *tmp_bytes, int64_t *grad_bytes) {
+                     int trainable, int checkpointing, int64_t *act_bytes, int64_t *tmp_bytes,
+                     int64_t *grad_bytes) {
     char err[256];
     if (cfg_valid(cfg, err, sizeof err)) return -1;
     int f = 1 << (cfg->n_levels - 1);
@@ -1309,6 +1354,8 @@ int unet_memory_plan(const UNetConfig *cfg, int N, int H, int W, int L, int for_
         }
         u->trainable = trainable;
         u->plan = 1; u->keep = for_backward;
+        u->ckpt = checkpointing;
+        u->inner = for_backward && !checkpointing;
         u->fN = N; u->fH = H; u->fW = W; u->fL = L;
         forward_pass(u, NULL, NULL, NULL, NULL, NULL);
         int64_t tmp_peak = u->tmp.peak;
@@ -1319,7 +1366,7 @@ int unet_memory_plan(const UNetConfig *cfg, int N, int H, int W, int L, int for_
         }
         if (u->tmp.peak < tmp_peak) u->tmp.peak = tmp_peak;
         if (act_bytes) *act_bytes = u->act.peak * 4;
-        if (tmp_bytes) *tmp_bytes = u->tmp.peak * 4;
+        if (tmp_bytes) *tmp_bytes = (u->tmp.peak + u->rec.peak) * 4;
         if (grad_bytes) *grad_bytes = u->grd.peak * 4;
     }
     free_modules(u);

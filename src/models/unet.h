@@ -38,9 +38,11 @@ int unet_param_table(const UNetConfig *cfg, UNetParam **params, int *n_params,
 
 /* Device memory the activation arenas need for one forward (+ backward) at this
  * shape, without creating the model (adapter scratch not included): bytes kept
- * for backward, temporaries, backward gradient buffers. 0, or -1 on bad shape. */
+ * for backward, temporaries (with checkpointing: + one layer's recompute),
+ * backward gradient buffers. 0, or -1 on bad shape. */
 int unet_memory_plan(const UNetConfig *cfg, int N, int H, int W, int L, int for_backward,
-                     int trainable, int64_t *act_bytes, int64_t *tmp_bytes, int64_t *grad_bytes);
+                     int trainable, int checkpointing, int64_t *act_bytes, int64_t *tmp_bytes,
+                     int64_t *grad_bytes);
 
 typedef struct UNet UNet;
 
@@ -72,6 +74,12 @@ AdapterSet *unet_adapters(UNet *u);
 /* Also train base weights (allocates grads). Default: frozen. */
 void unet_set_base_trainable(UNet *u, int trainable);
 int unet_base_trainable(const UNet *u);
+/* Gradient checkpointing: a forward for backward keeps only each resnet's and
+ * transformer block's output, and backward runs that layer's forward again
+ * first. Same gradients (the recompute is the same ops on the same inputs),
+ * a fraction of the activation memory, about one extra forward of time. */
+void unet_set_checkpointing(UNet *u, int on);
+int unet_checkpointing(const UNet *u);
 /* Zero the adapter gradients (dA, dB) and, when trainable, the base grads. */
 void unet_zero_grad(UNet *u);
 /* The adaptable linears (attention q/k/v/out, FFN), as in unet_param_table. */

@@ -503,6 +503,7 @@ int sweep_run(const Sweep *s, Backend *be, const SweepCallbacks *cb, atomic_int 
         if (cb && cb->begin) cb->begin(cb->user, i, n, name, row->run_dir);
         char why[1024];
         Trainer *t = trainer_create(&p, NULL, be, &tc, why, sizeof why);
+        if (t) trainer_keep_text_encoders(t); /* its samples and scores encode prompts */
         if (!t) {   /* sweep_check passed, so this is a resource problem: stop */
             snprintf(err, errlen, "variant %s: %s", name, why);
             rc = -1;

@@ -1,4 +1,5 @@
 #include "training/train.h"
+#include "core/fmt.h"
 
 #include <dirent.h>
 #include <stdarg.h>
@@ -53,6 +54,7 @@ struct Trainer {
     int n_ads;
     /* text_encoder_adapters: the prompts' token ids (host), re-encoded each step */
     int te_on;
+    int keep_te;           /* trainer_keep_text_encoders */
     int idw;               /* ids per prompt: L, or 2 L for SDXL (each tokenizer's) */
     int te2_first;         /* index in ads of the second encoder's first adapter (SDXL) */
     int32_t *ids_img, *ids_class, *ids_batch; /* [n_img, idw], [idw], [batch, idw] */
@@ -606,6 +608,43 @@ void train_adapter_spec(const Preset *p, AdapterSpec *spec) {
     spec->modules = ADAPT_ATTN | (strcmp(p->modules, "attn+ffn") == 0 ? ADAPT_FFN : 0);
 }
 
+int train_pick_checkpointing(const char *mode, int64_t act_bytes, size_t free_bytes) {
+    if (!strcmp(mode, "on")) return 1;
+    if (!strcmp(mode, "off")) return 0;
+    return free_bytes > 0 && (double)act_bytes > 0.8 * (double)free_bytes;
+}
+
+/* State what a step needs and choose gradient checkpointing (auto: when the
+ * activations would not fit). The plan is the UNet's own (unet_memory_plan):
+ * activations kept for backward, temporaries, backward buffers. */
+static int plan_memory(Trainer *t) {
+    Model *m = t->m;
+    int B = t->p.batch;
+    int64_t a[2], tm[2], g[2];
+    for (int c = 0; c < 2; c++)
+        if (unet_memory_plan(&m->ucfg, B, t->H, t->W, m->context_len, 1, 0, c, &a[c], &tm[c], &g[c])) {
+            snprintf(t->err, sizeof t->err, "no memory plan for a %dx%d batch of %d", t->W, t->H, B);
+            return -1;
+        }
+    int64_t need[2] = {a[0] + tm[0] + g[0], a[1] + tm[1] + g[1]};
+    size_t fr = t->be->free_bytes ? t->be->free_bytes(t->be) : 0;
+    int on = train_pick_checkpointing(t->p.grad_checkpointing, need[0], fr);
+    unet_set_checkpointing(m->unet, on);
+    char held[32], n0[32], n1[32], fb[32];
+    fmt_bytes((double)t->be->reserved_bytes(t->be), held, sizeof held);
+    fmt_bytes((double)need[0], n0, sizeof n0);
+    fmt_bytes((double)need[1], n1, sizeof n1);
+    fmt_bytes((double)fr, fb, sizeof fb);
+    tlog(t, "memory: model %s loaded; a step's activations %s (%s with gradient checkpointing); "
+         "%s free on %s", held, n0, n1, fr ? fb : "? (unknown)", t->be->name);
+    if (on && !strcmp(t->p.grad_checkpointing, "auto"))
+        tlog(t, "gradient checkpointing on (auto: %s of activations would not fit)", n0);
+    if (fr > 0 && (double)need[on] > 0.95 * (double)fr)
+        tlog(t, "warning: a step needs %s but %s are free: lower batch or resolution%s",
+             on ? n1 : n0, fb, on ? "" : ", or set gradient_checkpointing = on");
+    return 0;
+}
+
 static void *dev_alloc(Trainer *t, size_t floats, int *ok) {
     void *p = t->be->alloc(t->be, sizeof(float) * (floats ? floats : 1));
     if (!p) *ok = 0;
@@ -702,6 +741,8 @@ static int setup(Trainer *t, const char *resume_dir) {
         t->te2_first = t->n_ads;
         for (int i = 0; ts2 && i < ts2->n; i++) t->ads[t->n_ads++] = &ts2->items[i];
     }
+
+    if (plan_memory(t) != 0) return -1;
 
     /* images */
     t->n_img = p->n_images;
@@ -824,6 +865,8 @@ static int setup(Trainer *t, const char *resume_dir) {
     return 0;
 }
 
+void trainer_keep_text_encoders(Trainer *t) { t->keep_te = 1; }
+
 Trainer *trainer_create(const Preset *p, const char *resume_dir, Backend *be,
                         const TrainCallbacks *cb, char *err, size_t errlen) {
     Trainer *t = calloc(1, sizeof *t);
@@ -907,6 +950,9 @@ int trainer_run(Trainer *t) {
     double t0 = now_s();
     int step0 = t->step, rc = 0;
     float loss = t->prog.loss;
+    /* every prompt the run needs is a record now; without text adapters the
+     * encoders are done (unless the caller samples new prompts afterwards) */
+    if (!t->te_on && !t->keep_te) model_release_text_encoders(t->m);
     publish(t, TRAIN_RUNNING, loss, lr_at(p, t->step), t0, step0);
     if (t->step == 0 && p->sample_every > 0 && write_samples(t) != 0) rc = -1;
     while (rc == 0 && t->step < p->iterations) {

@@ -39,6 +39,10 @@ typedef struct TrainCallbacks {
 
 /* The adapter a preset asks for ([adapter] adapter, a1, a2, lora_rank, lora_alpha, modules). */
 void train_adapter_spec(const Preset *p, AdapterSpec *spec);
+/* gradient_checkpointing = auto|on|off: 1 when it should be on. auto turns it on
+ * when the activations without it (act_bytes) would take more than 80% of the
+ * memory the device has free (free_bytes; 0 = unknown: off). */
+int train_pick_checkpointing(const char *mode, int64_t act_bytes, size_t free_bytes);
 
 typedef struct Trainer Trainer;
 
@@ -51,6 +55,10 @@ Trainer *trainer_create(const Preset *p, const char *resume_dir, Backend *be,
                         const TrainCallbacks *cb, char *err, size_t errlen);
 void trainer_free(Trainer *t);
 
+/* trainer_run frees the text encoders' weights once the prompts are encoded
+ * (unless text adapters train): call this first to encode new prompts with
+ * trainer_model afterwards. */
+void trainer_keep_text_encoders(Trainer *t);
 int trainer_run(Trainer *t);        /* synchronous: 0 done, 1 cancelled, -1 failed */
 int trainer_start(Trainer *t);      /* the same on a new pthread */
 int trainer_join(Trainer *t);       /* wait; returns trainer_run's value */

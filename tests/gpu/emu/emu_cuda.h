@@ -173,6 +173,10 @@ static inline cudaError_t cudaMalloc(void **p, size_t n) {
     emu_live_allocs++;
     return cudaSuccess;
 }
+static inline cudaError_t cudaMemGetInfo(size_t *fr, size_t *total) {
+    *fr = (size_t)8 << 30; *total = (size_t)16 << 30; /* a pretend 16 GB card */
+    return cudaSuccess;
+}
 static inline cudaError_t cudaFree(void *p) { if (p) emu_live_allocs--; free(p); return cudaSuccess; }
 static inline cudaError_t cudaMallocHost(void **p, size_t n) { *p = malloc(n); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
 static inline cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
