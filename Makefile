@@ -40,7 +40,7 @@ SAN_OBJ    := $(ENGINE_SRC:%.c=$(SAN_BUILD)/%.o)
 SAN_LIB    := $(SAN_BUILD)/libkrona.a
 SAN_BIN    := $(TEST_SRC:tests/%.c=$(SAN_BUILD)/tests/%)
 
-.PHONY: all run check check-large test test-san bench bench-ops deps install clean
+.PHONY: all run check check-large test test-san bench bench-tiny bench-sd bench-ops deps install clean
 all: krona-studio
 
 krona-studio: $(CLI_OBJ) $(TUI_OBJ) $(LIBKRONA)
@@ -107,9 +107,19 @@ check: deps
 check-large: deps
 	@./tests/large/run.sh
 
-bench: deps
+# the tiny model (seconds), then SD 1.5 at 512² and SDXL at 1024² (random weights,
+# minutes per step on a CPU; rows that cannot fit in the free memory are skipped)
+bench: bench-tiny bench-sd
+
+bench-tiny: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_train
 	KRONA_BACKEND_PATH=$(CURDIR) ./$(BUILD)/bench/bench_train bench/results.txt
+
+bench-sd: deps
+	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_train $(BUILD)/bench/bench_vae
+	./$(BUILD)/bench/bench_train bench/results-sd15-cpu.txt --model sd15
+	./$(BUILD)/bench/bench_train bench/results-sdxl-cpu.txt --model sdxl
+	./$(BUILD)/bench/bench_vae both --size 512 --model sd15 | tee bench/results-vae-cpu.txt
 
 # attention op timings (best of N) on tiny-UNet and SD-like shapes
 bench-ops: $(BUILD)/bench/bench_ops
