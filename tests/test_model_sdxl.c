@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "core/fsutil.h"
+#include "core/rng.h"
 #include "formats/safetensors.h"
 #include "models/model.h"
 #include "formats/preset.h"
@@ -381,12 +382,157 @@ static void test_sdxl_text_adapters_train(void **state) {
     backend_destroy(be);
 }
 
+/* The pooled text embedding's gradient: bigG's last layer feeds only
+ * hidden_out, so its adapters learn only through pooled -> projection -> the
+ * UNet's add_embedding. Their analytic gradient (unet_backward_cond's d added,
+ * te_backward_all) against central finite differences of
+ * loss = sum(R * UNet(x | both penultimate states, pooled, time ids)); an
+ * adapter on layer 0 (both paths) too. */
+typedef struct PoolCase {
+    Model *m;
+    int32_t ids1[77], ids2[77];
+    float *x, *t, *ctx, *added, *out, *R, *pen1, *pen2, *pooled;
+    int L, H, W;
+} PoolCase;
+
+static double pool_loss(PoolCase *c, int for_backward) {
+    Model *m = c->m;
+    Backend *be = m->be;
+    int L = c->L, w1 = te_config(m->te)->hidden_size, w2 = te_config(m->te2)->hidden_size;
+    int P = m->added_dim - 6;
+    char err[512];
+    if (te_forward(m->te, c->ids1, 1, L, NULL, c->pen1, NULL, err, sizeof err)) fail_msg("%s", err);
+    if (te_forward(m->te2, c->ids2, 1, L, NULL, c->pen2, c->pooled, err, sizeof err)) fail_msg("%s", err);
+    for (int l = 0; l < L; l++) {
+        be->copy(be, c->ctx + (int64_t)l * m->ctx_dim, c->pen1 + (int64_t)l * w1, sizeof(float) * (size_t)w1);
+        be->copy(be, c->ctx + (int64_t)l * m->ctx_dim + w1, c->pen2 + (int64_t)l * w2, sizeof(float) * (size_t)w2);
+    }
+    float ids6[6] = {64, 64, 0, 0, 64, 64};
+    be->copy(be, c->added, c->pooled, sizeof(float) * (size_t)P);
+    be->upload(be, c->added + P, ids6, sizeof ids6);
+    int64_t n = 3LL * c->H * c->W;
+    assert_int_equal(unet_forward(m->unet, c->x, c->t, c->ctx, c->added, c->out, 1, c->H, c->W, L, for_backward), 0);
+    float *o = download(be, c->out, n), *r = download(be, c->R, n);
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)o[i] * r[i];
+    free(o); free(r);
+    return s;
+}
+
+static void test_sdxl_pooled_gradient(void **state) {
+    Backend *be = backend_cpu_create();
+    char err[512];
+    PoolCase c = {0};
+    c.m = model_open(g_dir, be, err, sizeof err);
+    if (!c.m) fail_msg("%s", err);
+    Model *m = c.m;
+    c.L = m->context_len; c.H = c.W = 8;
+    AdapterSpec spec = {.kind = ADAPTER_KRONA, .a1 = 2, .a2 = 2, .alpha = 1, .modules = ADAPT_ATTN};
+    if (model_attach_text_adapters(m, &spec, 5, err, sizeof err)) fail_msg("%s", err);
+    TextEncoder *tes[2] = {m->te, m->te2};
+    Rng r;
+    rng_seed(&r, 77);
+    for (int e = 0; e < 2; e++) {
+        if (te_set_trainable(tes[e], TE_TRAIN_ADAPTERS, err, sizeof err)) fail_msg("%s", err);
+        AdapterSet *s = te_adapters(tes[e]);
+        for (int i = 0; i < s->n; i++) { /* non-zero B, so every factor has a gradient */
+            int64_t nb = adapter_numel_B(&s->items[i]);
+            float *h = malloc(sizeof(float) * (size_t)nb);
+            rng_fill_normal(&r, h, nb);
+            for (int64_t j = 0; j < nb; j++) h[j] *= 0.3f;
+            be->upload(be, s->items[i].B, h, sizeof(float) * (size_t)nb);
+            free(h);
+        }
+    }
+    assert_int_equal(tok_encode_padded(m->tok, "a sks dog", c.L, c.ids1, NULL, err, sizeof err), 0);
+    assert_int_equal(tok_encode_padded(m->tok2, "a sks dog", c.L, c.ids2, NULL, err, sizeof err), 0);
+    int w1 = te_config(m->te)->hidden_size, w2 = te_config(m->te2)->hidden_size, P = m->added_dim - 6;
+    int64_t n = 3LL * c.H * c.W;
+    float *hx = malloc(sizeof(float) * (size_t)n), *hr = malloc(sizeof(float) * (size_t)n), ht = 500.f;
+    rng_fill_normal(&r, hx, n);
+    rng_fill_normal(&r, hr, n);
+    c.x = be->alloc(be, sizeof(float) * (size_t)n); be->upload(be, c.x, hx, sizeof(float) * (size_t)n);
+    c.R = be->alloc(be, sizeof(float) * (size_t)n); be->upload(be, c.R, hr, sizeof(float) * (size_t)n);
+    c.t = be->alloc(be, sizeof(float)); be->upload(be, c.t, &ht, sizeof(float));
+    c.out = be->alloc(be, sizeof(float) * (size_t)n);
+    c.ctx = be->alloc(be, sizeof(float) * (size_t)c.L * m->ctx_dim);
+    c.added = be->alloc(be, sizeof(float) * (size_t)(P + 6));
+    c.pen1 = be->alloc(be, sizeof(float) * (size_t)c.L * w1);
+    c.pen2 = be->alloc(be, sizeof(float) * (size_t)c.L * w2);
+    c.pooled = be->alloc(be, sizeof(float) * (size_t)P);
+    float *dctx = be->alloc(be, sizeof(float) * (size_t)c.L * m->ctx_dim);
+    float *dadded = be->alloc(be, sizeof(float) * (size_t)(P + 6));
+    float *dpen1 = be->alloc(be, sizeof(float) * (size_t)c.L * w1);
+    float *dpen2 = be->alloc(be, sizeof(float) * (size_t)c.L * w2);
+
+    te_zero_grad(m->te); te_zero_grad(m->te2);
+    pool_loss(&c, 1);
+    assert_int_equal(unet_backward_cond(m->unet, c.R, NULL, dctx, dadded), 0);
+    for (int l = 0; l < c.L; l++) {
+        be->copy(be, dpen1 + (int64_t)l * w1, dctx + (int64_t)l * m->ctx_dim, sizeof(float) * (size_t)w1);
+        be->copy(be, dpen2 + (int64_t)l * w2, dctx + (int64_t)l * m->ctx_dim + w1, sizeof(float) * (size_t)w2);
+    }
+    float *dadd_h = download(be, dadded, P + 6);
+    for (int i = P; i < P + 6; i++) assert_true(dadd_h[i] == 0.0f); /* the time ids get none */
+    free(dadd_h);
+    assert_int_equal(te_backward_states(m->te, NULL, dpen1, err, sizeof err), 0);
+    assert_int_equal(te_backward_all(m->te2, NULL, dpen2, dadded, err, sizeof err), 0);
+    /* dadded has P + 6 floats per prompt; one prompt: its first P are d pooled */
+
+    /* directional derivatives along the analytic gradient (the largest change
+     * the loss can show): the last layer's four adapters (pooled path only),
+     * then layer 0's (both paths); fd = |g| when the gradient is right */
+    AdapterSet *s2 = te_adapters(m->te2);
+    int nl2 = te_config(m->te2)->num_hidden_layers;
+    int first[2] = {4 * (nl2 - 1), 0};
+    for (int k = 0; k < 2; k++) {
+        float *g[4], *b0[4];
+        int64_t nb[4];
+        double norm = 0;
+        for (int q = 0; q < 4; q++) {
+            Adapter *a = &s2->items[first[k] + q];
+            nb[q] = adapter_numel_B(a);
+            g[q] = download(be, a->dB, nb[q]);
+            b0[q] = download(be, a->B, nb[q]);
+            for (int64_t j = 0; j < nb[q]; j++) norm += (double)g[q][j] * g[q][j];
+        }
+        norm = sqrt(norm);
+        assert_true(norm > 0); /* the last layer's: zero without the pooled path */
+        const double eps = 0.05;
+        double l[2];
+        for (int sgn = 0; sgn < 2; sgn++) {
+            for (int q = 0; q < 4; q++) {
+                float *b = malloc(sizeof(float) * (size_t)nb[q]);
+                for (int64_t j = 0; j < nb[q]; j++)
+                    b[j] = b0[q][j] + (float)((sgn ? -eps : eps) * g[q][j] / norm);
+                be->upload(be, s2->items[first[k] + q].B, b, sizeof(float) * (size_t)nb[q]);
+                free(b);
+            }
+            l[sgn] = pool_loss(&c, 0);
+        }
+        for (int q = 0; q < 4; q++) {
+            be->upload(be, s2->items[first[k] + q].B, b0[q], sizeof(float) * (size_t)nb[q]);
+            free(g[q]); free(b0[q]);
+        }
+        double fd = (l[0] - l[1]) / (2 * eps), e = fabs(fd - norm) / norm;
+        print_message("bigG layer %d adapters: |dL/dB| %.6g, finite difference along it %.6g "
+                      "(rel err %.2e)\n", k ? 0 : nl2 - 1, norm, fd, e);
+        assert_true(e < 1e-2);
+    }
+    float *devs[] = {c.x, c.R, c.t, c.out, c.ctx, c.added, c.pen1, c.pen2, c.pooled, dctx, dadded, dpen1, dpen2};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) be->free(be, devs[i]);
+    free(hx); free(hr);
+    model_free(m);
+    backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sdxl_conditioning),
         cmocka_unit_test(test_missing_second_encoder),
         cmocka_unit_test(test_sdxl_adapter_names),
         cmocka_unit_test(test_sdxl_text_adapters_train),
+        cmocka_unit_test(test_sdxl_pooled_gradient),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -190,6 +190,9 @@ struct TextEncoder {
     int32_t *act_ids;
     int64_t act_ids_cap;
     int act_N, act_L, have_fwd;
+    int *eos_pos;     /* [act_N] host: the pooled row of each prompt in the kept forward */
+    int eos_cap;
+    int pooled_kept;  /* the kept forward computed pooled_out (its rows are in acts) */
     int train_mode;   /* TE_TRAIN_* */
     /* adapters on the attention projections: ads.items[4 l + {0 q, 1 k, 2 v, 3 out}] */
     AdapterSet ads;
@@ -276,6 +279,7 @@ void te_free(TextEncoder *te)
     if (te->params) te->be->free(te->be, te->params);
     te_set_trainable(te, 0, NULL, 0);
     adapter_set_free(&te->ads);
+    free(te->eos_pos);
     free(te->layers);
     free(te->specs);
     free(te);
@@ -546,7 +550,20 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
         else be->copy(be, pooled_out, pool, (size_t)N * H * sizeof(float));
     }
     if (keep) {
+        if (N > te->eos_cap) {
+            int *e = realloc(te->eos_pos, (size_t)N * sizeof *e);
+            if (!e) {
+                err_set(err, errlen, "text encoder: out of host memory");
+                if (hid_tmp) be->free(be, hid_tmp);
+                if (scr) be->free(be, scr);
+                return -1;
+            }
+            te->eos_pos = e;
+            te->eos_cap = N;
+        }
+        for (int n = 0; n < N; n++) te->eos_pos[n] = te_eos_position(c, ids_host + (int64_t)n * L, L);
         te->have_fwd = 1;
+        te->pooled_kept = pooled_out != NULL;
         te->act_N = N;
         te->act_L = L;
     } else {
@@ -662,6 +679,12 @@ int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t er
 int te_backward_states(TextEncoder *te, const float *d_hidden_out, const float *d_penultimate_out,
                        char *err, size_t errlen)
 {
+    return te_backward_all(te, d_hidden_out, d_penultimate_out, NULL, err, errlen);
+}
+
+int te_backward_all(TextEncoder *te, const float *d_hidden_out, const float *d_penultimate_out,
+                    const float *d_pooled_out, char *err, size_t errlen)
+{
     const TextConfig *c = &te->cfg;
     Backend *be = te->be;
     if (te->train_mode == TE_TRAIN_OFF) { err_set(err, errlen, "text encoder backward: call te_set_trainable(te, 1) before the forward"); return -1; }
@@ -690,10 +713,35 @@ int te_backward_states(TextEncoder *te, const float *d_hidden_out, const float *
     float *dv = dk + M * H, *dout = dv + M * H, *df = dout + M * H, *df1 = df + M * I;
     float *scr = scr_n ? df1 + M * I : NULL;
 
-    if (!d_hidden_out && !d_penultimate_out) {
+    if (!d_hidden_out && !d_penultimate_out && !d_pooled_out) {
         be->free(be, ws);
         err_set(err, errlen, "text encoder backward: no output gradient given");
         return -1;
+    }
+    /* pooled = proj(hidden_out[eos]): its gradient joins d hidden_out at the EOS rows */
+    float *dhid = NULL;
+    if (d_pooled_out && !te->pooled_kept) {
+        be->free(be, ws);
+        err_set(err, errlen, "text encoder backward: a pooled gradient needs a forward that made pooled_out");
+        return -1;
+    }
+    if (d_pooled_out) {
+        dhid = be->alloc(be, ((size_t)M * H + (size_t)N * H) * sizeof(float));
+        if (!dhid) {
+            be->free(be, ws);
+            err_set(err, errlen, "text encoder backward: out of memory for %d x %d tokens", N, L);
+            return -1;
+        }
+        float *dpool = dhid + M * H, *pool = frstd + M;
+        if (d_hidden_out) be->copy(be, dhid, d_hidden_out, (size_t)M * H * sizeof(float));
+        if (te->proj_w)
+            be->linear_bwd(be, d_pooled_out, pool, te->proj_w, dpool, gof(te, te->proj_w), NULL, N, H,
+                           c->projection_dim);
+        else
+            be->copy(be, dpool, d_pooled_out, (size_t)N * H * sizeof(float));
+        for (int n = 0; n < N; n++)
+            be->axpy(be, 1.0f, dpool + (int64_t)n * H, dhid + ((int64_t)n * L + te->eos_pos[n]) * H, H);
+        d_hidden_out = dhid;
     }
     /* hidden_out = final_norm(the last layer's output); penultimate_out = its input */
     int top = nl - 1;
@@ -747,6 +795,7 @@ int te_backward_states(TextEncoder *te, const float *d_hidden_out, const float *
         for (int n = 0; n < N; n++) be->axpy(be, 1.0f, dx + (int64_t)n * L * H, gof(te, te->pos_emb), (int64_t)L * H);
     }
     be->free(be, ws);
+    if (dhid) be->free(be, dhid);
     return 0;
 }
 

@@ -128,15 +128,20 @@ int te_n_tensors(const TextEncoder *te);
 const char *te_tensor_info(const TextEncoder *te, int i, int *ndim, int64_t shape[2], int64_t *offset);
 /* Backward of the last te_forward (made while trainable) for the gradient of
  * its hidden_out [N, L, hidden] (device): ACCUMULATES into te_grads (when
- * TE_TRAIN_FULL) and the attached adapters' dA/dB. Gradients through
- * penultimate_out and pooled_out are not supported (the tiny UNet and SD 1.5
- * only read last_hidden_state). gelu and quick_gelu encoders. -1 with a reason
+ * TE_TRAIN_FULL) and the attached adapters' dA/dB. For the gradients through
+ * penultimate_out and pooled_out see te_backward_states / te_backward_all (the
+ * tiny UNet and SD 1.5 only read last_hidden_state). gelu and quick_gelu encoders. -1 with a reason
  * when not trainable, without a forward or on out of memory. */
 int te_backward(TextEncoder *te, const float *d_hidden_out, char *err, size_t errlen);
 /* The same with the gradient of penultimate_out [N, L, hidden] too (SDXL's UNet
  * reads the penultimate states); either may be NULL, not both. */
 int te_backward_states(TextEncoder *te, const float *d_hidden_out, const float *d_penultimate_out,
                        char *err, size_t errlen);
+/* ... and the gradient of pooled_out [N, pooled_dim] (SDXL's UNet reads bigG's
+ * projected pooled output in its add embedding); the forward must have made
+ * pooled_out. Any of the three may be NULL, not all. */
+int te_backward_all(TextEncoder *te, const float *d_hidden_out, const float *d_penultimate_out,
+                    const float *d_pooled_out, char *err, size_t errlen);
 /* All parameters as F32 under their HF names (atomic write). */
 int te_save_safetensors(TextEncoder *te, const char *path, char *err, size_t errlen);
 

@@ -121,7 +121,9 @@ struct UNet {
     int cur;
     int64_t slot_n;
     float *dtembs;
-    float *dctx;     /* += d loss / d ctx during backward (unet_backward_ctx), else NULL */
+    int want_temb;   /* backward computes dtembs (base training, or dadded) */
+    float *dctx;     /* += d loss / d ctx during backward (unet_backward_cond), else NULL */
+    float *dadded;   /* += d loss / d added (its pooled part) during backward, else NULL */
     char err[256];   /* why the last forward/backward returned -1 */
 };
 
@@ -737,7 +739,7 @@ static void resnet_bwd(UNet *u, Resnet *r, const float *dy, float *dx, int N, in
     float *d = takez(u, &u->tmp, no > ni ? no : ni);
     float *d2 = takez(u, &u->tmp, no > ni ? no : ni);
     float *s = u->trainable ? take(u, &u->tmp, no > ni ? no : ni) : NULL;
-    float *dtp = u->trainable ? takez(u, &u->tmp, (int64_t)N * r->cout) : NULL;
+    float *dtp = u->want_temb ? takez(u, &u->tmp, (int64_t)N * r->cout) : NULL;
     if (u->plan) { u->tmp.off = tm; return; }
     /* conv2: input silu(n2o) is only needed for the weight gradient */
     if (s) be->silu_fwd(be, r->n2o, s, no);
@@ -747,12 +749,12 @@ static void resnet_bwd(UNet *u, Resnet *r, const float *dy, float *dx, int N, in
     be->zero(be, d, (size_t)no * sizeof(float));
     be->group_norm_bwd(be, d2, r->h1, P(r->n2.g), r->n2.mean, r->n2.rstd, d, G(r->n2.g),
                        G(r->n2.b), N, r->cout, HW, G); /* d = d h1 */
-    if (u->trainable) {
+    if (u->want_temb) { /* the time embedding's gradient: base training or the pooled text */
         be->channel_sum_bwd(be, d, dtp, N, r->cout, HW);
         be->linear_bwd(be, dtp, u->tembs, P(r->temb.w), u->dtembs, G(r->temb.w), G(r->temb.b), N,
                        r->temb.din, r->cout);
-        be->silu_fwd(be, r->n1o, s, ni);
     }
+    if (u->trainable) be->silu_fwd(be, r->n1o, s, ni);
     be->zero(be, d2, (size_t)ni * sizeof(float));
     be->conv2d_bwd(be, d, s ? s : r->n1o, P(r->c1.w), d2, G(r->c1.w), G(r->c1.b), N, r->cin, H, W,
                    r->cout, 3, 1, 1);                /* d2 = d silu(n1o) */
@@ -1152,7 +1154,8 @@ static void backward_pass(UNet *u, const float *dout, float *dx) {
     float *dskip[64];
     for (int i = 0; i < u->n_skips && i < 64; i++)
         dskip[i] = takez(u, &u->grd, (int64_t)N * u->skips[i].C * u->skips[i].H * u->skips[i].W);
-    u->dtembs = u->trainable ? takez(u, &u->grd, (int64_t)N * T) : NULL;
+    int want_temb = u->want_temb = u->trainable || (u->dadded && u->has_add);
+    u->dtembs = want_temb ? takez(u, &u->grd, (int64_t)N * T) : NULL;
     if (u->plan) {
         u->slot_n = 0;
     } else {
@@ -1223,7 +1226,8 @@ static void backward_pass(UNet *u, const float *dout, float *dx) {
      * downsampler). With a frozen base and no dx wanted, nothing before the first
      * adapted attention needs a gradient: backward stops there (for SDXL that skips
      * the whole 128x128 level). */
-    int need_all = u->trainable || dx != NULL || u->dctx != NULL, first = 0, pos = 0, done = 0;
+    int need_all = u->trainable || dx != NULL || u->dctx != NULL || want_temb, first = 0, pos = 0,
+        done = 0;
     for (int i = 0; i < nl; i++) {
         Block *k = &u->down[i];
         for (int j = 0; j < k->nres; j++) {
@@ -1273,39 +1277,52 @@ static void backward_pass(UNet *u, const float *dout, float *dx) {
             be->conv2d_bwd(be, d, u->x_in, P(u->conv_in.w), dx, G(u->conv_in.w), G(u->conv_in.b), N,
                            c->in_channels, H, W, ch0, 3, 1, 1);
     }
-    /* time embedding (base weights only: no adapter lives there) */
-    if (u->trainable) {
+    /* time embedding: base weights (no adapter lives there) and, for SDXL, the
+     * gradient of the pooled text embedding through add_embedding */
+    if (want_temb) {
         int64_t nt = (int64_t)N * T;
+        int Pin = u->has_add ? c->projection_class_embeddings_input_dim : 0;
         float *dte = takez(u, &u->tmp, nt);
         float *d1 = takez(u, &u->tmp, nt);
         float *d2 = takez(u, &u->tmp, nt);
         float *a1s = take(u, &u->tmp, nt);
+        float *dain = u->dadded && u->has_add ? takez(u, &u->tmp, (int64_t)N * Pin) : NULL;
         if (!u->plan) {
             be->silu_bwd(be, u->dtembs, u->temb, dte, nt);
-            be->silu_fwd(be, u->te1, a1s, nt);
-            be->linear_bwd(be, dte, a1s, P(u->t2.w), d1, G(u->t2.w), G(u->t2.b), N, T, T);
-            be->silu_bwd(be, d1, u->te1, d2, nt);
-            be->linear_bwd(be, d2, u->tproj, P(u->t1.w), NULL, G(u->t1.w), G(u->t1.b), N, ch0, T);
+            if (u->trainable) {
+                be->silu_fwd(be, u->te1, a1s, nt);
+                be->linear_bwd(be, dte, a1s, P(u->t2.w), d1, G(u->t2.w), G(u->t2.b), N, T, T);
+                be->silu_bwd(be, d1, u->te1, d2, nt);
+                be->linear_bwd(be, d2, u->tproj, P(u->t1.w), NULL, G(u->t1.w), G(u->t1.b), N, ch0, T);
+            }
             if (u->has_add) {
-                int Pin = c->projection_class_embeddings_input_dim;
+                int Pp = Pin - 6 * c->addition_time_embed_dim;
                 be->zero(be, d1, (size_t)nt * sizeof(float));
                 be->zero(be, d2, (size_t)nt * sizeof(float));
                 be->silu_fwd(be, u->ae1, a1s, nt);
                 be->linear_bwd(be, dte, a1s, P(u->e2.w), d1, G(u->e2.w), G(u->e2.b), N, T, T);
                 be->silu_bwd(be, d1, u->ae1, d2, nt);
-                be->linear_bwd(be, d2, u->addin, P(u->e1.w), NULL, G(u->e1.w), G(u->e1.b), N, Pin, T);
+                be->linear_bwd(be, d2, u->addin, P(u->e1.w), dain, G(u->e1.w), G(u->e1.b), N, Pin, T);
+                /* addin = [pooled | embedded time ids]: the pooled columns go out */
+                for (int n = 0; dain && n < N; n++)
+                    be->axpy(be, 1.0f, dain + (int64_t)n * Pin, u->dadded + (int64_t)n * (Pp + 6), Pp);
             }
         }
     }
 }
 
 int unet_backward(UNet *u, const float *dout, float *dx) {
-    return unet_backward_ctx(u, dout, dx, NULL);
+    return unet_backward_cond(u, dout, dx, NULL, NULL);
 }
 
 int unet_backward_ctx(UNet *u, const float *dout, float *dx, float *dctx) {
+    return unet_backward_cond(u, dout, dx, dctx, NULL);
+}
+
+int unet_backward_cond(UNet *u, const float *dout, float *dx, float *dctx, float *dadded) {
     u->err[0] = 0;
     u->dctx = dctx;
+    u->dadded = dadded;
     if (!u->have_fwd) {
         snprintf(u->err, sizeof u->err, "backward needs a forward with for_backward=1 first "
                  "(and no adapter change in between)");
@@ -1324,6 +1341,7 @@ int unet_backward_ctx(UNet *u, const float *dout, float *dx, float *dctx) {
     u->overflow = 0;
     backward_pass(u, dout, dx);
     u->dctx = NULL;
+    u->dadded = NULL;
     if (u->overflow) { snprintf(u->err, sizeof u->err, "internal: backward plan overflow"); return -1; }
     return 0;
 }

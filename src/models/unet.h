@@ -104,6 +104,10 @@ int unet_backward(UNet *u, const float *dout, float *dx);
 /* The same, and dctx[N,L,cross_attention_dim] (device, may be NULL) += d loss /
  * d ctx: the text encoder's input gradient when it trains with the UNet. */
 int unet_backward_ctx(UNet *u, const float *dout, float *dx, float *dctx);
+/* ... and dadded[N, P + 6] (device, may be NULL; SDXL) += d loss / d added for
+ * its pooled part (the time ids get none): the pooled text embedding's gradient
+ * through add_embedding, for text-encoder adapters. */
+int unet_backward_cond(UNet *u, const float *dout, float *dx, float *dctx, float *dadded);
 /* One line saying why the last unet_forward / unet_backward returned -1 ("" if none). */
 const char *unet_last_error(const UNet *u);
 

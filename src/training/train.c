@@ -60,7 +60,7 @@ struct Trainer {
     int32_t *ids_img, *ids_class, *ids_batch; /* [n_img, idw], [idw], [batch, idw] */
     int32_t *ids_b1, *ids_b2;                 /* SDXL: [batch, L] each */
     float *dctx;                              /* [batch, cond_floats] */
-    float *pen1, *pen2, *pooled, *dpen1, *dpen2; /* SDXL: [batch, L, w1|w2], [batch, P] */
+    float *pen1, *pen2, *pooled, *dpen1, *dpen2, *dpooled; /* SDXL: [batch, L, w1|w2], [batch, P] */
 
     Rng rng;
     int step;              /* optimiser steps done */
@@ -350,9 +350,9 @@ static int te_encode(Trainer *t, const int32_t *ids, int n, float *cond, char *e
     return 0;
 }
 
-/* d(records) [n, cond_floats] of the last te_encode back into the text adapters.
- * SDXL: through the penultimate states only (the pooled output feeds the UNet's
- * added embedding; that gradient is not taken). */
+/* d(records) of the last te_encode back into the text adapters: t->dctx holds
+ * d ctx [n, L, ctx_dim] and, for SDXL, d added [n, P + 6] after it. SDXL: both
+ * penultimate states, and bigG's pooled output through the UNet's add embedding. */
 static int te_backprop(Trainer *t, int n, char *e, size_t elen) {
     Model *m = t->m;
     Backend *be = t->be;
@@ -366,8 +366,12 @@ static int te_backprop(Trainer *t, int n, char *e, size_t elen) {
             be->copy(be, t->dpen2 + ((int64_t)b * L + l) * w2, d + (int64_t)l * m->ctx_dim + w1, sizeof(float) * (size_t)w2);
         }
     }
+    int P = m->added_dim - 6;
+    const float *dadded = t->dctx + (int64_t)n * L * m->ctx_dim;
+    for (int b = 0; b < n; b++)
+        be->copy(be, t->dpooled + (int64_t)b * P, dadded + (int64_t)b * (P + 6), sizeof(float) * (size_t)P);
     if (te_backward_states(m->te, NULL, t->dpen1, e, elen) != 0) return -1;
-    return te_backward_states(m->te2, NULL, t->dpen2, e, elen);
+    return te_backward_all(m->te2, NULL, t->dpen2, t->dpooled, e, elen);
 }
 
 /* One forward/backward on a batch drawn from src (n images, each with its
@@ -411,7 +415,9 @@ static int forward_backward(Trainer *t, const float *src, int n, const float *ct
     be->zero(be, t->dout, sizeof(float) * (size_t)n_all);
     be->mse_bwd(be, t->out, t->target, t->dout, n_all, weight);
     if (t->te_on) be->zero(be, t->dctx, cb * (size_t)B);
-    if (unet_backward_ctx(t->m->unet, t->dout, NULL, t->te_on ? t->dctx : NULL) != 0) {
+    /* dctx holds [B, L, ctx_dim] then, for SDXL, d added [B, P + 6] */
+    float *dadded = t->te_on && t->m->te2 ? t->dctx + (int64_t)B * t->m->context_len * t->m->ctx_dim : NULL;
+    if (unet_backward_cond(t->m->unet, t->dout, NULL, t->te_on ? t->dctx : NULL, dadded) != 0) {
         snprintf(t->err, sizeof t->err, "step %d: UNet backward: %s", t->step + 1, unet_last_error(t->m->unet));
         return -1;
     }
@@ -797,6 +803,7 @@ static int setup(Trainer *t, const char *resume_dir) {
             t->pen2 = dev_alloc(t, BL * w2, &ok);
             t->dpen2 = dev_alloc(t, BL * w2, &ok);
             t->pooled = dev_alloc(t, (size_t)B * (size_t)(m->added_dim - 6), &ok);
+            t->dpooled = dev_alloc(t, (size_t)B * (size_t)(m->added_dim - 6), &ok);
         }
     }
     if (!t->hx0 || !t->hnoise || !t->htf || !t->ht || !t->loss_hist || !t->eval_noise || !t->mA ||
@@ -901,7 +908,7 @@ void trainer_free(Trainer *t) {
     }
     float *dev[] = {t->ctx_img, t->ctx_class, t->ctx_empty, t->ctx_batch, t->ctx_samples,
                     t->ctx_samples_uncond, t->x0, t->noise, t->xt, t->target, t->out, t->dout,
-                    t->tdev, t->dctx, t->pen1, t->pen2, t->pooled, t->dpen1, t->dpen2};
+                    t->tdev, t->dctx, t->pen1, t->pen2, t->pooled, t->dpen1, t->dpen2, t->dpooled};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(be, dev[i]);
     free(t->mA); free(t->vA); free(t->mB); free(t->vB); free(t->ads);
     free(t->ids_img); free(t->ids_class); free(t->ids_batch); free(t->ids_b1); free(t->ids_b2);
