@@ -12,7 +12,9 @@
 #      it (CPU): the whole pipeline (UNet, CLIP, VAE) at full size;
 #   5. `merge` the trained adapter into build/large/merged.safetensors (a full
 #      2.1 GB single file, streamed), then `info --model` on it: exit 0, still
-#      "SD 1.5 single file" with 859,520,964 UNet parameters.
+#      "SD 1.5 single file" with 859,520,964 UNet parameters;
+#   6. the same kind of checks on a full-size SDXL base file (6.9 GB), training
+#      at 1024² (KRONA_LARGE_SDXL=0 skips this part).
 # Each step prints its wall time and peak RSS (GNU time; the wall time alone
 # without it). Logs: build/large/<step>.log. Exit 0 when every step passed.
 set -u
@@ -86,4 +88,25 @@ ls "$OUT/runs/large-train/adapter.safetensors" >/dev/null || fail "train: no ada
 step merge ./krona-studio merge --model "$FILE" --adapter "$OUT/runs/large-train/adapter.safetensors" -o "$OUT/merged.safetensors" --force || fail "merge"
 step info-merged ./krona-studio info --model "$OUT/merged.safetensors" || fail "info on the merged file exited non-zero"
 grep -Eq "^ *UNet +859,520,964 parameters" "$OUT/info-merged.log" || fail "info on the merged file: UNet not 859,520,964 parameters"
+rm -f "$OUT/merged.safetensors"
+
+# 6. SDXL base, full size (6.9 GB f16): info, a 2-step sample at 128 px, and a
+#    2-iteration train at 1024² with text-encoder adapters (the memory plan turns
+#    gradient checkpointing on when the activations would not fit; the log says so)
+XL=$OUT/sdxl-f16.safetensors
+if [ "${KRONA_LARGE_SDXL:-1}" = 0 ]; then
+    echo "== sdxl: skipped (KRONA_LARGE_SDXL=0)"
+else
+    if [ -f "$XL" ] && [ "$XL" -nt "$TOOL" ]; then
+        echo "== generate-sdxl: $XL is newer than $TOOL, kept"
+    else
+        rm -f "$XL"
+        step generate-sdxl "$TOOL" --kind sdxl --dtype f16 --seed 0 "$XL" || fail "generate $XL"
+    fi
+    step info-sdxl ./krona-studio info --model "$XL" || fail "info sdxl exited non-zero"
+    grep -Eq "^ *UNet +2,567,463,684 parameters" "$OUT/info-sdxl.log" || fail "info sdxl: UNet not 2,567,463,684 parameters"
+    step sample-sdxl ./krona-studio sample --model "$XL" --size 128 --steps 2 --tokenizer "$MERGES" --prompt "a sks dog" --seed 1 --device cpu -o "$OUT/sample-sdxl.png" || fail "sample sdxl"
+    step train-sdxl ./krona-studio train --preset presets/default.ini --headless --device cpu --set model="$PWD/$XL" --set resolution=1024 --set a2=64 --set iterations=2 --set sample_every=0 --set checkpoint_every=0 --set text_encoder_adapters=1 --set output_dir="$OUT/runs" --set run_name=large-train-sdxl || fail "train sdxl"
+    ls "$OUT/runs/large-train-sdxl/adapter.safetensors" >/dev/null || fail "train sdxl: no adapter"
+fi
 echo "== check-large: ok"
