@@ -140,7 +140,7 @@ static int cmd_sweep_run(int argc, char **argv) {
     printf("sweep: %d variant%s of %s%s\n", n, n == 1 ? "" : "s", preset_path,
            s->listed ? " (listed)" : "");
     fflush(stdout);
-    SweepCallbacks cb = {&sp, on_begin, on_end, {&sp, on_progress, NULL, NULL}};
+    SweepCallbacks cb = {&sp, on_begin, on_end, {&sp, on_progress, NULL, NULL, NULL}};
     char dir[PATH_MAX];
     dir[0] = 0;
     int nr = 0;

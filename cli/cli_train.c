@@ -105,7 +105,7 @@ int cmd_train(int argc, char **argv) {
     snprintf(skipped, sizeof skipped, "%s", err);
 
     Headless h = {every > 0 ? every : (p.iterations >= 20 ? p.iterations / 20 : 1), -1};
-    TrainCallbacks cb = {&h, on_progress, on_sample, on_log};
+    TrainCallbacks cb = {&h, on_progress, on_sample, on_log, NULL};
     Trainer *t = trainer_create(resume ? NULL : &p, resume, be, &cb, err, sizeof err);
     if (!t) {
         fprintf(stderr, "krona-studio train: %s\n", err);
@@ -199,7 +199,7 @@ int cmd_sample(int argc, char **argv) {
     if (!m) goto fail;
     if (adapter && model_load_adapter(m, adapter, err, sizeof err) != 0) goto fail;
     if (size == 0) size = m->ucfg.sample_size * m->pixel_scale;
-    int cell = (1 << (m->ucfg.n_levels - 1)) * m->pixel_scale;
+    int cell = model_cell(m);
     if (size % cell) {
         snprintf(err, sizeof err, "--size %d: must be a multiple of %d for this model", size, cell);
         goto fail;

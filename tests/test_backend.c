@@ -138,7 +138,7 @@ static void test_device_failure_stops_training(void **state) {
     Preset p;
     small_preset(&p, root, "devfail", 12);
     p.checkpoint_every = 4;
-    TrainCallbacks cb = {NULL, fail_after_step, NULL, NULL};
+    TrainCallbacks cb = {NULL, fail_after_step, NULL, NULL, NULL};
     Trainer *t = trainer_create(&p, NULL, be, &cb, err, sizeof err);
     if (!t) fail_msg("%s", err);
     assert_int_equal(trainer_run(t), -1);

@@ -1,5 +1,6 @@
 /* test_image.c — PNG round trip (bit-exact), JPEG load, truncation and
- * not-an-image errors, centre crop on striped images, CHW conversion, flips,
+ * not-an-image errors, centre crop on striped images, cover crops (geometry
+ * against a floating-point reference, pixels), CHW conversion, flips,
  * grids; each checked against a plain loop written here. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -265,6 +266,122 @@ static void test_center_crop(void **state) {
     image_free(&n);
 }
 
+/* cover-crop geometry against a floating-point reference: the image scaled
+ * by max(w / in_w, h / in_h) covers the target, the crop is centred in it */
+static void test_cover_crop_geometry(void **state) {
+    uint32_t seed = 7;
+    for (int it = 0; it < 20000; it++) {
+        seed = seed * 1664525u + 1013904223u;
+        int iw = 1 + (int)(seed >> 20) % 3000;
+        seed = seed * 1664525u + 1013904223u;
+        int ih = 1 + (int)(seed >> 20) % 3000;
+        seed = seed * 1664525u + 1013904223u;
+        int w = 4 * (1 + (int)(seed >> 24) % 64);
+        seed = seed * 1664525u + 1013904223u;
+        int h = 4 * (1 + (int)(seed >> 24) % 64);
+        ImageCrop g;
+        image_cover_crop_geometry(iw, ih, w, h, &g);
+        double sc = fmax((double)w / iw, (double)h / ih);
+        double cw = iw * sc, ch = ih * sc;
+        /* the scaled image: one side exactly the target's, the other within rounding */
+        assert_true(g.cover_w >= w && g.cover_h >= h);
+        assert_true(fabs(g.cover_w - cw) <= 0.5 + 1e-9 || (g.cover_w == w && cw < w));
+        assert_true(fabs(g.cover_h - ch) <= 0.5 + 1e-9 || (g.cover_h == h && ch < h));
+        assert_true(g.cover_w == w || g.cover_h == h);
+        /* the crop is centred: equal margins on both sides, to an input pixel
+         * (the input region starts on one and is rounded to whole ones) */
+        assert_true(g.left >= 0 && g.left <= g.cover_w - w);
+        assert_true(g.top >= 0 && g.top <= g.cover_h - h);
+        double tol = sc + 1.0 + 1e-9;
+        if (fabs(g.left - (cw - w) / 2) > tol || fabs(g.top - (ch - h) / 2) > tol)
+            fail_msg("%dx%d into %dx%d: crop at %d,%d of %dx%d, the centre is %.2f,%.2f of %.2fx%.2f",
+                     iw, ih, w, h, g.left, g.top, g.cover_w, g.cover_h, (cw - w) / 2, (ch - h) / 2, cw, ch);
+        /* the input region: inside the image, centred, of the target's shape (a pixel) */
+        assert_true(g.src_x >= 0 && g.src_y >= 0 && g.src_w >= 1 && g.src_h >= 1);
+        assert_true(g.src_x + g.src_w <= iw && g.src_y + g.src_h <= ih);
+        assert_true(abs(iw - g.src_w - 2 * g.src_x) <= 1 && abs(ih - g.src_h - 2 * g.src_y) <= 1);
+        assert_true(g.src_w == iw || g.src_h == ih);
+        assert_true(fabs((double)g.src_w / w * h - g.src_h) <= fmax(1.0, (double)h / w) ||
+                    g.src_w == 1 || g.src_h == 1);
+    }
+    /* by hand: 50x18 into 16x8: scaled by 8/18 to 22.2x8, so 22x8; the input
+     * region is 36x18 from x = 7, 7 * 8/18 = 3.1 -> 3 px of the scaled image */
+    ImageCrop g;
+    image_cover_crop_geometry(50, 18, 16, 8, &g);
+    assert_int_equal(g.cover_w, 22);
+    assert_int_equal(g.cover_h, 8);
+    assert_int_equal(g.src_x, 7);
+    assert_int_equal(g.src_w, 36);
+    assert_int_equal(g.src_h, 18);
+    assert_int_equal(g.left, 3);
+    assert_int_equal(g.top, 0);
+    /* the square case is image_center_crop_resize's: side min(w, h), centred */
+    image_cover_crop_geometry(7, 3, 3, 3, &g);
+    assert_int_equal(g.src_x, 2);
+    assert_int_equal(g.src_w, 3);
+    assert_int_equal(g.src_h, 3);
+}
+
+/* cover crops keep what is in the middle, undistorted, whatever the shapes */
+static void test_cover_crop_pixels(void **state) {
+    static const unsigned char red[3] = { 220, 20, 30 }, blue[3] = { 10, 30, 200 }, green[3] = { 20, 200, 40 };
+    Image im, out;
+    ImageCrop g;
+    /* 60x80, green in columns 10..49, red and blue margins: into 20x40 (1:2)
+     * the input region is the 40x80 middle, all green */
+    assert_int_equal(image_alloc(&im, 60, 80, 3), 0);
+    fill_rect(&im, 0, 0, 10, 80, red);
+    fill_rect(&im, 10, 0, 50, 80, green);
+    fill_rect(&im, 50, 0, 60, 80, blue);
+    assert_int_equal(image_cover_crop_resize(&im, 20, 40, &out, &g), 0);
+    assert_int_equal(out.w, 20);
+    assert_int_equal(out.h, 40);
+    assert_int_equal(g.src_x, 10);
+    assert_int_equal(g.src_w, 40);
+    for (int i = 0; i < 20 * 40 * 3; i++) assert_true(abs(out.px[i] - green[i % 3]) <= 1);
+    image_free(&out);
+    image_free(&im);
+    /* 30x90 with bands of 30 rows: into 24x12 (2:1) the middle band, upscaled */
+    assert_int_equal(image_alloc(&im, 30, 90, 3), 0);
+    fill_rect(&im, 0, 0, 30, 37, blue);
+    fill_rect(&im, 0, 37, 30, 52, red);
+    fill_rect(&im, 0, 52, 30, 90, green);
+    assert_int_equal(image_cover_crop_resize(&im, 24, 12, &out, &g), 0);
+    assert_int_equal(g.src_y, 37);
+    assert_int_equal(g.src_h, 15);
+    for (int i = 0; i < 24 * 12 * 3; i++) assert_true(abs(out.px[i] - red[i % 3]) <= 1);
+    image_free(&out);
+    image_free(&im);
+    /* no resampling (the region is the target's size): the naive crop loop */
+    Image n;
+    noise_image(&n, 41, 20, 3, 5);
+    assert_int_equal(image_cover_crop_resize(&n, 20, 20, &out, &g), 0);
+    assert_int_equal(g.left, 10);
+    assert_int_equal(g.cover_w - 20 - g.left, 11); /* the mirror's left */
+    for (int y = 0; y < 20; y++)
+        for (int x = 0; x < 20; x++)
+            for (int k = 0; k < 3; k++) assert_int_equal(out.px[(y * 20 + x) * 3 + k], n.px[(y * 41 + x + 10) * 3 + k]);
+    image_free(&out);
+    /* a diagonal stays a diagonal: a 4:3 image with a line at 45 degrees
+     * through its centre, into a 2:1 target: still 45 degrees */
+    assert_int_equal(image_alloc(&im, 400, 300, 3), 0);
+    for (int y = 0; y < 300; y++)
+        for (int x = 0; x < 400; x++)
+            if (abs((x - 200) - (y - 150)) <= 3) memcpy(im.px + (y * 400 + x) * 3, red, 3);
+    assert_int_equal(image_cover_crop_resize(&im, 80, 40, &out, &g), 0);
+    for (int y = 4; y < 36; y++) {
+        int best = 0, bv = -1;
+        for (int x = 0; x < 80; x++)
+            if (out.px[(y * 80 + x) * 3] > bv) { bv = out.px[(y * 80 + x) * 3]; best = x; }
+        assert_true(abs((best - 40) - (y - 20)) <= 1);
+    }
+    image_free(&out);
+    image_free(&im);
+    assert_int_equal(image_cover_crop_resize(&n, 0, 8, &out, &g), -1);
+    assert_int_equal(image_cover_crop_resize(&n, 8, 0, &out, &g), -1);
+    image_free(&n);
+}
+
 static void test_chw_flip_grid(void **state) {
     Image im, back;
     noise_image(&im, 5, 4, 3, 11);
@@ -345,6 +462,8 @@ int main(void) {
         cmocka_unit_test(test_jpeg),
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_center_crop),
+        cmocka_unit_test(test_cover_crop_geometry),
+        cmocka_unit_test(test_cover_crop_pixels),
         cmocka_unit_test(test_chw_flip_grid),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -91,12 +91,27 @@ static void test_opens_latent(void **state) {
     assert_int_equal(m->channels, 4);
     assert_int_equal(m->image_channels, 3);
     assert_int_equal(m->pixel_scale, 2); /* two VAE levels: one halving */
+    /* sides must be multiples of the UNet's downsampling times the VAE's: read
+     * from the configs alone the same */
+    int cell = 0;
+    assert_int_equal(model_cell(m), 2 * 2);   /* two UNet levels, two VAE levels */
+    assert_int_equal(model_cell_of(g_dir, &cell, err, sizeof err), 0);
+    assert_int_equal(cell, 4);
+    assert_int_equal(model_cell_of("tiny", &cell, err, sizeof err), 0);
+    assert_int_equal(cell, 4);                /* three levels, pixels */
+    assert_int_equal(model_cell_of("sd15", &cell, err, sizeof err), 0);
+    assert_int_equal(cell, 64);               /* four levels, the VAE's 8 */
+    assert_int_equal(model_cell_of("sdxl", &cell, err, sizeof err), 0);
+    assert_int_equal(cell, 32);               /* three levels, the VAE's 8 */
+    assert_int_equal(model_cell_of("tests/golden/ldm_sd15like.safetensors", &cell, err, sizeof err), 0);
+    assert_int_equal(cell, 64);               /* a single file: its kind's architecture */
+    assert_int_equal(model_cell_of("no/such/model", &cell, err, sizeof err), -1);
 
     /* training inputs are the VAE's latent means of the images */
     int px = 16;
     float pix[2 * 3 * 16 * 16], in[2 * 4 * 8 * 8], want[4 * 8 * 8];
     for (int i = 0; i < 2 * 3 * px * px; i++) pix[i] = sinf(0.11f * (float)i);
-    assert_int_equal(model_encode_images(m, pix, 2, px, in, err, sizeof err), 0);
+    assert_int_equal(model_encode_images(m, pix, 2, px, px, in, err, sizeof err), 0);
     float *x = be->alloc(be, sizeof(float) * 3 * px * px), *z = be->alloc(be, sizeof want);
     for (int k = 0; k < 2; k++) {
         be->upload(be, x, pix + k * 3 * px * px, sizeof(float) * 3 * px * px);
@@ -104,6 +119,18 @@ static void test_opens_latent(void **state) {
         be->download(be, want, z, sizeof want);
         assert_memory_equal(in + k * 4 * 64, want, sizeof want);
     }
+    be->free(be, x);
+    be->free(be, z);
+    /* an aspect-ratio bucket's shape, 16 wide and 8 high: [3, 8, 16] -> [4, 4, 8] */
+    float wide[4 * 4 * 8];
+    assert_int_equal(model_encode_images(m, pix, 1, 16, 8, wide, err, sizeof err), 0);
+    x = be->alloc(be, sizeof(float) * 3 * 8 * 16);
+    z = be->alloc(be, sizeof wide);
+    be->upload(be, x, pix, sizeof(float) * 3 * 8 * 16);
+    assert_int_equal(vae_encode(m->vae, x, z, NULL, 1, 8, 16), 0);
+    float wide_want[4 * 4 * 8];
+    be->download(be, wide_want, z, sizeof wide_want);
+    assert_memory_equal(wide, wide_want, sizeof wide);
     be->free(be, x);
     be->free(be, z);
 

@@ -4,7 +4,10 @@
  * id 0), their penultimate states concatenated to the UNet's context width,
  * the pooled projection and the time ids as the UNet's added input, all in one
  * conditioning record per prompt; checked against the encoders and the UNet
- * called directly, and the empty prompt as zeros (force_zeros_for_empty_prompt). */
+ * called directly, and the empty prompt as zeros (force_zeros_for_empty_prompt).
+ * With aspect-ratio buckets every image the UNet trains on carries its own
+ * time ids (original size, crop, bucket; its mirror's crop), worked out by
+ * hand here, for instance and class images, with and without text adapters. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -19,6 +22,7 @@
 
 #include "core/fsutil.h"
 #include "core/rng.h"
+#include "formats/image.h"
 #include "formats/safetensors.h"
 #include "models/model.h"
 #include "formats/preset.h"
@@ -340,7 +344,7 @@ static void test_sdxl_text_adapters_train(void **state) {
     sdxl_preset(&p, "te-killed");
     Stop s = {0};
     s.at = 6;
-    TrainCallbacks cb = {&s, stop_cb, NULL, NULL};
+    TrainCallbacks cb = {&s, stop_cb, NULL, NULL, NULL};
     t = trainer_create(&p, NULL, be, &cb, err, sizeof err);
     if (!t) fail_msg("%s", err);
     s.t = t;
@@ -526,6 +530,105 @@ static void test_sdxl_pooled_gradient(void **state) {
     backend_destroy(be);
 }
 
+/* The images of the bucket test: their shapes, and by hand the time ids of
+ * each and of its mirror at resolution 16 (buckets 8x16 12x20 16x16 20x12
+ * 16x8; the UNet's cell is 4): (orig h, orig w, crop top, crop left, h, w). */
+#define N_XL 5
+static const struct { int w, h; float ids[2][6]; } XL[N_XL] = {
+    /* 2.8:1 -> 16x8; scaled by 8/18 to 22x8, input columns 7..42 -> 3 px cut at the left, 3 at the right */
+    {50, 18, {{18, 50, 0, 3, 8, 16}, {18, 50, 0, 3, 8, 16}}},
+    /* 1:2.8 -> 8x16; 8x22, 3 rows cut at the top */
+    {18, 50, {{50, 18, 3, 0, 16, 8}, {50, 18, 3, 0, 16, 8}}},
+    /* 0.75 -> 12x20 (log -0.29: 0.22 from 12x20, 0.29 from 16x16); scaled by
+     * 20/40 to 15x20, input columns 3..26 -> 1.5 rounds to 2 px at the left,
+     * so 1 at the right: the mirror's left */
+    {30, 40, {{40, 30, 0, 2, 20, 12}, {40, 30, 0, 1, 20, 12}}},
+    /* 1.05 -> 16x16; scaled by 16/20 to 17x16, input columns 0..19: nothing cut
+     * at the left, 1 px at the right */
+    {21, 20, {{20, 21, 0, 0, 16, 16}, {20, 21, 0, 1, 16, 16}}},
+    /* the class image (class_dir): 2:1 exactly -> 16x8, nothing cut */
+    {40, 20, {{20, 40, 0, 0, 8, 16}, {20, 40, 0, 0, 8, 16}}},
+};
+
+typedef struct IdLog { int buckets, batches, checked, mirrored, bad; } IdLog;
+
+static void check_ids(void *user, const TrainBatch *b) {
+    IdLog *L = user;
+    L->batches++;
+    assert_non_null(b->time_ids);
+    for (int j = 0; j < b->n; j++) {
+        int i = b->prior ? N_XL - 1 : b->image[j], mir = b->mirror[j];
+        const float *want = XL[i].ids[mir], square[6] = {16, 16, 0, 0, 16, 16};
+        if (!L->buckets) want = square; /* without buckets: px x px whole, as before */
+        for (int k = 0; k < 6; k++)
+            if (b->time_ids[j].v[k] != want[k]) {
+                printf("step %d image %d%s mirror %d: time id %d is %g, want %g\n", b->step, i,
+                       b->prior ? " (class)" : "", mir, k, b->time_ids[j].v[k], want[k]);
+                L->bad++;
+            }
+        if (L->buckets) {
+            assert_int_equal(b->w, (int)want[5]);
+            assert_int_equal(b->h, (int)want[4]);
+        }
+        L->checked++;
+        L->mirrored += mir;
+    }
+}
+
+static void test_sdxl_bucket_time_ids(void **state) {
+    /* the order is diffusers': (height, width) pairs, top before left */
+    TimeIds t = model_time_ids(50, 18, 3, 1, 16, 8);
+    const float want[6] = {18, 50, 1, 3, 8, 16};
+    assert_memory_equal(t.v, want, sizeof want);
+
+    char err[1024], path[600], src[600];
+    int cell = 0; /* three UNet levels in pixel space (no vae/): sides are multiples of 4 */
+    assert_int_equal(model_cell_of(g_dir, &cell, err, sizeof err), 0);
+    assert_int_equal(cell, 4);
+    snprintf(path, sizeof path, "%s/classes", g_dir);
+    assert_int_equal(fs_mkdir_p(path, err, sizeof err), 0);
+    for (int i = 0; i < N_XL; i++) { /* the demo subjects in these shapes */
+        Image im, out;
+        snprintf(src, sizeof src, "models/demo/subject%d.png", 1 + i % 4);
+        if (image_load(src, &im, err, sizeof err) != 0) fail_msg("%s", err);
+        assert_int_equal(image_cover_crop_resize(&im, XL[i].w, XL[i].h, &out, NULL), 0);
+        if (i < N_XL - 1) snprintf(path, sizeof path, "%s/xl%d.png", g_dir, i);
+        else snprintf(path, sizeof path, "%s/classes/c0.png", g_dir);
+        if (image_save_png(path, &out, err, sizeof err) != 0) fail_msg("%s", err);
+        image_free(&im);
+        image_free(&out);
+    }
+    Backend *be = backend_cpu_create();
+    for (int run = 0; run < 3; run++) { /* buckets with text adapters, without; no buckets */
+        Preset p;
+        char name[32];
+        snprintf(name, sizeof name, "xl-buckets-%d", run);
+        sdxl_preset(&p, name);
+        p.buckets = run < 2;
+        p.text_encoder_adapters = run == 0;
+        p.iterations = 5;
+        p.flip = 1;
+        p.n_images = N_XL - 1;
+        for (int i = 0; i < p.n_images; i++) snprintf(p.images[i], sizeof p.images[i], "%s/xl%d.png", g_dir, i);
+        p.prior_weight = 0.5f;
+        snprintf(p.class_prompt, sizeof p.class_prompt, "a dog");
+        snprintf(p.class_dir, sizeof p.class_dir, "%s/classes", g_dir);
+        IdLog L = {0};
+        L.buckets = p.buckets;
+        TrainCallbacks cb = {&L, NULL, NULL, NULL, check_ids};
+        Trainer *tr = trainer_create(&p, NULL, be, &cb, err, sizeof err);
+        if (!tr) fail_msg("%s", err);
+        if (trainer_run(tr) != 0) fail_msg("%s", trainer_error(tr));
+        printf("run %d: %d batches, %d images checked (%d mirrored)\n", run, L.batches, L.checked, L.mirrored);
+        assert_int_equal(L.bad, 0);
+        assert_int_equal(L.batches, 2 * 5);
+        assert_true(L.mirrored > 0 && L.mirrored < L.checked);
+        assert_true(isfinite(trainer_progress(tr).eval_loss));
+        trainer_free(tr);
+    }
+    backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sdxl_conditioning),
@@ -533,6 +636,7 @@ int main(void) {
         cmocka_unit_test(test_sdxl_adapter_names),
         cmocka_unit_test(test_sdxl_text_adapters_train),
         cmocka_unit_test(test_sdxl_pooled_gradient),
+        cmocka_unit_test(test_sdxl_bucket_time_ids),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -86,7 +86,8 @@ static void test_vary_parse_and_errors(void **state) {
     free(s);
 }
 
-/* a1 that does not divide a layer: caught by the check, before any training */
+/* a1 that does not divide a layer, a missing image, a bucket step the model
+ * cannot take: caught by the check, before any training */
 static void test_check_model_errors(void **state) {
     (void)state;
     Preset p = tiny_preset();
@@ -108,6 +109,12 @@ static void test_check_model_errors(void **state) {
     assert_int_equal(sweep_check(s, be, err, sizeof err), -1);
     assert_non_null(strstr(err, "variant image=models_demo_missing.png"));
     assert_non_null(strstr(err, "missing.png"));
+    /* buckets with a step the tiny model (cell 4) cannot take */
+    p.buckets = 1;
+    sweep_init(s, &p);
+    assert_int_equal(sweep_add_vary(s, "bucket_step=8,6", err, sizeof err), 0);
+    assert_int_equal(sweep_check(s, be, err, sizeof err), -1);
+    assert_non_null(strstr(err, "variant bucket_step=6: bucket_step = 6: must be a multiple of 4"));
     backend_destroy(be);
     free(s);
 }

@@ -1,8 +1,12 @@
 /* test_train.c — the training loop end to end on the tiny config:
  * the loss on a fixed evaluation set goes down, a run stopped mid-way and
  * resumed from its checkpoint ends with exactly the adapter of an
- * uninterrupted run, bad input fails early with a message naming it, and the
- * run folder it leaves has the documented layout and reads back. */
+ * uninterrupted run (with aspect-ratio buckets too), bad input fails early
+ * with a message naming it, and the run folder it leaves has the documented
+ * layout and reads back. Buckets: mixed-aspect images (made here) each train
+ * at the bucket written out by hand, every batch one size, class images and
+ * captions with them; square images in buckets train what they train
+ * without. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,7 +20,9 @@
 #include <unistd.h>
 
 #include "core/fsutil.h"
+#include "formats/image.h"
 #include "formats/safetensors.h"
+#include "training/buckets.h"
 #include "training/run_dir.h"
 #include "training/train.h"
 
@@ -61,6 +67,63 @@ static float *read_factors(const char *run_dir, int64_t *n_out) {
     st_close(st);
     *n_out = n;
     return v;
+}
+
+/* Mixed-aspect images: the demo subjects cropped and scaled to these shapes,
+ * and the bucket each trains at for resolution 16 and the tiny model's step 4
+ * (buckets 8x16 12x20 16x16 20x12 16x8), by hand from their aspect ratios. */
+#define N_MIXED 6
+static const struct { int w, h, bw, bh; } MIXED[N_MIXED] = {
+    {48, 24, 16, 8},   /* 2:1 */
+    {20, 40, 8, 16},   /* 1:2 */
+    {30, 30, 16, 16},  /* square */
+    {40, 26, 20, 12},  /* 1.54: log 0.43, nearer 20x12 (0.51) than 16x16 (0) */
+    {26, 40, 12, 20},
+    {50, 24, 16, 8},   /* 2.08, beyond 2:1: the widest, with the first */
+};
+/* class images (prior preservation) in their own folder, sorted by name */
+#define N_MIXED_CLASS 4
+static const struct { int w, h, bw, bh; } MIXED_CLASS[N_MIXED_CLASS] = {
+    {40, 20, 16, 8}, {16, 32, 8, 16}, {24, 24, 16, 16}, {44, 22, 16, 8},
+};
+
+static void save_demo_as(int demo, int w, int h, const char *path) {
+    char src[64], err[256];
+    snprintf(src, sizeof src, "models/demo/subject%d.png", demo);
+    Image im, out;
+    if (image_load(src, &im, err, sizeof err) != 0) fail_msg("%s", err);
+    assert_int_equal(image_cover_crop_resize(&im, w, h, &out, NULL), 0);
+    if (image_save_png(path, &out, err, sizeof err) != 0) fail_msg("%s", err);
+    image_free(&im);
+    image_free(&out);
+}
+
+static void make_mixed_images(void) {
+    char path[512], err[256];
+    for (int i = 0; i < N_MIXED; i++) {
+        snprintf(path, sizeof path, "%s/mixed%d.png", g_root, i);
+        if (!fs_exists(path)) save_demo_as(1 + i % 4, MIXED[i].w, MIXED[i].h, path);
+    }
+    snprintf(path, sizeof path, "%s/classes", g_root);
+    assert_int_equal(fs_mkdir_p(path, err, sizeof err), 0);
+    for (int i = 0; i < N_MIXED_CLASS; i++) {
+        snprintf(path, sizeof path, "%s/classes/c%d.png", g_root, i);
+        if (!fs_exists(path)) save_demo_as(4 - i, MIXED_CLASS[i].w, MIXED_CLASS[i].h, path);
+    }
+}
+
+/* base_preset with buckets on the mixed images, batch 2, prior preservation
+ * from the class folder */
+static void bucket_preset(Preset *p, const char *name, int iterations) {
+    make_mixed_images();
+    base_preset(p, name, iterations);
+    p->buckets = 1;
+    p->n_images = N_MIXED;
+    for (int i = 0; i < N_MIXED; i++) snprintf(p->images[i], sizeof p->images[i], "%s/mixed%d.png", g_root, i);
+    p->batch = 2;
+    p->prior_weight = 0.5f;
+    snprintf(p->class_prompt, sizeof p->class_prompt, "a dog");
+    snprintf(p->class_dir, sizeof p->class_dir, "%s/classes", g_root);
 }
 
 static void test_loss_goes_down(void **state) {
@@ -153,26 +216,30 @@ static void stop_progress(void *user, const TrainProgress *p) {
     if (p->step == s->stop_at) trainer_cancel(s->t);
 }
 
-static void resume_case(int te, const char *full_name, const char *killed_name) {
+static void case_preset(Preset *p, int te, int buckets, const char *name) {
+    if (buckets) bucket_preset(p, name, 12);
+    else base_preset(p, name, 12);
+    p->text_encoder_adapters = te;
+}
+
+static void resume_case(int te, int buckets, const char *full_name, const char *killed_name) {
     Backend *be = backend_cpu_create();
     char err[512];
     Preset p;
-    base_preset(&p, full_name, 12);
-    p.text_encoder_adapters = te;
+    case_preset(&p, te, buckets, full_name);
     Trainer *t = trainer_create(&p, NULL, be, NULL, err, sizeof err);
     if (!t) fail_msg("%s", err);
     assert_int_equal(trainer_run(t), 0);
     trainer_free(t);
 
     /* stop at 7 (after the step-4 checkpoint), keeping a copy of that one */
-    base_preset(&p, killed_name, 12);
-    p.text_encoder_adapters = te;
+    case_preset(&p, te, buckets, killed_name);
     StopAt s = {0};
     s.backup_at = 5;
     s.stop_at = 7;
     snprintf(s.ckpt, sizeof s.ckpt, "%s/%s/checkpoint.safetensors", g_root, killed_name);
     snprintf(s.backup, sizeof s.backup, "%s/%s-step4.safetensors", g_root, killed_name);
-    TrainCallbacks cb = {&s, stop_progress, NULL, NULL};
+    TrainCallbacks cb = {&s, stop_progress, NULL, NULL, NULL};
     t = trainer_create(&p, NULL, be, &cb, err, sizeof err);
     if (!t) fail_msg("%s", err);
     s.t = t;
@@ -217,10 +284,153 @@ static void resume_case(int te, const char *full_name, const char *killed_name) 
     backend_destroy(be);
 }
 
-static void test_resume_is_exact(void **state) { resume_case(0, "full", "killed"); }
+static void test_resume_is_exact(void **state) { resume_case(0, 0, "full", "killed"); }
 /* text_encoder_adapters = 1: the text adapters, their moments and the
  * per-step re-encoding resume bit for bit too */
-static void test_resume_is_exact_te(void **state) { resume_case(1, "te-full", "te-killed"); }
+static void test_resume_is_exact_te(void **state) { resume_case(1, 0, "te-full", "te-killed"); }
+/* buckets = 1 on mixed-aspect images with class images, batch 2: the bucket
+ * of each batch is drawn from the checkpointed random stream */
+static void test_resume_is_exact_buckets(void **state) { resume_case(0, 1, "bk-full", "bk-killed"); }
+
+typedef struct BatchLog {
+    int n_batches, n_prior, bad;
+    int seen[N_MIXED], seen_class[N_MIXED_CLASS];
+    int sizes_seen[4][2], n_sizes;   /* distinct instance batch sizes */
+    int captions, placed;            /* log lines: captions read, images placed in buckets */
+    int mixed;                       /* batches of more than one image */
+} BatchLog;
+
+static void on_batch(void *user, const TrainBatch *b) {
+    BatchLog *L = user;
+    L->n_batches++;
+    L->n_prior += b->prior;
+    assert_null(b->time_ids); /* the tiny model has none */
+    /* one size per batch: every image in it has that bucket */
+    for (int j = 0; j < b->n; j++) {
+        int i = b->image[j];
+        int bw = b->prior ? MIXED_CLASS[i].bw : MIXED[i].bw, bh = b->prior ? MIXED_CLASS[i].bh : MIXED[i].bh;
+        if (b->w != bw || b->h != bh) {
+            printf("step %d: image %d (%s) of a %dx%d batch belongs to %dx%d\n", b->step, i,
+                   b->prior ? "class" : "instance", b->w, b->h, bw, bh);
+            L->bad++;
+        }
+        if (b->prior) L->seen_class[i]++;
+        else L->seen[i]++;
+        assert_true(b->mirror[j] == 0 || b->mirror[j] == 1);
+    }
+    for (int j = 1; j < b->n; j++) L->mixed += b->image[j] != b->image[0];
+    if (!b->prior) {
+        int k = 0;
+        while (k < L->n_sizes && (L->sizes_seen[k][0] != b->w || L->sizes_seen[k][1] != b->h)) k++;
+        if (k == L->n_sizes && k < 4) {
+            L->sizes_seen[k][0] = b->w;
+            L->sizes_seen[k][1] = b->h;
+            L->n_sizes++;
+        }
+    }
+}
+
+static void on_log(void *user, const char *line) {
+    BatchLog *L = user;
+    if (strstr(line, "caption of")) L->captions++;
+    if (strstr(line, " trains at ")) L->placed++;
+}
+
+/* Every image at the bucket worked out by hand (and as bucket_for_image says),
+ * every batch of one size, instance and class batches alike; every image
+ * drawn; the loss finite. */
+static void test_buckets_train(void **state) {
+    Backend *be = backend_cpu_create();
+    Preset p;
+    bucket_preset(&p, "bk-batches", 30);
+    for (int i = 0; i < N_MIXED; i++) { /* the hand-written table is what the rule gives */
+        BucketSize b;
+        assert_int_equal(bucket_for_image(16, 4, MIXED[i].w, MIXED[i].h, &b), 0);
+        assert_int_equal(b.w, MIXED[i].bw);
+        assert_int_equal(b.h, MIXED[i].bh);
+    }
+    BatchLog L = {0};
+    TrainCallbacks cb = {&L, NULL, NULL, on_log, on_batch};
+    char err[512];
+    Trainer *t = trainer_create(&p, NULL, be, &cb, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    assert_int_equal(L.placed, N_MIXED);
+    if (trainer_run(t) != 0) fail_msg("%s", trainer_error(t));
+    TrainProgress g = trainer_progress(t);
+    printf("%d batches (%d of class images), %d instance sizes; eval loss %.4f -> %.4f\n", L.n_batches,
+           L.n_prior, L.n_sizes, g.eval_loss_start, g.eval_loss);
+    assert_int_equal(L.bad, 0);
+    assert_int_equal(L.n_batches, 2 * 30);
+    assert_int_equal(L.n_prior, 30);
+    assert_true(L.n_sizes >= 4);
+    assert_true(L.mixed > 0); /* batches of two different images of one bucket */
+    for (int i = 0; i < N_MIXED; i++) assert_true(L.seen[i] > 0);
+    for (int i = 0; i < N_MIXED_CLASS; i++) assert_true(L.seen_class[i] > 0);
+    assert_true(isfinite(g.loss) && isfinite(g.eval_loss) && isfinite(g.eval_loss_start));
+    trainer_free(t);
+    backend_destroy(be);
+}
+
+/* train 6 steps on the mixed images (square: the demo images); the
+ * adapter's factors, and how often each image was drawn into seen */
+static float *bucket_run(const char *name, int buckets, int square, int64_t *n, BatchLog *L) {
+    Backend *be = backend_cpu_create();
+    Preset p;
+    bucket_preset(&p, name, 6);
+    p.buckets = buckets;
+    if (square) { /* the demo images: all square */
+        base_preset(&p, name, 6);
+        p.buckets = buckets;
+        p.batch = 2;
+    }
+    char err[512];
+    BatchLog mine = {0};
+    if (!L) L = &mine;
+    TrainCallbacks cb = {L, NULL, NULL, on_log, on_batch};
+    Trainer *t = trainer_create(&p, NULL, be, buckets && !square ? &cb : NULL, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    if (trainer_run(t) != 0) fail_msg("%s", trainer_error(t));
+    assert_int_equal(L->bad, 0);
+    float *f = read_factors(trainer_run_dir(t), n);
+    trainer_free(t);
+    backend_destroy(be);
+    return f;
+}
+
+/* Square images all land in the square bucket: buckets = 1 then draws the
+ * same batches as buckets = 0 and trains the same adapter, bit for bit. On
+ * mixed shapes the two differ. Captions still replace the instance prompt
+ * per image: one equal to it changes nothing, another changes the adapter. */
+static void test_buckets_square_and_captions(void **state) {
+    int64_t na, nb, nc, nd, ne;
+    float *a = bucket_run("bk-square-off", 0, 1, &na, NULL), *b = bucket_run("bk-square-on", 1, 1, &nb, NULL);
+    assert_int_equal(na, nb);
+    assert_memory_equal(a, b, sizeof(float) * (size_t)na);
+    BatchLog L = {0};
+    float *c = bucket_run("bk-mixed-off", 0, 0, &nc, NULL), *d = bucket_run("bk-mixed-on", 1, 0, &nd, &L);
+    assert_int_equal(nc, nd);
+    assert_true(memcmp(c, d, sizeof(float) * (size_t)nc) != 0);
+
+    /* the caption goes beside an image these 6 steps draw */
+    int cap = 0;
+    while (cap < N_MIXED && !L.seen[cap]) cap++;
+    assert_true(cap < N_MIXED);
+    char path[512], err[256];
+    snprintf(path, sizeof path, "%s/mixed%d.txt", g_root, cap);
+    const char *same = "a sks dog", *other = "a sks dog in the snow";
+    assert_int_equal(fs_write_atomic(path, same, strlen(same), err, sizeof err), 0);
+    BatchLog Lc = {0};
+    float *e = bucket_run("bk-caption-same", 1, 0, &ne, &Lc);
+    assert_int_equal(Lc.captions, 1);
+    assert_int_equal(ne, nd);
+    assert_memory_equal(e, d, sizeof(float) * (size_t)nd);
+    free(e);
+    assert_int_equal(fs_write_atomic(path, other, strlen(other), err, sizeof err), 0);
+    e = bucket_run("bk-caption-other", 1, 0, &ne, NULL);
+    assert_true(memcmp(e, d, sizeof(float) * (size_t)nd) != 0);
+    unlink(path);
+    free(a); free(b); free(c); free(d); free(e);
+}
 
 /* text_encoder_adapters = 1: the loss goes down, and the text adapters moved
  * (their B starts at zero: it is non-zero only if gradients reached it) */
@@ -315,6 +525,20 @@ static void test_bad_input(void **state) {
     base_preset(&p, "bad5", 2);
     snprintf(p.model, sizeof p.model, "no-such-model");
     expect_create_error(&p, "no-such-model");
+
+    /* buckets: a step that is no multiple of the model's (4), one that does
+     * not divide the resolution, out-of-range values */
+    base_preset(&p, "bad6", 2);
+    p.buckets = 1;
+    p.bucket_step = 6;
+    expect_create_error(&p, "bucket_step = 6: must be a multiple of 4 for this model (e.g. 8)");
+    p.bucket_step = 12;
+    expect_create_error(&p, "resolution = 16: with buckets it must be a multiple of bucket_step = 12 (e.g. 24)");
+    p.bucket_step = -4;
+    expect_create_error(&p, "data.bucket_step = -4");
+    p.bucket_step = 0;
+    p.buckets = 2;
+    expect_create_error(&p, "data.buckets = 2");
 }
 
 /* The studio's use: a training thread paused, resumed and finished from
@@ -475,6 +699,9 @@ int main(void) {
         cmocka_unit_test(test_loss_goes_down),
         cmocka_unit_test(test_resume_is_exact),
         cmocka_unit_test(test_resume_is_exact_te),
+        cmocka_unit_test(test_resume_is_exact_buckets),
+        cmocka_unit_test(test_buckets_train),
+        cmocka_unit_test(test_buckets_square_and_captions),
         cmocka_unit_test(test_te_adapters_train),
         cmocka_unit_test(test_gradient_checkpointing),
         cmocka_unit_test(test_bad_input),

@@ -862,6 +862,149 @@ static void test_tiny_finite_diff(void **st) {
     tiny_close(&m);
 }
 
+/* y[n, c] = x[n, c] transposed: [H, W] -> [W, H] */
+static void transpose_hw(const float *x, float *y, int N, int C, int H, int W) {
+    for (int nc = 0; nc < N * C; nc++)
+        for (int h = 0; h < H; h++)
+            for (int w = 0; w < W; w++) y[(int64_t)nc * H * W + (int64_t)w * H + h] = x[(int64_t)nc * H * W + (int64_t)h * W + w];
+}
+
+static double max_abs(const float *x, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs(x[i]));
+    return m;
+}
+
+/* largest |a - b| relative to the largest |b| */
+static double rel_diff(const float *a, const float *b, int64_t n) {
+    double d = 0;
+    for (int64_t i = 0; i < n; i++) d = fmax(d, fabs((double)a[i] - b[i]));
+    return d / fmax(max_abs(b, n), 1e-30);
+}
+
+typedef struct NonSquare {
+    float *out, *dx, *grads; /* host: output, input gradient, every adapter's dA then dB */
+    int64_t n_grads;
+} NonSquare;
+
+static void non_square_pass(UNet *u, Backend *be, const float *x, const float *R, const float *ctx,
+                            int H, int W, NonSquare *r) {
+    int64_t n = 3LL * H * W;
+    float *dx = be->alloc(be, sizeof(float) * (size_t)n), *dR = be->alloc(be, sizeof(float) * (size_t)n);
+    float *dout = be->alloc(be, sizeof(float) * (size_t)n), *dt = be->alloc(be, sizeof(float));
+    float *dctx = be->alloc(be, sizeof(float) * 8 * 64), *dxin = be->alloc(be, sizeof(float) * (size_t)n);
+    float t = 321.0f;
+    be->upload(be, dxin, x, sizeof(float) * (size_t)n);
+    be->upload(be, dR, R, sizeof(float) * (size_t)n);
+    be->upload(be, dt, &t, sizeof t);
+    be->upload(be, dctx, ctx, sizeof(float) * 8 * 64);
+    be->zero(be, dx, sizeof(float) * (size_t)n);
+    unet_zero_grad(u);
+    assert_int_equal(unet_forward(u, dxin, dt, dctx, NULL, dout, 1, H, W, 8, 1), 0);
+    assert_int_equal(unet_backward(u, dR, dx), 0);
+    r->out = malloc(sizeof(float) * (size_t)n);
+    r->dx = malloc(sizeof(float) * (size_t)n);
+    be->download(be, r->out, dout, sizeof(float) * (size_t)n);
+    be->download(be, r->dx, dx, sizeof(float) * (size_t)n);
+    AdapterSet *set = unet_adapters(u);
+    r->n_grads = 0;
+    for (int i = 0; i < set->n; i++) r->n_grads += adapter_numel_A(&set->items[i]) + adapter_numel_B(&set->items[i]);
+    r->grads = malloc(sizeof(float) * (size_t)r->n_grads);
+    float *g = r->grads;
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->items[i];
+        be->download(be, g, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
+        g += adapter_numel_A(a);
+        be->download(be, g, a->dB, sizeof(float) * (size_t)adapter_numel_B(a));
+        g += adapter_numel_B(a);
+    }
+    float *dev[] = {dx, dR, dout, dt, dctx, dxin};
+    for (size_t k = 0; k < sizeof dev / sizeof dev[0]; k++) be->free(be, dev[k]);
+}
+
+static void non_square_free(NonSquare *r) { free(r->out); free(r->dx); free(r->grads); }
+
+/* Non-square inputs (aspect-ratio buckets train at w != h): transposing the
+ * input and every convolution kernel must transpose the output and the input
+ * gradient and leave the adapter gradients as they are (attention and the
+ * adapted projections see the same tokens, reordered). Mixing up H and W
+ * anywhere in the forward or backward pass breaks this. */
+static void test_non_square_transpose(void **st) {
+    (void)st;
+    UNetConfig c;
+    char err[512];
+    assert_int_equal(unet_config_builtin("tiny", &c), 0);
+    Backend *be = backend_cpu_create();
+    UNet *u = unet_create(&c, be, err, sizeof err);
+    if (!u) fail_msg("%s", err);
+    unet_init_random(u, 42);
+    AdapterSpec s = {0};
+    s.kind = ADAPTER_KRONA; s.a1 = 2; s.a2 = 4; s.alpha = 1; s.modules = ADAPT_ATTN | ADAPT_FFN;
+    if (unet_attach_adapters(u, &s, 5, err, sizeof err)) fail_msg("%s", err);
+    AdapterSet *set = unet_adapters(u);
+    Rng r;
+    rng_seed(&r, 17);
+    for (int i = 0; i < set->n; i++) { /* B non-zero: the adapters take part */
+        Adapter *a = &set->items[i];
+        int64_t n = adapter_numel_B(a);
+        float *h = malloc((size_t)n * sizeof *h);
+        rng_fill_uniform(&r, h, n, -2.0f / sqrtf((float)a->d_in), 2.0f / sqrtf((float)a->d_in));
+        be->upload(be, a->B, h, (size_t)n * sizeof *h);
+        free(h);
+    }
+    const int H = 8, W = 20;
+    int64_t n = 3LL * H * W;
+    float *x = malloc(sizeof(float) * (size_t)n), *R = malloc(sizeof(float) * (size_t)n), ctx[8 * 64];
+    float *xT = malloc(sizeof(float) * (size_t)n), *RT = malloc(sizeof(float) * (size_t)n);
+    float *back = malloc(sizeof(float) * (size_t)n);
+    rng_fill_normal(&r, x, n);
+    rng_fill_normal(&r, R, n);
+    rng_fill_normal(&r, ctx, 8 * 64);
+    transpose_hw(x, xT, 1, 3, H, W);
+    transpose_hw(R, RT, 1, 3, H, W);
+
+    NonSquare a, b, wrong;
+    non_square_pass(u, be, x, R, ctx, H, W, &a);
+    /* the kernels matter: transposing only the input gives something else */
+    non_square_pass(u, be, xT, RT, ctx, W, H, &wrong);
+    transpose_hw(wrong.out, back, 1, 3, W, H);
+    double d_wrong = rel_diff(back, a.out, n);
+    /* every k x k kernel (k > 1) transposed */
+    int n_conv = 0;
+    for (int i = 0; i < unet_n_params(u); i++) {
+        UNetParam *p = unet_param_at(u, i);
+        if (p->ndim != 4 || p->shape[2] < 2) continue;
+        assert_int_equal(p->shape[2], p->shape[3]);
+        int64_t k = p->shape[2], nk = p->shape[0] * p->shape[1];
+        float *w = malloc(sizeof(float) * (size_t)p->numel), *wt = malloc(sizeof(float) * (size_t)p->numel);
+        be->download(be, w, p->data, sizeof(float) * (size_t)p->numel);
+        transpose_hw(w, wt, (int)nk, 1, (int)k, (int)k);
+        be->upload(be, p->data, wt, sizeof(float) * (size_t)p->numel);
+        free(w);
+        free(wt);
+        n_conv++;
+    }
+    non_square_pass(u, be, xT, RT, ctx, W, H, &b);
+    transpose_hw(b.out, back, 1, 3, W, H);
+    double d_out = rel_diff(back, a.out, n);
+    transpose_hw(b.dx, back, 1, 3, W, H);
+    double d_dx = rel_diff(back, a.dx, n);
+    assert_int_equal(a.n_grads, b.n_grads);
+    double d_grad = rel_diff(b.grads, a.grads, a.n_grads);
+    print_message("%dx%d vs %dx%d, %d kernels transposed: output %.2g, input grad %.2g, adapter grads %.2g "
+                  "(input alone transposed: %.2g)\n", W, H, H, W, n_conv, d_out, d_dx, d_grad, d_wrong);
+    assert_true(n_conv > 10);
+    assert_true(max_abs(a.out, n) > 0 && max_abs(a.dx, n) > 0 && max_abs(a.grads, a.n_grads) > 0);
+    assert_true(d_out < 1e-4 && d_dx < 1e-4 && d_grad < 1e-4);
+    assert_true(d_wrong > 1e-2);
+    non_square_free(&a);
+    non_square_free(&b);
+    non_square_free(&wrong);
+    free(x); free(R); free(xT); free(RT); free(back);
+    unet_free(u);
+    backend_destroy(be);
+}
+
 static void test_adapter_check_errors(void **st) {
     (void)st;
     Tiny m;
@@ -934,6 +1077,7 @@ int main(void) {
         cmocka_unit_test(test_tiny_train_step),
         cmocka_unit_test(test_tiny_finite_diff),
         cmocka_unit_test(test_checkpointing),
+        cmocka_unit_test(test_non_square_transpose),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -24,6 +24,7 @@ static const struct { const char *label, *key; } KNOBS[N_KNOBS] = {
     [KNOB_BATCH] = {"batch", "train.batch"},
     [KNOB_SEED] = {"seed", "train.seed"},
     [KNOB_RES] = {"resolution", "data.resolution"},
+    [KNOB_BUCKETS] = {"buckets", "data.buckets"},
     [KNOB_SAMPLE_EVERY] = {"sample every", "sample.sample_every"},
     [KNOB_SAMPLE_STEPS] = {"sampler steps", "sample.sample_steps"},
     [KNOB_GUIDANCE] = {"guidance", "sample.guidance"},
@@ -46,6 +47,7 @@ void knob_format(const Preset *p, int k, char *out, size_t n) {
     case KNOB_BATCH: snprintf(out, n, "%d", p->batch); break;
     case KNOB_SEED: snprintf(out, n, "%llu", p->seed); break;
     case KNOB_RES: snprintf(out, n, "%d", p->resolution); break;
+    case KNOB_BUCKETS: snprintf(out, n, "%s", p->buckets ? "on" : "off"); break;
     case KNOB_SAMPLE_EVERY: snprintf(out, n, "%d", p->sample_every); break;
     case KNOB_SAMPLE_STEPS: snprintf(out, n, "%d", p->sample_steps); break;
     case KNOB_GUIDANCE: snprintf(out, n, "%g", p->guidance); break;
@@ -112,6 +114,7 @@ int knob_step(Preset *p, int k, int dir, int big, char *err, size_t errlen) {
     case KNOB_BATCH: rc = step_int(&q, k, p->batch + dir * (big ? 4 : 1), err, errlen); break;
     case KNOB_SEED: rc = step_int(&q, k, (long long)p->seed + dir * (big ? 100 : 1) < 0 ? 0 : (long long)p->seed + dir * (big ? 100 : 1), err, errlen); break;
     case KNOB_RES: rc = step_int(&q, k, p->resolution + dir * (big ? 32 : 8), err, errlen); break;
+    case KNOB_BUCKETS: rc = step_int(&q, k, !p->buckets, err, errlen); break;
     case KNOB_SAMPLE_EVERY: {
         long long v = p->sample_every + dir * (big ? 100 : 10);
         rc = step_int(&q, k, v < 0 ? 0 : v, err, errlen);
@@ -144,6 +147,8 @@ static int knob_of_fault(AdapterFault f) {
 void params_count(const Preset *p, ParamCount *out) {
     memset(out, 0, sizeof *out);
     out->bad_knob = -1;
+    char cerr[256];
+    if (model_cell_of(p->model, &out->cell, cerr, sizeof cerr) != 0) out->cell = 0;
     UNetConfig cfg;
     if (model_unet_config(p->model, &cfg, out->err, sizeof out->err) != 0) {
         out->bad_knob = KNOB_MODEL;
@@ -167,4 +172,11 @@ void params_count(const Preset *p, ParamCount *out) {
         out->bad_knob = knob_of_fault(c.fault);
     }
     adapter_census_free(&c);
+}
+
+int knob_image_bucket(const Preset *p, const ParamCount *pc, int w, int h, BucketSize *out) {
+    char err[256];
+    if (!p->buckets || pc->cell <= 0 || train_check_sizes(p, pc->cell, err, sizeof err) != 0)
+        return -1; /* training refuses it: the image shows its size alone */
+    return bucket_for_image(p->resolution, train_bucket_step(p, pc->cell), w, h, out);
 }

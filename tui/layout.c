@@ -31,7 +31,10 @@ void panel_row(const Studio *s, PanelId p, int row, char *label, size_t ln, char
     if (p == PANEL_INPUTS) {
         if (row >= s->p.n_images) { snprintf(label, ln, "+ add image (i)"); return; }
         snprintf(label, ln, "%s", base_name(s->p.images[row]));
-        if (s->img_w[row] > 0) snprintf(value, vn, "%dx%d", s->img_w[row], s->img_h[row]);
+        BucketSize b;
+        if (s->img_w[row] > 0 && knob_image_bucket(&s->p, &s->pc, s->img_w[row], s->img_h[row], &b) == 0)
+            snprintf(value, vn, "%dx%d -> %dx%d", s->img_w[row], s->img_h[row], b.w, b.h);
+        else if (s->img_w[row] > 0) snprintf(value, vn, "%dx%d", s->img_w[row], s->img_h[row]);
         else { snprintf(value, vn, "unreadable"); *bad = 1; }
     } else if (p == PANEL_PROMPT) {
         if (row == 0) { snprintf(label, ln, "instance"); snprintf(value, vn, "%s", s->p.instance_prompt); }
@@ -71,7 +74,9 @@ void panel_box(int y, int x, int h, int w, const char *title, int focused, int c
 static void list_panel(Studio *s, PanelId p, const char *title, int y, int x, int h, int w) {
     int focused = s->focus == p && s->mode != MODE_RUNS;
     panel_box(y, x, h, w, title, focused, s->colour);
-    int rows = h - 2, n = panel_rows(s, p), lw = p == PANEL_KNOBS ? 14 : p == PANEL_PROMPT ? 9 : w - 14;
+    /* Inputs: the image's name, then its size (and its bucket when buckets are on) */
+    int iw = s->p.buckets ? 24 : 14;
+    int rows = h - 2, n = panel_rows(s, p), lw = p == PANEL_KNOBS ? 14 : p == PANEL_PROMPT ? 9 : w - iw;
     if (rows < 1) return;
     int *top = &s->top[p], sel = s->sel[p];
     if (sel < *top) *top = sel;

@@ -141,7 +141,7 @@ static void start_training(Studio *s) {
     pthread_mutex_unlock(&s->sh.mu);
     s->loss.n = 0;
     hist_clear(&s->samples);
-    TrainCallbacks cb = {&s->sh, on_progress, on_sample, on_log};
+    TrainCallbacks cb = {&s->sh, on_progress, on_sample, on_log, NULL};
     s->tr = trainer_create(&s->p, NULL, s->be, &cb, err, sizeof err);
     if (!s->tr) {
         backend_destroy(s->be);

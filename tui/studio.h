@@ -10,6 +10,7 @@
 #include "core/fmt.h"
 #include "formats/image.h"
 #include "formats/preset.h"
+#include "training/buckets.h"
 #include "training/train.h"
 
 /* `krona-studio [--preset P.ini] [--graphics sixel|halfblock|none]`; returns the exit status */
@@ -23,8 +24,8 @@ typedef enum { PICK_IMAGE, PICK_PRESET, PICK_MODEL } PickKind;
 
 /* ---- knobs.c (no ncurses): the editable fields and live parameter counts ---- */
 enum { KNOB_MODEL, KNOB_ADAPTER, KNOB_A1, KNOB_A2, KNOB_RANK, KNOB_MODULES, KNOB_LR, KNOB_ITERS,
-       KNOB_BATCH, KNOB_SEED, KNOB_RES, KNOB_SAMPLE_EVERY, KNOB_SAMPLE_STEPS, KNOB_GUIDANCE,
-       KNOB_OUTPUT, N_KNOBS };
+       KNOB_BATCH, KNOB_SEED, KNOB_RES, KNOB_BUCKETS, KNOB_SAMPLE_EVERY, KNOB_SAMPLE_STEPS,
+       KNOB_GUIDANCE, KNOB_OUTPUT, N_KNOBS };
 const char *knob_label(int k);
 const char *knob_key(int k);   /* the preset key preset_set understands */
 void knob_format(const Preset *p, int k, char *out, size_t n);
@@ -36,10 +37,15 @@ typedef struct ParamCount {
     int64_t trainable, base;
     char err[256];
     int bad_knob;           /* KNOB_A1 / KNOB_A2 / KNOB_MODEL / ... when !ok */
+    int cell;               /* the model's pixel multiple (model_cell_of); 0 when unknown */
 } ParamCount;
 /* Trainable and base UNet parameters for p's model and adapter, from shapes only
- * (the sums `krona-studio info` prints). Never fails hard: bad combos set ok = 0. */
+ * (the sums `krona-studio info` prints), and the model's cell. Never fails
+ * hard: bad combos set ok = 0. */
 void params_count(const Preset *p, ParamCount *out);
+/* The bucket a w x h image trains at under p (buckets on, the model's cell
+ * known, bucket_step fitting it): 0 with *out, else -1. */
+int knob_image_bucket(const Preset *p, const ParamCount *pc, int w, int h, BucketSize *out);
 
 /* ---- chart.c: braille loss chart ---- */
 typedef struct LossSeries { float *v; int n, cap; } LossSeries;

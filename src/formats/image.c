@@ -127,26 +127,65 @@ int image_load(const char *path, Image *out, char *err, size_t errlen) {
     return 0;
 }
 
-int image_center_crop_resize(const Image *in, int size, Image *out) {
+/* a * b / c rounded half up, for non-negative a, b and positive c */
+static int mul_div_round(int64_t a, int64_t b, int64_t c) {
+    return (int)((2 * a * b + c) / (2 * c));
+}
+
+void image_cover_crop_geometry(int in_w, int in_h, int w, int h, ImageCrop *g) {
+    memset(g, 0, sizeof *g);
+    if ((int64_t)in_w * h > (int64_t)in_h * w) { /* wider than w:h: full height, crop the sides */
+        g->src_h = in_h;
+        g->src_w = mul_div_round(in_h, w, h);
+        if (g->src_w < 1) g->src_w = 1;
+        if (g->src_w > in_w) g->src_w = in_w;
+        g->src_x = (in_w - g->src_w) / 2;
+        /* scaled by h / in_h */
+        g->cover_w = mul_div_round(in_w, h, in_h);
+        g->cover_h = h;
+        g->left = mul_div_round(g->src_x, h, in_h);
+    } else {                                      /* taller (or the same shape): crop top and bottom */
+        g->src_w = in_w;
+        g->src_h = mul_div_round(in_w, h, w);
+        if (g->src_h < 1) g->src_h = 1;
+        if (g->src_h > in_h) g->src_h = in_h;
+        g->src_y = (in_h - g->src_h) / 2;
+        /* scaled by w / in_w */
+        g->cover_w = w;
+        g->cover_h = mul_div_round(in_h, w, in_w);
+        g->top = mul_div_round(g->src_y, w, in_w);
+    }
+    if (g->cover_w < w) g->cover_w = w;
+    if (g->cover_h < h) g->cover_h = h;
+    if (g->left > g->cover_w - w) g->left = g->cover_w - w;
+    if (g->top > g->cover_h - h) g->top = g->cover_h - h;
+}
+
+int image_cover_crop_resize(const Image *in, int w, int h, Image *out, ImageCrop *geom) {
     out->px = NULL;
-    if (!in || !in->px || size <= 0) return -1;
-    int s = in->w < in->h ? in->w : in->h;
-    int x0 = (in->w - s) / 2, y0 = (in->h - s) / 2;
-    if (image_alloc(out, size, size, in->c)) return -1;
-    const unsigned char *src = in->px + ((size_t)y0 * in->w + x0) * in->c;
+    if (!in || !in->px || w <= 0 || h <= 0) return -1;
+    ImageCrop g;
+    image_cover_crop_geometry(in->w, in->h, w, h, &g);
+    if (geom) *geom = g;
+    if (image_alloc(out, w, h, in->c)) return -1;
+    const unsigned char *src = in->px + ((size_t)g.src_y * in->w + g.src_x) * in->c;
     int stride = in->w * in->c;
-    if (s == size) {
-        for (int y = 0; y < size; y++)
-            memcpy(out->px + (size_t)y * size * in->c, src + (size_t)y * stride, (size_t)size * in->c);
+    if (g.src_w == w && g.src_h == h) {
+        for (int y = 0; y < h; y++)
+            memcpy(out->px + (size_t)y * w * in->c, src + (size_t)y * stride, (size_t)w * in->c);
         return 0;
     }
     /* sRGB-aware filtering (Mitchell down, Catmull-Rom up): no darkened edges */
     int alpha = in->c == 4 ? 3 : in->c == 2 ? 1 : STBIR_ALPHA_CHANNEL_NONE;
-    if (!stbir_resize_uint8_srgb(src, s, s, stride, out->px, size, size, size * in->c, in->c, alpha, 0)) {
+    if (!stbir_resize_uint8_srgb(src, g.src_w, g.src_h, stride, out->px, w, h, w * in->c, in->c, alpha, 0)) {
         image_free(out);
         return -1;
     }
     return 0;
+}
+
+int image_center_crop_resize(const Image *in, int size, Image *out) {
+    return image_cover_crop_resize(in, size, size, out, NULL);
 }
 
 void image_to_chw(const Image *im, float *dst) {

@@ -17,7 +17,20 @@ void image_free(Image *im);
 /* Any stb_image format as RGB8 (c = 3). Errors name the path: missing file,
  * "not an image", "truncated" (PNG without IEND, JPEG without EOI), corrupt. */
 int image_load(const char *path, Image *out, char *err, size_t errlen);
-/* Centre square crop (side = min(w, h)), then resize to size x size. */
+/* Where a w x h crop of an in_w x in_h image comes from when the image is
+ * scaled to cover w x h (nothing distorted) and centre-cropped to it. */
+typedef struct ImageCrop {
+    int src_x, src_y, src_w, src_h; /* the input region used (w:h within a pixel) */
+    int cover_w, cover_h;           /* the input scaled to cover w x h */
+    int left, top;                  /* the crop's top-left in that scaled image */
+} ImageCrop;
+/* The geometry alone (in_w, in_h, w, h > 0). */
+void image_cover_crop_geometry(int in_w, int in_h, int w, int h, ImageCrop *g);
+/* Scale to cover w x h, centre crop to it (the input region of
+ * image_cover_crop_geometry resized). geom (may be NULL) gets the geometry. 0 / -1. */
+int image_cover_crop_resize(const Image *in, int w, int h, Image *out, ImageCrop *geom);
+/* Centre square crop (side = min(w, h)), then resize to size x size:
+ * image_cover_crop_resize to size x size. */
 int image_center_crop_resize(const Image *in, int size, Image *out);
 /* HWC uint8 -> CHW float in [-1, 1] (dst: c*h*w floats). */
 void image_to_chw(const Image *im, float *dst);

@@ -57,6 +57,10 @@ static const Key keys[] = {
     { "data", "prior_weight", K_FLOAT, F(prior_weight), 0, 0, 0, 100, 0, NULL, "prior_loss_weight|with_prior_preservation", "0 disables prior preservation" },
     { "data", "resolution", K_INT, F(resolution), 0, 0, 8, 4096, 0, NULL, "size|image_size|res", "training size in pixels, a multiple of 8" },
     { "data", "flip", K_BOOL, F(flip), 0, 0, 0, 1, 0, NULL, "random_flip|hflip|flip_horizontal", "random horizontal flips: 0 | 1" },
+    { "data", "buckets", K_BOOL, F(buckets), 0, 0, 0, 1, 0, NULL, "enable_bucket|aspect_ratio_buckets|bucketing",
+      "aspect-ratio buckets: each image trains at the size nearest its shape (w x h <= resolution^2, 1:2 to 2:1) instead of a centre square: 0 | 1" },
+    { "data", "bucket_step", K_INT, F(bucket_step), 0, 0, 0, 4096, 0, NULL, "bucket_reso_steps|bucket_resolution_step",
+      "bucket sides are multiples of this; a multiple of the model's own (tiny 4, SD 1.5 64, SDXL 32) dividing resolution; 0: the model's own" },
 
     { "adapter", "adapter", K_ENUM, F(adapter), 0, 0, 0, 0, 0, "krona|lora", "adapter_type|method|kind", "krona | lora" },
     { "adapter", "a1", K_INT, F(a1), 0, 0, 1, 4096, 0, NULL, "factor1|krona_a1", "KronA: A is a1 x a2; a1 must divide each adapted layer's d_out" },

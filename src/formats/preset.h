@@ -26,6 +26,8 @@ typedef struct Preset {
     float prior_weight;              /* 0 disables prior preservation */
     int resolution;                  /* training size in pixels */
     int flip;                        /* random horizontal flips */
+    int buckets;                     /* 1: aspect-ratio buckets (training/buckets.h) */
+    int bucket_step;                 /* bucket sides are multiples of it; 0: the model's cell */
     /* [adapter] */
     char adapter[16];                /* "krona", "lora" */
     int a1, a2;

@@ -225,6 +225,11 @@ int model_unet_config(const char *spec, UNetConfig *cfg, char *err, size_t errle
     return 0;
 }
 
+/* image pixels per latent cell of a VAE: one halving per level after the first */
+static int vae_scale(const VAEConfig *vc) { return 1 << (vc->n_levels - 1); }
+/* input pixels per cell of the UNet's lowest level */
+static int unet_down(const UNetConfig *c) { return 1 << (c->n_levels - 1); }
+
 Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, char *err, size_t errlen) {
     Model *m = calloc(1, sizeof *m);
     if (!m) { snprintf(err, errlen, "out of memory"); return NULL; }
@@ -263,7 +268,7 @@ Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, cha
             model_free(m);
             return NULL;
         }
-        m->pixel_scale = 1 << (vc->n_levels - 1);
+        m->pixel_scale = vae_scale(vc);
         m->image_channels = vc->out_channels;
     } else if (m->channels != 3) {
         snprintf(err, errlen, "model '%s': a UNet of %d input channels needs a VAE (vae/ in the folder)",
@@ -321,10 +326,10 @@ int model_encode_prompt(Model *m, const char *prompt, int px, float *cond, char 
     int w1 = te_config(m->te)->hidden_size, w2 = te_config(m->te2)->hidden_size;
     int P = m->added_dim - 6;
     float *added = cond + (int64_t)L * m->ctx_dim;
-    float ids6[6] = {(float)px, (float)px, 0.f, 0.f, (float)px, (float)px}; /* size, crop, target */
+    TimeIds ids6 = model_time_ids(px, px, 0, 0, px, px);
     if (!prompt[0]) { /* force_zeros_for_empty_prompt */
         be->zero(be, cond, sizeof(float) * (size_t)(m->cond_floats - 6));
-        be->upload(be, added + P, ids6, sizeof ids6);
+        be->upload(be, added + P, ids6.v, sizeof ids6.v);
         return 0;
     }
     int32_t *ids1 = prompt_ids(m, m->tok, prompt, err, errlen);
@@ -340,7 +345,7 @@ int model_encode_prompt(Model *m, const char *prompt, int px, float *cond, char 
         be->copy(be, cond + (int64_t)l * m->ctx_dim, h1 + (int64_t)l * w1, sizeof(float) * (size_t)w1);
         be->copy(be, cond + (int64_t)l * m->ctx_dim + w1, h2 + (int64_t)l * w2, sizeof(float) * (size_t)w2);
     }
-    be->upload(be, added + P, ids6, sizeof ids6);
+    be->upload(be, added + P, ids6.v, sizeof ids6.v);
     rc = 0;
 done:
     free(ids1);
@@ -374,22 +379,38 @@ int model_unet_forward(Model *m, const float *x, const float *t, const float *co
                         for_backward);
 }
 
-int model_encode_images(Model *m, const float *pix_host, int N, int px, float *in_host, char *err,
-                        size_t errlen) {
-    int64_t ipx = (int64_t)m->image_channels * px * px;
+TimeIds model_time_ids(int orig_w, int orig_h, int crop_left, int crop_top, int w, int h) {
+    TimeIds t = {{(float)orig_h, (float)orig_w, (float)crop_top, (float)crop_left, (float)h, (float)w}};
+    return t;
+}
+
+void model_set_time_ids(Model *m, float *cond, int n, const TimeIds *ids) {
+    if (m->added_dim < 6) return;
+    for (int i = 0; i < n; i++) /* the last six floats of each record */
+        m->be->upload(m->be, cond + (int64_t)(i + 1) * m->cond_floats - 6, ids[i].v, sizeof ids[i].v);
+}
+
+int model_get_time_ids(Model *m, const float *cond, TimeIds *ids) {
+    if (m->added_dim < 6) return -1;
+    m->be->download(m->be, ids->v, cond + m->cond_floats - 6, sizeof ids->v);
+    return 0;
+}
+
+int model_encode_images(Model *m, const float *pix_host, int N, int w, int h, float *in_host,
+                        char *err, size_t errlen) {
+    int64_t ipx = (int64_t)m->image_channels * w * h;
     if (!m->vae) {
         memcpy(in_host, pix_host, sizeof(float) * (size_t)(N * ipx));
         return 0;
     }
     Backend *be = m->be;
-    int h = px / m->pixel_scale;
-    int64_t per = (int64_t)m->channels * h * h;
+    int64_t per = (int64_t)m->channels * (h / m->pixel_scale) * (w / m->pixel_scale);
     float *x = be->alloc(be, sizeof(float) * (size_t)ipx), *z = be->alloc(be, sizeof(float) * (size_t)per);
     int rc = x && z ? 0 : -1;
-    if (rc) snprintf(err, errlen, "out of memory encoding a %dpx image", px);
+    if (rc) snprintf(err, errlen, "out of memory encoding a %dx%d image", w, h);
     for (int i = 0; rc == 0 && i < N; i++) {
         be->upload(be, x, pix_host + i * ipx, sizeof(float) * (size_t)ipx);
-        if (vae_encode(m->vae, x, z, NULL, 1, px, px) != 0) {
+        if (vae_encode(m->vae, x, z, NULL, 1, h, w) != 0) {
             snprintf(err, errlen, "VAE encode: %s", vae_last_error(m->vae));
             rc = -1;
         } else {
@@ -399,6 +420,37 @@ int model_encode_images(Model *m, const float *pix_host, int N, int px, float *i
     be->free(be, x);
     be->free(be, z);
     return rc;
+}
+
+int model_cell(const Model *m) { return unet_down(&m->ucfg) * m->pixel_scale; }
+
+int model_cell_of(const char *spec, int *cell, char *err, size_t errlen) {
+    /* the UNet's config, and the VAE where model_open finds one: a single
+     * file's or a built-in architecture's own, a folder's vae/ */
+    UNetConfig u;
+    VAEConfig vc;
+    const char *vae_builtin = spec;
+    int has_vae = 0;
+    if (checkpoint_is_file(spec)) {
+        CheckpointInfo ci;
+        if (checkpoint_inspect(spec, &ci, err, errlen) != 0) return -1;
+        u = ci.unet;
+        vae_builtin = ci.kind == MODEL_KIND_SDXL ? "sdxl" : "sd15";
+    } else if (model_unet_config(spec, &u, err, errlen) != 0) {
+        return -1;
+    }
+    if (vae_config_builtin(vae_builtin, &vc) == 0) {
+        has_vae = 1;
+    } else if (fs_is_dir(spec)) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/vae/config.json", spec);
+        if (fs_exists(path)) {
+            if (vae_config_from_json(path, &vc, err, errlen) != 0) return -1;
+            has_vae = 1;
+        }
+    }
+    *cell = unet_down(&u) * (has_vae ? vae_scale(&vc) : 1);
+    return 0;
 }
 
 /* The sampler's view of the model: one doubled batch [uncond; cond]. */

@@ -91,16 +91,34 @@ int model_load_adapter(Model *m, const char *path, char *err, size_t errlen);
 /* Encode one prompt to its conditioning record cond[cond_floats] (device).
  * SD 1.5 / tiny: the last hidden state. SDXL: both encoders' penultimate
  * states concatenated to ctx_dim, then the bigG pooled output and the time ids
- * (px, px, 0, 0, px, px) for images of px pixels; the empty prompt is all
+ * (model_time_ids of a px x px image trained whole); the empty prompt is all
  * zeros, as diffusers' SDXL pipelines do (force_zeros_for_empty_prompt).
  * Errors (too long, invalid UTF-8) name the prompt. */
 int model_encode_prompt(Model *m, const char *prompt, int px, float *cond, char *err, size_t errlen);
 
-/* Training inputs from images: pix_host[N, image_channels, px, px] in [-1, 1]
- * -> in_host[N, channels, px/pixel_scale, ...]: the pixels themselves, or the
- * VAE's latent mean x scaling_factor. */
-int model_encode_images(Model *m, const float *pix_host, int N, int px, float *in_host, char *err,
-                        size_t errlen);
+/* SDXL's six time ids, in diffusers' order: the original image's size
+ * (height, width), the crop's top-left (top, left) in the image scaled for
+ * the crop, and the size trained at (height, width). */
+typedef struct TimeIds { float v[6]; } TimeIds;
+TimeIds model_time_ids(int orig_w, int orig_h, int crop_left, int crop_top, int w, int h);
+/* Replace the time ids of n records cond[n, cond_floats] (device) with ids[n]
+ * (host). Models without time ids: nothing to do. */
+void model_set_time_ids(Model *m, float *cond, int n, const TimeIds *ids);
+/* The time ids of record cond (device) into *ids; 0, or -1 for a model without. */
+int model_get_time_ids(Model *m, const float *cond, TimeIds *ids);
+
+/* Training inputs from images: pix_host[N, image_channels, h, w] in [-1, 1]
+ * -> in_host[N, channels, h/pixel_scale, w/pixel_scale]: the pixels
+ * themselves, or the VAE's latent mean x scaling_factor. */
+int model_encode_images(Model *m, const float *pix_host, int N, int w, int h, float *in_host,
+                        char *err, size_t errlen);
+
+/* The pixel multiple every image side must be for the UNet (its
+ * downsampling times the VAE's): a training or sample size. */
+int model_cell(const Model *m);
+/* The same read from a model's configs, without weights: a built-in name,
+ * a diffusers folder or a single-file checkpoint. 0, or -1 with err. */
+int model_cell_of(const char *spec, int *cell, char *err, size_t errlen);
 
 /* unet_forward on N conditioning records cond[N, cond_floats] (device). */
 int model_unet_forward(Model *m, const float *x, const float *t, const float *cond, float *out,

@@ -180,7 +180,7 @@ int score_generate(Model *m, const char *const *prompts, int n, const ScoreOpts 
     if (score_opts_check(o, err, errlen) != 0) return -1;
     Backend *be = m->be;
     int px = o->size > 0 ? o->size : m->ucfg.sample_size * m->pixel_scale;
-    int cell = (1 << (m->ucfg.n_levels - 1)) * m->pixel_scale;
+    int cell = model_cell(m);
     if (px % cell != 0) {
         snprintf(err, errlen, "sample size %d: must be a multiple of %d for this model", px, cell);
         return -1;

@@ -284,11 +284,7 @@ int sweep_check(const Sweep *s, Backend *be, char *err, size_t errlen) {
             m = model_open(p.model, be, why, sizeof why);
             if (!m) goto bad;
         }
-        int cell = (1 << (m->ucfg.n_levels - 1)) * m->pixel_scale;
-        if (p.resolution % cell != 0) {
-            snprintf(why, sizeof why, "resolution = %d: must be a multiple of %d for this model", p.resolution, cell);
-            goto bad;
-        }
+        if (train_check_sizes(&p, model_cell(m), why, sizeof why) != 0) goto bad;
         AdapterSpec spec;
         train_adapter_spec(&p, &spec);
         if (unet_attach_adapters(m->unet, &spec, 0, why, sizeof why) != 0) goto bad;
@@ -499,7 +495,7 @@ int sweep_run(const Sweep *s, Backend *be, const SweepCallbacks *cb, atomic_int 
         row_init(row, name);
         run_dir_choose(&p, row->run_dir, sizeof row->run_dir);   /* <dir>/<name>, as the trainer makes it */
         RunCtx ctx = {cb, cancel, NULL, p.iterations, row, p.n_sample_prompts, p.resolution};
-        TrainCallbacks tc = {&ctx, on_progress, on_sample, on_log};
+        TrainCallbacks tc = {&ctx, on_progress, on_sample, on_log, NULL};
         if (cb && cb->begin) cb->begin(cb->user, i, n, name, row->run_dir);
         char why[1024];
         Trainer *t = trainer_create(&p, NULL, be, &tc, why, sizeof why);

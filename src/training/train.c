@@ -20,10 +20,22 @@
 #include "core/rng.h"
 #include "formats/json.h"
 #include "formats/safetensors.h"
+#include "training/buckets.h"
 #include "training/run_dir.h"
 
 #define N_EVAL 8
 #define CKPT_FORMAT "krona-studio-checkpoint-1"
+
+/* Training images as the UNet takes them, each at its bucket's size. */
+typedef struct ImageSet {
+    int n;
+    float *host;           /* [n] slots of 2 * Trainer.per floats: the image at its
+                              bucket's size (bucket_floats), then its mirror */
+    int *bucket;           /* [n] index into Trainer.buckets */
+    TimeIds (*tid)[2];     /* [n] SDXL's time ids of the image and of its mirror */
+    int *by_bucket;        /* [n] the images grouped by bucket, in order within one */
+    int *first, *count;    /* [n_buckets] each bucket's run in by_bucket */
+} ImageSet;
 
 struct Trainer {
     Preset p;
@@ -33,11 +45,11 @@ struct Trainer {
     char run_dir[PATH_MAX];
     char err[512];
 
-    int px, H, W, C;       /* training image size (pixels) and UNet grid */
-    int64_t per;           /* floats per image */
-    int n_img, n_class;
-    float *img_host;       /* [n_img * 2, per]: each image and its mirror */
-    float *class_host;     /* [n_class * 2, per] */
+    int px, C;             /* resolution (pixels), UNet input channels */
+    int64_t per;           /* floats per image at px x px: the largest bucket's */
+    BucketSize *buckets;   /* the training sizes: training/buckets.h, or px x px alone */
+    int n_buckets;
+    ImageSet img, cls;     /* instance images, class images (prior preservation) */
 
     /* device */
     float *ctx_class, *ctx_empty, *ctx_batch;
@@ -47,6 +59,8 @@ struct Trainer {
     /* host scratch */
     float *hx0, *hnoise, *htf;
     int *ht;
+    int *hidx, *hmir;      /* [batch] the batch's images and mirror flags */
+    TimeIds *htid, *hseen; /* [batch] their time ids; as read back (TrainCallbacks.batch) */
     /* optimiser moments, one pair per factor */
     float **mA, **vA, **mB, **vB;
     /* every trained adapter: the UNet's, then the text encoder's */
@@ -100,22 +114,72 @@ static void tlog(Trainer *t, const char *fmt, ...) {
 
 /* ---------------------------------------------------------------- data --- */
 
-/* Load, centre-crop/resize and convert one image; slot gets the model's input
- * for it and its mirror (pixels, or the VAE's latents: encoded once per run). */
-static int load_image_pair(Trainer *t, const char *path, float *slot) {
-    Image im = {0}, sq = {0};
+static int64_t bucket_floats(const Trainer *t, int k) {
+    int ps = t->m->pixel_scale;
+    return (int64_t)t->C * (t->buckets[k].h / ps) * (t->buckets[k].w / ps);
+}
+
+static int image_set_alloc(Trainer *t, ImageSet *s, int n) {
+    s->n = n;
+    s->host = malloc(sizeof(float) * (size_t)(2 * n * t->per));
+    s->bucket = calloc((size_t)n, sizeof *s->bucket);
+    s->tid = calloc((size_t)n, sizeof *s->tid);
+    s->by_bucket = calloc((size_t)n, sizeof *s->by_bucket);
+    s->first = calloc((size_t)t->n_buckets, sizeof *s->first);
+    s->count = calloc((size_t)t->n_buckets, sizeof *s->count);
+    if (!s->host || !s->bucket || !s->tid || !s->by_bucket || !s->first || !s->count) {
+        snprintf(t->err, sizeof t->err, "out of memory for %d training images", n);
+        return -1;
+    }
+    return 0;
+}
+
+static void image_set_free(ImageSet *s) {
+    free(s->host); free(s->bucket); free(s->tid); free(s->by_bucket); free(s->first); free(s->count);
+}
+
+/* by_bucket, first, count from bucket[] (once every image is loaded) */
+static void image_set_group(const Trainer *t, ImageSet *s) {
+    for (int k = 0; k < t->n_buckets; k++) s->count[k] = 0;
+    for (int i = 0; i < s->n; i++) s->count[s->bucket[i]]++;
+    for (int k = 0, at = 0; k < t->n_buckets; k++) {
+        s->first[k] = at;
+        at += s->count[k];
+        s->count[k] = 0; /* counted again while filling */
+    }
+    for (int i = 0; i < s->n; i++) {
+        int k = s->bucket[i];
+        s->by_bucket[s->first[k] + s->count[k]++] = i;
+    }
+}
+
+/* Load image i of set from path: scaled to cover its bucket (the square
+ * px x px without buckets) and centre-cropped to it, converted to the model's
+ * input for it and its mirror (pixels, or the VAE's latents: encoded once per
+ * run), with SDXL's time ids of both. */
+static int load_image_pair(Trainer *t, const char *path, ImageSet *set, int i) {
+    Image im = {0}, fit = {0};
     if (image_load(path, &im, t->err, sizeof t->err) != 0) return -1;
-    int rc = image_center_crop_resize(&im, t->px, &sq);
+    int k = t->p.buckets ? bucket_nearest(t->buckets, t->n_buckets, im.w, im.h) : 0;
+    BucketSize b = t->buckets[k];
+    ImageCrop g;
+    int rc = image_cover_crop_resize(&im, b.w, b.h, &fit, &g);
+    int orig_w = im.w, orig_h = im.h;
     image_free(&im);
-    if (rc != 0) { snprintf(t->err, sizeof t->err, "%s: cannot resize to %dpx", path, t->px); return -1; }
-    int64_t ipx = (int64_t)t->m->image_channels * t->px * t->px;
+    if (rc != 0) { snprintf(t->err, sizeof t->err, "%s: cannot resize to %dx%d", path, b.w, b.h); return -1; }
+    set->bucket[i] = k;
+    if (t->p.buckets && set == &t->img) tlog(t, "%s (%dx%d) trains at %dx%d", path, orig_w, orig_h, b.w, b.h);
+    set->tid[i][0] = model_time_ids(orig_w, orig_h, g.left, g.top, b.w, b.h);
+    /* the mirror: the same crop of the mirrored image, its left from its own left edge */
+    set->tid[i][1] = model_time_ids(orig_w, orig_h, g.cover_w - b.w - g.left, g.top, b.w, b.h);
+    int64_t ipx = (int64_t)t->m->image_channels * b.w * b.h;
     float *pix = malloc(sizeof(float) * (size_t)(2 * ipx));
-    if (!pix) { image_free(&sq); snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
-    image_to_chw(&sq, pix);
-    image_flip_h(&sq);
-    image_to_chw(&sq, pix + ipx);
-    image_free(&sq);
-    rc = model_encode_images(t->m, pix, 2, t->px, slot, t->err, sizeof t->err);
+    if (!pix) { image_free(&fit); snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
+    image_to_chw(&fit, pix);
+    image_flip_h(&fit);
+    image_to_chw(&fit, pix + ipx);
+    image_free(&fit);
+    rc = model_encode_images(t->m, pix, 2, b.w, b.h, set->host + 2 * i * t->per, t->err, sizeof t->err);
     free(pix);
     return rc;
 }
@@ -274,11 +338,13 @@ static int prepare_class_images(Trainer *t) {
         }
     }
     int count = dir ? n : want;
-    t->class_host = malloc(sizeof(float) * (size_t)(2 * count * t->per));
-    if (!t->class_host) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
+    if (image_set_alloc(t, &t->cls, count) != 0) {
+        if (dir) free_list(files, n);
+        return -1;
+    }
     if (dir) {
         for (int i = 0; i < n; i++)
-            if (load_image_pair(t, files[i], t->class_host + 2 * i * t->per) != 0) {
+            if (load_image_pair(t, files[i], &t->cls, i) != 0) {
                 free_list(files, n);
                 return -1;
             }
@@ -300,7 +366,7 @@ static int prepare_class_images(Trainer *t) {
             char path[PATH_MAX + 48];
             run_class_image_path(t->run_dir, i, path, sizeof path);
             rc = image_save_png(path, &tiles[i], t->err, sizeof t->err);
-            if (rc == 0) rc = load_image_pair(t, path, t->class_host + 2 * i * t->per);
+            if (rc == 0) rc = load_image_pair(t, path, &t->cls, i);
         }
         for (int i = 0; tiles && i < count; i++) image_free(&tiles[i]);
         free(tiles);
@@ -308,7 +374,7 @@ static int prepare_class_images(Trainer *t) {
         t->be->free(t->be, cu);
         if (rc != 0) return -1;
     }
-    t->n_class = count;
+    image_set_group(t, &t->cls);
     return 0;
 }
 
@@ -336,7 +402,7 @@ static int te_encode(Trainer *t, const int32_t *ids, int n, float *cond, char *e
     }
     if (te_forward(m->te, t->ids_b1, n, L, NULL, t->pen1, NULL, e, elen) != 0) return -1;
     if (te_forward(m->te2, t->ids_b2, n, L, NULL, t->pen2, t->pooled, e, elen) != 0) return -1;
-    float ids6[6] = {(float)t->px, (float)t->px, 0.f, 0.f, (float)t->px, (float)t->px};
+    TimeIds ids6 = model_time_ids(t->px, t->px, 0, 0, t->px, t->px); /* as model_encode_prompt */
     for (int b = 0; b < n; b++) {
         float *c = cond + (int64_t)b * m->cond_floats;
         for (int l = 0; l < L; l++) {
@@ -345,7 +411,7 @@ static int te_encode(Trainer *t, const int32_t *ids, int n, float *cond, char *e
         }
         float *added = c + (int64_t)L * m->ctx_dim;
         be->copy(be, added, t->pooled + (int64_t)b * P, sizeof(float) * (size_t)P);
-        be->upload(be, added + P, ids6, sizeof ids6);
+        be->upload(be, added + P, ids6.v, sizeof ids6.v);
     }
     return 0;
 }
@@ -374,21 +440,30 @@ static int te_backprop(Trainer *t, int n, char *e, size_t elen) {
     return te_backward_all(m->te2, NULL, t->dpen2, t->dpooled, e, elen);
 }
 
-/* One forward/backward on a batch drawn from src (n images, each with its
- * mirror) with the conditioning ctx (per_image: one record per image, else one
- * for all); adds weight * grads; *loss = the batch loss.
- * 0, or -1 with t->err when the UNet could not run (e.g. out of memory). */
-static int forward_backward(Trainer *t, const float *src, int n, const float *ctx,
-                            const int32_t *ids, int per_image, float weight, float *loss_out) {
+/* One forward/backward on a batch drawn from set with the conditioning ctx
+ * (per_image: one record per image, else one for all); adds weight * grads;
+ * *loss = the batch loss. The batch comes from one bucket: its first image is
+ * drawn from all, the others from that image's bucket (without buckets: all
+ * from all). 0, or -1 with t->err when the UNet could not run (e.g. out of memory). */
+static int forward_backward(Trainer *t, const ImageSet *set, const float *ctx, const int32_t *ids,
+                            int per_image, int prior, float weight, float *loss_out) {
     Backend *be = t->be;
+    Model *m = t->m;
     int B = t->p.batch;
-    size_t cb = sizeof(float) * (size_t)t->m->cond_floats;
+    size_t cb = sizeof(float) * (size_t)m->cond_floats;
+    int i0 = rng_int(&t->rng, set->n), k = set->bucket[i0];
+    BucketSize bs = t->buckets[k];
+    int H = bs.h / m->pixel_scale, W = bs.w / m->pixel_scale;
+    int64_t per = bucket_floats(t, k);
     for (int b = 0; b < B; b++) {
-        int i = rng_int(&t->rng, n);
+        int i = b == 0 ? i0 : set->by_bucket[set->first[k] + rng_int(&t->rng, set->count[k])];
         int mirror = t->p.flip ? rng_int(&t->rng, 2) : 0;
-        memcpy(t->hx0 + b * t->per, src + (2 * i + mirror) * t->per, sizeof(float) * (size_t)t->per);
-        t->ht[b] = rng_int(&t->rng, t->m->sched.T);
+        memcpy(t->hx0 + b * per, set->host + 2 * i * t->per + mirror * per, sizeof(float) * (size_t)per);
+        t->ht[b] = rng_int(&t->rng, m->sched.T);
         t->htf[b] = (float)t->ht[b];
+        t->hidx[b] = i;
+        t->hmir[b] = mirror;
+        t->htid[b] = set->tid[i][mirror];
         if (t->te_on) /* the records come from the adapted encoder below */
             memcpy(t->ids_batch + (size_t)b * t->idw, ids + (per_image ? (size_t)i * t->idw : 0),
                    sizeof(int32_t) * (size_t)t->idw);
@@ -400,14 +475,23 @@ static int forward_backward(Trainer *t, const float *src, int n, const float *ct
         snprintf(t->err, sizeof t->err, "step %d: text encoder forward: %s", t->step + 1, e);
         return -1;
     }
-    rng_fill_normal(&t->rng, t->hnoise, B * t->per);
-    int64_t n_all = B * t->per;
+    /* SDXL with buckets: each image's own size and crop (else the records' px x px whole) */
+    if (t->p.buckets) model_set_time_ids(m, t->ctx_batch, B, t->htid);
+    if (t->cb.batch) {
+        TrainBatch tb = {t->step + 1, prior, B, bs.w, bs.h, t->hidx, t->hmir, NULL};
+        for (int b = 0; b < B; b++)
+            if (model_get_time_ids(m, (const float *)((const char *)t->ctx_batch + cb * b), &t->hseen[b]) == 0)
+                tb.time_ids = t->hseen;
+        t->cb.batch(t->cb.user, &tb);
+    }
+    rng_fill_normal(&t->rng, t->hnoise, B * per);
+    int64_t n_all = B * per;
     be->upload(be, t->x0, t->hx0, sizeof(float) * (size_t)n_all);
     be->upload(be, t->noise, t->hnoise, sizeof(float) * (size_t)n_all);
     be->upload(be, t->tdev, t->htf, sizeof(float) * (size_t)B);
-    diffusion_q_sample(be, &t->m->sched, t->x0, t->noise, t->ht, t->xt, B, t->per);
-    diffusion_target(be, &t->m->sched, t->x0, t->noise, t->ht, t->target, B, t->per);
-    if (model_unet_forward(t->m, t->xt, t->tdev, t->ctx_batch, t->out, B, t->H, t->W, 1) != 0) {
+    diffusion_q_sample(be, &m->sched, t->x0, t->noise, t->ht, t->xt, B, per);
+    diffusion_target(be, &m->sched, t->x0, t->noise, t->ht, t->target, B, per);
+    if (model_unet_forward(m, t->xt, t->tdev, t->ctx_batch, t->out, B, H, W, 1) != 0) {
         snprintf(t->err, sizeof t->err, "step %d: UNet forward: %s", t->step + 1, unet_last_error(t->m->unet));
         return -1;
     }
@@ -449,26 +533,31 @@ static void optimizer_step(Trainer *t, float lr) {
 
 float trainer_eval_loss(Trainer *t) {
     Backend *be = t->be;
-    size_t cb = sizeof(float) * (size_t)t->m->cond_floats;
+    Model *m = t->m;
+    size_t cb = sizeof(float) * (size_t)m->cond_floats;
     double sum = 0;
     for (int e = 0; e < N_EVAL; e++) {
-        memcpy(t->hx0, t->img_host + 2 * t->eval_img[e] * t->per, sizeof(float) * (size_t)t->per);
+        int i = t->eval_img[e], k = t->img.bucket[i];
+        int H = t->buckets[k].h / m->pixel_scale, W = t->buckets[k].w / m->pixel_scale;
+        int64_t per = bucket_floats(t, k);
+        memcpy(t->hx0, t->img.host + 2 * i * t->per, sizeof(float) * (size_t)per);
         float tf = (float)t->eval_t[e];
-        be->upload(be, t->x0, t->hx0, sizeof(float) * (size_t)t->per);
-        be->upload(be, t->noise, t->eval_noise + e * t->per, sizeof(float) * (size_t)t->per);
+        be->upload(be, t->x0, t->hx0, sizeof(float) * (size_t)per);
+        be->upload(be, t->noise, t->eval_noise + e * t->per, sizeof(float) * (size_t)per);
         be->upload(be, t->tdev, &tf, sizeof(float));
         if (t->te_on) { /* the encoder as trained so far */
             char err[256];
-            if (te_encode(t, t->ids_img + (size_t)t->eval_img[e] * t->idw, 1, t->ctx_batch, err, sizeof err) != 0)
+            if (te_encode(t, t->ids_img + (size_t)i * t->idw, 1, t->ctx_batch, err, sizeof err) != 0)
                 return NAN;
         } else {
-            be->copy(be, t->ctx_batch, (const char *)t->ctx_img + cb * t->eval_img[e], cb);
+            be->copy(be, t->ctx_batch, (const char *)t->ctx_img + cb * i, cb);
         }
-        diffusion_q_sample(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->xt, 1, t->per);
-        diffusion_target(be, &t->m->sched, t->x0, t->noise, &t->eval_t[e], t->target, 1, t->per);
-        if (model_unet_forward(t->m, t->xt, t->tdev, t->ctx_batch, t->out, 1, t->H, t->W, 0) != 0)
+        if (t->p.buckets) model_set_time_ids(m, t->ctx_batch, 1, &t->img.tid[i][0]);
+        diffusion_q_sample(be, &m->sched, t->x0, t->noise, &t->eval_t[e], t->xt, 1, per);
+        diffusion_target(be, &m->sched, t->x0, t->noise, &t->eval_t[e], t->target, 1, per);
+        if (model_unet_forward(m, t->xt, t->tdev, t->ctx_batch, t->out, 1, H, W, 0) != 0)
             return NAN; /* no number rather than a wrong one */
-        sum += be->mse_fwd(be, t->out, t->target, t->per);
+        sum += be->mse_fwd(be, t->out, t->target, per);
     }
     return be->last_error(be)[0] ? NAN : (float)(sum / N_EVAL);
 }
@@ -626,10 +715,11 @@ int train_pick_checkpointing(const char *mode, int64_t act_bytes, size_t free_by
 static int plan_memory(Trainer *t) {
     Model *m = t->m;
     int B = t->p.batch;
+    int hw = t->px / m->pixel_scale; /* buckets hold at most px² pixels: the square bounds them */
     int64_t a[2], tm[2], g[2];
     for (int c = 0; c < 2; c++)
-        if (unet_memory_plan(&m->ucfg, B, t->H, t->W, m->context_len, 1, 0, c, &a[c], &tm[c], &g[c])) {
-            snprintf(t->err, sizeof t->err, "no memory plan for a %dx%d batch of %d", t->W, t->H, B);
+        if (unet_memory_plan(&m->ucfg, B, hw, hw, m->context_len, 1, 0, c, &a[c], &tm[c], &g[c])) {
+            snprintf(t->err, sizeof t->err, "no memory plan for a %dx%d batch of %d", hw, hw, B);
             return -1;
         }
     int64_t need[2] = {a[0] + tm[0] + g[0], a[1] + tm[1] + g[1]};
@@ -674,6 +764,51 @@ static int prompt_ids(Trainer *t, const char *prompt, int32_t *out) {
     return 0;
 }
 
+int train_bucket_step(const Preset *p, int cell) { return p->bucket_step ? p->bucket_step : cell; }
+
+int train_check_sizes(const Preset *p, int cell, char *err, size_t errlen) {
+    if (p->resolution % cell != 0) {
+        snprintf(err, errlen, "resolution = %d: must be a multiple of %d for this model (e.g. %d)",
+                 p->resolution, cell, (p->resolution / cell + 1) * cell);
+        return -1;
+    }
+    if (!p->buckets) return 0;
+    int step = train_bucket_step(p, cell);
+    if (step % cell != 0) {
+        snprintf(err, errlen, "bucket_step = %d: must be a multiple of %d for this model (e.g. %d), "
+                 "or 0 for %d", step, cell, (step / cell + 1) * cell, cell);
+        return -1;
+    }
+    if (p->resolution % step != 0) {
+        snprintf(err, errlen, "resolution = %d: with buckets it must be a multiple of bucket_step = %d "
+                 "(e.g. %d)", p->resolution, step, (p->resolution / step + 1) * step);
+        return -1;
+    }
+    return 0;
+}
+
+/* The training sizes (train_check_sizes passed): with buckets, those of
+ * training/buckets.h; without, px x px alone. */
+static int setup_buckets(Trainer *t, int cell) {
+    const Preset *p = &t->p;
+    int step = train_bucket_step(p, cell);
+    int cap = p->buckets ? bucket_count_max(p->resolution, step) : 1;
+    t->buckets = malloc(sizeof *t->buckets * (size_t)cap);
+    if (!t->buckets) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
+    if (!p->buckets) {
+        t->buckets[0] = (BucketSize){t->px, t->px};
+        t->n_buckets = 1;
+        return 0;
+    }
+    t->n_buckets = bucket_sizes(p->resolution, step, t->buckets, cap);
+    char line[400];
+    int k = snprintf(line, sizeof line, "%d buckets of step %d:", t->n_buckets, step);
+    for (int i = 0; i < t->n_buckets && k > 0 && (size_t)k < sizeof line; i++)
+        k += snprintf(line + k, sizeof line - (size_t)k, " %dx%d", t->buckets[i].w, t->buckets[i].h);
+    tlog(t, "%s", line);
+    return 0;
+}
+
 static int make_run_dir(Trainer *t) {
     return run_dir_create(&t->p, t->run_dir, sizeof t->run_dir, t->err, sizeof t->err);
 }
@@ -701,18 +836,12 @@ static int setup(Trainer *t, const char *resume_dir) {
     /* auto: what the model was trained for (its scheduler config) */
     if (strcmp(p->prediction, "v") == 0) m->sched.prediction = PRED_V;
     else if (strcmp(p->prediction, "epsilon") == 0) m->sched.prediction = PRED_EPSILON;
-    int down = 1 << (m->ucfg.n_levels - 1);
-    int cell = down * m->pixel_scale;
-    if (p->resolution % cell != 0) {
-        snprintf(t->err, sizeof t->err,
-                 "resolution = %d: must be a multiple of %d for this model (e.g. %d)",
-                 p->resolution, cell, (p->resolution / cell + 1) * cell);
-        return -1;
-    }
+    int cell = model_cell(m);
+    if (train_check_sizes(p, cell, t->err, sizeof t->err) != 0) return -1;
     t->px = p->resolution;
-    t->H = t->W = t->px / m->pixel_scale;
     t->C = m->channels;
-    t->per = (int64_t)t->C * t->H * t->W;
+    t->per = (int64_t)t->C * (t->px / m->pixel_scale) * (t->px / m->pixel_scale);
+    if (setup_buckets(t, cell) != 0) return -1;
 
     /* adapters: spec errors (a1 not dividing a layer) surface here */
     AdapterSpec spec;
@@ -751,17 +880,15 @@ static int setup(Trainer *t, const char *resume_dir) {
     if (plan_memory(t) != 0) return -1;
 
     /* images */
-    t->n_img = p->n_images;
-    t->img_host = malloc(sizeof(float) * (size_t)(2 * t->n_img * t->per));
-    if (!t->img_host) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
-    for (int i = 0; i < t->n_img; i++)
-        if (load_image_pair(t, p->images[i], t->img_host + 2 * i * t->per) != 0)
-            return -1;
+    if (image_set_alloc(t, &t->img, p->n_images) != 0) return -1;
+    for (int i = 0; i < t->img.n; i++)
+        if (load_image_pair(t, p->images[i], &t->img, i) != 0) return -1;
+    image_set_group(t, &t->img);
 
     /* device buffers */
     int ok = 1, B = p->batch, S = p->n_sample_prompts > 0 ? p->n_sample_prompts : 1;
     size_t ctxn = (size_t)m->cond_floats; /* one prompt's conditioning record */
-    t->ctx_img = dev_alloc(t, ctxn * (size_t)t->n_img, &ok);
+    t->ctx_img = dev_alloc(t, ctxn * (size_t)t->img.n, &ok);
     t->ctx_class = dev_alloc(t, ctxn, &ok);
     t->ctx_empty = dev_alloc(t, ctxn, &ok);
     t->ctx_batch = dev_alloc(t, ctxn * B, &ok);
@@ -779,6 +906,10 @@ static int setup(Trainer *t, const char *resume_dir) {
     t->hnoise = malloc(sizeof(float) * nb);
     t->htf = malloc(sizeof(float) * (size_t)B);
     t->ht = malloc(sizeof(int) * (size_t)B);
+    t->hidx = malloc(sizeof(int) * (size_t)B);
+    t->hmir = malloc(sizeof(int) * (size_t)B);
+    t->htid = malloc(sizeof(TimeIds) * (size_t)B);
+    t->hseen = malloc(sizeof(TimeIds) * (size_t)B);
     t->loss_hist = calloc((size_t)p->iterations + 1, sizeof(float));
     t->eval_noise = malloc(sizeof(float) * (size_t)(N_EVAL * t->per));
     t->mA = calloc((size_t)t->n_ads + 1, sizeof(float *));
@@ -787,7 +918,7 @@ static int setup(Trainer *t, const char *resume_dir) {
     t->vB = calloc((size_t)t->n_ads + 1, sizeof(float *));
     if (t->te_on) {
         int L = m->context_len;
-        t->ids_img = malloc(sizeof(int32_t) * (size_t)t->idw * (size_t)t->n_img);
+        t->ids_img = malloc(sizeof(int32_t) * (size_t)t->idw * (size_t)t->img.n);
         t->ids_class = malloc(sizeof(int32_t) * (size_t)t->idw);
         t->ids_batch = malloc(sizeof(int32_t) * (size_t)t->idw * (size_t)B);
         t->dctx = dev_alloc(t, ctxn * (size_t)B, &ok);
@@ -806,7 +937,7 @@ static int setup(Trainer *t, const char *resume_dir) {
             t->dpooled = dev_alloc(t, (size_t)B * (size_t)(m->added_dim - 6), &ok);
         }
     }
-    if (!t->hx0 || !t->hnoise || !t->htf || !t->ht || !t->loss_hist || !t->eval_noise || !t->mA ||
+    if (!t->hx0 || !t->hnoise || !t->htf || !t->ht || !t->hidx || !t->hmir || !t->htid || !t->hseen || !t->loss_hist || !t->eval_noise || !t->mA ||
         !t->vA || !t->mB || !t->vB) ok = 0;
     for (int i = 0; ok && i < t->n_ads; i++) {
         t->mA[i] = dev_alloc(t, (size_t)adapter_numel_A(t->ads[i]), &ok);
@@ -820,7 +951,7 @@ static int setup(Trainer *t, const char *resume_dir) {
     }
 
     /* prompts, encoded once */
-    for (int i = 0; i < t->n_img; i++) {
+    for (int i = 0; i < t->img.n; i++) {
         char caption[PRESET_TEXT_MAX];
         int has = read_caption(t, p->images[i], caption, sizeof caption);
         if (has < 0) return -1;
@@ -847,7 +978,7 @@ static int setup(Trainer *t, const char *resume_dir) {
     rng_seed(&er, 0x6576616c);
     rng_fill_normal(&er, t->eval_noise, N_EVAL * t->per);
     for (int e = 0; e < N_EVAL; e++) {
-        t->eval_img[e] = e % t->n_img;
+        t->eval_img[e] = e % t->img.n;
         t->eval_t[e] = (int)((e + 0.5) * m->sched.T / N_EVAL);
     }
 
@@ -913,7 +1044,10 @@ void trainer_free(Trainer *t) {
     free(t->mA); free(t->vA); free(t->mB); free(t->vB); free(t->ads);
     free(t->ids_img); free(t->ids_class); free(t->ids_batch); free(t->ids_b1); free(t->ids_b2);
     free(t->hx0); free(t->hnoise); free(t->htf); free(t->ht);
-    free(t->loss_hist); free(t->eval_noise); free(t->img_host); free(t->class_host);
+    free(t->hidx); free(t->hmir); free(t->htid); free(t->hseen);
+    free(t->loss_hist); free(t->eval_noise); free(t->buckets);
+    image_set_free(&t->img);
+    image_set_free(&t->cls);
     model_free(t->m);
     pthread_mutex_destroy(&t->mu);
     pthread_cond_destroy(&t->cv);
@@ -983,10 +1117,10 @@ int trainer_run(Trainer *t) {
         float l = 0;
         int failed = 0;
         for (int k = 0; k < p->grad_accum && !failed; k++) {
-            failed = forward_backward(t, t->img_host, t->n_img, t->ctx_img, t->ids_img, 1, 1.0f / p->grad_accum, &l);
+            failed = forward_backward(t, &t->img, t->ctx_img, t->ids_img, 1, 0, 1.0f / p->grad_accum, &l);
             acc += l;
-            if (!failed && t->n_class > 0)
-                failed = forward_backward(t, t->class_host, t->n_class, t->ctx_class, t->ids_class, 0,
+            if (!failed && t->cls.n > 0)
+                failed = forward_backward(t, &t->cls, t->ctx_class, t->ids_class, 0, 1,
                                           p->prior_weight / p->grad_accum, &l);
         }
         loss = (float)(acc / p->grad_accum);

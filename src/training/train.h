@@ -28,6 +28,18 @@ typedef struct TrainProgress {
     float eval_loss_start, eval_loss;   /* fixed (noise, t) evaluation set */
 } TrainProgress;
 
+/* What one forward/backward pass trains on (TrainCallbacks.batch). */
+typedef struct TrainBatch {
+    int step;               /* the optimiser step it belongs to (from 1) */
+    int prior;              /* 1: class images (prior preservation), 0: the instance images */
+    int n;                  /* images in it: the preset's batch */
+    int w, h;               /* their size in pixels (one bucket per batch) */
+    const int *image;       /* [n] which image: index into the preset's images, or the class images */
+    const int *mirror;      /* [n] 1: mirrored */
+    const TimeIds *time_ids;/* [n] SDXL: the time ids the UNet is given, read back from its
+                               input records; NULL for models without */
+} TrainBatch;
+
 typedef struct TrainCallbacks {
     void *user;
     void (*progress)(void *user, const TrainProgress *p);
@@ -35,6 +47,8 @@ typedef struct TrainCallbacks {
     void (*sample)(void *user, int step, const Image *grid, const char *png_path);
     /* one-line messages (checkpoint written, warnings) */
     void (*log)(void *user, const char *line);
+    /* every batch, before its forward pass (tests, diagnostics); may be NULL */
+    void (*batch)(void *user, const TrainBatch *b);
 } TrainCallbacks;
 
 /* The adapter a preset asks for ([adapter] adapter, a1, a2, lora_rank, lora_alpha, modules). */
@@ -43,6 +57,14 @@ void train_adapter_spec(const Preset *p, AdapterSpec *spec);
  * when the activations without it (act_bytes) would take more than 80% of the
  * memory the device has free (free_bytes; 0 = unknown: off). */
 int train_pick_checkpointing(const char *mode, int64_t act_bytes, size_t free_bytes);
+
+/* The training sizes a preset asks of a model whose sides must be multiples
+ * of cell (model_cell): resolution a multiple of cell; with buckets, the
+ * bucket step (train_bucket_step) a multiple of cell dividing resolution.
+ * 0, or -1 with one line naming the key and a value that works. */
+int train_check_sizes(const Preset *p, int cell, char *err, size_t errlen);
+/* The bucket sides' multiple: bucket_step, or 0 -> cell. */
+int train_bucket_step(const Preset *p, int cell);
 
 typedef struct Trainer Trainer;
 

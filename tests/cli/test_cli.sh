@@ -104,6 +104,9 @@ $bin train --preset "$tmp/typo.ini" --headless >/dev/null 2>"$tmp/e"; rc=$?
 $bin train --preset presets/default.ini --headless --set lr=abc >/dev/null 2>"$tmp/e"; [ $? -eq 2 ] && grep -q "not a number" "$tmp/e" && ok "--set lr=abc" || bad "--set lr=abc"
 $bin train --preset presets/default.ini --headless --set iterations=0 >/dev/null 2>"$tmp/e"; [ $? -eq 2 ] && grep -q "iterations" "$tmp/e" && ok "--set iterations=0" || bad "--set iterations=0"
 $bin train --preset presets/default.ini --headless --set image=nope.png --set output_dir="$tmp/r" >/dev/null 2>"$tmp/e"; [ $? -eq 2 ] && grep -q "nope.png" "$tmp/e" && ok "missing image" || bad "missing image: $(cat "$tmp/e")"
+$bin train --preset presets/default.ini --headless --set buckets=1 --set bucket_step=6 --set output_dir="$tmp/r" >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q "bucket_step = 6: must be a multiple of 4 for this model" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+  ok "buckets: bad bucket_step" || bad "bad bucket_step (rc $rc): $(cat "$tmp/e")"
 
 # --- sample: a malformed adapter file
 printf 'not a safetensors file' >"$tmp/junk.safetensors"

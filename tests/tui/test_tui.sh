@@ -5,7 +5,8 @@
 # `krona-studio info`, invalid a1 in red with a reason, bad inputs (a text
 # file, a corrupt PNG, a preset with a typo) leaving the session usable, live
 # training (step and loss advance, pause holds, export while paused names what
-# LyCORIS's loader cannot rebuild, resume continues), save +
+# LyCORIS's loader cannot rebuild, resume continues), the buckets knob and the
+# bucket each image lands in, save +
 # reopen + save giving the same file, resize, quit; then a sixel preview
 # stream captured from the studio decodes back to the saved PNG; two sample
 # events show two labelled grids in the preview.
@@ -130,6 +131,11 @@ wait_for "trainable $want of" 30 && ok "120x40: a2 -> 8: trainable $want" || bad
 keys Down Down Enter C-u attn+ffn Enter   # modules, typed
 want=$(info_params --a1 8 --a2 8 --modules attn+ffn)
 wait_for "trainable $want of" 30 && ok "120x40: modules attn+ffn: trainable $want" || bad "attn+ffn count (want $want)"
+keys Down Down Down Down Down Down '+'   # buckets on: Inputs show the bucket each image trains at
+wait_for 'buckets +on' 30 && wait_for 'subject1.png +64x64 -> 16x16' 30 && ok "120x40: buckets on: Inputs show 64x64 -> 16x16" ||
+  bad "bucket in Inputs"
+keys '+'
+wait_for 'buckets +off' 30 && ! screen | grep -q -- '-> 16x16' && ok "120x40: buckets off: sizes alone" || bad "buckets off"
 T resize-window -t s -x 90 -y 28 2>/dev/null
 sleep 0.5
 screen | grep -q "Status" && screen | grep -q "q quit" && [ "$(screen | wc -l)" -le 28 ] && ok "reflows after resize" || bad "resize"
