@@ -48,11 +48,8 @@ int cmd_merge(int argc, char **argv) {
         fprintf(stderr, "krona-studio merge: give --model CHECKPOINT --adapter A.safetensors -o MERGED.safetensors\n");
         return 2;
     }
-    int dt = -1;
-    if (!strcmp(dtype, "f16")) dt = ST_F16;
-    else if (!strcmp(dtype, "bf16")) dt = ST_BF16;
-    else if (!strcmp(dtype, "f32")) dt = ST_F32;
-    else if (strcmp(dtype, "same")) {
+    int dt = strcmp(dtype, "same") ? st_float_dtype_parse(dtype) : -1; /* -1: each keeps its own */
+    if (dt < 0 && strcmp(dtype, "same")) {
         fprintf(stderr, "krona-studio merge: --dtype %s: use same, f16, bf16 or f32\n", dtype);
         return 2;
     }

@@ -12,6 +12,7 @@ static const char *USAGE =
     "usage: krona-studio [--preset P.ini] [--graphics sixel|halfblock|none]   the studio\n"
     "       krona-studio train --preset P.ini --headless [--set key=value ...]\n"
     "                          [--resume RUN_DIR] [--device auto|cpu|cuda] [--print-every N]\n"
+    "                          [--export-dtype f32|f16|bf16]\n"
     "       krona-studio sample --model M [--adapter A.safetensors] --prompt TEXT\n"
     "                          [-o out.png] [--n N] [--steps S] [--guidance G] [--seed S]\n"
     "                          [--sampler ddim|euler] [--size PX] [--device auto|cpu|cuda]\n"

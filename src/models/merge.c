@@ -107,12 +107,6 @@ static void put_str(Buf *b, const char *s) {
 
 static int is_float(int dt) { return dt == ST_F32 || dt == ST_F16 || dt == ST_BF16; }
 
-/* f32 values -> dt bytes */
-static void from_f32(const float *src, int64_t n, int dt, void *dst) {
-    if (dt == ST_F32) { if (dst != src) memcpy(dst, src, sizeof(float) * (size_t)n); return; }
-    uint16_t *d = dst;
-    for (int64_t i = 0; i < n; i++) d[i] = dt == ST_F16 ? st_f32_to_f16(src[i]) : st_f32_to_bf16(src[i]);
-}
 
 #define CHUNK ((int64_t)1 << 20)
 
@@ -245,7 +239,7 @@ int checkpoint_merge(const char *in_path, const ConvertMap *unet_map, const Adap
             a.scale *= o->scale;
             adapter_merge_into(be, &a, W, NULL);
             be->download(be, host, W, sizeof(float) * (size_t)t->numel);
-            from_f32(host, t->numel, odt[i], obuf); /* in place: narrowing writes behind the reads */
+            st_from_f32(odt[i], host, t->numel, obuf); /* in place */
             werr = fs_atomic_write(f, obuf, (size_t)t->numel * (size_t)st_dtype_size(odt[i]));
             s.merged++;
         } else if (odt[i] == t->dtype) {
@@ -260,7 +254,7 @@ int checkpoint_merge(const char *in_path, const ConvertMap *unet_map, const Adap
                 part.ndim = 1;
                 part.shape[0] = part.numel;
                 st_read_f32(&part, fbuf);
-                from_f32(fbuf, part.numel, odt[i], obuf);
+                st_from_f32(odt[i], fbuf, part.numel, obuf);
                 werr = fs_atomic_write(f, obuf, (size_t)part.numel * (size_t)st_dtype_size(odt[i]));
             }
         }

@@ -535,11 +535,12 @@ int model_text_adapter_sets(Model *m, AdapterSet **out) {
     return n;
 }
 
-int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, char *err,
-                       size_t errlen) {
+int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, int dtype,
+                       char *err, size_t errlen) {
     AdapterSet *sets[3] = {unet_adapters(m->unet)};
     int n = 1 + model_text_adapter_sets(m, sets + 1);
-    return adapter_sets_save((const AdapterSet *const *)sets, n, path, metadata_json_extra, err, errlen);
+    return adapter_sets_save((const AdapterSet *const *)sets, n, path, metadata_json_extra, dtype,
+                             err, errlen);
 }
 
 const char *model_base_version(const Model *m) {

@@ -73,9 +73,10 @@ int model_attach_text_adapters(Model *m, const AdapterSpec *spec, uint64_t seed,
                                size_t errlen);
 /* The attached, non-empty text adapter sets (at most 2) into out; their count. */
 int model_text_adapter_sets(Model *m, AdapterSet **out);
-/* The UNet's adapters and any text encoder adapters in one file (adapter_sets_save). */
-int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, char *err,
-                       size_t errlen);
+/* The UNet's adapters and any text encoder adapters in one file, tensors as
+ * dtype (ST_F32, ST_F16, ST_BF16: adapter_sets_save). */
+int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, int dtype,
+                       char *err, size_t errlen);
 /* kohya's ss_base_model_version for the model's adapters: "sd_v1", "sdxl_base_v1-0", ... */
 const char *model_base_version(const Model *m);
 

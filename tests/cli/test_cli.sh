@@ -138,6 +138,32 @@ $bin score --run "$tmp/runs/full" --colours 2 --steps 3 --size 16 >"$tmp/sc" 2>"
        END {d = a - b - g; exit !(n == 1 && d < 0.0015 && d > -0.0015)}' "$tmp/sc" &&
   ok "score --run: gain $(awk '$1 == "gain" {print $3}' "$tmp/sc") = adapter - base" || bad "score --run: $(cat "$tmp/sc" "$tmp/e")"
 
+# --- f16 / bf16 adapter export: the header says the dtype asked, sample reads it; checkpoints stay
+# f32, so a finished run resumed with another --export-dtype re-exports it, and back in f32 gives
+# the original bytes
+dtypes() { # the dtypes in a safetensors file's header, sorted, unique
+  n=$(od -An -tu8 -N8 "$1" | tr -d ' ')
+  tail -c +9 "$1" | head -c "$n" | grep -o '"dtype":"[A-Z0-9_]*"' | sort -u | sed 's/"dtype":"\(.*\)"/\1/' | tr '\n' ' '; }
+$bin train $common --set iterations=4 --set run_name=half --export-dtype f16 >"$tmp/o" 2>&1; rc=$?
+[ $rc -eq 0 ] && [ "$(dtypes "$tmp/runs/half/adapter.safetensors")" = "F16 " ] &&
+  [ "$(dtypes "$tmp/runs/half/checkpoint.safetensors")" = "F32 " ] && grep -q "^export_dtype = f16" "$tmp/runs/half/preset.ini" &&
+  ok "train --export-dtype f16: adapter F16, checkpoint F32, preset.ini records it" || bad "export f16 (rc $rc): $(tail -2 "$tmp/o")"
+$bin sample --model tiny --adapter "$tmp/runs/half/adapter.safetensors" --prompt "a sks emoji" --steps 3 --size 16 -o "$tmp/h.png" >/dev/null 2>"$tmp/e" &&
+  [ -s "$tmp/h.png" ] && ok "sample --adapter reads an F16 adapter" || bad "sample f16 adapter: $(cat "$tmp/e")"
+cp -r "$tmp/runs/full" "$tmp/runs/reexp"
+$bin train --headless --resume "$tmp/runs/reexp" --export-dtype bf16 >"$tmp/o" 2>&1; rc=$?
+[ $rc -eq 0 ] && [ "$(dtypes "$tmp/runs/reexp/adapter.safetensors")" = "BF16 " ] &&
+  grep -q "adapter written to .* (BF16)" "$tmp/o" && ok "train --resume a finished run --export-dtype bf16: re-exported as BF16" ||
+  bad "re-export bf16 (rc $rc): $(tail -2 "$tmp/o")"
+$bin sample --model tiny --adapter "$tmp/runs/reexp/adapter.safetensors" --prompt "a sks emoji" --steps 3 --size 16 -o "$tmp/b.png" >/dev/null 2>"$tmp/e" &&
+  [ -s "$tmp/b.png" ] && ok "sample --adapter reads a BF16 adapter" || bad "sample bf16 adapter: $(cat "$tmp/e")"
+$bin train --headless --resume "$tmp/runs/reexp" --export-dtype f32 >"$tmp/o" 2>&1 &&
+  cmp -s "$tmp/runs/full/adapter.safetensors" "$tmp/runs/reexp/adapter.safetensors" &&
+  ok "re-exported as f32 again: the original adapter bytes" || bad "re-export f32: $(tail -2 "$tmp/o")"
+$bin train $common --set run_name=x --export-dtype fp16 >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q -- "--export-dtype fp16: use f32, f16 or bf16" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+  ok "train --export-dtype fp16: one line" || bad "bad --export-dtype (rc $rc): $(cat "$tmp/e")"
+
 # --- score --data / pretrain: bad inputs are one-line errors with status 2
 $bin score --data "$tmp/none.bin" >/dev/null 2>"$tmp/e"; rc=$?
 [ $rc -eq 2 ] && grep -q "none.bin" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "score --data: missing file" || bad "score --data missing (rc $rc)"
