@@ -225,6 +225,37 @@ int model_unet_config(const char *spec, UNetConfig *cfg, char *err, size_t errle
     return 0;
 }
 
+int model_text_configs(const char *spec, TextConfig tc[2], char *err, size_t errlen) {
+    int xl = !strcmp(spec, "sdxl");
+    if (!strcmp(spec, "tiny")) return te_config_builtin(&tc[0], "tiny-text", err, errlen) == 0 ? 1 : -1;
+    if (fs_is_dir(spec)) {
+        static const char *const sub[2] = {"text_encoder", "text_encoder_2"};
+        int n = 0;
+        for (int i = 0; i < 2; i++) {
+            char path[PATH_MAX + 32];
+            snprintf(path, sizeof path, "%s/%s/config.json", spec, sub[i]);
+            if (!fs_exists(path)) break;
+            if (te_config_load(&tc[i], path, err, errlen) != 0) return -1;
+            n++;
+        }
+        if (!n) snprintf(err, errlen, "no text_encoder/config.json in %s", spec);
+        return n;
+    }
+    if (checkpoint_is_file(spec)) {
+        CheckpointInfo ci;
+        if (checkpoint_inspect(spec, &ci, err, errlen) != 0) return -1;
+        xl = ci.kind == MODEL_KIND_SDXL;
+    } else if (strcmp(spec, "sd15") && !xl) {
+        UNetConfig cfg;
+        if (model_unet_config(spec, &cfg, err, errlen) != 0) return -1;
+        snprintf(err, errlen, "no text encoder: %s is a UNet config alone", spec);
+        return 0;
+    }
+    if (te_config_builtin(&tc[0], "clip-vit-l", err, errlen) != 0) return -1;
+    if (xl && te_config_builtin(&tc[1], "openclip-vit-bigg", err, errlen) != 0) return -1;
+    return 1 + xl;
+}
+
 Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, char *err, size_t errlen) {
     Model *m = calloc(1, sizeof *m);
     if (!m) { snprintf(err, errlen, "out of memory"); return NULL; }

@@ -58,6 +58,14 @@ Model *model_open(const char *spec, Backend *be, char *err, size_t errlen);
 /* The UNet architecture spec names, without loading weights: a built-in, a
  * folder, a config.json or a single-file checkpoint (its header only). */
 int model_unet_config(const char *spec, UNetConfig *cfg, char *err, size_t errlen);
+/* The text encoder configs a model spec has, without weights (as
+ * model_unet_config): tiny's "tiny-text"; sd15's and an SD 1.x single file's
+ * CLIP ViT-L; sdxl's and an SDXL single file's ViT-L and bigG; a folder's
+ * text_encoder/config.json and text_encoder_2/config.json. Their count (1 or
+ * 2), 0 when the spec has none (a UNet config.json alone, a folder without
+ * text_encoder/config.json) with why in err, or -1 with one line (an unreadable
+ * config, an unknown model). */
+int model_text_configs(const char *spec, TextConfig tc[2], char *err, size_t errlen);
 /* The same with CLIP's vocabulary given (a folder with merges.txt or
  * bpe_simple_vocab_16e6.txt.gz; NULL: found as tok_find_clip says). */
 Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, char *err, size_t errlen);
