@@ -21,6 +21,7 @@ static const char *USAGE =
     "                          [--modules attn|attn+ffn] [--lora-rank R] [--all] [--text-encoder]\n"
     "       krona-studio merge --model CHECKPOINT.safetensors --adapter A.safetensors\n"
     "                          -o MERGED.safetensors [--dtype same|f16|bf16|f32] [--scale S] [--force]\n"
+    "       krona-studio merge --model DIFFUSERS_DIR --adapter A.safetensors -o OUT_DIR [--scale S] [--force]\n"
     "       krona-studio sweep --preset P.ini --vary key=v1,v2,... [--vary ...] [--list]\n"
     "                          [--set key=value ...] [--out DIR] [--no-base] [--no-score]\n"
     "       krona-studio score --run RUN_DIR [--base|--no-base] [--grid out.png]\n"

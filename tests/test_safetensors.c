@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "test_helpers.h"
@@ -587,6 +588,63 @@ static void test_fsutil(void **state) {
     assert_no_temp_files();
 }
 
+static int skip_b(void *user, const char *rel) {
+    int *calls = user;
+    (*calls)++;
+    return !strcmp(rel, "d/b.txt");
+}
+
+/* fs_copy_tree copies files (through symlinks) and folders, leaves out what skip
+ * says; fs_remove_tree removes a tree and its links, never what a link names */
+static void test_fs_tree(void **state) {
+    char src[512], dst[512], p[700], q[700], err[512] = "";
+    path_of(src, "src");
+    path_of(dst, "dst");
+    snprintf(p, sizeof p, "%s/d/e", src);
+    assert_int_equal(fs_mkdir_p(p, err, sizeof err), 0);
+    snprintf(p, sizeof p, "%s/a.txt", src);
+    assert_int_equal(fs_write_atomic(p, "alpha", 5, err, sizeof err), 0);
+    snprintf(p, sizeof p, "%s/d/b.txt", src);
+    assert_int_equal(fs_write_atomic(p, "beta", 4, err, sizeof err), 0);
+    char target[512];
+    path_of(target, "target.txt");
+    assert_int_equal(fs_write_atomic(target, "gamma", 5, err, sizeof err), 0);
+    snprintf(p, sizeof p, "%s/d/e/link.txt", src);
+    assert_int_equal(symlink(target, p), 0);
+    assert_int_equal(mkdir(dst, 0755), 0);
+    int calls = 0;
+    if (fs_copy_tree(src, dst, skip_b, &calls, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(calls, 3);
+    size_t n;
+    snprintf(q, sizeof q, "%s/a.txt", dst);
+    char *t = fs_read_all(q, &n, err, sizeof err);
+    assert_non_null(t);
+    assert_string_equal(t, "alpha");
+    free(t);
+    snprintf(q, sizeof q, "%s/d/b.txt", dst);
+    assert_false(fs_exists(q));
+    snprintf(q, sizeof q, "%s/d/e/link.txt", dst);
+    struct stat sb;
+    assert_int_equal(lstat(q, &sb), 0);
+    assert_true(S_ISREG(sb.st_mode)); /* the bytes, not the link */
+    t = fs_read_all(q, &n, err, sizeof err);
+    assert_string_equal(t, "gamma");
+    free(t);
+    /* into a folder that is not there: one line naming it */
+    path_of(q, "nowhere");
+    assert_int_equal(fs_copy_tree(src, q, NULL, NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "nowhere"));
+    /* removal: the link goes, its target stays */
+    assert_int_equal(fs_remove_tree(src), 0);
+    assert_int_equal(fs_remove_tree(dst), 0);
+    assert_false(fs_exists(src));
+    assert_false(fs_exists(dst));
+    assert_true(fs_exists(target));
+    assert_int_equal(fs_remove_tree(src), 0); /* gone already: fine */
+    unlink(target);
+    assert_no_temp_files();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_f32),
@@ -597,6 +655,7 @@ int main(void) {
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_writer_errors),
         cmocka_unit_test(test_fsutil),
+        cmocka_unit_test(test_fs_tree),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

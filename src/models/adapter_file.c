@@ -20,6 +20,32 @@
 /* kohya's text encoder prefixes: SD 1.x, SDXL's first and second encoder */
 static const char *const PREFIX_TE[3] = {"lora_te_", "lora_te1_", "lora_te2_"};
 
+const char *adapter_te_prefix(int n_encoders, int i) {
+    return PREFIX_TE[n_encoders > 1 ? 1 + (i > 0) : 0];
+}
+
+int adapter_te_prefix_bit(int n_encoders, int i) { return 1 << (n_encoders > 1 ? 1 + (i > 0) : 0); }
+
+int adapter_file_check_te(const AdapterFileInfo *info, int n_encoders, const char *path, char *err,
+                          size_t errlen) {
+    if (!info->n_te_modules) return 0;
+    if (n_encoders < 1) {
+        err_set(err, errlen, "%s: it has text encoder adapters, this model has no text encoder", path);
+        return -1;
+    }
+    if ((info->te_prefixes & 1) && n_encoders > 1) {
+        err_set(err, errlen, "%s: its text encoder keys (lora_te_) are for SD 1.x; this SDXL model "
+                "names its encoders lora_te1_ / lora_te2_", path);
+        return -1;
+    }
+    if ((info->te_prefixes & 6) && n_encoders == 1) {
+        err_set(err, errlen, "%s: its text encoder keys (lora_te1_ / lora_te2_) are for SDXL; this "
+                "model has one encoder (lora_te_)", path);
+        return -1;
+    }
+    return 0;
+}
+
 static const char *set_prefix(const AdapterSet *set) {
     return set->key_prefix ? set->key_prefix : PREFIX_UNET;
 }

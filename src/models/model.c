@@ -514,22 +514,6 @@ done:
 
 /* Attach the adapters an adapter file needs (ours: its metadata; LyCORIS's or
  * kohya's: its factor shapes and modules), then load their values. */
-/* kohya names SDXL's modules by their original (LDM) paths: the UNet name
- * table's module form without its "model.diffusion_model." prefix */
-static int ldm_module_path(void *user, const char *path, char *out, size_t n, char *err,
-                           size_t errlen) {
-    const ConvertMap *map = user;
-    ConvertName c;
-    if (convert_module_to_ldm(map, path, &c) != 0) {
-        snprintf(err, errlen, "%s: no original (LDM) module name", path);
-        return -1;
-    }
-    const char *pre = convert_map_ldm_prefix(map);
-    size_t pl = strlen(pre);
-    snprintf(out, n, "%s", strncmp(c.ldm, pre, pl) ? c.ldm : c.ldm + pl);
-    return 0;
-}
-
 int model_attach_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char *err, size_t errlen) {
     if (unet_attach_adapters(m->unet, spec, seed, err, errlen) != 0) return -1;
     if (!m->te2) return 0; /* SD 1.x and the tiny model keep diffusers paths */
@@ -539,7 +523,7 @@ int model_attach_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char
         if (!m->unet_names) return -1;
     }
     AdapterSet *set = unet_adapters(m->unet);
-    set->name_map = ldm_module_path;
+    set->name_map = convert_adapter_name; /* kohya names SDXL's modules by their LDM paths */
     set->name_map_user = m->unet_names;
     return 0;
 }
@@ -547,14 +531,13 @@ int model_attach_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char
 int model_attach_text_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char *err,
                                size_t errlen) {
     TextEncoder *tes[2] = {m->te, m->te2};
-    static const char *const pre[3] = {"lora_te_", "lora_te1_", "lora_te2_"};
     for (int i = 0; i < 2; i++) {
         if (!tes[i]) continue;
         if (te_attach_adapters(tes[i], spec, seed + 0x7465u * (uint64_t)(i + 1), err, errlen) != 0) {
             if (i == 1) { AdapterSpec none = {.kind = ADAPTER_NONE}; te_attach_adapters(m->te, &none, 0, NULL, 0); }
             return -1;
         }
-        te_adapters(tes[i])->key_prefix = m->te2 ? pre[1 + i] : pre[0];
+        te_adapters(tes[i])->key_prefix = adapter_te_prefix(m->te2 ? 2 : 1, i);
     }
     return 0;
 }
@@ -593,16 +576,7 @@ int model_load_adapter(Model *m, const char *path, char *err, size_t errlen) {
     }
     AdapterSpec none = {.kind = ADAPTER_NONE};
     if (info.n_te_modules) {
-        if ((info.te_prefixes & 1) && m->te2) {
-            snprintf(err, errlen, "%s: its text encoder keys (lora_te_) are for SD 1.x; this SDXL "
-                     "model names its encoders lora_te1_ / lora_te2_", path);
-            return -1;
-        }
-        if ((info.te_prefixes & 6) && !m->te2) {
-            snprintf(err, errlen, "%s: its text encoder keys (lora_te1_ / lora_te2_) are for SDXL; "
-                     "this model has one encoder (lora_te_)", path);
-            return -1;
-        }
+        if (adapter_file_check_te(&info, m->te2 ? 2 : 1, path, err, errlen) != 0) return -1;
         if (model_attach_text_adapters(m, &info.spec, 0, e, sizeof e) != 0) {
             snprintf(err, errlen, "%s: its factors do not fit this model's text encoder: %s", path, e);
             return -1;
