@@ -10,36 +10,21 @@
 #include "core/fsutil.h"
 #include "models/adapter_census.h"
 #include "models/checkpoint.h"
+#include "models/model.h"
 #include "models/text_encoder.h"
 #include "models/unet.h"
 
 
-/* --text-encoder: the adapters text_encoder_adapters = 1 adds, per encoder. The
- * encoders of a built-in or a checkpoint are its kind's; a folder's are its configs. */
-static int print_text_census(const char *model, const UNetConfig *cfg, const AdapterSpec *spec, int print) {
+/* --text-encoder: the adapters text_encoder_adapters = 1 adds, per encoder
+ * (model_text_configs: a built-in's or a checkpoint's by its kind, a folder's
+ * configs). */
+static int print_text_census(const char *model, const AdapterSpec *spec, int print) {
     TextConfig tc[2];
     const char *label[2] = {"text encoder", "text encoder 2"};
-    int n = 0;
-    char err[512], path[4200];
-    if (!strcmp(cfg->name, "tiny")) n = te_config_builtin(&tc[0], "tiny-text", err, sizeof err) == 0;
-    else if (!strcmp(cfg->name, "sd15")) n = te_config_builtin(&tc[0], "clip-vit-l", err, sizeof err) == 0;
-    else if (!strcmp(cfg->name, "sdxl"))
-        n = (te_config_builtin(&tc[0], "clip-vit-l", err, sizeof err) == 0) +
-            (te_config_builtin(&tc[1], "openclip-vit-bigg", err, sizeof err) == 0);
-    else if (fs_is_dir(model)) {
-        const char *sub[2] = {"text_encoder", "text_encoder_2"};
-        for (int i = 0; i < 2; i++) {
-            snprintf(path, sizeof path, "%s/%s/config.json", model, sub[i]);
-            if (!fs_exists(path)) break;
-            if (te_config_load(&tc[i], path, err, sizeof err) != 0) {
-                fprintf(stderr, "krona-studio info: %s\n", err);
-                return 2;
-            }
-            n++;
-        }
-    }
-    if (!n) {
-        fprintf(stderr, "krona-studio info: --text-encoder: no text encoder known for %s\n", model);
+    char err[512];
+    int n = model_text_configs(model, tc, err, sizeof err);
+    if (n <= 0) {
+        fprintf(stderr, "krona-studio info: --text-encoder: %s\n", err);
         return 2;
     }
     int64_t total = 0;
@@ -136,7 +121,7 @@ int cmd_info(int argc, char **argv) {
     }
 
     /* the text encoders checked too before anything is printed */
-    if (text && print_text_census(model, &cfg, &spec, 0) != 0) {
+    if (text && print_text_census(model, &spec, 0) != 0) {
         adapter_census_free(&c);
         return 2;
     }
@@ -173,7 +158,7 @@ int cmd_info(int argc, char **argv) {
     printf("\nbase UNet parameters:  %s\n", b3);
     printf("trainable parameters:  %s  (%.4f%% of the UNet)\n", b2,
            100.0 * (double)c.trainable / (double)c.base);
-    int rc = text ? print_text_census(model, &cfg, &spec, 1) : 0;
+    int rc = text ? print_text_census(model, &spec, 1) : 0;
     adapter_census_free(&c);
     return rc;
 }

@@ -1,5 +1,6 @@
 /* cli_merge.c — `krona-studio merge`: a single-file SD 1.5 / SDXL checkpoint with
- * an adapter folded into its UNet linears (models/merge.h), for tools that want a
+ * an adapter folded into its UNet linears, or a diffusers folder with it folded
+ * into the UNet and text encoder weights (models/merge.h), for tools that want a
  * plain model. Reads the adapter and the weights it touches, copies the rest. */
 #include "cli.h"
 
@@ -19,6 +20,39 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* --model DIR: a diffusers folder, written as one (models/merge.h, diffusers_merge) */
+static int merge_folder(const char *model, const char *adapter, const char *out, float scale,
+                        const char *dtype, int force) {
+    if (strcmp(dtype, "same")) {
+        fprintf(stderr, "krona-studio merge: --dtype %s: a diffusers folder keeps each weight file's "
+                "dtypes (--dtype is for single files)\n", dtype);
+        return 2;
+    }
+    size_t nl = strlen(out);
+    if (nl >= 12 && !strcmp(out + nl - 12, ".safetensors")) {
+        fprintf(stderr, "krona-studio merge: -o %s: a diffusers folder is merged into a folder: name "
+                "the output folder\n", out);
+        return 2;
+    }
+    char err[1024];
+    double t0 = now_s();
+    const char *base = strrchr(adapter, '/');
+    MergeOpts o = {.scale = scale, .dtype = -1, .adapter_name = base ? base + 1 : adapter, .force = force};
+    MergeStats s;
+    Backend *be = backend_cpu_create();
+    int rc = diffusers_merge(model, adapter, be, &o, out, &s, err, sizeof err);
+    backend_destroy(be);
+    if (rc != 0) {
+        fprintf(stderr, "krona-studio merge: %s\n", err);
+        return rc == -1 ? 2 : 1; /* bad input, or writing failed */
+    }
+    printf("merged %s (%d weights, scale %g) into the diffusers folder %s: %d weight file%s rewritten "
+           "(%.2f GB), %d file%s copied, %.1f s\n", adapter, s.merged, (double)scale, out, s.files_merged,
+           s.files_merged == 1 ? "" : "s", (double)s.bytes / 1e9, s.files_copied, s.files_copied == 1 ? "" : "s",
+           now_s() - t0);
+    return 0;
 }
 
 int cmd_merge(int argc, char **argv) {
@@ -45,23 +79,21 @@ int cmd_merge(int argc, char **argv) {
         i++;
     }
     if (!model || !adapter || !out) {
-        fprintf(stderr, "krona-studio merge: give --model CHECKPOINT --adapter A.safetensors -o MERGED.safetensors\n");
+        fprintf(stderr, "krona-studio merge: give --model CHECKPOINT|DIR --adapter A.safetensors -o MERGED.safetensors|OUT_DIR\n");
         return 2;
     }
-    int dt = -1;
-    if (!strcmp(dtype, "f16")) dt = ST_F16;
-    else if (!strcmp(dtype, "bf16")) dt = ST_BF16;
-    else if (!strcmp(dtype, "f32")) dt = ST_F32;
-    else if (strcmp(dtype, "same")) {
+    int dt = strcmp(dtype, "same") ? st_float_dtype_parse(dtype) : -1; /* -1: each keeps its own */
+    if (dt < 0 && strcmp(dtype, "same")) {
         fprintf(stderr, "krona-studio merge: --dtype %s: use same, f16, bf16 or f32\n", dtype);
         return 2;
     }
+    if (fs_is_dir(model)) return merge_folder(model, adapter, out, scale, dtype, force);
     if (!checkpoint_is_file(model)) {
-        if (fs_is_dir(model) || !strcmp(model, "tiny") || !strcmp(model, "sd15") || !strcmp(model, "sdxl"))
-            fprintf(stderr, "krona-studio merge: %s: merge writes single-file checkpoints only; give a "
-                    "single-file SD 1.5 / SDXL .safetensors as --model\n", model);
+        if (!strcmp(model, "tiny") || !strcmp(model, "sd15") || !strcmp(model, "sdxl"))
+            fprintf(stderr, "krona-studio merge: --model %s names a built-in model, not files to merge "
+                    "into: give a single-file SD 1.5 / SDXL .safetensors or a diffusers folder\n", model);
         else
-            fprintf(stderr, "krona-studio merge: %s: not a .safetensors file\n", model);
+            fprintf(stderr, "krona-studio merge: %s: not a .safetensors file or a diffusers folder\n", model);
         return 2;
     }
     size_t nl = strlen(out);

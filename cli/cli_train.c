@@ -59,7 +59,7 @@ int cmd_train(int argc, char **argv) {
     Preset p;
     preset_defaults(&p);
     char err[1024];
-    const char *resume = NULL, *device = NULL, *preset_path = NULL;
+    const char *resume = NULL, *device = NULL, *preset_path = NULL, *export_dtype = NULL;
     int headless = 0, every = 0;
     /* the preset is read first so --set overrides it whatever the order */
     for (int i = 0; i < argc; i++)
@@ -76,7 +76,13 @@ int cmd_train(int argc, char **argv) {
         if (!strcmp(a, "--preset")) continue;
         if (!strcmp(a, "--resume")) resume = v;
         else if (!strcmp(a, "--device")) device = v;
-        else if (!strcmp(a, "--print-every")) {
+        else if (!strcmp(a, "--export-dtype")) {
+            if (st_float_dtype_parse(v) < 0) {
+                fprintf(stderr, "krona-studio train: --export-dtype %s: use f32, f16 or bf16\n", v);
+                return 2;
+            }
+            export_dtype = v;
+        } else if (!strcmp(a, "--print-every")) {
             if (cli_parse_int(v, &every) != 0 || every < 1) {
                 fprintf(stderr, "krona-studio train: --print-every %s: need a positive integer\n", v);
                 return 2;
@@ -99,6 +105,8 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "krona-studio train: give --preset P.ini (or --resume RUN_DIR)\n");
         return 2;
     }
+    /* a new run records it in its preset.ini; a resumed one exports with it */
+    if (export_dtype) snprintf(p.export_dtype, sizeof p.export_dtype, "%s", export_dtype);
     Backend *be = backend_open(device ? device : p.device, err, sizeof err);
     if (!be) { fprintf(stderr, "krona-studio train: %s\n", err); return 2; }
     char skipped[sizeof err]; /* device = auto: why a faster backend was not used */
@@ -109,6 +117,12 @@ int cmd_train(int argc, char **argv) {
     Trainer *t = trainer_create(resume ? NULL : &p, resume, be, &cb, err, sizeof err);
     if (!t) {
         fprintf(stderr, "krona-studio train: %s\n", err);
+        backend_destroy(be);
+        return 2;
+    }
+    if (export_dtype && trainer_set_export_dtype(t, export_dtype, err, sizeof err) != 0) {
+        fprintf(stderr, "krona-studio train: %s\n", err);
+        trainer_free(t);
         backend_destroy(be);
         return 2;
     }

@@ -1,7 +1,8 @@
 /* test_adapter_census.c — the adapter census against a naive count over the
  * parameter table (tiny, SD 1.5, SDXL; KronA and LoRA), its per-projection
  * rows, and a bad spec naming the factor at fault (a1, a2, rank), the layer,
- * its shape and the values that would fit. */
+ * its shape and the values that would fit; the text encoders' adapters of a
+ * model spec (text_encoder_adapters = 1) against the closed form. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 
 #include "models/adapter_census.h"
+#include "models/model.h"
 
 typedef struct Naive { int64_t base, adapted, trainable; int layers; } Naive;
 
@@ -264,6 +266,44 @@ static void test_adapter_fault(void **st) {
     assert_int_equal(adapter_fault(&s, "x", 320, 768, err, sizeof err), ADAPTER_FITS);
 }
 
+/* text_encoder_adapters = 1: q, k, v, out of every layer, each hidden x hidden,
+ * KronA a1*a2 + (h/a1)(h/a2), LoRA 2*rank*h (the published widths and depths:
+ * tiny-text 64 x 2 layers, CLIP ViT-L 768 x 12, OpenCLIP bigG 1280 x 32) */
+static int64_t te_closed(int h, int layers, const AdapterSpec *s) {
+    int64_t per = s->kind == ADAPTER_KRONA ? (int64_t)s->a1 * s->a2 + (int64_t)(h / s->a1) * (h / s->a2)
+                                           : 2LL * s->rank * h;
+    return 4LL * layers * per;
+}
+
+static void test_census_text_model(void **st) {
+    (void)st;
+    AdapterSpec k = {.kind = ADAPTER_KRONA, .a1 = 8, .a2 = 4, .alpha = 1, .modules = ADAPT_ATTN};
+    AdapterSpec l = {.kind = ADAPTER_LORA, .rank = 4, .alpha = 4, .modules = ADAPT_ATTN};
+    char err[512];
+    assert_int_equal(adapter_census_text_model("tiny", &k, err, sizeof err), te_closed(64, 2, &k));
+    assert_int_equal(adapter_census_text_model("sd15", &k, err, sizeof err), te_closed(768, 12, &k));
+    assert_int_equal(adapter_census_text_model("sdxl", &l, err, sizeof err),
+                     te_closed(768, 12, &l) + te_closed(1280, 32, &l));
+    /* single files: the encoders of their kind */
+    assert_int_equal(adapter_census_text_model("tests/golden/ldm_sdxllike.safetensors", &k, err, sizeof err),
+                     te_closed(768, 12, &k) + te_closed(1280, 32, &k));
+    assert_int_equal(adapter_census_text_model("tests/golden/ldm_sd15like.safetensors", &k, err, sizeof err),
+                     te_closed(768, 12, &k));
+    TextConfig tc[2];
+    assert_int_equal(model_text_configs("tests/golden/ldm_sdxllike.safetensors", tc, err, sizeof err), 2);
+    assert_int_equal(tc[1].hidden_size, 1280);
+    /* a factor that divides CLIP ViT-L (768 = 2^8 * 3) but not bigG (1280 = 2^8 * 5): the second encoder named */
+    AdapterSpec k3 = {.kind = ADAPTER_KRONA, .a1 = 3, .a2 = 4, .alpha = 1, .modules = ADAPT_ATTN};
+    assert_int_equal(adapter_census_text_model("sdxl", &k3, err, sizeof err), -1);
+    assert_non_null(strstr(err, "text encoder 2: a1=3 does not divide"));
+    /* no text encoder: a UNet config alone */
+    assert_int_equal(model_text_configs("tests/golden/unet_sd15like.json", tc, err, sizeof err), 0);
+    assert_int_equal(adapter_census_text_model("tests/golden/unet_sd15like.json", &k, err, sizeof err), -1);
+    assert_string_equal(err, "no text encoder: tests/golden/unet_sd15like.json is a UNet config alone");
+    assert_int_equal(adapter_census_text_model("nosuch", &k, err, sizeof err), -1);
+    assert_non_null(strstr(err, "nosuch"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_census_counts),
@@ -272,6 +312,7 @@ int main(void) {
         cmocka_unit_test(test_census_bad_a2),
         cmocka_unit_test(test_census_bad_rank),
         cmocka_unit_test(test_adapter_fault),
+        cmocka_unit_test(test_census_text_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

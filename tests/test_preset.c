@@ -169,6 +169,7 @@ static void test_ranges(void **state) {
         { "[adapter]\nmodules = ffn\n", "modules = 'ffn': must be one of: attn, attn+ffn" },
         { "[adapter]\nadapter = lokr\n", "adapter = 'lokr': must be one of: krona, lora" },
         { "[model]\ndevice = tpu\n", "device = 'tpu': must be one of: auto, cpu, cuda" },
+        { "[output]\nexport_dtype = fp16\n", "export_dtype = 'fp16': must be one of: f32, f16, bf16" },
         { "[data]\ninstance_prompt = \"unterminated\n", "unterminated quote" },
     };
     for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) expect_error_sub(c[i].text, 2, c[i].want);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "test_helpers.h"
@@ -254,6 +255,87 @@ static void test_f16_bf16_conversions(void **state) {
         want = ref_encode(y, ref_bf16, 0x7F7F, 0x7F80);
         if (st_f32_to_bf16(y) != want) fail_msg("bf16 encode %.9g: 0x%04x vs 0x%04x", y, st_f32_to_bf16(y), want);
     }
+}
+
+/* f32 data written as F16 / BF16 (st_from_f32, stw_add_f32_as): every value is
+ * the reference encoder's nearest-even code, in place too; finite values that
+ * overflow are counted and refused by the writer, naming the tensor; the header
+ * says the dtype asked. */
+static void test_write_from_f32(void **state) {
+    float x[] = { 1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, 65519.0f, 65520.0f, 0x1p-25f, 3 * 0x1p-26f,
+                  -0.0f, 1e-10f, 7e4f, 0.1f, -123.456f, 6.1e-5f, INFINITY, -INFINITY, NAN, 3.0e38f,
+                  3.4028235e38f, 1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f };
+    enum { N = sizeof x / sizeof x[0] };
+    uint16_t h[N], b[N];
+    float inplace[N];
+    assert_int_equal(st_from_f32(ST_F16, x, N, h), 4);   /* 65520, 7e4, 3e38, FLT_MAX */
+    assert_int_equal(st_from_f32(ST_BF16, x, N, b), 1);  /* FLT_MAX rounds up to inf */
+    for (int i = 0; i < N; i++) {
+        if (isnan(x[i])) {
+            assert_true(isnan(ref_f16(h[i])) && isnan(ref_bf16(b[i])));
+            continue;
+        }
+        assert_int_equal(h[i], ref_encode(x[i], ref_f16, 0x7BFF, 0x7C00));
+        assert_int_equal(b[i], ref_encode(x[i], ref_bf16, 0x7F7F, 0x7F80));
+    }
+    memcpy(inplace, x, sizeof x);
+    assert_int_equal(st_from_f32(ST_F16, inplace, N, inplace), 4);
+    assert_memory_equal(inplace, h, sizeof h);
+    memcpy(inplace, x, sizeof x);
+    assert_int_equal(st_from_f32(ST_F32, x, N, inplace), 0);
+    assert_memory_equal(inplace, x, sizeof x);
+    assert_int_equal(st_from_f32(ST_I32, x, N, inplace), -1);
+    assert_int_equal(st_float_dtype_parse("f16"), ST_F16);
+    assert_int_equal(st_float_dtype_parse("bf16"), ST_BF16);
+    assert_int_equal(st_float_dtype_parse("f32"), ST_F32);
+    assert_int_equal(st_float_dtype_parse("fp16"), -1);
+    assert_int_equal(st_float_dtype_parse(NULL), -1);
+
+    /* the writer: values and the header's dtype */
+    char path[512], err[256] = "";
+    path_of(path, "from_f32.safetensors");
+    float ok[6] = { 0.1f, -2.5f, 1e-6f, 65504.0f, 0.0f, 1.0f + 0x1p-11f };
+    int64_t s23[2] = { 2, 3 };
+    StWriter *w = stw_create();
+    assert_int_equal(stw_add_f32_as(w, "half", ST_F16, 2, s23, ok), 0);
+    assert_int_equal(stw_add_f32_as(w, "brain", ST_BF16, 2, s23, ok), 0);
+    assert_int_equal(stw_add_f32_as(w, "full", ST_F32, 2, s23, ok), 0);
+    assert_int_equal(stw_add_f32_as(w, "scalar", ST_F16, 0, NULL, &ok[1]), 0);
+    assert_int_equal(stw_save(w, path, err, sizeof err), 0);
+    stw_free(w);
+    SafeTensors *st = st_open(path, err, sizeof err);
+    if (!st) fail_msg("%s", err);
+    const StTensor *th = st_find(st, "half"), *tb = st_find(st, "brain"), *tf = st_find(st, "full"),
+                   *ts = st_find(st, "scalar");
+    assert_int_equal(th->dtype, ST_F16);
+    assert_int_equal(tb->dtype, ST_BF16);
+    assert_int_equal(tf->dtype, ST_F32);
+    assert_int_equal(ts->dtype, ST_F16);
+    assert_int_equal(ts->ndim, 0);
+    assert_int_equal(th->nbytes, 12);
+    for (int i = 0; i < 6; i++) {
+        uint16_t c;
+        memcpy(&c, (const char *)th->data + 2 * i, 2);
+        assert_int_equal(c, ref_encode(ok[i], ref_f16, 0x7BFF, 0x7C00));
+        memcpy(&c, (const char *)tb->data + 2 * i, 2);
+        assert_int_equal(c, ref_encode(ok[i], ref_bf16, 0x7F7F, 0x7F80));
+    }
+    assert_memory_equal(tf->data, ok, sizeof ok);
+    st_close(st);
+
+    /* a value F16 cannot hold: one line naming the file, the tensor and what to do */
+    float big[2] = { 1.0f, 7e4f };
+    int64_t s2[1] = { 2 };
+    w = stw_create();
+    assert_int_equal(stw_add_f32_as(w, "too_big", ST_F16, 1, s2, big), -1);
+    assert_non_null(strstr(stw_error(w), "too_big"));
+    assert_int_equal(stw_save(w, path, err, sizeof err), -1);
+    stw_free(w);
+    assert_non_null(strstr(err, "from_f32.safetensors: tensor 'too_big': values beyond F16's range"));
+    assert_non_null(strstr(err, "BF16 or F32"));
+    assert_int_equal(stw_add_f32_as(w = stw_create(), "bad", ST_I32, 1, s2, big), -1);
+    stw_free(w);
+    assert_no_temp_files();
 }
 
 static void test_read_f16_bf16_file(void **state) {
@@ -506,15 +588,74 @@ static void test_fsutil(void **state) {
     assert_no_temp_files();
 }
 
+static int skip_b(void *user, const char *rel) {
+    int *calls = user;
+    (*calls)++;
+    return !strcmp(rel, "d/b.txt");
+}
+
+/* fs_copy_tree copies files (through symlinks) and folders, leaves out what skip
+ * says; fs_remove_tree removes a tree and its links, never what a link names */
+static void test_fs_tree(void **state) {
+    char src[512], dst[512], p[700], q[700], err[512] = "";
+    path_of(src, "src");
+    path_of(dst, "dst");
+    snprintf(p, sizeof p, "%s/d/e", src);
+    assert_int_equal(fs_mkdir_p(p, err, sizeof err), 0);
+    snprintf(p, sizeof p, "%s/a.txt", src);
+    assert_int_equal(fs_write_atomic(p, "alpha", 5, err, sizeof err), 0);
+    snprintf(p, sizeof p, "%s/d/b.txt", src);
+    assert_int_equal(fs_write_atomic(p, "beta", 4, err, sizeof err), 0);
+    char target[512];
+    path_of(target, "target.txt");
+    assert_int_equal(fs_write_atomic(target, "gamma", 5, err, sizeof err), 0);
+    snprintf(p, sizeof p, "%s/d/e/link.txt", src);
+    assert_int_equal(symlink(target, p), 0);
+    assert_int_equal(mkdir(dst, 0755), 0);
+    int calls = 0;
+    if (fs_copy_tree(src, dst, skip_b, &calls, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(calls, 3);
+    size_t n;
+    snprintf(q, sizeof q, "%s/a.txt", dst);
+    char *t = fs_read_all(q, &n, err, sizeof err);
+    assert_non_null(t);
+    assert_string_equal(t, "alpha");
+    free(t);
+    snprintf(q, sizeof q, "%s/d/b.txt", dst);
+    assert_false(fs_exists(q));
+    snprintf(q, sizeof q, "%s/d/e/link.txt", dst);
+    struct stat sb;
+    assert_int_equal(lstat(q, &sb), 0);
+    assert_true(S_ISREG(sb.st_mode)); /* the bytes, not the link */
+    t = fs_read_all(q, &n, err, sizeof err);
+    assert_string_equal(t, "gamma");
+    free(t);
+    /* into a folder that is not there: one line naming it */
+    path_of(q, "nowhere");
+    assert_int_equal(fs_copy_tree(src, q, NULL, NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "nowhere"));
+    /* removal: the link goes, its target stays */
+    assert_int_equal(fs_remove_tree(src), 0);
+    assert_int_equal(fs_remove_tree(dst), 0);
+    assert_false(fs_exists(src));
+    assert_false(fs_exists(dst));
+    assert_true(fs_exists(target));
+    assert_int_equal(fs_remove_tree(src), 0); /* gone already: fine */
+    unlink(target);
+    assert_no_temp_files();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_f32),
         cmocka_unit_test(test_f16_bf16_conversions),
+        cmocka_unit_test(test_write_from_f32),
         cmocka_unit_test(test_read_f16_bf16_file),
         cmocka_unit_test(test_writer_mixed_dtypes),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_writer_errors),
         cmocka_unit_test(test_fsutil),
+        cmocka_unit_test(test_fs_tree),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

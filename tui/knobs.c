@@ -19,6 +19,7 @@ static const struct { const char *label, *key; } KNOBS[N_KNOBS] = {
     [KNOB_A2] = {"a2", "adapter.a2"},
     [KNOB_RANK] = {"LoRA rank", "adapter.lora_rank"},
     [KNOB_MODULES] = {"modules", "adapter.modules"},
+    [KNOB_TEXT_ENCODER] = {"text encoder", "adapter.text_encoder_adapters"},
     [KNOB_LR] = {"learning rate", "train.lr"},
     [KNOB_ITERS] = {"iterations", "train.iterations"},
     [KNOB_BATCH] = {"batch", "train.batch"},
@@ -42,6 +43,7 @@ void knob_format(const Preset *p, int k, char *out, size_t n) {
     case KNOB_A2: snprintf(out, n, "%d", p->a2); break;
     case KNOB_RANK: snprintf(out, n, "%d", p->lora_rank); break;
     case KNOB_MODULES: snprintf(out, n, "%s", p->modules); break;
+    case KNOB_TEXT_ENCODER: snprintf(out, n, "%s", p->text_encoder_adapters ? "on" : "off"); break;
     case KNOB_LR: snprintf(out, n, "%g", p->lr); break;
     case KNOB_ITERS: snprintf(out, n, "%d", p->iterations); break;
     case KNOB_BATCH: snprintf(out, n, "%d", p->batch); break;
@@ -94,6 +96,16 @@ int knob_step(Preset *p, int k, int dir, int big, char *err, size_t errlen) {
     }
     case KNOB_ADAPTER: rc = set_text(&q, k, strcmp(p->adapter, "krona") ? "krona" : "lora", err, errlen); break;
     case KNOB_MODULES: rc = set_text(&q, k, strcmp(p->modules, "attn") ? "attn" : "attn+ffn", err, errlen); break;
+    case KNOB_TEXT_ENCODER: {
+        TextConfig tc[2];
+        char why[256];
+        if (!p->text_encoder_adapters && model_text_configs(p->model, tc, why, sizeof why) <= 0) {
+            snprintf(err, errlen, "text encoder adapters cannot apply: %s", why);
+            return -1;
+        }
+        rc = set_text(&q, k, p->text_encoder_adapters ? "0" : "1", err, errlen);
+        break;
+    }
     case KNOB_A1: case KNOB_A2: case KNOB_RANK: {
         int v = k == KNOB_A1 ? p->a1 : k == KNOB_A2 ? p->a2 : p->lora_rank;
         v = big ? (dir > 0 ? v * 2 : v / 2) : v + dir;
@@ -154,6 +166,9 @@ void params_count(const Preset *p, ParamCount *out) {
         out->bad_knob = KNOB_MODEL;
         return;
     }
+    TextConfig tc[2];
+    if (model_text_configs(p->model, tc, out->te_na, sizeof out->te_na) > 0) out->te_na[0] = 0;
+    else if (!out->te_na[0]) snprintf(out->te_na, sizeof out->te_na, "no text encoder known");
     AdapterSpec spec;
     train_adapter_spec(p, &spec);
     AdapterCensus c;
@@ -172,6 +187,18 @@ void params_count(const Preset *p, ParamCount *out) {
         out->bad_knob = knob_of_fault(c.fault);
     }
     adapter_census_free(&c);
+    if (!out->ok || !p->text_encoder_adapters) return;
+    char e[256];
+    int64_t te = out->te_na[0] ? -1 : adapter_census_text_model(p->model, &spec, e, sizeof e);
+    if (te < 0) {
+        snprintf(out->err, sizeof out->err, "text encoder adapters: %s", out->te_na[0] ? out->te_na : e);
+        out->ok = 0;
+        out->trainable = 0;
+        out->bad_knob = KNOB_TEXT_ENCODER;
+        return;
+    }
+    out->te_trainable = te;
+    out->trainable += te;
 }
 
 int knob_image_bucket(const Preset *p, const ParamCount *pc, int w, int h, BucketSize *out) {

@@ -49,6 +49,13 @@ void panel_row(const Studio *s, PanelId p, int row, char *label, size_t ln, char
         *bad = !s->pc.ok && (s->pc.bad_knob == row ||
                              (s->pc.bad_knob == KNOB_A1 && row == KNOB_A2 && 0));
         if (row == KNOB_RANK && strcmp(s->p.adapter, "lora")) snprintf(value + strlen(value), vn - strlen(value), " (lora)");
+        if (row == KNOB_TEXT_ENCODER && s->pc.te_na[0] && !s->p.text_encoder_adapters)
+            snprintf(value, vn, "n/a: %s", s->pc.te_na); /* the knob cannot apply to this model */
+        if (row == KNOB_TEXT_ENCODER && s->pc.ok && s->pc.te_trainable) {
+            char b[32];
+            fmt_thousands(s->pc.te_trainable, b, sizeof b);
+            snprintf(value + strlen(value), vn - strlen(value), " (+%s)", b);
+        }
     }
 }
 

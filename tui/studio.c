@@ -16,6 +16,7 @@
 #include "models/adapter.h"
 #include "models/adapter_file.h"
 #include "core/fsutil.h"
+#include "formats/safetensors.h"
 #include "models/model.h"
 #include "studio.h"
 #include "models/unet.h"
@@ -211,7 +212,8 @@ static void do_export(Studio *s, const char *path) {
     snprintf(meta, sizeof meta, "{\"base_model\":\"%s\",\"steps\":\"%d\"}", s->p.model, s->prog.step);
     const AdapterSet *set = unet_adapters(trainer_model(s->tr)->unet);
     /* with text_encoder_adapters, their lora_te_ keys go in the same file */
-    if (model_save_adapter(trainer_model(s->tr), path, meta, err, sizeof err) != 0) {
+    int dtype = st_float_dtype_parse(s->p.export_dtype); /* the preset's export_dtype */
+    if (model_save_adapter(trainer_model(s->tr), path, meta, dtype, err, sizeof err) != 0) {
         studio_log(s, 1, "export: %s", err);
         return;
     }
@@ -223,7 +225,7 @@ static void do_export(Studio *s, const char *path) {
         studio_log(s, 0, "adapter exported (LyCORIS's own loader cannot rebuild A %dx%d on %d/%d "
                    "layers: it needs a1 = a2 <= d/a1; A1111, ComfyUI, sd.cpp load it) to %s, step %d",
                    set->spec.a1, set->spec.a2, misfit, set->n, path, s->prog.step);
-    else studio_log(s, 0, "adapter exported to %s (step %d)", path, s->prog.step);
+    else studio_log(s, 0, "adapter exported to %s (step %d, %s)", path, s->prog.step, s->p.export_dtype);
 }
 
 static void add_image(Studio *s, const char *path) {

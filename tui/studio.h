@@ -23,25 +23,29 @@ typedef enum { CONFIRM_NONE, CONFIRM_STOP, CONFIRM_QUIT, CONFIRM_OVERWRITE, CONF
 typedef enum { PICK_IMAGE, PICK_PRESET, PICK_MODEL } PickKind;
 
 /* ---- knobs.c (no ncurses): the editable fields and live parameter counts ---- */
-enum { KNOB_MODEL, KNOB_ADAPTER, KNOB_A1, KNOB_A2, KNOB_RANK, KNOB_MODULES, KNOB_LR, KNOB_ITERS,
-       KNOB_BATCH, KNOB_SEED, KNOB_RES, KNOB_BUCKETS, KNOB_SAMPLE_EVERY, KNOB_SAMPLE_STEPS,
+enum { KNOB_MODEL, KNOB_ADAPTER, KNOB_A1, KNOB_A2, KNOB_RANK, KNOB_MODULES, KNOB_TEXT_ENCODER,
+       KNOB_LR, KNOB_ITERS, KNOB_BATCH, KNOB_SEED, KNOB_RES, KNOB_BUCKETS, KNOB_SAMPLE_EVERY, KNOB_SAMPLE_STEPS,
        KNOB_GUIDANCE, KNOB_OUTPUT, N_KNOBS };
 const char *knob_label(int k);
 const char *knob_key(int k);   /* the preset key preset_set understands */
 void knob_format(const Preset *p, int k, char *out, size_t n);
-/* +/- : dir = +1/-1, big = shift. 0, or -1 with err (value unchanged). */
+/* +/- : dir = +1/-1, big = shift. 0, or -1 with err (value unchanged): also
+ * for the text encoder knob turned on where the model has no text encoder. */
 int knob_step(Preset *p, int k, int dir, int big, char *err, size_t errlen);
 
 typedef struct ParamCount {
     int ok;                 /* 0: invalid combination, reason in err */
-    int64_t trainable, base;
+    int64_t trainable, base;/* trainable: the UNet's adapters + te_trainable */
+    int64_t te_trainable;   /* the text encoders' adapters (text_encoder_adapters = 1), else 0 */
+    char te_na[256];        /* why text encoder adapters cannot apply to the model; "" when they can */
     char err[256];
     int bad_knob;           /* KNOB_A1 / KNOB_A2 / KNOB_MODEL / ... when !ok */
     int cell;               /* the model's pixel multiple (model_cell_of); 0 when unknown */
 } ParamCount;
 /* Trainable and base UNet parameters for p's model and adapter, from shapes only
- * (the sums `krona-studio info` prints), and the model's cell. Never fails
- * hard: bad combos set ok = 0. */
+ * (the sums `krona-studio info` prints, `info --text-encoder`'s added when
+ * text_encoder_adapters = 1), and the model's cell. Never fails hard: bad
+ * combos set ok = 0. */
 void params_count(const Preset *p, ParamCount *out);
 /* The bucket a w x h image trains at under p (buckets on, the model's cell
  * known, bucket_step fitting it): 0 with *out, else -1. */

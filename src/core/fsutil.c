@@ -2,7 +2,9 @@
 #include "core/fsutil.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -192,4 +194,92 @@ int fs_exe_dir(char *out, size_t n) {
     *slash = 0;
     snprintf(out, n, "%s", exe);
     return 0;
+}
+
+int fs_copy_file(const char *src, const char *dst, char *err, size_t errlen) {
+    int fd = open(src, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        err_set(err, errlen, "cannot read '%s': %s", src, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    FsAtomic *f = fs_atomic_open(dst, err, errlen);
+    if (!f) { close(fd); return -1; }
+    size_t cap = (size_t)1 << 20;
+    char *buf = malloc(cap);
+    int rerr = buf ? 0 : ENOMEM;
+    while (!rerr) {
+        ssize_t r = read(fd, buf, cap);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) rerr = errno;
+        if (r <= 0) break;
+        if (fs_atomic_write(f, buf, (size_t)r) != 0) break; /* kept by f, reported by commit */
+    }
+    free(buf);
+    close(fd);
+    if (rerr) {
+        fs_atomic_abort(f);
+        err_set(err, errlen, "cannot read '%s': %s", src, strerror(rerr));
+        return -1;
+    }
+    (void)fchmod(f->fd, st.st_mode & 07777); /* best effort: the bytes are what matters */
+    return fs_atomic_commit(f, err, errlen);
+}
+
+static int copy_tree_at(const char *src, const char *dst, const char *rel, int depth,
+                        int (*skip)(void *user, const char *rel), void *user, char *err, size_t errlen) {
+    char sdir[PATH_MAX];
+    snprintf(sdir, sizeof sdir, "%s%s%s", src, rel[0] ? "/" : "", rel);
+    if (depth > 64) {
+        err_set(err, errlen, "'%s': folders nested more than 64 deep (a symlink loop?)", sdir);
+        return -1;
+    }
+    DIR *d = opendir(sdir);
+    if (!d) { err_set(err, errlen, "cannot read folder '%s': %s", sdir, strerror(errno)); return -1; }
+    int rc = 0;
+    struct dirent *e;
+    while (rc == 0 && (e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char r2[PATH_MAX], sp[PATH_MAX], dp[PATH_MAX];
+        snprintf(r2, sizeof r2, "%s%s%s", rel, rel[0] ? "/" : "", e->d_name);
+        snprintf(sp, sizeof sp, "%s/%s", src, r2);
+        snprintf(dp, sizeof dp, "%s/%s", dst, r2);
+        struct stat st;
+        if (stat(sp, &st) != 0) {
+            err_set(err, errlen, "cannot read '%s': %s", sp, strerror(errno));
+            rc = -1;
+        } else if (S_ISDIR(st.st_mode)) {
+            if (mkdir(dp, 0755) != 0) {
+                err_set(err, errlen, "cannot create folder '%s': %s", dp, strerror(errno));
+                rc = -1;
+            } else {
+                rc = copy_tree_at(src, dst, r2, depth + 1, skip, user, err, errlen);
+            }
+        } else if (S_ISREG(st.st_mode)) {
+            if (!(skip && skip(user, r2))) rc = fs_copy_file(sp, dp, err, errlen);
+        } else {
+            err_set(err, errlen, "'%s' is neither a file nor a folder: cannot copy it", sp);
+            rc = -1;
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+int fs_copy_tree(const char *src, const char *dst, int (*skip)(void *user, const char *rel), void *user,
+                 char *err, size_t errlen) {
+    return copy_tree_at(src, dst, "", 0, skip, user, err, errlen);
+}
+
+static int remove_entry(const char *p, const struct stat *sb, int type, struct FTW *f) {
+    (void)sb; (void)type; (void)f;
+    return remove(p) != 0 ? -1 : 0;
+}
+
+int fs_remove_tree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : -1;
+    if (!S_ISDIR(st.st_mode)) return remove(path) != 0 ? -1 : 0;
+    return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0 ? -1 : 0;
 }

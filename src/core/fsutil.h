@@ -31,6 +31,22 @@ int fs_atomic_write(FsAtomic *f, const void *data, size_t n);  /* 0 / -1 (error 
 int fs_atomic_commit(FsAtomic *f, char *err, size_t errlen);    /* frees f */
 void fs_atomic_abort(FsAtomic *f);                               /* frees f */
 
+/* Copy a file's bytes (following a symlink: the file it names) to dst through
+ * fs_atomic (temp, fsync, rename); dst gets src's permission bits. 0, or -1
+ * with one line naming the file that failed. */
+int fs_copy_file(const char *src, const char *dst, char *err, size_t errlen);
+/* Copy the folder src into the existing folder dst, recursively: folders are
+ * created, files copied with fs_copy_file (symlinks followed, so a Hugging Face
+ * cache snapshot copies its blobs), except those for which skip(user, rel)
+ * returns 1 (rel: the path below src, "unet/config.json"; skip may be NULL).
+ * Anything else (a socket, a device, links nested deeper than 64 folders) is an
+ * error. 0, or -1 with one line. */
+int fs_copy_tree(const char *src, const char *dst, int (*skip)(void *user, const char *rel), void *user,
+                 char *err, size_t errlen);
+/* Remove path and, if it is a folder, everything in it (symlinks themselves,
+ * not what they name). 0, or -1 (what could be removed is). */
+int fs_remove_tree(const char *path);
+
 /* printf into an error buffer (err may be NULL or errlen 0: nothing written):
  * the one helper behind the engine's one-line errors. */
 __attribute__((format(printf, 3, 4)))

@@ -93,6 +93,8 @@ static const Key keys[] = {
 
     { "output", "output_dir", K_STR, F(output_dir), 0, 0, 0, 0, 0, NULL, "out_dir|outdir|runs_dir", "run folders go here" },
     { "output", "run_name", K_STR, F(run_name), 0, 0, 0, 0, 0, NULL, "name|run", "empty: derived from the time and the knobs" },
+    { "output", "export_dtype", K_ENUM, F(export_dtype), 0, 0, 0, 0, 0, "f32|f16|bf16", "save_precision|save_dtype|dtype",
+      "the exported adapter's tensors: f32 | f16 | bf16 (rounded to nearest even; training and checkpoints stay f32)" },
 };
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
 static const char *const sections[] = { "model", "data", "adapter", "train", "sample", "output" };
@@ -135,6 +137,7 @@ void preset_defaults(Preset *p) {
     p->sample_steps = 25;
     p->guidance = 5.0f;
     set_text(p->output_dir, sizeof p->output_dir, "runs");
+    set_text(p->export_dtype, sizeof p->export_dtype, "f32");
 }
 
 /* ---- suggestions ---- */

@@ -57,6 +57,8 @@ typedef struct Preset {
     /* [output] */
     char output_dir[PRESET_PATH_MAX];  /* run folder root, default "runs" */
     char run_name[128];                /* empty: derived from time + knobs */
+    char export_dtype[8];              /* adapter.safetensors tensors: "f32", "f16", "bf16"
+                                          (training and checkpoints stay f32) */
 } Preset;
 
 /* Fill with the defaults (the paper's: KronA a1=a2=... lr 6e-4, 500 iterations). */

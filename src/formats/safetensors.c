@@ -66,6 +66,33 @@ uint16_t st_f32_to_bf16(float f) {
     return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
 }
 
+int64_t st_from_f32(int dtype, const float *src, int64_t n, void *dst) {
+    if (dtype == ST_F32) {
+        if (dst != src) memcpy(dst, src, sizeof(float) * (size_t)n);
+        return 0;
+    }
+    if (dtype != ST_F16 && dtype != ST_BF16) return -1;
+    uint16_t *d = dst;
+    int64_t overflow = 0;
+    /* in place, element i is read before bytes [2i, 2i+2) are written: no later one is touched */
+    for (int64_t i = 0; i < n; i++) {
+        float v = src[i];
+        uint16_t h = dtype == ST_F16 ? st_f32_to_f16(v) : st_f32_to_bf16(v);
+        float back = dtype == ST_F16 ? st_f16_to_f32(h) : st_bf16_to_f32(h);
+        overflow += isfinite(v) && isinf(back);
+        d[i] = h;
+    }
+    return overflow;
+}
+
+int st_float_dtype_parse(const char *s) {
+    if (!s) return -1;
+    if (!strcmp(s, "f32")) return ST_F32;
+    if (!strcmp(s, "f16")) return ST_F16;
+    if (!strcmp(s, "bf16")) return ST_BF16;
+    return -1;
+}
+
 int st_read_f32(const StTensor *t, float *dst) {
     const unsigned char *s = t->data;
     int64_t n = t->numel;
@@ -407,9 +434,31 @@ static int add_entry(StWriter *w, const char *name, int dtype, int ndim, const i
 int stw_add_f32(StWriter *w, const char *name, int ndim, const int64_t *shape, const float *data) {
     return add_entry(w, name, ST_F32, ndim, shape, data, 1);
 }
+int stw_add_f32_as(StWriter *w, const char *name, int dtype, int ndim, const int64_t *shape,
+                   const float *data) {
+    if (dtype == ST_F32) return stw_add_f32(w, name, ndim, shape, data);
+    if (dtype != ST_F16 && dtype != ST_BF16) return add_fail(w, name, "not a float dtype (F32, F16, BF16)");
+    int64_t numel = 1;
+    for (int d = 0; d < ndim && d < ST_MAX_DIMS; d++)
+        numel = shape[d] > 0 && numel <= INT64_MAX / 8 / shape[d] ? numel * shape[d] : 0;
+    uint16_t *buf = malloc(sizeof(uint16_t) * (size_t)(numel ? numel : 1));
+    if (!buf) return add_fail(w, name, "out of memory");
+    int64_t over = numel ? st_from_f32(dtype, data, numel, buf) : 0;
+    if (over) {
+        free(buf);
+        return add_fail(w, name, dtype == ST_F16 ? "values beyond F16's range (|x| > 65504): write it as BF16 or F32"
+                                                 : "values beyond BF16's range: write it as F32");
+    }
+    if (add_entry(w, name, dtype, ndim, shape, buf, 0) != 0) { free(buf); return -1; }
+    w->e[w->n - 1].owned = buf;
+    return 0;
+}
+
 int stw_add_ref(StWriter *w, const char *name, int dtype, int ndim, const int64_t *shape, const void *data) {
     return add_entry(w, name, dtype, ndim, shape, data, 0);
 }
+
+const char *stw_error(const StWriter *w) { return w->err; }
 
 int stw_set_metadata(StWriter *w, const char *key, const char *value) {
     if (!key || !value) return -1;

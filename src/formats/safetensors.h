@@ -54,6 +54,13 @@ float st_f16_to_f32(uint16_t h);
 float st_bf16_to_f32(uint16_t b);
 uint16_t st_f32_to_bf16(float f);
 uint16_t st_f32_to_f16(float f);
+/* n f32 values -> dtype F32, F16 or BF16 at dst (dst may be src: narrowing in
+ * place), each rounded to nearest even (NaN stays NaN, +-inf stays inf).
+ * Returns how many finite values became infinite (beyond F16's 65504 or BF16's
+ * range); -1 for another dtype. */
+int64_t st_from_f32(int dtype, const float *src, int64_t n, void *dst);
+/* "f32", "f16", "bf16" -> ST_F32 / ST_F16 / ST_BF16; -1 for anything else. */
+int st_float_dtype_parse(const char *s);
 
 /* Writer. Tensors are stored sorted by dtype size (largest first, keeps data
  * aligned) then name; metadata keys sorted; header padded with spaces to a
@@ -62,9 +69,15 @@ typedef struct StWriter StWriter;
 StWriter *stw_create(void);
 /* copies data */
 int stw_add_f32(StWriter *w, const char *name, int ndim, const int64_t *shape, const float *data);
+/* copies data rounded to dtype (F32, F16 or BF16, st_from_f32); a finite value
+ * that does not fit that dtype's range is an add error naming the tensor */
+int stw_add_f32_as(StWriter *w, const char *name, int dtype, int ndim, const int64_t *shape,
+                   const float *data);
 /* references raw data of any dtype (numel * size bytes); it must outlive stw_save */
 int stw_add_ref(StWriter *w, const char *name, int dtype, int ndim, const int64_t *shape, const void *data);
 int stw_set_metadata(StWriter *w, const char *key, const char *value);
+/* the first add error ("tensor 'x': why"), "" when there is none */
+const char *stw_error(const StWriter *w);
 /* atomic: temp file + fsync + rename */
 int stw_save(StWriter *w, const char *path, char *err, size_t errlen);
 void stw_free(StWriter *w);

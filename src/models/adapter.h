@@ -117,10 +117,13 @@ int adapter_set_save(const AdapterSet *set, const char *path,
                      const char *metadata_json_extra, char *err, size_t errlen);
 int adapter_set_load(AdapterSet *set, const char *path, char *err, size_t errlen);
 /* The same for several sets in one file (the UNet's first, then text encoders'
- * with their key_prefix); the metadata spec is sets[0]'s. Load: every adapter
- * tensor of the file belongs to a layer of one of the sets. */
+ * with their key_prefix); the metadata spec is sets[0]'s. Save writes every
+ * tensor as dtype: ST_F32 (what adapter_set_save writes), ST_F16 or ST_BF16,
+ * each value of the f32 factors rounded to nearest even (a value beyond the
+ * dtype's range is an error naming the tensor). Load: every adapter tensor of
+ * the file belongs to a layer of one of the sets; F32, F16, BF16, F64 read. */
 int adapter_sets_save(const AdapterSet *const *sets, int nsets, const char *path,
-                      const char *metadata_json_extra, char *err, size_t errlen);
+                      const char *metadata_json_extra, int dtype, char *err, size_t errlen);
 int adapter_sets_load(AdapterSet *const *sets, int nsets, const char *path, char *err,
                       size_t errlen);
 

@@ -2,6 +2,7 @@
  * spec on a UNet architecture, per layer and per projection, and which factor
  * a spec that does not fit gets wrong. */
 #include "models/adapter_census.h"
+#include "models/model.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,15 +114,34 @@ int adapter_census_valid(const AdapterCensus *c, int *vals, int max) {
 }
 
 int64_t adapter_census_text(const TextConfig *tc, const AdapterSpec *spec, char *err, size_t errlen) {
-    static const char *const proj[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
     int H = tc->hidden_size;
     int64_t total = 0;
-    for (int l = 0; l < tc->num_hidden_layers; l++)
-        for (int k = 0; k < 4; k++) {
-            char name[96];
-            snprintf(name, sizeof name, "text_model.encoder.layers.%d.self_attn.%s", l, proj[k]);
-            if (adapter_fault(spec, name, H, H, err, errlen) != ADAPTER_FITS) return -1;
-            total += adapter_param_count(spec, H, H);
+    for (int i = 0; i < 4 * tc->num_hidden_layers; i++) {
+        char name[96];
+        te_adapter_name(i, name, sizeof name);
+        if (adapter_fault(spec, name, H, H, err, errlen) != ADAPTER_FITS) return -1;
+        total += adapter_param_count(spec, H, H);
+    }
+    return total;
+}
+
+int64_t adapter_census_text_model(const char *model, const AdapterSpec *spec, char *err,
+                                  size_t errlen) {
+    TextConfig tc[2];
+    char e[512];
+    int n = model_text_configs(model, tc, e, sizeof e);
+    if (n <= 0) {
+        snprintf(err, errlen, "%s", e);
+        return -1;
+    }
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t t = adapter_census_text(&tc[i], spec, e, sizeof e);
+        if (t < 0) {
+            snprintf(err, errlen, "text encoder%s: %s", i ? " 2" : "", e);
+            return -1;
         }
+        total += t;
+    }
     return total;
 }

@@ -71,6 +71,14 @@ void adapter_census_free(AdapterCensus *c);
  * naming the first layer the spec does not fit. */
 int64_t adapter_census_text(const TextConfig *tc, const AdapterSpec *spec, char *err, size_t errlen);
 
+/* The same for every text encoder of a model spec (model_text_configs: tiny's,
+ * SD 1.x's, SDXL's two, a folder's), summed: what text_encoder_adapters = 1
+ * adds to the trainable count. -1 with one line when the spec has no text
+ * encoder ("...: no text encoder"), a config cannot be read, or the spec does
+ * not fit a layer ("text encoder 2: a1=3 does not divide ..."). */
+int64_t adapter_census_text_model(const char *model, const AdapterSpec *spec, char *err,
+                                  size_t errlen);
+
 /* When c->fault is ADAPTER_BAD_A1 or _A2: the values 1..ADAPTER_CENSUS_MAX_VALUE
  * of that factor that divide every adapted layer (d_out for a1, d_in for a2),
  * ascending, at most max of them into vals; returns how many there are (0 for

@@ -20,6 +20,32 @@
 /* kohya's text encoder prefixes: SD 1.x, SDXL's first and second encoder */
 static const char *const PREFIX_TE[3] = {"lora_te_", "lora_te1_", "lora_te2_"};
 
+const char *adapter_te_prefix(int n_encoders, int i) {
+    return PREFIX_TE[n_encoders > 1 ? 1 + (i > 0) : 0];
+}
+
+int adapter_te_prefix_bit(int n_encoders, int i) { return 1 << (n_encoders > 1 ? 1 + (i > 0) : 0); }
+
+int adapter_file_check_te(const AdapterFileInfo *info, int n_encoders, const char *path, char *err,
+                          size_t errlen) {
+    if (!info->n_te_modules) return 0;
+    if (n_encoders < 1) {
+        err_set(err, errlen, "%s: it has text encoder adapters, this model has no text encoder", path);
+        return -1;
+    }
+    if ((info->te_prefixes & 1) && n_encoders > 1) {
+        err_set(err, errlen, "%s: its text encoder keys (lora_te_) are for SD 1.x; this SDXL model "
+                "names its encoders lora_te1_ / lora_te2_", path);
+        return -1;
+    }
+    if ((info->te_prefixes & 6) && n_encoders == 1) {
+        err_set(err, errlen, "%s: its text encoder keys (lora_te1_ / lora_te2_) are for SDXL; this "
+                "model has one encoder (lora_te_)", path);
+        return -1;
+    }
+    return 0;
+}
+
 static const char *set_prefix(const AdapterSet *set) {
     return set->key_prefix ? set->key_prefix : PREFIX_UNET;
 }
@@ -267,12 +293,17 @@ static void py_float(double v, char *buf, size_t n) {
 
 int adapter_set_save(const AdapterSet *set, const char *path, const char *metadata_json_extra,
                      char *err, size_t errlen) {
-    return adapter_sets_save(&set, 1, path, metadata_json_extra, err, errlen);
+    return adapter_sets_save(&set, 1, path, metadata_json_extra, ST_F32, err, errlen);
 }
 
 int adapter_sets_save(const AdapterSet *const *sets, int nsets, const char *path,
-                      const char *metadata_json_extra, char *err, size_t errlen) {
+                      const char *metadata_json_extra, int dtype, char *err, size_t errlen) {
     const AdapterSet *set = sets[0];
+    if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16) {
+        err_set(err, errlen, "%s: adapter tensors are written as F32, F16 or BF16, not %s", path,
+                st_dtype_name(dtype));
+        return -1;
+    }
     Backend *be = set->be;
     int total = 0;
     StWriter *w = stw_create();
@@ -317,15 +348,15 @@ int adapter_sets_save(const AdapterSet *const *sets, int nsets, const char *path
             alpha = a->scale * (float)a->rank; /* kohya: scale = alpha / rank */
         }
         snprintf(key, sizeof key, "%s.%s", stem, ka);
-        if (stw_add_f32(w, key, 2, sa, h)) goto addfail;
+        if (stw_add_f32_as(w, key, dtype, 2, sa, h)) goto addfail;
         be->download(be, h, a->B, (size_t)adapter_numel_B(a) * sizeof *h);
         snprintf(key, sizeof key, "%s.%s", stem, kb);
-        if (stw_add_f32(w, key, 2, sb, h)) goto addfail;
+        if (stw_add_f32_as(w, key, dtype, 2, sb, h)) goto addfail;
         snprintf(key, sizeof key, "%s.alpha", stem);
-        if (stw_add_f32(w, key, 0, NULL, &alpha)) goto addfail;
+        if (stw_add_f32_as(w, key, dtype, 0, NULL, &alpha)) goto addfail;
         continue;
     addfail:
-        err_set(err, errlen, "%s: cannot add tensor '%s'", path, key);
+        err_set(err, errlen, "%s: %s", path, stw_error(w));
         goto out;
     }
     set = sets[0];

@@ -31,6 +31,17 @@ typedef struct AdapterFileInfo {
  * what to do instead. */
 int adapter_file_probe(const char *path, AdapterFileInfo *info, char *err, size_t errlen);
 
+/* kohya's key prefix of text encoder i of a model with n_encoders: "lora_te_"
+ * for one (SD 1.x, tiny), "lora_te1_" / "lora_te2_" for SDXL's two; and the
+ * AdapterFileInfo.te_prefixes bit of that prefix. */
+const char *adapter_te_prefix(int n_encoders, int i);
+int adapter_te_prefix_bit(int n_encoders, int i);
+/* Whether a file's text encoder keys (info->te_prefixes) suit a model with
+ * n_encoders text encoders: 0, or -1 with one line (lora_te_ keys on SDXL,
+ * lora_te1_/lora_te2_ on a one-encoder model, any on a model without one). */
+int adapter_file_check_te(const AdapterFileInfo *info, int n_encoders, const char *path, char *err,
+                          size_t errlen);
+
 /* set->key_prefix (default "lora_unet_") + the module's export path (set->name_map, else Adapter.name)
  * with '.' -> '_': what every tensor key of that module starts with. */
 int adapter_key_stem(const AdapterSet *set, const Adapter *a, char *out, size_t outlen,

@@ -757,3 +757,17 @@ int convert_detect(const SafeTensors *st, ModelKind *kind, char *desc, size_t de
     }
     return 0;
 }
+
+int convert_adapter_name(void *map, const char *diffusers_module, char *out, size_t outlen, char *err,
+                         size_t errlen) {
+    const ConvertMap *m = map;
+    ConvertName c;
+    if (convert_module_to_ldm(m, diffusers_module, &c) != 0) {
+        err_set(err, errlen, "%s: no original (LDM) module name", diffusers_module);
+        return -1;
+    }
+    const char *pre = convert_map_ldm_prefix(m);
+    size_t pl = strlen(pre);
+    snprintf(out, outlen, "%s", strncmp(c.ldm, pre, pl) ? c.ldm : c.ldm + pl);
+    return 0;
+}

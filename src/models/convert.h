@@ -101,6 +101,12 @@ int convert_from_ldm(const ConvertMap *m, const char *ldm_name, ConvertName out[
  * CONVERT_QKV_PART and its part. */
 int convert_module_to_ldm(const ConvertMap *m, const char *diffusers_module, ConvertName *out);
 int convert_module_from_ldm(const ConvertMap *m, const char *ldm_module, ConvertName out[3]);
+/* kohya's SDXL adapter names: a module's LDM path without the map's prefix
+ * ("input_blocks.4.1.transformer_blocks.0.attn1.to_q"). An AdapterNameMap
+ * (models/adapter.h) with the UNet's ConvertMap as map; -1 with one line when
+ * the module has no LDM name. */
+int convert_adapter_name(void *map, const char *diffusers_module, char *out, size_t outlen, char *err,
+                         size_t errlen);
 
 /* A key of a single file that holds no weight of the model (noise schedule
  * buffers, EMA copies, CLIP's position_ids and logit_scale): why, or NULL. */

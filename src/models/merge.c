@@ -11,37 +11,20 @@
 #include "models/adapter_census.h"
 #include "models/adapter_file.h"
 
-/* kohya's SDXL names: the LDM module path without "model.diffusion_model." */
-static int ldm_module_name(void *user, const char *path, char *out, size_t n, char *err,
-                           size_t errlen) {
-    const ConvertMap *map = user;
-    ConvertName c;
-    if (convert_module_to_ldm(map, path, &c) != 0) {
-        err_set(err, errlen, "%s: no original (LDM) module name", path);
-        return -1;
-    }
-    const char *pre = convert_map_ldm_prefix(map);
-    size_t pl = strlen(pre);
-    snprintf(out, n, "%s", strncmp(c.ldm, pre, pl) ? c.ldm : c.ldm + pl);
-    return 0;
-}
-
-int merge_load_adapters(const UNetConfig *ucfg, const ConvertMap *unet_map, int ldm_names,
-                        const char *path, Backend *be, AdapterSet *set, char *err, size_t errlen) {
+int merge_unet_adapters(const UNetConfig *ucfg, const AdapterSpec *spec, const char *path, Backend *be,
+                        AdapterSet *set, char *err, size_t errlen) {
     memset(set, 0, sizeof *set);
     set->be = be;
-    AdapterFileInfo info;
-    if (adapter_file_probe(path, &info, err, errlen) != 0) return -1;
-    set->spec = info.spec;
+    set->spec = *spec;
     AdapterCensus c;
-    int rc = adapter_census(ucfg, &info.spec, &c);
+    int rc = adapter_census(ucfg, spec, &c);
     if (rc != 0 || !c.ok) {
-        if (info.spec.kind == ADAPTER_KRONA)
+        if (spec->kind == ADAPTER_KRONA)
             err_set(err, errlen, "%s: its factors (A = a1 x a2 = %dx%d) do not fit this model: %s",
-                    path, info.spec.a1, info.spec.a2, c.err);
+                    path, spec->a1, spec->a2, c.err);
         else
             err_set(err, errlen, "%s: its LoRA rank %d does not fit this model: %s", path,
-                    info.spec.rank, c.err);
+                    spec->rank, c.err);
         adapter_census_free(&c);
         return -1;
     }
@@ -57,8 +40,8 @@ int merge_load_adapters(const UNetConfig *ucfg, const ConvertMap *unet_map, int 
     set->items = calloc((size_t)(nl ? nl : 1), sizeof *set->items);
     if (!set->items) { free(lin); err_set(err, errlen, "out of host memory"); return -1; }
     for (int i = 0; i < nl; i++) {
-        if (!adapter_selects(&info.spec, lin[i].is_attn, lin[i].is_ffn)) continue;
-        if (adapter_init(&set->items[set->n], be, &info.spec, lin[i].name, lin[i].d_out, lin[i].d_in,
+        if (!adapter_selects(spec, lin[i].is_attn, lin[i].is_ffn)) continue;
+        if (adapter_init(&set->items[set->n], be, spec, lin[i].name, lin[i].d_out, lin[i].d_in,
                          (uint64_t)i, err, errlen) != 0) {
             free(lin);
             adapter_set_free(set);
@@ -67,10 +50,27 @@ int merge_load_adapters(const UNetConfig *ucfg, const ConvertMap *unet_map, int 
         set->n++;
     }
     free(lin);
-    if (ldm_names) {
-        set->name_map = ldm_module_name;
-        set->name_map_user = (void *)unet_map;
+    return 0;
+}
+
+void merge_unet_ldm_names(AdapterSet *set, const ConvertMap *unet_map) {
+    set->name_map = convert_adapter_name;
+    set->name_map_user = (void *)unet_map;
+}
+
+int merge_load_adapters(const UNetConfig *ucfg, const ConvertMap *unet_map, int ldm_names,
+                        const char *path, Backend *be, AdapterSet *set, char *err, size_t errlen) {
+    memset(set, 0, sizeof *set);
+    AdapterFileInfo info;
+    if (adapter_file_probe(path, &info, err, errlen) != 0) return -1;
+    if (info.n_te_modules) {
+        err_set(err, errlen, "%s: it has text encoder adapters (%d layers), which a single-file merge "
+                "does not write: merge into a diffusers folder (--model DIR), or export the UNet's alone",
+                path, info.n_te_modules);
+        return -1;
     }
+    if (merge_unet_adapters(ucfg, &info.spec, path, be, set, err, errlen) != 0) return -1;
+    if (ldm_names) merge_unet_ldm_names(set, unet_map);
     if (adapter_set_load(set, path, err, errlen) != 0) {
         adapter_set_free(set);
         return -1;
@@ -107,40 +107,19 @@ static void put_str(Buf *b, const char *s) {
 
 static int is_float(int dt) { return dt == ST_F32 || dt == ST_F16 || dt == ST_BF16; }
 
-/* f32 values -> dt bytes */
-static void from_f32(const float *src, int64_t n, int dt, void *dst) {
-    if (dt == ST_F32) { if (dst != src) memcpy(dst, src, sizeof(float) * (size_t)n); return; }
-    uint16_t *d = dst;
-    for (int64_t i = 0; i < n; i++) d[i] = dt == ST_F16 ? st_f32_to_f16(src[i]) : st_f32_to_bf16(src[i]);
-}
-
-#define CHUNK ((int64_t)1 << 20)
 
 int checkpoint_merge(const char *in_path, const ConvertMap *unet_map, const AdapterSet *set,
                      const MergeOpts *o, const char *out_path, MergeStats *stats, char *err,
                      size_t errlen) {
-    MergeStats s = {0};
+    if (stats) memset(stats, 0, sizeof *stats);
     if (!o->force && fs_exists(out_path)) {
         err_set(err, errlen, "%s exists (use --force to overwrite it)", out_path);
         return -1;
     }
-    SafeTensors *st = st_open(in_path, err, errlen);
-    if (!st) return -1;
-    int nt = st_count(st), rc = -1;
-    int *who = malloc(sizeof(int) * (size_t)(nt ? nt : 1)); /* tensor -> adapter, or -1 */
-    int *odt = malloc(sizeof(int) * (size_t)(nt ? nt : 1)); /* output dtype */
-    float *fbuf = NULL, *W = NULL;
-    void *obuf = NULL;
-    Buf h = {0};
-    FsAtomic *f = NULL;
-    Backend *be = set->be;
-    if (!who || !odt) { err_set(err, errlen, "out of host memory"); goto out; }
-    for (int i = 0; i < nt; i++) {
-        const StTensor *t = st_at(st, i);
-        who[i] = -1;
-        odt[i] = o->dtype >= 0 && is_float(t->dtype) ? o->dtype : t->dtype;
-    }
-    int64_t max_w = 0;
+    const Adapter **ads = malloc(sizeof *ads * (size_t)(set->n ? set->n : 1));
+    char (*keys)[MERGE_KEY_MAX] = malloc(sizeof *keys * (size_t)(set->n ? set->n : 1));
+    int rc = -1;
+    if (!ads || !keys) { err_set(err, errlen, "out of host memory"); goto out; }
     for (int j = 0; j < set->n; j++) {
         const Adapter *a = &set->items[j];
         char pname[CONVERT_NAME_MAX + 16];
@@ -150,12 +129,47 @@ int checkpoint_merge(const char *in_path, const ConvertMap *unet_map, const Adap
             err_set(err, errlen, "adapter layer %s has no place in the checkpoint's UNet", a->name);
             goto out;
         }
-        const StTensor *t = st_find(st, c.ldm);
+        ads[j] = a;
+        snprintf(keys[j], sizeof keys[j], "%s", c.ldm);
+    }
+    rc = merge_safetensors(in_path, ads, (const char (*)[MERGE_KEY_MAX])keys, set->n, o, set->be, out_path,
+                           stats, err, errlen);
+out:
+    free(ads);
+    free(keys);
+    return rc;
+}
+
+#define CHUNK ((int64_t)1 << 20)
+
+int merge_safetensors(const char *in_path, const Adapter *const *ads, const char (*keys)[MERGE_KEY_MAX],
+                      int n, const MergeOpts *o, Backend *be, const char *out_path, MergeStats *stats,
+                      char *err, size_t errlen) {
+    MergeStats s = {0};
+    SafeTensors *st = st_open(in_path, err, errlen);
+    if (!st) return -1;
+    int nt = st_count(st), rc = -1;
+    int *who = malloc(sizeof(int) * (size_t)(nt ? nt : 1)); /* tensor -> adapter, or -1 */
+    int *odt = malloc(sizeof(int) * (size_t)(nt ? nt : 1)); /* output dtype */
+    float *fbuf = NULL, *W = NULL;
+    void *obuf = NULL;
+    Buf h = {0};
+    FsAtomic *f = NULL;
+    if (!who || !odt) { err_set(err, errlen, "out of host memory"); goto out; }
+    for (int i = 0; i < nt; i++) {
+        const StTensor *t = st_at(st, i);
+        who[i] = -1;
+        odt[i] = o->dtype >= 0 && is_float(t->dtype) ? o->dtype : t->dtype;
+    }
+    int64_t max_w = 0;
+    for (int j = 0; j < n; j++) {
+        const Adapter *a = ads[j];
+        const StTensor *t = st_find(st, keys[j]);
         int k = -1;
         for (int i = 0; t && i < nt && k < 0; i++) if (st_at(st, i) == t) k = i;
         if (!t || k < 0) {
-            err_set(err, errlen, "%s: no tensor %s (the weight of adapter layer %s): not this model's UNet",
-                    in_path, c.ldm, a->name);
+            err_set(err, errlen, "%s: no tensor %s (the weight of adapter layer %s): not this model",
+                    in_path, keys[j], a->name);
             goto out;
         }
         int shape_ok = is_float(t->dtype) && t->numel == (int64_t)a->d_out * a->d_in && t->ndim >= 2 &&
@@ -163,17 +177,16 @@ int checkpoint_merge(const char *in_path, const ConvertMap *unet_map, const Adap
         for (int d = 2; shape_ok && d < t->ndim; d++) shape_ok = t->shape[d] == 1;
         if (!shape_ok) {
             err_set(err, errlen, "%s: %s is %s of %lld elements, adapter layer %s needs a float %dx%d weight",
-                    in_path, c.ldm, st_dtype_name(t->dtype), (long long)t->numel, a->name, a->d_out, a->d_in);
+                    in_path, keys[j], st_dtype_name(t->dtype), (long long)t->numel, a->name, a->d_out, a->d_in);
             goto out;
         }
         if (who[k] >= 0) {
-            err_set(err, errlen, "adapter layers %s and %s share tensor %s", set->items[who[k]].name, a->name, c.ldm);
+            err_set(err, errlen, "adapter layers %s and %s share tensor %s", ads[who[k]]->name, a->name, keys[j]);
             goto out;
         }
         who[k] = j;
         if (t->numel > max_w) max_w = t->numel;
     }
-
     /* header: the input's metadata and merged_adapter/merged_scale, tensors in input order */
     puts_(&h, "{\"__metadata__\":{");
     int first = 1;
@@ -233,7 +246,7 @@ int checkpoint_merge(const char *in_path, const ConvertMap *unet_map, const Adap
         const StTensor *t = st_at(st, i);
         if (who[i] >= 0) {
             /* W + S dW in f32, rounded to the output dtype */
-            Adapter a = set->items[who[i]];
+            Adapter a = *ads[who[i]];
             float *host = obuf;
             if (st_read_f32(t, host) != 0) {
                 err_set(err, errlen, "%s: cannot read %s", in_path, t->name);
@@ -245,7 +258,7 @@ int checkpoint_merge(const char *in_path, const ConvertMap *unet_map, const Adap
             a.scale *= o->scale;
             adapter_merge_into(be, &a, W, NULL);
             be->download(be, host, W, sizeof(float) * (size_t)t->numel);
-            from_f32(host, t->numel, odt[i], obuf); /* in place: narrowing writes behind the reads */
+            st_from_f32(odt[i], host, t->numel, obuf); /* in place */
             werr = fs_atomic_write(f, obuf, (size_t)t->numel * (size_t)st_dtype_size(odt[i]));
             s.merged++;
         } else if (odt[i] == t->dtype) {
@@ -260,7 +273,7 @@ int checkpoint_merge(const char *in_path, const ConvertMap *unet_map, const Adap
                 part.ndim = 1;
                 part.shape[0] = part.numel;
                 st_read_f32(&part, fbuf);
-                from_f32(fbuf, part.numel, odt[i], obuf);
+                st_from_f32(odt[i], fbuf, part.numel, obuf);
                 werr = fs_atomic_write(f, obuf, (size_t)part.numel * (size_t)st_dtype_size(odt[i]));
             }
         }

@@ -230,6 +230,37 @@ static int vae_scale(const VAEConfig *vc) { return 1 << (vc->n_levels - 1); }
 /* input pixels per cell of the UNet's lowest level */
 static int unet_down(const UNetConfig *c) { return 1 << (c->n_levels - 1); }
 
+int model_text_configs(const char *spec, TextConfig tc[2], char *err, size_t errlen) {
+    int xl = !strcmp(spec, "sdxl");
+    if (!strcmp(spec, "tiny")) return te_config_builtin(&tc[0], "tiny-text", err, errlen) == 0 ? 1 : -1;
+    if (fs_is_dir(spec)) {
+        static const char *const sub[2] = {"text_encoder", "text_encoder_2"};
+        int n = 0;
+        for (int i = 0; i < 2; i++) {
+            char path[PATH_MAX + 32];
+            snprintf(path, sizeof path, "%s/%s/config.json", spec, sub[i]);
+            if (!fs_exists(path)) break;
+            if (te_config_load(&tc[i], path, err, errlen) != 0) return -1;
+            n++;
+        }
+        if (!n) snprintf(err, errlen, "no text_encoder/config.json in %s", spec);
+        return n;
+    }
+    if (checkpoint_is_file(spec)) {
+        CheckpointInfo ci;
+        if (checkpoint_inspect(spec, &ci, err, errlen) != 0) return -1;
+        xl = ci.kind == MODEL_KIND_SDXL;
+    } else if (strcmp(spec, "sd15") && !xl) {
+        UNetConfig cfg;
+        if (model_unet_config(spec, &cfg, err, errlen) != 0) return -1;
+        snprintf(err, errlen, "no text encoder: %s is a UNet config alone", spec);
+        return 0;
+    }
+    if (te_config_builtin(&tc[0], "clip-vit-l", err, errlen) != 0) return -1;
+    if (xl && te_config_builtin(&tc[1], "openclip-vit-bigg", err, errlen) != 0) return -1;
+    return 1 + xl;
+}
+
 Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, char *err, size_t errlen) {
     Model *m = calloc(1, sizeof *m);
     if (!m) { snprintf(err, errlen, "out of memory"); return NULL; }
@@ -540,22 +571,6 @@ done:
 
 /* Attach the adapters an adapter file needs (ours: its metadata; LyCORIS's or
  * kohya's: its factor shapes and modules), then load their values. */
-/* kohya names SDXL's modules by their original (LDM) paths: the UNet name
- * table's module form without its "model.diffusion_model." prefix */
-static int ldm_module_path(void *user, const char *path, char *out, size_t n, char *err,
-                           size_t errlen) {
-    const ConvertMap *map = user;
-    ConvertName c;
-    if (convert_module_to_ldm(map, path, &c) != 0) {
-        snprintf(err, errlen, "%s: no original (LDM) module name", path);
-        return -1;
-    }
-    const char *pre = convert_map_ldm_prefix(map);
-    size_t pl = strlen(pre);
-    snprintf(out, n, "%s", strncmp(c.ldm, pre, pl) ? c.ldm : c.ldm + pl);
-    return 0;
-}
-
 int model_attach_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char *err, size_t errlen) {
     if (unet_attach_adapters(m->unet, spec, seed, err, errlen) != 0) return -1;
     if (!m->te2) return 0; /* SD 1.x and the tiny model keep diffusers paths */
@@ -565,7 +580,7 @@ int model_attach_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char
         if (!m->unet_names) return -1;
     }
     AdapterSet *set = unet_adapters(m->unet);
-    set->name_map = ldm_module_path;
+    set->name_map = convert_adapter_name; /* kohya names SDXL's modules by their LDM paths */
     set->name_map_user = m->unet_names;
     return 0;
 }
@@ -573,14 +588,13 @@ int model_attach_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char
 int model_attach_text_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char *err,
                                size_t errlen) {
     TextEncoder *tes[2] = {m->te, m->te2};
-    static const char *const pre[3] = {"lora_te_", "lora_te1_", "lora_te2_"};
     for (int i = 0; i < 2; i++) {
         if (!tes[i]) continue;
         if (te_attach_adapters(tes[i], spec, seed + 0x7465u * (uint64_t)(i + 1), err, errlen) != 0) {
             if (i == 1) { AdapterSpec none = {.kind = ADAPTER_NONE}; te_attach_adapters(m->te, &none, 0, NULL, 0); }
             return -1;
         }
-        te_adapters(tes[i])->key_prefix = m->te2 ? pre[1 + i] : pre[0];
+        te_adapters(tes[i])->key_prefix = adapter_te_prefix(m->te2 ? 2 : 1, i);
     }
     return 0;
 }
@@ -592,11 +606,12 @@ int model_text_adapter_sets(Model *m, AdapterSet **out) {
     return n;
 }
 
-int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, char *err,
-                       size_t errlen) {
+int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, int dtype,
+                       char *err, size_t errlen) {
     AdapterSet *sets[3] = {unet_adapters(m->unet)};
     int n = 1 + model_text_adapter_sets(m, sets + 1);
-    return adapter_sets_save((const AdapterSet *const *)sets, n, path, metadata_json_extra, err, errlen);
+    return adapter_sets_save((const AdapterSet *const *)sets, n, path, metadata_json_extra, dtype,
+                             err, errlen);
 }
 
 const char *model_base_version(const Model *m) {
@@ -618,16 +633,7 @@ int model_load_adapter(Model *m, const char *path, char *err, size_t errlen) {
     }
     AdapterSpec none = {.kind = ADAPTER_NONE};
     if (info.n_te_modules) {
-        if ((info.te_prefixes & 1) && m->te2) {
-            snprintf(err, errlen, "%s: its text encoder keys (lora_te_) are for SD 1.x; this SDXL "
-                     "model names its encoders lora_te1_ / lora_te2_", path);
-            return -1;
-        }
-        if ((info.te_prefixes & 6) && !m->te2) {
-            snprintf(err, errlen, "%s: its text encoder keys (lora_te1_ / lora_te2_) are for SDXL; "
-                     "this model has one encoder (lora_te_)", path);
-            return -1;
-        }
+        if (adapter_file_check_te(&info, m->te2 ? 2 : 1, path, err, errlen) != 0) return -1;
         if (model_attach_text_adapters(m, &info.spec, 0, e, sizeof e) != 0) {
             snprintf(err, errlen, "%s: its factors do not fit this model's text encoder: %s", path, e);
             return -1;

@@ -58,6 +58,14 @@ Model *model_open(const char *spec, Backend *be, char *err, size_t errlen);
 /* The UNet architecture spec names, without loading weights: a built-in, a
  * folder, a config.json or a single-file checkpoint (its header only). */
 int model_unet_config(const char *spec, UNetConfig *cfg, char *err, size_t errlen);
+/* The text encoder configs a model spec has, without weights (as
+ * model_unet_config): tiny's "tiny-text"; sd15's and an SD 1.x single file's
+ * CLIP ViT-L; sdxl's and an SDXL single file's ViT-L and bigG; a folder's
+ * text_encoder/config.json and text_encoder_2/config.json. Their count (1 or
+ * 2), 0 when the spec has none (a UNet config.json alone, a folder without
+ * text_encoder/config.json) with why in err, or -1 with one line (an unreadable
+ * config, an unknown model). */
+int model_text_configs(const char *spec, TextConfig tc[2], char *err, size_t errlen);
 /* The same with CLIP's vocabulary given (a folder with merges.txt or
  * bpe_simple_vocab_16e6.txt.gz; NULL: found as tok_find_clip says). */
 Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, char *err, size_t errlen);
@@ -73,9 +81,10 @@ int model_attach_text_adapters(Model *m, const AdapterSpec *spec, uint64_t seed,
                                size_t errlen);
 /* The attached, non-empty text adapter sets (at most 2) into out; their count. */
 int model_text_adapter_sets(Model *m, AdapterSet **out);
-/* The UNet's adapters and any text encoder adapters in one file (adapter_sets_save). */
-int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, char *err,
-                       size_t errlen);
+/* The UNet's adapters and any text encoder adapters in one file, tensors as
+ * dtype (ST_F32, ST_F16, ST_BF16: adapter_sets_save). */
+int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, int dtype,
+                       char *err, size_t errlen);
 /* Free the text encoders' weights once every prompt is encoded (training
  * without text adapters encodes its prompts once); model_encode_prompt then
  * fails saying so. */

@@ -629,31 +629,43 @@ void te_zero_grad(TextEncoder *te)
 
 static const char *const te_proj_names[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
 
+void te_adapter_name(int i, char *out, size_t n)
+{
+    snprintf(out, n, "text_model.encoder.layers.%d.self_attn.%s", i / 4, te_proj_names[i % 4]);
+}
+
+int te_adapter_set_init(AdapterSet *set, const TextConfig *cfg, Backend *be, const AdapterSpec *spec,
+                        uint64_t seed, char *err, size_t errlen)
+{
+    memset(set, 0, sizeof *set);
+    set->be = be;
+    const int n = cfg->num_hidden_layers * 4, H = cfg->hidden_size;
+    set->items = calloc((size_t)(n ? n : 1), sizeof *set->items);
+    if (!set->items) { err_set(err, errlen, "out of memory attaching text encoder adapters"); return -1; }
+    set->spec = *spec;
+    set->spec.merged = 0; /* the text encoder runs unmerged */
+    Rng r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < n; i++) {
+        char name[96];
+        te_adapter_name(i, name, sizeof name);
+        if (adapter_init(&set->items[set->n], be, spec, name, H, H, rng_u64(&r), err, errlen)) {
+            adapter_set_free(set);
+            set->be = be;
+            return -1;
+        }
+        set->n++;
+    }
+    return 0;
+}
+
 int te_attach_adapters(TextEncoder *te, const AdapterSpec *spec, uint64_t seed, char *err, size_t errlen)
 {
     adapter_set_free(&te->ads);
     te->have_fwd = 0; /* saved activations belong to the old adapters */
     te->ads.be = te->be;
     if (!spec || spec->kind == ADAPTER_NONE) return 0;
-    const int nl = te->cfg.num_hidden_layers, H = te->cfg.hidden_size;
-    te->ads.items = calloc((size_t)nl * 4, sizeof *te->ads.items);
-    if (!te->ads.items) { err_set(err, errlen, "out of memory attaching text encoder adapters"); return -1; }
-    te->ads.spec = *spec;
-    te->ads.spec.merged = 0; /* the text encoder runs unmerged */
-    Rng r;
-    rng_seed(&r, seed);
-    for (int l = 0; l < nl; l++)
-        for (int p = 0; p < 4; p++) {
-            char name[96];
-            snprintf(name, sizeof name, "text_model.encoder.layers.%d.self_attn.%s", l, te_proj_names[p]);
-            if (adapter_init(&te->ads.items[te->ads.n], te->be, spec, name, H, H, rng_u64(&r), err, errlen)) {
-                adapter_set_free(&te->ads);
-                te->ads.be = te->be;
-                return -1;
-            }
-            te->ads.n++;
-        }
-    return 0;
+    return te_adapter_set_init(&te->ads, &te->cfg, te->be, spec, seed, err, errlen);
 }
 
 AdapterSet *te_adapters(TextEncoder *te) { return &te->ads; }

@@ -116,6 +116,16 @@ int te_trainable(const TextEncoder *te);
  * te_zero_grad). The set belongs to te (freed by te_free). */
 int te_attach_adapters(TextEncoder *te, const AdapterSpec *spec, uint64_t seed, char *err,
                        size_t errlen);
+/* The HF module path of text adapter i, in that order: layer i / 4, projection
+ * q_proj, k_proj, v_proj, out_proj in turn ("text_model.encoder.layers.0.self_attn.q_proj";
+ * the weight is "<path>.weight" in a text_encoder/model.safetensors). */
+void te_adapter_name(int i, char *out, size_t n);
+/* The adapters te_attach_adapters attaches, for a config alone (no encoder:
+ * `merge` into a diffusers folder): set (emptied first, set->be = be) gets
+ * 4 * num_hidden_layers hidden x hidden adapters named by te_adapter_name.
+ * -1 with one line naming the layer the spec does not fit. */
+int te_adapter_set_init(AdapterSet *set, const TextConfig *cfg, Backend *be, const AdapterSpec *spec,
+                        uint64_t seed, char *err, size_t errlen);
 AdapterSet *te_adapters(TextEncoder *te);
 /* Every parameter in one contiguous device block of te_n_params floats, in the
  * order te_param_name lists them; the gradient block has the same layout

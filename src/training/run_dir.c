@@ -144,7 +144,8 @@ static void find_last_sample(const char *dir, RunSummary *s) {
     if (best[0]) snprintf(s->last_sample, sizeof s->last_sample, "%s/%s", samples, best);
 }
 
-/* Trainable parameters of p's model and adapter, -1 if they do not fit. */
+/* Trainable parameters of p's model and adapter (with text_encoder_adapters,
+ * the text encoders' too), -1 if they do not fit. */
 static int64_t trainable_of(const Preset *p) {
     UNetConfig cfg;
     char err[512];
@@ -154,6 +155,10 @@ static int64_t trainable_of(const Preset *p) {
     AdapterCensus c;
     int64_t n = adapter_census(&cfg, &spec, &c) == 0 && c.ok ? c.trainable : -1;
     adapter_census_free(&c);
+    if (n >= 0 && p->text_encoder_adapters) {
+        int64_t te = adapter_census_text_model(p->model, &spec, err, sizeof err);
+        n = te < 0 ? -1 : n + te;
+    }
     return n;
 }
 

@@ -72,8 +72,9 @@ typedef struct RunSummary {
     Preset preset;          /* the preset copy, over the defaults */
     int preset_ok;          /* it loaded without error */
     int64_t trainable;      /* adapter parameters of its model and adapter (the
-                               adapter census); -1: they do not fit, or the
-                               model is unknown */
+                               adapter census, text encoders' included when
+                               text_encoder_adapters = 1); -1: they do not fit,
+                               or the model is unknown */
     int steps;              /* rows of loss.csv: optimiser steps recorded */
     float *loss;            /* [steps] the loss of each step (malloc'ed, NULL if none) */
     char last_sample[PATH_MAX + 64]; /* the latest samples/step_N.png, "" if none */

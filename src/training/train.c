@@ -1081,8 +1081,19 @@ static int finish(Trainer *t) {
     json_escape(model, sizeof model, t->p.model); /* a path may hold quotes */
     snprintf(meta, sizeof meta, "{\"base_model\":%s,\"steps\":\"%d\",\"ss_base_model_version\":\"%s\"}",
              model, t->step, model_base_version(t->m));
-    if (model_save_adapter(t->m, path, meta, t->err, sizeof t->err) != 0) return -1;
-    tlog(t, "adapter written to %s", path);
+    int dtype = st_float_dtype_parse(t->p.export_dtype);
+    if (model_save_adapter(t->m, path, meta, dtype, t->err, sizeof t->err) != 0) return -1;
+    if (dtype == ST_F32) tlog(t, "adapter written to %s", path);
+    else tlog(t, "adapter written to %s (%s)", path, st_dtype_name(dtype));
+    return 0;
+}
+
+int trainer_set_export_dtype(Trainer *t, const char *dtype, char *err, size_t errlen) {
+    if (st_float_dtype_parse(dtype) < 0) {
+        snprintf(err, errlen, "export dtype '%s': use f32, f16 or bf16", dtype ? dtype : "");
+        return -1;
+    }
+    snprintf(t->p.export_dtype, sizeof t->p.export_dtype, "%s", dtype);
     return 0;
 }
 

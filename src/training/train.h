@@ -81,6 +81,11 @@ void trainer_free(Trainer *t);
  * (unless text adapters train): call this first to encode new prompts with
  * trainer_model afterwards. */
 void trainer_keep_text_encoders(Trainer *t);
+/* The dtype of the adapter file the run writes when it finishes ("f32", "f16",
+ * "bf16"), over its preset's export_dtype; a resumed run too (the export does
+ * not change training, and the run's preset.ini is left as it is). 0, or -1
+ * with one line. */
+int trainer_set_export_dtype(Trainer *t, const char *dtype, char *err, size_t errlen);
 int trainer_run(Trainer *t);        /* synchronous: 0 done, 1 cancelled, -1 failed */
 int trainer_start(Trainer *t);      /* the same on a new pthread */
 int trainer_join(Trainer *t);       /* wait; returns trainer_run's value */

@@ -83,10 +83,11 @@ $bin merge --model $G/ldm_sd15like.safetensors -o "$tmp/m.safetensors" >/dev/nul
 one $? "give --model" && ok "merge: missing --adapter" || bad "merge missing --adapter: $(cat "$tmp/e")"
 $bin merge --model $G/ldm_sd15like.safetensors --adapter $G/adapter_v1_tiny_krona4x8.safetensors -o "$tmp/m.safetensors" --dtype f8 >/dev/null 2>"$tmp/e"
 one $? "use same, f16, bf16 or f32" && ok "merge: bad --dtype" || bad "merge bad dtype: $(cat "$tmp/e")"
-for m in tiny "$tmp"; do
-  $bin merge --model "$m" --adapter $G/adapter_v1_tiny_krona4x8.safetensors -o "$tmp/m.safetensors" >/dev/null 2>"$tmp/e"
-  one $? "single-file" && ok "merge: --model $m refused (single files only)" || bad "merge --model $m: $(cat "$tmp/e")"
-done
+$bin merge --model tiny --adapter $G/adapter_v1_tiny_krona4x8.safetensors -o "$tmp/m.safetensors" >/dev/null 2>"$tmp/e"
+one $? "names a built-in model, not files" && ok "merge: --model tiny refused (no files to merge into)" || bad "merge --model tiny: $(cat "$tmp/e")"
+$bin merge --model "$tmp" --adapter $G/adapter_v1_tiny_krona4x8.safetensors -o "$tmp/mdir" >/dev/null 2>"$tmp/e"
+one $? "not a diffusers folder (no unet/config.json)" && [ ! -e "$tmp/mdir" ] && ok "merge: a folder that is no diffusers model" ||
+  bad "merge --model \$tmp: $(cat "$tmp/e")"
 $bin merge --model $G/ldm_sd15like.safetensors --adapter $G/adapter_v1_tiny_krona4x8.safetensors -o "$tmp/m.safetensors" >/dev/null 2>"$tmp/e"
 one $? "adapter_v1_tiny_krona4x8.safetensors" && [ ! -e "$tmp/m.safetensors" ] && ok "merge: another model's adapter in one line" || bad "merge other adapter: $(cat "$tmp/e")"
 $bin merge --model $G/ldm_sd15like.safetensors --adapter "$tmp/nosuch.safetensors" -o "$tmp/m.safetensors" >/dev/null 2>"$tmp/e"
@@ -140,6 +141,92 @@ $bin score --run "$tmp/runs/full" --colours 2 --steps 3 --size 16 >"$tmp/sc" 2>"
   awk '$1 == "adapter" {a = $3} $1 == "base" {b = $3} $1 == "gain" {g = $3; n++}
        END {d = a - b - g; exit !(n == 1 && d < 0.0015 && d > -0.0015)}' "$tmp/sc" &&
   ok "score --run: gain $(awk '$1 == "gain" {print $3}' "$tmp/sc") = adapter - base" || bad "score --run: $(cat "$tmp/sc" "$tmp/e")"
+
+# --- f16 / bf16 adapter export: the header says the dtype asked, sample reads it; checkpoints stay
+# f32, so a finished run resumed with another --export-dtype re-exports it, and back in f32 gives
+# the original bytes
+dtypes() { # the dtypes in a safetensors file's header, sorted, unique
+  n=$(od -An -tu8 -N8 "$1" | tr -d ' ')
+  tail -c +9 "$1" | head -c "$n" | grep -o '"dtype":"[A-Z0-9_]*"' | sort -u | sed 's/"dtype":"\(.*\)"/\1/' | tr '\n' ' '; }
+$bin train $common --set iterations=4 --set run_name=half --export-dtype f16 >"$tmp/o" 2>&1; rc=$?
+[ $rc -eq 0 ] && [ "$(dtypes "$tmp/runs/half/adapter.safetensors")" = "F16 " ] &&
+  [ "$(dtypes "$tmp/runs/half/checkpoint.safetensors")" = "F32 " ] && grep -q "^export_dtype = f16" "$tmp/runs/half/preset.ini" &&
+  ok "train --export-dtype f16: adapter F16, checkpoint F32, preset.ini records it" || bad "export f16 (rc $rc): $(tail -2 "$tmp/o")"
+$bin sample --model tiny --adapter "$tmp/runs/half/adapter.safetensors" --prompt "a sks emoji" --steps 3 --size 16 -o "$tmp/h.png" >/dev/null 2>"$tmp/e" &&
+  [ -s "$tmp/h.png" ] && ok "sample --adapter reads an F16 adapter" || bad "sample f16 adapter: $(cat "$tmp/e")"
+cp -r "$tmp/runs/full" "$tmp/runs/reexp"
+$bin train --headless --resume "$tmp/runs/reexp" --export-dtype bf16 >"$tmp/o" 2>&1; rc=$?
+[ $rc -eq 0 ] && [ "$(dtypes "$tmp/runs/reexp/adapter.safetensors")" = "BF16 " ] &&
+  grep -q "adapter written to .* (BF16)" "$tmp/o" && ok "train --resume a finished run --export-dtype bf16: re-exported as BF16" ||
+  bad "re-export bf16 (rc $rc): $(tail -2 "$tmp/o")"
+$bin sample --model tiny --adapter "$tmp/runs/reexp/adapter.safetensors" --prompt "a sks emoji" --steps 3 --size 16 -o "$tmp/b.png" >/dev/null 2>"$tmp/e" &&
+  [ -s "$tmp/b.png" ] && ok "sample --adapter reads a BF16 adapter" || bad "sample bf16 adapter: $(cat "$tmp/e")"
+$bin train --headless --resume "$tmp/runs/reexp" --export-dtype f32 >"$tmp/o" 2>&1 &&
+  cmp -s "$tmp/runs/full/adapter.safetensors" "$tmp/runs/reexp/adapter.safetensors" &&
+  ok "re-exported as f32 again: the original adapter bytes" || bad "re-export f32: $(tail -2 "$tmp/o")"
+$bin train $common --set run_name=x --export-dtype fp16 >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q -- "--export-dtype fp16: use f32, f16 or bf16" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+  ok "train --export-dtype fp16: one line" || bad "bad --export-dtype (rc $rc): $(cat "$tmp/e")"
+
+# --- merge into a diffusers folder: the tiny model laid out as one (its weights, configs written
+# from its built-in architecture), checked to be the same model, then merged with a UNet + text
+# encoder adapter (the values themselves: tests/test_merge.c)
+D="$tmp/tinydir"
+mkdir -p "$D/unet" "$D/text_encoder" "$D/scheduler"
+cat >"$D/unet/config.json" <<'JSON'
+{"_class_name": "UNet2DConditionModel", "in_channels": 3, "out_channels": 3, "sample_size": 32,
+ "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+ "mid_block_type": "UNetMidBlock2DCrossAttn",
+ "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+ "block_out_channels": [32, 64, 64], "layers_per_block": 1, "cross_attention_dim": 64,
+ "norm_num_groups": 16, "attention_head_dim": 4}
+JSON
+cat >"$D/text_encoder/config.json" <<'JSON'
+{"architectures": ["CLIPTextModel"], "vocab_size": 258, "hidden_size": 64, "intermediate_size": 256,
+ "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77, "hidden_act": "gelu",
+ "layer_norm_eps": 1e-05, "eos_token_id": 257}
+JSON
+echo '{"_class_name": "StableDiffusionPipeline"}' >"$D/model_index.json"
+if [ -f models/tiny/unet.safetensors ]; then
+  cp models/tiny/unet.safetensors "$D/unet/diffusion_pytorch_model.safetensors"
+  cp models/tiny/text_encoder.safetensors "$D/text_encoder/model.safetensors"
+  cp models/tiny/scheduler_config.json "$D/scheduler/"
+  $bin sample --model "$D" --prompt "a dog on a red background" --steps 3 -o "$tmp/d1.png" >/dev/null 2>&1 &&
+    $bin sample --model tiny --prompt "a dog on a red background" --steps 3 -o "$tmp/d2.png" >/dev/null 2>&1 &&
+    cmp -s "$tmp/d1.png" "$tmp/d2.png" && ok "the tiny model as a diffusers folder samples as tiny" || bad "tiny as a folder"
+  $bin train $common --set iterations=4 --set run_name=te --set text_encoder_adapters=1 >"$tmp/o" 2>&1 ||
+    bad "train text_encoder_adapters=1: $(tail -1 "$tmp/o")"
+  A="$tmp/runs/te/adapter.safetensors"
+  $bin merge --model "$D" --adapter "$A" -o "$tmp/merged" >"$tmp/o" 2>"$tmp/e"; rc=$?
+  [ $rc -eq 0 ] && grep -q "2 weight files rewritten" "$tmp/o" && grep -q "4 files copied" "$tmp/o" &&
+    cmp -s "$D/model_index.json" "$tmp/merged/model_index.json" && cmp -s "$D/unet/config.json" "$tmp/merged/unet/config.json" &&
+    cmp -s "$D/scheduler/scheduler_config.json" "$tmp/merged/scheduler/scheduler_config.json" &&
+    ! cmp -s "$D/unet/diffusion_pytorch_model.safetensors" "$tmp/merged/unet/diffusion_pytorch_model.safetensors" &&
+    ! cmp -s "$D/text_encoder/model.safetensors" "$tmp/merged/text_encoder/model.safetensors" &&
+    ok "merge --model DIR: unet/ and text_encoder/ weights rewritten, the rest copied byte for byte" ||
+    bad "merge into a folder (rc $rc): $(cat "$tmp/o" "$tmp/e")"
+  [ "$(dtypes "$tmp/merged/unet/diffusion_pytorch_model.safetensors")" = "F32 " ] &&
+    [ "$($bin info --model "$tmp/merged" | num 'base UNet parameters')" = "$($bin info --model tiny | num 'base UNet parameters')" ] &&
+    $bin sample --model "$tmp/merged" --prompt "a sks emoji" --steps 3 -o "$tmp/mg.png" >/dev/null 2>"$tmp/e" && [ -s "$tmp/mg.png" ] &&
+    ok "the merged folder: same dtypes, info and sample load it" || bad "merged folder loads: $(cat "$tmp/e")"
+  $bin merge --model "$D" --adapter "$A" -o "$tmp/merged" >/dev/null 2>"$tmp/e"
+  one $? "exists (use --force to replace it)" && ok "merge into a folder: output exists" || bad "folder output exists: $(cat "$tmp/e")"
+  echo marker >"$tmp/merged/marker"
+  $bin merge --model "$D" --adapter "$A" -o "$tmp/merged" --force --scale 0.5 >/dev/null 2>"$tmp/e" && [ ! -e "$tmp/merged/marker" ] &&
+    [ -z "$(ls -d "$tmp"/merged.* 2>/dev/null)" ] && ok "merge --force replaces the folder, nothing left beside it" || bad "folder --force: $(cat "$tmp/e")"
+  $bin merge --model "$D" --adapter "$A" -o "$D/sub" >/dev/null 2>"$tmp/e"
+  one $? "must be outside the model folder" && [ ! -e "$D/sub" ] && ok "merge: output inside the model folder refused" || bad "output inside: $(cat "$tmp/e")"
+  $bin merge --model "$D" --adapter "$A" -o "$tmp/m2" --dtype f16 >/dev/null 2>"$tmp/e"
+  one $? "keeps each weight file's dtypes" && ok "merge into a folder: --dtype refused" || bad "folder --dtype: $(cat "$tmp/e")"
+  : >"$D/unet/diffusion_pytorch_model.bin"
+  $bin merge --model "$D" --adapter "$A" -o "$tmp/m2" >/dev/null 2>"$tmp/e"
+  one $? "diffusion_pytorch_model.bin: pickled" && [ ! -e "$tmp/m2" ] && [ -z "$(ls -d "$tmp"/m2.* 2>/dev/null)" ] &&
+    ok "merge: .bin weights in a touched part refused, nothing written" || bad "folder .bin: $(cat "$tmp/e")"
+  rm "$D/unet/diffusion_pytorch_model.bin"
+  $bin merge --model $G/ldm_sd15like.safetensors --adapter "$A" -o "$tmp/m-te.safetensors" >/dev/null 2>"$tmp/e"
+  one $? "text encoder adapters .* merge into a diffusers folder" && [ ! -e "$tmp/m-te.safetensors" ] &&
+    ok "merge: text encoder adapters into a single file refused in one line" || bad "single file + te: $(cat "$tmp/e")"
+fi
 
 # --- score --data / pretrain: bad inputs are one-line errors with status 2
 $bin score --data "$tmp/none.bin" >/dev/null 2>"$tmp/e"; rc=$?

@@ -3,7 +3,9 @@
 # drives the real binary in tmux at 80x24 and 120x40 with send-keys and reads
 # the screen with capture-pane. Checks the live parameter count against
 # `krona-studio info`, invalid a1 in red with a reason, bad inputs (a text
-# file, a corrupt PNG, a preset with a typo) leaving the session usable, live
+# file, a corrupt PNG, a preset with a typo) leaving the session usable, the
+# text encoder knob adding its adapters to the count (n/a where a model has no
+# text encoder), live
 # training (step and loss advance, pause holds, export while paused names what
 # LyCORIS's loader cannot rebuild, resume continues), the buckets knob and the
 # bucket each image lands in, save +
@@ -68,6 +70,18 @@ keys t
 wait_for 'cannot train' 30 && ok "t refuses an invalid combination" || bad "t with invalid a1"
 keys '+'
 wait_for "trainable $want of" 30 || bad "a1 back to 8"
+# the text encoder knob (row 6): on adds the tiny-text encoder's adapters, 2 layers x q/k/v/out
+# of 64x64 each a1*a2 + (64/a1)(64/a2) (closed form), which `info --text-encoder` prints too
+keys Down Down Down Down '+'
+te=$(awk 'BEGIN { printf "%d\n", 2 * 4 * (8*4 + (64/8)*(64/4)) }')
+te_info=$($bin info --model tiny --a1 8 --a2 4 --text-encoder | sed -n 's/^text encoder adapters: *\([0-9,]*\).*/\1/p' | tr -d ,)
+want_te=$(printf "%s\n" "$want" | tr -d , | awk -v t="$te" '{ n = $1 + t; s = ""; while (n >= 1000) { s = sprintf(",%03d", n % 1000) s; n = int(n / 1000) } print n s }')
+if wait_for "trainable $want_te of" 30 && screen | grep -Eq "text encoder +on \(\+1,280\)" && [ "$te" = "$te_info" ]; then
+  ok "text encoder knob on: trainable $want + $te = $want_te, as info --text-encoder"
+else bad "text encoder knob on (want $want_te, te $te, info $te_info)"; fi
+keys '-'
+wait_for "trainable $want of" 30 && screen | grep -Eq "text encoder +off" && ok "text encoder knob off: back to $want" ||
+  bad "text encoder knob off (want $want)"
 
 # bad inputs: a text file, a corrupt png, a preset with a typo
 keys i; wait_for 'images only' 30 || bad "image picker opens"
@@ -131,7 +145,7 @@ wait_for "trainable $want of" 30 && ok "120x40: a2 -> 8: trainable $want" || bad
 keys Down Down Enter C-u attn+ffn Enter   # modules, typed
 want=$(info_params --a1 8 --a2 8 --modules attn+ffn)
 wait_for "trainable $want of" 30 && ok "120x40: modules attn+ffn: trainable $want" || bad "attn+ffn count (want $want)"
-keys Down Down Down Down Down Down '+'   # buckets on: Inputs show the bucket each image trains at
+keys Down Down Down Down Down Down Down '+'   # (past text encoder) buckets on: Inputs show the bucket each image trains at
 wait_for 'buckets +on' 30 && wait_for 'subject1.png +64x64 -> 16x16' 30 && ok "120x40: buckets on: Inputs show 64x64 -> 16x16" ||
   bad "bucket in Inputs"
 keys '+'
@@ -156,6 +170,12 @@ keys "$tmp/sd15like" Enter
 want=$($bin info --model "$tmp/sd15like" --a1 4 --a2 4 | sed -n 's/^trainable parameters: *\([0-9,]*\).*/\1/p')
 wait_for "model = $tmp/sd15like" 30 && wait_for "trainable $want of" 30 && ok "picked: model = the folder, count $want as info" ||
   bad "model picked (want $want)"
+# a folder without text_encoder/: the text encoder knob cannot apply; it says so and stays off
+screen | grep -Eq "text encoder +n/a: no text_encoder" && ok "text encoder knob n/a for a folder without one" ||
+  bad "text encoder knob n/a"
+keys Tab Tab Down Down Down Down Down Down '+'
+wait_for "text encoder adapters cannot apply: no text_encoder/config.json in $tmp/sd15like" 30 &&
+  wait_for "trainable $want of" 10 && ok "+ on it says why and changes nothing" || bad "text encoder knob refused"
 keys m; wait_for 'Choose model' 30
 keys "$PWD/tests/golden/ldm_sd15like.safetensors" Enter
 want=$($bin info --model tests/golden/ldm_sd15like.safetensors --a1 4 --a2 4 | sed -n 's/^trainable parameters: *\([0-9,]*\).*/\1/p')
