@@ -128,8 +128,8 @@ i=0; while [ "$(step)" -le "$p2" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1))
 [ "$(step)" -gt "$p2" ] && ok "resumed ($p2 -> $(step))" || bad "resume"
 keys '?'; wait_for 'Keys' 20 && screen | grep -q 'export' && ok "help overlay while training" || bad "help"
 keys Escape
-keys q; wait_for 'stop it and quit' 30 && ok "quit asks while training" || bad "quit confirm"
-keys n; wait_for 'cancelled' 20 || bad "quit n"
+keys q; wait_for 'stop it and quit' 150 && ok "quit asks while training" || bad "quit confirm"
+keys n; wait_for 'cancelled' 150 || bad "quit n"
 keys q y
 i=0; while [ ! -f "$tmp/exit" ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i + 1)); done
 grep -q 'exit=0' "$tmp/exit" 2>/dev/null && ok "quit (exit 0)" || bad "quit"
