@@ -21,73 +21,61 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-int cmd_merge(int argc, char **argv) {
-    const char *model = NULL, *adapter = NULL, *out = NULL, *dtype = "same";
+static int run(int argc, char **argv) {
+    const CliCommand *me = &cli_merge;
+    const char *model = NULL, *adapter = NULL, *out = NULL;
     float scale = 1.0f;
-    int force = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--force")) { force = 1; continue; }
-        if (!v) { fprintf(stderr, "krona-studio merge: %s needs a value (see --help)\n", a); return 2; }
-        if (!strcmp(a, "--model")) model = v;
-        else if (!strcmp(a, "--adapter")) adapter = v;
-        else if (!strcmp(a, "-o") || !strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--dtype")) dtype = v;
-        else if (!strcmp(a, "--scale")) {
-            if (cli_parse_float(v, &scale) != 0 || !isfinite(scale)) {
-                fprintf(stderr, "krona-studio merge: --scale %s: need a number\n", v);
-                return 2;
-            }
-        } else {
-            fprintf(stderr, "krona-studio merge: unknown option '%s' (see --help)\n", a);
-            return 2;
-        }
-        i++;
-    }
+    int force = 0, dtype = 0;
+    CliOpt opts[] = {
+        cli_str("--model", &model, "CHECKPOINT.safetensors", "a single-file SD 1.5 or SDXL base checkpoint"),
+        cli_str("--adapter", &adapter, "A.safetensors", "the adapter to fold in"),
+        cli_alias("-o", cli_str("--out", &out, "MERGED.safetensors", "the merged checkpoint to write")),
+        cli_choice("--dtype", &dtype, "same|f16|bf16|f32", "float tensors' type (default same: each keeps its own)"),
+        cli_float("--scale", &scale, "S", 0, 0, "W + S dW (default 1)"),
+        cli_flag("--force", &force, 1, "overwrite an existing output"),
+        {0},
+    };
+    int rc = cli_parse(me, opts, argc, argv);
+    if (rc != CLI_GO) return rc;
     if (!model || !adapter || !out) {
-        fprintf(stderr, "krona-studio merge: give --model CHECKPOINT --adapter A.safetensors -o MERGED.safetensors\n");
+        cli_error(me, "give --model CHECKPOINT --adapter A.safetensors -o MERGED.safetensors");
         return 2;
     }
-    int dt = -1;
-    if (!strcmp(dtype, "f16")) dt = ST_F16;
-    else if (!strcmp(dtype, "bf16")) dt = ST_BF16;
-    else if (!strcmp(dtype, "f32")) dt = ST_F32;
-    else if (strcmp(dtype, "same")) {
-        fprintf(stderr, "krona-studio merge: --dtype %s: use same, f16, bf16 or f32\n", dtype);
-        return 2;
-    }
+    static const int DTYPES[] = {-1, ST_F16, ST_BF16, ST_F32};
+    static const char *const DTYPE_NAMES[] = {"same", "f16", "bf16", "f32"};
+    int dt = DTYPES[dtype];
     if (!checkpoint_is_file(model)) {
         if (fs_is_dir(model) || !strcmp(model, "tiny") || !strcmp(model, "sd15") || !strcmp(model, "sdxl"))
-            fprintf(stderr, "krona-studio merge: %s: merge writes single-file checkpoints only; give a "
-                    "single-file SD 1.5 / SDXL .safetensors as --model\n", model);
+            cli_error(me, "%s: merge writes single-file checkpoints only; give a "
+                    "single-file SD 1.5 / SDXL .safetensors as --model", model);
         else
-            fprintf(stderr, "krona-studio merge: %s: not a .safetensors file\n", model);
+            cli_error(me, "%s: not a .safetensors file", model);
         return 2;
     }
     size_t nl = strlen(out);
     if (nl < 12 || strcmp(out + nl - 12, ".safetensors")) {
-        fprintf(stderr, "krona-studio merge: -o %s: name the output *.safetensors\n", out);
+        cli_error(me, "-o %s: name the output *.safetensors", out);
         return 2;
     }
     if (!force && fs_exists(out)) {
-        fprintf(stderr, "krona-studio merge: %s exists (use --force to overwrite it)\n", out);
+        cli_error(me, "%s exists (use --force to overwrite it)", out);
         return 2;
     }
     char err[1024];
     double t0 = now_s();
     CheckpointInfo ci;
     if (checkpoint_inspect(model, &ci, err, sizeof err) != 0) {
-        fprintf(stderr, "krona-studio merge: %s\n", err);
+        cli_error(me, "%s", err);
         return 2;
     }
     ConvertShape shape = {.unet = &ci.unet};
     ConvertMap *map = convert_map_create(ci.kind, CONVERT_UNET, &shape, err, sizeof err);
-    if (!map) { fprintf(stderr, "krona-studio merge: %s\n", err); return 2; }
+    if (!map) { cli_error(me, "%s", err); return 2; }
     Backend *be = backend_cpu_create();
     AdapterSet set;
     if (merge_load_adapters(&ci.unet, map, ci.kind == MODEL_KIND_SDXL, adapter, be, &set, err,
                             sizeof err) != 0) {
-        fprintf(stderr, "krona-studio merge: %s\n", err);
+        cli_error(me, "%s", err);
         convert_map_free(map);
         backend_destroy(be);
         return 2;
@@ -95,16 +83,26 @@ int cmd_merge(int argc, char **argv) {
     const char *base = strrchr(adapter, '/');
     MergeOpts o = {.scale = scale, .dtype = dt, .adapter_name = base ? base + 1 : adapter, .force = force};
     MergeStats s;
-    int rc = checkpoint_merge(model, map, &set, &o, out, &s, err, sizeof err);
+    rc = checkpoint_merge(model, map, &set, &o, out, &s, err, sizeof err);
     adapter_set_free(&set);
     convert_map_free(map);
     backend_destroy(be);
     if (rc != 0) {
-        fprintf(stderr, "krona-studio merge: %s\n", err);
+        cli_error(me, "%s", err);
         return 1;
     }
     printf("merged %s (%d layers, scale %g) into %s: %s, %d tensors, %.2f GB, dtype %s, %.1f s\n",
            adapter, s.merged, (double)scale, out, convert_kind_name(ci.kind), s.tensors,
-           (double)s.bytes / 1e9, dtype, now_s() - t0);
+           (double)s.bytes / 1e9, DTYPE_NAMES[dtype], now_s() - t0);
     return 0;
 }
+
+const CliCommand cli_merge = {
+    "merge", run,
+    "--model CHECKPOINT.safetensors --adapter A.safetensors -o MERGED.safetensors\n"
+    "[--dtype same|f16|bf16|f32] [--scale S] [--force]",
+    NULL,
+    "Write a full single-file checkpoint with the adapter folded into the UNet's linear\n"
+    "weights (W + S dW), for tools that take no adapters. Every other tensor is copied\n"
+    "byte for byte; the output is written to a temporary name and renamed.",
+};
