@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/suggest.h"
+#include "models/model.h"
 
 int cli_parse_int(const char *s, int *out) {
     char *end;
@@ -249,4 +250,10 @@ int cli_parse(const CliCommand *c, const CliOpt *opts, int argc, char **argv) {
         if (store(c, o, name, v) != 0) return 2;
     }
     return CLI_GO;
+}
+
+const char *cli_random_model(const CliCommand *c, const char *model) {
+    if (!strcmp(model, "tiny") || !strcmp(model, MODEL_TINY_RANDOM)) return MODEL_TINY_RANDOM;
+    cli_error(c, "--random-weights: only the built-in model (tiny) comes with random weights, not '%s'", model);
+    return NULL;
 }

@@ -91,6 +91,11 @@ int cli_parse(const CliCommand *c, const CliOpt *opts, int argc, char **argv);
 struct ScoreOpts;
 void cli_score_opts(CliOpt *out, struct ScoreOpts *o, int *seed, int prefixed);
 
+/* --random-weights: the model spec for model (as given, or a preset's) with
+ * random weights: the built-in model's MODEL_TINY_RANDOM. NULL, after one
+ * line saying so, for any other model. */
+const char *cli_random_model(const CliCommand *c, const char *model);
+
 /* "krona-studio NAME: message" on stderr, one line. */
 __attribute__((format(printf, 2, 3)))
 void cli_error(const CliCommand *c, const char *fmt, ...);

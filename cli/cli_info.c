@@ -11,6 +11,7 @@
 #include "core/fsutil.h"
 #include "models/adapter_census.h"
 #include "models/checkpoint.h"
+#include "models/model.h"
 #include "models/text_encoder.h"
 #include "models/unet.h"
 
@@ -117,7 +118,7 @@ static int run(int argc, char **argv) {
         }
         printf("\n");
         cfg = ci.unet;
-    } else if (unet_config_resolve(model, &cfg, err, sizeof err) != 0) {
+    } else if (model_unet_config(model, &cfg, err, sizeof err) != 0) {
         cli_error(me, "%s", err);
         return 2;
     }

@@ -12,7 +12,7 @@ static int run(int argc, char **argv) {
     const CliCommand *me = &cli_sample;
     const char *model = "tiny", *adapter = NULL, *prompt = NULL, *out = "sample.png", *device = "auto";
     const char *neg = "", *tokenizer = NULL;
-    int n = 1, steps = 25, size = 0, seed = 1, sampler = 0;
+    int n = 1, steps = 25, size = 0, seed = 1, sampler = 0, random_weights = 0;
     float guidance = 5.0f;
     CliOpt opts[] = {
         cli_str("--prompt", &prompt, "TEXT", "what to draw (required)"),
@@ -28,11 +28,13 @@ static int run(int argc, char **argv) {
         cli_int("--size", &size, "PX", 8, 16384, "image side in pixels (default: the model's)"),
         cli_str("--device", &device, "auto|cpu|cuda", "the backend (default auto)"),
         cli_str("--tokenizer", &tokenizer, "DIR", "CLIP's vocabulary, when the model has none beside it"),
+        cli_flag("--random-weights", &random_weights, 1, "the built-in model with random weights (tests)"),
         {0},
     };
     int rc = cli_parse(me, opts, argc, argv);
     if (rc != CLI_GO) return rc;
     if (!prompt) { cli_error(me, "give --prompt TEXT"); return 2; }
+    if (random_weights && !(model = cli_random_model(me, model))) return 2;
     char err[1024];
     Backend *be = backend_open(device, err, sizeof err);
     if (!be) { cli_error(me, "%s", err); return 2; }
@@ -96,7 +98,7 @@ const CliCommand cli_sample = {
     "sample", run,
     "--prompt TEXT [--model M] [--adapter A.safetensors] [-o out.png] [--n N]\n"
     "[--steps S] [--guidance G] [--seed S] [--sampler ddim|euler] [--size PX]\n"
-    "[--negative TEXT] [--device auto|cpu|cuda] [--tokenizer DIR]",
+    "[--negative TEXT] [--device auto|cpu|cuda] [--tokenizer DIR] [--random-weights]",
     NULL,
     "Generate images with a model and, optionally, an adapter file written by train (its\n"
     "metadata says the kind, factors and modules). More than one sample (--n) makes a grid.",

@@ -91,7 +91,7 @@ static int run(int argc, char **argv) {
     const CliCommand *me = &cli_score;
     const char *run = NULL, *device = "auto", *grid = NULL, *data = NULL, *model = "tiny";
     int which = 3; /* 1 adapter, 2 base, 3 both */
-    int n_data = 50, seed;
+    int n_data = 50, seed, random_weights = 0;
     ScoreOpts o;
     score_opts_default(&o);
     CliOpt opts[16] = {
@@ -104,11 +104,17 @@ static int run(int argc, char **argv) {
         cli_str("--model", &model, "M", "with --data: the model (default tiny)"),
         cli_int("--n", &n_data, "N", 1, 1000, "with --data: captions to draw (default 50)"),
         cli_str("--device", &device, "auto|cpu|cuda", "the backend (default auto)"),
+        cli_flag("--random-weights", &random_weights, 1, "with --data: the built-in model with random weights"),
     };
-    cli_score_opts(opts + 9, &o, &seed, 0);
+    cli_score_opts(opts + 10, &o, &seed, 0);
     int rc = cli_parse(me, opts, argc, argv);
     if (rc != CLI_GO) return rc;
     o.seed = (uint64_t)seed;
+    if (random_weights && !data) {
+        cli_error(me, "--random-weights goes with --data; a run is scored with the model it was trained on");
+        return 2;
+    }
+    if (random_weights && !(model = cli_random_model(me, model))) return 2;
     if (data) return score_base_on_data(model, data, n_data, device, &o, grid);
     if (!run) {
         cli_error(me, "give --run RUN_DIR (a training run folder), or --data FILE to check a base model "
@@ -155,7 +161,7 @@ const CliCommand cli_score = {
     "score", run,
     "--run RUN_DIR [--base|--no-base] [--grid out.png] [--colours N]\n"
     "[--per-colour N] [--steps S] [--seed S] [--guidance G] [--size PX] [--device D]",
-    "--data FILE [--model M] [--n N] [--grid out.png] [--steps S] [--seed S] [--device D]",
+    "--data FILE [--model M] [--random-weights] [--n N] [--grid out.png] [--steps S] [--seed S]",
     "Score a run folder: samples of \"<instance prompt> on a <colour> background\" from fixed\n"
     "noise, for the adapter and for the base model: fidelity (foreground similarity to the\n"
     "closest training image), adherence (the asked background colour) and the fidelity gain\n"

@@ -62,7 +62,7 @@ static int run(int argc, char **argv) {
     const CliCommand *me = &cli_sweep;
     const char *preset_path = NULL, *device = NULL, *out_dir = NULL;
     CliList sets = {0}, varies = {0};
-    int listed = 0, score = 1, score_base = 1, seed;
+    int listed = 0, score = 1, score_base = 1, seed, random_weights = 0;
     SweepPrint sp = {0};
     ScoreOpts so;
     score_opts_default(&so);
@@ -76,8 +76,9 @@ static int run(int argc, char **argv) {
         cli_flag("--no-base", &score_base, 0, "no row for the base model"),
         cli_str("--device", &device, "auto|cpu|cuda", "the backend (default: the preset's device)"),
         cli_int("--print-every", &sp.every, "N", 1, INT_MAX, "a progress line every N steps"),
+        cli_flag("--random-weights", &random_weights, 1, "the built-in model with random weights"),
     };
-    cli_score_opts(opts + 9, &so, &seed, 1);
+    cli_score_opts(opts + 10, &so, &seed, 1);
     int rc = cli_parse(me, opts, argc, argv);
     if (rc != CLI_GO) return rc;
     so.seed = (uint64_t)seed;
@@ -85,10 +86,17 @@ static int run(int argc, char **argv) {
     char err[1024];
     Preset base;
     preset_defaults(&base);
-    if (preset_load(&base, preset_path, err, sizeof err) != 0) { cli_error(me, "%s", err); return 2; }
+    char found[PATH_MAX];
+    model_find_input(preset_path, found, sizeof found); /* presets/default.ini from anywhere */
+    if (preset_load(&base, found, err, sizeof err) != 0) { cli_error(me, "%s", err); return 2; }
     /* --set before --vary, so the values are checked against the final preset */
     for (int i = 0; i < sets.n; i++)
         if (preset_set(&base, sets.v[i], err, sizeof err) != 0) { cli_error(me, "%s", err); return 2; }
+    if (random_weights) {
+        const char *spec = cli_random_model(me, base.model);
+        if (!spec) return 2;
+        snprintf(base.model, sizeof base.model, "%s", spec);
+    }
     Sweep *s = malloc(sizeof *s);
     if (!s) { cli_error(me, "out of memory"); return 1; }
     sweep_init(s, &base);
@@ -151,7 +159,7 @@ const CliCommand cli_sweep = {
     "--preset P.ini --vary key=v1,v2,... [--vary ...] [--list]\n"
     "[--set key=value ...] [--out DIR] [--no-base] [--no-score] [--score-colours N]\n"
     "[--score-per-colour N] [--score-steps S] [--score-seed S] [--device auto|cpu|cuda]\n"
-    "[--print-every N]",
+    "[--print-every N] [--random-weights]",
     NULL,
     "Train every variant of a preset and compare them: each variant is a normal training run;\n"
     "grid.png (a row per variant and one for the base model), results.csv and results.md\n"

@@ -83,7 +83,7 @@ static void on_sigint(int sig) {
 static int run(int argc, char **argv) {
     const CliCommand *me = &cli_train;
     const char *resume = NULL, *device = NULL, *preset_path = NULL;
-    int headless = 0, every = 0;
+    int headless = 0, every = 0, random_weights = 0;
     CliList sets = {0};
     CliOpt opts[] = {
         cli_str("--preset", &preset_path, "P.ini", "the preset to train (presets/default.ini: the demo)"),
@@ -93,6 +93,8 @@ static int run(int argc, char **argv) {
         cli_str("--device", &device, "auto|cpu|cuda", "the backend (default: the preset's device)"),
         cli_int("--print-every", &every, "N", 1, INT_MAX,
                 "piped output: a progress line every N steps (default iterations/20)"),
+        cli_flag("--random-weights", &random_weights, 1,
+                 "the built-in model with random weights instead of its shipped ones"),
         {0},
     };
     int rc = cli_parse(me, opts, argc, argv);
@@ -105,22 +107,31 @@ static int run(int argc, char **argv) {
         cli_error(me, "give --preset P.ini (or --resume RUN_DIR)");
         return 2;
     }
-    if (resume && (preset_path || sets.n)) {
-        cli_error(me, "--resume continues with the run's own preset.ini; drop --preset and --set");
+    if (resume && (preset_path || sets.n || random_weights)) {
+        cli_error(me, "--resume continues with the run's own preset.ini (its model too); drop --preset, --set "
+                  "and --random-weights");
         return 2;
     }
     Preset p;
     preset_defaults(&p);
-    char err[1024];
-    if (preset_path && preset_load(&p, preset_path, err, sizeof err) != 0) {
-        cli_error(me, "%s", err);
-        return 2;
+    char err[1024], found[PATH_MAX];
+    if (preset_path) {
+        model_find_input(preset_path, found, sizeof found); /* presets/default.ini from anywhere */
+        if (preset_load(&p, found, err, sizeof err) != 0) {
+            cli_error(me, "%s", err);
+            return 2;
+        }
     }
     for (int i = 0; i < sets.n; i++)
         if (preset_set(&p, sets.v[i], err, sizeof err) != 0) {
             cli_error(me, "%s", err); /* it names the --set */
             return 2;
         }
+    if (random_weights) {
+        const char *spec = cli_random_model(me, p.model);
+        if (!spec) return 2;
+        snprintf(p.model, sizeof p.model, "%s", spec);
+    }
     Backend *be = backend_open(device ? device : p.device, err, sizeof err);
     if (!be) { cli_error(me, "%s", err); return 2; }
     char skipped[sizeof err]; /* device = auto: why a faster backend was not used */
@@ -137,6 +148,7 @@ static int run(int argc, char **argv) {
     }
     TrainProgress p0 = trainer_progress(t);
     Model *m = trainer_model(t);
+    if (preset_path) printf("preset %s\n", found);
     printf("model %s (%s) on %s\n", m->spec, m->note, be->device_name(be));
     if (skipped[0]) printf("device auto: skipped %s\n", skipped);
     printf("run folder %s\n", trainer_run_dir(t));
@@ -181,10 +193,12 @@ static int run(int argc, char **argv) {
 const CliCommand cli_train = {
     "train", run,
     "--preset P.ini --headless [--set key=value ...] [--device auto|cpu|cuda]\n"
-    "[--print-every N]",
+    "[--print-every N] [--random-weights]",
     "--headless --resume RUN_DIR [--device auto|cpu|cuda] [--print-every N]",
     "Train an adapter as the preset says and write a run folder (preset.ini, loss.csv,\n"
     "samples/, checkpoint.safetensors, adapter.safetensors). On a terminal a progress bar\n"
     "shows step, smoothed loss, speed and ETA; piped, a line every N steps. Ctrl-C stops\n"
-    "after the current step with a checkpoint that --resume continues.",
+    "after the current step with a checkpoint that --resume continues. A relative --preset\n"
+    "that is not in the current folder is looked for among the shipped files\n"
+    "(presets/default.ini works from anywhere once installed).",
 };

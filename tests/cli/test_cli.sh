@@ -62,7 +62,7 @@ one_line_2 $? "^krona-studio train: --set lr=5: out of range" || bad "--set lr=5
 $bin sweep --preset presets/default.ini --set lr=5 --vary a1=2,4 >/dev/null 2>"$tmp/e"
 one_line_2 $? "^krona-studio sweep: --set lr=5: out of range" || bad "sweep --set lr=5: $(cat "$tmp/e")"
 $bin train --headless --resume "$tmp/x" --set lr=1e-3 >/dev/null 2>"$tmp/e"
-one_line_2 $? "drop --preset and --set" || bad "--resume with --set: $(cat "$tmp/e")"
+one_line_2 $? "drop --preset, --set" || bad "--resume with --set: $(cat "$tmp/e")"
 group "bad values: one line naming the flag and what it takes, no doubled prefix"
 
 # --- info: totals against the closed form a1*a2 + (d_out/a1)(d_in/a2), summed by hand from
