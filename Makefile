@@ -92,6 +92,7 @@ test: $(TEST_BIN) all
 	@./tools/check-layers.sh
 	@./tools/run-tests.sh $(BUILD)/tests $(TEST_BIN)
 	@./tests/cli/test_cli.sh
+	@./tests/cli/test_install.sh
 	@./tests/tui/test_tui.sh
 
 test-san: $(SAN_BIN)
@@ -135,13 +136,21 @@ $(BUILD)/tools/%: tools/%.c $(LIBKRONA)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
 
+# The binary finds its shipped files in ../share/krona-studio (src/models/model.h:
+# model_find_data), laid out as in the source tree: the built-in model, the demo
+# subject, the presets and sweep lists.
+SHARE := $(DESTDIR)$(PREFIX)/share/krona-studio
 install: all
 	install -Dm755 krona-studio $(DESTDIR)$(PREFIX)/bin/krona-studio
 	if [ -f krona-backend-cuda.so ]; then install -Dm755 krona-backend-cuda.so \
 	  $(DESTDIR)$(PREFIX)/lib/krona-studio/krona-backend-cuda.so; fi
 	install -Dm644 man/krona-studio.1 $(DESTDIR)$(PREFIX)/share/man/man1/krona-studio.1
-	install -d $(DESTDIR)$(PREFIX)/share/krona-studio/presets
-	install -m644 presets/*.ini $(DESTDIR)$(PREFIX)/share/krona-studio/presets/
+	install -d $(SHARE)/presets/sweeps $(SHARE)/models/tiny $(SHARE)/models/demo
+	install -m644 presets/*.ini $(SHARE)/presets/
+	install -m644 presets/sweeps/*.txt $(SHARE)/presets/sweeps/
+	install -m644 models/tiny/unet.safetensors models/tiny/text_encoder.safetensors \
+	  models/tiny/scheduler_config.json models/tiny/MODEL_CARD.md $(SHARE)/models/tiny/
+	install -m644 models/demo/*.png models/demo/LICENSE.md $(SHARE)/models/demo/
 
 clean:
 	rm -rf $(BUILD) $(SAN_BUILD) krona-studio krona-backend-cuda.so

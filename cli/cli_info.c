@@ -3,6 +3,7 @@
  * weights needed, so it works for SD 1.5 and SDXL on any machine) as text. */
 #include "cli.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,7 @@ static int print_text_census(const char *model, const AdapterSpec *spec, int pri
     char err[512];
     int n = model_text_configs(model, tc, err, sizeof err);
     if (n <= 0) {
-        fprintf(stderr, "krona-studio info: --text-encoder: %s\n", err);
+        cli_error(&cli_info, "--text-encoder: %s", err);
         return 2;
     }
     int64_t total = 0;
@@ -32,7 +33,7 @@ static int print_text_census(const char *model, const AdapterSpec *spec, int pri
     for (int i = 0; i < n; i++) {
         int64_t t = adapter_census_text(&tc[i], spec, err, sizeof err);
         if (t < 0) {
-            fprintf(stderr, "krona-studio info: %s: %s\n", label[i], err);
+            cli_error(&cli_info, "%s: %s", label[i], err);
             return 2;
         }
         char b[32];
@@ -47,35 +48,33 @@ static int print_text_census(const char *model, const AdapterSpec *spec, int pri
     return 0;
 }
 
-int cmd_info(int argc, char **argv) {
-    const char *model = "tiny", *modules = "attn";
+static int run(int argc, char **argv) {
+    const CliCommand *me = &cli_info;
+    const char *model = "tiny";
     AdapterSpec spec = {0};
     spec.kind = ADAPTER_KRONA;
     spec.a1 = 4;
     spec.a2 = 4;
-    int all = 0, text = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int *iv = NULL;
-        if (!strcmp(a, "--model") && v) { model = v; i++; continue; }
-        if (!strcmp(a, "--modules") && v) { modules = v; i++; continue; }
-        if (!strcmp(a, "--all")) { all = 1; continue; }
-        if (!strcmp(a, "--text-encoder")) { text = 1; continue; }
-        if (!strcmp(a, "--a1")) iv = &spec.a1;
-        else if (!strcmp(a, "--a2")) iv = &spec.a2;
-        else if (!strcmp(a, "--lora-rank")) { iv = &spec.rank; spec.kind = ADAPTER_LORA; }
-        else { fprintf(stderr, "krona-studio info: unknown option '%s' (see krona-studio --help)\n", a); return 2; }
-        if (!v || cli_parse_int(v, iv) != 0 || *iv < 1) {
-            fprintf(stderr, "krona-studio info: %s needs a positive integer\n", a);
-            return 2;
-        }
-        i++;
+    int all = 0, text = 0, ffn = 0, rank = 0;
+    CliOpt opts[] = {
+        cli_str("--model", &model, "M", "tiny (default), sd15, sdxl, a diffusers folder, a config.json or a "
+                ".safetensors checkpoint (its header only)"),
+        cli_int("--a1", &spec.a1, "N", 1, INT_MAX, "KronA: A is a1 x a2 (default 4)"),
+        cli_int("--a2", &spec.a2, "N", 1, INT_MAX, "(default 4)"),
+        cli_int("--lora-rank", &rank, "R", 1, INT_MAX, "LoRA of rank R instead of KronA"),
+        cli_choice("--modules", &ffn, "attn|attn+ffn", "which layers get adapters (default attn)"),
+        cli_flag("--all", &all, 1, "list every adapted layer"),
+        cli_flag("--text-encoder", &text, 1, "also the text encoder adapters (text_encoder_adapters = 1)"),
+        {0},
+    };
+    int prc = cli_parse(me, opts, argc, argv);
+    if (prc != CLI_GO) return prc;
+    const char *modules = ffn ? "attn+ffn" : "attn";
+    if (rank > 0) {
+        spec.kind = ADAPTER_LORA;
+        spec.rank = rank;
     }
-    if (strcmp(modules, "attn") && strcmp(modules, "attn+ffn")) {
-        fprintf(stderr, "krona-studio info: --modules %s: use attn or attn+ffn\n", modules);
-        return 2;
-    }
-    spec.modules = ADAPT_ATTN | (strcmp(modules, "attn+ffn") == 0 ? ADAPT_FFN : 0);
+    spec.modules = ADAPT_ATTN | (ffn ? ADAPT_FFN : 0);
     spec.alpha = spec.kind == ADAPTER_LORA ? (float)spec.rank : 1.0f;
 
     char err[1024];
@@ -84,7 +83,7 @@ int cmd_info(int argc, char **argv) {
         /* a single-file checkpoint: what it is and its parts, from the header */
         CheckpointInfo ci;
         if (checkpoint_inspect(model, &ci, err, sizeof err) != 0) {
-            fprintf(stderr, "krona-studio info: %s\n", err);
+            cli_error(me, "%s", err);
             return 2;
         }
         const char *part[4] = {"UNet", "VAE", "text encoder", "text encoder 2"};
@@ -103,19 +102,19 @@ int cmd_info(int argc, char **argv) {
         }
         printf("\n");
         cfg = ci.unet;
-    } else if (unet_config_resolve(model, &cfg, err, sizeof err) != 0) {
-        fprintf(stderr, "krona-studio info: %s\n", err);
+    } else if (model_unet_config(model, &cfg, err, sizeof err) != 0) {
+        cli_error(me, "%s", err);
         return 2;
     }
     AdapterCensus c;
     if (adapter_census(&cfg, &spec, &c) != 0) {
-        fprintf(stderr, "krona-studio info: cannot build the parameter table for %s\n", model);
+        cli_error(me, "cannot build the parameter table for %s", model);
         adapter_census_free(&c);
         return 2;
     }
     /* every selected layer checked first: one clear error, no partial table */
     if (!c.ok) {
-        fprintf(stderr, "krona-studio info: %s\n", c.err);
+        cli_error(me, "%s", c.err);
         adapter_census_free(&c);
         return 2;
     }
@@ -162,3 +161,13 @@ int cmd_info(int argc, char **argv) {
     adapter_census_free(&c);
     return rc;
 }
+
+const CliCommand cli_info = {
+    "info", run,
+    "[--model tiny|sd15|sdxl|DIR|config.json|FILE.safetensors] [--a1 N --a2 N]\n"
+    "[--modules attn|attn+ffn] [--lora-rank R] [--all] [--text-encoder]",
+    NULL,
+    "Print the base and trainable parameter counts per adapted module type and in total.\n"
+    "Needs no weights: a .safetensors checkpoint is read for its header only (its kind and\n"
+    "parts are printed too).",
+};

@@ -1,5 +1,7 @@
 /* cli_pretrain.c — `krona-studio pretrain`: trains the built-in tiny model
  * (UNet + text encoder) from scratch on a KSDATA1 dataset (src/pretrain.h). */
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,21 +9,6 @@
 #include "cli.h"
 #include "models/diffusion.h"
 #include "training/pretrain.h"
-
-static const char *PRETRAIN_USAGE =
-    "usage: krona-studio pretrain [--data data/emoji32.bin] [--out models/tiny] [--steps N]\n"
-    "           [--batch B] [--lr LR] [--seed S] [--resume | --init-from DIR] [--time-limit MINUTES]\n"
-    "           [--warmup N] [--lr-min FRACTION] [--weight-decay W] [--clip NORM]\n"
-    "           [--cfg-drop P] [--no-flip] [--ema DECAY] [--checkpoint-every N]\n"
-    "           [--stop-after STEP] [--print-every N] [--sample-every N] [--sample-steps N]\n"
-    "           [--schedule linear|scaled_linear] [--prediction v|epsilon] [--device auto|cpu|cuda]\n"
-    "Trains the tiny UNet and its text encoder jointly (v or epsilon loss on DDPM's linear\n"
-    "schedule by default; both go to OUT/scheduler_config.json), AdamW with warm-up and\n"
-    "cosine decay, global-norm clipping, 10% empty-prompt dropout for guidance, flips).\n"
-    "Writes OUT/unet.safetensors and OUT/text_encoder.safetensors (what `--model tiny` loads),\n"
-    "OUT/checkpoint.safetensors (resume exactly with --resume and the same options),\n"
-    "OUT/pretrain_log.csv and OUT/samples/step_N.png. Build the data with\n"
-    "tools/build-emoji-dataset.sh.\n";
 
 static void on_progress(void *user, const PretrainProgress *g) {
     (void)user;
@@ -39,75 +26,83 @@ static void on_log(void *user, const char *line) {
     fflush(stdout);
 }
 
-int cmd_pretrain(int argc, char **argv) {
+static int run(int argc, char **argv) {
+    const CliCommand *me = &cli_pretrain;
     PretrainOpts o;
     pretrain_default_opts(&o);
     const char *data = "data/emoji32.bin", *device = "auto";
     float minutes = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int bad = 0, used = 1;
-        int iv;
-        float fv;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(PRETRAIN_USAGE, stdout); return 0; }
-        else if (!strcmp(a, "--resume")) { o.resume = 1; used = 0; }
-        else if (!strcmp(a, "--no-flip")) { o.flip = 0; used = 0; }
-        else if (!v) bad = 1;
-        else if (!strcmp(a, "--data")) data = v;
-        else if (!strcmp(a, "--out")) o.out_dir = v;
-        else if (!strcmp(a, "--init-from")) o.init_from = v;
-        else if (!strcmp(a, "--device")) device = v;
-        else if (!strcmp(a, "--schedule")) {
-            bad = !v || (strcmp(v, "linear") && strcmp(v, "scaled_linear"));
-            o.schedule = v && strcmp(v, "linear") == 0 ? BETAS_LINEAR : BETAS_SCALED_LINEAR;
-        } else if (!strcmp(a, "--prediction")) {
-            bad = !v || (strcmp(v, "v") && strcmp(v, "epsilon"));
-            o.prediction = v && strcmp(v, "v") == 0 ? PRED_V : PRED_EPSILON;
-        }
-        else if (!strcmp(a, "--steps")) { bad = cli_parse_int(v, &iv) || iv <= 0; o.steps = iv; }
-        else if (!strcmp(a, "--batch")) { bad = cli_parse_int(v, &iv) || iv <= 0; o.batch = iv; }
-        else if (!strcmp(a, "--seed")) { bad = cli_parse_int(v, &iv) || iv < 0; o.seed = (uint64_t)iv; }
-        else if (!strcmp(a, "--warmup")) { bad = cli_parse_int(v, &iv) || iv < 0; o.warmup = iv; }
-        else if (!strcmp(a, "--checkpoint-every")) { bad = cli_parse_int(v, &iv); o.checkpoint_every = iv; }
-        else if (!strcmp(a, "--stop-after")) { bad = cli_parse_int(v, &iv) || iv < 0; o.stop_after = iv; }
-        else if (!strcmp(a, "--print-every")) { bad = cli_parse_int(v, &iv) || iv <= 0; o.print_every = iv; }
-        else if (!strcmp(a, "--sample-every")) { bad = cli_parse_int(v, &iv); o.sample_every = iv; }
-        else if (!strcmp(a, "--sample-steps")) { bad = cli_parse_int(v, &iv) || iv <= 0; o.sample_steps = iv; }
-        else if (!strcmp(a, "--lr")) { bad = cli_parse_float(v, &fv) || !(fv > 0); o.lr = fv; }
-        else if (!strcmp(a, "--lr-min")) { bad = cli_parse_float(v, &fv) || fv < 0 || fv > 1; o.lr_min = fv; }
-        else if (!strcmp(a, "--weight-decay")) { bad = cli_parse_float(v, &fv) || fv < 0; o.weight_decay = fv; }
-        else if (!strcmp(a, "--clip")) { bad = cli_parse_float(v, &fv); o.clip = fv; }
-        else if (!strcmp(a, "--cfg-drop")) { bad = cli_parse_float(v, &fv) || fv < 0 || fv > 1; o.cfg_drop = fv; }
-        else if (!strcmp(a, "--ema")) { bad = cli_parse_float(v, &fv) || fv < 0 || fv >= 1; o.ema = fv; }
-        else if (!strcmp(a, "--time-limit")) { bad = cli_parse_float(v, &fv) || !(fv > 0); minutes = fv; }
-        else {
-            fprintf(stderr, "krona-studio pretrain: unknown option '%s' (see --help)\n", a);
-            return 2;
-        }
-        if (bad) {
-            fprintf(stderr, "krona-studio pretrain: %s needs %s (see --help)\n", a,
-                    v ? "a valid value" : "a value");
-            return 2;
-        }
-        i += used;
-    }
+    int seed = (int)o.seed, no_flip = 0, linear = o.schedule == BETAS_LINEAR ? 0 : 1;
+    int v_pred = o.prediction == PRED_V ? 0 : 1;
+    CliOpt opts[] = {
+        cli_str("--data", &data, "FILE", "the captioned dataset (default data/emoji32.bin)"),
+        cli_str("--out", &o.out_dir, "DIR", "where the model goes (default models/tiny)"),
+        cli_int("--steps", &o.steps, "N", 1, INT_MAX, "optimiser steps"),
+        cli_int("--batch", &o.batch, "B", 1, INT_MAX, "images per step"),
+        cli_open(CLI_OPEN_LO, cli_float("--lr", &o.lr, "LR", 0, INFINITY, "peak learning rate")),
+        cli_int("--seed", &seed, "S", 0, INT_MAX, "noise and data order (default 1234)"),
+        cli_flag("--resume", &o.resume, 1, "continue exactly from OUT/checkpoint.safetensors (same options)"),
+        cli_str("--init-from", &o.init_from, "DIR", "start from that model's weights, fresh optimiser"),
+        cli_open(CLI_OPEN_LO, cli_float("--time-limit", &minutes, "MINUTES", 0, INFINITY,
+                                        "stop with a checkpoint after that long")),
+        cli_int("--warmup", &o.warmup, "N", 0, INT_MAX, "linear warm-up steps"),
+        cli_float("--lr-min", &o.lr_min, "FRACTION", 0, 1, "where the cosine decay ends, a fraction of lr"),
+        cli_float("--weight-decay", &o.weight_decay, "W", 0, INFINITY, "AdamW weight decay"),
+        cli_float("--clip", &o.clip, "NORM", 0, 0, "global gradient-norm limit (<= 0: off)"),
+        cli_float("--cfg-drop", &o.cfg_drop, "P", 0, 1, "share of steps on the empty prompt"),
+        cli_flag("--no-flip", &no_flip, 1, "no random horizontal flips"),
+        cli_open(CLI_OPEN_HI, cli_float("--ema", &o.ema, "DECAY", 0, 1, "EMA of the weights (0: off)")),
+        cli_int("--checkpoint-every", &o.checkpoint_every, "N", 0, 0, "steps between checkpoints (<= 0: at the end)"),
+        cli_int("--stop-after", &o.stop_after, "STEP", 0, INT_MAX, "stop with a checkpoint there (0: off)"),
+        cli_int("--print-every", &o.print_every, "N", 1, INT_MAX, "a progress line every N steps"),
+        cli_int("--sample-every", &o.sample_every, "N", 0, 0, "a sample grid every N steps (<= 0: none)"),
+        cli_int("--sample-steps", &o.sample_steps, "N", 1, INT_MAX, "DDIM steps of the grids"),
+        cli_choice("--schedule", &linear, "linear|scaled_linear", "betas (default linear: DDPM's)"),
+        cli_choice("--prediction", &v_pred, "v|epsilon", "what the UNet predicts (default v)"),
+        cli_str("--device", &device, "auto|cpu|cuda", "the backend (default auto)"),
+        {0},
+    };
+    int rc = cli_parse(me, opts, argc, argv);
+    if (rc != CLI_GO) return rc;
+    o.seed = (uint64_t)seed;
+    if (no_flip) o.flip = 0;
+    o.schedule = linear == 0 ? BETAS_LINEAR : BETAS_SCALED_LINEAR;
+    o.prediction = v_pred == 0 ? PRED_V : PRED_EPSILON;
     o.time_limit_s = minutes * 60.0;
     char err[1024];
     PtDataset d;
     if (pt_dataset_load(&d, data, err, sizeof err) != 0) {
-        fprintf(stderr, "krona-studio pretrain: %s\n", err);
+        cli_error(me, "%s", err);
         return 2;
     }
     Backend *be = backend_open(device, err, sizeof err);
     if (!be) {
-        fprintf(stderr, "krona-studio pretrain: %s\n", err);
+        cli_error(me, "%s", err);
         pt_dataset_free(&d);
         return 2;
     }
     PretrainCallbacks cb = {.user = NULL, .progress = on_progress, .log = on_log};
-    int rc = pretrain_run(&d, &o, be, &cb, err, sizeof err);
-    if (rc < 0) fprintf(stderr, "krona-studio pretrain: %s\n", err);
+    rc = pretrain_run(&d, &o, be, &cb, err, sizeof err);
+    if (rc < 0) cli_error(me, "%s", err);
     backend_destroy(be);
     pt_dataset_free(&d);
     return rc < 0 ? 1 : 0;
 }
+
+const CliCommand cli_pretrain = {
+    "pretrain", run,
+    "[--data FILE] [--out DIR] [--steps N] [--batch B] [--lr LR] [--seed S]\n"
+    "[--resume | --init-from DIR] [--time-limit MINUTES] [--warmup N]\n"
+    "[--lr-min FRACTION] [--weight-decay W] [--clip NORM] [--cfg-drop P] [--no-flip]\n"
+    "[--ema DECAY] [--checkpoint-every N] [--stop-after STEP] [--print-every N]\n"
+    "[--sample-every N] [--sample-steps N] [--schedule linear|scaled_linear]\n"
+    "[--prediction v|epsilon] [--device auto|cpu|cuda]",
+    NULL,
+    "Train the built-in tiny model (UNet and text encoder jointly) from scratch: v or epsilon\n"
+    "loss on DDPM's linear schedule by default (both go to OUT/scheduler_config.json), AdamW\n"
+    "with warm-up and cosine decay, global-norm clipping, 10% empty-prompt dropout for\n"
+    "guidance, flips. Writes OUT/unet.safetensors and OUT/text_encoder.safetensors (what\n"
+    "--model tiny loads), OUT/checkpoint.safetensors (--resume continues exactly with the same\n"
+    "options), OUT/pretrain_log.csv and OUT/samples/step_N.png. Build the data with\n"
+    "tools/build-emoji-dataset.sh.",
+};

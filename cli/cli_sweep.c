@@ -1,5 +1,5 @@
-/* cli_sweep.c — `krona-studio sweep` (train every variant of a preset, compare)
- * and `krona-studio score` (fidelity / adherence of a run folder). */
+/* cli_sweep.c — `krona-studio sweep`: train every variant of a preset (each
+ * --vary key over its values) and compare them in a table, a grid and a CSV. */
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include "cli.h"
-#include "training/pretrain.h"
 #include "training/score.h"
 #include "training/sweep.h"
 
@@ -59,84 +58,62 @@ static void install_sigint(void) {
     sigaction(SIGTERM, &sa, NULL);
 }
 
-/* options shared by sweep and score for the scoring samples */
-static int parse_score_opt(const char *a, const char *v, ScoreOpts *o, int *bad) {
-    int x;
-    if (!strcmp(a, "--score-colours") || !strcmp(a, "--colours")) {
-        *bad = cli_parse_int(v, &x) || x < 1 || x > SCORE_N_ASKED;
-        o->n_colours = x;
-    } else if (!strcmp(a, "--score-per-colour") || !strcmp(a, "--per-colour")) {
-        *bad = cli_parse_int(v, &x) || x < 1 || x > 8;
-        o->per_colour = x;
-    } else if (!strcmp(a, "--score-steps") || !strcmp(a, "--steps")) {
-        *bad = cli_parse_int(v, &x) || x < 1 || x > 1000;
-        o->steps = x;
-    } else if (!strcmp(a, "--score-seed") || !strcmp(a, "--seed")) {
-        *bad = cli_parse_int(v, &x) || x < 0;
-        o->seed = (uint64_t)x;
-    } else if (!strcmp(a, "--score-guidance") || !strcmp(a, "--guidance")) {
-        float g;
-        *bad = cli_parse_float(v, &g) || !(g >= 0 && g <= 50);
-        o->guidance = g;
-    } else {
-        return 0;
-    }
-    return 1;
-}
-
-static int cmd_sweep_run(int argc, char **argv) {
-    const char *me = "krona-studio sweep";
+static int run(int argc, char **argv) {
+    const CliCommand *me = &cli_sweep;
+    const char *preset_path = NULL, *device = NULL, *out_dir = NULL;
+    CliList sets = {0}, varies = {0};
+    int listed = 0, score = 1, score_base = 1, seed, random_weights = 0;
+    SweepPrint sp = {0};
+    ScoreOpts so;
+    score_opts_default(&so);
+    CliOpt opts[16] = {
+        cli_str("--preset", &preset_path, "P.ini", "the preset every variant starts from"),
+        cli_list("--vary", &varies, "KEY=V1,V2,...", "a preset key (or n_images) and its values; repeats"),
+        cli_flag("--list", &listed, 1, "the i-th values of each --vary together (default: every combination)"),
+        cli_list("--set", &sets, "KEY=VALUE", "override a preset key for every variant; repeats"),
+        cli_str("--out", &out_dir, "DIR", "where the sweep goes (default OUTPUT_DIR/sweep-TIME)"),
+        cli_flag("--no-score", &score, 0, "do not score the variants"),
+        cli_flag("--no-base", &score_base, 0, "no row for the base model"),
+        cli_str("--device", &device, "auto|cpu|cuda", "the backend (default: the preset's device)"),
+        cli_int("--print-every", &sp.every, "N", 1, INT_MAX, "a progress line every N steps"),
+        cli_flag("--random-weights", &random_weights, 1, "the built-in model with random weights"),
+    };
+    cli_score_opts(opts + 10, &so, &seed, 1);
+    int rc = cli_parse(me, opts, argc, argv);
+    if (rc != CLI_GO) return rc;
+    so.seed = (uint64_t)seed;
+    if (!preset_path) { cli_error(me, "give --preset P.ini"); return 2; }
     char err[1024];
     Preset base;
     preset_defaults(&base);
-    const char *preset_path = NULL, *device = NULL;
-    for (int i = 0; i < argc; i++)
-        if (!strcmp(argv[i], "--preset") && i + 1 < argc) preset_path = argv[i + 1];
-    if (!preset_path) { fprintf(stderr, "%s: give --preset P.ini\n", me); return 2; }
-    if (preset_load(&base, preset_path, err, sizeof err) != 0) { fprintf(stderr, "%s: %s\n", me, err); return 2; }
+    char found[PATH_MAX];
+    model_find_input(preset_path, found, sizeof found); /* presets/default.ini from anywhere */
+    if (preset_load(&base, found, err, sizeof err) != 0) { cli_error(me, "%s", err); return 2; }
     /* --set before --vary, so the values are checked against the final preset */
-    for (int i = 0; i + 1 < argc; i++)
-        if (!strcmp(argv[i], "--set")) {
-            if (preset_set(&base, argv[i + 1], err, sizeof err) != 0) {
-                fprintf(stderr, "%s: %s\n", me, err);
-                return 2;
-            }
-            i++;
-        }
-    Sweep *s = malloc(sizeof *s);
-    if (!s) { fprintf(stderr, "%s: out of memory\n", me); return 1; }
-    sweep_init(s, &base);
-    SweepPrint sp = {0};
-    int rc = 2;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--list")) { s->listed = 1; continue; }
-        if (!strcmp(a, "--no-score")) { s->score = 0; continue; }
-        if (!strcmp(a, "--no-base")) { s->score_base = 0; continue; }
-        if (!v) { fprintf(stderr, "%s: %s needs a value (see krona-studio(1))\n", me, a); goto out; }
-        i++;
-        int bad = 0;
-        if (!strcmp(a, "--preset") || !strcmp(a, "--set")) continue;
-        if (!strcmp(a, "--vary")) {
-            if (sweep_add_vary(s, v, err, sizeof err) != 0) { fprintf(stderr, "%s: %s\n", me, err); goto out; }
-        } else if (!strcmp(a, "--out")) {
-            snprintf(s->out_dir, sizeof s->out_dir, "%s", v);
-        } else if (!strcmp(a, "--device")) {
-            device = v;
-        } else if (!strcmp(a, "--print-every")) {
-            bad = cli_parse_int(v, &sp.every) || sp.every < 1;
-        } else if (!parse_score_opt(a, v, &s->score_opts, &bad)) {
-            fprintf(stderr, "%s: unknown option '%s' (see krona-studio(1))\n", me, a);
-            goto out;
-        }
-        if (bad) { fprintf(stderr, "%s: %s %s: value out of range (see krona-studio(1))\n", me, a, v); goto out; }
+    for (int i = 0; i < sets.n; i++)
+        if (preset_set(&base, sets.v[i], err, sizeof err) != 0) { cli_error(me, "%s", err); return 2; }
+    if (random_weights) {
+        const char *spec = cli_random_model(me, base.model);
+        if (!spec) return 2;
+        snprintf(base.model, sizeof base.model, "%s", spec);
     }
+    Sweep *s = malloc(sizeof *s);
+    if (!s) { cli_error(me, "out of memory"); return 1; }
+    sweep_init(s, &base);
+    s->listed = listed;
+    s->score = score;
+    s->score_base = score_base;
+    s->score_opts = so;
+    if (out_dir) snprintf(s->out_dir, sizeof s->out_dir, "%s", out_dir);
+    rc = 2;
+    for (int i = 0; i < varies.n; i++)
+        if (sweep_add_vary(s, varies.v[i], err, sizeof err) != 0) { cli_error(me, "%s", err); goto out; }
     int n = sweep_count(s, err, sizeof err);
-    if (n < 0) { fprintf(stderr, "%s: %s\n", me, err); goto out; }
+    if (n < 0) { cli_error(me, "%s", err); goto out; }
     Backend *be = backend_open(device ? device : base.device, err, sizeof err);
-    if (!be) { fprintf(stderr, "%s: %s\n", me, err); goto out; }
+    if (!be) { cli_error(me, "%s", err); goto out; }
     SweepRow *rows = calloc((size_t)n + 1, sizeof *rows);
-    if (!rows) { fprintf(stderr, "%s: out of memory\n", me); backend_destroy(be); rc = 1; goto out; }
+    if (!rows) { cli_error(me, "out of memory"); backend_destroy(be); rc = 1; goto out; }
     printf("sweep: %d variant%s of %s%s\n", n, n == 1 ? "" : "s", preset_path,
            s->listed ? " (listed)" : "");
     fflush(stdout);
@@ -149,7 +126,7 @@ static int cmd_sweep_run(int argc, char **argv) {
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     if (r < 0 && nr == 0 && !dir[0]) {
-        fprintf(stderr, "%s: %s\n", me, err);   /* nothing ran: a bad input */
+        cli_error(me, "%s", err);   /* nothing ran: a bad input */
         rc = 2;
     } else {
         if (nr > 0) {
@@ -164,7 +141,7 @@ static int cmd_sweep_run(int argc, char **argv) {
                        strcmp(rows[i].status, "ok") ? rows[i].status : "");
             }
         }
-        if (r < 0) fprintf(stderr, "%s: %s\n", me, err);
+        if (r < 0) cli_error(me, "%s", err);
         if (dir[0]) printf("outputs in %s: grid.png, results.csv, base.ini, a run folder per variant\n", dir);
         if (r == 1) printf("stopped; the rows above are in %s/results.csv\n", dir);
         rc = r == 0 ? 0 : 1;
@@ -177,132 +154,15 @@ out:
     return rc;
 }
 
-/* `score --data FILE [--model M] [--n N]`: does the base model draw what its
- * training captions ask for? (score_dataset) */
-static int score_base_on_data(const char *model, const char *data, int n, const char *device,
-                              const ScoreOpts *o, const char *grid) {
-    const char *me = "krona-studio score";
-    char err[1024];
-    PtDataset d;
-    if (pt_dataset_load(&d, data, err, sizeof err) != 0) { fprintf(stderr, "%s: %s\n", me, err); return 2; }
-    Backend *be = backend_open(device, err, sizeof err);
-    if (!be) { fprintf(stderr, "%s: %s\n", me, err); pt_dataset_free(&d); return 2; }
-    Model *m = model_open(model, be, err, sizeof err);
-    Image *tiles = calloc((size_t)n, sizeof(Image)), g = {0};
-    char (*cap)[128] = malloc(sizeof *cap * (size_t)n);
-    int *col = malloc(sizeof(int) * (size_t)n);
-    ScoreDatasetResult r;
-    int rc = 1;
-    if (!tiles || !cap || !col) { fprintf(stderr, "%s: out of memory\n", me); goto done; }
-    if (!m || score_dataset_pick(&d, n, cap[0], sizeof cap[0], col, err, sizeof err) != 0 ||
-        score_dataset(m, &d, cap[0], sizeof cap[0], col, n, o, &r, tiles, err, sizeof err) != 0) {
-        fprintf(stderr, "%s: %s\n", me, err);
-        goto done;
-    }
-    printf("base model %s on %d captions of %s (DDIM %d steps, guidance %g, seed %llu):\n", model, n,
-           data, o->steps, (double)o->guidance, (unsigned long long)o->seed);
-    printf("  right background   %d/%d (%.0f%%)\n", r.adherent, r.n, 100.0 * r.adherent / r.n);
-    printf("  fidelity to the named emoji %.3f, to another emoji (control) %.3f\n",
-           (double)r.fidelity_named, (double)r.fidelity_other);
-    printf("  named - control    %+.3f  se %.3f  (sample by sample)\n", (double)r.named_gain,
-           (double)r.named_gain_se);
-    for (int i = 0; i < n; i++)
-        printf("  %3d %-4s %s\n", i + 1, score_adherent(&tiles[i], col[i]) ? "ok" : "MISS", cap[i]);
-    printf("  per colour:");
-    for (int c = 0; c < SCORE_N_ASKED; c++)
-        if (r.per_colour_n[c]) printf(" %s %d/%d", score_palette[c].name, r.per_colour_hit[c], r.per_colour_n[c]);
-    printf("\n");
-    rc = 0;
-    if (grid) {
-        if (image_grid(tiles, n, 10, 2, &g) != 0 || image_save_png(grid, &g, err, sizeof err) != 0) {
-            fprintf(stderr, "%s: %s\n", me, err);
-            rc = 1;
-        } else {
-            printf("  samples: %s (10 per row, in the order of the captions above)\n", grid);
-        }
-    }
-done:
-    if (tiles) for (int i = 0; i < n; i++) image_free(&tiles[i]);
-    free(tiles);
-    free(cap);
-    free(col);
-    image_free(&g);
-    model_free(m);
-    backend_destroy(be);
-    pt_dataset_free(&d);
-    return rc;
-}
-
-static int cmd_score_run(int argc, char **argv) {
-    const char *me = "krona-studio score";
-    const char *run = NULL, *device = "auto", *grid = NULL, *data = NULL, *model = "tiny";
-    int which = 3; /* 1 adapter, 2 base, 3 both */
-    int n_data = 50;
-    ScoreOpts o;
-    score_opts_default(&o);
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--base")) { which = 2; continue; }
-        if (!strcmp(a, "--no-base")) { which = 1; continue; }
-        if (!v) { fprintf(stderr, "%s: %s needs a value (see krona-studio(1))\n", me, a); return 2; }
-        i++;
-        int bad = 0;
-        if (!strcmp(a, "--run")) run = v;
-        else if (!strcmp(a, "--device")) device = v;
-        else if (!strcmp(a, "--grid")) grid = v;
-        else if (!strcmp(a, "--data")) data = v;
-        else if (!strcmp(a, "--model")) model = v;
-        else if (!strcmp(a, "--n")) bad = cli_parse_int(v, &n_data) || n_data < 1 || n_data > 1000;
-        else if (!strcmp(a, "--size")) bad = cli_parse_int(v, &o.size) || o.size < 8;
-        else if (!parse_score_opt(a, v, &o, &bad)) {
-            fprintf(stderr, "%s: unknown option '%s' (see krona-studio(1))\n", me, a);
-            return 2;
-        }
-        if (bad) { fprintf(stderr, "%s: %s %s: value out of range (see krona-studio(1))\n", me, a, v); return 2; }
-    }
-    if (data) return score_base_on_data(model, data, n_data, device, &o, grid);
-    if (!run) {
-        fprintf(stderr, "%s: give --run RUN_DIR (a training run folder), or --data FILE to check "
-                "a base model on its training captions\n", me);
-        return 2;
-    }
-    char err[1024];
-    Backend *be = backend_open(device, err, sizeof err);
-    if (!be) { fprintf(stderr, "%s: %s\n", me, err); return 2; }
-    int rc = 0;
-    ScoreResult both[2];
-    for (int base = 0; base < 2 && rc == 0; base++) {
-        if (!(which & (base ? 2 : 1))) continue;
-        ScoreResult *r = &both[base];
-        char gpath[PATH_MAX];
-        if (grid) {
-            /* both: out.png for the adapter, out.base.png for the base */
-            const char *dot = strrchr(grid, '.');
-            if (base && which == 3)
-                snprintf(gpath, sizeof gpath, "%.*s.base%s", (int)(dot ? dot - grid : (long)strlen(grid)), grid,
-                         dot ? dot : ".png");
-            else
-                snprintf(gpath, sizeof gpath, "%s", grid);
-        }
-        if (score_run_dir(run, base, be, &o, r, grid ? gpath : NULL, err, sizeof err) != 0) {
-            fprintf(stderr, "%s: %s\n", me, err);
-            rc = 1;
-            break;
-        }
-        printf("%-8s fidelity %.3f  adherence %.3f  (se %.3f; %d samples: %d colours x %d, seed %llu, "
-               "%d steps)%s%s\n", base ? "base" : "adapter", r->fidelity, r->adherence, r->fidelity_se, r->n,
-               o.n_colours, o.per_colour, (unsigned long long)o.seed, o.steps, grid ? " -> " : "",
-               grid ? gpath : "");
-    }
-    float gain, se;
-    if (rc == 0 && which == 3 && score_paired_gain(&both[0], &both[1], &gain, &se) == 0)
-        printf("gain     fidelity %+.3f  se %.3f  (adapter - base, sample by sample: same prompts, "
-               "same noise)\n", gain, se);
-    backend_destroy(be);
-    return rc;
-}
-
-int cmd_sweep(int argc, char **argv) {
-    if (argc >= 1 && !strcmp(argv[0], "score")) return cmd_score_run(argc - 1, argv + 1);
-    return cmd_sweep_run(argc - 1, argv + 1);
-}
+const CliCommand cli_sweep = {
+    "sweep", run,
+    "--preset P.ini --vary key=v1,v2,... [--vary ...] [--list]\n"
+    "[--set key=value ...] [--out DIR] [--no-base] [--no-score] [--score-colours N]\n"
+    "[--score-per-colour N] [--score-steps S] [--score-seed S] [--device auto|cpu|cuda]\n"
+    "[--print-every N] [--random-weights]",
+    NULL,
+    "Train every variant of a preset and compare them: each variant is a normal training run;\n"
+    "grid.png (a row per variant and one for the base model), results.csv and results.md\n"
+    "(trainable parameters, time, losses, fidelity and adherence with their gain over the\n"
+    "base) are rewritten after every variant. A bad key or value fails before anything trains.",
+};

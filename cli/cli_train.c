@@ -1,4 +1,6 @@
-/* cli_train.c — `krona-studio train --headless` and `krona-studio sample`. */
+/* cli_train.c — `krona-studio train --headless`: a preset's run without the
+ * studio. Piped, a progress line every N steps; on a terminal, a progress bar
+ * redrawn in place with the log lines above it. */
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -7,12 +9,10 @@
 #include <string.h>
 
 #include "cli.h"
-#include "formats/image.h"
-#include "models/model.h"
 #include "formats/safetensors.h"
+#include "models/model.h"
 #include "training/run_dir.h"
 #include "training/train.h"
-
 
 static void fmt_time(double s, char *out, size_t n) {
     if (!isfinite(s) || s < 0) { snprintf(out, n, "--"); return; }
@@ -24,29 +24,55 @@ static void fmt_time(double s, char *out, size_t n) {
 typedef struct Headless {
     int every;
     int last_printed;
+    TrainState last_state;
+    CliBar bar;
 } Headless;
 
 static void on_progress(void *user, const TrainProgress *p) {
     Headless *h = user;
+    char eta[16];
+    fmt_time(p->eta_s, eta, sizeof eta);
+    if (h->bar.tty) {
+        char text[160];
+        switch (p->state) {
+        case TRAIN_RUNNING:
+            if (p->step == 0) snprintf(text, sizeof text, "starting");
+            else snprintf(text, sizeof text, "loss %.4f  %.2f it/s  ETA %s", p->loss_ema, p->it_per_s, eta);
+            break;
+        case TRAIN_SAMPLING:
+            if (p->step == 0) snprintf(text, sizeof text, "sampling");
+            else snprintf(text, sizeof text, "loss %.4f  sampling", p->loss_ema);
+            break;
+        case TRAIN_DONE:
+            snprintf(text, sizeof text, "loss %.4f  %.2f it/s  done", p->loss_ema, p->it_per_s);
+            break;
+        case TRAIN_CANCELLED: snprintf(text, sizeof text, "stopped"); break;
+        case TRAIN_FAILED: snprintf(text, sizeof text, "failed"); break;
+        default: snprintf(text, sizeof text, "paused"); break;
+        }
+        cli_bar_update(&h->bar, p->step, p->total, text, p->state != h->last_state || p->step == p->total);
+        h->last_state = p->state;
+        return;
+    }
     /* step 0 is the start (no loss yet): the first line is step 1 */
     if (p->state != TRAIN_RUNNING || p->step == 0 || p->step == h->last_printed) return;
     if (p->step % h->every != 0 && p->step != p->total && p->step != 1) return;
     h->last_printed = p->step;
-    char eta[16];
-    fmt_time(p->eta_s, eta, sizeof eta);
     printf("step %5d/%d  loss %.4f  avg %.4f  lr %.2e  %.2f it/s  ETA %s  mem %.1f MB\n", p->step,
            p->total, p->loss, p->loss_ema, p->lr, p->it_per_s, eta, p->peak_bytes / 1048576.0);
     fflush(stdout);
 }
 
 static void on_sample(void *user, int step, const Image *grid, const char *path) {
-    printf("samples at step %d -> %s\n", step, path);
-    fflush(stdout);
+    Headless *h = user;
+    char line[PATH_MAX + 64];
+    snprintf(line, sizeof line, "samples at step %d -> %s", step, path);
+    cli_bar_line(&h->bar, line);
 }
 
 static void on_log(void *user, const char *line) {
-    printf("%s\n", line);
-    fflush(stdout);
+    Headless *h = user;
+    cli_bar_line(&h->bar, line);
 }
 
 static Trainer *volatile g_trainer;
@@ -55,79 +81,91 @@ static void on_sigint(int sig) {
     if (g_trainer) trainer_cancel(g_trainer);
 }
 
-int cmd_train(int argc, char **argv) {
-    Preset p;
-    preset_defaults(&p);
-    char err[1024];
-    const char *resume = NULL, *device = NULL, *preset_path = NULL, *export_dtype = NULL;
-    int headless = 0, every = 0;
-    /* the preset is read first so --set overrides it whatever the order */
-    for (int i = 0; i < argc; i++)
-        if (!strcmp(argv[i], "--preset") && i + 1 < argc) preset_path = argv[i + 1];
-    if (preset_path && preset_load(&p, preset_path, err, sizeof err) != 0) {
-        fprintf(stderr, "krona-studio train: %s\n", err);
-        return 2;
-    }
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--headless")) { headless = 1; continue; }
-        if (!v) { fprintf(stderr, "krona-studio train: %s needs a value (see --help)\n", a); return 2; }
-        i++;
-        if (!strcmp(a, "--preset")) continue;
-        if (!strcmp(a, "--resume")) resume = v;
-        else if (!strcmp(a, "--device")) device = v;
-        else if (!strcmp(a, "--export-dtype")) {
-            if (st_float_dtype_parse(v) < 0) {
-                fprintf(stderr, "krona-studio train: --export-dtype %s: use f32, f16 or bf16\n", v);
-                return 2;
-            }
-            export_dtype = v;
-        } else if (!strcmp(a, "--print-every")) {
-            if (cli_parse_int(v, &every) != 0 || every < 1) {
-                fprintf(stderr, "krona-studio train: --print-every %s: need a positive integer\n", v);
-                return 2;
-            }
-        } else if (!strcmp(a, "--set")) {
-            if (preset_set(&p, v, err, sizeof err) != 0) {
-                fprintf(stderr, "krona-studio train: --set %s\n", err);
-                return 2;
-            }
-        } else {
-            fprintf(stderr, "krona-studio train: unknown option '%s' (see --help)\n", a);
-            return 2;
-        }
-    }
+static int run(int argc, char **argv) {
+    const CliCommand *me = &cli_train;
+    const char *resume = NULL, *device = NULL, *preset_path = NULL;
+    const char *export_as = NULL;
+    int headless = 0, every = 0, random_weights = 0;
+    CliList sets = {0};
+    CliOpt opts[] = {
+        cli_str("--preset", &preset_path, "P.ini", "the preset to train (presets/default.ini: the demo)"),
+        cli_flag("--headless", &headless, 1, "train here, printing progress (without it: the studio)"),
+        cli_list("--set", &sets, "KEY=VALUE", "override a preset key (section.key=value too); repeats"),
+        cli_str("--resume", &resume, "RUN_DIR", "continue that run from its checkpoint"),
+        cli_str("--device", &device, "auto|cpu|cuda", "the backend (default: the preset's device)"),
+        cli_int("--print-every", &every, "N", 1, INT_MAX,
+                "piped output: a progress line every N steps (default iterations/20)"),
+        cli_flag("--random-weights", &random_weights, 1,
+                 "the built-in model with random weights instead of its shipped ones"),
+        cli_str("--export-dtype", &export_as, "f32|f16|bf16",
+                   "the adapter file's tensors (default: the preset's export_dtype); with --resume of "
+                   "a finished run: re-export without training"),
+        {0},
+    };
+    int rc = cli_parse(me, opts, argc, argv);
+    if (rc != CLI_GO) return rc;
     if (!headless) {
-        fprintf(stderr, "krona-studio train: the terminal studio is not in this build yet; add --headless\n");
+        cli_error(me, "the terminal studio takes only --preset P.ini; add --headless to train here");
         return 2;
     }
     if (!preset_path && !resume) {
-        fprintf(stderr, "krona-studio train: give --preset P.ini (or --resume RUN_DIR)\n");
+        cli_error(me, "give --preset P.ini (or --resume RUN_DIR)");
         return 2;
     }
+    if (export_as && st_float_dtype_parse(export_as) < 0) {
+        cli_error(me, "--export-dtype %s: use f32, f16 or bf16", export_as);
+        return 2;
+    }
+    if (resume && (preset_path || sets.n || random_weights)) {
+        cli_error(me, "--resume continues with the run's own preset.ini (its model too); drop --preset, --set "
+                  "and --random-weights");
+        return 2;
+    }
+    Preset p;
+    preset_defaults(&p);
+    char err[1024], found[PATH_MAX];
+    if (preset_path) {
+        model_find_input(preset_path, found, sizeof found); /* presets/default.ini from anywhere */
+        if (preset_load(&p, found, err, sizeof err) != 0) {
+            cli_error(me, "%s", err);
+            return 2;
+        }
+    }
+    for (int i = 0; i < sets.n; i++)
+        if (preset_set(&p, sets.v[i], err, sizeof err) != 0) {
+            cli_error(me, "%s", err); /* it names the --set */
+            return 2;
+        }
+    if (random_weights) {
+        const char *spec = cli_random_model(me, p.model);
+        if (!spec) return 2;
+        snprintf(p.model, sizeof p.model, "%s", spec);
+    }
     /* a new run records it in its preset.ini; a resumed one exports with it */
-    if (export_dtype) snprintf(p.export_dtype, sizeof p.export_dtype, "%s", export_dtype);
+    if (export_as) snprintf(p.export_dtype, sizeof p.export_dtype, "%s", export_as);
     Backend *be = backend_open(device ? device : p.device, err, sizeof err);
-    if (!be) { fprintf(stderr, "krona-studio train: %s\n", err); return 2; }
+    if (!be) { cli_error(me, "%s", err); return 2; }
     char skipped[sizeof err]; /* device = auto: why a faster backend was not used */
     snprintf(skipped, sizeof skipped, "%s", err);
 
-    Headless h = {every > 0 ? every : (p.iterations >= 20 ? p.iterations / 20 : 1), -1};
+    Headless h = {every > 0 ? every : (p.iterations >= 20 ? p.iterations / 20 : 1), -1, TRAIN_IDLE, {0}};
+    cli_bar_init(&h.bar);
     TrainCallbacks cb = {&h, on_progress, on_sample, on_log, NULL};
     Trainer *t = trainer_create(resume ? NULL : &p, resume, be, &cb, err, sizeof err);
     if (!t) {
-        fprintf(stderr, "krona-studio train: %s\n", err);
+        cli_error(me, "%s", err);
         backend_destroy(be);
         return 2;
     }
-    if (export_dtype && trainer_set_export_dtype(t, export_dtype, err, sizeof err) != 0) {
-        fprintf(stderr, "krona-studio train: %s\n", err);
+    if (export_as && trainer_set_export_dtype(t, export_as, err, sizeof err) != 0) {
+        cli_error(me, "%s", err);
         trainer_free(t);
         backend_destroy(be);
         return 2;
     }
     TrainProgress p0 = trainer_progress(t);
     Model *m = trainer_model(t);
+    if (preset_path) printf("preset %s\n", found);
     printf("model %s (%s) on %s\n", m->spec, m->note, be->device_name(be));
     if (skipped[0]) printf("device auto: skipped %s\n", skipped);
     printf("run folder %s\n", trainer_run_dir(t));
@@ -141,10 +179,11 @@ int cmd_train(int argc, char **argv) {
     sa.sa_handler = on_sigint;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    int rc = trainer_run(t);
+    rc = trainer_run(t);
     g_trainer = NULL;
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    cli_bar_end(&h.bar);
 
     TrainProgress fin = trainer_progress(t);
     char el[16];
@@ -161,103 +200,22 @@ int cmd_train(int argc, char **argv) {
         printf("stopped at step %d; resume with: krona-studio train --headless --resume %s\n", fin.step,
                trainer_run_dir(t));
     } else {
-        fprintf(stderr, "krona-studio train: %s\n", trainer_error(t));
+        cli_error(me, "%s", trainer_error(t));
     }
     trainer_free(t);
     backend_destroy(be);
     return rc == 0 ? 0 : 1;
 }
 
-int cmd_sample(int argc, char **argv) {
-    const char *model = "tiny", *adapter = NULL, *prompt = NULL, *out = "sample.png", *device = "auto";
-    const char *neg = "", *tokenizer = NULL;
-    int n = 1, steps = 25, size = 0;
-    float guidance = 5.0f;
-    int seed = 1;
-    SamplerKind kind = SAMPLER_DDIM;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v) { fprintf(stderr, "krona-studio sample: %s needs a value (see --help)\n", a); return 2; }
-        i++;
-        int bad = 0;
-        if (!strcmp(a, "--model")) model = v;
-        else if (!strcmp(a, "--adapter")) adapter = v;
-        else if (!strcmp(a, "--prompt")) prompt = v;
-        else if (!strcmp(a, "--negative")) neg = v;
-        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = v;
-        else if (!strcmp(a, "--device")) device = v;
-        else if (!strcmp(a, "--tokenizer")) tokenizer = v;
-        else if (!strcmp(a, "--n")) bad = cli_parse_int(v, &n) || n < 1 || n > 64;
-        else if (!strcmp(a, "--steps")) bad = cli_parse_int(v, &steps) || steps < 1 || steps > 999;
-        else if (!strcmp(a, "--size")) bad = cli_parse_int(v, &size) || size < 8;
-        else if (!strcmp(a, "--seed")) bad = cli_parse_int(v, &seed);
-        else if (!strcmp(a, "--guidance")) bad = cli_parse_float(v, &guidance) || !(guidance >= 0 && guidance <= 50);
-        else if (!strcmp(a, "--sampler")) {
-            if (!strcmp(v, "ddim")) kind = SAMPLER_DDIM;
-            else if (!strcmp(v, "euler")) kind = SAMPLER_EULER;
-            else bad = 1;
-        } else {
-            fprintf(stderr, "krona-studio sample: unknown option '%s' (see --help)\n", a);
-            return 2;
-        }
-        if (bad) { fprintf(stderr, "krona-studio sample: %s %s: value out of range (see --help)\n", a, v); return 2; }
-    }
-    if (!prompt) { fprintf(stderr, "krona-studio sample: give --prompt TEXT\n"); return 2; }
-    char err[1024];
-    Backend *be = backend_open(device, err, sizeof err);
-    if (!be) { fprintf(stderr, "krona-studio sample: %s\n", err); return 2; }
-    int rc = 2;
-    float *cc = NULL, *cu = NULL, *pix = NULL;
-    Image *tiles = NULL, grid = {0};
-    Model *m = model_open_with(model, tokenizer, be, err, sizeof err);
-    if (!m) goto fail;
-    if (adapter && model_load_adapter(m, adapter, err, sizeof err) != 0) goto fail;
-    if (size == 0) size = m->ucfg.sample_size * m->pixel_scale;
-    int cell = model_cell(m);
-    if (size % cell) {
-        snprintf(err, sizeof err, "--size %d: must be a multiple of %d for this model", size, cell);
-        goto fail;
-    }
-    size_t cb = sizeof(float) * (size_t)m->cond_floats;
-    cc = be->alloc(be, cb * (size_t)n);
-    cu = be->alloc(be, cb * (size_t)n);
-    int64_t per = (int64_t)m->image_channels * size * size;
-    pix = malloc(sizeof(float) * (size_t)(per * n));
-    tiles = calloc((size_t)n, sizeof(Image));
-    if (!cc || !cu || !pix || !tiles) { snprintf(err, sizeof err, "out of memory"); goto fail; }
-    if (model_encode_prompt(m, prompt, size, cc, err, sizeof err) != 0) goto fail;
-    if (model_encode_prompt(m, neg, size, cu, err, sizeof err) != 0) goto fail;
-    for (int i = 1; i < n; i++) {
-        be->copy(be, (char *)cc + cb * i, cc, cb);
-        be->copy(be, (char *)cu + cb * i, cu, cb);
-    }
-    SamplerOpts so = {0};
-    so.kind = kind;
-    so.steps = steps;
-    so.guidance = guidance;
-    so.seed = (uint64_t)seed;
-    rc = 1;
-    if (model_generate(m, cc, cu, n, size, &so, (uint64_t)seed, NULL, pix, err, sizeof err) != 0) goto fail;
-    for (int i = 0; i < n; i++) image_from_chw(pix + per * i, m->image_channels, size, size, &tiles[i]);
-    if (n == 1) {
-        if (image_save_png(out, &tiles[0], err, sizeof err) != 0) goto fail;
-    } else {
-        int cols = n <= 4 ? n : 4;
-        if (image_grid(tiles, n, cols, 2, &grid) != 0 || image_save_png(out, &grid, err, sizeof err) != 0)
-            goto fail;
-    }
-    printf("wrote %s (%d sample%s, %dpx, %s)\n", out, n, n > 1 ? "s" : "", size, m->note);
-    rc = 0;
-fail:
-    if (rc != 0) fprintf(stderr, "krona-studio sample: %s\n", err);
-    if (tiles)
-        for (int i = 0; i < n; i++) image_free(&tiles[i]);
-    free(tiles);
-    image_free(&grid);
-    free(pix);
-    be->free(be, cc);
-    be->free(be, cu);
-    model_free(m);
-    backend_destroy(be);
-    return rc;
-}
+const CliCommand cli_train = {
+    "train", run,
+    "--preset P.ini --headless [--set key=value ...] [--device auto|cpu|cuda]\n"
+    "[--print-every N] [--random-weights] [--export-dtype f32|f16|bf16]",
+    "--headless --resume RUN_DIR [--device auto|cpu|cuda] [--print-every N] [--export-dtype f32|f16|bf16]",
+    "Train an adapter as the preset says and write a run folder (preset.ini, loss.csv,\n"
+    "samples/, checkpoint.safetensors, adapter.safetensors). On a terminal a progress bar\n"
+    "shows step, smoothed loss, speed and ETA; piped, a line every N steps. Ctrl-C stops\n"
+    "after the current step with a checkpoint that --resume continues. A relative --preset\n"
+    "that is not in the current folder is looked for among the shipped files\n"
+    "(presets/default.ini works from anywhere once installed).",
+};

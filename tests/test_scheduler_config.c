@@ -128,7 +128,7 @@ static void test_tiny_model_reads_config(void **state) {
     assert_int_equal(fs_mkdir_p(dir, err, sizeof err), 0);
     Backend *be = backend_cpu_create();
     setenv("KRONA_HOME", "/nonexistent-krona-home", 1);
-    Model *m = model_open("tiny", be, err, sizeof err); /* weights from the repo, or random */
+    Model *m = model_open("tiny", be, err, sizeof err); /* the shipped weights, from the current folder */
     assert_non_null(m);
     snprintf(path, sizeof path, "%s/unet.safetensors", dir);
     assert_int_equal(unet_save_safetensors(m->unet, path, err, sizeof err), 0);

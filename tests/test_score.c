@@ -279,8 +279,8 @@ static void test_opts_and_subjects(void **state) {
     assert_non_null(strstr(err, "no-such-file"));
 }
 
-/* the sampling path: the tiny model (random weights when models/tiny is
- * missing), 2 colours x 2 seeds, a few steps; deterministic, in range */
+/* the sampling path: the tiny model (its shipped weights, from the source tree),
+ * 2 colours x 2 seeds, a few steps; deterministic, in range */
 /* The paired gain against a hand computation: differences 0.1, 0.2, 0.3 ->
  * mean 0.2, sd 0.1, se 0.1 / sqrt(3); mismatched or too few samples refuse. */
 static void test_paired_gain(void **state) {

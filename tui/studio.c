@@ -6,6 +6,7 @@
 #include <curses.h>
 #include <errno.h>
 #include <langinfo.h>
+#include <limits.h>
 #include <locale.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -599,7 +600,10 @@ int studio_main(int argc, char **argv) {
     char path[1024];
     if (!preset) {
         if (model_find_data("presets/default.ini", path, sizeof path) != 0) {
-            fprintf(stderr, "krona-studio: presets/default.ini not found (set KRONA_HOME to the install folder)\n");
+            char where[4 * PATH_MAX];
+            model_data_where(where, sizeof where);
+            fprintf(stderr, "krona-studio: presets/default.ini is in none of: %s; reinstall (make install), set "
+                    "KRONA_HOME to the folder holding presets/, or give --preset P.ini\n", where);
             free(s);
             return 2;
         }

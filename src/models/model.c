@@ -14,24 +14,60 @@
 #include "models/convert.h"
 #include "models/scheduler_config.h"
 
-#ifndef KRONA_PREFIX
-#define KRONA_PREFIX "/usr/local"
-#endif
+/* ---- shipped files ---- */
+
+#define DATA_DIRS 4
+
+/* the folders shipped files are looked for in, in order (model.h): their count */
+static int data_dirs(char dirs[DATA_DIRS][PATH_MAX]) {
+    int n = 0;
+    const char *home = getenv("KRONA_HOME");
+    if (home && home[0]) snprintf(dirs[n++], PATH_MAX, "%s", home);
+    char exe[PATH_MAX];
+    if (fs_exe_dir(exe, sizeof exe) == 0) {
+        snprintf(dirs[n++], PATH_MAX, "%s", exe);
+        char *slash = strrchr(exe, '/'); /* PREFIX/bin -> PREFIX/share/krona-studio */
+        if (slash) {
+            *slash = 0;
+            snprintf(dirs[n++], PATH_MAX, "%s/share/krona-studio", exe);
+        }
+    }
+    if (getcwd(dirs[n], PATH_MAX)) n++;
+    return n;
+}
 
 int model_find_data(const char *rel, char *out, size_t outlen) {
-    char exe[PATH_MAX];
-    int have_exe = fs_exe_dir(exe, sizeof exe) == 0;
-    const char *home = getenv("KRONA_HOME");
-    const char *roots[] = {home, ".", have_exe ? exe : NULL, KRONA_PREFIX "/share/krona-studio"};
-    for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++) {
-        if (!roots[i] || !roots[i][0]) continue;
-        snprintf(out, outlen, "%s/%s", roots[i], rel);
+    char dirs[DATA_DIRS][PATH_MAX];
+    int n = data_dirs(dirs);
+    for (int i = 0; i < n; i++) {
+        snprintf(out, outlen, "%s/%s", dirs[i], rel);
         if (fs_exists(out)) return 0;
     }
     return -1;
 }
 
-static int open_tiny(Model *m, char *err, size_t errlen) {
+void model_data_where(char *out, size_t n) {
+    char dirs[DATA_DIRS][PATH_MAX];
+    int nd = data_dirs(dirs);
+    const char *home = getenv("KRONA_HOME");
+    size_t len = 0;
+    out[0] = 0;
+    if (!home || !home[0]) len += (size_t)snprintf(out, n, "$KRONA_HOME (not set)");
+    for (int i = 0; i < nd && len < n; i++)
+        len += (size_t)snprintf(out + len, n - len, "%s%s", len ? ", " : "", dirs[i]);
+}
+
+int model_find_input(const char *path, char *out, size_t outlen) {
+    snprintf(out, outlen, "%s", path);
+    if (fs_exists(path)) return 0;
+    if (path[0] != '/' && model_find_data(path, out, outlen) == 0) return 0;
+    snprintf(out, outlen, "%s", path);
+    return -1;
+}
+
+/* The built-in model: its weights from the shipped files (model_find_data),
+ * or, for MODEL_TINY_RANDOM only, random ones. */
+static int open_tiny(Model *m, int random_weights, char *err, size_t errlen) {
     TextConfig tc;
     if (unet_config_builtin("tiny", &m->ucfg) != 0 ||
         te_config_builtin(&tc, "tiny-text", err, errlen) != 0) {
@@ -44,28 +80,33 @@ static int open_tiny(Model *m, char *err, size_t errlen) {
     if (!m->te) return -1;
     m->tok = tok_create_bytes();
     m->context_len = tc.max_position_embeddings;
-    char upath[PATH_MAX], tpath[PATH_MAX];
-    if (model_find_data("models/tiny/unet.safetensors", upath, sizeof upath) == 0 &&
-        model_find_data("models/tiny/text_encoder.safetensors", tpath, sizeof tpath) == 0) {
-        if (unet_load_safetensors(m->unet, upath, err, errlen) != 0) return -1;
-        if (te_load_safetensors(m->te, tpath, "", err, errlen) != 0) return -1;
-        /* the schedule the weights were trained with (pretrain writes it) */
-        char spath[PATH_MAX + 32];
-        snprintf(spath, sizeof spath, "%s", upath);
-        char *slash = strrchr(spath, '/');
-        snprintf(slash ? slash + 1 : spath, sizeof spath - (size_t)(slash ? slash + 1 - spath : 0),
-                 "scheduler_config.json");
-        if (fs_exists(spath) && schedule_from_json(spath, &m->sched, err, errlen) != 0) return -1;
-        m->pretrained = 1;
-        snprintf(m->note, sizeof m->note, "pretrained weights from %s", upath);
-    } else {
-        /* Without the shipped weights the engine still works end to end on a
-         * randomly initialised model: useful for tests and benchmarks. */
+    if (random_weights) {
+        /* the engine end to end without the weight files: tests, benchmarks */
         unet_init_random(m->unet, 1);
         te_init_random(m->te, 2);
-        snprintf(m->note, sizeof m->note,
-                 "random weights (models/tiny/unet.safetensors not found)");
+        snprintf(m->note, sizeof m->note, "random weights, as asked (%s)", MODEL_TINY_RANDOM);
+        return 0;
     }
+    /* the first folder with the UNet's weights; the rest of the model beside them */
+    char upath[PATH_MAX], dir[PATH_MAX], tpath[PATH_MAX + 32], spath[PATH_MAX + 32];
+    if (model_find_data("models/tiny/unet.safetensors", upath, sizeof upath) != 0) {
+        char where[4 * PATH_MAX];
+        model_data_where(where, sizeof where);
+        snprintf(err, errlen, "the built-in model's models/tiny/unet.safetensors is in none of: %s; reinstall "
+                 "(make install) or set KRONA_HOME to the folder holding models/ (random weights: "
+                 "--random-weights, or model = %s)", where, MODEL_TINY_RANDOM);
+        return -1;
+    }
+    snprintf(dir, sizeof dir, "%s", upath);
+    *strrchr(dir, '/') = 0;
+    snprintf(tpath, sizeof tpath, "%s/text_encoder.safetensors", dir);
+    snprintf(spath, sizeof spath, "%s/scheduler_config.json", dir);
+    if (unet_load_safetensors(m->unet, upath, err, errlen) != 0) return -1;
+    if (te_load_safetensors(m->te, tpath, "", err, errlen) != 0) return -1;
+    /* the schedule the weights were trained with (pretrain writes it) */
+    if (fs_exists(spath) && schedule_from_json(spath, &m->sched, err, errlen) != 0) return -1;
+    m->pretrained = 1;
+    snprintf(m->note, sizeof m->note, "pretrained weights from %s", upath);
     return 0;
 }
 
@@ -218,6 +259,7 @@ Model *model_open(const char *spec, Backend *be, char *err, size_t errlen) {
 }
 
 int model_unet_config(const char *spec, UNetConfig *cfg, char *err, size_t errlen) {
+    if (strcmp(spec, MODEL_TINY_RANDOM) == 0) spec = "tiny";
     if (!checkpoint_is_file(spec)) return unet_config_resolve(spec, cfg, err, errlen);
     CheckpointInfo ci;
     if (checkpoint_inspect(spec, &ci, err, errlen) != 0) return -1;
@@ -268,8 +310,8 @@ Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, cha
     m->be = be;
     schedule_sd_default(&m->sched); /* a model's scheduler config may replace it */
     int rc;
-    if (strcmp(spec, "tiny") == 0) {
-        rc = open_tiny(m, err, errlen);
+    if (strcmp(spec, "tiny") == 0 || strcmp(spec, MODEL_TINY_RANDOM) == 0) {
+        rc = open_tiny(m, strcmp(spec, MODEL_TINY_RANDOM) == 0, err, errlen);
     } else if (strcmp(spec, "sd15") == 0 || strcmp(spec, "sdxl") == 0) {
         snprintf(err, errlen,
                  "model = %s names an architecture, not weights: set model to a diffusers "

@@ -1,8 +1,10 @@
 /* model.h — everything a text-to-image model needs, opened by one name:
  * the UNet, its text encoder(s) + tokenizer(s), the VAE of a latent model, and
  * the noise schedule.
- *   "tiny"            the built-in pixel-space model (models/tiny/ weights;
- *                     random init when the weights are absent — said in `note`)
+ *   "tiny"            the built-in pixel-space model (models/tiny/ weights, found
+ *                     as model_find_data says; missing weights are an error)
+ *   "tiny-random"     its architecture with random weights (MODEL_TINY_RANDOM:
+ *                     only when asked for, never as a fallback)
  *   DIR               a diffusers folder: unet/, text_encoder/, tokenizer/, and
  *                     vae/, text_encoder_2/, tokenizer_2/, scheduler/ when there
  *   FILE.safetensors  a single-file SD 1.5 or SDXL base checkpoint (original
@@ -10,6 +12,8 @@
  * CLIP's vocabulary: see tok_find_clip. */
 #ifndef KRONA_MODEL_H
 #define KRONA_MODEL_H
+
+#define MODEL_TINY_RANDOM "tiny-random"
 
 #include <stdatomic.h>
 
@@ -49,10 +53,21 @@ typedef struct Model {
     char note[256];    /* where the weights came from */
 } Model;
 
-/* Locate a file shipped with krona-studio (models/, presets/): tries
- * $KRONA_HOME, the current directory, the executable's folder and the
- * install prefix. Writes the found path to out; 0 found, -1 not. */
+/* Files shipped with krona-studio (models/tiny, models/demo, presets/) are
+ * looked for, rel to each, in:
+ *   $KRONA_HOME, when set;
+ *   the executable's folder (a binary built in the source tree);
+ *   PREFIX/share/krona-studio for an executable in PREFIX/bin (make install);
+ *   the current directory.
+ * model_find_data: the first that has rel into out, 0; -1 when none has it. */
 int model_find_data(const char *rel, char *out, size_t outlen);
+/* Those folders as a list for a message: "$KRONA_HOME (not set), /opt/x/bin, ..." */
+void model_data_where(char *out, size_t n);
+/* A file a preset or the command line names: path itself when it exists;
+ * else, for a relative path, the same path among the shipped files (the
+ * shipped presets name the demo images as models/demo/...). out gets the
+ * path to use (path itself when nothing has it): 0, or -1 when not found. */
+int model_find_input(const char *path, char *out, size_t outlen);
 
 Model *model_open(const char *spec, Backend *be, char *err, size_t errlen);
 /* The UNet architecture spec names, without loading weights: a built-in, a

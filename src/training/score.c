@@ -234,7 +234,9 @@ int score_load_subjects(const char (*paths)[PRESET_PATH_MAX], int n, ScoreSubjec
     }
     for (int i = 0; i < n; i++) {
         Image im = {0};
-        if (image_load(paths[i], &im, err, errlen) != 0) return -1;
+        char path[PATH_MAX];
+        model_find_input(paths[i], path, sizeof path); /* a shipped demo image from anywhere */
+        if (image_load(path, &im, err, errlen) != 0) return -1;
         int rc = score_subject(&im, &out[i]);
         image_free(&im);
         if (rc != 0) { snprintf(err, errlen, "%s: out of memory describing it", paths[i]); return -1; }

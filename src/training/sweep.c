@@ -262,6 +262,7 @@ int sweep_variant(const Sweep *s, int i, Preset *p, char *name, size_t namelen, 
         }
         used += (size_t)w;
     }
+    train_find_images(p); /* as the trainer will */
     return 0;
 }
 

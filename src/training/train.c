@@ -809,6 +809,14 @@ static int setup_buckets(Trainer *t, int cell) {
     return 0;
 }
 
+void train_find_images(Preset *p) {
+    for (int i = 0; i < p->n_images; i++) {
+        char path[PATH_MAX];
+        if (model_find_input(p->images[i], path, sizeof path) == 0 && strlen(path) < sizeof p->images[i])
+            snprintf(p->images[i], sizeof p->images[i], "%s", path);
+    }
+}
+
 static int make_run_dir(Trainer *t) {
     return run_dir_create(&t->p, t->run_dir, sizeof t->run_dir, t->err, sizeof t->err);
 }
@@ -826,6 +834,7 @@ static int setup(Trainer *t, const char *resume_dir) {
         }
     }
     if (preset_validate(p, t->err, sizeof t->err) != 0) return -1;
+    train_find_images(p);
     if (p->n_images < 1) {
         snprintf(t->err, sizeof t->err, "no training images: add `image = path` lines to [data]");
         return -1;

@@ -66,6 +66,13 @@ int train_check_sizes(const Preset *p, int cell, char *err, size_t errlen);
 /* The bucket sides' multiple: bucket_step, or 0 -> cell. */
 int train_bucket_step(const Preset *p, int cell);
 
+/* Each of the preset's images that is not where it says (a relative path,
+ * from the current directory) but is among the shipped files: its path there
+ * (model_find_input). The shipped presets name the demo images as
+ * models/demo/..., found so from an installed binary in any folder. An image
+ * found nowhere stays as it is (loading it names it). */
+void train_find_images(Preset *p);
+
 typedef struct Trainer Trainer;
 
 /* Opens the model, loads and checks the images, encodes the prompts, attaches

@@ -16,6 +16,54 @@ num() { sed -n "s/^$1: *\([0-9,]*\).*/\1/p" | tr -d ,; }
 # --- help and usage errors
 $bin --help | grep -q "usage: krona-studio" && ok "--help" || bad "--help"
 $bin frobnicate >/dev/null 2>"$tmp/e"; [ $? -eq 2 ] && grep -q "unknown command" "$tmp/e" && ok "unknown command" || bad "unknown command"
+$bin trian >/dev/null 2>"$tmp/e"; [ $? -eq 2 ] && grep -q "unknown command 'trian' (did you mean train?)" "$tmp/e" && ok "unknown command: did you mean" || bad "trian: $(cat "$tmp/e")"
+# one line on stderr, exit 2, and no prefix said twice ("--set --set", "train: krona-studio train:")
+one_line_2() { # rc pattern
+  [ "$1" -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && grep -q -- "$2" "$tmp/e" &&
+    ! grep -Eq -- '^krona-studio [a-z]*: (krona-studio|(--set ){2}|([^:]+): \3:)' "$tmp/e"
+}
+f0=$fail
+group() { [ $fail -eq $f0 ] && ok "$1"; f0=$fail; } # ok for a group of checks that failed nowhere
+# every command takes --help / -h: its own usage on stdout, exit 0
+for c in train sample info merge sweep score pretrain; do
+  for h in --help -h; do
+    $bin $c $h >"$tmp/o" 2>"$tmp/e"; rc=$?
+    [ $rc -eq 0 ] && [ ! -s "$tmp/e" ] && grep -q "^usage: krona-studio $c " "$tmp/o" && grep -q -- "--help" "$tmp/o" ||
+      bad "$c $h (rc $rc): $(head -2 "$tmp/o" "$tmp/e")"
+  done
+  # an unknown flag: one line saying so, and the closest option for a near miss
+  $bin $c --frobnicate >/dev/null 2>"$tmp/e"
+  one_line_2 $? "unknown option '--frobnicate'" && ! grep -q "did you mean" "$tmp/e" || bad "$c --frobnicate: $(cat "$tmp/e")"
+done
+group "--help and -h of every command: usage on stdout, exit 0; --frobnicate: one line, exit 2"
+for near in "train --headles:--headless" "sample --stpes 3:--steps" "info --modles attn:--modules" "merge --adaptr x:--adapter" \
+            "sweep --preest x:--preset" "score --gird x.png:--grid" "pretrain --bacth 4:--batch" "sample -O x.png:-o" \
+            "score --score-colors 2:--score-colours" "--grafics none:--graphics"; do
+  args=${near%%:*} want=${near##*:}
+  $bin $args >/dev/null 2>"$tmp/e"
+  one_line_2 $? "unknown option .*(did you mean $want?)" || bad "near miss $args: $(cat "$tmp/e")"
+done
+group "near misses: 'did you mean' the right option"
+for miss in "sample --prompt" "sample --steps:an integer from 1 to 999" "train --preset" "info --a1:an integer >= 1" \
+            "sample --sampler:ddim|euler" "sample --prompt --model tiny"; do
+  args=${miss%%:*} want=${miss#*:}
+  [ "$want" = "$miss" ] && want=""
+  $bin $args >/dev/null 2>"$tmp/e"
+  one_line_2 $? "needs a value.*$want" || bad "missing value $args: $(cat "$tmp/e")"
+done
+group "a flag without its value says so (and what it takes)"
+$bin sample --steps 0 --prompt x >/dev/null 2>"$tmp/e"; one_line_2 $? "\-\-steps 0: use an integer from 1 to 999" || bad "--steps 0: $(cat "$tmp/e")"
+$bin sample --steps=abc --prompt x >/dev/null 2>"$tmp/e"; one_line_2 $? "\-\-steps abc: use an integer" || bad "--steps=abc: $(cat "$tmp/e")"
+$bin info --all=1 >/dev/null 2>"$tmp/e"; one_line_2 $? "\-\-all takes no value" || bad "--all=1: $(cat "$tmp/e")"
+$bin sample "a dog" >/dev/null 2>"$tmp/e"; one_line_2 $? "unexpected argument 'a dog'" || bad "positional: $(cat "$tmp/e")"
+$bin pretrain --ema 1 >/dev/null 2>"$tmp/e"; one_line_2 $? "\-\-ema 1: use a number in \[0, 1)" || bad "--ema 1: $(cat "$tmp/e")"
+$bin train --preset presets/default.ini --headless --set lr=5 >/dev/null 2>"$tmp/e"
+one_line_2 $? "^krona-studio train: --set lr=5: out of range" || bad "--set lr=5: $(cat "$tmp/e")"
+$bin sweep --preset presets/default.ini --set lr=5 --vary a1=2,4 >/dev/null 2>"$tmp/e"
+one_line_2 $? "^krona-studio sweep: --set lr=5: out of range" || bad "sweep --set lr=5: $(cat "$tmp/e")"
+$bin train --headless --resume "$tmp/x" --set lr=1e-3 >/dev/null 2>"$tmp/e"
+one_line_2 $? "drop --preset, --set" || bad "--resume with --set: $(cat "$tmp/e")"
+group "bad values: one line naming the flag and what it takes, no doubled prefix"
 
 # --- info: totals against the closed form a1*a2 + (d_out/a1)(d_in/a2), summed by hand from
 # the published architectures (transformer blocks per width, cross-attention width)
@@ -130,6 +178,43 @@ else
   cmp -s "$tmp/runs/full/adapter.safetensors" "$tmp/runs/killed/adapter.safetensors" &&
     ok "killed at step $(sed -n 's/.*resumed .* at step \([0-9]*\).*/\1/p' "$tmp/resume.log") and resumed: same adapter bytes" ||
     bad "resumed adapter differs"
+fi
+
+# --- train --headless on a terminal: one progress bar redrawn in place, as wide as the terminal,
+# log lines above it, the summary below; piped (everything above), plain lines without escapes
+grep -q "$(printf '\r\|\033')" "$tmp/full.log" && bad "piped train output holds \\r or escapes" || ok "piped train: plain lines"
+if command -v tmux >/dev/null; then
+  TM() { tmux -L "krona-cli-$$" "$@"; }
+  bar_run() { # cols iterations: run train in a tmux pane; watch the screen until it exits
+    printf '%s\n' "$bin train --headless --preset presets/default.ini --set resolution=16 --set iterations=$2 \
+      --set sample_every=$(($2 / 2)) --set sample_steps=2 --set checkpoint_every=0 --set output_dir=$tmp/runs \
+      --set run_name=bar$1 --set device=cpu; echo exit=\$?; sleep 60" >"$tmp/bar.sh"
+    TM new-session -d -s s -x "$1" -y 30 "sh $tmp/bar.sh"
+    most=0 steps="" i=0
+    while [ $i -lt 600 ]; do
+      TM capture-pane -p -t s >"$tmp/screen" 2>/dev/null
+      n=$(grep -c "^step *[0-9]*/$2" "$tmp/screen")
+      [ "$n" -gt "$most" ] && most=$n
+      st=$(sed -n "s|^step *\([0-9]*\)/$2.*|\1|p" "$tmp/screen")
+      case " $steps " in *" $st "*) ;; *) steps="$steps $st" ;; esac
+      grep -q "^exit=" "$tmp/screen" && break
+      sleep 0.05; i=$((i + 1))
+    done
+    TM capture-pane -p -J -t s >"$tmp/screen"   # -J: a wrapped line comes back whole
+    TM kill-server
+  }
+  bar_run 72 40
+  barl=$(grep -n "^step 40/40 \[=*\] loss [0-9.]*  [0-9.]* it/s  done$" "$tmp/screen" | cut -d: -f1)
+  saml=$(grep -n "^samples at step 20 -> .*step_000020.png$" "$tmp/screen" | cut -d: -f1)
+  donel=$(grep -n "^done: 40 steps" "$tmp/screen" | cut -d: -f1)
+  [ "$most" -eq 1 ] && [ "$(echo $steps | wc -w)" -ge 3 ] && [ -n "$barl" ] && [ -n "$saml" ] && [ -n "$donel" ] &&
+    [ "$saml" -lt "$barl" ] && [ "$donel" -eq $((barl + 1)) ] && grep -q "^exit=0" "$tmp/screen" &&
+    [ "$(grep "^step 40/40" "$tmp/screen" | wc -L)" -le 71 ] &&
+    ok "tty: one bar redrawn in place (steps seen:$steps), log lines above, summary below" ||
+    bad "tty progress bar (bars at once $most, steps seen:$steps, lines $saml/$barl/$donel): $(cat "$tmp/screen")"
+  bar_run 36 10
+  [ "$most" -eq 1 ] && grep -q "^step 10/10  loss" "$tmp/screen" && [ "$(grep "^step 10/10" "$tmp/screen" | wc -L)" -le 35 ] &&
+    grep -q "^exit=0" "$tmp/screen" && ok "tty, 36 columns: no bar, the line cut to fit" || bad "narrow tty: $(cat "$tmp/screen")"
 fi
 
 # --- sample with the trained adapter
