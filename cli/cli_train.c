@@ -156,7 +156,7 @@ int cmd_train(int argc, char **argv) {
 
 int cmd_sample(int argc, char **argv) {
     const char *model = "tiny", *adapter = NULL, *prompt = NULL, *out = "sample.png", *device = "auto";
-    const char *neg = "", *tokenizer = NULL;
+    const char *neg = "", *tokenizer = NULL, *vae_tiling = "auto";
     int n = 1, steps = 25, size = 0;
     float guidance = 5.0f;
     int seed = 1;
@@ -173,6 +173,13 @@ int cmd_sample(int argc, char **argv) {
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = v;
         else if (!strcmp(a, "--device")) device = v;
         else if (!strcmp(a, "--tokenizer")) tokenizer = v;
+        else if (!strcmp(a, "--vae-tiling")) {
+            if (vae_tiling_parse(v) < 0) {
+                fprintf(stderr, "krona-studio sample: --vae-tiling %s: use auto, on or off\n", v);
+                return 2;
+            }
+            vae_tiling = v;
+        }
         else if (!strcmp(a, "--n")) bad = cli_parse_int(v, &n) || n < 1 || n > 64;
         else if (!strcmp(a, "--steps")) bad = cli_parse_int(v, &steps) || steps < 1 || steps > 999;
         else if (!strcmp(a, "--size")) bad = cli_parse_int(v, &size) || size < 8;
@@ -198,6 +205,7 @@ int cmd_sample(int argc, char **argv) {
     Model *m = model_open_with(model, tokenizer, be, err, sizeof err);
     if (!m) goto fail;
     if (adapter && model_load_adapter(m, adapter, err, sizeof err) != 0) goto fail;
+    if (model_set_vae_tiling(m, vae_tiling, err, sizeof err) != 0) goto fail;
     if (size == 0) size = m->ucfg.sample_size * m->pixel_scale;
     int cell = (1 << (m->ucfg.n_levels - 1)) * m->pixel_scale;
     if (size % cell) {
@@ -223,6 +231,9 @@ int cmd_sample(int argc, char **argv) {
     so.guidance = guidance;
     so.seed = (uint64_t)seed;
     rc = 1;
+    /* said in the summary: a tiled decode is slower, and why it was chosen is the memory */
+    int lat = size / m->pixel_scale, vae_tiles = 1;
+    if (m->vae && vae_will_tile(m->vae, 1, 1, lat, lat) == 1) vae_tiles = vae_tile_count(m->vae, lat, lat);
     if (model_generate(m, cc, cu, n, size, &so, (uint64_t)seed, NULL, pix, err, sizeof err) != 0) goto fail;
     for (int i = 0; i < n; i++) image_from_chw(pix + per * i, m->image_channels, size, size, &tiles[i]);
     if (n == 1) {
@@ -232,7 +243,9 @@ int cmd_sample(int argc, char **argv) {
         if (image_grid(tiles, n, cols, 2, &grid) != 0 || image_save_png(out, &grid, err, sizeof err) != 0)
             goto fail;
     }
-    printf("wrote %s (%d sample%s, %dpx, %s)\n", out, n, n > 1 ? "s" : "", size, m->note);
+    char tiled[48] = "";
+    if (vae_tiles > 1) snprintf(tiled, sizeof tiled, ", VAE decoded in %d tiles", vae_tiles);
+    printf("wrote %s (%d sample%s, %dpx, %s%s)\n", out, n, n > 1 ? "s" : "", size, m->note, tiled);
     rc = 0;
 fail:
     if (rc != 0) fprintf(stderr, "krona-studio sample: %s\n", err);

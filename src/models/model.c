@@ -369,6 +369,15 @@ int model_unet_forward(Model *m, const float *x, const float *t, const float *co
                         for_backward);
 }
 
+int model_set_vae_tiling(Model *m, const char *mode, char *err, size_t errlen) {
+    int t = vae_tiling_parse(mode);
+    if (t < 0) {
+        snprintf(err, errlen, "vae tiling '%s': use auto, on or off", mode ? mode : "(null)");
+        return -1;
+    }
+    return m->vae ? vae_set_tiling(m->vae, t, 0, err, errlen) : 0;
+}
+
 int model_encode_images(Model *m, const float *pix_host, int N, int px, float *in_host, char *err,
                         size_t errlen) {
     int64_t ipx = (int64_t)m->image_channels * px * px;

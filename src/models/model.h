@@ -98,6 +98,11 @@ int model_encode_prompt(Model *m, const char *prompt, int px, float *cond, char 
 int model_encode_images(Model *m, const float *pix_host, int N, int px, float *in_host, char *err,
                         size_t errlen);
 
+/* The VAE's tiling from "auto" | "on" | "off" (vae_set_tiling, default tile
+ * size); a pixel-space model has no VAE and accepts any of the three. 0, or -1
+ * with one line naming the value and the choices. */
+int model_set_vae_tiling(Model *m, const char *mode, char *err, size_t errlen);
+
 /* unet_forward on N conditioning records cond[N, cond_floats] (device). */
 int model_unet_forward(Model *m, const float *x, const float *t, const float *cond, float *out,
                        int N, int H, int W, int for_backward);
