@@ -1,10 +1,14 @@
-/* bench_ops.c — best-of-N timings of the CPU attention op on the shapes the
- * tiny UNet and an SD-like UNet use. Usage: bench_ops [reps] */
+/* bench_ops.c — best-of-N timings of CPU ops: attention on the shapes the
+ * tiny UNet and an SD-like UNet use, and (bench_ops conv) 3x3 convolutions of
+ * the SD VAE at 512x512 and of SD 1.5's UNet at 64x64 latents, forward and
+ * backward (dx, dw, db), with the backend's peak_bytes (which counts its im2col
+ * scratch). Usage: bench_ops [reps] | bench_ops conv [reps] */
 #include "core/backend.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static double now_ms(void) {
@@ -46,7 +50,43 @@ static void bench(Backend *be, const char *what, int N, int Lq, int Lk, int H, i
     be->free(be, lse); be->free(be, dq); be->free(be, dk); be->free(be, dv);
 }
 
+static void bench_conv(const char *what, int Cin, int H, int Cout, int s, int p, int bwd, int reps) {
+    Backend *be = backend_cpu_create(); /* fresh: its peak is this conv's */
+    if (!be) return;
+    unsigned sd = 1;
+    int k = 3, Ho = (H + 2 * p - k) / s + 1;
+    int64_t nx = (int64_t)Cin * H * H, ny = (int64_t)Cout * Ho * Ho, nw = (int64_t)Cout * Cin * k * k;
+    float *x = rnd(be, nx, &sd), *w = rnd(be, nw, &sd), *b = rnd(be, Cout, &sd);
+    float *y = be->alloc(be, sizeof(float) * ny);
+    float *dx = bwd ? be->alloc(be, sizeof(float) * nx) : NULL;
+    float *dw = bwd ? be->alloc(be, sizeof(float) * nw) : NULL, *db = bwd ? be->alloc(be, sizeof(float) * Cout) : NULL;
+    double bf = 1e30, bb = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_ms();
+        be->conv2d_fwd(be, x, w, b, y, 1, Cin, H, H, Cout, k, s, p);
+        double t1 = now_ms();
+        if (bwd) be->conv2d_bwd(be, y, x, w, dx, dw, db, 1, Cin, H, H, Cout, k, s, p);
+        double t2 = now_ms();
+        if (t1 - t0 < bf) bf = t1 - t0;
+        if (t2 - t1 < bb) bb = t2 - t1;
+    }
+    size_t io = (size_t)(nx + ny + nw + Cout + (bwd ? nx + nw + Cout : 0)) * sizeof(float);
+    printf("%-30s %4d->%-4d %4dx%-4d s%d  fwd %9.1f ms", what, Cin, Cout, H, H, s, bf);
+    if (bwd) printf("  bwd %9.1f ms", bb);
+    printf("  | peak %.0f MB (tensors %.0f MB)\n", be->peak_bytes(be) / 1e6, io / 1e6);
+    backend_destroy(be);
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "conv")) {
+        int reps = argc > 2 ? atoi(argv[2]) : 3;
+        bench_conv("VAE decode up_blocks.3 conv1", 256, 512, 128, 1, 1, 0, reps);
+        bench_conv("VAE decode up_blocks.3 conv2", 128, 512, 128, 1, 1, 0, reps);
+        bench_conv("VAE encode downsampler (pad)", 128, 513, 128, 2, 0, 0, reps);
+        bench_conv("UNet SD1.5 64x64 resnet", 320, 64, 320, 1, 1, 1, reps);
+        bench_conv("UNet SD1.5 64x64 up (concat)", 640, 64, 320, 1, 1, 1, reps);
+        return 0;
+    }
     int reps = argc > 1 ? atoi(argv[1]) : 10;
     Backend *be = backend_cpu_create();
     if (!be) return 1;

@@ -1,10 +1,10 @@
 /* bench_vae.c — one VAE encode and/or decode at SD size with random weights:
- * seconds, the backend's peak of live allocations (weights + activations) and
- * the process's peak resident memory (which on the CPU also holds the
- * backend's im2col scratch, outside peak_bytes).
+ * seconds, the backend's peak of live allocations (weights + activations; on
+ * the CPU also the backend's scratch, im2col columns included), the untiled
+ * activation plan (vae_memory_plan) and the process's peak resident memory.
  *
  *   bench_vae [encode|decode|both] [--size PX] [--model sd15|sdxl|config.json]
- *             [--device cpu|cuda|auto] [--batch N]
+ *             [--device cpu|cuda|auto] [--batch N] [--tiling off|on|auto] [--tile PX]
  *
  * Each of encode and decode runs on a backend of its own, so each peak is its
  * own (run one per process for a clean peak RSS). Build: make build/bench/bench_vae */
@@ -31,7 +31,8 @@ static double rss_mb(void) {
     return ru.ru_maxrss / 1024.0; /* KiB on Linux */
 }
 
-static int run(const char *what, const char *device, const char *model, int N, int px) {
+static int run(const char *what, const char *device, const char *model, int N, int px, int tiling,
+               int tile) {
     char err[512];
     VAEConfig cfg;
     if (vae_config_resolve(model, &cfg, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
@@ -40,6 +41,7 @@ static int run(const char *what, const char *device, const char *model, int N, i
     VAE *v = vae_create(&cfg, be, err, sizeof err);
     if (!v) { fprintf(stderr, "%s\n", err); backend_destroy(be); return 1; }
     vae_init_random(v, 1);
+    if (vae_set_tiling(v, tiling, tile, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
     be->sync(be);
     size_t wbytes = be->peak_bytes(be);
     int f = 1 << (cfg.n_levels - 1), lat = px / f;
@@ -58,6 +60,9 @@ static int run(const char *what, const char *device, const char *model, int N, i
     be->upload(be, in, h, (size_t)nin * sizeof(float));
     be->sync(be);
     size_t io = be->peak_bytes(be) - wbytes;
+    int64_t plan = 0;
+    vae_memory_plan(&cfg, !enc, N, enc ? px : lat, enc ? px : lat, &plan);
+    int tiles = vae_will_tile(v, !enc, N, enc ? px : lat, enc ? px : lat) == 1 ? vae_tile_count(v, lat, lat) : 1;
     double t0 = now_s();
     int rc = enc ? vae_encode(v, in, out, NULL, N, px, px) : vae_decode(v, in, out, N, lat, lat);
     be->sync(be);
@@ -71,11 +76,13 @@ static int run(const char *what, const char *device, const char *model, int N, i
     int bad = 0;
     for (int64_t i = 0; i < no; i++) { s += ho[i] * (double)ho[i]; bad += ho[i] != ho[i]; }
     size_t peak = be->peak_bytes(be);
-    printf("%-6s %s %s N=%d %dx%d -> %s: %.2f s | peak_bytes %.1f MB (weights %.1f MB, "
-           "input+output %.1f MB, activations %.1f MB) | process max RSS %.0f MB | rms out %.3f%s\n",
+    printf("%-6s %s %s N=%d %dx%d -> %s, %d tile%s: %.2f s | peak_bytes %.1f MB (weights %.1f MB, "
+           "input+output %.1f MB, the rest %.1f MB; untiled plan %.1f MB) | process max RSS %.0f MB | "
+           "rms out %.3f%s\n",
            what, be->device_name(be), cfg.name, N, enc ? px : lat, enc ? px : lat,
-           enc ? "latent" : "image", dt, peak / 1e6, wbytes / 1e6, io / 1e6,
-           (peak - wbytes - io) / 1e6, rss_mb(), no ? sqrt(s / no) : 0.0, bad ? " NaN!" : "");
+           enc ? "latent" : "image", tiles, tiles > 1 ? "s" : "", dt, peak / 1e6, wbytes / 1e6,
+           io / 1e6, (peak - wbytes - io) / 1e6, plan / 1e6, rss_mb(), no ? sqrt(s / no) : 0.0,
+           bad ? " NaN!" : "");
     free(h); free(ho);
     be->free(be, in); be->free(be, out);
     vae_free(v);
@@ -85,22 +92,25 @@ static int run(const char *what, const char *device, const char *model, int N, i
 
 int main(int argc, char **argv) {
     const char *what = "both", *device = "cpu", *model = "sd15";
-    int px = 512, N = 1;
+    int px = 512, N = 1, tiling = VAE_TILING_AUTO, tile = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--size") && i + 1 < argc) px = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
         else if (!strcmp(argv[i], "--batch") && i + 1 < argc) N = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tiling") && i + 1 < argc && vae_tiling_parse(argv[i + 1]) >= 0)
+            tiling = vae_tiling_parse(argv[++i]);
+        else if (!strcmp(argv[i], "--tile") && i + 1 < argc) tile = atoi(argv[++i]);
         else if (!strcmp(argv[i], "encode") || !strcmp(argv[i], "decode") || !strcmp(argv[i], "both"))
             what = argv[i];
         else {
             fprintf(stderr, "usage: %s [encode|decode|both] [--size PX] [--model sd15|sdxl|config.json] "
-                    "[--device cpu|cuda|auto] [--batch N]\n", argv[0]);
+                    "[--device cpu|cuda|auto] [--batch N] [--tiling off|on|auto] [--tile PX]\n", argv[0]);
             return 2;
         }
     }
     int rc = 0;
-    if (strcmp(what, "decode")) rc |= run("encode", device, model, N, px);
-    if (strcmp(what, "encode")) rc |= run("decode", device, model, N, px);
+    if (strcmp(what, "decode")) rc |= run("encode", device, model, N, px, tiling, tile);
+    if (strcmp(what, "encode")) rc |= run("decode", device, model, N, px, tiling, tile);
     return rc;
 }

@@ -12,6 +12,7 @@ static int run(int argc, char **argv) {
     const CliCommand *me = &cli_sample;
     const char *model = "tiny", *adapter = NULL, *prompt = NULL, *out = "sample.png", *device = "auto";
     const char *neg = "", *tokenizer = NULL;
+    int vae_tiling = 0;
     int n = 1, steps = 25, size = 0, seed = 1, sampler = 0, random_weights = 0;
     float guidance = 5.0f;
     CliOpt opts[] = {
@@ -28,6 +29,8 @@ static int run(int argc, char **argv) {
         cli_int("--size", &size, "PX", 8, 16384, "image side in pixels (default: the model's)"),
         cli_str("--device", &device, "auto|cpu|cuda", "the backend (default auto)"),
         cli_str("--tokenizer", &tokenizer, "DIR", "CLIP's vocabulary, when the model has none beside it"),
+        cli_choice("--vae-tiling", &vae_tiling, "auto|on|off",
+                   "decode a latent model's samples in overlapping tiles (default auto: when memory is short)"),
         cli_flag("--random-weights", &random_weights, 1, "the built-in model with random weights (tests)"),
         {0},
     };
@@ -44,6 +47,8 @@ static int run(int argc, char **argv) {
     Model *m = model_open_with(model, tokenizer, be, err, sizeof err);
     if (!m) goto fail;
     if (adapter && model_load_adapter(m, adapter, err, sizeof err) != 0) goto fail;
+    static const char *const TILING[] = {"auto", "on", "off"};
+    if (model_set_vae_tiling(m, TILING[vae_tiling], err, sizeof err) != 0) goto fail;
     if (size == 0) size = m->ucfg.sample_size * m->pixel_scale;
     int cell = model_cell(m);
     if (size % cell) {
@@ -69,6 +74,9 @@ static int run(int argc, char **argv) {
     so.guidance = guidance;
     so.seed = (uint64_t)seed;
     rc = 1;
+    /* said in the summary: a tiled decode is slower, and why it was chosen is the memory */
+    int lat = size / m->pixel_scale, vae_tiles = 1;
+    if (m->vae && vae_will_tile(m->vae, 1, 1, lat, lat) == 1) vae_tiles = vae_tile_count(m->vae, lat, lat);
     if (model_generate(m, cc, cu, n, size, &so, (uint64_t)seed, NULL, pix, err, sizeof err) != 0) goto fail;
     for (int i = 0; i < n; i++) image_from_chw(pix + per * i, m->image_channels, size, size, &tiles[i]);
     if (n == 1) {
@@ -78,7 +86,9 @@ static int run(int argc, char **argv) {
         if (image_grid(tiles, n, cols, 2, &grid) != 0 || image_save_png(out, &grid, err, sizeof err) != 0)
             goto fail;
     }
-    printf("wrote %s (%d sample%s, %dpx, %s)\n", out, n, n > 1 ? "s" : "", size, m->note);
+    char tiled[48] = "";
+    if (vae_tiles > 1) snprintf(tiled, sizeof tiled, ", VAE decoded in %d tiles", vae_tiles);
+    printf("wrote %s (%d sample%s, %dpx, %s%s)\n", out, n, n > 1 ? "s" : "", size, m->note, tiled);
     rc = 0;
 fail:
     if (rc != 0) cli_error(me, "%s", err);
@@ -98,7 +108,8 @@ const CliCommand cli_sample = {
     "sample", run,
     "--prompt TEXT [--model M] [--adapter A.safetensors] [-o out.png] [--n N]\n"
     "[--steps S] [--guidance G] [--seed S] [--sampler ddim|euler] [--size PX]\n"
-    "[--negative TEXT] [--device auto|cpu|cuda] [--tokenizer DIR] [--random-weights]",
+    "[--negative TEXT] [--device auto|cpu|cuda] [--tokenizer DIR] [--vae-tiling auto|on|off]\n"
+    "[--random-weights]",
     NULL,
     "Generate images with a model and, optionally, an adapter file written by train (its\n"
     "metadata says the kind, factors and modules). More than one sample (--n) makes a grid.",

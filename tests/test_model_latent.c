@@ -107,6 +107,17 @@ static void test_opens_latent(void **state) {
     assert_int_equal(cell, 64);               /* a single file: its kind's architecture */
     assert_int_equal(model_cell_of("no/such/model", &cell, err, sizeof err), -1);
 
+    /* the preset's vae_tiling reaches the VAE (default tile size); a bad value is one line */
+    int tile = 0;
+    assert_int_equal(vae_get_tiling(m->vae, &tile), VAE_TILING_AUTO);
+    assert_int_equal(model_set_vae_tiling(m, "off", err, sizeof err), 0);
+    assert_int_equal(vae_get_tiling(m->vae, &tile), VAE_TILING_OFF);
+    assert_int_equal(tile, VAE_TILE_PX_DEFAULT);
+    assert_int_equal(model_set_vae_tiling(m, "sometimes", err, sizeof err), -1);
+    if (!strstr(err, "'sometimes': use auto, on or off") || strchr(err, '\n')) fail_msg("'%s'", err);
+    assert_int_equal(vae_get_tiling(m->vae, NULL), VAE_TILING_OFF);
+    assert_int_equal(model_set_vae_tiling(m, "auto", err, sizeof err), 0);
+
     /* training inputs are the VAE's latent means of the images */
     int px = 16;
     float pix[2 * 3 * 16 * 16], in[2 * 4 * 8 * 8], want[4 * 8 * 8];
@@ -177,6 +188,7 @@ static void test_trains_latent(void **state) {
     p.sample_steps = 2;
     p.checkpoint_every = 0;
     snprintf(p.device, sizeof p.device, "cpu");
+    snprintf(p.vae_tiling, sizeof p.vae_tiling, "on"); /* 16 px: one tile, the untiled pass */
     snprintf(p.output_dir, sizeof p.output_dir, "%s", root);
     snprintf(p.run_name, sizeof p.run_name, "latent");
     Trainer *t = trainer_create(&p, NULL, be, NULL, err, sizeof err);

@@ -296,6 +296,12 @@ static void conv_case(Backend *be, int N, int Cin, int H, int W, int Cout, int k
                                 }
         th_check_off("conv dx big", hx, PRE, gxr, nx, 1e-4, 1e-4);
         free(gxr);
+        double *gbr = th_dalloc(Cout);
+        for (int n = 0; n < N; n++)
+            for (int co = 0; co < Cout; co++)
+                for (int i = 0; i < Ho * Wo; i++) gbr[co] += r.R[((int64_t)n * Cout + co) * Ho * Wo + i];
+        th_check_off("conv db big", hb, PRE, gbr, Cout, 1e-4, 1e-4);
+        free(gbr);
     }
     /* NULL gradients: only dx requested, and only dw requested */
     float *gx2 = th_dev(be, NULL, nx), *gw2 = th_dev(be, NULL, nw);
@@ -320,6 +326,46 @@ static void test_conv2d(void **state) {
     conv_case(be, 1, 2, 5, 5, 3, 1, 2, 0, 1);  /* 1x1 stride 2 takes the im2col path */
     conv_case(be, 3, 8, 16, 16, 16, 3, 1, 1, 0); /* threaded over batch */
     conv_case(be, 1, 16, 24, 24, 32, 3, 1, 1, 0); /* single image, split gemm */
+}
+
+/* Row bands: the CPU backend cuts a convolution's im2col columns into bands of
+ * output rows that fit its per-thread cap. Lowered caps force many bands here
+ * (one row, uneven last bands, odd sizes, stride 2, padding, batch 1 and 3);
+ * every output and gradient is checked against the naive loops above. */
+static void test_conv2d_row_bands(void **state) {
+    Backend *be = backend_cpu_create();
+    assert_non_null(be);
+    int64_t caps[3] = {1, 3 * 27 * 4, 5 * 18 * 7}; /* < one row; 4 rows of 3x3x3 x Wo=27; ~7 rows */
+    for (int c = 0; c < 3; c++) {
+        backend_cpu_set_conv_cols(be, caps[c]);
+        conv_case(be, 1, 3, 53, 55, 4, 3, 2, 1, 0);  /* Ho 27 x Wo 28 */
+        conv_case(be, 3, 5, 19, 17, 6, 3, 1, 1, 0);  /* threaded over batch */
+        conv_case(be, 2, 2, 9, 11, 3, 1, 2, 0, 0);   /* 1x1 stride 2 (im2col path) */
+        conv_case(be, 1, 5, 18, 21, 7, 3, 2, 0, 0);  /* stride 2, no padding */
+    }
+    backend_destroy(be);
+}
+
+/* At the default cap (16 M floats per thread) a 64-channel 483x483 image,
+ * 3x3 stride 2 padding 1 (242x242 outputs, whole-image columns 33.7 M floats)
+ * is cut into bands; results match the naive loops, and peak_bytes, which
+ * counts the scratch, stays within the tensors plus two capped column buffers
+ * (whole-image columns and their gradient would be 270 MB more). */
+static void test_conv2d_default_cap(void **state) {
+    Backend *be = backend_cpu_create();
+    assert_non_null(be);
+    int N = 1, Cin = 64, H = 483, W = 483, Cout = 3, Ho = 242;
+    conv_case(be, N, Cin, H, W, Cout, 3, 2, 1, 0);
+    /* conv_case holds at most x, w, b, y, R, gx, gw, gb, gx2, gw2 at once */
+    size_t tensors = sizeof(float) * (size_t)(3 * (int64_t)Cin * H * W + 3 * Cout * Cin * 9 + 3 * Cout +
+                                              2 * (int64_t)Cout * Ho * Ho) + 10 * 256;
+    size_t cols = 2 * sizeof(float) * (size_t)((16 << 20) + (16 << 18) + 64);
+    size_t peak = be->peak_bytes(be);
+    print_message("default-cap conv: peak %.1f MB, tensors %.1f MB, bound on scratch %.1f MB\n",
+                  peak / 1e6, tensors / 1e6, cols / 1e6);
+    assert_true(peak > tensors);
+    assert_true(peak <= tensors + cols);
+    backend_destroy(be);
 }
 
 /* ------------------------------------------------------------------ norms */
@@ -1153,6 +1199,8 @@ int main(void) {
         cmocka_unit_test(test_gemm_batched),
         cmocka_unit_test(test_linear),
         cmocka_unit_test(test_conv2d),
+        cmocka_unit_test(test_conv2d_row_bands),
+        cmocka_unit_test(test_conv2d_default_cap),
         cmocka_unit_test(test_group_norm),
         cmocka_unit_test(test_group_norm_big),
         cmocka_unit_test(test_layer_norm),

@@ -63,6 +63,7 @@ static void test_defaults(void **state) {
     assert_int_equal(p.seed, 42);
     assert_int_equal(p.checkpoint_every, 100);
     assert_string_equal(p.prediction, "auto");
+    assert_string_equal(p.vae_tiling, "auto");
     assert_int_equal(p.sample_every, 100);
     assert_string_equal(p.sampler, "ddim");
     assert_int_equal(p.sample_steps, 25);
@@ -170,6 +171,7 @@ static void test_ranges(void **state) {
         { "[adapter]\nadapter = lokr\n", "adapter = 'lokr': must be one of: krona, lora" },
         { "[model]\ndevice = tpu\n", "device = 'tpu': must be one of: auto, cpu, cuda" },
         { "[output]\nexport_dtype = fp16\n", "export_dtype = 'fp16': must be one of: f32, f16, bf16" },
+        { "[model]\nvae_tiling = yes\n", "vae_tiling = 'yes': must be one of: auto, on, off" },
         { "[data]\ninstance_prompt = \"unterminated\n", "unterminated quote" },
     };
     for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) expect_error_sub(c[i].text, 2, c[i].want);
@@ -251,6 +253,7 @@ static void test_roundtrip(void **state) {
     p.seed = 18446744073709551615ull;
     p.checkpoint_every = 0;
     PUT(p.prediction, "v");
+    PUT(p.vae_tiling, "off");
     p.sample_every = 0;
     p.n_sample_prompts = PRESET_MAX_SAMPLES;
     for (int i = 0; i < PRESET_MAX_SAMPLES; i++) {

@@ -1,8 +1,10 @@
 /* test_vae.c — the VAE (src/models/vae.c) against PyTorch goldens
  * (tests/golden/vae_*, from gen_vae_golden.py: an independent torch AutoencoderKL),
  * the parameter table of the SD VAE against its published count, the strict
- * config.json reader, and the weight loader (missing / mis-shaped tensors named,
- * old attention names, prefixes, 1x1-conv linears). */
+ * config.json reader, the weight loader (missing / mis-shaped tensors named,
+ * old attention names, prefixes, 1x1-conv linears), the memory plan against
+ * what the passes allocate, and tiled encode / decode against a blend of
+ * untiled tiles written here from the documented rule (vae.h). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -15,6 +17,7 @@
 #include <string.h>
 
 #include "test_helpers.h"
+#include "core/fsutil.h"
 #include "formats/safetensors.h"
 #include "models/vae.h"
 
@@ -488,6 +491,447 @@ static void test_config_refuses(void **st) {
     assert_int_equal(c.use_post_quant_conv, 1);
 }
 
+
+/* ---------------------------------------------------------------- memory plan */
+
+/* a CPU backend whose alloc / free count what is live: the plan is checked
+ * against every buffer the passes take (the CPU backend's own scratch is not
+ * a buffer of theirs) */
+static Backend *cnt_real;
+static struct { void *p; size_t n; } cnt_tab[4096];
+static int cnt_n;
+static int64_t cnt_live, cnt_peak;
+
+static void *cnt_alloc(Backend *be, size_t n) {
+    (void)be;
+    void *p = cnt_real->alloc(cnt_real, n);
+    if (!p) return NULL;
+    assert_true(cnt_n < 4096);
+    cnt_tab[cnt_n].p = p;
+    cnt_tab[cnt_n++].n = n;
+    cnt_live += (int64_t)n;
+    if (cnt_live > cnt_peak) cnt_peak = cnt_live;
+    return p;
+}
+
+static void cnt_free(Backend *be, void *p) {
+    (void)be;
+    if (!p) return;
+    for (int i = 0; i < cnt_n; i++)
+        if (cnt_tab[i].p == p) {
+            cnt_live -= (int64_t)cnt_tab[i].n;
+            cnt_tab[i] = cnt_tab[--cnt_n];
+            cnt_real->free(cnt_real, p);
+            return;
+        }
+    fail_msg("free of a pointer the counting backend did not hand out");
+}
+
+/* peak bytes one call allocates, measured; decode: a latent N x H x W */
+static int64_t measured(const char *stem, int decode, int N, int H, int W) {
+    char path[256], err[512];
+    VAEConfig cfg;
+    snprintf(path, sizeof path, "tests/golden/%s.json", stem);
+    if (vae_config_from_json(path, &cfg, err, sizeof err)) fail_msg("%s", err);
+    cnt_real = backend_cpu_create();
+    assert_non_null(cnt_real);
+    Backend wrap = *cnt_real;
+    wrap.alloc = cnt_alloc;
+    wrap.free = cnt_free;
+    cnt_n = 0;
+    cnt_live = cnt_peak = 0;
+    VAE *v = vae_create(&cfg, &wrap, err, sizeof err);
+    if (!v) fail_msg("%s", err);
+    vae_init_random(v, 3);
+    assert_int_equal(vae_set_tiling(v, VAE_TILING_OFF, 0, err, sizeof err), 0);
+    int f = 1 << (cfg.n_levels - 1);
+    int64_t nimg = (int64_t)N * 3 * H * W * (decode ? f * f : 1);
+    int64_t nlat = (int64_t)N * cfg.latent_channels * H * W / (decode ? 1 : f * f);
+    Rng r;
+    rng_seed(&r, 5);
+    float *hi = th_rand(&r, decode ? nlat : nimg, -1, 1);
+    float *in = th_dev(&wrap, hi, decode ? nlat : nimg), *out = th_dev(&wrap, NULL, decode ? nimg : nlat);
+    int64_t base = cnt_live;
+    cnt_peak = cnt_live;
+    int rc = decode ? vae_decode(v, in, out, N, H, W) : vae_encode(v, in, out, NULL, N, H, W);
+    if (rc) fail_msg("%s", vae_last_error(v));
+    assert_int_equal(cnt_live, base); /* the call freed what it took */
+    int64_t peak = cnt_peak - base;
+    wrap.free(&wrap, in);
+    wrap.free(&wrap, out);
+    vae_free(v);
+    backend_destroy(cnt_real);
+    free(hi);
+    return peak;
+}
+
+static void test_memory_plan(void **st) {
+    (void)st;
+    struct { const char *stem; int decode, N, H, W; } cs[] = {
+        {"vae_small", 0, 1, 32, 32}, {"vae_small", 0, 2, 16, 28}, {"vae_small", 1, 1, 8, 8},
+        {"vae_small", 1, 2, 5, 3},   {"vae_plain", 0, 1, 16, 10}, {"vae_plain", 1, 2, 7, 4},
+    };
+    for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
+        char path[256], err[512];
+        VAEConfig cfg;
+        snprintf(path, sizeof path, "tests/golden/%s.json", cs[k].stem);
+        if (vae_config_from_json(path, &cfg, err, sizeof err)) fail_msg("%s", err);
+        int64_t plan = -1, got = measured(cs[k].stem, cs[k].decode, cs[k].N, cs[k].H, cs[k].W);
+        assert_int_equal(vae_memory_plan(&cfg, cs[k].decode, cs[k].N, cs[k].H, cs[k].W, &plan), 0);
+        if (plan != got)
+            fail_msg("%s %s N=%d %dx%d: plan %lld bytes, the pass took %lld", cs[k].stem,
+                     cs[k].decode ? "decode" : "encode", cs[k].N, cs[k].H, cs[k].W,
+                     (long long)plan, (long long)got);
+    }
+    /* SD 1.5 at 512x512: the activations bench_vae measured (vae.h) */
+    VAEConfig sd;
+    int64_t enc, dec, dec2;
+    assert_int_equal(vae_config_builtin("sd15", &sd), 0);
+    assert_int_equal(vae_memory_plan(&sd, 0, 1, 512, 512, &enc), 0);
+    assert_int_equal(vae_memory_plan(&sd, 1, 1, 64, 64, &dec), 0);
+    assert_int_equal(vae_memory_plan(&sd, 1, 2, 64, 64, &dec2), 0);
+    print_message("sd15 512x512 plan: encode %.1f MB, decode %.1f MB\n", enc / 1e6, dec / 1e6);
+    assert_true(fabs(enc / 1e6 - 403) < 1 && fabs(dec / 1e6 - 671) < 1);
+    assert_true(dec2 > 2 * dec - 1000 && dec2 < 2 * dec + 1000);
+    assert_int_equal(vae_memory_plan(&sd, 0, 1, 500, 512, &enc), -1); /* not a multiple of 8 */
+    assert_int_equal(vae_memory_plan(&sd, 1, 0, 64, 64, &dec), -1);
+}
+
+/* ---------------------------------------------------------------- tiling */
+
+/* host in, host out; decode: lat[N,L,h,w] -> img[N,3,f h,f w] */
+static float *enc_host(VAE *v, Backend *be, const float *img, int N, int H, int W) {
+    const VAEConfig *c = vae_config(v);
+    int f = 1 << (c->n_levels - 1);
+    int64_t ni = (int64_t)N * c->in_channels * H * W, nz = (int64_t)N * c->latent_channels * (H / f) * (W / f);
+    float *dx = th_dev(be, img, ni), *dz = th_dev(be, NULL, nz);
+    if (vae_encode(v, dx, dz, NULL, N, H, W)) fail_msg("vae_encode: %s", vae_last_error(v));
+    float *z = th_host(be, dz, nz);
+    be->free(be, dx); be->free(be, dz);
+    return z;
+}
+
+static float *dec_host(VAE *v, Backend *be, const float *lat, int N, int h, int w) {
+    const VAEConfig *c = vae_config(v);
+    int f = 1 << (c->n_levels - 1);
+    int64_t nz = (int64_t)N * c->latent_channels * h * w, ni = (int64_t)N * c->out_channels * h * f * w * f;
+    float *dz = th_dev(be, lat, nz), *dx = th_dev(be, NULL, ni);
+    if (vae_decode(v, dz, dx, N, h, w)) fail_msg("vae_decode: %s", vae_last_error(v));
+    float *x = th_host(be, dx, ni);
+    be->free(be, dx); be->free(be, dz);
+    return x;
+}
+
+static void set_tiling(VAE *v, int mode, int px) {
+    char err[256];
+    if (vae_set_tiling(v, mode, px, err, sizeof err)) fail_msg("vae_set_tiling: %s", err);
+}
+
+/* The rule of vae.h, written again: tiles along one axis start at st[0..n),
+ * each len cells; tile i's ramp at output y (u units per cell) */
+static double ref_ramp(const int *st, int n, int len, int u, int i, long y) {
+    long s = (long)st[i] * u, e = s + (long)len * u;
+    if (y < s || y >= e) return 0;
+    double w = 1;
+    if (i > 0) w = fmin(w, (y - s + 0.5) / (double)((long)(st[i - 1] + len) * u - s));
+    if (i < n - 1) w = fmin(w, (e - y - 0.5) / (double)(e - (long)st[i + 1] * u));
+    return w;
+}
+
+static double ref_weight(const int *st, int n, int len, int u, int i, long y) {
+    double sum = 0;
+    for (int j = 0; j < n; j++) sum += ref_ramp(st, n, len, u, j, y);
+    return ref_ramp(st, n, len, u, i, y) / sum;
+}
+
+/* the tiling of a latent h x w through the API: starts per axis, and the
+ * layout the rule promises (first at 0, last at the edge, overlaps >= a
+ * quarter tile, every tile the same size) */
+typedef struct { int ny, nx, th, tw, sy[64], sx[64]; } Tiling;
+
+static void get_tiling(const VAE *v, int h, int w, int tile_cells, Tiling *t) {
+    int n = vae_tile_count(v, h, w), rect[4];
+    assert_true(n >= 1);
+    memset(t, 0, sizeof *t);
+    for (int k = 0; k < n; k++) {
+        assert_int_equal(vae_tile_at(v, 0, h, w, k, rect, NULL), 0);
+        if (rect[0] == 0) t->sx[t->nx++] = rect[1];
+        if (rect[1] == 0) t->sy[t->ny++] = rect[0];
+        t->th = rect[2];
+        t->tw = rect[3];
+    }
+    assert_int_equal(t->ny * t->nx, n);
+    assert_int_equal(vae_tile_at(v, 0, h, w, n, rect, NULL), -1);
+    int cells[2] = {h, w}, *st[2] = {t->sy, t->sx}, cnt[2] = {t->ny, t->nx}, len[2] = {t->th, t->tw};
+    for (int a = 0; a < 2; a++) {
+        assert_int_equal(len[a], cells[a] < tile_cells ? cells[a] : tile_cells);
+        assert_int_equal(st[a][0], 0);
+        assert_int_equal(st[a][cnt[a] - 1] + len[a], cells[a]);
+        for (int i = 1; i < cnt[a]; i++) assert_true(st[a][i - 1] + len[a] - st[a][i] >= tile_cells / 4);
+    }
+}
+
+/* (c) the weights vae_tile_at hands out add up to 1 at every output position
+ * (summed here tile by tile), lie in (0, 1], are the rule's, and ramp linearly
+ * across a plain two-tile overlap; layouts include one where three tiles meet */
+static void test_tile_weights(void **st) {
+    (void)st;
+    Golden g;
+    golden_open(&g, "vae_small"); /* f = 4 */
+    struct { int tile_px, h, w; } cs[] = {
+        {16, 8, 8}, {16, 10, 9}, {32, 15, 15} /* 3 tiles of 8 meet at cell 7 */, {24, 30, 7},
+        {64, 16, 40}, {16, 3, 17},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        set_tiling(g.v, VAE_TILING_ON, cs[c].tile_px);
+        Tiling t;
+        int tc = cs[c].tile_px / 4;
+        get_tiling(g.v, cs[c].h, cs[c].w, tc, &t);
+        for (int decode = 0; decode < 2; decode++) {
+            int u = decode ? 4 : 1;
+            long H = (long)cs[c].h * u, W = (long)cs[c].w * u;
+            double *sum = th_dalloc(H * W);
+            float *wt = th_falloc((long)t.th * u * t.tw * u);
+            for (int k = 0; k < t.ny * t.nx; k++) {
+                int rect[4], i = k / t.nx, j = k % t.nx;
+                assert_int_equal(vae_tile_at(g.v, decode, cs[c].h, cs[c].w, k, rect, wt), 0);
+                for (long y = 0; y < (long)rect[2] * u; y++)
+                    for (long x = 0; x < (long)rect[3] * u; x++) {
+                        long Y = (long)rect[0] * u + y, X = (long)rect[1] * u + x;
+                        double got = wt[y * rect[3] * u + x];
+                        double want = ref_weight(t.sy, t.ny, t.th, u, i, Y) * ref_weight(t.sx, t.nx, t.tw, u, j, X);
+                        if (!(got > 0 && got <= 1 && fabs(got - want) < 1e-6))
+                            fail_msg("tile %d weight at (%ld,%ld) = %g, rule %g", k, Y, X, got, want);
+                        sum[Y * W + X] += got;
+                    }
+            }
+            for (long i = 0; i < H * W; i++)
+                if (fabs(sum[i] - 1) > 1e-6)
+                    fail_msg("tile %d px, latent %dx%d, %s: weights at (%ld,%ld) add up to %.9f", cs[c].tile_px,
+                             cs[c].h, cs[c].w, decode ? "decode" : "encode", i / W, i % W, sum[i]);
+            free(sum);
+            free(wt);
+        }
+    }
+    /* two tiles of 4 cells over 7 cells overlap by 1 cell = 4 pixels: weights
+     * 1/8, 3/8, 5/8, 7/8 for the second tile across it */
+    set_tiling(g.v, VAE_TILING_ON, 16);
+    assert_int_equal(vae_tile_count(g.v, 4, 7), 2);
+    float wt[16 * 16];
+    int rect[4];
+    assert_int_equal(vae_tile_at(g.v, 1, 4, 7, 1, rect, wt), 0);
+    assert_int_equal(rect[1], 3);
+    for (int x = 0; x < 4; x++) assert_float_equal(wt[x], (2 * x + 1) / 8.0f, 1e-7);
+    for (int x = 4; x < 16; x++) assert_float_equal(wt[x], 1.0f, 0);
+    golden_close(&g);
+}
+
+/* the blend of untiled passes over each tile's crop, with the rule's weights
+ * in double: the reference tiled output. in: [N, C, h ui, w ui] */
+static double *ref_tiled(Golden *g, int decode, const float *in, int N, int h, int w, int tile_cells) {
+    VAE *v = g->v;
+    const VAEConfig *c = vae_config(v);
+    int f = g->f, ui = decode ? 1 : f, uo = decode ? f : 1;
+    int cin = decode ? c->latent_channels : c->in_channels, cout = decode ? c->out_channels : c->latent_channels;
+    Tiling t;
+    get_tiling(v, h, w, tile_cells, &t);
+    long Hi = (long)h * ui, Wi = (long)w * ui, Ho = (long)h * uo, Wo = (long)w * uo;
+    double *out = th_dalloc((long)N * cout * Ho * Wo);
+    long thi = (long)t.th * ui, twi = (long)t.tw * ui, tho = (long)t.th * uo, two = (long)t.tw * uo;
+    float *crop = th_falloc((long)N * cin * thi * twi);
+    set_tiling(v, VAE_TILING_OFF, tile_cells * f); /* untiled tiles, same tile size */
+    for (int i = 0; i < t.ny; i++)
+        for (int j = 0; j < t.nx; j++) {
+            for (long nc = 0; nc < (long)N * cin; nc++)
+                for (long y = 0; y < thi; y++)
+                    for (long x = 0; x < twi; x++)
+                        crop[(nc * thi + y) * twi + x] =
+                            in[(nc * Hi + (long)t.sy[i] * ui + y) * Wi + (long)t.sx[j] * ui + x];
+            float *o = decode ? dec_host(v, g->be, crop, N, t.th, t.tw) : enc_host(v, g->be, crop, N, (int)thi, (int)twi);
+            for (long nc = 0; nc < (long)N * cout; nc++)
+                for (long y = 0; y < tho; y++)
+                    for (long x = 0; x < two; x++) {
+                        long Y = (long)t.sy[i] * uo + y, X = (long)t.sx[j] * uo + x;
+                        double wgt = ref_weight(t.sy, t.ny, t.th, uo, i, Y) * ref_weight(t.sx, t.nx, t.tw, uo, j, X);
+                        out[(nc * Ho + Y) * Wo + X] += wgt * o[(nc * tho + y) * two + x];
+                    }
+            free(o);
+        }
+    free(crop);
+    return out;
+}
+
+static double max_abs(const float *a, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs(a[i]));
+    return m;
+}
+
+/* sum |a - b| / sum |b| */
+static double mean_rel(const float *a, const float *b, int64_t n) {
+    double sd = 0, sb = 0;
+    for (int64_t i = 0; i < n; i++) { sd += fabs((double)a[i] - b[i]); sb += fabs(b[i]); }
+    return sb > 0 ? sd / sb : sd;
+}
+
+/* a smooth image (what a VAE sees) with a little noise, [N,3,H,W] */
+static float *smooth_image(Rng *r, int N, int H, int W) {
+    int64_t ni = (int64_t)N * 3 * H * W;
+    float *img = th_falloc(ni);
+    for (int64_t i = 0; i < ni; i++) {
+        int64_t x = i % W, y = (i / W) % H, c = (i / ((int64_t)H * W)) % 3;
+        img[i] = (float)(0.6 * sin(0.2 * x + c) * cos(0.15 * y) + 0.05 * (rng_uniform(r) - 0.5));
+    }
+    return img;
+}
+
+/* (a) a tile at least the image size gives the untiled bytes; (b) tiled
+ * encode and decode equal the blend of untiled passes over each tile computed
+ * here (to float rounding), on vae_small (mid-block attention, f = 4) with
+ * 3x3, 2x2 and 2x2 tiles and a batch of 2 */
+static void test_tiled_passes(void **st) {
+    (void)st;
+    Golden g;
+    golden_open(&g, "vae_small");
+    Rng r;
+    rng_seed(&r, 11);
+    int N = 2, H = 40, W = 36, h = 10, w = 9;
+    int64_t ni = (int64_t)N * 3 * H * W, nz = (int64_t)N * 4 * h * w;
+    float *img = smooth_image(&r, N, H, W), *lat = th_rand(&r, nz, -1, 1);
+    set_tiling(g.v, VAE_TILING_OFF, 0);
+    float *z0 = enc_host(g.v, g.be, img, N, H, W), *x0 = dec_host(g.v, g.be, lat, N, h, w);
+
+    /* (a) */
+    int big[2] = {40, 64};
+    for (int k = 0; k < 2; k++) {
+        set_tiling(g.v, VAE_TILING_ON, big[k]);
+        assert_int_equal(vae_will_tile(g.v, 0, N, H, W), 0);
+        float *z1 = enc_host(g.v, g.be, img, N, H, W), *x1 = dec_host(g.v, g.be, lat, N, h, w);
+        assert_memory_equal(z1, z0, sizeof(float) * nz);
+        assert_memory_equal(x1, x0, sizeof(float) * ni);
+        free(z1); free(x1);
+    }
+
+    /* (b) tiles of 4, 6 and 8 cells */
+    int tiles[3] = {16, 24, 32};
+    for (int k = 0; k < 3; k++) {
+        set_tiling(g.v, VAE_TILING_ON, tiles[k]);
+        assert_int_equal(vae_will_tile(g.v, 0, N, H, W), 1);
+        assert_int_equal(vae_will_tile(g.v, 1, N, h, w), 1);
+        float *z1 = enc_host(g.v, g.be, img, N, H, W), *x1 = dec_host(g.v, g.be, lat, N, h, w);
+        double *zr = ref_tiled(&g, 0, img, N, h, w, tiles[k] / 4);
+        double *xr = ref_tiled(&g, 1, lat, N, h, w, tiles[k] / 4);
+        th_check("tiled encode vs reference blend", z1, zr, nz, 1e-5 * max_abs(z0, nz), 1e-5);
+        th_check("tiled decode vs reference blend", x1, xr, ni, 1e-5 * max_abs(x0, ni), 1e-5);
+        free(z1); free(x1); free(zr); free(xr);
+    }
+    free(img); free(lat); free(z0); free(x0);
+    golden_close(&g);
+}
+
+/* (b) tiled vs untiled: close, not equal, since each tile's group norms and
+ * zero padding see only the tile (as in diffusers). On vae_plain (no
+ * attention, f = 2) at 96x96 with 64 px tiles (2x2 tiles, 8-cell overlaps),
+ * measured 2026-12-05 (sum |diff| / sum |untiled|, max |diff| / max |untiled|):
+ * encode 0.061, 0.111; decode 0.020, 0.034. Tiles placed one cell off, or
+ * overlaps added instead of blended (weights summing to 2 there), measured
+ * means of 0.30 to 0.78 here. */
+static void test_tiled_close(void **st) {
+    (void)st;
+    Golden g;
+    golden_open(&g, "vae_plain");
+    Rng r;
+    rng_seed(&r, 13);
+    int N = 1, H = 96, W = 96, h = 48, w = 48;
+    int64_t ni = (int64_t)N * 3 * H * W, nz = (int64_t)N * 4 * h * w;
+    float *img = smooth_image(&r, N, H, W), *lat = th_falloc(nz);
+    rng_fill_normal(&r, lat, nz);
+    set_tiling(g.v, VAE_TILING_OFF, 64);
+    float *z0 = enc_host(g.v, g.be, img, N, H, W), *x0 = dec_host(g.v, g.be, lat, N, h, w);
+    set_tiling(g.v, VAE_TILING_ON, 64);
+    assert_int_equal(vae_tile_count(g.v, h, w), 4);
+    float *z1 = enc_host(g.v, g.be, img, N, H, W), *x1 = dec_host(g.v, g.be, lat, N, h, w);
+    double ez = mean_rel(z1, z0, nz), mz = rel_err(z1, z0, nz);
+    double ex = mean_rel(x1, x0, ni), mx = rel_err(x1, x0, ni);
+    print_message("tiled vs untiled: encode mean %.3f max %.3f, decode mean %.3f max %.3f\n", ez, mz, ex, mx);
+    assert_true(ez < 0.1 && mz < 0.2);
+    assert_true(ex < 0.04 && mx < 0.08);
+    assert_true(ez > 0 && ex > 0); /* it did tile */
+    free(img); free(lat); free(z0); free(x0); free(z1); free(x1);
+    golden_close(&g);
+}
+
+/* auto tiles only when the untiled pass would exceed the budget; on only when
+ * the image is larger than a tile; off never */
+static void test_tiling_modes(void **st) {
+    (void)st;
+    Golden g;
+    golden_open(&g, "vae_small");
+    Rng r;
+    rng_seed(&r, 12);
+    int N = 1, H = 32, W = 32;
+    int64_t ni = (int64_t)N * 3 * H * W, nz = (int64_t)N * 4 * 8 * 8, plan;
+    float *img = th_rand(&r, ni, -1, 1);
+    assert_int_equal(vae_memory_plan(vae_config(g.v), 0, N, H, W, &plan), 0);
+    set_tiling(g.v, VAE_TILING_ON, 16);
+    float *on = enc_host(g.v, g.be, img, N, H, W);
+    set_tiling(g.v, VAE_TILING_OFF, 16);
+    assert_int_equal(vae_will_tile(g.v, 0, N, H, W), 0);
+    float *off = enc_host(g.v, g.be, img, N, H, W);
+    assert_true(memcmp(on, off, sizeof(float) * nz) != 0);
+    set_tiling(g.v, VAE_TILING_AUTO, 16);
+    vae_set_memory_budget(g.v, plan);     /* fits */
+    assert_int_equal(vae_will_tile(g.v, 0, N, H, W), 0);
+    float *a1 = enc_host(g.v, g.be, img, N, H, W);
+    assert_memory_equal(a1, off, sizeof(float) * nz);
+    vae_set_memory_budget(g.v, plan - 1); /* does not */
+    assert_int_equal(vae_will_tile(g.v, 0, N, H, W), 1);
+    float *a2 = enc_host(g.v, g.be, img, N, H, W);
+    assert_memory_equal(a2, on, sizeof(float) * nz);
+    set_tiling(g.v, VAE_TILING_AUTO, 32); /* one tile covers the image: nothing to cut */
+    assert_int_equal(vae_will_tile(g.v, 0, N, H, W), 0);
+    /* the default budget: half of MemAvailable on the CPU, far above a 32x32 pass */
+    vae_set_memory_budget(g.v, 0);
+    set_tiling(g.v, VAE_TILING_AUTO, 16);
+    assert_true(fs_mem_available() > 0);
+    assert_int_equal(vae_will_tile(g.v, 0, N, H, W), 0);
+    assert_int_equal(vae_will_tile(g.v, 0, N, 30, 32), -1);
+    assert_int_equal(vae_tiling_parse("auto"), VAE_TILING_AUTO);
+    assert_int_equal(vae_tiling_parse("on"), VAE_TILING_ON);
+    assert_int_equal(vae_tiling_parse("off"), VAE_TILING_OFF);
+    assert_int_equal(vae_tiling_parse("yes"), -1);
+    /* /proc/meminfo lines */
+    const char *mi = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2048 kB\nHugePages_Total:       0\n";
+    assert_true(fs_meminfo_bytes(mi, "MemAvailable") == 2048LL * 1024);
+    assert_true(fs_meminfo_bytes(mi, "MemTotal") == 24000000LL * 1024);
+    assert_true(fs_meminfo_bytes(mi, "HugePages_Total") == 0);
+    assert_true(fs_meminfo_bytes(mi, "Mem") == -1);
+    assert_true(fs_meminfo_bytes("MemAvailable: lots\n", "MemAvailable") == -1);
+    free(img); free(on); free(off); free(a1); free(a2);
+    golden_close(&g);
+}
+
+/* (d) a bad mode or tile size is refused in one line naming it and what is
+ * allowed, and leaves the setting as it was */
+static void test_tiling_refuses(void **st) {
+    (void)st;
+    Golden g;
+    golden_open(&g, "vae_small"); /* f = 4: tiles of 16..16384 px, multiples of 4 */
+    set_tiling(g.v, VAE_TILING_ON, 16);
+    struct { int mode, px; const char *want; } bad[] = {
+        {VAE_TILING_ON, 18, "tile size 18 px: use a multiple of 4 (the VAE's scale factor) from 16 to 16384, or 0 for 512"},
+        {VAE_TILING_ON, 12, "tile size 12 px"}, {VAE_TILING_AUTO, -8, "tile size -8 px"},
+        {VAE_TILING_ON, 16388, "tile size 16388 px"}, {7, 64, "vae tiling mode 7: use off, on or auto"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        char err[256] = "";
+        assert_int_equal(vae_set_tiling(g.v, bad[k].mode, bad[k].px, err, sizeof err), -1);
+        if (!strstr(err, bad[k].want) || strchr(err, '\n')) fail_msg("got '%s', want '%s'", err, bad[k].want);
+        assert_int_equal(vae_tile_count(g.v, 8, 8), 9); /* still 16 px tiles */
+    }
+    golden_close(&g);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_param_table),
@@ -498,6 +942,12 @@ int main(void) {
         cmocka_unit_test(test_bad_shapes),
         cmocka_unit_test_setup_teardown(test_missing_and_misshaped, setup_tmp, teardown_tmp),
         cmocka_unit_test_setup_teardown(test_old_attention_names, setup_tmp, teardown_tmp),
+        cmocka_unit_test(test_memory_plan),
+        cmocka_unit_test(test_tile_weights),
+        cmocka_unit_test(test_tiled_passes),
+        cmocka_unit_test(test_tiled_close),
+        cmocka_unit_test(test_tiling_modes),
+        cmocka_unit_test(test_tiling_refuses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -37,7 +37,7 @@ struct Backend {
     const char *(*device_name)(Backend *be); /* e.g. "NVIDIA H100 80GB HBM3", "cpu (16 threads)" */
     /* TF32 tensor-core math in gemms: 0 ok, -1 when the backend has no such mode */
     int (*set_tf32)(Backend *be, int on);
-    size_t (*reserved_bytes)(Backend *be);   /* memory held from the device (live + cached) */
+    size_t (*reserved_bytes)(Backend *be);   /* memory held from the device (live + cached; CPU: + its scratch) */
     /* memory the device could still give now, counting our own cached blocks
      * (CPU: the kernel's MemAvailable); 0 when unknown. For plans, not promises. */
     size_t (*free_bytes)(Backend *be);
@@ -50,7 +50,9 @@ struct Backend {
     void (*copy)(Backend *be, void *dst, const void *src, size_t bytes);
     void (*zero)(Backend *be, void *p, size_t bytes);
     void (*sync)(Backend *be);
-    size_t (*peak_bytes)(Backend *be); /* peak of live allocations since creation */
+    /* peak of live allocations since creation; the CPU backend counts its own
+     * scratch (im2col columns, attention tiles, partial sums) as live too */
+    size_t (*peak_bytes)(Backend *be);
 
     /* ---- dense algebra ----
      * C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, row-major,
@@ -223,5 +225,9 @@ void backend_destroy(Backend *be); /* be->destroy, NULL-safe */
 
 /* The CPU backend directly (tests and tools that compare against it). */
 Backend *backend_cpu_create(void);
+/* Tests: cap the CPU backend's im2col columns at `floats` per thread (0: the
+ * default, 64 MB), so a small convolution is cut into several row bands.
+ * Does nothing to another backend. */
+void backend_cpu_set_conv_cols(Backend *be, int64_t floats);
 
 #endif

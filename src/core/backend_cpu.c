@@ -13,10 +13,14 @@
  *
  * Scratch: im2col columns, attention score tiles, Kronecker intermediates and
  * partial sums live in per-thread scratch slots that only grow, so steady-state
- * training does no mallocs. The backend is not reentrant: one thread calls it
- * at a time (the train thread).
+ * training does no mallocs. What the slots hold counts as live memory, in
+ * reserved_bytes and peak_bytes, so the reported peak is what the process holds.
+ * A convolution's im2col columns cover as many output rows as fit in
+ * CONV_COL_FLOATS per thread, not the whole image. The backend is not
+ * reentrant: one thread calls it at a time (the train thread).
  */
 #include "core/backend.h"
+#include "core/fsutil.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -68,6 +72,12 @@ static void fix_openblas_core(void) {
 #define MAX_CHUNKS 64
 #define NSLOT 5
 #define SPIN 4000 /* polls before a waiting thread sleeps (~100 us) */
+/* Each thread's im2col columns: at most this many floats (64 MB), whole output
+ * rows at a time (at least one). Whole-image columns were Cin*9*H*W floats,
+ * 2.4 GB for the SD VAE decoder at 512x512 and ~10 GB at 1024x1024; at this cap
+ * the SD VAE's GEMMs still get 3,584 to 7,168 columns per band, and were not
+ * slower (bench_ops conv). */
+#define CONV_COL_FLOATS ((int64_t)16 << 20)
 
 typedef struct {
     float *p;
@@ -84,8 +94,9 @@ typedef struct {
 } Worker;
 
 struct CpuImpl {
-    _Atomic size_t live, peak;
+    _Atomic size_t live, peak; /* be->alloc blocks plus scratch slots, bytes */
     int nthreads;
+    int64_t col_floats;        /* im2col cap per thread (CONV_COL_FLOATS; tests lower it) */
     char desc[48];      /* device_name: "cpu (N threads)" */
     Scratch s[MAX_THREADS][NSLOT];
     /* pool */
@@ -199,14 +210,25 @@ static int chunks_for(int64_t work, int64_t grain, int64_t max_by_items) {
     return c < 1 ? 1 : (int)c;
 }
 
-/* scratch slot `slot` of thread `t`, at least n floats; NULL on OOM */
+/* live memory grew by add bytes: keep the peak */
+static void account(CpuImpl *im, size_t add) {
+    size_t live = atomic_fetch_add(&im->live, add) + add;
+    size_t peak = atomic_load(&im->peak);
+    while (live > peak && !atomic_compare_exchange_weak(&im->peak, &peak, live)) {}
+}
+
+/* scratch slot `slot` of thread `t`, at least n floats; NULL on OOM. Held
+ * scratch counts as live memory (the old slot is freed before the new one is
+ * taken, so only the new size counts at the peak). */
 static float *scratch(CpuImpl *im, int t, int slot, size_t n) {
     Scratch *s = &im->s[t][slot];
     if (s->n < n) {
         free(s->p);
+        atomic_fetch_sub(&im->live, s->n * sizeof(float));
         size_t want = n + n / 4 + 64;
         s->p = aligned_alloc(64, ((want * sizeof(float)) + 63) / 64 * 64);
         s->n = s->p ? want : 0;
+        account(im, s->n * sizeof(float));
     }
     return s->p;
 }
@@ -214,6 +236,17 @@ static float *scratch(CpuImpl *im, int t, int slot, size_t n) {
 /* scratch for every thread that may run a chunk (grown before the job starts) */
 static void scratch_all(CpuImpl *im, int slot, size_t n, float **out) {
     for (int t = 0; t < im->nthreads; t++) out[t] = scratch(im, t, slot, n);
+}
+
+/* scratch for the threads a par_run of nchunks chunks runs on: only the
+ * calling thread when it runs them inline (see par_run), else all of them */
+static void scratch_job(CpuImpl *im, int slot, size_t n, int nchunks, float **out) {
+    if (nchunks <= 1 || im->nthreads <= 1 || in_pool) {
+        int t = in_pool ? cur_tid : 0;
+        out[t] = scratch(im, t, slot, n);
+        return;
+    }
+    scratch_all(im, slot, n, out);
 }
 
 /* ------------------------------------------------------------------ memory */
@@ -233,9 +266,7 @@ static void *cpu_alloc(Backend *be, size_t bytes) {
     AllocHdr *h = (AllocHdr *)u - 1;
     h->base = base;
     h->bytes = bytes;
-    size_t live = atomic_fetch_add(&im->live, bytes) + bytes;
-    size_t peak = atomic_load(&im->peak);
-    while (live > peak && !atomic_compare_exchange_weak(&im->peak, &peak, live)) {}
+    account(im, bytes);
     return (void *)u;
 }
 
@@ -257,14 +288,8 @@ static size_t cpu_peak(Backend *be) { return atomic_load(&impl_of(be)->peak); }
 static size_t cpu_reserved(Backend *be) { return atomic_load(&impl_of(be)->live); }
 /* MemAvailable: what the kernel can hand out without swapping */
 static size_t cpu_free_bytes(Backend *be) {
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (!f) return 0;
-    char line[256];
-    unsigned long long kb = 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
-    fclose(f);
-    return (size_t)kb * 1024;
+    long long b = fs_mem_available();
+    return b > 0 ? (size_t)b : 0;
 }
 
 /* ------------------------------------------------------------------ gemm */
@@ -420,20 +445,22 @@ static void cpu_linear_bwd(Backend *be, const float *dy, const float *x, const f
 
 /* ------------------------------------------------------------------ conv2d */
 
-/* col[(c*k+ki)*k+kj][oy*Wo+ox] = x[c][oy*s-p+ki][ox*s-p+kj] (0 outside) */
-static void im2col(const float *x, float *col, int C, int H, int W, int k, int s, int p, int Ho,
-                   int Wo) {
-    for (int c = 0; c < C; c++)
+/* Columns of output rows [oy0, oy1) for channels [c0, c1):
+ * col[(c*k+ki)*k+kj][(oy-oy0)*Wo+ox] = x[c][oy*s-p+ki][ox*s-p+kj] (0 outside) */
+static void im2col(const float *x, float *col, int c0, int c1, int H, int W, int k, int s, int p,
+                   int oy0, int oy1, int Wo) {
+    int64_t ncols = (int64_t)(oy1 - oy0) * Wo;
+    for (int c = c0; c < c1; c++)
         for (int ki = 0; ki < k; ki++)
             for (int kj = 0; kj < k; kj++) {
-                float *dst = col + ((int64_t)(c * k + ki) * k + kj) * Ho * Wo;
+                float *dst = col + ((int64_t)(c * k + ki) * k + kj) * ncols;
                 const float *xc = x + (int64_t)c * H * W;
                 /* valid ox range: 0 <= ox*s - p + kj < W */
                 int ox0 = 0, ox1 = Wo;
                 while (ox0 < Wo && ox0 * s - p + kj < 0) ox0++;
                 while (ox1 > ox0 && (ox1 - 1) * s - p + kj >= W) ox1--;
-                for (int oy = 0; oy < Ho; oy++) {
-                    float *d = dst + (int64_t)oy * Wo;
+                for (int oy = oy0; oy < oy1; oy++) {
+                    float *d = dst + (int64_t)(oy - oy0) * Wo;
                     int iy = oy * s - p + ki;
                     if (iy < 0 || iy >= H) {
                         memset(d, 0, sizeof(float) * Wo);
@@ -450,21 +477,22 @@ static void im2col(const float *x, float *col, int C, int H, int W, int k, int s
             }
 }
 
-/* dx[c][iy][ix] += dcol[...]: the adjoint of im2col */
-static void col2im_acc(const float *col, float *dx, int C, int H, int W, int k, int s, int p,
-                       int Ho, int Wo) {
-    for (int c = 0; c < C; c++)
+/* dx[c][iy][ix] += dcol[...]: the adjoint of im2col, same ranges */
+static void col2im_acc(const float *col, float *dx, int c0, int c1, int H, int W, int k, int s,
+                       int p, int oy0, int oy1, int Wo) {
+    int64_t ncols = (int64_t)(oy1 - oy0) * Wo;
+    for (int c = c0; c < c1; c++)
         for (int ki = 0; ki < k; ki++)
             for (int kj = 0; kj < k; kj++) {
-                const float *src = col + ((int64_t)(c * k + ki) * k + kj) * Ho * Wo;
+                const float *src = col + ((int64_t)(c * k + ki) * k + kj) * ncols;
                 float *xc = dx + (int64_t)c * H * W;
                 int ox0 = 0, ox1 = Wo;
                 while (ox0 < Wo && ox0 * s - p + kj < 0) ox0++;
                 while (ox1 > ox0 && (ox1 - 1) * s - p + kj >= W) ox1--;
-                for (int oy = 0; oy < Ho; oy++) {
+                for (int oy = oy0; oy < oy1; oy++) {
                     int iy = oy * s - p + ki;
                     if (iy < 0 || iy >= H) continue;
-                    const float *sr = src + (int64_t)oy * Wo;
+                    const float *sr = src + (int64_t)(oy - oy0) * Wo;
                     float *xr = xc + (int64_t)iy * W + kj - p;
                     if (s == 1)
                         for (int ox = ox0; ox < ox1; ox++) xr[ox] += sr[ox];
@@ -474,15 +502,65 @@ static void col2im_acc(const float *col, float *dx, int C, int H, int W, int k, 
             }
 }
 
+/* im2col / col2im_acc of one row band split by channels over the pool (a
+ * batch-1 convolution would otherwise copy on one thread while the other
+ * waits for the GEMM); nested in a per-image job it runs inline. Channels
+ * write disjoint rows of col and disjoint planes of dx, so any split gives
+ * the same bytes. */
+typedef struct {
+    const float *x, *col;
+    float *out;
+    int H, W, k, s, p, oy0, oy1, Wo;
+} ColJob;
+
+static void im2col_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    ColJob *j = p;
+    im2col(j->x, j->out, (int)lo, (int)hi, j->H, j->W, j->k, j->s, j->p, j->oy0, j->oy1, j->Wo);
+}
+
+static void col2im_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
+    ColJob *j = p;
+    col2im_acc(j->col, j->out, (int)lo, (int)hi, j->H, j->W, j->k, j->s, j->p, j->oy0, j->oy1, j->Wo);
+}
+
+static void band_cols(CpuImpl *im, int adjoint, const float *in, float *out, int C, int H, int W,
+                      int k, int s, int p, int oy0, int oy1, int Wo) {
+    ColJob j = {adjoint ? NULL : in, adjoint ? in : NULL, out, H, W, k, s, p, oy0, oy1, Wo};
+    int64_t work = (int64_t)C * k * k * (oy1 - oy0) * Wo;
+    par_run(im, C, chunks_for(work, 1 << 18, C), adjoint ? col2im_chunk : im2col_chunk, &j);
+}
+
 typedef struct {
     const float *x, *w, *b, *dy;
     float *y, *dx, *dw;
     int N, Cin, H, W, Cout, k, s, p, Ho, Wo, direct;
+    int rows;                  /* output rows per im2col band (Ho when direct) */
     int64_t HWo, HWi, KK;
     float *cols[MAX_THREADS], *dcols[MAX_THREADS];
     float *dwpart[MAX_CHUNKS]; /* per-chunk dw partials (NULL: write dw directly) */
     CpuImpl *im;
 } ConvJob;
+
+/* shapes, and the row band: as many output rows as fit in the column cap,
+ * spread evenly (a function of the shape only, so results do not depend on
+ * the thread count) */
+static void conv_plan(ConvJob *j, CpuImpl *im) {
+    j->Ho = (j->H + 2 * j->p - j->k) / j->s + 1;
+    j->Wo = (j->W + 2 * j->p - j->k) / j->s + 1;
+    j->HWo = (int64_t)j->Ho * j->Wo;
+    j->HWi = (int64_t)j->H * j->W;
+    j->KK = (int64_t)j->Cin * j->k * j->k;
+    j->direct = (j->k == 1 && j->s == 1 && j->p == 0);
+    j->rows = j->Ho;
+    if (!j->direct) {
+        int64_t fit = im->col_floats / (j->KK * j->Wo);
+        if (fit < 1) fit = 1;
+        if (fit < j->Ho) {
+            int64_t bands = (j->Ho + fit - 1) / fit;
+            j->rows = (int)((j->Ho + bands - 1) / bands);
+        }
+    }
+}
 
 static void conv_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
     ConvJob *j = p;
@@ -495,14 +573,20 @@ static void conv_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) 
                 for (int64_t i = 0; i < j->HWo; i++) yn[c * j->HWo + i] = j->b[c];
             beta = 1.f;
         }
-        const float *src = xn;
-        if (!j->direct) {
-            im2col(xn, j->cols[tid], j->Cin, j->H, j->W, j->k, j->s, j->p, j->Ho, j->Wo);
-            src = j->cols[tid];
+        if (j->direct) {
+            /* one image per job (batch 1): the GEMM itself splits over the pool */
+            sgemm_par(j->im, 0, 0, j->Cout, (int)j->HWo, (int)j->KK, 1.f, j->w, (int)j->KK, xn,
+                      (int)j->HWo, beta, yn, (int)j->HWo);
+            continue;
         }
-        /* one image per job (batch 1): the GEMM itself splits over the pool */
-        sgemm_par(j->im, 0, 0, j->Cout, (int)j->HWo, (int)j->KK, 1.f, j->w, (int)j->KK, src,
-                  (int)j->HWo, beta, yn, (int)j->HWo);
+        /* y[:, band] = w cols(band), band by band: every y element is the same
+         * dot product over KK as with whole-image columns */
+        for (int oy0 = 0; oy0 < j->Ho; oy0 += j->rows) {
+            int oy1 = oy0 + j->rows < j->Ho ? oy0 + j->rows : j->Ho, nc = (oy1 - oy0) * j->Wo;
+            band_cols(j->im, 0, xn, j->cols[tid], j->Cin, j->H, j->W, j->k, j->s, j->p, oy0, oy1, j->Wo);
+            sgemm_par(j->im, 0, 0, j->Cout, nc, (int)j->KK, 1.f, j->w, (int)j->KK, j->cols[tid], nc,
+                      beta, yn + (int64_t)oy0 * j->Wo, (int)j->HWo);
+        }
     }
 }
 
@@ -511,13 +595,8 @@ static void cpu_conv2d_fwd(Backend *be, const float *x, const float *w, const fl
     CpuImpl *im = impl_of(be);
     ConvJob j = {.x = x, .w = w, .b = b, .y = y, .N = N, .Cin = Cin, .H = H, .W = W, .Cout = Cout,
                  .k = k, .s = s, .p = p, .im = im};
-    j.Ho = (H + 2 * p - k) / s + 1;
-    j.Wo = (W + 2 * p - k) / s + 1;
-    j.HWo = (int64_t)j.Ho * j.Wo;
-    j.HWi = (int64_t)H * W;
-    j.KK = (int64_t)Cin * k * k;
-    j.direct = (k == 1 && s == 1 && p == 0);
-    if (!j.direct) scratch_all(im, 0, (size_t)(j.KK * j.HWo), j.cols);
+    conv_plan(&j, im);
+    if (!j.direct) scratch_job(im, 0, (size_t)(j.KK * j.rows * j.Wo), N, j.cols);
     par_run(im, N, N, conv_fwd_chunk, &j);
 }
 
@@ -525,25 +604,28 @@ static void conv_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) 
     ConvJob *j = p;
     float *dw = j->dwpart[chunk] ? j->dwpart[chunk] : j->dw;
     if (j->dwpart[chunk]) memset(dw, 0, sizeof(float) * j->Cout * j->KK);
+    int HWo = (int)j->HWo, KK = (int)j->KK;
     for (int64_t n = lo; n < hi; n++) {
         const float *xn = j->x + n * j->Cin * j->HWi;
         const float *dyn = j->dy + n * j->Cout * j->HWo;
-        int HWo = (int)j->HWo, KK = (int)j->KK;
-        if (j->dw) {
-            const float *src = xn;
-            if (!j->direct) {
-                im2col(xn, j->cols[tid], j->Cin, j->H, j->W, j->k, j->s, j->p, j->Ho, j->Wo);
-                src = j->cols[tid];
-            }
-            sgemm_par(j->im, 0, 1, j->Cout, KK, HWo, 1.f, dyn, HWo, src, HWo, 1.f, dw, KK);
+        float *dxn = j->dx ? j->dx + n * j->Cin * j->HWi : NULL;
+        if (j->direct) {
+            if (dw) sgemm_par(j->im, 0, 1, j->Cout, KK, HWo, 1.f, dyn, HWo, xn, HWo, 1.f, dw, KK);
+            if (dxn) sgemm_par(j->im, 1, 0, j->Cin, HWo, j->Cout, 1.f, j->w, j->Cin, dyn, HWo, 1.f, dxn, HWo);
+            continue;
         }
-        if (j->dx) {
-            float *dxn = j->dx + n * j->Cin * j->HWi;
-            if (j->direct) {
-                sgemm_par(j->im, 1, 0, j->Cin, HWo, j->Cout, 1.f, j->w, j->Cin, dyn, HWo, 1.f, dxn, HWo);
-            } else {
-                sgemm_par(j->im, 1, 0, KK, HWo, j->Cout, 1.f, j->w, KK, dyn, HWo, 0.f, j->dcols[tid], HWo);
-                col2im_acc(j->dcols[tid], dxn, j->Cin, j->H, j->W, j->k, j->s, j->p, j->Ho, j->Wo);
+        /* band by band: dw += dy(band) cols(band)^T sums the bands in order;
+         * dx += col2im(w^T dy(band)) */
+        for (int oy0 = 0; oy0 < j->Ho; oy0 += j->rows) {
+            int oy1 = oy0 + j->rows < j->Ho ? oy0 + j->rows : j->Ho, nc = (oy1 - oy0) * j->Wo;
+            const float *dyb = dyn + (int64_t)oy0 * j->Wo;
+            if (dw) {
+                band_cols(j->im, 0, xn, j->cols[tid], j->Cin, j->H, j->W, j->k, j->s, j->p, oy0, oy1, j->Wo);
+                sgemm_par(j->im, 0, 1, j->Cout, KK, nc, 1.f, dyb, HWo, j->cols[tid], nc, 1.f, dw, KK);
+            }
+            if (dxn) {
+                sgemm_par(j->im, 1, 0, KK, nc, j->Cout, 1.f, j->w, KK, dyb, HWo, 0.f, j->dcols[tid], nc);
+                band_cols(j->im, 1, j->dcols[tid], dxn, j->Cin, j->H, j->W, j->k, j->s, j->p, oy0, oy1, j->Wo);
             }
         }
     }
@@ -555,12 +637,7 @@ static void cpu_conv2d_bwd(Backend *be, const float *dy, const float *x, const f
     CpuImpl *im = impl_of(be);
     ConvJob j = {.x = x, .w = w, .dy = dy, .dx = dx, .dw = dw, .N = N, .Cin = Cin, .H = H, .W = W,
                  .Cout = Cout, .k = k, .s = s, .p = p, .im = im};
-    j.Ho = (H + 2 * p - k) / s + 1;
-    j.Wo = (W + 2 * p - k) / s + 1;
-    j.HWo = (int64_t)j.Ho * j.Wo;
-    j.HWi = (int64_t)H * W;
-    j.KK = (int64_t)Cin * k * k;
-    j.direct = (k == 1 && s == 1 && p == 0);
+    conv_plan(&j, im);
     if (db)
         for (int n = 0; n < N; n++)
             for (int c = 0; c < Cout; c++) {
@@ -570,10 +647,11 @@ static void cpu_conv2d_bwd(Backend *be, const float *dy, const float *x, const f
                 db[c] += acc;
             }
     if (!dx && !dw) return;
-    if (!j.direct && dw) scratch_all(im, 0, (size_t)(j.KK * j.HWo), j.cols);
-    if (!j.direct && dx) scratch_all(im, 1, (size_t)(j.KK * j.HWo), j.dcols);
     /* images go in at most 4 fixed groups; each group has its own dw partial */
     int nch = N < 4 ? N : 4;
+    size_t band = (size_t)(j.KK * j.rows * j.Wo);
+    if (!j.direct && dw) scratch_job(im, 0, band, nch, j.cols);
+    if (!j.direct && dx) scratch_job(im, 1, band, nch, j.dcols);
     if (dw && nch > 1) {
         float *buf = scratch(im, 0, 2, (size_t)nch * Cout * j.KK);
         for (int c = 0; c < nch; c++) j.dwpart[c] = buf + (int64_t)c * Cout * j.KK;
@@ -1799,6 +1877,7 @@ Backend *backend_cpu_create(void) {
     /* omp_get_max_threads honours OMP_NUM_THREADS and the CPU affinity mask */
     int nt = omp_get_max_threads();
     im->nthreads = nt < 1 ? 1 : (nt > MAX_THREADS ? MAX_THREADS : nt);
+    im->col_floats = CONV_COL_FLOATS;
     pthread_mutex_init(&im->mu, NULL);
     pthread_cond_init(&im->cv_work, NULL);
     pthread_cond_init(&im->cv_done, NULL);
@@ -1889,6 +1968,12 @@ static void cpu_destroy(Backend *be) {
         free(im);
     }
     free(be);
+}
+
+/* Test hook (backend.h): the im2col column cap per thread, in floats; 0 restores the default. */
+void backend_cpu_set_conv_cols(Backend *be, int64_t floats) {
+    if (!be || be->destroy != cpu_destroy) return;
+    impl_of(be)->col_floats = floats > 0 ? floats : CONV_COL_FLOATS;
 }
 
 /* ---- text encoder training: embedding backward ----

@@ -283,3 +283,28 @@ int fs_remove_tree(const char *path) {
     if (!S_ISDIR(st.st_mode)) return remove(path) != 0 ? -1 : 0;
     return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0 ? -1 : 0;
 }
+
+long long fs_meminfo_bytes(const char *text, const char *field) {
+    size_t n = strlen(field);
+    for (const char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
+        if (strncmp(l, field, n) != 0 || l[n] != ':') continue;
+        char *end;
+        errno = 0;
+        long long v = strtoll(l + n + 1, &end, 10);
+        if (end == l + n + 1 || errno || v < 0) return -1;
+        while (*end == ' ' || *end == '\t') end++;
+        /* the kernel writes kB (KiB); a bare number is bytes (HugePages_* are counts) */
+        if (!strncmp(end, "kB", 2)) return v > LLONG_MAX / 1024 ? -1 : v * 1024;
+        return v;
+    }
+    return -1;
+}
+
+long long fs_mem_available(void) {
+    size_t n;
+    char *text = fs_read_all("/proc/meminfo", &n, NULL, 0);
+    if (!text) return -1;
+    long long v = fs_meminfo_bytes(text, "MemAvailable");
+    free(text);
+    return v;
+}

@@ -1,6 +1,6 @@
 /* fsutil.h — small file-system helpers: whole-file read, atomic write
  * (temp + fsync + rename, so a crash never leaves a half-written file),
- * mkdir -p, and a C-locale handle for number parsing/printing that must not
+ * mkdir -p, the available memory (/proc/meminfo: the one place that reads it), and a C-locale handle for number parsing/printing that must not
  * follow the user's LC_NUMERIC (ncurses front ends call setlocale). */
 #ifndef KRONA_FSUTIL_H
 #define KRONA_FSUTIL_H
@@ -46,6 +46,12 @@ int fs_copy_tree(const char *src, const char *dst, int (*skip)(void *user, const
 /* Remove path and, if it is a folder, everything in it (symlinks themselves,
  * not what they name). 0, or -1 (what could be removed is). */
 int fs_remove_tree(const char *path);
+/* Memory the kernel says can be given to a new allocation now without
+ * swapping (/proc/meminfo's MemAvailable), in bytes; -1 when unknown. */
+long long fs_mem_available(void);
+/* One "Field:  N kB" line of a /proc/meminfo text, in bytes; -1 when the field
+ * is absent or not a number. */
+long long fs_meminfo_bytes(const char *text, const char *field);
 
 /* printf into an error buffer (err may be NULL or errlen 0: nothing written):
  * the one helper behind the engine's one-line errors. */

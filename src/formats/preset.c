@@ -47,6 +47,8 @@ static const Key keys[] = {
     { "model", "tokenizer", K_STR, F(tokenizer), 0, 0, 0, 0, 0, NULL, "tokenizer_dir|vocab",
       "CLIP's vocabulary (a folder with merges.txt); empty: the model folder, $KRONA_TOKENIZER, the Hugging Face cache, ComfyUI or A1111" },
     { "model", "device", K_ENUM, F(device), 0, 0, 0, 0, 0, "auto|cpu|cuda", "backend|gpu", "auto | cpu | cuda" },
+    { "model", "vae_tiling", K_ENUM, F(vae_tiling), 0, 0, 0, 0, 0, "auto|on|off", "tiled_vae|vae_tile|enable_tiling|tiling",
+      "VAE encode / decode in overlapping 512 px tiles: auto (when the image is larger than a tile and the untiled pass would not fit in half the available memory) | on | off" },
 
     { "data", "image", K_LIST, L(images, n_images), PRESET_MAX_IMAGES, 0, 0, 0, NULL, "images|instance_image|instance_data_dir",
       "training images, one line each, in order (at most 16)" },
@@ -115,6 +117,7 @@ void preset_defaults(Preset *p) {
     memset(p, 0, sizeof *p);
     set_text(p->model, sizeof p->model, "tiny");
     set_text(p->device, sizeof p->device, "auto");
+    set_text(p->vae_tiling, sizeof p->vae_tiling, "auto");
     p->resolution = 32;
     set_text(p->adapter, sizeof p->adapter, "krona");
     p->a1 = 4;

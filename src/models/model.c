@@ -452,6 +452,15 @@ int model_unet_forward(Model *m, const float *x, const float *t, const float *co
                         for_backward);
 }
 
+int model_set_vae_tiling(Model *m, const char *mode, char *err, size_t errlen) {
+    int t = vae_tiling_parse(mode);
+    if (t < 0) {
+        snprintf(err, errlen, "vae tiling '%s': use auto, on or off", mode ? mode : "(null)");
+        return -1;
+    }
+    return m->vae ? vae_set_tiling(m->vae, t, 0, err, errlen) : 0;
+}
+
 TimeIds model_time_ids(int orig_w, int orig_h, int crop_left, int crop_top, int w, int h) {
     TimeIds t = {{(float)orig_h, (float)orig_w, (float)crop_top, (float)crop_left, (float)h, (float)w}};
     return t;

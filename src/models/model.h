@@ -144,6 +144,11 @@ int model_cell(const Model *m);
  * a diffusers folder or a single-file checkpoint. 0, or -1 with err. */
 int model_cell_of(const char *spec, int *cell, char *err, size_t errlen);
 
+/* The VAE's tiling from "auto" | "on" | "off" (vae_set_tiling, default tile
+ * size); a pixel-space model has no VAE and accepts any of the three. 0, or -1
+ * with one line naming the value and the choices. */
+int model_set_vae_tiling(Model *m, const char *mode, char *err, size_t errlen);
+
 /* unet_forward on N conditioning records cond[N, cond_floats] (device). */
 int model_unet_forward(Model *m, const float *x, const float *t, const float *cond, float *out,
                        int N, int H, int W, int for_backward);

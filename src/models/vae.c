@@ -24,8 +24,11 @@
  * Memory: nothing is kept between calls. Each tensor is allocated with
  * be->alloc when a layer makes it and freed as soon as the next layer has
  * consumed it, so a call holds the weights plus the few tensors of the layer
- * being computed (the figures are in vae.h). Allocation failures stop the pass
- * with a message naming the layer and the size. */
+ * being computed (the figures are in vae.h; vae_memory_plan replays the
+ * allocations on sizes). Allocation failures stop the pass with a message
+ * naming the layer and the size. When tiling (vae.h), run_tiled cuts the input
+ * on the host, runs the same passes per tile and blends their outputs on the
+ * host: the device then holds one tile's activations. */
 #include "models/vae.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
@@ -276,6 +279,9 @@ struct VAE {
     Norm enc_nout, dec_nout;
     Blk down[VAE_MAX_LEVELS], up[VAE_MAX_LEVELS];
     Mid emid, dmid;
+    /* tiling (vae_set_tiling, vae_set_memory_budget) */
+    int tiling, tile_cells;   /* VAE_TILING_*; tile side in latent cells */
+    int64_t budget;           /* bytes; 0: the default (see vae_set_memory_budget) */
     /* per call */
     float *gmean, *grstd;  /* group norm statistics, N * groups */
     int fail;
@@ -471,6 +477,8 @@ VAE *vae_create(const VAEConfig *cfg, Backend *be, char *err, size_t errlen) {
     }
     v->params = b.p;
     v->n_params = b.n;
+    v->tiling = VAE_TILING_AUTO;
+    v->tile_cells = VAE_TILE_PX_DEFAULT >> (cfg->n_levels - 1);
     int64_t total = 0;
     for (int i = 0; i < v->n_params; i++) total += v->params[i].numel;
     v->n_base = total;
@@ -787,6 +795,365 @@ static int encoder_fwd(VAE *v, const float *x, float **out, int N, int H, int W)
     return 0;
 }
 
+/* the decoder: z[N,L,h,w] (scaled) -> x[N,out,f h,f w] (caller's buffer); 0 / -1 */
+static int decoder_fwd(VAE *v, const float *z, float *x, int N, int h, int w) {
+    const VAEConfig *c = &v->cfg;
+    Backend *be = v->be;
+    int64_t nz = (int64_t)N * c->latent_channels * h * w;
+    float *t = nb(v, nz, "decoder input");
+    if (!t) return -1;
+    be->copy(be, t, z, (size_t)nz * sizeof(float));
+    be->scale(be, t, 1.0f / c->scaling_factor, nz);
+    int H = h, W = w, rc = -1;
+#define DSTEP(expr) do { float *nh_ = (expr); fr(v, t); t = nh_; if (!t) goto out; } while (0)
+    if (c->use_post_quant_conv) DSTEP(conv_new(v, &v->post_quant, t, N, H, W, "post_quant_conv"));
+    DSTEP(conv_new(v, &v->dec_in, t, N, H, W, "decoder conv_in"));
+    if (mid_fwd(v, &v->dmid, &t, N, H, W)) { t = NULL; goto out; }
+    for (int i = 0; i < c->n_levels; i++) {
+        const Blk *k = &v->up[i];
+        for (int j = 0; j < k->nres; j++) DSTEP(res_fwd(v, &k->res[j], t, N, H, W));
+        if (k->has_samp) {
+            DSTEP(up_fwd(v, &k->samp, t, N, H, W));
+            H *= 2; W *= 2;
+        }
+    }
+    DSTEP(norm_silu(v, &v->dec_nout, t, N, (int64_t)H * W, 1, "decoder conv_norm_out"));
+    be->conv2d_fwd(be, t, P(v->dec_out.w), P(v->dec_out.b), x, N, v->dec_out.cin, H, W,
+                   v->dec_out.cout, 3, 1, 1);
+    rc = 0;
+#undef DSTEP
+out:
+    fr(v, t);
+    return rc;
+}
+
+/* ================================================================== memory plan
+ *
+ * The passes above, replayed on sizes alone: every nb() and fr() in the order
+ * the passes make them (a test compares this with what they allocate). */
+
+typedef struct { int64_t live, peak; } Plan;
+
+static void pl_new(Plan *p, int64_t n) {
+    p->live += (n > 0 ? n : 1) * (int64_t)sizeof(float);
+    if (p->live > p->peak) p->peak = p->live;
+}
+static void pl_free(Plan *p, int64_t n) { p->live -= (n > 0 ? n : 1) * (int64_t)sizeof(float); }
+
+/* res_fwd with its input held; leaves its output held (the caller frees the input) */
+static void pl_res(Plan *p, int N, int cin, int cout, int64_t HW) {
+    int64_t a = (int64_t)N * cin * HW, o = (int64_t)N * cout * HW;
+    pl_new(p, a); pl_new(p, o); pl_free(p, a);  /* norm1, conv1 */
+    pl_new(p, o); pl_free(p, o);                /* norm2 */
+    pl_new(p, o); pl_free(p, o);                /* conv2 */
+    if (cin != cout) { pl_new(p, o); pl_free(p, o); } /* conv_shortcut */
+}
+
+static void pl_attn(Plan *p, int N, int C, int64_t HW) {
+    int64_t n = (int64_t)N * C * HW, M = (int64_t)N * HW;
+    pl_new(p, n); pl_new(p, n); pl_free(p, n);              /* group_norm, tokens */
+    pl_new(p, n); pl_new(p, n); pl_new(p, n); pl_free(p, n); /* q, k, v */
+    pl_new(p, n); pl_new(p, M);                             /* output, lse */
+    pl_free(p, n); pl_free(p, n); pl_free(p, n); pl_free(p, M);
+    pl_new(p, n); pl_free(p, n);                            /* to_out */
+    pl_new(p, n); pl_free(p, n);                            /* residual */
+}
+
+/* a STEP: the new tensor of n floats replaces the held one of old floats */
+static void pl_step(Plan *p, int64_t old) { pl_free(p, old); }
+
+static void pl_mid(Plan *p, const VAEConfig *c, int N, int C, int64_t HW) {
+    int64_t n = (int64_t)N * C * HW;
+    pl_res(p, N, C, C, HW); pl_step(p, n);
+    if (c->mid_block_add_attention) { pl_attn(p, N, C, HW); pl_step(p, n); }
+    pl_res(p, N, C, C, HW); pl_step(p, n);
+}
+
+int vae_memory_plan(const VAEConfig *c, int decode, int N, int H, int W, int64_t *act_bytes) {
+    char err[256];
+    if (cfg_valid(c, err, sizeof err) || N < 1 || H < 1 || W < 1) return -1;
+    int f = 1 << (c->n_levels - 1);
+    if (!decode && (H % f || W % f)) return -1;
+    Plan p = {0, 0};
+    int64_t ng = (int64_t)N * c->norm_num_groups, L = c->latent_channels;
+    int nl = c->n_levels, last = c->block_out_channels[nl - 1];
+    pl_new(&p, ng); pl_new(&p, ng); /* norm statistics */
+    if (!decode) {
+        int64_t HW = (int64_t)H * W;
+        int cout = c->block_out_channels[0];
+        pl_new(&p, (int64_t)N * cout * HW); /* conv_in */
+        for (int i = 0; i < nl; i++) {
+            int cin = cout;
+            cout = c->block_out_channels[i];
+            for (int j = 0; j < c->layers_per_block; j++) {
+                int ci = j ? cout : cin;
+                pl_res(&p, N, ci, cout, HW);
+                pl_step(&p, (int64_t)N * ci * HW);
+            }
+            if (i != nl - 1) {
+                pl_new(&p, (int64_t)N * cout * (H + 1) * (W + 1)); /* padding */
+                pl_new(&p, (int64_t)N * cout * (H / 2) * (W / 2));
+                pl_free(&p, (int64_t)N * cout * (H + 1) * (W + 1));
+                pl_step(&p, (int64_t)N * cout * HW);
+                H /= 2; W /= 2;
+                HW = (int64_t)H * W;
+            }
+        }
+        pl_mid(&p, c, N, last, HW);
+        int64_t nh = (int64_t)N * last * HW, nm = 2 * L * N * HW;
+        pl_new(&p, nh); pl_step(&p, nh);           /* conv_norm_out */
+        pl_new(&p, nm); pl_step(&p, nh);           /* conv_out */
+        if (c->use_quant_conv) { pl_new(&p, nm); pl_step(&p, nm); }
+    } else {
+        int64_t HW = (int64_t)H * W, nz = (int64_t)N * L * HW;
+        pl_new(&p, nz);                            /* decoder input */
+        if (c->use_post_quant_conv) { pl_new(&p, nz); pl_step(&p, nz); }
+        pl_new(&p, (int64_t)N * last * HW); pl_step(&p, nz); /* conv_in */
+        pl_mid(&p, c, N, last, HW);
+        int cout = last;
+        for (int i = 0; i < nl; i++) {
+            int prev = cout;
+            cout = c->block_out_channels[nl - 1 - i];
+            for (int j = 0; j < c->layers_per_block + 1; j++) {
+                int ci = j ? cout : prev;
+                pl_res(&p, N, ci, cout, HW);
+                pl_step(&p, (int64_t)N * ci * HW);
+            }
+            if (i != nl - 1) {
+                pl_new(&p, (int64_t)N * cout * 4 * HW);  /* nearest 2x */
+                pl_new(&p, (int64_t)N * cout * 4 * HW);  /* conv */
+                pl_free(&p, (int64_t)N * cout * 4 * HW);
+                pl_step(&p, (int64_t)N * cout * HW);
+                HW *= 4;
+            }
+        }
+        pl_new(&p, (int64_t)N * cout * HW); /* conv_norm_out; conv_out writes the caller's x */
+    }
+    *act_bytes = p.peak;
+    return 0;
+}
+
+/* ================================================================== tiling
+ *
+ * One axis of a tiling, in latent cells: `cells` <= tile gives one tile;
+ * otherwise n = 1 + ceil((cells - tile) / (tile - overlap)) tiles of `tile`
+ * cells, the first at 0, the last ending at `cells`, the others evenly between
+ * (starts rounded down), so neighbours overlap by at least `overlap` cells and
+ * no tile is a sliver. Overlap = tile / 4, as diffusers' AutoencoderKL tiling. */
+
+typedef struct {
+    int n;
+    int *start, len; /* tile i covers [start[i], start[i] + len) */
+} Axis;
+
+static int axis_count(int cells, int tile) {
+    int ov = tile / 4 > 0 ? tile / 4 : 1;
+    return cells <= tile ? 1 : 1 + (cells - tile + (tile - ov) - 1) / (tile - ov);
+}
+
+static int axis_make(Axis *a, int cells, int tile) {
+    a->len = cells <= tile ? cells : tile;
+    a->n = axis_count(cells, tile);
+    a->start = malloc((size_t)a->n * sizeof *a->start);
+    if (!a->start) return -1;
+    for (int i = 0; i < a->n; i++)
+        a->start[i] = a->n == 1 ? 0 : (int)((int64_t)i * (cells - tile) / (a->n - 1));
+    return 0;
+}
+
+/* tile i's raw weight at output position y (u output units per cell): 1,
+ * ramping down linearly across each overlap with a neighbour (the two ramps of
+ * an overlap add up to 1), 0 outside the tile */
+static double axis_raw(const Axis *a, int i, int u, int64_t y) {
+    int64_t s = (int64_t)a->start[i] * u, e = s + (int64_t)a->len * u;
+    if (y < s || y >= e) return 0;
+    double wt = 1;
+    if (i > 0) {
+        double ov = (double)((int64_t)(a->start[i - 1] + a->len) * u - s);
+        double r = (y - s + 0.5) / ov;
+        if (r < wt) wt = r;
+    }
+    if (i < a->n - 1) {
+        double ov = (double)(e - (int64_t)a->start[i + 1] * u);
+        double r = (e - y - 0.5) / ov;
+        if (r < wt) wt = r;
+    }
+    return wt;
+}
+
+/* tile i's blend weights over its len*u outputs: raw weights divided by their
+ * sum over the tiles there, so they add up to 1 everywhere (where three tiles
+ * meet too) */
+static void axis_weights(const Axis *a, int i, int u, float *w) {
+    int64_t s = (int64_t)a->start[i] * u;
+    for (int64_t y = 0; y < (int64_t)a->len * u; y++) {
+        double sum = 0;
+        for (int j = 0; j < a->n; j++) sum += axis_raw(a, j, u, s + y);
+        w[y] = (float)(axis_raw(a, i, u, s + y) / sum);
+    }
+}
+
+int vae_tiling_parse(const char *s) {
+    if (!s) return -1;
+    if (!strcmp(s, "off")) return VAE_TILING_OFF;
+    if (!strcmp(s, "on")) return VAE_TILING_ON;
+    if (!strcmp(s, "auto")) return VAE_TILING_AUTO;
+    return -1;
+}
+
+int vae_set_tiling(VAE *v, int mode, int tile_px, char *err, size_t errlen) {
+    int f = 1 << (v->cfg.n_levels - 1), lo = 4 * f;
+    if (mode != VAE_TILING_OFF && mode != VAE_TILING_ON && mode != VAE_TILING_AUTO) {
+        snprintf(err, errlen, "vae tiling mode %d: use off, on or auto", mode);
+        return -1;
+    }
+    if (tile_px == 0) tile_px = VAE_TILE_PX_DEFAULT > lo ? VAE_TILE_PX_DEFAULT : lo;
+    if (tile_px < lo || tile_px > 16384 || tile_px % f) {
+        snprintf(err, errlen, "vae tile size %d px: use a multiple of %d (the VAE's scale factor) "
+                 "from %d to 16384, or 0 for %d", tile_px, f, lo, VAE_TILE_PX_DEFAULT);
+        return -1;
+    }
+    v->tiling = mode;
+    v->tile_cells = tile_px / f;
+    return 0;
+}
+
+void vae_set_memory_budget(VAE *v, int64_t bytes) { v->budget = bytes > 0 ? bytes : 0; }
+
+int vae_get_tiling(const VAE *v, int *tile_px) {
+    if (tile_px) *tile_px = v->tile_cells << (v->cfg.n_levels - 1);
+    return v->tiling;
+}
+
+int vae_tile_count(const VAE *v, int h, int w) {
+    if (h < 1 || w < 1) return -1;
+    return axis_count(h, v->tile_cells) * axis_count(w, v->tile_cells);
+}
+
+int vae_tile_at(const VAE *v, int decode, int h, int w, int k, int rect[4], float *weights) {
+    if (k < 0 || k >= vae_tile_count(v, h, w)) return -1;
+    Axis ay, ax;
+    if (axis_make(&ay, h, v->tile_cells)) return -1;
+    if (axis_make(&ax, w, v->tile_cells)) { free(ay.start); return -1; }
+    int i = k / ax.n, j = k % ax.n, u = decode ? 1 << (v->cfg.n_levels - 1) : 1, rc = 0;
+    rect[0] = ay.start[i]; rect[1] = ax.start[j]; rect[2] = ay.len; rect[3] = ax.len;
+    if (weights) {
+        int64_t th = (int64_t)ay.len * u, tw = (int64_t)ax.len * u;
+        float *wy = malloc((size_t)th * sizeof *wy), *wx = malloc((size_t)tw * sizeof *wx);
+        if (wy && wx) {
+            axis_weights(&ay, i, u, wy);
+            axis_weights(&ax, j, u, wx);
+            for (int64_t y = 0; y < th; y++)
+                for (int64_t x = 0; x < tw; x++) weights[y * tw + x] = wy[y] * wx[x];
+        } else {
+            rc = -1;
+        }
+        free(wy); free(wx);
+    }
+    free(ay.start); free(ax.start);
+    return rc;
+}
+
+/* the memory a call may use: the set budget, else half of what the device says
+ * is free now (read at each call: the UNet and the training activations come
+ * and go; the CPU's is the kernel's MemAvailable), else no limit (0) */
+static int64_t budget_now(const VAE *v) {
+    if (v->budget > 0) return v->budget;
+    size_t avail = v->be->free_bytes ? v->be->free_bytes(v->be) : 0;
+    return avail > 0 ? (int64_t)(avail / 2) : 0;
+}
+
+int vae_will_tile(VAE *v, int decode, int N, int H, int W) {
+    int f = 1 << (v->cfg.n_levels - 1);
+    int64_t plan;
+    if (vae_memory_plan(&v->cfg, decode, N, H, W, &plan)) return -1;
+    int h = decode ? H : H / f, w = decode ? W : W / f;
+    if (v->tiling == VAE_TILING_OFF || vae_tile_count(v, h, w) == 1) return 0;
+    if (v->tiling == VAE_TILING_ON) return 1;
+    int64_t budget = budget_now(v);
+    return budget > 0 && plan > budget;
+}
+
+typedef float *(*TileFn)(VAE *v, const float *in, int N, int h, int w);
+
+/* a tile through the encoder: moments[N, 2 latent, h, w] (new buffer) */
+static float *tile_encode(VAE *v, const float *x, int N, int h, int w) {
+    int f = 1 << (v->cfg.n_levels - 1);
+    float *mom = NULL;
+    return encoder_fwd(v, x, &mom, N, h * f, w * f) ? NULL : mom;
+}
+
+/* a tile through the decoder: image[N, out, f h, f w] (new buffer) */
+static float *tile_decode(VAE *v, const float *z, int N, int h, int w) {
+    int f = 1 << (v->cfg.n_levels - 1);
+    float *x = nb(v, (int64_t)N * v->cfg.out_channels * h * f * w * f, "tile output");
+    if (x && decoder_fwd(v, z, x, N, h, w)) { fr(v, x); return NULL; }
+    return x;
+}
+
+/* Run fn tile by tile over a latent of h x w cells: in[N, cin, h ui, w ui]
+ * (device) -> out[N, cout, h uo, w uo] (device), each tile's output weighted
+ * by its blend weights and summed on the host. ui, uo: input and output units
+ * per latent cell (encode: f and 1; decode: 1 and f). 0 / -1. */
+static int run_tiled(VAE *v, TileFn fn, const float *in, float *out, int N, int h, int w, int cin,
+                     int ui, int cout, int uo) {
+    Backend *be = v->be;
+    Axis ay = {0}, ax = {0};
+    int64_t Hi = (int64_t)h * ui, Wi = (int64_t)w * ui, Ho = (int64_t)h * uo, Wo = (int64_t)w * uo;
+    int64_t nin = (int64_t)N * cin * Hi * Wi, nout = (int64_t)N * cout * Ho * Wo;
+    float *hin = NULL, *hout = NULL, *tin_h = NULL, *tout_h = NULL, *wy = NULL, *wx = NULL;
+    float *tin = NULL;
+    int rc = -1;
+    if (axis_make(&ay, h, v->tile_cells) || axis_make(&ax, w, v->tile_cells)) goto oom;
+    int64_t thi = (int64_t)ay.len * ui, twi = (int64_t)ax.len * ui;
+    int64_t tho = (int64_t)ay.len * uo, two = (int64_t)ax.len * uo;
+    hin = malloc((size_t)nin * sizeof(float));
+    hout = calloc((size_t)nout, sizeof(float));
+    tin_h = malloc((size_t)(N * cin * thi * twi) * sizeof(float));
+    tout_h = malloc((size_t)(N * cout * tho * two) * sizeof(float));
+    wy = malloc((size_t)tho * sizeof(float));
+    wx = malloc((size_t)two * sizeof(float));
+    if (!hin || !hout || !tin_h || !tout_h || !wy || !wx) goto oom;
+    tin = nb(v, N * cin * thi * twi, "tile input");
+    if (!tin) goto done;
+    be->download(be, hin, in, (size_t)nin * sizeof(float));
+    for (int i = 0; i < ay.n; i++) {
+        axis_weights(&ay, i, uo, wy);
+        for (int j = 0; j < ax.n; j++) {
+            axis_weights(&ax, j, uo, wx);
+            int64_t y0 = (int64_t)ay.start[i] * ui, x0 = (int64_t)ax.start[j] * ui;
+            for (int64_t nc = 0; nc < (int64_t)N * cin; nc++)
+                for (int64_t y = 0; y < thi; y++)
+                    memcpy(tin_h + (nc * thi + y) * twi, hin + (nc * Hi + y0 + y) * Wi + x0,
+                           (size_t)twi * sizeof(float));
+            be->upload(be, tin, tin_h, (size_t)(N * cin * thi * twi) * sizeof(float));
+            float *tout = fn(v, tin, N, ay.len, ax.len);
+            if (!tout) goto done;
+            be->download(be, tout_h, tout, (size_t)(N * cout * tho * two) * sizeof(float));
+            fr(v, tout);
+            y0 = (int64_t)ay.start[i] * uo;
+            x0 = (int64_t)ax.start[j] * uo;
+            for (int64_t nc = 0; nc < (int64_t)N * cout; nc++)
+                for (int64_t y = 0; y < tho; y++) {
+                    float *o = hout + (nc * Ho + y0 + y) * Wo + x0;
+                    const float *t = tout_h + (nc * tho + y) * two;
+                    for (int64_t x = 0; x < two; x++) o[x] += wy[y] * wx[x] * t[x];
+                }
+        }
+    }
+    be->upload(be, out, hout, (size_t)nout * sizeof(float));
+    rc = 0;
+    goto done;
+oom:
+    snprintf(v->err, sizeof v->err, "out of host memory for the VAE's tiles (%.1f MB of image)",
+             (double)(nin + nout) * 4 / 1e6);
+done:
+    fr(v, tin);
+    free(ay.start); free(ax.start);
+    free(hin); free(hout); free(tin_h); free(tout_h); free(wy); free(wx);
+    return rc;
+}
+
 int vae_encode(VAE *v, const float *x, float *z, const float *noise, int N, int H, int W) {
     const VAEConfig *c = &v->cfg;
     Backend *be = v->be;
@@ -795,10 +1162,18 @@ int vae_encode(VAE *v, const float *x, float *z, const float *noise, int N, int 
     snprintf(what, sizeof what, "vae_encode: image %dx%d (batch %d): height and width must be "
              "positive multiples of %d", H, W, N, f);
     if (begin(v, N, what, N > 0 && H > 0 && W > 0 && H % f == 0 && W % f == 0)) return finish(v, -1);
-    float *mom = NULL;
-    if (encoder_fwd(v, x, &mom, N, H, W)) return finish(v, -1);
     int L = c->latent_channels;
     int64_t hw = (int64_t)(H / f) * (W / f), per = (int64_t)L * hw;
+    float *mom = NULL;
+    if (vae_will_tile(v, 0, N, H, W) == 1) {
+        mom = nb(v, 2 * N * per, "moments");
+        if (!mom || run_tiled(v, tile_encode, x, mom, N, H / f, W / f, c->in_channels, f, 2 * L, 1)) {
+            fr(v, mom);
+            return finish(v, -1);
+        }
+    } else if (encoder_fwd(v, x, &mom, N, H, W)) {
+        return finish(v, -1);
+    }
     /* mean = moments[:, :L]; logvar = moments[:, L:] */
     for (int n = 0; n < N; n++)
         be->copy(be, z + n * per, mom + 2 * n * per, (size_t)per * sizeof(float));
@@ -831,35 +1206,13 @@ int vae_encode(VAE *v, const float *x, float *z, const float *noise, int N, int 
 
 int vae_decode(VAE *v, const float *z, float *x, int N, int h, int w) {
     const VAEConfig *c = &v->cfg;
-    Backend *be = v->be;
-    int L = c->latent_channels, nl = c->n_levels;
     char what[160];
     snprintf(what, sizeof what, "vae_decode: latent %dx%d (batch %d) must be positive", h, w, N);
     if (begin(v, N, what, N > 0 && h > 0 && w > 0)) return finish(v, -1);
-    int64_t nz = (int64_t)N * L * h * w;
-    float *t = nb(v, nz, "decoder input");
-    if (!t) return finish(v, -1);
-    be->copy(be, t, z, (size_t)nz * sizeof(float));
-    be->scale(be, t, 1.0f / c->scaling_factor, nz);
-    int H = h, W = w, rc = -1;
-#define DSTEP(expr) do { float *nh_ = (expr); fr(v, t); t = nh_; if (!t) goto out; } while (0)
-    if (c->use_post_quant_conv) DSTEP(conv_new(v, &v->post_quant, t, N, H, W, "post_quant_conv"));
-    DSTEP(conv_new(v, &v->dec_in, t, N, H, W, "decoder conv_in"));
-    if (mid_fwd(v, &v->dmid, &t, N, H, W)) { t = NULL; goto out; }
-    for (int i = 0; i < nl; i++) {
-        const Blk *k = &v->up[i];
-        for (int j = 0; j < k->nres; j++) DSTEP(res_fwd(v, &k->res[j], t, N, H, W));
-        if (k->has_samp) {
-            DSTEP(up_fwd(v, &k->samp, t, N, H, W));
-            H *= 2; W *= 2;
-        }
-    }
-    DSTEP(norm_silu(v, &v->dec_nout, t, N, (int64_t)H * W, 1, "decoder conv_norm_out"));
-    be->conv2d_fwd(be, t, P(v->dec_out.w), P(v->dec_out.b), x, N, v->dec_out.cin, H, W,
-                   v->dec_out.cout, 3, 1, 1);
-    rc = 0;
-#undef DSTEP
-out:
-    fr(v, t);
+    int f = 1 << (c->n_levels - 1), rc;
+    if (vae_will_tile(v, 1, N, h, w) == 1)
+        rc = run_tiled(v, tile_decode, z, x, N, h, w, c->latent_channels, 1, c->out_channels, f);
+    else
+        rc = decoder_fwd(v, z, x, N, h, w);
     return finish(v, rc);
 }

@@ -16,12 +16,14 @@
  * (a 128-channel 512x512 resnet holds its input, norm output and conv output)
  * + 3 image and latent, 22.6 s on 2 threads; decode 64x64 -> 512x512: 1009 MB =
  * 335 + 671 (the first resnet of the last up block, 256 -> 128 channels at
- * 512x512) + 3, 46.8 s. Activations scale with N and with the pixel count. The CPU backend's
- * im2col scratch is not in peak_bytes: Cin*9*H*W floats for the largest 3x3
- * convolution (1.2 GB encoding, 2.4 GB decoding at 512x512), kept by the backend
- * after the call; the process peaked at 1.9 GB (encode) and 3.3 GB (decode) RSS.
- * On CUDA the convolution's im2col workspace goes through the allocator, so it
- * is in peak_bytes there. vae_encode returns the latent MEAN (see there). */
+ * 512x512) + 3, 46.8 s. Activations scale with N and with the pixel count
+ * (vae_memory_plan computes them for any size: 1611 MB encode, 2684 MB decode at
+ * 1024x1024). The CPU backend's im2col scratch is at most 64 MB per thread and
+ * counted in its peak_bytes (decode at 512x512: 1155 MB, 1.07 GB RSS); on CUDA
+ * the convolution's workspace goes through the allocator. When the activations
+ * would not fit, the passes run in overlapping tiles (vae_set_tiling; decode at
+ * 512x512 in 9 tiles of 256 px: 600 MB peak_bytes).
+ * vae_encode returns the latent MEAN (see there). */
 #ifndef KRONA_VAE_H
 #define KRONA_VAE_H
 
@@ -109,6 +111,55 @@ int vae_encode(VAE *v, const float *x, float *z, const float *noise, int N, int 
  * scaling_factor: the function divides by it -> x[N,out,f*h,f*w] (device), in
  * about [-1, 1], not clamped. 0, or -1 (see vae_last_error). */
 int vae_decode(VAE *v, const float *z, float *x, int N, int h, int w);
+/* ---- tiling ----
+ * vae_encode and vae_decode can run in overlapping square tiles (diffusers'
+ * enable_tiling, in spirit): encode cuts the image into tiles of tile_px pixels,
+ * decode the latent into tiles of tile_px / f cells; each tile goes through the
+ * whole network on its own, so activations are those of one tile. Tiles
+ * overlap by a quarter of their side (in latent cells, at least one); along
+ * each axis the first starts at 0, the last ends at the edge and the others are
+ * spread evenly. Outputs (encode: the latent moments, mean and logvar; decode:
+ * pixels) are blended: along an axis, a tile's weight is 1 except across each
+ * overlap with a neighbour, where it ramps linearly, (y - start + 1/2) / overlap
+ * up and mirrored down; weights are divided by their sum over the tiles at that
+ * position (so they add up to 1, where three tiles meet too), and a pixel's
+ * weight is the product of its row's and its column's. Each tile's group norms
+ * see only that tile, so a tiled result differs slightly from the untiled one.
+ * Modes: off; on (tile when the image is larger than a tile); auto (the
+ * default: tile when the image is larger than a tile and the untiled pass's
+ * activations, vae_memory_plan, exceed the memory budget). */
+enum { VAE_TILING_OFF = 0, VAE_TILING_ON = 1, VAE_TILING_AUTO = 2 };
+#define VAE_TILE_PX_DEFAULT 512
+/* "off" | "on" | "auto" -> VAE_TILING_*; -1 for anything else */
+int vae_tiling_parse(const char *s);
+/* mode VAE_TILING_*; tile_px: the tile side in image pixels, a multiple of f
+ * from 4 f to 16384, or 0 for VAE_TILE_PX_DEFAULT. 0, or -1 with one line
+ * naming the bad value and what is allowed (the VAE is unchanged). */
+int vae_set_tiling(VAE *v, int mode, int tile_px, char *err, size_t errlen);
+/* The memory `auto` lets one untiled call use, in bytes. 0 (the default): half
+ * of what the backend reports free at each call (be->free_bytes: the CPU's
+ * MemAvailable, a GPU's free memory); no limit when it cannot say. */
+void vae_set_memory_budget(VAE *v, int64_t bytes);
+/* The mode (VAE_TILING_*) and, in *tile_px (may be NULL), the tile side. */
+int vae_get_tiling(const VAE *v, int *tile_px);
+/* Device memory one untiled vae_encode (decode = 0; an image of N x H x W
+ * pixels) or vae_decode (decode = 1; a latent of N x H x W cells) allocates
+ * besides the weights and the caller's input and output: the peak of its
+ * activations and norm statistics, in bytes (SD 1.5 at 512x512: 403 MB encode,
+ * 671 MB decode). 0, or -1 on a bad config or shape. */
+int vae_memory_plan(const VAEConfig *cfg, int decode, int N, int H, int W, int64_t *act_bytes);
+/* Tiles of a latent of h x w cells at the VAE's tile size (1: one tile, the
+ * untiled pass); -1 on a bad size. */
+int vae_tile_count(const VAE *v, int h, int w);
+/* Tile k (row-major) of that tiling: rect = {y0, x0, rows, cols} in latent
+ * cells; weights (may be NULL) receives its blend weights over its output,
+ * row-major, rows x cols floats for encode (decode = 0, the latent) or
+ * (f rows) x (f cols) for decode (pixels). 0, or -1 for k out of range. */
+int vae_tile_at(const VAE *v, int decode, int h, int w, int k, int rect[4], float *weights);
+/* Whether vae_encode (decode = 0; N x H x W pixels) or vae_decode (decode = 1;
+ * a latent N x H x W) would tile now: 1 yes, 0 no, -1 bad shape. */
+int vae_will_tile(VAE *v, int decode, int N, int H, int W);
+
 /* One line saying why the last vae_encode / vae_decode returned -1 ("" if none). */
 const char *vae_last_error(const VAE *v);
 

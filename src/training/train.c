@@ -845,6 +845,8 @@ static int setup(Trainer *t, const char *resume_dir) {
     /* auto: what the model was trained for (its scheduler config) */
     if (strcmp(p->prediction, "v") == 0) m->sched.prediction = PRED_V;
     else if (strcmp(p->prediction, "epsilon") == 0) m->sched.prediction = PRED_EPSILON;
+    /* the training images' encode and the previews' decode */
+    if (model_set_vae_tiling(m, p->vae_tiling, t->err, sizeof t->err) != 0) return -1;
     int cell = model_cell(m);
     if (train_check_sizes(p, cell, t->err, sizeof t->err) != 0) return -1;
     t->px = p->resolution;

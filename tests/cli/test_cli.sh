@@ -162,6 +162,12 @@ printf 'not a safetensors file' >"$tmp/junk.safetensors"
 $bin sample --model tiny --adapter "$tmp/junk.safetensors" --prompt "a sks dog" -o "$tmp/x.png" >/dev/null 2>"$tmp/e"; rc=$?
 [ $rc -eq 2 ] && grep -q "junk.safetensors" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "malformed adapter file" || bad "malformed adapter (rc $rc)"
 
+# --- VAE tiling: a bad --vae-tiling or vae_tiling value is one line naming it
+$bin sample --model tiny --prompt "a dog" --vae-tiling maybe -o "$tmp/x.png" >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q -- "--vae-tiling maybe: use auto, on or off" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "sample --vae-tiling maybe" || bad "--vae-tiling maybe (rc $rc): $(cat "$tmp/e")"
+$bin train --preset presets/default.ini --headless --set vae_tiling=always >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -eq 2 ] && grep -q "vae_tiling=always: must be one of: auto, on, off" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "--set vae_tiling=always" || bad "--set vae_tiling=always (rc $rc): $(cat "$tmp/e")"
+
 # --- a SIGKILLed run resumes to the same adapter as an uninterrupted one
 common="--headless --preset presets/default.ini --set resolution=16 --set iterations=30 --set checkpoint_every=5 --set sample_every=0 --set output_dir=$tmp/runs --set device=cpu"
 $bin train $common --set run_name=full >"$tmp/full.log" 2>&1 || bad "uninterrupted run: $(tail -1 "$tmp/full.log")"
