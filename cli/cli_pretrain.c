@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "core/rng.h"
 #include "models/diffusion.h"
 #include "training/pretrain.h"
 
@@ -66,7 +67,7 @@ int cmd_pretrain(int argc, char **argv) {
         }
         else if (!strcmp(a, "--steps")) { bad = cli_parse_int(v, &iv) || iv <= 0; o.steps = iv; }
         else if (!strcmp(a, "--batch")) { bad = cli_parse_int(v, &iv) || iv <= 0; o.batch = iv; }
-        else if (!strcmp(a, "--seed")) { bad = cli_parse_int(v, &iv) || iv < 0; o.seed = (uint64_t)iv; }
+        else if (!strcmp(a, "--seed")) { char why[128]; bad = rng_parse_seed(v, &o.seed, why, sizeof why) != 0; }
         else if (!strcmp(a, "--warmup")) { bad = cli_parse_int(v, &iv) || iv < 0; o.warmup = iv; }
         else if (!strcmp(a, "--checkpoint-every")) { bad = cli_parse_int(v, &iv); o.checkpoint_every = iv; }
         else if (!strcmp(a, "--stop-after")) { bad = cli_parse_int(v, &iv) || iv < 0; o.stop_after = iv; }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "core/rng.h"
 #include "training/pretrain.h"
 #include "training/score.h"
 #include "training/sweep.h"
@@ -72,8 +73,8 @@ static int parse_score_opt(const char *a, const char *v, ScoreOpts *o, int *bad)
         *bad = cli_parse_int(v, &x) || x < 1 || x > 1000;
         o->steps = x;
     } else if (!strcmp(a, "--score-seed") || !strcmp(a, "--seed")) {
-        *bad = cli_parse_int(v, &x) || x < 0;
-        o->seed = (uint64_t)x;
+        char why[128];
+        *bad = rng_parse_seed(v, &o->seed, why, sizeof why) != 0;
     } else if (!strcmp(a, "--score-guidance") || !strcmp(a, "--guidance")) {
         float g;
         *bad = cli_parse_float(v, &g) || !(g >= 0 && g <= 50);

@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "core/fsutil.h"
+#include "core/rng.h"
 #include "formats/image.h"
 #include "models/model.h"
 #include "formats/safetensors.h"
@@ -83,7 +85,7 @@ int cmd_train(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--set")) {
             if (preset_set(&p, v, err, sizeof err) != 0) {
-                fprintf(stderr, "krona-studio train: --set %s\n", err);
+                fprintf(stderr, "krona-studio train: %s\n", err);
                 return 2;
             }
         } else {
@@ -159,7 +161,7 @@ int cmd_sample(int argc, char **argv) {
     const char *neg = "", *tokenizer = NULL;
     int n = 1, steps = 25, size = 0;
     float guidance = 5.0f;
-    int seed = 1;
+    uint64_t seed = 1;
     SamplerKind kind = SAMPLER_DDIM;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -176,7 +178,14 @@ int cmd_sample(int argc, char **argv) {
         else if (!strcmp(a, "--n")) bad = cli_parse_int(v, &n) || n < 1 || n > 64;
         else if (!strcmp(a, "--steps")) bad = cli_parse_int(v, &steps) || steps < 1 || steps > 999;
         else if (!strcmp(a, "--size")) bad = cli_parse_int(v, &size) || size < 8;
-        else if (!strcmp(a, "--seed")) bad = cli_parse_int(v, &seed);
+        else if (!strcmp(a, "--seed")) {
+            char why[128], shown[64];
+            if (rng_parse_seed(v, &seed, why, sizeof why) != 0) {
+                fmt_shorten(v, 24, shown, sizeof shown);
+                fprintf(stderr, "krona-studio sample: --seed %s: %s\n", shown, why);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--guidance")) bad = cli_parse_float(v, &guidance) || !(guidance >= 0 && guidance <= 50);
         else if (!strcmp(a, "--sampler")) {
             if (!strcmp(v, "ddim")) kind = SAMPLER_DDIM;
@@ -190,6 +199,11 @@ int cmd_sample(int argc, char **argv) {
     }
     if (!prompt) { fprintf(stderr, "krona-studio sample: give --prompt TEXT\n"); return 2; }
     char err[1024];
+    /* a missing or read-only folder fails now, not after the generation */
+    if (fs_check_writable(out, err, sizeof err) != 0) {
+        fprintf(stderr, "krona-studio sample: %s\n", err);
+        return 2;
+    }
     Backend *be = backend_open(device, err, sizeof err);
     if (!be) { fprintf(stderr, "krona-studio sample: %s\n", err); return 2; }
     int rc = 2;
@@ -221,9 +235,9 @@ int cmd_sample(int argc, char **argv) {
     so.kind = kind;
     so.steps = steps;
     so.guidance = guidance;
-    so.seed = (uint64_t)seed;
+    so.seed = seed;
     rc = 1;
-    if (model_generate(m, cc, cu, n, size, &so, (uint64_t)seed, NULL, pix, err, sizeof err) != 0) goto fail;
+    if (model_generate(m, cc, cu, n, size, &so, seed, NULL, pix, err, sizeof err) != 0) goto fail;
     for (int i = 0; i < n; i++) image_from_chw(pix + per * i, m->image_channels, size, size, &tiles[i]);
     if (n == 1) {
         if (image_save_png(out, &tiles[0], err, sizeof err) != 0) goto fail;

@@ -235,8 +235,7 @@ int checkpoint_merge(const char *in_path, const ConvertMap *unet_map, const Adap
             /* W + S dW in f32, rounded to the output dtype */
             Adapter a = set->items[who[i]];
             float *host = obuf;
-            if (st_read_f32(t, host) != 0) {
-                err_set(err, errlen, "%s: cannot read %s", in_path, t->name);
+            if (st_load_f32(t, host, in_path, err, errlen) != 0) {
                 fs_atomic_abort(f);
                 f = NULL;
                 goto out;
@@ -259,7 +258,13 @@ int checkpoint_merge(const char *in_path, const ConvertMap *unet_map, const Adap
                 part.nbytes = (size_t)part.numel * (size_t)isz;
                 part.ndim = 1;
                 part.shape[0] = part.numel;
-                st_read_f32(&part, fbuf);
+                int rr = st_read_f32(&part, fbuf);
+                if (rr != 0) {
+                    st_read_error(t, rr, in_path, err, errlen);   /* names the whole tensor */
+                    fs_atomic_abort(f);
+                    f = NULL;
+                    goto out;
+                }
                 from_f32(fbuf, part.numel, odt[i], obuf);
                 werr = fs_atomic_write(f, obuf, (size_t)part.numel * (size_t)st_dtype_size(odt[i]));
             }
