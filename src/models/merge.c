@@ -258,8 +258,10 @@ int checkpoint_merge(const char *in_path, const ConvertMap *unet_map, const Adap
                 part.nbytes = (size_t)part.numel * (size_t)isz;
                 part.ndim = 1;
                 part.shape[0] = part.numel;
+                /* copied, not merged: a non-finite value is carried over as the byte
+                 * copy of a same-dtype tensor would (only the merged weights refuse one) */
                 int rr = st_read_f32(&part, fbuf);
-                if (rr != 0) {
+                if (rr == ST_READ_DTYPE) {
                     st_read_error(t, rr, in_path, err, errlen);   /* names the whole tensor */
                     fs_atomic_abort(f);
                     f = NULL;
