@@ -15,7 +15,7 @@
 /* Caps on what a loader reads into memory (a file over its cap is refused in
  * one line before anything is read): configs, JSON, presets, tokenizer files,
  * captions, loss.csv. Images have theirs in formats/image.h. */
-#define FS_TEXT_MAX ((size_t)64 << 20)
+#define FS_TEXT_MAX ((size_t)64 * 1000 * 1000)   /* 64 MB */
 
 /* Open path for reading when it is a regular file: stat first, then open with
  * O_NONBLOCK (a FIFO swapped in between cannot block) and check the opened
@@ -25,7 +25,8 @@
 int fs_open_regular(const char *path, off_t *size, char *err, size_t errlen);
 /* Whole regular file (fs_open_regular) into a malloc'ed buffer with a NUL
  * appended (not counted in *n). A file over max bytes is refused before it is
- * read ("'path' is 2.1 GB, more than the 64.0 MB such a file may have"), and so
+ * read ("cannot read 'path': it is 2.1 GB, more than the 64.0 MB such a file may
+ * have (is it the right file?)"), and so
  * is one that grows past max while read. NULL with a one-line err naming path. */
 char *fs_read_all(const char *path, size_t max, size_t *n, char *err, size_t errlen);
 /* Write path.tmp.<pid>, fsync, rename over path. 0, or -1 and no temp left;
@@ -33,8 +34,8 @@ char *fs_read_all(const char *path, size_t max, size_t *n, char *err, size_t err
 int fs_write_atomic(const char *path, const void *data, size_t n, char *err, size_t errlen);
 /* Can path be written atomically (its folder exists and takes a new file, path
  * is not a folder)? Probes by creating and removing the temp fs_write_atomic
- * would use, so it also answers for root and read-only mounts. 0, or -1 with
- * err naming path (and the missing folder). For "check before hours of work". */
+ * would use, so the answer is the write's own (permissions, read-only mounts).
+ * 0, or -1 with err naming path (and the folder). For "check before the work". */
 int fs_check_writable(const char *path, char *err, size_t errlen);
 /* Remove the temps (NAME.tmp.<pid>) that dead processes left in dir (a killed
  * run); temps of live processes stay. The number removed, or -1 with err. */

@@ -477,6 +477,26 @@ static char *reader(char *str, int num, void *stream) {
     return str;
 }
 
+/* The path key k just set from this line, made relative to the preset's folder
+ * (a list key: its last entry; "image =" set none). 1, or 0 after ctx_fail. */
+static int resolve_path(Ctx *c, const Key *k, const char *name, const char *value) {
+    char *v = field(c->pre, k);
+    if (k->kind == K_LIST) {
+        int cnt = *list_count(c->pre, k);
+        if (cnt < 1) return 1;
+        v += (size_t)(cnt - 1) * k->size;
+    }
+    if (names_no_file(k, v) || v[0] == '/') return 1;
+    char abs[PATH_MAX], shown[160];
+    if (fs_path_resolve(c->base, v, abs, sizeof abs) != 0 || strlen(abs) >= k->size) {
+        fmt_quoted(value, 80, shown, sizeof shown);
+        return ctx_fail(c, "%s = %s: with the preset's folder the path is longer than %zu characters; "
+                        "give a shorter or absolute one", name, shown, k->size - 1);
+    }
+    set_text(v, k->size, abs);
+    return 1;
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value) {
     Ctx *c = user;
     if (c->failed) return 0;
@@ -520,19 +540,7 @@ static int handler(void *user, const char *section, const char *name, const char
                 fmt_quoted(value, 80, shown, sizeof shown);
                 ok = ctx_fail(c, "%s = %s: %s", name, shown, why);
             } else if (is_path_key(k)) {
-                /* relative to the preset's folder, so the file works from anywhere */
-                char *v = k->kind == K_LIST ? (char *)field(c->pre, k) + (size_t)(*list_count(c->pre, k) - 1) * k->size
-                                            : field(c->pre, k);
-                char abs[PATH_MAX];
-                if (!names_no_file(k, v) && v[0] != '/') {
-                    if (fs_path_resolve(c->base, v, abs, sizeof abs) != 0 || strlen(abs) >= k->size) {
-                        fmt_quoted(value, 80, shown, sizeof shown);
-                        ok = ctx_fail(c, "%s = %s: with the preset's folder the path is longer than %zu "
-                                      "characters; give a shorter or absolute one", name, shown, k->size - 1);
-                    } else {
-                        set_text(v, k->size, abs);
-                    }
-                }
+                ok = resolve_path(c, k, name, value);
             }
             if (!c->first_line[idx]) c->first_line[idx] = c->line;
         }
