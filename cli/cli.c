@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/fmt.h"
+#include "core/rng.h"
 #include "core/suggest.h"
 #include "models/model.h"
 
@@ -149,6 +151,15 @@ static int store(const CliCommand *c, const CliOpt *o, const char *name, const c
         }
         cli_error(c, "%s %s: use %s", name, v, want);
         return -1;
+    }
+    case CLI_SEED: {
+        char why[128], shown[64];
+        if (rng_parse_seed(v, (uint64_t *)o->to, why, sizeof why) != 0) {
+            fmt_shorten(v, 24, shown, sizeof shown);
+            cli_error(c, "%s %s: %s", name, shown, why);
+            return -1;
+        }
+        return 0;
     }
     case CLI_FLAG:
         break;

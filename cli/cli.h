@@ -5,6 +5,7 @@
 #ifndef KRONA_CLI_H
 #define KRONA_CLI_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "core/backend.h"
@@ -28,7 +29,8 @@ typedef enum {
     CLI_INT,     /* int at .to, within [lo, hi] */
     CLI_FLOAT,   /* float at .to, finite, within [lo, hi] */
     CLI_CHOICE,  /* int at .to: the index of the value in .choices ("ddim|euler") */
-    CLI_LIST     /* CliList at .to: every value, in order (an option that repeats) */
+    CLI_LIST,    /* CliList at .to: every value, in order (an option that repeats) */
+    CLI_SEED     /* uint64_t at .to, the one seed rule (rng_parse_seed): 0..2^64-1 */
 } CliKind;
 
 #define CLI_LIST_MAX 64
@@ -69,6 +71,9 @@ static inline CliOpt cli_float(const char *name, float *to, const char *arg, dou
                                const char *help) {
     return (CliOpt){.name = name, .kind = CLI_FLOAT, .to = to, .arg = arg, .lo = lo, .hi = hi, .help = help};
 }
+static inline CliOpt cli_seed(const char *name, uint64_t *to, const char *help) {
+    return (CliOpt){.name = name, .kind = CLI_SEED, .to = to, .arg = "S", .help = help};
+}
 static inline CliOpt cli_choice(const char *name, int *to, const char *choices, const char *help) {
     return (CliOpt){.name = name, .kind = CLI_CHOICE, .to = to, .choices = choices, .help = help};
 }
@@ -86,10 +91,10 @@ int cli_parse(const CliCommand *c, const CliOpt *opts, int argc, char **argv);
 
 /* The scoring options sweep and score share, CLI_SCORE_OPTS entries into out:
  * sweep names them --score-colours, --score-seed, ..., score --colours,
- * --seed, ...; each takes both. seed is the int the seed option parses into. */
+ * --seed, ...; each takes both. They parse straight into o. */
 #define CLI_SCORE_OPTS 5
 struct ScoreOpts;
-void cli_score_opts(CliOpt *out, struct ScoreOpts *o, int *seed, int prefixed);
+void cli_score_opts(CliOpt *out, struct ScoreOpts *o, int prefixed);
 
 /* --random-weights: the model spec for model (as given, or a preset's) with
  * random weights: the built-in model's MODEL_TINY_RANDOM. NULL, after one

@@ -32,7 +32,7 @@ static int run(int argc, char **argv) {
     pretrain_default_opts(&o);
     const char *data = "data/emoji32.bin", *device = "auto";
     float minutes = 0;
-    int seed = (int)o.seed, no_flip = 0, linear = o.schedule == BETAS_LINEAR ? 0 : 1;
+    int no_flip = 0, linear = o.schedule == BETAS_LINEAR ? 0 : 1;
     int v_pred = o.prediction == PRED_V ? 0 : 1;
     CliOpt opts[] = {
         cli_str("--data", &data, "FILE", "the captioned dataset (default data/emoji32.bin)"),
@@ -40,7 +40,7 @@ static int run(int argc, char **argv) {
         cli_int("--steps", &o.steps, "N", 1, INT_MAX, "optimiser steps"),
         cli_int("--batch", &o.batch, "B", 1, INT_MAX, "images per step"),
         cli_open(CLI_OPEN_LO, cli_float("--lr", &o.lr, "LR", 0, INFINITY, "peak learning rate")),
-        cli_int("--seed", &seed, "S", 0, INT_MAX, "noise and data order (default 1234)"),
+        cli_seed("--seed", &o.seed, "noise and data order (default 1234)"),
         cli_flag("--resume", &o.resume, 1, "continue exactly from OUT/checkpoint.safetensors (same options)"),
         cli_str("--init-from", &o.init_from, "DIR", "start from that model's weights, fresh optimiser"),
         cli_open(CLI_OPEN_LO, cli_float("--time-limit", &minutes, "MINUTES", 0, INFINITY,
@@ -64,7 +64,6 @@ static int run(int argc, char **argv) {
     };
     int rc = cli_parse(me, opts, argc, argv);
     if (rc != CLI_GO) return rc;
-    o.seed = (uint64_t)seed;
     if (no_flip) o.flip = 0;
     o.schedule = linear == 0 ? BETAS_LINEAR : BETAS_SCALED_LINEAR;
     o.prediction = v_pred == 0 ? PRED_V : PRED_EPSILON;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "core/fsutil.h"
 #include "formats/image.h"
 #include "models/model.h"
 
@@ -13,7 +14,8 @@ static int run(int argc, char **argv) {
     const char *model = "tiny", *adapter = NULL, *prompt = NULL, *out = "sample.png", *device = "auto";
     const char *neg = "", *tokenizer = NULL;
     int vae_tiling = 0;
-    int n = 1, steps = 25, size = 0, seed = 1, sampler = 0, random_weights = 0;
+    int n = 1, steps = 25, size = 0, sampler = 0, random_weights = 0;
+    uint64_t seed = 1;
     float guidance = 5.0f;
     CliOpt opts[] = {
         cli_str("--prompt", &prompt, "TEXT", "what to draw (required)"),
@@ -24,7 +26,7 @@ static int run(int argc, char **argv) {
         cli_int("--n", &n, "N", 1, 64, "samples, a grid when more than one (default 1)"),
         cli_int("--steps", &steps, "S", 1, 999, "sampler steps (default 25)"),
         cli_float("--guidance", &guidance, "G", 0, 50, "classifier-free guidance scale (default 5)"),
-        cli_int("--seed", &seed, "S", 0, 0, "noise seed (default 1)"),
+        cli_seed("--seed", &seed, "noise seed (default 1)"),
         cli_choice("--sampler", &sampler, "ddim|euler", "default ddim"),
         cli_int("--size", &size, "PX", 8, 16384, "image side in pixels (default: the model's)"),
         cli_str("--device", &device, "auto|cpu|cuda", "the backend (default auto)"),
@@ -39,6 +41,8 @@ static int run(int argc, char **argv) {
     if (!prompt) { cli_error(me, "give --prompt TEXT"); return 2; }
     if (random_weights && !(model = cli_random_model(me, model))) return 2;
     char err[1024];
+    /* a missing or read-only folder fails now, not after the generation */
+    if (fs_check_writable(out, err, sizeof err) != 0) { cli_error(me, "%s", err); return 2; }
     Backend *be = backend_open(device, err, sizeof err);
     if (!be) { cli_error(me, "%s", err); return 2; }
     rc = 2;
@@ -72,12 +76,12 @@ static int run(int argc, char **argv) {
     so.kind = sampler == 1 ? SAMPLER_EULER : SAMPLER_DDIM;
     so.steps = steps;
     so.guidance = guidance;
-    so.seed = (uint64_t)seed;
+    so.seed = seed;
     rc = 1;
     /* said in the summary: a tiled decode is slower, and why it was chosen is the memory */
     int lat = size / m->pixel_scale, vae_tiles = 1;
     if (m->vae && vae_will_tile(m->vae, 1, 1, lat, lat) == 1) vae_tiles = vae_tile_count(m->vae, lat, lat);
-    if (model_generate(m, cc, cu, n, size, &so, (uint64_t)seed, NULL, pix, err, sizeof err) != 0) goto fail;
+    if (model_generate(m, cc, cu, n, size, &so, seed, NULL, pix, err, sizeof err) != 0) goto fail;
     for (int i = 0; i < n; i++) image_from_chw(pix + per * i, m->image_channels, size, size, &tiles[i]);
     if (n == 1) {
         if (image_save_png(out, &tiles[0], err, sizeof err) != 0) goto fail;

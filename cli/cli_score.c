@@ -11,17 +11,16 @@
 #include "training/pretrain.h"
 #include "training/score.h"
 
-void cli_score_opts(CliOpt *out, ScoreOpts *o, int *seed, int prefixed) {
+void cli_score_opts(CliOpt *out, ScoreOpts *o, int prefixed) {
     static const char *const names[CLI_SCORE_OPTS][2] = {
         {"--score-colours", "--colours"}, {"--score-per-colour", "--per-colour"}, {"--score-steps", "--steps"},
         {"--score-seed", "--seed"}, {"--score-guidance", "--guidance"},
     };
-    *seed = (int)o->seed;
     CliOpt all[CLI_SCORE_OPTS] = {
         cli_int(NULL, &o->n_colours, "N", 1, SCORE_N_ASKED, "sample the first N background colours (default 6)"),
         cli_int(NULL, &o->per_colour, "N", 1, 8, "seeds per colour (default 1)"),
         cli_int(NULL, &o->steps, "S", 1, 1000, "DDIM steps (default 25)"),
-        cli_int(NULL, seed, "S", 0, INT_MAX, "noise seed, the same for adapter and base (default 1234)"),
+        cli_seed(NULL, &o->seed, "noise seed, the same for adapter and base (default 1234)"),
         cli_float(NULL, &o->guidance, "G", 0, 50, "guidance scale (default 5)"),
     };
     for (int i = 0; i < CLI_SCORE_OPTS; i++) {
@@ -91,7 +90,7 @@ static int run(int argc, char **argv) {
     const CliCommand *me = &cli_score;
     const char *run = NULL, *device = "auto", *grid = NULL, *data = NULL, *model = "tiny";
     int which = 3; /* 1 adapter, 2 base, 3 both */
-    int n_data = 50, seed, random_weights = 0;
+    int n_data = 50, random_weights = 0;
     ScoreOpts o;
     score_opts_default(&o);
     CliOpt opts[16] = {
@@ -106,10 +105,9 @@ static int run(int argc, char **argv) {
         cli_str("--device", &device, "auto|cpu|cuda", "the backend (default auto)"),
         cli_flag("--random-weights", &random_weights, 1, "with --data: the built-in model with random weights"),
     };
-    cli_score_opts(opts + 10, &o, &seed, 0);
+    cli_score_opts(opts + 10, &o, 0);
     int rc = cli_parse(me, opts, argc, argv);
     if (rc != CLI_GO) return rc;
-    o.seed = (uint64_t)seed;
     if (random_weights && !data) {
         cli_error(me, "--random-weights goes with --data; a run is scored with the model it was trained on");
         return 2;

@@ -62,7 +62,7 @@ static int run(int argc, char **argv) {
     const CliCommand *me = &cli_sweep;
     const char *preset_path = NULL, *device = NULL, *out_dir = NULL;
     CliList sets = {0}, varies = {0};
-    int listed = 0, score = 1, score_base = 1, seed, random_weights = 0;
+    int listed = 0, score = 1, score_base = 1, random_weights = 0;
     SweepPrint sp = {0};
     ScoreOpts so;
     score_opts_default(&so);
@@ -78,10 +78,9 @@ static int run(int argc, char **argv) {
         cli_int("--print-every", &sp.every, "N", 1, INT_MAX, "a progress line every N steps"),
         cli_flag("--random-weights", &random_weights, 1, "the built-in model with random weights"),
     };
-    cli_score_opts(opts + 10, &so, &seed, 1);
+    cli_score_opts(opts + 10, &so, 1);
     int rc = cli_parse(me, opts, argc, argv);
     if (rc != CLI_GO) return rc;
-    so.seed = (uint64_t)seed;
     if (!preset_path) { cli_error(me, "give --preset P.ini"); return 2; }
     char err[1024];
     Preset base;

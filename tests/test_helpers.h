@@ -16,6 +16,7 @@
 
 #include "core/backend.h"
 #include "core/rng.h"
+#include "formats/safetensors.h"
 
 /* host buffers: abort the test on OOM rather than crash later */
 static inline float *th_falloc(int64_t n) {
@@ -127,5 +128,48 @@ static inline int th_tmpdir_remove(void) {
     return 0;
 }
 static inline void path_of(char *buf, const char *name) { snprintf(buf, 512, "%s/%s", tmpdir, name); }
+
+/* Copy the safetensors file src to dst with element idx of tensor `name` made
+ * non-finite in its own dtype (kind 0: NaN, 1: +Inf, 2: -Inf); every other
+ * byte, the order of names and the metadata kept. Fails the test on error. */
+static inline void th_poison(const char *src, const char *dst, const char *name, int64_t idx, int kind) {
+    char err[512];
+    SafeTensors *st = st_open(src, err, sizeof err);
+    if (!st) fail_msg("%s", err);
+    StWriter *w = stw_create();
+    void *copy = NULL;
+    for (int i = 0; i < st_count(st); i++) {
+        const StTensor *t = st_at(st, i);
+        const void *data = t->data;
+        if (!strcmp(t->name, name)) {
+            if (idx < 0 || idx >= t->numel) fail_msg("th_poison: %s has %lld elements", name, (long long)t->numel);
+            copy = malloc(t->nbytes);
+            assert_non_null(copy);
+            memcpy(copy, t->data, t->nbytes);
+            unsigned char *e = (unsigned char *)copy + (size_t)idx * (size_t)st_dtype_size(t->dtype);
+            static const uint32_t f32[3] = {0x7fc00000u, 0x7f800000u, 0xff800000u};
+            static const uint16_t f16[3] = {0x7e00, 0x7c00, 0xfc00}, bf16[3] = {0x7fc0, 0x7f80, 0xff80};
+            double f64 = kind == 0 ? NAN : kind == 1 ? INFINITY : -INFINITY;
+            switch (t->dtype) {
+            case ST_F32: memcpy(e, &f32[kind], 4); break;
+            case ST_F16: memcpy(e, &f16[kind], 2); break;
+            case ST_BF16: memcpy(e, &bf16[kind], 2); break;
+            case ST_F64: memcpy(e, &f64, 8); break;
+            default: fail_msg("th_poison: %s is %s, not a float tensor", name, st_dtype_name(t->dtype));
+            }
+            data = copy;
+        }
+        assert_int_equal(stw_add_ref(w, t->name, t->dtype, t->ndim, t->shape, data), 0);
+    }
+    if (!copy) fail_msg("th_poison: no tensor '%s' in %s", name, src);
+    for (int i = 0; i < st_metadata_count(st); i++) {
+        const char *k = st_metadata_key(st, i);
+        assert_int_equal(stw_set_metadata(w, k, st_metadata(st, k)), 0);
+    }
+    if (stw_save(w, dst, err, sizeof err) != 0) fail_msg("%s", err);
+    stw_free(w);
+    free(copy);
+    st_close(st);
+}
 
 #endif

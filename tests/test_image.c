@@ -181,7 +181,7 @@ static void test_bad_files(void **state) {
     assert_int_equal(image_save_png(path, &a, err, sizeof err), 0);
     image_free(&a);
     size_t n;
-    char *png = fs_read_all(path, &n, err, sizeof err);
+    char *png = fs_read_all(path, FS_TEXT_MAX, &n, err, sizeof err);
     assert_non_null(png);
     path_of(path, "cut.png");
     write_bytes(path, png, n / 2);

@@ -332,7 +332,7 @@ static void test_f32_and_summary(void **state) {
     snprintf(out, sizeof out, "%s.out", path);
     size_t n;
     char err[256];
-    char *text = fs_read_all(out, &n, err, sizeof err);
+    char *text = fs_read_all(out, FS_TEXT_MAX, &n, err, sizeof err);
     if (!text) fail_msg("%s", err);
     assert_non_null(strstr(text, "859,520,964"));
     assert_non_null(strstr(text, "83,653,863"));

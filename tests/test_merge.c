@@ -257,6 +257,56 @@ static void test_merge_dtypes(void **state) {
     adapter_set_free(&set);
 }
 
+/* a weight the merge touches holding NaN / Inf: refused naming it, nothing
+ * written; untouched tensors are copied as they are (bytes or dtype) */
+static void test_merge_nonfinite(void **state) {
+    Fix *f = *state;
+    AdapterSet set;
+    make_set(f, &set, 2, 4, ADAPT_ATTN, 1.0f, 5);
+    char err[1024], bad[192], pname[256];
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", f->dir);
+    ConvertName c;
+    snprintf(pname, sizeof pname, "%s.weight", set.items[set.n / 2].name);
+    assert_int_equal(convert_to_ldm(f->map, pname, &c), 0);
+    for (int kind = 0; kind < 3; kind++) {
+        th_poison(f->in, bad, c.ldm, 7 + kind, kind);
+        MergeOpts o = {.scale = 1.0f, .dtype = kind == 2 ? ST_F16 : -1, .adapter_name = "a", .force = 1};
+        unlink(f->out);
+        assert_int_equal(checkpoint_merge(bad, f->map, &set, &o, f->out, NULL, err, sizeof err), -1);
+        char want[400];
+        snprintf(want, sizeof want, "bad.safetensors: tensor '%s' holds %s (element %d of ", c.ldm,
+                 kind == 0 ? "NaN" : kind == 1 ? "+Inf" : "-Inf", 7 + kind);
+        if (!strstr(err, want)) fail_msg("'%s'\nwant '%s'", err, want);
+        assert_false(fs_exists(f->out));
+    }
+    /* a NaN in a tensor the merge does not touch is carried over, as a copy is */
+    SafeTensors *st = st_open(f->in, err, sizeof err);
+    const char *other = NULL;
+    for (int i = 0; i < st_count(st) && !other; i++)
+        if (!strncmp(st_at(st, i)->name, "first_stage_model.", 18) && st_at(st, i)->dtype == ST_F32)
+            other = st_at(st, i)->name;
+    assert_non_null(other);
+    char keep[256];
+    snprintf(keep, sizeof keep, "%s", other);
+    st_close(st);
+    th_poison(f->in, bad, keep, 0, 0);
+    const int dts[2] = {-1, ST_F16};   /* copied as bytes, and converted */
+    for (int d = 0; d < 2; d++) {
+        MergeOpts o = {.scale = 1.0f, .dtype = dts[d], .adapter_name = "a", .force = 1};
+        if (checkpoint_merge(bad, f->map, &set, &o, f->out, NULL, err, sizeof err)) fail_msg("%s", err);
+        st = st_open(f->out, err, sizeof err);
+        float v[1];
+        const StTensor *t = st_find(st, keep);
+        StTensor first = *t;
+        first.numel = 1;
+        assert_int_equal(st_read_f32(&first, v), ST_READ_NONFINITE);
+        assert_true(isnan(v[0]));
+        st_close(st);
+    }
+    unlink(bad);
+    adapter_set_free(&set);
+}
+
 /* the CLI's path: an exported adapter file loaded for the config, then merged */
 static void test_merge_from_file(void **state) {
     Fix *f = *state;
@@ -845,6 +895,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_merge_same_dtype, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_dtypes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_merge_nonfinite, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_from_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_sdxl, setup_sdxl, teardown),
         cmocka_unit_test_setup_teardown(test_dir_merge_sd15, dir_setup_sd15, dir_teardown),

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 
 #include "test_helpers.h"
 #include "core/fsutil.h"
+#include "core/rng.h"
 #include "formats/preset.h"
 
 static char ini[512];
@@ -86,9 +88,12 @@ static void test_default_ini(void **state) {
     if (preset_validate(&p, err, sizeof err)) fail_msg("%s", err);
     preset_defaults(&want);
     want.n_images = 4;
+    /* "../models/demo/..." in the file, relative to presets/: the repository's, absolute */
+    char root[PATH_MAX];
+    assert_non_null(realpath(".", root));
     for (int i = 0; i < 4; i++) {
-        char s[64];
-        snprintf(s, sizeof s, "models/demo/subject%d.png", i + 1);
+        char s[PATH_MAX + 64];
+        snprintf(s, sizeof s, "%s/models/demo/subject%d.png", root, i + 1);
         PUT(want.images[i], s);
     }
     PUT(want.instance_prompt, "a sks dog");
@@ -200,7 +205,10 @@ static void test_syntax_variants(void **state) {
     assert_int_equal(p.iterations, 20);
     assert_int_equal(p.flip, 1);
     assert_int_equal(p.n_images, 2);
-    assert_string_equal(p.images[1], "b.png");
+    char want_b[600], real_tmp[PATH_MAX];
+    assert_non_null(realpath(tmpdir, real_tmp));
+    snprintf(want_b, sizeof want_b, "%s/b.png", real_tmp);   /* relative to the preset's folder */
+    assert_string_equal(p.images[1], want_b);
     /* "image =" with nothing clears the list */
     write_ini("[data]\nimage =\n");
     if (preset_load(&p, ini, err, sizeof err)) fail_msg("%s", err);
@@ -221,7 +229,7 @@ static void test_roundtrip(void **state) {
     p.n_images = PRESET_MAX_IMAGES;
     for (int i = 0; i < PRESET_MAX_IMAGES; i++) {
         char s[PRESET_PATH_MAX];
-        snprintf(s, sizeof s, "data/img_%02d.png", i);
+        snprintf(s, sizeof s, "/data/img_%02d.png", i);
         PUT(p.images[i], s);
     }
     /* a 511-character path (longer than inih's line buffer) */
@@ -275,7 +283,7 @@ static void test_roundtrip(void **state) {
     snprintf(path2, sizeof path2, "%s/Q.ini", tmpdir);
     assert_int_equal(preset_save(&q, path2, err, sizeof err), 0);
     size_t n1, n2;
-    char *a = fs_read_all(ini, &n1, err, sizeof err), *b = fs_read_all(path2, &n2, err, sizeof err);
+    char *a = fs_read_all(ini, FS_TEXT_MAX, &n1, err, sizeof err), *b = fs_read_all(path2, FS_TEXT_MAX, &n2, err, sizeof err);
     assert_int_equal(n1, n2);
     assert_memory_equal(a, b, n1);
     assert_non_null(strstr(a, "\nlr = "));
@@ -454,6 +462,215 @@ static void test_ablation_presets(void **state) {
     closedir(d);
     assert_true(seen >= 16);
 }
+/* A key set twice is an error naming both lines; list keys (image, prompt) add
+ * up. Fuzz-style: the default preset's lines shuffled with one key repeated. */
+static void test_duplicate_keys(void **state) {
+    expect_error("[train]\nlr = 1e-3\nbatch = 2\n\nlr = 2e-3\n",
+                 "5: 'lr' is set twice in [train] (first on line 2): keep one of the two lines");
+    expect_error("[model]\nmodel = tiny\n[data]\nresolution = 32\n[model]\nmodel: tiny\n",
+                 "6: 'model' is set twice in [model] (first on line 2): keep one of the two lines");
+    expect_error("[data]\nclass_dir =\nclass_dir =\n",
+                 "3: 'class_dir' is set twice in [data] (first on line 2): keep one of the two lines");
+    /* list keys repeat by design */
+    write_ini("[data]\nimage = /a.png\nimage = /b.png\n[sample]\nprompt = x\nprompt = y\n[data]\nimage = /c.png\n");
+    Preset p;
+    char err[512] = "";
+    preset_defaults(&p);
+    if (preset_load(&p, ini, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(p.n_images, 3);
+    assert_string_equal(p.images[2], "/c.png");
+    assert_int_equal(p.n_sample_prompts, 2);
+
+    /* every non-list key of a saved preset, repeated once at a random later place */
+    preset_defaults(&p);
+    char saved[600];
+    snprintf(saved, sizeof saved, "%s/dup_src.ini", tmpdir);
+    if (preset_save(&p, saved, err, sizeof err)) fail_msg("%s", err);
+    size_t n;
+    char *text = fs_read_all(saved, FS_TEXT_MAX, &n, err, sizeof err);
+    assert_non_null(text);
+    char *lines[200];
+    int nl = 0;
+    for (char *s = strtok(text, "\n"); s && nl < 200; s = strtok(NULL, "\n")) lines[nl++] = s;
+    uint32_t rs = 7;
+    int tried = 0;
+    for (int i = 0; i < nl; i++) {
+        if (lines[i][0] == '#' || lines[i][0] == '[' || !strchr(lines[i], '=')) continue;
+        if (!strncmp(lines[i], "image", 5) || !strncmp(lines[i], "prompt", 6)) continue;
+        /* the copy goes right after a later line of the same section */
+        int end = i + 1;
+        while (end < nl && lines[end][0] != '[') end++;
+        rs = rs * 1664525u + 1013904223u;
+        int at = i + 1 + (int)((rs >> 8) % (uint32_t)(end - i));   /* insert before line index `at` */
+        char buf[8192];
+        size_t k = 0;
+        int dup_line = 0, first_line = 0, ln = 0;
+        for (int j = 0; j <= nl; j++) {
+            if (j == at) { k += (size_t)snprintf(buf + k, sizeof buf - k, "%s\n", lines[i]); dup_line = ++ln; }
+            if (j == nl) break;
+            k += (size_t)snprintf(buf + k, sizeof buf - k, "%s\n", lines[j]);
+            ln++;
+            if (j == i) first_line = ln;
+        }
+        char want[200], key[64];
+        snprintf(key, sizeof key, "%.*s", (int)strcspn(lines[i], " ="), lines[i]);
+        char section[32] = "";
+        for (int j = i; j >= 0; j--)
+            if (lines[j][0] == '[') { snprintf(section, sizeof section, "%.*s", (int)strcspn(lines[j] + 1, "]"), lines[j] + 1); break; }
+        snprintf(want, sizeof want, "%d: '%s' is set twice in [%s] (first on line %d): keep one of the two lines",
+                 dup_line, key, section, first_line);
+        expect_error(buf, want);
+        tried++;
+    }
+    assert_true(tried >= 30);
+    free(text);
+    unlink(saved);
+}
+
+/* Paths in a preset file are relative to its folder; --set ones to the working
+ * directory; saved presets (and so run folders) hold them absolute. */
+static void test_relative_paths(void **state) {
+    char dir[600], path[700], err[512] = "", real_tmp[PATH_MAX], want[PATH_MAX + 64];
+    assert_non_null(realpath(tmpdir, real_tmp));
+    snprintf(dir, sizeof dir, "%s/sub", tmpdir);
+    assert_int_equal(fs_mkdir_p(dir, err, sizeof err), 0);
+    snprintf(path, sizeof path, "%s/P.ini", dir);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs("[model]\nmodel = m/model.safetensors\ntokenizer = ./tok\n[data]\nimage = ../a.png\n"
+          "image = b.png\nimage = /abs/c.png\nclass_dir = classes\n[output]\noutput_dir = out\n", f);
+    fclose(f);
+    Preset p;
+    preset_defaults(&p);
+    if (preset_load(&p, path, err, sizeof err)) fail_msg("%s", err);
+    snprintf(want, sizeof want, "%s/sub/m/model.safetensors", real_tmp);
+    assert_string_equal(p.model, want);
+    snprintf(want, sizeof want, "%s/sub/tok", real_tmp);
+    assert_string_equal(p.tokenizer, want);
+    snprintf(want, sizeof want, "%s/a.png", real_tmp);
+    assert_string_equal(p.images[0], want);
+    snprintf(want, sizeof want, "%s/sub/b.png", real_tmp);
+    assert_string_equal(p.images[1], want);
+    assert_string_equal(p.images[2], "/abs/c.png");
+    snprintf(want, sizeof want, "%s/sub/classes", real_tmp);
+    assert_string_equal(p.class_dir, want);
+    assert_string_equal(p.output_dir, "out");          /* the working directory's */
+
+    /* built-in model names and empty values name no file */
+    f = fopen(path, "wb");
+    fputs("[model]\nmodel = sd15\ntokenizer =\n[data]\nclass_dir =\n", f);
+    fclose(f);
+    preset_defaults(&p);
+    if (preset_load(&p, path, err, sizeof err)) fail_msg("%s", err);
+    assert_string_equal(p.model, "sd15");
+    assert_string_equal(p.tokenizer, "");
+    assert_string_equal(p.class_dir, "");
+
+    /* the old way (run folders of earlier versions): relative to the working directory */
+    f = fopen(path, "wb");
+    fputs("[data]\nimage = models/demo/subject1.png\n", f);
+    fclose(f);
+    preset_defaults(&p);
+    if (preset_load_from(&p, path, NULL, err, sizeof err)) fail_msg("%s", err);
+    char cwd[PATH_MAX];
+    assert_non_null(realpath(".", cwd));
+    snprintf(want, sizeof want, "%s/models/demo/subject1.png", cwd);
+    assert_string_equal(p.images[0], want);
+
+    /* --set: the working directory's, kept as given; saving writes it absolute */
+    assert_int_equal(preset_set(&p, "image=rel/x.png", err, sizeof err), 0);
+    assert_string_equal(p.images[0], "rel/x.png");
+    assert_int_equal(preset_set(&p, "model=tiny", err, sizeof err), 0);
+    if (preset_save(&p, path, err, sizeof err)) fail_msg("%s", err);
+    size_t n;
+    char *text = fs_read_all(path, FS_TEXT_MAX, &n, err, sizeof err);
+    assert_non_null(text);
+    snprintf(want, sizeof want, "\nimage = %s/rel/x.png\n", cwd);
+    if (!strstr(text, want)) fail_msg("saved preset lacks '%s':\n%s", want, text);
+    assert_non_null(strstr(text, "\nmodel = tiny\n"));
+    assert_non_null(strstr(text, "\noutput_dir = runs\n"));
+    free(text);
+    /* ... and reads back the same from anywhere */
+    Preset q;
+    preset_defaults(&q);
+    if (preset_load(&q, path, err, sizeof err)) fail_msg("%s", err);
+    snprintf(want, sizeof want, "%s/rel/x.png", cwd);
+    assert_string_equal(q.images[0], want);
+
+    /* a relative path too long once joined to the folder: one line naming the key */
+    char longrel[PRESET_PATH_MAX];
+    memset(longrel, 'q', sizeof longrel - 20);
+    longrel[sizeof longrel - 20] = 0;
+    f = fopen(path, "wb");
+    fprintf(f, "[data]\nimage = %s\n", longrel);
+    fclose(f);
+    preset_defaults(&p);
+    assert_int_equal(preset_load(&p, path, err, sizeof err), -1);
+    assert_non_null(strstr(err, ":2: image = 'qqqq"));
+    assert_non_null(strstr(err, "the path is longer than 511 characters"));
+    unlink(path);
+    rmdir(dir);
+}
+
+/* A 10,000-character value: the error shows its start, an ellipsis, its length
+ * and always the reason (from the file and from --set). */
+static void test_long_values(void **state) {
+    static char big[10100];
+    memset(big, 'x', 10000);
+    big[10000] = 0;
+    char a[10200], err[512] = "";
+    snprintf(a, sizeof a, "instance_prompt=%s", big);
+    Preset p;
+    preset_defaults(&p);
+    assert_int_equal(preset_set(&p, a, err, sizeof err), -1);
+    assert_true(strlen(err) < 300);
+    assert_non_null(strstr(err, "--set instance_prompt=xxxx"));
+    assert_non_null(strstr(err, "\u2026 (10016 characters): too long (at most 255 characters)"));
+    /* every key, a long value: the reason is always there */
+    const char *ks[] = {"model", "image", "lr", "seed", "sampler", "flip", "iterations", "run_name"};
+    for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
+        snprintf(a, sizeof a, "%s=%s", ks[i], big);
+        assert_int_equal(preset_set(&p, a, err, sizeof err), -1);
+        if (strlen(err) > 300 || !strstr(err, "characters): ")) fail_msg("--set %s=<10000 x>: '%s'", ks[i], err);
+    }
+    char text[10200];
+    snprintf(text, sizeof text, "[data]\ninstance_prompt = %s\n", big);
+    expect_error_sub(text, 2, "instance_prompt = 'xxxx");
+    expect_error_sub(text, 2, "\u2026' (10000 characters): too long (at most 255 characters)");
+    /* a short one is shown whole, unshortened */
+    assert_int_equal(preset_set(&p, "lr=abc", err, sizeof err), -1);
+    assert_string_equal(err, "--set lr=abc: not a number");
+}
+
+/* One rule for seeds (rng_parse_seed): presets, --set and every --seed. */
+static void test_seeds(void **state) {
+    struct { const char *s; int ok; unsigned long long v; const char *why; } c[] = {
+        {"0", 1, 0, NULL}, {"+5", 1, 5, NULL}, {" 7 ", 1, 7, NULL},
+        {"18446744073709551615", 1, 18446744073709551615ull, NULL},
+        {"-1", 0, 0, "must not be negative"}, {"-0", 0, 0, "must not be negative"},
+        {"18446744073709551616", 0, 0, "out of range"}, {"99999999999999999999999", 0, 0, "out of range"},
+        {"1e3", 0, 0, "not an integer"}, {"12abc", 0, 0, "not an integer"}, {"", 0, 0, "not a number"},
+        {"abc", 0, 0, "not a number"}, {"0x10", 0, 0, "not an integer"},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        uint64_t v = 12345;
+        char why[128] = "", a[64], err[256];
+        int r = rng_parse_seed(c[i].s, &v, why, sizeof why);
+        if (c[i].ok) {
+            if (r != 0 || v != c[i].v) fail_msg("seed '%s': %s", c[i].s, why);
+        } else {
+            if (r == 0 || !strstr(why, c[i].why)) fail_msg("seed '%s': got '%s', want '%s'", c[i].s, why, c[i].why);
+            assert_true(v == 12345);
+        }
+        /* the preset agrees */
+        Preset p;
+        preset_defaults(&p);
+        snprintf(a, sizeof a, "seed=%s", c[i].s);
+        assert_int_equal(preset_set(&p, a, err, sizeof err), c[i].ok ? 0 : -1);
+        if (c[i].ok) assert_true(p.seed == c[i].v);
+        else assert_non_null(strstr(err, c[i].why));
+    }
+}
 
 int main(void) {
     const struct CMUnitTest tests[] = {
@@ -466,6 +683,10 @@ int main(void) {
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_set),
         cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_duplicate_keys),
+        cmocka_unit_test(test_relative_paths),
+        cmocka_unit_test(test_long_values),
+        cmocka_unit_test(test_seeds),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

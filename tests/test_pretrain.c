@@ -199,7 +199,7 @@ static void rec_progress(void *user, const PretrainProgress *p) {
 static unsigned char *slurp(const char *dir, const char *name, size_t *n) {
     char path[512], err[256];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    char *b = fs_read_all(path, n, err, sizeof err);
+    char *b = fs_read_all(path, FS_TEXT_MAX, n, err, sizeof err);
     if (!b) fail_msg("%s", err);
     return (unsigned char *)b;
 }

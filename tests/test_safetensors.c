@@ -83,7 +83,7 @@ static void test_roundtrip_f32(void **state) {
 
     /* independent look at the bytes: header length, padding, sorted keys */
     size_t n;
-    char *raw = fs_read_all(path, &n, err, sizeof err);
+    char *raw = fs_read_all(path, FS_TEXT_MAX, &n, err, sizeof err);
     assert_non_null(raw);
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = (hl << 8) | (unsigned char)raw[i];
@@ -130,8 +130,9 @@ static void test_roundtrip_f32(void **state) {
     assert_int_equal(st_read_f32(t, got), 0);
     assert_memory_equal(got, a, sizeof a);
     t = st_find(st, "beta");
-    assert_int_equal(st_read_f32(t, got), 0);
-    assert_memory_equal(got, b, sizeof b);   /* bit-exact, NaN payload included */
+    /* converted bit-exact, NaN payload included, and flagged: no weight may hold one */
+    assert_int_equal(st_read_f32(t, got), ST_READ_NONFINITE);
+    assert_memory_equal(got, b, sizeof b);
     t = st_find(st, "zeta.big");
     assert_int_equal(t->numel, 1000);
     assert_int_equal(st_read_f32(t, got), 0);
@@ -369,7 +370,7 @@ static void test_read_f16_bf16_file(void **state) {
     float out[16];
     const StTensor *t = st_find(st, "h");
     assert_int_equal(t->dtype, ST_F16);
-    assert_int_equal(st_read_f32(t, out), 0);
+    assert_int_equal(st_read_f32(t, out), ST_READ_NONFINITE);   /* converted, and flagged */
     float want_h[13] = { 1.0f, -2.0f, 0.333251953125f, 65504.0f, 6.103515625e-05f, 5.9604644775390625e-08f,
                          6.097555160522461e-05f, -0.0f, INFINITY, -INFINITY, NAN, 0.5f, 3.140625f };
     for (int i = 0; i < 13; i++) {
@@ -378,7 +379,7 @@ static void test_read_f16_bf16_file(void **state) {
     }
     t = st_find(st, "bf");
     assert_int_equal(t->ndim, 2);
-    assert_int_equal(st_read_f32(t, out), 0);
+    assert_int_equal(st_read_f32(t, out), ST_READ_NONFINITE);
     float want_b[10] = { 1.0f, -2.0f, 3.140625f, 3.3895313892515355e38f, 1.1754943508222875e-38f, 9.183549615799121e-41f,
                          INFINITY, -INFINITY, NAN, -0.0f };
     for (int i = 0; i < 10; i++) {
@@ -387,7 +388,7 @@ static void test_read_f16_bf16_file(void **state) {
     }
     assert_int_equal(st_read_f32(st_find(st, "f"), out), 0);
     assert_true(out[0] == 0.25f && out[1] == -7.0f);
-    assert_int_equal(st_read_f32(st_find(st, "d"), out), 0);
+    assert_int_equal(st_read_f32(st_find(st, "d"), out), ST_READ_NONFINITE);   /* -1e300: beyond float */
     assert_true(out[0] == (float)(1.0 / 3.0) && isinf(out[1]) && out[1] < 0);
     assert_int_equal(st_read_f32(st_find(st, "i"), out), 0);
     assert_true(out[0] == -5.0f && out[1] == 0.0f && out[2] == 1099511627776.0f);
@@ -554,13 +555,13 @@ static void test_fsutil(void **state) {
     assert_true(fs_exists(file));
     assert_false(fs_is_dir(file));
     size_t n = 0;
-    char *s = fs_read_all(file, &n, err, sizeof err);
+    char *s = fs_read_all(file, FS_TEXT_MAX, &n, err, sizeof err);
     assert_non_null(s);
     assert_int_equal(n, 5);
     assert_string_equal(s, "hello");
     free(s);
     assert_int_equal(fs_write_atomic(file, "", 0, err, sizeof err), 0);
-    s = fs_read_all(file, &n, err, sizeof err);
+    s = fs_read_all(file, FS_TEXT_MAX, &n, err, sizeof err);
     assert_int_equal(n, 0);
     free(s);
     /* mkdir through a file fails with a message */
@@ -568,7 +569,7 @@ static void test_fsutil(void **state) {
     snprintf(under, sizeof under, "%s/sub", file);
     assert_int_equal(fs_mkdir_p(under, err, sizeof err), -1);
     assert_non_null(strstr(err, "cannot create directory"));
-    assert_null(fs_read_all(under, &n, err, sizeof err));
+    assert_null(fs_read_all(under, FS_TEXT_MAX, &n, err, sizeof err));
     assert_non_null(strstr(err, under));
     /* streaming writer: abort leaves nothing */
     char f2[600];

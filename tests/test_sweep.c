@@ -208,7 +208,7 @@ static void test_sweep_run_tiny(void **state) {
     char path[4200];
     snprintf(path, sizeof path, "%s/results.csv", dir);
     size_t n;
-    char *csv = fs_read_all(path, &n, err, sizeof err);
+    char *csv = fs_read_all(path, FS_TEXT_MAX, &n, err, sizeof err);
     assert_non_null(csv);
     assert_int_equal(count_lines(csv), 4);
     const char *head = "variant,trainable_params,time_s,final_loss,eval_loss,fidelity,adherence,fidelity_se,"
@@ -220,7 +220,7 @@ static void test_sweep_run_tiny(void **state) {
     assert_non_null(strstr(csv, want));
     free(csv);
     snprintf(path, sizeof path, "%s/results.md", dir);
-    char *md = fs_read_all(path, &n, err, sizeof err);
+    char *md = fs_read_all(path, FS_TEXT_MAX, &n, err, sizeof err);
     assert_non_null(md);
     assert_int_equal(count_lines(md), 2 + 3);
     assert_non_null(strstr(md, "\n| `a1=8` | "));

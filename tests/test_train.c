@@ -13,12 +13,15 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "test_helpers.h"
 #include "core/fsutil.h"
 #include "formats/image.h"
 #include "formats/safetensors.h"
@@ -146,7 +149,7 @@ static void test_loss_goes_down(void **state) {
     char path[600];
     snprintf(path, sizeof path, "%s/loss.csv", trainer_run_dir(t));
     size_t n;
-    char *csv = fs_read_all(path, &n, err, sizeof err);
+    char *csv = fs_read_all(path, FS_TEXT_MAX, &n, err, sizeof err);
     assert_non_null(csv);
     assert_non_null(strstr(csv, "\n40,"));
     free(csv);
@@ -208,7 +211,7 @@ static void stop_progress(void *user, const TrainProgress *p) {
         /* the step-4 checkpoint, as a crash at this point would leave it */
         size_t n;
         char err[256];
-        char *d = fs_read_all(s->ckpt, &n, err, sizeof err);
+        char *d = fs_read_all(s->ckpt, FS_TEXT_MAX, &n, err, sizeof err);
         assert_non_null(d);
         assert_int_equal(fs_write_atomic(s->backup, d, n, err, sizeof err), 0);
         free(d);
@@ -220,6 +223,10 @@ static void case_preset(Preset *p, int te, int buckets, const char *name) {
     if (buckets) bucket_preset(p, name, 12);
     else base_preset(p, name, 12);
     p->text_encoder_adapters = te;
+}
+
+static void count_log(void *user, const char *line) {
+    if (strstr(line, "removed 2 temporary files a killed run left")) (*(int *)user)++;
 }
 
 static void resume_case(int te, int buckets, const char *full_name, const char *killed_name) {
@@ -251,15 +258,47 @@ static void resume_case(int te, int buckets, const char *full_name, const char *
     char run[512];
     snprintf(run, sizeof run, "%s/%s", g_root, killed_name);
     size_t n;
-    char *d = fs_read_all(s.backup, &n, err, sizeof err);
+    char *d = fs_read_all(s.backup, FS_TEXT_MAX, &n, err, sizeof err);
     assert_non_null(d);
     assert_int_equal(fs_write_atomic(s.ckpt, d, n, err, sizeof err), 0);
     free(d);
-    t = trainer_create(NULL, run, be, NULL, err, sizeof err);
+    /* ... and the half-written temps of the killed process (a pid no process has) */
+    char stale[2][700], live[700];
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) _exit(0);
+    waitpid(child, NULL, 0);
+    snprintf(stale[0], sizeof stale[0], "%s/checkpoint.safetensors.tmp.%ld", run, (long)child);
+    snprintf(stale[1], sizeof stale[1], "%s/samples/step_000006.png.tmp.%ld", run, (long)child);
+    snprintf(live, sizeof live, "%s/adapter.safetensors.tmp.1", run);   /* pid 1 lives: kept */
+    for (int k = 0; k < 2; k++) assert_int_equal(fs_write_atomic(stale[k], "half", 4, err, sizeof err), 0);
+    assert_int_equal(fs_write_atomic(live, "other", 5, err, sizeof err), 0);
+    int logged = 0;
+    TrainCallbacks logcb = {&logged, NULL, NULL, count_log, NULL};
+    t = trainer_create(NULL, run, be, &logcb, err, sizeof err);
     if (!t) fail_msg("%s", err);
+    assert_false(fs_exists(stale[0]));
+    assert_false(fs_exists(stale[1]));
+    assert_true(fs_exists(live));
+    assert_int_equal(logged, 1);
+    unlink(live);
     assert_int_equal(trainer_progress(t).step, 4);
     assert_int_equal(trainer_run(t), 0);
     trainer_free(t);
+
+    /* a checkpoint holding a NaN (a moment, a factor, the loss history) is refused
+     * naming the tensor, before anything trains */
+    const char *poison[3] = {"up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.vA",
+                             "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v.B", "loss_history"};
+    for (int k = 0; k < 3; k++) {
+        th_poison(s.backup, s.ckpt, poison[k], k, k);
+        Trainer *bad = trainer_create(NULL, run, be, NULL, err, sizeof err);
+        if (bad) fail_msg("resumed from a checkpoint with a non-finite '%s'", poison[k]);
+        char want[300];
+        snprintf(want, sizeof want, "checkpoint.safetensors: tensor '%s' holds %s", poison[k],
+                 k == 0 ? "NaN" : k == 1 ? "+Inf" : "-Inf");
+        if (!strstr(err, want)) fail_msg("'%s'\nwant '%s'", err, want);
+    }
 
     char full[512];
     snprintf(full, sizeof full, "%s/%s", g_root, full_name);
@@ -502,7 +541,7 @@ static void test_bad_input(void **state) {
     /* a truncated PNG */
     char path[512], err[256];
     size_t n;
-    char *png = fs_read_all("models/demo/subject1.png", &n, err, sizeof err);
+    char *png = fs_read_all("models/demo/subject1.png", FS_TEXT_MAX, &n, err, sizeof err);
     assert_non_null(png);
     snprintf(path, sizeof path, "%s/truncated.png", g_root);
     assert_int_equal(fs_write_atomic(path, png, n / 2, err, sizeof err), 0);
@@ -650,6 +689,20 @@ static void test_run_folder(void **state) {
     assert_int_equal(run_summary_read(dir, &s), 0);
     assert_true(s.preset_ok);
     assert_string_equal(s.preset.run_name, "folder");
+    /* the images were given relative to the working directory; the run folder
+     * records them absolute, so `--resume` works from anywhere */
+    char cwd[PATH_MAX];
+    assert_non_null(realpath(".", cwd));
+    snprintf(want, sizeof want, "%s/models/demo/subject2.png", cwd);
+    assert_string_equal(s.preset.images[1], want);
+    char ini[700], line[800];
+    size_t len;
+    char *text = fs_read_all(run_path(dir, RUN_PRESET, ini, sizeof ini), FS_TEXT_MAX, &len, err, sizeof err);
+    assert_non_null(text);
+    snprintf(line, sizeof line, "\nimage = %s\n", want);
+    if (!strstr(text, line)) fail_msg("%s lacks '%s'", ini, line + 1);
+    free(text);
+    assert_string_equal(s.preset.output_dir, g_root);   /* as given: the working directory's */
     assert_int_equal(s.preset.a1, 2);
     assert_int_equal(s.preset.a2, 4);
     assert_int_equal(s.preset.iterations, 3);

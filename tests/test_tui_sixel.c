@@ -146,7 +146,7 @@ static void test_studio_stream(void **state) {
     if (!sp || !pp) skip();
     size_t len;
     char err[512];
-    char *s = fs_read_all(sp, &len, err, sizeof err);
+    char *s = fs_read_all(sp, FS_TEXT_MAX, &len, err, sizeof err);
     assert_non_null(s);
     Image ref;
     assert_int_equal(image_load(pp, &ref, err, sizeof err), 0);

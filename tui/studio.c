@@ -62,14 +62,14 @@ static void on_log(void *user, const char *line) {
 
 /* ------------------------------------------------------ UI-thread side --- */
 
+/* each image's size, as training will load it (a preset's paths are already
+ * resolved against its folder: no other place is searched) */
 static void refresh_images(Studio *s) {
     for (int i = 0; i < s->p.n_images; i++) {
         Image im;
-        char path[PRESET_PATH_MAX + 32], err[256];
-        snprintf(path, sizeof path, "%s", s->p.images[i]);
-        if (!fs_exists(path)) model_find_data(s->p.images[i], path, sizeof path);
+        char err[256];
         s->img_w[i] = s->img_h[i] = -1;
-        if (image_load(path, &im, err, sizeof err) == 0) {
+        if (image_load(s->p.images[i], &im, err, sizeof err) == 0) {
             s->img_w[i] = im.w;
             s->img_h[i] = im.h;
             image_free(&im);

@@ -22,3 +22,15 @@ void fmt_thousands(int64_t v, char *out, size_t n) {
     }
     out[o] = 0;
 }
+
+/* s shown in q quotes (q = "" or "'"), shortened past max bytes */
+static void shorten(const char *s, size_t max, const char *q, char *out, size_t n) {
+    size_t len = strlen(s);
+    if (len <= max) { snprintf(out, n, "%s%s%s", q, s, q); return; }
+    size_t cut = max;
+    while (cut > 0 && ((unsigned char)s[cut] & 0xC0) == 0x80) cut--;   /* not inside a UTF-8 character */
+    snprintf(out, n, "%s%.*s\u2026%s (%zu characters)", q, (int)cut, s, q, len);
+}
+
+void fmt_shorten(const char *s, size_t max, char *out, size_t n) { shorten(s, max, "", out, n); }
+void fmt_quoted(const char *s, size_t max, char *out, size_t n) { shorten(s, max, "'", out, n); }

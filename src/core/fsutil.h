@@ -1,18 +1,46 @@
-/* fsutil.h — small file-system helpers: whole-file read, atomic write
- * (temp + fsync + rename, so a crash never leaves a half-written file),
- * mkdir -p, the available memory (/proc/meminfo: the one place that reads it), and a C-locale handle for number parsing/printing that must not
- * follow the user's LC_NUMERIC (ncurses front ends call setlocale). */
+/* fsutil.h — small file-system helpers: the one way every loader opens and
+ * reads a file (regular files only, bounded), atomic write (temp + fsync +
+ * rename, so a crash never leaves a half-written file) and the clean-up of
+ * temps a killed process left, mkdir -p, paths relative to a folder, file and
+ * folder copies, the available memory (/proc/meminfo: the one place that reads
+ * it), and a C-locale handle for number parsing/printing that must not follow
+ * the user's LC_NUMERIC (ncurses front ends call setlocale). */
 #ifndef KRONA_FSUTIL_H
 #define KRONA_FSUTIL_H
 
 #include <stddef.h>
 #include <locale.h>
 
-/* Whole file into a malloc'ed buffer with a NUL appended (not counted in *n).
- * NULL with err "cannot open 'path': reason" on failure. */
-char *fs_read_all(const char *path, size_t *n, char *err, size_t errlen);
-/* Write path.tmp.<pid>, fsync, rename over path. 0, or -1 and no temp left. */
+#include <sys/types.h>
+
+/* Caps on what a loader reads into memory (a file over its cap is refused in
+ * one line before anything is read): configs, JSON, presets, tokenizer files,
+ * captions, loss.csv. Images have theirs in formats/image.h. */
+#define FS_TEXT_MAX ((size_t)64 * 1000 * 1000)   /* 64 MB */
+
+/* Open path for reading when it is a regular file: stat first, then open with
+ * O_NONBLOCK (a FIFO swapped in between cannot block) and check the opened
+ * file again. A directory, FIFO, device or socket is refused in one line
+ * ("'path' is a FIFO, not a regular file"). fd (blocking, close-on-exec) with
+ * its size in *size, or -1 with err. */
+int fs_open_regular(const char *path, off_t *size, char *err, size_t errlen);
+/* Whole regular file (fs_open_regular) into a malloc'ed buffer with a NUL
+ * appended (not counted in *n). A file over max bytes is refused before it is
+ * read ("cannot read 'path': it is 2.1 GB, more than the 64.0 MB such a file may
+ * have (is it the right file?)"), and so
+ * is one that grows past max while read. NULL with a one-line err naming path. */
+char *fs_read_all(const char *path, size_t max, size_t *n, char *err, size_t errlen);
+/* Write path.tmp.<pid>, fsync, rename over path. 0, or -1 and no temp left;
+ * errors name path (not the temp). */
 int fs_write_atomic(const char *path, const void *data, size_t n, char *err, size_t errlen);
+/* Can path be written atomically (its folder exists and takes a new file, path
+ * is not a folder)? Probes by creating and removing the temp fs_write_atomic
+ * would use, so the answer is the write's own (permissions, read-only mounts).
+ * 0, or -1 with err naming path (and the folder). For "check before the work". */
+int fs_check_writable(const char *path, char *err, size_t errlen);
+/* Remove the temps (NAME.tmp.<pid>) that dead processes left in dir (a killed
+ * run); temps of live processes stay. The number removed, or -1 with err. */
+int fs_remove_stale_temps(const char *dir, char *err, size_t errlen);
 /* Create a directory and its parents (mode 0755); existing dirs are fine. */
 int fs_mkdir_p(const char *path, char *err, size_t errlen);
 int fs_exists(const char *path);
@@ -22,6 +50,17 @@ int fs_exe_dir(char *out, size_t n);
 /* "dir/config.json" -> "config" (the last component without its extension) */
 void fs_stem(const char *path, char *out, size_t n);
 int fs_is_dir(const char *path);
+/* What is at path, for messages: "a regular file", "a directory", "a FIFO
+ * (named pipe)", "a character device", ...; NULL when nothing is. */
+const char *fs_kind(const char *path);
+/* rel against the folder base (NULL: the working directory) as an absolute
+ * path: rel itself when absolute, else base/rel with the folders that exist
+ * resolved (realpath of its parent: "presets/../models/x.png" becomes
+ * "/repo/models/x.png"; the last component is kept, so a symlinked file keeps
+ * its own name). 0, or -1 when it does not fit in n. */
+int fs_path_resolve(const char *base, const char *rel, char *out, size_t n);
+/* The folder of path ("a/b.ini" -> "a", "b.ini" -> "."). */
+void fs_dir_of(const char *path, char *out, size_t n);
 
 /* Streaming atomic write for large files (model weights): nothing appears at
  * path until fs_atomic_commit succeeds; abort (or a failed commit) removes the temp. */

@@ -59,3 +59,27 @@ int rng_from_hex(Rng *r, const char *hex) {
     }
     return 0;
 }
+
+int rng_parse_seed(const char *s, uint64_t *out, char *why, size_t n) {
+    const char *p = s;
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p == '+') p++;
+    if (*p < '0' || *p > '9') {
+        snprintf(why, n, *p == '-' ? "must not be negative (a seed is 0..18446744073709551615)"
+                                   : "not a number (a seed is 0..18446744073709551615)");
+        return -1;
+    }
+    uint64_t v = 0;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10) {
+            snprintf(why, n, "out of range (at most 18446744073709551615)");
+            return -1;
+        }
+        v = v * 10 + d;
+    }
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p) { snprintf(why, n, "not an integer (a seed is 0..18446744073709551615)"); return -1; }
+    *out = v;
+    return 0;
+}

@@ -4,6 +4,7 @@
 #ifndef KRONA_RNG_H
 #define KRONA_RNG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct Rng { uint64_t s[4]; } Rng;
@@ -18,5 +19,10 @@ void rng_fill_uniform(Rng *r, float *x, int64_t n, float lo, float hi);
 /* The state as 64 hex digits (checkpoints), and back: 0, or -1 if malformed. */
 void rng_to_hex(const Rng *r, char out[65]);
 int rng_from_hex(Rng *r, const char *hex);
+
+/* A seed as text: a decimal integer 0..18446744073709551615 (a leading '+'
+ * is fine). 0, or -1 with why ("must not be negative", "not an integer", ...):
+ * the one rule for seeds in presets, --set and every subcommand's --seed. */
+int rng_parse_seed(const char *s, uint64_t *out, char *why, size_t n);
 
 #endif

@@ -75,7 +75,7 @@ int image_load(const char *path, Image *out, char *err, size_t errlen) {
     out->w = out->h = out->c = 0;
     out->px = NULL;
     size_t n = 0;
-    unsigned char *d = (unsigned char *)fs_read_all(path, &n, err, errlen);
+    unsigned char *d = (unsigned char *)fs_read_all(path, IMAGE_MAX_FILE, &n, err, errlen);
     if (!d) return -1;
     static const unsigned char png_sig[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n' };
     int is_png = n >= 8 && memcmp(d, png_sig, 8) == 0;

@@ -7,6 +7,9 @@
 #include <stddef.h>
 
 #define IMAGE_MAX_SIDE 16384   /* refuse larger inputs instead of allocating gigabytes */
+/* an image file's cap: the uncompressed size of the largest image accepted
+ * (4 bytes a pixel) with a quarter more for a container's overhead */
+#define IMAGE_MAX_FILE ((size_t)IMAGE_MAX_SIDE * IMAGE_MAX_SIDE * 5)
 #define IMAGE_GRID_BG 255      /* grid padding colour (white) */
 
 typedef struct { int w, h, c; unsigned char *px; } Image;   /* row-major HWC, px malloc'ed */

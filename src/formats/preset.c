@@ -9,10 +9,13 @@
  * inih would mangle (leading/trailing blanks, ';') are written in double
  * quotes with \" \\ \; escapes. */
 #include "formats/preset.h"
+#include "core/fmt.h"
 #include "core/fsutil.h"
+#include "core/rng.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <locale.h>
 #include <math.h>
 #include <stdarg.h>
@@ -43,7 +46,7 @@ typedef struct {
 
 static const Key keys[] = {
     { "model", "model", K_STR, F(model), 0, 0, 0, 0, 0, NULL, "pretrained_model_name_or_path|model_path|checkpoint",
-      "\"tiny\" (built in), \"sd15\", \"sdxl\", or a model folder / .safetensors file" },
+      "\"tiny\" (built in), \"sd15\", \"sdxl\", or a model folder / .safetensors file (relative to this file's folder)" },
     { "model", "tokenizer", K_STR, F(tokenizer), 0, 0, 0, 0, 0, NULL, "tokenizer_dir|vocab",
       "CLIP's vocabulary (a folder with merges.txt); empty: the model folder, $KRONA_TOKENIZER, the Hugging Face cache, ComfyUI or A1111" },
     { "model", "device", K_ENUM, F(device), 0, 0, 0, 0, 0, "auto|cpu|cuda", "backend|gpu", "auto | cpu | cuda" },
@@ -51,10 +54,10 @@ static const Key keys[] = {
       "VAE encode / decode in overlapping 512 px tiles: auto (when the image is larger than a tile and the untiled pass would not fit in half the available memory) | on | off" },
 
     { "data", "image", K_LIST, L(images, n_images), PRESET_MAX_IMAGES, 0, 0, 0, NULL, "images|instance_image|instance_data_dir",
-      "training images, one line each, in order (at most 16)" },
+      "training images, one line each, in order (at most 16); a relative path is relative to this file's folder" },
     { "data", "instance_prompt", K_STR, F(instance_prompt), 0, 0, 0, 0, 0, NULL, "prompt_instance|caption", "prompt with the rare token, e.g. \"a sks dog\"" },
     { "data", "class_prompt", K_STR, F(class_prompt), 0, 0, 0, 0, 0, NULL, "prompt_class", "prompt for prior preservation, e.g. \"a dog\"" },
-    { "data", "class_dir", K_STR, F(class_dir), 0, 0, 0, 0, 0, NULL, "class_data_dir|class_images_dir", "folder of class images; empty: generate them" },
+    { "data", "class_dir", K_STR, F(class_dir), 0, 0, 0, 0, 0, NULL, "class_data_dir|class_images_dir", "folder of class images (relative to this file's folder); empty: generate them" },
     { "data", "n_class_images", K_INT, F(n_class_images), 0, 0, 0, 100000, 0, NULL, "num_class_images|class_images", "0..100000" },
     { "data", "prior_weight", K_FLOAT, F(prior_weight), 0, 0, 0, 100, 0, NULL, "prior_loss_weight|with_prior_preservation", "0 disables prior preservation" },
     { "data", "resolution", K_INT, F(resolution), 0, 0, 8, 4096, 0, NULL, "size|image_size|res", "training size in pixels, a multiple of 8" },
@@ -93,7 +96,7 @@ static const Key keys[] = {
     { "sample", "sample_steps", K_INT, F(sample_steps), 0, 0, 1, 1000, 0, NULL, "num_inference_steps|steps_sample|inference_steps", "1..1000" },
     { "sample", "guidance", K_FLOAT, F(guidance), 0, 0, 0, 50, 0, NULL, "guidance_scale|cfg|cfg_scale", "classifier-free guidance scale, 0..50" },
 
-    { "output", "output_dir", K_STR, F(output_dir), 0, 0, 0, 0, 0, NULL, "out_dir|outdir|runs_dir", "run folders go here" },
+    { "output", "output_dir", K_STR, F(output_dir), 0, 0, 0, 0, 0, NULL, "out_dir|outdir|runs_dir", "run folders go here (a relative path: relative to the working directory)" },
     { "output", "run_name", K_STR, F(run_name), 0, 0, 0, 0, 0, NULL, "name|run", "empty: derived from the time and the knobs" },
     { "output", "export_dtype", K_ENUM, F(export_dtype), 0, 0, 0, 0, 0, "f32|f16|bf16", "save_precision|save_dtype|dtype",
       "the exported adapter's tensors: f32 | f16 | bf16 (rounded to nearest even; training and checkpoints stay f32)" },
@@ -101,6 +104,20 @@ static const Key keys[] = {
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
 static const char *const sections[] = { "model", "data", "adapter", "train", "sample", "output" };
 #define NSECTIONS 6
+
+/* Keys that hold a file or folder path. In a preset file a relative one is
+ * relative to the file's folder (preset_load resolves it); from --set, to the
+ * working directory; preset_save writes them absolute. output_dir is not one
+ * of them: run folders go under it relative to the working directory. */
+static int is_path_key(const Key *k) {
+    return k->off == offsetof(Preset, model) || k->off == offsetof(Preset, tokenizer) ||
+           k->off == offsetof(Preset, images) || k->off == offsetof(Preset, class_dir);
+}
+/* a value of a path key that names no file: empty (search / generate), or a built-in model */
+static int names_no_file(const Key *k, const char *v) {
+    return !v[0] || (k->off == offsetof(Preset, model) &&
+                     (!strcmp(v, "tiny") || !strcmp(v, "sd15") || !strcmp(v, "sdxl")));
+}
 
 static void *field(Preset *p, const Key *k) { return (char *)p + k->off; }
 static const void *cfield(const Preset *p, const Key *k) { return (const char *)p + k->off; }
@@ -362,15 +379,9 @@ static int set_key(Preset *p, const Key *k, const char *raw, int append, char *w
         *(float *)field(p, k) = x;
         return 0;
     }
-    case K_U64: {
-        char *end;
-        const char *s = v;
-        errno = 0;
-        if (*s == '+') s++;
-        if (!isdigit((unsigned char)*s)) { snprintf(why, n, *s == '-' ? "must not be negative" : "not a number"); return -1; }
-        unsigned long long x = strtoull(s, &end, 10);
-        if (*end) { snprintf(why, n, "not an integer"); return -1; }
-        if (errno == ERANGE) { snprintf(why, n, "out of range (at most 18446744073709551615)"); return -1; }
+    case K_U64: {   /* the seed: one rule with every --seed (rng_parse_seed) */
+        uint64_t x;
+        if (rng_parse_seed(v, &x, why, n)) return -1;
         *(unsigned long long *)field(p, k) = x;
         return 0;
     }
@@ -388,7 +399,9 @@ typedef struct {
     char *err;
     size_t errlen;
     int failed;
-    int seen_list[NKEYS];        /* first occurrence of a list key replaces the list */
+    const char *base;            /* relative paths are relative to this folder (NULL: cwd) */
+    int first_line[NKEYS];       /* where each key was first set (0: not yet); a list
+                                    key's first line replaces the list, later ones add */
     const char *longval;         /* value of an over-long line, passed around inih */
     size_t longlen;
 } Ctx;
@@ -470,6 +483,26 @@ static char *reader(char *str, int num, void *stream) {
     return str;
 }
 
+/* The path key k just set from this line, made relative to the preset's folder
+ * (a list key: its last entry; "image =" set none). 1, or 0 after ctx_fail. */
+static int resolve_path(Ctx *c, const Key *k, const char *name, const char *value) {
+    char *v = field(c->pre, k);
+    if (k->kind == K_LIST) {
+        int cnt = *list_count(c->pre, k);
+        if (cnt < 1) return 1;
+        v += (size_t)(cnt - 1) * k->size;
+    }
+    if (names_no_file(k, v) || v[0] == '/') return 1;
+    char abs[PATH_MAX], shown[160];
+    if (fs_path_resolve(c->base, v, abs, sizeof abs) != 0 || strlen(abs) >= k->size) {
+        fmt_quoted(value, 80, shown, sizeof shown);
+        return ctx_fail(c, "%s = %s: with the preset's folder the path is longer than %zu characters; "
+                        "give a shorter or absolute one", name, shown, k->size - 1);
+    }
+    set_text(v, k->size, abs);
+    return 1;
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value) {
     Ctx *c = user;
     if (c->failed) return 0;
@@ -504,22 +537,31 @@ static int handler(void *user, const char *section, const char *name, const char
             ok = ctx_fail(c, "%s", why);
         } else {
             int idx = (int)(k - keys);
-            char why[200];
-            int append = k->kind == K_LIST && c->seen_list[idx];
-            if (k->kind == K_LIST) c->seen_list[idx] = 1;
-            if (set_key(c->pre, k, value, append, why, sizeof why))
-                ok = ctx_fail(c, "%s = '%.80s': %s", name, value, why);
+            char why[200], shown[160];
+            int append = k->kind == K_LIST && c->first_line[idx];
+            if (k->kind != K_LIST && c->first_line[idx]) {
+                ok = ctx_fail(c, "'%s' is set twice in [%s] (first on line %d): keep one of the two lines",
+                              name, section, c->first_line[idx]);
+            } else if (set_key(c->pre, k, value, append, why, sizeof why)) {
+                fmt_quoted(value, 80, shown, sizeof shown);
+                ok = ctx_fail(c, "%s = %s: %s", name, shown, why);
+            } else if (is_path_key(k)) {
+                ok = resolve_path(c, k, name, value);
+            }
+            if (!c->first_line[idx]) c->first_line[idx] = c->line;
         }
     }
     free(longv);
     return ok;
 }
 
-static int parse_text(Preset *p, const char *text, size_t n, const char *path, char *err, size_t errlen) {
+static int parse_text(Preset *p, const char *text, size_t n, const char *path, const char *base,
+                      char *err, size_t errlen) {
     Preset tmp = *p;   /* commit only when the whole file is good */
     Ctx c;
     memset(&c, 0, sizeof c);
     c.p = text; c.end = text + n; c.path = path; c.pre = &tmp; c.err = err; c.errlen = errlen;
+    c.base = base;
     int r = ini_parse_stream(reader, &c, handler, &c);
     if (c.failed) return -1;
     if (r != 0) {
@@ -530,27 +572,37 @@ static int parse_text(Preset *p, const char *text, size_t n, const char *path, c
     return 0;
 }
 
-int preset_load(Preset *p, const char *path, char *err, size_t errlen) {
+int preset_load_from(Preset *p, const char *path, const char *base, char *err, size_t errlen) {
     size_t n;
-    char *text = fs_read_all(path, &n, err, errlen);
+    char *text = fs_read_all(path, FS_TEXT_MAX, &n, err, errlen);
     if (!text) return -1;
-    int r = parse_text(p, text, n, path, err, errlen);
+    int r = parse_text(p, text, n, path, base, err, errlen);
     free(text);
     return r;
 }
 
-int preset_set(Preset *p, const char *assignment, char *err, size_t errlen) {
-    const char *eq = strchr(assignment, '=');
-    if (!eq || eq == assignment) {
+int preset_load(Preset *p, const char *path, char *err, size_t errlen) {
+    char dir[PATH_MAX];
+    fs_dir_of(path, dir, sizeof dir);
+    return preset_load_from(p, path, dir, err, errlen);
+}
+
+int preset_set(Preset *p, const char *assignment_in, char *err, size_t errlen) {
+    /* echoed in errors shortened, so a 10,000-character value never hides the reason */
+    char assignment_shown[200];
+    fmt_shorten(assignment_in, 120, assignment_shown, sizeof assignment_shown);
+    const char *assignment = assignment_shown;
+    const char *eq = strchr(assignment_in, '=');
+    if (!eq || eq == assignment_in) {
         snprintf(err, errlen, "--set %s: expected key=value or section.key=value", assignment);
         return -1;
     }
     int append = eq[-1] == '+';
     const char *ke = append ? eq - 1 : eq;
     char lhs[96], section[96] = "", *name = lhs;
-    size_t kl = (size_t)(ke - assignment);
+    size_t kl = (size_t)(ke - assignment_in);
     if (kl >= sizeof lhs) { snprintf(err, errlen, "--set %s: key too long", assignment); return -1; }
-    memcpy(lhs, assignment, kl);
+    memcpy(lhs, assignment_in, kl);
     lhs[kl] = 0;
     while (kl && isspace((unsigned char)lhs[kl - 1])) lhs[--kl] = 0;
     while (isspace((unsigned char)*name)) name++;
@@ -577,10 +629,15 @@ int preset_set(Preset *p, const char *assignment, char *err, size_t errlen) {
     }
     const char *v = eq + 1;
     while (isspace((unsigned char)*v)) v++;
+    size_t vl = strlen(v);
+    while (vl && isspace((unsigned char)v[vl - 1])) vl--;
+    if (vl >= PRESET_PATH_MAX + 8) {   /* longer than any field: say so without copying it */
+        size_t cap = k->kind == K_STR || k->kind == K_LIST ? k->size : 64;
+        snprintf(err, errlen, "--set %s: too long (at most %zu characters)", assignment, cap - 1);
+        return -1;
+    }
     char val[PRESET_PATH_MAX + 8];
-    snprintf(val, sizeof val, "%s", v);
-    size_t vl = strlen(val);
-    while (vl && isspace((unsigned char)val[vl - 1])) val[--vl] = 0;
+    snprintf(val, sizeof val, "%.*s", (int)vl, v);
     Preset tmp = *p;
     char why[200];
     if (set_key(&tmp, k, val, append, why, sizeof why)) {
@@ -599,11 +656,11 @@ int preset_validate(const Preset *p, char *err, size_t errlen) {
         const Key *k = &keys[i];
         const void *f = cfield(p, k);
         int bad = 0;
-        char shown[96] = "";
+        char shown[128] = "";
         switch (k->kind) {
         case K_STR: case K_ENUM:
             if (!memchr(f, 0, k->size)) { snprintf(why, sizeof why, "not terminated (longer than %zu characters)", k->size - 1); bad = 1; break; }
-            snprintf(shown, sizeof shown, "'%.60s'", (const char *)f);
+            fmt_quoted(f, 60, shown, sizeof shown);
             bad = k->kind == K_ENUM ? check_enum(k, f, why, sizeof why) : text_ok(f, why, sizeof why);
             if (!bad && !((const char *)f)[0] && (k->off == offsetof(Preset, model) || k->off == offsetof(Preset, output_dir))) {
                 snprintf(why, sizeof why, "must not be empty");
@@ -625,7 +682,7 @@ int preset_validate(const Preset *p, char *err, size_t errlen) {
             }
             for (int j = 0; j < cnt && !bad; j++) {
                 const char *s = (const char *)f + (size_t)j * k->size;
-                snprintf(shown, sizeof shown, "'%.60s'", s);
+                fmt_quoted(s, 60, shown, sizeof shown);
                 if (!memchr(s, 0, k->size)) { snprintf(why, sizeof why, "entry %d not terminated", j + 1); bad = 1; }
                 else if (!s[0]) { snprintf(why, sizeof why, "entry %d is empty", j + 1); bad = 1; }
                 else bad = text_ok(s, why, sizeof why);
@@ -679,7 +736,31 @@ static void put_value(FILE *f, const char *s) {
     fputc('"', f);
 }
 
-int preset_save(const Preset *p, const char *path, char *err, size_t errlen) {
+/* p's relative paths (the working directory's: --set, the studio) made
+ * absolute, so the file written works from any folder. 0, or -1 with err. */
+static int absolute_paths(Preset *p, const char *path, char *err, size_t errlen) {
+    for (int i = 0; i < NKEYS; i++) {
+        const Key *k = &keys[i];
+        if (!is_path_key(k)) continue;
+        int cnt = k->kind == K_LIST ? *list_count(p, k) : 1;
+        for (int j = 0; j < cnt && j < (k->kind == K_LIST ? k->max_items : 1); j++) {
+            char *v = (char *)field(p, k) + (size_t)j * k->size, abs[PATH_MAX], shown[160];
+            if (!memchr(v, 0, k->size) || names_no_file(k, v) || v[0] == '/') continue;
+            if (fs_path_resolve(NULL, v, abs, sizeof abs) != 0 || strlen(abs) >= k->size) {
+                fmt_quoted(v, 80, shown, sizeof shown);
+                snprintf(err, errlen, "cannot save '%s': %s.%s = %s is longer than %zu characters as "
+                         "an absolute path", path, k->section, k->key, shown, k->size - 1);
+                return -1;
+            }
+            set_text(v, k->size, abs);
+        }
+    }
+    return 0;
+}
+
+int preset_save(const Preset *p_in, const char *path, char *err, size_t errlen) {
+    Preset abs = *p_in;
+    const Preset *p = &abs;
     /* texts that the .ini format cannot carry (a newline would inject keys) are
      * refused; out-of-range numbers are written as they are (preset_validate) */
     for (int i = 0; i < NKEYS; i++) {
@@ -699,6 +780,7 @@ int preset_save(const Preset *p, const char *path, char *err, size_t errlen) {
             }
         }
     }
+    if (absolute_paths(&abs, path, err, errlen) != 0) return -1;
     char *buf = NULL;
     size_t n = 0;
     FILE *f = open_memstream(&buf, &n);

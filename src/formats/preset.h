@@ -65,13 +65,23 @@ typedef struct Preset {
 /* Fill with the defaults (the paper's: KronA a1=a2=... lr 6e-4, 500 iterations). */
 void preset_defaults(Preset *p);
 /* Read an .ini on top of the current values. 0, or -1 with a one-line err that
- * names the file, line and key and says what is allowed. Unknown keys are errors. */
+ * names the file, line and key and says what is allowed. Unknown keys are
+ * errors, and so is a key set twice (file:line and the line it was first on),
+ * except the list keys image and prompt, whose lines add up. Relative paths
+ * (model when it is a path, tokenizer, image, class_dir) are relative to the
+ * file's folder and come back absolute; output_dir stays as written (relative
+ * to the working directory). */
 int preset_load(Preset *p, const char *path, char *err, size_t errlen);
-/* Apply one "section.key=value" or "key=value" override (--set). */
+/* preset_load with relative paths taken from the folder base instead (NULL:
+ * the working directory, as run folders of older versions recorded them). */
+int preset_load_from(Preset *p, const char *path, const char *base, char *err, size_t errlen);
+/* Apply one "section.key=value" or "key=value" override (--set); paths stay
+ * relative to the working directory. Errors echo a long assignment shortened. */
 int preset_set(Preset *p, const char *assignment, char *err, size_t errlen);
 /* Validate ranges and combinations (not model-dependent ones). */
 int preset_validate(const Preset *p, char *err, size_t errlen);
-/* Write atomically (temp + rename) in a stable order. */
+/* Write atomically (temp + rename) in a stable order, with relative paths
+ * (the working directory's) written absolute, so the file works from anywhere. */
 int preset_save(const Preset *p, const char *path, char *err, size_t errlen);
 
 #endif

@@ -96,15 +96,40 @@ int st_float_dtype_parse(const char *s) {
 int st_read_f32(const StTensor *t, float *dst) {
     const unsigned char *s = t->data;
     int64_t n = t->numel;
-    int sz = st_dtype_size(t->dtype);
-    if (t->dtype == ST_F8_E5M2 || t->dtype == ST_F8_E4M3 || sz == 0) return -1;
-    if (t->dtype == ST_F32) { memcpy(dst, s, (size_t)n * 4); return 0; }
-    /* memcpy per element: mapped data may be unaligned */
-    #pragma omp parallel for if (n > (1 << 16))
+    int sz = st_dtype_size(t->dtype), bad = 0;
+    if (t->dtype == ST_F8_E5M2 || t->dtype == ST_F8_E4M3 || sz == 0) return ST_READ_DTYPE;
+    /* memcpy per element: mapped data may be unaligned. Each value is checked as
+     * it is converted (an all-ones exponent is NaN or Inf); the weight dtypes get
+     * loops of their own that the compiler vectorises. */
+    if (t->dtype == ST_F32) {
+        #pragma omp parallel for simd if (n > (1 << 16)) reduction(|:bad)
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, s + 4 * i, 4);
+            memcpy(dst + i, &u, 4);
+            bad |= (u & 0x7f800000u) == 0x7f800000u;
+        }
+        return bad ? ST_READ_NONFINITE : 0;
+    }
+    if (t->dtype == ST_F16 || t->dtype == ST_BF16) {
+        uint16_t mask = t->dtype == ST_F16 ? 0x7c00 : 0x7f80;
+        int half = t->dtype == ST_F16;
+        #pragma omp parallel for simd if (n > (1 << 16)) reduction(|:bad)
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t u;
+            memcpy(&u, s + 2 * i, 2);
+            dst[i] = half ? st_f16_to_f32(u) : st_bf16_to_f32(u);
+            bad |= (u & mask) == mask;
+        }
+        return bad ? ST_READ_NONFINITE : 0;
+    }
+    /* integers are always finite; float64 may also overflow float */
+    #pragma omp parallel for if (n > (1 << 16)) reduction(|:bad)
     for (int64_t i = 0; i < n; i++) {
         const unsigned char *p = s + i * sz;
-        uint16_t u16; uint32_t u32; uint64_t u64; double f64;
+        uint16_t u16; uint32_t u32; uint64_t u64; double f64; float f;
         switch (t->dtype) {
+        case ST_F32: memcpy(&f, p, 4); dst[i] = f; break;
         case ST_BOOL: dst[i] = p[0] ? 1.0f : 0.0f; break;
         case ST_U8: dst[i] = (float)p[0]; break;
         case ST_I8: dst[i] = (float)(int8_t)p[0]; break;
@@ -118,8 +143,51 @@ int st_read_f32(const StTensor *t, float *dst) {
         case ST_I64: memcpy(&u64, p, 8); dst[i] = (float)(int64_t)u64; break;
         case ST_U64: memcpy(&u64, p, 8); dst[i] = (float)u64; break;
         }
+        bad |= (f32_bits(dst[i]) & 0x7f800000u) == 0x7f800000u;
     }
-    return 0;
+    return bad ? ST_READ_NONFINITE : 0;
+}
+
+/* the first value of t that is not finite as a float (the error path only) */
+static int64_t first_nonfinite(const StTensor *t, double *value) {
+    int sz = st_dtype_size(t->dtype);
+    const unsigned char *s = t->data;
+    for (int64_t i = 0; i < t->numel; i++) {
+        const unsigned char *p = s + i * sz;
+        uint16_t u16; double v;
+        float f;
+        switch (t->dtype) {
+        case ST_F32: memcpy(&f, p, 4); v = f; break;
+        case ST_F16: memcpy(&u16, p, 2); v = st_f16_to_f32(u16); break;
+        case ST_BF16: memcpy(&u16, p, 2); v = st_bf16_to_f32(u16); break;
+        case ST_F64: memcpy(&v, p, 8); break;
+        default: continue;
+        }
+        if (!isfinite((float)v)) { *value = v; return i; }
+    }
+    return -1;
+}
+
+void st_read_error(const StTensor *t, int rc, const char *path, char *err, size_t errlen) {
+    if (rc == ST_READ_NONFINITE) {
+        double v = 0;
+        int64_t i = first_nonfinite(t, &v);
+        const char *what = isnan(v) ? "NaN" : isinf(v) ? (v > 0 ? "+Inf" : "-Inf") : "a value beyond float range";
+        err_set(err, errlen, "%s%stensor '%s' holds %s (element %lld of %lld): the file is damaged "
+                "or was saved from a run that diverged; use another file (or re-export it from a "
+                "good checkpoint)", path ? path : "", path ? ": " : "", t->name, what, (long long)i,
+                (long long)t->numel);
+    } else {
+        err_set(err, errlen, "%s%stensor '%s' has dtype %s, which cannot be read as float",
+                path ? path : "", path ? ": " : "", t->name, st_dtype_name(t->dtype));
+    }
+}
+
+int st_load_f32(const StTensor *t, float *dst, const char *path, char *err, size_t errlen) {
+    int rc = st_read_f32(t, dst);
+    if (rc == 0) return 0;
+    st_read_error(t, rc, path, err, errlen);
+    return -1;
 }
 
 /* ---- reader ---- */
@@ -219,15 +287,10 @@ static int parse_tensor(SafeTensors *st, const char *path, const char *name, con
 }
 
 SafeTensors *st_open(const char *path, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) { sterr(err, errlen, path, "cannot open: %s", strerror(errno)); return NULL; }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        sterr(err, errlen, path, "cannot read: %s", S_ISDIR(sb.st_mode) ? "is a directory" : "not a regular file");
-        close(fd);
-        return NULL;
-    }
-    size_t size = (size_t)sb.st_size;
+    off_t fsize;
+    int fd = fs_open_regular(path, &fsize, err, errlen);
+    if (fd < 0) return NULL;
+    size_t size = (size_t)fsize;
     if (size < 8) {
         sterr(err, errlen, path, "file is %zu bytes, shorter than the 8-byte header length (not a safetensors file)", size);
         close(fd);
@@ -598,10 +661,5 @@ int st_read_f32_as(const StTensor *t, int ndim, const int64_t *shape, float *dst
                  got, want);
         return -1;
     }
-    if (st_read_f32(t, dst)) {
-        snprintf(err, errlen, "%s: tensor '%s' has dtype %s, which cannot be read as float", path,
-                 t->name, st_dtype_name(t->dtype));
-        return -1;
-    }
-    return 0;
+    return st_load_f32(t, dst, path, err, errlen);
 }

@@ -27,7 +27,10 @@ typedef struct {
 
 typedef struct SafeTensors SafeTensors;
 
-/* NULL with "path: problem" in err. Tensors are listed in header order. */
+/* NULL with "path: problem" in err. Tensors are listed in header order. Only
+ * regular files (fs_open_regular: a FIFO or device is refused, never waited
+ * on); the header is at most ST_MAX_HEADER bytes and the tensors must tile
+ * the rest of the file exactly, so nothing is read beyond the file. */
 SafeTensors *st_open(const char *path, char *err, size_t errlen);
 void st_close(SafeTensors *st);
 int st_count(const SafeTensors *st);
@@ -36,9 +39,21 @@ const StTensor *st_find(const SafeTensors *st, const char *name);
 const char *st_metadata(const SafeTensors *st, const char *key);   /* NULL if absent */
 int st_metadata_count(const SafeTensors *st);
 const char *st_metadata_key(const SafeTensors *st, int i);
-/* Convert any float or integer dtype to float (numel values into dst).
- * -1 for dtypes without a conversion (F8). */
+/* Convert any float or integer dtype to float (numel values into dst),
+ * checking every value on the way (no second pass over multi-GB weights):
+ * 0; ST_READ_DTYPE for dtypes without a conversion (F8); ST_READ_NONFINITE
+ * when a value is NaN or infinite (or a float64 beyond float's range). No
+ * weight, adapter factor or optimiser state that krona-studio loads may hold
+ * one: a single NaN turns every sample black. */
+#define ST_READ_DTYPE (-1)
+#define ST_READ_NONFINITE (-2)
 int st_read_f32(const StTensor *t, float *dst);
+/* The one line for st_read_f32's failure rc on t, after "path: " (path may be
+ * NULL): "tensor 'x' holds NaN (element 12 of 640): the file is damaged or was
+ * saved from a run that diverged; ...". */
+void st_read_error(const StTensor *t, int rc, const char *path, char *err, size_t errlen);
+/* st_read_f32 with st_read_error's message: 0, or -1 with err. */
+int st_load_f32(const StTensor *t, float *dst, const char *path, char *err, size_t errlen);
 /* The same for a parameter of shape [shape[0..ndim-1]]: t must have that shape,
  * or the same data with trailing 1s added or dropped (a Linear stored as a 1x1
  * conv, as old files do). 0, or -1 with one line naming path and t. */

@@ -479,13 +479,15 @@ static int factor_of(const char *path, const char *stem, const Mod *m, int full,
     return 0;
 }
 
-/* the factor's values into dst (rows * cols); tmp holds the halves */
-static void factor_read(const Factor *f, float *dst, float *tmp) {
-    if (f->full) { st_read_f32(f->full, dst); return; }
+/* the factor's values into dst (rows * cols); tmp holds the halves. 0, or -1
+ * with err (a NaN or Inf in the file) */
+static int factor_read(const Factor *f, float *dst, float *tmp, const char *path, char *err,
+                       size_t errlen) {
+    if (f->full) return st_load_f32(f->full, dst, path, err, errlen);
     float *a = tmp, *b = tmp + f->rows * f->rank;
-    st_read_f32(f->ha, a);
-    st_read_f32(f->hb, b);
+    if (st_load_f32(f->ha, a, path, err, errlen) || st_load_f32(f->hb, b, path, err, errlen)) return -1;
     matmul(a, b, dst, f->rows, f->rank, f->cols);
+    return 0;
 }
 
 static int64_t factor_tmp(const Factor *f) { return f->full ? 0 : f->rank * (f->rows + f->cols); }
@@ -608,7 +610,7 @@ int adapter_sets_load(AdapterSet *const *sets, int nsets, const char *path, char
                         path, at->name, sh, st_dtype_name(at->dtype));
                 goto out;
             }
-            st_read_f32(at, &alpha);
+            if (st_load_f32(at, &alpha, path, err, errlen) != 0) goto out;
         }
         Factor *f1p = &fac[2 * j], *f2p = &fac[2 * j + 1], f1, f2;
         int64_t want1[2], want2[2];
@@ -675,8 +677,9 @@ int adapter_sets_load(AdapterSet *const *sets, int nsets, const char *path, char
         Adapter *a = items[j];
         int64_t na = adapter_numel_A(a), nb = adapter_numel_B(a);
         if (mods[j].seen) {
-            factor_read(&fac[2 * j], p, tmp);
-            factor_read(&fac[2 * j + 1], p + na, tmp);
+            if (factor_read(&fac[2 * j], p, tmp, path, err, errlen) ||
+                factor_read(&fac[2 * j + 1], p + na, tmp, path, err, errlen))
+                goto out;
         } else {
             memset(p + na, 0, (size_t)nb * sizeof *p); /* not in the file: B = 0, dW = 0 */
         }

@@ -495,7 +495,7 @@ int convert_read_f32(const ConvertName *c, const StTensor *t, float *dst) {
     if (c->transform != CONVERT_TRANSPOSE) return st_read_f32(t, dst);
     int64_t a = t->shape[0], b = t->shape[1];
     float *tmp = malloc((size_t)(t->numel > 0 ? t->numel : 1) * sizeof *tmp);
-    if (!tmp) return -1;
+    if (!tmp) return -3;
     int rc = st_read_f32(t, tmp);
     if (!rc)
         for (int64_t i = 0; i < a; i++)
@@ -535,9 +535,10 @@ int convert_read(const ConvertMap *m, const SafeTensors *st, const char *name, i
                 name, want);
         return -1;
     }
-    if (convert_read_f32(&c, t, dst)) {
-        err_set(err, errlen, "tensor '%s' has dtype %s, which cannot be read as float", c.ldm,
-                st_dtype_name(t->dtype));
+    int rc = convert_read_f32(&c, t, dst);
+    if (rc != 0) {
+        if (rc == ST_READ_DTYPE || rc == ST_READ_NONFINITE) st_read_error(t, rc, NULL, err, errlen);
+        else err_set(err, errlen, "tensor '%s': out of memory", c.ldm);
         return -1;
     }
     return 0;

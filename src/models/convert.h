@@ -115,7 +115,9 @@ const char *convert_ldm_ignored(const char *ldm_name);
 /* Shape of the diffusers tensor that c makes from the LDM tensor t. 0, or -1
  * when t cannot take the transform (rows not divisible by 3, not 2-D, ...). */
 int convert_shape(const ConvertName *c, const StTensor *t, int *ndim, int64_t shape[ST_MAX_DIMS]);
-/* Its values as float (any float dtype of t), diffusers layout. 0 or -1. */
+/* Its values as float (any float dtype of t), diffusers layout: 0, or
+ * st_read_f32's ST_READ_DTYPE (also for a shape the transform cannot take) /
+ * ST_READ_NONFINITE, or -3 when out of memory. */
 int convert_read_f32(const ConvertName *c, const StTensor *t, float *dst);
 /* Diffusers parameter `name` from a single file: find its LDM tensor, check
  * that after the transform it has exactly the shape [shape[0..ndim-1]], read it

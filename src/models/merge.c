@@ -248,8 +248,7 @@ int merge_safetensors(const char *in_path, const Adapter *const *ads, const char
             /* W + S dW in f32, rounded to the output dtype */
             Adapter a = *ads[who[i]];
             float *host = obuf;
-            if (st_read_f32(t, host) != 0) {
-                err_set(err, errlen, "%s: cannot read %s", in_path, t->name);
+            if (st_load_f32(t, host, in_path, err, errlen) != 0) {
                 fs_atomic_abort(f);
                 f = NULL;
                 goto out;
@@ -272,7 +271,15 @@ int merge_safetensors(const char *in_path, const Adapter *const *ads, const char
                 part.nbytes = (size_t)part.numel * (size_t)isz;
                 part.ndim = 1;
                 part.shape[0] = part.numel;
-                st_read_f32(&part, fbuf);
+                /* copied, not merged: a non-finite value is carried over as the byte
+                 * copy of a same-dtype tensor would (only the merged weights refuse one) */
+                int rr = st_read_f32(&part, fbuf);
+                if (rr == ST_READ_DTYPE) {
+                    st_read_error(t, rr, in_path, err, errlen);   /* names the whole tensor */
+                    fs_atomic_abort(f);
+                    f = NULL;
+                    goto out;
+                }
                 st_from_f32(odt[i], fbuf, part.numel, obuf);
                 werr = fs_atomic_write(f, obuf, (size_t)part.numel * (size_t)st_dtype_size(odt[i]));
             }

@@ -94,7 +94,7 @@ static int read_index(const char *dir, const char *index_name, char **names, int
     char path[PATH_MAX * 2], e[256];
     snprintf(path, sizeof path, "%s/%s", dir, index_name);
     size_t len;
-    char *text = fs_read_all(path, &len, err, errlen);
+    char *text = fs_read_all(path, FS_TEXT_MAX, &len, err, errlen);
     if (!text) return -1;
     JsonValue *root = json_parse(text, len, e, sizeof e);
     free(text);

@@ -323,8 +323,14 @@ Model *model_open_with(const char *spec, const char *tokenizer, Backend *be, cha
     } else if (checkpoint_is_file(spec)) {
         rc = open_single_file(m, spec, tokenizer, err, errlen);
     } else {
-        snprintf(err, errlen, "model '%s': not found (use tiny, a .safetensors checkpoint or a "
-                 "diffusers model folder)", spec);
+        /* say what is there when something is: a device, a FIFO, another kind of file */
+        const char *kind = fs_kind(spec);
+        char what[96];
+        if (!kind) snprintf(what, sizeof what, "not found");
+        else if (!strcmp(kind, "a regular file")) snprintf(what, sizeof what, "not a .safetensors file");
+        else snprintf(what, sizeof what, "it is %s, not a file", kind);
+        snprintf(err, errlen, "model '%s': %s (use tiny, a .safetensors checkpoint or a "
+                 "diffusers model folder)", spec, what);
         rc = -1;
     }
     if (rc != 0) { model_free(m); return NULL; }

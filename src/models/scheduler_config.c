@@ -73,7 +73,7 @@ done:
 int schedule_from_json(const char *path, Schedule *s, char *err, size_t errlen) {
     size_t n;
     char e[300];
-    char *text = fs_read_all(path, &n, e, sizeof e);
+    char *text = fs_read_all(path, FS_TEXT_MAX, &n, e, sizeof e);
     if (!text) { snprintf(err, errlen, "%s", e); return -1; }
     int rc = schedule_from_json_text(text, s, e, sizeof e);
     free(text);

@@ -147,7 +147,7 @@ int te_config_parse(TextConfig *cfg, const char *json_text, size_t len, const ch
 int te_config_load(TextConfig *cfg, const char *path, char *err, size_t errlen)
 {
     size_t n;
-    char *text = fs_read_all(path, &n, err, errlen);
+    char *text = fs_read_all(path, FS_TEXT_MAX, &n, err, errlen);
     if (!text) return -1;
     int rc = te_config_parse(cfg, text, n, path, err, errlen);
     free(text);
@@ -379,9 +379,7 @@ int te_load_safetensors(TextEncoder *te, const char *path, const char *prefix, c
             host = nh;
             host_cap = need;
         }
-        if (st_read_f32(t, host) != 0) {
-            err_set(err, errlen, "%s: '%s' has dtype %s, which cannot be read as float", path, name,
-                   st_dtype_name(t->dtype));
+        if (st_load_f32(t, host, path, err, errlen) != 0) {
             rc = -1;
             break;
         }

@@ -18,7 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "core/fsutil.h"
@@ -307,35 +307,15 @@ static void bytes_to_unicode(int order[256], uint32_t cs[256])
     }
 }
 
-static int is_dir(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int file_exists(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
 
 /* Checks our id scheme against a HF vocab.json beside the merges file. */
 static int check_vocab_json(const Tokenizer *t, const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) { err_set(err, errlen, "%s: cannot open", path); return -1; }
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = sz >= 0 ? malloc((size_t)sz + 1) : NULL;
-    if (!buf || fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
-        fclose(f); free(buf);
-        err_set(err, errlen, "%s: cannot read %ld bytes", path, sz);
-        return -1;
-    }
-    fclose(f);
+    size_t sz;
+    char *buf = fs_read_all(path, FS_TEXT_MAX, &sz, err, errlen);
+    if (!buf) return -1;
     char jerr[200];
-    JsonValue *v = json_parse(buf, (size_t)sz, jerr, sizeof jerr);
+    JsonValue *v = json_parse(buf, sz, jerr, sizeof jerr);
     free(buf);
     if (!v) { if (err && errlen) snprintf(err, errlen, "%s: %s", path, jerr); return -1; }
     int rc = 0;
@@ -366,16 +346,18 @@ Tokenizer *tok_create_clip(const char *merges_path, char *err, size_t errlen)
     char path[4096];
     if (!merges_path) { err_set(err, errlen, "no CLIP merges file given"); return NULL; }
     snprintf(path, sizeof path, "%s", merges_path);
-    if (is_dir(merges_path)) {
+    if (fs_is_dir(merges_path)) {
         snprintf(path, sizeof path, "%s/merges.txt", merges_path);
-        if (!file_exists(path)) snprintf(path, sizeof path, "%s/bpe_simple_vocab_16e6.txt.gz", merges_path);
-        if (!file_exists(path)) {
+        if (!fs_exists(path)) snprintf(path, sizeof path, "%s/bpe_simple_vocab_16e6.txt.gz", merges_path);
+        if (!fs_exists(path)) {
             err_set(err, errlen, "%s: no merges.txt or bpe_simple_vocab_16e6.txt.gz in this folder — point to a diffusers tokenizer/ folder", merges_path);
             return NULL;
         }
     }
-    gzFile gz = gzopen(path, "rb"); /* reads plain text transparently too */
-    if (!gz) { err_set(err, errlen, "%s: cannot open the CLIP merges file", path); return NULL; }
+    int fd = fs_open_regular(path, NULL, err, errlen);
+    if (fd < 0) return NULL;
+    gzFile gz = gzdopen(fd, "rb"); /* reads plain text transparently too; closes fd */
+    if (!gz) { close(fd); err_set(err, errlen, "%s: cannot open the CLIP merges file", path); return NULL; }
 
     /* Read up to CLIP_MAX_MERGES merge lines after the "#version" header. */
     size_t cap = 1 << 20, used = 0;
@@ -499,7 +481,8 @@ Tokenizer *tok_create_clip(const char *merges_path, char *err, size_t errlen)
     const char *slash = strrchr(path, '/');
     if (slash) snprintf(vpath, sizeof vpath, "%.*s/vocab.json", (int)(slash - path), path);
     else snprintf(vpath, sizeof vpath, "vocab.json");
-    if (file_exists(vpath) && check_vocab_json(t, vpath, err, errlen) != 0) { tok_free(t); return NULL; }
+    /* anything there is checked: a FIFO or device is refused, not skipped */
+    if (fs_exists(vpath) && check_vocab_json(t, vpath, err, errlen) != 0) { tok_free(t); return NULL; }
     return t;
 
 oom:

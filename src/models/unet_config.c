@@ -380,7 +380,7 @@ int unet_config_from_json_text(const char *text, UNetConfig *c, char *err, size_
 
 int unet_config_from_json(const char *path, UNetConfig *c, char *err, size_t errlen) {
     size_t n;
-    char *text = fs_read_all(path, &n, err, errlen);
+    char *text = fs_read_all(path, FS_TEXT_MAX, &n, err, errlen);
     if (!text) return -1;
     int rc = unet_config_parse(text, path, c, err, errlen);
     free(text);

@@ -215,7 +215,7 @@ int vae_config_from_json_text(const char *text, VAEConfig *c, char *err, size_t 
 
 int vae_config_from_json(const char *path, VAEConfig *c, char *err, size_t errlen) {
     size_t n;
-    char *text = fs_read_all(path, &n, err, errlen);
+    char *text = fs_read_all(path, FS_TEXT_MAX, &n, err, errlen);
     if (!text) return -1;
     int rc = vae_config_parse(text, path, c, err, errlen);
     free(text);

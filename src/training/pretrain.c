@@ -21,6 +21,8 @@
 
 #define PT_FORMAT "krona-studio-pretrain-1"
 #define PT_MAGIC "KSDATA1"
+/* a dataset's cap (the emoji set is 40 MB; 16 GB is a million 64x64 images) */
+#define PT_MAX_BYTES ((size_t)16 << 30)
 
 
 static double now_s(void) {
@@ -50,7 +52,7 @@ uint64_t pt_dataset_hash(const PtDataset *d) {
 int pt_dataset_load(PtDataset *d, const char *path, char *err, size_t errlen) {
     memset(d, 0, sizeof *d);
     size_t len;
-    char *buf = fs_read_all(path, &len, err, errlen);
+    char *buf = fs_read_all(path, PT_MAX_BYTES, &len, err, errlen);
     if (!buf) return -1;
     const unsigned char *u = (const unsigned char *)buf;
     if (len < 28 || memcmp(buf, PT_MAGIC, 8) != 0) {
@@ -562,7 +564,7 @@ static int load_flat(Pt *p, SafeTensors *st, const char *path, const char *name,
     }
     float *h = malloc(sizeof(float) * (size_t)n);
     if (!h) { snprintf(p->err, sizeof p->err, "%s: out of memory", path); return -1; }
-    st_read_f32(t, h);
+    if (st_load_f32(t, h, path, p->err, sizeof p->err) != 0) { free(h); return -1; }
     p->be->upload(p->be, dev, h, sizeof(float) * (size_t)n);
     free(h);
     return 0;

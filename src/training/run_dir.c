@@ -81,12 +81,28 @@ int run_dir_is_run(const char *dir) {
     return fs_exists(run_path(dir, RUN_PRESET, path, sizeof path));
 }
 
+int run_dir_remove_stale_temps(const char *dir, char *err, size_t errlen) {
+    int n = fs_remove_stale_temps(dir, err, errlen);
+    if (n < 0) return -1;
+    const RunFile sub[] = {RUN_SAMPLES, RUN_CLASS_IMAGES};
+    for (size_t i = 0; i < sizeof sub / sizeof sub[0]; i++) {
+        char path[PATH_MAX + 32];
+        if (!fs_is_dir(run_path(dir, sub[i], path, sizeof path))) continue;
+        int k = fs_remove_stale_temps(path, err, errlen);
+        if (k < 0) return -1;
+        n += k;
+    }
+    return n;
+}
+
 /* ------------------------------------------------------ preset and loss --- */
 
 int run_preset_load(const char *dir, Preset *p, char *err, size_t errlen) {
     char path[PATH_MAX + 32];
     preset_defaults(p);
-    return preset_load(p, run_path(dir, RUN_PRESET, path, sizeof path), err, errlen);
+    /* the copy holds absolute paths (preset_save); older versions wrote them as
+     * given, relative to the working directory, and are read so */
+    return preset_load_from(p, run_path(dir, RUN_PRESET, path, sizeof path), NULL, err, errlen);
 }
 
 int run_loss_write(const char *dir, const float *loss, const float *lr, int steps, char *err,
@@ -109,7 +125,7 @@ int run_loss_write(const char *dir, const float *loss, const float *lr, int step
 static void read_loss(const char *dir, RunSummary *s) {
     char path[PATH_MAX + 32], err[256];
     size_t n;
-    char *text = fs_read_all(run_path(dir, RUN_LOSS, path, sizeof path), &n, err, sizeof err);
+    char *text = fs_read_all(run_path(dir, RUN_LOSS, path, sizeof path), FS_TEXT_MAX, &n, err, sizeof err);
     if (!text) return;
     int cap = 0;
     locale_t old = uselocale(fs_c_locale());

@@ -60,6 +60,10 @@ void run_dir_choose(const Preset *p, char *out, size_t n);
 int run_dir_create(const Preset *p, char *out, size_t n, char *err, size_t errlen);
 /* Does dir hold a run (a preset copy)? */
 int run_dir_is_run(const char *dir);
+/* Remove the temporary files (NAME.tmp.<pid>, fs_write_atomic's) that a killed
+ * run left in the folder, samples/ and class_images/; those of a live process
+ * stay. The number removed, or -1 with err. `train --resume` calls it. */
+int run_dir_remove_stale_temps(const char *dir, char *err, size_t errlen);
 
 /* The run's preset: defaults, then its preset copy. 0, or -1 with err. */
 int run_preset_load(const char *dir, Preset *p, char *err, size_t errlen);

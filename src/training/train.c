@@ -240,7 +240,7 @@ static int read_caption(Trainer *t, const char *image, char *out, size_t n) {
         return -1;
     }
     size_t len;
-    char *text = fs_read_all(path, &len, t->err, sizeof t->err);
+    char *text = fs_read_all(path, FS_TEXT_MAX, &len, t->err, sizeof t->err);
     if (!text) return -1;
     /* one line: whitespace runs (newlines too) become single spaces, ends trimmed */
     size_t k = 0;
@@ -640,8 +640,8 @@ static int load_f32(const SafeTensors *st, const char *name, Backend *be, float 
         return -1;
     }
     float *h = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
-    if (!h) return -1;
-    st_read_f32(x, h);
+    if (!h) { snprintf(err, errlen, "%s: out of memory reading %s", path, name); return -1; }
+    if (st_load_f32(x, h, path, err, errlen) != 0) { free(h); return -1; }
     if (dev) be->upload(be, dev, h, sizeof(float) * (size_t)n);
     free(h);
     return 0;
@@ -683,7 +683,7 @@ static int load_checkpoint(Trainer *t) {
             snprintf(t->err, sizeof t->err, "%s: loss_history missing or short", path);
             goto done;
         }
-        st_read_f32(lh, t->loss_hist);
+        if (st_load_f32(lh, t->loss_hist, path, t->err, sizeof t->err) != 0) goto done;
     }
     rc = 0;
 done:
@@ -832,6 +832,11 @@ static int setup(Trainer *t, const char *resume_dir) {
             snprintf(t->err, sizeof t->err, "%s: no checkpoint to resume from", resume_dir);
             return -1;
         }
+        /* a killed run leaves its half-written temps (checkpoint.safetensors.tmp.PID) */
+        int stale = run_dir_remove_stale_temps(resume_dir, t->err, sizeof t->err);
+        if (stale < 0) return -1;
+        if (stale > 0) tlog(t, "removed %d temporary file%s a killed run left in %s", stale,
+                            stale > 1 ? "s" : "", resume_dir);
     }
     if (preset_validate(p, t->err, sizeof t->err) != 0) return -1;
     train_find_images(p);

@@ -1,9 +1,10 @@
 #!/bin/sh
 # End-to-end tests of the krona-studio command line (run from the repo root by
 # `make test`): parameter tables against the closed-form count, one-line
-# errors with exit status 2 on bad input, and a run killed with SIGKILL that,
-# resumed from its checkpoint, ends with the same adapter bytes as a run that
-# was never interrupted.
+# errors with exit status 2 on bad input (hostile ones too: devices, FIFOs,
+# NaN adapters, huge values), and a run killed with SIGKILL that, resumed from
+# its checkpoint in another folder, ends with the same adapter bytes as a run
+# that was never interrupted.
 set -u
 bin=./krona-studio
 tmp=$(mktemp -d)
@@ -167,6 +168,57 @@ $bin sample --model tiny --prompt "a dog" --vae-tiling maybe -o "$tmp/x.png" >/d
 [ $rc -eq 2 ] && grep -q -- "--vae-tiling maybe: use auto, on or off" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "sample --vae-tiling maybe" || bad "--vae-tiling maybe (rc $rc): $(cat "$tmp/e")"
 $bin train --preset presets/default.ini --headless --set vae_tiling=always >/dev/null 2>"$tmp/e"; rc=$?
 [ $rc -eq 2 ] && grep -q "vae_tiling=always: must be one of: auto, on, off" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] && ok "--set vae_tiling=always" || bad "--set vae_tiling=always (rc $rc): $(cat "$tmp/e")"
+# --- hostile inputs (issue 12): each a one-line error with status 2, never a hang (timeout) or a
+# read until memory runs out (ulimit)
+one_line() { [ "$1" -eq 2 ] && [ "$(wc -l <"$tmp/e")" -eq 1 ] && grep -q -- "$2" "$tmp/e"; }
+limited() { (ulimit -v 4000000; timeout 20 "$@"); }
+limited $bin sample --model /dev/zero --prompt x -o "$tmp/z.png" >/dev/null 2>"$tmp/e"
+one_line $? "model '/dev/zero': it is a character device" && ok "sample --model /dev/zero" || bad "sample --model /dev/zero: $(cat "$tmp/e")"
+limited $bin info --model /dev/zero >/dev/null 2>"$tmp/e"
+one_line $? "'/dev/zero': it is a character device, not a regular file" && ok "info --model /dev/zero" || bad "info --model /dev/zero: $(cat "$tmp/e")"
+limited $bin train --headless --preset /dev/zero >/dev/null 2>"$tmp/e"
+one_line $? "'/dev/zero': it is a character device" && ok "train --preset /dev/zero" || bad "train --preset /dev/zero: $(cat "$tmp/e")"
+limited $bin train --headless --preset presets/default.ini --set image=/dev/zero --set output_dir="$tmp/r" >/dev/null 2>"$tmp/e"
+one_line $? "'/dev/zero': it is a character device" && ok "train: image = /dev/zero" || bad "image /dev/zero: $(cat "$tmp/e")"
+mkfifo "$tmp/fifo.safetensors" "$tmp/fifo.ini" "$tmp/fifo.png"
+limited $bin sample --model tiny --adapter "$tmp/fifo.safetensors" --prompt x -o "$tmp/z.png" >/dev/null 2>"$tmp/e"
+one_line $? "fifo.safetensors': it is a FIFO" && ok "sample --adapter FIFO: refused, not waited on" || bad "adapter FIFO: $(cat "$tmp/e")"
+limited $bin sample --model "$tmp/fifo.safetensors" --prompt x -o "$tmp/z.png" >/dev/null 2>"$tmp/e"
+one_line $? "it is a FIFO" && ok "sample --model FIFO" || bad "model FIFO: $(cat "$tmp/e")"
+limited $bin train --headless --preset "$tmp/fifo.ini" >/dev/null 2>"$tmp/e"
+one_line $? "fifo.ini': it is a FIFO" && ok "train --preset FIFO" || bad "preset FIFO: $(cat "$tmp/e")"
+limited $bin train --headless --preset presets/default.ini --set image="$tmp/fifo.png" --set output_dir="$tmp/r" >/dev/null 2>"$tmp/e"
+one_line $? "fifo.png': it is a FIFO" && ok "train: a FIFO as an image" || bad "image FIFO: $(cat "$tmp/e")"
+# seeds: one rule everywhere
+$bin sample --model tiny --prompt x --seed -1 -o "$tmp/z.png" >/dev/null 2>"$tmp/e"
+one_line $? "--seed -1: must not be negative" && [ ! -e "$tmp/z.png" ] && ok "sample --seed -1 refused" || bad "sample --seed -1: $(cat "$tmp/e")"
+$bin train --headless --preset presets/default.ini --set seed=-1 >/dev/null 2>"$tmp/e"
+one_line $? "seed=-1: must not be negative" && ok "train --set seed=-1 refused the same way" || bad "train seed -1: $(cat "$tmp/e")"
+# a 10,000-character value: shortened, and the reason shows
+long=$(head -c 10000 /dev/zero | tr '\0' x)
+$bin train --headless --preset presets/default.ini --set "instance_prompt=$long" >/dev/null 2>"$tmp/e"
+one_line $? "(10016 characters): too long (at most 255 characters)" && [ "$(wc -c <"$tmp/e")" -lt 400 ] &&
+  ok "--set a 10,000-character prompt: shortened, reason shown" || bad "long --set: $(cut -c1-200 "$tmp/e")"
+# a key set twice in a preset
+printf '[train]\nlr = 1e-3\niterations = 5\nlr = 2e-3\n' >"$tmp/twice.ini"
+$bin train --headless --preset "$tmp/twice.ini" >/dev/null 2>"$tmp/e"
+one_line $? "twice.ini:4: 'lr' is set twice in \[train\] (first on line 2)" && ok "preset: a key set twice" || bad "key twice: $(cat "$tmp/e")"
+# sample -o into a missing folder fails before generating (a long generation would time out), naming the real path
+timeout 10 $bin sample --model tiny --prompt x --steps 999 --size 256 -o "$tmp/missing/out.png" >/dev/null 2>"$tmp/e"
+one_line $? "cannot write '$tmp/missing/out.png': the folder '$tmp/missing' does not exist" && ! grep -q "\.tmp\." "$tmp/e" &&
+  ok "sample -o into a missing folder: refused first" || bad "sample -o missing: $(cat "$tmp/e")"
+if [ "$(id -u)" != 0 ]; then   # root writes anywhere
+  mkdir -p "$tmp/ro" && chmod 555 "$tmp/ro"
+  timeout 10 $bin sample --model tiny --prompt x --steps 999 --size 256 -o "$tmp/ro/out.png" >/dev/null 2>"$tmp/e"
+  one_line $? "'$tmp/ro' is not writable" && ok "sample -o into a read-only folder: refused first" || bad "sample -o read-only: $(cat "$tmp/e")"
+  chmod 755 "$tmp/ro"
+fi
+# the shipped preset from another folder: its image paths are relative to presets/
+repo=$PWD
+(cd "$tmp" && "$repo/krona-studio" train --headless --preset "$repo/presets/default.ini" --set iterations=2 \
+  --set sample_every=0 --set resolution=16 --set output_dir=elsewhere --set run_name=away --set device=cpu) >"$tmp/o" 2>&1; rc=$?
+[ $rc -eq 0 ] && [ -f "$tmp/elsewhere/away/adapter.safetensors" ] && grep -q "^image = $repo/models/demo/subject1.png\$" "$tmp/elsewhere/away/preset.ini" &&
+  ok "the default preset runs from another folder; its run folder records absolute paths" || bad "default preset elsewhere (rc $rc): $(tail -2 "$tmp/o")"
 
 # --- a SIGKILLed run resumes to the same adapter as an uninterrupted one
 common="--headless --preset presets/default.ini --set resolution=16 --set iterations=30 --set checkpoint_every=5 --set sample_every=0 --set output_dir=$tmp/runs --set device=cpu"
@@ -179,8 +231,13 @@ kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
 if [ -f "$tmp/runs/killed/adapter.safetensors" ]; then
   bad "the run finished before it could be killed"
 else
-  $bin train --headless --resume "$tmp/runs/killed" >"$tmp/resume.log" 2>&1 && grep -q "resumed" "$tmp/resume.log" ||
+  # a checkpoint the killed process was writing (its pid is dead): removed on resume
+  : >"$tmp/runs/killed/checkpoint.safetensors.tmp.$pid"
+  # resumed from another folder: the run folder's paths are absolute
+  (cd "$tmp" && "$repo/krona-studio" train --headless --resume "$tmp/runs/killed") >"$tmp/resume.log" 2>&1 && grep -q "resumed" "$tmp/resume.log" ||
     bad "resume: $(tail -1 "$tmp/resume.log")"
+  [ ! -e "$tmp/runs/killed/checkpoint.safetensors.tmp.$pid" ] && grep -q "removed [0-9]* temporary files* a killed run left" "$tmp/resume.log" &&
+    ok "resume removes the temp the killed run left" || bad "stale temp: $(ls "$tmp/runs/killed")"
   cmp -s "$tmp/runs/full/adapter.safetensors" "$tmp/runs/killed/adapter.safetensors" &&
     ok "killed at step $(sed -n 's/.*resumed .* at step \([0-9]*\).*/\1/p' "$tmp/resume.log") and resumed: same adapter bytes" ||
     bad "resumed adapter differs"
@@ -226,6 +283,13 @@ fi
 # --- sample with the trained adapter
 $bin sample --model tiny --adapter "$tmp/runs/full/adapter.safetensors" --prompt "a sks emoji" --n 2 --steps 5 --size 16 -o "$tmp/s.png" >/dev/null 2>"$tmp/e" &&
   [ "$(head -c 8 "$tmp/s.png" | od -An -tx1 | tr -d ' ')" = 89504e470d0a1a0a ] && ok "sample writes a PNG" || bad "sample: $(cat "$tmp/e")"
+# ... and with a NaN in it (its last float, f32 little-endian): refused naming the tensor, no image
+cp "$tmp/runs/full/adapter.safetensors" "$tmp/nan.safetensors"
+size=$(wc -c <"$tmp/nan.safetensors")
+printf '\000\000\300\177' | dd of="$tmp/nan.safetensors" bs=1 seek=$((size - 4)) conv=notrunc 2>/dev/null
+$bin sample --model tiny --adapter "$tmp/nan.safetensors" --prompt "a sks emoji" --steps 2 -o "$tmp/nan.png" >/dev/null 2>"$tmp/e"
+one_line $? "nan.safetensors: tensor 'lora_unet_.*' holds NaN (element " && [ ! -e "$tmp/nan.png" ] &&
+  ok "sample --adapter with a NaN: refused naming the tensor" || bad "NaN adapter: $(cat "$tmp/e")"
 
 # --- score --run: adapter, base and their paired gain (= the difference of the two means)
 $bin score --run "$tmp/runs/full" --colours 2 --steps 3 --size 16 >"$tmp/sc" 2>"$tmp/e" &&

@@ -41,7 +41,7 @@ info_params() { $bin info --model tiny "$@" | sed -n 's/^trainable parameters: *
 sed -e 's/^resolution = .*/resolution = 16/' -e 's/^iterations = .*/iterations = 400/' \
     -e 's/^sample_every = .*/sample_every = 0/' -e 's/^sample_steps = .*/sample_steps = 2/' \
     -e 's/^checkpoint_every = .*/checkpoint_every = 0/' -e "s|^output_dir = .*|output_dir = $tmp/runs|" \
-    -e "s|^image = models/|image = $PWD/models/|" presets/default.ini > "$tmp/fast.ini"
+    -e "s|^image = \.\./models/|image = $PWD/models/|" presets/default.ini > "$tmp/fast.ini"
 sed 's/^a2 = /aa2 = /' "$tmp/fast.ini" > "$tmp/typo.ini"
 echo "just some notes" > "$tmp/notes.txt"
 head -c 100 models/demo/subject1.png > "$tmp/broken.png"
