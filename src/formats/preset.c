@@ -113,10 +113,12 @@ static int is_path_key(const Key *k) {
     return k->off == offsetof(Preset, model) || k->off == offsetof(Preset, tokenizer) ||
            k->off == offsetof(Preset, images) || k->off == offsetof(Preset, class_dir);
 }
-/* a value of a path key that names no file: empty (search / generate), or a built-in model */
+/* a value of a path key that names no file: empty (search / generate), or a
+ * built-in model (models/model.h's names, MODEL_TINY_RANDOM included) */
 static int names_no_file(const Key *k, const char *v) {
     return !v[0] || (k->off == offsetof(Preset, model) &&
-                     (!strcmp(v, "tiny") || !strcmp(v, "sd15") || !strcmp(v, "sdxl")));
+                     (!strcmp(v, "tiny") || !strcmp(v, "tiny-random") || !strcmp(v, "sd15") ||
+                      !strcmp(v, "sdxl")));
 }
 
 static void *field(Preset *p, const Key *k) { return (char *)p + k->off; }
