@@ -652,7 +652,7 @@ static void check_merged_file(const char *in_path, const char *out_path, const A
 static void check_same_file(const char *a, const char *b) {
     char err[512];
     size_t na, nb;
-    char *x = fs_read_all(a, &na, err, sizeof err), *y = fs_read_all(b, &nb, err, sizeof err);
+    char *x = fs_read_all(a, (size_t)1 << 32, &na, err, sizeof err), *y = fs_read_all(b, (size_t)1 << 32, &nb, err, sizeof err);
     if (!x || !y) fail_msg("%s", err);
     if (na != nb || memcmp(x, y, na)) fail_msg("%s differs from %s", b, a);
     free(x);

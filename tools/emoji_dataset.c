@@ -140,7 +140,7 @@ static int add_set(Out *o, const char *dir, const char *set, const char *cats, i
     char path[4096], err[512];
     snprintf(path, sizeof path, "%s/emoji.json", dir);
     size_t len;
-    char *text = fs_read_all(path, &len, err, sizeof err);
+    char *text = fs_read_all(path, FS_TEXT_MAX, &len, err, sizeof err);
     if (!text) { fprintf(stderr, "emoji_dataset: %s\n", err); return -1; }
     JsonValue *root = json_parse(text, len, err, sizeof err);
     free(text);
