@@ -1,7 +1,9 @@
 /* test_train.c — the training loop end to end on the tiny config:
  * the loss on a fixed evaluation set goes down, a run stopped mid-way and
  * resumed from its checkpoint ends with exactly the adapter of an
- * uninterrupted run (with aspect-ratio buckets too), bad input fails early
+ * uninterrupted run (with aspect-ratio buckets too; sampling in both) and a
+ * base grid sampled again with the adapters bypassed is the uninterrupted
+ * run's step-0 grid pixel for pixel, bad input fails early
  * with a message naming it, and the run folder it leaves has the documented
  * layout and reads back. Buckets: mixed-aspect images (made here) each train
  * at the bucket written out by hand, every batch one size, class images and
@@ -223,6 +225,24 @@ static void case_preset(Preset *p, int te, int buckets, const char *name) {
     if (buckets) bucket_preset(p, name, 12);
     else base_preset(p, name, 12);
     p->text_encoder_adapters = te;
+    /* a sample prompt: the base grid (step 0) and the last step's are sampled
+     * in the run, and must not change what it trains */
+    p->n_sample_prompts = 1;
+    snprintf(p->sample_prompts[0], sizeof p->sample_prompts[0], "a sks dog");
+    p->sample_steps = 2;
+}
+
+static void assert_same_png(const char *a, const char *b) {
+    Image x, y;
+    char err[256];
+    if (image_load(a, &x, err, sizeof err) != 0) fail_msg("%s", err);
+    if (image_load(b, &y, err, sizeof err) != 0) fail_msg("%s", err);
+    assert_int_equal(x.w, y.w);
+    assert_int_equal(x.h, y.h);
+    assert_int_equal(x.c, y.c);
+    assert_memory_equal(x.px, y.px, (size_t)x.w * x.h * x.c);
+    image_free(&x);
+    image_free(&y);
 }
 
 static void count_log(void *user, const char *line) {
@@ -273,6 +293,10 @@ static void resume_case(int te, int buckets, const char *full_name, const char *
     snprintf(live, sizeof live, "%s/adapter.safetensors.tmp.1", run);   /* pid 1 lives: kept */
     for (int k = 0; k < 2; k++) assert_int_equal(fs_write_atomic(stale[k], "half", 4, err, sizeof err), 0);
     assert_int_equal(fs_write_atomic(live, "other", 5, err, sizeof err), 0);
+    /* without its base grid too: the resumed run samples it again, adapters bypassed */
+    char base[700], full_base[700];
+    assert_true(fs_exists(run_sample_path(run, 0, base, sizeof base)));
+    assert_int_equal(remove(base), 0);
     int logged = 0;
     TrainCallbacks logcb = {&logged, NULL, NULL, count_log, NULL};
     t = trainer_create(NULL, run, be, &logcb, err, sizeof err);
@@ -302,6 +326,9 @@ static void resume_case(int te, int buckets, const char *full_name, const char *
 
     char full[512];
     snprintf(full, sizeof full, "%s/%s", g_root, full_name);
+    /* the base grid sampled at step 4 with trained factors bypassed is the
+     * one the uninterrupted run sampled before its first step */
+    assert_same_png(base, run_sample_path(full, 0, full_base, sizeof full_base));
     int64_t na, nb;
     float *a = read_factors(full, &na), *b = read_factors(run, &nb);
     assert_int_equal(na, nb);
@@ -713,6 +740,9 @@ static void test_run_folder(void **state) {
     for (int i = 0; i < s.steps; i++) assert_true(s.loss[i] > 0);
     snprintf(want, sizeof want, "%s/samples/step_000003.png", dir);
     assert_string_equal(s.last_sample, want);   /* the latest of steps 0, 2, 3 */
+    assert_int_equal(s.last_step, 3);
+    snprintf(want, sizeof want, "%s/samples/step_000000.png", dir);
+    assert_string_equal(s.base_sample, want);   /* the base model's */
     assert_true(s.mtime > 0);
     run_summary_free(&s);
     assert_null(s.loss);
@@ -731,6 +761,8 @@ static void test_run_folder(void **state) {
     assert_int_equal(s.trainable, -1);
     assert_int_equal(s.steps, 0);
     assert_string_equal(s.last_sample, "");
+    assert_int_equal(s.last_step, -1);
+    assert_string_equal(s.base_sample, "");
     run_summary_free(&s);
 
     /* unnamed runs: time stamp and knobs */

@@ -4,7 +4,8 @@
  * independent reference. With KRONA_SIXEL_STREAM and KRONA_SIXEL_PNG set (by
  * tests/tui/test_tui.sh) it also checks a stream the running studio wrote
  * against the preview PNG saved in the run folder (with KRONA_SIXEL_REGION,
- * the newest grid's place in a picture that stacks several). */
+ * the newest grid's place in a picture that holds several), and the base
+ * model's grid in the same picture against its own PNG. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -136,26 +137,20 @@ static void test_scale_factor(void **state) {
     assert_int_equal(sixel_scale_factor(10, 10, 100, 100), 10);
 }
 
-/* the stream the studio itself wrote for a preview, against the run's PNG;
- * KRONA_SIXEL_REGION ("x y w h k", from the studio's dump) says where in the
- * picture the newest grid sits when several are stacked */
-static void test_studio_stream(void **state) {
-    (void)state;
-    const char *sp = getenv("KRONA_SIXEL_STREAM"), *pp = getenv("KRONA_SIXEL_PNG");
-    const char *rp = getenv("KRONA_SIXEL_REGION");
-    if (!sp || !pp) skip();
-    size_t len;
+/* One grid of the stream the studio itself wrote against its PNG; region
+ * ("x y w h k", from the studio's dump) says where in the picture it sits when
+ * the picture holds several, NULL or "" that it is the whole picture. */
+static void check_studio_grid(const char *s, size_t len, const char *png, const char *rp, const char *what) {
     char err[512];
-    char *s = fs_read_all(sp, FS_TEXT_MAX, &len, err, sizeof err);
-    assert_non_null(s);
     Image ref;
-    assert_int_equal(image_load(pp, &ref, err, sizeof err), 0);
+    assert_int_equal(image_load(png, &ref, err, sizeof err), 0);
     int k, rx = 0, ry = 0, rw = 0, rh = 0, rk = 0;
     int region = rp && rp[0];
     if (region) assert_int_equal(sscanf(rp, "%d %d %d %d %d", &rx, &ry, &rw, &rh, &rk), 5);
     double e = region ? decode_region(s, len, &ref, rx, ry, rw, rh, rk) : decode_and_compare(s, len, &ref, &k);
     if (region) k = rk;
-    printf("studio stream: %zu bytes, scale %d, region %d,%d %dx%d, mean abs error %.3f\n", len, k, rx, ry, rw, rh, e);
+    printf("studio stream, %s: %zu bytes, scale %d, region %d,%d %dx%d, mean abs error %.3f\n", what, len, k, rx, ry,
+           rw, rh, e);
     assert_true(k >= 1);
     /* early samples are noise with more than 256 colours: the palette costs a
      * few levels per channel; a different image costs ten times that */
@@ -183,6 +178,22 @@ static void test_studio_stream(void **state) {
     }
     image_free(&flip);
     image_free(&ref);
+}
+
+/* the stream the studio itself wrote for a preview, against the run's PNGs:
+ * the newest grid (KRONA_SIXEL_PNG, KRONA_SIXEL_REGION) and, when the picture
+ * holds it, the base model's (KRONA_SIXEL_BASE_PNG, KRONA_SIXEL_BASE_REGION) */
+static void test_studio_stream(void **state) {
+    (void)state;
+    const char *sp = getenv("KRONA_SIXEL_STREAM"), *pp = getenv("KRONA_SIXEL_PNG");
+    const char *bp = getenv("KRONA_SIXEL_BASE_PNG");
+    if (!sp || !pp) skip();
+    size_t len;
+    char err[512];
+    char *s = fs_read_all(sp, (size_t)1 << 30, &len, err, sizeof err);
+    assert_non_null(s);
+    check_studio_grid(s, len, pp, getenv("KRONA_SIXEL_REGION"), "newest");
+    if (bp && bp[0]) check_studio_grid(s, len, bp, getenv("KRONA_SIXEL_BASE_REGION"), "base");
     free(s);
 }
 

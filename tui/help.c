@@ -40,8 +40,9 @@ void help_draw(int colour) {
     mvaddch(y, x + w - 1, ACS_URCORNER);
     mvaddch(y + h - 1, x, ACS_LLCORNER);
     mvaddch(y + h - 1, x + w - 1, ACS_LRCORNER);
-    attron(A_BOLD);
+    attroff(cp(colour, CP_TITLE));
+    attron(title_attr(colour));
     mvaddstr(y, x + 2, " Keys ");
-    attroff(A_BOLD | cp(colour, CP_TITLE));
+    attroff(title_attr(colour));
     for (int i = 0; i < n && i < h - 4; i++) mvaddnstr(y + 2 + i, x + 2, HELP[i], w - 4);
 }

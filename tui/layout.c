@@ -10,6 +10,7 @@
 #include "studio.h"
 
 unsigned cp(int colour, int pair) { return colour ? (unsigned)COLOR_PAIR(pair) : 0u; }
+unsigned title_attr(int colour) { return colour ? (unsigned)COLOR_PAIR(CP_TITLE) : (unsigned)(A_REVERSE | A_BOLD); }
 
 int panel_rows(const Studio *s, PanelId p) {
     switch (p) {
@@ -72,19 +73,47 @@ void panel_box(int y, int x, int h, int w, const char *title, int focused, int c
     mvaddch(y + h - 1, x, ACS_LLCORNER);
     mvaddch(y + h - 1, x + w - 1, ACS_LRCORNER);
     attroff(a);
-    attron(focused ? (cp(colour, CP_FOCUS) | A_BOLD | A_REVERSE) : A_BOLD);
+    attr_t ta = focused ? title_attr(colour) : A_BOLD;
+    attron(ta);
     mvprintw(y, x + 2, " %.*s ", w - 6, title);
-    attroff(focused ? (cp(colour, CP_FOCUS) | A_BOLD | A_REVERSE) : A_BOLD);
+    attroff(ta);
 }
 
-/* one scrolling list panel (Inputs, Prompt, Knobs) */
+/* Inputs' columns: the widest value (size, bucket) plus a space into *vw;
+ * returns the width the whole list needs (name, two spaces, value) */
+static int inputs_widths(const Studio *s, int *vw) {
+    int need = 16;
+    *vw = 0;
+    for (int i = 0; i <= s->p.n_images; i++) {
+        char label[300], value[600];
+        int bad;
+        panel_row(s, PANEL_INPUTS, i, label, sizeof label, value, sizeof value, &bad);
+        int n = (int)strlen(label) + (value[0] ? 2 + (int)strlen(value) : 0);
+        if (n > need) need = n;
+        if ((int)strlen(value) + 1 > *vw) *vw = (int)strlen(value) + 1;
+    }
+    return need;
+}
+
+/* one scrolling list panel (Inputs, Prompt, Knobs); Inputs with the images'
+ * thumbnails on its right (the list at most 3/5 of the box) when there are
+ * graphics and room */
 static void list_panel(Studio *s, PanelId p, const char *title, int y, int x, int h, int w) {
     int focused = s->focus == p && s->mode != MODE_RUNS;
     panel_box(y, x, h, w, title, focused, s->colour);
-    /* Inputs: the image's name, then its size (and its bucket when buckets are on) */
-    int iw = s->p.buckets ? 24 : 14;
-    int rows = h - 2, n = panel_rows(s, p), lw = p == PANEL_KNOBS ? 14 : p == PANEL_PROMPT ? 9 : w - iw;
+    int rows = h - 2, n = panel_rows(s, p), inner = w - 2;
     if (rows < 1) return;
+    int thumbs = 0, vw = 0;
+    if (p == PANEL_INPUTS) {
+        int need = inputs_widths(s, &vw), lim = inner * 3 / 5;
+        if (need > lim) need = lim;
+        if (s->gfx.mode != GFX_NONE && s->p.n_images > 0 && inner - need - 1 >= 6) {
+            thumbs = inner - need - 1;
+            inner = need;
+        }
+    }
+    /* label column: Knobs and Prompt fixed; Inputs the rest after the widest value */
+    int lw = p == PANEL_KNOBS ? 14 : p == PANEL_PROMPT ? 9 : inner - vw;
     int *top = &s->top[p], sel = s->sel[p];
     if (sel < *top) *top = sel;
     if (sel >= *top + rows) *top = sel - rows + 1;
@@ -93,22 +122,24 @@ static void list_panel(Studio *s, PanelId p, const char *title, int y, int x, in
         int i = *top + r, bad;
         char label[300], value[600];
         panel_row(s, p, i, label, sizeof label, value, sizeof value, &bad);
-        int yy = y + 1 + r, inner = w - 2;
+        int yy = y + 1 + r;
         attr_t a = 0;
         if (focused && i == sel) a |= A_REVERSE;
         if (bad) a |= cp(s->colour, CP_BAD) | A_BOLD;
         attron(a);
         mvhline(yy, x + 1, ' ', inner);
-        if (value[0] || p != PANEL_INPUTS) {
+        if (value[0] || p == PANEL_KNOBS) {
             mvprintw(yy, x + 1, "%-*.*s", lw, lw, label);
             mvaddnstr(yy, x + 2 + lw, value, inner - lw - 1 > 0 ? inner - lw - 1 : 0);
-        } else mvaddnstr(yy, x + 1, label, inner);
+        } else mvaddnstr(yy, x + 1, label, inner);   /* "+ add ..." rows: the whole width */
         attroff(a);
     }
     if (n > rows) {   /* scroll hint */
         mvaddstr(y + h - 1, x + w - 6, *top + rows < n ? " \xe2\x86\x93 " : "   ");
         if (*top > 0) mvaddstr(y, x + w - 6, " \xe2\x86\x91 ");
     }
+    if (thumbs) preview_draw_thumbs(&s->gfx, s->thumb, s->p.n_images, s->thumb_serial, y + 1, x + w - 1 - thumbs,
+                                    rows, thumbs);
 }
 
 static const char *state_name(TrainState st) {
@@ -200,34 +231,42 @@ static void preview_panel(Studio *s, int y, int x, int h, int w) {
     char title[64];
     const SampleHist *sh = &s->samples;
     if (sh->n) snprintf(title, sizeof title, "Preview step %d", sh->step[0]);
+    else if (sh->base.px) snprintf(title, sizeof title, "Preview base");
     else snprintf(title, sizeof title, "Preview");
     panel_box(y, x, h, w, title, 0, s->colour);
-    if (!sh->n) {
+    if (!sh->n && !sh->base.px) {
         if (h > 3) mvaddnstr(y + h / 2, x + 2, "samples appear here", w - 4);
         return;
     }
-    preview_draw_hist(&s->gfx, sh, y + 1, x + 1, h - 2, w - 2);
+    GridSet gs;
+    hist_grids(sh, &gs);
+    preview_draw_grids(&s->gfx, &gs, y + 1, x + 1, h - 2, w - 2);
 }
 
 void layout_draw(Studio *s) {
     int H = LINES, W = COLS, col = s->colour;
     erase();
     /* title */
-    attron(cp(col, CP_TITLE) | A_BOLD);
+    attron(title_attr(col));
     mvhline(0, 0, ' ', W);
     mvprintw(0, 1, "krona-studio  %.*s%s", W - 30, s->preset_path[0] ? s->preset_path : "(unsaved preset)",
              s->modified ? " [modified]" : "");
     const char *gm = s->gfx.mode == GFX_SIXEL ? "sixel" : s->gfx.mode == GFX_HALFBLOCK ? "half-block" : "no graphics";
     mvaddstr(0, W - (int)strlen(gm) - 1, gm);
-    attroff(cp(col, CP_TITLE) | A_BOLD);
+    attroff(title_attr(col));
 
     int top = 1, ch = H - 3;
-    int lw = W * 9 / 20;
+    int lw = W * 9 / 20 < 60 ? W * 9 / 20 : 60;   /* wide terminals: the rest goes to the pictures */
     if (lw < 30) lw = 30 < W ? 30 : W;
     int rw = W - lw;
     int n_in = s->p.n_images + 1, n_pr = panel_rows(s, PANEL_PROMPT);
-    int hi = ch >= 30 ? (n_in < 8 ? n_in : 8) + 2 : 6;
     int hp = ch >= 30 ? (n_pr < 6 ? n_pr : 6) + 2 : 5;
+    int hi = 6;
+    if (ch >= 30) {   /* tall: every input row, and the thumbnails as much height as leaves every knob */
+        hi = (n_in < 8 ? n_in : 8) + 2;
+        int spare = ch - hp - (N_KNOBS + 2);
+        if (s->gfx.mode != GFX_NONE && s->p.n_images > 0 && spare > hi) hi = spare < 12 ? spare : 12;
+    }
     int hk = ch - hi - hp;
     list_panel(s, PANEL_INPUTS, "Inputs", top, 0, hi, lw);
     list_panel(s, PANEL_PROMPT, "Prompt", top + hi, 0, hp, lw);
@@ -235,12 +274,12 @@ void layout_draw(Studio *s) {
     if (rw >= 20) {
         int hs = 7, rh = ch - hs;
         status_panel(s, top, lw, hs, rw);
-        if (rh >= 22) {
-            int hc = rh * 2 / 5;
+        if (rh >= 22) {   /* tall: the loss over the pictures, which get two thirds */
+            int hc = rh / 3;
             loss_panel(s, top + hs, lw, hc, rw);
             preview_panel(s, top + hs + hc, lw, rh - hc, rw);
         } else {
-            int cw = rw * 11 / 20;
+            int cw = rw * 2 / 5;
             loss_panel(s, top + hs, lw, rh, cw);
             preview_panel(s, top + hs, lw + cw, rh, rw - cw);
         }

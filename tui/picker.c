@@ -166,10 +166,10 @@ int picker_key(Picker *pk, int ch, char *out, size_t n) {
 void picker_draw(const Picker *pk, int colour) {
     int H = LINES, W = COLS;
     erase();
-    attron(cp(colour, CP_TITLE) | A_BOLD);
+    attron(title_attr(colour));
     mvhline(0, 0, ' ', W);
     mvprintw(0, 1, "%s  %s", TITLE[pk->kind], WHAT[pk->kind]);
-    attroff(cp(colour, CP_TITLE) | A_BOLD);
+    attroff(title_attr(colour));
     mvprintw(1, 1, "folder: %.*s", W - 10, pk->dir);
     mvprintw(2, 1, "> %s", pk->input);
     int *idx = malloc(sizeof(int) * (size_t)(pk->n + 1));

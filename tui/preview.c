@@ -200,56 +200,24 @@ static int resize_to(const Image *im, int tw, int th, Image *out) {
     return 0;
 }
 
-static SixelSlot *cache_get(Gfx *g, const Image *im, long key, int pw, int ph) {
-    SixelSlot *c = cache_find(g, key, pw, ph);
-    if (c) return c;
-    c = cache_add(g, key, pw, ph);
-    Image src = *im, small = {0};
-    int tw, th;
-    fit(im->w, im->h, pw, ph, &tw, &th);
-    if (tw < im->w) {   /* too big for the box: area-average down first */
-        if (resize_to(im, tw, th, &small) != 0) return NULL;
-        src = small;
-    }
-    int k = sixel_scale_factor(src.w, src.h, pw, ph);
-    char err[256];
-    if (sixel_encode_image(&src, k, &c->stream, &c->len, err, sizeof err) != 0) c->stream = NULL;
-    c->rw = src.w * k;
-    c->rh = src.h * k;
-    c->rk = tw < im->w ? 0 : k;
-    c->rows = 1;
-    image_free(&small);
-    return c->stream ? c : NULL;
-}
-
-void preview_draw(Gfx *g, const Image *im, long key, const char *src, int y, int x, int h, int w) {
-    if (h < 1 || w < 1) return;
-    for (int r = 0; r < h; r++) mvhline(y + r, x, ' ', w);
-    if (!im || !im->px) return;
-    if (g->mode == GFX_NONE) {
-        mvaddnstr(y, x, "(graphics off)", w);
-        if (src && h > 1) mvaddnstr(y + 1, x, src, w);
-        return;
-    }
-    if (g->mode == GFX_HALFBLOCK || im->c != 3) { draw_halfblock(g, im, y, x, h, w, 1); return; }
-    if (g->n_slots >= 4) return;
-    SixelSlot *c = cache_get(g, im, key, w * g->cell_w, h * g->cell_h);
-    if (!c) { draw_halfblock(g, im, y, x, h, w, 1); return; }
-    SixelSlot *s = &g->slots[g->n_slots++];
-    *s = *c;   /* shares the cached stream */
-    s->y = y;
-    s->x = x;
-    s->h = h;
-    s->w = w;
-    snprintf(s->src, sizeof s->src, "%s", src ? src : "");
-}
-
 /* ----------------------------------------------------------- history --- */
+
+static int copy_image(Image *dst, const Image *src) {
+    if (image_alloc(dst, src->w, src->h, src->c) != 0) return -1;
+    memcpy(dst->px, src->px, (size_t)src->w * src->h * src->c);
+    return 0;
+}
 
 int hist_push(SampleHist *h, int step, const Image *im, const char *path) {
     Image cp = {0};
-    if (!im || !im->px || image_alloc(&cp, im->w, im->h, im->c) != 0) return -1;
-    memcpy(cp.px, im->px, (size_t)im->w * im->h * im->c);
+    if (!im || !im->px || copy_image(&cp, im) != 0) return -1;
+    if (step == 0) {   /* the base model's grid (training/run_dir.h) */
+        image_free(&h->base);
+        h->base = cp;
+        snprintf(h->base_path, sizeof h->base_path, "%s", path ? path : "");
+        h->serial++;
+        return 0;
+    }
     image_free(&h->im[PREVIEW_HIST - 1]);
     memmove(&h->im[1], &h->im[0], sizeof h->im[0] * (PREVIEW_HIST - 1));
     memmove(&h->step[1], &h->step[0], sizeof h->step[0] * (PREVIEW_HIST - 1));
@@ -265,16 +233,20 @@ int hist_push(SampleHist *h, int step, const Image *im, const char *path) {
 void hist_clear(SampleHist *h) {
     for (int i = 0; i < PREVIEW_HIST; i++) image_free(&h->im[i]);
     memset(h->im, 0, sizeof h->im);
+    image_free(&h->base);
+    h->base_path[0] = 0;
     h->n = 0;
 }
 
 int hist_copy(SampleHist *dst, const SampleHist *src) {
     hist_clear(dst);
     dst->serial = src->serial;
+    if (src->base.px) {
+        if (copy_image(&dst->base, &src->base) != 0) return -1;
+        memcpy(dst->base_path, src->base_path, sizeof dst->base_path);
+    }
     for (int i = 0; i < src->n; i++) {
-        const Image *im = &src->im[i];
-        if (image_alloc(&dst->im[i], im->w, im->h, im->c) != 0) return -1;
-        memcpy(dst->im[i].px, im->px, (size_t)im->w * im->h * im->c);
+        if (copy_image(&dst->im[i], &src->im[i]) != 0) return -1;
         dst->step[i] = src->step[i];
         memcpy(dst->path[i], src->path[i], sizeof dst->path[i]);
         dst->n = i + 1;
@@ -282,26 +254,82 @@ int hist_copy(SampleHist *dst, const SampleHist *src) {
     return 0;
 }
 
-/* How many of the n grids to stack in an aw x ah pixel area, each row with a
- * label strip of lab pixels and gap pixels between rows. A row fits while the
- * grid still shows at its own size (or at half the one-row size when even one
- * row has to shrink it) and at least min_h pixels tall. */
-static int hist_rows(const Image *im, int n, int aw, int ah, int lab, int gap, int min_h) {
-    int best = 1, th1 = 0;
-    for (int r = 1; r <= n; r++) {
-        int bh = (ah - (r - 1) * gap) / r - lab, tw, th;
-        if (bh < min_h) break;
-        fit(im->w, im->h, aw, bh, &tw, &th);
-        if (r == 1) th1 = th;
-        int need = im->h < (th1 + 1) / 2 ? im->h : (th1 + 1) / 2;
-        if (r > 1 && (th < need || th < min_h)) break;
-        best = r;
+void hist_grids(const SampleHist *h, GridSet *out) {
+    memset(out, 0, sizeof *out);
+    out->base = h->base.px ? &h->base : NULL;
+    out->base_path = h->base_path;
+    for (int i = 0; i < h->n; i++) {
+        out->im[i] = &h->im[i];
+        out->step[i] = h->step[i];
+        out->path[i] = h->path[i];
     }
-    return best;
+    out->n = h->n;
+    out->key = (1L << 40) + h->serial;
 }
 
-/* 5x7 glyphs (row 7: the descender of p) for the "step N" labels burnt into
- * sixel images; bit 4 is the left column */
+/* ------------------------------------------------------ sample grids --- */
+
+/* Where the grids of a GridSet go, in pixels (sixel pixels, or half-block
+ * cells of 1 x 2): the base model's in column 0 row 0, the adapter's newest
+ * beside it (cols 2), or under it (cols 1) when that shows the pair a quarter
+ * larger; older ones under the newest while a row keeps the grid at its own
+ * size (or at half the pair's size when that already shrinks it) and min_h
+ * tall. The newest's place is kept while only the base exists, so nothing
+ * moves when it comes. Each grid has a lab-pixel label strip above it. */
+typedef struct Board {
+    int cols, rows;
+    int tw, th;             /* every grid fitted (the first's size) */
+    int lab, gx, gy;        /* label strip; gaps between columns and rows */
+    int n_shown;            /* adapter grids shown, newest first */
+} Board;
+
+static int board_fit(const Image *im, const Board *b, int rows, int aw, int ah, int *tw, int *th) {
+    int cw = (aw - (b->cols - 1) * b->gx) / b->cols, ch = (ah - (rows - 1) * b->gy) / rows - b->lab;
+    *tw = *th = 0;
+    if (cw < 1 || ch < 1) return 0;
+    fit(im->w, im->h, cw, ch, tw, th);
+    return *th;
+}
+
+static Board board_plan(const GridSet *s, int aw, int ah, int lab, int gx, int gy, int min_h) {
+    Board b = {.cols = 1, .lab = lab, .gx = gx, .gy = gy};
+    const Image *ref = s->base ? s->base : s->im[0];
+    int tw, th, base_rows = s->base ? 1 : 0;
+    if (s->base) {
+        Board side = b;
+        side.cols = 2;
+        int beside = board_fit(ref, &side, 1, aw, ah, &tw, &th), above = board_fit(ref, &b, 2, aw, ah, &tw, &th);
+        if (beside * 5 >= above * 4) b.cols = 2;   /* side by side unless a quarter smaller */
+    }
+    int first = b.cols == 2 ? 1 : base_rows + 1;
+    int want = (b.cols == 2 ? 0 : base_rows) + (s->n > 0 ? s->n : 1);
+    int best = board_fit(ref, &b, first, aw, ah, &b.tw, &b.th);
+    int need = ref->h < (best + 1) / 2 ? ref->h : (best + 1) / 2;
+    b.rows = first;
+    for (int r = first + 1; r <= want; r++) {
+        if (board_fit(ref, &b, r, aw, ah, &tw, &th) < need || th < min_h) break;
+        b.rows = r;
+        b.tw = tw;
+        b.th = th;
+    }
+    b.n_shown = b.rows - (b.cols == 2 ? 0 : base_rows);
+    if (b.n_shown > s->n) b.n_shown = s->n;
+    return b;
+}
+
+/* item -1 is the base grid, 0.. the adapter's */
+static void board_cell(const Board *b, const GridSet *s, int item, int *col, int *row) {
+    *col = item < 0 ? 0 : b->cols - 1;
+    *row = item < 0 ? 0 : item + (b->cols == 1 && s->base ? 1 : 0);
+}
+
+static void grid_label(const GridSet *s, int item, char *out, size_t n) {
+    if (item < 0) snprintf(out, n, "base");
+    else snprintf(out, n, "step %d", s->step[item]);
+}
+
+/* 5x7 glyphs (row 7: the descender of p) for the labels burnt into sixel
+ * images; bit 4 is the left column */
 static const unsigned char *glyph(char c) {
     static const unsigned char digits[10][8] = {
         {0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E}, {0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E},
@@ -309,12 +337,15 @@ static const unsigned char *glyph(char c) {
         {0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02}, {0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E},
         {0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E}, {0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08},
         {0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E}, {0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C}};
-    static const unsigned char s[8] = {0x00, 0x00, 0x0E, 0x10, 0x0E, 0x01, 0x1E};
-    static const unsigned char t[8] = {0x08, 0x08, 0x1C, 0x08, 0x08, 0x09, 0x06};
-    static const unsigned char e[8] = {0x00, 0x00, 0x0E, 0x11, 0x1F, 0x10, 0x0E};
-    static const unsigned char p[8] = {0x00, 0x00, 0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10};
+    static const struct { char c; unsigned char rows[8]; } letters[] = {
+        {'a', {0x00, 0x00, 0x0E, 0x01, 0x0F, 0x11, 0x0F}}, {'b', {0x10, 0x10, 0x1E, 0x11, 0x11, 0x11, 0x1E}},
+        {'e', {0x00, 0x00, 0x0E, 0x11, 0x1F, 0x10, 0x0E}}, {'p', {0x00, 0x00, 0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10}},
+        {'s', {0x00, 0x00, 0x0E, 0x10, 0x0E, 0x01, 0x1E}}, {'t', {0x08, 0x08, 0x1C, 0x08, 0x08, 0x09, 0x06}},
+    };
     if (c >= '0' && c <= '9') return digits[c - '0'];
-    return c == 's' ? s : c == 't' ? t : c == 'e' ? e : c == 'p' ? p : NULL;
+    for (size_t i = 0; i < sizeof letters / sizeof letters[0]; i++)
+        if (letters[i].c == c) return letters[i].rows;
+    return NULL;
 }
 
 static void burn_text(Image *im, int x, int y, int t, const char *text, const unsigned char rgb[3]) {
@@ -330,99 +361,187 @@ static void burn_text(Image *im, int x, int y, int t, const char *text, const un
     }
 }
 
-/* One sixel image: rows of (label strip, grid), newest first. The region of
- * the newest grid is recorded for the test hook. */
-static SixelSlot *hist_sixel(Gfx *g, const SampleHist *h, int pw, int ph) {
-    int t = g->cell_h >= 18 ? g->cell_h / 9 : 1;   /* label: 8t-pixel glyphs, about a cell */
-    int lab = 10 * t, gap = g->cell_h / 4 > 2 ? g->cell_h / 4 : 2;
-    int rows = hist_rows(&h->im[0], h->n, pw, ph, lab, gap, 8);
-    long key = ((1L << 40) + h->serial) * 8 + rows;
-    SixelSlot *c = cache_find(g, key, pw, ph);
-    if (c) return c;
-    for (int i = 0; i < rows; i++)
-        if (h->im[i].c != 3) return NULL;
-    Image row[PREVIEW_HIST] = {{0}}, canvas = {0};
-    int bh = (ph - (rows - 1) * gap) / rows - lab, cw = 0, chh = 0, ok = 1;
-    for (int i = 0; i < rows && ok; i++) {
-        int tw, th;
-        fit(h->im[i].w, h->im[i].h, pw, bh, &tw, &th);
-        ok = resize_to(&h->im[i], tw, th, &row[i]) == 0;
-        if (tw > cw) cw = tw;
-        chh += lab + th + (i ? gap : 0);
-    }
-    int lw = 6 * t * 11;   /* "step 123456" */
-    if (cw < lw && lw <= pw) cw = lw;
-    if (ok) ok = image_alloc(&canvas, cw, chh, 3) == 0;
-    c = ok ? cache_add(g, key, pw, ph) : NULL;
-    if (c) {
-        static const unsigned char bg[3] = {24, 24, 24}, fg[3] = {235, 235, 235};
-        for (size_t i = 0; i < (size_t)cw * chh; i++) memcpy(canvas.px + i * 3, bg, 3);
-        int y0 = 0;
-        for (int i = 0; i < rows; i++) {
-            char label[32];
-            snprintf(label, sizeof label, "step %d", h->step[i]);
-            burn_text(&canvas, t, y0 + t, t, label, fg);
-            for (int yy = 0; yy < row[i].h; yy++)
-                memcpy(canvas.px + ((size_t)(y0 + lab + yy) * cw) * 3, row[i].px + (size_t)yy * row[i].w * 3,
-                       (size_t)row[i].w * 3);
-            if (i == 0) {
-                c->rx = 0;
-                c->ry = lab;
-                c->rw = row[0].w;
-                c->rh = row[0].h;
-                c->rk = row[0].w % h->im[0].w == 0 && row[0].w >= h->im[0].w ? row[0].w / h->im[0].w : 0;
-            }
-            y0 += lab + row[i].h + gap;
-        }
-        c->rows = rows;
-        char err[256];
-        if (sixel_encode_image(&canvas, 1, &c->stream, &c->len, err, sizeof err) != 0) c->stream = NULL;
-    }
-    for (int i = 0; i < rows; i++) image_free(&row[i]);
-    image_free(&canvas);
-    return c && c->stream ? c : NULL;
+/* where a grid landed in the picture, for the test hook: its box and the
+ * whole-multiple scale of its source (0: not one) */
+static void note_region(int reg[5], int x, int y, const Image *placed, const Image *src) {
+    reg[0] = x;
+    reg[1] = y;
+    reg[2] = placed->w;
+    reg[3] = placed->h;
+    reg[4] = placed->w % src->w == 0 && placed->w >= src->w ? placed->w / src->w : 0;
 }
 
-void preview_draw_hist(Gfx *g, const SampleHist *h, int y, int x, int bh, int bw) {
+/* One sixel image: each grid under its label strip, on white (the grids' padding). */
+static SixelSlot *grids_sixel(Gfx *g, const GridSet *s, int pw, int ph) {
+    int t = g->cell_h >= 18 ? g->cell_h / 9 : 1;   /* label: 8t-pixel glyphs, about a cell */
+    int gap = g->cell_h / 4 > 2 ? g->cell_h / 4 : 2;
+    Board b = board_plan(s, pw, ph, 10 * t, 2 * gap, gap, 8);
+    long key = (s->key * 4 + b.cols) * 8 + b.rows;
+    SixelSlot *c = cache_find(g, key, pw, ph);
+    if (c) return c;
+    int lw = 6 * t * 11;   /* "step 123456" */
+    int colw = b.tw > lw || b.cols * lw + (b.cols - 1) * b.gx > pw ? b.tw : lw;
+    int cw = b.cols * colw + (b.cols - 1) * b.gx, chh = b.rows * (b.lab + b.th) + (b.rows - 1) * b.gy;
+    Image canvas = {0};
+    if (b.tw < 1 || b.th < 1 || image_alloc(&canvas, cw, chh, 3) != 0) return NULL;
+    c = cache_add(g, key, pw, ph);
+    static const unsigned char strip[3] = {24, 24, 24}, fg[3] = {235, 235, 235};
+    memset(canvas.px, IMAGE_GRID_BG, (size_t)cw * chh * 3);   /* as the grids' own padding */
+    int ok = 1;
+    for (int item = s->base ? -1 : 0; item < b.n_shown && ok; item++) {
+        const Image *im = item < 0 ? s->base : s->im[item];
+        if (im->c != 3) continue;
+        int col, row, tw, th;
+        board_cell(&b, s, item, &col, &row);
+        fit(im->w, im->h, b.tw, b.th, &tw, &th);
+        Image placed = {0};
+        ok = resize_to(im, tw, th, &placed) == 0;
+        if (!ok) break;
+        int x0 = col * (colw + b.gx), y0 = row * (b.lab + b.th + b.gy);
+        char label[32];
+        grid_label(s, item, label, sizeof label);
+        for (int yy = y0; yy < y0 + b.lab; yy++)   /* a dark strip over the grid, the label on it */
+            for (int xx = x0; xx < x0 + colw; xx++) memcpy(canvas.px + ((size_t)yy * cw + xx) * 3, strip, 3);
+        burn_text(&canvas, x0 + t, y0 + t, t, label, fg);
+        for (int yy = 0; yy < placed.h; yy++)
+            memcpy(canvas.px + ((size_t)(y0 + b.lab + yy) * cw + x0) * 3, placed.px + (size_t)yy * placed.w * 3,
+                   (size_t)placed.w * 3);
+        if (item == 0) note_region(c->region, x0, y0 + b.lab, &placed, im);
+        if (item < 0) note_region(c->base_region, x0, y0 + b.lab, &placed, im);
+        image_free(&placed);
+    }
+    c->grids = b.n_shown + (s->base ? 1 : 0);
+    char err[256];
+    if (!ok || sixel_encode_image(&canvas, 1, &c->stream, &c->len, err, sizeof err) != 0) c->stream = NULL;
+    image_free(&canvas);
+    return c->stream ? c : NULL;
+}
+
+void preview_draw_grids(Gfx *g, const GridSet *s, int y, int x, int bh, int bw) {
     if (bh < 1 || bw < 1) return;
     for (int r = 0; r < bh; r++) mvhline(y + r, x, ' ', bw);
-    if (h->n < 1 || !h->im[0].px) return;
-    char label[32];
+    if (!s->base && (s->n < 1 || !s->im[0]->px)) return;
+    char label[32], line[1100];
     if (g->mode == GFX_NONE) {
         mvaddnstr(y, x, "(graphics off)", bw);
-        for (int i = 0; i < h->n && 1 + i < bh; i++) {
-            char line[1100];
-            snprintf(line, sizeof line, "step %d  %s", h->step[i], h->path[i]);
-            mvaddnstr(y + 1 + i, x, line, bw);
+        int r = 1;
+        for (int item = s->base ? -1 : 0; item < s->n && r < bh; item++, r++) {
+            grid_label(s, item, label, sizeof label);
+            snprintf(line, sizeof line, "%-9s %s", label, item < 0 ? s->base_path : s->path[item]);
+            mvaddnstr(y + r, x, line, bw);
         }
         return;
     }
     if (g->mode == GFX_SIXEL && g->n_slots < 4) {
-        SixelSlot *c = hist_sixel(g, h, bw * g->cell_w, bh * g->cell_h);
+        SixelSlot *c = grids_sixel(g, s, bw * g->cell_w, bh * g->cell_h);
         if (c) {
-            SixelSlot *s = &g->slots[g->n_slots++];
-            *s = *c;   /* shares the cached stream */
-            s->y = y;
-            s->x = x;
-            s->h = bh;
-            s->w = bw;
-            snprintf(s->src, sizeof s->src, "%s", h->path[0]);
+            SixelSlot *sl = &g->slots[g->n_slots++];
+            *sl = *c;   /* shares the cached stream */
+            sl->y = y;
+            sl->x = x;
+            sl->h = bh;
+            sl->w = bw;
+            snprintf(sl->src, sizeof sl->src, "%s", s->n ? s->path[0] : "");
+            snprintf(sl->base_src, sizeof sl->base_src, "%s", s->base ? s->base_path : "");
             return;
         }
     }
-    /* half-block: a "step N" line over each grid, stacked from the top */
-    int rows = hist_rows(&h->im[0], h->n, bw, 2 * bh, 2, 0, 2);
-    int band = bh / rows, y0 = y;
-    for (int i = 0; i < rows; i++) {
-        int tw, th;
-        fit(h->im[i].w, h->im[i].h, bw, 2 * (band - 1), &tw, &th);
-        snprintf(label, sizeof label, "step %d", h->step[i]);
+    /* half-block: a text label over each grid; a column is half the box */
+    Board b = board_plan(s, bw, 2 * bh, 2, 1, 0, 2);
+    int colw = (bw - (b.cols - 1) * b.gx) / b.cols, rowh = 1 + (b.th + 1) / 2;
+    for (int item = s->base ? -1 : 0; item < b.n_shown; item++) {
+        int col, row;
+        board_cell(&b, s, item, &col, &row);
+        int x0 = x + col * (colw + b.gx), y0 = y + row * rowh;
+        if (y0 >= y + bh) break;
+        grid_label(s, item, label, sizeof label);
         attron(A_BOLD);
-        mvaddnstr(y0, x, label, bw);
+        mvaddnstr(y0, x0, label, colw);
         attroff(A_BOLD);
-        if (band >= 2) draw_halfblock(g, &h->im[i], y0 + 1, x, band - 1, bw, 0);
-        y0 += 1 + (th + 1) / 2;
+        int rows = rowh - 1 < y + bh - y0 - 1 ? rowh - 1 : y + bh - y0 - 1;
+        if (rows > 0) draw_halfblock(g, item < 0 ? s->base : s->im[item], y0 + 1, x0, rows, colw, 0);
     }
+}
+
+/* ------------------------------------------------------- thumbnails --- */
+
+int thumb_make(const Image *in, int max_side, Image *out) {
+    int tw, th;
+    fit(in->w, in->h, max_side, max_side, &tw, &th);
+    if (tw >= in->w) return copy_image(out, in);
+    return resize_to(in, tw, th, out);
+}
+
+/* Tiles for n images in a box of aw x ah units (ux x uy pixels each), gaps
+ * gx, gy units: the column count that shows them largest; each tile's size in units. */
+static void thumb_plan(const Image *im, int n, int aw, int ah, int ux, int uy, int gx, int gy, int *cols, int *cw,
+                       int *ch) {
+    int best = -1;
+    const Image *ref = NULL;
+    for (int i = 0; i < n && !ref; i++)
+        if (im[i].px) ref = &im[i];
+    *cols = 1;
+    *cw = *ch = 0;
+    for (int c = 1; c <= n; c++) {
+        int r = (n + c - 1) / c, w = (aw - (c - 1) * gx) / c, h = (ah - (r - 1) * gy) / r, tw = w * ux, th = h * uy;
+        if (w < 1 || h < 1) continue;
+        if (ref) fit(ref->w, ref->h, w * ux, h * uy, &tw, &th);
+        if (tw * th > best) { best = tw * th; *cols = c; *cw = w; *ch = h; }
+    }
+}
+
+void preview_draw_thumbs(Gfx *g, const Image *im, int n, long key, int y, int x, int h, int w) {
+    if (h < 1 || w < 1 || n < 1 || g->mode == GFX_NONE) return;
+    for (int r = 0; r < h; r++) mvhline(y + r, x, ' ', w);
+    int cols, cw, ch;
+    if (g->mode == GFX_SIXEL && g->n_slots < 4) {
+        int pw = w * g->cell_w, ph = h * g->cell_h, gap = g->cell_w / 2 > 2 ? g->cell_w / 2 : 2;
+        thumb_plan(im, n, pw, ph, 1, 1, gap, gap, &cols, &cw, &ch);
+        long k = (3L << 40) + key;
+        SixelSlot *c = cache_find(g, k, pw, ph);
+        for (int i = 0; i < n; i++)   /* the cells as large as the first image fitted: no bands */
+            if (im[i].px) {
+                fit(im[i].w, im[i].h, cw, ch, &cw, &ch);
+                break;
+            }
+        if (!c && cw > 0 && ch > 0) {
+            int rows = (n + cols - 1) / cols;
+            Image canvas = {0};
+            if (image_alloc(&canvas, cols * cw + (cols - 1) * gap, rows * ch + (rows - 1) * gap, 3) == 0) {
+                memset(canvas.px, IMAGE_GRID_BG, (size_t)canvas.w * canvas.h * 3);   /* as the sample grids' padding */
+                for (int i = 0; i < n; i++) {
+                    int x0 = i % cols * (cw + gap), y0 = i / cols * (ch + gap), tw, th;
+                    if (!im[i].px || im[i].c != 3) continue;
+                    fit(im[i].w, im[i].h, cw, ch, &tw, &th);
+                    Image placed = {0};
+                    if (resize_to(&im[i], tw, th, &placed) != 0) continue;
+                    int px0 = x0 + (cw - tw) / 2, py0 = y0 + (ch - th) / 2;
+                    for (int yy = 0; yy < th; yy++)
+                        memcpy(canvas.px + ((size_t)(py0 + yy) * canvas.w + px0) * 3, placed.px + (size_t)yy * tw * 3,
+                               (size_t)tw * 3);
+                    image_free(&placed);
+                }
+                c = cache_add(g, k, pw, ph);
+                char err[256];
+                if (sixel_encode_image(&canvas, 1, &c->stream, &c->len, err, sizeof err) != 0) c->stream = NULL;
+                image_free(&canvas);
+            }
+        }
+        if (c && c->stream) {
+            SixelSlot *sl = &g->slots[g->n_slots++];
+            *sl = *c;   /* shares the cached stream */
+            sl->y = y;
+            sl->x = x;
+            sl->h = h;
+            sl->w = w;
+            sl->src[0] = sl->base_src[0] = 0;
+            return;
+        }
+    }
+    /* half-block tiles: a cell is 1 x 2 pixels, a column of space between tiles */
+    thumb_plan(im, n, w, h, 1, 2, 1, 0, &cols, &cw, &ch);
+    for (int i = 0; i < n && cw > 0 && ch > 0; i++)
+        if (im[i].px) draw_halfblock(g, &im[i], y + i / cols * ch, x + i % cols * (cw + 1), ch, cw, 1);
 }
 
 static unsigned long slots_sig(const Gfx *g) {
@@ -460,11 +579,13 @@ void gfx_flush(Gfx *g) {
             off += (size_t)w;
         }
         if (write(STDOUT_FILENO, "\0338", 2) < 0) break;
-        if (g->dump_path && i == 0) {
-            char err[256], meta[1300];
+        if (g->dump_path && s->src[0]) {   /* the sample grids (not the thumbnails) */
+            char err[256], meta[2400];
             fs_write_atomic(g->dump_path, s->stream, s->len, err, sizeof err);
-            int m = snprintf(meta, sizeof meta, "%s\nregion %d %d %d %d %d\nrows %d\n", s->src,
-                             s->rx, s->ry, s->rw, s->rh, s->rk, s->rows);
+            int m = snprintf(meta, sizeof meta, "%s\nregion %d %d %d %d %d\ngrids %d\n%s\nbase %d %d %d %d %d\n",
+                             s->src, s->region[0], s->region[1], s->region[2], s->region[3], s->region[4], s->grids,
+                             s->base_src, s->base_region[0], s->base_region[1], s->base_region[2],
+                             s->base_region[3], s->base_region[4]);
             char mp[1100];
             snprintf(mp, sizeof mp, "%s.src", g->dump_path);
             fs_write_atomic(mp, meta, (size_t)m, err, sizeof err);

@@ -21,6 +21,7 @@ void runs_free(RunsView *rv) {
     for (int i = 0; i < rv->n; i++) {
         series_free(&rv->r[i].loss);
         image_free(&rv->r[i].grid);
+        image_free(&rv->r[i].base);
     }
     free(rv->r);
     rv->r = NULL;
@@ -56,6 +57,8 @@ void runs_open(RunsView *rv, const char *root) {
         r->trainable = sum.trainable;
         for (int k = 0; k < sum.steps; k++) series_push(&r->loss, sum.loss[k]);
         snprintf(r->sample_png, sizeof r->sample_png, "%s", sum.last_sample);
+        snprintf(r->base_png, sizeof r->base_png, "%s", sum.base_sample);
+        r->sample_step = sum.last_step;
         r->mtime = sum.mtime;
         run_summary_free(&sum);
     }
@@ -111,43 +114,78 @@ static void describe(const RunInfo *r, char *out, size_t n) {
                  r->p.n_images, r->p.modules, t, fin);
 }
 
+/* the latest and the base grids, loaded once */
 static void run_grid(RunInfo *r) {
-    if (r->grid_tried || !r->sample_png[0]) return;
+    if (r->grid_tried) return;
     r->grid_tried = 1;
     char err[256];
-    if (image_load(r->sample_png, &r->grid, err, sizeof err) != 0) memset(&r->grid, 0, sizeof r->grid);
+    if (r->sample_png[0] && r->sample_step > 0 && image_load(r->sample_png, &r->grid, err, sizeof err) != 0)
+        memset(&r->grid, 0, sizeof r->grid);
+    if (r->base_png[0] && image_load(r->base_png, &r->base, err, sizeof err) != 0) memset(&r->base, 0, sizeof r->base);
 }
 
-static void draw_run_column(RunsView *rv, int i, Gfx *g, int colour, int y, int x, int h, int w) {
+/* the run's base grid beside its latest, named for the sixel cache by their files */
+static void run_grids(RunInfo *r, GridSet *gs) {
+    run_grid(r);
+    memset(gs, 0, sizeof *gs);
+    gs->base = r->base.px ? &r->base : NULL;
+    gs->base_path = r->base_png;
+    if (r->grid.px) {
+        gs->im[0] = &r->grid;
+        gs->step[0] = r->sample_step;
+        gs->path[0] = r->sample_png;
+        gs->n = 1;
+    }
+    unsigned long h = 1469598103934665603ul;
+    for (const char *c = r->sample_png; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ul;
+    for (const char *c = r->base_png; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ul;
+    gs->key = (2L << 40) + (long)(h & 0xffffffffffUL);
+}
+
+/* One run in a box: its knobs, then its loss chart and its grids (base and
+ * latest) side by side when the box is wide, the chart over the grids when not. */
+static void draw_run_box(RunsView *rv, int i, Gfx *g, int colour, int y, int x, int h, int w) {
     RunInfo *r = &rv->r[i];
-    char line[300], title[300];
-    snprintf(title, sizeof title, "%s", r->name);
-    panel_box(y, x, h, w, title, 0, colour);
+    char line[300];
+    panel_box(y, x, h, w, r->name, 0, colour);
     if (!strcmp(r->p.adapter, "lora")) snprintf(line, sizeof line, "lora r%d lr %g %dit %s", r->p.lora_rank, r->p.lr, r->p.iterations, r->p.modules);
     else snprintf(line, sizeof line, "%dx%d lr %g %dit %dshot %s", r->p.a1, r->p.a2, r->p.lr, r->p.iterations, r->p.n_images, r->p.modules);
     mvaddnstr(y + 1, x + 1, line, w - 2);
-    int ch = (h - 3) / 2;
-    chart_draw(&r->loss, y + 2, x + 1, ch, w - 2, colour);
-    run_grid(r);
-    if (r->grid.px) preview_draw(g, &r->grid, 7000000L + i, r->sample_png, y + 2 + ch, x + 1, h - 3 - ch, w - 2);
-    else mvaddnstr(y + 2 + ch, x + 1, "(no samples)", w - 2);
+    GridSet gs;
+    run_grids(r, &gs);
+    int ih = h - 3, iw = w - 2, gy = y + 2, gx = x + 1, gh = ih, gw = iw;
+    if (iw >= 2 * ih) {   /* wide: chart on the left, pictures on the right */
+        int cw = iw * 2 / 5;
+        chart_draw(&r->loss, gy, gx, ih, cw - 1, colour);
+        gx += cw;
+        gw = iw - cw;
+    } else {
+        int ch = ih / 3;
+        chart_draw(&r->loss, gy, gx, ch, iw, colour);
+        gy += ch;
+        gh = ih - ch;
+    }
+    if (gs.base || gs.n) preview_draw_grids(g, &gs, gy, gx, gh, gw);
+    else mvaddnstr(gy, gx, "(no samples)", gw);
 }
 
 void runs_draw(RunsView *rv, Gfx *g, int colour) {
     int H = LINES, W = COLS;
     erase();
-    attron(cp(colour, CP_TITLE) | A_BOLD);
+    attron(title_attr(colour));
     mvhline(0, 0, ' ', W);
     mvprintw(0, 1, "Runs in %.*s  (%d)%s", W - 20, rv->root, rv->n, rv->compare ? "  comparison" : "");
-    attroff(cp(colour, CP_TITLE) | A_BOLD);
+    attroff(title_attr(colour));
     if (rv->compare) {
         int idx[8], m = 0;
         for (int i = 0; i < rv->n && m < 4; i++)
             if (rv->r[i].marked) idx[m++] = i;
         int cw = W / (m ? m : 1);
-        for (int k = 0; k < m; k++) draw_run_column(rv, idx[k], g, colour, 1, k * cw, H - 2, k == m - 1 ? W - k * cw : cw);
+        for (int k = 0; k < m; k++) draw_run_box(rv, idx[k], g, colour, 1, k * cw, H - 2, k == m - 1 ? W - k * cw : cw);
     } else {
-        int list_h = rv->n ? (H - 3) / 2 : H - 3;
+        /* the list as long as it needs (at most half the screen), the current run under it */
+        int list_h = rv->n + 1 < (H - 3) / 2 ? rv->n + 1 : (H - 3) / 2;
+        if (!rv->n) list_h = H - 3;
         attron(A_BOLD);
         mvprintw(1, 0, "  %-*.*s %-8s %-7s %5s %s %-8s %9s %7s", W > 100 ? 40 : 24, W > 100 ? 40 : 24, "name", "a1xa2",
                  "lr", "iters", "n", "modules", "trainable", "loss");
@@ -162,7 +200,7 @@ void runs_draw(RunsView *rv, Gfx *g, int colour) {
             mvprintw(2 + i, 0, "%c %-*.*s %s", r->marked ? '*' : ' ', W > 100 ? 40 : 24, W > 100 ? 40 : 24, r->name, d);
             if (top + i == rv->cur) attroff(A_REVERSE);
         }
-        if (rv->n) draw_run_column(rv, rv->cur, g, colour, 1 + list_h, 0, H - 2 - list_h, W);
+        if (rv->n) draw_run_box(rv, rv->cur, g, colour, 1 + list_h, 0, H - 2 - list_h, W);
     }
     if (rv->msg[0]) {
         attron(cp(colour, CP_WARN) | A_BOLD);

@@ -62,6 +62,13 @@ static void on_log(void *user, const char *line) {
 
 /* ------------------------------------------------------ UI-thread side --- */
 
+/* image i's thumbnail from im (NULL: none, the image is unreadable) */
+static void set_thumb(Studio *s, int i, const Image *im) {
+    image_free(&s->thumb[i]);
+    if (im && thumb_make(im, 128, &s->thumb[i]) != 0) memset(&s->thumb[i], 0, sizeof s->thumb[i]);
+    s->thumb_serial++;
+}
+
 /* each image's size, as training will load it (a preset's paths are already
  * resolved against its folder: no other place is searched) */
 static void refresh_images(Studio *s) {
@@ -72,9 +79,14 @@ static void refresh_images(Studio *s) {
         if (image_load(s->p.images[i], &im, err, sizeof err) == 0) {
             s->img_w[i] = im.w;
             s->img_h[i] = im.h;
+            set_thumb(s, i, &im);
             image_free(&im);
-        } else snprintf(s->img_err[i], sizeof s->img_err[i], "%s", err);
+        } else {
+            snprintf(s->img_err[i], sizeof s->img_err[i], "%s", err);
+            set_thumb(s, i, NULL);
+        }
     }
+    for (int i = s->p.n_images; i < PRESET_MAX_IMAGES; i++) image_free(&s->thumb[i]);
 }
 
 static void preset_changed(Studio *s) {
@@ -239,6 +251,7 @@ static void add_image(Studio *s, const char *path) {
     snprintf(s->p.images[i], PRESET_PATH_MAX, "%s", path);
     s->img_w[i] = im.w;
     s->img_h[i] = im.h;
+    set_thumb(s, i, &im);
     image_free(&im);
     s->sel[PANEL_INPUTS] = i;
     preset_changed(s);
@@ -253,12 +266,16 @@ static void remove_image(Studio *s) {
     }
     char name[PRESET_PATH_MAX];
     snprintf(name, sizeof name, "%s", s->p.images[i]);
+    image_free(&s->thumb[i]);
     for (int k = i; k + 1 < s->p.n_images; k++) {
         memcpy(s->p.images[k], s->p.images[k + 1], PRESET_PATH_MAX);
         s->img_w[k] = s->img_w[k + 1];
         s->img_h[k] = s->img_h[k + 1];
+        s->thumb[k] = s->thumb[k + 1];
     }
     s->p.n_images--;
+    memset(&s->thumb[s->p.n_images], 0, sizeof s->thumb[0]);
+    s->thumb_serial++;
     preset_changed(s);
     studio_log(s, 0, "removed %s", name);
 }
@@ -664,6 +681,7 @@ int studio_main(int argc, char **argv) {
     series_free(&s->sh.loss);
     hist_clear(&s->samples);
     hist_clear(&s->sh.samples);
+    for (int i = 0; i < PRESET_MAX_IMAGES; i++) image_free(&s->thumb[i]);
     pthread_mutex_destroy(&s->sh.mu);
     free(s);
     return 0;

@@ -66,9 +66,12 @@ typedef struct SixelSlot {
     int y, x, h, w;         /* cell box */
     long key;               /* caller's identity of the image shown */
     char *stream; size_t len;
-    char src[1024];         /* the PNG it came from (test hook) */
-    int rx, ry, rw, rh, rk; /* where that PNG sits in the image, scaled by rk (0: not a whole multiple) */
-    int rows;               /* grids stacked in the image */
+    /* test hook (KRONA_STUDIO_SIXEL_DUMP): the PNGs of the newest grid and of
+     * the base grid, where each sits in the image (x y w h k, k its whole-multiple
+     * scale, 0 when not one), and how many grids the image holds */
+    char src[1024], base_src[1024];
+    int region[5], base_region[5];
+    int grids;
 } SixelSlot;
 typedef struct Gfx {
     GfxMode mode;
@@ -80,7 +83,7 @@ typedef struct Gfx {
     SixelSlot cache[8];     /* encoded streams, reused while key and box match */
     unsigned long shown;    /* signature of what the terminal shows now */
     int force;              /* re-emit after overlays, resize, full redraw */
-    const char *dump_path;  /* KRONA_STUDIO_SIXEL_DUMP: test hook, copy of each stream */
+    const char *dump_path;  /* KRONA_STUDIO_SIXEL_DUMP: test hook, copy of the sample grids' stream */
 } Gfx;
 /* Before initscr: DA1 (sixel = attribute 4) and the cell size in pixels
  * (CSI 16 t), on the tty with a short timeout. */
@@ -88,29 +91,49 @@ GfxMode gfx_detect(int *cell_w, int *cell_h);
 void gfx_init(Gfx *g, GfxMode mode, int cell_w, int cell_h);
 void gfx_free(Gfx *g);
 void gfx_begin_frame(Gfx *g);
-/* Draw im into the cell box; half-block now, or a sixel slot emitted after
- * doupdate. key identifies the image (same key, same pixels). */
-void preview_draw(Gfx *g, const Image *im, long key, const char *src, int y, int x, int h, int w);
 
-/* The latest sample grids, [0] newest. serial counts every grid ever pushed
- * (never reset), so it names what is shown for the sixel cache. */
+/* The latest sample grids: the base model's (step 0) and the adapter's, [0]
+ * newest. serial counts every grid ever pushed (never reset), so it names
+ * what is shown for the sixel cache. */
 enum { PREVIEW_HIST = 4 };
 typedef struct SampleHist {
+    Image base;             /* step 0: the base model's grid (px NULL until it comes) */
+    char base_path[1024];
     Image im[PREVIEW_HIST];
     int step[PREVIEW_HIST];
     char path[PREVIEW_HIST][1024];
     int n;
     long serial;
 } SampleHist;
-/* 0, or -1 when out of memory (history unchanged) */
+/* step 0 replaces the base grid, any other step goes on top of the history.
+ * 0, or -1 when out of memory (history unchanged) */
 int hist_push(SampleHist *h, int step, const Image *im, const char *path);
 int hist_copy(SampleHist *dst, const SampleHist *src);
 void hist_clear(SampleHist *h);   /* frees the grids, keeps serial */
-/* As many grids as fit the box (at most PREVIEW_HIST), newest on top, each
- * labelled "step N": text lines in half-block and none modes; in sixel mode
- * one image with the labels drawn into its pixels, so they line up at any
- * cell size. */
-void preview_draw_hist(Gfx *g, const SampleHist *h, int y, int x, int bh, int bw);
+
+/* The grids one box compares: the base model's beside the adapter's newest
+ * for the same prompts and noise, older ones under the newest. */
+typedef struct GridSet {
+    const Image *base;      /* NULL: none */
+    const char *base_path;
+    const Image *im[PREVIEW_HIST];   /* the adapter's, newest first */
+    int step[PREVIEW_HIST];
+    const char *path[PREVIEW_HIST];
+    int n;
+    long key;               /* names these pixels for the sixel cache */
+} GridSet;
+void hist_grids(const SampleHist *h, GridSet *out);
+/* The base grid labelled "base" beside (or, when that shows them larger,
+ * over) the newest labelled "step N", scaled to fill the box; older grids
+ * under the newest as room allows. Labels are text lines in half-block mode,
+ * drawn into the pixels in sixel mode (one image, so they line up at any cell
+ * size); without graphics, the labels and PNG paths. */
+void preview_draw_grids(Gfx *g, const GridSet *s, int y, int x, int h, int w);
+/* in scaled to fit max_side x max_side (never enlarged). 0 / -1 */
+int thumb_make(const Image *in, int max_side, Image *out);
+/* n images (px NULL: left blank) as tiles as large as the box allows, in
+ * order; key names the set for the sixel cache. Nothing without graphics. */
+void preview_draw_thumbs(Gfx *g, const Image *im, int n, long key, int y, int x, int h, int w);
 /* Before doupdate: make ncurses repaint the boxes whose sixel content changes
  * (clears the old image). After doupdate: gfx_flush writes the streams. */
 void gfx_prepare(Gfx *g);
@@ -138,8 +161,9 @@ typedef struct RunInfo {
     Preset p;
     int preset_ok;
     LossSeries loss;
-    char sample_png[1200];
-    Image grid;             /* latest sample grid (loaded on demand) */
+    char sample_png[1200], base_png[1200];
+    int sample_step;        /* the latest grid's step, -1 if none */
+    Image grid, base;       /* latest and base sample grids (loaded on demand) */
     int grid_tried;
     int64_t trainable;
     double mtime;
@@ -164,6 +188,9 @@ void help_draw(int colour);
 /* ---- colour pairs used everywhere (0 when !has_colors) ---- */
 enum { CP_TITLE = 1, CP_FOCUS, CP_BAD, CP_GOOD, CP_DIM, CP_RAW, CP_SMOOTH, CP_KEY, CP_WARN };
 unsigned cp(int colour, int pair); /* COLOR_PAIR(pair), or 0 without colour */
+/* Title bars (the studio's, the focused panel's, the overlays'): black on cyan
+ * (never bold: xterm shows bold black as grey), reverse video without colour. */
+unsigned title_attr(int colour);
 
 /* ---- studio.c: shared with the training thread ---- */
 typedef struct Shared {
@@ -184,6 +211,8 @@ typedef struct Studio {
     /* images: cached sizes, -1 when unreadable */
     int img_w[PRESET_MAX_IMAGES], img_h[PRESET_MAX_IMAGES];
     char img_err[PRESET_MAX_IMAGES][128];
+    Image thumb[PRESET_MAX_IMAGES]; /* the Inputs' thumbnails (px NULL when unreadable) */
+    long thumb_serial;      /* bumped whenever they change (the sixel cache's key) */
 
     UiMode mode, back_mode;
     PanelId focus;

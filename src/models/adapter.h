@@ -59,6 +59,8 @@ typedef struct AdapterSet {
     /* key prefix of its modules in files: NULL "lora_unet_" (the UNet); a text
      * encoder's set: "lora_te_" (SD 1.x, tiny), "lora_te1_" / "lora_te2_" (SDXL) */
     const char *key_prefix;
+    int bypass;              /* 1: forward passes leave the set's adapters out (the base
+                                model's output); model_bypass_adapters sets it */
 } AdapterSet;
 
 /* Trainable parameter count for one linear, or -1 if the factors do not divide. */

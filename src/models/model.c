@@ -663,6 +663,12 @@ int model_text_adapter_sets(Model *m, AdapterSet **out) {
     return n;
 }
 
+void model_bypass_adapters(Model *m, int on) {
+    unet_adapters(m->unet)->bypass = on;
+    if (m->te) te_adapters(m->te)->bypass = on;
+    if (m->te2) te_adapters(m->te2)->bypass = on;
+}
+
 int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, int dtype,
                        char *err, size_t errlen) {
     AdapterSet *sets[3] = {unet_adapters(m->unet)};

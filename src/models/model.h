@@ -96,6 +96,10 @@ int model_attach_text_adapters(Model *m, const AdapterSpec *spec, uint64_t seed,
                                size_t errlen);
 /* The attached, non-empty text adapter sets (at most 2) into out; their count. */
 int model_text_adapter_sets(Model *m, AdapterSet **out);
+/* on = 1: forward passes (the UNet's, the text encoders') leave every attached
+ * adapter out, giving the base model's output without touching a factor;
+ * on = 0 puts them back. */
+void model_bypass_adapters(Model *m, int on);
 /* The UNet's adapters and any text encoder adapters in one file, tensors as
  * dtype (ST_F32, ST_F16, ST_BF16: adapter_sets_save). */
 int model_save_adapter(Model *m, const char *path, const char *metadata_json_extra, int dtype,

@@ -517,7 +517,7 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
         /* hidden_states[-2] is what enters the last layer */
         if (penultimate_out && l == nl - 1) be->copy(be, penultimate_out, a.xin, (size_t)M * H * sizeof(float));
         be->layer_norm_fwd(be, a.xin, w->ln1_w, w->ln1_b, a.h1, a.mean1, a.rstd1, M, H, eps);
-        const Adapter *ad = te->ads.n ? &te->ads.items[4 * l] : NULL;
+        const Adapter *ad = te->ads.n && !te->ads.bypass ? &te->ads.items[4 * l] : NULL;
         be->linear_fwd(be, a.h1, w->q_w, w->q_b, a.q, M, H, H);
         be->linear_fwd(be, a.h1, w->k_w, w->k_b, a.k, M, H, H);
         be->linear_fwd(be, a.h1, w->v_w, w->v_b, a.v, M, H, H);

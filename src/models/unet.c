@@ -623,7 +623,7 @@ static int arena_fit(Backend *be, struct Arena *a) {
 static void lin_fwd(UNet *u, const Lin *l, const float *x, float *y, int64_t M) {
     Backend *be = u->be;
     int64_t tm = u->tmp.off;
-    const Adapter *a = l->ad;
+    const Adapter *a = u->ads.bypass ? NULL : l->ad;
     if (a && u->ads.spec.merged) {
         float *Wm = take(u, &u->tmp, (int64_t)l->dout * l->din);
         float *s = take(u, &u->tmp, adapter_scratch_floats(a, (int64_t)l->dout));

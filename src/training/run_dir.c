@@ -144,8 +144,9 @@ static void read_loss(const char *dir, RunSummary *s) {
     free(text);
 }
 
-/* The latest sample grid: step numbers are zero-padded, so the greatest name. */
-static void find_last_sample(const char *dir, RunSummary *s) {
+/* The latest sample grid (step numbers are zero-padded, so the greatest name)
+ * and the base model's, step 0's. */
+static void find_samples(const char *dir, RunSummary *s) {
     char samples[PATH_MAX + 32];
     run_path(dir, RUN_SAMPLES, samples, sizeof samples);
     DIR *d = opendir(samples);
@@ -157,7 +158,12 @@ static void find_last_sample(const char *dir, RunSummary *s) {
             strcmp(de->d_name, best) > 0)
             snprintf(best, sizeof best, "%s", de->d_name);
     closedir(d);
-    if (best[0]) snprintf(s->last_sample, sizeof s->last_sample, "%s/%s", samples, best);
+    if (best[0]) {
+        snprintf(s->last_sample, sizeof s->last_sample, "%s/%s", samples, best);
+        s->last_step = atoi(best + strlen(SAMPLE_PREFIX));
+    }
+    char base[sizeof s->base_sample];
+    if (fs_exists(run_sample_path(dir, 0, base, sizeof base))) snprintf(s->base_sample, sizeof s->base_sample, "%s", base);
 }
 
 /* Trainable parameters of p's model and adapter (with text_encoder_adapters,
@@ -185,8 +191,9 @@ int run_summary_read(const char *dir, RunSummary *s) {
     if (!fs_exists(ini)) return -1;
     s->preset_ok = run_preset_load(dir, &s->preset, err, sizeof err) == 0;
     s->trainable = trainable_of(&s->preset);
+    s->last_step = -1;
     read_loss(dir, s);
-    find_last_sample(dir, s);
+    find_samples(dir, s);
     struct stat st;
     if (stat(ini, &st) == 0) s->mtime = (double)st.st_mtime;
     return 0;

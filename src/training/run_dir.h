@@ -20,7 +20,11 @@
  *   adapter.safetensors         the trained adapter (LyCORIS LoKr / kohya LoRA
  *                               keys), written when the run finishes
  *   samples/step_NNNNNN.png     a grid, one tile per sample prompt, at step N
- *                               (six digits, so names sort by step)
+ *                               (six digits, so names sort by step), each with
+ *                               the same noise; step_000000.png is the base
+ *                               model's (the adapters start at zero), written
+ *                               first by every run with sample prompts (a
+ *                               resumed run without one writes it then)
  *   class_images/class_NNN.png  prior preservation without a class_dir: the
  *                               class images the base model generated, reused
  *                               by a resumed run
@@ -82,6 +86,8 @@ typedef struct RunSummary {
     int steps;              /* rows of loss.csv: optimiser steps recorded */
     float *loss;            /* [steps] the loss of each step (malloc'ed, NULL if none) */
     char last_sample[PATH_MAX + 64]; /* the latest samples/step_N.png, "" if none */
+    int last_step;          /* its N, -1 if none */
+    char base_sample[PATH_MAX + 64]; /* samples/step_000000.png, the base model's; "" if none */
     double mtime;           /* the preset copy's modification time (the run's
                                start), 0 if unknown */
 } RunSummary;

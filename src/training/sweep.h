@@ -46,7 +46,7 @@ typedef struct SweepRow {
     char variant[SWEEP_NAME_MAX];   /* "a1=8,lr=0.001", or "base" */
     char run_dir[PATH_MAX];         /* empty for the base row */
     int64_t trainable;
-    double time_s;                  /* training wall time (with its end-of-run samples) */
+    double time_s;                  /* training wall time (with its samples: the base grid, the end-of-run one) */
     float final_loss;               /* smoothed (EMA 0.9) training loss at the end; NaN: none */
     float eval_loss;                /* fixed (noise, t) set; NaN: none */
     float fidelity, adherence;      /* NaN when not scored */

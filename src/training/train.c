@@ -93,6 +93,7 @@ struct Trainer {
     atomic_int paused, cancel, sample_req;
     int result;
     TrainProgress prog;
+    double sample_s;       /* seconds this trainer_run spent sampling */
 };
 
 static double now_s(void) {
@@ -287,7 +288,10 @@ done:
     return rc;
 }
 
-static int write_samples(Trainer *t) {
+/* The sample prompts' grid at step (saved as samples/step_<step>.png, then the
+ * sample callback), with the same noise every time, so the grids show what
+ * training changed. */
+static int sample_grid(Trainer *t, int step) {
     int n = t->p.n_sample_prompts;
     if (n <= 0) return 0;
     Image grid = {0};
@@ -304,18 +308,39 @@ static int write_samples(Trainer *t) {
     t->prog.state = TRAIN_SAMPLING;
     pthread_mutex_unlock(&t->mu);
     if (t->cb.progress) t->cb.progress(t->cb.user, &t->prog);
-    /* the same noise every time, so the grids show what training changed */
     int rc = generate(t, t->ctx_samples, t->ctx_samples_uncond, n, t->p.seed + 7919, &grid, NULL);
     pthread_mutex_lock(&t->mu);
     t->prog.state = prev;
     pthread_mutex_unlock(&t->mu);
     if (rc != 0) return atomic_load(&t->cancel) ? 0 : -1;
     char path[PATH_MAX + 32];
-    run_sample_path(t->run_dir, t->step, path, sizeof path);
+    run_sample_path(t->run_dir, step, path, sizeof path);
     if (image_save_png(path, &grid, t->err, sizeof t->err) != 0) { image_free(&grid); return -1; }
-    if (t->cb.sample) t->cb.sample(t->cb.user, t->step, &grid, path);
+    if (t->cb.sample) t->cb.sample(t->cb.user, step, &grid, path);
     image_free(&grid);
     return 0;
+}
+
+/* sample_grid, its time kept out of it/s and the ETA (publish) */
+static int write_samples(Trainer *t, int step) {
+    double s0 = now_s();
+    int rc = sample_grid(t, step);
+    t->sample_s += now_s() - s0;
+    return rc;
+}
+
+/* The base model's grid is the step-0 grid: the one the adapters start from
+ * (B, LoRA's up, at zero), sampled with the adapters bypassed, so it is the
+ * base model's by construction. Every run with sample prompts has one, whatever
+ * sample_every says; a resumed run without one samples it now. Nothing
+ * training reads changes (the noise is the grids' own, the factors untouched). */
+static int base_samples(Trainer *t) {
+    char path[PATH_MAX + 32];
+    if (t->p.n_sample_prompts <= 0 || fs_exists(run_sample_path(t->run_dir, 0, path, sizeof path))) return 0;
+    model_bypass_adapters(t->m, 1);
+    int rc = write_samples(t, 0);
+    model_bypass_adapters(t->m, 0);
+    return rc;
 }
 
 /* Prior preservation: class images from class_dir, cached from an earlier
@@ -1082,7 +1107,8 @@ static void publish(Trainer *t, TrainState st, float loss, float lr, double t0, 
     g->lr = lr;
     g->elapsed_s = now_s() - t0;
     int done = t->step - step0;
-    g->it_per_s = done > 0 && g->elapsed_s > 0 ? done / g->elapsed_s : 0;
+    double train_s = g->elapsed_s - t->sample_s; /* training steps alone: no sampling, no pauses */
+    g->it_per_s = done > 0 && train_s > 0 ? done / train_s : 0;
     g->eta_s = g->it_per_s > 0 ? (t->p.iterations - t->step) / g->it_per_s : 0;
     g->peak_bytes = t->be->peak_bytes(t->be);
     TrainProgress copy = *g;
@@ -1118,11 +1144,12 @@ int trainer_run(Trainer *t) {
     double t0 = now_s();
     int step0 = t->step, rc = 0;
     float loss = t->prog.loss;
+    t->sample_s = 0;
     /* every prompt the run needs is a record now; without text adapters the
      * encoders are done (unless the caller samples new prompts afterwards) */
     if (!t->te_on && !t->keep_te) model_release_text_encoders(t->m);
     publish(t, TRAIN_RUNNING, loss, lr_at(p, t->step), t0, step0);
-    if (t->step == 0 && p->sample_every > 0 && write_samples(t) != 0) rc = -1;
+    if (base_samples(t) != 0) rc = -1;
     while (rc == 0 && t->step < p->iterations) {
         pthread_mutex_lock(&t->mu);
         if (atomic_load(&t->paused) && !atomic_load(&t->cancel)) {
@@ -1173,7 +1200,7 @@ int trainer_run(Trainer *t) {
         }
         int want = atomic_exchange(&t->sample_req, 0) ||
                    (p->sample_every > 0 && t->step % p->sample_every == 0) || last;
-        if (want && write_samples(t) != 0) { rc = -1; break; }
+        if (want && write_samples(t, t->step) != 0) { rc = -1; break; }
     }
     if (rc >= 0 && t->step > 0 && save_checkpoint(t) != 0) rc = -1;
     if (rc == 0 && finish(t) != 0) rc = -1;

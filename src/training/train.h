@@ -22,7 +22,8 @@ typedef struct TrainProgress {
     float loss;             /* this step's loss */
     float loss_ema;         /* smoothed (EMA 0.9) */
     float lr;
-    double it_per_s, eta_s, elapsed_s;
+    double it_per_s, eta_s; /* training steps alone: sampling and pauses left out */
+    double elapsed_s;       /* since the start, pauses left out */
     size_t peak_bytes;      /* backend peak allocation */
     int64_t trainable, base;
     float eval_loss_start, eval_loss;   /* fixed (noise, t) evaluation set */
@@ -43,7 +44,8 @@ typedef struct TrainBatch {
 typedef struct TrainCallbacks {
     void *user;
     void (*progress)(void *user, const TrainProgress *p);
-    /* a sample grid (a tile per sample prompt) at step */
+    /* a sample grid (a tile per sample prompt) at step, the same noise each time;
+     * step 0 is the base model's (training/run_dir.h), first in every new run */
     void (*sample)(void *user, int step, const Image *grid, const char *png_path);
     /* one-line messages (checkpoint written, warnings) */
     void (*log)(void *user, const char *line);

@@ -9,9 +9,14 @@
 # training (step and loss advance, pause holds, export while paused names what
 # LyCORIS's loader cannot rebuild, resume continues), the buckets knob and the
 # bucket each image lands in, save +
-# reopen + save giving the same file, resize, quit; then a sixel preview
-# stream captured from the studio decodes back to the saved PNG; two sample
-# events show two labelled grids in the preview.
+# reopen + save giving the same file, resize, quit; the title bar black on
+# cyan and never bold (reverse video without colour), "+ add sample prompt"
+# whole, the subject images' thumbnails in Inputs (half-block; none without
+# graphics); at 80x24 and 120x40 the Preview's base grid labelled "base"
+# beside the newest "step N", older ones under it, and the runs view's base
+# and latest grids with their labels right under its list; the first ETA not
+# counting the base grid's sampling; then a sixel preview stream captured from
+# the studio decodes back to the saved PNGs (newest and base).
 set -u
 bin=./krona-studio
 command -v tmux >/dev/null || { echo "SKIP studio tests: tmux not installed (make deps)"; exit 0; }
@@ -34,6 +39,8 @@ wait_for() {
   return 1
 }
 step() { screen | sed -n 's/.*step \([0-9]*\)\/.*/\1/p' | head -1; }
+# half-block pixels on the Inputs row of an image (its thumbnail beside the list)
+thumbs_on_row() { screen | grep "$1" | grep -q '▀'; }
 shown_params() { screen | sed -n 's/.*trainable \([0-9,]*\) of.*/\1/p' | head -1; }
 info_params() { $bin info --model tiny "$@" | sed -n 's/^trainable parameters: *\([0-9,]*\).*/\1/p'; }
 
@@ -60,6 +67,16 @@ start 80 24 --preset "$tmp/fast.ini" --graphics halfblock
 if wait_for 'trainable [0-9,]+ of' 100; then ok "80x24: studio opens the preset"; else bad "80x24: studio opens"; fi
 for p in Inputs Prompt Knobs Status Loss Preview; do screen | grep -q "$p" || bad "80x24: panel $p missing"; done
 screen | grep -q "q quit" && ok "80x24: all panels and the key bar" || bad "80x24: key bar"
+# the title bar: black on cyan (ESC[30m ESC[46m), never bold (xterm draws bold black grey)
+title_sgr=$(T capture-pane -e -p -t s | head -1 | cut -d' ' -f1)
+if printf %s "$title_sgr" | grep -Eq '\[([0-9]+;)*1[;m]'; then bad "80x24: title bar is bold: $(printf %s "$title_sgr" | cat -v)"
+elif printf %s "$title_sgr" | grep -Eq '30' && printf %s "$title_sgr" | grep -Eq '46'; then ok "80x24: title bar black on cyan, not bold"
+else bad "80x24: title bar colours: $(printf %s "$title_sgr" | cat -v)"; fi
+thumbs_on_row subject1.png && thumbs_on_row subject4.png && ok "80x24: thumbnails beside the images in Inputs" ||
+  bad "80x24: thumbnails in Inputs"
+keys Tab Down Down Down Down    # Prompt: instance, class, 2 sample prompts, then the add row
+wait_for '\+ add sample prompt' 30 && ok "80x24: \"+ add sample prompt\" shown whole" || bad "80x24: + add sample prompt cut"
+keys Tab Tab                    # back to Inputs
 [ "$(shown_params)" = "$(info_params --a1 4 --a2 4)" ] && ok "params a1=4 a2=4 = $(shown_params)" || bad "params 4x4: $(shown_params) vs $(info_params --a1 4 --a2 4)"
 keys Tab Tab Down Down '>'      # Knobs, row a1, bigger step: 4 -> 8
 want=$(info_params --a1 8 --a2 4)
@@ -139,6 +156,9 @@ grep -q 'exit=0' "$tmp/exit" 2>/dev/null && ok "quit (exit 0)" || bad "quit"
 # --------------------------------------------------------------- 120x40
 start 120 40 --preset "$tmp/saved.ini" --graphics halfblock
 wait_for 'trainable [0-9,]+ of' 100 || bad "120x40 opens"
+screen | grep -q '+ add sample prompt' && ok "120x40: \"+ add sample prompt\" shown whole" || bad "120x40: + add sample prompt"
+thumbs_on_row subject1.png && thumbs_on_row subject2.png && ok "120x40: thumbnails beside the images in Inputs" ||
+  bad "120x40: thumbnails in Inputs"
 keys Tab Tab Down Down Down '>'   # a2 4 -> 8
 want=$(info_params --a1 8 --a2 8)
 wait_for "trainable $want of" 30 && ok "120x40: a2 -> 8: trainable $want" || bad "120x40 a2=8 (want $want)"
@@ -164,6 +184,7 @@ mkdir -p "$tmp/sd15like/unet"
 cp tests/golden/unet_sd15like.json "$tmp/sd15like/unet/config.json"
 start 100 30 --preset "$tmp/fast.ini" --graphics none
 wait_for 'trainable [0-9,]+ of' 100 || bad "model picker: studio opens"
+thumbs_on_row subject1.png && bad "no graphics: thumbnails drawn anyway" || ok "no graphics: Inputs without thumbnails"
 keys m; wait_for 'Choose model' 30 && ok "m opens the model picker" || bad "model picker opens"
 keys "$tmp/" Enter; wait_for 'sd15like\] +diffusers' 30 && ok "a diffusers folder is marked" || bad "diffusers folder marked"
 keys "$tmp/sd15like" Enter
@@ -184,25 +205,73 @@ wait_for "model = .*ldm_sd15like.safetensors" 30 && wait_for "trainable $want of
 keys q
 i=0; while [ ! -f "$tmp/exit" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 
-# ------------------------------- preview history: two samples, two labels
+# ------------- preview: the base grid beside the newest, older under it; runs view
 sed -e 's/^iterations = .*/iterations = 4/' -e 's/^sample_every = .*/sample_every = 2/' "$tmp/fast.ini" > "$tmp/six.ini"
-start 100 30 --preset "$tmp/six.ini" --graphics halfblock
-wait_for 'trainable [0-9,]+ of' 100 || bad "history run opens"
-keys t
-wait_for 'done +step 4/4' 300 || bad "history run finished"
-wait_for 'Preview step 4' 50 || bad "history preview of the last step"
 # the labels alone: drop the panel title and the status "step k/n"
-labels() { screen | sed -e 's/Preview step [0-9]*//' -e 's/step [0-9]*\///g' | grep -Eo 'step [0-9]+' | tr '\n' ' '; }
+labels() { screen | sed -e 's/Preview step [0-9]*//' -e 's/step [0-9]*\///g' | grep -Eo '\bbase\b|step [0-9]+' | tr '\n' ' '; }
 # what the run saved (step 0, 2, 4), newest first: each grid is one sample event
 saved_steps() { ls "$(ls -td "$tmp"/runs/*/ | head -1)"samples/step_*.png 2>/dev/null | sed 's/.*step_0*\([0-9][0-9]*\)\.png/\1/' | sort -rn | head -4; }
-want=$(saved_steps | sed 's/^/step /' | tr '\n' ' ')
-case "$(labels)" in
-  "step 4 step 2 "*) [ "$(labels)" = "$want" ] && ok "preview shows the latest grids with their steps, newest first ($(labels))" ||
-                     bad "preview history labels: '$(labels)', saved '$want'" ;;
-  *) bad "preview history labels: '$(labels)' (want step 4, step 2, ...)" ;;
-esac
-keys q
+history_check() { # cols rows
+  start "$1" "$2" --preset "$tmp/six.ini" --graphics halfblock
+  wait_for 'trainable [0-9,]+ of' 100 || bad "$1x$2: history run opens"
+  keys t
+  wait_for 'done +step 4/4' 300 || bad "$1x$2: history run finished"
+  wait_for 'Preview step 4' 50 || bad "$1x$2: preview of the last step"
+  # step 0 is the base model's grid: "base" first, then the adapter's newest first
+  want="base $(saved_steps | grep -v '^0$' | sed 's/^/step /' | tr '\n' ' ')"
+  got=$(labels)
+  case "$want" in
+    "$got"*) case "$got" in "base step 4 "*) ok "$1x$2: preview labels base beside the newest, older under it ($got)" ;;
+                            *) bad "$1x$2: preview labels '$got' (want base, step 4, ...)" ;; esac ;;
+    *) bad "$1x$2: preview labels '$got', saved '$want'" ;;
+  esac
+  keys r; wait_for 'Runs in' 30 || bad "$1x$2: runs view opens"
+  # the current run (newest) right under the list: its box starts after the last row
+  n_runs=$(ls -d "$tmp"/runs/*/ | wc -l); box_row=$(screen | grep -n '┌' | head -1 | cut -d: -f1)
+  half=$((($2 - 3) / 2)); list=$((n_runs + 1)); [ "$list" -gt "$half" ] && list=$half
+  if screen | grep -q 'step 4' && screen | grep -Eq '\bbase\b' && [ "$box_row" = $((list + 2)) ]; then
+    ok "$1x$2: runs view: base and step 4 labelled, right under the list (row $box_row)"
+  else bad "$1x$2: runs view labels / box at row $box_row (want $((list + 2)))"; fi
+  keys r; wait_for 'Preview' 30; keys q
+  i=0; while [ ! -f "$tmp/exit" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+}
+history_check 80 24
+history_check 120 40
+
+# ------------------------------- the first ETA leaves the base grid's sampling out
+# sampling (200 sampler steps, before the first training step) costs seconds,
+# the 200 training steps about as much: an ETA that counted the sampling as
+# training would be several times the steps' real remaining time
+sed -e 's/^iterations = .*/iterations = 200/' -e 's/^sample_every = .*/sample_every = 200/' \
+    -e 's/^sample_steps = .*/sample_steps = 200/' "$tmp/fast.ini" > "$tmp/eta.ini"
+start 100 30 --preset "$tmp/eta.ini" --graphics none
+wait_for 'trainable [0-9,]+ of' 100 || bad "ETA run opens"
+keys t
+i=0; first=
+while [ $i -lt 600 ]; do
+  scr=$(screen)
+  if printf '%s\n' "$scr" | grep -Eq 'training +step [1-9]' && printf '%s\n' "$scr" | grep -q 'ETA [0-9]'; then first=$scr; break; fi
+  sleep 0.05; i=$((i + 1))
+done
+t_first=$(date +%s.%N)
+eta=$(printf '%s\n' "$first" | sed -n 's/.*ETA \([0-9]*\)m\([0-9]*\)s.*/\1 \2/p' | head -1 | awk '{ print $1 * 60 + $2 }')
+at=$(printf '%s\n' "$first" | sed -n 's/.*step \([0-9]*\)\/.*/\1/p' | head -1)
+its=$(printf '%s\n' "$first" | sed -n 's/.*[^0-9.]\([0-9.]*\) it\/s.*/\1/p' | head -1)
+wait_for 'step 200/200' 600 || bad "ETA run reaches its last step"
+real=$(awk -v a="$t_first" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+if [ -n "$eta" ] && awk -v e="$eta" -v r="$real" 'BEGIN { exit !(e <= 2 * r + 3) }'; then
+  ok "first ETA ${eta}s at step $at ($its it/s) for the ${real}s the steps took"
+else bad "first ETA '${eta}'s at step $at ($its it/s) but the remaining steps took ${real}s"; fi
+keys q; wait_for 'stop it and quit' 30; keys y   # no need to wait for the last sampling
 i=0; while [ ! -f "$tmp/exit" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+# no colour (a terminal without it): the title bar in reverse video
+T kill-server 2>/dev/null; rm -f "$tmp/exit"
+n_srv=$((n_srv + 1)); sock="krona-tui-$$-$n_srv"
+T new-session -d -s s -x 80 -y 24 "TERM=xterm-mono $bin --preset $tmp/fast.ini --graphics none; echo exit=\$? > $tmp/exit; sleep 60"
+wait_for 'trainable [0-9,]+ of' 100 || bad "xterm-mono: studio opens"
+T capture-pane -e -p -t s | head -1 | cut -d' ' -f1 | grep -Eq '\[([0-9]+;)*7m' &&
+  ok "without colour: the title bar in reverse video" || bad "without colour: title bar not reverse"
+keys q
 
 # ------------------------------------------- sixel stream vs the saved PNG
 T kill-server 2>/dev/null; rm -f "$tmp/exit"
@@ -213,13 +282,17 @@ keys t
 wait_for 'done +step 4/4' 300 || bad "sixel run finished"
 wait_for 'Preview step 4' 50 || bad "sixel preview of the last step"
 sleep 0.5
+# the dump's .src: the newest grid's PNG, "region x y w h k", "grids n", the base grid's PNG, "base x y w h k"
 if [ -f "$tmp/dump.six" ] && KRONA_SIXEL_STREAM="$tmp/dump.six" KRONA_SIXEL_PNG="$(sed -n 1p "$tmp/dump.six.src")" \
-     KRONA_SIXEL_REGION="$(sed -n 's/^region //p' "$tmp/dump.six.src")" ./build/tests/test_tui_sixel >"$tmp/six.log" 2>&1 && grep -q 'studio stream' "$tmp/six.log"; then
-  ok "sixel stream decodes to the saved PNG ($(grep 'studio stream' "$tmp/six.log" | cut -d: -f2))"
+     KRONA_SIXEL_REGION="$(sed -n 's/^region //p' "$tmp/dump.six.src")" \
+     KRONA_SIXEL_BASE_PNG="$(sed -n 4p "$tmp/dump.six.src")" KRONA_SIXEL_BASE_REGION="$(sed -n 's/^base //p' "$tmp/dump.six.src")" \
+     ./build/tests/test_tui_sixel >"$tmp/six.log" 2>&1 && grep -q 'studio stream, newest' "$tmp/six.log" &&
+   grep -q 'studio stream, base' "$tmp/six.log" && sed -n 4p "$tmp/dump.six.src" | grep -q 'step_000000.png$'; then
+  ok "sixel stream: newest and base grids decode to their saved PNGs ($(grep 'studio stream' "$tmp/six.log" | cut -d: -f2 | tr '\n' ';'))"
 else bad "sixel stream"; cat "$tmp/six.log" 2>/dev/null; fi
 n=$(saved_steps | wc -l)
-[ "$n" -ge 2 ] && grep -q "^rows $n\$" "$tmp/dump.six.src" 2>/dev/null && ok "sixel preview stacks the $n grids in one image" ||
-  bad "sixel rows: $(grep rows "$tmp/dump.six.src" 2>/dev/null), $n samples saved"
+[ "$n" -ge 3 ] && grep -q "^grids $n\$" "$tmp/dump.six.src" 2>/dev/null && ok "sixel preview holds the $n grids (base and steps) in one image" ||
+  bad "sixel grids: $(grep grids "$tmp/dump.six.src" 2>/dev/null), $n samples saved"
 keys q
 
 echo "== tests/tui: $pass passed, $fail failed =="
