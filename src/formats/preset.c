@@ -9,6 +9,7 @@
  * inih would mangle (leading/trailing blanks, ';') are written in double
  * quotes with \" \\ \; escapes. */
 #include "formats/preset.h"
+#include "core/suggest.h"
 #include "core/fmt.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
@@ -164,30 +165,13 @@ void preset_defaults(Preset *p) {
 
 /* ---- suggestions ---- */
 
-static int edit_distance(const char *a, const char *b) {
-    int la = (int)strlen(a), lb = (int)strlen(b);
-    if (la > 63 || lb > 63) return 1000;
-    int d[64][64];
-    for (int i = 0; i <= la; i++) d[i][0] = i;
-    for (int j = 0; j <= lb; j++) d[0][j] = j;
-    for (int i = 1; i <= la; i++)
-        for (int j = 1; j <= lb; j++) {
-            int c = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
-            int m = d[i - 1][j - 1] + c;
-            if (d[i - 1][j] + 1 < m) m = d[i - 1][j] + 1;
-            if (d[i][j - 1] + 1 < m) m = d[i][j - 1] + 1;
-            d[i][j] = m;
-        }
-    return d[la][lb];
-}
-
 /* closest key (by its name or an alias) in section (NULL: any), or NULL if nothing is close */
 static const Key *suggest_key(const char *section, const char *name) {
     const Key *best = NULL;
     int bd = 1000;
     for (int i = 0; i < NKEYS; i++) {
         if (section && strcmp(keys[i].section, section) != 0) continue;
-        int d = edit_distance(name, keys[i].key);
+        int d = suggest_distance(name, keys[i].key);
         const char *a = keys[i].aliases;
         while (a && *a) {
             const char *bar = strchr(a, '|');
@@ -196,7 +180,7 @@ static const Key *suggest_key(const char *section, const char *name) {
             if (n < sizeof alias) {
                 memcpy(alias, a, n);
                 alias[n] = 0;
-                int da = edit_distance(name, alias);
+                int da = suggest_distance(name, alias);
                 if (da < d) d = da;
             }
             a = bar ? bar + 1 : NULL;
@@ -452,7 +436,7 @@ static char *reader(char *str, int num, void *stream) {
         if (!is_section(name)) {
             int best = 1000, bi = -1;
             for (int i = 0; i < NSECTIONS; i++) {
-                int d = edit_distance(name, sections[i]);
+                int d = suggest_distance(name, sections[i]);
                 if (d < best) { best = d; bi = i; }
             }
             if (bi >= 0 && best <= 2)
