@@ -1339,12 +1339,15 @@ static void cu_adamw(Backend *be, float *param, const float *grad, float *m, flo
 }
 
 /* --------------------------------------------------- Kronecker adapter
- * Rows of x are X_m[a2,b2]; y_m = A X_m B^T. All M rows at once:
- *   T = X_all[M*a2, b2] B^T           (one gemm)
- *   Y_m += scale A T_m                (strided batched over m)
- * Backward with U_m = A^T dY_m:
- *   dX_all += scale U_all B ;  dB += scale U_all^T X_all ;
- *   dA += scale sum_m dY_m T_m^T     (batched into [M, a1*a2], then column sum)
+ * Rows of x are X_m[a2,b2]; y_m = A X_m B^T, multiplied from the cheaper side
+ * (kron_a_first, core/backend.h; the CPU backend takes the same order):
+ *   A first:  Z_m = A X_m (strided batched), y += scale Z_all B^T (one gemm);
+ *             U_all = dY_all B (one gemm): dX_m += scale A^T U_m,
+ *             dA += scale sum_m U_m X_m^T; dB += scale dY_all^T Z_all
+ *   B first:  T_all = X_all B^T (one gemm), Y_m += scale A T_m;
+ *             V_m = A^T dY_m: dX_all += scale V_all B, dB += scale V_all^T X_all;
+ *             dA += scale sum_m dY_m T_m^T
+ * (per-row products into [M, a1*a2], then a column sum, for dA).
  * Rows go in chunks so workspaces stay under KRON_WS_BYTES. */
 #ifndef KRON_WS_BYTES /* the emulator shrinks these to exercise the chunked paths */
 #define KRON_WS_BYTES ((size_t)256 << 20)
@@ -1360,14 +1363,21 @@ static void cu_kron_fwd(Backend *be, const float *x, const float *A, const float
                         int64_t M, int a1, int a2, int b1, int b2, float scale) {
     Cuda *c = CU(be);
     if (M <= 0) return;
-    int64_t din = (int64_t)a2 * b2, dout = (int64_t)a1 * b1, tr = (int64_t)a2 * b1;
+    int af = kron_a_first(a1, a2, b1, b2);
+    int64_t din = (int64_t)a2 * b2, dout = (int64_t)a1 * b1;
+    int64_t tr = af ? (int64_t)a1 * b2 : (int64_t)a2 * b1; /* Z_m or T_m */
     int64_t mc = kron_chunk(M, tr);
     float *T = (float *)dalloc(c, (size_t)(mc * tr) * sizeof(float));
     if (!T) return;
     for (int64_t m0 = 0; m0 < M; m0 += mc) {
         int64_t m = M - m0 < mc ? M - m0 : mc;
-        gemm1(c, 0, 1, m * a2, b1, b2, 1.f, x + m0 * din, b2, B, b2, 0.f, T, b1);
-        gemm_sb(c, 0, 0, a1, b1, a2, scale, A, a2, 0, T, b1, tr, 1.f, y + m0 * dout, b1, dout, m);
+        if (af) {
+            gemm_sb(c, 0, 0, a1, b2, a2, 1.f, A, a2, 0, x + m0 * din, b2, din, 0.f, T, b2, tr, m);
+            gemm1(c, 0, 1, m * a1, b1, b2, scale, T, b2, B, b2, 1.f, y + m0 * dout, b1);
+        } else {
+            gemm1(c, 0, 1, m * a2, b1, b2, 1.f, x + m0 * din, b2, B, b2, 0.f, T, b1);
+            gemm_sb(c, 0, 0, a1, b1, a2, scale, A, a2, 0, T, b1, tr, 1.f, y + m0 * dout, b1, dout, m);
+        }
     }
     dfree(c, T);
 }
@@ -1377,25 +1387,44 @@ static void cu_kron_bwd(Backend *be, const float *dy, const float *x, const floa
                         int a2, int b1, int b2, float scale) {
     Cuda *c = CU(be);
     if (M <= 0 || (!dx && !dA && !dB)) return;
-    int64_t din = (int64_t)a2 * b2, dout = (int64_t)a1 * b1, tr = (int64_t)a2 * b1,
-            aa = (int64_t)a1 * a2;
-    int64_t per_row = ((dx || dB) ? tr : 0) + (dA ? tr + aa : 0);
+    int af = kron_a_first(a1, a2, b1, b2);
+    int64_t din = (int64_t)a2 * b2, dout = (int64_t)a1 * b1, aa = (int64_t)a1 * a2;
+    int64_t tr = af ? (int64_t)a1 * b2 : (int64_t)a2 * b1; /* U_m, Z_m or V_m, T_m */
+    /* the first product (U or V) and the second (Z or T) each take tr per row */
+    int64_t per_row = tr + (dA ? aa : 0);
     int64_t mc = kron_chunk(M, per_row);
     float *ws = (float *)dalloc(c, (size_t)(mc * per_row) * sizeof(float));
     if (!ws) return;
-    float *U = ws, *T = ws + ((dx || dB) ? mc * tr : 0), *Wb = T + mc * tr;
+    float *P = ws, *Wb = ws + mc * tr;
     for (int64_t m0 = 0; m0 < M; m0 += mc) {
         int64_t m = M - m0 < mc ? M - m0 : mc;
         const float *dyc = dy + m0 * dout, *xc = x + m0 * din;
-        if (dx || dB) {
-            gemm_sb(c, 1, 0, a2, b1, a1, 1.f, A, a2, 0, dyc, b1, dout, 0.f, U, b1, tr, m);
-            if (dx) gemm1(c, 0, 0, m * a2, b2, b1, scale, U, b1, B, b2, 1.f, dx + m0 * din, b2);
-            if (dB) gemm1(c, 1, 0, b1, b2, m * a2, scale, U, b1, xc, b2, 1.f, dB, b2);
-        }
-        if (dA) {
-            gemm1(c, 0, 1, m * a2, b1, b2, 1.f, xc, b2, B, b2, 0.f, T, b1);
-            gemm_sb(c, 0, 1, a1, a2, b1, 1.f, dyc, b1, dout, T, b1, tr, 0.f, Wb, a2, aa, m);
-            colsum_accum(c, Wb, m, (int)aa, dA, scale);
+        if (af) {
+            if (dx || dA) {
+                gemm1(c, 0, 0, m * a1, b2, b1, 1.f, dyc, b1, B, b2, 0.f, P, b2); /* U */
+                if (dx)
+                    gemm_sb(c, 1, 0, a2, b2, a1, scale, A, a2, 0, P, b2, tr, 1.f, dx + m0 * din,
+                            b2, din, m);
+                if (dA) {
+                    gemm_sb(c, 0, 1, a1, a2, b2, 1.f, P, b2, tr, xc, b2, din, 0.f, Wb, a2, aa, m);
+                    colsum_accum(c, Wb, m, (int)aa, dA, scale);
+                }
+            }
+            if (dB) {
+                gemm_sb(c, 0, 0, a1, b2, a2, 1.f, A, a2, 0, xc, b2, din, 0.f, P, b2, tr, m); /* Z */
+                gemm1(c, 1, 0, b1, b2, m * a1, scale, dyc, b1, P, b2, 1.f, dB, b2);
+            }
+        } else {
+            if (dx || dB) {
+                gemm_sb(c, 1, 0, a2, b1, a1, 1.f, A, a2, 0, dyc, b1, dout, 0.f, P, b1, tr, m); /* V */
+                if (dx) gemm1(c, 0, 0, m * a2, b2, b1, scale, P, b1, B, b2, 1.f, dx + m0 * din, b2);
+                if (dB) gemm1(c, 1, 0, b1, b2, m * a2, scale, P, b1, xc, b2, 1.f, dB, b2);
+            }
+            if (dA) {
+                gemm1(c, 0, 1, m * a2, b1, b2, 1.f, xc, b2, B, b2, 0.f, P, b1); /* T */
+                gemm_sb(c, 0, 1, a1, a2, b1, 1.f, dyc, b1, dout, P, b1, tr, 0.f, Wb, a2, aa, m);
+                colsum_accum(c, Wb, m, (int)aa, dA, scale);
+            }
         }
     }
     dfree(c, ws);

@@ -113,12 +113,11 @@ static double *dense_dw(const Adapter *a, const float *A, const float *B) {
     return W;
 }
 
-static void check_math(AdapterKind kind) {
+static void check_math(AdapterKind kind, int a1, int a2, int dout, int din, int M) {
     Backend *be = backend_cpu_create();
     AdapterSpec s = {0};
-    s.kind = kind; s.a1 = 4; s.a2 = 8; s.rank = 3; s.alpha = kind == ADAPTER_LORA ? 6.0f : 0.7f;
+    s.kind = kind; s.a1 = a1; s.a2 = a2; s.rank = 3; s.alpha = kind == ADAPTER_LORA ? 6.0f : 0.7f;
     s.modules = ADAPT_ATTN;
-    int dout = 24, din = 40, M = 7;
     Adapter a;
     char err[256];
     assert_int_equal(adapter_init(&a, be, &s, "t.to_q", dout, din, 9, err, sizeof err), 0);
@@ -146,7 +145,7 @@ static void check_math(AdapterKind kind) {
 
     /* forward: y += dW x */
     adapter_fwd(be, &a, x, y, M, scr);
-    double *ry = malloc((size_t)M * dout * sizeof *ry);
+    double *ry = calloc((size_t)M * dout, sizeof *ry);
     for (int m = 0; m < M; m++)
         for (int o = 0; o < dout; o++) {
             double sum = hy0[m * dout + o];
@@ -158,7 +157,7 @@ static void check_math(AdapterKind kind) {
 
     /* backward: dx += dW^T dy; dA, dB by the chain rule through dW */
     adapter_bwd(be, &a, dy, x, dx, M, scr);
-    double *rdx = malloc((size_t)M * din * sizeof *rdx);
+    double *rdx = calloc((size_t)M * din, sizeof *rdx);
     for (int m = 0; m < M; m++)
         for (int c = 0; c < din; c++) {
             double sum = hdx0[m * din + c];
@@ -211,8 +210,32 @@ static void check_math(AdapterKind kind) {
     backend_destroy(be);
 }
 
-static void test_krona_math(void **st) { (void)st; check_math(ADAPTER_KRONA); }
-static void test_lora_math(void **st) { (void)st; check_math(ADAPTER_LORA); }
+/* Every factor shape against the dense reference. The backends multiply
+ * A X_m B^T from whichever side is cheaper (kron_a_first), and their helpers
+ * switch between a direct loop and a permute + GEMM on the factors' sizes, so
+ * the shapes cover both orders crossed with both helper paths. */
+static void test_krona_math(void **st) {
+    (void)st;
+    static const int shapes[][5] = {
+        /* a1, a2, d_out, d_in, M */
+        {4, 8, 24, 40, 7},      /* A first, small factors */
+        {4, 64, 320, 320, 33},  /* A first (SD 1.5's 4x64): 2,880 vs 46,080 per row */
+        {64, 4, 320, 320, 33},  /* B first, the mirror image */
+        {16, 2, 64, 48, 9},     /* B first, A 16x2 */
+        {2, 16, 48, 64, 9},     /* A first, A 2x16 */
+        {1, 1, 12, 20, 5},      /* A scalar: dW = s a B */
+        {12, 20, 12, 20, 5},    /* B scalar: dW = s b A */
+        {16, 16, 64, 64, 70},   /* a tie: A first; large A takes the GEMM paths */
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const int *sh = shapes[i];
+        check_math(ADAPTER_KRONA, sh[0], sh[1], sh[2], sh[3], sh[4]);
+    }
+    /* the rule itself on the shapes above */
+    assert_true(kron_a_first(4, 64, 80, 5));
+    assert_false(kron_a_first(64, 4, 5, 80));
+}
+static void test_lora_math(void **st) { (void)st; check_math(ADAPTER_LORA, 4, 8, 24, 40, 7); }
 
 static void test_init(void **st) {
     (void)st;

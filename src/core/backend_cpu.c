@@ -1803,35 +1803,56 @@ static void pair_contract(CpuImpl *im, const float *P, const float *Q, int64_t M
     sgemm_par(im, 0, 1, r, s, (int)mq, alpha, j.Rp, (int)mq, j.Op, (int)mq, 1.f, out, s);
 }
 
+/* Both sides of y_m = A X_m B^T can go first (kron_a_first in backend.h says
+ * which is cheaper for these factors); the backward reuses the forward's order:
+ *   A first: Z_m = A X_m,  y_m += s Z_m B^T;   U_m = dY_m B feeds dx and dA
+ *   B first: T_m = X_m B^T, y_m += s A T_m;   V_m = A^T dY_m feeds dx and dB */
 static void cpu_kron_fwd(Backend *be, const float *x, const float *A, const float *B, float *y,
                          int64_t M, int a1, int a2, int b1, int b2, float scale) {
     CpuImpl *im = impl_of(be);
-    /* T_m = X_m B^T for all rows at once: [(M a2), b2] x [b2, b1] */
-    float *Tm = scratch(im, 0, 0, (size_t)(M * a2 * b1));
-    sgemm_par(im, 0, 1, (int)(M * a2), b1, b2, 1.f, x, b2, B, b2, 0.f, Tm, b1);
-    /* Y_m += scale * A T_m */
-    left_mul(im, 0, A, a1, a2, b1, Tm, M, y, scale, 1.f);
+    if (kron_a_first(a1, a2, b1, b2)) {
+        /* Z[M, a1, b2] = A X_m, then Y as [(M a1), b1] += s Z B^T in one GEMM */
+        float *Z = scratch(im, 0, 0, (size_t)(M * a1 * b2));
+        left_mul(im, 0, A, a1, a2, b2, x, M, Z, 1.f, 0.f);
+        sgemm_par(im, 0, 1, (int)(M * a1), b1, b2, scale, Z, b2, B, b2, 1.f, y, b1);
+    } else {
+        /* T[(M a2), b1] = X B^T in one GEMM, then Y_m += s A T_m */
+        float *T = scratch(im, 0, 0, (size_t)(M * a2 * b1));
+        sgemm_par(im, 0, 1, (int)(M * a2), b1, b2, 1.f, x, b2, B, b2, 0.f, T, b1);
+        left_mul(im, 0, A, a1, a2, b1, T, M, y, scale, 1.f);
+    }
 }
 
 static void cpu_kron_bwd(Backend *be, const float *dy, const float *x, const float *A,
                          const float *B, float *dx, float *dA, float *dB, int64_t M, int a1,
                          int a2, int b1, int b2, float scale) {
     CpuImpl *im = impl_of(be);
-    float *buf = scratch(im, 0, 0, (size_t)(M * (int64_t)(a1 > a2 ? a1 : a2) * (b1 > b2 ? b1 : b2)));
-    if (dx) {
-        /* dX_m += scale A^T (dY_m B): U = dY B over all rows, then left multiply */
-        sgemm_par(im, 0, 0, (int)(M * a1), b2, b1, 1.f, dy, b1, B, b2, 0.f, buf, b2);
-        left_mul(im, 1, A, a2, a1, b2, buf, M, dx, scale, 1.f);
-    }
-    if (dA) {
-        /* dA += scale sum_m dY_m T_m^T with T_m = X_m B^T */
-        sgemm_par(im, 0, 1, (int)(M * a2), b1, b2, 1.f, x, b2, B, b2, 0.f, buf, b1);
-        pair_contract(im, dy, buf, M, a1, a2, b1, dA, scale);
-    }
-    if (dB) {
-        /* dB += scale dY^T Z with Z_m = A X_m, both as [(M a1), *] matrices */
-        left_mul(im, 0, A, a1, a2, b2, x, M, buf, 1.f, 0.f);
-        sgemm_par(im, 1, 0, b1, b2, (int)(M * a1), scale, dy, b1, buf, b2, 1.f, dB, b2);
+    if (kron_a_first(a1, a2, b1, b2)) {
+        float *buf = scratch(im, 0, 0, (size_t)(M * a1 * b2));
+        if (dx || dA) {
+            /* U[(M a1), b2] = dY B; dX_m += s A^T U_m; dA += s sum_m U_m X_m^T */
+            sgemm_par(im, 0, 0, (int)(M * a1), b2, b1, 1.f, dy, b1, B, b2, 0.f, buf, b2);
+            if (dx) left_mul(im, 1, A, a2, a1, b2, buf, M, dx, scale, 1.f);
+            if (dA) pair_contract(im, buf, x, M, a1, a2, b2, dA, scale);
+        }
+        if (dB) {
+            /* Z_m = A X_m; dB += s dY^T Z, both as [(M a1), *] */
+            left_mul(im, 0, A, a1, a2, b2, x, M, buf, 1.f, 0.f);
+            sgemm_par(im, 1, 0, b1, b2, (int)(M * a1), scale, dy, b1, buf, b2, 1.f, dB, b2);
+        }
+    } else {
+        float *buf = scratch(im, 0, 0, (size_t)(M * a2 * b1));
+        if (dx || dB) {
+            /* V[(M a2), b1] with V_m = A^T dY_m; dX += s V B; dB += s V^T X */
+            left_mul(im, 1, A, a2, a1, b1, dy, M, buf, 1.f, 0.f);
+            if (dx) sgemm_par(im, 0, 0, (int)(M * a2), b2, b1, scale, buf, b1, B, b2, 1.f, dx, b2);
+            if (dB) sgemm_par(im, 1, 0, b1, b2, (int)(M * a2), scale, buf, b1, x, b2, 1.f, dB, b2);
+        }
+        if (dA) {
+            /* T_m = X_m B^T; dA += s sum_m dY_m T_m^T */
+            sgemm_par(im, 0, 1, (int)(M * a2), b1, b2, 1.f, x, b2, B, b2, 0.f, buf, b1);
+            pair_contract(im, dy, buf, M, a1, a2, b1, dA, scale);
+        }
     }
 }
 

@@ -478,6 +478,10 @@ static void build_cases(void) {
     kron_cases(154, 16, 8, 20, 96, 0.5f, 0);
     kron_cases(2 * 1024, 4, 4, 160, 160, 2.f, 1);
     kron_cases(7, 3, 5, 2, 1, 1.f, 0);
+    /* both multiplication orders (kron_a_first): SD 1.5's KronA 4x64 on a 320-wide
+     * layer goes A first, its mirror image B first (also with dA = NULL) */
+    kron_cases(4096, 4, 64, 80, 5, 1.f, 0);
+    kron_cases(300, 64, 4, 5, 80, 0.5f, 1);
 }
 
 /* ------------------------------------------------------------ runner */
