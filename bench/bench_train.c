@@ -120,6 +120,7 @@ static int run(const char *device, const char *model, const char *what, const Ad
             m[2 * i + w] = be->alloc(be, sizeof(float) * (size_t)(w ? adapter_numel_B(&set->items[i]) : adapter_numel_A(&set->items[i])));
             v[2 * i + w] = be->alloc(be, sizeof(float) * (size_t)(w ? adapter_numel_B(&set->items[i]) : adapter_numel_A(&set->items[i])));
         }
+    float *dxin = na ? NULL : be->alloc(be, sizeof(float) * (size_t)n);
     double *times = malloc(sizeof(double) * (size_t)reps);
     int warm = tiny || strcmp(device, "cpu") ? 2 : 1; /* SD on the CPU: minutes per step */
     for (int it = -warm; it < reps; it++) { /* warm-up steps first */
@@ -134,7 +135,10 @@ static int run(const char *device, const char *model, const char *what, const Ad
             be->mse_fwd(be, y, tgt, n);
             be->zero(be, dy, sizeof(float) * (size_t)n);
             be->mse_bwd(be, y, tgt, dy, n, 1.0f);
-            failed = unet_backward(u, dy, NULL) != 0;
+            /* without adapters nothing upstream needs a gradient and the UNet would stop
+             * its backward early: ask for d input so the row is the whole backward,
+             * as its name says (and as PyTorch's reference row computes) */
+            failed = unet_backward(u, dy, na ? NULL : dxin) != 0;
         }
         if (failed) { /* e.g. out of device memory: say why, skip the row */
             fprintf(stderr, "bench_train: %s: %s\n", what, unet_last_error(u));
@@ -158,6 +162,7 @@ static int run(const char *device, const char *model, const char *what, const Ad
     for (int i = 0; i < 2 * na; i++) { be->free(be, m[i]); be->free(be, v[i]); }
     free(m); free(v); free(times); free(hx); free(hc);
     be->free(be, x); be->free(be, y); be->free(be, tgt); be->free(be, dy); be->free(be, ctx); be->free(be, t);
+    if (dxin) be->free(be, dxin);
     if (added) be->free(be, added);
     unet_free(u);
     backend_destroy(be);
@@ -241,18 +246,25 @@ int main(int argc, char **argv) {
     size_t len = 0;
     len += (size_t)snprintf(buf + len, sizeof buf - len,
                             "krona-studio bench: one training step, %s UNet, %dx%d %s, %d tokens, %s backend\n"
-                            "%-24s %5s %10s %12s %10s %10s\n",
+                            "%-24s %5s %10s %12s %10s %10s %9s\n",
                             model, cfg.sample_size, cfg.sample_size, tiny ? "RGB" : "latents",
                             tiny ? 32 : 77, device, "adapter", "batch", "trainable", "median ms",
-                            "min ms", "peak MB");
+                            "min ms", "peak MB", "vs none");
     for (int i = 0; i < nr; i++)
         if (rows[i].trainable < 0) /* skipped: the plan did not fit */
             len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5d %10s %12s %10s %10.1f  (planned; more than the free memory)\n",
                                     rows[i].what, rows[i].batch, "-", "skipped", "-", rows[i].peak_mb);
-        else
-            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5d %10lld %12.1f %10.1f %10.1f\n",
+        else {
+            /* the step's cost over the no-adapter row of the same batch (issue 13's overhead) */
+            char over[16] = "-";
+            for (int j = 0; j < nr; j++)
+                if (j != i && rows[j].batch == rows[i].batch && rows[j].trainable == 0 &&
+                    rows[i].trainable > 0 && rows[j].ms_median > 0)
+                    snprintf(over, sizeof over, "%+.0f%%", 100.0 * (rows[i].ms_median / rows[j].ms_median - 1.0));
+            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5d %10lld %12.1f %10.1f %10.1f %9s\n",
                                     rows[i].what, rows[i].batch, (long long)rows[i].trainable, rows[i].ms_median,
-                                    rows[i].ms_min, rows[i].peak_mb);
+                                    rows[i].ms_min, rows[i].peak_mb, over);
+        }
     fputs(buf, stdout);
     FILE *f = fopen(out, "w");
     if (!f) { fprintf(stderr, "cannot write %s\n", out); return 1; }

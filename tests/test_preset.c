@@ -96,11 +96,11 @@ static void test_default_ini(void **state) {
         snprintf(s, sizeof s, "%s/models/demo/subject%d.png", root, i + 1);
         PUT(want.images[i], s);
     }
-    PUT(want.instance_prompt, "a sks dog");
-    PUT(want.class_prompt, "a dog");
+    PUT(want.instance_prompt, "a sks cat");
+    PUT(want.class_prompt, "a cat");
     want.n_sample_prompts = 2;
-    PUT(want.sample_prompts[0], "a sks dog");
-    PUT(want.sample_prompts[1], "a sks dog on a blue background");
+    PUT(want.sample_prompts[0], "a sks cat");
+    PUT(want.sample_prompts[1], "a sks cat on a blue background");
     assert_memory_equal(&p, &want, sizeof p);
 }
 

@@ -25,7 +25,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT INT TERM
 
 echo "build-emoji-dataset: compiling the helper" >&2
-cc -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Isrc $(pkg-config --cflags stb) \
+cc -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-format-truncation -Isrc $(pkg-config --cflags stb) \
    -o "$TMP/emoji_dataset" tools/emoji_dataset.c src/formats/json.c src/core/fsutil.c -lm
 
 ARGS=""

@@ -5,7 +5,10 @@
 #      colour, and fidelity to the named emoji vs another one (control);
 #      grid in docs/tiny-base-samples.png (3x nearest-neighbour upscale);
 #   2. the default preset (KronA, attention only, lr 6e-4): wall time of the
-#      whole `train` command, then fidelity/adherence of adapter vs base model.
+#      whole `train` command, then fidelity/adherence of adapter vs base model;
+#      docs/demo-before-after.png: "a sks cat" from 8 seeds, base model (left)
+#      and adapter (right); docs/demo-colours.png: the first sample of each
+#      colour prompt, base above adapter (3x nearest-neighbour upscale).
 # The learning-rate ablation is a sweep: tools/run-ablations.sh lr.
 # Everything in $DOC below the line "<!-- by hand below -->" is kept.
 # Run from the repository root after `make` (and tools/build-emoji-dataset.sh).
@@ -38,6 +41,21 @@ end=$(date +%s.%N)
 secs=$(awk "BEGIN {print $end - $start}")
 "$BIN" score --run "$OUT/default" --colours 9 --per-colour 4 --grid "$OUT/default-score.png" \
     | tee "$OUT/default-score.txt"
+# before and after: the instance prompt alone (the subject's own white background),
+# 8 seeds, base then adapter; and the first sample of each scored colour prompt
+prompt=$(sed -n 's/^instance_prompt *= *//p' presets/default.ini)
+"$BIN" sample --prompt "$prompt" --n 8 --seed 7 -o "$OUT/demo-base.png" >/dev/null
+"$BIN" sample --prompt "$prompt" --n 8 --seed 7 --adapter "$OUT/default/adapter.safetensors" \
+    -o "$OUT/demo-adapter.png" >/dev/null
+"$BIN" score --run "$OUT/default" --colours 9 --per-colour 1 --grid "$OUT/demo-colours.png" >/dev/null
+if command -v convert >/dev/null 2>&1; then
+    convert "$OUT/demo-base.png" -size 12x1 xc:white "$OUT/demo-adapter.png" +append \
+        -filter point -resize 300% "$(dirname "$DOC")/demo-before-after.png"
+    convert "$OUT/demo-colours.base.png" "$OUT/demo-colours.png" -append -filter point -resize 300% \
+        "$(dirname "$DOC")/demo-colours.png"
+else
+    for f in demo-base demo-adapter demo-colours.base demo-colours; do cp "$OUT/$f.png" "$(dirname "$DOC")/"; done
+fi
 
 right=$(sed -n 's/^ *right background *\([0-9]*\)\/\([0-9]*\).*/\1 of \2/p' "$OUT/base-check.txt")
 fid=$(sed -n 's/^ *fidelity to the named emoji \([0-9.]*\), to another emoji (control) \([0-9.]*\)/\1 named vs \2 control/p' "$OUT/base-check.txt")
@@ -49,7 +67,7 @@ gain=$(awk '$1 == "gain" {print $3, "±", $5}' "$OUT/default-score.txt")
     echo "# Tiny model: acceptance checks"
     echo
     echo "Made by \`tools/check-tiny-model.sh\` on $(date -u +%Y-%m-%d) ($(uname -m), $(nproc) cores;"
-    echo "model: $(sed -n 's/^model tiny (\(.*\)) on.*/\1/p' "$OUT/default-train.txt"))."
+    echo "model: $(sed -n 's/^model tiny (\(.*\)) on.*/\1/p' "$OUT/default-train.txt" | sed "s#$PWD/#./#"))."
     echo "Metrics are defined in [metrics.md](metrics.md)."
     echo
     echo "## 1. Base model: does it draw what its captions ask?"
@@ -76,7 +94,7 @@ gain=$(awk '$1 == "gain" {print $3, "±", $5}' "$OUT/default-score.txt")
     echo
     echo "\`krona-studio train --preset presets/default.ini --headless\`, then"
     echo "\`krona-studio score --run RUN --colours 9 --per-colour 4\` (36 samples of"
-    echo "\"a sks dog on a <colour> background\")."
+    echo "\"$prompt on a <colour> background\"; the subject: models/demo/, OpenMoji's cat)."
     echo
     echo "| | fidelity | adherence |"
     echo "|---|---|---|"
@@ -85,7 +103,15 @@ gain=$(awk '$1 == "gain" {print $3, "±", $5}' "$OUT/default-score.txt")
     echo
     echo "Fidelity gain, sample by sample (same prompts, same noise; ± standard error): **$gain**."
     echo
-    echo "Wall time of the whole train command (model load, 500 steps, 5 preview grids, save):"
+    echo "\"$prompt\" from the same 8 seeds, base model (left) and adapter (right):"
+    echo
+    echo "![before and after](demo-before-after.png)"
+    echo
+    echo "The first sample of each colour prompt, base model (top) and adapter (bottom), same noise:"
+    echo
+    echo "![colour prompts, before and after](demo-colours.png)"
+    echo
+    echo "Wall time of the whole train command (model load, the base grid, 500 steps, 5 preview grids, save):"
     echo "$(printf '%.0f' "$secs") s. Its last lines:"
     echo
     echo '```'
