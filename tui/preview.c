@@ -272,9 +272,8 @@ void hist_grids(const SampleHist *h, GridSet *out) {
 /* Where the grids of a GridSet go, in pixels (sixel pixels, or half-block
  * cells of 1 x 2): the base model's in column 0 row 0, the adapter's newest
  * beside it (cols 2), or under it (cols 1) when that shows the pair a quarter
- * larger; older ones under the newest while a row keeps the grid at its own
- * size (or at half the pair's size when that already shrinks it) and min_h
- * tall. The newest's place is kept while only the base exists, so nothing
+ * larger; older ones under the newest while a row keeps the grid at two thirds of
+ * the pair's best size or more, and min_h tall. The newest's place is kept while only the base exists, so nothing
  * moves when it comes. Each grid has a lab-pixel label strip above it. */
 typedef struct Board {
     int cols, rows;
@@ -304,7 +303,9 @@ static Board board_plan(const GridSet *s, int aw, int ah, int lab, int gx, int g
     int first = b.cols == 2 ? 1 : base_rows + 1;
     int want = (b.cols == 2 ? 0 : base_rows) + (s->n > 0 ? s->n : 1);
     int best = board_fit(ref, &b, first, aw, ah, &b.tw, &b.th);
-    int need = ref->h < (best + 1) / 2 ? ref->h : (best + 1) / 2;
+    /* older grids only while the newest keeps two thirds of its best size: a small
+     * model's grids (32 px tiles) would otherwise shrink back to 1x to make room */
+    int need = (2 * best + 2) / 3;
     b.rows = first;
     for (int r = first + 1; r <= want; r++) {
         if (board_fit(ref, &b, r, aw, ah, &tw, &th) < need || th < min_h) break;

@@ -274,9 +274,10 @@ T capture-pane -e -p -t s | head -1 | cut -d' ' -f1 | grep -Eq '\[([0-9]+;)*7m' 
 keys q
 
 # ------------------------------------------- sixel stream vs the saved PNG
+# (120x40: older grids join the newest only while it keeps two thirds of its size)
 T kill-server 2>/dev/null; rm -f "$tmp/exit"
 n_srv=$((n_srv + 1)); sock="krona-tui-$$-$n_srv"
-T new-session -d -s s -x 100 -y 30 "KRONA_STUDIO_SIXEL_DUMP=$tmp/dump.six TERM=xterm-256color $bin --preset $tmp/six.ini --graphics sixel; echo exit=\$? > $tmp/exit; sleep 60"
+T new-session -d -s s -x 120 -y 40 "KRONA_STUDIO_SIXEL_DUMP=$tmp/dump.six TERM=xterm-256color $bin --preset $tmp/six.ini --graphics sixel; echo exit=\$? > $tmp/exit; sleep 60"
 wait_for 'trainable' 100
 keys t
 wait_for 'done +step 4/4' 300 || bad "sixel run finished"
