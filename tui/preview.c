@@ -272,9 +272,10 @@ void hist_grids(const SampleHist *h, GridSet *out) {
 /* Where the grids of a GridSet go, in pixels (sixel pixels, or half-block
  * cells of 1 x 2): the base model's in column 0 row 0, the adapter's newest
  * beside it (cols 2), or under it (cols 1) when that shows the pair a quarter
- * larger; older ones under the newest while a row keeps the grid at two thirds of
- * the pair's best size or more, and min_h tall. The newest's place is kept while only the base exists, so nothing
- * moves when it comes. Each grid has a lab-pixel label strip above it. */
+ * larger; older ones under the newest while a row keeps the grid at two
+ * thirds of the pair's best size or more, and min_h tall. The newest's place
+ * is kept while only the base exists, so nothing moves when it comes. Each
+ * grid has a lab-pixel label strip above it. */
 typedef struct Board {
     int cols, rows;
     int tw, th;             /* every grid fitted (the first's size) */
