@@ -363,6 +363,13 @@ static void burn_text(Image *im, int x, int y, int t, const char *text, const un
     }
 }
 
+/* im (RGB) copied into canvas (RGB) with its top-left corner at (x, y); it fits */
+static void blit(Image *canvas, const Image *im, int x, int y) {
+    for (int yy = 0; yy < im->h; yy++)
+        memcpy(canvas->px + ((size_t)(y + yy) * canvas->w + x) * 3, im->px + (size_t)yy * im->w * 3,
+               (size_t)im->w * 3);
+}
+
 /* where a grid landed in the picture, for the test hook: its box and the
  * whole-multiple scale of its source (0: not one) */
 static void note_region(int reg[5], int x, int y, const Image *placed, const Image *src) {
@@ -371,6 +378,21 @@ static void note_region(int reg[5], int x, int y, const Image *placed, const Ima
     reg[2] = placed->w;
     reg[3] = placed->h;
     reg[4] = placed->w % src->w == 0 && placed->w >= src->w ? placed->w / src->w : 0;
+}
+
+/* Show the cached image c in the box (y, x, h x w cells) this frame: the slot
+ * shares c's stream; src and base_src name its grids' files for the test hook
+ * ("" for none). The caller checks that a slot is free. */
+static void slot_place(Gfx *g, const SixelSlot *c, int y, int x, int h, int w, const char *src,
+                       const char *base_src) {
+    SixelSlot *sl = &g->slots[g->n_slots++];
+    *sl = *c;
+    sl->y = y;
+    sl->x = x;
+    sl->h = h;
+    sl->w = w;
+    snprintf(sl->src, sizeof sl->src, "%s", src);
+    snprintf(sl->base_src, sizeof sl->base_src, "%s", base_src);
 }
 
 /* One sixel image: each grid under its label strip, on white (the grids' padding). */
@@ -405,9 +427,7 @@ static SixelSlot *grids_sixel(Gfx *g, const GridSet *s, int pw, int ph) {
         for (int yy = y0; yy < y0 + b.lab; yy++)   /* a dark strip over the grid, the label on it */
             for (int xx = x0; xx < x0 + colw; xx++) memcpy(canvas.px + ((size_t)yy * cw + xx) * 3, strip, 3);
         burn_text(&canvas, x0 + t, y0 + t, t, label, fg);
-        for (int yy = 0; yy < placed.h; yy++)
-            memcpy(canvas.px + ((size_t)(y0 + b.lab + yy) * cw + x0) * 3, placed.px + (size_t)yy * placed.w * 3,
-                   (size_t)placed.w * 3);
+        blit(&canvas, &placed, x0, y0 + b.lab);
         if (item == 0) note_region(c->region, x0, y0 + b.lab, &placed, im);
         if (item < 0) note_region(c->base_region, x0, y0 + b.lab, &placed, im);
         image_free(&placed);
@@ -437,14 +457,7 @@ void preview_draw_grids(Gfx *g, const GridSet *s, int y, int x, int bh, int bw) 
     if (g->mode == GFX_SIXEL && g->n_slots < 4) {
         SixelSlot *c = grids_sixel(g, s, bw * g->cell_w, bh * g->cell_h);
         if (c) {
-            SixelSlot *sl = &g->slots[g->n_slots++];
-            *sl = *c;   /* shares the cached stream */
-            sl->y = y;
-            sl->x = x;
-            sl->h = bh;
-            sl->w = bw;
-            snprintf(sl->src, sizeof sl->src, "%s", s->n ? s->path[0] : "");
-            snprintf(sl->base_src, sizeof sl->base_src, "%s", s->base ? s->base_path : "");
+            slot_place(g, c, y, x, bh, bw, s->n ? s->path[0] : "", s->base ? s->base_path : "");
             return;
         }
     }
@@ -518,9 +531,7 @@ void preview_draw_thumbs(Gfx *g, const Image *im, int n, long key, int y, int x,
                     Image placed = {0};
                     if (resize_to(&im[i], tw, th, &placed) != 0) continue;
                     int px0 = x0 + (cw - tw) / 2, py0 = y0 + (ch - th) / 2;
-                    for (int yy = 0; yy < th; yy++)
-                        memcpy(canvas.px + ((size_t)(py0 + yy) * canvas.w + px0) * 3, placed.px + (size_t)yy * tw * 3,
-                               (size_t)tw * 3);
+                    blit(&canvas, &placed, px0, py0);
                     image_free(&placed);
                 }
                 c = cache_add(g, k, pw, ph);
@@ -530,13 +541,7 @@ void preview_draw_thumbs(Gfx *g, const Image *im, int n, long key, int y, int x,
             }
         }
         if (c && c->stream) {
-            SixelSlot *sl = &g->slots[g->n_slots++];
-            *sl = *c;   /* shares the cached stream */
-            sl->y = y;
-            sl->x = x;
-            sl->h = h;
-            sl->w = w;
-            sl->src[0] = sl->base_src[0] = 0;
+            slot_place(g, c, y, x, h, w, "", "");
             return;
         }
     }

@@ -4,7 +4,6 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
@@ -17,10 +16,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static void seterr(char *err, size_t errlen, const char *fmt, const char *a, const char *b) {
-    if (err && errlen) snprintf(err, errlen, fmt, a, b);
-}
 
 /* "a FIFO", "a directory", ... for a file that is not a regular one */
 static const char *kind_of(mode_t m) {
@@ -157,7 +152,7 @@ FsAtomic *fs_atomic_open(const char *path, char *err, size_t errlen) {
     size_t pl = strlen(path);
     if (!f || !(f->path = strdup(path)) || !(f->tmp = malloc(pl + 32))) {
         if (f) { free(f->path); free(f); }
-        seterr(err, errlen, "cannot write '%s': %s", path, "out of memory");
+        err_set(err, errlen, "cannot write '%s': out of memory", path);
         return NULL;
     }
     if (fs_is_dir(path)) {
@@ -309,21 +304,21 @@ int fs_is_dir(const char *path) {
 
 int fs_mkdir_p(const char *path, char *err, size_t errlen) {
     size_t n = strlen(path);
-    if (n == 0) { seterr(err, errlen, "cannot create directory '%s': %s", path, "empty path"); return -1; }
+    if (n == 0) { err_set(err, errlen, "cannot create directory '%s': empty path", path); return -1; }
     char *p = strdup(path);
-    if (!p) { seterr(err, errlen, "cannot create directory '%s': %s", path, "out of memory"); return -1; }
+    if (!p) { err_set(err, errlen, "cannot create directory '%s': out of memory", path); return -1; }
     /* walk each prefix ending at a '/', then the whole path */
     for (size_t i = 1; i <= n; i++) {
         if (i < n && p[i] != '/') continue;
         char c = p[i];
         p[i] = 0;
         if (mkdir(p, 0755) != 0 && errno != EEXIST) {
-            seterr(err, errlen, "cannot create directory '%s': %s", p, strerror(errno));
+            err_set(err, errlen, "cannot create directory '%s': %s", p, strerror(errno));
             free(p);
             return -1;
         }
         if (!fs_is_dir(p)) {
-            seterr(err, errlen, "cannot create directory '%s': %s", p, "a file with that name exists");
+            err_set(err, errlen, "cannot create directory '%s': a file with that name exists", p);
             free(p);
             return -1;
         }

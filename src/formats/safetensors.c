@@ -123,18 +123,15 @@ int st_read_f32(const StTensor *t, float *dst) {
         }
         return bad ? ST_READ_NONFINITE : 0;
     }
-    /* integers are always finite; float64 may also overflow float */
+    /* the rest: integers (always finite) and float64 (may also overflow float) */
     #pragma omp parallel for if (n > (1 << 16)) reduction(|:bad)
     for (int64_t i = 0; i < n; i++) {
         const unsigned char *p = s + i * sz;
-        uint16_t u16; uint32_t u32; uint64_t u64; double f64; float f;
+        uint16_t u16; uint32_t u32; uint64_t u64; double f64;
         switch (t->dtype) {
-        case ST_F32: memcpy(&f, p, 4); dst[i] = f; break;
         case ST_BOOL: dst[i] = p[0] ? 1.0f : 0.0f; break;
         case ST_U8: dst[i] = (float)p[0]; break;
         case ST_I8: dst[i] = (float)(int8_t)p[0]; break;
-        case ST_F16: memcpy(&u16, p, 2); dst[i] = st_f16_to_f32(u16); break;
-        case ST_BF16: memcpy(&u16, p, 2); dst[i] = st_bf16_to_f32(u16); break;
         case ST_I16: memcpy(&u16, p, 2); dst[i] = (float)(int16_t)u16; break;
         case ST_U16: memcpy(&u16, p, 2); dst[i] = (float)u16; break;
         case ST_I32: memcpy(&u32, p, 4); dst[i] = (float)(int32_t)u32; break;
