@@ -517,7 +517,7 @@ static void test_transforms(void **state) {
     for (int i = 0; i < 6; i++)
         for (int j = 0; j < 2; j++) assert_true(out[j * 6 + i] == w[i * 2 + j]);
     uint16_t h[9];
-    for (int i = 0; i < 9; i++) h[i] = st_f32_to_f16((float)i - 4);
+    for (int i = 0; i < 9; i++) h[i] = f32_to_f16((float)i - 4);
     StTensor th = {.name = "h", .dtype = ST_F16, .ndim = 1, .shape = {9}, .numel = 9, .data = h,
                    .nbytes = sizeof h};
     c.transform = CONVERT_QKV_PART;

@@ -205,7 +205,7 @@ static void test_nonfinite_fuzz(void **state) {
         assert_non_null(data);
         for (int64_t i = 0; i < n; i++) {
             float v = (float)(rng_uniform(&r) * 200.0 - 100.0);
-            uint16_t h = dt == ST_F16 ? st_f32_to_f16(v) : st_f32_to_bf16(v);
+            uint16_t h = dt == ST_F16 ? f32_to_f16(v) : f32_to_bf16(v);
             double d = v;
             if (dt == ST_F32) memcpy(data + 4 * i, &v, 4);
             else if (dt == ST_F64) memcpy(data + 8 * i, &d, 8);

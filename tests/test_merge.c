@@ -130,8 +130,8 @@ static void make_set(Fix *f, AdapterSet *set, int a1, int a2, int modules, float
 }
 
 static float round_to(float x, int dt) {
-    if (dt == ST_F16) return st_f16_to_f32(st_f32_to_f16(x));
-    if (dt == ST_BF16) return st_bf16_to_f32(st_f32_to_bf16(x));
+    if (dt == ST_F16) return f16_to_f32(f32_to_f16(x));
+    if (dt == ST_BF16) return bf16_to_f32(f32_to_bf16(x));
     return x;
 }
 

@@ -206,27 +206,27 @@ static uint16_t ref_encode(float x, double (*dec)(uint16_t), uint16_t max_finite
 
 static void test_f16_bf16_conversions(void **state) {
     /* known bit patterns */
-    assert_true(st_f16_to_f32(0x3C00) == 1.0f);
-    assert_true(st_f16_to_f32(0xC000) == -2.0f);
-    assert_true(st_f16_to_f32(0x7BFF) == 65504.0f);
-    assert_true(st_f16_to_f32(0x0001) == 5.9604644775390625e-08f);
-    assert_true(st_f16_to_f32(0x0400) == 6.103515625e-05f);
-    assert_true(isinf(st_f16_to_f32(0x7C00)) && st_f16_to_f32(0x7C00) > 0);
-    assert_true(isnan(st_f16_to_f32(0x7E00)));
-    assert_true(st_bf16_to_f32(0x3F80) == 1.0f);
-    assert_true(st_bf16_to_f32(0x4049) == 3.140625f);
-    assert_true(isinf(st_bf16_to_f32(0xFF80)) && st_bf16_to_f32(0xFF80) < 0);
-    assert_true(isnan(st_bf16_to_f32(0x7FC0)));
-    assert_int_equal(st_f32_to_f16(1.0f), 0x3C00);
-    assert_int_equal(st_f32_to_bf16(1.0f), 0x3F80);
+    assert_true(f16_to_f32(0x3C00) == 1.0f);
+    assert_true(f16_to_f32(0xC000) == -2.0f);
+    assert_true(f16_to_f32(0x7BFF) == 65504.0f);
+    assert_true(f16_to_f32(0x0001) == 5.9604644775390625e-08f);
+    assert_true(f16_to_f32(0x0400) == 6.103515625e-05f);
+    assert_true(isinf(f16_to_f32(0x7C00)) && f16_to_f32(0x7C00) > 0);
+    assert_true(isnan(f16_to_f32(0x7E00)));
+    assert_true(bf16_to_f32(0x3F80) == 1.0f);
+    assert_true(bf16_to_f32(0x4049) == 3.140625f);
+    assert_true(isinf(bf16_to_f32(0xFF80)) && bf16_to_f32(0xFF80) < 0);
+    assert_true(isnan(bf16_to_f32(0x7FC0)));
+    assert_int_equal(f32_to_f16(1.0f), 0x3C00);
+    assert_int_equal(f32_to_bf16(1.0f), 0x3F80);
     /* every f16 and bf16 code decodes like the reference */
     for (uint32_t c = 0; c < 65536; c++) {
         double r = ref_f16((uint16_t)c);
-        float v = st_f16_to_f32((uint16_t)c);
+        float v = f16_to_f32((uint16_t)c);
         if (isnan(r)) assert_true(isnan(v));
         else if ((double)v != r || !signbit(v) != !signbit(r)) fail_msg("f16 0x%04x: %g vs %g", c, v, r);
         r = ref_bf16((uint16_t)c);
-        v = st_bf16_to_f32((uint16_t)c);
+        v = bf16_to_f32((uint16_t)c);
         if (isnan(r)) assert_true(isnan(v));
         else if ((double)v != r || !signbit(v) != !signbit(r)) fail_msg("bf16 0x%04x: %g vs %g", c, v, r);
     }
@@ -234,16 +234,16 @@ static void test_f16_bf16_conversions(void **state) {
     float cases[] = { 1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, 65519.0f, 65520.0f, 0x1p-25f, 3 * 0x1p-26f,
                       0x1p-25f * 1.0001f, -0.0f, 1e-10f, 7e4f, 0.1f, -123.456f, 6.1e-5f };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        assert_int_equal(st_f32_to_f16(cases[i]), ref_encode(cases[i], ref_f16, 0x7BFF, 0x7C00));
-    assert_int_equal(st_f32_to_f16(1.0f + 0x1p-11f), 0x3C00);   /* tie to even */
-    assert_int_equal(st_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3C02);
-    assert_int_equal(st_f32_to_f16(65520.0f), 0x7C00);
-    assert_int_equal(st_f32_to_bf16(1.0f + 0x1p-8f), 0x3F80);
-    assert_int_equal(st_f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3F82);
-    assert_true(isnan(st_f16_to_f32(st_f32_to_f16(NAN))));
-    assert_true(isnan(st_bf16_to_f32(st_f32_to_bf16(NAN))));
-    assert_int_equal(st_f32_to_f16(INFINITY), 0x7C00);
-    assert_int_equal(st_f32_to_bf16(-INFINITY), 0xFF80);
+        assert_int_equal(f32_to_f16(cases[i]), ref_encode(cases[i], ref_f16, 0x7BFF, 0x7C00));
+    assert_int_equal(f32_to_f16(1.0f + 0x1p-11f), 0x3C00);   /* tie to even */
+    assert_int_equal(f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3C02);
+    assert_int_equal(f32_to_f16(65520.0f), 0x7C00);
+    assert_int_equal(f32_to_bf16(1.0f + 0x1p-8f), 0x3F80);
+    assert_int_equal(f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3F82);
+    assert_true(isnan(f16_to_f32(f32_to_f16(NAN))));
+    assert_true(isnan(bf16_to_f32(f32_to_bf16(NAN))));
+    assert_int_equal(f32_to_f16(INFINITY), 0x7C00);
+    assert_int_equal(f32_to_bf16(-INFINITY), 0xFF80);
     uint64_t s = 0x9E3779B97F4A7C15ull;
     for (int i = 0; i < 20000; i++) {
         s ^= s << 13; s ^= s >> 7; s ^= s << 17;
@@ -251,10 +251,10 @@ static void test_f16_bf16_conversions(void **state) {
         float x = (float)ldexp(1.0 + (double)(s & 0xFFFFF) / 0x100000, (int)((s >> 20) % 50) - 30);
         if (s >> 63) x = -x;
         uint16_t want = ref_encode(x, ref_f16, 0x7BFF, 0x7C00);
-        if (st_f32_to_f16(x) != want) fail_msg("f16 encode %.9g: 0x%04x vs 0x%04x", x, st_f32_to_f16(x), want);
+        if (f32_to_f16(x) != want) fail_msg("f16 encode %.9g: 0x%04x vs 0x%04x", x, f32_to_f16(x), want);
         float y = (float)ldexp(1.0 + (double)(s & 0xFFFFF) / 0x100000, (int)((s >> 20) % 260) - 135);
         want = ref_encode(y, ref_bf16, 0x7F7F, 0x7F80);
-        if (st_f32_to_bf16(y) != want) fail_msg("bf16 encode %.9g: 0x%04x vs 0x%04x", y, st_f32_to_bf16(y), want);
+        if (f32_to_bf16(y) != want) fail_msg("bf16 encode %.9g: 0x%04x vs 0x%04x", y, f32_to_bf16(y), want);
     }
 }
 
@@ -399,7 +399,7 @@ static void test_writer_mixed_dtypes(void **state) {
     char path[512];
     path_of(path, "mixed.safetensors");
     uint16_t h3[3] = { 0x3C00, 0x4000, 0x4200 };   /* 1, 2, 3 */
-    uint16_t b3[3] = { st_f32_to_bf16(0.5f), st_f32_to_bf16(-4.0f), st_f32_to_bf16(1.0f) };
+    uint16_t b3[3] = { f32_to_bf16(0.5f), f32_to_bf16(-4.0f), f32_to_bf16(1.0f) };
     float f2[2] = { 9.0f, 10.0f };
     int64_t s3[1] = { 3 }, s2[1] = { 2 };
     StWriter *w = stw_create();

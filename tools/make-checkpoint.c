@@ -148,25 +148,20 @@ static inline float value_at(const Tensor *t, int64_t i) {
     }
 }
 
-/* st_f32_to_f16 for the hot loop, branch-free in the normal range (a data-
+/* f32_to_f16 for the hot loop, branch-free in the normal range (a data-
  * dependent rounding branch mispredicts half the time): round to nearest even
  * by adding 0xfff + the kept lsb, then rebias the exponent (a carry into it is
- * right). Bit-identical to st_f32_to_f16 there (checked for every float of
+ * right). Bit-identical to f32_to_f16 there (checked for every float of
  * the range); other values go to it. */
 static inline uint16_t to_f16(float f) {
     uint32_t x, ax;
     memcpy(&x, &f, 4);
     ax = x & 0x7fffffffu;
-    if (ax - 0x38800000u >= 0x47800000u - 0x38800000u) return st_f32_to_f16(f);
+    if (ax - 0x38800000u >= 0x47800000u - 0x38800000u) return f32_to_f16(f);
     uint32_t m = ax + 0xfffu + ((ax >> 13) & 1u);
     return (uint16_t)(((x >> 16) & 0x8000u) | ((m >> 13) - (112u << 10)));
 }
 
-static inline uint16_t to_bf16(float f) {   /* st_f32_to_bf16 for finite values */
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
-}
 
 /* Elements [i0, i0 + n) of t, in its dtype, into dst. The random weights,
  * nearly all of the bytes, have a loop of their own per dtype. */
@@ -192,7 +187,7 @@ static void fill(const Tensor *t, int64_t i0, int64_t n, void *dst) {
         case ST_BF16: {
             uint16_t *d = dst;
             #pragma omp parallel for schedule(static) if (par)
-            for (int64_t i = 0; i < n; i++) d[i] = to_bf16(sd * normal_at(seed, i0 + i));
+            for (int64_t i = 0; i < n; i++) d[i] = f32_to_bf16(sd * normal_at(seed, i0 + i));
             return;
         }
         default: break;
@@ -206,12 +201,12 @@ static void fill(const Tensor *t, int64_t i0, int64_t n, void *dst) {
     }
     case ST_F16: {
         uint16_t *d = dst;
-        for (int64_t i = 0; i < n; i++) d[i] = st_f32_to_f16(value_at(t, i0 + i));
+        for (int64_t i = 0; i < n; i++) d[i] = f32_to_f16(value_at(t, i0 + i));
         break;
     }
     case ST_BF16: {
         uint16_t *d = dst;
-        for (int64_t i = 0; i < n; i++) d[i] = st_f32_to_bf16(value_at(t, i0 + i));
+        for (int64_t i = 0; i < n; i++) d[i] = f32_to_bf16(value_at(t, i0 + i));
         break;
     }
     case ST_I64: {   /* position ids, counters: exact integers */

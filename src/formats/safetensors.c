@@ -29,42 +29,7 @@ int st_dtype_from_name(const char *s) {
     return -1;
 }
 
-/* ---- conversions ---- */
-
-static float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-static uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-
-float st_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    if (e == 0) {  /* zero or subnormal: m * 2^-24, exact in f32 */
-        float v = (float)m * (1.0f / 16777216.0f);
-        return sign ? -v : v;
-    }
-    if (e == 31) return bits_f32(sign | 0x7f800000u | (m << 13));
-    return bits_f32(sign | ((e + 112) << 23) | (m << 13));
-}
-
-uint16_t st_f32_to_f16(float f) {
-    uint32_t x = f32_bits(f), ax = x & 0x7fffffffu;
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-    if (ax > 0x7f800000u) return sign | 0x7e00 | (uint16_t)((ax >> 13) & 0x3ff);  /* quiet NaN */
-    if (ax >= 0x47800000u) return sign | 0x7c00;                                  /* inf / overflow */
-    if (ax < 0x38800000u) {  /* result is subnormal: scale by 2^24 (exact), round to nearest even */
-        float v = bits_f32(ax) * 16777216.0f;
-        return sign | (uint16_t)nearbyintf(v);
-    }
-    uint32_t h = ((((ax >> 23) - 112) << 10) | ((ax & 0x7fffff) >> 13)), rem = ax & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;  /* a carry into the exponent is right */
-    return sign | (uint16_t)h;
-}
-
-float st_bf16_to_f32(uint16_t b) { return bits_f32((uint32_t)b << 16); }
-
-uint16_t st_f32_to_bf16(float f) {
-    uint32_t x = f32_bits(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
-}
+/* ---- conversions (core/half.h) ---- */
 
 int64_t st_from_f32(int dtype, const float *src, int64_t n, void *dst) {
     if (dtype == ST_F32) {
@@ -77,8 +42,8 @@ int64_t st_from_f32(int dtype, const float *src, int64_t n, void *dst) {
     /* in place, element i is read before bytes [2i, 2i+2) are written: no later one is touched */
     for (int64_t i = 0; i < n; i++) {
         float v = src[i];
-        uint16_t h = dtype == ST_F16 ? st_f32_to_f16(v) : st_f32_to_bf16(v);
-        float back = dtype == ST_F16 ? st_f16_to_f32(h) : st_bf16_to_f32(h);
+        uint16_t h = dtype == ST_F16 ? f32_to_f16(v) : f32_to_bf16(v);
+        float back = dtype == ST_F16 ? f16_to_f32(h) : bf16_to_f32(h);
         overflow += isfinite(v) && isinf(back);
         d[i] = h;
     }
@@ -118,7 +83,7 @@ int st_read_f32(const StTensor *t, float *dst) {
         for (int64_t i = 0; i < n; i++) {
             uint16_t u;
             memcpy(&u, s + 2 * i, 2);
-            dst[i] = half ? st_f16_to_f32(u) : st_bf16_to_f32(u);
+            dst[i] = half ? f16_to_f32(u) : bf16_to_f32(u);
             bad |= (u & mask) == mask;
         }
         return bad ? ST_READ_NONFINITE : 0;
@@ -140,7 +105,7 @@ int st_read_f32(const StTensor *t, float *dst) {
         case ST_I64: memcpy(&u64, p, 8); dst[i] = (float)(int64_t)u64; break;
         case ST_U64: memcpy(&u64, p, 8); dst[i] = (float)u64; break;
         }
-        bad |= (f32_bits(dst[i]) & 0x7f800000u) == 0x7f800000u;
+        bad |= !isfinite(dst[i]);
     }
     return bad ? ST_READ_NONFINITE : 0;
 }
@@ -155,8 +120,8 @@ static int64_t first_nonfinite(const StTensor *t, double *value) {
         float f;
         switch (t->dtype) {
         case ST_F32: memcpy(&f, p, 4); v = f; break;
-        case ST_F16: memcpy(&u16, p, 2); v = st_f16_to_f32(u16); break;
-        case ST_BF16: memcpy(&u16, p, 2); v = st_bf16_to_f32(u16); break;
+        case ST_F16: memcpy(&u16, p, 2); v = f16_to_f32(u16); break;
+        case ST_BF16: memcpy(&u16, p, 2); v = bf16_to_f32(u16); break;
         case ST_F64: memcpy(&v, p, 8); break;
         default: continue;
         }

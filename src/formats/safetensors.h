@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/half.h" /* the f16 / bf16 conversions */
+
 #define ST_MAX_DIMS 8
 #define ST_MAX_HEADER (100 * 1000 * 1000)   /* the reference implementation's limit */
 
@@ -64,11 +66,6 @@ const char *st_dtype_name(int dtype);
 int st_dtype_from_name(const char *name);   /* -1 if unknown */
 int st_dtype_size(int dtype);
 
-/* Conversions, exposed for backends storing f16/bf16. bf16 rounds to nearest even. */
-float st_f16_to_f32(uint16_t h);
-float st_bf16_to_f32(uint16_t b);
-uint16_t st_f32_to_bf16(float f);
-uint16_t st_f32_to_f16(float f);
 /* n f32 values -> dtype F32, F16 or BF16 at dst (dst may be src: narrowing in
  * place), each rounded to nearest even (NaN stays NaN, +-inf stays inf).
  * Returns how many finite values became infinite (beyond F16's 65504 or BF16's
