@@ -1,7 +1,8 @@
 /* backend_cuda.cu — struct Backend on CUDA: cuBLAS for every matrix product
  * (conv via im2col, attention via row tiles of S = QK^T, Kronecker adapter via
  * strided-batched gemms) plus own kernels for norms, pointwise ops, reductions.
- * f32 storage, fp32 accumulation; cuBLAS may use TF32 tensor cores (option).
+ * f32 storage, fp32 accumulation; cuBLAS may use TF32 tensor cores, and in
+ * BF16 mode linear and conv2d multiply bf16 copies of their operands (backend.h).
  *
  * Row-major gemm through column-major cuBLAS: a row-major [M,N] matrix is the
  * column-major [N,M] matrix of its transpose, so C = op(A) op(B) becomes
@@ -12,6 +13,7 @@
  * again at once: anything that used it was queued before anything new.
  */
 #include <cuda_runtime.h>
+#include <cuda_bf16.h>
 #include <cublas_v2.h>
 #include <math.h>
 #include <stdint.h>
@@ -36,7 +38,7 @@ typedef struct {
     char dev_name[256];
     cudaStream_t stream;
     cublasHandle_t blas;
-    int tf32;
+    int prec, prec_auto; /* KRONA_PREC_*: now, and what AUTO means (TF32; env may say FP32) */
     float *host_scalar; /* pinned, for mse_fwd's single device-to-host copy */
     /* caching allocator: live blocks in an open-addressing table keyed by
      * pointer, freed blocks in a list searched by exact rounded size */
@@ -314,6 +316,48 @@ static void gemm1(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K, floa
     gemm_sb(c, tA, tB, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
+/* ---- BF16 mode: linear and conv2d (backend.h) ----
+ * Their GEMMs cast both operands to bf16 copies (round to nearest even, as
+ * core/half.h) and let cuBLAS sum the exact products in fp32 on tensor cores.
+ * The copies cover what the GEMM reads: batch strides, row strides and all. */
+__global__ void to_bf16_k(const float *x, __nv_bfloat16 *y, int64_t n) {
+    GSTRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]);
+}
+/* elements a strided-batched operand spans: rows x cols at row stride ld, batch at s */
+static int64_t operand_span(int64_t rows, int64_t cols, int64_t ld, int64_t s, int64_t batch) {
+    return (s ? s * (batch - 1) : 0) + (rows - 1) * ld + cols;
+}
+static __nv_bfloat16 *bf16_copy(Cuda *c, const float *x, int64_t n) {
+    __nv_bfloat16 *y = (__nv_bfloat16 *)dalloc(c, (size_t)n * sizeof(__nv_bfloat16));
+    if (!y) return NULL;
+    to_bf16_k<<<grid_1d(n), TPB, 0, c->stream>>>(x, y, n);
+    LAUNCHED(c);
+    return y;
+}
+/* gemm_sb for the big ops: bf16 operands in BF16 mode, else as gemm_sb */
+static void gemm_op_sb(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float *A, int64_t lda, int64_t sA, const float *B, int64_t ldb,
+                       int64_t sB, float beta, float *C, int64_t ldc, int64_t sC, int64_t batch) {
+    if (c->prec != KRONA_PREC_BF16 || K <= 0) {
+        gemm_sb(c, tA, tB, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch);
+        return;
+    }
+    if (M <= 0 || N <= 0 || batch <= 0) return;
+    __nv_bfloat16 *a = bf16_copy(c, A, operand_span(tA ? K : M, tA ? M : K, lda, sA, batch));
+    __nv_bfloat16 *b = a ? bf16_copy(c, B, operand_span(tB ? N : K, tB ? K : N, ldb, sB, batch)) : NULL;
+    if (a && b)
+        CB(c, cublasGemmStridedBatchedEx_64(c->blas, OP(tB), OP(tA), N, M, K, &alpha, b, CUDA_R_16BF,
+                                            ldb, sB, a, CUDA_R_16BF, lda, sA, &beta, C, CUDA_R_32F, ldc,
+                                            sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    dfree(c, b);
+    dfree(c, a);
+}
+static void gemm_op(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                    int64_t ldc) {
+    gemm_op_sb(c, tA, tB, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+}
+
 static void cu_gemm(Backend *be, int transA, int transB, int M, int N, int K, float alpha,
                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
                     int ldc) {
@@ -398,14 +442,14 @@ static void cu_linear_fwd(Backend *be, const float *x, const float *W, const flo
         fill_rows_k<<<grid_1d(M * out), TPB, 0, c->stream>>>(y, b, M, out);
         LAUNCHED(c);
     }
-    gemm1(c, 0, 1, M, out, in, 1.f, x, in, W, in, b ? 1.f : 0.f, y, out);
+    gemm_op(c, 0, 1, M, out, in, 1.f, x, in, W, in, b ? 1.f : 0.f, y, out);
 }
 static void cu_linear_bwd(Backend *be, const float *dy, const float *x, const float *W,
                           float *dx, float *dW, float *db, int64_t M, int in, int out) {
     Cuda *c = CU(be);
     if (M <= 0) return;
-    if (dx) gemm1(c, 0, 0, M, in, out, 1.f, dy, out, W, in, 1.f, dx, in);
-    if (dW) gemm1(c, 1, 0, out, in, M, 1.f, dy, out, x, in, 1.f, dW, in);
+    if (dx) gemm_op(c, 0, 0, M, in, out, 1.f, dy, out, W, in, 1.f, dx, in);
+    if (dW) gemm_op(c, 1, 0, out, in, M, 1.f, dy, out, x, in, 1.f, dW, in);
     if (db) colsum_accum(c, dy, M, out, db, 1.f);
 }
 
@@ -483,10 +527,10 @@ static void conv_dw_accumulate(Cuda *c, const float *dy, int64_t sdy, const floa
     for (int i0 = 0; i0 < m; i0 += q) {
         int g = m - i0 < q ? m - i0 : q;
         if (g == 1) {
-            gemm1(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, P, x + i0 * sx, P, 1.f, dw, K);
+            gemm_op(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, P, x + i0 * sx, P, 1.f, dw, K);
             continue;
         }
-        gemm_sb(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, P, sdy, x + i0 * sx, P, sx, 0.f, ws, K,
+        gemm_op_sb(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, P, sdy, x + i0 * sx, P, sx, 0.f, ws, K,
                 (int64_t)Cout * K, g);
         partial_final_k<<<grid_1d((int64_t)Cout * K), TPB, 0, c->stream>>>(ws, g, (int)((int64_t)Cout * K), dw, 1.f);
         LAUNCHED(c);
@@ -501,7 +545,7 @@ static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const flo
     if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return;
     int64_t HoWo = (int64_t)Ho * Wo, CKK = (int64_t)Cin * k * k, HW = (int64_t)H * W;
     if (k == 1 && s == 1 && p == 0) { /* 1x1: the image is its own im2col */
-        gemm_sb(c, 0, 0, Cout, HW, Cin, 1.f, w, Cin, 0, x, HW, (int64_t)Cin * HW, 0.f, y, HW,
+        gemm_op_sb(c, 0, 0, Cout, HW, Cin, 1.f, w, Cin, 0, x, HW, (int64_t)Cin * HW, 0.f, y, HW,
                 (int64_t)Cout * HW, N);
     } else {
         int nb = conv_chunk(CKK * HoWo, N);
@@ -512,7 +556,7 @@ static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const flo
             im2col_k<<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
                 x + (int64_t)n0 * Cin * HW, col, m, Cin, H, W, k, s, p, Ho, Wo);
             LAUNCHED(c);
-            gemm_sb(c, 0, 0, Cout, HoWo, CKK, 1.f, w, CKK, 0, col, HoWo, CKK * HoWo, 0.f,
+            gemm_op_sb(c, 0, 0, Cout, HoWo, CKK, 1.f, w, CKK, 0, col, HoWo, CKK * HoWo, 0.f,
                     y + (int64_t)n0 * Cout * HoWo, HoWo, (int64_t)Cout * HoWo, m);
         }
         dfree(c, col);
@@ -540,7 +584,7 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
         if (dw) /* dw[Cout,Cin] += sum_n dy_n[Cout,HW] x_n[Cin,HW]^T */
             conv_dw_accumulate(c, dy, (int64_t)Cout * HW, x, (int64_t)Cin * HW, N, Cout, Cin, HW, dw);
         if (dx)
-            gemm_sb(c, 1, 0, Cin, HW, Cout, 1.f, w, Cin, 0, dy, HW, (int64_t)Cout * HW, 1.f, dx,
+            gemm_op_sb(c, 1, 0, Cin, HW, Cout, 1.f, w, Cin, 0, dy, HW, (int64_t)Cout * HW, 1.f, dx,
                     HW, (int64_t)Cin * HW, N);
         return;
     }
@@ -557,7 +601,7 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
             conv_dw_accumulate(c, dyc, (int64_t)Cout * HoWo, col, CKK * HoWo, m, Cout, CKK, HoWo, dw);
         }
         if (dx) { /* dcol = w^T dy, then scatter-free gather back into dx */
-            gemm_sb(c, 1, 0, CKK, HoWo, Cout, 1.f, w, CKK, 0, dyc, HoWo, (int64_t)Cout * HoWo,
+            gemm_op_sb(c, 1, 0, CKK, HoWo, Cout, 1.f, w, CKK, 0, dyc, HoWo, (int64_t)Cout * HoWo,
                     0.f, col, HoWo, CKK * HoWo, m);
             col2im_acc_k<<<grid_1d((int64_t)m * Cin * HW), TPB, 0, c->stream>>>(
                 col, dx + (int64_t)n0 * Cin * HW, m, Cin, H, W, k, s, p, Ho, Wo);
@@ -1447,20 +1491,22 @@ static void cu_kron_merge(Backend *be, const float *A, const float *B, float *W,
 
 /* ------------------------------------------------------------- create */
 
+/* TF32 for every fp32 GEMM unless FP32 (BF16 mode: attention and adapters) */
 static void apply_math_mode(Cuda *c) {
-    CB(c, cublasSetMathMode(c->blas, c->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    CB(c, cublasSetMathMode(c->blas, c->prec != KRONA_PREC_FP32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                                : CUBLAS_DEFAULT_MATH));
 }
 
 static void cu_destroy(Backend *be);
 static const char *cu_last_error(Backend *be);
 static void cu_clear_error(Backend *be);
 static const char *cu_device_name(Backend *be);
-static int cu_set_tf32(Backend *be, int on);
+static int cu_set_precision(Backend *be, int prec);
 static size_t cu_reserved(Backend *be);
 static size_t cu_free_bytes(Backend *be);
 
 /* NULL with a one-line reason when there is no usable GPU or driver.
- * Env KRONA_CUDA_TF32=0 starts with TF32 tensor-core math off. */
+ * Env KRONA_CUDA_TF32=0 makes precision auto mean FP32 instead of TF32. */
 static Backend *backend_cuda_create(char *err, size_t errlen) {
     int ndev = 0;
     cudaError_t e = cudaGetDeviceCount(&ndev);
@@ -1507,7 +1553,7 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
         return NULL;
     }
     const char *tf = getenv("KRONA_CUDA_TF32");
-    c->tf32 = !(tf && tf[0] == '0');
+    c->prec = c->prec_auto = tf && tf[0] == '0' ? KRONA_PREC_FP32 : KRONA_PREC_TF32;
     apply_math_mode(c);
 
     be->name = "cuda";
@@ -1524,7 +1570,7 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     be->last_error = cu_last_error;
     be->clear_error = cu_clear_error;
     be->device_name = cu_device_name;
-    be->set_tf32 = cu_set_tf32;
+    be->set_precision = cu_set_precision;
     be->reserved_bytes = cu_reserved;
     be->free_bytes = cu_free_bytes;
     be->gemm = cu_gemm;
@@ -1595,10 +1641,14 @@ static void cu_clear_error(Backend *be) {
     CU(be)->nerr = 0;
 }
 /* TF32 keeps fp32 range but rounds gemm inputs to 10 mantissa bits: ~1e-3
- * relative error per gemm, harmless for training, 3-8x faster on H100. */
-static int cu_set_tf32(Backend *be, int on) {
-    CU(be)->tf32 = on != 0;
-    apply_math_mode(CU(be));
+ * relative error per gemm, harmless for training, 3-8x faster on H100 than
+ * FP32; BF16 rounds to 8 bits and doubles tensor-core throughput again. */
+static int cu_set_precision(Backend *be, int prec) {
+    Cuda *c = CU(be);
+    if (prec == KRONA_PREC_AUTO) prec = c->prec_auto;
+    if (prec != KRONA_PREC_FP32 && prec != KRONA_PREC_TF32 && prec != KRONA_PREC_BF16) return -1;
+    c->prec = prec;
+    apply_math_mode(c);
     return 0;
 }
 static const char *cu_device_name(Backend *be) { return CU(be)->dev_name; }

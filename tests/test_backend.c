@@ -32,12 +32,23 @@ static void test_open_cpu(void **state) {
     assert_non_null(be->last_error);
     assert_non_null(be->clear_error);
     assert_non_null(be->device_name);
-    assert_non_null(be->set_tf32);
+    assert_non_null(be->set_precision);
     assert_non_null(be->reserved_bytes);
     assert_int_equal(strncmp(be->device_name(be), "cpu (", 5), 0);
     assert_string_equal(be->last_error(be), "");
-    assert_int_equal(be->set_tf32(be, 0), 0);
-    assert_int_equal(be->set_tf32(be, 1), -1); /* the CPU has no TF32 mode */
+    assert_int_equal(be->set_precision(be, KRONA_PREC_FP32), 0);
+    assert_int_equal(be->set_precision(be, KRONA_PREC_TF32), -1); /* the CPU has no TF32 mode */
+    assert_int_equal(be->set_precision(be, KRONA_PREC_BF16), 0);  /* the reference of CUDA's */
+    assert_int_equal(be->set_precision(be, KRONA_PREC_AUTO), 0);
+    /* by name, with one line naming the knob */
+    assert_int_equal(backend_set_precision(be, "bf16", err, sizeof err), 0);
+    assert_int_equal(backend_set_precision(be, "tf32", err, sizeof err), -1);
+    assert_non_null(strstr(err, "precision = tf32: the cpu device has no such mode"));
+    assert_int_equal(backend_set_precision(be, "fp16", err, sizeof err), -1);
+    assert_string_equal(err, "precision = fp16: use auto, fp32, tf32 or bf16");
+    assert_int_equal(backend_set_precision(be, "auto", err, sizeof err), 0);
+    assert_int_equal(backend_precision_parse(""), KRONA_PREC_AUTO);
+    assert_string_equal(backend_precision_name(KRONA_PREC_BF16), "bf16");
     void *p = be->alloc(be, 1000);
     assert_true(be->reserved_bytes(be) >= 1000);
     /* the CPU's free memory is the kernel's MemAvailable: some, and less than all */

@@ -169,7 +169,27 @@ static void test_gemm_batched(void **state) {
     }
 }
 
+static void attention_case(Backend *be, int N, int Lq, int Lk, int H, int D, int causal, int fd);
+
 /* ------------------------------------------------------------------ linear */
+
+/* BF16 mode (backend.h): linear and conv2d round both GEMM operands to bf16.
+ * The cases below then run on unrounded inputs while their double references
+ * take the rounded ones (core/half.h), bias and all: the references are exact
+ * for what BF16 mode should compute, and miss an unrounded result by far more
+ * than the tolerance (checked: max_unrounded_gap). */
+static double *to_double_as(const float *x, int64_t n, int bf16) {
+    double *d = th_to_double(x, n);
+    if (bf16)
+        for (int64_t i = 0; i < n; i++) d[i] = bf16_round(x[i]);
+    return d;
+}
+/* the largest |got - ref| where ref is the unrounded double result */
+static double max_gap(const float *got, const double *ref, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs(got[i] - ref[i]));
+    return m;
+}
 
 static void ref_linear(Ref *r) { /* in: x[M,in], W[out,in], b[out] */
     int M = r->i[0], in = r->i[1], out = r->i[2];
@@ -181,15 +201,14 @@ static void ref_linear(Ref *r) { /* in: x[M,in], W[out,in], b[out] */
         }
 }
 
-static void test_linear(void **state) {
-    Backend *be = *state;
+static void linear_case(Backend *be, int bf) {
     Rng rng;
     rng_seed(&rng, 3);
     int M = 6, in = 5, out = 4;
     float *x = th_rand(&rng, M * in, -1, 1), *W = th_rand(&rng, out * in, -1, 1), *b = th_rand(&rng, out, -1, 1);
     float *R = th_rand(&rng, M * out, -1, 1);
-    Ref r = {.fwd = ref_linear, .in = {th_to_double(x, M * in), th_to_double(W, out * in), th_to_double(b, out)},
-             .nin = {M * in, out * in, out}, .out = th_dalloc(M * out), .R = th_to_double(R, M * out),
+    Ref r = {.fwd = ref_linear, .in = {to_double_as(x, M * in, bf), to_double_as(W, out * in, bf), th_to_double(b, out)},
+             .nin = {M * in, out * in, out}, .out = th_dalloc(M * out), .R = to_double_as(R, M * out, bf),
              .nout = M * out, .i = {M, in, out}};
     float *dx = th_dev(be, x, M * in), *dW = th_dev(be, W, out * in), *db = th_dev(be, b, out);
     float *dy = th_dev(be, NULL, M * out), *dR = th_dev(be, R, M * out);
@@ -197,6 +216,13 @@ static void test_linear(void **state) {
     ref_linear(&r);
     float *y = th_host(be, dy, M * out);
     th_check("linear fwd", y, r.out, M * out, 1e-5, 1e-5);
+    if (bf) { /* the same case unrounded is far off: the rounding happened */
+        Ref u = r;
+        u.in[0] = th_to_double(x, M * in), u.in[1] = th_to_double(W, out * in), u.out = th_dalloc(M * out);
+        ref_linear(&u);
+        assert_true(max_gap(y, u.out, M * out) > 1e-4);
+        free(u.in[0]); free(u.in[1]); free(u.out);
+    }
     /* without bias */
     be->linear_fwd(be, dx, dW, NULL, dy, M, in, out);
     float *y2 = th_host(be, dy, M * out);
@@ -208,7 +234,10 @@ static void test_linear(void **state) {
     float *hx = th_host(be, gx, M * in), *hW = th_host(be, gW, out * in), *hb = th_host(be, gb, out);
     check_fd("linear dx", &r, 0, hx, 1e-5, 1e-4);
     check_fd("linear dW", &r, 1, hW, 1e-5, 1e-4);
-    check_fd("linear db", &r, 2, hb, 1e-5, 1e-4);
+    Ref rb = r; /* db sums dy itself, no GEMM: never rounded */
+    rb.R = th_to_double(R, M * out);
+    check_fd("linear db", &rb, 2, hb, 1e-5, 1e-4);
+    free(rb.R);
     /* NULL gradients are skipped */
     be->linear_bwd(be, dR, dx, dW, NULL, NULL, NULL, M, in, out);
     free(x); free(W); free(b); free(R); free(y); free(y2); free(hx); free(hW); free(hb);
@@ -217,6 +246,8 @@ static void test_linear(void **state) {
     be->free(be, dx); be->free(be, dW); be->free(be, db); be->free(be, dy); be->free(be, dR);
     be->free(be, gx); be->free(be, gW); be->free(be, gb);
 }
+
+static void test_linear(void **state) { linear_case(*state, 0); }
 
 /* ------------------------------------------------------------------ conv2d */
 
@@ -240,15 +271,15 @@ static void ref_conv(Ref *r) { /* in: x[N,Cin,H,W], w[Cout,Cin,k,k], b[Cout] */
                 }
 }
 
-static void conv_case(Backend *be, int N, int Cin, int H, int W, int Cout, int k, int s, int p, int fd) {
+static void conv_case_as(Backend *be, int N, int Cin, int H, int W, int Cout, int k, int s, int p, int fd, int bf) {
     Rng rng;
     rng_seed(&rng, 100 + k * 10 + s + p);
     int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
     int64_t nx = (int64_t)N * Cin * H * W, nw = (int64_t)Cout * Cin * k * k, ny = (int64_t)N * Cout * Ho * Wo;
     float *x = th_rand(&rng, nx, -1, 1), *w = th_rand(&rng, nw, -1, 1), *b = th_rand(&rng, Cout, -1, 1);
     float *R = th_rand(&rng, ny, -1, 1);
-    Ref r = {.fwd = ref_conv, .in = {th_to_double(x, nx), th_to_double(w, nw), th_to_double(b, Cout)},
-             .nin = {nx, nw, Cout}, .out = th_dalloc(ny), .R = th_to_double(R, ny), .nout = ny,
+    Ref r = {.fwd = ref_conv, .in = {to_double_as(x, nx, bf), to_double_as(w, nw, bf), th_to_double(b, Cout)},
+             .nin = {nx, nw, Cout}, .out = th_dalloc(ny), .R = to_double_as(R, ny, bf), .nout = ny,
              .i = {N, Cin, H, W, Cout, k, s, p}};
     float *dx = th_dev(be, x, nx), *dw = th_dev(be, w, nw), *db = th_dev(be, b, Cout), *dy = th_dev(be, NULL, ny);
     float *dR = th_dev(be, R, ny);
@@ -256,13 +287,23 @@ static void conv_case(Backend *be, int N, int Cin, int H, int W, int Cout, int k
     ref_conv(&r);
     float *y = th_host(be, dy, ny);
     th_check("conv fwd", y, r.out, ny, 1e-4, 1e-4);
+    if (bf) { /* the same case unrounded is far off: the rounding happened */
+        Ref u = r;
+        u.in[0] = th_to_double(x, nx), u.in[1] = th_to_double(w, nw), u.out = th_dalloc(ny);
+        ref_conv(&u);
+        assert_true(max_gap(y, u.out, ny) > 1e-3);
+        free(u.in[0]); free(u.in[1]); free(u.out);
+    }
     float *gx = th_dev_const(be, nx, PRE), *gw = th_dev_const(be, nw, PRE), *gb = th_dev_const(be, Cout, PRE);
     be->conv2d_bwd(be, dR, dx, dw, gx, gw, gb, N, Cin, H, W, Cout, k, s, p);
     float *hx = th_host(be, gx, nx), *hw = th_host(be, gw, nw), *hb = th_host(be, gb, Cout);
     if (fd) {
         check_fd("conv dx", &r, 0, hx, 1e-4, 1e-4);
         check_fd("conv dw", &r, 1, hw, 1e-4, 1e-4);
-        check_fd("conv db", &r, 2, hb, 1e-4, 1e-4);
+        Ref rb = r; /* db sums dy itself, no GEMM: never rounded */
+        rb.R = th_to_double(R, ny);
+        check_fd("conv db", &rb, 2, hb, 1e-4, 1e-4);
+        free(rb.R);
     } else { /* big case: the loss is linear in each input, so the exact gradient is one "FD" away */
         double *g = th_dalloc(nw);
         for (int co = 0; co < Cout; co++)
@@ -299,7 +340,7 @@ static void conv_case(Backend *be, int N, int Cin, int H, int W, int Cout, int k
         double *gbr = th_dalloc(Cout);
         for (int n = 0; n < N; n++)
             for (int co = 0; co < Cout; co++)
-                for (int i = 0; i < Ho * Wo; i++) gbr[co] += r.R[((int64_t)n * Cout + co) * Ho * Wo + i];
+                for (int i = 0; i < Ho * Wo; i++) gbr[co] += R[((int64_t)n * Cout + co) * Ho * Wo + i];
         th_check_off("conv db big", hb, PRE, gbr, Cout, 1e-4, 1e-4);
         free(gbr);
     }
@@ -315,6 +356,30 @@ static void conv_case(Backend *be, int N, int Cin, int H, int W, int Cout, int k
     free(r.out); free(r.R);
     be->free(be, dx); be->free(be, dw); be->free(be, db); be->free(be, dy); be->free(be, dR);
     be->free(be, gx); be->free(be, gw); be->free(be, gb); be->free(be, gx2); be->free(be, gw2);
+}
+
+static void conv_case(Backend *be, int N, int Cin, int H, int W, int Cout, int k, int s, int p, int fd) {
+    conv_case_as(be, N, Cin, H, W, Cout, k, s, p, fd, 0);
+}
+
+/* BF16 mode: linear and conv2d (im2col, 1x1 direct, row bands, threaded
+ * batch, split GEMM) against references on rounded operands; the other ops
+ * do not round (attention here, for one: the same results as FP32). */
+static void test_bf16_mode(void **state) {
+    Backend *be = backend_cpu_create(); /* its own: a failure leaves no mode behind */
+    assert_int_equal(be->set_precision(be, KRONA_PREC_BF16), 0);
+    linear_case(be, 1);
+    conv_case_as(be, 2, 3, 6, 5, 4, 3, 1, 1, 1, 1);
+    conv_case_as(be, 2, 3, 7, 6, 4, 3, 2, 1, 1, 1);
+    conv_case_as(be, 2, 3, 5, 4, 5, 1, 1, 0, 1, 1);     /* 1x1 direct */
+    conv_case_as(be, 3, 8, 16, 16, 16, 3, 1, 1, 0, 1);  /* threaded over batch */
+    conv_case_as(be, 1, 16, 24, 24, 32, 3, 1, 1, 0, 1); /* single image, split gemm */
+    backend_cpu_set_conv_cols(be, 3 * 3 * 3 * 5);       /* one output row per band */
+    conv_case_as(be, 2, 3, 7, 5, 4, 3, 1, 1, 1, 1);
+    backend_cpu_set_conv_cols(be, 0);
+    attention_case(be, 2, 5, 7, 2, 4, 0, 1);
+    assert_string_equal(be->last_error(be), "");
+    backend_destroy(be);
 }
 
 static void test_conv2d(void **state) {
@@ -1212,6 +1277,7 @@ int main(void) {
         cmocka_unit_test(test_mse),
         cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_kron),
+        cmocka_unit_test(test_bf16_mode),
         cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_thread_count_invariance),
     };

@@ -208,3 +208,32 @@ Backend *backend_open(const char *name, char *err, size_t errlen) {
     if (!be) snprintf(err, errlen, "device = %s: %s", name, e);
     return be;
 }
+
+/* ----------------------------------------------------------- precision --- */
+
+static const char *const prec_names[] = {"fp32", "tf32", "bf16"};
+
+int backend_precision_parse(const char *s) {
+    if (!s || !s[0] || !strcmp(s, "auto")) return KRONA_PREC_AUTO;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(s, prec_names[i])) return i;
+    return -2;
+}
+
+const char *backend_precision_name(int prec) {
+    return prec >= 0 && prec < 3 ? prec_names[prec] : "auto";
+}
+
+int backend_set_precision(Backend *be, const char *name, char *err, size_t errlen) {
+    int prec = backend_precision_parse(name);
+    if (prec == -2) {
+        snprintf(err, errlen, "precision = %s: use auto, fp32, tf32 or bf16", name);
+        return -1;
+    }
+    if (be->set_precision(be, prec) != 0) {
+        snprintf(err, errlen, "precision = %s: the %s device has no such mode (auto picks its own)",
+                 name, be->name);
+        return -1;
+    }
+    return 0;
+}

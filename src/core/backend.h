@@ -23,6 +23,20 @@
 
 typedef struct Backend Backend;
 
+/* GEMM arithmetic (set_precision; the preset's `precision`). Storage is f32 in
+ * every mode; what changes is how the products of the big GEMMs (linear and
+ * conv2d, forward and backward) are formed:
+ *   FP32  f32 operands, f32 sums.
+ *   TF32  tensor cores round every GEMM's operands to 10-bit mantissas (CUDA).
+ *   BF16  linear and conv2d round both operands to bf16 (8-bit mantissa, to
+ *         nearest even, core/half.h) and sum the exact products in f32, as
+ *         bf16 tensor cores do; the other GEMMs (attention, adapters) are
+ *         TF32 on CUDA and FP32 on the CPU. Adapter factors, gradients and
+ *         optimizer state are never rounded. The CPU implements it as the
+ *         reference the CUDA backend is tested against (slower than FP32).
+ *   AUTO  the backend's own default: CPU FP32, CUDA TF32. */
+enum { KRONA_PREC_AUTO = -1, KRONA_PREC_FP32 = 0, KRONA_PREC_TF32 = 1, KRONA_PREC_BF16 = 2 };
+
 struct Backend {
     const char *name; /* "cpu", "cuda" */
     void *impl;       /* backend private state */
@@ -35,8 +49,9 @@ struct Backend {
     const char *(*last_error)(Backend *be);  /* "" when nothing failed since create/clear */
     void (*clear_error)(Backend *be);
     const char *(*device_name)(Backend *be); /* e.g. "NVIDIA H100 80GB HBM3", "cpu (16 threads)" */
-    /* TF32 tensor-core math in gemms: 0 ok, -1 when the backend has no such mode */
-    int (*set_tf32)(Backend *be, int on);
+    /* the arithmetic of GEMMs (KRONA_PREC_*, below): 0 ok, -1 when the
+     * backend has no such mode (the mode stays as it was) */
+    int (*set_precision)(Backend *be, int prec);
     size_t (*reserved_bytes)(Backend *be);   /* memory held from the device (live + cached; CPU: + its scratch) */
     /* memory the device could still give now, counting our own cached blocks
      * (CPU: the kernel's MemAvailable); 0 when unknown. For plans, not promises. */
@@ -213,7 +228,7 @@ static inline int kron_a_first(int a1, int a2, int b1, int b2) {
  * backend_cpu.c; a plugin krona-backend-NAME.so exports
  *     const BackendDriver *krona_backend_plugin(int abi);
  * returning its driver when abi == KRONA_BACKEND_ABI (else NULL: a stale build). */
-#define KRONA_BACKEND_ABI 5 /* bump when struct Backend or BackendDriver changes */
+#define KRONA_BACKEND_ABI 6 /* bump when struct Backend or BackendDriver changes */
 
 typedef struct BackendDriver {
     const char *name;  /* what --device / `device =` names: "cpu", "cuda" */
@@ -231,6 +246,13 @@ void backend_register(const BackendDriver *d);
  * beside the executable and in ../lib/krona-studio from it. */
 Backend *backend_open(const char *name, char *err, size_t errlen);
 void backend_destroy(Backend *be); /* be->destroy, NULL-safe */
+
+/* precision = "auto" | "fp32" | "tf32" | "bf16" (NULL or "": auto) ->
+ * KRONA_PREC_*; -2 for anything else. */
+int backend_precision_parse(const char *s);
+const char *backend_precision_name(int prec); /* "fp32", "tf32", "bf16"; else "auto" */
+/* be->set_precision by name; -1 with one line naming the knob and the choices */
+int backend_set_precision(Backend *be, const char *name, char *err, size_t errlen);
 
 /* The CPU backend directly (tests and tools that compare against it). */
 Backend *backend_cpu_create(void);

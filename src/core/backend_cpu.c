@@ -20,6 +20,7 @@
  * reentrant: one thread calls it at a time (the train thread).
  */
 #include "core/backend.h"
+#include "core/half.h"
 #include "core/fsutil.h"
 
 #include <cblas.h>
@@ -98,6 +99,8 @@ struct CpuImpl {
     int nthreads;
     int64_t col_floats;        /* im2col cap per thread (CONV_COL_FLOATS; tests lower it) */
     char desc[48];      /* device_name: "cpu (N threads)" */
+    int bf16;           /* KRONA_PREC_BF16: linear and conv2d round their operands */
+    _Atomic int failed; /* a bf16 operand copy found no memory (last_error) */
     Scratch s[MAX_THREADS][NSLOT];
     /* pool */
     pthread_t th[MAX_THREADS];
@@ -349,6 +352,35 @@ static void sgemm_par(CpuImpl *im, int tA, int tB, int M, int N, int K, float al
     par_run(im, units, nch, gemm_chunk, &g);
 }
 
+/* ---- BF16 mode (the reference of CUDA's bf16 GEMMs, backend.h) ----
+ * The operand X (rows x cols, row stride ld) copied with every element rounded
+ * to bf16, same layout; NULL when there is no memory (counted as live). */
+static float *bf16_operand(CpuImpl *im, const float *X, int rows, int cols, int ld, size_t *bytes) {
+    size_t span = (size_t)(rows - 1) * (size_t)ld + (size_t)cols;
+    float *c = malloc(span * sizeof *c);
+    *bytes = c ? span * sizeof *c : 0;
+    if (!c) { atomic_store(&im->failed, 1); return NULL; }
+    account(im, *bytes);
+    for (size_t i = 0; i < span; i++) c[i] = bf16_round(X[i]);
+    return c;
+}
+
+/* sgemm_par for linear and conv2d: in BF16 mode both operands are rounded
+ * first and the exact products summed in f32 */
+static void gemm_op(CpuImpl *im, int tA, int tB, int M, int N, int K, float alpha, const float *A,
+                    int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (!im->bf16 || M <= 0 || N <= 0 || K <= 0) {
+        sgemm_par(im, tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    size_t na, nb;
+    float *a = bf16_operand(im, A, tA ? K : M, tA ? M : K, lda, &na);
+    float *b = a ? bf16_operand(im, B, tB ? N : K, tB ? K : N, ldb, &nb) : NULL;
+    if (a && b) sgemm_par(im, tA, tB, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
+    if (b) { free(b); atomic_fetch_sub(&im->live, nb); }
+    if (a) { free(a); atomic_fetch_sub(&im->live, na); }
+}
+
 static void cpu_gemm(Backend *be, int transA, int transB, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
                      int ldc) {
@@ -432,14 +464,14 @@ static void cpu_linear_fwd(Backend *be, const float *x, const float *W, const fl
         par_run(im, M, chunks_for(M * out, 65536, M), bias_rows_chunk, &j);
         beta = 1.f;
     }
-    sgemm_par(im, 0, 1, (int)M, out, in, 1.f, x, in, W, in, beta, y, out);
+    gemm_op(im, 0, 1, (int)M, out, in, 1.f, x, in, W, in, beta, y, out);
 }
 
 static void cpu_linear_bwd(Backend *be, const float *dy, const float *x, const float *W, float *dx,
                            float *dW, float *db, int64_t M, int in, int out) {
     CpuImpl *im = impl_of(be);
-    if (dx) sgemm_par(im, 0, 0, (int)M, in, out, 1.f, dy, out, W, in, 1.f, dx, in);
-    if (dW) sgemm_par(im, 1, 0, out, in, (int)M, 1.f, dy, out, x, in, 1.f, dW, in);
+    if (dx) gemm_op(im, 0, 0, (int)M, in, out, 1.f, dy, out, W, in, 1.f, dx, in);
+    if (dW) gemm_op(im, 1, 0, out, in, (int)M, 1.f, dy, out, x, in, 1.f, dW, in);
     if (db) col_sum_acc(im, dy, db, M, out);
 }
 
@@ -575,7 +607,7 @@ static void conv_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) 
         }
         if (j->direct) {
             /* one image per job (batch 1): the GEMM itself splits over the pool */
-            sgemm_par(j->im, 0, 0, j->Cout, (int)j->HWo, (int)j->KK, 1.f, j->w, (int)j->KK, xn,
+            gemm_op(j->im, 0, 0, j->Cout, (int)j->HWo, (int)j->KK, 1.f, j->w, (int)j->KK, xn,
                       (int)j->HWo, beta, yn, (int)j->HWo);
             continue;
         }
@@ -584,7 +616,7 @@ static void conv_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) 
         for (int oy0 = 0; oy0 < j->Ho; oy0 += j->rows) {
             int oy1 = oy0 + j->rows < j->Ho ? oy0 + j->rows : j->Ho, nc = (oy1 - oy0) * j->Wo;
             band_cols(j->im, 0, xn, j->cols[tid], j->Cin, j->H, j->W, j->k, j->s, j->p, oy0, oy1, j->Wo);
-            sgemm_par(j->im, 0, 0, j->Cout, nc, (int)j->KK, 1.f, j->w, (int)j->KK, j->cols[tid], nc,
+            gemm_op(j->im, 0, 0, j->Cout, nc, (int)j->KK, 1.f, j->w, (int)j->KK, j->cols[tid], nc,
                       beta, yn + (int64_t)oy0 * j->Wo, (int)j->HWo);
         }
     }
@@ -610,8 +642,8 @@ static void conv_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) 
         const float *dyn = j->dy + n * j->Cout * j->HWo;
         float *dxn = j->dx ? j->dx + n * j->Cin * j->HWi : NULL;
         if (j->direct) {
-            if (dw) sgemm_par(j->im, 0, 1, j->Cout, KK, HWo, 1.f, dyn, HWo, xn, HWo, 1.f, dw, KK);
-            if (dxn) sgemm_par(j->im, 1, 0, j->Cin, HWo, j->Cout, 1.f, j->w, j->Cin, dyn, HWo, 1.f, dxn, HWo);
+            if (dw) gemm_op(j->im, 0, 1, j->Cout, KK, HWo, 1.f, dyn, HWo, xn, HWo, 1.f, dw, KK);
+            if (dxn) gemm_op(j->im, 1, 0, j->Cin, HWo, j->Cout, 1.f, j->w, j->Cin, dyn, HWo, 1.f, dxn, HWo);
             continue;
         }
         /* band by band: dw += dy(band) cols(band)^T sums the bands in order;
@@ -621,10 +653,10 @@ static void conv_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) 
             const float *dyb = dyn + (int64_t)oy0 * j->Wo;
             if (dw) {
                 band_cols(j->im, 0, xn, j->cols[tid], j->Cin, j->H, j->W, j->k, j->s, j->p, oy0, oy1, j->Wo);
-                sgemm_par(j->im, 0, 1, j->Cout, KK, nc, 1.f, dyb, HWo, j->cols[tid], nc, 1.f, dw, KK);
+                gemm_op(j->im, 0, 1, j->Cout, KK, nc, 1.f, dyb, HWo, j->cols[tid], nc, 1.f, dw, KK);
             }
             if (dxn) {
-                sgemm_par(j->im, 1, 0, KK, nc, j->Cout, 1.f, j->w, KK, dyb, HWo, 0.f, j->dcols[tid], nc);
+                gemm_op(j->im, 1, 0, KK, nc, j->Cout, 1.f, j->w, KK, dyb, HWo, 0.f, j->dcols[tid], nc);
                 band_cols(j->im, 1, j->dcols[tid], dxn, j->Cin, j->H, j->W, j->k, j->s, j->p, oy0, oy1, j->Wo);
             }
         }
@@ -1879,11 +1911,19 @@ static void cpu_embedding_bwd(Backend *be, const float *dout, const int32_t *ids
 
 static void cpu_destroy(Backend *be);
 /* Host memory and our own loops: after create the ops have no failure to
- * report (the model allocates every buffer through be->alloc and checks it). */
-static const char *cpu_last_error(Backend *be) { return ""; }
-static void cpu_clear_error(Backend *be) {}
+ * report (the model allocates every buffer through be->alloc and checks it),
+ * except BF16 mode's operand copies. */
+static const char *cpu_last_error(Backend *be) {
+    return atomic_load(&impl_of(be)->failed) ? "cpu: no memory for the bf16 copies of a GEMM's operands" : "";
+}
+static void cpu_clear_error(Backend *be) { atomic_store(&impl_of(be)->failed, 0); }
 static const char *cpu_device_name(Backend *be) { return impl_of(be)->desc; }
-static int cpu_set_tf32(Backend *be, int on) { return on ? -1 : 0; }
+/* FP32 by default; BF16 rounds operands in software (the reference); no TF32 */
+static int cpu_set_precision(Backend *be, int prec) {
+    if (prec != KRONA_PREC_AUTO && prec != KRONA_PREC_FP32 && prec != KRONA_PREC_BF16) return -1;
+    impl_of(be)->bf16 = prec == KRONA_PREC_BF16;
+    return 0;
+}
 
 Backend *backend_cpu_create(void) {
     Backend *be = calloc(1, sizeof(Backend));
@@ -1925,7 +1965,7 @@ Backend *backend_cpu_create(void) {
     be->last_error = cpu_last_error;
     be->clear_error = cpu_clear_error;
     be->device_name = cpu_device_name;
-    be->set_tf32 = cpu_set_tf32;
+    be->set_precision = cpu_set_precision;
     be->reserved_bytes = cpu_reserved;
     be->free_bytes = cpu_free_bytes;
     be->gemm = cpu_gemm;

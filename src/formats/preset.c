@@ -51,6 +51,8 @@ static const Key keys[] = {
     { "model", "tokenizer", K_STR, F(tokenizer), 0, 0, 0, 0, 0, NULL, "tokenizer_dir|vocab",
       "CLIP's vocabulary (a folder with merges.txt); empty: the model folder, $KRONA_TOKENIZER, the Hugging Face cache, ComfyUI or A1111" },
     { "model", "device", K_ENUM, F(device), 0, 0, 0, 0, 0, "auto|cpu|cuda", "backend|gpu", "auto | cpu | cuda" },
+    { "model", "precision", K_ENUM, F(precision), 0, 0, 0, 0, 0, "auto|fp32|tf32|bf16", "mixed_precision|matmul_precision|amp",
+      "GEMM arithmetic: auto (cpu fp32, cuda tf32) | fp32 | tf32 (cuda) | bf16 (linear and conv operands in bf16, sums in fp32; on the cpu a slow reference)" },
     { "model", "vae_tiling", K_ENUM, F(vae_tiling), 0, 0, 0, 0, 0, "auto|on|off", "tiled_vae|vae_tile|enable_tiling|tiling",
       "VAE encode / decode in overlapping 512 px tiles: auto (when the image is larger than a tile and the untiled pass would not fit in half the available memory) | on | off" },
 
@@ -137,6 +139,7 @@ void preset_defaults(Preset *p) {
     memset(p, 0, sizeof *p);
     set_text(p->model, sizeof p->model, "tiny");
     set_text(p->device, sizeof p->device, "auto");
+    set_text(p->precision, sizeof p->precision, "auto");
     set_text(p->vae_tiling, sizeof p->vae_tiling, "auto");
     p->resolution = 32;
     set_text(p->adapter, sizeof p->adapter, "krona");

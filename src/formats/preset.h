@@ -16,6 +16,7 @@ typedef struct Preset {
     char model[PRESET_PATH_MAX];     /* "tiny", "sd15", "sdxl", or a model dir/file */
     char tokenizer[PRESET_PATH_MAX]; /* CLIP vocabulary folder/file; "" = found (tok_find_clip) */
     char device[16];                 /* "auto", "cpu", "cuda" */
+    char precision[8];               /* "auto", "fp32", "tf32", "bf16": GEMM arithmetic (core/backend.h) */
     char vae_tiling[8];              /* "auto", "on", "off": the VAE in tiles (models/vae.h) */
     /* [data] */
     int n_images;

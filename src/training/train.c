@@ -864,6 +864,8 @@ static int setup(Trainer *t, const char *resume_dir) {
                             stale > 1 ? "s" : "", resume_dir);
     }
     if (preset_validate(p, t->err, sizeof t->err) != 0) return -1;
+    if (backend_set_precision(be, p->precision, t->err, sizeof t->err) != 0) return -1;
+    if (strcmp(p->precision, "auto") != 0) tlog(t, "precision %s on %s", p->precision, be->name);
     train_find_images(p);
     if (p->n_images < 1) {
         snprintf(t->err, sizeof t->err, "no training images: add `image = path` lines to [data]");

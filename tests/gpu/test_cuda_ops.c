@@ -1,8 +1,10 @@
 /* test_cuda_ops.c — every op of the CUDA backend against the CPU backend, on
  * random inputs at realistic shapes (SD 1.5 attention / conv / norms among
- * them). Each case runs once on the CPU and twice on the GPU: exact fp32 gemms
- * and TF32 tensor-core gemms. Prints one row per compared buffer and exits 1
- * on any mismatch (2 when no GPU).
+ * them). Each case runs on the GPU in each precision (backend.h): fp32 and
+ * tf32 against the CPU in fp32, bf16 against the CPU in bf16 (the same
+ * operand rounding, so linear and conv2d must agree to fp32 summation order;
+ * the ops that stay TF32 on the GPU get the tf32 tolerance). Prints one row
+ * per compared buffer and exits 1 on any mismatch (2 when no GPU).
  *
  * Buffers handed to an op are filled with random values first, including its
  * outputs and gradients, so both "forward overwrites" and "backward
@@ -41,7 +43,7 @@ struct Case {
     Arg a[MAXA];
     int64_t i[16];
     float f[8];
-    double tol, tol_tf32; /* max |gpu - cpu| / size of the cpu result */
+    double tol, tol_tf32, tol_bf16; /* max |gpu - cpu| / size of the cpu result */
     int big;              /* SD-sized: skipped by --small */
 };
 
@@ -57,6 +59,7 @@ static Case *add_case(const char *name, CaseFn fn, double tol, double tol_tf32, 
     c->fn = fn;
     c->tol = tol;
     c->tol_tf32 = tol_tf32;
+    c->tol_bf16 = tol_tf32; /* build_cases tightens linear and conv2d */
     c->big = big;
     return c;
 }
@@ -482,6 +485,12 @@ static void build_cases(void) {
      * layer goes A first, its mirror image B first (also with dA = NULL) */
     kron_cases(4096, 4, 64, 80, 5, 1.f, 0);
     kron_cases(300, 64, 4, 5, 80, 0.5f, 1);
+    /* bf16: the CPU rounds linear's and conv2d's operands as the GPU does, so
+     * only the summation order differs there */
+    for (int i = 0; i < ncases; i++)
+        if (cases[i].fn == k_linear_fwd || cases[i].fn == k_linear_bwd || cases[i].fn == k_conv_fwd ||
+            cases[i].fn == k_conv_bwd)
+            cases[i].tol_bf16 = cases[i].tol;
 }
 
 /* ------------------------------------------------------------ runner */
@@ -581,9 +590,19 @@ int main(int argc, char **argv) {
             }
         }
         double ms_cpu = 0, ms_gpu = 0;
-        if (run_on(cpu, c, host, ref, &ms_cpu)) { fails++; continue; }
-        for (int tf = 0; tf < 2; tf++) {
-            gpu->set_tf32(gpu, tf);
+        static const int modes[3] = {KRONA_PREC_FP32, KRONA_PREC_TF32, KRONA_PREC_BF16};
+        for (int mi = 0; mi < 3; mi++) {
+            int mode = modes[mi];
+            /* the CPU reference: fp32 for fp32 and tf32, bf16 for bf16 */
+            if (mi == 0 || mode == KRONA_PREC_BF16) {
+                cpu->set_precision(cpu, mode == KRONA_PREC_BF16 ? KRONA_PREC_BF16 : KRONA_PREC_FP32);
+                if (run_on(cpu, c, host, ref, &ms_cpu)) { fails++; break; }
+            }
+            if (gpu->set_precision(gpu, mode) != 0) {
+                printf("%-58s set_precision(%s) refused\n", c->name, backend_precision_name(mode));
+                fails++;
+                continue;
+            }
             if (run_on(gpu, c, host, got, &ms_gpu)) { fails++; break; }
             const char *e = gpu->last_error(gpu);
             if (e[0]) {
@@ -592,7 +611,7 @@ int main(int argc, char **argv) {
                 fails++;
                 continue;
             }
-            double tol = tf ? c->tol_tf32 : c->tol;
+            double tol = mode == KRONA_PREC_TF32 ? c->tol_tf32 : mode == KRONA_PREC_BF16 ? c->tol_bf16 : c->tol;
             for (int j = 0; j < c->na; j++) {
                 Arg *a = &c->a[j];
                 if (a->kind != OUT && a->kind != ACC) continue;
@@ -618,7 +637,7 @@ int main(int argc, char **argv) {
                 if (!ok) fails++;
                 rows++;
                 printf("%-58s %-7s %-4s %11.3e %11.3e %9.2e %8.1e %9.3f %s", c->name, a->name,
-                       tf ? "tf32" : "fp32", maxerr, scale, rel, tol, ms_gpu, ok ? "ok" : "FAIL");
+                       backend_precision_name(mode), maxerr, scale, rel, tol, ms_gpu, ok ? "ok" : "FAIL");
                 if (nan_at >= 0) printf(" (non-finite mismatch at %lld: gpu %g cpu %g)", (long long)nan_at, got[j][nan_at], ref[j][nan_at]);
                 printf("\n");
             }

@@ -9,7 +9,9 @@
  * `make cuda-emu` builds and runs it (gpu/gpu.mk). For out-of-bounds checks
  * compile the translated backend and the test with -fsanitize=address and
  * -DKRONA_CUDA_EXACT_ALLOC (no size rounding in the caching allocator).
- * TF32 is not emulated: the tf32 rows repeat the fp32 ones here.
+ * TF32 is not emulated: the tf32 rows repeat the fp32 ones here. bf16 is:
+ * __float2bfloat16_rn rounds to nearest even, and cublasGemmStridedBatchedEx
+ * multiplies the bf16 values exactly, summing in double like the f32 GEMM.
  */
 #ifndef EMU_CUDA_H
 #define EMU_CUDA_H
@@ -36,6 +38,24 @@ struct dim3 {
 static dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 static inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+
+/* bf16: the high 16 bits of an f32, rounded to nearest even (written here
+ * from the IEEE layout, not taken from the engine's core/half.h) */
+struct __nv_bfloat16 { uint16_t x; };
+static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    __nv_bfloat16 b;
+    if ((u & 0x7fffffffu) > 0x7f800000u) b.x = (uint16_t)((u >> 16) | 0x40);
+    else b.x = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    return b;
+}
+static inline float __bfloat162float(__nv_bfloat16 b) {
+    uint32_t u = (uint32_t)b.x << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 /* threads run one at a time here, so an atomic add is a plain add */
 static inline float atomicAdd(float *p, float v) { float old = *p; *p = old + v; return old; }
 
@@ -202,10 +222,24 @@ static inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { ret
 static inline cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return 0; }
 static inline const char *cublasGetStatusString(cublasStatus_t s) { return s == 7 ? "CUBLAS_STATUS_INVALID_VALUE" : "CUBLAS_STATUS_?"; }
 
-static inline cublasStatus_t cublasSgemmStridedBatched_64(
+typedef enum { CUDA_R_32F = 0, CUDA_R_16BF = 14 } cudaDataType;
+typedef enum { CUBLAS_COMPUTE_32F = 68 } cublasComputeType_t;
+typedef enum { CUBLAS_GEMM_DEFAULT = -1 } cublasGemmAlgo_t;
+static inline float emu_load(const void *p, cudaDataType t, int64_t i) {
+    return t == CUDA_R_16BF ? __bfloat162float(((const __nv_bfloat16 *)p)[i]) : ((const float *)p)[i];
+}
+static inline size_t emu_size(cudaDataType t) { return t == CUDA_R_16BF ? 2 : 4; }
+
+static inline cublasStatus_t cublasGemmStridedBatchedEx_64(
     cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
-    const float *alpha, const float *A, int64_t lda, long long sA, const float *B, int64_t ldb,
-    long long sB, const float *beta, float *C, int64_t ldc, long long sC, int64_t batch) {
+    const void *alpha_, const void *A, cudaDataType tAd, int64_t lda, long long sA, const void *B,
+    cudaDataType tBd, int64_t ldb, long long sB, const void *beta_, void *C_, cudaDataType tCd,
+    int64_t ldc, long long sC, int64_t batch, cublasComputeType_t compute, cublasGemmAlgo_t) {
+    /* the combinations the backend uses: f32 x f32 and bf16 x bf16 into f32, f32 compute */
+    if (tAd != tBd || tCd != CUDA_R_32F || compute != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_INVALID_VALUE;
+    const float *alpha = (const float *)alpha_, *beta = (const float *)beta_;
+    float *C = (float *)C_;
+    size_t es = emu_size(tAd);
     /* the argument rules of the real cuBLAS (column-major) */
     if (m < 0 || n < 0 || k < 0 || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
     if (lda < (ta == CUBLAS_OP_N ? (m > 1 ? m : 1) : (k > 1 ? k : 1))) return CUBLAS_STATUS_INVALID_VALUE;
@@ -215,12 +249,14 @@ static inline cublasStatus_t cublasSgemmStridedBatched_64(
     /* contiguous copies of op(A) rows and op(B) columns keep the dot products fast */
     float *Ar = (float *)malloc(sizeof(float) * (m * k + 1)), *Bc = (float *)malloc(sizeof(float) * (n * k + 1));
     for (int64_t b = 0; b < batch; b++) {
-        const float *Ab = A + b * sA, *Bb = B + b * sB;
+        const char *Ab = (const char *)A + b * sA * es, *Bb = (const char *)B + b * sB * es;
         float *Cb = C + b * sC;
         for (int64_t i = 0; i < m; i++)
-            for (int64_t l = 0; l < k; l++) Ar[i * k + l] = ta == CUBLAS_OP_N ? Ab[i + l * lda] : Ab[l + i * lda];
+            for (int64_t l = 0; l < k; l++)
+                Ar[i * k + l] = emu_load(Ab, tAd, ta == CUBLAS_OP_N ? i + l * lda : l + i * lda);
         for (int64_t j = 0; j < n; j++)
-            for (int64_t l = 0; l < k; l++) Bc[j * k + l] = tb == CUBLAS_OP_N ? Bb[l + j * ldb] : Bb[j + l * ldb];
+            for (int64_t l = 0; l < k; l++)
+                Bc[j * k + l] = emu_load(Bb, tBd, tb == CUBLAS_OP_N ? l + j * ldb : j + l * ldb);
         for (int64_t j = 0; j < n; j++)
             for (int64_t i = 0; i < m; i++) {
                 double acc = 0;
@@ -233,6 +269,14 @@ static inline cublasStatus_t cublasSgemmStridedBatched_64(
     free(Ar);
     free(Bc);
     return CUBLAS_STATUS_SUCCESS;
+}
+static inline cublasStatus_t cublasSgemmStridedBatched_64(
+    cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
+    const float *alpha, const float *A, int64_t lda, long long sA, const float *B, int64_t ldb,
+    long long sB, const float *beta, float *C, int64_t ldc, long long sC, int64_t batch) {
+    return cublasGemmStridedBatchedEx_64(h, ta, tb, m, n, k, alpha, A, CUDA_R_32F, lda, sA, B, CUDA_R_32F,
+                                         ldb, sB, beta, C, CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT);
 }
 static inline cublasStatus_t cublasSgemm_64(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
                                             int64_t m, int64_t n, int64_t k, const float *alpha,

@@ -27,6 +27,7 @@ def main():
     src = open(sys.argv[1]).read()
     src = src.replace('#include <cuda_runtime.h>', '#include "emu_cuda.h"')
     src = src.replace('#include <cublas_v2.h>', '')
+    src = src.replace('#include <cuda_bf16.h>', '')
     out, pos, n = [], 0, 0
     pat = re.compile(r'(\w+)<<<(.*?)>>>\(', re.S)
     while True:
