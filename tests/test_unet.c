@@ -862,6 +862,83 @@ static void test_tiny_finite_diff(void **st) {
     tiny_close(&m);
 }
 
+/* One training step of the tiny UNet (KronA on attention and FFN, both
+ * factors nonzero) in precision `prec`: MSE loss against the noise R, every
+ * adapter gradient (all dA then all dB) into g. */
+static double tiny_mse_step(Tiny *m, int prec, float *g, int64_t *ng) {
+    assert_int_equal(m->be->set_precision(m->be, prec), 0);
+    int64_t n = (int64_t)m->N * 3 * m->H * m->W;
+    float *dout = malloc((size_t)n * sizeof *dout);
+    unet_zero_grad(m->u);
+    assert_int_equal(unet_forward(m->u, m->x, m->t, m->ctx, NULL, m->out, m->N, m->H, m->W, m->L, 1), 0);
+    double loss = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)m->out[i] - m->R[i];
+        loss += d * d / (double)n;
+        dout[i] = (float)(2.0 * d / (double)n);
+    }
+    assert_int_equal(unet_backward(m->u, dout, NULL), 0);
+    AdapterSet *set = unet_adapters(m->u);
+    int64_t k = 0;
+    for (int f = 0; f < 2; f++)
+        for (int i = 0; i < set->n; i++) {
+            Adapter *a = &set->items[i];
+            int64_t na = f ? (int64_t)a->b1 * a->b2 : (int64_t)a->a1 * a->a2;
+            if (g) m->be->download(m->be, g + k, f ? a->dB : a->dA, (size_t)na * sizeof(float));
+            k += na;
+        }
+    *ng = k;
+    free(dout);
+    assert_string_equal(m->be->last_error(m->be), "");
+    return loss;
+}
+
+/* precision = bf16 against fp32 on a whole training step (backend.h) of the
+ * built-in tiny model: the loss
+ * and the adapter gradients (as one vector) within 1e-2 relative, and not
+ * equal (the mode is in effect). The op-level exactness of the rounding is
+ * test_ops' business; this is what it does to training. */
+static void test_bf16_train_step(void **st) {
+    (void)st;
+    Tiny m;
+    tiny_open(&m, 32);
+    char err[512];
+    /* the pretrained weights: a random net's gradients are far more sensitive
+     * (1.6e-2 here) than the model people train on */
+    if (unet_load_safetensors(m.u, "models/tiny/unet.safetensors", err, sizeof err)) fail_msg("%s", err);
+    AdapterSpec s = {0};
+    s.kind = ADAPTER_KRONA; s.a1 = 4; s.a2 = 4; s.alpha = 1; s.modules = ADAPT_ATTN | ADAPT_FFN;
+    if (unet_attach_adapters(m.u, &s, 1, err, sizeof err)) fail_msg("%s", err);
+    AdapterSet *set = unet_adapters(m.u);
+    Rng r;
+    rng_seed(&r, 12);
+    for (int i = 0; i < set->n; i++) { /* B nonzero, so dA is too */
+        Adapter *a = &set->items[i];
+        int64_t n = (int64_t)a->b1 * a->b2;
+        float *h = malloc((size_t)n * sizeof *h);
+        rng_fill_uniform(&r, h, n, -2.f / sqrtf((float)a->d_in), 2.f / sqrtf((float)a->d_in));
+        m.be->upload(m.be, a->B, h, (size_t)n * sizeof *h);
+        free(h);
+    }
+    int64_t ng;
+    tiny_mse_step(&m, KRONA_PREC_FP32, NULL, &ng);
+    float *g32 = malloc((size_t)ng * sizeof *g32), *g16 = malloc((size_t)ng * sizeof *g16);
+    double l32 = tiny_mse_step(&m, KRONA_PREC_FP32, g32, &ng);
+    double l16 = tiny_mse_step(&m, KRONA_PREC_BF16, g16, &ng);
+    double dn = 0, gn = 0;
+    for (int64_t i = 0; i < ng; i++) {
+        dn += ((double)g16[i] - g32[i]) * ((double)g16[i] - g32[i]);
+        gn += (double)g32[i] * g32[i];
+    }
+    double rl = fabs(l16 - l32) / l32, rg = sqrt(dn / gn);
+    print_message("bf16 vs fp32 step: loss %.6f vs %.6f (rel %.1e), %lld adapter grads rel %.1e\n", l16,
+                  l32, rl, (long long)ng, rg);
+    assert_true(rl <= 1e-2 && rg <= 1e-2);
+    assert_true(rg > 1e-6); /* bf16 did round something */
+    free(g32); free(g16);
+    tiny_close(&m);
+}
+
 /* y[n, c] = x[n, c] transposed: [H, W] -> [W, H] */
 static void transpose_hw(const float *x, float *y, int N, int C, int H, int W) {
     for (int nc = 0; nc < N * C; nc++)
@@ -1076,6 +1153,7 @@ int main(void) {
         cmocka_unit_test(test_shapes_reuse),
         cmocka_unit_test(test_tiny_train_step),
         cmocka_unit_test(test_tiny_finite_diff),
+        cmocka_unit_test(test_bf16_train_step),
         cmocka_unit_test(test_checkpointing),
         cmocka_unit_test(test_non_square_transpose),
     };
