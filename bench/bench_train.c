@@ -3,6 +3,9 @@
  * adapters, with KronA (attn, attn+ffn) and with LoRA at a similar parameter
  * count. Prints a table and writes it to the file given as the first argument.
  *   bench_train [OUT] [--device cpu|cuda] [--model tiny|sd15|sdxl] [--batch B]
+ *               [--precision auto|fp32|tf32|bf16[,...]]
+ * --precision: every row in each listed GEMM precision (core/backend.h; default
+ * auto: cpu fp32, cuda tf32); "vs none" compares rows of the same precision.
  * --model sd15 / sdxl time SD 1.5 at 512x512 (64x64 latents, 77 tokens) and
  * SDXL at 1024x1024 (128x128 latents) with random weights: the step costs the
  * same as with real ones; their KronA rows run with and without gradient
@@ -29,6 +32,7 @@ static double now_s(void) {
 
 typedef struct Row {
     char what[48];
+    char prec[8];
     int batch;
     int64_t trainable;
     double ms_median, ms_min;
@@ -40,11 +44,20 @@ static int cmp_d(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static int run(const char *device, const char *model, const char *what, const AdapterSpec *spec,
-               int ckpt, int B, int reps, Row *row) {
+static char device_desc[128]; /* the card's name, for the table's header */
+
+static int run(const char *device, const char *prec, const char *model, const char *what,
+               const AdapterSpec *spec, int ckpt, int B, int reps, Row *row) {
     char err[512];
     Backend *be = backend_open(device, err, sizeof err);
     if (!be) { fprintf(stderr, "bench_train: %s\n", err); return -1; }
+    snprintf(device_desc, sizeof device_desc, "%s", be->device_name(be));
+    snprintf(row->prec, sizeof row->prec, "%s", prec);
+    if (backend_set_precision(be, prec, err, sizeof err) != 0) {
+        fprintf(stderr, "bench_train: %s\n", err);
+        backend_destroy(be);
+        return -1;
+    }
     UNetConfig cfg;
     unet_config_builtin(model, &cfg);
     int tiny = !strcmp(model, "tiny");
@@ -170,16 +183,18 @@ static int run(const char *device, const char *model, const char *what, const Ad
 }
 
 int main(int argc, char **argv) {
-    const char *out = "bench/results.txt", *device = "cpu", *model = "tiny";
+    const char *out = "bench/results.txt", *device = "cpu", *model = "tiny", *precs = "auto";
     int only_batch = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--device") && v) device = argv[++i];
         else if (!strcmp(a, "--model") && v) model = argv[++i];
         else if (!strcmp(a, "--batch") && v) only_batch = atoi(argv[++i]);
+        else if (!strcmp(a, "--precision") && v) precs = argv[++i];
         else if (a[0] != '-') out = a;
         else {
-            fprintf(stderr, "usage: bench_train [OUT] [--device cpu|cuda] [--model tiny|sd15|sdxl] [--batch B]\n");
+            fprintf(stderr, "usage: bench_train [OUT] [--device cpu|cuda] [--model tiny|sd15|sdxl] [--batch B] "
+                    "[--precision auto|fp32|tf32|bf16[,...]]\n");
             return 2;
         }
     }
@@ -227,42 +242,61 @@ int main(int argc, char **argv) {
     int batches[2] = {1, 8}, nb = 2;
     if (only_batch > 0) { batches[0] = only_batch; nb = 1; }
     else if (!tiny) nb = 1; /* SD: batch 1, as in the figures to beat */
-    Row rows[8];
+    char plist[4][8];
+    int np = 0;
+    for (const char *q = precs; *q && np < 4;) {
+        size_t l = strcspn(q, ",");
+        snprintf(plist[np], sizeof plist[np], "%.*s", (int)(l < 7 ? l : 7), q);
+        if (backend_precision_parse(plist[np]) == -2) {
+            fprintf(stderr, "bench_train: --precision %s: use auto, fp32, tf32 or bf16 (comma-separated)\n", plist[np]);
+            return 2;
+        }
+        np++;
+        q += l + (q[l] == ',');
+    }
+    Row rows[32];
     int nr = 0, failed = 0;
     /* SD: no adapter, KronA attn (the paper's setting) and KronA with gradient checkpointing */
     int pick_tiny[] = {0, 1, 2, 3}, pick_sd[] = {0, 1, 4};
     int *pick = tiny ? pick_tiny : pick_sd, nc = tiny ? 4 : 3;
-    for (int b = 0; b < nb; b++)
-        for (int k = 0; k < nc; k++) {
-            int c = pick[k];
-            int reps = batches[b] == 1 ? 20 : 6;
-            if (!tiny && !strcmp(device, "cpu")) reps = 2; /* minutes per step there */
-            int rc = run(device, model, cases[c].what, cases[c].spec, cases[c].ckpt, batches[b], reps, &rows[nr]);
-            if (rc >= 0) nr++;
-            if (rc < 0) failed = 1;
-        }
+    for (int pi = 0; pi < np; pi++)
+        for (int b = 0; b < nb; b++)
+            for (int k = 0; k < nc; k++) {
+                int c = pick[k];
+                int reps = batches[b] == 1 ? 20 : 6;
+                if (!tiny && !strcmp(device, "cpu")) reps = 2; /* minutes per step there */
+                int rc = run(device, plist[pi], model, cases[c].what, cases[c].spec, cases[c].ckpt,
+                             batches[b], reps, &rows[nr]);
+                if (rc >= 0) nr++;
+                if (rc < 0) failed = 1;
+            }
+    char day[16];
+    time_t now = time(NULL);
+    strftime(day, sizeof day, "%Y-%m-%d", localtime(&now));
 
-    char buf[4096];
+    char buf[8192];
     size_t len = 0;
     len += (size_t)snprintf(buf + len, sizeof buf - len,
                             "krona-studio bench: one training step, %s UNet, %dx%d %s, %d tokens, %s backend\n"
-                            "%-24s %5s %10s %12s %10s %10s %9s\n",
+                            "(%s, %s)\n"
+                            "%-24s %5s %5s %10s %12s %10s %10s %9s\n",
                             model, cfg.sample_size, cfg.sample_size, tiny ? "RGB" : "latents",
-                            tiny ? 32 : 77, device, "adapter", "batch", "trainable", "median ms",
-                            "min ms", "peak MB", "vs none");
+                            tiny ? 32 : 77, device, device_desc, day, "adapter", "math", "batch",
+                            "trainable", "median ms", "min ms", "peak MB", "vs none");
     for (int i = 0; i < nr; i++)
         if (rows[i].trainable < 0) /* skipped: the plan did not fit */
-            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5d %10s %12s %10s %10.1f  (planned; more than the free memory)\n",
-                                    rows[i].what, rows[i].batch, "-", "skipped", "-", rows[i].peak_mb);
+            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5s %5d %10s %12s %10s %10.1f  (planned; more than the free memory)\n",
+                                    rows[i].what, rows[i].prec, rows[i].batch, "-", "skipped", "-", rows[i].peak_mb);
         else {
             /* the step's cost over the no-adapter row of the same batch (issue 13's overhead) */
             char over[16] = "-";
             for (int j = 0; j < nr; j++)
                 if (j != i && rows[j].batch == rows[i].batch && rows[j].trainable == 0 &&
+                    !strcmp(rows[j].prec, rows[i].prec) &&
                     rows[i].trainable > 0 && rows[j].ms_median > 0)
                     snprintf(over, sizeof over, "%+.0f%%", 100.0 * (rows[i].ms_median / rows[j].ms_median - 1.0));
-            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5d %10lld %12.1f %10.1f %10.1f %9s\n",
-                                    rows[i].what, rows[i].batch, (long long)rows[i].trainable, rows[i].ms_median,
+            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5s %5d %10lld %12.1f %10.1f %10.1f %9s\n",
+                                    rows[i].what, rows[i].prec, rows[i].batch, (long long)rows[i].trainable, rows[i].ms_median,
                                     rows[i].ms_min, rows[i].peak_mb, over);
         }
     fputs(buf, stdout);

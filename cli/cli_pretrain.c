@@ -30,7 +30,7 @@ static int run(int argc, char **argv) {
     const CliCommand *me = &cli_pretrain;
     PretrainOpts o;
     pretrain_default_opts(&o);
-    const char *data = "data/emoji32.bin", *device = "auto";
+    const char *data = "data/emoji32.bin", *device = "auto", *precision = "auto";
     float minutes = 0;
     int no_flip = 0, linear = o.schedule == BETAS_LINEAR ? 0 : 1;
     int v_pred = o.prediction == PRED_V ? 0 : 1;
@@ -60,6 +60,8 @@ static int run(int argc, char **argv) {
         cli_choice("--schedule", &linear, "linear|scaled_linear", "betas (default linear: DDPM's)"),
         cli_choice("--prediction", &v_pred, "v|epsilon", "what the UNet predicts (default v)"),
         cli_str("--device", &device, "auto|cpu|cuda", "the backend (default auto)"),
+        cli_str("--precision", &precision, "auto|fp32|tf32|bf16",
+                "GEMM arithmetic (default auto: cpu fp32, cuda tf32); --resume needs the same"),
         {0},
     };
     int rc = cli_parse(me, opts, argc, argv);
@@ -80,6 +82,12 @@ static int run(int argc, char **argv) {
         pt_dataset_free(&d);
         return 2;
     }
+    if (backend_set_precision(be, precision, err, sizeof err) != 0) {
+        cli_error(me, "%s", err);
+        backend_destroy(be);
+        pt_dataset_free(&d);
+        return 2;
+    }
     PretrainCallbacks cb = {.user = NULL, .progress = on_progress, .log = on_log};
     rc = pretrain_run(&d, &o, be, &cb, err, sizeof err);
     if (rc < 0) cli_error(me, "%s", err);
@@ -95,7 +103,7 @@ const CliCommand cli_pretrain = {
     "[--lr-min FRACTION] [--weight-decay W] [--clip NORM] [--cfg-drop P] [--no-flip]\n"
     "[--ema DECAY] [--checkpoint-every N] [--stop-after STEP] [--print-every N]\n"
     "[--sample-every N] [--sample-steps N] [--schedule linear|scaled_linear]\n"
-    "[--prediction v|epsilon] [--device auto|cpu|cuda]",
+    "[--prediction v|epsilon] [--device auto|cpu|cuda] [--precision auto|fp32|tf32|bf16]",
     NULL,
     "Train the built-in tiny model (UNet and text encoder jointly) from scratch: v or epsilon\n"
     "loss on DDPM's linear schedule by default (both go to OUT/scheduler_config.json), AdamW\n"

@@ -84,7 +84,7 @@ static void on_sigint(int sig) {
 static int run(int argc, char **argv) {
     const CliCommand *me = &cli_train;
     const char *resume = NULL, *device = NULL, *preset_path = NULL;
-    const char *export_as = NULL;
+    const char *export_as = NULL, *precision = NULL;
     int headless = 0, every = 0, random_weights = 0;
     CliList sets = {0};
     CliOpt opts[] = {
@@ -93,6 +93,8 @@ static int run(int argc, char **argv) {
         cli_list("--set", &sets, "KEY=VALUE", "override a preset key (section.key=value too); repeats"),
         cli_str("--resume", &resume, "RUN_DIR", "continue that run from its checkpoint"),
         cli_str("--device", &device, "auto|cpu|cuda", "the backend (default: the preset's device)"),
+        cli_str("--precision", &precision, "auto|fp32|tf32|bf16",
+                "GEMM arithmetic (default: the preset's precision; as --set precision=...)"),
         cli_int("--print-every", &every, "N", 1, INT_MAX,
                 "piped output: a progress line every N steps (default iterations/20)"),
         cli_flag("--random-weights", &random_weights, 1,
@@ -116,9 +118,9 @@ static int run(int argc, char **argv) {
         cli_error(me, "--export-dtype %s: use f32, f16 or bf16", export_as);
         return 2;
     }
-    if (resume && (preset_path || sets.n || random_weights)) {
-        cli_error(me, "--resume continues with the run's own preset.ini (its model too); drop --preset, --set "
-                  "and --random-weights");
+    if (resume && (preset_path || sets.n || random_weights || precision)) {
+        cli_error(me, "--resume continues with the run's own preset.ini (its model and precision too); drop "
+                  "--preset, --set, --precision and --random-weights");
         return 2;
     }
     Preset p;
@@ -136,6 +138,13 @@ static int run(int argc, char **argv) {
             cli_error(me, "%s", err); /* it names the --set */
             return 2;
         }
+    if (precision) {
+        if (backend_precision_parse(precision) == -2) {
+            cli_error(me, "--precision %s: use auto, fp32, tf32 or bf16", precision);
+            return 2;
+        }
+        snprintf(p.precision, sizeof p.precision, "%s", precision);
+    }
     if (random_weights) {
         const char *spec = cli_random_model(me, p.model);
         if (!spec) return 2;
@@ -210,6 +219,7 @@ static int run(int argc, char **argv) {
 const CliCommand cli_train = {
     "train", run,
     "--preset P.ini --headless [--set key=value ...] [--device auto|cpu|cuda]\n"
+    "[--precision auto|fp32|tf32|bf16]\n"
     "[--print-every N] [--random-weights] [--export-dtype f32|f16|bf16]",
     "--headless --resume RUN_DIR [--device auto|cpu|cuda] [--print-every N] [--export-dtype f32|f16|bf16]",
     "Train an adapter as the preset says and write a run folder (preset.ini, loss.csv,\n"

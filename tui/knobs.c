@@ -29,6 +29,7 @@ static const struct { const char *label, *key; } KNOBS[N_KNOBS] = {
     [KNOB_SAMPLE_EVERY] = {"sample every", "sample.sample_every"},
     [KNOB_SAMPLE_STEPS] = {"sampler steps", "sample.sample_steps"},
     [KNOB_GUIDANCE] = {"guidance", "sample.guidance"},
+    [KNOB_PRECISION] = {"precision", "model.precision"},
     [KNOB_OUTPUT] = {"output dir", "output.output_dir"},
 };
 
@@ -53,6 +54,7 @@ void knob_format(const Preset *p, int k, char *out, size_t n) {
     case KNOB_SAMPLE_EVERY: snprintf(out, n, "%d", p->sample_every); break;
     case KNOB_SAMPLE_STEPS: snprintf(out, n, "%d", p->sample_steps); break;
     case KNOB_GUIDANCE: snprintf(out, n, "%g", p->guidance); break;
+    case KNOB_PRECISION: snprintf(out, n, "%s", p->precision); break;
     case KNOB_OUTPUT: snprintf(out, n, "%s", p->output_dir); break;
     default: snprintf(out, n, "?");
     }
@@ -137,6 +139,14 @@ int knob_step(Preset *p, int k, int dir, int big, char *err, size_t errlen) {
         snprintf(b, sizeof b, "%g", p->guidance + dir * (big ? 2.5 : 0.5));
         rc = set_text(&q, k, b, err, errlen);
         break;
+    case KNOB_PRECISION: { /* the device says at the start of training whether it has the mode */
+        static const char *m[] = {"auto", "fp32", "tf32", "bf16"};
+        int i = 0;
+        while (i < 4 && strcmp(p->precision, m[i])) i++;
+        i = i == 4 ? 0 : (i + (dir > 0 ? 1 : 3)) % 4;
+        rc = set_text(&q, k, m[i], err, errlen);
+        break;
+    }
     default:
         snprintf(err, errlen, "%s: press Enter to edit", knob_label(k));
         return -1;

@@ -25,7 +25,7 @@ typedef enum { PICK_IMAGE, PICK_PRESET, PICK_MODEL } PickKind;
 /* ---- knobs.c (no ncurses): the editable fields and live parameter counts ---- */
 enum { KNOB_MODEL, KNOB_ADAPTER, KNOB_A1, KNOB_A2, KNOB_RANK, KNOB_MODULES, KNOB_TEXT_ENCODER,
        KNOB_LR, KNOB_ITERS, KNOB_BATCH, KNOB_SEED, KNOB_RES, KNOB_BUCKETS, KNOB_SAMPLE_EVERY, KNOB_SAMPLE_STEPS,
-       KNOB_GUIDANCE, KNOB_OUTPUT, N_KNOBS };
+       KNOB_GUIDANCE, KNOB_PRECISION, KNOB_OUTPUT, N_KNOBS };
 const char *knob_label(int k);
 const char *knob_key(int k);   /* the preset key preset_set understands */
 void knob_format(const Preset *p, int k, char *out, size_t n);

@@ -405,6 +405,17 @@ $bin sample --model tiny --prompt "a dog" --steps 2 -o "$tmp/d.png" --device aut
 [ $rc -eq 0 ] && [ -s "$tmp/d.png" ] && ok "--device auto runs (on the CPU here)" || bad "--device auto (rc $rc): $(cat "$tmp/e")"
 $bin train $common --set device=auto --set iterations=2 --set run_name=auto >/dev/null 2>"$tmp/e"; rc=$?
 [ $rc -eq 0 ] && [ -f "$tmp/runs/auto/adapter.safetensors" ] && ok "train --device auto trains" || bad "train device=auto (rc $rc): $(cat "$tmp/e")"
+# --- precision (core/backend.h): bf16 trains on the CPU (its reference); tf32 is CUDA's alone
+$bin train $common --device cpu --precision bf16 --set iterations=2 --set run_name=bf16 >"$tmp/o" 2>"$tmp/e"; rc=$?
+[ $rc -eq 0 ] && [ -f "$tmp/runs/bf16/adapter.safetensors" ] && grep -q "precision bf16 on cpu" "$tmp/o" &&
+  grep -q "^precision = bf16" "$tmp/runs/bf16/preset.ini" && ok "train --precision bf16 on the cpu, recorded in the run" ||
+  bad "train --precision bf16 (rc $rc): $(cat "$tmp/e")"
+$bin train $common --device cpu --set precision=tf32 --set iterations=2 --set run_name=tf32 >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -ne 0 ] && grep -q "precision = tf32: the cpu device has no such mode" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+  ok "precision = tf32 on the cpu: one line" || bad "tf32 on cpu (rc $rc): $(cat "$tmp/e")"
+$bin pretrain --device cpu --precision fp16 --steps 1 --out "$tmp/pt16" >/dev/null 2>"$tmp/e"; rc=$?
+[ $rc -ne 0 ] && grep -q "precision = fp16: use auto, fp32, tf32 or bf16" "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
+  ok "pretrain --precision fp16: one line with the choices" || bad "pretrain fp16 (rc $rc): $(cat "$tmp/e")"
 if ! nvidia-smi -L >/dev/null 2>&1; then # no GPU here: cuda fails in one line, whatever is installed
   $bin sample --model tiny --prompt "a dog" -o "$tmp/d.png" --device cuda >/dev/null 2>"$tmp/e"; rc=$?
   [ $rc -ne 0 ] && grep -q "device = cuda: " "$tmp/e" && [ "$(wc -l <"$tmp/e")" -eq 1 ] &&
