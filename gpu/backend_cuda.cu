@@ -33,6 +33,14 @@ typedef struct {
     size_t req;   /* bytes asked for (what peak_bytes counts) */
 } Block;
 
+/* a set_frozen range and its bf16 copy (NULL: not made yet, or no room) */
+typedef struct {
+    const float *p;
+    int64_t n;
+    __nv_bfloat16 *bf;
+    int tried;
+} Frozen;
+
 typedef struct {
     int dev;
     char dev_name[256];
@@ -47,6 +55,8 @@ typedef struct {
     Block *cache;
     size_t cache_n, cache_cap;
     size_t live_req, peak_req, reserved;
+    Frozen frozen[8]; /* set_frozen ranges */
+    int n_frozen;
     char err[512];
     long nerr;
 } Cuda;
@@ -264,10 +274,49 @@ static void *cu_alloc(Backend *be, size_t bytes) {
     }
     return p;
 }
-static void cu_free(Backend *be, void *p) { dfree(CU(be), p); }
+/* ---- frozen weights (set_frozen) ----
+ * Ranges the model promised not to write; in BF16 mode linear and conv2d take
+ * their weights from a bf16 copy of the whole range instead of casting them at
+ * every call. Host writes into a range drop it (and its copy). */
+static void frozen_drop(Cuda *c, int i) {
+    dfree(c, c->frozen[i].bf);
+    c->frozen[i] = c->frozen[--c->n_frozen];
+}
+/* drop every range overlapping [p, p + bytes) */
+static void frozen_touch(Cuda *c, const void *p, size_t bytes) {
+    const char *a = (const char *)p;
+    for (int i = c->n_frozen; i-- > 0;) {
+        const char *f = (const char *)c->frozen[i].p;
+        if (a < f + c->frozen[i].n * (int64_t)sizeof(float) && f < a + bytes) frozen_drop(c, i);
+    }
+}
+static size_t block_bytes(Cuda *c, const void *p) {
+    if (!c->live_cap) return 0;
+    size_t i = hash_ptr(p, c->live_cap);
+    while (c->live[i].p && c->live[i].p != p) i = (i + 1) & (c->live_cap - 1);
+    return c->live[i].p ? c->live[i].req : 0;
+}
+static void cu_set_frozen(Backend *be, const float *p, int64_t n) {
+    Cuda *c = CU(be);
+    for (int i = c->n_frozen; i-- > 0;)
+        if (c->frozen[i].p == p) {
+            if (c->frozen[i].n == n) return; /* the same promise again: keep its copy */
+            frozen_drop(c, i);
+        }
+    if (n <= 0 || !p) return;
+    if (c->n_frozen == (int)(sizeof c->frozen / sizeof c->frozen[0])) frozen_drop(c, 0); /* oldest goes */
+    Frozen f = {p, n, NULL, 0};
+    c->frozen[c->n_frozen++] = f;
+}
+static void cu_free(Backend *be, void *p) {
+    Cuda *c = CU(be);
+    if (p && c->n_frozen) frozen_touch(c, p, block_bytes(c, p));
+    dfree(c, p);
+}
 static void cu_upload(Backend *be, void *dst, const void *src, size_t bytes) {
     Cuda *c = CU(be);
     if (!bytes) return;
+    if (c->n_frozen) frozen_touch(c, dst, bytes);
     CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
     /* the caller may reuse src as soon as we return */
     CK(c, cudaStreamSynchronize(c->stream));
@@ -281,11 +330,13 @@ static void cu_download(Backend *be, void *dst, const void *src, size_t bytes) {
 static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     Cuda *c = CU(be);
     if (!bytes || dst == src) return;
+    if (c->n_frozen) frozen_touch(c, dst, bytes);
     CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
 }
 static void cu_zero(Backend *be, void *p, size_t bytes) {
     Cuda *c = CU(be);
     if (!bytes) return;
+    if (c->n_frozen) frozen_touch(c, p, bytes);
     CK(c, cudaMemsetAsync(p, 0, bytes, c->stream));
 }
 static void cu_sync(Backend *be) {
@@ -334,6 +385,24 @@ static __nv_bfloat16 *bf16_copy(Cuda *c, const float *x, int64_t n) {
     LAUNCHED(c);
     return y;
 }
+/* x[0..n) inside a frozen range: its place in the range's bf16 copy, made on
+ * first use when it fits in a quarter of the free memory (env
+ * KRONA_CUDA_BF16_COPIES=0: never); NULL: cast at the call instead */
+static const __nv_bfloat16 *frozen_bf16(Cuda *c, const float *x, int64_t n) {
+    for (int i = 0; i < c->n_frozen; i++) {
+        Frozen *f = &c->frozen[i];
+        if (x < f->p || x + n > f->p + f->n) continue;
+        if (!f->bf && !f->tried) {
+            f->tried = 1;
+            const char *env = getenv("KRONA_CUDA_BF16_COPIES");
+            size_t fr = 0, total = 0, want = (size_t)f->n * sizeof(__nv_bfloat16);
+            if (cudaMemGetInfo(&fr, &total) != cudaSuccess) { cudaGetLastError(); fr = 0; }
+            if (!(env && env[0] == '0') && want <= fr / 4) f->bf = bf16_copy(c, f->p, f->n);
+        }
+        return f->bf ? f->bf + (x - f->p) : NULL;
+    }
+    return NULL;
+}
 /* gemm_sb for the big ops: bf16 operands in BF16 mode, else as gemm_sb */
 static void gemm_op_sb(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K, float alpha,
                        const float *A, int64_t lda, int64_t sA, const float *B, int64_t ldb,
@@ -343,12 +412,16 @@ static void gemm_op_sb(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K,
         return;
     }
     if (M <= 0 || N <= 0 || batch <= 0) return;
-    __nv_bfloat16 *a = bf16_copy(c, A, operand_span(tA ? K : M, tA ? M : K, lda, sA, batch));
-    __nv_bfloat16 *b = a ? bf16_copy(c, B, operand_span(tB ? N : K, tB ? K : N, ldb, sB, batch)) : NULL;
-    if (a && b)
-        CB(c, cublasGemmStridedBatchedEx_64(c->blas, OP(tB), OP(tA), N, M, K, &alpha, b, CUDA_R_16BF,
-                                            ldb, sB, a, CUDA_R_16BF, lda, sA, &beta, C, CUDA_R_32F, ldc,
-                                            sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    int64_t na = operand_span(tA ? K : M, tA ? M : K, lda, sA, batch);
+    int64_t nb = operand_span(tB ? N : K, tB ? K : N, ldb, sB, batch);
+    const __nv_bfloat16 *fa = frozen_bf16(c, A, na), *fb = frozen_bf16(c, B, nb);
+    __nv_bfloat16 *a = fa ? NULL : bf16_copy(c, A, na);
+    __nv_bfloat16 *b = fb || (!fa && !a) ? NULL : bf16_copy(c, B, nb);
+    if ((fa || a) && (fb || b))
+        CB(c, cublasGemmStridedBatchedEx_64(c->blas, OP(tB), OP(tA), N, M, K, &alpha, fb ? fb : b,
+                                            CUDA_R_16BF, ldb, sB, fa ? fa : a, CUDA_R_16BF, lda, sA,
+                                            &beta, C, CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F,
+                                            CUBLAS_GEMM_DEFAULT));
     dfree(c, b);
     dfree(c, a);
 }
@@ -1486,6 +1559,7 @@ __global__ void kron_merge_k(const float *A, const float *B, float *W, int a2, i
 static void cu_kron_merge(Backend *be, const float *A, const float *B, float *W, int a1, int a2,
                           int b1, int b2, float scale) {
     int64_t total = (int64_t)a1 * b1 * a2 * b2;
+    if (CU(be)->n_frozen) frozen_touch(CU(be), W, (size_t)total * sizeof(float));
     LAUNCH1D(CU(be), total, kron_merge_k, A, B, W, a2, b1, b2, scale, total);
 }
 
@@ -1565,6 +1639,7 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     be->copy = cu_copy;
     be->zero = cu_zero;
     be->sync = cu_sync;
+    be->set_frozen = cu_set_frozen;
     be->peak_bytes = cu_peak;
     be->destroy = cu_destroy;
     be->last_error = cu_last_error;

@@ -68,6 +68,13 @@ struct Backend {
     /* peak of live allocations since creation; the CPU backend counts its own
      * scratch (im2col columns, attention tiles, partial sums) as live too */
     size_t (*peak_bytes)(Backend *be);
+    /* A promise about weights: p[0..n) (p from alloc) will not be written until
+     * set_frozen(be, p, 0) or free(p). The backend may then keep a compact copy
+     * for its BF16 GEMMs (CUDA: bf16, made on first use, when it fits in a
+     * quarter of the free memory). upload, copy, zero and kron_merge into the
+     * range end the promise themselves; writes by other ops must not happen.
+     * Saying it again for the same p and n keeps the copy (cheap per forward). */
+    void (*set_frozen)(Backend *be, const float *p, int64_t n);
 
     /* ---- dense algebra ----
      * C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, row-major,

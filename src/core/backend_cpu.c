@@ -287,6 +287,8 @@ static void cpu_zero(Backend *be, void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);
 }
 static void cpu_sync(Backend *be) {}
+/* BF16 mode rounds operands as it goes: frozen weights change nothing here */
+static void cpu_set_frozen(Backend *be, const float *p, int64_t n) {}
 static size_t cpu_peak(Backend *be) { return atomic_load(&impl_of(be)->peak); }
 static size_t cpu_reserved(Backend *be) { return atomic_load(&impl_of(be)->live); }
 /* MemAvailable: what the kernel can hand out without swapping */
@@ -1960,6 +1962,7 @@ Backend *backend_cpu_create(void) {
     be->copy = cpu_memcpy;
     be->zero = cpu_zero;
     be->sync = cpu_sync;
+    be->set_frozen = cpu_set_frozen;
     be->peak_bytes = cpu_peak;
     be->destroy = cpu_destroy;
     be->last_error = cpu_last_error;

@@ -554,6 +554,7 @@ void unet_set_base_trainable(UNet *u, int trainable) {
         if (!u->gblock) return;
     }
     if (!trainable && u->gblock) { u->be->free(u->be, u->gblock); u->gblock = NULL; }
+    if (trainable) u->be->set_frozen(u->be, u->wblock, 0); /* AdamW will write them */
     int64_t off = 0;
     for (int i = 0; i < u->n_params; i++) {
         u->params[i].grad = u->gblock ? u->gblock + off : NULL;
@@ -1103,6 +1104,9 @@ int unet_forward(UNet *u, const float *x, const float *t, const float *ctx, cons
     int f = 1 << (c->n_levels - 1);
     u->have_fwd = 0;
     u->err[0] = 0;
+    /* frozen base weights (the adapter case): the backend may keep a bf16 copy.
+     * Said at each forward: loading weights (an upload) ends the promise. */
+    if (!u->trainable) u->be->set_frozen(u->be, u->wblock, u->n_base);
     if (N < 1 || H < 1 || W < 1 || L < 1 || H % f || W % f) {
         snprintf(u->err, sizeof u->err, "UNet '%s': shape N=%d H=%d W=%d L=%d: sizes must be "
                  ">= 1 and H, W multiples of %d", c->name, N, H, W, L, f);

@@ -102,6 +102,23 @@ static void k_linear_fwd(Backend *be, void **p, const Case *c) {
 static void k_linear_bwd(Backend *be, void **p, const Case *c) {
     be->linear_bwd(be, CF(0), CF(1), CF(2), F(3), F(4), F(5), c->i[0], (int)c->i[1], (int)c->i[2]);
 }
+/* Frozen weights (set_frozen): W is promised frozen, used (in BF16 mode from
+ * the backend's bf16 copy), then overwritten with W2 by a copy, which must end
+ * the promise: y2 comes from W2, not from a stale copy. Then dx of a linear_bwd
+ * with W frozen again, and y3 from a weight inside the range. args: x W W2 y y2 dy dx y3 */
+static void k_frozen(Backend *be, void **p, const Case *c) {
+    int64_t M = c->i[0];
+    int in = (int)c->i[1], out = (int)c->i[2];
+    be->set_frozen(be, CF(1), (int64_t)out * in);
+    be->linear_fwd(be, CF(0), CF(1), NULL, F(3), M, in, out);
+    be->copy(be, F(1), CF(2), sizeof(float) * (size_t)out * in);
+    be->linear_fwd(be, CF(0), CF(1), NULL, F(4), M, in, out);
+    be->set_frozen(be, CF(1), (int64_t)out * in);
+    be->linear_bwd(be, CF(5), CF(0), CF(1), F(6), NULL, NULL, M, in, out);
+    /* a weight inside the range, not at its start: the lower half of W's rows */
+    be->linear_fwd(be, CF(0), CF(1) + (int64_t)in * (out / 2), NULL, F(7), M, in, out - out / 2);
+    be->set_frozen(be, CF(1), 0);
+}
 /* i: N Cin H W Cout k s p */
 static void k_conv_fwd(Backend *be, void **p, const Case *c) {
     be->conv2d_fwd(be, CF(0), CF(1), CF(2), F(3), (int)c->i[0], (int)c->i[1], (int)c->i[2],
@@ -346,6 +363,11 @@ static void build_cases(void) {
     ARG(c, "dy", IN, 4096LL * 1280); ARG(c, "x", IN, 4096LL * 320); ARG(c, "W", IN, 1280LL * 320);
     ARG(c, "dx", ACC, 4096LL * 320); ARG(c, "dW", ACC, 1280LL * 320); ARG(c, "db", ACC, 1280);
     c->i[0] = 4096; c->i[1] = 320; c->i[2] = 1280;
+    c = add_case("frozen W: linear fwd, overwritten, fwd, bwd M=70 96->40", k_frozen, T_MM, T_TF, 0);
+    ARG(c, "x", IN, 70LL * 96); ARG(c, "W", IN, 40LL * 96); ARG(c, "W2", IN, 40LL * 96);
+    ARG(c, "y", OUT, 70LL * 40); ARG(c, "y2", OUT, 70LL * 40); ARG(c, "dy", IN, 70LL * 40);
+    ARG(c, "dx", ACC, 70LL * 96); ARG(c, "y3", OUT, 70LL * 20);
+    c->i[0] = 70; c->i[1] = 96; c->i[2] = 40;
     c = add_case("linear_bwd M=333 96->40 dx=NULL db=NULL", k_linear_bwd, T_MM, T_TF, 0);
     ARG(c, "dy", IN, 333LL * 40); ARG(c, "x", IN, 333LL * 96); ARG(c, "W", IN, 40LL * 96);
     ARG(c, "dx", NUL, 0); ARG(c, "dW", ACC, 40LL * 96); ARG(c, "db", NUL, 0);
@@ -489,7 +511,7 @@ static void build_cases(void) {
      * only the summation order differs there */
     for (int i = 0; i < ncases; i++)
         if (cases[i].fn == k_linear_fwd || cases[i].fn == k_linear_bwd || cases[i].fn == k_conv_fwd ||
-            cases[i].fn == k_conv_bwd)
+            cases[i].fn == k_conv_bwd || cases[i].fn == k_frozen)
             cases[i].tol_bf16 = cases[i].tol;
 }
 
