@@ -20,6 +20,7 @@
 
 #include "core/backend.h"
 #include "core/fmt.h"
+#include "flops.h"
 #include "core/rng.h"
 #include "models/adapter_census.h"
 #include "models/unet.h"
@@ -37,7 +38,22 @@ typedef struct Row {
     int64_t trainable;
     double ms_median, ms_min;
     double peak_mb;
+    double gflop; /* one step's matrix products (flops.h) */
 } Row;
+
+/* dense tensor-core peaks of cards we know, TFLOP/s (datasheets); 0: unknown */
+static double card_peak(const char *name, const char *prec, const char *device) {
+    static const struct { const char *has; double fp32, tf32, bf16; } cards[] = {
+        {"H200", 66.9, 494.7, 989.4},    {"H100 PCIe", 51.2, 378.0, 756.0},
+        {"H100", 66.9, 494.7, 989.4},    {"A100", 19.5, 156.0, 312.0},
+    };
+    int p = backend_precision_parse(prec);
+    if (p == KRONA_PREC_AUTO) p = strcmp(device, "cpu") ? KRONA_PREC_TF32 : KRONA_PREC_FP32;
+    for (size_t i = 0; i < sizeof cards / sizeof cards[0]; i++)
+        if (strstr(name, cards[i].has))
+            return p == KRONA_PREC_BF16 ? cards[i].bf16 : p == KRONA_PREC_TF32 ? cards[i].tf32 : cards[i].fp32;
+    return 0;
+}
 
 static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -49,13 +65,17 @@ static char device_desc[128]; /* the card's name, for the table's header */
 static int run(const char *device, const char *prec, const char *model, const char *what,
                const AdapterSpec *spec, int ckpt, int B, int reps, Row *row) {
     char err[512];
-    Backend *be = backend_open(device, err, sizeof err);
-    if (!be) { fprintf(stderr, "bench_train: %s\n", err); return -1; }
+    Backend *dev = backend_open(device, err, sizeof err);
+    if (!dev) { fprintf(stderr, "bench_train: %s\n", err); return -1; }
+    FlopCounter *fc = flop_counter(dev);
+    if (!fc) { backend_destroy(dev); return -1; }
+    Backend *be = &fc->be; /* the model runs on the counter; dev is destroyed */
     snprintf(device_desc, sizeof device_desc, "%s", be->device_name(be));
     snprintf(row->prec, sizeof row->prec, "%s", prec);
     if (backend_set_precision(be, prec, err, sizeof err) != 0) {
         fprintf(stderr, "bench_train: %s\n", err);
-        backend_destroy(be);
+        backend_destroy(dev);
+        free(fc);
         return -1;
     }
     UNetConfig cfg;
@@ -80,17 +100,19 @@ static int run(const char *device, const char *prec, const char *model, const ch
             row->batch = B;
             row->trainable = -1;
             row->peak_mb = need / 1048576.0;
-            backend_destroy(be);
+            backend_destroy(dev);
+            free(fc);
             return 1;
         }
     }
     UNet *u = unet_create(&cfg, be, err, sizeof err);
-    if (!u) { fprintf(stderr, "%s\n", err); backend_destroy(be); return -1; }
+    if (!u) { fprintf(stderr, "%s\n", err); backend_destroy(dev); free(fc); return -1; }
     unet_init_random(u, 1);
     if (spec && unet_attach_adapters(u, spec, 2, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         unet_free(u);
-        backend_destroy(be);
+        backend_destroy(dev);
+        free(fc);
         return -1;
     }
     unet_set_checkpointing(u, ckpt);
@@ -138,6 +160,7 @@ static int run(const char *device, const char *prec, const char *model, const ch
     int warm = tiny || strcmp(device, "cpu") ? 2 : 1; /* SD on the CPU: minutes per step */
     for (int it = -warm; it < reps; it++) { /* warm-up steps first */
         double t0 = now_s();
+        fc->flops = 0;
         for (int i = 0; i < na; i++) {
             Adapter *a = &set->items[i];
             be->zero(be, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
@@ -172,13 +195,15 @@ static int run(const char *device, const char *prec, const char *model, const ch
     row->ms_median = times[reps / 2];
     row->ms_min = times[0];
     row->peak_mb = be->peak_bytes(be) / 1048576.0;
+    row->gflop = fc->flops / 1e9;
     for (int i = 0; i < 2 * na; i++) { be->free(be, m[i]); be->free(be, v[i]); }
     free(m); free(v); free(times); free(hx); free(hc);
     be->free(be, x); be->free(be, y); be->free(be, tgt); be->free(be, dy); be->free(be, ctx); be->free(be, t);
     if (dxin) be->free(be, dxin);
     if (added) be->free(be, added);
     unet_free(u);
-    backend_destroy(be);
+    backend_destroy(dev);
+    free(fc);
     return 0;
 }
 
@@ -279,10 +304,11 @@ int main(int argc, char **argv) {
     len += (size_t)snprintf(buf + len, sizeof buf - len,
                             "krona-studio bench: one training step, %s UNet, %dx%d %s, %d tokens, %s backend\n"
                             "(%s, %s)\n"
-                            "%-24s %5s %5s %10s %12s %10s %10s %9s\n",
+                            "%-24s %5s %5s %10s %12s %10s %10s %9s %8s %8s %7s\n",
                             model, cfg.sample_size, cfg.sample_size, tiny ? "RGB" : "latents",
                             tiny ? 32 : 77, device, device_desc, day, "adapter", "math", "batch",
-                            "trainable", "median ms", "min ms", "peak MB", "vs none");
+                            "trainable", "median ms", "min ms", "peak MB", "vs none", "GFLOP", "TFLOP/s",
+                            "% peak");
     for (int i = 0; i < nr; i++)
         if (rows[i].trainable < 0) /* skipped: the plan did not fit */
             len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5s %5d %10s %12s %10s %10.1f  (planned; more than the free memory)\n",
@@ -295,9 +321,13 @@ int main(int argc, char **argv) {
                     !strcmp(rows[j].prec, rows[i].prec) &&
                     rows[i].trainable > 0 && rows[j].ms_median > 0)
                     snprintf(over, sizeof over, "%+.0f%%", 100.0 * (rows[i].ms_median / rows[j].ms_median - 1.0));
-            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5s %5d %10lld %12.1f %10.1f %10.1f %9s\n",
+            double tfs = rows[i].gflop / rows[i].ms_median; /* GFLOP per ms = TFLOP/s */
+            double pk = card_peak(device_desc, rows[i].prec, device);
+            char share[16] = "-";
+            if (pk > 0) snprintf(share, sizeof share, "%.1f%%", 100.0 * tfs / pk);
+            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5s %5d %10lld %12.1f %10.1f %10.1f %9s %8.1f %8.2f %7s\n",
                                     rows[i].what, rows[i].prec, rows[i].batch, (long long)rows[i].trainable, rows[i].ms_median,
-                                    rows[i].ms_min, rows[i].peak_mb, over);
+                                    rows[i].ms_min, rows[i].peak_mb, over, rows[i].gflop, tfs, share);
         }
     fputs(buf, stdout);
     FILE *f = fopen(out, "w");

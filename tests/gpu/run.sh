@@ -10,7 +10,8 @@
 # .gpu-carry/ (stripped binaries, their non-system libraries and the dataset,
 # for a device machine without the Debian -dev packages).
 # Logs and results go to $OUT (default build/gpu-out). Exit 0 when all passed.
-# Environment: SKIP_BENCH=1 skips stage 3; SKIP_CHECKS=1 skips stages 1-4 (only
+# Environment: SKIP_BENCH=1 skips stage 3; BENCH_PRECISIONS (tf32,bf16) the
+# bench's precisions; SKIP_CHECKS=1 skips stages 1-4 (only
 # for a lease's last minutes, after a passing run); PRETRAIN_UNTIL=SECONDS,
 # PRETRAIN_BATCH (128), PRETRAIN_LR (6e-4), PRETRAIN_EMA (0.999), PRETRAIN_SEED,
 # PRETRAIN_PRINT set the pretraining phase. gpu/NOTES.md records each run.
@@ -51,32 +52,37 @@ say nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=c
 ops_rc=0 e2e_rc=0
 if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pretraining
   stage "1. ops: CUDA vs CPU backend" | tee -a "$LOG"
-  OMP_NUM_THREADS=$(nproc) say timeout 240 "$OPS"
+  OMP_NUM_THREADS=$(nproc) say timeout 300 "$OPS" # fp32, tf32 and bf16 rows
   ops_rc=$?
   [ $ops_rc -ne 0 ] && { echo "run.sh: op comparison failed (exit $ops_rc)" | tee -a "$LOG"; status=1; }
 
-  stage "2. whole pretraining steps, CPU vs CUDA (same seed, same batches)" | tee -a "$LOG"
-  for dev in cpu cuda; do
-    timeout 120 "$KS" pretrain --device $dev --init-from models/tiny --out "/tmp/e2e-$dev" --steps 4 \
-      --batch 16 --lr 1e-4 --seed 7 --print-every 1 --sample-every 0 --checkpoint-every 0 >"/tmp/e2e-$dev.txt" 2>&1
-    echo "$dev: exit $?" | tee -a "$LOG"
+  # precision: the CPU in fp32 against CUDA's default (tf32), then both in bf16
+  for prec in auto bf16; do
+    stage "2. whole pretraining steps, CPU vs CUDA, precision $prec (same seed, same batches)" | tee -a "$LOG"
+    for dev in cpu cuda; do
+      timeout 120 "$KS" pretrain --device $dev --precision $prec --init-from models/tiny --out "/tmp/e2e-$dev" \
+        --steps 4 --batch 16 --lr 1e-4 --seed 7 --print-every 1 --sample-every 0 --checkpoint-every 0 \
+        >"/tmp/e2e-$dev.txt" 2>&1
+      echo "$dev $prec: exit $?" | tee -a "$LOG"
+    done
+    # loss and gradient norm of each step (the 4th step's loss already sees 3 updates)
+    paste <(awk '$1 == "step" && $2 ~ /\// {print $2, $4, $10}' /tmp/e2e-cpu.txt) \
+          <(awk '$1 == "step" && $2 ~ /\// {print $4, $10}' /tmp/e2e-cuda.txt) |
+      awk -v prec=$prec 'function rel(a, b) {d = a - b; if (d < 0) d = -d; return d / (b > 1e-9 ? b : 1e-9)}
+           {r = rel($4, $2); g = rel($5, $3); ok = r < 5e-3 && g < 1e-2 && NF == 5;
+            printf "step %-6s loss cpu %s cuda %s (rel %.1e)  |g| cpu %s cuda %s (rel %.1e)  %s\n",
+                   $1, $2, $4, r, $3, $5, g, ok ? "ok" : "FAIL"; bad += !ok; n++}
+           END {if (n < 4 || bad) {print "e2e " prec ": FAIL"; exit 1} print "e2e " prec ": PASS"}' | tee -a "$LOG"
+    rc=${PIPESTATUS[1]}
+    [ "$rc" -ne 0 ] && { status=1; e2e_rc=$rc; tail -3 /tmp/e2e-cuda.txt | tee -a "$LOG"; }
   done
-  # loss and gradient norm of each step (the 4th step's loss already sees 3 updates)
-  paste <(awk '$1 == "step" && $2 ~ /\// {print $2, $4, $10}' /tmp/e2e-cpu.txt) \
-        <(awk '$1 == "step" && $2 ~ /\// {print $4, $10}' /tmp/e2e-cuda.txt) |
-    awk 'function rel(a, b) {d = a - b; if (d < 0) d = -d; return d / (b > 1e-9 ? b : 1e-9)}
-         {r = rel($4, $2); g = rel($5, $3); ok = r < 5e-3 && g < 1e-2 && NF == 5;
-          printf "step %-6s loss cpu %s cuda %s (rel %.1e)  |g| cpu %s cuda %s (rel %.1e)  %s\n",
-                 $1, $2, $4, r, $3, $5, g, ok ? "ok" : "FAIL"; bad += !ok; n++}
-         END {if (n < 4 || bad) {print "e2e: FAIL"; exit 1} print "e2e: PASS"}' | tee -a "$LOG"
-  e2e_rc=${PIPESTATUS[1]}
-  [ "$e2e_rc" -ne 0 ] && { status=1; tail -3 /tmp/e2e-cuda.txt | tee -a "$LOG"; }
 
   if [ -z "${SKIP_BENCH:-}" ]; then
     stage "3. bench: training step, batch 1 (tiny also 8)" | tee -a "$LOG"
-    say timeout 90 "$BENCH" /tmp/bench-tiny.txt --device cuda --model tiny || status=1
-    say timeout 100 "$BENCH" /tmp/bench-sd15.txt --device cuda --model sd15 || status=1
-    say timeout 130 "$BENCH" /tmp/bench-sdxl.txt --device cuda --model sdxl || status=1
+    P=${BENCH_PRECISIONS:-tf32,bf16}
+    say timeout 150 "$BENCH" /tmp/bench-tiny.txt --device cuda --model tiny --precision "$P" || status=1
+    say timeout 150 "$BENCH" /tmp/bench-sd15.txt --device cuda --model sd15 --precision "$P" || status=1
+    say timeout 200 "$BENCH" /tmp/bench-sdxl.txt --device cuda --model sdxl --precision "$P" || status=1
     cat /tmp/bench-tiny.txt /tmp/bench-sd15.txt /tmp/bench-sdxl.txt >"$OUT/bench-cuda.txt" 2>/dev/null
   fi
 
@@ -116,6 +122,6 @@ if [ -n "${PRETRAIN_UNTIL:-}" ] && [ $ops_rc -eq 0 ] && [ "$e2e_rc" -eq 0 ]; the
 fi
 
 stage "summary" | tee -a "$LOG"
-grep -E '^(PASS|FAIL):|^e2e:|^default preset:|^(no adapter|KronA|LoRA)|^krona-studio bench|^probe:|^pretrain:' "$LOG"
+grep -E '^(PASS|FAIL):|^e2e |^default preset:|^(no adapter|KronA|LoRA)|^krona-studio bench|^probe:|^pretrain:' "$LOG"
 echo "run.sh: $([ $status -eq 0 ] && echo PASS || echo FAIL) at t=${SECONDS}s"
 exit $status
