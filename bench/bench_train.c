@@ -149,23 +149,20 @@ static int run(const char *device, const char *prec, const char *model, const ch
     }
     AdapterSet *set = unet_adapters(u);
     int na = set ? set->n : 0;
-    float **m = calloc((size_t)(2 * na + 1), sizeof(float *)), **v = calloc((size_t)(2 * na + 1), sizeof(float *));
-    for (int i = 0; i < na; i++)
-        for (int w = 0; w < 2; w++) {
-            m[2 * i + w] = be->alloc(be, sizeof(float) * (size_t)(w ? adapter_numel_B(&set->items[i]) : adapter_numel_A(&set->items[i])));
-            v[2 * i + w] = be->alloc(be, sizeof(float) * (size_t)(w ? adapter_numel_B(&set->items[i]) : adapter_numel_A(&set->items[i])));
-        }
+    /* the trainer's way: the set's packed arena, one zero and one AdamW per step */
+    float *ap = NULL, *ag = NULL, *am = NULL, *av = NULL;
+    int64_t an = 0;
+    if (na && adapter_set_regions(set, &ap, &ag, &am, &av, &an) != 0) {
+        fprintf(stderr, "bench_train: %s: the adapters are not packed\n", what);
+        return -1;
+    }
     float *dxin = na ? NULL : be->alloc(be, sizeof(float) * (size_t)n);
     double *times = malloc(sizeof(double) * (size_t)reps);
     int warm = tiny || strcmp(device, "cpu") ? 2 : 1; /* SD on the CPU: minutes per step */
     for (int it = -warm; it < reps; it++) { /* warm-up steps first */
         double t0 = now_s();
         fc->flops = 0;
-        for (int i = 0; i < na; i++) {
-            Adapter *a = &set->items[i];
-            be->zero(be, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
-            be->zero(be, a->dB, sizeof(float) * (size_t)adapter_numel_B(a));
-        }
+        if (na) be->zero(be, ag, sizeof(float) * (size_t)an);
         int failed = unet_forward(u, x, t, ctx, added, y, B, H, W, L, 1) != 0;
         if (!failed) {
             be->mse_fwd(be, y, tgt, n);
@@ -180,11 +177,7 @@ static int run(const char *device, const char *prec, const char *model, const ch
             fprintf(stderr, "bench_train: %s: %s\n", what, unet_last_error(u));
             return -1;
         }
-        for (int i = 0; i < na; i++) {
-            Adapter *a = &set->items[i];
-            be->adamw(be, a->A, a->dA, m[2 * i], v[2 * i], adapter_numel_A(a), 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
-            be->adamw(be, a->B, a->dB, m[2 * i + 1], v[2 * i + 1], adapter_numel_B(a), 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
-        }
+        if (na) be->adamw(be, ap, ag, am, av, an, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
         be->sync(be);
         if (it >= 0) times[it] = (now_s() - t0) * 1000.0;
     }
@@ -196,8 +189,7 @@ static int run(const char *device, const char *prec, const char *model, const ch
     row->ms_min = times[0];
     row->peak_mb = be->peak_bytes(be) / 1048576.0;
     row->gflop = fc->flops / 1e9;
-    for (int i = 0; i < 2 * na; i++) { be->free(be, m[i]); be->free(be, v[i]); }
-    free(m); free(v); free(times); free(hx); free(hc);
+    free(times); free(hx); free(hc);
     be->free(be, x); be->free(be, y); be->free(be, tgt); be->free(be, dy); be->free(be, ctx); be->free(be, t);
     if (dxin) be->free(be, dxin);
     if (added) be->free(be, added);

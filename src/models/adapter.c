@@ -105,6 +105,7 @@ int adapter_init(Adapter *a, Backend *be, const AdapterSpec *s, const char *name
         snprintf(err, errlen, "out of %s memory for adapter %s", be->name, name);
         return -1;
     }
+    a->block = blk;
     a->A = blk; a->B = blk + na;
     a->dA = a->B + nb; a->dB = a->dA + na;
     a->mA = a->dB + nb; a->vA = a->mA + na;
@@ -125,16 +126,61 @@ int adapter_init(Adapter *a, Backend *be, const AdapterSpec *s, const char *name
 }
 
 void adapter_free(Adapter *a, Backend *be) {
-    if (a->A) be->free(be, a->A);
+    if (a->block) be->free(be, a->block);
     memset(a, 0, sizeof *a);
 }
 
 void adapter_set_free(AdapterSet *set) {
     if (set->items)
         for (int i = 0; i < set->n; i++) adapter_free(&set->items[i], set->be);
+    if (set->arena) set->be->free(set->be, set->arena);
+    set->arena = NULL;
+    set->arena_n = 0;
     free(set->items);
     set->items = NULL;
     set->n = 0;
+}
+
+int adapter_set_pack(AdapterSet *set, char *err, size_t errlen) {
+    Backend *be = set->be;
+    if (set->n == 0 || set->arena) return 0;
+    int64_t P = 0;
+    for (int i = 0; i < set->n; i++)
+        P += pad16(adapter_numel_A(&set->items[i])) + pad16(adapter_numel_B(&set->items[i]));
+    float *ar = be->alloc(be, (size_t)(4 * P) * sizeof(float)); /* zero-filled */
+    if (!ar) {
+        snprintf(err, errlen, "out of %s memory for the adapters (%lld floats)", be->name, (long long)(4 * P));
+        return -1;
+    }
+    int64_t off = 0;
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->items[i];
+        int64_t na = adapter_numel_A(a), nb = adapter_numel_B(a), ob = off + pad16(na);
+        be->copy(be, ar + off, a->A, (size_t)na * sizeof(float));
+        be->copy(be, ar + ob, a->B, (size_t)nb * sizeof(float));
+        if (a->block) be->free(be, a->block);
+        a->block = NULL;
+        a->A = ar + off;          a->B = ar + ob;
+        a->dA = ar + P + off;     a->dB = ar + P + ob;
+        a->mA = ar + 2 * P + off; a->mB = ar + 2 * P + ob;
+        a->vA = ar + 3 * P + off; a->vB = ar + 3 * P + ob;
+        off = ob + pad16(nb);
+    }
+    set->arena = ar;
+    set->arena_n = P;
+    return 0;
+}
+
+int adapter_set_regions(const AdapterSet *set, float **params, float **grads, float **m, float **v,
+                        int64_t *n) {
+    if (!set->arena) return -1;
+    int64_t P = set->arena_n;
+    *params = set->arena;
+    *grads = set->arena + P;
+    *m = set->arena + 2 * P;
+    *v = set->arena + 3 * P;
+    *n = P;
+    return 0;
 }
 
 int64_t adapter_set_param_count(const AdapterSet *set) {

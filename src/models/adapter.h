@@ -34,6 +34,7 @@ typedef struct Adapter {
     float *A, *B;     /* KronA factors, or LoRA: A = down[r,d_in], B = up[d_out,r] */
     float *dA, *dB;   /* gradients (device) */
     float *mA, *vA, *mB, *vB; /* AdamW moments */
+    float *block;     /* the device block it owns (NULL: in its set's arena) */
 } Adapter;
 
 /* The one hook for how exported keys name a module. Adapter.name is the
@@ -61,6 +62,12 @@ typedef struct AdapterSet {
     const char *key_prefix;
     int bypass;              /* 1: forward passes leave the set's adapters out (the base
                                 model's output); model_bypass_adapters sets it */
+    /* adapter_set_pack: every adapter's factors, gradients and AdamW moments in
+     * one block of 4 regions of arena_n floats each (params, grads, m, v), the
+     * adapters at the same offsets in each, so zeroing the gradients and an
+     * AdamW step are one op per set instead of two per adapter */
+    float *arena;
+    int64_t arena_n;
 } AdapterSet;
 
 /* Trainable parameter count for one linear, or -1 if the factors do not divide. */
@@ -91,6 +98,14 @@ int adapter_init(Adapter *a, Backend *be, const AdapterSpec *s, const char *name
                  int d_out, int d_in, uint64_t seed, char *err, size_t errlen);
 void adapter_free(Adapter *a, Backend *be);
 void adapter_set_free(AdapterSet *set);
+/* Move the set's adapters (as they are: factors; gradients and moments start at
+ * zero) into one arena (see AdapterSet). 0, or -1 with err (out of memory: the
+ * set is unchanged). A set without adapters stays as it is. */
+int adapter_set_pack(AdapterSet *set, char *err, size_t errlen);
+/* The packed regions, each arena_n floats (padding between adapters is zero
+ * and stays zero under AdamW); 0, or -1 when the set is not packed. */
+int adapter_set_regions(const AdapterSet *set, float **params, float **grads, float **m, float **v,
+                        int64_t *n);
 int64_t adapter_set_param_count(const AdapterSet *set);
 
 /* y[M,d_out] += adapter(x[M,d_in]) */

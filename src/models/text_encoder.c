@@ -618,6 +618,12 @@ int te_n_tensors(const TextEncoder *te) { return te->n_specs; }
 void te_zero_grad(TextEncoder *te)
 {
     if (te->grads) te->be->zero(te->be, te->grads, (size_t)te->n_params * sizeof(float));
+    float *p, *g, *m, *v;
+    int64_t n;
+    if (adapter_set_regions(&te->ads, &p, &g, &m, &v, &n) == 0) { /* packed: one op */
+        te->be->zero(te->be, g, (size_t)n * sizeof(float));
+        return;
+    }
     for (int i = 0; i < te->ads.n; i++) {
         Adapter *a = &te->ads.items[i];
         te->be->zero(te->be, a->dA, (size_t)adapter_numel_A(a) * sizeof(float));
@@ -653,6 +659,11 @@ int te_adapter_set_init(AdapterSet *set, const TextConfig *cfg, Backend *be, con
             return -1;
         }
         set->n++;
+    }
+    if (adapter_set_pack(set, err, errlen)) { /* one block: one zero, one AdamW per step */
+        adapter_set_free(set);
+        set->be = be;
+        return -1;
     }
     return 0;
 }

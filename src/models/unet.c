@@ -543,6 +543,12 @@ int unet_attach_adapters(UNet *u, const AdapterSpec *spec, uint64_t seed, char *
         u->ads.n++;
         u->linp[i]->ad = a;
     }
+    if (adapter_set_pack(&u->ads, err, errlen)) { /* one block: one zero, one AdamW per step */
+        adapter_set_free(&u->ads);
+        for (int i = 0; i < u->n_linears; i++) u->linp[i]->ad = NULL;
+        u->ads.be = u->be;
+        return -1;
+    }
     return 0;
 }
 
@@ -575,12 +581,16 @@ int unet_checkpointing(const UNet *u) { return u->ckpt; }
 void unet_zero_grad(UNet *u) {
     Backend *be = u->be;
     if (u->gblock) be->zero(be, u->gblock, (size_t)u->n_base * sizeof(float));
+    float *p, *g, *m, *v;
+    int64_t n;
+    if (adapter_set_regions(&u->ads, &p, &g, &m, &v, &n) == 0) { /* packed: one op */
+        be->zero(be, g, (size_t)n * sizeof(float));
+        return;
+    }
     for (int i = 0; i < u->ads.n; i++) {
         Adapter *a = &u->ads.items[i];
-        int64_t na = a->kind == ADAPTER_KRONA ? (int64_t)a->a1 * a->a2 : (int64_t)a->rank * a->d_in;
-        int64_t nb = a->kind == ADAPTER_KRONA ? (int64_t)a->b1 * a->b2 : (int64_t)a->d_out * a->rank;
-        be->zero(be, a->dA, (size_t)na * sizeof(float));
-        be->zero(be, a->dB, (size_t)nb * sizeof(float));
+        be->zero(be, a->dA, (size_t)adapter_numel_A(a) * sizeof(float));
+        be->zero(be, a->dB, (size_t)adapter_numel_B(a) * sizeof(float));
     }
 }
 

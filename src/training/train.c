@@ -61,11 +61,12 @@ struct Trainer {
     int *ht;
     int *hidx, *hmir;      /* [batch] the batch's images and mirror flags */
     TimeIds *htid, *hseen; /* [batch] their time ids; as read back (TrainCallbacks.batch) */
-    /* optimiser moments, one pair per factor */
-    float **mA, **vA, **mB, **vB;
-    /* every trained adapter: the UNet's, then the text encoder's */
+    /* every trained adapter: the UNet's, then the text encoder's; AdamW's
+     * moments are the adapters' own (a->mA ...) */
     Adapter **ads;
     int n_ads;
+    AdapterSet *sets[3]; /* their sets (packed: one zero and one AdamW each per step) */
+    int n_sets;
     /* text_encoder_adapters: the prompts' token ids (host), re-encoded each step */
     int te_on;
     int keep_te;           /* trainer_keep_text_encoders */
@@ -537,22 +538,41 @@ static int forward_backward(Trainer *t, const ImageSet *set, const float *ctx, c
     return 0;
 }
 
+/* per set: one op over its packed arena (every model packs its adapters), else
+ * two per adapter; AdamW is elementwise, so both give the same numbers */
 static void zero_grads(Trainer *t) {
-    for (int i = 0; i < t->n_ads; i++) {
-        Adapter *a = t->ads[i];
-        t->be->zero(t->be, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
-        t->be->zero(t->be, a->dB, sizeof(float) * (size_t)adapter_numel_B(a));
+    for (int s = 0; s < t->n_sets; s++) {
+        AdapterSet *set = t->sets[s];
+        float *p, *g, *m, *v;
+        int64_t n;
+        if (adapter_set_regions(set, &p, &g, &m, &v, &n) == 0) {
+            t->be->zero(t->be, g, sizeof(float) * (size_t)n);
+            continue;
+        }
+        for (int i = 0; i < set->n; i++) {
+            Adapter *a = &set->items[i];
+            t->be->zero(t->be, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
+            t->be->zero(t->be, a->dB, sizeof(float) * (size_t)adapter_numel_B(a));
+        }
     }
 }
 
 static void optimizer_step(Trainer *t, float lr) {
     int k = t->step + 1;
-    for (int i = 0; i < t->n_ads; i++) {
-        Adapter *a = t->ads[i];
-        t->be->adamw(t->be, a->A, a->dA, t->mA[i], t->vA[i], adapter_numel_A(a), lr, 0.9f, 0.999f, 1e-8f,
-                     t->p.weight_decay, k);
-        t->be->adamw(t->be, a->B, a->dB, t->mB[i], t->vB[i], adapter_numel_B(a), lr, 0.9f, 0.999f, 1e-8f,
-                     t->p.weight_decay, k);
+    float wd = t->p.weight_decay;
+    for (int s = 0; s < t->n_sets; s++) {
+        AdapterSet *set = t->sets[s];
+        float *p, *g, *m, *v;
+        int64_t n;
+        if (adapter_set_regions(set, &p, &g, &m, &v, &n) == 0) {
+            t->be->adamw(t->be, p, g, m, v, n, lr, 0.9f, 0.999f, 1e-8f, wd, k);
+            continue;
+        }
+        for (int i = 0; i < set->n; i++) {
+            Adapter *a = &set->items[i];
+            t->be->adamw(t->be, a->A, a->dA, a->mA, a->vA, adapter_numel_A(a), lr, 0.9f, 0.999f, 1e-8f, wd, k);
+            t->be->adamw(t->be, a->B, a->dB, a->mB, a->vB, adapter_numel_B(a), lr, 0.9f, 0.999f, 1e-8f, wd, k);
+        }
     }
 }
 
@@ -629,7 +649,7 @@ static int save_checkpoint(Trainer *t) {
     for (int i = 0; rc == 0 && i < t->n_ads; i++) {
         Adapter *a = t->ads[i];
         const char *suffix[6] = {"A", "B", "mA", "vA", "mB", "vB"};
-        const float *ptr[6] = {a->A, a->B, t->mA[i], t->vA[i], t->mB[i], t->vB[i]};
+        const float *ptr[6] = {a->A, a->B, a->mA, a->vA, a->mB, a->vB};
         int64_t nn[6] = {adapter_numel_A(a), adapter_numel_B(a), adapter_numel_A(a), adapter_numel_A(a), adapter_numel_B(a), adapter_numel_B(a)};
         for (int j = 0; rc == 0 && j < 6; j++) {
             snprintf(name, sizeof name, "%s%s.%s", i >= t->te2_first ? "text_encoder_2." : "", a->name, suffix[j]);
@@ -695,7 +715,7 @@ static int load_checkpoint(Trainer *t) {
     for (int i = 0; i < t->n_ads; i++) {
         Adapter *a = t->ads[i];
         const char *suffix[6] = {"A", "B", "mA", "vA", "mB", "vB"};
-        float *ptr[6] = {a->A, a->B, t->mA[i], t->vA[i], t->mB[i], t->vB[i]};
+        float *ptr[6] = {a->A, a->B, a->mA, a->vA, a->mB, a->vB};
         int64_t nn[6] = {adapter_numel_A(a), adapter_numel_B(a), adapter_numel_A(a), adapter_numel_A(a), adapter_numel_B(a), adapter_numel_B(a)};
         for (int j = 0; j < 6; j++) {
             snprintf(name, sizeof name, "%s%s.%s", i >= t->te2_first ? "text_encoder_2." : "", a->name, suffix[j]);
@@ -915,6 +935,9 @@ static int setup(Trainer *t, const char *resume_dir) {
         t->ads = calloc((size_t)n + 1, sizeof *t->ads);
         if (!t->ads) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
         for (int i = 0; i < us->n; i++) t->ads[t->n_ads++] = &us->items[i];
+        t->sets[t->n_sets++] = us;
+        if (ts) t->sets[t->n_sets++] = ts;
+        if (ts2) t->sets[t->n_sets++] = ts2;
         for (int i = 0; ts && i < ts->n; i++) t->ads[t->n_ads++] = &ts->items[i];
         t->te2_first = t->n_ads;
         for (int i = 0; ts2 && i < ts2->n; i++) t->ads[t->n_ads++] = &ts2->items[i];
@@ -955,10 +978,6 @@ static int setup(Trainer *t, const char *resume_dir) {
     t->hseen = malloc(sizeof(TimeIds) * (size_t)B);
     t->loss_hist = calloc((size_t)p->iterations + 1, sizeof(float));
     t->eval_noise = malloc(sizeof(float) * (size_t)(N_EVAL * t->per));
-    t->mA = calloc((size_t)t->n_ads + 1, sizeof(float *));
-    t->vA = calloc((size_t)t->n_ads + 1, sizeof(float *));
-    t->mB = calloc((size_t)t->n_ads + 1, sizeof(float *));
-    t->vB = calloc((size_t)t->n_ads + 1, sizeof(float *));
     if (t->te_on) {
         int L = m->context_len;
         t->ids_img = malloc(sizeof(int32_t) * (size_t)t->idw * (size_t)t->img.n);
@@ -980,14 +999,7 @@ static int setup(Trainer *t, const char *resume_dir) {
             t->dpooled = dev_alloc(t, (size_t)B * (size_t)(m->added_dim - 6), &ok);
         }
     }
-    if (!t->hx0 || !t->hnoise || !t->htf || !t->ht || !t->hidx || !t->hmir || !t->htid || !t->hseen || !t->loss_hist || !t->eval_noise || !t->mA ||
-        !t->vA || !t->mB || !t->vB) ok = 0;
-    for (int i = 0; ok && i < t->n_ads; i++) {
-        t->mA[i] = dev_alloc(t, (size_t)adapter_numel_A(t->ads[i]), &ok);
-        t->vA[i] = dev_alloc(t, (size_t)adapter_numel_A(t->ads[i]), &ok);
-        t->mB[i] = dev_alloc(t, (size_t)adapter_numel_B(t->ads[i]), &ok);
-        t->vB[i] = dev_alloc(t, (size_t)adapter_numel_B(t->ads[i]), &ok);
-    }
+    if (!t->hx0 || !t->hnoise || !t->htf || !t->ht || !t->hidx || !t->hmir || !t->htid || !t->hseen || !t->loss_hist || !t->eval_noise) ok = 0;
     if (!ok) {
         snprintf(t->err, sizeof t->err, "out of memory allocating training buffers (lower batch)");
         return -1;
@@ -1072,19 +1084,11 @@ void trainer_free(Trainer *t) {
         trainer_join(t);
     }
     Backend *be = t->be;
-    if (t->m) {
-        for (int i = 0; i < t->n_ads && t->mA; i++) {
-            be->free(be, t->mA[i]);
-            be->free(be, t->vA[i]);
-            be->free(be, t->mB[i]);
-            be->free(be, t->vB[i]);
-        }
-    }
     float *dev[] = {t->ctx_img, t->ctx_class, t->ctx_empty, t->ctx_batch, t->ctx_samples,
                     t->ctx_samples_uncond, t->x0, t->noise, t->xt, t->target, t->out, t->dout,
                     t->tdev, t->dctx, t->pen1, t->pen2, t->pooled, t->dpen1, t->dpen2, t->dpooled};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(be, dev[i]);
-    free(t->mA); free(t->vA); free(t->mB); free(t->vB); free(t->ads);
+    free(t->ads);
     free(t->ids_img); free(t->ids_class); free(t->ids_batch); free(t->ids_b1); free(t->ids_b2);
     free(t->hx0); free(t->hnoise); free(t->htf); free(t->ht);
     free(t->hidx); free(t->hmir); free(t->htid); free(t->hseen);
