@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
+#include <mma.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -47,6 +48,7 @@ typedef struct {
     cudaStream_t stream;
     cublasHandle_t blas;
     int prec, prec_auto; /* KRONA_PREC_*: now, and what AUTO means (TF32; env may say FP32) */
+    int flash, smem_optin; /* fused attention in BF16 mode; shared memory a block may opt in to */
     float *host_scalar; /* pinned, for mse_fwd's single device-to-host copy */
     /* caching allocator: live blocks in an open-addressing table keyed by
      * pointer, freed blocks in a list searched by exact rounded size */
@@ -1281,6 +1283,314 @@ __global__ void attn_delta_k(const float *dO, const float *O, float *delta, int 
     }
 }
 
+/* ------------------------------------------------------ fused attention
+ * BF16 mode's attention (backend.h): flash-style, no Lq x Lk buffer at any
+ * size. A block takes 64 rows of one (image, head) (queries: forward and dQ;
+ * keys: dK and dV) and walks the other side in tiles of 64: four warps of 16
+ * rows, bf16 tensor cores (WMMA 16x16x16) summing in fp32. Q, K, V, dO, P and
+ * dS are rounded to bf16 as they enter a product; scores, softmax statistics,
+ * lse and all accumulators stay fp32. The accumulators live in shared memory,
+ * not in fragments: a fragment's element layout is the hardware's secret and
+ * the online softmax must rescale whole rows. Backward is two kernels (dK dV
+ * by key tiles, dQ by query tiles) that each recompute P from lse: more
+ * products than one kernel with atomics, but the same bits every run.
+ * Heads up to FLASH_DMAX wide (padded with zeros to a multiple of 16); wider
+ * ones, and the other precisions, take the row tiles above. */
+#define FLASH_T 64     /* rows per block, and per tile of the other side */
+#define FLASH_W 4      /* warps per block: 16 rows each */
+#define FLASH_DMAX 160 /* SD 1.5's deepest heads */
+
+static __device__ __forceinline__ __nv_bfloat16 bf(float x) { return __float2bfloat16_rn(x); }
+
+/* rows [r0, r0 + 64) of one head (row i at x + i * ld, D columns) into a bf16
+ * tile [64][Dp]; zeros past `rows` and past D */
+static __device__ void flash_tile(__nv_bfloat16 *t, const float *x, int64_t ld, int r0, int rows,
+                                  int D, int Dp) {
+    for (int e = threadIdx.x; e < FLASH_T * Dp; e += blockDim.x) {
+        int r = e / Dp, d = e % Dp;
+        t[e] = bf(r0 + r < rows && d < D ? x[(int64_t)(r0 + r) * ld + d] : 0.f);
+    }
+}
+/* 64 values of a [N*H, L] row-vector from index r0, 0 past L */
+static __device__ void flash_vec(float *t, const float *x, int r0, int L) {
+    for (int e = threadIdx.x; e < FLASH_T; e += blockDim.x) t[e] = r0 + e < L ? x[r0 + e] : 0.f;
+}
+
+/* One warp: C[16][16*n16] (fp32, ld ldc) = (acc ? C : 0) + A[16][16*k16] (bf16,
+ * row-major, ld lda) times B, B[kk][nn] = b[kk*ldb + nn] (b_col 0) or
+ * b[nn*ldb + kk] (b_col 1). */
+static __device__ void warp_mma(float *C, int ldc, const __nv_bfloat16 *A, int lda,
+                                const __nv_bfloat16 *B, int ldb, int b_col, int n16, int k16, int acc) {
+    using namespace nvcuda;
+    for (int nt = 0; nt < n16; nt++) {
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+        if (acc) wmma::load_matrix_sync(c, C + nt * 16, ldc, wmma::mem_row_major);
+        else wmma::fill_fragment(c, 0.f);
+        for (int kt = 0; kt < k16; kt++) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+            wmma::load_matrix_sync(a, A + kt * 16, lda);
+            if (b_col) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
+                wmma::load_matrix_sync(b, B + (int64_t)nt * 16 * ldb + kt * 16, ldb);
+                wmma::mma_sync(c, a, b, c);
+            } else {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
+                wmma::load_matrix_sync(b, B + (int64_t)kt * 16 * ldb + nt * 16, ldb);
+                wmma::mma_sync(c, a, b, c);
+            }
+        }
+        wmma::store_matrix_sync(C + nt * 16, c, ldc, wmma::mem_row_major);
+    }
+}
+
+/* Shared memory, carved in this order (every piece a multiple of 32 bytes, as
+ * WMMA wants): `tiles` bf16 tiles [64][Dp], `vecs` fp32 [64], then per warp
+ * `f16x64` fp32 [16][64], `b16x64` bf16 [16][64], `accs` fp32 [16][Dp]. */
+typedef struct FlashSmem {
+    int tiles, vecs, f16x64, b16x64, accs;
+} FlashSmem;
+static __host__ __device__ size_t flash_smem_bytes(FlashSmem s, int Dp) {
+    return (size_t)s.tiles * FLASH_T * Dp * 2 + (size_t)s.vecs * FLASH_T * 4 +
+           (size_t)FLASH_W * ((size_t)s.f16x64 * 16 * FLASH_T * 4 + (size_t)s.b16x64 * 16 * FLASH_T * 2 +
+                              (size_t)s.accs * 16 * Dp * 4);
+}
+/* piece `idx` of each kind, for warp w */
+static __device__ __nv_bfloat16 *fs_tile(unsigned char *m, FlashSmem s, int Dp, int idx) {
+    return (__nv_bfloat16 *)(m + (size_t)idx * FLASH_T * Dp * 2);
+}
+static __device__ float *fs_vec(unsigned char *m, FlashSmem s, int Dp, int idx) {
+    return (float *)(m + (size_t)s.tiles * FLASH_T * Dp * 2) + idx * FLASH_T;
+}
+static __device__ unsigned char *fs_warp(unsigned char *m, FlashSmem s, int Dp, int w) {
+    size_t per = (size_t)s.f16x64 * 16 * FLASH_T * 4 + (size_t)s.b16x64 * 16 * FLASH_T * 2 +
+                 (size_t)s.accs * 16 * Dp * 4;
+    return m + (size_t)s.tiles * FLASH_T * Dp * 2 + (size_t)s.vecs * FLASH_T * 4 + per * w;
+}
+static __device__ float *fs_f(unsigned char *m, FlashSmem s, int Dp, int w, int idx) {
+    return (float *)fs_warp(m, s, Dp, w) + idx * 16 * FLASH_T;
+}
+static __device__ __nv_bfloat16 *fs_b(unsigned char *m, FlashSmem s, int Dp, int w, int idx) {
+    return (__nv_bfloat16 *)(fs_warp(m, s, Dp, w) + (size_t)s.f16x64 * 16 * FLASH_T * 4) + idx * 16 * FLASH_T;
+}
+static __device__ float *fs_acc(unsigned char *m, FlashSmem s, int Dp, int w, int idx) {
+    return (float *)(fs_warp(m, s, Dp, w) + (size_t)s.f16x64 * 16 * FLASH_T * 4 +
+                     (size_t)s.b16x64 * 16 * FLASH_T * 2) + idx * 16 * Dp;
+}
+
+/* forward: tiles Q K V; per warp S, the rows' max / sum / rescale (in a second
+ * fp32 [16][64] piece), P (bf16), O */
+static __host__ __device__ FlashSmem flash_fwd_smem(void) { FlashSmem s = {3, 0, 2, 1, 1}; return s; }
+/* dK dV: tiles K V Q dO; vecs lse delta; per warp P^T (fp32), dP^T, P^T then
+ * dS^T (bf16), the dK and dV accumulators */
+static __host__ __device__ FlashSmem flash_bkv_smem(void) { FlashSmem s = {4, 2, 2, 1, 2}; return s; }
+/* dQ: tiles Q dO K V; vecs lse delta; per warp S, dP, dS (bf16), dQ */
+static __host__ __device__ FlashSmem flash_bq_smem(void) { FlashSmem s = {4, 2, 2, 1, 1}; return s; }
+
+extern __shared__ __align__(128) unsigned char flash_smem[];
+
+/* grid (ceil(Lq / 64), N * H); q, o [N, Lq, H*D], k, v [N, Lk, H*D]; lse [N, H, Lq] */
+__global__ void flash_fwd_k(const float *q, const float *k, const float *v, float *o, float *lse,
+                            int Lq, int Lk, int H, int D, int Dp, float scale, int causal) {
+    unsigned char *m = flash_smem;
+    FlashSmem L = flash_fwd_smem();
+    int nh = blockIdx.y, n = nh / H, h = nh % H, q0 = blockIdx.x * FLASH_T;
+    int64_t HD = (int64_t)H * D;
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __nv_bfloat16 *Qs = fs_tile(m, L, Dp, 0), *Ks = fs_tile(m, L, Dp, 1), *Vs = fs_tile(m, L, Dp, 2);
+    float *S = fs_f(m, L, Dp, w, 0), *st = fs_f(m, L, Dp, w, 1), *O = fs_acc(m, L, Dp, w, 0);
+    __nv_bfloat16 *P = fs_b(m, L, Dp, w, 0);
+    float *Mx = st, *Sum = st + 16, *Al = st + 32;
+    flash_tile(Qs, q + (int64_t)n * Lq * HD + (int64_t)h * D, HD, q0, Lq, D, Dp);
+    for (int e = lane; e < 16 * Dp; e += 32) O[e] = 0.f;
+    if (lane < 16) { Mx[lane] = -INFINITY; Sum[lane] = 0.f; }
+    /* a lane owns row r = lane / 2 of its warp's 16 and half of the 64 columns */
+    int r = lane / 2, c0 = (lane % 2) * 32, i = q0 + w * 16 + r;
+    int kend = causal && q0 + FLASH_T < Lk ? q0 + FLASH_T : Lk;
+    for (int k0 = 0; k0 < kend; k0 += FLASH_T) {
+        __syncthreads(); /* every warp is done with the previous K V */
+        flash_tile(Ks, k + (int64_t)n * Lk * HD + (int64_t)h * D, HD, k0, Lk, D, Dp);
+        flash_tile(Vs, v + (int64_t)n * Lk * HD + (int64_t)h * D, HD, k0, Lk, D, Dp);
+        __syncthreads();
+        warp_mma(S, FLASH_T, Qs + w * 16 * Dp, Dp, Ks, Dp, 1, FLASH_T / 16, Dp / 16, 0); /* S = Q K^T */
+        __syncwarp();
+        float mx = -INFINITY;
+        for (int j = c0; j < c0 + 32; j++) {
+            int kj = k0 + j;
+            float s = kj < Lk && !(causal && kj > i) ? S[r * FLASH_T + j] * scale : -INFINITY;
+            S[r * FLASH_T + j] = s;
+            mx = fmaxf(mx, s);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        float m_old = Mx[r], m_new = fmaxf(m_old, mx);
+        /* no valid key yet: m stays -inf, nothing to rescale, p = 0 */
+        float alpha = m_new == -INFINITY ? 1.f : expf(m_old - m_new), sum = 0.f;
+        for (int j = c0; j < c0 + 32; j++) {
+            float s = S[r * FLASH_T + j], p = s == -INFINITY ? 0.f : expf(s - m_new);
+            sum += p;
+            P[r * FLASH_T + j] = bf(p);
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        __syncwarp(); /* both lanes of a row have read Mx[r] */
+        if (c0 == 0) { Mx[r] = m_new; Sum[r] = Sum[r] * alpha + sum; Al[r] = alpha; }
+        __syncwarp();
+        for (int e = lane; e < 16 * Dp; e += 32) O[e] *= Al[e / Dp];
+        __syncwarp();
+        warp_mma(O, Dp, P, FLASH_T, Vs, Dp, 0, Dp / 16, FLASH_T / 16, 1); /* O += P V */
+        __syncwarp();
+    }
+    for (int e = lane; e < 16 * D; e += 32) {
+        int rr = e / D, d = e % D, ii = q0 + w * 16 + rr;
+        if (ii < Lq)
+            o[((int64_t)n * Lq + ii) * HD + (int64_t)h * D + d] = Sum[rr] > 0.f ? O[rr * Dp + d] / Sum[rr] : 0.f;
+    }
+    if (lane < 16 && q0 + w * 16 + lane < Lq)
+        lse[(int64_t)nh * Lq + q0 + w * 16 + lane] = Sum[lane] > 0.f ? Mx[lane] + logf(Sum[lane]) : -INFINITY;
+}
+
+/* dK += dS^T Q, dV += P^T dO by key tiles: grid (ceil(Lk / 64), N * H) */
+__global__ void flash_bwd_kv_k(const float *q, const float *k, const float *v, const float *dout,
+                               const float *lse, const float *delta, float *dk, float *dv, int Lq,
+                               int Lk, int H, int D, int Dp, float scale, int causal) {
+    unsigned char *m = flash_smem;
+    FlashSmem L = flash_bkv_smem();
+    int nh = blockIdx.y, n = nh / H, h = nh % H, k0 = blockIdx.x * FLASH_T;
+    int64_t HD = (int64_t)H * D;
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __nv_bfloat16 *Ks = fs_tile(m, L, Dp, 0), *Vs = fs_tile(m, L, Dp, 1), *Qs = fs_tile(m, L, Dp, 2),
+                  *dOs = fs_tile(m, L, Dp, 3), *Pb = fs_b(m, L, Dp, w, 0);
+    float *ls = fs_vec(m, L, Dp, 0), *ds = fs_vec(m, L, Dp, 1);
+    float *Pt = fs_f(m, L, Dp, w, 0), *dPt = fs_f(m, L, Dp, w, 1);
+    float *dK = fs_acc(m, L, Dp, w, 0), *dV = fs_acc(m, L, Dp, w, 1);
+    flash_tile(Ks, k + (int64_t)n * Lk * HD + (int64_t)h * D, HD, k0, Lk, D, Dp);
+    flash_tile(Vs, v + (int64_t)n * Lk * HD + (int64_t)h * D, HD, k0, Lk, D, Dp);
+    for (int e = lane; e < 16 * Dp; e += 32) dK[e] = dV[e] = 0.f;
+    /* a lane owns key row r = lane / 2 of its warp's 16 and half of the queries */
+    int r = lane / 2, c0 = (lane % 2) * 32, j = k0 + w * 16 + r;
+    for (int q0 = causal ? k0 : 0; q0 < Lq; q0 += FLASH_T) { /* causal: only queries i >= j */
+        __syncthreads();
+        flash_tile(Qs, q + (int64_t)n * Lq * HD + (int64_t)h * D, HD, q0, Lq, D, Dp);
+        flash_tile(dOs, dout + (int64_t)n * Lq * HD + (int64_t)h * D, HD, q0, Lq, D, Dp);
+        flash_vec(ls, lse + (int64_t)nh * Lq, q0, Lq);
+        flash_vec(ds, delta + (int64_t)nh * Lq, q0, Lq);
+        __syncthreads();
+        warp_mma(Pt, FLASH_T, Ks + w * 16 * Dp, Dp, Qs, Dp, 1, FLASH_T / 16, Dp / 16, 0); /* S^T = K Q^T */
+        __syncwarp();
+        for (int c = c0; c < c0 + 32; c++) {
+            int i = q0 + c;
+            float p = i < Lq && j < Lk && !(causal && j > i) ? expf(Pt[r * FLASH_T + c] * scale - ls[c]) : 0.f;
+            Pt[r * FLASH_T + c] = p;
+            Pb[r * FLASH_T + c] = bf(p);
+        }
+        __syncwarp();
+        warp_mma(dV, Dp, Pb, FLASH_T, dOs, Dp, 0, Dp / 16, FLASH_T / 16, 1);                /* dV += P^T dO */
+        warp_mma(dPt, FLASH_T, Vs + w * 16 * Dp, Dp, dOs, Dp, 1, FLASH_T / 16, Dp / 16, 0); /* dP^T = V dO^T */
+        __syncwarp();
+        for (int c = c0; c < c0 + 32; c++) /* dS = scale P (dP - delta) */
+            Pb[r * FLASH_T + c] = bf(scale * Pt[r * FLASH_T + c] * (dPt[r * FLASH_T + c] - ds[c]));
+        __syncwarp();
+        warp_mma(dK, Dp, Pb, FLASH_T, Qs, Dp, 0, Dp / 16, FLASH_T / 16, 1); /* dK += dS^T Q */
+        __syncwarp();
+    }
+    for (int e = lane; e < 16 * D; e += 32) {
+        int rr = e / D, d = e % D, jj = k0 + w * 16 + rr;
+        if (jj >= Lk) continue;
+        int64_t at = ((int64_t)n * Lk + jj) * HD + (int64_t)h * D + d;
+        if (dk) dk[at] += dK[rr * Dp + d];
+        if (dv) dv[at] += dV[rr * Dp + d];
+    }
+}
+
+/* dQ += dS K by query tiles: grid (ceil(Lq / 64), N * H) */
+__global__ void flash_bwd_q_k(const float *q, const float *k, const float *v, const float *dout,
+                              const float *lse, const float *delta, float *dq, int Lq, int Lk, int H,
+                              int D, int Dp, float scale, int causal) {
+    unsigned char *m = flash_smem;
+    FlashSmem L = flash_bq_smem();
+    int nh = blockIdx.y, n = nh / H, h = nh % H, q0 = blockIdx.x * FLASH_T;
+    int64_t HD = (int64_t)H * D;
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __nv_bfloat16 *Qs = fs_tile(m, L, Dp, 0), *dOs = fs_tile(m, L, Dp, 1), *Ks = fs_tile(m, L, Dp, 2),
+                  *Vs = fs_tile(m, L, Dp, 3), *Sb = fs_b(m, L, Dp, w, 0);
+    float *ls = fs_vec(m, L, Dp, 0), *ds = fs_vec(m, L, Dp, 1);
+    float *S = fs_f(m, L, Dp, w, 0), *dP = fs_f(m, L, Dp, w, 1), *dQ = fs_acc(m, L, Dp, w, 0);
+    flash_tile(Qs, q + (int64_t)n * Lq * HD + (int64_t)h * D, HD, q0, Lq, D, Dp);
+    flash_tile(dOs, dout + (int64_t)n * Lq * HD + (int64_t)h * D, HD, q0, Lq, D, Dp);
+    flash_vec(ls, lse + (int64_t)nh * Lq, q0, Lq);
+    flash_vec(ds, delta + (int64_t)nh * Lq, q0, Lq);
+    for (int e = lane; e < 16 * Dp; e += 32) dQ[e] = 0.f;
+    int r = lane / 2, c0 = (lane % 2) * 32, rq = w * 16 + r, i = q0 + rq;
+    int kend = causal && q0 + FLASH_T < Lk ? q0 + FLASH_T : Lk;
+    for (int k0 = 0; k0 < kend; k0 += FLASH_T) {
+        __syncthreads();
+        flash_tile(Ks, k + (int64_t)n * Lk * HD + (int64_t)h * D, HD, k0, Lk, D, Dp);
+        flash_tile(Vs, v + (int64_t)n * Lk * HD + (int64_t)h * D, HD, k0, Lk, D, Dp);
+        __syncthreads();
+        warp_mma(S, FLASH_T, Qs + w * 16 * Dp, Dp, Ks, Dp, 1, FLASH_T / 16, Dp / 16, 0);   /* S = Q K^T */
+        warp_mma(dP, FLASH_T, dOs + w * 16 * Dp, Dp, Vs, Dp, 1, FLASH_T / 16, Dp / 16, 0); /* dP = dO V^T */
+        __syncwarp();
+        for (int c = c0; c < c0 + 32; c++) {
+            int kj = k0 + c;
+            float p = i < Lq && kj < Lk && !(causal && kj > i) ? expf(S[r * FLASH_T + c] * scale - ls[rq]) : 0.f;
+            Sb[r * FLASH_T + c] = bf(scale * p * (dP[r * FLASH_T + c] - ds[rq]));
+        }
+        __syncwarp();
+        warp_mma(dQ, Dp, Sb, FLASH_T, Ks, Dp, 0, Dp / 16, FLASH_T / 16, 1); /* dQ += dS K */
+        __syncwarp();
+    }
+    for (int e = lane; e < 16 * D; e += 32) {
+        int rr = e / D, d = e % D, ii = q0 + w * 16 + rr;
+        if (ii < Lq) dq[((int64_t)n * Lq + ii) * HD + (int64_t)h * D + d] += dQ[rr * Dp + d];
+    }
+}
+
+/* BF16 mode, a head of at most FLASH_DMAX, shared memory for it and at most
+ * 65535 (image, head) pairs (the grid's y); env KRONA_CUDA_FLASH=0: always
+ * the row tiles (to compare the two). The padded head width, or 0. */
+static int flash_dp(Cuda *c, int N, int H, int D) {
+    if (c->prec != KRONA_PREC_BF16 || !c->flash || D > FLASH_DMAX || (int64_t)N * H > 65535) return 0;
+    int Dp = (D + 15) / 16 * 16;
+    if (flash_smem_bytes(flash_bkv_smem(), Dp) > (size_t)c->smem_optin) return 0;
+    return Dp;
+}
+/* once, at create: let the kernels have what the widest head needs */
+static void flash_setup(Cuda *c) {
+    const char *env = getenv("KRONA_CUDA_FLASH");
+    c->flash = !(env && env[0] == '0');
+    if (cudaDeviceGetAttribute(&c->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->dev) != cudaSuccess) {
+        cudaGetLastError();
+        c->smem_optin = 48 << 10;
+    }
+    int want[3] = {(int)flash_smem_bytes(flash_fwd_smem(), FLASH_DMAX), (int)flash_smem_bytes(flash_bkv_smem(), FLASH_DMAX),
+                   (int)flash_smem_bytes(flash_bq_smem(), FLASH_DMAX)};
+    const void *kern[3] = {(const void *)flash_fwd_k, (const void *)flash_bwd_kv_k, (const void *)flash_bwd_q_k};
+    for (int i = 0; i < 3; i++)
+        CK(c, cudaFuncSetAttribute(kern[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   want[i] < c->smem_optin ? want[i] : c->smem_optin));
+}
+static void flash_fwd(Cuda *c, const float *q, const float *k, const float *v, float *o, float *lse, int N,
+                      int Lq, int Lk, int H, int D, int Dp, float scale, int causal) {
+    dim3 g((unsigned)((Lq + FLASH_T - 1) / FLASH_T), (unsigned)(N * H));
+    flash_fwd_k<<<g, FLASH_W * 32, flash_smem_bytes(flash_fwd_smem(), Dp), c->stream>>>(
+        q, k, v, o, lse, Lq, Lk, H, D, Dp, scale, causal);
+    LAUNCHED(c);
+}
+static void flash_bwd(Cuda *c, const float *dout, const float *q, const float *k, const float *v,
+                      const float *lse, const float *delta, float *dq, float *dk, float *dv, int N, int Lq,
+                      int Lk, int H, int D, int Dp, float scale, int causal) {
+    if (dk || dv) {
+        dim3 g((unsigned)((Lk + FLASH_T - 1) / FLASH_T), (unsigned)(N * H));
+        flash_bwd_kv_k<<<g, FLASH_W * 32, flash_smem_bytes(flash_bkv_smem(), Dp), c->stream>>>(
+            q, k, v, dout, lse, delta, dk, dv, Lq, Lk, H, D, Dp, scale, causal);
+        LAUNCHED(c);
+    }
+    if (dq) {
+        dim3 g((unsigned)((Lq + FLASH_T - 1) / FLASH_T), (unsigned)(N * H));
+        flash_bwd_q_k<<<g, FLASH_W * 32, flash_smem_bytes(flash_bq_smem(), Dp), c->stream>>>(
+            q, k, v, dout, lse, delta, dq, Lq, Lk, H, D, Dp, scale, causal);
+        LAUNCHED(c);
+    }
+}
+
 static void cu_attention_fwd(Backend *be, const float *q, const float *k, const float *v,
                              float *o, float *lse, int N, int Lq, int Lk, int H, int D,
                              float scale, int causal) {
@@ -1288,6 +1598,13 @@ static void cu_attention_fwd(Backend *be, const float *q, const float *k, const 
     if (N <= 0 || Lq <= 0 || H <= 0 || D <= 0) return;
     int64_t HD = (int64_t)H * D;
     if (Lk <= 0) { CK(c, cudaMemsetAsync(o, 0, (size_t)N * Lq * HD * sizeof(float), c->stream)); return; }
+    int Dp = flash_dp(c, N, H, D);
+    if (Dp) {
+        float *lse_tmp = lse ? NULL : (float *)dalloc(c, (size_t)N * H * Lq * sizeof(float));
+        if (lse || lse_tmp) flash_fwd(c, q, k, v, o, lse ? lse : lse_tmp, N, Lq, Lk, H, D, Dp, scale, causal);
+        dfree(c, lse_tmp);
+        return;
+    }
     AttnSplit a = attn_split(N, Lq, Lk, H, D);
     int T = attn_tile(Lq, Lk, a.B);
     float *S = (float *)dalloc(c, (size_t)a.B * T * Lk * sizeof(float));
@@ -1318,6 +1635,17 @@ static void cu_attention_bwd(Backend *be, const float *dout, const float *q, con
     Cuda *c = CU(be);
     if (N <= 0 || Lq <= 0 || Lk <= 0 || H <= 0 || D <= 0 || (!dq && !dk && !dv)) return;
     int64_t HD = (int64_t)H * D;
+    int Dp = flash_dp(c, N, H, D);
+    if (Dp) {
+        float *delta = (float *)dalloc(c, (size_t)N * H * Lq * sizeof(float));
+        if (!delta) return;
+        int64_t tot = (int64_t)N * Lq * H;
+        attn_delta_k<<<grid_1d(tot), TPB, 0, c->stream>>>(dout, o, delta, Lq, H, D, tot);
+        LAUNCHED(c);
+        flash_bwd(c, dout, q, k, v, lse, delta, dq, dk, dv, N, Lq, Lk, H, D, Dp, scale, causal);
+        dfree(c, delta);
+        return;
+    }
     AttnSplit a = attn_split(N, Lq, Lk, H, D);
     int T = attn_tile(Lq, Lk, a.B);
     int need_ds = dq || dk;
@@ -1629,6 +1957,7 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     const char *tf = getenv("KRONA_CUDA_TF32");
     c->prec = c->prec_auto = tf && tf[0] == '0' ? KRONA_PREC_FP32 : KRONA_PREC_TF32;
     apply_math_mode(c);
+    flash_setup(c);
 
     be->name = "cuda";
     be->impl = c;

@@ -30,10 +30,12 @@ typedef struct Backend Backend;
  *   TF32  tensor cores round every GEMM's operands to 10-bit mantissas (CUDA).
  *   BF16  linear and conv2d round both operands to bf16 (8-bit mantissa, to
  *         nearest even, core/half.h) and sum the exact products in f32, as
- *         bf16 tensor cores do; the other GEMMs (attention, adapters) are
- *         TF32 on CUDA and FP32 on the CPU. Adapter factors, gradients and
- *         optimizer state are never rounded. The CPU implements it as the
- *         reference the CUDA backend is tested against (slower than FP32).
+ *         bf16 tensor cores do. CUDA's attention is then a fused kernel with
+ *         bf16 products (Q, K, V, dO, P, dS rounded; softmax and sums f32) for
+ *         heads up to 160 wide; its other GEMMs (adapters) are TF32. The CPU
+ *         rounds linear and conv2d only: the reference the CUDA backend is
+ *         tested against (slower than FP32). Adapter factors, gradients and
+ *         optimizer state are never rounded.
  *   AUTO  the backend's own default: CPU FP32, CUDA TF32. */
 enum { KRONA_PREC_AUTO = -1, KRONA_PREC_FP32 = 0, KRONA_PREC_TF32 = 1, KRONA_PREC_BF16 = 2 };
 

@@ -477,6 +477,11 @@ static void build_cases(void) {
     attn_case(6, 100, 37, 2, 24, 0, 0, 0);
     attn_case(5, 50, 50, 1, 16, 1, 0, 0);
     attn_case(4, 64, 64, 2, 8, 0, 1, 0);
+    /* bf16 mode's fused kernels: several partial tiles both ways with SD's D = 40
+     * (padded to 48), the widest head they take, and one wider (the row tiles) */
+    attn_case(2, 150, 200, 2, 40, 0, 0, 0);
+    attn_case(1, 70, 90, 1, 160, 0, 0, 0);
+    attn_case(1, 40, 30, 1, 192, 0, 0, 0);
     attn_case(128, 1024, 1024, 4, 8, 0, 0, 1); /* the tiny model's pretraining batch */
 
     /* diffusion helpers */

@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <type_traits>
 #include <ucontext.h>
 
 /* ---------------------------------------------------------------- device side */
@@ -156,6 +157,7 @@ static void launch(dim3 g, dim3 b, std::function<void()> f) {
 } /* namespace emu */
 
 static inline void __syncthreads() { emu::sync(0); }
+static inline void __syncwarp(unsigned mask = 0xffffffffu) { (void)mask; emu::sync(1); }
 static inline float __shfl_xor_sync(unsigned mask, float v, int o) {
     (void)mask;
     int t = emu::cur, lane = t & 31;
@@ -166,6 +168,90 @@ static inline float __shfl_xor_sync(unsigned mask, float v, int o) {
     return r;
 }
 
+/* ---------------------------------------------------------------- WMMA
+ * 16x16x16 fragments, warp-collective as on the GPU. The element layout is
+ * the emulator's own (lane l holds elements 8l..8l+7 of the tile, row-major):
+ * the hardware's is unspecified, so code that works here only through the API
+ * and element-wise loops works there too. mma_sync gathers the warp's
+ * fragments at a warp barrier and sums each output in fp32 in k order. */
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment {
+    enum { num_elements = 8 };
+    T x[8];
+};
+static inline float emu_f(float v) { return v; }
+static inline float emu_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T> static inline void emu_set(T &d, float v);
+template <> inline void emu_set<float>(float &d, float v) { d = v; }
+template <> inline void emu_set<__nv_bfloat16>(__nv_bfloat16 &d, float v) { d = __float2bfloat16_rn(v); }
+static inline void emu_check_align(const void *p, const char *what) {
+    if ((uintptr_t)p % 32) { fprintf(stderr, "emu: %s: pointer %p not 256-bit aligned\n", what, p); abort(); }
+}
+/* element e = 8 * lane + i of the tile is (row e / 16, col e % 16) */
+template <class Use, class T, class L>
+static inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, L> &f, const T *p, unsigned ldm) {
+    emu_check_align(p, "load_matrix_sync");
+    int lane = emu::cur & 31;
+    for (int i = 0; i < 8; i++) {
+        int e = lane * 8 + i, r = e / 16, c = e % 16;
+        /* matrix_a [m][k], matrix_b [k][n]: row-major r * ldm + c, col-major c * ldm + r */
+        f.x[i] = std::is_same<L, col_major>::value ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c];
+    }
+}
+static inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p, unsigned ldm,
+                                    layout_t l) {
+    emu_check_align(p, "load_matrix_sync");
+    int lane = emu::cur & 31;
+    for (int i = 0; i < 8; i++) {
+        int e = lane * 8 + i, r = e / 16, c = e % 16;
+        f.x[i] = l == mem_col_major ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c];
+    }
+}
+static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm,
+                                     layout_t l) {
+    emu_check_align(p, "store_matrix_sync");
+    int lane = emu::cur & 31;
+    for (int i = 0; i < 8; i++) {
+        int e = lane * 8 + i, r = e / 16, c = e % 16;
+        (l == mem_col_major ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c]) = f.x[i];
+    }
+}
+template <class Use, class T, class L>
+static inline void fill_fragment(fragment<Use, 16, 16, 16, T, L> &f, float v) {
+    for (int i = 0; i < 8; i++) emu_set(f.x[i], v);
+}
+static float emu_mma_buf[32][3][256]; /* per warp of the block: A, B, C */
+template <class TA, class LA, class TB, class LB>
+static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const fragment<matrix_a, 16, 16, 16, TA, LA> &a,
+                            const fragment<matrix_b, 16, 16, 16, TB, LB> &b,
+                            const fragment<accumulator, 16, 16, 16, float> &c) {
+    int t = emu::cur, lane = t & 31, w = t >> 5;
+    for (int i = 0; i < 8; i++) {
+        emu_mma_buf[w][0][lane * 8 + i] = emu_f(a.x[i]);
+        emu_mma_buf[w][1][lane * 8 + i] = emu_f(b.x[i]);
+        emu_mma_buf[w][2][lane * 8 + i] = c.x[i];
+    }
+    emu::sync(1);
+    float out[8];
+    for (int i = 0; i < 8; i++) {
+        int e = lane * 8 + i, r = e / 16, col = e % 16;
+        float s = emu_mma_buf[w][2][e];
+        for (int kk = 0; kk < 16; kk++) s += emu_mma_buf[w][0][r * 16 + kk] * emu_mma_buf[w][1][kk * 16 + col];
+        out[i] = s;
+    }
+    emu::sync(1); /* everyone has read the buffer before the next mma writes it */
+    for (int i = 0; i < 8; i++) d.x[i] = out[i];
+}
+} /* namespace wmma */
+} /* namespace nvcuda */
+
 /* ---------------------------------------------------------------- runtime */
 typedef int cudaError_t;
 enum { cudaSuccess = 0, cudaErrorMemoryAllocation = 2, cudaErrorInvalidValue = 1, cudaErrorInsufficientDriver = 35, cudaErrorNoDevice = 100 };
@@ -173,6 +259,14 @@ typedef struct emu_stream *cudaStream_t;
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 #define cudaStreamNonBlocking 1
 struct cudaDeviceProp { char name[256]; };
+#define EMU_DYN_SMEM (227 * 1024) /* an H100's opt-in limit per block */
+#define __align__(n) alignas(n)
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+static inline cudaError_t cudaFuncSetAttribute(const void *, cudaFuncAttribute, int v) {
+    return v <= EMU_DYN_SMEM ? cudaSuccess : cudaErrorInvalidValue;
+}
+static inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = EMU_DYN_SMEM; return cudaSuccess; }
 
 static long emu_live_allocs;
 static inline const char *cudaGetErrorString(cudaError_t e) { return e ? "emulated error" : "no error"; }

@@ -28,6 +28,10 @@ def main():
     src = src.replace('#include <cuda_runtime.h>', '#include "emu_cuda.h"')
     src = src.replace('#include <cublas_v2.h>', '')
     src = src.replace('#include <cuda_bf16.h>', '')
+    src = src.replace('#include <mma.h>', '')
+    # dynamic shared memory: one static buffer as large as a block may opt in to
+    src = re.sub(r'extern __shared__ __align__\((\d+)\) (\w[\w ]*?) (\w+)\[\];',
+                 r'alignas(\1) static \2 \3[EMU_DYN_SMEM];', src)
     out, pos, n = [], 0, 0
     pat = re.compile(r'(\w+)<<<(.*?)>>>\(', re.S)
     while True:
