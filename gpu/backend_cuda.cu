@@ -405,10 +405,13 @@ static const __nv_bfloat16 *frozen_bf16(Cuda *c, const float *x, int64_t n) {
     }
     return NULL;
 }
-/* gemm_sb for the big ops: bf16 operands in BF16 mode, else as gemm_sb */
-static void gemm_op_sb(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K, float alpha,
-                       const float *A, int64_t lda, int64_t sA, const float *B, int64_t ldb,
-                       int64_t sB, float beta, float *C, int64_t ldc, int64_t sC, int64_t batch) {
+/* gemm_sb for the big ops: bf16 operands in BF16 mode, else as gemm_sb. In
+ * BF16 mode an operand may come already in bf16 (Abf / Bbf, e.g. im2col's
+ * columns); else it is taken from a frozen range's copy, or cast here. */
+static void gemm_op_sbx(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K, float alpha,
+                        const float *A, const __nv_bfloat16 *Abf, int64_t lda, int64_t sA,
+                        const float *B, const __nv_bfloat16 *Bbf, int64_t ldb, int64_t sB, float beta,
+                        float *C, int64_t ldc, int64_t sC, int64_t batch) {
     if (c->prec != KRONA_PREC_BF16 || K <= 0) {
         gemm_sb(c, tA, tB, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch);
         return;
@@ -416,7 +419,7 @@ static void gemm_op_sb(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K,
     if (M <= 0 || N <= 0 || batch <= 0) return;
     int64_t na = operand_span(tA ? K : M, tA ? M : K, lda, sA, batch);
     int64_t nb = operand_span(tB ? N : K, tB ? K : N, ldb, sB, batch);
-    const __nv_bfloat16 *fa = frozen_bf16(c, A, na), *fb = frozen_bf16(c, B, nb);
+    const __nv_bfloat16 *fa = Abf ? Abf : frozen_bf16(c, A, na), *fb = Bbf ? Bbf : frozen_bf16(c, B, nb);
     __nv_bfloat16 *a = fa ? NULL : bf16_copy(c, A, na);
     __nv_bfloat16 *b = fb || (!fa && !a) ? NULL : bf16_copy(c, B, nb);
     if ((fa || a) && (fb || b))
@@ -426,6 +429,11 @@ static void gemm_op_sb(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K,
                                             CUBLAS_GEMM_DEFAULT));
     dfree(c, b);
     dfree(c, a);
+}
+static void gemm_op_sb(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float *A, int64_t lda, int64_t sA, const float *B, int64_t ldb,
+                       int64_t sB, float beta, float *C, int64_t ldc, int64_t sC, int64_t batch) {
+    gemm_op_sbx(c, tA, tB, M, N, K, alpha, A, NULL, lda, sA, B, NULL, ldb, sB, beta, C, ldc, sC, batch);
 }
 static void gemm_op(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K, float alpha,
                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
@@ -530,8 +538,12 @@ static void cu_linear_bwd(Backend *be, const float *dy, const float *x, const fl
 
 /* ---------------------------------------------------------- convolution */
 
-/* col[b][ci*k*k + kh*k + kw][oh*Wo + ow] = x[b][ci][oh*s-p+kh][ow*s-p+kw] (0 outside) */
-__global__ void im2col_k(const float *x, float *col, int nb, int Cin, int H, int W, int k,
+/* col[b][ci*k*k + kh*k + kw][oh*Wo + ow] = x[b][ci][oh*s-p+kh][ow*s-p+kw] (0 outside);
+ * T = float, or __nv_bfloat16 for BF16 mode's GEMMs (half the bytes, no cast pass) */
+static __device__ __forceinline__ void put(float *d, float v) { *d = v; }
+static __device__ __forceinline__ void put(__nv_bfloat16 *d, float v) { *d = __float2bfloat16_rn(v); }
+template <class T>
+__global__ void im2col_k(const float *x, T *col, int nb, int Cin, int H, int W, int k,
                          int s, int p, int Ho, int Wo) {
     int64_t HoWo = (int64_t)Ho * Wo, CKK = (int64_t)Cin * k * k;
     GSTRIDE(i, (int64_t)nb * CKK * HoWo) {
@@ -543,7 +555,7 @@ __global__ void im2col_k(const float *x, float *col, int nb, int Cin, int H, int
         float v = 0.f;
         if (ih >= 0 && ih < H && iw >= 0 && iw < W)
             v = x[((bi * Cin + ci) * H + ih) * (int64_t)W + iw];
-        col[i] = v;
+        put(col + i, v);
     }
 }
 /* dx[b][ci][ih][iw] += sum over (kh,kw) of col[b][ci,kh,kw][oh,ow] with oh*s-p+kh == ih */
@@ -594,19 +606,23 @@ static int conv_chunk(int64_t per_image_floats, int N) {
  * x_i = x + i*sx): one strided-batched GEMM per group of images into a workspace,
  * then a fixed-order sum, instead of one GEMM launch per image (pretraining the
  * tiny model at batch 128 made 128 launches per convolution). */
-static void conv_dw_accumulate(Cuda *c, const float *dy, int64_t sdy, const float *x, int64_t sx,
-                               int m, int Cout, int64_t K, int64_t P, float *dw) {
+/* x: fp32, or (BF16 mode) xbf, the same values already in bf16 */
+static void conv_dw_accumulate(Cuda *c, const float *dy, int64_t sdy, const float *x,
+                               const __nv_bfloat16 *xbf, int64_t sx, int m, int Cout, int64_t K,
+                               int64_t P, float *dw) {
     int q = conv_chunk((int64_t)Cout * K, m);
     float *ws = q > 1 ? (float *)dalloc(c, (size_t)q * Cout * K * sizeof(float)) : NULL;
     if (q > 1 && !ws) return; /* the error is recorded, as for every workspace */
     for (int i0 = 0; i0 < m; i0 += q) {
         int g = m - i0 < q ? m - i0 : q;
+        const float *xi = x ? x + i0 * sx : NULL;
+        const __nv_bfloat16 *xbi = xbf ? xbf + i0 * sx : NULL;
         if (g == 1) {
-            gemm_op(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, P, x + i0 * sx, P, 1.f, dw, K);
+            gemm_op_sbx(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, NULL, P, 0, xi, xbi, P, 0, 1.f, dw, K, 0, 1);
             continue;
         }
-        gemm_op_sb(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, P, sdy, x + i0 * sx, P, sx, 0.f, ws, K,
-                (int64_t)Cout * K, g);
+        gemm_op_sbx(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, NULL, P, sdy, xi, xbi, P, sx, 0.f, ws, K,
+                    (int64_t)Cout * K, g);
         partial_final_k<<<grid_1d((int64_t)Cout * K), TPB, 0, c->stream>>>(ws, g, (int)((int64_t)Cout * K), dw, 1.f);
         LAUNCHED(c);
     }
@@ -623,16 +639,20 @@ static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const flo
         gemm_op_sb(c, 0, 0, Cout, HW, Cin, 1.f, w, Cin, 0, x, HW, (int64_t)Cin * HW, 0.f, y, HW,
                 (int64_t)Cout * HW, N);
     } else {
-        int nb = conv_chunk(CKK * HoWo, N);
-        float *col = (float *)dalloc(c, (size_t)nb * CKK * HoWo * sizeof(float));
+        int nb = conv_chunk(CKK * HoWo, N), bf = c->prec == KRONA_PREC_BF16;
+        void *col = dalloc(c, (size_t)nb * CKK * HoWo * (bf ? sizeof(__nv_bfloat16) : sizeof(float)));
         if (!col) return;
         for (int n0 = 0; n0 < N; n0 += nb) {
             int m = N - n0 < nb ? N - n0 : nb;
-            im2col_k<<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
-                x + (int64_t)n0 * Cin * HW, col, m, Cin, H, W, k, s, p, Ho, Wo);
+            const float *xn = x + (int64_t)n0 * Cin * HW;
+            if (bf) im2col_k<__nv_bfloat16><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
+                xn, (__nv_bfloat16 *)col, m, Cin, H, W, k, s, p, Ho, Wo);
+            else im2col_k<float><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
+                xn, (float *)col, m, Cin, H, W, k, s, p, Ho, Wo);
             LAUNCHED(c);
-            gemm_op_sb(c, 0, 0, Cout, HoWo, CKK, 1.f, w, CKK, 0, col, HoWo, CKK * HoWo, 0.f,
-                    y + (int64_t)n0 * Cout * HoWo, HoWo, (int64_t)Cout * HoWo, m);
+            gemm_op_sbx(c, 0, 0, Cout, HoWo, CKK, 1.f, w, NULL, CKK, 0, bf ? NULL : (const float *)col,
+                        bf ? (const __nv_bfloat16 *)col : NULL, HoWo, CKK * HoWo, 0.f,
+                        y + (int64_t)n0 * Cout * HoWo, HoWo, (int64_t)Cout * HoWo, m);
         }
         dfree(c, col);
     }
@@ -657,23 +677,27 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
     if (!dx && !dw) return;
     if (k == 1 && s == 1 && p == 0) {
         if (dw) /* dw[Cout,Cin] += sum_n dy_n[Cout,HW] x_n[Cin,HW]^T */
-            conv_dw_accumulate(c, dy, (int64_t)Cout * HW, x, (int64_t)Cin * HW, N, Cout, Cin, HW, dw);
+            conv_dw_accumulate(c, dy, (int64_t)Cout * HW, x, NULL, (int64_t)Cin * HW, N, Cout, Cin, HW, dw);
         if (dx)
             gemm_op_sb(c, 1, 0, Cin, HW, Cout, 1.f, w, Cin, 0, dy, HW, (int64_t)Cout * HW, 1.f, dx,
                     HW, (int64_t)Cin * HW, N);
         return;
     }
-    int nb = conv_chunk(CKK * HoWo, N);
+    /* fp32-sized: dx's dcol needs it; BF16 mode's columns for dw use half of it */
+    int nb = conv_chunk(CKK * HoWo, N), bf = c->prec == KRONA_PREC_BF16;
     float *col = (float *)dalloc(c, (size_t)nb * CKK * HoWo * sizeof(float));
     if (!col) return;
     for (int n0 = 0; n0 < N; n0 += nb) {
         int m = N - n0 < nb ? N - n0 : nb;
-        const float *dyc = dy + (int64_t)n0 * Cout * HoWo;
+        const float *dyc = dy + (int64_t)n0 * Cout * HoWo, *xn = x + (int64_t)n0 * Cin * HW;
         if (dw) {
-            im2col_k<<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
-                x + (int64_t)n0 * Cin * HW, col, m, Cin, H, W, k, s, p, Ho, Wo);
+            if (bf) im2col_k<__nv_bfloat16><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
+                xn, (__nv_bfloat16 *)col, m, Cin, H, W, k, s, p, Ho, Wo);
+            else im2col_k<float><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
+                xn, col, m, Cin, H, W, k, s, p, Ho, Wo);
             LAUNCHED(c);
-            conv_dw_accumulate(c, dyc, (int64_t)Cout * HoWo, col, CKK * HoWo, m, Cout, CKK, HoWo, dw);
+            conv_dw_accumulate(c, dyc, (int64_t)Cout * HoWo, bf ? NULL : col,
+                               bf ? (const __nv_bfloat16 *)col : NULL, CKK * HoWo, m, Cout, CKK, HoWo, dw);
         }
         if (dx) { /* dcol = w^T dy, then scatter-free gather back into dx */
             gemm_op_sb(c, 1, 0, CKK, HoWo, Cout, 1.f, w, CKK, 0, dyc, HoWo, (int64_t)Cout * HoWo,

@@ -33,7 +33,8 @@ def main():
     src = re.sub(r'extern __shared__ __align__\((\d+)\) (\w[\w ]*?) (\w+)\[\];',
                  r'alignas(\1) static \2 \3[EMU_DYN_SMEM];', src)
     out, pos, n = [], 0, 0
-    pat = re.compile(r'(\w+)<<<(.*?)>>>\(', re.S)
+    # kern<<< or a template instance kern<T><<<
+    pat = re.compile(r'(\w+(?:<[\w:, ]*>)?)<<<(.*?)>>>\(', re.S)
     while True:
         m = pat.search(src, pos)
         if not m:
