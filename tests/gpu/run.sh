@@ -83,7 +83,12 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
     say timeout 150 "$BENCH" /tmp/bench-tiny.txt --device cuda --model tiny --precision "$P" || status=1
     say timeout 150 "$BENCH" /tmp/bench-sd15.txt --device cuda --model sd15 --precision "$P" || status=1
     say timeout 200 "$BENCH" /tmp/bench-sdxl.txt --device cuda --model sdxl --precision "$P" || status=1
-    cat /tmp/bench-tiny.txt /tmp/bench-sd15.txt /tmp/bench-sdxl.txt >"$OUT/bench-cuda.txt" 2>/dev/null
+    # bf16's attention: the fused kernels against the row tiles, same step otherwise
+    KRONA_CUDA_FLASH=0 say timeout 100 "$BENCH" /tmp/bench-sd15-tiles.txt --device cuda --model sd15 \
+      --precision bf16 || status=1
+    sed -i '1s/$/ (KRONA_CUDA_FLASH=0: attention in row tiles)/' /tmp/bench-sd15-tiles.txt
+    cat /tmp/bench-tiny.txt /tmp/bench-sd15.txt /tmp/bench-sdxl.txt /tmp/bench-sd15-tiles.txt \
+      >"$OUT/bench-cuda.txt" 2>/dev/null
   fi
 
   stage "4. default preset on the GPU, timed, then scored" | tee -a "$LOG"
