@@ -11,7 +11,7 @@
 
 static int run(int argc, char **argv) {
     const CliCommand *me = &cli_sample;
-    const char *model = "tiny", *adapter = NULL, *prompt = NULL, *out = "sample.png", *device = "auto";
+    const char *model = "tiny", *adapter = NULL, *prompt = NULL, *out = "sample.png", *device = "auto", *precision = "auto";
     const char *neg = "", *tokenizer = NULL;
     int vae_tiling = 0;
     int n = 1, steps = 25, size = 0, sampler = 0, random_weights = 0;
@@ -30,6 +30,7 @@ static int run(int argc, char **argv) {
         cli_choice("--sampler", &sampler, "ddim|euler", "default ddim"),
         cli_int("--size", &size, "PX", 8, 16384, "image side in pixels (default: the model's)"),
         cli_str("--device", &device, "auto|cpu|cuda", "the backend (default auto)"),
+        cli_str("--precision", &precision, "auto|fp32|tf32|bf16", "GEMM arithmetic (default auto)"),
         cli_str("--tokenizer", &tokenizer, "DIR", "CLIP's vocabulary, when the model has none beside it"),
         cli_choice("--vae-tiling", &vae_tiling, "auto|on|off",
                    "decode a latent model's samples in overlapping tiles (default auto: when memory is short)"),
@@ -45,6 +46,11 @@ static int run(int argc, char **argv) {
     if (fs_check_writable(out, err, sizeof err) != 0) { cli_error(me, "%s", err); return 2; }
     Backend *be = backend_open(device, err, sizeof err);
     if (!be) { cli_error(me, "%s", err); return 2; }
+    if (backend_set_precision(be, precision, err, sizeof err) != 0) {
+        cli_error(me, "%s", err);
+        backend_destroy(be);
+        return 2;
+    }
     rc = 2;
     float *cc = NULL, *cu = NULL, *pix = NULL;
     Image *tiles = NULL, grid = {0};
@@ -112,7 +118,8 @@ const CliCommand cli_sample = {
     "sample", run,
     "--prompt TEXT [--model M] [--adapter A.safetensors] [-o out.png] [--n N]\n"
     "[--steps S] [--guidance G] [--seed S] [--sampler ddim|euler] [--size PX]\n"
-    "[--negative TEXT] [--device auto|cpu|cuda] [--tokenizer DIR] [--vae-tiling auto|on|off]\n"
+    "[--negative TEXT] [--device auto|cpu|cuda] [--precision auto|fp32|tf32|bf16]\n"
+    "[--tokenizer DIR] [--vae-tiling auto|on|off]\n"
     "[--random-weights]",
     NULL,
     "Generate images with a model and, optionally, an adapter file written by train (its\n"
