@@ -49,6 +49,7 @@ typedef struct {
     cublasHandle_t blas;
     int prec, prec_auto; /* KRONA_PREC_*: now, and what AUTO means (TF32; env may say FP32) */
     int flash, smem_optin; /* fused attention in BF16 mode; shared memory a block may opt in to */
+    int fused_kron;        /* one kernel per Kronecker adapter op (else cuBLAS GEMMs) */
     float *host_scalar; /* pinned, for mse_fwd's single device-to-host copy */
     /* caching allocator: live blocks in an open-addressing table keyed by
      * pointer, freed blocks in a list searched by exact rounded size */
@@ -1576,20 +1577,16 @@ static int flash_dp(Cuda *c, int N, int H, int D) {
     if (flash_smem_bytes(flash_bkv_smem(), Dp) > (size_t)c->smem_optin) return 0;
     return Dp;
 }
-/* once, at create: let the kernels have what the widest head needs */
-static void flash_setup(Cuda *c) {
+/* once, at create: the switches and the card's shared-memory opt-in limit */
+static void fused_setup(Cuda *c) {
     const char *env = getenv("KRONA_CUDA_FLASH");
     c->flash = !(env && env[0] == '0');
+    env = getenv("KRONA_CUDA_FUSED_KRON");
+    c->fused_kron = !(env && env[0] == '0');
     if (cudaDeviceGetAttribute(&c->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->dev) != cudaSuccess) {
         cudaGetLastError();
         c->smem_optin = 48 << 10;
     }
-    int want[3] = {(int)flash_smem_bytes(flash_fwd_smem(), FLASH_DMAX), (int)flash_smem_bytes(flash_bkv_smem(), FLASH_DMAX),
-                   (int)flash_smem_bytes(flash_bq_smem(), FLASH_DMAX)};
-    const void *kern[3] = {(const void *)flash_fwd_k, (const void *)flash_bwd_kv_k, (const void *)flash_bwd_q_k};
-    for (int i = 0; i < 3; i++)
-        CK(c, cudaFuncSetAttribute(kern[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   want[i] < c->smem_optin ? want[i] : c->smem_optin));
 }
 static void flash_fwd(Cuda *c, const float *q, const float *k, const float *v, float *o, float *lse, int N,
                       int Lq, int Lk, int H, int D, int Dp, float scale, int causal) {
@@ -1828,11 +1825,142 @@ static int64_t kron_chunk(int64_t M, int64_t per_row_floats) {
     return mc > M ? M : mc;
 }
 
+/* Fused: one kernel per call (forward), or one plus a fixed-order sum of the
+ * blocks' dA dB partials (backward), instead of 2 and up to 7 cuBLAS launches
+ * of tiny GEMMs. A block takes a contiguous run of rows, keeps A, B, the
+ * row's X_m (and dY_m) and the intermediate product in shared memory and
+ * multiplies from the same side as the GEMM path (same products, other sum
+ * order). Shapes whose pieces do not fit in shared memory take the GEMMs
+ * (env KRONA_CUDA_FUSED_KRON=0: always). The number of blocks is a function
+ * of M only, so the partial sums, and the results, are the same on any card. */
+static int kron_blocks(int64_t M) {
+    int64_t nb = (M + 15) / 16;
+    return (int)(nb < 1 ? 1 : nb > 256 ? 256 : nb);
+}
+/* floats of shared memory: forward A B X T; backward A B X dY P Q dA dB */
+static size_t kron_fwd_smem(int a1, int a2, int b1, int b2) {
+    int64_t tr = kron_a_first(a1, a2, b1, b2) ? (int64_t)a1 * b2 : (int64_t)a2 * b1;
+    return sizeof(float) * (size_t)((int64_t)a1 * a2 + (int64_t)b1 * b2 + (int64_t)a2 * b2 + tr);
+}
+static size_t kron_bwd_smem(int a1, int a2, int b1, int b2) {
+    int64_t tr = kron_a_first(a1, a2, b1, b2) ? (int64_t)a1 * b2 : (int64_t)a2 * b1;
+    return sizeof(float) * (size_t)(2 * ((int64_t)a1 * a2 + (int64_t)b1 * b2) + (int64_t)a2 * b2 +
+                                    (int64_t)a1 * b1 + 2 * tr);
+}
+
+extern __shared__ __align__(16) float kron_smem[];
+
+/* y_m += scale A X_m B^T for the block's rows (af: A first, else B first) */
+__global__ void kron_fwd_k(const float *x, const float *A, const float *B, float *y, int64_t M, int a1,
+                           int a2, int b1, int b2, float scale, int af, int64_t rpb) {
+    int aa = a1 * a2, bb = b1 * b2, din = a2 * b2, dout = a1 * b1, tr = af ? a1 * b2 : a2 * b1;
+    float *As = kron_smem, *Bs = As + aa, *Xs = Bs + bb, *Ts = Xs + din;
+    for (int e = threadIdx.x; e < aa; e += blockDim.x) As[e] = A[e];
+    for (int e = threadIdx.x; e < bb; e += blockDim.x) Bs[e] = B[e];
+    int64_t m0 = blockIdx.x * rpb, m1 = m0 + rpb < M ? m0 + rpb : M;
+    for (int64_t m = m0; m < m1; m++) {
+        __syncthreads(); /* the last row's X and T are used up (and A, B loaded) */
+        for (int e = threadIdx.x; e < din; e += blockDim.x) Xs[e] = x[m * din + e];
+        __syncthreads();
+        for (int e = threadIdx.x; e < tr; e += blockDim.x) {
+            float v = 0.f;
+            if (af) { /* Z[i][k] = sum_l A[i][l] X[l][k] */
+                int i = e / b2, k = e % b2;
+                for (int l = 0; l < a2; l++) v += As[i * a2 + l] * Xs[l * b2 + k];
+            } else { /* T[l][j] = sum_k X[l][k] B[j][k] */
+                int l = e / b1, j = e % b1;
+                for (int k = 0; k < b2; k++) v += Xs[l * b2 + k] * Bs[j * b2 + k];
+            }
+            Ts[e] = v;
+        }
+        __syncthreads();
+        for (int e = threadIdx.x; e < dout; e += blockDim.x) {
+            int i = e / b1, j = e % b1;
+            float v = 0.f;
+            if (af) for (int k = 0; k < b2; k++) v += Ts[i * b2 + k] * Bs[j * b2 + k];
+            else for (int l = 0; l < a2; l++) v += As[i * a2 + l] * Ts[l * b1 + j];
+            y[m * dout + e] += scale * v;
+        }
+    }
+}
+
+/* dx_m += scale A^T dY_m B; the block's unscaled sums of dA and dB into
+ * pA[blockIdx.x] and pB[blockIdx.x] (NULL: not wanted) */
+__global__ void kron_bwd_k(const float *dy, const float *x, const float *A, const float *B, float *dx,
+                           float *pA, float *pB, int64_t M, int a1, int a2, int b1, int b2, int af,
+                           float scale, int64_t rpb) {
+    int aa = a1 * a2, bb = b1 * b2, din = a2 * b2, dout = a1 * b1, tr = af ? a1 * b2 : a2 * b1;
+    float *As = kron_smem, *Bs = As + aa, *Xs = Bs + bb, *Gs = Xs + din, *Ps = Gs + dout, *Qs = Ps + tr;
+    float *accA = Qs + tr, *accB = accA + aa;
+    for (int e = threadIdx.x; e < aa; e += blockDim.x) { As[e] = A[e]; accA[e] = 0.f; }
+    for (int e = threadIdx.x; e < bb; e += blockDim.x) { Bs[e] = B[e]; accB[e] = 0.f; }
+    /* A first: P = U = dY B, Q = Z = A X; B first: P = V = A^T dY, Q = T = X B^T */
+    int needP = af ? dx || pA : dx || pB, needQ = af ? pB != NULL : pA != NULL;
+    int64_t m0 = blockIdx.x * rpb, m1 = m0 + rpb < M ? m0 + rpb : M;
+    for (int64_t m = m0; m < m1; m++) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < din; e += blockDim.x) Xs[e] = x[m * din + e];
+        for (int e = threadIdx.x; e < dout; e += blockDim.x) Gs[e] = dy[m * dout + e];
+        __syncthreads();
+        for (int e = threadIdx.x; e < tr; e += blockDim.x) {
+            float p = 0.f, q = 0.f;
+            if (af) {
+                int i = e / b2, k = e % b2;
+                if (needP) for (int j = 0; j < b1; j++) p += Gs[i * b1 + j] * Bs[j * b2 + k];
+                if (needQ) for (int l = 0; l < a2; l++) q += As[i * a2 + l] * Xs[l * b2 + k];
+            } else {
+                int l = e / b1, j = e % b1;
+                if (needP) for (int i = 0; i < a1; i++) p += As[i * a2 + l] * Gs[i * b1 + j];
+                if (needQ) for (int k = 0; k < b2; k++) q += Xs[l * b2 + k] * Bs[j * b2 + k];
+            }
+            Ps[e] = p;
+            Qs[e] = q;
+        }
+        __syncthreads();
+        if (dx)
+            for (int e = threadIdx.x; e < din; e += blockDim.x) {
+                int l = e / b2, k = e % b2;
+                float v = 0.f;
+                if (af) for (int i = 0; i < a1; i++) v += As[i * a2 + l] * Ps[i * b2 + k];
+                else for (int j = 0; j < b1; j++) v += Ps[l * b1 + j] * Bs[j * b2 + k];
+                dx[m * din + e] += scale * v;
+            }
+        if (pA) /* dA[i][l] += sum_k U[i][k] X[l][k]  or  sum_j dY[i][j] T[l][j] */
+            for (int e = threadIdx.x; e < aa; e += blockDim.x) {
+                int i = e / a2, l = e % a2;
+                float v = 0.f;
+                if (af) for (int k = 0; k < b2; k++) v += Ps[i * b2 + k] * Xs[l * b2 + k];
+                else for (int j = 0; j < b1; j++) v += Gs[i * b1 + j] * Qs[l * b1 + j];
+                accA[e] += v;
+            }
+        if (pB) /* dB[j][k] += sum_i dY[i][j] Z[i][k]  or  sum_l V[l][j] X[l][k] */
+            for (int e = threadIdx.x; e < bb; e += blockDim.x) {
+                int j = e / b2, k = e % b2;
+                float v = 0.f;
+                if (af) for (int i = 0; i < a1; i++) v += Gs[i * b1 + j] * Qs[i * b2 + k];
+                else for (int l = 0; l < a2; l++) v += Ps[l * b1 + j] * Xs[l * b2 + k];
+                accB[e] += v;
+            }
+    }
+    /* each thread wrote only its own accumulators: no barrier needed before this */
+    if (pA) for (int e = threadIdx.x; e < aa; e += blockDim.x) pA[(int64_t)blockIdx.x * aa + e] = accA[e];
+    if (pB) for (int e = threadIdx.x; e < bb; e += blockDim.x) pB[(int64_t)blockIdx.x * bb + e] = accB[e];
+}
+
+static int kron_fused_ok(Cuda *c, size_t smem) { return c->fused_kron && smem <= (size_t)c->smem_optin; }
+
 static void cu_kron_fwd(Backend *be, const float *x, const float *A, const float *B, float *y,
                         int64_t M, int a1, int a2, int b1, int b2, float scale) {
     Cuda *c = CU(be);
     if (M <= 0) return;
     int af = kron_a_first(a1, a2, b1, b2);
+    size_t sm = kron_fwd_smem(a1, a2, b1, b2);
+    if (kron_fused_ok(c, sm)) {
+        int nb = kron_blocks(M);
+        kron_fwd_k<<<nb, TPB, sm, c->stream>>>(x, A, B, y, M, a1, a2, b1, b2, scale, af, (M + nb - 1) / nb);
+        LAUNCHED(c);
+        return;
+    }
     int64_t din = (int64_t)a2 * b2, dout = (int64_t)a1 * b1;
     int64_t tr = af ? (int64_t)a1 * b2 : (int64_t)a2 * b1; /* Z_m or T_m */
     int64_t mc = kron_chunk(M, tr);
@@ -1857,6 +1985,21 @@ static void cu_kron_bwd(Backend *be, const float *dy, const float *x, const floa
     Cuda *c = CU(be);
     if (M <= 0 || (!dx && !dA && !dB)) return;
     int af = kron_a_first(a1, a2, b1, b2);
+    size_t sm = kron_bwd_smem(a1, a2, b1, b2);
+    if (kron_fused_ok(c, sm)) {
+        int nb = kron_blocks(M);
+        int64_t aa = (int64_t)a1 * a2, bb = (int64_t)b1 * b2;
+        float *part = dA || dB ? (float *)dalloc(c, (size_t)nb * ((dA ? aa : 0) + (dB ? bb : 0)) * sizeof(float)) : NULL;
+        if ((dA || dB) && !part) return;
+        float *pA = dA ? part : NULL, *pB = dB ? part + (dA ? nb * aa : 0) : NULL;
+        kron_bwd_k<<<nb, TPB, sm, c->stream>>>(dy, x, A, B, dx, pA, pB, M, a1, a2, b1, b2, af, scale,
+                                                (M + nb - 1) / nb);
+        LAUNCHED(c);
+        if (dA) { partial_final_k<<<grid_1d(aa), TPB, 0, c->stream>>>(pA, nb, (int)aa, dA, scale); LAUNCHED(c); }
+        if (dB) { partial_final_k<<<grid_1d(bb), TPB, 0, c->stream>>>(pB, nb, (int)bb, dB, scale); LAUNCHED(c); }
+        dfree(c, part);
+        return;
+    }
     int64_t din = (int64_t)a2 * b2, dout = (int64_t)a1 * b1, aa = (int64_t)a1 * a2;
     int64_t tr = af ? (int64_t)a1 * b2 : (int64_t)a2 * b1; /* U_m, Z_m or V_m, T_m */
     /* the first product (U or V) and the second (Z or T) each take tr per row */
@@ -1916,6 +2059,18 @@ static void cu_kron_merge(Backend *be, const float *A, const float *B, float *W,
 }
 
 /* ------------------------------------------------------------- create */
+
+/* let the kernels with dynamic shared memory have what their largest shapes
+ * need (fused attention: the widest head; Kronecker: up to the card's limit) */
+static void smem_setup(Cuda *c) {
+    int want[5] = {(int)flash_smem_bytes(flash_fwd_smem(), FLASH_DMAX), (int)flash_smem_bytes(flash_bkv_smem(), FLASH_DMAX),
+                   (int)flash_smem_bytes(flash_bq_smem(), FLASH_DMAX), c->smem_optin, c->smem_optin};
+    const void *kern[5] = {(const void *)flash_fwd_k, (const void *)flash_bwd_kv_k, (const void *)flash_bwd_q_k,
+                           (const void *)kron_fwd_k, (const void *)kron_bwd_k};
+    for (int i = 0; i < 5; i++)
+        CK(c, cudaFuncSetAttribute(kern[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   want[i] < c->smem_optin ? want[i] : c->smem_optin));
+}
 
 /* TF32 for every fp32 GEMM unless FP32 (BF16 mode: attention and adapters) */
 static void apply_math_mode(Cuda *c) {
@@ -1981,7 +2136,8 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     const char *tf = getenv("KRONA_CUDA_TF32");
     c->prec = c->prec_auto = tf && tf[0] == '0' ? KRONA_PREC_FP32 : KRONA_PREC_TF32;
     apply_math_mode(c);
-    flash_setup(c);
+    fused_setup(c);
+    smem_setup(c);
 
     be->name = "cuda";
     be->impl = c;
