@@ -87,8 +87,12 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
     KRONA_CUDA_FLASH=0 say timeout 100 "$BENCH" /tmp/bench-sd15-tiles.txt --device cuda --model sd15 \
       --precision bf16 || status=1
     sed -i '1s/$/ (KRONA_CUDA_FLASH=0: attention in row tiles)/' /tmp/bench-sd15-tiles.txt
+    # the adapters: fused Kronecker kernels against cuBLAS GEMMs
+    KRONA_CUDA_FUSED_KRON=0 say timeout 100 "$BENCH" /tmp/bench-sd15-gemm.txt --device cuda --model sd15 \
+      --precision tf32 || status=1
+    sed -i '1s/$/ (KRONA_CUDA_FUSED_KRON=0: Kronecker products as cuBLAS GEMMs)/' /tmp/bench-sd15-gemm.txt
     cat /tmp/bench-tiny.txt /tmp/bench-sd15.txt /tmp/bench-sdxl.txt /tmp/bench-sd15-tiles.txt \
-      >"$OUT/bench-cuda.txt" 2>/dev/null
+      /tmp/bench-sd15-gemm.txt >"$OUT/bench-cuda.txt" 2>/dev/null
   fi
 
   stage "4. default preset on the GPU, timed, then scored" | tee -a "$LOG"
