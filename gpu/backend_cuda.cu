@@ -1336,6 +1336,10 @@ static __device__ void flash_tile(__nv_bfloat16 *t, const float *x, int64_t ld, 
         t[e] = bf(r0 + r < rows && d < D ? x[(int64_t)(r0 + r) * ld + d] : 0.f);
     }
 }
+/* row 0 of head h of image n in x [N, L, H*D] */
+static __device__ __forceinline__ const float *head_of(const float *x, int n, int L, int64_t HD, int h, int D) {
+    return x + (int64_t)n * L * HD + (int64_t)h * D;
+}
 /* 64 values of a [N*H, L] row-vector from index r0, 0 past L */
 static __device__ void flash_vec(float *t, const float *x, int r0, int L) {
     for (int e = threadIdx.x; e < FLASH_T; e += blockDim.x) t[e] = r0 + e < L ? x[r0 + e] : 0.f;
@@ -1425,7 +1429,7 @@ __global__ void flash_fwd_k(const float *q, const float *k, const float *v, floa
     float *S = fs_f(m, L, Dp, w, 0), *st = fs_f(m, L, Dp, w, 1), *O = fs_acc(m, L, Dp, w, 0);
     __nv_bfloat16 *P = fs_b(m, L, Dp, w, 0);
     float *Mx = st, *Sum = st + 16, *Al = st + 32;
-    flash_tile(Qs, q + (int64_t)n * Lq * HD + (int64_t)h * D, HD, q0, Lq, D, Dp);
+    flash_tile(Qs, head_of(q, n, Lq, HD, h, D), HD, q0, Lq, D, Dp);
     for (int e = lane; e < 16 * Dp; e += 32) O[e] = 0.f;
     if (lane < 16) { Mx[lane] = -INFINITY; Sum[lane] = 0.f; }
     /* a lane owns row r = lane / 2 of its warp's 16 and half of the 64 columns */
@@ -1433,8 +1437,8 @@ __global__ void flash_fwd_k(const float *q, const float *k, const float *v, floa
     int kend = causal && q0 + FLASH_T < Lk ? q0 + FLASH_T : Lk;
     for (int k0 = 0; k0 < kend; k0 += FLASH_T) {
         __syncthreads(); /* every warp is done with the previous K V */
-        flash_tile(Ks, k + (int64_t)n * Lk * HD + (int64_t)h * D, HD, k0, Lk, D, Dp);
-        flash_tile(Vs, v + (int64_t)n * Lk * HD + (int64_t)h * D, HD, k0, Lk, D, Dp);
+        flash_tile(Ks, head_of(k, n, Lk, HD, h, D), HD, k0, Lk, D, Dp);
+        flash_tile(Vs, head_of(v, n, Lk, HD, h, D), HD, k0, Lk, D, Dp);
         __syncthreads();
         warp_mma(S, FLASH_T, Qs + w * 16 * Dp, Dp, Ks, Dp, 1, FLASH_T / 16, Dp / 16, 0); /* S = Q K^T */
         __syncwarp();
@@ -1486,15 +1490,15 @@ __global__ void flash_bwd_kv_k(const float *q, const float *k, const float *v, c
     float *ls = fs_vec(m, L, Dp, 0), *ds = fs_vec(m, L, Dp, 1);
     float *Pt = fs_f(m, L, Dp, w, 0), *dPt = fs_f(m, L, Dp, w, 1);
     float *dK = fs_acc(m, L, Dp, w, 0), *dV = fs_acc(m, L, Dp, w, 1);
-    flash_tile(Ks, k + (int64_t)n * Lk * HD + (int64_t)h * D, HD, k0, Lk, D, Dp);
-    flash_tile(Vs, v + (int64_t)n * Lk * HD + (int64_t)h * D, HD, k0, Lk, D, Dp);
+    flash_tile(Ks, head_of(k, n, Lk, HD, h, D), HD, k0, Lk, D, Dp);
+    flash_tile(Vs, head_of(v, n, Lk, HD, h, D), HD, k0, Lk, D, Dp);
     for (int e = lane; e < 16 * Dp; e += 32) dK[e] = dV[e] = 0.f;
     /* a lane owns key row r = lane / 2 of its warp's 16 and half of the queries */
     int r = lane / 2, c0 = (lane % 2) * 32, j = k0 + w * 16 + r;
     for (int q0 = causal ? k0 : 0; q0 < Lq; q0 += FLASH_T) { /* causal: only queries i >= j */
         __syncthreads();
-        flash_tile(Qs, q + (int64_t)n * Lq * HD + (int64_t)h * D, HD, q0, Lq, D, Dp);
-        flash_tile(dOs, dout + (int64_t)n * Lq * HD + (int64_t)h * D, HD, q0, Lq, D, Dp);
+        flash_tile(Qs, head_of(q, n, Lq, HD, h, D), HD, q0, Lq, D, Dp);
+        flash_tile(dOs, head_of(dout, n, Lq, HD, h, D), HD, q0, Lq, D, Dp);
         flash_vec(ls, lse + (int64_t)nh * Lq, q0, Lq);
         flash_vec(ds, delta + (int64_t)nh * Lq, q0, Lq);
         __syncthreads();
@@ -1538,8 +1542,8 @@ __global__ void flash_bwd_q_k(const float *q, const float *k, const float *v, co
                   *Vs = fs_tile(m, L, Dp, 3), *Sb = fs_b(m, L, Dp, w, 0);
     float *ls = fs_vec(m, L, Dp, 0), *ds = fs_vec(m, L, Dp, 1);
     float *S = fs_f(m, L, Dp, w, 0), *dP = fs_f(m, L, Dp, w, 1), *dQ = fs_acc(m, L, Dp, w, 0);
-    flash_tile(Qs, q + (int64_t)n * Lq * HD + (int64_t)h * D, HD, q0, Lq, D, Dp);
-    flash_tile(dOs, dout + (int64_t)n * Lq * HD + (int64_t)h * D, HD, q0, Lq, D, Dp);
+    flash_tile(Qs, head_of(q, n, Lq, HD, h, D), HD, q0, Lq, D, Dp);
+    flash_tile(dOs, head_of(dout, n, Lq, HD, h, D), HD, q0, Lq, D, Dp);
     flash_vec(ls, lse + (int64_t)nh * Lq, q0, Lq);
     flash_vec(ds, delta + (int64_t)nh * Lq, q0, Lq);
     for (int e = lane; e < 16 * Dp; e += 32) dQ[e] = 0.f;
@@ -1547,8 +1551,8 @@ __global__ void flash_bwd_q_k(const float *q, const float *k, const float *v, co
     int kend = causal && q0 + FLASH_T < Lk ? q0 + FLASH_T : Lk;
     for (int k0 = 0; k0 < kend; k0 += FLASH_T) {
         __syncthreads();
-        flash_tile(Ks, k + (int64_t)n * Lk * HD + (int64_t)h * D, HD, k0, Lk, D, Dp);
-        flash_tile(Vs, v + (int64_t)n * Lk * HD + (int64_t)h * D, HD, k0, Lk, D, Dp);
+        flash_tile(Ks, head_of(k, n, Lk, HD, h, D), HD, k0, Lk, D, Dp);
+        flash_tile(Vs, head_of(v, n, Lk, HD, h, D), HD, k0, Lk, D, Dp);
         __syncthreads();
         warp_mma(S, FLASH_T, Qs + w * 16 * Dp, Dp, Ks, Dp, 1, FLASH_T / 16, Dp / 16, 0);   /* S = Q K^T */
         warp_mma(dP, FLASH_T, dOs + w * 16 * Dp, Dp, Vs, Dp, 1, FLASH_T / 16, Dp / 16, 0); /* dP = dO V^T */
