@@ -66,6 +66,10 @@ static int run(int argc, char **argv) {
     };
     int rc = cli_parse(me, opts, argc, argv);
     if (rc != CLI_GO) return rc;
+    if (backend_precision_parse(precision) == -2) { /* before the dataset: arguments first */
+        cli_error(me, "precision = %s: use auto, fp32, tf32 or bf16", precision);
+        return 2;
+    }
     if (no_flip) o.flip = 0;
     o.schedule = linear == 0 ? BETAS_LINEAR : BETAS_SCALED_LINEAR;
     o.prediction = v_pred == 0 ? PRED_V : PRED_EPSILON;
