@@ -1831,59 +1831,69 @@ static int64_t kron_chunk(int64_t M, int64_t per_row_floats) {
 
 /* Fused: one kernel per call (forward), or one plus a fixed-order sum of the
  * blocks' dA dB partials (backward), instead of 2 and up to 7 cuBLAS launches
- * of tiny GEMMs. A block takes a contiguous run of rows, keeps A, B, the
- * row's X_m (and dY_m) and the intermediate product in shared memory and
- * multiplies from the same side as the GEMM path (same products, other sum
- * order). Shapes whose pieces do not fit in shared memory take the GEMMs
- * (env KRONA_CUDA_FUSED_KRON=0: always). The number of blocks is a function
- * of M only, so the partial sums, and the results, are the same on any card. */
+ * of tiny GEMMs. A block takes a contiguous run of rows, R rows at a time: A,
+ * B, the R rows' X_m (and dY_m) and their intermediate products sit in shared
+ * memory, every thread busy on one element of one row per phase. Products
+ * from the same side as the GEMM path (other sum order). R keeps a block's
+ * shared memory near 64 KB; shapes for which one row does not fit in the
+ * card's limit take the GEMMs (env KRONA_CUDA_FUSED_KRON=0: always). Blocks
+ * and R depend on the shapes only, so the partial sums, and the results, are
+ * the same on any card. */
+#define KRON_SMEM_TARGET ((size_t)64 << 10)
 static int kron_blocks(int64_t M) {
     int64_t nb = (M + 15) / 16;
     return (int)(nb < 1 ? 1 : nb > 256 ? 256 : nb);
 }
-/* floats of shared memory: forward A B X T; backward A B X dY P Q dA dB */
-static size_t kron_fwd_smem(int a1, int a2, int b1, int b2) {
+/* floats of shared memory for R rows: forward A B X T; backward A B X dY P Q dA dB */
+static size_t kron_smem(int bwd, int a1, int a2, int b1, int b2, int R) {
+    int64_t aa = (int64_t)a1 * a2, bb = (int64_t)b1 * b2, din = (int64_t)a2 * b2, dout = (int64_t)a1 * b1;
     int64_t tr = kron_a_first(a1, a2, b1, b2) ? (int64_t)a1 * b2 : (int64_t)a2 * b1;
-    return sizeof(float) * (size_t)((int64_t)a1 * a2 + (int64_t)b1 * b2 + (int64_t)a2 * b2 + tr);
+    int64_t f = bwd ? 2 * (aa + bb) + R * (din + dout + 2 * tr) : aa + bb + R * (din + tr);
+    return sizeof(float) * (size_t)f;
 }
-static size_t kron_bwd_smem(int a1, int a2, int b1, int b2) {
-    int64_t tr = kron_a_first(a1, a2, b1, b2) ? (int64_t)a1 * b2 : (int64_t)a2 * b1;
-    return sizeof(float) * (size_t)(2 * ((int64_t)a1 * a2 + (int64_t)b1 * b2) + (int64_t)a2 * b2 +
-                                    (int64_t)a1 * b1 + 2 * tr);
+/* rows per pass: up to 16 while the target holds (at least 1) */
+static int kron_rows(int bwd, int a1, int a2, int b1, int b2) {
+    int R = 16;
+    while (R > 1 && kron_smem(bwd, a1, a2, b1, b2, R) > KRON_SMEM_TARGET) R /= 2;
+    return R;
 }
 
-extern __shared__ __align__(16) float kron_smem[];
+extern __shared__ __align__(16) float kron_smem_buf[];
 
 /* y_m += scale A X_m B^T for the block's rows (af: A first, else B first) */
 __global__ void kron_fwd_k(const float *x, const float *A, const float *B, float *y, int64_t M, int a1,
-                           int a2, int b1, int b2, float scale, int af, int64_t rpb) {
+                           int a2, int b1, int b2, float scale, int af, int64_t rpb, int R) {
     int aa = a1 * a2, bb = b1 * b2, din = a2 * b2, dout = a1 * b1, tr = af ? a1 * b2 : a2 * b1;
-    float *As = kron_smem, *Bs = As + aa, *Xs = Bs + bb, *Ts = Xs + din;
+    float *As = kron_smem_buf, *Bs = As + aa, *Xs = Bs + bb, *Ts = Xs + (int64_t)R * din;
     for (int e = threadIdx.x; e < aa; e += blockDim.x) As[e] = A[e];
     for (int e = threadIdx.x; e < bb; e += blockDim.x) Bs[e] = B[e];
     int64_t m0 = blockIdx.x * rpb, m1 = m0 + rpb < M ? m0 + rpb : M;
-    for (int64_t m = m0; m < m1; m++) {
-        __syncthreads(); /* the last row's X and T are used up (and A, B loaded) */
-        for (int e = threadIdx.x; e < din; e += blockDim.x) Xs[e] = x[m * din + e];
+    for (int64_t mb = m0; mb < m1; mb += R) {
+        int nr = m1 - mb < R ? (int)(m1 - mb) : R;
+        __syncthreads(); /* the last pass's X and T are used up (and A, B loaded) */
+        for (int e = threadIdx.x; e < nr * din; e += blockDim.x) Xs[e] = x[mb * din + e];
         __syncthreads();
-        for (int e = threadIdx.x; e < tr; e += blockDim.x) {
+        for (int e = threadIdx.x; e < nr * tr; e += blockDim.x) {
+            const float *X = Xs + (e / tr) * din;
+            int t = e % tr;
             float v = 0.f;
             if (af) { /* Z[i][k] = sum_l A[i][l] X[l][k] */
-                int i = e / b2, k = e % b2;
-                for (int l = 0; l < a2; l++) v += As[i * a2 + l] * Xs[l * b2 + k];
+                int i = t / b2, k = t % b2;
+                for (int l = 0; l < a2; l++) v += As[i * a2 + l] * X[l * b2 + k];
             } else { /* T[l][j] = sum_k X[l][k] B[j][k] */
-                int l = e / b1, j = e % b1;
-                for (int k = 0; k < b2; k++) v += Xs[l * b2 + k] * Bs[j * b2 + k];
+                int l = t / b1, j = t % b1;
+                for (int k = 0; k < b2; k++) v += X[l * b2 + k] * Bs[j * b2 + k];
             }
             Ts[e] = v;
         }
         __syncthreads();
-        for (int e = threadIdx.x; e < dout; e += blockDim.x) {
-            int i = e / b1, j = e % b1;
+        for (int e = threadIdx.x; e < nr * dout; e += blockDim.x) {
+            const float *T = Ts + (e / dout) * tr;
+            int o = e % dout, i = o / b1, j = o % b1;
             float v = 0.f;
-            if (af) for (int k = 0; k < b2; k++) v += Ts[i * b2 + k] * Bs[j * b2 + k];
-            else for (int l = 0; l < a2; l++) v += As[i * a2 + l] * Ts[l * b1 + j];
-            y[m * dout + e] += scale * v;
+            if (af) for (int k = 0; k < b2; k++) v += T[i * b2 + k] * Bs[j * b2 + k];
+            else for (int l = 0; l < a2; l++) v += As[i * a2 + l] * T[l * b1 + j];
+            y[mb * dout + e] += scale * v;
         }
     }
 }
@@ -1892,57 +1902,68 @@ __global__ void kron_fwd_k(const float *x, const float *A, const float *B, float
  * pA[blockIdx.x] and pB[blockIdx.x] (NULL: not wanted) */
 __global__ void kron_bwd_k(const float *dy, const float *x, const float *A, const float *B, float *dx,
                            float *pA, float *pB, int64_t M, int a1, int a2, int b1, int b2, int af,
-                           float scale, int64_t rpb) {
+                           float scale, int64_t rpb, int R) {
     int aa = a1 * a2, bb = b1 * b2, din = a2 * b2, dout = a1 * b1, tr = af ? a1 * b2 : a2 * b1;
-    float *As = kron_smem, *Bs = As + aa, *Xs = Bs + bb, *Gs = Xs + din, *Ps = Gs + dout, *Qs = Ps + tr;
-    float *accA = Qs + tr, *accB = accA + aa;
+    float *As = kron_smem_buf, *Bs = As + aa, *accA = Bs + bb, *accB = accA + aa, *Xs = accB + bb;
+    float *Gs = Xs + (int64_t)R * din, *Ps = Gs + (int64_t)R * dout, *Qs = Ps + (int64_t)R * tr;
     for (int e = threadIdx.x; e < aa; e += blockDim.x) { As[e] = A[e]; accA[e] = 0.f; }
     for (int e = threadIdx.x; e < bb; e += blockDim.x) { Bs[e] = B[e]; accB[e] = 0.f; }
     /* A first: P = U = dY B, Q = Z = A X; B first: P = V = A^T dY, Q = T = X B^T */
     int needP = af ? dx || pA : dx || pB, needQ = af ? pB != NULL : pA != NULL;
     int64_t m0 = blockIdx.x * rpb, m1 = m0 + rpb < M ? m0 + rpb : M;
-    for (int64_t m = m0; m < m1; m++) {
+    for (int64_t mb = m0; mb < m1; mb += R) {
+        int nr = m1 - mb < R ? (int)(m1 - mb) : R;
         __syncthreads();
-        for (int e = threadIdx.x; e < din; e += blockDim.x) Xs[e] = x[m * din + e];
-        for (int e = threadIdx.x; e < dout; e += blockDim.x) Gs[e] = dy[m * dout + e];
+        for (int e = threadIdx.x; e < nr * din; e += blockDim.x) Xs[e] = x[mb * din + e];
+        for (int e = threadIdx.x; e < nr * dout; e += blockDim.x) Gs[e] = dy[mb * dout + e];
         __syncthreads();
-        for (int e = threadIdx.x; e < tr; e += blockDim.x) {
+        for (int e = threadIdx.x; e < nr * tr; e += blockDim.x) {
+            int r = e / tr, t = e % tr;
+            const float *X = Xs + r * din, *G = Gs + r * dout;
             float p = 0.f, q = 0.f;
             if (af) {
-                int i = e / b2, k = e % b2;
-                if (needP) for (int j = 0; j < b1; j++) p += Gs[i * b1 + j] * Bs[j * b2 + k];
-                if (needQ) for (int l = 0; l < a2; l++) q += As[i * a2 + l] * Xs[l * b2 + k];
+                int i = t / b2, k = t % b2;
+                if (needP) for (int j = 0; j < b1; j++) p += G[i * b1 + j] * Bs[j * b2 + k];
+                if (needQ) for (int l = 0; l < a2; l++) q += As[i * a2 + l] * X[l * b2 + k];
             } else {
-                int l = e / b1, j = e % b1;
-                if (needP) for (int i = 0; i < a1; i++) p += As[i * a2 + l] * Gs[i * b1 + j];
-                if (needQ) for (int k = 0; k < b2; k++) q += Xs[l * b2 + k] * Bs[j * b2 + k];
+                int l = t / b1, j = t % b1;
+                if (needP) for (int i = 0; i < a1; i++) p += As[i * a2 + l] * G[i * b1 + j];
+                if (needQ) for (int k = 0; k < b2; k++) q += X[l * b2 + k] * Bs[j * b2 + k];
             }
             Ps[e] = p;
             Qs[e] = q;
         }
         __syncthreads();
         if (dx)
-            for (int e = threadIdx.x; e < din; e += blockDim.x) {
-                int l = e / b2, k = e % b2;
+            for (int e = threadIdx.x; e < nr * din; e += blockDim.x) {
+                const float *P = Ps + (e / din) * tr;
+                int o = e % din, l = o / b2, k = o % b2;
                 float v = 0.f;
-                if (af) for (int i = 0; i < a1; i++) v += As[i * a2 + l] * Ps[i * b2 + k];
-                else for (int j = 0; j < b1; j++) v += Ps[l * b1 + j] * Bs[j * b2 + k];
-                dx[m * din + e] += scale * v;
+                if (af) for (int i = 0; i < a1; i++) v += As[i * a2 + l] * P[i * b2 + k];
+                else for (int j = 0; j < b1; j++) v += P[l * b1 + j] * Bs[j * b2 + k];
+                dx[mb * din + e] += scale * v;
             }
+        /* a thread owns its accumulator elements for the whole run: rows in order */
         if (pA) /* dA[i][l] += sum_k U[i][k] X[l][k]  or  sum_j dY[i][j] T[l][j] */
             for (int e = threadIdx.x; e < aa; e += blockDim.x) {
                 int i = e / a2, l = e % a2;
                 float v = 0.f;
-                if (af) for (int k = 0; k < b2; k++) v += Ps[i * b2 + k] * Xs[l * b2 + k];
-                else for (int j = 0; j < b1; j++) v += Gs[i * b1 + j] * Qs[l * b1 + j];
+                for (int r = 0; r < nr; r++) {
+                    const float *X = Xs + r * din, *G = Gs + r * dout, *P = Ps + r * tr, *Q = Qs + r * tr;
+                    if (af) for (int k = 0; k < b2; k++) v += P[i * b2 + k] * X[l * b2 + k];
+                    else for (int j = 0; j < b1; j++) v += G[i * b1 + j] * Q[l * b1 + j];
+                }
                 accA[e] += v;
             }
         if (pB) /* dB[j][k] += sum_i dY[i][j] Z[i][k]  or  sum_l V[l][j] X[l][k] */
             for (int e = threadIdx.x; e < bb; e += blockDim.x) {
                 int j = e / b2, k = e % b2;
                 float v = 0.f;
-                if (af) for (int i = 0; i < a1; i++) v += Gs[i * b1 + j] * Qs[i * b2 + k];
-                else for (int l = 0; l < a2; l++) v += Ps[l * b1 + j] * Xs[l * b2 + k];
+                for (int r = 0; r < nr; r++) {
+                    const float *X = Xs + r * din, *G = Gs + r * dout, *P = Ps + r * tr, *Q = Qs + r * tr;
+                    if (af) for (int i = 0; i < a1; i++) v += G[i * b1 + j] * Q[i * b2 + k];
+                    else for (int l = 0; l < a2; l++) v += P[l * b1 + j] * X[l * b2 + k];
+                }
                 accB[e] += v;
             }
     }
@@ -1958,10 +1979,11 @@ static void cu_kron_fwd(Backend *be, const float *x, const float *A, const float
     Cuda *c = CU(be);
     if (M <= 0) return;
     int af = kron_a_first(a1, a2, b1, b2);
-    size_t sm = kron_fwd_smem(a1, a2, b1, b2);
+    int R = kron_rows(0, a1, a2, b1, b2);
+    size_t sm = kron_smem(0, a1, a2, b1, b2, R);
     if (kron_fused_ok(c, sm)) {
         int nb = kron_blocks(M);
-        kron_fwd_k<<<nb, TPB, sm, c->stream>>>(x, A, B, y, M, a1, a2, b1, b2, scale, af, (M + nb - 1) / nb);
+        kron_fwd_k<<<nb, TPB, sm, c->stream>>>(x, A, B, y, M, a1, a2, b1, b2, scale, af, (M + nb - 1) / nb, R);
         LAUNCHED(c);
         return;
     }
@@ -1989,7 +2011,8 @@ static void cu_kron_bwd(Backend *be, const float *dy, const float *x, const floa
     Cuda *c = CU(be);
     if (M <= 0 || (!dx && !dA && !dB)) return;
     int af = kron_a_first(a1, a2, b1, b2);
-    size_t sm = kron_bwd_smem(a1, a2, b1, b2);
+    int R = kron_rows(1, a1, a2, b1, b2);
+    size_t sm = kron_smem(1, a1, a2, b1, b2, R);
     if (kron_fused_ok(c, sm)) {
         int nb = kron_blocks(M);
         int64_t aa = (int64_t)a1 * a2, bb = (int64_t)b1 * b2;
@@ -1997,7 +2020,7 @@ static void cu_kron_bwd(Backend *be, const float *dy, const float *x, const floa
         if ((dA || dB) && !part) return;
         float *pA = dA ? part : NULL, *pB = dB ? part + (dA ? nb * aa : 0) : NULL;
         kron_bwd_k<<<nb, TPB, sm, c->stream>>>(dy, x, A, B, dx, pA, pB, M, a1, a2, b1, b2, af, scale,
-                                                (M + nb - 1) / nb);
+                                                (M + nb - 1) / nb, R);
         LAUNCHED(c);
         if (dA) { partial_final_k<<<grid_1d(aa), TPB, 0, c->stream>>>(pA, nb, (int)aa, dA, scale); LAUNCHED(c); }
         if (dB) { partial_final_k<<<grid_1d(bb), TPB, 0, c->stream>>>(pB, nb, (int)bb, dB, scale); LAUNCHED(c); }
