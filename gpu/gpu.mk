@@ -10,6 +10,7 @@
 #   make test-cuda   compare every CUDA op with the CPU backend (needs a GPU)
 #   make cuda-emu    the same comparison with the plugin's kernels and host code
 #                    run on the CPU (tests/gpu/emu): its logic, on machines without a GPU
+#   make cuda-emu-train  three training steps on the emulated backend against the CPU
 #   make clean-cuda
 # CUDA 13 at /usr/local/cuda; SASS for sm_90 (H100/H200) plus compute_90 PTX
 # that the driver JIT-compiles for newer GPUs. Override CUDA_ARCH for others,
@@ -24,7 +25,7 @@ CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcuda
 CUDA_BUILD := $(BUILD)/cuda
 CUDA_PLUGIN := krona-backend-cuda.so
 
-.PHONY: cuda test-cuda cuda-emu clean-cuda
+.PHONY: cuda test-cuda cuda-emu cuda-emu-train clean-cuda
 ifneq ($(NVCC),)
 all: $(CUDA_PLUGIN)
 else
@@ -74,6 +75,9 @@ $(CUDA_EMU)/test_cuda_ops: tests/gpu/test_cuda_ops.c $(LIBKRONA)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
 cuda-emu: $(CUDA_EMU)/test_cuda_ops $(CUDA_EMU)/$(CUDA_PLUGIN)
 	OMP_NUM_THREADS=1 KRONA_BACKEND_PATH=$(CUDA_EMU) ./$(CUDA_EMU)/test_cuda_ops --small
+
+cuda-emu-train: krona-studio $(CUDA_EMU)/$(CUDA_PLUGIN)
+	sh tests/gpu/emu/train-e2e.sh
 
 clean-cuda:
 	rm -rf $(CUDA_BUILD) $(CUDA_PLUGIN)
