@@ -149,20 +149,14 @@ static int run(const char *device, const char *prec, const char *model, const ch
     }
     AdapterSet *set = unet_adapters(u);
     int na = set ? set->n : 0;
-    /* the trainer's way: the set's packed arena, one zero and one AdamW per step */
-    float *ap = NULL, *ag = NULL, *am = NULL, *av = NULL;
-    int64_t an = 0;
-    if (na && adapter_set_regions(set, &ap, &ag, &am, &av, &an) != 0) {
-        fprintf(stderr, "bench_train: %s: the adapters are not packed\n", what);
-        return -1;
-    }
+    /* the trainer's way: adapter_set_zero_grad and adapter_set_adamw */
     float *dxin = na ? NULL : be->alloc(be, sizeof(float) * (size_t)n);
     double *times = malloc(sizeof(double) * (size_t)reps);
     int warm = tiny || strcmp(device, "cpu") ? 2 : 1; /* SD on the CPU: minutes per step */
     for (int it = -warm; it < reps; it++) { /* warm-up steps first */
         double t0 = now_s();
         fc->flops = 0;
-        if (na) be->zero(be, ag, sizeof(float) * (size_t)an);
+        if (na) adapter_set_zero_grad(set);
         int failed = unet_forward(u, x, t, ctx, added, y, B, H, W, L, 1) != 0;
         if (!failed) {
             be->mse_fwd(be, y, tgt, n);
@@ -177,7 +171,7 @@ static int run(const char *device, const char *prec, const char *model, const ch
             fprintf(stderr, "bench_train: %s: %s\n", what, unet_last_error(u));
             return -1;
         }
-        if (na) be->adamw(be, ap, ag, am, av, an, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
+        if (na) adapter_set_adamw(set, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
         be->sync(be);
         if (it >= 0) times[it] = (now_s() - t0) * 1000.0;
     }

@@ -171,16 +171,33 @@ int adapter_set_pack(AdapterSet *set, char *err, size_t errlen) {
     return 0;
 }
 
-int adapter_set_regions(const AdapterSet *set, float **params, float **grads, float **m, float **v,
-                        int64_t *n) {
-    if (!set->arena) return -1;
-    int64_t P = set->arena_n;
-    *params = set->arena;
-    *grads = set->arena + P;
-    *m = set->arena + 2 * P;
-    *v = set->arena + 3 * P;
-    *n = P;
-    return 0;
+void adapter_set_zero_grad(AdapterSet *set) {
+    Backend *be = set->be;
+    if (set->arena) {
+        be->zero(be, set->arena + set->arena_n, (size_t)set->arena_n * sizeof(float));
+        return;
+    }
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->items[i];
+        be->zero(be, a->dA, (size_t)adapter_numel_A(a) * sizeof(float));
+        be->zero(be, a->dB, (size_t)adapter_numel_B(a) * sizeof(float));
+    }
+}
+
+void adapter_set_adamw(AdapterSet *set, float lr, float beta1, float beta2, float eps,
+                       float weight_decay, int t) {
+    Backend *be = set->be;
+    if (set->arena) { /* params, grads, m, v; the zero padding between adapters stays zero */
+        int64_t P = set->arena_n;
+        float *ar = set->arena;
+        be->adamw(be, ar, ar + P, ar + 2 * P, ar + 3 * P, P, lr, beta1, beta2, eps, weight_decay, t);
+        return;
+    }
+    for (int i = 0; i < set->n; i++) {
+        Adapter *a = &set->items[i];
+        be->adamw(be, a->A, a->dA, a->mA, a->vA, adapter_numel_A(a), lr, beta1, beta2, eps, weight_decay, t);
+        be->adamw(be, a->B, a->dB, a->mB, a->vB, adapter_numel_B(a), lr, beta1, beta2, eps, weight_decay, t);
+    }
 }
 
 int64_t adapter_set_param_count(const AdapterSet *set) {

@@ -102,10 +102,12 @@ void adapter_set_free(AdapterSet *set);
  * zero) into one arena (see AdapterSet). 0, or -1 with err (out of memory: the
  * set is unchanged). A set without adapters stays as it is. */
 int adapter_set_pack(AdapterSet *set, char *err, size_t errlen);
-/* The packed regions, each arena_n floats (padding between adapters is zero
- * and stays zero under AdamW); 0, or -1 when the set is not packed. */
-int adapter_set_regions(const AdapterSet *set, float **params, float **grads, float **m, float **v,
-                        int64_t *n);
+/* Zero every gradient of the set / one AdamW step (decoupled weight decay, step
+ * t >= 1) on all its factors: one op each over a packed arena, else two per
+ * adapter (AdamW is elementwise: the same numbers either way). */
+void adapter_set_zero_grad(AdapterSet *set);
+void adapter_set_adamw(AdapterSet *set, float lr, float beta1, float beta2, float eps,
+                       float weight_decay, int t);
 int64_t adapter_set_param_count(const AdapterSet *set);
 
 /* y[M,d_out] += adapter(x[M,d_in]) */

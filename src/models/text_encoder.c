@@ -621,17 +621,7 @@ int te_n_tensors(const TextEncoder *te) { return te->n_specs; }
 void te_zero_grad(TextEncoder *te)
 {
     if (te->grads) te->be->zero(te->be, te->grads, (size_t)te->n_params * sizeof(float));
-    float *p, *g, *m, *v;
-    int64_t n;
-    if (adapter_set_regions(&te->ads, &p, &g, &m, &v, &n) == 0) { /* packed: one op */
-        te->be->zero(te->be, g, (size_t)n * sizeof(float));
-        return;
-    }
-    for (int i = 0; i < te->ads.n; i++) {
-        Adapter *a = &te->ads.items[i];
-        te->be->zero(te->be, a->dA, (size_t)adapter_numel_A(a) * sizeof(float));
-        te->be->zero(te->be, a->dB, (size_t)adapter_numel_B(a) * sizeof(float));
-    }
+    adapter_set_zero_grad(&te->ads);
 }
 
 static const char *const te_proj_names[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};

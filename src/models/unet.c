@@ -581,17 +581,7 @@ int unet_checkpointing(const UNet *u) { return u->ckpt; }
 void unet_zero_grad(UNet *u) {
     Backend *be = u->be;
     if (u->gblock) be->zero(be, u->gblock, (size_t)u->n_base * sizeof(float));
-    float *p, *g, *m, *v;
-    int64_t n;
-    if (adapter_set_regions(&u->ads, &p, &g, &m, &v, &n) == 0) { /* packed: one op */
-        be->zero(be, g, (size_t)n * sizeof(float));
-        return;
-    }
-    for (int i = 0; i < u->ads.n; i++) {
-        Adapter *a = &u->ads.items[i];
-        be->zero(be, a->dA, (size_t)adapter_numel_A(a) * sizeof(float));
-        be->zero(be, a->dB, (size_t)adapter_numel_B(a) * sizeof(float));
-    }
+    adapter_set_zero_grad(&u->ads);
 }
 
 /* ------------------------------------------------------------------ arenas */

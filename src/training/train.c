@@ -65,7 +65,7 @@ struct Trainer {
      * moments are the adapters' own (a->mA ...) */
     Adapter **ads;
     int n_ads;
-    AdapterSet *sets[3]; /* their sets (packed: one zero and one AdamW each per step) */
+    AdapterSet *sets[3]; /* their sets (packed: one zeroing and one AdamW each per step) */
     int n_sets;
     /* text_encoder_adapters: the prompts' token ids (host), re-encoded each step */
     int te_on;
@@ -538,42 +538,13 @@ static int forward_backward(Trainer *t, const ImageSet *set, const float *ctx, c
     return 0;
 }
 
-/* per set: one op over its packed arena (every model packs its adapters), else
- * two per adapter; AdamW is elementwise, so both give the same numbers */
 static void zero_grads(Trainer *t) {
-    for (int s = 0; s < t->n_sets; s++) {
-        AdapterSet *set = t->sets[s];
-        float *p, *g, *m, *v;
-        int64_t n;
-        if (adapter_set_regions(set, &p, &g, &m, &v, &n) == 0) {
-            t->be->zero(t->be, g, sizeof(float) * (size_t)n);
-            continue;
-        }
-        for (int i = 0; i < set->n; i++) {
-            Adapter *a = &set->items[i];
-            t->be->zero(t->be, a->dA, sizeof(float) * (size_t)adapter_numel_A(a));
-            t->be->zero(t->be, a->dB, sizeof(float) * (size_t)adapter_numel_B(a));
-        }
-    }
+    for (int s = 0; s < t->n_sets; s++) adapter_set_zero_grad(t->sets[s]);
 }
 
 static void optimizer_step(Trainer *t, float lr) {
-    int k = t->step + 1;
-    float wd = t->p.weight_decay;
-    for (int s = 0; s < t->n_sets; s++) {
-        AdapterSet *set = t->sets[s];
-        float *p, *g, *m, *v;
-        int64_t n;
-        if (adapter_set_regions(set, &p, &g, &m, &v, &n) == 0) {
-            t->be->adamw(t->be, p, g, m, v, n, lr, 0.9f, 0.999f, 1e-8f, wd, k);
-            continue;
-        }
-        for (int i = 0; i < set->n; i++) {
-            Adapter *a = &set->items[i];
-            t->be->adamw(t->be, a->A, a->dA, a->mA, a->vA, adapter_numel_A(a), lr, 0.9f, 0.999f, 1e-8f, wd, k);
-            t->be->adamw(t->be, a->B, a->dB, a->mB, a->vB, adapter_numel_B(a), lr, 0.9f, 0.999f, 1e-8f, wd, k);
-        }
-    }
+    for (int s = 0; s < t->n_sets; s++)
+        adapter_set_adamw(t->sets[s], lr, 0.9f, 0.999f, 1e-8f, t->p.weight_decay, t->step + 1);
 }
 
 float trainer_eval_loss(Trainer *t) {
