@@ -13,6 +13,7 @@
  * again at once: anything that used it was queued before anything new.
  */
 #include <cuda_runtime.h>
+#include <cuda.h> /* the types of the driver's memory API (entry points come through the runtime) */
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
 #include <mma.h>
@@ -28,19 +29,43 @@ extern "C" {
 
 /* ------------------------------------------------------------------ state */
 
+/* an address-stable block (vmm_alloc): physical chunks behind reserved addresses */
+typedef struct {
+    size_t chunk;                    /* bytes of one physical allocation */
+    int64_t n;                       /* chunks */
+    CUmemGenericAllocationHandle *h; /* per chunk; 0: not mapped */
+} Vmm;
+
 typedef struct {
     void *p;
     size_t bytes; /* rounded size of the block */
-    size_t req;   /* bytes asked for (what peak_bytes counts) */
+    size_t req;   /* bytes asked for (what peak_bytes counts; an address-stable block counts its mapped chunks) */
+    Vmm *vm;      /* NULL: cudaMalloc'd */
 } Block;
 
-/* a set_frozen range and its bf16 copy (NULL: not made yet, or no room) */
+/* a set_frozen range and its bf16 copy (NULL: not made yet, or no room);
+ * compact: the f32 pages of its first nw floats are given back (bf16 only) */
 typedef struct {
     const float *p;
-    int64_t n;
+    int64_t n, nw;
     __nv_bfloat16 *bf;
-    int tried;
+    int tried, compact;
 } Frozen;
+
+/* the driver's virtual memory calls, fetched through the runtime at create */
+typedef struct {
+    CUresult (*reserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
+    CUresult (*addr_free)(CUdeviceptr, size_t);
+    CUresult (*create)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);
+    CUresult (*release)(CUmemGenericAllocationHandle);
+    CUresult (*map)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+    CUresult (*unmap)(CUdeviceptr, size_t);
+    CUresult (*set_access)(CUdeviceptr, size_t, const CUmemAccessDesc *, size_t);
+    CUresult (*granularity)(size_t *, const CUmemAllocationProp *, CUmemAllocationGranularity_flags);
+    CUresult (*dev_get)(CUdevice *, int);
+    CUresult (*dev_attr)(int *, CUdevice_attribute, CUdevice);
+    CUresult (*err_string)(CUresult, const char **);
+} Drv;
 
 typedef struct {
     int dev;
@@ -60,6 +85,11 @@ typedef struct {
     size_t live_req, peak_req, reserved;
     Frozen frozen[8]; /* set_frozen ranges */
     int n_frozen;
+    /* address-stable blocks: alloc's blocks of vmm_min bytes or more in BF16 mode */
+    Drv drv;
+    int vmm_ok;
+    size_t gran, vmm_min;
+    CUmemAllocationProp vprop;
     char err[512];
     long nerr;
 } Cuda;
@@ -185,7 +215,7 @@ static void *dalloc(Cuda *c, size_t req) {
         }
         c->reserved += bytes;
     }
-    Block b = {p, bytes, req};
+    Block b = {p, bytes, req, NULL};
     if (live_insert(c, b)) {
         set_err(c, "alloc", "live table", "host out of memory");
         cudaFree(p);
@@ -197,6 +227,7 @@ static void *dalloc(Cuda *c, size_t req) {
     return p;
 }
 
+static void vmm_release(Cuda *c, Block *b);
 static void dfree(Cuda *c, void *p) {
     if (!p) return;
     Block b;
@@ -204,6 +235,7 @@ static void dfree(Cuda *c, void *p) {
         set_err(c, "free", "lookup", "pointer was not allocated by this backend (or freed twice)");
         return;
     }
+    if (b.vm) { vmm_release(c, &b); return; } /* never cached: its addresses go back too */
     c->live_req -= b.req;
     if (c->cache_n == c->cache_cap) {
         size_t ncap = c->cache_cap ? c->cache_cap * 2 : 256;
@@ -213,6 +245,146 @@ static void dfree(Cuda *c, void *p) {
         c->cache_cap = ncap;
     }
     c->cache[c->cache_n++] = b;
+}
+
+/* ---------------------------------------------- address-stable blocks
+ * Addresses reserved once, backed by physical chunks that can be given back
+ * and mapped again while the addresses stay (CUDA's virtual memory
+ * management): what lets a frozen weight range keep only its bf16 copy at the
+ * pointers the model holds (set_frozen's n_w). alloc makes its large blocks
+ * this way in BF16 mode only; env KRONA_CUDA_VMM=0: never. */
+static Block *live_find(Cuda *c, const void *p) {
+    if (!c->live_cap || !p) return NULL;
+    size_t i = hash_ptr(p, c->live_cap);
+    while (c->live[i].p && c->live[i].p != p) i = (i + 1) & (c->live_cap - 1);
+    return c->live[i].p ? &c->live[i] : NULL;
+}
+static int ck_drv(Cuda *c, CUresult r, const char *op, const char *what) {
+    if (r == CUDA_SUCCESS) return 0;
+    const char *msg = NULL;
+    if (c->drv.err_string(r, &msg) != CUDA_SUCCESS || !msg) msg = "driver error";
+    set_err(c, op, what, msg);
+    return -1;
+}
+/* chunk k of the block at base gets physical memory, readable and writable;
+ * quiet: a failure is not recorded (alloc then falls back to cudaMalloc) */
+static int vmm_map(Cuda *c, Block *b, int64_t k, int quiet) {
+    Vmm *v = b->vm;
+    if (v->h[k]) return 0;
+    CUdeviceptr at = (CUdeviceptr)(uintptr_t)((char *)b->p + k * v->chunk);
+    CUmemGenericAllocationHandle h = 0;
+    CUmemAccessDesc d;
+    memset(&d, 0, sizeof d);
+    d.location = c->vprop.location;
+    d.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    CUresult r = c->drv.create(&h, v->chunk, &c->vprop, 0);
+    const char *what = "cuMemCreate";
+    if (r == CUDA_SUCCESS) {
+        what = "cuMemMap";
+        r = c->drv.map(at, v->chunk, 0, h, 0);
+        if (r == CUDA_SUCCESS) {
+            what = "cuMemSetAccess";
+            r = c->drv.set_access(at, v->chunk, &d, 1);
+            if (r != CUDA_SUCCESS) c->drv.unmap(at, v->chunk);
+        }
+        if (r != CUDA_SUCCESS) c->drv.release(h);
+    }
+    if (r != CUDA_SUCCESS) {
+        if (!quiet) ck_drv(c, r, "map", what);
+        return -1;
+    }
+    v->h[k] = h;
+    b->req += v->chunk;
+    c->reserved += v->chunk;
+    c->live_req += v->chunk;
+    if (c->live_req > c->peak_req) c->peak_req = c->live_req;
+    return 0;
+}
+/* chunk k gives its physical memory back, once the work queued on it is done */
+static void vmm_unmap(Cuda *c, Block *b, int64_t k) {
+    Vmm *v = b->vm;
+    if (!v->h[k]) return;
+    CK(c, cudaStreamSynchronize(c->stream));
+    CUdeviceptr at = (CUdeviceptr)(uintptr_t)((char *)b->p + k * v->chunk);
+    ck_drv(c, c->drv.unmap(at, v->chunk), "unmap", "cuMemUnmap");
+    ck_drv(c, c->drv.release(v->h[k]), "unmap", "cuMemRelease");
+    v->h[k] = 0;
+    b->req -= v->chunk;
+    c->reserved -= v->chunk;
+    c->live_req -= v->chunk;
+}
+static void vmm_release(Cuda *c, Block *b) {
+    for (int64_t k = 0; k < b->vm->n; k++) vmm_unmap(c, b, k);
+    c->drv.addr_free((CUdeviceptr)(uintptr_t)b->p, b->bytes);
+    free(b->vm->h);
+    free(b->vm);
+}
+/* bytes of address space in chunks of at most 512 per block, all mapped
+ * (map) or none; NULL without a record when it cannot be had */
+static void *vmm_alloc(Cuda *c, size_t req, int map) {
+    size_t g = c->gran, chunk = g * ((req + 512 * g - 1) / (512 * g));
+    if (chunk < g) chunk = g;
+    int64_t n = (int64_t)((req + chunk - 1) / chunk);
+    Block b = {NULL, (size_t)n * chunk, 0, (Vmm *)calloc(1, sizeof(Vmm))};
+    if (!b.vm || !(b.vm->h = (CUmemGenericAllocationHandle *)calloc((size_t)n, sizeof *b.vm->h))) {
+        free(b.vm);
+        return NULL;
+    }
+    b.vm->chunk = chunk;
+    b.vm->n = n;
+    CUdeviceptr base = 0;
+    if (c->drv.reserve(&base, b.bytes, 0, 0, 0) != CUDA_SUCCESS) {
+        free(b.vm->h); free(b.vm);
+        return NULL;
+    }
+    b.p = (void *)(uintptr_t)base;
+    for (int64_t k = 0; map && k < n; k++) {
+        if (vmm_map(c, &b, k, 1) == 0) continue;
+        cache_release(c); /* as dalloc: the cache goes back to the driver, then one more try */
+        if (vmm_map(c, &b, k, 1) == 0) continue;
+        vmm_release(c, &b);
+        return NULL;
+    }
+    if (live_insert(c, b)) {
+        vmm_release(c, &b);
+        return NULL;
+    }
+    return b.p;
+}
+/* the driver's entry points and the card's granularity; vmm_ok stays 0 when
+ * anything is missing (old driver, no VMM support), and alloc never asks */
+static void vmm_setup(Cuda *c) {
+    const char *env = getenv("KRONA_CUDA_VMM"), *mn = getenv("KRONA_CUDA_VMM_MIN_MB");
+    if (env && env[0] == '0') return;
+    struct { const char *name; void **fp; } e[] = {
+        {"cuMemAddressReserve", (void **)&c->drv.reserve}, {"cuMemAddressFree", (void **)&c->drv.addr_free},
+        {"cuMemCreate", (void **)&c->drv.create}, {"cuMemRelease", (void **)&c->drv.release},
+        {"cuMemMap", (void **)&c->drv.map}, {"cuMemUnmap", (void **)&c->drv.unmap},
+        {"cuMemSetAccess", (void **)&c->drv.set_access},
+        {"cuMemGetAllocationGranularity", (void **)&c->drv.granularity},
+        {"cuDeviceGet", (void **)&c->drv.dev_get}, {"cuDeviceGetAttribute", (void **)&c->drv.dev_attr},
+        {"cuGetErrorString", (void **)&c->drv.err_string}};
+    for (size_t i = 0; i < sizeof e / sizeof e[0]; i++) {
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion(e[i].name, e[i].fp, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+            q != cudaDriverEntryPointSuccess || !*e[i].fp) {
+            cudaGetLastError();
+            return;
+        }
+    }
+    CUdevice d = 0;
+    int ok = 0;
+    if (c->drv.dev_get(&d, c->dev) != CUDA_SUCCESS ||
+        c->drv.dev_attr(&ok, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, d) != CUDA_SUCCESS || !ok)
+        return;
+    memset(&c->vprop, 0, sizeof c->vprop);
+    c->vprop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    c->vprop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    c->vprop.location.id = d;
+    if (c->drv.granularity(&c->gran, &c->vprop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) != CUDA_SUCCESS || !c->gran)
+        return;
+    c->vmm_min = (mn ? (size_t)strtoull(mn, NULL, 10) : 64) << 20;
+    c->vmm_ok = 1;
 }
 
 /* ------------------------------------------------------------- utilities */
@@ -270,8 +442,12 @@ __device__ float block_max(float v) {
 
 static void *cu_alloc(Backend *be, size_t bytes) {
     Cuda *c = CU(be);
-    void *p = dalloc(c, bytes);
-    if (p && CK(c, cudaMemsetAsync(p, 0, round_bytes(bytes), c->stream))) {
+    /* BF16 mode's large blocks keep their addresses when pages go back, so
+     * frozen weights among them can shrink to bf16 (set_frozen) */
+    void *p = c->prec == KRONA_PREC_BF16 && c->vmm_ok && bytes >= c->vmm_min ? vmm_alloc(c, bytes, 1) : NULL;
+    size_t fill = p ? bytes : round_bytes(bytes);
+    if (!p) p = dalloc(c, bytes);
+    if (p && CK(c, cudaMemsetAsync(p, 0, fill, c->stream))) {
         dfree(c, p);
         return NULL;
     }
@@ -280,66 +456,93 @@ static void *cu_alloc(Backend *be, size_t bytes) {
 /* ---- frozen weights (set_frozen) ----
  * Ranges the model promised not to write; in BF16 mode linear and conv2d take
  * their weights from a bf16 copy of the whole range instead of casting them at
- * every call. Host writes into a range drop it (and its copy). */
-static void frozen_drop(Cuda *c, int i) {
+ * every call (frozen_bf16, below). A range that starts an address-stable block
+ * and names its GEMM weights (n_w) gets a compact copy instead: its weights'
+ * f32 pages go back as the copy is written (frozen_compact). Host writes
+ * into a range drop it (and its copy) after bringing the f32 back. */
+static void frozen_expand(Cuda *c, Frozen *f);
+static void frozen_drop(Cuda *c, int i, int expand) {
+    if (expand && c->frozen[i].compact) frozen_expand(c, &c->frozen[i]);
     dfree(c, c->frozen[i].bf);
     c->frozen[i] = c->frozen[--c->n_frozen];
 }
-/* drop every range overlapping [p, p + bytes) */
-static void frozen_touch(Cuda *c, const void *p, size_t bytes) {
+/* drop every range overlapping [p, p + bytes); expand 0 when p is being freed */
+static void frozen_touch(Cuda *c, const void *p, size_t bytes, int expand) {
     const char *a = (const char *)p;
     for (int i = c->n_frozen; i-- > 0;) {
         const char *f = (const char *)c->frozen[i].p;
-        if (a < f + c->frozen[i].n * (int64_t)sizeof(float) && f < a + bytes) frozen_drop(c, i);
+        if (a < f + c->frozen[i].n * (int64_t)sizeof(float) && f < a + bytes) frozen_drop(c, i, expand);
     }
 }
-static size_t block_bytes(Cuda *c, const void *p) {
-    if (!c->live_cap) return 0;
-    size_t i = hash_ptr(p, c->live_cap);
-    while (c->live[i].p && c->live[i].p != p) i = (i + 1) & (c->live_cap - 1);
-    return c->live[i].p ? c->live[i].req : 0;
+/* the compact range whose bf16-only weights overlap [p, p + bytes), or NULL */
+static Frozen *compacted(Cuda *c, const void *p, size_t bytes) {
+    const char *a = (const char *)p;
+    for (int i = 0; i < c->n_frozen; i++) {
+        Frozen *f = &c->frozen[i];
+        if (f->compact && a < (const char *)(f->p + f->nw) && (const char *)f->p < a + bytes) return f;
+    }
+    return NULL;
 }
-static void cu_set_frozen(Backend *be, const float *p, int64_t n) {
+/* [p, p + bytes) whole floats inside f's bf16-only weights */
+static int within_weights(const Frozen *f, const void *p, size_t bytes) {
+    const char *a = (const char *)p, *w = (const char *)f->p;
+    return a >= w && a + bytes <= (const char *)(f->p + f->nw) && (a - w) % sizeof(float) == 0 &&
+           bytes % sizeof(float) == 0;
+}
+static size_t block_bytes(Cuda *c, const void *p) {
+    Block *b = live_find(c, p);
+    return b ? (b->vm ? b->bytes : b->req) : 0;
+}
+static void cu_set_frozen(Backend *be, const float *p, int64_t n, int64_t n_w) {
     Cuda *c = CU(be);
+    if (n_w > n) n_w = n;
+    if (n_w < 0) n_w = 0;
     for (int i = c->n_frozen; i-- > 0;)
         if (c->frozen[i].p == p) {
-            if (c->frozen[i].n == n) return; /* the same promise again: keep its copy */
-            frozen_drop(c, i);
+            if (c->frozen[i].n == n && c->frozen[i].nw == n_w) return; /* the same promise again: keep its copy */
+            frozen_drop(c, i, 1);
         }
     if (n <= 0 || !p) return;
-    if (c->n_frozen == (int)(sizeof c->frozen / sizeof c->frozen[0])) frozen_drop(c, 0); /* oldest goes */
-    Frozen f = {p, n, NULL, 0};
+    if (c->n_frozen == (int)(sizeof c->frozen / sizeof c->frozen[0])) frozen_drop(c, 0, 1); /* oldest goes */
+    Frozen f = {p, n, n_w, NULL, 0, 0};
     c->frozen[c->n_frozen++] = f;
 }
 static void cu_free(Backend *be, void *p) {
     Cuda *c = CU(be);
-    if (p && c->n_frozen) frozen_touch(c, p, block_bytes(c, p));
+    if (p && c->n_frozen) frozen_touch(c, p, block_bytes(c, p), 0);
     dfree(c, p);
 }
 static void cu_upload(Backend *be, void *dst, const void *src, size_t bytes) {
     Cuda *c = CU(be);
     if (!bytes) return;
-    if (c->n_frozen) frozen_touch(c, dst, bytes);
+    if (c->n_frozen) frozen_touch(c, dst, bytes, 1);
     CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
     /* the caller may reuse src as soon as we return */
     CK(c, cudaStreamSynchronize(c->stream));
 }
+static int copy_from_compact(Cuda *c, float *dst, const void *src, size_t bytes);
 static void cu_download(Backend *be, void *dst, const void *src, size_t bytes) {
     Cuda *c = CU(be);
     if (!bytes) return;
+    float *tmp = NULL; /* bf16-only weights: widened on the device first */
+    if (c->n_frozen && compacted(c, src, bytes) && (tmp = (float *)dalloc(c, bytes)) &&
+        copy_from_compact(c, tmp, src, bytes) == 0)
+        src = tmp;
     CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
     CK(c, cudaStreamSynchronize(c->stream));
+    dfree(c, tmp);
 }
 static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     Cuda *c = CU(be);
     if (!bytes || dst == src) return;
-    if (c->n_frozen) frozen_touch(c, dst, bytes);
+    if (c->n_frozen) frozen_touch(c, dst, bytes, 1);
+    if (c->n_frozen && compacted(c, src, bytes) && copy_from_compact(c, (float *)dst, src, bytes) == 0) return;
     CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
 }
 static void cu_zero(Backend *be, void *p, size_t bytes) {
     Cuda *c = CU(be);
     if (!bytes) return;
-    if (c->n_frozen) frozen_touch(c, p, bytes);
+    if (c->n_frozen) frozen_touch(c, p, bytes, 1);
     CK(c, cudaMemsetAsync(p, 0, bytes, c->stream));
 }
 static void cu_sync(Backend *be) {
@@ -388,9 +591,88 @@ static __nv_bfloat16 *bf16_copy(Cuda *c, const float *x, int64_t n) {
     LAUNCHED(c);
     return y;
 }
+__global__ void from_bf16_k(const __nv_bfloat16 *x, float *y, int64_t n) {
+    GSTRIDE(i, n) y[i] = __bfloat162float(x[i]);
+}
+/* The compact copy of a frozen range f (set_frozen's n_w; f->p starts an
+ * address-stable block): the bf16 copy of all of f, written chunk by chunk of
+ * the weights' block into a block whose chunks are mapped as they fill, each
+ * f32 chunk wholly inside the first nw floats given back once copied. The
+ * peak is the f32 block plus one chunk of the copy; after it the weights take
+ * half. -1: not possible here (the caller then copies as before). */
+static int frozen_compact(Cuda *c, Frozen *f) {
+    Block *wb = live_find(c, f->p);
+    if (f->nw <= 0 || !wb || !wb->vm) return -1;
+    __nv_bfloat16 *bf = (__nv_bfloat16 *)vmm_alloc(c, (size_t)f->n * sizeof(__nv_bfloat16), 0);
+    if (!bf) return -1;
+    wb = live_find(c, f->p); /* the insert may have moved the table */
+    Block *cb = live_find(c, bf);
+    Vmm *wv = wb->vm, *cv = cb->vm;
+    const char *base = (const char *)wb->p, *wend = (const char *)(f->p + f->nw);
+    f->bf = bf;
+    f->compact = 1; /* from here on, what is given back can be brought back (frozen_expand) */
+    for (int64_t k = 0; k < wv->n; k++) {
+        const float *lo = (const float *)(base + k * wv->chunk), *hi = (const float *)(base + (k + 1) * wv->chunk);
+        if (lo < f->p) lo = f->p;
+        if (hi > f->p + f->n) hi = f->p + f->n;
+        if (lo >= hi) continue;
+        int64_t j0 = (int64_t)((lo - f->p) * sizeof(__nv_bfloat16) / cv->chunk);
+        int64_t j1 = (int64_t)(((hi - f->p) * sizeof(__nv_bfloat16) - 1) / cv->chunk);
+        for (int64_t j = j0; j <= j1; j++)
+            if (vmm_map(c, cb, j, 1)) goto undo;
+        to_bf16_k<<<grid_1d(hi - lo), TPB, 0, c->stream>>>(lo, bf + (lo - f->p), hi - lo);
+        if (LAUNCHED(c)) goto undo;
+        if (base + (k + 1) * wv->chunk <= wend) vmm_unmap(c, wb, k);
+    }
+    return 0;
+undo: /* no room for the next chunk of the copy: what went back comes back */
+    frozen_expand(c, f);
+    dfree(c, bf);
+    f->bf = NULL;
+    return -1;
+}
+/* f's weights in f32 again (each chunk given back: mapped, filled from the
+ * bf16 copy, so the values the GEMMs used); the copy stays valid */
+static void frozen_expand(Cuda *c, Frozen *f) {
+    Block *wb = live_find(c, f->p);
+    f->compact = 0;
+    if (!wb || !wb->vm) return;
+    for (int64_t k = 0; k < wb->vm->n; k++) {
+        if (wb->vm->h[k]) continue;
+        if (vmm_map(c, wb, k, 0)) return;
+        const float *lo = (const float *)((const char *)wb->p + k * wb->vm->chunk);
+        int64_t n = (int64_t)(wb->vm->chunk / sizeof(float));
+        if (lo + n > f->p + f->n) n = f->p + f->n - lo;
+        if (n > 0) {
+            from_bf16_k<<<grid_1d(n), TPB, 0, c->stream>>>(f->bf + (lo - f->p), (float *)lo, n);
+            LAUNCHED(c);
+        }
+    }
+}
+/* dst = src as the model would read it when src lies in a compact range's
+ * weights: their bf16 values, widened (0). Anything else overlapping them
+ * brings the f32 back first (-1: copy src as it is now). */
+static int copy_from_compact(Cuda *c, float *dst, const void *src, size_t bytes) {
+    Frozen *f = compacted(c, src, bytes);
+    if (f && within_weights(f, src, bytes)) {
+        int64_t n = (int64_t)(bytes / sizeof(float));
+        from_bf16_k<<<grid_1d(n), TPB, 0, c->stream>>>(f->bf + ((const float *)src - f->p), dst, n);
+        LAUNCHED(c);
+        return 0;
+    }
+    for (; f; f = compacted(c, src, bytes)) frozen_expand(c, f);
+    return -1;
+}
+/* before a read the promise does not cover (a generic gemm's operand) */
+static void unshrink(Cuda *c, const float *p, int64_t n) {
+    if (!c->n_frozen || n <= 0) return;
+    for (Frozen *f = compacted(c, p, (size_t)n * sizeof(float)); f; f = compacted(c, p, (size_t)n * sizeof(float)))
+        frozen_expand(c, f);
+}
 /* x[0..n) inside a frozen range: its place in the range's bf16 copy, made on
- * first use when it fits in a quarter of the free memory (env
- * KRONA_CUDA_BF16_COPIES=0: never); NULL: cast at the call instead */
+ * first use: compact when the range allows (frozen_compact), else when it
+ * fits in a quarter of the free memory (env KRONA_CUDA_BF16_COPIES=0:
+ * neither); NULL: cast at the call instead */
 static const __nv_bfloat16 *frozen_bf16(Cuda *c, const float *x, int64_t n) {
     for (int i = 0; i < c->n_frozen; i++) {
         Frozen *f = &c->frozen[i];
@@ -399,8 +681,10 @@ static const __nv_bfloat16 *frozen_bf16(Cuda *c, const float *x, int64_t n) {
             f->tried = 1;
             const char *env = getenv("KRONA_CUDA_BF16_COPIES");
             size_t fr = 0, total = 0, want = (size_t)f->n * sizeof(__nv_bfloat16);
-            if (cudaMemGetInfo(&fr, &total) != cudaSuccess) { cudaGetLastError(); fr = 0; }
-            if (!(env && env[0] == '0') && want <= fr / 4) f->bf = bf16_copy(c, f->p, f->n);
+            if (!(env && env[0] == '0') && frozen_compact(c, f) != 0) {
+                if (cudaMemGetInfo(&fr, &total) != cudaSuccess) { cudaGetLastError(); fr = 0; }
+                if (want <= fr / 4) f->bf = bf16_copy(c, f->p, f->n);
+            }
         }
         return f->bf ? f->bf + (x - f->p) : NULL;
     }
@@ -445,14 +729,23 @@ static void gemm_op(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K, fl
 static void cu_gemm(Backend *be, int transA, int transB, int M, int N, int K, float alpha,
                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
                     int ldc) {
-    gemm1(CU(be), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    Cuda *c = CU(be);
+    if (c->n_frozen && M > 0 && N > 0 && K > 0) {
+        unshrink(c, A, operand_span(transA ? K : M, transA ? M : K, lda, 0, 1));
+        unshrink(c, B, operand_span(transB ? N : K, transB ? K : N, ldb, 0, 1));
+    }
+    gemm1(c, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 static void cu_gemm_batched(Backend *be, int transA, int transB, int M, int N, int K,
                             float alpha, const float *A, int lda, int64_t sA, const float *B,
                             int ldb, int64_t sB, float beta, float *C, int ldc, int64_t sC,
                             int batch) {
-    gemm_sb(CU(be), transA, transB, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC,
-            batch);
+    Cuda *c = CU(be);
+    if (c->n_frozen && M > 0 && N > 0 && K > 0 && batch > 0) {
+        unshrink(c, A, operand_span(transA ? K : M, transA ? M : K, lda, sA, batch));
+        unshrink(c, B, operand_span(transB ? N : K, transB ? K : N, ldb, sB, batch));
+    }
+    gemm_sb(c, transA, transB, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch);
 }
 
 /* ------------------------------------------------------------ reductions */
@@ -2081,7 +2374,7 @@ __global__ void kron_merge_k(const float *A, const float *B, float *W, int a2, i
 static void cu_kron_merge(Backend *be, const float *A, const float *B, float *W, int a1, int a2,
                           int b1, int b2, float scale) {
     int64_t total = (int64_t)a1 * b1 * a2 * b2;
-    if (CU(be)->n_frozen) frozen_touch(CU(be), W, (size_t)total * sizeof(float));
+    if (CU(be)->n_frozen) frozen_touch(CU(be), W, (size_t)total * sizeof(float), 1);
     LAUNCH1D(CU(be), total, kron_merge_k, A, B, W, a2, b1, b2, scale, total);
 }
 
@@ -2165,6 +2458,7 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     apply_math_mode(c);
     fused_setup(c);
     smem_setup(c);
+    vmm_setup(c);
 
     be->name = "cuda";
     be->impl = c;
@@ -2235,7 +2529,8 @@ static void cu_destroy(Backend *be) {
     Cuda *c = CU(be);
     cudaStreamSynchronize(c->stream);
     for (size_t i = 0; i < c->live_cap; i++)
-        if (c->live[i].p) cudaFree(c->live[i].p);
+        if (c->live[i].p && c->live[i].vm) vmm_release(c, &c->live[i]);
+        else if (c->live[i].p) cudaFree(c->live[i].p);
     for (size_t i = 0; i < c->cache_n; i++) cudaFree(c->cache[i].p);
     free(c->live);
     free(c->cache);
@@ -2258,6 +2553,13 @@ static int cu_set_precision(Backend *be, int prec) {
     Cuda *c = CU(be);
     if (prec == KRONA_PREC_AUTO) prec = c->prec_auto;
     if (prec != KRONA_PREC_FP32 && prec != KRONA_PREC_TF32 && prec != KRONA_PREC_BF16) return -1;
+    for (int i = 0; prec != KRONA_PREC_BF16 && i < c->n_frozen; i++) { /* f32 GEMMs read the f32 */
+        Frozen *f = &c->frozen[i];
+        if (f->compact) frozen_expand(c, f);
+        dfree(c, f->bf);
+        f->bf = NULL;
+        f->tried = 0;
+    }
     c->prec = prec;
     apply_math_mode(c);
     return 0;

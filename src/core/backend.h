@@ -71,12 +71,18 @@ struct Backend {
      * scratch (im2col columns, attention tiles, partial sums) as live too */
     size_t (*peak_bytes)(Backend *be);
     /* A promise about weights: p[0..n) (p from alloc) will not be written until
-     * set_frozen(be, p, 0) or free(p). The backend may then keep a compact copy
+     * set_frozen(be, p, 0, 0) or free(p). The backend may then keep a compact copy
      * for its BF16 GEMMs (CUDA: bf16, made on first use, when it fits in a
      * quarter of the free memory). upload, copy, zero and kron_merge into the
      * range end the promise themselves; writes by other ops must not happen.
-     * Saying it again for the same p and n keeps the copy (cheap per forward). */
-    void (*set_frozen)(Backend *be, const float *p, int64_t n);
+     * Saying it again for the same p, n and n_w keeps the copy (cheap per forward).
+     * A further promise about the first n_w floats (p the start of its alloc):
+     * they are read only as the weight of linear and conv2d, or by copy,
+     * download and gemm. A backend in BF16 mode may then keep them in bf16 only
+     * (CUDA: half their memory; the f32 pages are given back, their addresses
+     * kept) and copy/download return them rounded to bf16; set_precision to
+     * another mode, or a write, brings f32 back, rounded as it was used. */
+    void (*set_frozen)(Backend *be, const float *p, int64_t n, int64_t n_w);
 
     /* ---- dense algebra ----
      * C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, row-major,
@@ -237,7 +243,7 @@ static inline int kron_a_first(int a1, int a2, int b1, int b2) {
  * backend_cpu.c; a plugin krona-backend-NAME.so exports
  *     const BackendDriver *krona_backend_plugin(int abi);
  * returning its driver when abi == KRONA_BACKEND_ABI (else NULL: a stale build). */
-#define KRONA_BACKEND_ABI 6 /* bump when struct Backend or BackendDriver changes */
+#define KRONA_BACKEND_ABI 7 /* bump when struct Backend or BackendDriver changes */
 
 typedef struct BackendDriver {
     const char *name;  /* what --device / `device =` names: "cpu", "cuda" */

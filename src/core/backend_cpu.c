@@ -288,7 +288,7 @@ static void cpu_zero(Backend *be, void *p, size_t bytes) {
 }
 static void cpu_sync(Backend *be) {}
 /* BF16 mode rounds operands as it goes: frozen weights change nothing here */
-static void cpu_set_frozen(Backend *be, const float *p, int64_t n) {}
+static void cpu_set_frozen(Backend *be, const float *p, int64_t n, int64_t n_w) {}
 static size_t cpu_peak(Backend *be) { return atomic_load(&impl_of(be)->peak); }
 static size_t cpu_reserved(Backend *be) { return atomic_load(&impl_of(be)->live); }
 /* MemAvailable: what the kernel can hand out without swapping */

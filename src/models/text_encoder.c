@@ -446,7 +446,7 @@ int te_forward(TextEncoder *te, const int32_t *ids_host, int N, int L, float *hi
         return -1;
     }
     /* frozen unless the whole encoder trains (backend.h: a bf16 copy may serve its GEMMs) */
-    be->set_frozen(be, te->params, te->train_mode == TE_TRAIN_FULL ? 0 : te->n_params);
+    be->set_frozen(be, te->params, te->train_mode == TE_TRAIN_FULL ? 0 : te->n_params, 0);
     if (L > c->max_position_embeddings) {
         err_set(err, errlen, "text encoder: %d tokens per prompt but the model has %d positions — use a context of at most %d",
                L, c->max_position_embeddings, c->max_position_embeddings);
@@ -589,7 +589,7 @@ int te_set_trainable(TextEncoder *te, int trainable, char *err, size_t errlen)
     }
     if (trainable) {
         te->train_mode = TE_TRAIN_FULL;
-        be->set_frozen(be, te->params, 0); /* AdamW will write them */
+        be->set_frozen(be, te->params, 0, 0); /* AdamW will write them */
         if (te->grads) return 0;
         te->grads = be->alloc(be, (size_t)te->n_params * sizeof(float));
         if (!te->grads) {

@@ -94,6 +94,7 @@ struct UNet {
     int n_linears;
     float *wblock, *gblock;
     int64_t n_base;
+    int64_t n_gemm; /* the conv and linear weights: wblock's first n_gemm floats */
     int trainable;
     AdapterSet ads;
 
@@ -401,6 +402,26 @@ int unet_param_table(const UNetConfig *cfg, UNetParam **params, int *n_params,
 
 /* ------------------------------------------------------------------ create */
 
+/* Where each parameter lives in a block of n_base floats (the weights, or
+ * their gradients at the same offsets): the conv and linear weights first
+ * (ndim >= 2: the only params read as GEMM weights), then biases and norms,
+ * each group in table order. The backend may then keep the first n_gemm
+ * floats of the frozen weights in bf16 only (set_frozen). block NULL: none. */
+static void param_layout(UNet *u, float *block, int grads) {
+    int64_t off = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < u->n_params; i++) {
+            UNetParam *q = &u->params[i];
+            if ((q->ndim >= 2) != (pass == 0)) continue;
+            float *at = block ? block + off : NULL;
+            if (grads) q->grad = at; else q->data = at;
+            off += q->numel;
+        }
+        if (pass == 0) u->n_gemm = off;
+    }
+}
+
+
 UNet *unet_create(const UNetConfig *cfg, Backend *be, char *err, size_t errlen) {
     if (cfg_valid(cfg, err, errlen)) return NULL;
     UNet *u = calloc(1, sizeof *u);
@@ -424,8 +445,7 @@ UNet *unet_create(const UNetConfig *cfg, Backend *be, char *err, size_t errlen) 
         unet_free(u);
         return NULL;
     }
-    int64_t off = 0;
-    for (int i = 0; i < u->n_params; i++) { u->params[i].data = u->wblock + off; off += u->params[i].numel; }
+    param_layout(u, u->wblock, 0);
     u->ads.be = be;
     return u;
 }
@@ -560,12 +580,8 @@ void unet_set_base_trainable(UNet *u, int trainable) {
         if (!u->gblock) return;
     }
     if (!trainable && u->gblock) { u->be->free(u->be, u->gblock); u->gblock = NULL; }
-    if (trainable) u->be->set_frozen(u->be, u->wblock, 0); /* AdamW will write them */
-    int64_t off = 0;
-    for (int i = 0; i < u->n_params; i++) {
-        u->params[i].grad = u->gblock ? u->gblock + off : NULL;
-        off += u->params[i].numel;
-    }
+    if (trainable) u->be->set_frozen(u->be, u->wblock, 0, 0); /* AdamW will write them */
+    param_layout(u, u->gblock, 1);
     u->trainable = u->gblock != NULL;
 }
 
@@ -1104,9 +1120,10 @@ int unet_forward(UNet *u, const float *x, const float *t, const float *ctx, cons
     int f = 1 << (c->n_levels - 1);
     u->have_fwd = 0;
     u->err[0] = 0;
-    /* frozen base weights (the adapter case): the backend may keep a bf16 copy.
-     * Said at each forward: loading weights (an upload) ends the promise. */
-    if (!u->trainable) u->be->set_frozen(u->be, u->wblock, u->n_base);
+    /* frozen base weights (the adapter case): the backend may keep a bf16 copy,
+     * or (BF16 mode) keep the conv and linear weights in bf16 only. Said at
+     * each forward: loading weights (an upload) ends the promise. */
+    if (!u->trainable) u->be->set_frozen(u->be, u->wblock, u->n_base, u->n_gemm);
     if (N < 1 || H < 1 || W < 1 || L < 1 || H % f || W % f) {
         snprintf(u->err, sizeof u->err, "UNet '%s': shape N=%d H=%d W=%d L=%d: sizes must be "
                  ">= 1 and H, W multiples of %d", c->name, N, H, W, L, f);

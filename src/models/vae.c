@@ -752,7 +752,7 @@ static float *up_fwd(VAE *v, const Conv *c, const float *x, int N, int H, int W)
 static int begin(VAE *v, int N, const char *what, int ok_shape) {
     v->fail = 0;
     v->err[0] = 0;
-    v->be->set_frozen(v->be, v->wblock, v->n_base); /* never trained (backend.h) */
+    v->be->set_frozen(v->be, v->wblock, v->n_base, 0); /* never trained (backend.h) */
     if (!ok_shape) {
         snprintf(v->err, sizeof v->err, "%s", what);
         return -1;

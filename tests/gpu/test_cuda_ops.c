@@ -109,15 +109,15 @@ static void k_linear_bwd(Backend *be, void **p, const Case *c) {
 static void k_frozen(Backend *be, void **p, const Case *c) {
     int64_t M = c->i[0];
     int in = (int)c->i[1], out = (int)c->i[2];
-    be->set_frozen(be, CF(1), (int64_t)out * in);
+    be->set_frozen(be, CF(1), (int64_t)out * in, (int64_t)out * in);
     be->linear_fwd(be, CF(0), CF(1), NULL, F(3), M, in, out);
     be->copy(be, F(1), CF(2), sizeof(float) * (size_t)out * in);
     be->linear_fwd(be, CF(0), CF(1), NULL, F(4), M, in, out);
-    be->set_frozen(be, CF(1), (int64_t)out * in);
+    be->set_frozen(be, CF(1), (int64_t)out * in, (int64_t)out * in);
     be->linear_bwd(be, CF(5), CF(0), CF(1), F(6), NULL, NULL, M, in, out);
     /* a weight inside the range, not at its start: the lower half of W's rows */
     be->linear_fwd(be, CF(0), CF(1) + (int64_t)in * (out / 2), NULL, F(7), M, in, out - out / 2);
-    be->set_frozen(be, CF(1), 0);
+    be->set_frozen(be, CF(1), 0, 0);
 }
 /* i: N Cin H W Cout k s p */
 static void k_conv_fwd(Backend *be, void **p, const Case *c) {
@@ -558,6 +558,189 @@ static float *xmalloc(size_t n) {
     return p;
 }
 
+/* ------------------------------------------------------------ compact weights */
+
+static float bf16r(float x) { /* round to nearest even at 8 mantissa bits, as core/half.h */
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+static double max_rel(const float *a, const float *b, int64_t n) {
+    double m = 0, s = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= m)) m = d; /* NaN sticks */
+        if (fabs(b[i]) > s) s = fabs(b[i]);
+    }
+    return m / (s > 1e-6 ? s : 1e-6);
+}
+static int check(const char *what, int ok) {
+    printf("compact weights: %-66s %s\n", what, ok ? "ok" : "FAIL");
+    return !ok;
+}
+
+/* set_frozen's n_w in BF16 mode: a weight block laid out as the UNet's
+ * (linear and conv weights first, then biases) is promised; linear and conv2d
+ * forward and backward must give what the same weights give unpromised (same
+ * bf16 operands), the block must hold less memory after (f32 pages given back
+ * where the backend can), copies and downloads of the weights return them
+ * rounded to bf16 and of the biases exactly, a precision change or a write
+ * brings f32 back (rounded as used), and free works on a compact block. On the
+ * emulator the given-back pages are unreadable, so any op that still read the
+ * f32 weights would crash here. */
+static int test_compact(Backend *gpu, Backend *cpu) {
+    const int M = 4, IN = 2048, OUT = 2048, C = 256, HW = 8;
+    const int64_t nl = (int64_t)OUT * IN, nc = (int64_t)C * C * 9, nw = nl + nc, n = nw + OUT;
+    const int64_t nx = (int64_t)M * IN, ny = (int64_t)M * OUT, nxc = (int64_t)C * HW * HW;
+    int fails = 0;
+    float *h = xmalloc((size_t)n * 4), *hx = xmalloc((size_t)nx * 4), *hdy = xmalloc((size_t)ny * 4);
+    float *hxc = xmalloc((size_t)nxc * 4), *hdyc = xmalloc((size_t)nxc * 4), *got = xmalloc((size_t)n * 4);
+    float *want = xmalloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++) h[i] = frand(-0.05f, 0.05f);
+    for (int64_t i = 0; i < nx; i++) hx[i] = frand(-1, 1);
+    for (int64_t i = 0; i < ny; i++) hdy[i] = frand(-1, 1);
+    for (int64_t i = 0; i < nxc; i++) { hxc[i] = frand(-1, 1); hdyc[i] = frand(-1, 1); }
+
+    /* the reference: the same weights in a plain block, not promised */
+    gpu->set_precision(gpu, KRONA_PREC_BF16);
+    float *blk = gpu->alloc(gpu, (size_t)n * 4);
+    gpu->set_precision(gpu, KRONA_PREC_FP32); /* allocated in FP32 mode: never address-stable */
+    float *ref = gpu->alloc(gpu, (size_t)n * 4);
+    gpu->set_precision(gpu, KRONA_PREC_BF16);
+    float *x = gpu->alloc(gpu, (size_t)nx * 4), *dy = gpu->alloc(gpu, (size_t)ny * 4);
+    float *xc = gpu->alloc(gpu, (size_t)nxc * 4), *dyc = gpu->alloc(gpu, (size_t)nxc * 4);
+    float *out = gpu->alloc(gpu, (size_t)8 * nxc * 4);
+    if (!blk || !ref || !x || !dy || !xc || !dyc || !out) { printf("compact weights: alloc failed\n"); return 1; }
+    gpu->upload(gpu, blk, h, (size_t)n * 4);
+    gpu->upload(gpu, ref, h, (size_t)n * 4);
+    gpu->upload(gpu, x, hx, (size_t)nx * 4);
+    gpu->upload(gpu, dy, hdy, (size_t)ny * 4);
+    gpu->upload(gpu, xc, hxc, (size_t)nxc * 4);
+    gpu->upload(gpu, dyc, hdyc, (size_t)nxc * 4);
+    /* out: y | dx | yc | dxc for the block [0..4) and the reference [4..8) */
+    float *o[8];
+    for (int k = 0; k < 8; k++) o[k] = out + (int64_t)k * nxc;
+    const float *W[2] = {blk, ref};
+    size_t r_before = 0, r_after = 0;
+    for (int pass = 1; pass >= 0; pass--) {
+        const float *w = W[pass];
+        float **q = o + 4 * pass;
+        gpu->zero(gpu, q[1], (size_t)nx * 4);
+        gpu->zero(gpu, q[3], (size_t)nxc * 4);
+        if (pass == 0) {
+            gpu->sync(gpu);
+            r_before = gpu->reserved_bytes(gpu);
+            gpu->set_frozen(gpu, blk, n, nw);
+        }
+        gpu->linear_fwd(gpu, x, w, w + nw, q[0], M, IN, OUT);
+        if (pass == 0) r_after = gpu->reserved_bytes(gpu); /* its temporaries are the same sizes as the reference pass's: reused */
+        gpu->linear_bwd(gpu, dy, x, w, q[1], NULL, NULL, M, IN, OUT);
+        gpu->conv2d_fwd(gpu, xc, w + nl, w + nw, q[2], 1, C, HW, HW, C, 3, 1, 1);
+        gpu->conv2d_bwd(gpu, dyc, xc, w + nl, q[3], NULL, NULL, 1, C, HW, HW, C, 3, 1, 1);
+    }
+    gpu->sync(gpu);
+    int64_t sizes[4] = {ny, nx, nxc, nxc};
+    static const char *names[4] = {"linear fwd", "linear bwd dx", "conv2d fwd", "conv2d bwd dx"};
+    char what[128];
+    for (int k = 0; k < 4; k++) {
+        float *a = xmalloc((size_t)sizes[k] * 4), *b = xmalloc((size_t)sizes[k] * 4);
+        gpu->download(gpu, a, o[k], (size_t)sizes[k] * 4);
+        gpu->download(gpu, b, o[4 + k], (size_t)sizes[k] * 4);
+        double r = max_rel(a, b, sizes[k]);
+        snprintf(what, sizeof what, "%s as unpromised (rel %.1e <= 1e-5)", names[k], r);
+        fails += check(what, r <= 1e-5);
+        free(a); free(b);
+    }
+    /* the weights' f32 (nw floats) went back but for chunks at the edges, and
+     * their bf16 copy (n halves) came in: at least a third of nw * 4 saved */
+    double saved = (double)r_before - (double)r_after;
+    snprintf(what, sizeof what, "memory: %.1f MiB of %.1f MiB of f32 weights given back net (>= 1/3)",
+             saved / 1048576.0, nw * 4 / 1048576.0);
+    fails += check(what, saved >= nw * 4 / 3.0);
+
+    /* copies of the weights come back as bf16 values; of the biases exactly */
+    for (int64_t i = 0; i < n; i++) want[i] = i < nw ? bf16r(h[i]) : h[i];
+    gpu->copy(gpu, out, blk + 1000, 64 * 4);
+    gpu->download(gpu, got, out, 64 * 4);
+    fails += check("copy out of the linear weight: bf16 values", memcmp(got, want + 1000, 64 * 4) == 0);
+    gpu->download(gpu, got, blk + nl, (size_t)nc * 4);
+    fails += check("download of the conv weight: bf16 values", memcmp(got, want + nl, (size_t)nc * 4) == 0);
+    gpu->download(gpu, got, blk + nw, (size_t)OUT * 4);
+    fails += check("download of the biases: exact", memcmp(got, h + nw, (size_t)OUT * 4) == 0);
+
+    /* FP32: the f32 weights come back (rounded as used); a linear then agrees
+     * with the CPU's fp32 linear on the rounded weights */
+    gpu->set_precision(gpu, KRONA_PREC_FP32);
+    gpu->download(gpu, got, blk, (size_t)n * 4);
+    fails += check("precision fp32: whole block = bf16 weights, exact biases", memcmp(got, want, (size_t)n * 4) == 0);
+    gpu->linear_fwd(gpu, x, blk, blk + nw, o[0], M, IN, OUT);
+    gpu->download(gpu, got, o[0], (size_t)ny * 4);
+    {
+        float *cw = cpu->alloc(cpu, (size_t)nl * 4), *cb = cpu->alloc(cpu, (size_t)OUT * 4);
+        float *cx = cpu->alloc(cpu, (size_t)nx * 4), *cy = cpu->alloc(cpu, (size_t)ny * 4);
+        cpu->set_precision(cpu, KRONA_PREC_FP32);
+        cpu->upload(cpu, cw, want, (size_t)nl * 4);
+        cpu->upload(cpu, cb, want + nw, (size_t)OUT * 4);
+        cpu->upload(cpu, cx, hx, (size_t)nx * 4);
+        cpu->linear_fwd(cpu, cx, cw, cb, cy, M, IN, OUT);
+        float *cyh = xmalloc((size_t)ny * 4);
+        cpu->download(cpu, cyh, cy, (size_t)ny * 4);
+        double r = max_rel(got, cyh, ny);
+        snprintf(what, sizeof what, "fp32 linear on them = CPU's (rel %.1e <= 1e-5)", r);
+        fails += check(what, r <= 1e-5);
+        free(cyh);
+        cpu->free(cpu, cw); cpu->free(cpu, cb); cpu->free(cpu, cx); cpu->free(cpu, cy);
+    }
+
+    /* BF16 again, a new promise: compact again; then a write into the linear
+     * weight ends it: the written values exact, the rest as they were */
+    gpu->set_precision(gpu, KRONA_PREC_BF16);
+    gpu->set_frozen(gpu, blk, n, nw);
+    gpu->linear_fwd(gpu, x, blk, blk + nw, o[0], M, IN, OUT);
+    gpu->download(gpu, got, o[0], (size_t)ny * 4);
+    gpu->download(gpu, want + n - ny, o[4], (size_t)ny * 4); /* scratch: the first pass's reference y */
+    {
+        double r = max_rel(got, want + n - ny, ny);
+        snprintf(what, sizeof what, "compact again: linear fwd as unpromised (rel %.1e <= 1e-5)", r);
+        fails += check(what, r <= 1e-5);
+    }
+    for (int64_t i = 0; i < n; i++) want[i] = i < nw ? bf16r(h[i]) : h[i];
+    for (int64_t i = 0; i < 4096; i++) want[5000 + i] = h[5000 + i] = 0.25f + (float)i;
+    gpu->upload(gpu, blk + 5000, h + 5000, 4096 * 4);
+    gpu->download(gpu, got, blk, (size_t)n * 4);
+    fails += check("a write ends the promise: written exact, the rest as before", memcmp(got, want, (size_t)n * 4) == 0);
+
+    /* a generic gemm reading the weights brings them back too */
+    gpu->set_frozen(gpu, blk, n, n - 1);
+    gpu->linear_fwd(gpu, x, blk, NULL, o[0], M, IN, OUT); /* compacts */
+    gpu->gemm(gpu, 0, 1, M, OUT, IN, 1.f, x, IN, blk, IN, 0.f, o[1], OUT);
+    gpu->linear_fwd(gpu, x, blk, NULL, o[2], M, IN, OUT);
+    gpu->sync(gpu);
+    {
+        float *a = xmalloc((size_t)ny * 4);
+        gpu->download(gpu, got, o[0], (size_t)ny * 4);
+        gpu->download(gpu, a, o[2], (size_t)ny * 4);
+        fails += check("gemm on promised weights, then linear again: same y", memcmp(got, a, (size_t)ny * 4) == 0);
+        free(a);
+    }
+    /* free while compact */
+    gpu->set_frozen(gpu, blk, n, nw);
+    gpu->set_frozen(gpu, blk, n, nw);
+    gpu->conv2d_fwd(gpu, xc, blk + nl, NULL, o[2], 1, C, HW, HW, C, 3, 1, 1);
+    gpu->free(gpu, blk);
+    gpu->sync(gpu);
+    const char *e = gpu->last_error(gpu);
+    fails += check("free of a compact block; no backend error", !e[0]);
+    if (e[0]) { printf("  %s\n", e); gpu->clear_error(gpu); }
+    gpu->free(gpu, ref); gpu->free(gpu, x); gpu->free(gpu, dy); gpu->free(gpu, xc); gpu->free(gpu, dyc);
+    gpu->free(gpu, out);
+    free(h); free(hx); free(hdy); free(hxc); free(hdyc); free(got); free(want);
+    return fails;
+}
+
 int main(int argc, char **argv) {
     int small = 0;
     const char *only = NULL;
@@ -567,6 +750,9 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "usage: %s [--small] [--only SUBSTRING]\n", argv[0]); return 2; }
     }
     char err[256] = "";
+    /* address-stable blocks (BF16 mode) from 1 MiB, not 64: test_compact's block
+     * and the larger bf16 cases take that path */
+    setenv("KRONA_CUDA_VMM_MIN_MB", "1", 0);
     /* through the registry, as the program opens it: the plugin
      * krona-backend-cuda.so (the real one, or the emulator's with
      * KRONA_BACKEND_PATH=build/cuda/emu) */
@@ -597,6 +783,9 @@ int main(int argc, char **argv) {
         gpu->free(gpu, b);
         free(h);
     }
+
+    fails += test_compact(gpu, cpu);
+    rows++;
 
     build_cases();
     printf("%-58s %-7s %-4s %11s %11s %9s %8s %9s %s\n", "op", "buffer", "math", "max|err|",

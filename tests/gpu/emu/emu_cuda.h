@@ -23,6 +23,7 @@
 #include <cstring>
 #include <functional>
 #include <type_traits>
+#include <sys/mman.h>
 #include <ucontext.h>
 
 /* ---------------------------------------------------------------- device side */
@@ -297,6 +298,123 @@ static inline cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
 static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) { memset(p, v, n); return cudaSuccess; }
 static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind, cudaStream_t) {
     memmove(d, s, n);
+    return cudaSuccess;
+}
+
+/* ---------------------------------------------------------------- driver: virtual memory
+ * cuMemAddressReserve/Create/Map/SetAccess/Unmap as the driver documents them,
+ * on mmap: reserved addresses are PROT_NONE, a mapped chunk becomes readable
+ * only after cuMemSetAccess (and holds garbage, NaN bytes, as fresh physical
+ * memory may), an unmapped one is PROT_NONE again with its pages dropped. So a
+ * kernel or copy that touches memory the backend gave back crashes here. Sizes
+ * must be multiples of the granularity (64 KiB here, 2 MiB on GPUs), a handle
+ * maps whole, once; violations return CUDA_ERROR_INVALID_VALUE. */
+typedef int CUresult;
+enum { CUDA_SUCCESS = 0, CUDA_ERROR_INVALID_VALUE = 1, CUDA_ERROR_OUT_OF_MEMORY = 2 };
+typedef unsigned long long CUdeviceptr;
+typedef unsigned long long CUmemGenericAllocationHandle;
+typedef int CUdevice;
+typedef enum { CU_MEM_ALLOCATION_TYPE_PINNED = 1 } CUmemAllocationType;
+typedef enum { CU_MEM_HANDLE_TYPE_NONE = 0 } CUmemAllocationHandleType;
+typedef enum { CU_MEM_LOCATION_TYPE_DEVICE = 1 } CUmemLocationType;
+typedef enum { CU_MEM_ACCESS_FLAGS_PROT_READWRITE = 3 } CUmemAccess_flags;
+typedef enum { CU_MEM_ALLOC_GRANULARITY_MINIMUM = 0 } CUmemAllocationGranularity_flags;
+typedef enum { CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 102 } CUdevice_attribute;
+typedef struct { CUmemLocationType type; int id; } CUmemLocation;
+typedef struct {
+    CUmemAllocationType type;
+    CUmemAllocationHandleType requestedHandleTypes;
+    CUmemLocation location;
+    void *win32HandleMetaData;
+    struct { unsigned char compressionType, gpuDirectRDMACapable; unsigned short usage; unsigned char reserved[4]; } allocFlags;
+} CUmemAllocationProp;
+typedef struct { CUmemLocation location; CUmemAccess_flags flags; } CUmemAccessDesc;
+#define EMU_GRAN ((size_t)64 << 10)
+namespace emu {
+struct Handle { size_t size; int mapped; };
+static Handle handles[1 << 16];
+static unsigned long long next_handle = 1;
+static long reserved_ranges, live_handles, unmapped;
+/* at exit, so a whole program run shows that pages were given back */
+struct VmmReport { ~VmmReport() { if (unmapped) fprintf(stderr, "emulator: %ld chunks unmapped\n", unmapped); } };
+static VmmReport vmm_report;
+}
+static inline CUresult emu_cuMemAddressReserve(CUdeviceptr *p, size_t size, size_t, CUdeviceptr, unsigned long long) {
+    if (!size || size % EMU_GRAN) return CUDA_ERROR_INVALID_VALUE;
+    /* aligned to the granularity, as the driver's default alignment: trim an over-sized reservation */
+    char *a = (char *)mmap(NULL, size + EMU_GRAN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (a == (char *)MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+    size_t head = (EMU_GRAN - (uintptr_t)a % EMU_GRAN) % EMU_GRAN;
+    if (head) munmap(a, head);
+    munmap(a + head + size, EMU_GRAN - head);
+    *p = (CUdeviceptr)(uintptr_t)(a + head);
+    emu::reserved_ranges++;
+    return CUDA_SUCCESS;
+}
+static inline CUresult emu_cuMemAddressFree(CUdeviceptr p, size_t size) {
+    emu::reserved_ranges--;
+    return munmap((void *)(uintptr_t)p, size) ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+}
+static inline CUresult emu_cuMemCreate(CUmemGenericAllocationHandle *h, size_t size, const CUmemAllocationProp *prop, unsigned long long) {
+    if (!size || size % EMU_GRAN || prop->type != CU_MEM_ALLOCATION_TYPE_PINNED ||
+        prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE || emu::next_handle >= (1 << 16))
+        return CUDA_ERROR_INVALID_VALUE;
+    *h = emu::next_handle++;
+    emu::handles[*h].size = size;
+    emu::handles[*h].mapped = 0;
+    emu::live_handles++;
+    return CUDA_SUCCESS;
+}
+static inline CUresult emu_cuMemRelease(CUmemGenericAllocationHandle h) {
+    if (!h || h >= emu::next_handle || !emu::handles[h].size) return CUDA_ERROR_INVALID_VALUE;
+    emu::handles[h].size = 0; /* the driver frees it once unmapped */
+    emu::live_handles--;
+    return CUDA_SUCCESS;
+}
+static inline CUresult emu_cuMemMap(CUdeviceptr p, size_t size, size_t off, CUmemGenericAllocationHandle h, unsigned long long) {
+    if (!h || h >= emu::next_handle || emu::handles[h].size != size || off || emu::handles[h].mapped || p % EMU_GRAN)
+        return CUDA_ERROR_INVALID_VALUE;
+    emu::handles[h].mapped = 1;
+    return CUDA_SUCCESS; /* still PROT_NONE: no access until cuMemSetAccess */
+}
+static inline CUresult emu_cuMemSetAccess(CUdeviceptr p, size_t size, const CUmemAccessDesc *d, size_t n) {
+    if (n != 1 || d->flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE || d->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (mprotect((void *)(uintptr_t)p, size, PROT_READ | PROT_WRITE)) return CUDA_ERROR_INVALID_VALUE;
+    memset((void *)(uintptr_t)p, 0xFF, size); /* fresh physical memory: NaN bytes */
+    return CUDA_SUCCESS;
+}
+static inline CUresult emu_cuMemUnmap(CUdeviceptr p, size_t size) {
+    void *a = (void *)(uintptr_t)p;
+    if (p % EMU_GRAN || size % EMU_GRAN || madvise(a, size, MADV_DONTNEED) || mprotect(a, size, PROT_NONE))
+        return CUDA_ERROR_INVALID_VALUE;
+    emu::unmapped++;
+    return CUDA_SUCCESS;
+}
+static inline CUresult emu_cuMemGetAllocationGranularity(size_t *g, const CUmemAllocationProp *, CUmemAllocationGranularity_flags) {
+    *g = EMU_GRAN;
+    return CUDA_SUCCESS;
+}
+static inline CUresult emu_cuDeviceGet(CUdevice *d, int ordinal) { *d = ordinal; return CUDA_SUCCESS; }
+static inline CUresult emu_cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice) {
+    *v = a == CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED;
+    return CUDA_SUCCESS;
+}
+static inline CUresult emu_cuGetErrorString(CUresult r, const char **s) {
+    *s = r == CUDA_ERROR_OUT_OF_MEMORY ? "out of memory (emulated)" : "invalid argument (emulated)";
+    return CUDA_SUCCESS;
+}
+enum cudaDriverEntryPointQueryResult { cudaDriverEntryPointSuccess = 0, cudaDriverEntryPointSymbolNotFound = 1 };
+enum { cudaEnableDefault = 0 };
+static inline cudaError_t cudaGetDriverEntryPointByVersion(const char *sym, void **fp, unsigned, unsigned long long,
+                                                           cudaDriverEntryPointQueryResult *q) {
+#define EMU_SYM(name) if (!strcmp(sym, #name)) { *fp = (void *)emu_##name; *q = cudaDriverEntryPointSuccess; return cudaSuccess; }
+    EMU_SYM(cuMemAddressReserve) EMU_SYM(cuMemAddressFree) EMU_SYM(cuMemCreate) EMU_SYM(cuMemRelease)
+    EMU_SYM(cuMemMap) EMU_SYM(cuMemUnmap) EMU_SYM(cuMemSetAccess) EMU_SYM(cuMemGetAllocationGranularity)
+    EMU_SYM(cuDeviceGet) EMU_SYM(cuDeviceGetAttribute) EMU_SYM(cuGetErrorString)
+#undef EMU_SYM
+    *fp = NULL;
+    *q = cudaDriverEntryPointSymbolNotFound;
     return cudaSuccess;
 }
 

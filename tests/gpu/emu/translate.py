@@ -27,6 +27,7 @@ def main():
     src = open(sys.argv[1]).read()
     src = src.replace('#include <cuda_runtime.h>', '#include "emu_cuda.h"')
     src = src.replace('#include <cublas_v2.h>', '')
+    src = re.sub(r'#include <cuda\.h>.*', '', src)
     src = src.replace('#include <cuda_bf16.h>', '')
     src = src.replace('#include <mma.h>', '')
     # dynamic shared memory: one static buffer as large as a block may opt in to
