@@ -457,10 +457,17 @@ static void *cu_alloc(Backend *be, size_t bytes) {
  * Ranges the model promised not to write; in BF16 mode linear and conv2d take
  * their weights from a bf16 copy of the whole range instead of casting them at
  * every call (frozen_bf16, below). A range that starts an address-stable block
- * and names its GEMM weights (n_w) gets a compact copy instead: its weights'
- * f32 pages go back as the copy is written (frozen_compact). Host writes
- * into a range drop it (and its copy) after bringing the f32 back. */
+ * and names its GEMM weights (n_w) gets a compact copy instead, at the promise
+ * in BF16 mode (else at first use): its weights' f32 pages go back as the copy
+ * is written (frozen_compact). Host writes into a range drop it (and its copy)
+ * after bringing the f32 back. */
 static void frozen_expand(Cuda *c, Frozen *f);
+static int frozen_compact(Cuda *c, Frozen *f);
+/* env KRONA_CUDA_BF16_COPIES=0: frozen weights are cast at every call, no copy */
+static int bf16_copies_allowed(void) {
+    const char *env = getenv("KRONA_CUDA_BF16_COPIES");
+    return !(env && env[0] == '0');
+}
 static void frozen_drop(Cuda *c, int i, int expand) {
     if (expand && c->frozen[i].compact) frozen_expand(c, &c->frozen[i]);
     dfree(c, c->frozen[i].bf);
@@ -506,6 +513,10 @@ static void cu_set_frozen(Backend *be, const float *p, int64_t n, int64_t n_w) {
     if (c->n_frozen == (int)(sizeof c->frozen / sizeof c->frozen[0])) frozen_drop(c, 0, 1); /* oldest goes */
     Frozen f = {p, n, n_w, NULL, 0, 0};
     c->frozen[c->n_frozen++] = f;
+    /* BF16 mode: the weights' f32 pages go back now, before the caller's next
+     * allocations (a forward's activations), not at the first GEMM */
+    Frozen *nf = &c->frozen[c->n_frozen - 1];
+    if (c->prec == KRONA_PREC_BF16 && bf16_copies_allowed() && frozen_compact(c, nf) == 0) nf->tried = 1;
 }
 static void cu_free(Backend *be, void *p) {
     Cuda *c = CU(be);
@@ -679,9 +690,8 @@ static const __nv_bfloat16 *frozen_bf16(Cuda *c, const float *x, int64_t n) {
         if (x < f->p || x + n > f->p + f->n) continue;
         if (!f->bf && !f->tried) {
             f->tried = 1;
-            const char *env = getenv("KRONA_CUDA_BF16_COPIES");
             size_t fr = 0, total = 0, want = (size_t)f->n * sizeof(__nv_bfloat16);
-            if (!(env && env[0] == '0') && frozen_compact(c, f) != 0) {
+            if (bf16_copies_allowed() && frozen_compact(c, f) != 0) {
                 if (cudaMemGetInfo(&fr, &total) != cudaSuccess) { cudaGetLastError(); fr = 0; }
                 if (want <= fr / 4) f->bf = bf16_copy(c, f->p, f->n);
             }

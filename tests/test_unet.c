@@ -17,6 +17,7 @@
 #include "core/rng.h"
 #include "formats/safetensors.h"
 #include "models/unet.h"
+#include "guard_backend.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -350,6 +351,50 @@ static void test_checkpointing(void **st) {
     print_message("sdxl 128x128: kept %.2f GB + temp %.2f GB; checkpointed %.2f GB + %.2f GB\n",
                   a0 / 1e9, t0 / 1e9, a1 / 1e9, t1 / 1e9);
     assert_true(a1 + t1 < (a0 + t0) / 4);
+}
+
+/* The UNet keeps its set_frozen promise (backend.h) through a training step:
+ * with its conv and linear weights unreadable but to the ops the promise
+ * allows (guard_backend.h: what lets the CUDA backend keep them in bf16 only),
+ * adapters merged or not, checkpointed or not, the gradients are the same bits
+ * as without the guard, and nothing ended the promise. */
+static void check_promise(const char *stem, int merged) {
+    Golden g;
+    golden_open(&g, stem);
+    golden_attach(&g, merged);
+    Grads ref[2] = {ckpt_run(&g, 0), ckpt_run(&g, 1)};
+    guard_wrap(g.be);
+    guard.max_protected = 0;
+    guard.mapped = guard.straddles = 0;
+    unet_promise_frozen(g.u);
+    Grads got[2] = {ckpt_run(&g, 0), ckpt_run(&g, 1)};
+    int64_t nctx = (int64_t)g.N * g.L * g.cfg.cross_attention_dim;
+    print_message("%s%s: %.2f MB of conv/linear weights unreadable through 2 steps; %ld reads through "
+                  "the allowed ops, %ld across the edge\n", stem, merged ? " merged" : "",
+                  guard.max_protected / 1e6, guard.mapped, guard.straddles);
+    assert_true(guard.max_protected > 0);
+    assert_true(guard.mapped > 0);
+    assert_int_equal(guard.straddles, 0);
+    assert_non_null(guard.p); /* still promised: nothing wrote into the weights */
+    for (int c = 0; c < 2; c++) {
+        assert_memory_equal(ref[c].dx, got[c].dx, (size_t)in_n(&g) * sizeof(float));
+        assert_memory_equal(ref[c].dctx, got[c].dctx, (size_t)nctx * sizeof(float));
+        assert_int_equal(ref[c].nad, got[c].nad);
+        assert_memory_equal(ref[c].ad, got[c].ad, (size_t)ref[c].nad * sizeof(float));
+    }
+    for (int c = 0; c < 2; c++) {
+        free(ref[c].dx); free(ref[c].dctx); free(ref[c].ad); free(ref[c].base);
+        free(got[c].dx); free(got[c].dctx); free(got[c].ad); free(got[c].base);
+    }
+    golden_close(&g); /* frees the weights: ends the promise (g_free) */
+    assert_null(guard.p);
+}
+
+static void test_frozen_promise_kept(void **st) {
+    (void)st;
+    check_promise("unet_sd15like", 0);
+    check_promise("unet_sdxllike", 0);
+    check_promise("unet_sdxllike", 1);
 }
 
 /* zero-initialised adapters (the training init) leave the output bit-identical */
@@ -1155,6 +1200,7 @@ int main(void) {
         cmocka_unit_test(test_tiny_finite_diff),
         cmocka_unit_test(test_bf16_train_step),
         cmocka_unit_test(test_checkpointing),
+        cmocka_unit_test(test_frozen_promise_kept),
         cmocka_unit_test(test_non_square_transpose),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -20,6 +20,7 @@
 #include "core/fsutil.h"
 #include "formats/safetensors.h"
 #include "models/vae.h"
+#include "guard_backend.h"
 
 /* max |a - b| / max |b| (NaN in a: infinite) */
 static double rel_err(const float *a, const float *b, int64_t n) {
@@ -138,6 +139,32 @@ static void check_golden(const char *stem) {
     }
     free(img); free(noise); free(lat); free(mean_ref);
     golden_close(&g);
+}
+
+/* The VAE keeps its set_frozen promise (backend.h): with its conv and linear
+ * weights unreadable but to the ops the promise allows (guard_backend.h),
+ * encode and decode give the same bits, and nothing ended the promise. */
+static void test_frozen_promise_kept(void **st) {
+    (void)st;
+    Golden g;
+    golden_open(&g, "vae_small");
+    float *img = gt_read(g.st, "in.image", NULL), *lat = gt_read(g.st, "in.latent", NULL);
+    float *z0 = run_encode(&g, g.v, img, NULL), *x0 = run_decode(&g, g.v, lat);
+    guard_wrap(g.be);
+    guard.max_protected = 0;
+    guard.mapped = guard.straddles = 0;
+    float *z1 = run_encode(&g, g.v, img, NULL), *x1 = run_decode(&g, g.v, lat);
+    print_message("vae_small: %.2f MB of conv/linear weights unreadable through encode and decode; "
+                  "%ld reads through the allowed ops, %ld across the edge\n",
+                  guard.max_protected / 1e6, guard.mapped, guard.straddles);
+    assert_true(guard.max_protected > 0);
+    assert_int_equal(guard.straddles, 0);
+    assert_non_null(guard.p);
+    assert_memory_equal(z0, z1, (size_t)lat_n(&g) * sizeof(float));
+    assert_memory_equal(x0, x1, (size_t)out_n(&g) * sizeof(float));
+    free(img); free(lat); free(z0); free(x0); free(z1); free(x1);
+    golden_close(&g);
+    assert_null(guard.p);
 }
 
 static void test_golden_small(void **st) { (void)st; check_golden("vae_small"); }
@@ -939,6 +966,7 @@ int main(void) {
         cmocka_unit_test(test_config_refuses),
         cmocka_unit_test(test_golden_small),
         cmocka_unit_test(test_golden_plain),
+        cmocka_unit_test(test_frozen_promise_kept),
         cmocka_unit_test(test_bad_shapes),
         cmocka_unit_test_setup_teardown(test_missing_and_misshaped, setup_tmp, teardown_tmp),
         cmocka_unit_test_setup_teardown(test_old_attention_names, setup_tmp, teardown_tmp),

@@ -102,6 +102,7 @@ static int open_tiny(Model *m, int random_weights, char *err, size_t errlen) {
     snprintf(tpath, sizeof tpath, "%s/text_encoder.safetensors", dir);
     snprintf(spath, sizeof spath, "%s/scheduler_config.json", dir);
     if (unet_load_safetensors(m->unet, upath, err, errlen) != 0) return -1;
+    unet_promise_frozen(m->unet);
     if (te_load_safetensors(m->te, tpath, "", err, errlen) != 0) return -1;
     /* the schedule the weights were trained with (pretrain writes it) */
     if (fs_exists(spath) && schedule_from_json(spath, &m->sched, err, errlen) != 0) return -1;
@@ -146,15 +147,18 @@ static int open_diffusers_dir(Model *m, const char *dir, const char *tokenizer, 
     TextConfig tc;
     snprintf(path, sizeof path, "%s/text_encoder/config.json", dir);
     if (te_config_load(&tc, path, err, errlen) != 0) return -1;
-    m->unet = unet_create(&m->ucfg, m->be, err, errlen);
-    if (!m->unet) return -1;
-    m->te = te_create(&tc, m->be, err, errlen);
-    if (!m->te) return -1;
     if (open_tokenizer(&tc, dir, "tokenizer", tokenizer, &m->tok, err, errlen) != 0) return -1;
     m->context_len = tc.max_position_embeddings;
+    /* the UNet first, promised frozen as soon as it is loaded: in bf16 it may
+     * shrink to half (set_frozen) before the encoders take their memory */
+    m->unet = unet_create(&m->ucfg, m->be, err, errlen);
+    if (!m->unet) return -1;
     snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", dir);
-    snprintf(path2, sizeof path2, "%s/text_encoder/model.safetensors", dir);
     if (unet_load_safetensors(m->unet, path, err, errlen) != 0) return -1;
+    unet_promise_frozen(m->unet);
+    m->te = te_create(&tc, m->be, err, errlen);
+    if (!m->te) return -1;
+    snprintf(path2, sizeof path2, "%s/text_encoder/model.safetensors", dir);
     if (te_load_safetensors(m->te, path2, "", err, errlen) != 0) return -1;
     /* SDXL: a second text encoder (OpenCLIP ViT-bigG in HF form) */
     snprintf(path, sizeof path, "%s/text_encoder_2/config.json", dir);
@@ -207,13 +211,19 @@ static int open_single_file(Model *m, const char *path, const char *tokenizer, c
         if (open_tokenizer(&tc2, NULL, NULL, tokenizer, &m->tok2, err, errlen) != 0) goto done;
         tok_set_pad(m->tok2, 0);
     }
+    /* the UNet first, promised frozen as soon as it is loaded: in bf16 it may
+     * shrink to half (set_frozen) before the encoders and the VAE take theirs */
     if (!(m->unet = unet_create(&m->ucfg, m->be, err, errlen))) goto done;
+    if (convert_load_unet(m->unet, st, e, sizeof e) != 0) {
+        snprintf(err, errlen, "%s: %s", path, e);
+        goto done;
+    }
+    unet_promise_frozen(m->unet);
     if (!(m->te = te_create(&tc, m->be, err, errlen))) goto done;
     if (xl && !(m->te2 = te_create(&tc2, m->be, err, errlen))) goto done;
     if (!(m->vae = vae_create(&vc, m->be, err, errlen))) goto done;
     m->context_len = tc.max_position_embeddings;
-    if (convert_load_unet(m->unet, st, e, sizeof e) != 0 ||
-        checkpoint_load_text(m->te, st, kind, CONVERT_TEXT, e, sizeof e) != 0 ||
+    if (checkpoint_load_text(m->te, st, kind, CONVERT_TEXT, e, sizeof e) != 0 ||
         (xl && checkpoint_load_text(m->te2, st, kind, CONVERT_TEXT_2, e, sizeof e) != 0) ||
         checkpoint_load_vae(m->vae, st, kind, e, sizeof e) != 0) {
         snprintf(err, errlen, "%s: %s", path, e);

@@ -587,6 +587,12 @@ void unet_set_base_trainable(UNet *u, int trainable) {
 
 int unet_base_trainable(const UNet *u) { return u->trainable; }
 
+/* frozen base weights (the adapter case): the backend may keep a bf16 copy,
+ * or in BF16 mode keep the conv and linear weights in bf16 only (backend.h) */
+void unet_promise_frozen(UNet *u) {
+    if (!u->trainable) u->be->set_frozen(u->be, u->wblock, u->n_base, u->n_gemm);
+}
+
 void unet_set_checkpointing(UNet *u, int on) {
     u->ckpt = on != 0;
     u->have_fwd = 0; /* a forward kept for the other mode cannot serve backward */
@@ -1120,10 +1126,7 @@ int unet_forward(UNet *u, const float *x, const float *t, const float *ctx, cons
     int f = 1 << (c->n_levels - 1);
     u->have_fwd = 0;
     u->err[0] = 0;
-    /* frozen base weights (the adapter case): the backend may keep a bf16 copy,
-     * or (BF16 mode) keep the conv and linear weights in bf16 only. Said at
-     * each forward: loading weights (an upload) ends the promise. */
-    if (!u->trainable) u->be->set_frozen(u->be, u->wblock, u->n_base, u->n_gemm);
+    unet_promise_frozen(u); /* again at each forward: loading weights (an upload) ends it */
     if (N < 1 || H < 1 || W < 1 || L < 1 || H % f || W % f) {
         snprintf(u->err, sizeof u->err, "UNet '%s': shape N=%d H=%d W=%d L=%d: sizes must be "
                  ">= 1 and H, W multiples of %d", c->name, N, H, W, L, f);

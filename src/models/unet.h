@@ -74,6 +74,12 @@ AdapterSet *unet_adapters(UNet *u);
 /* Also train base weights (allocates grads). Default: frozen. */
 void unet_set_base_trainable(UNet *u, int trainable);
 int unet_base_trainable(const UNet *u);
+/* The base weights will not change until unet_set_base_trainable(u, 1) or a
+ * load: in BF16 mode the backend may then give half their memory back
+ * (set_frozen). unet_forward says it each time; a trainer says it before
+ * planning memory, so the plan sees what is free after. No-op while the base
+ * trains. */
+void unet_promise_frozen(UNet *u);
 /* Gradient checkpointing: a forward for backward keeps only each resnet's and
  * transformer block's output, and backward runs that layer's forward again
  * first. Same gradients (the recompute is the same ops on the same inputs),

@@ -275,6 +275,7 @@ struct VAE {
     int n_params;
     float *wblock;
     int64_t n_base;
+    int64_t n_gemm; /* the conv and linear weights: wblock's first n_gemm floats */
     Conv enc_in, enc_out, quant, post_quant, dec_in, dec_out;
     Norm enc_nout, dec_nout;
     Blk down[VAE_MAX_LEVELS], up[VAE_MAX_LEVELS];
@@ -489,8 +490,15 @@ VAE *vae_create(const VAEConfig *cfg, Backend *be, char *err, size_t errlen) {
         vae_free(v);
         return NULL;
     }
+    /* the conv and linear weights first (ndim >= 2: read only as GEMM weights),
+     * then biases and norms: set_frozen lets the backend keep the first n_gemm
+     * floats in bf16 only (BF16 mode), as the UNet's */
     int64_t off = 0;
-    for (int i = 0; i < v->n_params; i++) { v->params[i].data = v->wblock + off; off += v->params[i].numel; }
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < v->n_params; i++)
+            if ((v->params[i].ndim >= 2) == (pass == 0)) { v->params[i].data = v->wblock + off; off += v->params[i].numel; }
+        if (pass == 0) v->n_gemm = off;
+    }
     return v;
 }
 
@@ -752,7 +760,7 @@ static float *up_fwd(VAE *v, const Conv *c, const float *x, int N, int H, int W)
 static int begin(VAE *v, int N, const char *what, int ok_shape) {
     v->fail = 0;
     v->err[0] = 0;
-    v->be->set_frozen(v->be, v->wblock, v->n_base, 0); /* never trained (backend.h) */
+    v->be->set_frozen(v->be, v->wblock, v->n_base, v->n_gemm); /* never trained (backend.h) */
     if (!ok_shape) {
         snprintf(v->err, sizeof v->err, "%s", what);
         return -1;

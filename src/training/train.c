@@ -914,6 +914,7 @@ static int setup(Trainer *t, const char *resume_dir) {
         for (int i = 0; ts2 && i < ts2->n; i++) t->ads[t->n_ads++] = &ts2->items[i];
     }
 
+    unet_promise_frozen(m->unet); /* in bf16, the weights may shrink now: let the plan see it */
     if (plan_memory(t) != 0) return -1;
 
     /* images */

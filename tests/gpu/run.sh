@@ -54,7 +54,12 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
   stage "1. ops: CUDA vs CPU backend" | tee -a "$LOG"
   OMP_NUM_THREADS=$(nproc) say timeout 300 "$OPS" # fp32, tf32 and bf16 rows
   ops_rc=$?
-  [ $ops_rc -ne 0 ] && { echo "run.sh: op comparison failed (exit $ops_rc)" | tee -a "$LOG"; status=1; }
+  if [ $ops_rc -ne 0 ]; then
+    echo "run.sh: op comparison failed (exit $ops_rc)" | tee -a "$LOG"; status=1
+    # bf16's address-stable blocks and compact weights (driver VMM) are the newest path: without them
+    stage "1b. ops again with KRONA_CUDA_VMM=0 (plain blocks): failures only" | tee -a "$LOG"
+    KRONA_CUDA_VMM=0 OMP_NUM_THREADS=$(nproc) timeout 300 "$OPS" 2>&1 | grep -E 'FAIL|ERROR|PASS|compact' | tee -a "$LOG"
+  fi
 
   # precision: the CPU in fp32 against CUDA's default (tf32), then both in bf16
   for prec in auto bf16; do

@@ -16,9 +16,9 @@ rm -rf "$OUT"
 common="--preset presets/default.ini --headless --precision $PREC --set iterations=3 --set resolution=16
   --set sample_every=0 --set sample_steps=1 --set guidance=0 --set checkpoint_every=0 --print-every 1
   --set output_dir=$OUT"
-./krona-studio train $common --device cpu --set run_name=cpu | grep -E '^step'
+./krona-studio train $common --device cpu --set run_name=cpu | grep -E '^step|memory: model'
 OMP_NUM_THREADS=1 KRONA_BACKEND_PATH=build/cuda/emu KRONA_CUDA_VMM_MIN_MB=${VMM_MIN_MB:-0} \
-  ./krona-studio train $common --device cuda --set run_name=cuda | grep -E '^step'
+  ./krona-studio train $common --device cuda --set run_name=cuda | grep -E '^step|memory: model'
 python3 - "$OUT/cuda/adapter.safetensors" "$OUT/cpu/adapter.safetensors" <<'PY'
 import json, math, struct, sys
 def load(p):
