@@ -91,13 +91,41 @@ static void set_tid(int t) {
     threadIdx.y = (t / blockDim.x) % blockDim.y;
     threadIdx.z = t / (blockDim.x * blockDim.y);
 }
-static void launch(dim3 g, dim3 b, std::function<void()> f) {
+/* launches per kernel name, printed at exit when EMU_LAUNCH_REPORT is set
+ * (what a step costs in launches: the GPU pays a few microseconds for each) */
+struct Tally { const char *name; long n; };
+static Tally tally[256];
+static int ntally;
+static long tally_other; /* cuBLAS calls, memcpy/memset: counted by the caller */
+static void count(const char *name) {
+    for (int i = 0; i < ntally; i++)
+        if (tally[i].name == name || !strcmp(tally[i].name, name)) { tally[i].n++; return; }
+    if (ntally < 256) tally[ntally++] = Tally{name, 1};
+}
+struct TallyReport {
+    ~TallyReport() {
+        if (!getenv("EMU_LAUNCH_REPORT")) return;
+        long total = tally_other;
+        for (int i = 0; i < ntally; i++) total += tally[i].n;
+        fprintf(stderr, "emulator: %ld stream operations: %ld kernel launches, %ld cuBLAS calls, memcpy and memset\n",
+                total, total - tally_other, tally_other);
+        for (int k = 0; k < ntally; k++) { /* largest first */
+            int best = k;
+            for (int i = k + 1; i < ntally; i++) if (tally[i].n > tally[best].n) best = i;
+            Tally t = tally[k]; tally[k] = tally[best]; tally[best] = t;
+            fprintf(stderr, "  %8ld  %s\n", tally[k].n, tally[k].name);
+        }
+    }
+};
+static TallyReport tally_report;
+static void launch(dim3 g, dim3 b, std::function<void()> f, const char *name = "?") {
     int n = (int)(b.x * b.y * b.z);
     if (n > 1024 || n <= 0 || g.y > 65535 || g.z > 65535 || g.x == 0 || g.y == 0 || g.z == 0) {
         fprintf(stderr, "emu: bad launch config grid(%u,%u,%u) block(%u,%u,%u)\n", g.x, g.y, g.z, b.x, b.y, b.z);
         abort();
     }
     launches++;
+    count(name);
     if (n > nthr_cap) {
         thr = (Thr *)realloc(thr, sizeof(Thr) * n);
         for (int i = nthr_cap; i < n; i++) thr[i].stack = (char *)malloc(STACK);
@@ -295,9 +323,10 @@ static inline cudaError_t cudaMemGetInfo(size_t *fr, size_t *total) {
 static inline cudaError_t cudaFree(void *p) { if (p) emu_live_allocs--; free(p); return cudaSuccess; }
 static inline cudaError_t cudaMallocHost(void **p, size_t n) { *p = malloc(n); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
 static inline cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
-static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) { memset(p, v, n); return cudaSuccess; }
+static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) { memset(p, v, n); emu::tally_other++; return cudaSuccess; }
 static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind, cudaStream_t) {
     memmove(d, s, n);
+    emu::tally_other++;
     return cudaSuccess;
 }
 
@@ -419,7 +448,7 @@ static inline cudaError_t cudaGetDriverEntryPointByVersion(const char *sym, void
 }
 
 /* kernel<<<g, b, 0, s>>>(args) is rewritten by translate.py into this */
-#define EMU_LAUNCH(g, b, kern, ...) emu::launch(dim3(g), dim3(b), [&]() { kern(__VA_ARGS__); })
+#define EMU_LAUNCH(g, b, kern, ...) emu::launch(dim3(g), dim3(b), [&]() { kern(__VA_ARGS__); }, #kern)
 
 /* ---------------------------------------------------------------- cuBLAS */
 typedef struct emu_blas *cublasHandle_t;
@@ -458,6 +487,7 @@ static inline cublasStatus_t cublasGemmStridedBatchedEx_64(
     if (ldb < (tb == CUBLAS_OP_N ? (k > 1 ? k : 1) : (n > 1 ? n : 1))) return CUBLAS_STATUS_INVALID_VALUE;
     if (ldc < (m > 1 ? m : 1)) return CUBLAS_STATUS_INVALID_VALUE;
     emu_gemms++;
+    emu::tally_other++;
     /* contiguous copies of op(A) rows and op(B) columns keep the dot products fast */
     float *Ar = (float *)malloc(sizeof(float) * (m * k + 1)), *Bc = (float *)malloc(sizeof(float) * (n * k + 1));
     for (int64_t b = 0; b < batch; b++) {
