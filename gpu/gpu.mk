@@ -73,8 +73,9 @@ $(CUDA_EMU)/$(CUDA_PLUGIN): $(CUDA_EMU)/backend_cuda_emu.cpp tests/gpu/emu/emu_c
 $(CUDA_EMU)/test_cuda_ops: tests/gpu/test_cuda_ops.c $(LIBKRONA)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
+# the cases split over EMU_JOBS processes (default: every CPU)
 cuda-emu: $(CUDA_EMU)/test_cuda_ops $(CUDA_EMU)/$(CUDA_PLUGIN)
-	OMP_NUM_THREADS=1 KRONA_BACKEND_PATH=$(CUDA_EMU) ./$(CUDA_EMU)/test_cuda_ops --small
+	sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU) $(EMU_JOBS)
 
 cuda-emu-train: krona-studio $(CUDA_EMU)/$(CUDA_PLUGIN)
 	sh tests/gpu/emu/train-e2e.sh
