@@ -784,6 +784,20 @@ __global__ void partial_final_k(const float *part, int P, int C, float *out, flo
         out[i] += scale * s;
     }
 }
+/* two partial_final_k in one launch (one launch fewer per call: a step is
+ * launch-bound on small models): o1[0..C1) from p1, o2[0..C2) from p2, each
+ * element summed in the same order as partial_final_k */
+__global__ void partial_final2_k(const float *p1, int C1, float *o1, const float *p2, int C2, float *o2,
+                                 int P, float scale) {
+    GSTRIDE(i, (int64_t)C1 + C2) {
+        int first = i < C1, C = first ? C1 : C2;
+        int64_t j = first ? i : i - C1;
+        const float *part = first ? p1 : p2;
+        float s = 0.f;
+        for (int p = 0; p < P; p++) s += part[(int64_t)p * C + j];
+        (first ? o1 : o2)[j] += scale * s;
+    }
+}
 static int col_slices(int64_t M) {
     int64_t p = (M + 63) / 64;
     return (int)(p < 1 ? 1 : (p > 512 ? 512 : p));
@@ -1265,13 +1279,10 @@ static void cu_layer_norm_bwd(Backend *be, const float *dy, const float *x, cons
         ln_bwd_params_partial_k<<<g, b, 0, c->stream>>>(dy, x, mean, rstd, M, C, part,
                                                         part + (int64_t)P * C);
         LAUNCHED(c);
-        if (dgamma) {
-            partial_final_k<<<grid_1d(C), TPB, 0, c->stream>>>(part, P, C, dgamma, 1.f);
-            LAUNCHED(c);
-        }
-        if (dbeta) {
-            partial_final_k<<<grid_1d(C), TPB, 0, c->stream>>>(part + (int64_t)P * C, P, C,
-                                                               dbeta, 1.f);
+        int c1 = dgamma ? C : 0, c2 = dbeta ? C : 0;
+        if (c1 + c2) {
+            partial_final2_k<<<grid_1d(c1 + c2), TPB, 0, c->stream>>>(part, c1, dgamma, part + (int64_t)P * C,
+                                                                      c2, dbeta, P, 1.f);
             LAUNCHED(c);
         }
         dfree(c, part);
@@ -2325,8 +2336,11 @@ static void cu_kron_bwd(Backend *be, const float *dy, const float *x, const floa
         kron_bwd_k<<<nb, TPB, sm, c->stream>>>(dy, x, A, B, dx, pA, pB, M, a1, a2, b1, b2, af, scale,
                                                 (M + nb - 1) / nb, R);
         LAUNCHED(c);
-        if (dA) { partial_final_k<<<grid_1d(aa), TPB, 0, c->stream>>>(pA, nb, (int)aa, dA, scale); LAUNCHED(c); }
-        if (dB) { partial_final_k<<<grid_1d(bb), TPB, 0, c->stream>>>(pB, nb, (int)bb, dB, scale); LAUNCHED(c); }
+        int ca = dA ? (int)aa : 0, cb = dB ? (int)bb : 0;
+        if (ca + cb) {
+            partial_final2_k<<<grid_1d(ca + cb), TPB, 0, c->stream>>>(pA, ca, dA, pB, cb, dB, nb, scale);
+            LAUNCHED(c);
+        }
         dfree(c, part);
         return;
     }
