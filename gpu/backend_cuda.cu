@@ -660,6 +660,13 @@ static void frozen_expand(Cuda *c, Frozen *f) {
         }
     }
 }
+/* before a read of [p, p + bytes) the promise does not cover (a generic
+ * gemm's operand, a copy across a range's edge): f32 back in every compact
+ * range it overlaps */
+static void unshrink(Cuda *c, const void *p, size_t bytes) {
+    if (!c->n_frozen || !bytes) return;
+    for (Frozen *f = compacted(c, p, bytes); f; f = compacted(c, p, bytes)) frozen_expand(c, f);
+}
 /* dst = src as the model would read it when src lies in a compact range's
  * weights: their bf16 values, widened (0). Anything else overlapping them
  * brings the f32 back first (-1: copy src as it is now). */
@@ -671,14 +678,8 @@ static int copy_from_compact(Cuda *c, float *dst, const void *src, size_t bytes)
         LAUNCHED(c);
         return 0;
     }
-    for (; f; f = compacted(c, src, bytes)) frozen_expand(c, f);
+    unshrink(c, src, bytes);
     return -1;
-}
-/* before a read the promise does not cover (a generic gemm's operand) */
-static void unshrink(Cuda *c, const float *p, int64_t n) {
-    if (!c->n_frozen || n <= 0) return;
-    for (Frozen *f = compacted(c, p, (size_t)n * sizeof(float)); f; f = compacted(c, p, (size_t)n * sizeof(float)))
-        frozen_expand(c, f);
 }
 /* x[0..n) inside a frozen range: its place in the range's bf16 copy, made on
  * first use: compact when the range allows (frozen_compact), else when it
@@ -741,8 +742,8 @@ static void cu_gemm(Backend *be, int transA, int transB, int M, int N, int K, fl
                     int ldc) {
     Cuda *c = CU(be);
     if (c->n_frozen && M > 0 && N > 0 && K > 0) {
-        unshrink(c, A, operand_span(transA ? K : M, transA ? M : K, lda, 0, 1));
-        unshrink(c, B, operand_span(transB ? N : K, transB ? K : N, ldb, 0, 1));
+        unshrink(c, A, (size_t)operand_span(transA ? K : M, transA ? M : K, lda, 0, 1) * sizeof(float));
+        unshrink(c, B, (size_t)operand_span(transB ? N : K, transB ? K : N, ldb, 0, 1) * sizeof(float));
     }
     gemm1(c, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -752,8 +753,8 @@ static void cu_gemm_batched(Backend *be, int transA, int transB, int M, int N, i
                             int batch) {
     Cuda *c = CU(be);
     if (c->n_frozen && M > 0 && N > 0 && K > 0 && batch > 0) {
-        unshrink(c, A, operand_span(transA ? K : M, transA ? M : K, lda, sA, batch));
-        unshrink(c, B, operand_span(transB ? N : K, transB ? K : N, ldb, sB, batch));
+        unshrink(c, A, (size_t)operand_span(transA ? K : M, transA ? M : K, lda, sA, batch) * sizeof(float));
+        unshrink(c, B, (size_t)operand_span(transB ? N : K, transB ? K : N, ldb, sB, batch) * sizeof(float));
     }
     gemm_sb(c, transA, transB, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch);
 }
@@ -777,25 +778,23 @@ __global__ void colsum_partial_k(const float *X, int64_t M, int C, float *part) 
     }
 }
 /* out[c] += scale * sum_p part[p][c] (fixed order: deterministic) */
+/* the sum of column j of part[P][C], slices in order: one summation order for
+ * every partial sum, so the results do not depend on how launches are grouped */
+__device__ __forceinline__ float partial_sum(const float *part, int P, int C, int64_t j) {
+    float s = 0.f;
+    for (int p = 0; p < P; p++) s += part[(int64_t)p * C + j];
+    return s;
+}
 __global__ void partial_final_k(const float *part, int P, int C, float *out, float scale) {
-    GSTRIDE(i, C) {
-        float s = 0.f;
-        for (int p = 0; p < P; p++) s += part[(int64_t)p * C + i];
-        out[i] += scale * s;
-    }
+    GSTRIDE(i, C) out[i] += scale * partial_sum(part, P, C, i);
 }
 /* two partial_final_k in one launch (one launch fewer per call: a step is
- * launch-bound on small models): o1[0..C1) from p1, o2[0..C2) from p2, each
- * element summed in the same order as partial_final_k */
+ * launch-bound on small models): o1[0..C1) from p1, o2[0..C2) from p2 */
 __global__ void partial_final2_k(const float *p1, int C1, float *o1, const float *p2, int C2, float *o2,
                                  int P, float scale) {
     GSTRIDE(i, (int64_t)C1 + C2) {
-        int first = i < C1, C = first ? C1 : C2;
-        int64_t j = first ? i : i - C1;
-        const float *part = first ? p1 : p2;
-        float s = 0.f;
-        for (int p = 0; p < P; p++) s += part[(int64_t)p * C + j];
-        (first ? o1 : o2)[j] += scale * s;
+        if (i < C1) o1[i] += scale * partial_sum(p1, P, C1, i);
+        else o2[i - C1] += scale * partial_sum(p2, P, C2, i - C1);
     }
 }
 static int col_slices(int64_t M) {

@@ -421,7 +421,6 @@ static void param_layout(UNet *u, float *block, int grads) {
     }
 }
 
-
 UNet *unet_create(const UNetConfig *cfg, Backend *be, char *err, size_t errlen) {
     if (cfg_valid(cfg, err, errlen)) return NULL;
     UNet *u = calloc(1, sizeof *u);

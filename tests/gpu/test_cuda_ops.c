@@ -25,6 +25,7 @@
 #include <time.h>
 
 #include "core/backend.h"
+#include "core/half.h"
 
 enum { IN, OUT, ACC, NUL, IDS };
 
@@ -562,14 +563,6 @@ static float *xmalloc(size_t n) {
 
 /* ------------------------------------------------------------ compact weights */
 
-static float bf16r(float x) { /* round to nearest even at 8 mantissa bits, as core/half.h */
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7f800000u) != 0x7f800000u) u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&x, &u, 4);
-    return x;
-}
 static double max_rel(const float *a, const float *b, int64_t n) {
     double m = 0, s = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -669,7 +662,7 @@ static int test_compact(Backend *gpu, Backend *cpu) {
     fails += check(what, saved >= nw * 4 / 3.0);
 
     /* copies of the weights come back as bf16 values; of the biases exactly */
-    for (int64_t i = 0; i < n; i++) want[i] = i < nw ? bf16r(h[i]) : h[i];
+    for (int64_t i = 0; i < n; i++) want[i] = i < nw ? bf16_round(h[i]) : h[i];
     gpu->copy(gpu, out, blk + 1000, 64 * 4);
     gpu->download(gpu, got, out, 64 * 4);
     fails += check("copy out of the linear weight: bf16 values", memcmp(got, want + 1000, 64 * 4) == 0);
@@ -714,7 +707,7 @@ static int test_compact(Backend *gpu, Backend *cpu) {
         snprintf(what, sizeof what, "compact again: linear fwd as unpromised (rel %.1e <= 1e-5)", r);
         fails += check(what, r <= 1e-5);
     }
-    for (int64_t i = 0; i < n; i++) want[i] = i < nw ? bf16r(h[i]) : h[i];
+    for (int64_t i = 0; i < n; i++) want[i] = i < nw ? bf16_round(h[i]) : h[i];
     for (int64_t i = 0; i < 4096; i++) want[5000 + i] = h[5000 + i] = 0.25f + (float)i;
     gpu->upload(gpu, blk + 5000, h + 5000, 4096 * 4);
     gpu->download(gpu, got, blk, (size_t)n * 4);
