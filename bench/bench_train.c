@@ -20,6 +20,7 @@
 
 #include "core/backend.h"
 #include "core/fmt.h"
+#include "core/replay.h"
 #include "flops.h"
 #include "core/rng.h"
 #include "models/adapter_census.h"
@@ -39,6 +40,7 @@ typedef struct Row {
     double ms_median, ms_min;
     double peak_mb;
     double gflop; /* one step's matrix products (flops.h) */
+    char replay[8]; /* the UNet pass replayed as one recording (CUDA graph): yes, no, - (no such thing) */
 } Row;
 
 /* dense tensor-core peaks of cards we know, TFLOP/s (datasheets); 0: unknown */
@@ -61,6 +63,28 @@ static int cmp_d(const void *a, const void *b) {
 }
 
 static char device_desc[128]; /* the card's name, for the table's header */
+
+/* the step's device part, as the trainer's (core/replay.h): forward, the
+ * loss's gradient, backward */
+typedef struct {
+    UNet *u;
+    const float *x, *t, *ctx, *added, *tgt;
+    float *y, *dy, *dxin;
+    int B, H, W, L;
+    int64_t n;
+} Pass;
+
+static int pass(void *user) {
+    Pass *p = user;
+    Backend *be = unet_backend(p->u);
+    if (unet_forward(p->u, p->x, p->t, p->ctx, p->added, p->y, p->B, p->H, p->W, p->L, 1) != 0) return -1;
+    be->zero(be, p->dy, sizeof(float) * (size_t)p->n);
+    be->mse_bwd(be, p->y, p->tgt, p->dy, p->n, 1.0f);
+    /* without adapters nothing upstream needs a gradient and the UNet would stop
+     * its backward early: ask for d input so the row is the whole backward,
+     * as its name says (and as PyTorch's reference row computes) */
+    return unet_backward(p->u, p->dy, p->dxin);
+}
 
 static int run(const char *device, const char *prec, const char *model, const char *what,
                const AdapterSpec *spec, int ckpt, int B, int reps, Row *row) {
@@ -152,29 +176,28 @@ static int run(const char *device, const char *prec, const char *model, const ch
     /* the trainer's way: adapter_set_zero_grad and adapter_set_adamw */
     float *dxin = na ? NULL : be->alloc(be, sizeof(float) * (size_t)n);
     double *times = malloc(sizeof(double) * (size_t)reps);
-    int warm = tiny || strcmp(device, "cpu") ? 2 : 1; /* SD on the CPU: minutes per step */
+    /* SD on the CPU: minutes per step; a backend that records does so in a third */
+    int warm = (tiny || strcmp(device, "cpu") ? 2 : 1) + (be->record_begin ? 1 : 0);
+    Pass ps = {u, x, t, ctx, added, tgt, y, dy, na ? NULL : dxin, B, H, W, L, n};
+    Replay rp = {0};
+    double flops = 0; /* counted where the ops ran one by one (a replay calls none) */
     for (int it = -warm; it < reps; it++) { /* warm-up steps first */
         double t0 = now_s();
         fc->flops = 0;
         if (na) adapter_set_zero_grad(set);
-        int failed = unet_forward(u, x, t, ctx, added, y, B, H, W, L, 1) != 0;
-        if (!failed) {
-            be->mse_fwd(be, y, tgt, n);
-            be->zero(be, dy, sizeof(float) * (size_t)n);
-            be->mse_bwd(be, y, tgt, dy, n, 1.0f);
-            /* without adapters nothing upstream needs a gradient and the UNet would stop
-             * its backward early: ask for d input so the row is the whole backward,
-             * as its name says (and as PyTorch's reference row computes) */
-            failed = unet_backward(u, dy, na ? NULL : dxin) != 0;
-        }
-        if (failed) { /* e.g. out of device memory: say why, skip the row */
+        if (replay_run(be, &rp, pass, &ps) != 0) { /* e.g. out of device memory: say why, skip the row */
             fprintf(stderr, "bench_train: %s: %s\n", what, unet_last_error(u));
             return -1;
         }
+        be->mse_fwd(be, y, tgt, n); /* the trainer reads the loss after the backward */
         if (na) adapter_set_adamw(set, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
         be->sync(be);
+        if (fc->flops > flops) flops = fc->flops;
         if (it >= 0) times[it] = (now_s() - t0) * 1000.0;
     }
+    snprintf(row->replay, sizeof row->replay, "%s", !be->record_begin ? "-" : rp.replays >= reps ? "yes" : "no");
+    if (be->record_begin && replay_off(&rp)) fprintf(stderr, "bench_train: %s: not recorded: %s\n", what, rp.why);
+    replay_free(be, &rp);
     qsort(times, (size_t)reps, sizeof(double), cmp_d);
     snprintf(row->what, sizeof row->what, "%s", what);
     row->batch = B;
@@ -182,7 +205,7 @@ static int run(const char *device, const char *prec, const char *model, const ch
     row->ms_median = times[reps / 2];
     row->ms_min = times[0];
     row->peak_mb = be->peak_bytes(be) / 1048576.0;
-    row->gflop = fc->flops / 1e9;
+    row->gflop = flops / 1e9;
     free(times); free(hx); free(hc);
     be->free(be, x); be->free(be, y); be->free(be, tgt); be->free(be, dy); be->free(be, ctx); be->free(be, t);
     if (dxin) be->free(be, dxin);
@@ -290,11 +313,11 @@ int main(int argc, char **argv) {
     len += (size_t)snprintf(buf + len, sizeof buf - len,
                             "krona-studio bench: one training step, %s UNet, %dx%d %s, %d tokens, %s backend\n"
                             "(%s, %s)\n"
-                            "%-24s %5s %5s %10s %12s %10s %10s %9s %8s %8s %7s\n",
+                            "%-24s %5s %5s %10s %12s %10s %10s %9s %8s %8s %7s %6s\n",
                             model, cfg.sample_size, cfg.sample_size, tiny ? "RGB" : "latents",
                             tiny ? 32 : 77, device, device_desc, day, "adapter", "math", "batch",
                             "trainable", "median ms", "min ms", "peak MB", "vs none", "GFLOP", "TFLOP/s",
-                            "% peak");
+                            "% peak", "replay");
     for (int i = 0; i < nr; i++)
         if (rows[i].trainable < 0) /* skipped: the plan did not fit */
             len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5s %5d %10s %12s %10s %10.1f  (planned; more than the free memory)\n",
@@ -311,9 +334,9 @@ int main(int argc, char **argv) {
             double pk = card_peak(device_desc, rows[i].prec, device);
             char share[16] = "-";
             if (pk > 0) snprintf(share, sizeof share, "%.1f%%", 100.0 * tfs / pk);
-            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5s %5d %10lld %12.1f %10.1f %10.1f %9s %8.1f %8.2f %7s\n",
+            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5s %5d %10lld %12.1f %10.1f %10.1f %9s %8.1f %8.2f %7s %6s\n",
                                     rows[i].what, rows[i].prec, rows[i].batch, (long long)rows[i].trainable, rows[i].ms_median,
-                                    rows[i].ms_min, rows[i].peak_mb, over, rows[i].gflop, tfs, share);
+                                    rows[i].ms_min, rows[i].peak_mb, over, rows[i].gflop, tfs, share, rows[i].replay);
         }
     fputs(buf, stdout);
     FILE *f = fopen(out, "w");

@@ -41,6 +41,7 @@ typedef struct {
     size_t bytes; /* rounded size of the block */
     size_t req;   /* bytes asked for (what peak_bytes counts; an address-stable block counts its mapped chunks) */
     Vmm *vm;      /* NULL: cudaMalloc'd */
+    uint64_t born; /* alloc's counter when handed out: which recordings may use it */
 } Block;
 
 /* a set_frozen range and its bf16 copy (NULL: not made yet, or no room);
@@ -90,13 +91,37 @@ typedef struct {
     int vmm_ok;
     size_t gran, vmm_min;
     CUmemAllocationProp vprop;
+    /* recordings (record_begin; CUDA graphs). While recording, alloc takes
+     * only cached blocks and what is freed goes to rcache: blocks the
+     * recordings use as scratch, handed to no one else until the last
+     * recording is freed (a replay would write into them). Blocks carry the
+     * counter seq from when they were handed out; freeing one that a
+     * recording may use (born before its end) makes that recording stale. */
+    int recording, rec_failed;
+    char rec_why[256];
+    uint64_t seq, rec_begin;
+    Block *rcache;
+    size_t rcache_n, rcache_cap;
+    struct Rec *recs[32];
+    int n_recs;
     char err[512];
     long nerr;
 } Cuda;
 
+typedef struct Rec {
+    cudaGraphExec_t exec;
+    uint64_t end_seq; /* blocks born up to here may be used by it */
+    int stale;
+} Rec;
+
 static Cuda *CU(Backend *be) { return (Cuda *)be->impl; }
 
 static void set_err(Cuda *c, const char *op, const char *what, const char *msg) {
+    if (c->recording) { /* fails the recording (the caller runs the ops again), not the backend */
+        if (!c->rec_failed) snprintf(c->rec_why, sizeof c->rec_why, "%s: %s failed: %s", op, what, msg);
+        c->rec_failed = 1;
+        return;
+    }
     c->nerr++;
     if (c->err[0]) return; /* keep the first: later ones are usually its echo */
     snprintf(c->err, sizeof c->err, "cuda backend: %s: %s failed: %s", op, what, msg);
@@ -111,6 +136,14 @@ static int ck_blas(Cuda *c, cublasStatus_t s, const char *op, const char *what) 
     if (s == CUBLAS_STATUS_SUCCESS) return 0;
     set_err(c, op, what, cublasGetStatusString(s));
     return -1;
+}
+/* 1 (and the recording fails, naming what) when something that cannot be
+ * recorded is asked for while recording: the op must then do nothing */
+static int refuse(Cuda *c, const char *what) {
+    if (!c->recording) return 0;
+    if (!c->rec_failed) snprintf(c->rec_why, sizeof c->rec_why, "%s while recording", what);
+    c->rec_failed = 1;
+    return 1;
 }
 #define CK(c, call) ck_cuda((c), (call), __func__, #call)
 #define CB(c, call) ck_blas((c), (call), __func__, #call)
@@ -189,15 +222,31 @@ static void cache_release(Cuda *c) {
 
 /* device memory, not zeroed; for the backend's own workspaces too, so peak
  * counts them */
+/* a cached block of exactly these bytes, taken out of the list; NULL if none */
+static void *cache_take(Block *list, size_t *n, size_t bytes) {
+    for (size_t i = *n; i-- > 0;) {
+        if (list[i].bytes == bytes) {
+            void *p = list[i].p;
+            list[i] = list[--*n];
+            return p;
+        }
+    }
+    return NULL;
+}
 static void *dalloc(Cuda *c, size_t req) {
     size_t bytes = round_bytes(req);
     void *p = NULL;
-    for (size_t i = c->cache_n; i-- > 0;) {
-        if (c->cache[i].bytes == bytes) {
-            p = c->cache[i].p;
-            c->cache[i] = c->cache[--c->cache_n];
-            break;
+    if (c->recording) { /* the recordings' scratch first; never new device memory */
+        p = cache_take(c->rcache, &c->rcache_n, bytes);
+        if (!p) p = cache_take(c->cache, &c->cache_n, bytes);
+        if (!p) {
+            char what[96];
+            snprintf(what, sizeof what, "new device memory (%zu bytes)", bytes);
+            refuse(c, what);
+            return NULL;
         }
+    } else {
+        p = cache_take(c->cache, &c->cache_n, bytes);
     }
     if (!p) {
         cudaError_t e = cudaMalloc(&p, bytes);
@@ -215,7 +264,7 @@ static void *dalloc(Cuda *c, size_t req) {
         }
         c->reserved += bytes;
     }
-    Block b = {p, bytes, req, NULL};
+    Block b = {p, bytes, req, NULL, ++c->seq};
     if (live_insert(c, b)) {
         set_err(c, "alloc", "live table", "host out of memory");
         cudaFree(p);
@@ -228,6 +277,19 @@ static void *dalloc(Cuda *c, size_t req) {
 }
 
 static void vmm_release(Cuda *c, Block *b);
+/* 0 when the list could not grow (the caller frees the block) */
+static int cache_put(Cuda *c, Block **list, size_t *n, size_t *cap, Block b) {
+    (void)c;
+    if (*n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 256;
+        Block *nl = (Block *)realloc(*list, ncap * sizeof(Block));
+        if (!nl) return 0;
+        *list = nl;
+        *cap = ncap;
+    }
+    (*list)[(*n)++] = b;
+    return 1;
+}
 static void dfree(Cuda *c, void *p) {
     if (!p) return;
     Block b;
@@ -235,16 +297,24 @@ static void dfree(Cuda *c, void *p) {
         set_err(c, "free", "lookup", "pointer was not allocated by this backend (or freed twice)");
         return;
     }
+    if (c->recording) {
+        if (b.born < c->rec_begin) refuse(c, "freeing memory allocated before the recording began");
+        if (b.vm) { /* cannot give pages back now: kept, live, until destroy */
+            refuse(c, "freeing an address-stable block");
+            live_insert(c, b);
+            return;
+        }
+    } else {
+        for (int i = 0; i < c->n_recs; i++) /* a recording may use it: record again */
+            if (b.born <= c->recs[i]->end_seq) c->recs[i]->stale = 1;
+    }
     if (b.vm) { vmm_release(c, &b); return; } /* never cached: its addresses go back too */
     c->live_req -= b.req;
-    if (c->cache_n == c->cache_cap) {
-        size_t ncap = c->cache_cap ? c->cache_cap * 2 : 256;
-        Block *nc = (Block *)realloc(c->cache, ncap * sizeof(Block));
-        if (!nc) { CK(c, cudaFree(p)); c->reserved -= b.bytes; return; }
-        c->cache = nc;
-        c->cache_cap = ncap;
+    if (!cache_put(c, c->recording ? &c->rcache : &c->cache, c->recording ? &c->rcache_n : &c->cache_n,
+                   c->recording ? &c->rcache_cap : &c->cache_cap, b)) {
+        CK(c, cudaFree(p));
+        c->reserved -= b.bytes;
     }
-    c->cache[c->cache_n++] = b;
 }
 
 /* ---------------------------------------------- address-stable blocks
@@ -322,10 +392,11 @@ static void vmm_release(Cuda *c, Block *b) {
 /* bytes of address space in chunks of at most 512 per block, all mapped
  * (map) or none; NULL without a record when it cannot be had */
 static void *vmm_alloc(Cuda *c, size_t req, int map) {
+    if (refuse(c, "new address-stable memory")) return NULL;
     size_t g = c->gran, chunk = g * ((req + 512 * g - 1) / (512 * g));
     if (chunk < g) chunk = g;
     int64_t n = (int64_t)((req + chunk - 1) / chunk);
-    Block b = {NULL, (size_t)n * chunk, 0, (Vmm *)calloc(1, sizeof(Vmm))};
+    Block b = {NULL, (size_t)n * chunk, 0, (Vmm *)calloc(1, sizeof(Vmm)), ++c->seq};
     if (!b.vm || !(b.vm->h = (CUmemGenericAllocationHandle *)calloc((size_t)n, sizeof *b.vm->h))) {
         free(b.vm);
         return NULL;
@@ -469,6 +540,7 @@ static int bf16_copies_allowed(void) {
     return !(env && env[0] == '0');
 }
 static void frozen_drop(Cuda *c, int i, int expand) {
+    if (refuse(c, "a write to frozen weights")) return;
     if (expand && c->frozen[i].compact) frozen_expand(c, &c->frozen[i]);
     dfree(c, c->frozen[i].bf);
     c->frozen[i] = c->frozen[--c->n_frozen];
@@ -509,7 +581,7 @@ static void cu_set_frozen(Backend *be, const float *p, int64_t n, int64_t n_w) {
             if (c->frozen[i].n == n && c->frozen[i].nw == n_w) return; /* the same promise again: keep its copy */
             frozen_drop(c, i, 1);
         }
-    if (n <= 0 || !p) return;
+    if (n <= 0 || !p || refuse(c, "a new set_frozen promise")) return;
     if (c->n_frozen == (int)(sizeof c->frozen / sizeof c->frozen[0])) frozen_drop(c, 0, 1); /* oldest goes */
     Frozen f = {p, n, n_w, NULL, 0, 0};
     c->frozen[c->n_frozen++] = f;
@@ -525,7 +597,7 @@ static void cu_free(Backend *be, void *p) {
 }
 static void cu_upload(Backend *be, void *dst, const void *src, size_t bytes) {
     Cuda *c = CU(be);
-    if (!bytes) return;
+    if (!bytes || refuse(c, "upload")) return;
     if (c->n_frozen) frozen_touch(c, dst, bytes, 1);
     CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
     /* the caller may reuse src as soon as we return */
@@ -534,7 +606,7 @@ static void cu_upload(Backend *be, void *dst, const void *src, size_t bytes) {
 static int copy_from_compact(Cuda *c, float *dst, const void *src, size_t bytes);
 static void cu_download(Backend *be, void *dst, const void *src, size_t bytes) {
     Cuda *c = CU(be);
-    if (!bytes) return;
+    if (!bytes || refuse(c, "download")) return;
     float *tmp = NULL; /* bf16-only weights: widened on the device first */
     if (c->n_frozen && compacted(c, src, bytes) && (tmp = (float *)dalloc(c, bytes)) &&
         copy_from_compact(c, tmp, src, bytes) == 0)
@@ -558,6 +630,7 @@ static void cu_zero(Backend *be, void *p, size_t bytes) {
 }
 static void cu_sync(Backend *be) {
     Cuda *c = CU(be);
+    if (refuse(c, "sync")) return;
     CK(c, cudaStreamSynchronize(c->stream));
 }
 static size_t cu_peak(Backend *be) { return CU(be)->peak_req; }
@@ -645,6 +718,7 @@ undo: /* no room for the next chunk of the copy: what went back comes back */
 /* f's weights in f32 again (each chunk given back: mapped, filled from the
  * bf16 copy, so the values the GEMMs used); the copy stays valid */
 static void frozen_expand(Cuda *c, Frozen *f) {
+    if (refuse(c, "frozen weights back in f32")) return;
     Block *wb = live_find(c, f->p);
     f->compact = 0;
     if (!wb || !wb->vm) return;
@@ -690,6 +764,7 @@ static const __nv_bfloat16 *frozen_bf16(Cuda *c, const float *x, int64_t n) {
         Frozen *f = &c->frozen[i];
         if (x < f->p || x + n > f->p + f->n) continue;
         if (!f->bf && !f->tried) {
+            if (refuse(c, "the first bf16 copy of frozen weights")) return NULL;
             f->tried = 1;
             size_t fr = 0, total = 0, want = (size_t)f->n * sizeof(__nv_bfloat16);
             if (bf16_copies_allowed() && frozen_compact(c, f) != 0) {
@@ -2076,6 +2151,7 @@ __global__ void mse_final_k(const float *part, int P, int64_t n, float *out) {
 }
 static float cu_mse_fwd(Backend *be, const float *pred, const float *target, int64_t n) {
     Cuda *c = CU(be);
+    if (refuse(c, "mse_fwd (its loss goes to the host)")) return NAN;
     if (n <= 0) return 0.f;
     unsigned P = grid_1d(n);
     if (P > MSE_BLOCKS) P = MSE_BLOCKS;
@@ -2428,6 +2504,10 @@ static const char *cu_device_name(Backend *be);
 static int cu_set_precision(Backend *be, int prec);
 static size_t cu_reserved(Backend *be);
 static size_t cu_free_bytes(Backend *be);
+static int cu_record_begin(Backend *be);
+static void *cu_record_end(Backend *be, char *why, size_t whylen);
+static int cu_replay(Backend *be, void *rec);
+static void cu_record_free(Backend *be, void *rec);
 
 /* NULL with a one-line reason when there is no usable GPU or driver.
  * Env KRONA_CUDA_TF32=0 makes precision auto mean FP32 instead of TF32. */
@@ -2482,6 +2562,10 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     fused_setup(c);
     smem_setup(c);
     vmm_setup(c);
+    /* cuBLAS's workspace our own, so recorded GEMMs never ask for memory
+     * (32 MiB: what NVIDIA advises for Hopper); a failure only costs speed */
+    void *ws = dalloc(c, (size_t)32 << 20);
+    if (!ws || cublasSetWorkspace(c->blas, ws, (size_t)32 << 20) != CUBLAS_STATUS_SUCCESS) c->err[0] = 0;
 
     be->name = "cuda";
     be->impl = c;
@@ -2493,6 +2577,10 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     be->zero = cu_zero;
     be->sync = cu_sync;
     be->set_frozen = cu_set_frozen;
+    be->record_begin = cu_record_begin;
+    be->record_end = cu_record_end;
+    be->replay = cu_replay;
+    be->record_free = cu_record_free;
     be->peak_bytes = cu_peak;
     be->destroy = cu_destroy;
     be->last_error = cu_last_error;
@@ -2546,6 +2634,79 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     return be;
 }
 
+/* ---- recordings (core/backend.h: record_begin ... record_end, replay) ----
+ * CUDA stream capture into a graph: a training step's ~1,500 launches become
+ * one. Env KRONA_CUDA_GRAPHS=0: record_begin always declines. */
+static int cu_record_begin(Backend *be) {
+    Cuda *c = CU(be);
+    const char *env = getenv("KRONA_CUDA_GRAPHS");
+    if ((env && env[0] == '0') || c->recording || c->err[0] ||
+        c->n_recs == (int)(sizeof c->recs / sizeof c->recs[0]))
+        return -1;
+    /* thread-local: a call that cannot be captured fails here, in our thread */
+    if (CK(c, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal))) return -1;
+    c->recording = 1;
+    c->rec_failed = 0;
+    c->rec_why[0] = 0;
+    c->rec_begin = ++c->seq;
+    return 0;
+}
+/* the recordings' scratch goes back to everyone once no recording is left */
+static void rcache_flush(Cuda *c) {
+    for (size_t i = 0; i < c->rcache_n; i++)
+        if (!cache_put(c, &c->cache, &c->cache_n, &c->cache_cap, c->rcache[i])) {
+            CK(c, cudaFree(c->rcache[i].p));
+            c->reserved -= c->rcache[i].bytes;
+        }
+    c->rcache_n = 0;
+}
+static void *cu_record_end(Backend *be, char *why, size_t whylen) {
+    Cuda *c = CU(be);
+    if (!c->recording) {
+        snprintf(why, whylen, "record_end without record_begin");
+        return NULL;
+    }
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+    c->recording = 0;
+    Rec *r = NULL;
+    if (e == cudaSuccess && !c->rec_failed && g && (r = (Rec *)calloc(1, sizeof *r)) &&
+        (e = cudaGraphInstantiate(&r->exec, g, 0)) == cudaSuccess) {
+        cudaGraphDestroy(g);
+        r->end_seq = c->seq;
+        c->recs[c->n_recs++] = r;
+        return r;
+    }
+    cudaGetLastError(); /* the failure is the recording's, not the backend's */
+    if (c->rec_failed) snprintf(why, whylen, "%s", c->rec_why);
+    else if (e != cudaSuccess) snprintf(why, whylen, "CUDA graph capture failed: %s", cudaGetErrorString(e));
+    else snprintf(why, whylen, "out of host memory");
+    if (g) cudaGraphDestroy(g);
+    free(r);
+    if (!c->n_recs) rcache_flush(c);
+    return NULL;
+}
+static int cu_replay(Backend *be, void *rec) {
+    Cuda *c = CU(be);
+    Rec *r = (Rec *)rec;
+    if (!r || r->stale || c->recording) return -1;
+    CK(c, cudaGraphLaunch(r->exec, c->stream));
+    return 0;
+}
+static void cu_record_free(Backend *be, void *rec) {
+    Cuda *c = CU(be);
+    if (!rec) return;
+    for (int i = 0; i < c->n_recs; i++) {
+        if (c->recs[i] != rec) continue;
+        CK(c, cudaStreamSynchronize(c->stream)); /* a replay may still be running */
+        CK(c, cudaGraphExecDestroy(c->recs[i]->exec));
+        free(c->recs[i]);
+        c->recs[i] = c->recs[--c->n_recs];
+        if (!c->n_recs) rcache_flush(c);
+        return;
+    }
+}
+
 /* Waits for queued work, frees every device buffer (live or cached), the stream
  * and the cuBLAS handle, then the Backend itself. */
 static void cu_destroy(Backend *be) {
@@ -2555,8 +2716,14 @@ static void cu_destroy(Backend *be) {
         if (c->live[i].p && c->live[i].vm) vmm_release(c, &c->live[i]);
         else if (c->live[i].p) cudaFree(c->live[i].p);
     for (size_t i = 0; i < c->cache_n; i++) cudaFree(c->cache[i].p);
+    for (size_t i = 0; i < c->rcache_n; i++) cudaFree(c->rcache[i].p);
+    for (int i = 0; i < c->n_recs; i++) {
+        cudaGraphExecDestroy(c->recs[i]->exec);
+        free(c->recs[i]);
+    }
     free(c->live);
     free(c->cache);
+    free(c->rcache);
     cublasDestroy(c->blas);
     cudaFreeHost(c->host_scalar);
     cudaStreamDestroy(c->stream);
@@ -2576,6 +2743,7 @@ static int cu_set_precision(Backend *be, int prec) {
     Cuda *c = CU(be);
     if (prec == KRONA_PREC_AUTO) prec = c->prec_auto;
     if (prec != KRONA_PREC_FP32 && prec != KRONA_PREC_TF32 && prec != KRONA_PREC_BF16) return -1;
+    if (refuse(c, "set_precision")) return -1;
     for (int i = 0; prec != KRONA_PREC_BF16 && i < c->n_frozen; i++) { /* f32 GEMMs read the f32 */
         Frozen *f = &c->frozen[i];
         if (f->compact) frozen_expand(c, f);
@@ -2596,6 +2764,7 @@ static size_t cu_reserved(Backend *be) { return CU(be)->reserved; }
 static size_t cu_free_bytes(Backend *be) {
     Cuda *c = CU(be);
     size_t fr = 0, total = 0;
+    if (refuse(c, "free_bytes")) return 0;
     if (cudaMemGetInfo(&fr, &total) != cudaSuccess) { cudaGetLastError(); return 0; }
     size_t cached = 0;
     for (size_t i = 0; i < c->cache_n; i++) cached += c->cache[i].bytes;

@@ -30,9 +30,13 @@ for f in gpu/*.cu; do
 done
 if grep -rn 'KRONA_CUDA\b\|ifdef.*CUDA' src tui cli; then echo "check-layers: a backend #ifdef in the engine or a front end"; bad=1; fi
 # every slot of the op table has a CPU implementation cpu_<slot> and a CUDA twin cu_<slot>,
-# so an op's code is found by name in both backends
+# so an op's code is found by name in both backends; a section of backend.h headed
+# "---- ... (optional" holds slots a backend may leave NULL (the CPU does)
+optional=$(awk '/\/\* ---- /{opt = /\(optional/} opt' src/core/backend.h | sed -n 's/.*(\*\([a-z0-9_]*\))(Backend \*be.*/\1/p')
 for slot in $(sed -n 's/.*(\*\([a-z0-9_]*\))(Backend \*be.*/\1/p' src/core/backend.h); do
-    grep -q "be->$slot = cpu_" src/core/backend_cpu.c || { echo "check-layers: op $slot: no be->$slot = cpu_... in src/core/backend_cpu.c"; bad=1; }
+    case " $(echo $optional) " in *" $slot "*) ;; *)
+    grep -q "be->$slot = cpu_" src/core/backend_cpu.c || { echo "check-layers: op $slot: no be->$slot = cpu_... in src/core/backend_cpu.c"; bad=1; } ;;
+    esac
     grep -q "be->$slot = cu_" gpu/backend_cuda.cu || { echo "check-layers: op $slot: no be->$slot = cu_... in gpu/backend_cuda.cu"; bad=1; }
 done
 [ $bad -eq 0 ] && echo "== layers: src/{training,models,formats,core}, cli/ and tui/ on top, gpu/ a plugin: ok =="

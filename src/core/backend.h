@@ -84,6 +84,26 @@ struct Backend {
      * another mode, or a write, brings f32 back, rounded as it was used. */
     void (*set_frozen)(Backend *be, const float *p, int64_t n, int64_t n_w);
 
+    /* ---- recorded sequences (optional: NULL where the backend has none) ----
+     * What lets a training step cost one launch instead of a thousand (CUDA
+     * graphs). record_begin: the ops that follow are recorded, not run, until
+     * record_end, which returns the recording, or NULL with a one-line reason
+     * in why (nothing ran then: run the ops again; last_error is untouched).
+     * Between the two only ops on device memory that the backend already has
+     * room for: no upload, download, sync, mse_fwd, set_precision, alloc that
+     * needs new device memory (record after one step run the usual way, so the
+     * backend's caches hold what the ops need). Ops must not take their inputs
+     * from host memory that changes between replays: they would replay the
+     * values of the recording (host scalars like alpha are taken as recorded).
+     * replay runs the recorded ops again, on the same pointers, queued like
+     * any op; it returns -1 and runs nothing when memory the recording used
+     * has been freed since (record again). A backend's memory used inside a
+     * recording stays reserved for it until record_free. */
+    int (*record_begin)(Backend *be);
+    void *(*record_end)(Backend *be, char *why, size_t whylen);
+    int (*replay)(Backend *be, void *rec);
+    void (*record_free)(Backend *be, void *rec);
+
     /* ---- dense algebra ----
      * C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, row-major,
      * op(X) = X or X^T per trans flag; ld* are row strides as stored. */
@@ -243,7 +263,7 @@ static inline int kron_a_first(int a1, int a2, int b1, int b2) {
  * backend_cpu.c; a plugin krona-backend-NAME.so exports
  *     const BackendDriver *krona_backend_plugin(int abi);
  * returning its driver when abi == KRONA_BACKEND_ABI (else NULL: a stale build). */
-#define KRONA_BACKEND_ABI 7 /* bump when struct Backend or BackendDriver changes */
+#define KRONA_BACKEND_ABI 8 /* bump when struct Backend or BackendDriver changes */
 
 typedef struct BackendDriver {
     const char *name;  /* what --device / `device =` names: "cpu", "cuda" */

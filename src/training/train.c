@@ -17,6 +17,7 @@
 #include "models/adapter_census.h"
 #include "models/diffusion.h"
 #include "core/fsutil.h"
+#include "core/replay.h"
 #include "core/rng.h"
 #include "formats/json.h"
 #include "formats/safetensors.h"
@@ -49,6 +50,10 @@ struct Trainer {
     int64_t per;           /* floats per image at px x px: the largest bucket's */
     BucketSize *buckets;   /* the training sizes: training/buckets.h, or px x px alone */
     int n_buckets;
+    /* [n_buckets][2]: each size's UNet pass (instance, prior), replayed as one
+     * recording where the backend can (CUDA graphs) */
+    Replay *replays;
+    int replay_said;       /* recording's start or stop logged */
     ImageSet img, cls;     /* instance images, class images (prior preservation) */
 
     /* device */
@@ -471,6 +476,47 @@ static int te_backprop(Trainer *t, int n, char *e, size_t elen) {
  * *loss = the batch loss. The batch comes from one bucket: its first image is
  * drawn from all, the others from that image's bucket (without buckets: all
  * from all). 0, or -1 with t->err when the UNet could not run (e.g. out of memory). */
+/* The device part of a pass, the same ops every step for one size and kind
+ * (replay.h): UNet forward, the loss's gradient, UNet backward. Reads xt,
+ * tdev, ctx_batch and target; the per-step values are in them already. */
+typedef struct {
+    Trainer *t;
+    int H, W;
+    int64_t n;
+    float weight;
+} UnetPass;
+
+static int unet_pass(void *user) {
+    UnetPass *ps = user;
+    Trainer *t = ps->t;
+    Backend *be = t->be;
+    int B = t->p.batch;
+    if (model_unet_forward(t->m, t->xt, t->tdev, t->ctx_batch, t->out, B, ps->H, ps->W, 1) != 0) {
+        snprintf(t->err, sizeof t->err, "step %d: UNet forward: %s", t->step + 1, unet_last_error(t->m->unet));
+        return -1;
+    }
+    be->zero(be, t->dout, sizeof(float) * (size_t)ps->n);
+    be->mse_bwd(be, t->out, t->target, t->dout, ps->n, ps->weight);
+    if (t->te_on) be->zero(be, t->dctx, sizeof(float) * (size_t)t->m->cond_floats * (size_t)B);
+    /* dctx holds [B, L, ctx_dim] then, for SDXL, d added [B, P + 6] */
+    float *dadded = t->te_on && t->m->te2 ? t->dctx + (int64_t)B * t->m->context_len * t->m->ctx_dim : NULL;
+    if (unet_backward_cond(t->m->unet, t->dout, NULL, t->te_on ? t->dctx : NULL, dadded) != 0) {
+        snprintf(t->err, sizeof t->err, "step %d: UNet backward: %s", t->step + 1, unet_last_error(t->m->unet));
+        return -1;
+    }
+    return 0;
+}
+
+/* one log line when the pass is first replayed, or when recording stopped */
+static void say_replay(Trainer *t, const Replay *r) {
+    if (t->replay_said || !t->be->record_begin) return;
+    if (r->replays) tlog(t, "step %d: UNet pass recorded on %s, replayed as one launch from now on",
+                         t->step + 1, t->be->name);
+    else if (replay_off(r)) tlog(t, "UNet pass not recorded (runs op by op): %s", r->why);
+    else return;
+    t->replay_said = 1;
+}
+
 static int forward_backward(Trainer *t, const ImageSet *set, const float *ctx, const int32_t *ids,
                             int per_image, int prior, float weight, float *loss_out) {
     Backend *be = t->be;
@@ -517,20 +563,12 @@ static int forward_backward(Trainer *t, const ImageSet *set, const float *ctx, c
     be->upload(be, t->tdev, t->htf, sizeof(float) * (size_t)B);
     diffusion_q_sample(be, &m->sched, t->x0, t->noise, t->ht, t->xt, B, per);
     diffusion_target(be, &m->sched, t->x0, t->noise, t->ht, t->target, B, per);
-    if (model_unet_forward(m, t->xt, t->tdev, t->ctx_batch, t->out, B, H, W, 1) != 0) {
-        snprintf(t->err, sizeof t->err, "step %d: UNet forward: %s", t->step + 1, unet_last_error(t->m->unet));
-        return -1;
-    }
+    UnetPass ps = {t, H, W, n_all, weight};
+    if (replay_run(be, &t->replays[2 * k + prior], unet_pass, &ps) != 0) return -1;
+    say_replay(t, &t->replays[2 * k + prior]);
+    /* after the backward: reading the loss waits for the device, so the host
+     * queues the whole pass first */
     *loss_out = be->mse_fwd(be, t->out, t->target, n_all);
-    be->zero(be, t->dout, sizeof(float) * (size_t)n_all);
-    be->mse_bwd(be, t->out, t->target, t->dout, n_all, weight);
-    if (t->te_on) be->zero(be, t->dctx, cb * (size_t)B);
-    /* dctx holds [B, L, ctx_dim] then, for SDXL, d added [B, P + 6] */
-    float *dadded = t->te_on && t->m->te2 ? t->dctx + (int64_t)B * t->m->context_len * t->m->ctx_dim : NULL;
-    if (unet_backward_cond(t->m->unet, t->dout, NULL, t->te_on ? t->dctx : NULL, dadded) != 0) {
-        snprintf(t->err, sizeof t->err, "step %d: UNet backward: %s", t->step + 1, unet_last_error(t->m->unet));
-        return -1;
-    }
     if (t->te_on && te_backprop(t, B, e, sizeof e) != 0) {
         snprintf(t->err, sizeof t->err, "step %d: text encoder backward: %s", t->step + 1, e);
         return -1;
@@ -810,7 +848,8 @@ static int setup_buckets(Trainer *t, int cell) {
     int step = train_bucket_step(p, cell);
     int cap = p->buckets ? bucket_count_max(p->resolution, step) : 1;
     t->buckets = malloc(sizeof *t->buckets * (size_t)cap);
-    if (!t->buckets) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
+    t->replays = calloc((size_t)cap * 2, sizeof *t->replays);
+    if (!t->buckets || !t->replays) { snprintf(t->err, sizeof t->err, "out of memory"); return -1; }
     if (!p->buckets) {
         t->buckets[0] = (BucketSize){t->px, t->px};
         t->n_buckets = 1;
@@ -1056,6 +1095,8 @@ void trainer_free(Trainer *t) {
         trainer_join(t);
     }
     Backend *be = t->be;
+    for (int i = 0; t->replays && i < 2 * t->n_buckets; i++) replay_free(be, &t->replays[i]);
+    free(t->replays);
     float *dev[] = {t->ctx_img, t->ctx_class, t->ctx_empty, t->ctx_batch, t->ctx_samples,
                     t->ctx_samples_uncond, t->x0, t->noise, t->xt, t->target, t->out, t->dout,
                     t->tdev, t->dctx, t->pen1, t->pen2, t->pooled, t->dpen1, t->dpen2, t->dpooled};

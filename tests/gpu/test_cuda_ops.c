@@ -561,7 +561,7 @@ static float *xmalloc(size_t n) {
     return p;
 }
 
-/* ------------------------------------------------------------ compact weights */
+/* ------------------------------------------------------------ compact weights, recordings */
 
 static double max_rel(const float *a, const float *b, int64_t n) {
     double m = 0, s = 0;
@@ -572,8 +572,9 @@ static double max_rel(const float *a, const float *b, int64_t n) {
     }
     return m / (s > 1e-6 ? s : 1e-6);
 }
+static const char *check_block = "compact weights";
 static int check(const char *what, int ok) {
-    printf("compact weights: %-66s %s\n", what, ok ? "ok" : "FAIL");
+    printf("%s: %-66s %s\n", check_block, what, ok ? "ok" : "FAIL");
     return !ok;
 }
 
@@ -741,6 +742,136 @@ static int test_compact(Backend *gpu, Backend *cpu) {
     return fails;
 }
 
+/* record_begin ... record_end, replay (CUDA graphs): a sequence of ops like a
+ * UNet pass's (cuBLAS GEMMs, our kernels, the backend's own scratch, a zero,
+ * a copy, a buffer the caller allocates and frees inside) recorded, not run;
+ * replays give what running the ops gives, on the inputs of the moment;
+ * memory the recording uses as scratch goes to no later alloc; what cannot be
+ * recorded (a download, new device memory) fails the recording with a reason
+ * and leaves last_error alone; freeing a buffer it uses makes replay decline. */
+typedef struct {
+    Backend *be;
+    float *x, *W, *b, *y1, *y2, *mean, *rstd, *A, *B, *yk, *o, *lse;
+    int64_t tmp_bytes;
+    int download; /* plant a download inside (must fail the recording) */
+} RecOps;
+enum { R_M = 8, R_IN = 64, R_OUT = 96, R_A1 = 4, R_A2 = 8, R_B1 = 16, R_B2 = 12 };
+static void rec_ops(RecOps *r) {
+    Backend *be = r->be;
+    be->linear_fwd(be, r->x, r->W, r->b, r->y1, R_M, R_IN, R_OUT);
+    be->group_norm_fwd(be, r->y1, NULL, NULL, r->y2, r->mean, r->rstd, 2, 48, 8, 8, 1e-5f);
+    be->silu_fwd(be, r->y2, r->y2, (int64_t)R_M * R_OUT);
+    be->zero(be, r->yk, sizeof(float) * R_M * R_A1 * R_B1);
+    be->kron_fwd(be, r->y2, r->A, r->B, r->yk, R_M, R_A1, R_A2, R_B1, R_B2, 0.5f);
+    be->attention_fwd(be, r->y2, r->y2, r->y2, r->o, r->lse, 1, R_M, R_M, 2, 48, 0.125f, 0);
+    float *tmp = be->alloc(be, (size_t)r->tmp_bytes); /* the caller's own scratch */
+    if (tmp) {
+        be->copy(be, tmp, r->y1, sizeof(float) * R_M * R_OUT);
+        be->axpy(be, 2.f, tmp, r->o, (int64_t)R_M * R_OUT);
+        be->free(be, tmp);
+    }
+    if (r->download) {
+        float h[4];
+        be->download(be, h, r->o, sizeof h);
+    }
+}
+/* every output of rec_ops, one after another */
+static void rec_outputs(RecOps *r, float *h) {
+    Backend *be = r->be;
+    int64_t n1 = R_M * R_OUT, nk = R_M * R_A1 * R_B1;
+    be->download(be, h, r->y1, sizeof(float) * (size_t)n1);
+    be->download(be, h + n1, r->y2, sizeof(float) * (size_t)n1);
+    be->download(be, h + 2 * n1, r->yk, sizeof(float) * (size_t)nk);
+    be->download(be, h + 2 * n1 + nk, r->o, sizeof(float) * (size_t)n1);
+}
+static int test_record(Backend *be) {
+    check_block = "recordings";
+    if (!be->record_begin) {
+        printf("recordings: skipped (the %s backend has none)\n", be->name);
+        return 0;
+    }
+    const int64_t n1 = R_M * R_OUT, nk = R_M * R_A1 * R_B1, nout = 3 * n1 + nk;
+    RecOps r;
+    memset(&r, 0, sizeof r);
+    r.be = be;
+    r.tmp_bytes = sizeof(float) * 5000 + 4; /* a size nothing else asks for */
+    float **bufs[] = {&r.x, &r.W, &r.b, &r.y1, &r.y2, &r.mean, &r.rstd, &r.A, &r.B, &r.yk, &r.o, &r.lse};
+    int64_t sizes[] = {R_M * R_IN, R_OUT * R_IN, R_OUT, n1, n1, 16, 16, R_A1 * R_A2, R_B1 * R_B2, nk, n1, 2 * R_M};
+    float *h = xmalloc(sizeof(float) * R_OUT * R_IN);
+    for (int i = 0; i < 12; i++) {
+        *bufs[i] = be->alloc(be, sizeof(float) * (size_t)sizes[i]);
+        for (int64_t j = 0; j < sizes[i]; j++) h[j] = frand(-1.f, 1.f);
+        be->upload(be, *bufs[i], h, sizeof(float) * (size_t)sizes[i]);
+    }
+    float *e1 = xmalloc(sizeof(float) * (size_t)nout), *e2 = xmalloc(sizeof(float) * (size_t)nout);
+    float *got = xmalloc(sizeof(float) * (size_t)nout), *zero = xmalloc(sizeof(float) * (size_t)nout);
+    memset(zero, 0, sizeof(float) * (size_t)nout);
+    int fails = 0;
+    rec_ops(&r); /* the usual way first: the caches then hold what the ops need */
+    rec_outputs(&r, e1);
+    for (int i = 3; i < 12; i++) if (i != 7 && i != 8) be->zero(be, *bufs[i], sizeof(float) * (size_t)sizes[i]);
+
+    char why[256] = "";
+    int began = be->record_begin(be) == 0;
+    fails += check("record_begin", began);
+    if (!began) goto out;
+    rec_ops(&r);
+    void *rec = be->record_end(be, why, sizeof why);
+    if (!rec) printf("recordings: record_end: %s\n", why);
+    fails += check("record_end gives a recording", rec != NULL);
+    if (!rec) goto out;
+    rec_outputs(&r, got);
+    fails += check("nothing ran while recording", max_rel(got, zero, nout) == 0);
+    fails += check("replay = the ops run one by one", be->replay(be, rec) == 0 &&
+                   (rec_outputs(&r, got), max_rel(got, e1, nout) <= 1e-6));
+    /* new inputs: the replay reads them (pointers recorded, not values) */
+    for (int64_t j = 0; j < R_M * R_IN; j++) h[j] = frand(-2.f, 2.f);
+    be->upload(be, r.x, h, sizeof(float) * R_M * R_IN);
+    rec_ops(&r);
+    rec_outputs(&r, e2);
+    for (int i = 3; i < 12; i++) if (i != 7 && i != 8) be->zero(be, *bufs[i], sizeof(float) * (size_t)sizes[i]);
+    be->replay(be, rec);
+    be->replay(be, rec); /* twice: the same again */
+    rec_outputs(&r, got);
+    fails += check("replay on new inputs = the ops on them", max_rel(got, e2, nout) <= 1e-6 && max_rel(e1, e2, nout) > 1e-3);
+    /* the caller's scratch inside the recording is the recording's: a later
+     * alloc of its size must not get it (a replay would write into it) */
+    float *later = be->alloc(be, (size_t)r.tmp_bytes);
+    for (int64_t j = 0; j < n1; j++) h[j] = (float)j;
+    be->upload(be, later, h, sizeof(float) * (size_t)n1);
+    be->replay(be, rec);
+    be->download(be, got, later, sizeof(float) * (size_t)n1);
+    fails += check("scratch of a recording goes to no later alloc", max_rel(got, h, n1) == 0);
+    be->free(be, later);
+    /* what cannot be recorded */
+    r.download = 1;
+    int ok = be->record_begin(be) == 0;
+    rec_ops(&r);
+    void *bad = be->record_end(be, why, sizeof why);
+    r.download = 0;
+    printf("recordings: with a download inside: %s\n", bad ? "(recorded)" : why);
+    fails += check("a download fails the recording, says so", ok && !bad && strstr(why, "download"));
+    ok = be->record_begin(be) == 0;
+    float *fresh = be->alloc(be, (size_t)77777777);
+    bad = be->record_end(be, why, sizeof why);
+    printf("recordings: with new memory inside: %s\n", bad ? "(recorded)" : why);
+    fails += check("new device memory fails the recording, says so", ok && !fresh && !bad && strstr(why, "new device memory"));
+    if (bad) be->record_free(be, bad);
+    fails += check("last_error untouched by failed recordings", be->last_error(be)[0] == 0);
+    /* freeing what it uses: replay declines */
+    be->free(be, r.b);
+    r.b = NULL;
+    fails += check("a buffer it uses freed: replay declines", be->replay(be, rec) == -1);
+    be->record_free(be, rec);
+    fails += check("no device error", be->last_error(be)[0] == 0);
+out:
+    if (be->last_error(be)[0]) printf("recordings: device error: %s\n", be->last_error(be));
+    for (int i = 0; i < 12; i++) be->free(be, *bufs[i]);
+    free(h); free(e1); free(e2); free(got); free(zero);
+    check_block = "compact weights";
+    return fails;
+}
+
 int main(int argc, char **argv) {
     int small = 0;
     const char *only = NULL;
@@ -789,7 +920,8 @@ int main(int argc, char **argv) {
 
     if (shard == 0) {
         fails += test_compact(gpu, cpu);
-        rows++;
+        fails += test_record(gpu);
+        rows += 2;
     }
 
     build_cases();

@@ -3,7 +3,8 @@
 # sampler step) on the emulated CUDA backend and on the CPU, both in precision
 # PREC (default bf16), and the adapters compared: every new CUDA path a
 # training step takes (fused attention, fused Kronecker kernels, frozen bf16
-# weight copies, bf16 im2col, one AdamW per set) in one run; every block the
+# weight copies, bf16 im2col, one AdamW per set, the UNet pass recorded as a
+# CUDA graph and replayed in steps 2 and 3) in one run; every block the
 # model allocates is address-stable (VMM_MIN_MB=0), so the UNet's conv and
 # linear weights are kept in bf16 only, their f32 pages unreadable. `make
 # cuda-emu-train`; about 25 minutes (the emulator runs each GPU thread).
@@ -18,7 +19,12 @@ common="--preset presets/default.ini --headless --precision $PREC --set iteratio
   --set output_dir=$OUT"
 ./krona-studio train $common --device cpu --set run_name=cpu | grep -E '^step|memory: model'
 OMP_NUM_THREADS=1 KRONA_BACKEND_PATH=build/cuda/emu KRONA_CUDA_VMM_MIN_MB=${VMM_MIN_MB:-0} \
-  ./krona-studio train $common --device cuda --set run_name=cuda | grep -E '^step|memory: model'
+  ./krona-studio train $common --device cuda --set run_name=cuda > "$OUT.cuda.log" 2>&1 || { cat "$OUT.cuda.log"; exit 1; }
+grep -E '^step|memory: model|UNet pass' "$OUT.cuda.log"
+# steps 2 and 3 replay the recorded UNet pass (a CUDA graph), unless turned off
+if [ "${KRONA_CUDA_GRAPHS:-1}" != 0 ] && ! grep -q 'UNet pass recorded' "$OUT.cuda.log"; then
+  echo "train-e2e: the UNet pass was not recorded on the emulated GPU: FAIL"; exit 1
+fi
 python3 - "$OUT/cuda/adapter.safetensors" "$OUT/cpu/adapter.safetensors" <<'PY'
 import json, math, struct, sys
 def load(p):
