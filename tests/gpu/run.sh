@@ -82,6 +82,12 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
     [ "$rc" -ne 0 ] && { status=1; e2e_rc=$rc; tail -3 /tmp/e2e-cuda.txt | tee -a "$LOG"; }
   done
 
+  # a training run's steps on both backends: the UNet pass recorded as a CUDA
+  # graph and replayed in steps 2 and 3, every block address-stable (bf16)
+  stage "2b. default preset, 3 steps at 16 px, CPU vs CUDA adapters (bf16, replayed)" | tee -a "$LOG"
+  KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=/tmp/train-e2e say timeout 200 sh tests/gpu/emu/train-e2e.sh ||
+    { status=1; e2e_rc=1; }
+
   if [ -z "${SKIP_BENCH:-}" ]; then
     stage "3. bench: training step, batch 1 (tiny also 8)" | tee -a "$LOG"
     P=${BENCH_PRECISIONS:-tf32,bf16}
@@ -96,7 +102,11 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
     KRONA_CUDA_FUSED_KRON=0 say timeout 100 "$BENCH" /tmp/bench-sd15-gemm.txt --device cuda --model sd15 \
       --precision tf32 || status=1
     sed -i '1s/$/ (KRONA_CUDA_FUSED_KRON=0: Kronecker products as cuBLAS GEMMs)/' /tmp/bench-sd15-gemm.txt
-    cat /tmp/bench-tiny.txt /tmp/bench-sd15.txt /tmp/bench-sdxl.txt /tmp/bench-sd15-tiles.txt \
+    # the step replayed as one CUDA graph against op by op (the tiny step is launch-bound)
+    KRONA_CUDA_GRAPHS=0 say timeout 100 "$BENCH" /tmp/bench-tiny-nograph.txt --device cuda --model tiny \
+      --precision bf16 || status=1
+    sed -i '1s/$/ (KRONA_CUDA_GRAPHS=0: op by op)/' /tmp/bench-tiny-nograph.txt
+    cat /tmp/bench-tiny.txt /tmp/bench-tiny-nograph.txt /tmp/bench-sd15.txt /tmp/bench-sdxl.txt /tmp/bench-sd15-tiles.txt \
       /tmp/bench-sd15-gemm.txt >"$OUT/bench-cuda.txt" 2>/dev/null
   fi
 
@@ -136,6 +146,6 @@ if [ -n "${PRETRAIN_UNTIL:-}" ] && [ $ops_rc -eq 0 ] && [ "$e2e_rc" -eq 0 ]; the
 fi
 
 stage "summary" | tee -a "$LOG"
-grep -E '^(PASS|FAIL):|^e2e |^default preset:|^(no adapter|KronA|LoRA)|^krona-studio bench|^probe:|^pretrain:' "$LOG"
+grep -E '^(PASS|FAIL):|^e2e |^adapters, cuda|^default preset:|^(no adapter|KronA|LoRA)|^krona-studio bench|^probe:|^pretrain:' "$LOG"
 echo "run.sh: $([ $status -eq 0 ] && echo PASS || echo FAIL) at t=${SECONDS}s"
 exit $status
