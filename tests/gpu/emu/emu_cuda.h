@@ -12,6 +12,11 @@
  * TF32 is not emulated: the tf32 rows repeat the fp32 ones here. bf16 is:
  * __float2bfloat16_rn rounds to nearest even, and cublasGemmStridedBatchedEx
  * multiplies the bf16 values exactly, summing in double like the f32 GEMM.
+ * Stream capture and graphs follow the runtime's rules: while a stream captures,
+ * its kernels, memsets, device-to-device copies and cuBLAS calls become graph
+ * nodes holding their arguments by value (not run), and what a capture forbids
+ * (synchronizing, cudaMalloc/cudaFree, host copies, VMM calls, ...) fails with
+ * cudaErrorStreamCaptureUnsupported and invalidates the capture.
  */
 #ifndef EMU_CUDA_H
 #define EMU_CUDA_H
@@ -22,7 +27,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <tuple>
 #include <type_traits>
+#include <utility>
+#include <vector>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -97,6 +105,8 @@ struct Tally { const char *name; long n; };
 static Tally tally[256];
 static int ntally;
 static long tally_other; /* cuBLAS calls, memcpy/memset: counted by the caller */
+static long graph_launches, graph_nodes_run; /* the nodes' own work is counted above too */
+static long live_graphs, live_execs;
 static void count(const char *name) {
     for (int i = 0; i < ntally; i++)
         if (tally[i].name == name || !strcmp(tally[i].name, name)) { tally[i].n++; return; }
@@ -115,15 +125,22 @@ struct TallyReport {
             Tally t = tally[k]; tally[k] = tally[best]; tally[best] = t;
             fprintf(stderr, "  %8ld  %s\n", tally[k].n, tally[k].name);
         }
+        fprintf(stderr, "emulator: graph launches: %ld (%ld nodes replayed)\n", graph_launches, graph_nodes_run);
+        if (live_graphs || live_execs)
+            fprintf(stderr, "emulator: %ld graphs and %ld executable graphs never destroyed\n", live_graphs, live_execs);
     }
 };
 static TallyReport tally_report;
-static void launch(dim3 g, dim3 b, std::function<void()> f, const char *name = "?") {
-    int n = (int)(b.x * b.y * b.z);
-    if (n > 1024 || n <= 0 || g.y > 65535 || g.z > 65535 || g.x == 0 || g.y == 0 || g.z == 0) {
+static void check_config(dim3 g, dim3 b) {
+    unsigned n = b.x * b.y * b.z;
+    if (n > 1024 || n == 0 || g.y > 65535 || g.z > 65535 || g.x == 0 || g.y == 0 || g.z == 0) {
         fprintf(stderr, "emu: bad launch config grid(%u,%u,%u) block(%u,%u,%u)\n", g.x, g.y, g.z, b.x, b.y, b.z);
         abort();
     }
+}
+static void launch(dim3 g, dim3 b, std::function<void()> f, const char *name = "?") {
+    check_config(g, b);
+    int n = (int)(b.x * b.y * b.z);
     launches++;
     count(name);
     if (n > nthr_cap) {
@@ -283,8 +300,11 @@ static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const f
 
 /* ---------------------------------------------------------------- runtime */
 typedef int cudaError_t;
-enum { cudaSuccess = 0, cudaErrorMemoryAllocation = 2, cudaErrorInvalidValue = 1, cudaErrorInsufficientDriver = 35, cudaErrorNoDevice = 100 };
-typedef struct emu_stream *cudaStream_t;
+enum {
+    cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorInsufficientDriver = 35,
+    cudaErrorNoDevice = 100, cudaErrorIllegalState = 401, cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901
+};
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 #define cudaStreamNonBlocking 1
 struct cudaDeviceProp { char name[256]; };
@@ -292,41 +312,204 @@ struct cudaDeviceProp { char name[256]; };
 #define __align__(n) alignas(n)
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+
+/* the last error, as the runtime keeps it: every failing call sets it (and a
+ * launch into an invalidated capture), cudaGetLastError returns and clears it */
+static cudaError_t emu_last_error;
+static inline cudaError_t emu_fail(cudaError_t e) { emu_last_error = e; return e; }
+static inline cudaError_t cudaGetLastError() { cudaError_t e = emu_last_error; emu_last_error = cudaSuccess; return e; }
+static inline cudaError_t cudaPeekAtLastError() { return emu_last_error; }
+static inline const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument (emulated)";
+    case cudaErrorMemoryAllocation: return "out of memory (emulated)";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state (cudaErrorIllegalState)";
+    case cudaErrorStreamCaptureUnsupported:
+        return "operation not permitted when stream is capturing (cudaErrorStreamCaptureUnsupported)";
+    case cudaErrorStreamCaptureInvalidated:
+        return "operation failed due to a previous error during capture (cudaErrorStreamCaptureInvalidated)";
+    default: return "emulated error";
+    }
+}
+
 static inline cudaError_t cudaFuncSetAttribute(const void *, cudaFuncAttribute, int v) {
-    return v <= EMU_DYN_SMEM ? cudaSuccess : cudaErrorInvalidValue;
+    return v <= EMU_DYN_SMEM ? cudaSuccess : emu_fail(cudaErrorInvalidValue);
 }
 static inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = EMU_DYN_SMEM; return cudaSuccess; }
 
+/* ---------------------------------------------------------------- streams, capture, graphs
+ * A stream runs its work at once, in order (emu_enqueue), unless it captures:
+ * then each piece of work is appended to the capture's graph as a node, a
+ * closure holding its arguments by value. Capture state is per stream; the list
+ * of capturing streams is global because the calls a capture forbids (cudaMalloc,
+ * ...) name no stream. The emulator is one thread, so Global and ThreadLocal
+ * mode act alike; Relaxed mode would let cudaMalloc and the like through on a
+ * GPU, but the emulator refuses them in every mode: the backend must not rely
+ * on that. */
+enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureModeThreadLocal = 1, cudaStreamCaptureModeRelaxed = 2
+};
+enum cudaStreamCaptureStatus {
+    cudaStreamCaptureStatusNone = 0, cudaStreamCaptureStatusActive = 1, cudaStreamCaptureStatusInvalidated = 2
+};
+struct emu_graph_node { std::function<void()> run; };
+struct emu_graph { std::vector<emu_graph_node> nodes; };
+struct emu_graph_exec { std::vector<emu_graph_node> nodes; }; /* its own copy: the graph may go first */
+struct emu_stream { cudaStreamCaptureStatus capture; emu_graph *graph; };
+typedef struct emu_stream *cudaStream_t;
+typedef struct emu_graph *cudaGraph_t;
+typedef struct emu_graph_exec *cudaGraphExec_t;
+typedef struct emu_graph_node *cudaGraphNode_t;
+namespace emu {
+static std::vector<emu_stream *> capturing; /* Active or Invalidated: in capture mode until EndCapture */
+}
+/* the capture records nothing more; the stream stays in capture mode until cudaStreamEndCapture */
+static inline void emu_invalidate(cudaStream_t s) { s->capture = cudaStreamCaptureStatusInvalidated; }
+/* a call no capture allows, which names no stream: invalidates every capture
+ * and tells the caller to refuse (runtime calls then return
+ * cudaErrorStreamCaptureUnsupported, driver calls CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED) */
+static inline bool emu_capture_refuses() {
+    for (emu_stream *s : emu::capturing) emu_invalidate(s);
+    return !emu::capturing.empty();
+}
+/* stream work: done now, or recorded; the legacy stream (NULL) never captures */
+static inline cudaError_t emu_enqueue(cudaStream_t s, std::function<void()> f) {
+    if (!s || s->capture == cudaStreamCaptureStatusNone) { f(); return cudaSuccess; }
+    if (s->capture == cudaStreamCaptureStatusInvalidated) return emu_fail(cudaErrorStreamCaptureInvalidated);
+    s->graph->nodes.push_back(emu_graph_node{std::move(f)});
+    return cudaSuccess;
+}
+
 static long emu_live_allocs;
-static inline const char *cudaGetErrorString(cudaError_t e) { return e ? "emulated error" : "no error"; }
-static inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 static inline cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
 static inline cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
 static inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) {
     snprintf(p->name, sizeof p->name, "CPU emulation");
     return cudaSuccess;
 }
-static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) { *s = (cudaStream_t)malloc(1); return cudaSuccess; }
-static inline cudaError_t cudaStreamDestroy(cudaStream_t s) { free(s); return cudaSuccess; }
-static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) { *s = new emu_stream{}; return cudaSuccess; }
+static inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (s && s->capture) return emu_fail(cudaErrorIllegalState); /* end the capture first */
+    delete s;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    /* waiting for work that is only being recorded: never allowed */
+    if (s && s->capture) { emu_invalidate(s); return emu_fail(cudaErrorStreamCaptureUnsupported); }
+    return cudaSuccess;
+}
+static inline cudaError_t cudaDeviceSynchronize() {
+    return emu_capture_refuses() ? emu_fail(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
+}
 static inline cudaError_t cudaMalloc(void **p, size_t n) {
+    if (emu_capture_refuses()) return emu_fail(cudaErrorStreamCaptureUnsupported);
     *p = aligned_alloc(256, (n + 255) & ~(size_t)255);
-    if (!*p) return cudaErrorMemoryAllocation;
+    if (!*p) return emu_fail(cudaErrorMemoryAllocation);
     memset(*p, 0xFF, n); /* NaN: catches reads of memory nobody wrote */
     emu_live_allocs++;
     return cudaSuccess;
 }
 static inline cudaError_t cudaMemGetInfo(size_t *fr, size_t *total) {
+    if (emu_capture_refuses()) return emu_fail(cudaErrorStreamCaptureUnsupported);
     *fr = (size_t)8 << 30; *total = (size_t)16 << 30; /* a pretend 16 GB card */
     return cudaSuccess;
 }
-static inline cudaError_t cudaFree(void *p) { if (p) emu_live_allocs--; free(p); return cudaSuccess; }
-static inline cudaError_t cudaMallocHost(void **p, size_t n) { *p = malloc(n); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
-static inline cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
-static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) { memset(p, v, n); emu::tally_other++; return cudaSuccess; }
-static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind, cudaStream_t) {
-    memmove(d, s, n);
-    emu::tally_other++;
+static inline cudaError_t cudaFree(void *p) {
+    if (emu_capture_refuses()) return emu_fail(cudaErrorStreamCaptureUnsupported);
+    if (p) emu_live_allocs--;
+    free(p);
+    return cudaSuccess;
+}
+static inline cudaError_t cudaMallocHost(void **p, size_t n) {
+    if (emu_capture_refuses()) return emu_fail(cudaErrorStreamCaptureUnsupported);
+    *p = malloc(n);
+    return *p ? cudaSuccess : emu_fail(cudaErrorMemoryAllocation);
+}
+static inline cudaError_t cudaFreeHost(void *p) {
+    if (emu_capture_refuses()) return emu_fail(cudaErrorStreamCaptureUnsupported);
+    free(p);
+    return cudaSuccess;
+}
+static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
+    return emu_enqueue(s, [=]() { memset(p, v, n); emu::tally_other++; });
+}
+static inline cudaError_t cudaMemcpyAsync(void *d, const void *src, size_t n, cudaMemcpyKind k, cudaStream_t s) {
+    /* host memory cannot be a node here (a GPU takes pinned host memory, not
+     * pageable; the backend copies to and from the host only outside capture) */
+    if (s && s->capture && k != cudaMemcpyDeviceToDevice) {
+        emu_invalidate(s);
+        return emu_fail(cudaErrorStreamCaptureUnsupported);
+    }
+    return emu_enqueue(s, [=]() { memmove(d, src, n); emu::tally_other++; });
+}
+
+static inline cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
+    if (!s) return emu_fail(cudaErrorStreamCaptureUnsupported); /* not the legacy stream */
+    if (mode != cudaStreamCaptureModeGlobal && mode != cudaStreamCaptureModeThreadLocal &&
+        mode != cudaStreamCaptureModeRelaxed)
+        return emu_fail(cudaErrorInvalidValue);
+    if (s->capture) return emu_fail(cudaErrorIllegalState); /* already capturing */
+    s->capture = cudaStreamCaptureStatusActive;
+    s->graph = new emu_graph;
+    emu::capturing.push_back(s);
+    return cudaSuccess;
+}
+/* ends capture mode either way; an invalidated capture gives no graph */
+static inline cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
+    if (!g) return emu_fail(cudaErrorInvalidValue);
+    if (!s || !s->capture) return emu_fail(cudaErrorIllegalState);
+    for (size_t i = 0; i < emu::capturing.size(); i++)
+        if (emu::capturing[i] == s) { emu::capturing.erase(emu::capturing.begin() + i); break; }
+    bool ok = s->capture == cudaStreamCaptureStatusActive;
+    s->capture = cudaStreamCaptureStatusNone;
+    *g = ok ? s->graph : NULL;
+    if (ok) emu::live_graphs++;
+    else delete s->graph;
+    s->graph = NULL;
+    return ok ? cudaSuccess : emu_fail(cudaErrorStreamCaptureInvalidated);
+}
+static inline cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *st) {
+    *st = s ? s->capture : cudaStreamCaptureStatusNone;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long flags) {
+    (void)flags;
+    if (!e || !g) return emu_fail(cudaErrorInvalidValue);
+    *e = new emu_graph_exec{g->nodes};
+    emu::live_execs++;
+    return cudaSuccess;
+}
+/* the nodes in capture order (a capture on one stream is a chain); kernels go
+ * through emu::launch, so the tallies and barrier checks apply to replays */
+static inline cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
+    if (!e) return emu_fail(cudaErrorInvalidValue);
+    /* on a GPU this would record the graph as a child node; the emulator refuses */
+    if (s && s->capture) { emu_invalidate(s); return emu_fail(cudaErrorStreamCaptureUnsupported); }
+    emu::graph_launches++;
+    for (emu_graph_node &n : e->nodes) { n.run(); emu::graph_nodes_run++; }
+    return cudaSuccess;
+}
+static inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
+    if (!e) return emu_fail(cudaErrorInvalidValue);
+    delete e;
+    emu::live_execs--;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+    if (!g) return emu_fail(cudaErrorInvalidValue);
+    delete g;
+    emu::live_graphs--;
+    return cudaSuccess;
+}
+/* nodes NULL: *num = the count; else up to *num handles, the rest of the *num
+ * entries NULL, and *num = how many were filled */
+static inline cudaError_t cudaGraphGetNodes(cudaGraph_t g, cudaGraphNode_t *nodes, size_t *num) {
+    if (!g || !num) return emu_fail(cudaErrorInvalidValue);
+    size_t n = g->nodes.size();
+    if (!nodes) { *num = n; return cudaSuccess; }
+    for (size_t i = 0; i < *num; i++) nodes[i] = i < n ? &g->nodes[i] : NULL;
+    if (*num > n) *num = n;
     return cudaSuccess;
 }
 
@@ -337,9 +520,13 @@ static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cuda
  * memory may), an unmapped one is PROT_NONE again with its pages dropped. So a
  * kernel or copy that touches memory the backend gave back crashes here. Sizes
  * must be multiples of the granularity (64 KiB here, 2 MiB on GPUs), a handle
- * maps whole, once; violations return CUDA_ERROR_INVALID_VALUE. */
+ * maps whole, once; violations return CUDA_ERROR_INVALID_VALUE. None may be
+ * called while a stream captures (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED). */
 typedef int CUresult;
-enum { CUDA_SUCCESS = 0, CUDA_ERROR_INVALID_VALUE = 1, CUDA_ERROR_OUT_OF_MEMORY = 2 };
+enum {
+    CUDA_SUCCESS = 0, CUDA_ERROR_INVALID_VALUE = 1, CUDA_ERROR_OUT_OF_MEMORY = 2,
+    CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900, CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901
+};
 typedef unsigned long long CUdeviceptr;
 typedef unsigned long long CUmemGenericAllocationHandle;
 typedef int CUdevice;
@@ -369,6 +556,7 @@ struct VmmReport { ~VmmReport() { if (unmapped) fprintf(stderr, "emulator: %ld c
 static VmmReport vmm_report;
 }
 static inline CUresult emu_cuMemAddressReserve(CUdeviceptr *p, size_t size, size_t, CUdeviceptr, unsigned long long) {
+    if (emu_capture_refuses()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     if (!size || size % EMU_GRAN) return CUDA_ERROR_INVALID_VALUE;
     /* aligned to the granularity, as the driver's default alignment: trim an over-sized reservation */
     char *a = (char *)mmap(NULL, size + EMU_GRAN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -381,10 +569,12 @@ static inline CUresult emu_cuMemAddressReserve(CUdeviceptr *p, size_t size, size
     return CUDA_SUCCESS;
 }
 static inline CUresult emu_cuMemAddressFree(CUdeviceptr p, size_t size) {
+    if (emu_capture_refuses()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     emu::reserved_ranges--;
     return munmap((void *)(uintptr_t)p, size) ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
 }
 static inline CUresult emu_cuMemCreate(CUmemGenericAllocationHandle *h, size_t size, const CUmemAllocationProp *prop, unsigned long long) {
+    if (emu_capture_refuses()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     if (!size || size % EMU_GRAN || prop->type != CU_MEM_ALLOCATION_TYPE_PINNED ||
         prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE || emu::next_handle >= (1 << 16))
         return CUDA_ERROR_INVALID_VALUE;
@@ -395,18 +585,21 @@ static inline CUresult emu_cuMemCreate(CUmemGenericAllocationHandle *h, size_t s
     return CUDA_SUCCESS;
 }
 static inline CUresult emu_cuMemRelease(CUmemGenericAllocationHandle h) {
+    if (emu_capture_refuses()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     if (!h || h >= emu::next_handle || !emu::handles[h].size) return CUDA_ERROR_INVALID_VALUE;
     emu::handles[h].size = 0; /* the driver frees it once unmapped */
     emu::live_handles--;
     return CUDA_SUCCESS;
 }
 static inline CUresult emu_cuMemMap(CUdeviceptr p, size_t size, size_t off, CUmemGenericAllocationHandle h, unsigned long long) {
+    if (emu_capture_refuses()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     if (!h || h >= emu::next_handle || emu::handles[h].size != size || off || emu::handles[h].mapped || p % EMU_GRAN)
         return CUDA_ERROR_INVALID_VALUE;
     emu::handles[h].mapped = 1;
     return CUDA_SUCCESS; /* still PROT_NONE: no access until cuMemSetAccess */
 }
 static inline CUresult emu_cuMemSetAccess(CUdeviceptr p, size_t size, const CUmemAccessDesc *d, size_t n) {
+    if (emu_capture_refuses()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     if (n != 1 || d->flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE || d->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
         return CUDA_ERROR_INVALID_VALUE;
     if (mprotect((void *)(uintptr_t)p, size, PROT_READ | PROT_WRITE)) return CUDA_ERROR_INVALID_VALUE;
@@ -414,6 +607,7 @@ static inline CUresult emu_cuMemSetAccess(CUdeviceptr p, size_t size, const CUme
     return CUDA_SUCCESS;
 }
 static inline CUresult emu_cuMemUnmap(CUdeviceptr p, size_t size) {
+    if (emu_capture_refuses()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     void *a = (void *)(uintptr_t)p;
     if (p % EMU_GRAN || size % EMU_GRAN || madvise(a, size, MADV_DONTNEED) || mprotect(a, size, PROT_NONE))
         return CUDA_ERROR_INVALID_VALUE;
@@ -421,6 +615,7 @@ static inline CUresult emu_cuMemUnmap(CUdeviceptr p, size_t size) {
     return CUDA_SUCCESS;
 }
 static inline CUresult emu_cuMemGetAllocationGranularity(size_t *g, const CUmemAllocationProp *, CUmemAllocationGranularity_flags) {
+    if (emu_capture_refuses()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     *g = EMU_GRAN;
     return CUDA_SUCCESS;
 }
@@ -430,7 +625,12 @@ static inline CUresult emu_cuDeviceGetAttribute(int *v, CUdevice_attribute a, CU
     return CUDA_SUCCESS;
 }
 static inline CUresult emu_cuGetErrorString(CUresult r, const char **s) {
-    *s = r == CUDA_ERROR_OUT_OF_MEMORY ? "out of memory (emulated)" : "invalid argument (emulated)";
+    *s = r == CUDA_ERROR_OUT_OF_MEMORY                 ? "out of memory (emulated)"
+         : r == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED ? "operation not permitted when stream is capturing "
+                                                        "(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)"
+         : r == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED ? "operation failed due to a previous error during capture "
+                                                        "(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED)"
+                                                      : "invalid argument (emulated)";
     return CUDA_SUCCESS;
 }
 enum cudaDriverEntryPointQueryResult { cudaDriverEntryPointSuccess = 0, cudaDriverEntryPointSymbolNotFound = 1 };
@@ -447,21 +647,55 @@ static inline cudaError_t cudaGetDriverEntryPointByVersion(const char *sym, void
     return cudaSuccess;
 }
 
-/* kernel<<<g, b, 0, s>>>(args) is rewritten by translate.py into this */
-#define EMU_LAUNCH(g, b, kern, ...) emu::launch(dim3(g), dim3(b), [&]() { kern(__VA_ARGS__); }, #kern)
+/* kernel<<<g, b, shm, s>>>(args) is rewritten by translate.py into
+ * EMU_LAUNCH_ON(g, b, s, kernel, args); EMU_LAUNCH is the same on the legacy
+ * stream. As on a GPU the arguments are evaluated once, at the launch, and
+ * converted to the kernel's parameter types (pack_for), and the launch keeps
+ * copies: a captured launch replays with the values it was recorded with,
+ * whatever the host variables hold later. */
+namespace emu {
+template <class... P> struct Pack {
+    std::tuple<typename std::decay<P>::type...> operator()(P... p) const {
+        return std::tuple<typename std::decay<P>::type...>(p...);
+    }
+};
+template <class... P> static inline Pack<P...> pack_for(void (*)(P...)) { return Pack<P...>(); }
+template <class... P>
+static inline void launch_on(cudaStream_t s, dim3 g, dim3 b, void (*k)(P...), const char *name,
+                             std::tuple<typename std::decay<P>::type...> args) {
+    check_config(g, b); /* a bad configuration fails at the launch, captured or not */
+    emu_enqueue(s, [=]() { launch(g, b, [&]() { std::apply(k, args); }, name); });
+}
+} /* namespace emu */
+#define EMU_LAUNCH_ON(g, b, s, kern, ...) \
+    emu::launch_on((s), dim3(g), dim3(b), kern, #kern, emu::pack_for(kern)(__VA_ARGS__))
+#define EMU_LAUNCH(g, b, kern, ...) EMU_LAUNCH_ON(g, b, (cudaStream_t)0, kern, __VA_ARGS__)
 
 /* ---------------------------------------------------------------- cuBLAS */
+/* a handle remembers its stream: a call on a capturing stream becomes a node */
+struct emu_blas { cudaStream_t stream; void *workspace; size_t workspace_bytes; };
 typedef struct emu_blas *cublasHandle_t;
 typedef int cublasStatus_t;
-enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7 };
+enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_EXECUTION_FAILED = 13 };
 typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;
 typedef enum { CUBLAS_DEFAULT_MATH = 0, CUBLAS_TF32_TENSOR_OP_MATH = 3 } cublasMath_t;
 static long emu_gemms;
-static inline cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = (cublasHandle_t)malloc(1); return 0; }
-static inline cublasStatus_t cublasDestroy(cublasHandle_t h) { free(h); return 0; }
-static inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return 0; }
+static inline cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = new emu_blas{}; return 0; }
+static inline cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return 0; }
+static inline cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) { h->stream = s; return 0; }
 static inline cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return 0; }
-static inline const char *cublasGetStatusString(cublasStatus_t s) { return s == 7 ? "CUBLAS_STATUS_INVALID_VALUE" : "CUBLAS_STATUS_?"; }
+/* stored only: the reference GEMM needs no workspace (cuBLAS wants 256-byte alignment) */
+static inline cublasStatus_t cublasSetWorkspace(cublasHandle_t h, void *p, size_t bytes) {
+    if ((uintptr_t)p % 256) return CUBLAS_STATUS_INVALID_VALUE;
+    h->workspace = p;
+    h->workspace_bytes = bytes;
+    return 0;
+}
+static inline const char *cublasGetStatusString(cublasStatus_t s) {
+    return s == CUBLAS_STATUS_INVALID_VALUE     ? "CUBLAS_STATUS_INVALID_VALUE"
+           : s == CUBLAS_STATUS_EXECUTION_FAILED ? "CUBLAS_STATUS_EXECUTION_FAILED"
+                                                 : "CUBLAS_STATUS_?";
+}
 
 typedef enum { CUDA_R_32F = 0, CUDA_R_16BF = 14 } cudaDataType;
 typedef enum { CUBLAS_COMPUTE_32F = 68 } cublasComputeType_t;
@@ -471,21 +705,12 @@ static inline float emu_load(const void *p, cudaDataType t, int64_t i) {
 }
 static inline size_t emu_size(cudaDataType t) { return t == CUDA_R_16BF ? 2 : 4; }
 
-static inline cublasStatus_t cublasGemmStridedBatchedEx_64(
-    cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
-    const void *alpha_, const void *A, cudaDataType tAd, int64_t lda, long long sA, const void *B,
-    cudaDataType tBd, int64_t ldb, long long sB, const void *beta_, void *C_, cudaDataType tCd,
-    int64_t ldc, long long sC, int64_t batch, cublasComputeType_t compute, cublasGemmAlgo_t) {
-    /* the combinations the backend uses: f32 x f32 and bf16 x bf16 into f32, f32 compute */
-    if (tAd != tBd || tCd != CUDA_R_32F || compute != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_INVALID_VALUE;
-    const float *alpha = (const float *)alpha_, *beta = (const float *)beta_;
-    float *C = (float *)C_;
+/* the product itself, run at the call or at a graph's replay */
+static inline void emu_gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
+                            float alpha, const void *A, cudaDataType tAd, int64_t lda, long long sA,
+                            const void *B, cudaDataType tBd, int64_t ldb, long long sB, float beta, float *C,
+                            int64_t ldc, long long sC, int64_t batch) {
     size_t es = emu_size(tAd);
-    /* the argument rules of the real cuBLAS (column-major) */
-    if (m < 0 || n < 0 || k < 0 || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
-    if (lda < (ta == CUBLAS_OP_N ? (m > 1 ? m : 1) : (k > 1 ? k : 1))) return CUBLAS_STATUS_INVALID_VALUE;
-    if (ldb < (tb == CUBLAS_OP_N ? (k > 1 ? k : 1) : (n > 1 ? n : 1))) return CUBLAS_STATUS_INVALID_VALUE;
-    if (ldc < (m > 1 ? m : 1)) return CUBLAS_STATUS_INVALID_VALUE;
     emu_gemms++;
     emu::tally_other++;
     /* contiguous copies of op(A) rows and op(B) columns keep the dot products fast */
@@ -505,12 +730,31 @@ static inline cublasStatus_t cublasGemmStridedBatchedEx_64(
                 const float *a = Ar + i * k, *bb = Bc + j * k;
                 for (int64_t l = 0; l < k; l++) acc += (double)a[l] * bb[l];
                 float *c = &Cb[i + j * ldc];
-                *c = (float)(*alpha * acc + (*beta != 0.f ? (double)*beta * *c : 0.0));
+                *c = (float)(alpha * acc + (beta != 0.f ? (double)beta * *c : 0.0));
             }
     }
     free(Ar);
     free(Bc);
-    return CUBLAS_STATUS_SUCCESS;
+}
+static inline cublasStatus_t cublasGemmStridedBatchedEx_64(
+    cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
+    const void *alpha, const void *A, cudaDataType tAd, int64_t lda, long long sA, const void *B,
+    cudaDataType tBd, int64_t ldb, long long sB, const void *beta, void *C, cudaDataType tCd,
+    int64_t ldc, long long sC, int64_t batch, cublasComputeType_t compute, cublasGemmAlgo_t) {
+    /* the combinations the backend uses: f32 x f32 and bf16 x bf16 into f32, f32 compute */
+    if (tAd != tBd || tCd != CUDA_R_32F || compute != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_INVALID_VALUE;
+    /* the argument rules of the real cuBLAS (column-major), checked at the call even when captured */
+    if (m < 0 || n < 0 || k < 0 || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    if (lda < (ta == CUBLAS_OP_N ? (m > 1 ? m : 1) : (k > 1 ? k : 1))) return CUBLAS_STATUS_INVALID_VALUE;
+    if (ldb < (tb == CUBLAS_OP_N ? (k > 1 ? k : 1) : (n > 1 ? n : 1))) return CUBLAS_STATUS_INVALID_VALUE;
+    if (ldc < (m > 1 ? m : 1)) return CUBLAS_STATUS_INVALID_VALUE;
+    /* host pointer mode: alpha and beta are read now, so a graph keeps these values */
+    float al = *(const float *)alpha, be = *(const float *)beta;
+    float *Cf = (float *)C;
+    cudaError_t e = emu_enqueue(h->stream, [=]() {
+        emu_gemm(ta, tb, m, n, k, al, A, tAd, lda, sA, B, tBd, ldb, sB, be, Cf, ldc, sC, batch);
+    });
+    return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 static inline cublasStatus_t cublasSgemmStridedBatched_64(
     cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,

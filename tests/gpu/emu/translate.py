@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Rewrite gpu/backend_cuda.cu into plain C++ for emu_cuda.h:
-CUDA headers -> emu_cuda.h, kern<<<g, b, shm, stream>>>(args) -> EMU_LAUNCH(g, b, kern, args).
+CUDA headers -> emu_cuda.h, kern<<<g, b, shm, stream>>>(args) -> EMU_LAUNCH_ON(g, b, stream, kern, args)
+(the stream, so that launches into a capturing stream are recorded; 0, the legacy stream, when none).
 usage: translate.py IN.cu OUT.cpp"""
 import re
 import sys
@@ -51,7 +52,8 @@ def main():
         args = src[m.end():i - 1]
         cfg = split_top(m.group(2))
         out.append(src[pos:m.start()])
-        out.append('EMU_LAUNCH((%s), (%s), %s, %s)' % (cfg[0], cfg[1], m.group(1), args))
+        stream = cfg[3] if len(cfg) > 3 else '(cudaStream_t)0'
+        out.append('EMU_LAUNCH_ON((%s), (%s), (%s), %s, %s)' % (cfg[0], cfg[1], stream, m.group(1), args))
         pos = i
         n += 1
     out.append(src[pos:])

@@ -1,0 +1,189 @@
+/* test_emu_graph.cpp — the emulator's stream capture and CUDA graphs (emu_cuda.h):
+ * captured work is recorded, not run, with its arguments as they were at record
+ * time; a graph replays it; what a capture forbids fails and invalidates it.
+ *   g++ -std=c++17 -O1 -Wall -Wextra -Itests/gpu/emu tests/gpu/emu/test_emu_graph.cpp -o /tmp/test_emu_graph
+ * Prints a PASS or FAIL line per check; exits 1 on any failure. */
+#include "emu_cuda.h"
+
+static int failures;
+static void check(bool ok, const char *what) {
+    printf("%s: %s\n", ok ? "PASS" : "FAIL", what);
+    failures += !ok;
+}
+
+__global__ void affine_k(const float *x, float *y, float a, float b, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = a * x[i] + b;
+}
+
+enum { N = 100 }; /* two blocks of 64: the second one partly idle */
+static float *x, *y, *z, *w, *B, *C;
+static cudaStream_t s;
+
+static void fill(float *p, int n, float v) { for (int i = 0; i < n; i++) p[i] = v; }
+static bool all(const float *p, int n, float v) {
+    for (int i = 0; i < n; i++) if (p[i] != v) return false;
+    return true;
+}
+static long launches_of(const char *name) {
+    for (int i = 0; i < emu::ntally; i++) if (!strcmp(emu::tally[i].name, name)) return emu::tally[i].n;
+    return 0;
+}
+static cudaStreamCaptureStatus status() {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    cudaStreamIsCapturing(s, &st);
+    return st;
+}
+/* y = 2 x + 1, then C = alpha * A B with A = y[0..8) as 4x2 and B 2x3 (column-major) */
+static bool replay_ok(float alpha) {
+    for (int i = 0; i < N; i++) if (y[i] != 2.f * x[i] + 1.f || w[i] != y[i] || z[i] != 0.f) return false;
+    for (int j = 0; j < 3; j++)
+        for (int i = 0; i < 4; i++)
+            if (C[i + 4 * j] != alpha * (y[i] * B[2 * j] + y[i + 4] * B[2 * j + 1])) return false;
+    return true;
+}
+
+static void test_replay() {
+    cublasHandle_t h;
+    cublasCreate(&h);
+    cublasSetStream(h, s);
+    for (int i = 0; i < N; i++) x[i] = (float)i;
+    for (int i = 0; i < 6; i++) B[i] = (float)(i + 1);
+    fill(y, N, 7.f);
+    fill(z, N, 5.f);
+    fill(w, N, 9.f);
+    fill(C, 12, -1.f);
+
+    float a = 2.f, b = 1.f, alpha = 1.5f, beta = 0.f;
+    check(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess, "begin capture");
+    check(status() == cudaStreamCaptureStatusActive, "IsCapturing: Active");
+    check(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) != cudaSuccess && cudaGetLastError() != cudaSuccess &&
+              status() == cudaStreamCaptureStatusActive,
+          "begin capture on a capturing stream fails, the capture goes on");
+    EMU_LAUNCH_ON(dim3(2), dim3(64), s, affine_k, x, y, a, b, N);
+    check(cudaGetLastError() == cudaSuccess, "captured launch: no error");
+    check(all(y, N, 7.f), "captured kernel did not run at record time");
+    a = 100.f; /* the graph keeps the values of record time */
+    b = 100.f;
+    check(cudaMemsetAsync(z, 0, N * sizeof(float), s) == cudaSuccess && all(z, N, 5.f), "captured memset not run");
+    check(cudaMemcpyAsync(w, y, N * sizeof(float), cudaMemcpyDeviceToDevice, s) == cudaSuccess && all(w, N, 9.f),
+          "captured device-to-device copy not run");
+    check(cublasSgemm_64(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 3, 2, &alpha, y, 4, B, 2, &beta, C, 4) ==
+                  CUBLAS_STATUS_SUCCESS && all(C, 12, -1.f),
+          "captured sgemm not run");
+    alpha = 1000.f; /* cuBLAS read alpha at the call (host pointer mode) */
+    /* the legacy stream is not the capturing one: its work runs now */
+    EMU_LAUNCH(dim3(2), dim3(64), affine_k, x, z, 0.f, 3.f, N);
+    check(all(z, N, 3.f), "legacy-stream launch during the capture runs at once");
+    check(all(y, N, 7.f) && all(w, N, 9.f) && all(C, 12, -1.f), "still nothing of the capture ran");
+    cudaGraph_t g = NULL;
+    check(cudaStreamEndCapture(s, &g) == cudaSuccess && g, "end capture gives a graph");
+    check(status() == cudaStreamCaptureStatusNone, "IsCapturing after the end: None");
+    size_t n = 0;
+    check(cudaGraphGetNodes(g, NULL, &n) == cudaSuccess && n == 4, "graph has 4 nodes");
+    cudaGraphNode_t nodes[6];
+    n = 6;
+    check(cudaGraphGetNodes(g, nodes, &n) == cudaSuccess && n == 4 && nodes[0] && nodes[3] && nodes[0] != nodes[3] &&
+              !nodes[4] && !nodes[5],
+          "GetNodes: 4 handles, the rest NULL");
+    cudaGraphExec_t ex = NULL;
+    check(cudaGraphInstantiate(&ex, g, 0) == cudaSuccess, "instantiate");
+    cudaGraphDestroy(g); /* the executable graph does not need it */
+    check(all(y, N, 7.f), "instantiate runs nothing");
+
+    long k0 = launches_of("affine_k"), l0 = emu::graph_launches, r0 = emu::graph_nodes_run;
+    check(cudaGraphLaunch(ex, s) == cudaSuccess && replay_ok(1.5f),
+          "replay 1: y = 2x + 1, memset, copy, sgemm with the recorded alpha");
+    for (int i = 0; i < N; i++) x[i] = (float)(3 * i - 50); /* new input between replays */
+    fill(z, N, 5.f);
+    check(cudaGraphLaunch(ex, s) == cudaSuccess && replay_ok(1.5f), "replay 2 follows the new x");
+    check(launches_of("affine_k") == k0 + 2 && emu::graph_launches == l0 + 2 && emu::graph_nodes_run == r0 + 8,
+          "tallies: 2 kernel launches, 2 graph launches, 8 nodes replayed");
+    check(cudaGraphExecDestroy(ex) == cudaSuccess, "exec destroy");
+    check(cudaStreamSynchronize(s) == cudaSuccess, "synchronize outside capture");
+    cublasDestroy(h);
+}
+
+/* a call a capture forbids: refused, capture invalidated, later work ignored, nothing ran */
+static void test_forbidden(const char *what, bool (*call)()) {
+    fill(y, N, 7.f);
+    fill(z, N, 5.f);
+    cudaGetLastError();
+    cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
+    EMU_LAUNCH_ON(dim3(2), dim3(64), s, affine_k, x, y, 2.f, 1.f, N);
+    char line[160];
+    snprintf(line, sizeof line, "%s during capture: refused, capture invalidated", what);
+    check(call() && status() == cudaStreamCaptureStatusInvalidated, line);
+    EMU_LAUNCH_ON(dim3(2), dim3(64), s, affine_k, x, z, 2.f, 1.f, N);
+    snprintf(line, sizeof line, "%s: a later launch reports cudaErrorStreamCaptureInvalidated", what);
+    check(cudaGetLastError() == cudaErrorStreamCaptureInvalidated && cudaGetLastError() == cudaSuccess, line);
+    cudaGraph_t g = (cudaGraph_t)&line;
+    snprintf(line, sizeof line, "%s: EndCapture returns cudaErrorStreamCaptureInvalidated, graph NULL", what);
+    cudaError_t e = cudaStreamEndCapture(s, &g);
+    check(e == cudaErrorStreamCaptureInvalidated && !g && status() == cudaStreamCaptureStatusNone, line);
+    snprintf(line, sizeof line, "%s: nothing recorded ran", what);
+    check(all(y, N, 7.f) && all(z, N, 5.f), line);
+    cudaGetLastError();
+}
+static bool sync_refused() {
+    return cudaStreamSynchronize(s) == cudaErrorStreamCaptureUnsupported &&
+           cudaGetLastError() == cudaErrorStreamCaptureUnsupported;
+}
+static bool malloc_refused() {
+    void *p = &p;
+    long live = emu_live_allocs;
+    return cudaMalloc(&p, 256) == cudaErrorStreamCaptureUnsupported && p == &p && emu_live_allocs == live;
+}
+static bool free_refused() {
+    long live = emu_live_allocs;
+    return cudaFree(x) == cudaErrorStreamCaptureUnsupported && emu_live_allocs == live;
+}
+static bool host_copy_refused() {
+    float v = 0.f;
+    return cudaMemcpyAsync(&v, x + 1, sizeof v, cudaMemcpyDeviceToHost, s) == cudaErrorStreamCaptureUnsupported &&
+           v == 0.f;
+}
+static bool meminfo_refused() {
+    size_t fr = 0, total = 0;
+    return cudaMemGetInfo(&fr, &total) == cudaErrorStreamCaptureUnsupported;
+}
+static bool vmm_refused() {
+    CUdeviceptr p = 0;
+    return emu_cuMemAddressReserve(&p, EMU_GRAN, 0, 0, 0) == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED && !p;
+}
+
+int main() {
+    cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    cudaMalloc((void **)&x, N * sizeof(float));
+    cudaMalloc((void **)&y, N * sizeof(float));
+    cudaMalloc((void **)&z, N * sizeof(float));
+    cudaMalloc((void **)&w, N * sizeof(float));
+    cudaMalloc((void **)&B, 6 * sizeof(float));
+    cudaMalloc((void **)&C, 12 * sizeof(float));
+    /* outside capture a launch runs at once, as before */
+    for (int i = 0; i < N; i++) x[i] = (float)i;
+    EMU_LAUNCH_ON(dim3(2), dim3(64), s, affine_k, x, y, 2.f, 1.f, N);
+    check(y[N - 1] == 2.f * (N - 1) + 1.f, "uncaptured launch runs at once");
+
+    test_replay();
+    test_forbidden("cudaStreamSynchronize", sync_refused);
+    test_forbidden("cudaMalloc", malloc_refused);
+    test_forbidden("cudaFree", free_refused);
+    test_forbidden("device-to-host cudaMemcpyAsync", host_copy_refused);
+    test_forbidden("cudaMemGetInfo", meminfo_refused);
+    test_forbidden("cuMemAddressReserve", vmm_refused);
+    check(cudaStreamEndCapture(s, NULL) == cudaErrorInvalidValue, "EndCapture without a graph pointer: error");
+    cudaGraph_t g;
+    check(cudaStreamEndCapture(s, &g) == cudaErrorIllegalState, "EndCapture on a stream not capturing: error");
+    cudaGetLastError();
+
+    cudaFree(x);
+    cudaFree(y);
+    cudaFree(z);
+    cudaFree(w);
+    cudaFree(B);
+    cudaFree(C);
+    cudaStreamDestroy(s);
+    printf("%s: stream capture and graphs in the emulator, %d failures\n", failures ? "FAIL" : "PASS", failures);
+    return failures != 0;
+}
