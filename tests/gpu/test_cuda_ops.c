@@ -784,12 +784,7 @@ static void rec_outputs(RecOps *r, float *h) {
     be->download(be, h + 2 * n1, r->yk, sizeof(float) * (size_t)nk);
     be->download(be, h + 2 * n1 + nk, r->o, sizeof(float) * (size_t)n1);
 }
-static int test_record(Backend *be) {
-    check_block = "recordings";
-    if (!be->record_begin) {
-        printf("recordings: skipped (the %s backend has none)\n", be->name);
-        return 0;
-    }
+static int test_record_in(Backend *be) {
     const int64_t n1 = R_M * R_OUT, nk = R_M * R_A1 * R_B1, nout = 3 * n1 + nk;
     RecOps r;
     memset(&r, 0, sizeof r);
@@ -817,7 +812,7 @@ static int test_record(Backend *be) {
     if (!began) goto out;
     rec_ops(&r);
     void *rec = be->record_end(be, why, sizeof why);
-    if (!rec) printf("recordings: record_end: %s\n", why);
+    if (!rec) printf("%s: record_end: %s\n", check_block, why);
     fails += check("record_end gives a recording", rec != NULL);
     if (!rec) goto out;
     rec_outputs(&r, got);
@@ -849,13 +844,13 @@ static int test_record(Backend *be) {
     rec_ops(&r);
     void *bad = be->record_end(be, why, sizeof why);
     r.download = 0;
-    printf("recordings: with a download inside: %s\n", bad ? "(recorded)" : why);
+    printf("%s: with a download inside: %s\n", check_block, bad ? "(recorded)" : why);
     fails += check("a download fails the recording, says so", ok && !bad && strstr(why, "download"));
     ok = be->record_begin(be) == 0;
     float *fresh = be->alloc(be, (size_t)77777777);
     bad = be->record_end(be, why, sizeof why);
-    printf("recordings: with new memory inside: %s\n", bad ? "(recorded)" : why);
-    fails += check("new device memory fails the recording, says so", ok && !fresh && !bad && strstr(why, "new device memory"));
+    printf("%s: with new memory inside: %s\n", check_block, bad ? "(recorded)" : why);
+    fails += check("new device memory fails the recording, says so", ok && !fresh && !bad && strstr(why, "memory") && strstr(why, "while recording"));
     if (bad) be->record_free(be, bad);
     fails += check("last_error untouched by failed recordings", be->last_error(be)[0] == 0);
     /* freeing what it uses: replay declines */
@@ -865,10 +860,24 @@ static int test_record(Backend *be) {
     be->record_free(be, rec);
     fails += check("no device error", be->last_error(be)[0] == 0);
 out:
-    if (be->last_error(be)[0]) printf("recordings: device error: %s\n", be->last_error(be));
+    if (be->last_error(be)[0]) printf("%s: device error: %s\n", check_block, be->last_error(be));
     for (int i = 0; i < 12; i++) be->free(be, *bufs[i]);
     free(h); free(e1); free(e2); free(got); free(zero);
+    return fails;
+}
+/* in tf32 (cuBLAS GEMMs on f32) and in bf16 (operands cast into the backend's scratch) */
+static int test_record(Backend *be) {
+    if (!be->record_begin) {
+        printf("recordings: skipped (the %s backend has none)\n", be->name);
+        return 0;
+    }
+    int fails = 0;
+    check_block = "recordings, tf32";
+    if (be->set_precision(be, KRONA_PREC_TF32) == 0) fails += test_record_in(be);
+    check_block = "recordings, bf16";
+    if (be->set_precision(be, KRONA_PREC_BF16) == 0) fails += test_record_in(be);
     check_block = "compact weights";
+    be->set_precision(be, KRONA_PREC_AUTO);
     return fails;
 }
 
