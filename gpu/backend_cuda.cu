@@ -102,7 +102,7 @@ typedef struct {
     uint64_t seq, rec_begin;
     Block *rcache;
     size_t rcache_n, rcache_cap;
-    struct Rec *recs[32];
+    struct Rec *recs[64];
     int n_recs;
     char err[512];
     long nerr;
@@ -2565,7 +2565,10 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     /* cuBLAS's workspace our own, so recorded GEMMs never ask for memory
      * (32 MiB: what NVIDIA advises for Hopper); a failure only costs speed */
     void *ws = dalloc(c, (size_t)32 << 20);
-    if (!ws || cublasSetWorkspace(c->blas, ws, (size_t)32 << 20) != CUBLAS_STATUS_SUCCESS) c->err[0] = 0;
+    if (!ws || cublasSetWorkspace(c->blas, ws, (size_t)32 << 20) != CUBLAS_STATUS_SUCCESS) {
+        c->err[0] = 0; /* not fatal: cuBLAS keeps its own */
+        c->nerr = 0;
+    }
 
     be->name = "cuda";
     be->impl = c;
@@ -2643,8 +2646,12 @@ static int cu_record_begin(Backend *be) {
     if ((env && env[0] == '0') || c->recording || c->err[0] ||
         c->n_recs == (int)(sizeof c->recs / sizeof c->recs[0]))
         return -1;
-    /* thread-local: a call that cannot be captured fails here, in our thread */
-    if (CK(c, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal))) return -1;
+    /* thread-local: a call that cannot be captured fails here, in our thread.
+     * If capture itself fails, the ops run as usual: not a backend error */
+    if (cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
     c->recording = 1;
     c->rec_failed = 0;
     c->rec_why[0] = 0;
