@@ -471,11 +471,6 @@ static int te_backprop(Trainer *t, int n, char *e, size_t elen) {
     return te_backward_all(m->te2, NULL, t->dpen2, t->dpooled, e, elen);
 }
 
-/* One forward/backward on a batch drawn from set with the conditioning ctx
- * (per_image: one record per image, else one for all); adds weight * grads;
- * *loss = the batch loss. The batch comes from one bucket: its first image is
- * drawn from all, the others from that image's bucket (without buckets: all
- * from all). 0, or -1 with t->err when the UNet could not run (e.g. out of memory). */
 /* The device part of a pass, the same ops every step for one size and kind
  * (replay.h): UNet forward, the loss's gradient, UNet backward. Reads xt,
  * tdev, ctx_batch and target; the per-step values are in them already. */
@@ -517,6 +512,11 @@ static void say_replay(Trainer *t, const Replay *r) {
     t->replay_said = 1;
 }
 
+/* One forward/backward on a batch drawn from set with the conditioning ctx
+ * (per_image: one record per image, else one for all); adds weight * grads;
+ * *loss = the batch loss. The batch comes from one bucket: its first image is
+ * drawn from all, the others from that image's bucket (without buckets: all
+ * from all). 0, or -1 with t->err when the UNet could not run (e.g. out of memory). */
 static int forward_backward(Trainer *t, const ImageSet *set, const float *ctx, const int32_t *ids,
                             int per_image, int prior, float weight, float *loss_out) {
     Backend *be = t->be;
@@ -1095,7 +1095,7 @@ void trainer_free(Trainer *t) {
         trainer_join(t);
     }
     Backend *be = t->be;
-    for (int i = 0; t->replays && i < 2 * t->n_buckets; i++) replay_free(be, &t->replays[i]);
+    for (int i = 0; be && t->replays && i < 2 * t->n_buckets; i++) replay_free(be, &t->replays[i]);
     free(t->replays);
     float *dev[] = {t->ctx_img, t->ctx_class, t->ctx_empty, t->ctx_batch, t->ctx_samples,
                     t->ctx_samples_uncond, t->x0, t->noise, t->xt, t->target, t->out, t->dout,
