@@ -73,8 +73,14 @@ $(CUDA_EMU)/$(CUDA_PLUGIN): $(CUDA_EMU)/backend_cuda_emu.cpp tests/gpu/emu/emu_c
 $(CUDA_EMU)/test_cuda_ops: tests/gpu/test_cuda_ops.c $(LIBKRONA)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
-# the cases split over EMU_JOBS processes (default: every CPU)
-cuda-emu: $(CUDA_EMU)/test_cuda_ops $(CUDA_EMU)/$(CUDA_PLUGIN)
+# the emulator's own stream capture and graphs first (seconds), then the
+# cases split over EMU_JOBS processes (default: every CPU)
+$(CUDA_EMU)/test_emu_graph: tests/gpu/emu/test_emu_graph.cpp tests/gpu/emu/emu_cuda.h
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -O1 -Wall -Wextra -Werror -Itests/gpu/emu -o $@ $<
+cuda-emu: $(CUDA_EMU)/test_emu_graph $(CUDA_EMU)/test_cuda_ops $(CUDA_EMU)/$(CUDA_PLUGIN)
+	./$(CUDA_EMU)/test_emu_graph > $(CUDA_EMU)/test_emu_graph.log || { cat $(CUDA_EMU)/test_emu_graph.log; exit 1; }
+	tail -1 $(CUDA_EMU)/test_emu_graph.log
 	sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU) $(EMU_JOBS)
 
 cuda-emu-train: krona-studio $(CUDA_EMU)/$(CUDA_PLUGIN)
