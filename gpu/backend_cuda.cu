@@ -99,6 +99,7 @@ typedef struct {
      * recording may use (born before its end) makes that recording stale. */
     int recording, rec_failed;
     char rec_why[256];
+    void *blas_ws; /* cuBLAS's workspace (cublasSetWorkspace) */
     uint64_t seq, rec_begin;
     Block *rcache;
     size_t rcache_n, rcache_cap;
@@ -2563,11 +2564,16 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     smem_setup(c);
     vmm_setup(c);
     /* cuBLAS's workspace our own, so recorded GEMMs never ask for memory
-     * (32 MiB: what NVIDIA advises for Hopper); a failure only costs speed */
-    void *ws = dalloc(c, (size_t)32 << 20);
-    if (!ws || cublasSetWorkspace(c->blas, ws, (size_t)32 << 20) != CUBLAS_STATUS_SUCCESS) {
-        c->err[0] = 0; /* not fatal: cuBLAS keeps its own */
-        c->nerr = 0;
+     * (32 MiB: what NVIDIA advises for Hopper). Like cuBLAS's own it is held
+     * (reserved_bytes), not counted as live (peak_bytes: the model's memory).
+     * A failure is not fatal: cuBLAS keeps its own */
+    if (cudaMalloc(&c->blas_ws, (size_t)32 << 20) == cudaSuccess &&
+        cublasSetWorkspace(c->blas, c->blas_ws, (size_t)32 << 20) == CUBLAS_STATUS_SUCCESS)
+        c->reserved += (size_t)32 << 20;
+    else {
+        cudaGetLastError();
+        if (c->blas_ws) cudaFree(c->blas_ws);
+        c->blas_ws = NULL;
     }
 
     be->name = "cuda";
@@ -2732,6 +2738,7 @@ static void cu_destroy(Backend *be) {
     free(c->cache);
     free(c->rcache);
     cublasDestroy(c->blas);
+    if (c->blas_ws) cudaFree(c->blas_ws);
     cudaFreeHost(c->host_scalar);
     cudaStreamDestroy(c->stream);
     free(c);
