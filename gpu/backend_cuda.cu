@@ -2687,6 +2687,13 @@ static void *cu_record_end(Backend *be, char *why, size_t whylen) {
         (e = cudaGraphInstantiate(&r->exec, g, 0)) == cudaSuccess) {
         cudaGraphDestroy(g);
         r->end_seq = c->seq;
+        /* a block handed out while recording and still held may be another
+         * recording's scratch (rcache): that one would write into it */
+        for (size_t i = 0; c->n_recs && i < c->live_cap; i++)
+            if (c->live[i].p && c->live[i].born >= c->rec_begin) {
+                for (int k = 0; k < c->n_recs; k++) c->recs[k]->stale = 1;
+                break;
+            }
         c->recs[c->n_recs++] = r;
         return r;
     }

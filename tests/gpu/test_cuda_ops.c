@@ -858,6 +858,18 @@ static int test_record_in(Backend *be) {
     r.b = NULL;
     fails += check("a buffer it uses freed: replay declines", be->replay(be, rec) == -1);
     be->record_free(be, rec);
+    /* a later recording that keeps a block it allocated (which may be the
+     * earlier one's scratch): the earlier one declines */
+    rec = be->record_begin(be) == 0 ? (rec_ops(&r), be->record_end(be, why, sizeof why)) : NULL;
+    ok = rec && be->replay(be, rec) == 0;
+    int began2 = be->record_begin(be) == 0;
+    float *kept = be->alloc(be, (size_t)r.tmp_bytes);
+    void *rec2 = be->record_end(be, why, sizeof why);
+    fails += check("a later recording keeps a block: the earlier declines", ok && began2 && kept && rec2 &&
+                   be->replay(be, rec) == -1 && be->replay(be, rec2) == 0);
+    be->record_free(be, rec2);
+    be->record_free(be, rec);
+    be->free(be, kept);
     fails += check("no device error", be->last_error(be)[0] == 0);
 out:
     if (be->last_error(be)[0]) printf("%s: device error: %s\n", check_block, be->last_error(be));
