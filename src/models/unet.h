@@ -57,6 +57,10 @@ int unet_n_params(const UNet *u);
 UNetParam *unet_param_at(UNet *u, int i);
 UNetParam *unet_param(UNet *u, const char *name);
 int64_t unet_n_base_params(const UNet *u);
+/* every parameter's gradient in one block of n_base floats (param_layout's
+ * order, not the table's), NULL until unet_set_base_trainable(u, 1): a norm over all of
+ * them is one read */
+const float *unet_grad_block(const UNet *u);
 
 /* diffusers-style init (kaiming-uniform linears/convs, zero biases, unit norms),
  * deterministic in seed. */

@@ -390,13 +390,10 @@ static int train_step(Pt *p, float *loss_out, float *gnorm_out) {
         return -1;
     }
 
-    /* global gradient norm over both models; clip by scaling every gradient */
+    /* global gradient norm over both models (each one block: one read each, not
+     * one wait per tensor); clip by scaling every gradient */
     int np = unet_n_params(p->u);
-    double ss = sumsq(p, te_grads(p->te), p->nt);
-    for (int i = 0; i < np; i++) {
-        UNetParam *q = unet_param_at(p->u, i);
-        ss += sumsq(p, q->grad, q->numel);
-    }
+    double ss = sumsq(p, te_grads(p->te), p->nt) + sumsq(p, unet_grad_block(p->u), p->nu);
     float gnorm = (float)sqrt(ss);
     if (device_failed(p)) return -1;
     if (!isfinite(gnorm)) {
