@@ -146,6 +146,9 @@ typedef struct {
     /* device */
     float *mu, *vu, *mt, *vt;  /* AdamW moments (UNet block in param order; TE block) */
     float *emau, *emat;        /* EMA (NULL when off) */
+    /* mu, vu and emau follow the UNet's weight block (unet_weight_block:
+     * one AdamW and one EMA update for all of it); checkpoints hold them in
+     * parameter-table order (flat_order) */
     float *x0, *noise, *xt, *target, *out, *dout, *tbuf, *ctx, *dctx;
     /* host */
     float *hx0, *hnoise, *ht, *hgrad;
@@ -292,12 +295,7 @@ static int pt_setup(Pt *p) {
         return -1;
     }
     if (p->emau) { /* EMA starts at the initial weights */
-        int64_t off = 0;
-        for (int i = 0; i < unet_n_params(p->u); i++) {
-            UNetParam *q = unet_param_at(p->u, i);
-            be->copy(be, p->emau + off, q->data, (size_t)q->numel * sizeof(float));
-            off += q->numel;
-        }
+        be->copy(be, p->emau, unet_weight_block(p->u), (size_t)p->nu * sizeof(float));
         be->copy(be, p->emat, te_params(p->te), (size_t)p->nt * sizeof(float));
     }
     rng_seed(&p->rng, o->seed);
@@ -411,15 +409,11 @@ static int train_step(Pt *p, float *loss_out, float *gnorm_out) {
     }
     int t = p->step + 1;
     float lr = lr_at(p, t), wd = p->o.weight_decay;
-    int64_t off = 0;
-    for (int i = 0; i < np; i++) {
-        UNetParam *q = unet_param_at(p->u, i);
-        be->adamw(be, q->data, q->grad, p->mu + off, p->vu + off, q->numel, lr, 0.9f, 0.999f, 1e-8f, wd, t);
-        if (p->emau) {
-            be->scale(be, p->emau + off, p->o.ema, q->numel);
-            be->axpy(be, 1.0f - p->o.ema, q->data, p->emau + off, q->numel);
-        }
-        off += q->numel;
+    float *wu = unet_weight_block(p->u); /* AdamW and EMA are elementwise: one call for all */
+    be->adamw(be, wu, unet_grad_block(p->u), p->mu, p->vu, p->nu, lr, 0.9f, 0.999f, 1e-8f, wd, t);
+    if (p->emau) {
+        be->scale(be, p->emau, p->o.ema, p->nu);
+        be->axpy(be, 1.0f - p->o.ema, wu, p->emau, p->nu);
     }
     be->adamw(be, te_params(p->te), te_grads(p->te), p->mt, p->vt, p->nt, lr, 0.9f, 0.999f, 1e-8f, wd, t);
     if (p->emat) {
@@ -440,22 +434,10 @@ static int train_step(Pt *p, float *loss_out, float *gnorm_out) {
 static void swap_ema(Pt *p) {
     Backend *be = p->be;
     if (!p->emau) return;
-    int64_t off = 0;
-    float *tmp = p->dout; /* big enough? use the host buffer otherwise */
-    for (int i = 0; i < unet_n_params(p->u); i++) {
-        UNetParam *q = unet_param_at(p->u, i);
-        size_t bytes = (size_t)q->numel * sizeof(float);
-        if (q->numel <= p->B * p->per) {
-            be->copy(be, tmp, q->data, bytes);
-            be->copy(be, q->data, p->emau + off, bytes);
-            be->copy(be, p->emau + off, tmp, bytes);
-        } else {
-            be->download(be, p->hgrad, q->data, bytes);
-            be->copy(be, q->data, p->emau + off, bytes);
-            be->upload(be, p->emau + off, p->hgrad, bytes);
-        }
-        off += q->numel;
-    }
+    size_t ub = (size_t)p->nu * sizeof(float);
+    be->download(be, p->hgrad, unet_weight_block(p->u), ub);
+    be->copy(be, unet_weight_block(p->u), p->emau, ub);
+    be->upload(be, p->emau, p->hgrad, ub);
     size_t tb = (size_t)p->nt * sizeof(float);
     be->download(be, p->hgrad, te_params(p->te), tb);
     be->copy(be, te_params(p->te), p->emat, tb);
@@ -492,10 +474,30 @@ static int save_weights(Pt *p) {
     return rc;
 }
 
-/* device block -> host copy owned by the caller */
-static float *host_copy(Pt *p, const float *dev, int64_t n) {
+/* A block in the UNet's weight-block order (mu, vu, emau) to the parameter
+ * table's order of checkpoints (to_file), or back: the file's order is the
+ * one every version wrote. */
+static void flat_order(Pt *p, float *dst, const float *src, int to_file) {
+    const float *base = unet_weight_block(p->u);
+    int64_t off = 0;
+    for (int i = 0; i < unet_n_params(p->u); i++) {
+        UNetParam *q = unet_param_at(p->u, i);
+        int64_t at = q->data - base;
+        if (to_file) memcpy(dst + off, src + at, sizeof(float) * (size_t)q->numel);
+        else memcpy(dst + at, src + off, sizeof(float) * (size_t)q->numel);
+        off += q->numel;
+    }
+}
+
+/* device block -> host copy owned by the caller (in_unet_order: a UNet block,
+ * put in the file's order) */
+static float *host_copy(Pt *p, const float *dev, int64_t n, int in_unet_order) {
     float *h = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
     if (h) p->be->download(p->be, h, dev, sizeof(float) * (size_t)n);
+    if (h && in_unet_order) {
+        memcpy(p->hgrad, h, sizeof(float) * (size_t)n);
+        flat_order(p, h, p->hgrad, 1);
+    }
     return h;
 }
 
@@ -519,14 +521,14 @@ static int save_checkpoint(Pt *p) {
         rc = stw_add_ref(w, nm, ST_F32, q->ndim, q->shape, uw + off);
         off += q->numel;
     }
-    struct { const char *name; const float *dev; int64_t n; } flat[] = {
-        {"opt.unet_m", p->mu, p->nu}, {"opt.unet_v", p->vu, p->nu},
-        {"te.params", te_params(p->te), p->nt}, {"opt.te_m", p->mt, p->nt}, {"opt.te_v", p->vt, p->nt},
-        {"ema.unet", p->emau, p->nu}, {"ema.te", p->emat, p->nt},
+    struct { const char *name; const float *dev; int64_t n; int unet; } flat[] = {
+        {"opt.unet_m", p->mu, p->nu, 1}, {"opt.unet_v", p->vu, p->nu, 1},
+        {"te.params", te_params(p->te), p->nt, 0}, {"opt.te_m", p->mt, p->nt, 0}, {"opt.te_v", p->vt, p->nt, 0},
+        {"ema.unet", p->emau, p->nu, 1}, {"ema.te", p->emat, p->nt, 0},
     };
     for (size_t k = 0; k < sizeof flat / sizeof flat[0] && rc == 0; k++) {
         if (!flat[k].dev) continue;
-        float *h = host_copy(p, flat[k].dev, flat[k].n);
+        float *h = host_copy(p, flat[k].dev, flat[k].n, flat[k].unet);
         blocks[nb++] = h;
         int64_t shape[1] = {flat[k].n};
         rc = h ? stw_add_ref(w, flat[k].name, ST_F32, 1, shape, h) : -1;
@@ -552,7 +554,14 @@ static int save_checkpoint(Pt *p) {
     return rc;
 }
 
+static int load_flat_as(Pt *p, SafeTensors *st, const char *path, const char *name, float *dev, int64_t n,
+                        int unet_order);
 static int load_flat(Pt *p, SafeTensors *st, const char *path, const char *name, float *dev, int64_t n) {
+    return load_flat_as(p, st, path, name, dev, n, 0);
+}
+/* a flat block of the file; unet_order: a UNet block, put in the weight block's order */
+static int load_flat_as(Pt *p, SafeTensors *st, const char *path, const char *name, float *dev, int64_t n,
+                        int unet_order) {
     const StTensor *t = st_find(st, name);
     if (!t || t->dtype != ST_F32 || t->numel != n) {
         snprintf(p->err, sizeof p->err, "%s: tensor '%s' is missing or has the wrong size — made by "
@@ -562,6 +571,10 @@ static int load_flat(Pt *p, SafeTensors *st, const char *path, const char *name,
     float *h = malloc(sizeof(float) * (size_t)n);
     if (!h) { snprintf(p->err, sizeof p->err, "%s: out of memory", path); return -1; }
     if (st_load_f32(t, h, path, p->err, sizeof p->err) != 0) { free(h); return -1; }
+    if (unet_order) {
+        flat_order(p, p->hgrad, h, 0);
+        memcpy(h, p->hgrad, sizeof(float) * (size_t)n);
+    }
     p->be->upload(p->be, dev, h, sizeof(float) * (size_t)n);
     free(h);
     return 0;
@@ -614,11 +627,12 @@ static int load_checkpoint(Pt *p) {
         snprintf(nm, sizeof nm, "unet.%s", q->name);
         if (load_flat(p, st, path, nm, q->data, q->numel) != 0) goto done;
     }
-    if (load_flat(p, st, path, "opt.unet_m", p->mu, p->nu) || load_flat(p, st, path, "opt.unet_v", p->vu, p->nu) ||
+    if (load_flat_as(p, st, path, "opt.unet_m", p->mu, p->nu, 1) ||
+        load_flat_as(p, st, path, "opt.unet_v", p->vu, p->nu, 1) ||
         load_flat(p, st, path, "te.params", te_params(p->te), p->nt) ||
         load_flat(p, st, path, "opt.te_m", p->mt, p->nt) || load_flat(p, st, path, "opt.te_v", p->vt, p->nt))
         goto done;
-    if (p->emau && (load_flat(p, st, path, "ema.unet", p->emau, p->nu) ||
+    if (p->emau && (load_flat_as(p, st, path, "ema.unet", p->emau, p->nu, 1) ||
                     load_flat(p, st, path, "ema.te", p->emat, p->nt)))
         goto done;
     rc = 0;
