@@ -10,7 +10,9 @@
 # cuda-emu-train`; about 25 minutes (the emulator runs each GPU thread).
 # Passes when the two adapters are within 2e-3 (relative, as one vector).
 # tests/gpu/run.sh runs it on a real GPU: BACKEND_DIR (the plugin's folder,
-# default the emulator's) and KS (the program) say which.
+# default the emulator's) and KS (the program) say which. EXTRA adds options,
+# e.g. "--set text_encoder_adapters=1 --set n_class_images=1 --set prior_weight=1"
+# (two recorded passes a step, instance and prior, and the encoder's adapters).
 set -e
 cd "$(dirname "$0")/../../.."
 PREC=${PREC:-bf16}
@@ -20,7 +22,7 @@ OUT=${OUT:-build/cuda/emu/train-e2e}
 rm -rf "$OUT"
 common="--preset presets/default.ini --headless --precision $PREC --set iterations=3 --set resolution=16
   --set sample_every=0 --set sample_steps=1 --set guidance=0 --set checkpoint_every=0 --print-every 1
-  --set output_dir=$OUT"
+  --set output_dir=$OUT $EXTRA"
 $KS train $common --device cpu --set run_name=cpu | grep -E '^step|memory: model'
 OMP_NUM_THREADS=1 KRONA_BACKEND_PATH=$BACKEND_DIR KRONA_CUDA_VMM_MIN_MB=${VMM_MIN_MB:-0} \
   $KS train $common --device cuda --set run_name=cuda > "$OUT.cuda.log" 2>&1 || { cat "$OUT.cuda.log"; exit 1; }
