@@ -22,6 +22,7 @@ typedef struct {
     int failures; /* recordings that failed; at 2 recording stops */
     int replays;  /* calls answered by a replay */
     char why[256];/* why recording stopped ("" while it has not) */
+    int told;     /* the caller's own: whether it has said how this one went */
 } Replay;
 
 /* body(user) issues the ops and returns 0, or -1 on a failure of its own */

@@ -53,7 +53,6 @@ struct Trainer {
     /* [n_buckets][2]: each size's UNet pass (instance, prior), replayed as one
      * recording where the backend can (CUDA graphs) */
     Replay *replays;
-    int replay_said;       /* recording's start or stop logged */
     ImageSet img, cls;     /* instance images, class images (prior preservation) */
 
     /* device */
@@ -502,14 +501,18 @@ static int unet_pass(void *user) {
     return 0;
 }
 
-/* one log line when the pass is first replayed, or when recording stopped */
-static void say_replay(Trainer *t, const Replay *r) {
-    if (t->replay_said || !t->be->record_begin) return;
-    if (r->replays) tlog(t, "step %d: UNet pass recorded on %s, replayed as one launch from now on",
-                         t->step + 1, t->be->name);
-    else if (replay_off(r)) tlog(t, "UNet pass not recorded (runs op by op): %s", r->why);
+/* one log line per pass (size and kind) when it is first replayed, or when
+ * recording it stopped */
+static void say_replay(Trainer *t, Replay *r, int k, int prior) {
+    if (r->told || !t->be->record_begin) return;
+    char what[96];
+    snprintf(what, sizeof what, "UNet pass (%dx%d%s)", t->buckets[k].w, t->buckets[k].h,
+             prior ? ", prior" : "");
+    if (r->replays) tlog(t, "step %d: %s recorded on %s, replayed as one launch from now on",
+                         t->step + 1, what, t->be->name);
+    else if (replay_off(r)) tlog(t, "%s not recorded (runs op by op): %s", what, r->why);
     else return;
-    t->replay_said = 1;
+    r->told = 1;
 }
 
 /* One forward/backward on a batch drawn from set with the conditioning ctx
@@ -565,7 +568,7 @@ static int forward_backward(Trainer *t, const ImageSet *set, const float *ctx, c
     diffusion_target(be, &m->sched, t->x0, t->noise, t->ht, t->target, B, per);
     UnetPass ps = {t, H, W, n_all, weight};
     if (replay_run(be, &t->replays[2 * k + prior], unet_pass, &ps) != 0) return -1;
-    say_replay(t, &t->replays[2 * k + prior]);
+    say_replay(t, &t->replays[2 * k + prior], k, prior);
     /* after the backward: reading the loss waits for the device, so the host
      * queues the whole pass first */
     *loss_out = be->mse_fwd(be, t->out, t->target, n_all);
