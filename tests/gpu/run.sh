@@ -87,6 +87,10 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
   stage "2b. default preset, 3 steps at 16 px, CPU vs CUDA adapters (bf16, replayed)" | tee -a "$LOG"
   KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=/tmp/train-e2e say timeout 200 sh tests/gpu/emu/train-e2e.sh ||
     { status=1; e2e_rc=1; }
+  # two recorded passes a step (instance and prior) and the text encoder's adapters
+  KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=/tmp/train-e2e-prior \
+    EXTRA="--set text_encoder_adapters=1 --set n_class_images=1 --set prior_weight=1" \
+    say timeout 200 sh tests/gpu/emu/train-e2e.sh || { status=1; e2e_rc=1; }
 
   if [ -z "${SKIP_BENCH:-}" ]; then
     stage "3. bench: training step, batch 1 (tiny also 8)" | tee -a "$LOG"
