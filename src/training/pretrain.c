@@ -144,7 +144,7 @@ typedef struct {
     int32_t *ids;              /* [n, L] captions, tokenized once */
     int32_t *empty_ids;        /* [L] the empty prompt */
     /* device */
-    float *mu, *vu, *mt, *vt;  /* AdamW moments (UNet block in param order; TE block) */
+    float *mu, *vu, *mt, *vt;  /* AdamW moments (UNet: in its weight block's order; TE block) */
     float *emau, *emat;        /* EMA (NULL when off) */
     /* mu, vu and emau follow the UNet's weight block (unet_weight_block:
      * one AdamW and one EMA update for all of it); checkpoints hold them in
