@@ -44,6 +44,12 @@ typedef struct {
     uint64_t born; /* alloc's counter when handed out: which recordings may use it */
 } Block;
 
+/* a list of freed blocks (the caching allocator's, and the recordings' scratch) */
+typedef struct {
+    Block *v;
+    size_t n, cap;
+} Blocks;
+
 /* a set_frozen range and its bf16 copy (NULL: not made yet, or no room);
  * compact: the f32 pages of its first nw floats are given back (bf16 only) */
 typedef struct {
@@ -81,8 +87,7 @@ typedef struct {
      * pointer, freed blocks in a list searched by exact rounded size */
     Block *live;
     size_t live_cap, live_n;
-    Block *cache;
-    size_t cache_n, cache_cap;
+    Blocks cache;
     size_t live_req, peak_req, reserved;
     Frozen frozen[8]; /* set_frozen ranges */
     int n_frozen;
@@ -101,8 +106,7 @@ typedef struct {
     char rec_why[256];
     void *blas_ws; /* cuBLAS's workspace (cublasSetWorkspace) */
     uint64_t seq, rec_begin;
-    Block *rcache;
-    size_t rcache_n, rcache_cap;
+    Blocks rcache;
     struct Rec *recs[64];
     int n_recs;
     char err[512];
@@ -212,23 +216,23 @@ static int live_remove(Cuda *c, const void *p, Block *out) {
 }
 
 static void cache_release(Cuda *c) {
-    if (!c->cache_n) return;
+    if (!c->cache.n) return;
     CK(c, cudaStreamSynchronize(c->stream));
-    for (size_t i = 0; i < c->cache_n; i++) {
-        CK(c, cudaFree(c->cache[i].p));
-        c->reserved -= c->cache[i].bytes;
+    for (size_t i = 0; i < c->cache.n; i++) {
+        CK(c, cudaFree(c->cache.v[i].p));
+        c->reserved -= c->cache.v[i].bytes;
     }
-    c->cache_n = 0;
+    c->cache.n = 0;
 }
 
 /* device memory, not zeroed; for the backend's own workspaces too, so peak
  * counts them */
 /* a cached block of exactly these bytes, taken out of the list; NULL if none */
-static void *cache_take(Block *list, size_t *n, size_t bytes) {
-    for (size_t i = *n; i-- > 0;) {
-        if (list[i].bytes == bytes) {
-            void *p = list[i].p;
-            list[i] = list[--*n];
+static void *cache_take(Blocks *l, size_t bytes) {
+    for (size_t i = l->n; i-- > 0;) {
+        if (l->v[i].bytes == bytes) {
+            void *p = l->v[i].p;
+            l->v[i] = l->v[--l->n];
             return p;
         }
     }
@@ -238,8 +242,8 @@ static void *dalloc(Cuda *c, size_t req) {
     size_t bytes = round_bytes(req);
     void *p = NULL;
     if (c->recording) { /* the recordings' scratch first; never new device memory */
-        p = cache_take(c->rcache, &c->rcache_n, bytes);
-        if (!p) p = cache_take(c->cache, &c->cache_n, bytes);
+        p = cache_take(&c->rcache, bytes);
+        if (!p) p = cache_take(&c->cache, bytes);
         if (!p) {
             char what[96];
             snprintf(what, sizeof what, "new device memory (%zu bytes)", bytes);
@@ -247,7 +251,7 @@ static void *dalloc(Cuda *c, size_t req) {
             return NULL;
         }
     } else {
-        p = cache_take(c->cache, &c->cache_n, bytes);
+        p = cache_take(&c->cache, bytes);
     }
     if (!p) {
         cudaError_t e = cudaMalloc(&p, bytes);
@@ -279,16 +283,15 @@ static void *dalloc(Cuda *c, size_t req) {
 
 static void vmm_release(Cuda *c, Block *b);
 /* 0 when the list could not grow (the caller frees the block) */
-static int cache_put(Cuda *c, Block **list, size_t *n, size_t *cap, Block b) {
-    (void)c;
-    if (*n == *cap) {
-        size_t ncap = *cap ? *cap * 2 : 256;
-        Block *nl = (Block *)realloc(*list, ncap * sizeof(Block));
-        if (!nl) return 0;
-        *list = nl;
-        *cap = ncap;
+static int cache_put(Blocks *l, Block b) {
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 256;
+        Block *nv = (Block *)realloc(l->v, ncap * sizeof(Block));
+        if (!nv) return 0;
+        l->v = nv;
+        l->cap = ncap;
     }
-    (*list)[(*n)++] = b;
+    l->v[l->n++] = b;
     return 1;
 }
 static void dfree(Cuda *c, void *p) {
@@ -311,8 +314,7 @@ static void dfree(Cuda *c, void *p) {
     }
     if (b.vm) { vmm_release(c, &b); return; } /* never cached: its addresses go back too */
     c->live_req -= b.req;
-    if (!cache_put(c, c->recording ? &c->rcache : &c->cache, c->recording ? &c->rcache_n : &c->cache_n,
-                   c->recording ? &c->rcache_cap : &c->cache_cap, b)) {
+    if (!cache_put(c->recording ? &c->rcache : &c->cache, b)) {
         CK(c, cudaFree(p));
         c->reserved -= b.bytes;
     }
@@ -2666,12 +2668,12 @@ static int cu_record_begin(Backend *be) {
 }
 /* the recordings' scratch goes back to everyone once no recording is left */
 static void rcache_flush(Cuda *c) {
-    for (size_t i = 0; i < c->rcache_n; i++)
-        if (!cache_put(c, &c->cache, &c->cache_n, &c->cache_cap, c->rcache[i])) {
-            CK(c, cudaFree(c->rcache[i].p));
-            c->reserved -= c->rcache[i].bytes;
+    for (size_t i = 0; i < c->rcache.n; i++)
+        if (!cache_put(&c->cache, c->rcache.v[i])) {
+            CK(c, cudaFree(c->rcache.v[i].p));
+            c->reserved -= c->rcache.v[i].bytes;
         }
-    c->rcache_n = 0;
+    c->rcache.n = 0;
 }
 static void *cu_record_end(Backend *be, char *why, size_t whylen) {
     Cuda *c = CU(be);
@@ -2735,15 +2737,15 @@ static void cu_destroy(Backend *be) {
     for (size_t i = 0; i < c->live_cap; i++)
         if (c->live[i].p && c->live[i].vm) vmm_release(c, &c->live[i]);
         else if (c->live[i].p) cudaFree(c->live[i].p);
-    for (size_t i = 0; i < c->cache_n; i++) cudaFree(c->cache[i].p);
-    for (size_t i = 0; i < c->rcache_n; i++) cudaFree(c->rcache[i].p);
+    for (size_t i = 0; i < c->cache.n; i++) cudaFree(c->cache.v[i].p);
+    for (size_t i = 0; i < c->rcache.n; i++) cudaFree(c->rcache.v[i].p);
     for (int i = 0; i < c->n_recs; i++) {
         cudaGraphExecDestroy(c->recs[i]->exec);
         free(c->recs[i]);
     }
     free(c->live);
-    free(c->cache);
-    free(c->rcache);
+    free(c->cache.v);
+    free(c->rcache.v);
     cublasDestroy(c->blas);
     if (c->blas_ws) cudaFree(c->blas_ws);
     cudaFreeHost(c->host_scalar);
@@ -2788,7 +2790,7 @@ static size_t cu_free_bytes(Backend *be) {
     if (refuse(c, "free_bytes")) return 0;
     if (cudaMemGetInfo(&fr, &total) != cudaSuccess) { cudaGetLastError(); return 0; }
     size_t cached = 0;
-    for (size_t i = 0; i < c->cache_n; i++) cached += c->cache[i].bytes;
+    for (size_t i = 0; i < c->cache.n; i++) cached += c->cache.v[i].bytes;
     return fr + cached;
 }
 

@@ -784,6 +784,11 @@ static void rec_outputs(RecOps *r, float *h) {
     be->download(be, h + 2 * n1, r->yk, sizeof(float) * (size_t)nk);
     be->download(be, h + 2 * n1 + nk, r->o, sizeof(float) * (size_t)n1);
 }
+/* every buffer rec_ops writes (all but its inputs x, W, b and the factors A, B) */
+static void zero_outputs(Backend *be, float **const bufs[12], const int64_t sizes[12]) {
+    for (int i = 3; i < 12; i++)
+        if (i != 7 && i != 8) be->zero(be, *bufs[i], sizeof(float) * (size_t)sizes[i]);
+}
 static int test_record_in(Backend *be) {
     const int64_t n1 = R_M * R_OUT, nk = R_M * R_A1 * R_B1, nout = 3 * n1 + nk;
     RecOps r;
@@ -804,7 +809,7 @@ static int test_record_in(Backend *be) {
     int fails = 0;
     rec_ops(&r); /* the usual way first: the caches then hold what the ops need */
     rec_outputs(&r, e1);
-    for (int i = 3; i < 12; i++) if (i != 7 && i != 8) be->zero(be, *bufs[i], sizeof(float) * (size_t)sizes[i]);
+    zero_outputs(be, bufs, sizes);
 
     char why[256] = "";
     int began = be->record_begin(be) == 0;
@@ -824,7 +829,7 @@ static int test_record_in(Backend *be) {
     be->upload(be, r.x, h, sizeof(float) * R_M * R_IN);
     rec_ops(&r);
     rec_outputs(&r, e2);
-    for (int i = 3; i < 12; i++) if (i != 7 && i != 8) be->zero(be, *bufs[i], sizeof(float) * (size_t)sizes[i]);
+    zero_outputs(be, bufs, sizes);
     be->replay(be, rec);
     be->replay(be, rec); /* twice: the same again */
     rec_outputs(&r, got);
