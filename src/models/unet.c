@@ -473,7 +473,7 @@ Backend *unet_backend(const UNet *u) { return u->be; }
 int unet_n_params(const UNet *u) { return u->n_params; }
 UNetParam *unet_param_at(UNet *u, int i) { return i >= 0 && i < u->n_params ? &u->params[i] : NULL; }
 int64_t unet_n_base_params(const UNet *u) { return u->n_base; }
-const float *unet_grad_block(const UNet *u) { return u->gblock; }
+float *unet_grad_block(UNet *u) { return u->gblock; }
 float *unet_weight_block(UNet *u) { return u->wblock; }
 
 UNetParam *unet_param(UNet *u, const char *name) {

@@ -60,7 +60,7 @@ int64_t unet_n_base_params(const UNet *u);
 /* every parameter's gradient in one block of n_base floats (param_layout's
  * order, not the table's), NULL until unet_set_base_trainable(u, 1): a norm over all of
  * them is one read */
-const float *unet_grad_block(const UNet *u);
+float *unet_grad_block(UNet *u);
 /* every parameter's weights in one block of n_base floats, the same order */
 float *unet_weight_block(UNet *u);
 

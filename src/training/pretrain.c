@@ -390,7 +390,6 @@ static int train_step(Pt *p, float *loss_out, float *gnorm_out) {
 
     /* global gradient norm over both models (each one block: one read each, not
      * one wait per tensor); clip by scaling every gradient */
-    int np = unet_n_params(p->u);
     double ss = sumsq(p, te_grads(p->te), p->nt) + sumsq(p, unet_grad_block(p->u), p->nu);
     float gnorm = (float)sqrt(ss);
     if (device_failed(p)) return -1;
@@ -402,10 +401,7 @@ static int train_step(Pt *p, float *loss_out, float *gnorm_out) {
     if (p->o.clip > 0 && gnorm > p->o.clip) {
         float s = p->o.clip / gnorm;
         be->scale(be, te_grads(p->te), s, p->nt);
-        for (int i = 0; i < np; i++) {
-            UNetParam *q = unet_param_at(p->u, i);
-            be->scale(be, q->grad, s, q->numel);
-        }
+        be->scale(be, unet_grad_block(p->u), s, p->nu);
     }
     int t = p->step + 1;
     float lr = lr_at(p, t), wd = p->o.weight_decay;
@@ -493,11 +489,9 @@ static void flat_order(Pt *p, float *dst, const float *src, int to_file) {
  * put in the file's order) */
 static float *host_copy(Pt *p, const float *dev, int64_t n, int in_unet_order) {
     float *h = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
-    if (h) p->be->download(p->be, h, dev, sizeof(float) * (size_t)n);
-    if (h && in_unet_order) {
-        memcpy(p->hgrad, h, sizeof(float) * (size_t)n);
-        flat_order(p, h, p->hgrad, 1);
-    }
+    if (!h) return NULL;
+    p->be->download(p->be, in_unet_order ? p->hgrad : h, dev, sizeof(float) * (size_t)n);
+    if (in_unet_order) flat_order(p, h, p->hgrad, 1);
     return h;
 }
 
@@ -554,11 +548,6 @@ static int save_checkpoint(Pt *p) {
     return rc;
 }
 
-static int load_flat_as(Pt *p, SafeTensors *st, const char *path, const char *name, float *dev, int64_t n,
-                        int unet_order);
-static int load_flat(Pt *p, SafeTensors *st, const char *path, const char *name, float *dev, int64_t n) {
-    return load_flat_as(p, st, path, name, dev, n, 0);
-}
 /* a flat block of the file; unet_order: a UNet block, put in the weight block's order */
 static int load_flat_as(Pt *p, SafeTensors *st, const char *path, const char *name, float *dev, int64_t n,
                         int unet_order) {
@@ -571,13 +560,13 @@ static int load_flat_as(Pt *p, SafeTensors *st, const char *path, const char *na
     float *h = malloc(sizeof(float) * (size_t)n);
     if (!h) { snprintf(p->err, sizeof p->err, "%s: out of memory", path); return -1; }
     if (st_load_f32(t, h, path, p->err, sizeof p->err) != 0) { free(h); return -1; }
-    if (unet_order) {
-        flat_order(p, p->hgrad, h, 0);
-        memcpy(h, p->hgrad, sizeof(float) * (size_t)n);
-    }
-    p->be->upload(p->be, dev, h, sizeof(float) * (size_t)n);
+    if (unet_order) flat_order(p, p->hgrad, h, 0);
+    p->be->upload(p->be, dev, unet_order ? p->hgrad : h, sizeof(float) * (size_t)n);
     free(h);
     return 0;
+}
+static int load_flat(Pt *p, SafeTensors *st, const char *path, const char *name, float *dev, int64_t n) {
+    return load_flat_as(p, st, path, name, dev, n, 0);
 }
 
 static int load_checkpoint(Pt *p) {
