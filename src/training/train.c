@@ -567,8 +567,9 @@ static int forward_backward(Trainer *t, const ImageSet *set, const float *ctx, c
     diffusion_q_sample(be, &m->sched, t->x0, t->noise, t->ht, t->xt, B, per);
     diffusion_target(be, &m->sched, t->x0, t->noise, t->ht, t->target, B, per);
     UnetPass ps = {t, H, W, n_all, weight};
-    if (replay_run(be, &t->replays[2 * k + prior], unet_pass, &ps) != 0) return -1;
-    say_replay(t, &t->replays[2 * k + prior], k, prior);
+    Replay *rp = &t->replays[2 * k + prior];
+    if (replay_run(be, rp, unet_pass, &ps) != 0) return -1;
+    say_replay(t, rp, k, prior);
     /* after the backward: reading the loss waits for the device, so the host
      * queues the whole pass first */
     *loss_out = be->mse_fwd(be, t->out, t->target, n_all);
