@@ -114,11 +114,11 @@ bench: bench-tiny bench-sd
 
 bench-tiny: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_train
-	KRONA_BACKEND_PATH=$(CURDIR) ./$(BUILD)/bench/bench_train bench/results.txt
+	KRONA_BACKEND_PATH=$(CURDIR) ./$(BUILD)/bench/bench_train bench/results.txt --profile
 
 bench-sd: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_train $(BUILD)/bench/bench_vae
-	./$(BUILD)/bench/bench_train bench/results-sd15-cpu.txt --model sd15
+	./$(BUILD)/bench/bench_train bench/results-sd15-cpu.txt --model sd15 --profile
 	./$(BUILD)/bench/bench_train bench/results-sdxl-cpu.txt --model sdxl
 	./$(BUILD)/bench/bench_vae both --size 512 --model sd15 | tee bench/results-vae-cpu.txt
 

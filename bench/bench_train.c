@@ -3,7 +3,7 @@
  * adapters, with KronA (attn, attn+ffn) and with LoRA at a similar parameter
  * count. Prints a table and writes it to the file given as the first argument.
  *   bench_train [OUT] [--device cpu|cuda] [--model tiny|sd15|sdxl] [--batch B]
- *               [--precision auto|fp32|tf32|bf16[,...]]
+ *               [--precision auto|fp32|tf32|bf16[,...]] [--profile]
  * --precision: every row in each listed GEMM precision (core/backend.h; default
  * auto: cpu fp32, cuda tf32); "vs none" compares rows of the same precision.
  * --model sd15 / sdxl time SD 1.5 at 512x512 (64x64 latents, 77 tokens) and
@@ -11,8 +11,12 @@
  * same as with real ones; their KronA rows run with and without gradient
  * checkpointing, and a row whose memory plan exceeds the free memory is
  * skipped with the numbers. `make bench-sd` writes bench/results-sd-cpu.txt.
+ * --profile: after each row's timing, a few more steps run op by op with the
+ * backend's profile on (core/backend.h), and a table of where a step's time
+ * goes (ops by time, the stages each names under it) follows the main one.
  * --device cuda needs a `make cuda` build. */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +45,7 @@ typedef struct Row {
     double peak_mb;
     double gflop; /* one step's matrix products (flops.h) */
     char replay[8]; /* the UNet pass replayed as one recording (CUDA graph): yes, no, - (no such thing) */
+    char *prof;     /* --profile: the row's op table (malloc'd), or NULL */
 } Row;
 
 /* dense tensor-core peaks of cards we know, TFLOP/s (datasheets); 0: unknown */
@@ -55,6 +60,63 @@ static double card_peak(const char *name, const char *prec, const char *device) 
         if (strstr(name, cards[i].has))
             return p == KRONA_PREC_BF16 ? cards[i].bf16 : p == KRONA_PREC_TF32 ? cards[i].tf32 : cards[i].fp32;
     return 0;
+}
+
+/* ---- --profile: where a step's time goes ---- */
+
+typedef struct {
+    char *s;
+    size_t len, cap;
+} Text;
+static void text_add(Text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void text_add(Text *t, const char *fmt, ...) {
+    va_list ap;
+    for (;;) {
+        va_start(ap, fmt);
+        int k = vsnprintf(t->s ? t->s + t->len : NULL, t->s ? t->cap - t->len : 0, fmt, ap);
+        va_end(ap);
+        if (k < 0) return;
+        if (t->s && t->len + (size_t)k < t->cap) { t->len += (size_t)k; return; }
+        size_t cap = (t->cap ? 2 * t->cap : 4096) + (size_t)k;
+        char *g = realloc(t->s, cap);
+        if (!g) return;
+        t->s = g;
+        t->cap = cap;
+    }
+}
+/* rows under parent (-1: the ops) by time, most first, each followed by its own */
+static void profile_lines(Text *t, const BackendProfileRow *r, int n, int parent, int steps, double total) {
+    int kids[256], nk = 0;
+    size_t pl = parent >= 0 ? strlen(r[parent].name) : 0;
+    for (int i = 0; i < n && nk < 256; i++) {
+        int under = parent < 0 ? r[i].depth == 0
+                               : r[i].depth == r[parent].depth + 1 && !strncmp(r[i].name, r[parent].name, pl) &&
+                                     r[i].name[pl] == '/';
+        if (!under) continue;
+        int k = nk++;
+        while (k > 0 && r[kids[k - 1]].ms < r[i].ms) { kids[k] = kids[k - 1]; k--; }
+        kids[k] = i;
+    }
+    for (int k = 0; k < nk; k++) {
+        const BackendProfileRow *x = &r[kids[k]];
+        const char *leaf = parent >= 0 ? x->name + pl + 1 : x->name;
+        char label[80];
+        snprintf(label, sizeof label, "%*s%s", 2 * x->depth, "", leaf);
+        text_add(t, "  %-30s %9.1f %10.3f %7.1f%% %10.1f\n", label, (double)x->calls / steps, x->ms / steps,
+                 total > 0 ? 100.0 * x->ms / total : 0.0, x->calls ? 1e3 * x->ms / (double)x->calls : 0.0);
+        profile_lines(t, r, n, kids[k], steps, total);
+    }
+}
+static char *profile_text(const BackendProfileRow *r, int n, int steps, double wall_ms, const char *title) {
+    Text t = {0};
+    double total = 0;
+    for (int i = 0; i < n; i++)
+        if (r[i].depth == 0) total += r[i].ms;
+    text_add(&t, "%s: %d step%s op by op; per step: ops %.2f ms, wall %.2f ms\n", title, steps,
+             steps == 1 ? "" : "s", total / steps, wall_ms / steps);
+    text_add(&t, "  %-30s %9s %10s %8s %10s\n", "op / stage", "calls", "ms", "% ops", "us/call");
+    profile_lines(&t, r, n, -1, steps, total);
+    return t.s;
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -87,8 +149,9 @@ static int pass(void *user) {
 }
 
 static int run(const char *device, const char *prec, const char *model, const char *what,
-               const AdapterSpec *spec, int ckpt, int B, int reps, Row *row) {
+               const AdapterSpec *spec, int ckpt, int base, int B, int reps, int profile, Row *row) {
     char err[512];
+    row->prof = NULL;
     Backend *dev = backend_open(device, err, sizeof err);
     if (!dev) { fprintf(stderr, "bench_train: %s\n", err); return -1; }
     FlopCounter *fc = flop_counter(dev);
@@ -114,7 +177,8 @@ static int run(const char *device, const char *prec, const char *model, const ch
         unet_param_table(&cfg, &ps, &np, &ls, &nl);
         for (int i = 0; i < np; i++) wts += ps[i].numel * 4;
         free(ps); free(ls);
-        unet_memory_plan(&cfg, B, H, W, L, 1, 0, ckpt, &act, &tmp, &grd);
+        unet_memory_plan(&cfg, B, H, W, L, 1, base, ckpt, &act, &tmp, &grd);
+        if (base) wts *= 4; /* and their gradients and AdamW's two moments */
         double need = (double)(wts + act + tmp + grd);
         size_t fr = be->free_bytes ? be->free_bytes(be) : 0;
         if (fr && need > 0.95 * (double)fr) {
@@ -140,6 +204,15 @@ static int run(const char *device, const char *prec, const char *model, const ch
         return -1;
     }
     unet_set_checkpointing(u, ckpt);
+    /* every weight trained (pretraining's step): their gradients, one AdamW over the block */
+    int64_t nbase = 0;
+    float *mu = NULL, *vu = NULL;
+    if (base) {
+        unet_set_base_trainable(u, 1);
+        nbase = unet_n_base_params(u);
+        mu = be->alloc(be, sizeof(float) * (size_t)nbase);
+        vu = be->alloc(be, sizeof(float) * (size_t)nbase);
+    }
     int D = cfg.cross_attention_dim;
     /* SDXL's added conditioning: pooled text embedding, then 6 time ids */
     int P = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim;
@@ -174,23 +247,27 @@ static int run(const char *device, const char *prec, const char *model, const ch
     AdapterSet *set = unet_adapters(u);
     int na = set ? set->n : 0;
     /* the trainer's way: adapter_set_zero_grad and adapter_set_adamw */
-    float *dxin = na ? NULL : be->alloc(be, sizeof(float) * (size_t)n);
+    float *dxin = na || base ? NULL : be->alloc(be, sizeof(float) * (size_t)n);
     double *times = malloc(sizeof(double) * (size_t)reps);
     /* SD on the CPU: minutes per step; a backend that records does so in a third */
     int warm = (tiny || strcmp(device, "cpu") ? 2 : 1) + (be->record_begin ? 1 : 0);
-    Pass ps = {u, x, t, ctx, added, tgt, y, dy, na ? NULL : dxin, B, H, W, L, n};
+    Pass ps = {u, x, t, ctx, added, tgt, y, dy, dxin, B, H, W, L, n};
     Replay rp = {0};
     double flops = 0; /* counted where the ops ran one by one (a replay calls none) */
     for (int it = -warm; it < reps; it++) { /* warm-up steps first */
         double t0 = now_s();
         fc->flops = 0;
         if (na) adapter_set_zero_grad(set);
+        if (base) unet_zero_grad(u);
         if (replay_run(be, &rp, pass, &ps) != 0) { /* e.g. out of device memory: say why, skip the row */
             fprintf(stderr, "bench_train: %s: %s\n", what, unet_last_error(u));
             return -1;
         }
         be->mse_fwd(be, y, tgt, n); /* the trainer reads the loss after the backward */
         if (na) adapter_set_adamw(set, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
+        if (base)
+            be->adamw(be, unet_weight_block(u), unet_grad_block(u), mu, vu, nbase, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f,
+                      it + 3);
         be->sync(be);
         if (fc->flops > flops) flops = fc->flops;
         if (it >= 0) times[it] = (now_s() - t0) * 1000.0;
@@ -198,10 +275,34 @@ static int run(const char *device, const char *prec, const char *model, const ch
     snprintf(row->replay, sizeof row->replay, "%s", !be->record_begin ? "-" : rp.replays >= reps ? "yes" : "no");
     if (be->record_begin && replay_off(&rp)) fprintf(stderr, "bench_train: %s: not recorded: %s\n", what, rp.why);
     replay_free(be, &rp);
+    if (profile && !be->profile) fprintf(stderr, "bench_train: --profile: the %s backend has no profile\n", be->name);
+    if (profile && be->profile && be->profile(be, 1) == 0) {
+        /* the timed step's ops, one by one (a replay would be one row) */
+        int steps = !tiny && !strcmp(device, "cpu") ? 1 : 3, ok = 1;
+        double t0 = now_s();
+        for (int it = 0; it < steps && ok; it++) {
+            if (na) adapter_set_zero_grad(set);
+            if (base) unet_zero_grad(u);
+            ok = pass(&ps) == 0;
+            be->mse_fwd(be, y, tgt, n);
+            if (na) adapter_set_adamw(set, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, reps + 3 + it);
+            if (base)
+                be->adamw(be, unet_weight_block(u), unet_grad_block(u), mu, vu, nbase, 1e-4f, 0.9f, 0.999f, 1e-8f,
+                          0.01f, reps + 3 + it);
+        }
+        be->sync(be);
+        double wall = (now_s() - t0) * 1000.0;
+        be->profile(be, 0);
+        BackendProfileRow pr[256];
+        int np = be->profile_rows(be, pr, 256);
+        char title[160];
+        snprintf(title, sizeof title, "profile, %s, %s, batch %d", what, prec, B);
+        if (ok) row->prof = profile_text(pr, np < 256 ? np : 256, steps, wall, title);
+    }
     qsort(times, (size_t)reps, sizeof(double), cmp_d);
     snprintf(row->what, sizeof row->what, "%s", what);
     row->batch = B;
-    row->trainable = set ? adapter_set_param_count(set) : 0;
+    row->trainable = base ? nbase : set ? adapter_set_param_count(set) : 0;
     row->ms_median = times[reps / 2];
     row->ms_min = times[0];
     row->peak_mb = be->peak_bytes(be) / 1048576.0;
@@ -209,6 +310,8 @@ static int run(const char *device, const char *prec, const char *model, const ch
     free(times); free(hx); free(hc);
     be->free(be, x); be->free(be, y); be->free(be, tgt); be->free(be, dy); be->free(be, ctx); be->free(be, t);
     if (dxin) be->free(be, dxin);
+    if (mu) be->free(be, mu);
+    if (vu) be->free(be, vu);
     if (added) be->free(be, added);
     unet_free(u);
     backend_destroy(dev);
@@ -218,17 +321,18 @@ static int run(const char *device, const char *prec, const char *model, const ch
 
 int main(int argc, char **argv) {
     const char *out = "bench/results.txt", *device = "cpu", *model = "tiny", *precs = "auto";
-    int only_batch = 0;
+    int only_batch = 0, profile = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--device") && v) device = argv[++i];
         else if (!strcmp(a, "--model") && v) model = argv[++i];
         else if (!strcmp(a, "--batch") && v) only_batch = atoi(argv[++i]);
         else if (!strcmp(a, "--precision") && v) precs = argv[++i];
+        else if (!strcmp(a, "--profile")) profile = 1;
         else if (a[0] != '-') out = a;
         else {
             fprintf(stderr, "usage: bench_train [OUT] [--device cpu|cuda] [--model tiny|sd15|sdxl] [--batch B] "
-                    "[--precision auto|fp32|tf32|bf16[,...]]\n");
+                    "[--precision auto|fp32|tf32|bf16[,...]] [--profile]\n");
             return 2;
         }
     }
@@ -266,12 +370,13 @@ int main(int argc, char **argv) {
 
     char kcname[48];
     snprintf(kcname, sizeof kcname, "%s, ckpt", kname);
-    struct { const char *what; const AdapterSpec *spec; int ckpt; } cases[] = {
-        {"no adapter (fwd+bwd)", NULL, 0},
-        {kname, &krona, 0},
-        {kfname, &krona_ffn, 0},
-        {lname, &lora, 0},
-        {kcname, &krona, 1},
+    struct { const char *what; const AdapterSpec *spec; int ckpt, base; } cases[] = {
+        {"no adapter (fwd+bwd)", NULL, 0, 0},
+        {kname, &krona, 0, 0},
+        {kfname, &krona_ffn, 0, 0},
+        {lname, &lora, 0, 0},
+        {kcname, &krona, 1, 0},
+        {"all weights (pretrain)", NULL, 0, 1},
     };
     int batches[2] = {1, 8}, nb = 2;
     if (only_batch > 0) { batches[0] = only_batch; nb = 1; }
@@ -288,19 +393,19 @@ int main(int argc, char **argv) {
         np++;
         q += l + (q[l] == ',');
     }
-    Row rows[32];
+    Row rows[64];
     int nr = 0, failed = 0;
     /* SD: no adapter, KronA attn (the paper's setting) and KronA with gradient checkpointing */
-    int pick_tiny[] = {0, 1, 2, 3}, pick_sd[] = {0, 1, 4};
-    int *pick = tiny ? pick_tiny : pick_sd, nc = tiny ? 4 : 3;
+    int pick_tiny[] = {0, 1, 2, 3, 5}, pick_sd[] = {0, 1, 4};
+    int *pick = tiny ? pick_tiny : pick_sd, nc = tiny ? 5 : 3;
     for (int pi = 0; pi < np; pi++)
         for (int b = 0; b < nb; b++)
             for (int k = 0; k < nc; k++) {
                 int c = pick[k];
                 int reps = batches[b] == 1 ? 20 : 6;
                 if (!tiny && !strcmp(device, "cpu")) reps = 2; /* minutes per step there */
-                int rc = run(device, plist[pi], model, cases[c].what, cases[c].spec, cases[c].ckpt,
-                             batches[b], reps, &rows[nr]);
+                int rc = run(device, plist[pi], model, cases[c].what, cases[c].spec, cases[c].ckpt, cases[c].base,
+                             batches[b], reps, profile, &rows[nr]);
                 if (rc >= 0) nr++;
                 if (rc < 0) failed = 1;
             }
@@ -342,6 +447,12 @@ int main(int argc, char **argv) {
     FILE *f = fopen(out, "w");
     if (!f) { fprintf(stderr, "cannot write %s\n", out); return 1; }
     fputs(buf, f);
+    for (int i = 0; i < nr; i++)
+        if (rows[i].prof) {
+            printf("\n%s", rows[i].prof);
+            fprintf(f, "\n%s", rows[i].prof);
+            free(rows[i].prof);
+        }
     fclose(f);
     printf("written to %s\n", out);
     return failed;

@@ -25,6 +25,7 @@
 
 extern "C" {
 #include "core/backend.h"
+#include "core/profile.h"
 }
 
 /* ------------------------------------------------------------------ state */
@@ -109,6 +110,11 @@ typedef struct {
     Blocks rcache;
     struct Rec *recs[64];
     int n_recs;
+    /* profile (backend.h): a pair of events around each timed scope, on the
+     * stream; their times are added to the table when the host next waits */
+    ProfTable prof;
+    struct ProfEv *pev;
+    int npev, cappev; /* in use (queued, not yet added), created */
     char err[512];
     long nerr;
 } Cuda;
@@ -154,6 +160,75 @@ static int refuse(Cuda *c, const char *what) {
 #define CB(c, call) ck_blas((c), (call), __func__, #call)
 /* after every kernel launch: catches bad launch configs immediately */
 #define LAUNCHED(c) ck_cuda((c), cudaGetLastError(), __func__, "kernel launch")
+
+/* ------------------------------------------------------------------ profile */
+
+typedef struct ProfEv {
+    cudaEvent_t a, b;
+    int row;
+} ProfEv;
+
+/* every queued pair's time into the table (waits for the stream). Only with
+ * no scope open: an open scope's end is not recorded yet */
+static void prof_fold(Cuda *c) {
+    if (!c->npev) return;
+    if (cudaStreamSynchronize(c->stream) == cudaSuccess)
+        for (int i = 0; i < c->npev; i++) {
+            float ms = 0;
+            if (cudaEventElapsedTime(&ms, c->pev[i].a, c->pev[i].b) == cudaSuccess)
+                prof_add(&c->prof, c->pev[i].row, ms);
+        }
+    cudaGetLastError(); /* a failed timing is not the ops' failure */
+    c->npev = 0;
+}
+
+/* A timed scope: an op (every op in the table: Timed, below) or a stage
+ * inside one (PROF_STAGE). Nothing when not profiling, or while recording
+ * (events would become nodes of the graph). */
+struct ProfScope {
+    Cuda *c;
+    int row, ev;
+    ProfScope(Cuda *cu, const char *name) : c(cu), row(-1), ev(-1) {
+        if (!c->prof.on || c->recording) return;
+        if (c->prof.depth == 0 && c->npev >= 4096) prof_fold(c); /* bounded, and only between ops */
+        if (c->npev == c->cappev) {
+            ProfEv *g = (ProfEv *)realloc(c->pev, sizeof *g * (size_t)(c->cappev + 1));
+            if (!g) return;
+            c->pev = g;
+            if (cudaEventCreate(&g[c->cappev].a) != cudaSuccess) { cudaGetLastError(); return; }
+            if (cudaEventCreate(&g[c->cappev].b) != cudaSuccess) {
+                cudaGetLastError();
+                cudaEventDestroy(g[c->cappev].a);
+                return;
+            }
+            c->cappev++;
+        }
+        row = prof_enter(&c->prof, name);
+        if (row < 0) return;
+        ev = c->npev++;
+        c->pev[ev].row = row;
+        if (cudaEventRecord(c->pev[ev].a, c->stream) != cudaSuccess) cudaGetLastError();
+    }
+    ~ProfScope() {
+        if (row < 0) return;
+        if (cudaEventRecord(c->pev[ev].b, c->stream) != cudaSuccess) cudaGetLastError();
+        prof_leave(&c->prof, row);
+    }
+};
+#define PROF_STAGE(c, name) ProfScope prof_stage_((c), (name))
+
+/* Timed<cu_op>::call: cu_op inside a scope named after it (the op table holds
+ * these, so every op is timed and none can be forgotten) */
+template <auto F> struct Timed;
+template <typename R, typename... A, R (*F)(Backend *, A...)> struct Timed<F> {
+    static const char *name;
+    static R call(Backend *be, A... a) {
+        ProfScope s(CU(be), name);
+        return F(be, a...);
+    }
+};
+template <typename R, typename... A, R (*F)(Backend *, A...)> const char *Timed<F>::name = "?";
+#define TIMED(op) (Timed<cu_##op>::name = #op, Timed<cu_##op>::call)
 
 /* ------------------------------------------------------- caching allocator */
 
@@ -647,6 +722,7 @@ static void gemm_sb(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K, fl
                     const float *A, int64_t lda, int64_t sA, const float *B, int64_t ldb,
                     int64_t sB, float beta, float *C, int64_t ldc, int64_t sC, int64_t batch) {
     if (M <= 0 || N <= 0 || batch <= 0) return;
+    PROF_STAGE(c, "gemm");
     if (batch == 1)
         CB(c, cublasSgemm_64(c->blas, OP(tB), OP(tA), N, M, K, &alpha, B, ldb, A, lda, &beta,
                              C, ldc));
@@ -674,6 +750,7 @@ static int64_t operand_span(int64_t rows, int64_t cols, int64_t ld, int64_t s, i
 static __nv_bfloat16 *bf16_copy(Cuda *c, const float *x, int64_t n) {
     __nv_bfloat16 *y = (__nv_bfloat16 *)dalloc(c, (size_t)n * sizeof(__nv_bfloat16));
     if (!y) return NULL;
+    PROF_STAGE(c, "cast");
     to_bf16_k<<<grid_1d(n), TPB, 0, c->stream>>>(x, y, n);
     LAUNCHED(c);
     return y;
@@ -796,11 +873,13 @@ static void gemm_op_sbx(Cuda *c, int tA, int tB, int64_t M, int64_t N, int64_t K
     const __nv_bfloat16 *fa = Abf ? Abf : frozen_bf16(c, A, na), *fb = Bbf ? Bbf : frozen_bf16(c, B, nb);
     __nv_bfloat16 *a = fa ? NULL : bf16_copy(c, A, na);
     __nv_bfloat16 *b = fb || (!fa && !a) ? NULL : bf16_copy(c, B, nb);
-    if ((fa || a) && (fb || b))
+    if ((fa || a) && (fb || b)) {
+        PROF_STAGE(c, "gemm");
         CB(c, cublasGemmStridedBatchedEx_64(c->blas, OP(tB), OP(tA), N, M, K, &alpha, fb ? fb : b,
                                             CUDA_R_16BF, ldb, sB, fa ? fa : a, CUDA_R_16BF, lda, sA,
                                             &beta, C, CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F,
                                             CUBLAS_GEMM_DEFAULT));
+    }
     dfree(c, b);
     dfree(c, a);
 }
@@ -1018,6 +1097,7 @@ static void conv_dw_accumulate(Cuda *c, const float *dy, int64_t sdy, const floa
         }
         gemm_op_sbx(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, NULL, P, sdy, xi, xbi, P, sx, 0.f, ws, K,
                     (int64_t)Cout * K, g);
+        PROF_STAGE(c, "dw sum");
         partial_final_k<<<grid_1d((int64_t)Cout * K), TPB, 0, c->stream>>>(ws, g, (int)((int64_t)Cout * K), dw, 1.f);
         LAUNCHED(c);
     }
@@ -1040,11 +1120,14 @@ static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const flo
         for (int n0 = 0; n0 < N; n0 += nb) {
             int m = N - n0 < nb ? N - n0 : nb;
             const float *xn = x + (int64_t)n0 * Cin * HW;
-            if (bf) im2col_k<__nv_bfloat16><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
-                xn, (__nv_bfloat16 *)col, m, Cin, H, W, k, s, p, Ho, Wo);
-            else im2col_k<float><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
-                xn, (float *)col, m, Cin, H, W, k, s, p, Ho, Wo);
-            LAUNCHED(c);
+            {
+                PROF_STAGE(c, "im2col");
+                if (bf) im2col_k<__nv_bfloat16><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
+                    xn, (__nv_bfloat16 *)col, m, Cin, H, W, k, s, p, Ho, Wo);
+                else im2col_k<float><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
+                    xn, (float *)col, m, Cin, H, W, k, s, p, Ho, Wo);
+                LAUNCHED(c);
+            }
             gemm_op_sbx(c, 0, 0, Cout, HoWo, CKK, 1.f, w, NULL, CKK, 0, bf ? NULL : (const float *)col,
                         bf ? (const __nv_bfloat16 *)col : NULL, HoWo, CKK * HoWo, 0.f,
                         y + (int64_t)n0 * Cout * HoWo, HoWo, (int64_t)Cout * HoWo, m);
@@ -1052,6 +1135,7 @@ static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const flo
         dfree(c, col);
     }
     if (b) {
+        PROF_STAGE(c, "bias");
         int64_t total = (int64_t)N * Cout * HoWo;
         add_bias_nchw_k<<<grid_1d(total), TPB, 0, c->stream>>>(y, b, Cout, HoWo, total);
         LAUNCHED(c);
@@ -1066,6 +1150,7 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
     if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return;
     int64_t HoWo = (int64_t)Ho * Wo, CKK = (int64_t)Cin * k * k, HW = (int64_t)H * W;
     if (db) {
+        PROF_STAGE(c, "db");
         chan_sum_k<<<dim3(Cout, 1), TPB, 0, c->stream>>>(dy, N, Cout, HoWo, db, 0);
         LAUNCHED(c);
     }
@@ -1086,17 +1171,21 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
         int m = N - n0 < nb ? N - n0 : nb;
         const float *dyc = dy + (int64_t)n0 * Cout * HoWo, *xn = x + (int64_t)n0 * Cin * HW;
         if (dw) {
-            if (bf) im2col_k<__nv_bfloat16><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
-                xn, (__nv_bfloat16 *)col, m, Cin, H, W, k, s, p, Ho, Wo);
-            else im2col_k<float><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
-                xn, col, m, Cin, H, W, k, s, p, Ho, Wo);
-            LAUNCHED(c);
+            {
+                PROF_STAGE(c, "im2col");
+                if (bf) im2col_k<__nv_bfloat16><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
+                    xn, (__nv_bfloat16 *)col, m, Cin, H, W, k, s, p, Ho, Wo);
+                else im2col_k<float><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
+                    xn, col, m, Cin, H, W, k, s, p, Ho, Wo);
+                LAUNCHED(c);
+            }
             conv_dw_accumulate(c, dyc, (int64_t)Cout * HoWo, bf ? NULL : col,
                                bf ? (const __nv_bfloat16 *)col : NULL, CKK * HoWo, m, Cout, CKK, HoWo, dw);
         }
         if (dx) { /* dcol = w^T dy, then scatter-free gather back into dx */
             gemm_op_sb(c, 1, 0, CKK, HoWo, Cout, 1.f, w, CKK, 0, dyc, HoWo, (int64_t)Cout * HoWo,
                     0.f, col, HoWo, CKK * HoWo, m);
+            PROF_STAGE(c, "col2im");
             col2im_acc_k<<<grid_1d((int64_t)m * Cin * HW), TPB, 0, c->stream>>>(
                 col, dx + (int64_t)n0 * Cin * HW, m, Cin, H, W, k, s, p, Ho, Wo);
             LAUNCHED(c);
@@ -1985,6 +2074,7 @@ static void fused_setup(Cuda *c) {
 }
 static void flash_fwd(Cuda *c, const float *q, const float *k, const float *v, float *o, float *lse, int N,
                       int Lq, int Lk, int H, int D, int Dp, float scale, int causal) {
+    PROF_STAGE(c, "flash");
     dim3 g((unsigned)((Lq + FLASH_T - 1) / FLASH_T), (unsigned)(N * H));
     flash_fwd_k<<<g, FLASH_W * 32, flash_smem_bytes(flash_fwd_smem(), Dp), c->stream>>>(
         q, k, v, o, lse, Lq, Lk, H, D, Dp, scale, causal);
@@ -1994,12 +2084,14 @@ static void flash_bwd(Cuda *c, const float *dout, const float *q, const float *k
                       const float *lse, const float *delta, float *dq, float *dk, float *dv, int N, int Lq,
                       int Lk, int H, int D, int Dp, float scale, int causal) {
     if (dk || dv) {
+        PROF_STAGE(c, "flash dk dv");
         dim3 g((unsigned)((Lk + FLASH_T - 1) / FLASH_T), (unsigned)(N * H));
         flash_bwd_kv_k<<<g, FLASH_W * 32, flash_smem_bytes(flash_bkv_smem(), Dp), c->stream>>>(
             q, k, v, dout, lse, delta, dk, dv, Lq, Lk, H, D, Dp, scale, causal);
         LAUNCHED(c);
     }
     if (dq) {
+        PROF_STAGE(c, "flash dq");
         dim3 g((unsigned)((Lq + FLASH_T - 1) / FLASH_T), (unsigned)(N * H));
         flash_bwd_q_k<<<g, FLASH_W * 32, flash_smem_bytes(flash_bq_smem(), Dp), c->stream>>>(
             q, k, v, dout, lse, delta, dq, Lq, Lk, H, D, Dp, scale, causal);
@@ -2034,8 +2126,11 @@ static void cu_attention_fwd(Backend *be, const float *q, const float *k, const 
             int t = Lq - i0 < T ? Lq - i0 : T;
             gemm_sb(c, 0, 1, t, Lk, D, scale, qg + (int64_t)i0 * HD, HD, a.q_b, kg, HD, a.k_b, 0.f,
                     S, Lk, (int64_t)t * Lk, a.B);
-            attn_softmax_k<<<(unsigned)(a.B * t), 128, 0, c->stream>>>(S, lg, t, Lk, i0, Lq, causal, a.l_b);
-            LAUNCHED(c);
+            {
+                PROF_STAGE(c, "softmax");
+                attn_softmax_k<<<(unsigned)(a.B * t), 128, 0, c->stream>>>(S, lg, t, Lk, i0, Lq, causal, a.l_b);
+                LAUNCHED(c);
+            }
             gemm_sb(c, 0, 0, t, D, Lk, 1.f, S, Lk, (int64_t)t * Lk, vg, HD, a.k_b, 0.f,
                     og + (int64_t)i0 * HD, HD, a.q_b, a.B);
         }
@@ -2083,9 +2178,12 @@ static void cu_attention_bwd(Backend *be, const float *dout, const float *q, con
             const float *qt = qg + (int64_t)i0 * HD, *dot = dog + (int64_t)i0 * HD;
             gemm_sb(c, 0, 1, t, Lk, D, scale, qt, HD, a.q_b, kg, HD, a.k_b, 0.f, P, Lk,
                     (int64_t)t * Lk, a.B);
-            attn_recompute_p_k<<<grid_1d(tot), TPB, 0, c->stream>>>(P, lg, t, Lk, i0, Lq, causal,
-                                                                    a.l_b, tot);
-            LAUNCHED(c);
+            {
+                PROF_STAGE(c, "softmax");
+                attn_recompute_p_k<<<grid_1d(tot), TPB, 0, c->stream>>>(P, lg, t, Lk, i0, Lq, causal,
+                                                                        a.l_b, tot);
+                LAUNCHED(c);
+            }
             if (dv) /* dV += P^T dO */
                 gemm_sb(c, 1, 0, Lk, D, t, 1.f, P, Lk, (int64_t)t * Lk, dot, HD, a.q_b, 1.f,
                         dv + g * a.k_o, HD, a.k_b, a.B);
@@ -2093,9 +2191,12 @@ static void cu_attention_bwd(Backend *be, const float *dout, const float *q, con
             /* dP = dO V^T, then dS = scale P (dP - delta) */
             gemm_sb(c, 0, 1, t, Lk, D, 1.f, dot, HD, a.q_b, vg, HD, a.k_b, 0.f, dP, Lk,
                     (int64_t)t * Lk, a.B);
-            attn_ds_k<<<grid_1d(tot), TPB, 0, c->stream>>>(P, dP, delta + g * a.l_o, t, Lk, i0, Lq,
-                                                           scale, a.l_b, tot);
-            LAUNCHED(c);
+            {
+                PROF_STAGE(c, "dS");
+                attn_ds_k<<<grid_1d(tot), TPB, 0, c->stream>>>(P, dP, delta + g * a.l_o, t, Lk, i0, Lq,
+                                                               scale, a.l_b, tot);
+                LAUNCHED(c);
+            }
             if (dq) /* dQ += dS K */
                 gemm_sb(c, 0, 0, t, D, Lk, 1.f, dP, Lk, (int64_t)t * Lk, kg, HD, a.k_b, 1.f,
                         dq + g * a.q_o + (int64_t)i0 * HD, HD, a.q_b, a.B);
@@ -2511,6 +2612,8 @@ static int cu_record_begin(Backend *be);
 static void *cu_record_end(Backend *be, char *why, size_t whylen);
 static int cu_replay(Backend *be, void *rec);
 static void cu_record_free(Backend *be, void *rec);
+static int cu_profile(Backend *be, int on);
+static int cu_profile_rows(Backend *be, BackendProfileRow *rows, int max);
 
 /* NULL with a one-line reason when there is no usable GPU or driver.
  * Env KRONA_CUDA_TF32=0 makes precision auto mean FP32 instead of TF32. */
@@ -2582,15 +2685,15 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     be->impl = c;
     be->alloc = cu_alloc;
     be->free = cu_free;
-    be->upload = cu_upload;
-    be->download = cu_download;
-    be->copy = cu_copy;
-    be->zero = cu_zero;
+    be->upload = TIMED(upload);
+    be->download = TIMED(download);
+    be->copy = TIMED(copy);
+    be->zero = TIMED(zero);
     be->sync = cu_sync;
     be->set_frozen = cu_set_frozen;
     be->record_begin = cu_record_begin;
     be->record_end = cu_record_end;
-    be->replay = cu_replay;
+    be->replay = TIMED(replay);
     be->record_free = cu_record_free;
     be->peak_bytes = cu_peak;
     be->destroy = cu_destroy;
@@ -2600,48 +2703,50 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     be->set_precision = cu_set_precision;
     be->reserved_bytes = cu_reserved;
     be->free_bytes = cu_free_bytes;
-    be->gemm = cu_gemm;
-    be->gemm_batched = cu_gemm_batched;
-    be->linear_fwd = cu_linear_fwd;
-    be->linear_bwd = cu_linear_bwd;
-    be->conv2d_fwd = cu_conv2d_fwd;
-    be->conv2d_bwd = cu_conv2d_bwd;
-    be->group_norm_fwd = cu_group_norm_fwd;
-    be->group_norm_bwd = cu_group_norm_bwd;
-    be->layer_norm_fwd = cu_layer_norm_fwd;
-    be->layer_norm_bwd = cu_layer_norm_bwd;
-    be->silu_fwd = cu_silu_fwd;
-    be->silu_bwd = cu_silu_bwd;
-    be->gelu_fwd = cu_gelu_fwd;
-    be->gelu_bwd = cu_gelu_bwd;
-    be->geglu_fwd = cu_geglu_fwd;
-    be->geglu_bwd = cu_geglu_bwd;
-    be->quick_gelu_fwd = cu_quick_gelu_fwd;
-    be->quick_gelu_bwd = cu_quick_gelu_bwd;
-    be->embedding_fwd = cu_embedding_fwd;
-    be->add = cu_add;
-    be->axpy = cu_axpy;
-    be->scale = cu_scale;
-    be->add_channel_bias = cu_add_channel_bias;
-    be->channel_sum_bwd = cu_channel_sum_bwd;
-    be->concat_channels = cu_concat_channels;
-    be->concat_channels_bwd = cu_concat_channels_bwd;
-    be->upsample2x_fwd = cu_upsample2x_fwd;
-    be->upsample2x_bwd = cu_upsample2x_bwd;
-    be->pad2d = cu_pad2d;
-    be->pad2d_bwd = cu_pad2d_bwd;
-    be->nchw_to_nlc = cu_nchw_to_nlc;
-    be->nlc_to_nchw = cu_nlc_to_nchw;
-    be->attention_fwd = cu_attention_fwd;
-    be->attention_bwd = cu_attention_bwd;
-    be->timestep_embedding = cu_timestep_embedding;
-    be->mse_fwd = cu_mse_fwd;
-    be->mse_bwd = cu_mse_bwd;
-    be->adamw = cu_adamw;
-    be->kron_fwd = cu_kron_fwd;
-    be->kron_bwd = cu_kron_bwd;
-    be->kron_merge = cu_kron_merge;
-    be->embedding_bwd = cu_embedding_bwd;
+    be->profile = cu_profile;
+    be->profile_rows = cu_profile_rows;
+    be->gemm = TIMED(gemm);
+    be->gemm_batched = TIMED(gemm_batched);
+    be->linear_fwd = TIMED(linear_fwd);
+    be->linear_bwd = TIMED(linear_bwd);
+    be->conv2d_fwd = TIMED(conv2d_fwd);
+    be->conv2d_bwd = TIMED(conv2d_bwd);
+    be->group_norm_fwd = TIMED(group_norm_fwd);
+    be->group_norm_bwd = TIMED(group_norm_bwd);
+    be->layer_norm_fwd = TIMED(layer_norm_fwd);
+    be->layer_norm_bwd = TIMED(layer_norm_bwd);
+    be->silu_fwd = TIMED(silu_fwd);
+    be->silu_bwd = TIMED(silu_bwd);
+    be->gelu_fwd = TIMED(gelu_fwd);
+    be->gelu_bwd = TIMED(gelu_bwd);
+    be->geglu_fwd = TIMED(geglu_fwd);
+    be->geglu_bwd = TIMED(geglu_bwd);
+    be->quick_gelu_fwd = TIMED(quick_gelu_fwd);
+    be->quick_gelu_bwd = TIMED(quick_gelu_bwd);
+    be->embedding_fwd = TIMED(embedding_fwd);
+    be->add = TIMED(add);
+    be->axpy = TIMED(axpy);
+    be->scale = TIMED(scale);
+    be->add_channel_bias = TIMED(add_channel_bias);
+    be->channel_sum_bwd = TIMED(channel_sum_bwd);
+    be->concat_channels = TIMED(concat_channels);
+    be->concat_channels_bwd = TIMED(concat_channels_bwd);
+    be->upsample2x_fwd = TIMED(upsample2x_fwd);
+    be->upsample2x_bwd = TIMED(upsample2x_bwd);
+    be->pad2d = TIMED(pad2d);
+    be->pad2d_bwd = TIMED(pad2d_bwd);
+    be->nchw_to_nlc = TIMED(nchw_to_nlc);
+    be->nlc_to_nchw = TIMED(nlc_to_nchw);
+    be->attention_fwd = TIMED(attention_fwd);
+    be->attention_bwd = TIMED(attention_bwd);
+    be->timestep_embedding = TIMED(timestep_embedding);
+    be->mse_fwd = TIMED(mse_fwd);
+    be->mse_bwd = TIMED(mse_bwd);
+    be->adamw = TIMED(adamw);
+    be->kron_fwd = TIMED(kron_fwd);
+    be->kron_bwd = TIMED(kron_bwd);
+    be->kron_merge = TIMED(kron_merge);
+    be->embedding_bwd = TIMED(embedding_bwd);
     return be;
 }
 
@@ -2729,6 +2834,22 @@ static void cu_record_free(Backend *be, void *rec) {
     }
 }
 
+/* ---- profile (core/backend.h) ---- */
+static int cu_profile(Backend *be, int on) {
+    Cuda *c = CU(be);
+    if (refuse(c, "profile")) return -1;
+    if (on) c->npev = 0; /* a new table: what was queued for the old one is dropped */
+    else prof_fold(c);
+    prof_switch(&c->prof, on);
+    return 0;
+}
+static int cu_profile_rows(Backend *be, BackendProfileRow *rows, int max) {
+    Cuda *c = CU(be);
+    if (refuse(c, "profile_rows")) return 0;
+    prof_fold(c);
+    return prof_copy(&c->prof, rows, max);
+}
+
 /* Waits for queued work, frees every device buffer (live or cached), the stream
  * and the cuBLAS handle, then the Backend itself. */
 static void cu_destroy(Backend *be) {
@@ -2746,6 +2867,12 @@ static void cu_destroy(Backend *be) {
     free(c->live);
     free(c->cache.v);
     free(c->rcache.v);
+    for (int i = 0; i < c->cappev; i++) {
+        cudaEventDestroy(c->pev[i].a);
+        cudaEventDestroy(c->pev[i].b);
+    }
+    free(c->pev);
+    prof_free(&c->prof);
     cublasDestroy(c->blas);
     if (c->blas_ws) cudaFree(c->blas_ws);
     cudaFreeHost(c->host_scalar);

@@ -2,7 +2,8 @@
  * backend_open by name and for `auto` (highest rank that opens, with the
  * reasons for the ones skipped), one-line errors for unknown names and missing
  * plugins, and a device failure in the middle of training stopping it with the
- * backend's message while the last checkpoint stays as it was. (Loading real
+ * backend's message while the last checkpoint stays as it was; the profile
+ * table (core/profile.h) and the CPU backend's op-by-op profile. (Loading real
  * plugin files, good, stale and with a missing runtime: tests/cli/test_cli.sh.) */
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,10 +14,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/backend.h"
 #include "core/fsutil.h"
+#include "core/profile.h"
 #include "formats/safetensors.h"
 #include "models/model.h"
 #include "training/train.h"
@@ -58,6 +61,90 @@ static void test_open_cpu(void **state) {
     be->free(be, p);
     backend_destroy(be);
     backend_destroy(NULL);
+}
+
+/* the table every backend keeps: rows by path of open scopes, first seen first */
+static void test_profile_table(void **state) {
+    ProfTable t = {0};
+    assert_int_equal(prof_enter(&t, "off"), -1); /* not profiling: nothing kept */
+    prof_leave(&t, -1);
+    prof_switch(&t, 1);
+    int a = prof_enter(&t, "conv2d_bwd");
+    int b = prof_enter(&t, "col2im");
+    prof_add(&t, b, 2.0);
+    prof_leave(&t, b);
+    prof_add(&t, a, 5.0);
+    prof_leave(&t, a);
+    int g = prof_enter(&t, "gemm"); /* at the top again, not inside conv2d_bwd */
+    prof_leave(&t, g);
+    a = prof_enter(&t, "conv2d_bwd");
+    b = prof_enter(&t, "col2im");
+    prof_add(&t, b, 1.0);
+    prof_leave(&t, b);
+    prof_leave(&t, a);
+    BackendProfileRow r[8];
+    assert_int_equal(prof_copy(&t, r, 8), 3);
+    assert_string_equal(r[0].name, "conv2d_bwd");
+    assert_int_equal(r[0].depth, 0);
+    assert_int_equal(r[0].calls, 2);
+    assert_true(r[0].ms == 5.0);
+    assert_string_equal(r[1].name, "conv2d_bwd/col2im");
+    assert_int_equal(r[1].depth, 1);
+    assert_int_equal(r[1].calls, 2);
+    assert_true(r[1].ms == 3.0);
+    assert_string_equal(r[2].name, "gemm");
+    assert_int_equal(r[2].depth, 0);
+    assert_int_equal(prof_copy(&t, r, 1), 3); /* how many there are, whatever fits */
+    prof_switch(&t, 0);
+    assert_int_equal(prof_enter(&t, "gemm"), -1); /* stopped: the rows stay */
+    assert_int_equal(prof_copy(&t, r, 8), 3);
+    prof_switch(&t, 1); /* started again: empty */
+    assert_int_equal(prof_copy(&t, r, 8), 0);
+    for (int i = 0; i < 200; i++) prof_leave(&t, prof_enter(&t, i % 2 ? "x" : "y")); /* grows */
+    assert_int_equal(prof_copy(&t, r, 8), 2);
+    assert_int_equal(r[0].calls, 100);
+    prof_free(&t);
+}
+
+static double wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+/* the CPU backend times every op it is asked for, and nothing while off */
+static void test_cpu_profile(void **state) {
+    Backend *be = backend_cpu_create();
+    assert_non_null(be->profile);
+    assert_non_null(be->profile_rows);
+    BackendProfileRow r[16];
+    assert_int_equal(be->profile_rows(be, r, 16), 0);
+    int N = 2, C = 32, H = 48, W = 48;
+    int64_t n = (int64_t)N * C * H * W;
+    float *x = be->alloc(be, sizeof(float) * (size_t)n), *y = be->alloc(be, sizeof(float) * (size_t)n);
+    float *w = be->alloc(be, sizeof(float) * (size_t)C * C * 9);
+    be->conv2d_fwd(be, x, w, NULL, y, N, C, H, W, C, 3, 1, 1); /* before: not counted */
+    assert_int_equal(be->profile(be, 1), 0);
+    double t0 = wall_ms();
+    be->conv2d_fwd(be, x, w, NULL, y, N, C, H, W, C, 3, 1, 1);
+    be->silu_fwd(be, y, x, n);
+    be->conv2d_fwd(be, x, w, NULL, y, N, C, H, W, C, 3, 1, 1);
+    double wall = wall_ms() - t0;
+    assert_int_equal(be->profile(be, 0), 0);
+    be->silu_fwd(be, y, x, n); /* after: not counted */
+    be->zero(be, y, sizeof(float) * (size_t)n);
+    assert_int_equal(be->profile_rows(be, r, 16), 2);
+    assert_string_equal(r[0].name, "conv2d_fwd");
+    assert_int_equal(r[0].calls, 2);
+    assert_int_equal(r[0].depth, 0);
+    assert_string_equal(r[1].name, "silu_fwd");
+    assert_int_equal(r[1].calls, 1);
+    /* each op's own time: some, and together no more than the whole */
+    assert_true(r[0].ms > 0 && r[1].ms > 0);
+    assert_true(r[0].ms + r[1].ms <= wall);
+    assert_true(r[0].ms > r[1].ms); /* 2 x 2*9*32 MACs per output vs one sigmoid */
+    be->free(be, x); be->free(be, y); be->free(be, w);
+    backend_destroy(be);
 }
 
 static void test_unknown_names(void **state) {
@@ -237,6 +324,8 @@ static void test_device_failure_fails_sampling(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_cpu),
+        cmocka_unit_test(test_profile_table),
+        cmocka_unit_test(test_cpu_profile),
         cmocka_unit_test(test_unknown_names),
         cmocka_unit_test(test_missing_plugin),
         cmocka_unit_test(test_auto_ranks),

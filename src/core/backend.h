@@ -23,6 +23,14 @@
 
 typedef struct Backend Backend;
 
+/* one row of a backend's profile (profile_rows, below) */
+typedef struct BackendProfileRow {
+    char name[64]; /* "conv2d_bwd", or a stage inside it: "conv2d_bwd/col2im" */
+    int depth;     /* 0 an op, 1 a stage inside one, ... */
+    int64_t calls;
+    double ms;     /* device time, all calls */
+} BackendProfileRow;
+
 /* GEMM arithmetic (set_precision; the preset's `precision`). Storage is f32 in
  * every mode; what changes is how the products of the big GEMMs (linear and
  * conv2d, forward and backward) are formed:
@@ -103,6 +111,19 @@ struct Backend {
     void *(*record_end)(Backend *be, char *why, size_t whylen);
     int (*replay)(Backend *be, void *rec);
     void (*record_free)(Backend *be, void *rec);
+
+    /* ---- profile (optional: NULL where the backend has none) ----
+     * Where a step's time goes, op by op (bench_train --profile). profile(be, 1)
+     * empties the table and starts timing every op; profile(be, 0) stops. Each
+     * row is an op ("conv2d_bwd") or a stage inside one that the backend names
+     * ("conv2d_bwd/col2im", depth 1), with its calls and device time (CUDA:
+     * events around it on the stream, so queued work is timed where it runs).
+     * Timing changes no result; ops inside a recording are not timed (a
+     * replay is one row, "replay"). profile_rows waits for queued work and
+     * copies up to max rows in the order first seen; it returns how many there
+     * are. A stage's time is part of its op's. */
+    int (*profile)(Backend *be, int on);
+    int (*profile_rows)(Backend *be, BackendProfileRow *rows, int max);
 
     /* ---- dense algebra ----
      * C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, row-major,
@@ -263,7 +284,7 @@ static inline int kron_a_first(int a1, int a2, int b1, int b2) {
  * backend_cpu.c; a plugin krona-backend-NAME.so exports
  *     const BackendDriver *krona_backend_plugin(int abi);
  * returning its driver when abi == KRONA_BACKEND_ABI (else NULL: a stale build). */
-#define KRONA_BACKEND_ABI 8 /* bump when struct Backend or BackendDriver changes */
+#define KRONA_BACKEND_ABI 9 /* bump when struct Backend or BackendDriver changes */
 
 typedef struct BackendDriver {
     const char *name;  /* what --device / `device =` names: "cpu", "cuda" */

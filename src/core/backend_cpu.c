@@ -22,6 +22,7 @@
 #include "core/backend.h"
 #include "core/half.h"
 #include "core/fsutil.h"
+#include "core/profile.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -31,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -113,12 +115,39 @@ struct CpuImpl {
     ChunkFn fn;
     void *ctx;
     int64_t n;
+    ProfTable prof; /* profile(): wall time per op, read on the calling thread */
 };
 
 /* set while running a chunk: nested jobs run inline, on this thread's scratch */
 static _Thread_local int in_pool, cur_tid;
 
 static CpuImpl *impl_of(Backend *be) { return (CpuImpl *)be->impl; }
+
+/* profile (backend.h): every op opens a scope named after itself (PROF_OP at
+ * its top, cpu_NAME -> "NAME"); an op another op calls is a stage of it. Ops
+ * are synchronous, so the wall time between entering and leaving is the op's.
+ * Only the calling thread keeps the table (pool workers never profile). */
+typedef struct {
+    CpuImpl *im;
+    int row;
+    struct timespec t0;
+} ProfScope;
+static ProfScope prof_begin(Backend *be, const char *name) {
+    ProfScope s = {impl_of(be), -1, {0, 0}};
+    if (!s.im->prof.on || in_pool) return s;
+    s.row = prof_enter(&s.im->prof, name);
+    if (s.row >= 0) clock_gettime(CLOCK_MONOTONIC, &s.t0);
+    return s;
+}
+static void prof_end(ProfScope *s) {
+    if (s->row < 0) return;
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    prof_add(&s->im->prof, s->row, (t1.tv_sec - s->t0.tv_sec) * 1e3 + (t1.tv_nsec - s->t0.tv_nsec) * 1e-6);
+    prof_leave(&s->im->prof, s->row);
+}
+#define PROF_OP(be) \
+    ProfScope prof_scope_ __attribute__((cleanup(prof_end))) = prof_begin((be), __func__ + 4)
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -284,9 +313,17 @@ static void cpu_memcpy(Backend *be, void *dst, const void *src, size_t bytes) {
     if (bytes && dst != src) memcpy(dst, src, bytes);
 }
 static void cpu_zero(Backend *be, void *p, size_t bytes) {
+    PROF_OP(be);
     if (bytes) memset(p, 0, bytes);
 }
 static void cpu_sync(Backend *be) {}
+static int cpu_profile(Backend *be, int on) {
+    prof_switch(&impl_of(be)->prof, on);
+    return 0;
+}
+static int cpu_profile_rows(Backend *be, BackendProfileRow *rows, int max) {
+    return prof_copy(&impl_of(be)->prof, rows, max);
+}
 /* BF16 mode rounds operands as it goes: frozen weights change nothing here */
 static void cpu_set_frozen(Backend *be, const float *p, int64_t n, int64_t n_w) {}
 static size_t cpu_peak(Backend *be) { return atomic_load(&impl_of(be)->peak); }
@@ -386,6 +423,7 @@ static void gemm_op(CpuImpl *im, int tA, int tB, int M, int N, int K, float alph
 static void cpu_gemm(Backend *be, int transA, int transB, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
                      int ldc) {
+    PROF_OP(be);
     sgemm_par(impl_of(be), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
@@ -406,6 +444,7 @@ static void cpu_gemm_batched(Backend *be, int transA, int transB, int M, int N, 
                              float alpha, const float *A, int lda, int64_t sA, const float *B,
                              int ldb, int64_t sB, float beta, float *C, int ldc, int64_t sC,
                              int batch) {
+    PROF_OP(be);
     CpuImpl *im = impl_of(be);
     double flops = 2.0 * M * N * K;
     if (flops >= 4e6 || batch == 1) { /* big matrices: split each one instead */
@@ -459,6 +498,7 @@ static void bias_rows_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid)
 
 static void cpu_linear_fwd(Backend *be, const float *x, const float *W, const float *b, float *y,
                            int64_t M, int in, int out) {
+    PROF_OP(be);
     CpuImpl *im = impl_of(be);
     float beta = 0.f;
     if (b) {
@@ -471,6 +511,7 @@ static void cpu_linear_fwd(Backend *be, const float *x, const float *W, const fl
 
 static void cpu_linear_bwd(Backend *be, const float *dy, const float *x, const float *W, float *dx,
                            float *dW, float *db, int64_t M, int in, int out) {
+    PROF_OP(be);
     CpuImpl *im = impl_of(be);
     if (dx) gemm_op(im, 0, 0, (int)M, in, out, 1.f, dy, out, W, in, 1.f, dx, in);
     if (dW) gemm_op(im, 1, 0, out, in, (int)M, 1.f, dy, out, x, in, 1.f, dW, in);
@@ -626,6 +667,7 @@ static void conv_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) 
 
 static void cpu_conv2d_fwd(Backend *be, const float *x, const float *w, const float *b, float *y,
                            int N, int Cin, int H, int W, int Cout, int k, int s, int p) {
+    PROF_OP(be);
     CpuImpl *im = impl_of(be);
     ConvJob j = {.x = x, .w = w, .b = b, .y = y, .N = N, .Cin = Cin, .H = H, .W = W, .Cout = Cout,
                  .k = k, .s = s, .p = p, .im = im};
@@ -668,6 +710,7 @@ static void conv_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) 
 static void cpu_conv2d_bwd(Backend *be, const float *dy, const float *x, const float *w, float *dx,
                            float *dw, float *db, int N, int Cin, int H, int W, int Cout, int k,
                            int s, int p) {
+    PROF_OP(be);
     CpuImpl *im = impl_of(be);
     ConvJob j = {.x = x, .w = w, .dy = dy, .dx = dx, .dw = dw, .N = N, .Cin = Cin, .H = H, .W = W,
                  .Cout = Cout, .k = k, .s = s, .p = p, .im = im};
@@ -745,6 +788,7 @@ static void gn_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
 static void cpu_group_norm_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
                                float *y, float *mean, float *rstd, int N, int C, int64_t HW, int G,
                                float eps) {
+    PROF_OP(be);
     NormJob j = {.x = x, .gamma = gamma, .beta = beta, .y = y, .mo = mean, .ro = rstd, .C = C, .G = G,
                  .HW = HW, .eps = eps};
     par_run(impl_of(be), (int64_t)N * G, chunks_for((int64_t)N * C * HW, 16384, (int64_t)N * G), gn_fwd_chunk, &j);
@@ -793,6 +837,7 @@ static void gn_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
 static void cpu_group_norm_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
                                const float *mean, const float *rstd, float *dx, float *dgamma,
                                float *dbeta, int N, int C, int64_t HW, int G) {
+    PROF_OP(be);
     CpuImpl *im = impl_of(be);
     float *sdx = scratch(im, 0, 4, (size_t)2 * N * C);
     NormJob j = {.x = x, .gamma = gamma, .dy = dy, .mean = mean, .rstd = rstd, .dx = dx, .sdx = sdx,
@@ -822,6 +867,7 @@ static void ln_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
 
 static void cpu_layer_norm_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
                                float *y, float *mean, float *rstd, int64_t M, int C, float eps) {
+    PROF_OP(be);
     NormJob j = {.x = x, .gamma = gamma, .beta = beta, .y = y, .mo = mean, .ro = rstd, .C = C, .eps = eps};
     par_run(impl_of(be), M, chunks_for(M * C, 16384, M), ln_fwd_chunk, &j);
 }
@@ -856,6 +902,7 @@ static void ln_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
 static void cpu_layer_norm_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
                                const float *mean, const float *rstd, float *dx, float *dgamma,
                                float *dbeta, int64_t M, int C) {
+    PROF_OP(be);
     CpuImpl *im = impl_of(be);
     int nch = chunks_for(M * C, 16384, M);
     NormJob j = {.x = x, .gamma = gamma, .dy = dy, .mean = mean, .rstd = rstd, .dx = dx, .C = C};
@@ -989,40 +1036,49 @@ static void pw_run(CpuImpl *im, PwJob *j, int64_t n, int64_t per) {
 }
 
 static void cpu_silu_fwd(Backend *be, const float *x, float *y, int64_t n) {
+    PROF_OP(be);
     PwJob j = {.op = PW_SILU, .a = x, .y = y};
     pw_run(impl_of(be), &j, n, 1);
 }
 static void cpu_silu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t n) {
+    PROF_OP(be);
     PwJob j = {.op = PW_SILU_B, .a = dy, .b = x, .y = dx};
     pw_run(impl_of(be), &j, n, 1);
 }
 static void cpu_gelu_fwd(Backend *be, const float *x, float *y, int64_t n) {
+    PROF_OP(be);
     PwJob j = {.op = PW_GELU, .a = x, .y = y};
     pw_run(impl_of(be), &j, n, 2);
 }
 static void cpu_gelu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t n) {
+    PROF_OP(be);
     PwJob j = {.op = PW_GELU_B, .a = dy, .b = x, .y = dx};
     pw_run(impl_of(be), &j, n, 2);
 }
 static void cpu_geglu_fwd(Backend *be, const float *x, float *y, int64_t M, int D) {
+    PROF_OP(be);
     PwJob j = {.op = PW_GEGLU, .D = D, .a = x, .y = y};
     pw_run(impl_of(be), &j, M, 2 * D);
 }
 static void cpu_geglu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t M, int D) {
+    PROF_OP(be);
     PwJob j = {.op = PW_GEGLU_B, .D = D, .a = dy, .b = x, .y = dx};
     pw_run(impl_of(be), &j, M, 4 * D);
 }
 static void cpu_quick_gelu_fwd(Backend *be, const float *x, float *y, int64_t n) {
+    PROF_OP(be);
     PwJob j = {.op = PW_QGELU, .a = x, .y = y};
     pw_run(impl_of(be), &j, n, 1);
 }
 static void cpu_quick_gelu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t n) {
+    PROF_OP(be);
     if (!dx) return;
     PwJob j = {.op = PW_QGELU_B, .a = dy, .b = x, .y = dx};
     pw_run(impl_of(be), &j, n, 1);
 }
 static void cpu_embedding_fwd(Backend *be, const float *table, const int32_t *ids, float *out,
                               int64_t n, int dim) {
+    PROF_OP(be);
     /* the table size is unknown here; a negative id yields a zero row, not a wild read */
     for (int64_t i = 0; i < n; i++) {
         if (ids[i] < 0) memset(out + i * dim, 0, sizeof(float) * dim);
@@ -1030,22 +1086,27 @@ static void cpu_embedding_fwd(Backend *be, const float *table, const int32_t *id
     }
 }
 static void cpu_add(Backend *be, const float *a, const float *b, float *y, int64_t n) {
+    PROF_OP(be);
     PwJob j = {.op = PW_ADD, .a = a, .b = b, .y = y};
     pw_run(impl_of(be), &j, n, 1);
 }
 static void cpu_axpy(Backend *be, float alpha, const float *x, float *y, int64_t n) {
+    PROF_OP(be);
     PwJob j = {.op = PW_AXPY, .a = x, .y = y, .alpha = alpha};
     pw_run(impl_of(be), &j, n, 1);
 }
 static void cpu_scale(Backend *be, float *x, float alpha, int64_t n) {
+    PROF_OP(be);
     PwJob j = {.op = PW_SCALE, .y = x, .alpha = alpha};
     pw_run(impl_of(be), &j, n, 1);
 }
 static void cpu_add_channel_bias(Backend *be, float *x, const float *v, int N, int C, int64_t HW) {
+    PROF_OP(be);
     PwJob j = {.op = PW_CBIAS, .a = v, .y = x, .HW = HW};
     pw_run(impl_of(be), &j, (int64_t)N * C, HW);
 }
 static void cpu_channel_sum_bwd(Backend *be, const float *dy, float *dv, int N, int C, int64_t HW) {
+    PROF_OP(be);
     PwJob j = {.op = PW_CSUM, .a = dy, .y = dv, .HW = HW};
     pw_run(impl_of(be), &j, (int64_t)N * C, HW);
 }
@@ -1054,6 +1115,7 @@ static void cpu_channel_sum_bwd(Backend *be, const float *dy, float *dv, int N, 
 
 static void cpu_concat_channels(Backend *be, const float *a, const float *b, float *y, int N,
                                 int Ca, int Cb, int64_t HW) {
+    PROF_OP(be);
     for (int n = 0; n < N; n++) {
         float *yn = y + (int64_t)n * (Ca + Cb) * HW;
         memcpy(yn, a + (int64_t)n * Ca * HW, sizeof(float) * Ca * HW);
@@ -1062,6 +1124,7 @@ static void cpu_concat_channels(Backend *be, const float *a, const float *b, flo
 }
 static void cpu_concat_channels_bwd(Backend *be, const float *dy, float *da, float *db, int N,
                                     int Ca, int Cb, int64_t HW) {
+    PROF_OP(be);
     int64_t na = (int64_t)Ca * HW, nb = (int64_t)Cb * HW;
     for (int n = 0; n < N; n++) {
         const float *d = dy + (int64_t)n * (na + nb);
@@ -1108,10 +1171,12 @@ static void up_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
 }
 
 static void cpu_upsample2x_fwd(Backend *be, const float *x, float *y, int N, int C, int H, int W) {
+    PROF_OP(be);
     UpJob j = {x, y, H, W, 0};
     par_run(impl_of(be), (int64_t)N * C, chunks_for((int64_t)N * C * H * W * 4, 65536, (int64_t)N * C), up_chunk, &j);
 }
 static void cpu_upsample2x_bwd(Backend *be, const float *dy, float *dx, int N, int C, int H, int W) {
+    PROF_OP(be);
     UpJob j = {dy, dx, H, W, 1};
     par_run(impl_of(be), (int64_t)N * C, chunks_for((int64_t)N * C * H * W * 4, 65536, (int64_t)N * C), up_chunk, &j);
 }
@@ -1153,12 +1218,14 @@ static void pad_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
 
 static void cpu_pad2d(Backend *be, const float *x, float *y, int N, int C, int H, int W, int top,
                       int bottom, int left, int right) {
+    PROF_OP(be);
     PadJob j = {x, y, H, W, top, bottom, left, right, 0};
     int64_t nc = (int64_t)N * C, per = (int64_t)(H + top + bottom) * (W + left + right);
     par_run(impl_of(be), nc, chunks_for(nc * per, 65536, nc), pad_chunk, &j);
 }
 static void cpu_pad2d_bwd(Backend *be, const float *dy, float *dx, int N, int C, int H, int W,
                           int top, int bottom, int left, int right) {
+    PROF_OP(be);
     if (!dx) return;
     PadJob j = {dy, dx, H, W, top, bottom, left, right, 1};
     int64_t nc = (int64_t)N * C;
@@ -1199,9 +1266,11 @@ static void transpose_batch(CpuImpl *im, const float *x, float *y, int N, int64_
     par_run(im, nblk, chunks_for(N * rows * cols, 65536, nblk), tr_chunk, &j);
 }
 static void cpu_nchw_to_nlc(Backend *be, const float *x, float *y, int N, int C, int64_t HW, int accumulate) {
+    PROF_OP(be);
     transpose_batch(impl_of(be), x, y, N, C, HW, accumulate);
 }
 static void cpu_nlc_to_nchw(Backend *be, const float *x, float *y, int N, int C, int64_t HW, int accumulate) {
+    PROF_OP(be);
     transpose_batch(impl_of(be), x, y, N, HW, C, accumulate);
 }
 
@@ -1604,6 +1673,7 @@ static int attn_setup(CpuImpl *im, AttnJob *j) {
 static void cpu_attention_fwd(Backend *be, const float *q, const float *k, const float *v, float *o,
                               float *lse, int N, int Lq, int Lk, int H, int D, float scale,
                               int causal) {
+    PROF_OP(be);
     CpuImpl *im = impl_of(be);
     if (N <= 0 || Lq <= 0 || H <= 0 || D <= 0) return;
     AttnJob j = {.q = q, .k = k, .v = v, .out = o, .lse = lse, .Lq = Lq, .Lk = Lk, .H = H, .D = D,
@@ -1618,6 +1688,7 @@ static void cpu_attention_bwd(Backend *be, const float *dout, const float *q, co
                               const float *v, const float *o, const float *lse, float *dq,
                               float *dk, float *dv, int N, int Lq, int Lk, int H, int D,
                               float scale, int causal) {
+    PROF_OP(be);
     CpuImpl *im = impl_of(be);
     if (N <= 0 || Lq <= 0 || H <= 0 || D <= 0 || (!dq && !dk && !dv)) return;
     AttnJob j = {.q = q, .k = k, .v = v, .o = o, .dout = dout, .lse_in = lse, .dq = dq, .dk = dk,
@@ -1632,6 +1703,7 @@ static void cpu_attention_bwd(Backend *be, const float *dout, const float *q, co
 
 static void cpu_timestep_embedding(Backend *be, const float *t, float *emb, int N, int dim,
                                    int flip_sin_to_cos, float shift, float max_period) {
+    PROF_OP(be);
     int half = dim / 2;
     /* float arithmetic in the same order as diffusers' torch code */
     float neg_log = (float)(-log((double)max_period));
@@ -1665,6 +1737,7 @@ static void mse_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
 }
 
 static float cpu_mse_fwd(Backend *be, const float *pred, const float *target, int64_t n) {
+    PROF_OP(be);
     if (n <= 0) return 0.f;
     MseJob j = {.a = pred, .b = target};
     int nch = chunks_for(n, 32768, n);
@@ -1676,6 +1749,7 @@ static float cpu_mse_fwd(Backend *be, const float *pred, const float *target, in
 
 static void cpu_mse_bwd(Backend *be, const float *pred, const float *target, float *dpred,
                         int64_t n, float weight) {
+    PROF_OP(be);
     PwJob j = {.op = PW_MSE_B, .a = pred, .b = target, .y = dpred, .alpha = (float)(2.0 * weight / (double)n)};
     pw_run(impl_of(be), &j, n, 1);
 }
@@ -1701,6 +1775,7 @@ static void adam_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
 
 static void cpu_adamw(Backend *be, float *param, const float *grad, float *m, float *v, int64_t n,
                       float lr, float beta1, float beta2, float eps, float weight_decay, int t) {
+    PROF_OP(be);
     /* torch.optim.AdamW (single-tensor path): decay, moments, then
      * p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps) */
     double bc1 = 1.0 - pow((double)beta1, t), bc2 = 1.0 - pow((double)beta2, t);
@@ -1843,6 +1918,7 @@ static void pair_contract(CpuImpl *im, const float *P, const float *Q, int64_t M
  *   B first: T_m = X_m B^T, y_m += s A T_m;   V_m = A^T dY_m feeds dx and dB */
 static void cpu_kron_fwd(Backend *be, const float *x, const float *A, const float *B, float *y,
                          int64_t M, int a1, int a2, int b1, int b2, float scale) {
+    PROF_OP(be);
     CpuImpl *im = impl_of(be);
     if (kron_a_first(a1, a2, b1, b2)) {
         /* Z[M, a1, b2] = A X_m, then Y as [(M a1), b1] += s Z B^T in one GEMM */
@@ -1860,6 +1936,7 @@ static void cpu_kron_fwd(Backend *be, const float *x, const float *A, const floa
 static void cpu_kron_bwd(Backend *be, const float *dy, const float *x, const float *A,
                          const float *B, float *dx, float *dA, float *dB, int64_t M, int a1,
                          int a2, int b1, int b2, float scale) {
+    PROF_OP(be);
     CpuImpl *im = impl_of(be);
     if (kron_a_first(a1, a2, b1, b2)) {
         float *buf = scratch(im, 0, 0, (size_t)(M * a1 * b2));
@@ -1892,6 +1969,7 @@ static void cpu_kron_bwd(Backend *be, const float *dy, const float *x, const flo
 
 static void cpu_kron_merge(Backend *be, const float *A, const float *B, float *W, int a1, int a2,
                            int b1, int b2, float scale) {
+    PROF_OP(be);
     int64_t din = (int64_t)a2 * b2;
     for (int i = 0; i < a1; i++)
         for (int c = 0; c < b1; c++) {
@@ -1971,6 +2049,8 @@ Backend *backend_cpu_create(void) {
     be->set_precision = cpu_set_precision;
     be->reserved_bytes = cpu_reserved;
     be->free_bytes = cpu_free_bytes;
+    be->profile = cpu_profile;
+    be->profile_rows = cpu_profile_rows;
     be->gemm = cpu_gemm;
     be->gemm_batched = cpu_gemm_batched;
     be->linear_fwd = cpu_linear_fwd;
@@ -2029,6 +2109,7 @@ static void cpu_destroy(Backend *be) {
         pthread_cond_destroy(&im->cv_done);
         for (int t = 0; t < MAX_THREADS; t++)
             for (int k = 0; k < NSLOT; k++) free(im->s[t][k].p);
+        prof_free(&im->prof);
         free(im);
     }
     free(be);
@@ -2045,6 +2126,7 @@ void backend_cpu_set_conv_cols(Backend *be, int64_t floats) {
  * in order (deterministic; n x dim is small next to the encoder's GEMMs). */
 static void cpu_embedding_bwd(Backend *be, const float *dout, const int32_t *ids, float *dtable,
                               int64_t n, int dim) {
+    PROF_OP(be);
     (void)be;
     if (!dtable) return;
     for (int64_t i = 0; i < n; i++) {

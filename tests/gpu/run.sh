@@ -93,11 +93,14 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
     say timeout 200 sh tests/gpu/emu/train-e2e.sh || { status=1; e2e_rc=1; }
 
   if [ -z "${SKIP_BENCH:-}" ]; then
-    stage "3. bench: training step, batch 1 (tiny also 8)" | tee -a "$LOG"
+    stage "3. bench: training step, batch 1 (tiny also 8); each row's profile (ops by device time)" | tee -a "$LOG"
     P=${BENCH_PRECISIONS:-tf32,bf16}
-    say timeout 150 "$BENCH" /tmp/bench-tiny.txt --device cuda --model tiny --precision "$P" || status=1
-    say timeout 150 "$BENCH" /tmp/bench-sd15.txt --device cuda --model sd15 --precision "$P" || status=1
-    say timeout 200 "$BENCH" /tmp/bench-sdxl.txt --device cuda --model sdxl --precision "$P" || status=1
+    say timeout 150 "$BENCH" /tmp/bench-tiny.txt --device cuda --model tiny --precision "$P" --profile || status=1
+    # pretraining's scale (the >= 5,000 samples/s target): the `all weights (pretrain)` row
+    say timeout 150 "$BENCH" /tmp/bench-tiny-b128.txt --device cuda --model tiny --batch 128 --precision bf16 \
+      --profile || status=1
+    say timeout 150 "$BENCH" /tmp/bench-sd15.txt --device cuda --model sd15 --precision "$P" --profile || status=1
+    say timeout 200 "$BENCH" /tmp/bench-sdxl.txt --device cuda --model sdxl --precision "$P" --profile || status=1
     # bf16's attention: the fused kernels against the row tiles, same step otherwise
     KRONA_CUDA_FLASH=0 say timeout 100 "$BENCH" /tmp/bench-sd15-tiles.txt --device cuda --model sd15 \
       --precision bf16 || status=1
@@ -110,7 +113,7 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
     KRONA_CUDA_GRAPHS=0 say timeout 100 "$BENCH" /tmp/bench-tiny-nograph.txt --device cuda --model tiny \
       --precision bf16 || status=1
     sed -i '1s/$/ (KRONA_CUDA_GRAPHS=0: op by op)/' /tmp/bench-tiny-nograph.txt
-    cat /tmp/bench-tiny.txt /tmp/bench-tiny-nograph.txt /tmp/bench-sd15.txt /tmp/bench-sdxl.txt /tmp/bench-sd15-tiles.txt \
+    cat /tmp/bench-tiny.txt /tmp/bench-tiny-b128.txt /tmp/bench-tiny-nograph.txt /tmp/bench-sd15.txt /tmp/bench-sdxl.txt /tmp/bench-sd15-tiles.txt \
       /tmp/bench-sd15-gemm.txt >"$OUT/bench-cuda.txt" 2>/dev/null
   fi
 

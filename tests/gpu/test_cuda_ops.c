@@ -898,6 +898,85 @@ static int test_record(Backend *be) {
     return fails;
 }
 
+/* ------------------------------------------------------------ profile */
+
+static const BackendProfileRow *prof_row(const BackendProfileRow *r, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(r[i].name, name)) return &r[i];
+    return NULL;
+}
+/* profile (backend.h): every op and the named stages inside, timed on the
+ * device; nothing inside a recording (a replay is one row); the same results */
+static int test_profile(Backend *be) {
+    if (!be->profile) {
+        printf("profile: skipped (the %s backend has none)\n", be->name);
+        return 0;
+    }
+    check_block = "profile";
+    int fails = 0;
+    enum { PN = 2, PC = 8, PH = 12, PW = 12, PM = 40, PIN = 24, POUT = 16 };
+    int64_t nx = (int64_t)PN * PC * PH * PW, nw = (int64_t)PC * PC * 9;
+    float *hx = xmalloc(sizeof(float) * (size_t)nx), *hw = xmalloc(sizeof(float) * (size_t)nw);
+    float *y1 = xmalloc(sizeof(float) * (size_t)nx), *y2 = xmalloc(sizeof(float) * (size_t)nx);
+    for (int64_t i = 0; i < nx; i++) hx[i] = frand(-1.f, 1.f);
+    for (int64_t i = 0; i < nw; i++) hw[i] = frand(-1.f, 1.f);
+    float *x = be->alloc(be, sizeof(float) * (size_t)nx), *w = be->alloc(be, sizeof(float) * (size_t)nw);
+    float *y = be->alloc(be, sizeof(float) * (size_t)nx), *ly = be->alloc(be, sizeof(float) * PM * POUT);
+    be->upload(be, x, hx, sizeof(float) * (size_t)nx);
+    be->upload(be, w, hw, sizeof(float) * (size_t)nw);
+    be->set_precision(be, KRONA_PREC_BF16);
+    be->conv2d_fwd(be, x, w, NULL, y, PN, PC, PH, PW, PC, 3, 1, 1); /* not profiled: the reference */
+    be->download(be, y1, y, sizeof(float) * (size_t)nx);
+    be->linear_fwd(be, x, w, NULL, ly, PM, PIN, POUT); /* warm: the recording below needs its scratch */
+
+    fails += check("profile on", be->profile(be, 1) == 0);
+    be->conv2d_fwd(be, x, w, NULL, y, PN, PC, PH, PW, PC, 3, 1, 1);
+    be->conv2d_fwd(be, x, w, NULL, y, PN, PC, PH, PW, PC, 3, 1, 1);
+    be->linear_fwd(be, x, w, NULL, ly, PM, PIN, POUT);
+    char why[256] = "";
+    void *rec = NULL;
+    if (be->record_begin && be->record_begin(be) == 0) { /* recorded: not timed, not counted */
+        be->linear_fwd(be, x, w, NULL, ly, PM, PIN, POUT);
+        rec = be->record_end(be, why, sizeof why);
+        if (!rec) printf("profile: record_end: %s\n", why);
+        fails += check("recording while profiling", rec != NULL);
+        if (rec) be->replay(be, rec);
+    }
+    BackendProfileRow r[64];
+    int n = be->profile_rows(be, r, 64);
+    for (int i = 0; i < n && i < 64; i++)
+        printf("profile: %-28s depth %d calls %3lld %9.3f ms\n", r[i].name, r[i].depth, (long long)r[i].calls, r[i].ms);
+    const BackendProfileRow *conv = prof_row(r, n, "conv2d_fwd"), *im = prof_row(r, n, "conv2d_fwd/im2col");
+    const BackendProfileRow *cg = prof_row(r, n, "conv2d_fwd/gemm"), *lin = prof_row(r, n, "linear_fwd");
+    const BackendProfileRow *lc = prof_row(r, n, "linear_fwd/cast"), *rp = prof_row(r, n, "replay");
+    fails += check("each op a row, its calls counted", conv && conv->depth == 0 && conv->calls == 2 &&
+                   lin && lin->calls == 1);
+    /* (im2col and its GEMM once per group of images: the emulator's small workspace makes more) */
+    fails += check("stages inside an op", im && im->depth == 1 && im->calls >= 2 && cg && cg->calls == im->calls &&
+                   lc && lc->depth == 1);
+    fails += check("times: some, and a stage's within its op's", conv && im && cg && conv->ms > 0 &&
+                   im->ms >= 0 && cg->ms >= 0 && im->ms + cg->ms <= conv->ms * 1.001 + 1e-3);
+    fails += check("a replay is one row, its ops not counted", !rec || (rp && rp->calls == 1 && lin && lin->calls == 1));
+    be->download(be, y2, y, sizeof(float) * (size_t)nx);
+    fails += check("the same results while profiling", memcmp(y1, y2, sizeof(float) * (size_t)nx) == 0);
+    fails += check("profile off", be->profile(be, 0) == 0);
+    int n1 = be->profile_rows(be, r, 64); /* the download above is a row too */
+    be->conv2d_fwd(be, x, w, NULL, y, PN, PC, PH, PW, PC, 3, 1, 1);
+    int n2 = be->profile_rows(be, r, 64);
+    conv = prof_row(r, n2, "conv2d_fwd");
+    fails += check("off: nothing more counted", n2 == n1 && n1 > n && conv && conv->calls == 2);
+    be->profile(be, 1);
+    fails += check("on again: an empty table", be->profile_rows(be, r, 64) == 0);
+    be->profile(be, 0);
+    if (rec) be->record_free(be, rec);
+    fails += check("no device error", be->last_error(be)[0] == 0);
+    be->set_precision(be, KRONA_PREC_AUTO);
+    be->free(be, x); be->free(be, w); be->free(be, y); be->free(be, ly);
+    free(hx); free(hw); free(y1); free(y2);
+    check_block = "compact weights";
+    return fails;
+}
+
 int main(int argc, char **argv) {
     int small = 0;
     const char *only = NULL;
@@ -947,7 +1026,8 @@ int main(int argc, char **argv) {
     if (shard == 0) {
         fails += test_compact(gpu, cpu);
         fails += test_record(gpu);
-        rows += 2;
+        fails += test_profile(gpu);
+        rows += 3;
     }
 
     build_cases();

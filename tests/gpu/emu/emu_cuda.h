@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <tuple>
 #include <type_traits>
@@ -442,6 +443,43 @@ static inline cudaError_t cudaMemcpyAsync(void *d, const void *src, size_t n, cu
         return emu_fail(cudaErrorStreamCaptureUnsupported);
     }
     return emu_enqueue(s, [=]() { memmove(d, src, n); emu::tally_other++; });
+}
+
+/* events (the backend's profile): the time a stream reaches one. Work runs
+ * when queued here, so that is the host clock at the record. An event record
+ * inside a capture would become a node; the backend never profiles while
+ * recording, and the emulator holds it to that (the capture is invalidated).
+ * Not recorded yet: ElapsedTime fails, as on a GPU. */
+struct emu_event { double t; bool recorded; };
+typedef struct emu_event *cudaEvent_t;
+static long emu_live_events;
+static inline double emu_now_ms() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+static inline cudaError_t cudaEventCreate(cudaEvent_t *e) {
+    *e = new emu_event{0, false};
+    emu_live_events++;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    if (!e) return emu_fail(cudaErrorInvalidValue);
+    emu_live_events--;
+    delete e;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    if (!e) return emu_fail(cudaErrorInvalidValue);
+    if (s && s->capture) { emu_invalidate(s); return emu_fail(cudaErrorStreamCaptureUnsupported); }
+    e->t = emu_now_ms();
+    e->recorded = true;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    if (!a || !b || !a->recorded || !b->recorded) return emu_fail(cudaErrorInvalidValue);
+    *ms = (float)(b->t - a->t);
+    return cudaSuccess;
 }
 
 static inline cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
