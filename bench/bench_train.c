@@ -149,7 +149,8 @@ static int pass(void *user) {
 }
 
 static int run(const char *device, const char *prec, const char *model, const char *what,
-               const AdapterSpec *spec, int ckpt, int base, int B, int reps, int profile, Row *row) {
+               const AdapterSpec *spec, int ckpt, int base, int factored, int B, int reps, int profile,
+               Row *row) {
     char err[512];
     row->prof = NULL;
     Backend *dev = backend_open(device, err, sizeof err);
@@ -164,6 +165,11 @@ static int run(const char *device, const char *prec, const char *model, const ch
         backend_destroy(dev);
         free(fc);
         return -1;
+    }
+    if (factored && adapter_merge_mode(be->precision(be)) == ADAPTER_FACTORED) {
+        backend_destroy(dev); /* this precision never merges: the plain KronA row is this one */
+        free(fc);
+        return 2;
     }
     UNetConfig cfg;
     unet_config_builtin(model, &cfg);
@@ -196,7 +202,10 @@ static int run(const char *device, const char *prec, const char *model, const ch
     UNet *u = unet_create(&cfg, be, err, sizeof err);
     if (!u) { fprintf(stderr, "%s\n", err); backend_destroy(dev); free(fc); return -1; }
     unet_init_random(u, 1);
-    if (spec && unet_attach_adapters(u, spec, 2, err, sizeof err) != 0) {
+    AdapterSpec sp = spec ? *spec : (AdapterSpec){0};
+    /* as the trainer: fp32 merges where cheaper; a `factored` row never does */
+    sp.merged = factored ? ADAPTER_FACTORED : adapter_merge_mode(be->precision(be));
+    if (spec && unet_attach_adapters(u, &sp, 2, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         unet_free(u);
         backend_destroy(dev);
@@ -370,13 +379,16 @@ int main(int argc, char **argv) {
 
     char kcname[48];
     snprintf(kcname, sizeof kcname, "%s, ckpt", kname);
-    struct { const char *what; const AdapterSpec *spec; int ckpt, base; } cases[] = {
-        {"no adapter (fwd+bwd)", NULL, 0, 0},
-        {kname, &krona, 0, 0},
-        {kfname, &krona_ffn, 0, 0},
-        {lname, &lora, 0, 0},
-        {kcname, &krona, 1, 0},
-        {"all weights (pretrain)", NULL, 0, 1},
+    char kfacname[48];
+    snprintf(kfacname, sizeof kfacname, "%s, factored", kname);
+    struct { const char *what; const AdapterSpec *spec; int ckpt, base, factored; } cases[] = {
+        {"no adapter (fwd+bwd)", NULL, 0, 0, 0},
+        {kname, &krona, 0, 0, 0},
+        {kfname, &krona_ffn, 0, 0, 0},
+        {lname, &lora, 0, 0, 0},
+        {kcname, &krona, 1, 0, 0},
+        {"all weights (pretrain)", NULL, 0, 1, 0},
+        {kfacname, &krona, 0, 0, 1},
     };
     int batches[2] = {1, 8}, nb = 2;
     if (only_batch > 0) { batches[0] = only_batch; nb = 1; }
@@ -396,8 +408,8 @@ int main(int argc, char **argv) {
     Row rows[64];
     int nr = 0, failed = 0;
     /* SD: no adapter, KronA attn (the paper's setting) and KronA with gradient checkpointing */
-    int pick_tiny[] = {0, 1, 2, 3, 5}, pick_sd[] = {0, 1, 4};
-    int *pick = tiny ? pick_tiny : pick_sd, nc = tiny ? 5 : 3;
+    int pick_tiny[] = {0, 1, 6, 2, 3, 5}, pick_sd[] = {0, 1, 6, 4};
+    int *pick = tiny ? pick_tiny : pick_sd, nc = tiny ? 6 : 4;
     for (int pi = 0; pi < np; pi++)
         for (int b = 0; b < nb; b++)
             for (int k = 0; k < nc; k++) {
@@ -405,27 +417,27 @@ int main(int argc, char **argv) {
                 int reps = batches[b] == 1 ? 20 : 6;
                 if (!tiny && !strcmp(device, "cpu")) reps = 2; /* minutes per step there */
                 int rc = run(device, plist[pi], model, cases[c].what, cases[c].spec, cases[c].ckpt, cases[c].base,
-                             batches[b], reps, profile, &rows[nr]);
-                if (rc >= 0) nr++;
+                             cases[c].factored, batches[b], reps, profile, &rows[nr]);
+                if (rc == 0 || rc == 1) nr++;
                 if (rc < 0) failed = 1;
             }
     char day[16];
     time_t now = time(NULL);
     strftime(day, sizeof day, "%Y-%m-%d", localtime(&now));
 
-    char buf[8192];
+    char buf[16384];
     size_t len = 0;
     len += (size_t)snprintf(buf + len, sizeof buf - len,
                             "krona-studio bench: one training step, %s UNet, %dx%d %s, %d tokens, %s backend\n"
                             "(%s, %s)\n"
-                            "%-24s %5s %5s %10s %12s %10s %10s %9s %8s %8s %7s %6s\n",
+                            "%-26s %5s %5s %10s %12s %10s %10s %9s %8s %8s %7s %6s\n",
                             model, cfg.sample_size, cfg.sample_size, tiny ? "RGB" : "latents",
                             tiny ? 32 : 77, device, device_desc, day, "adapter", "math", "batch",
                             "trainable", "median ms", "min ms", "peak MB", "vs none", "GFLOP", "TFLOP/s",
                             "% peak", "replay");
     for (int i = 0; i < nr; i++)
         if (rows[i].trainable < 0) /* skipped: the plan did not fit */
-            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5s %5d %10s %12s %10s %10.1f  (planned; more than the free memory)\n",
+            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-26s %5s %5d %10s %12s %10s %10.1f  (planned; more than the free memory)\n",
                                     rows[i].what, rows[i].prec, rows[i].batch, "-", "skipped", "-", rows[i].peak_mb);
         else {
             /* the step's cost over the no-adapter row of the same batch (issue 13's overhead) */
@@ -439,7 +451,7 @@ int main(int argc, char **argv) {
             double pk = card_peak(device_desc, rows[i].prec, device);
             char share[16] = "-";
             if (pk > 0) snprintf(share, sizeof share, "%.1f%%", 100.0 * tfs / pk);
-            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-24s %5s %5d %10lld %12.1f %10.1f %10.1f %9s %8.1f %8.2f %7s %6s\n",
+            len += (size_t)snprintf(buf + len, sizeof buf - len, "%-26s %5s %5d %10lld %12.1f %10.1f %10.1f %9s %8.1f %8.2f %7s %6s\n",
                                     rows[i].what, rows[i].prec, rows[i].batch, (long long)rows[i].trainable, rows[i].ms_median,
                                     rows[i].ms_min, rows[i].peak_mb, over, rows[i].gflop, tfs, share, rows[i].replay);
         }

@@ -69,18 +69,14 @@ static void fc_attention_bwd(Backend *be, const float *dout, const float *q, con
     FC(be)->flops += 5.0 * 2.0 * N * H * (double)Lq * Lk * D;
     IN(be)->attention_bwd(IN(be), dout, q, k, v, o, lse, dq, dk, dv, N, Lq, Lk, H, D, scale, causal);
 }
-/* multiply-adds of one row of y = (A ⊗ B) x from the cheaper side */
-static double kron_row(int a1, int a2, int b1, int b2) {
-    return kron_a_first(a1, a2, b1, b2) ? (double)a1 * b2 * (a2 + b1) : (double)a2 * b1 * (a1 + b2);
-}
 static void fc_kron_fwd(Backend *be, const float *x, const float *A, const float *B, float *y, int64_t M,
                         int a1, int a2, int b1, int b2, float scale) {
-    FC(be)->flops += 2.0 * (double)M * kron_row(a1, a2, b1, b2);
+    FC(be)->flops += 2.0 * (double)M * (double)kron_macs_per_row(a1, a2, b1, b2);
     IN(be)->kron_fwd(IN(be), x, A, B, y, M, a1, a2, b1, b2, scale);
 }
 static void fc_kron_bwd(Backend *be, const float *dy, const float *x, const float *A, const float *B, float *dx,
                         float *dA, float *dB, int64_t M, int a1, int a2, int b1, int b2, float scale) {
-    FC(be)->flops += 2.0 * (double)M * kron_row(a1, a2, b1, b2) * ((dx != NULL) + (dA != NULL) + (dB != NULL));
+    FC(be)->flops += 2.0 * (double)M * (double)kron_macs_per_row(a1, a2, b1, b2) * ((dx != NULL) + (dA != NULL) + (dB != NULL));
     IN(be)->kron_bwd(IN(be), dy, x, A, B, dx, dA, dB, M, a1, a2, b1, b2, scale);
 }
 

@@ -2606,6 +2606,7 @@ static const char *cu_last_error(Backend *be);
 static void cu_clear_error(Backend *be);
 static const char *cu_device_name(Backend *be);
 static int cu_set_precision(Backend *be, int prec);
+static int cu_precision(Backend *be);
 static size_t cu_reserved(Backend *be);
 static size_t cu_free_bytes(Backend *be);
 static int cu_record_begin(Backend *be);
@@ -2701,6 +2702,7 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     be->clear_error = cu_clear_error;
     be->device_name = cu_device_name;
     be->set_precision = cu_set_precision;
+    be->precision = cu_precision;
     be->reserved_bytes = cu_reserved;
     be->free_bytes = cu_free_bytes;
     be->profile = cu_profile;
@@ -2905,6 +2907,7 @@ static int cu_set_precision(Backend *be, int prec) {
     apply_math_mode(c);
     return 0;
 }
+static int cu_precision(Backend *be) { return CU(be)->prec; }
 static const char *cu_device_name(Backend *be) { return CU(be)->dev_name; }
 /* bytes the caching allocator holds from the driver (live + cached) */
 static size_t cu_reserved(Backend *be) { return CU(be)->reserved; }

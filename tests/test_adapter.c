@@ -237,6 +237,46 @@ static void test_krona_math(void **st) {
 }
 static void test_lora_math(void **st) { (void)st; check_math(ADAPTER_LORA, 4, 8, 24, 40, 7); }
 
+/* merged or factored (adapter_merged): which precision may merge, and the
+ * cost rule on layers whose answer is plain */
+static void test_merge_rule(void **st) {
+    (void)st;
+    assert_int_equal(adapter_merge_mode(KRONA_PREC_FP32), ADAPTER_MERGE_AUTO);
+    assert_int_equal(adapter_merge_mode(KRONA_PREC_BF16), ADAPTER_FACTORED); /* W' in bf16 swallows dW */
+    assert_int_equal(adapter_merge_mode(KRONA_PREC_TF32), ADAPTER_FACTORED);
+    Backend *be = backend_cpu_create();
+    char err[256];
+    AdapterSpec s = {.kind = ADAPTER_KRONA, .a1 = 4, .a2 = 4, .alpha = 1, .modules = ADAPT_ATTN};
+    Adapter tiny, sdq, sdk;
+    /* the tiny model's 32-wide attention over 32x32 tokens: 384 MACs a row against W's 1,024 elements */
+    assert_int_equal(adapter_init(&tiny, be, &s, "tiny.to_q", 32, 32, 1, err, sizeof err), 0);
+    s.a2 = 64;
+    /* SD 1.5's 320-wide self-attention over 64x64 latents (KronA 4x64): 2,880 MACs a row */
+    assert_int_equal(adapter_init(&sdq, be, &s, "sd.attn1.to_q", 320, 320, 1, err, sizeof err), 0);
+    /* its cross-attention key over 77 tokens of 768: 77 rows against a 320x768 W */
+    assert_int_equal(adapter_init(&sdk, be, &s, "sd.attn2.to_k", 320, 768, 1, err, sizeof err), 0);
+    assert_true(adapter_merge_pays(&tiny, 1024));
+    assert_false(adapter_merge_pays(&tiny, 4)); /* a few rows: the factored products are cheaper */
+    assert_true(adapter_merge_pays(&sdq, 4096));
+    assert_false(adapter_merge_pays(&sdk, 77));
+    AdapterSpec f = s, m = s, au = s;
+    f.merged = ADAPTER_FACTORED;
+    m.merged = ADAPTER_MERGED;
+    au.merged = ADAPTER_MERGE_AUTO;
+    assert_false(adapter_merged(&f, &sdq, 4096));
+    assert_true(adapter_merged(&m, &sdk, 77));
+    assert_true(adapter_merged(&au, &sdq, 4096));
+    assert_false(adapter_merged(&au, &sdk, 77));
+    assert_false(adapter_merged(&m, NULL, 4096)); /* no adapter on the layer */
+    AdapterSpec lo = {.kind = ADAPTER_LORA, .rank = 4, .alpha = 4, .modules = ADAPT_ATTN, .merged = ADAPTER_MERGE_AUTO};
+    Adapter lora;
+    assert_int_equal(adapter_init(&lora, be, &lo, "sd.attn1.to_q", 320, 320, 1, err, sizeof err), 0);
+    assert_true(adapter_merged(&lo, &lora, 4096)); /* 4 x 640 MACs a row over 4,096 rows vs 6 x 102,400 */
+    assert_false(adapter_merged(&lo, &lora, 16));
+    adapter_free(&tiny, be); adapter_free(&sdq, be); adapter_free(&sdk, be); adapter_free(&lora, be);
+    backend_destroy(be);
+}
+
 static void test_init(void **st) {
     (void)st;
     Backend *be = backend_cpu_create();
@@ -476,6 +516,7 @@ int main(void) {
         cmocka_unit_test(test_counts),
         cmocka_unit_test(test_krona_math),
         cmocka_unit_test(test_lora_math),
+        cmocka_unit_test(test_merge_rule),
         cmocka_unit_test(test_init),
         cmocka_unit_test(test_roundtrip_krona),
         cmocka_unit_test(test_roundtrip_lora),

@@ -43,6 +43,12 @@ static void test_open_cpu(void **state) {
     assert_int_equal(be->set_precision(be, KRONA_PREC_TF32), -1); /* the CPU has no TF32 mode */
     assert_int_equal(be->set_precision(be, KRONA_PREC_BF16), 0);  /* the reference of CUDA's */
     assert_int_equal(be->set_precision(be, KRONA_PREC_AUTO), 0);
+    assert_int_equal(be->precision(be), KRONA_PREC_FP32); /* auto, resolved */
+    assert_int_equal(be->set_precision(be, KRONA_PREC_BF16), 0);
+    assert_int_equal(be->precision(be), KRONA_PREC_BF16);
+    assert_int_equal(be->set_precision(be, KRONA_PREC_TF32), -1);
+    assert_int_equal(be->precision(be), KRONA_PREC_BF16); /* a refused mode changes nothing */
+    be->set_precision(be, KRONA_PREC_AUTO);
     /* by name, with one line naming the knob */
     assert_int_equal(backend_set_precision(be, "bf16", err, sizeof err), 0);
     assert_int_equal(backend_set_precision(be, "tf32", err, sizeof err), -1);

@@ -62,6 +62,7 @@ struct Backend {
     /* the arithmetic of GEMMs (KRONA_PREC_*, below): 0 ok, -1 when the
      * backend has no such mode (the mode stays as it was) */
     int (*set_precision)(Backend *be, int prec);
+    int (*precision)(Backend *be);           /* the mode in force: FP32, TF32 or BF16 (never AUTO) */
     size_t (*reserved_bytes)(Backend *be);   /* memory held from the device (live + cached; CPU: + its scratch) */
     /* memory the device could still give now, counting our own cached blocks
      * (CPU: the kernel's MemAvailable); 0 when unknown. For plans, not promises. */
@@ -277,6 +278,10 @@ struct Backend {
  * backward take the same order; both backends use this rule. */
 static inline int kron_a_first(int a1, int a2, int b1, int b2) {
     return (int64_t)a1 * b2 * (a2 + b1) <= (int64_t)a2 * b1 * (a1 + b2);
+}
+/* the multiply-adds of one row of y_m = A X_m B^T, taken from the cheaper side */
+static inline int64_t kron_macs_per_row(int a1, int a2, int b1, int b2) {
+    return kron_a_first(a1, a2, b1, b2) ? (int64_t)a1 * b2 * (a2 + b1) : (int64_t)a2 * b1 * (a1 + b2);
 }
 
 /* ---- the registry (backend.c) ----

@@ -1239,22 +1239,31 @@ typedef struct {
     int acc;
 } TrJob;
 
-/* blocks of 32 rows of x[n] (rows x cols) written transposed into y[n] */
+/* blocks of 32 rows of x[n] (rows x cols) written transposed into y[n], a
+ * 32x32 tile at a time through a local copy: rows read and written along
+ * memory. Walking y down a column instead (stride = rows) made every write of
+ * a tile hit the same cache set when rows is a multiple of 1024 (an image's
+ * HW): nlc_to_nchw ran 9x slower than its mirror. */
 static void tr_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
     TrJob *j = p;
-    const int64_t BS = 32;
+    enum { BS = 32 };
+    float t[BS][BS + 1];
     for (int64_t nb = lo; nb < hi; nb++) {
         int64_t n = nb / j->nbr, r0 = (nb % j->nbr) * BS, rows = j->rows, cols = j->cols;
         const float *xn = j->x + n * rows * cols;
         float *yn = j->y + n * rows * cols;
-        int64_t r1 = r0 + BS < rows ? r0 + BS : rows;
+        int nr = (int)(r0 + BS < rows ? BS : rows - r0);
         for (int64_t c0 = 0; c0 < cols; c0 += BS) {
-            int64_t c1 = c0 + BS < cols ? c0 + BS : cols;
-            for (int64_t r = r0; r < r1; r++)
-                for (int64_t c = c0; c < c1; c++) {
-                    if (j->acc) yn[c * rows + r] += xn[r * cols + c];
-                    else yn[c * rows + r] = xn[r * cols + c];
-                }
+            int nc = (int)(c0 + BS < cols ? BS : cols - c0);
+            for (int r = 0; r < nr; r++)
+                for (int c = 0; c < nc; c++) t[r][c] = xn[(r0 + r) * cols + c0 + c];
+            for (int c = 0; c < nc; c++) {
+                float *yc = yn + (c0 + c) * rows + r0;
+                if (j->acc)
+                    for (int r = 0; r < nr; r++) yc[r] += t[r][c];
+                else
+                    for (int r = 0; r < nr; r++) yc[r] = t[r][c];
+            }
         }
     }
 }
@@ -2004,6 +2013,7 @@ static int cpu_set_precision(Backend *be, int prec) {
     impl_of(be)->bf16 = prec == KRONA_PREC_BF16;
     return 0;
 }
+static int cpu_precision(Backend *be) { return impl_of(be)->bf16 ? KRONA_PREC_BF16 : KRONA_PREC_FP32; }
 
 Backend *backend_cpu_create(void) {
     Backend *be = calloc(1, sizeof(Backend));
@@ -2047,6 +2057,7 @@ Backend *backend_cpu_create(void) {
     be->clear_error = cpu_clear_error;
     be->device_name = cpu_device_name;
     be->set_precision = cpu_set_precision;
+    be->precision = cpu_precision;
     be->reserved_bytes = cpu_reserved;
     be->free_bytes = cpu_free_bytes;
     be->profile = cpu_profile;

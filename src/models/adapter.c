@@ -238,6 +238,32 @@ void adapter_bwd(Backend *be, Adapter *a, const float *dy, const float *x, float
     }
 }
 
+int adapter_merge_mode(int precision) {
+    return precision == KRONA_PREC_FP32 ? ADAPTER_MERGE_AUTO : ADAPTER_FACTORED;
+}
+
+/* Counted in multiply-adds; a copied or merged element is weighed as 4 of
+ * them (memory-bound passes over W' against the products' arithmetic). */
+int adapter_merge_pays(const Adapter *a, int64_t M) {
+    double w = (double)a->d_out * a->d_in;
+    double merged, factored;
+    if (a->kind == ADAPTER_KRONA) {
+        merged = 4.0 * 2.0 * w; /* copy W, add s A[i,j] B into it */
+        factored = (double)M * (double)kron_macs_per_row(a->a1, a->a2, a->b1, a->b2);
+    } else if (a->kind == ADAPTER_LORA) {
+        merged = 4.0 * w + w * a->rank; /* copy W, then the product up down */
+        factored = (double)M * a->rank * (a->d_in + a->d_out);
+    } else {
+        return 0;
+    }
+    return merged < factored;
+}
+
+int adapter_merged(const AdapterSpec *spec, const Adapter *a, int64_t M) {
+    if (!a || spec->merged == ADAPTER_FACTORED) return 0;
+    return spec->merged == ADAPTER_MERGED || adapter_merge_pays(a, M);
+}
+
 void adapter_merge_into(Backend *be, const Adapter *a, float *W, float *scratch) {
     (void)scratch; /* neither kind needs one: kept for backends that might */
     if (a->kind == ADAPTER_KRONA)

@@ -21,8 +21,17 @@ typedef struct AdapterSpec {
     int rank;         /* LoRA rank */
     float alpha;      /* LoRA alpha (scale = alpha / rank); KronA scale multiplier */
     int modules;      /* ADAPT_ATTN | ADAPT_FFN */
-    int merged;       /* 1: merge A⊗B into a copy of W each step (fast when M is large) */
+    int merged;       /* ADAPTER_FACTORED, _MERGED or _MERGE_AUTO (below) */
 } AdapterSpec;
+
+/* How an adapted linear applies its update. FACTORED: y = x W^T + x dW^T, the
+ * adapter's own small products per row (kron_fwd, LoRA's two GEMMs). MERGED:
+ * W' = W + dW in a scratch copy per call, then one GEMM with W'; dA and dB stay
+ * factored. MERGE_AUTO: merged where that is cheaper (adapter_merge_pays).
+ * Merging only suits fp32 GEMMs: bf16 and tf32 round W' to 8 or 10 mantissa
+ * bits, which swallows an update much smaller than W (a young adapter's) —
+ * adapter_merge_mode says which a precision gets. */
+enum { ADAPTER_FACTORED = 0, ADAPTER_MERGED = 1, ADAPTER_MERGE_AUTO = 2 };
 
 typedef struct Adapter {
     char name[128];   /* module name, e.g. "down_blocks.0...attn1.to_q" */
@@ -118,6 +127,16 @@ void adapter_bwd(Backend *be, Adapter *a, const float *dy, const float *x, float
                  int64_t M, float *scratch);
 /* scratch floats adapter_fwd/bwd need for M rows */
 int64_t adapter_scratch_floats(const Adapter *a, int64_t M);
+/* MERGE_AUTO for KRONA_PREC_FP32, else FACTORED (see above) */
+int adapter_merge_mode(int precision);
+/* for a call over M rows, whether the merged form costs less: W' costs a copy
+ * and the merge of d_out x d_in elements (LoRA: a rank-r product), the
+ * factored form the adapter's products for M rows, once forward and once for
+ * dx (the GEMM with W' does both then). */
+int adapter_merge_pays(const Adapter *a, int64_t M);
+/* the form spec asks for a call of a over M rows: 1 merged, 0 factored */
+int adapter_merged(const AdapterSpec *spec, const Adapter *a, int64_t M);
+
 /* W += dW (export a merged model / merged training path) */
 void adapter_merge_into(Backend *be, const Adapter *a, float *W, float *scratch);
 

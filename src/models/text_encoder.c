@@ -640,7 +640,7 @@ int te_adapter_set_init(AdapterSet *set, const TextConfig *cfg, Backend *be, con
     set->items = calloc((size_t)(n ? n : 1), sizeof *set->items);
     if (!set->items) { err_set(err, errlen, "out of memory attaching text encoder adapters"); return -1; }
     set->spec = *spec;
-    set->spec.merged = 0; /* the text encoder runs unmerged */
+    set->spec.merged = ADAPTER_FACTORED; /* the text encoder runs unmerged */
     Rng r;
     rng_seed(&r, seed);
     for (int i = 0; i < n; i++) {

@@ -648,7 +648,7 @@ static void lin_fwd(UNet *u, const Lin *l, const float *x, float *y, int64_t M) 
     Backend *be = u->be;
     int64_t tm = u->tmp.off;
     const Adapter *a = u->ads.bypass ? NULL : l->ad;
-    if (a && u->ads.spec.merged) {
+    if (adapter_merged(&u->ads.spec, a, M)) {
         float *Wm = take(u, &u->tmp, (int64_t)l->dout * l->din);
         float *s = take(u, &u->tmp, adapter_scratch_floats(a, (int64_t)l->dout));
         if (!u->plan) {
@@ -672,7 +672,7 @@ static void lin_bwd(UNet *u, const Lin *l, const float *dy, const float *x, floa
     int64_t tm = u->tmp.off;
     Adapter *a = l->ad;
     float *dW = G(l->w), *db = G(l->b);
-    if (a && u->ads.spec.merged) {
+    if (adapter_merged(&u->ads.spec, a, M)) {
         float *Wm = take(u, &u->tmp, (int64_t)l->dout * l->din);
         float *s = take(u, &u->tmp, adapter_scratch_floats(a, M > l->dout ? M : l->dout));
         if (!u->plan) {

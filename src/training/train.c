@@ -923,6 +923,7 @@ static int setup(Trainer *t, const char *resume_dir) {
     /* adapters: spec errors (a1 not dividing a layer) surface here */
     AdapterSpec spec;
     train_adapter_spec(p, &spec);
+    spec.merged = adapter_merge_mode(be->precision(be)); /* fp32: merged where cheaper */
     if (model_attach_adapters(m, &spec, p->seed, t->err, sizeof t->err) != 0) return -1;
     AdapterCensus census;
     if (adapter_census(unet_config(m->unet), &spec, &census) != 0) {

@@ -924,7 +924,11 @@ static int test_profile(Backend *be) {
     float *y = be->alloc(be, sizeof(float) * (size_t)nx), *ly = be->alloc(be, sizeof(float) * PM * POUT);
     be->upload(be, x, hx, sizeof(float) * (size_t)nx);
     be->upload(be, w, hw, sizeof(float) * (size_t)nw);
+    fails += check("precision: auto is tf32 (fp32 with KRONA_CUDA_TF32=0)", be->set_precision(be, KRONA_PREC_AUTO) == 0 &&
+                   be->precision(be) == (getenv("KRONA_CUDA_TF32") && getenv("KRONA_CUDA_TF32")[0] == '0'
+                                             ? KRONA_PREC_FP32 : KRONA_PREC_TF32));
     be->set_precision(be, KRONA_PREC_BF16);
+    fails += check("precision: bf16", be->precision(be) == KRONA_PREC_BF16);
     be->conv2d_fwd(be, x, w, NULL, y, PN, PC, PH, PW, PC, 3, 1, 1); /* not profiled: the reference */
     be->download(be, y1, y, sizeof(float) * (size_t)nx);
     be->linear_fwd(be, x, w, NULL, ly, PM, PIN, POUT); /* warm: the recording below needs its scratch */
