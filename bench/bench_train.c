@@ -85,7 +85,8 @@ static void text_add(Text *t, const char *fmt, ...) {
     }
 }
 /* rows under parent (-1: the ops) by time, most first, each followed by its own */
-static void profile_lines(Text *t, const BackendProfileRow *r, int n, int parent, int steps, double total) {
+static void profile_lines(Text *t, const BackendProfileRow *r, int n, int parent, int steps, double total,
+                          const FlopCounter *fc) {
     int kids[256], nk = 0;
     size_t pl = parent >= 0 ? strlen(r[parent].name) : 0;
     for (int i = 0; i < n && nk < 256; i++) {
@@ -102,20 +103,24 @@ static void profile_lines(Text *t, const BackendProfileRow *r, int n, int parent
         const char *leaf = parent >= 0 ? x->name + pl + 1 : x->name;
         char label[80];
         snprintf(label, sizeof label, "%*s%s", 2 * x->depth, "", leaf);
-        text_add(t, "  %-30s %9.1f %10.3f %7.1f%% %10.1f\n", label, (double)x->calls / steps, x->ms / steps,
-                 total > 0 ? 100.0 * x->ms / total : 0.0, x->calls ? 1e3 * x->ms / (double)x->calls : 0.0);
-        profile_lines(t, r, n, kids[k], steps, total);
+        double fl = x->depth == 0 ? fc_flops_of(fc, x->name) : -1; /* GFLOP per ms = TFLOP/s */
+        char tfs[16] = "";
+        if (fl >= 0 && x->ms > 0) snprintf(tfs, sizeof tfs, "%.2f", fl / 1e9 / x->ms);
+        text_add(t, "  %-30s %9.1f %10.3f %7.1f%% %10.1f %8s\n", label, (double)x->calls / steps, x->ms / steps,
+                 total > 0 ? 100.0 * x->ms / total : 0.0, x->calls ? 1e3 * x->ms / (double)x->calls : 0.0, tfs);
+        profile_lines(t, r, n, kids[k], steps, total, fc);
     }
 }
-static char *profile_text(const BackendProfileRow *r, int n, int steps, double wall_ms, const char *title) {
+static char *profile_text(const BackendProfileRow *r, int n, int steps, double wall_ms, const char *title,
+                          const FlopCounter *fc) {
     Text t = {0};
     double total = 0;
     for (int i = 0; i < n; i++)
         if (r[i].depth == 0) total += r[i].ms;
     text_add(&t, "%s: %d step%s op by op; per step: ops %.2f ms, wall %.2f ms\n", title, steps,
              steps == 1 ? "" : "s", total / steps, wall_ms / steps);
-    text_add(&t, "  %-30s %9s %10s %8s %10s\n", "op / stage", "calls", "ms", "% ops", "us/call");
-    profile_lines(&t, r, n, -1, steps, total);
+    text_add(&t, "  %-30s %9s %10s %8s %10s %8s\n", "op / stage", "calls", "ms", "% ops", "us/call", "TFLOP/s");
+    profile_lines(&t, r, n, -1, steps, total, fc);
     return t.s;
 }
 
@@ -265,7 +270,7 @@ static int run(const char *device, const char *prec, const char *model, const ch
     double flops = 0; /* counted where the ops ran one by one (a replay calls none) */
     for (int it = -warm; it < reps; it++) { /* warm-up steps first */
         double t0 = now_s();
-        fc->flops = 0;
+        fc_reset(fc);
         if (na) adapter_set_zero_grad(set);
         if (base) unet_zero_grad(u);
         if (replay_run(be, &rp, pass, &ps) != 0) { /* e.g. out of device memory: say why, skip the row */
@@ -288,6 +293,7 @@ static int run(const char *device, const char *prec, const char *model, const ch
     if (profile && be->profile && be->profile(be, 1) == 0) {
         /* the timed step's ops, one by one (a replay would be one row) */
         int steps = !tiny && !strcmp(device, "cpu") ? 1 : 3, ok = 1;
+        fc_reset(fc);
         double t0 = now_s();
         for (int it = 0; it < steps && ok; it++) {
             if (na) adapter_set_zero_grad(set);
@@ -306,7 +312,7 @@ static int run(const char *device, const char *prec, const char *model, const ch
         int np = be->profile_rows(be, pr, 256);
         char title[160];
         snprintf(title, sizeof title, "profile, %s, %s, batch %d", what, prec, B);
-        if (ok) row->prof = profile_text(pr, np < 256 ? np : 256, steps, wall, title);
+        if (ok) row->prof = profile_text(pr, np < 256 ? np : 256, steps, wall, title, fc);
     }
     qsort(times, (size_t)reps, sizeof(double), cmp_d);
     snprintf(row->what, sizeof row->what, "%s", what);
