@@ -547,6 +547,10 @@ static unsigned grid_1d(int64_t n) {
     if (b > GRID_CAP) b = GRID_CAP; /* grid-stride loops cover the rest */
     return (unsigned)(b < 1 ? 1 : b);
 }
+/* grid rows (y) for kernels over planes; y may not pass 65535 */
+#ifndef PLANE_CAP
+#define PLANE_CAP (GRID_CAP < 65535 ? GRID_CAP : 65535)
+#endif
 #define GSTRIDE(i, n) \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (int64_t)blockDim.x * gridDim.x)
@@ -1016,47 +1020,65 @@ static void cu_linear_bwd(Backend *be, const float *dy, const float *x, const fl
  * T = float, or __nv_bfloat16 for BF16 mode's GEMMs (half the bytes, no cast pass) */
 static __device__ __forceinline__ void put(float *d, float v) { *d = v; }
 static __device__ __forceinline__ void put(__nv_bfloat16 *d, float v) { *d = __float2bfloat16_rn(v); }
+/* Both kernels run over planes, one (image, channel) pair per grid row (y),
+ * that plane's pixels along x; both dimensions grid-stride (plane_grid). Index
+ * math stays 32-bit within a plane (a plane is under 2^31 elements), so a
+ * thread divides twice per pixel, not nine times in 64 bits per element. */
+static dim3 plane_grid(int64_t per_plane, int64_t planes, int *tpb) {
+    /* small planes (SD's 8x8 level) take narrower blocks, not idle threads */
+    *tpb = per_plane >= TPB ? TPB : (int)((per_plane + 31) / 32 * 32);
+    int64_t bx = (per_plane + *tpb - 1) / *tpb, by = planes;
+    if (bx > GRID_CAP) bx = GRID_CAP;
+    if (by > PLANE_CAP) by = PLANE_CAP;
+    return dim3((unsigned)(bx < 1 ? 1 : bx), (unsigned)(by < 1 ? 1 : by));
+}
 template <class T>
 __global__ void im2col_k(const float *x, T *col, int nb, int Cin, int H, int W, int k,
                          int s, int p, int Ho, int Wo) {
-    int64_t HoWo = (int64_t)Ho * Wo, CKK = (int64_t)Cin * k * k;
-    GSTRIDE(i, (int64_t)nb * CKK * HoWo) {
-        int64_t o = i % HoWo, r = i / HoWo;
-        int64_t ckk = r % CKK, bi = r / CKK;
-        int kw = (int)(ckk % k), kh = (int)((ckk / k) % k), ci = (int)(ckk / (k * k));
-        int oh = (int)(o / Wo), ow = (int)(o % Wo);
-        int ih = oh * s - p + kh, iw = ow * s - p + kw;
-        float v = 0.f;
-        if (ih >= 0 && ih < H && iw >= 0 && iw < W)
-            v = x[((bi * Cin + ci) * H + ih) * (int64_t)W + iw];
-        put(col + i, v);
+    int HoWo = Ho * Wo, kk = k * k;
+    for (int64_t pl = blockIdx.y; pl < (int64_t)nb * Cin; pl += gridDim.y) {
+        const float *xp = x + pl * H * W;      /* pl = b*Cin + ci */
+        T *cp = col + pl * kk * HoWo;          /* its k*k rows of columns */
+        for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < HoWo; o += blockDim.x * gridDim.x) {
+            int oh = o / Wo, ow = o - oh * Wo;
+            int ih0 = oh * s - p, iw0 = ow * s - p;
+            for (int kh = 0; kh < k; kh++) {
+                int ih = ih0 + kh;
+                int in_row = ih >= 0 && ih < H;
+                for (int kw = 0; kw < k; kw++) {
+                    int iw = iw0 + kw;
+                    float v = in_row && iw >= 0 && iw < W ? xp[(int64_t)ih * W + iw] : 0.f;
+                    put(cp + (int64_t)(kh * k + kw) * HoWo + o, v);
+                }
+            }
+        }
     }
 }
 /* dx[b][ci][ih][iw] += sum over (kh,kw) of col[b][ci,kh,kw][oh,ow] with oh*s-p+kh == ih */
 __global__ void col2im_acc_k(const float *col, float *dx, int nb, int Cin, int H, int W, int k,
                              int s, int p, int Ho, int Wo) {
-    int64_t HoWo = (int64_t)Ho * Wo, CKK = (int64_t)Cin * k * k;
-    GSTRIDE(i, (int64_t)nb * Cin * H * W) {
-        int iw = (int)(i % W), ih = (int)((i / W) % H);
-        int64_t bc = i / ((int64_t)H * W);
-        int ci = (int)(bc % Cin);
-        int64_t bi = bc / Cin;
-        const float *cb = col + bi * CKK * HoWo + (int64_t)ci * k * k * HoWo;
-        float acc = 0.f;
-        for (int kh = 0; kh < k; kh++) {
-            int th = ih + p - kh;
-            if (th < 0 || th % s) continue;
-            int oh = th / s;
-            if (oh >= Ho) continue;
-            for (int kw = 0; kw < k; kw++) {
-                int tw = iw + p - kw;
-                if (tw < 0 || tw % s) continue;
-                int ow = tw / s;
-                if (ow >= Wo) continue;
-                acc += cb[(int64_t)(kh * k + kw) * HoWo + (int64_t)oh * Wo + ow];
+    int HW = H * W, HoWo = Ho * Wo, kk = k * k;
+    for (int64_t pl = blockIdx.y; pl < (int64_t)nb * Cin; pl += gridDim.y) {
+        const float *cp = col + pl * kk * HoWo;
+        float *dp = dx + pl * HW;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += blockDim.x * gridDim.x) {
+            int ih = i / W, iw = i - ih * W;
+            float acc = 0.f;
+            for (int kh = 0; kh < k; kh++) {
+                int th = ih + p - kh;
+                if (th < 0) continue;
+                int oh = th / s;
+                if (oh * s != th || oh >= Ho) continue;
+                for (int kw = 0; kw < k; kw++) {
+                    int tw = iw + p - kw;
+                    if (tw < 0) continue;
+                    int ow = tw / s;
+                    if (ow * s != tw || ow >= Wo) continue;
+                    acc += cp[(int64_t)(kh * k + kw) * HoWo + oh * Wo + ow];
+                }
             }
+            dp[i] += acc;
         }
-        dx[i] += acc;
     }
 }
 /* y[n][c][hw] += b[c] */
@@ -1122,10 +1144,11 @@ static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const flo
             const float *xn = x + (int64_t)n0 * Cin * HW;
             {
                 PROF_STAGE(c, "im2col");
-                if (bf) im2col_k<__nv_bfloat16><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
+                int tpb;
+                dim3 g = plane_grid(HoWo, (int64_t)m * Cin, &tpb);
+                if (bf) im2col_k<__nv_bfloat16><<<g, tpb, 0, c->stream>>>(
                     xn, (__nv_bfloat16 *)col, m, Cin, H, W, k, s, p, Ho, Wo);
-                else im2col_k<float><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
-                    xn, (float *)col, m, Cin, H, W, k, s, p, Ho, Wo);
+                else im2col_k<float><<<g, tpb, 0, c->stream>>>(xn, (float *)col, m, Cin, H, W, k, s, p, Ho, Wo);
                 LAUNCHED(c);
             }
             gemm_op_sbx(c, 0, 0, Cout, HoWo, CKK, 1.f, w, NULL, CKK, 0, bf ? NULL : (const float *)col,
@@ -1173,10 +1196,11 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
         if (dw) {
             {
                 PROF_STAGE(c, "im2col");
-                if (bf) im2col_k<__nv_bfloat16><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
+                int tpb;
+                dim3 g = plane_grid(HoWo, (int64_t)m * Cin, &tpb);
+                if (bf) im2col_k<__nv_bfloat16><<<g, tpb, 0, c->stream>>>(
                     xn, (__nv_bfloat16 *)col, m, Cin, H, W, k, s, p, Ho, Wo);
-                else im2col_k<float><<<grid_1d((int64_t)m * CKK * HoWo), TPB, 0, c->stream>>>(
-                    xn, col, m, Cin, H, W, k, s, p, Ho, Wo);
+                else im2col_k<float><<<g, tpb, 0, c->stream>>>(xn, col, m, Cin, H, W, k, s, p, Ho, Wo);
                 LAUNCHED(c);
             }
             conv_dw_accumulate(c, dyc, (int64_t)Cout * HoWo, bf ? NULL : col,
@@ -1186,8 +1210,9 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
             gemm_op_sb(c, 1, 0, CKK, HoWo, Cout, 1.f, w, CKK, 0, dyc, HoWo, (int64_t)Cout * HoWo,
                     0.f, col, HoWo, CKK * HoWo, m);
             PROF_STAGE(c, "col2im");
-            col2im_acc_k<<<grid_1d((int64_t)m * Cin * HW), TPB, 0, c->stream>>>(
-                col, dx + (int64_t)n0 * Cin * HW, m, Cin, H, W, k, s, p, Ho, Wo);
+            int tpb;
+            dim3 g = plane_grid(HW, (int64_t)m * Cin, &tpb);
+            col2im_acc_k<<<g, tpb, 0, c->stream>>>(col, dx + (int64_t)n0 * Cin * HW, m, Cin, H, W, k, s, p, Ho, Wo);
             LAUNCHED(c);
         }
     }
