@@ -551,6 +551,12 @@ static unsigned grid_1d(int64_t n) {
 #ifndef PLANE_CAP
 #define PLANE_CAP (GRID_CAP < 65535 ? GRID_CAP : 65535)
 #endif
+/* over one plane of kernels launched with plane_grid: x is the pixel */
+#define PSTRIDE(i, n) \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (int64_t)blockDim.x * gridDim.x)
+/* over the planes (grid rows) */
+#define PLANES(pl, n) for (int64_t pl = blockIdx.y; pl < (n); pl += gridDim.y)
 #define GSTRIDE(i, n) \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (int64_t)blockDim.x * gridDim.x)
@@ -1026,7 +1032,7 @@ static __device__ __forceinline__ void put(__nv_bfloat16 *d, float v) { *d = __f
  * thread divides twice per pixel, not nine times in 64 bits per element. */
 static dim3 plane_grid(int64_t per_plane, int64_t planes, int *tpb) {
     /* small planes (SD's 8x8 level) take narrower blocks, not idle threads */
-    *tpb = per_plane >= TPB ? TPB : (int)((per_plane + 31) / 32 * 32);
+    *tpb = per_plane >= TPB ? TPB : per_plane > 0 ? (int)((per_plane + 31) / 32 * 32) : 32;
     int64_t bx = (per_plane + *tpb - 1) / *tpb, by = planes;
     if (bx > GRID_CAP) bx = GRID_CAP;
     if (by > PLANE_CAP) by = PLANE_CAP;
@@ -1081,9 +1087,12 @@ __global__ void col2im_acc_k(const float *col, float *dx, int nb, int Cin, int H
         }
     }
 }
-/* y[n][c][hw] += b[c] */
-__global__ void add_bias_nchw_k(float *y, const float *b, int C, int64_t HW, int64_t total) {
-    GSTRIDE(i, total) y[i] += b[(i / HW) % C];
+/* y[n][c][hw] += b[c], a plane (n, c) per grid row */
+__global__ void add_bias_nchw_k(float *y, const float *b, int C, int64_t HW, int64_t planes) {
+    PLANES(pl, planes) {
+        float v = b[pl % C], *yp = y + pl * HW;
+        PSTRIDE(i, HW) yp[i] += v;
+    }
 }
 
 /* im2col workspace: images per chunk so it stays under this (at least one image) */
@@ -1159,8 +1168,9 @@ static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const flo
     }
     if (b) {
         PROF_STAGE(c, "bias");
-        int64_t total = (int64_t)N * Cout * HoWo;
-        add_bias_nchw_k<<<grid_1d(total), TPB, 0, c->stream>>>(y, b, Cout, HoWo, total);
+        int tpb;
+        dim3 g = plane_grid(HoWo, (int64_t)N * Cout, &tpb);
+        add_bias_nchw_k<<<g, tpb, 0, c->stream>>>(y, b, Cout, HoWo, (int64_t)N * Cout);
         LAUNCHED(c);
     }
 }
@@ -1255,15 +1265,20 @@ __global__ void gn_group_stats_k(const float *cmean, const float *cm2, int N, in
         rstd[t] = rsqrtf(fmaxf(var, 0.f) + eps);
     }
 }
+/* a plane (n, c) per grid row: its group's statistics and its gamma, beta read once */
 __global__ void gn_apply_k(const float *x, const float *gamma, const float *beta, float *y,
                            const float *mean, const float *rstd, int C, int G, int64_t HW,
-                           int64_t total) {
-    GSTRIDE(i, total) {
-        int64_t row = i / HW;
-        int cc = (int)(row % C);
-        int64_t ng = (row / C) * G + cc / (C / G);
-        float v = (x[i] - mean[ng]) * rstd[ng];
-        y[i] = v * (gamma ? gamma[cc] : 1.f) + (beta ? beta[cc] : 0.f);
+                           int64_t planes) {
+    PLANES(pl, planes) {
+        int cc = (int)(pl % C);
+        int64_t ng = (pl / C) * G + cc / (C / G);
+        float m = mean[ng], r = rstd[ng], ga = gamma ? gamma[cc] : 1.f, be = beta ? beta[cc] : 0.f;
+        const float *xp = x + pl * HW;
+        float *yp = y + pl * HW;
+        PSTRIDE(i, HW) {
+            float v = (xp[i] - m) * r;
+            yp[i] = v * ga + be;
+        }
     }
 }
 
@@ -1281,8 +1296,9 @@ static void cu_group_norm_fwd(Backend *be, const float *x, const float *gamma, c
     gn_group_stats_k<<<grid_1d((int64_t)N * G), TPB, 0, c->stream>>>(cmean, cm2, N, C, G, HW,
                                                                        eps, mu, rs);
     LAUNCHED(c);
-    int64_t total = (int64_t)N * C * HW;
-    gn_apply_k<<<grid_1d(total), TPB, 0, c->stream>>>(x, gamma, beta, y, mu, rs, C, G, HW, total);
+    int tpb;
+    dim3 g = plane_grid(HW, (int64_t)N * C, &tpb);
+    gn_apply_k<<<g, tpb, 0, c->stream>>>(x, gamma, beta, y, mu, rs, C, G, HW, (int64_t)N * C);
     LAUNCHED(c);
     dfree(c, tmp);
 }
@@ -1336,14 +1352,18 @@ __global__ void gn_bwd_group_k(const float *ds, const float *dsx, const float *g
 __global__ void gn_bwd_dx_k(const float *dy, const float *x, const float *gamma,
                             const float *mean, const float *rstd, const float *ca,
                             const float *cb, float *dx, int C, int G, int64_t HW,
-                            int64_t total) {
-    GSTRIDE(i, total) {
-        int64_t row = i / HW;
-        int cc = (int)(row % C);
-        int64_t ng = (row / C) * G + cc / (C / G);
-        float rs = rstd[ng], xh = (x[i] - mean[ng]) * rs;
-        float g = dy[i] * (gamma ? gamma[cc] : 1.f);
-        dx[i] += rs * (g - ca[ng] - xh * cb[ng]);
+                            int64_t planes) {
+    PLANES(pl, planes) {
+        int cc = (int)(pl % C);
+        int64_t ng = (pl / C) * G + cc / (C / G);
+        float m = mean[ng], rs = rstd[ng], ga = gamma ? gamma[cc] : 1.f, a = ca[ng], b = cb[ng];
+        const float *dyp = dy + pl * HW, *xp = x + pl * HW;
+        float *dxp = dx + pl * HW;
+        PSTRIDE(i, HW) {
+            float xh = (xp[i] - m) * rs;
+            float g = dyp[i] * ga;
+            dxp[i] += rs * (g - a - xh * b);
+        }
     }
 }
 
@@ -1365,9 +1385,9 @@ static void cu_group_norm_bwd(Backend *be, const float *dy, const float *x, cons
         gn_bwd_group_k<<<grid_1d((int64_t)N * G), TPB, 0, c->stream>>>(ds, dsx, gamma, N, C, G,
                                                                          HW, ca, cb);
         LAUNCHED(c);
-        int64_t total = (int64_t)N * C * HW;
-        gn_bwd_dx_k<<<grid_1d(total), TPB, 0, c->stream>>>(dy, x, gamma, mean, rstd, ca, cb, dx,
-                                                           C, G, HW, total);
+        int tpb;
+        dim3 g = plane_grid(HW, (int64_t)N * C, &tpb);
+        gn_bwd_dx_k<<<g, tpb, 0, c->stream>>>(dy, x, gamma, mean, rstd, ca, cb, dx, C, G, HW, (int64_t)N * C);
         LAUNCHED(c);
     }
     dfree(c, tmp);
@@ -1538,8 +1558,12 @@ __global__ void embedding_k(const float *table, const int32_t *ids, float *out, 
 __global__ void add_k(const float *a, const float *b, float *y, int64_t n) { GSTRIDE(i, n) y[i] = a[i] + b[i]; }
 __global__ void axpy_k(float alpha, const float *x, float *y, int64_t n) { GSTRIDE(i, n) y[i] += alpha * x[i]; }
 __global__ void scale_k(float *x, float alpha, int64_t n) { GSTRIDE(i, n) x[i] *= alpha; }
-__global__ void add_channel_bias_k(float *x, const float *v, int64_t HW, int64_t total) {
-    GSTRIDE(i, total) x[i] += v[i / HW];
+/* x[n][c][hw] += v[n][c], a plane per grid row */
+__global__ void add_channel_bias_k(float *x, const float *v, int64_t HW, int64_t planes) {
+    PLANES(pl, planes) {
+        float a = v[pl], *xp = x + pl * HW;
+        PSTRIDE(i, HW) xp[i] += a;
+    }
 }
 
 #define LAUNCH1D(c, n, kern, ...)                                              \
@@ -1591,8 +1615,12 @@ static void cu_add(Backend *be, const float *a, const float *b, float *y, int64_
 static void cu_axpy(Backend *be, float alpha, const float *x, float *y, int64_t n) { LAUNCH1D(CU(be), n, axpy_k, alpha, x, y, n); }
 static void cu_scale(Backend *be, float *x, float alpha, int64_t n) { LAUNCH1D(CU(be), n, scale_k, x, alpha, n); }
 static void cu_add_channel_bias(Backend *be, float *x, const float *v, int N, int C, int64_t HW) {
-    int64_t total = (int64_t)N * C * HW;
-    LAUNCH1D(CU(be), total, add_channel_bias_k, x, v, HW, total);
+    Cuda *c = CU(be);
+    if (N <= 0 || C <= 0 || HW <= 0) return;
+    int tpb;
+    dim3 g = plane_grid(HW, (int64_t)N * C, &tpb);
+    add_channel_bias_k<<<g, tpb, 0, c->stream>>>(x, v, HW, (int64_t)N * C);
+    LAUNCHED(c);
 }
 static void cu_channel_sum_bwd(Backend *be, const float *dy, float *dv, int N, int C, int64_t HW) {
     Cuda *c = CU(be);
