@@ -1530,21 +1530,23 @@ __global__ void quick_gelu_bwd_k(const float *dy, const float *x, float *dx, int
         dx[i] += dy[i] * s * (1.f + 1.702f * v * (1.f - s));
     }
 }
+/* a row m per grid row (plane_grid), its D outputs along x */
 __global__ void geglu_fwd_k(const float *x, float *y, int64_t M, int D) {
-    GSTRIDE(i, M * D) {
-        int64_t m = i / D, j = i % D;
+    PLANES(m, M) {
         const float *r = x + m * 2 * D;
-        y[i] = r[j] * gelu_f(r[D + j]);
+        float *ym = y + m * D;
+        PSTRIDE(j, D) ym[j] = r[j] * gelu_f(r[D + j]);
     }
 }
 __global__ void geglu_bwd_k(const float *dy, const float *x, float *dx, int64_t M, int D) {
-    GSTRIDE(i, M * D) {
-        int64_t m = i / D, j = i % D;
-        const float *r = x + m * 2 * D;
+    PLANES(m, M) {
+        const float *r = x + m * 2 * D, *dym = dy + m * D;
         float *o = dx + m * 2 * D;
-        float h = r[j], g = r[D + j], d = dy[i];
-        o[j] += d * gelu_f(g);
-        o[D + j] += d * h * gelu_d(g);
+        PSTRIDE(j, D) {
+            float h = r[j], g = r[D + j], d = dym[j];
+            o[j] += d * gelu_f(g);
+            o[D + j] += d * h * gelu_d(g);
+        }
     }
 }
 __global__ void embedding_k(const float *table, const int32_t *ids, float *out, int64_t n,
@@ -1566,6 +1568,15 @@ __global__ void add_channel_bias_k(float *x, const float *v, int64_t HW, int64_t
     }
 }
 
+/* kern over `planes` planes of `per` elements each (plane_grid) */
+#define LAUNCH_PLANES(c, per, planes, kern, ...)                               \
+    do {                                                                       \
+        if ((per) <= 0 || (planes) <= 0) break;                                \
+        int tpb_;                                                              \
+        dim3 g_ = plane_grid((per), (planes), &tpb_);                          \
+        kern<<<g_, tpb_, 0, (c)->stream>>>(__VA_ARGS__);                       \
+        LAUNCHED(c);                                                           \
+    } while (0)
 #define LAUNCH1D(c, n, kern, ...)                                              \
     do {                                                                      \
         if ((n) > 0) {                                                        \
@@ -1583,10 +1594,10 @@ static void cu_gelu_bwd(Backend *be, const float *dy, const float *x, float *dx,
     if (dx) LAUNCH1D(CU(be), n, gelu_bwd_k, dy, x, dx, n);
 }
 static void cu_geglu_fwd(Backend *be, const float *x, float *y, int64_t M, int D) {
-    LAUNCH1D(CU(be), M * D, geglu_fwd_k, x, y, M, D);
+    LAUNCH_PLANES(CU(be), D, M, geglu_fwd_k, x, y, M, D);
 }
 static void cu_geglu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t M, int D) {
-    if (dx) LAUNCH1D(CU(be), M * D, geglu_bwd_k, dy, x, dx, M, D);
+    if (dx) LAUNCH_PLANES(CU(be), D, M, geglu_bwd_k, dy, x, dx, M, D);
 }
 static void cu_quick_gelu_fwd(Backend *be, const float *x, float *y, int64_t n) {
     LAUNCH1D(CU(be), n, quick_gelu_k, x, y, n);
@@ -1646,19 +1657,28 @@ __global__ void concat_bwd_k(const float *dy, float *da, float *db, int64_t CaHW
         else if (db) db[n * CbHW + (r - CaHW)] += dy[i];
     }
 }
-__global__ void upsample_fwd_k(const float *x, float *y, int H, int W, int64_t total) {
-    GSTRIDE(i, total) {
-        int W2 = 2 * W, H2 = 2 * H;
-        int64_t w2 = i % W2, h2 = (i / W2) % H2, nc = i / ((int64_t)H2 * W2);
-        y[i] = x[(nc * H + h2 / 2) * W + w2 / 2];
+/* a plane (n, c) per grid row; 32-bit pixel math within it */
+__global__ void upsample_fwd_k(const float *x, float *y, int H, int W, int64_t planes) {
+    int W2 = 2 * W;
+    PLANES(nc, planes) {
+        const float *xp = x + nc * H * W;
+        float *yp = y + nc * 4 * H * W;
+        PSTRIDE(i, 4 * (int64_t)H * W) {
+            int h2 = (int)(i / W2), w2 = (int)(i - (int64_t)h2 * W2);
+            yp[i] = xp[(int64_t)(h2 / 2) * W + w2 / 2];
+        }
     }
 }
-__global__ void upsample_bwd_k(const float *dy, float *dx, int H, int W, int64_t total) {
-    GSTRIDE(i, total) {
-        int64_t w = i % W, h = (i / W) % H, nc = i / ((int64_t)H * W);
-        int64_t W2 = 2 * (int64_t)W;
-        const float *r = dy + (nc * 2 * H + 2 * h) * W2 + 2 * w;
-        dx[i] += r[0] + r[1] + r[W2] + r[W2 + 1];
+__global__ void upsample_bwd_k(const float *dy, float *dx, int H, int W, int64_t planes) {
+    int W2 = 2 * W;
+    PLANES(nc, planes) {
+        const float *dyp = dy + nc * 4 * H * W;
+        float *dxp = dx + nc * H * W;
+        PSTRIDE(i, (int64_t)H * W) {
+            int h = (int)(i / W), w = (int)(i - (int64_t)h * W);
+            const float *r = dyp + (int64_t)2 * h * W2 + 2 * w;
+            dxp[i] += r[0] + r[1] + r[W2] + r[W2 + 1];
+        }
     }
 }
 /* y[nc][i][k] = x[nc][i - top][k - left] inside, 0 in the border */
@@ -1721,12 +1741,10 @@ static void cu_concat_channels_bwd(Backend *be, const float *dy, float *da, floa
     if (da || db) LAUNCH1D(CU(be), total, concat_bwd_k, dy, da, db, (int64_t)Ca * HW, (int64_t)Cb * HW, total);
 }
 static void cu_upsample2x_fwd(Backend *be, const float *x, float *y, int N, int C, int H, int W) {
-    int64_t total = (int64_t)N * C * 4 * H * W;
-    LAUNCH1D(CU(be), total, upsample_fwd_k, x, y, H, W, total);
+    LAUNCH_PLANES(CU(be), 4 * (int64_t)H * W, (int64_t)N * C, upsample_fwd_k, x, y, H, W, (int64_t)N * C);
 }
 static void cu_upsample2x_bwd(Backend *be, const float *dy, float *dx, int N, int C, int H, int W) {
-    int64_t total = (int64_t)N * C * H * W;
-    if (dx) LAUNCH1D(CU(be), total, upsample_bwd_k, dy, dx, H, W, total);
+    if (dx) LAUNCH_PLANES(CU(be), (int64_t)H * W, (int64_t)N * C, upsample_bwd_k, dy, dx, H, W, (int64_t)N * C);
 }
 static void cu_pad2d(Backend *be, const float *x, float *y, int N, int C, int H, int W, int top,
                      int bottom, int left, int right) {
