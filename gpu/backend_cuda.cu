@@ -561,6 +561,33 @@ static unsigned grid_1d(int64_t n) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (int64_t)blockDim.x * gridDim.x)
 
+/* kernels over planes (an image's channel, a row of a matrix): one per grid
+ * row, its elements along x; small planes take narrower blocks, not idle
+ * threads; both dimensions grid-stride */
+static dim3 plane_grid(int64_t per_plane, int64_t planes, int *tpb) {
+    *tpb = per_plane >= TPB ? TPB : per_plane > 0 ? (int)((per_plane + 31) / 32 * 32) : 32;
+    int64_t bx = (per_plane + *tpb - 1) / *tpb, by = planes;
+    if (bx > GRID_CAP) bx = GRID_CAP;
+    if (by > PLANE_CAP) by = PLANE_CAP;
+    return dim3((unsigned)(bx < 1 ? 1 : bx), (unsigned)(by < 1 ? 1 : by));
+}
+/* kern over `planes` planes of `per` elements each (plane_grid) */
+#define LAUNCH_PLANES(c, per, planes, kern, ...)                               \
+    do {                                                                       \
+        if ((per) <= 0 || (planes) <= 0) break;                                \
+        int tpb_;                                                              \
+        dim3 g_ = plane_grid((per), (planes), &tpb_);                          \
+        kern<<<g_, tpb_, 0, (c)->stream>>>(__VA_ARGS__);                       \
+        LAUNCHED(c);                                                           \
+    } while (0)
+#define LAUNCH1D(c, n, kern, ...)                                              \
+    do {                                                                      \
+        if ((n) > 0) {                                                        \
+            kern<<<grid_1d(n), TPB, 0, (c)->stream>>>(__VA_ARGS__);          \
+            LAUNCHED(c);                                                      \
+        }                                                                     \
+    } while (0)
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -1030,14 +1057,6 @@ static __device__ __forceinline__ void put(__nv_bfloat16 *d, float v) { *d = __f
  * that plane's pixels along x; both dimensions grid-stride (plane_grid). Index
  * math stays 32-bit within a plane (a plane is under 2^31 elements), so a
  * thread divides twice per pixel, not nine times in 64 bits per element. */
-static dim3 plane_grid(int64_t per_plane, int64_t planes, int *tpb) {
-    /* small planes (SD's 8x8 level) take narrower blocks, not idle threads */
-    *tpb = per_plane >= TPB ? TPB : per_plane > 0 ? (int)((per_plane + 31) / 32 * 32) : 32;
-    int64_t bx = (per_plane + *tpb - 1) / *tpb, by = planes;
-    if (bx > GRID_CAP) bx = GRID_CAP;
-    if (by > PLANE_CAP) by = PLANE_CAP;
-    return dim3((unsigned)(bx < 1 ? 1 : bx), (unsigned)(by < 1 ? 1 : by));
-}
 template <class T>
 __global__ void im2col_k(const float *x, T *col, int nb, int Cin, int H, int W, int k,
                          int s, int p, int Ho, int Wo) {
@@ -1168,10 +1187,7 @@ static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const flo
     }
     if (b) {
         PROF_STAGE(c, "bias");
-        int tpb;
-        dim3 g = plane_grid(HoWo, (int64_t)N * Cout, &tpb);
-        add_bias_nchw_k<<<g, tpb, 0, c->stream>>>(y, b, Cout, HoWo, (int64_t)N * Cout);
-        LAUNCHED(c);
+        LAUNCH_PLANES(c, HoWo, (int64_t)N * Cout, add_bias_nchw_k, y, b, Cout, HoWo, (int64_t)N * Cout);
     }
 }
 
@@ -1296,10 +1312,7 @@ static void cu_group_norm_fwd(Backend *be, const float *x, const float *gamma, c
     gn_group_stats_k<<<grid_1d((int64_t)N * G), TPB, 0, c->stream>>>(cmean, cm2, N, C, G, HW,
                                                                        eps, mu, rs);
     LAUNCHED(c);
-    int tpb;
-    dim3 g = plane_grid(HW, (int64_t)N * C, &tpb);
-    gn_apply_k<<<g, tpb, 0, c->stream>>>(x, gamma, beta, y, mu, rs, C, G, HW, (int64_t)N * C);
-    LAUNCHED(c);
+    LAUNCH_PLANES(c, HW, (int64_t)N * C, gn_apply_k, x, gamma, beta, y, mu, rs, C, G, HW, (int64_t)N * C);
     dfree(c, tmp);
 }
 
@@ -1385,10 +1398,8 @@ static void cu_group_norm_bwd(Backend *be, const float *dy, const float *x, cons
         gn_bwd_group_k<<<grid_1d((int64_t)N * G), TPB, 0, c->stream>>>(ds, dsx, gamma, N, C, G,
                                                                          HW, ca, cb);
         LAUNCHED(c);
-        int tpb;
-        dim3 g = plane_grid(HW, (int64_t)N * C, &tpb);
-        gn_bwd_dx_k<<<g, tpb, 0, c->stream>>>(dy, x, gamma, mean, rstd, ca, cb, dx, C, G, HW, (int64_t)N * C);
-        LAUNCHED(c);
+        LAUNCH_PLANES(c, HW, (int64_t)N * C, gn_bwd_dx_k, dy, x, gamma, mean, rstd, ca, cb, dx, C, G, HW,
+                      (int64_t)N * C);
     }
     dfree(c, tmp);
 }
@@ -1568,23 +1579,6 @@ __global__ void add_channel_bias_k(float *x, const float *v, int64_t HW, int64_t
     }
 }
 
-/* kern over `planes` planes of `per` elements each (plane_grid) */
-#define LAUNCH_PLANES(c, per, planes, kern, ...)                               \
-    do {                                                                       \
-        if ((per) <= 0 || (planes) <= 0) break;                                \
-        int tpb_;                                                              \
-        dim3 g_ = plane_grid((per), (planes), &tpb_);                          \
-        kern<<<g_, tpb_, 0, (c)->stream>>>(__VA_ARGS__);                       \
-        LAUNCHED(c);                                                           \
-    } while (0)
-#define LAUNCH1D(c, n, kern, ...)                                              \
-    do {                                                                      \
-        if ((n) > 0) {                                                        \
-            kern<<<grid_1d(n), TPB, 0, (c)->stream>>>(__VA_ARGS__);          \
-            LAUNCHED(c);                                                      \
-        }                                                                     \
-    } while (0)
-
 static void cu_silu_fwd(Backend *be, const float *x, float *y, int64_t n) { LAUNCH1D(CU(be), n, silu_fwd_k, x, y, n); }
 static void cu_silu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t n) {
     if (dx) LAUNCH1D(CU(be), n, silu_bwd_k, dy, x, dx, n);
@@ -1626,12 +1620,7 @@ static void cu_add(Backend *be, const float *a, const float *b, float *y, int64_
 static void cu_axpy(Backend *be, float alpha, const float *x, float *y, int64_t n) { LAUNCH1D(CU(be), n, axpy_k, alpha, x, y, n); }
 static void cu_scale(Backend *be, float *x, float alpha, int64_t n) { LAUNCH1D(CU(be), n, scale_k, x, alpha, n); }
 static void cu_add_channel_bias(Backend *be, float *x, const float *v, int N, int C, int64_t HW) {
-    Cuda *c = CU(be);
-    if (N <= 0 || C <= 0 || HW <= 0) return;
-    int tpb;
-    dim3 g = plane_grid(HW, (int64_t)N * C, &tpb);
-    add_channel_bias_k<<<g, tpb, 0, c->stream>>>(x, v, HW, (int64_t)N * C);
-    LAUNCHED(c);
+    LAUNCH_PLANES(CU(be), HW, (int64_t)N * C, add_channel_bias_k, x, v, HW, (int64_t)N * C);
 }
 static void cu_channel_sum_bwd(Backend *be, const float *dy, float *dv, int N, int C, int64_t HW) {
     Cuda *c = CU(be);
