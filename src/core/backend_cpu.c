@@ -310,6 +310,7 @@ static void cpu_free(Backend *be, void *p) {
 }
 
 static void cpu_memcpy(Backend *be, void *dst, const void *src, size_t bytes) {
+    PROF_OP(be); /* upload, download and copy: one row, "memcpy" */
     if (bytes && dst != src) memcpy(dst, src, bytes);
 }
 static void cpu_zero(Backend *be, void *p, size_t bytes) {
