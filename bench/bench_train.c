@@ -139,6 +139,9 @@ typedef struct {
     float *y, *dy, *dxin;
     int B, H, W, L;
     int64_t n;
+    AdapterSet *set;  /* the adapters trained, or NULL */
+    float *mu, *vu;   /* all weights trained (pretraining's step): AdamW's moments, or NULL */
+    int64_t nbase;
 } Pass;
 
 static int pass(void *user) {
@@ -151,6 +154,21 @@ static int pass(void *user) {
      * its backward early: ask for d input so the row is the whole backward,
      * as its name says (and as PyTorch's reference row computes) */
     return unet_backward(p->u, p->dy, p->dxin);
+}
+
+/* one training step in the trainer's order: zero the gradients, the pass
+ * (through rp, or op by op when rp is NULL), the loss, AdamW as step t */
+static int step(Pass *p, Replay *rp, int t) {
+    Backend *be = unet_backend(p->u);
+    if (p->set) adapter_set_zero_grad(p->set);
+    if (p->mu) unet_zero_grad(p->u);
+    if ((rp ? replay_run(be, rp, pass, p) : pass(p)) != 0) return -1;
+    be->mse_fwd(be, p->y, p->tgt, p->n); /* the trainer reads the loss after the backward */
+    if (p->set) adapter_set_adamw(p->set, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, t);
+    if (p->mu)
+        be->adamw(be, unet_weight_block(p->u), unet_grad_block(p->u), p->mu, p->vu, p->nbase, 1e-4f, 0.9f, 0.999f,
+                  1e-8f, 0.01f, t);
+    return 0;
 }
 
 static int run(const char *device, const char *prec, const char *model, const char *what,
@@ -260,28 +278,20 @@ static int run(const char *device, const char *prec, const char *model, const ch
     }
     AdapterSet *set = unet_adapters(u);
     int na = set ? set->n : 0;
-    /* the trainer's way: adapter_set_zero_grad and adapter_set_adamw */
     float *dxin = na || base ? NULL : be->alloc(be, sizeof(float) * (size_t)n);
     double *times = malloc(sizeof(double) * (size_t)reps);
     /* SD on the CPU: minutes per step; a backend that records does so in a third */
     int warm = (tiny || strcmp(device, "cpu") ? 2 : 1) + (be->record_begin ? 1 : 0);
-    Pass ps = {u, x, t, ctx, added, tgt, y, dy, dxin, B, H, W, L, n};
+    Pass ps = {u, x, t, ctx, added, tgt, y, dy, dxin, B, H, W, L, n, na ? set : NULL, mu, vu, nbase};
     Replay rp = {0};
     double flops = 0; /* counted where the ops ran one by one (a replay calls none) */
     for (int it = -warm; it < reps; it++) { /* warm-up steps first */
         double t0 = now_s();
         fc_reset(fc);
-        if (na) adapter_set_zero_grad(set);
-        if (base) unet_zero_grad(u);
-        if (replay_run(be, &rp, pass, &ps) != 0) { /* e.g. out of device memory: say why, skip the row */
+        if (step(&ps, &rp, it + 3) != 0) { /* e.g. out of device memory: say why, skip the row */
             fprintf(stderr, "bench_train: %s: %s\n", what, unet_last_error(u));
             return -1;
         }
-        be->mse_fwd(be, y, tgt, n); /* the trainer reads the loss after the backward */
-        if (na) adapter_set_adamw(set, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, it + 3);
-        if (base)
-            be->adamw(be, unet_weight_block(u), unet_grad_block(u), mu, vu, nbase, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f,
-                      it + 3);
         be->sync(be);
         if (fc->flops > flops) flops = fc->flops;
         if (it >= 0) times[it] = (now_s() - t0) * 1000.0;
@@ -295,16 +305,7 @@ static int run(const char *device, const char *prec, const char *model, const ch
         int steps = !tiny && !strcmp(device, "cpu") ? 1 : 3, ok = 1;
         fc_reset(fc);
         double t0 = now_s();
-        for (int it = 0; it < steps && ok; it++) {
-            if (na) adapter_set_zero_grad(set);
-            if (base) unet_zero_grad(u);
-            ok = pass(&ps) == 0;
-            be->mse_fwd(be, y, tgt, n);
-            if (na) adapter_set_adamw(set, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, reps + 3 + it);
-            if (base)
-                be->adamw(be, unet_weight_block(u), unet_grad_block(u), mu, vu, nbase, 1e-4f, 0.9f, 0.999f, 1e-8f,
-                          0.01f, reps + 3 + it);
-        }
+        for (int it = 0; it < steps && ok; it++) ok = step(&ps, NULL, reps + 3 + it) == 0;
         be->sync(be);
         double wall = (now_s() - t0) * 1000.0;
         be->profile(be, 0);

@@ -551,15 +551,12 @@ static unsigned grid_1d(int64_t n) {
 #ifndef PLANE_CAP
 #define PLANE_CAP (GRID_CAP < 65535 ? GRID_CAP : 65535)
 #endif
-/* over one plane of kernels launched with plane_grid: x is the pixel */
-#define PSTRIDE(i, n) \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
-         i += (int64_t)blockDim.x * gridDim.x)
-/* over the planes (grid rows) */
-#define PLANES(pl, n) for (int64_t pl = blockIdx.y; pl < (n); pl += gridDim.y)
+/* grid-stride over x: a whole 1D kernel, or one plane of a plane kernel */
 #define GSTRIDE(i, n) \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (int64_t)blockDim.x * gridDim.x)
+/* over the planes of a plane kernel (grid rows, plane_grid below) */
+#define PLANES(pl, n) for (int64_t pl = blockIdx.y; pl < (n); pl += gridDim.y)
 
 /* kernels over planes (an image's channel, a row of a matrix): one per grid
  * row, its elements along x; small planes take narrower blocks, not idle
@@ -1061,7 +1058,7 @@ template <class T>
 __global__ void im2col_k(const float *x, T *col, int nb, int Cin, int H, int W, int k,
                          int s, int p, int Ho, int Wo) {
     int HoWo = Ho * Wo, kk = k * k;
-    for (int64_t pl = blockIdx.y; pl < (int64_t)nb * Cin; pl += gridDim.y) {
+    PLANES(pl, (int64_t)nb * Cin) {
         const float *xp = x + pl * H * W;      /* pl = b*Cin + ci */
         T *cp = col + pl * kk * HoWo;          /* its k*k rows of columns */
         for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < HoWo; o += blockDim.x * gridDim.x) {
@@ -1083,7 +1080,7 @@ __global__ void im2col_k(const float *x, T *col, int nb, int Cin, int H, int W, 
 __global__ void col2im_acc_k(const float *col, float *dx, int nb, int Cin, int H, int W, int k,
                              int s, int p, int Ho, int Wo) {
     int HW = H * W, HoWo = Ho * Wo, kk = k * k;
-    for (int64_t pl = blockIdx.y; pl < (int64_t)nb * Cin; pl += gridDim.y) {
+    PLANES(pl, (int64_t)nb * Cin) {
         const float *cp = col + pl * kk * HoWo;
         float *dp = dx + pl * HW;
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += blockDim.x * gridDim.x) {
@@ -1106,11 +1103,20 @@ __global__ void col2im_acc_k(const float *col, float *dx, int nb, int Cin, int H
         }
     }
 }
+/* the columns of m images x into col: bf16 in BF16 mode (bf), else f32 */
+static void im2col(Cuda *c, const float *x, void *col, int bf, int m, int Cin, int H, int W, int k, int s,
+                   int p, int Ho, int Wo) {
+    PROF_STAGE(c, "im2col");
+    if (bf) LAUNCH_PLANES(c, (int64_t)Ho * Wo, (int64_t)m * Cin, im2col_k<__nv_bfloat16>, x, (__nv_bfloat16 *)col, m,
+                          Cin, H, W, k, s, p, Ho, Wo);
+    else LAUNCH_PLANES(c, (int64_t)Ho * Wo, (int64_t)m * Cin, im2col_k<float>, x, (float *)col, m, Cin, H, W, k, s,
+                       p, Ho, Wo);
+}
 /* y[n][c][hw] += b[c], a plane (n, c) per grid row */
 __global__ void add_bias_nchw_k(float *y, const float *b, int C, int64_t HW, int64_t planes) {
     PLANES(pl, planes) {
         float v = b[pl % C], *yp = y + pl * HW;
-        PSTRIDE(i, HW) yp[i] += v;
+        GSTRIDE(i, HW) yp[i] += v;
     }
 }
 
@@ -1170,15 +1176,7 @@ static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const flo
         for (int n0 = 0; n0 < N; n0 += nb) {
             int m = N - n0 < nb ? N - n0 : nb;
             const float *xn = x + (int64_t)n0 * Cin * HW;
-            {
-                PROF_STAGE(c, "im2col");
-                int tpb;
-                dim3 g = plane_grid(HoWo, (int64_t)m * Cin, &tpb);
-                if (bf) im2col_k<__nv_bfloat16><<<g, tpb, 0, c->stream>>>(
-                    xn, (__nv_bfloat16 *)col, m, Cin, H, W, k, s, p, Ho, Wo);
-                else im2col_k<float><<<g, tpb, 0, c->stream>>>(xn, (float *)col, m, Cin, H, W, k, s, p, Ho, Wo);
-                LAUNCHED(c);
-            }
+            im2col(c, xn, col, bf, m, Cin, H, W, k, s, p, Ho, Wo);
             gemm_op_sbx(c, 0, 0, Cout, HoWo, CKK, 1.f, w, NULL, CKK, 0, bf ? NULL : (const float *)col,
                         bf ? (const __nv_bfloat16 *)col : NULL, HoWo, CKK * HoWo, 0.f,
                         y + (int64_t)n0 * Cout * HoWo, HoWo, (int64_t)Cout * HoWo, m);
@@ -1220,15 +1218,7 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
         int m = N - n0 < nb ? N - n0 : nb;
         const float *dyc = dy + (int64_t)n0 * Cout * HoWo, *xn = x + (int64_t)n0 * Cin * HW;
         if (dw) {
-            {
-                PROF_STAGE(c, "im2col");
-                int tpb;
-                dim3 g = plane_grid(HoWo, (int64_t)m * Cin, &tpb);
-                if (bf) im2col_k<__nv_bfloat16><<<g, tpb, 0, c->stream>>>(
-                    xn, (__nv_bfloat16 *)col, m, Cin, H, W, k, s, p, Ho, Wo);
-                else im2col_k<float><<<g, tpb, 0, c->stream>>>(xn, col, m, Cin, H, W, k, s, p, Ho, Wo);
-                LAUNCHED(c);
-            }
+            im2col(c, xn, col, bf, m, Cin, H, W, k, s, p, Ho, Wo);
             conv_dw_accumulate(c, dyc, (int64_t)Cout * HoWo, bf ? NULL : col,
                                bf ? (const __nv_bfloat16 *)col : NULL, CKK * HoWo, m, Cout, CKK, HoWo, dw);
         }
@@ -1236,10 +1226,8 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
             gemm_op_sb(c, 1, 0, CKK, HoWo, Cout, 1.f, w, CKK, 0, dyc, HoWo, (int64_t)Cout * HoWo,
                     0.f, col, HoWo, CKK * HoWo, m);
             PROF_STAGE(c, "col2im");
-            int tpb;
-            dim3 g = plane_grid(HW, (int64_t)m * Cin, &tpb);
-            col2im_acc_k<<<g, tpb, 0, c->stream>>>(col, dx + (int64_t)n0 * Cin * HW, m, Cin, H, W, k, s, p, Ho, Wo);
-            LAUNCHED(c);
+            LAUNCH_PLANES(c, HW, (int64_t)m * Cin, col2im_acc_k, col, dx + (int64_t)n0 * Cin * HW, m, Cin, H, W, k, s,
+                          p, Ho, Wo);
         }
     }
     dfree(c, col);
@@ -1291,7 +1279,7 @@ __global__ void gn_apply_k(const float *x, const float *gamma, const float *beta
         float m = mean[ng], r = rstd[ng], ga = gamma ? gamma[cc] : 1.f, be = beta ? beta[cc] : 0.f;
         const float *xp = x + pl * HW;
         float *yp = y + pl * HW;
-        PSTRIDE(i, HW) {
+        GSTRIDE(i, HW) {
             float v = (xp[i] - m) * r;
             yp[i] = v * ga + be;
         }
@@ -1372,7 +1360,7 @@ __global__ void gn_bwd_dx_k(const float *dy, const float *x, const float *gamma,
         float m = mean[ng], rs = rstd[ng], ga = gamma ? gamma[cc] : 1.f, a = ca[ng], b = cb[ng];
         const float *dyp = dy + pl * HW, *xp = x + pl * HW;
         float *dxp = dx + pl * HW;
-        PSTRIDE(i, HW) {
+        GSTRIDE(i, HW) {
             float xh = (xp[i] - m) * rs;
             float g = dyp[i] * ga;
             dxp[i] += rs * (g - a - xh * b);
@@ -1546,14 +1534,14 @@ __global__ void geglu_fwd_k(const float *x, float *y, int64_t M, int D) {
     PLANES(m, M) {
         const float *r = x + m * 2 * D;
         float *ym = y + m * D;
-        PSTRIDE(j, D) ym[j] = r[j] * gelu_f(r[D + j]);
+        GSTRIDE(j, D) ym[j] = r[j] * gelu_f(r[D + j]);
     }
 }
 __global__ void geglu_bwd_k(const float *dy, const float *x, float *dx, int64_t M, int D) {
     PLANES(m, M) {
         const float *r = x + m * 2 * D, *dym = dy + m * D;
         float *o = dx + m * 2 * D;
-        PSTRIDE(j, D) {
+        GSTRIDE(j, D) {
             float h = r[j], g = r[D + j], d = dym[j];
             o[j] += d * gelu_f(g);
             o[D + j] += d * h * gelu_d(g);
@@ -1575,7 +1563,7 @@ __global__ void scale_k(float *x, float alpha, int64_t n) { GSTRIDE(i, n) x[i] *
 __global__ void add_channel_bias_k(float *x, const float *v, int64_t HW, int64_t planes) {
     PLANES(pl, planes) {
         float a = v[pl], *xp = x + pl * HW;
-        PSTRIDE(i, HW) xp[i] += a;
+        GSTRIDE(i, HW) xp[i] += a;
     }
 }
 
@@ -1652,7 +1640,7 @@ __global__ void upsample_fwd_k(const float *x, float *y, int H, int W, int64_t p
     PLANES(nc, planes) {
         const float *xp = x + nc * H * W;
         float *yp = y + nc * 4 * H * W;
-        PSTRIDE(i, 4 * (int64_t)H * W) {
+        GSTRIDE(i, 4 * (int64_t)H * W) {
             int h2 = (int)(i / W2), w2 = (int)(i - (int64_t)h2 * W2);
             yp[i] = xp[(int64_t)(h2 / 2) * W + w2 / 2];
         }
@@ -1663,7 +1651,7 @@ __global__ void upsample_bwd_k(const float *dy, float *dx, int H, int W, int64_t
     PLANES(nc, planes) {
         const float *dyp = dy + nc * 4 * H * W;
         float *dxp = dx + nc * H * W;
-        PSTRIDE(i, (int64_t)H * W) {
+        GSTRIDE(i, (int64_t)H * W) {
             int h = (int)(i / W), w = (int)(i - (int64_t)h * W);
             const float *r = dyp + (int64_t)2 * h * W2 + 2 * w;
             dxp[i] += r[0] + r[1] + r[W2] + r[W2 + 1];
