@@ -17,6 +17,15 @@
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
 #include <mma.h>
+#include <dlfcn.h>
+/* cuDNN's declarations, for its convolutions (opened at run time, when asked
+ * for: KRONA_CUDA_CONV=cudnn); without the header the plugin has none */
+#if __has_include(<cudnn.h>)
+#include <cudnn.h>
+#define HAVE_CUDNN 1
+#else
+#define HAVE_CUDNN 0
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -115,6 +124,10 @@ typedef struct {
     ProfTable prof;
     struct ProfEv *pev;
     int npev, cappev; /* in use (queued, not yet added), created */
+    /* cuDNN's convolutions (KRONA_CUDA_CONV=cudnn; NULL: im2col), and what
+     * device_name adds: which convolutions run, or why not cuDNN's */
+    struct Dnn *dnn;
+    char conv_note[160], desc[640];
     char err[512];
     long nerr;
 } Cuda;
@@ -1160,13 +1173,364 @@ static void conv_dw_accumulate(Cuda *c, const float *dy, int64_t sdy, const floa
     dfree(c, ws);
 }
 
+/* ---- cuDNN's convolutions (env KRONA_CUDA_CONV=cudnn) ----
+ * im2col writes k*k copies of the input (9 for a 3x3 kernel) and the GEMM reads
+ * them back; dx goes through a column buffer as large. At SD sizes that traffic
+ * rivals the GEMM itself. cuDNN's implicit-GEMM convolutions read the images in
+ * place. libcudnn.so.9 is opened at run time: the plugin needs it only when
+ * asked for it and runs the same without it (im2col).
+ * - Only deterministic algorithms: replays and resumed runs repeat bit for bit.
+ * - fp32: FMA kernels of the GEMM kind only (FFT and Winograd round
+ *   differently); tf32: also TF32 tensor cores; never a conversion to fp16.
+ * - bf16: cuDNN's bf16 convolutions read and write bf16 (it has no fp32 output
+ *   there), so y and dx are rounded to bf16 once, as autocast's are. dw keeps
+ *   im2col's fp32 sum (pretraining's weight gradients).
+ * - A shape cuDNN refuses, or an algorithm that fails, falls back to im2col
+ *   (device_name counts them). */
+enum { DNN_FWD, DNN_DX, DNN_DW };
+#if HAVE_CUDNN
+#define DNN_FNS(X)                                                                                            \
+    X(GetVersion) X(GetErrorString) X(Create) X(Destroy) X(SetStream) X(CreateTensorDescriptor)               \
+    X(SetTensor4dDescriptor) X(DestroyTensorDescriptor) X(CreateFilterDescriptor) X(SetFilter4dDescriptor)    \
+    X(DestroyFilterDescriptor) X(CreateConvolutionDescriptor) X(SetConvolution2dDescriptor)                   \
+    X(SetConvolutionMathType) X(DestroyConvolutionDescriptor) X(GetConvolutionForwardAlgorithm_v7)            \
+    X(GetConvolutionBackwardDataAlgorithm_v7) X(GetConvolutionBackwardFilterAlgorithm_v7)                     \
+    X(ConvolutionForward) X(ConvolutionBackwardData) X(ConvolutionBackwardFilter)
+
+/* one convolution shape in one precision: its descriptors and, per direction,
+ * the algorithm (chosen at first use), its math and workspace */
+typedef struct {
+    int key[9]; /* N, Cin, H, W, Cout, k, s, p, precision */
+    cudnnTensorDescriptor_t x, y;
+    cudnnFilterDescriptor_t w;
+    cudnnConvolutionDescriptor_t conv;
+    int algo[3];              /* -2: not chosen yet; -1: none usable (im2col) */
+    cudnnMathType_t math[3];
+    size_t ws[3];
+} DnnPlan;
+
+#define DNN_PLANS 128
+typedef struct Dnn {
+    void *lib;
+    cudnnHandle_t h;
+#define DNN_FIELD(f) decltype(&cudnn##f) f;
+    DNN_FNS(DNN_FIELD)
+#undef DNN_FIELD
+    DnnPlan plan[DNN_PLANS];
+    int nplan, next;  /* plans made; the slot a new shape takes when all are */
+    long refused;     /* shapes or directions that fell back to im2col */
+    char first[160];  /* the first of them, and why */
+} Dnn;
+
+static const char *const dnn_dir_name[3] = {"forward", "dx", "dw"};
+/* a shape (dir < 0) or one direction of it goes to im2col: counted, the first named */
+static void dnn_refuse(Dnn *d, const int *key, int dir, const char *why) {
+    if (!d->refused++)
+        snprintf(d->first, sizeof d->first, "%dx%d s%d p%d %d->%d at %dx%d N=%d %s%s%s: %s", key[5], key[5], key[6],
+                 key[7], key[1], key[4], key[2], key[3], key[0], key[8] == KRONA_PREC_BF16 ? "bf16" : key[8] == KRONA_PREC_TF32 ? "tf32" : "fp32", dir < 0 ? "" : " ",
+                 dir < 0 ? "" : dnn_dir_name[dir], why);
+}
+
+static void dnn_plan_clear(Dnn *d, DnnPlan *p) {
+    if (p->x) d->DestroyTensorDescriptor(p->x);
+    if (p->y) d->DestroyTensorDescriptor(p->y);
+    if (p->w) d->DestroyFilterDescriptor(p->w);
+    if (p->conv) d->DestroyConvolutionDescriptor(p->conv);
+    memset(p, 0, sizeof *p);
+}
+static void dnn_free(Dnn *d) {
+    if (!d) return;
+    for (int i = 0; i < d->nplan; i++) dnn_plan_clear(d, &d->plan[i]);
+    if (d->h) d->Destroy(d->h);
+    if (d->lib) dlclose(d->lib);
+    free(d);
+}
+/* at create: env KRONA_CUDA_CONV=cudnn opens cuDNN 9 on our stream; the note
+ * says what convolutions run (device_name) */
+static void dnn_setup(Cuda *c) {
+    const char *env = getenv("KRONA_CUDA_CONV");
+    if (!env || strcmp(env, "cudnn")) return;
+    Dnn *d = (Dnn *)calloc(1, sizeof *d);
+    const char *missing = NULL;
+    if (d && !(d->lib = dlopen("libcudnn.so.9", RTLD_NOW | RTLD_LOCAL))) {
+        const char *e = dlerror();
+        snprintf(c->conv_note, sizeof c->conv_note, "im2col: cuDNN 9 not found (%.100s)", e ? e : "libcudnn.so.9");
+        free(d);
+        return;
+    }
+#define DNN_LOAD(f) if (d && !missing && !(d->f = (decltype(d->f))dlsym(d->lib, "cudnn" #f))) missing = "cudnn" #f;
+    DNN_FNS(DNN_LOAD)
+#undef DNN_LOAD
+    size_t v = d && !missing ? d->GetVersion() : 0;
+    if (!d || missing || v < 90000 || v >= 100000 || d->Create(&d->h) != CUDNN_STATUS_SUCCESS ||
+        d->SetStream(d->h, c->stream) != CUDNN_STATUS_SUCCESS) {
+        snprintf(c->conv_note, sizeof c->conv_note, "im2col: cuDNN unusable (%s)",
+                 !d ? "out of memory" : missing ? missing : v < 90000 || v >= 100000 ? "not version 9" : "cudnnCreate failed");
+        dnn_free(d);
+        return;
+    }
+    c->dnn = d;
+    snprintf(c->conv_note, sizeof c->conv_note, "cuDNN %zu.%zu.%zu", v / 10000, v / 100 % 100, v % 100);
+}
+
+/* the math each mode asks of cuDNN: exact fp32 FMA kernels, TF32 allowed, or
+ * bf16 tensor cores (never CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: fp16 copies) */
+static cudnnMathType_t dnn_math(int prec) {
+    return prec == KRONA_PREC_FP32 ? CUDNN_FMA_MATH : prec == KRONA_PREC_TF32 ? CUDNN_DEFAULT_MATH : CUDNN_TENSOR_OP_MATH;
+}
+static cudnnDataType_t dnn_type(int prec) { return prec == KRONA_PREC_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT; }
+
+/* the plan of this shape in the mode in force, made at first sight; NULL:
+ * im2col (no cuDNN, a tensor too large for its int sizes, or refused) */
+static DnnPlan *dnn_plan(Cuda *c, int N, int Cin, int H, int W, int Cout, int k, int s, int p) {
+    Dnn *d = c->dnn;
+    if (!d) return NULL;
+    int key[9] = {N, Cin, H, W, Cout, k, s, p, c->prec};
+    for (int i = 0; i < d->nplan; i++)
+        if (!memcmp(d->plan[i].key, key, sizeof key)) return d->plan[i].conv ? &d->plan[i] : NULL;
+    int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
+    DnnPlan *pl;
+    if (d->nplan < DNN_PLANS) pl = &d->plan[d->nplan++];
+    else { /* all taken: the oldest goes (descriptors are host objects: no recording holds them) */
+        pl = &d->plan[d->next];
+        d->next = (d->next + 1) % DNN_PLANS;
+    }
+    dnn_plan_clear(d, pl);
+    memcpy(pl->key, key, sizeof key);
+    for (int i = 0; i < 3; i++) pl->algo[i] = -2;
+    cudnnDataType_t t = dnn_type(c->prec);
+    int fits = (int64_t)N * Cin * H * W < INT32_MAX && (int64_t)N * Cout * Ho * Wo < INT32_MAX;
+    if (!fits || d->CreateTensorDescriptor(&pl->x) || d->CreateTensorDescriptor(&pl->y) ||
+        d->CreateFilterDescriptor(&pl->w) || d->CreateConvolutionDescriptor(&pl->conv) ||
+        d->SetTensor4dDescriptor(pl->x, CUDNN_TENSOR_NCHW, t, N, Cin, H, W) ||
+        d->SetTensor4dDescriptor(pl->y, CUDNN_TENSOR_NCHW, t, N, Cout, Ho, Wo) ||
+        d->SetFilter4dDescriptor(pl->w, t, CUDNN_TENSOR_NCHW, Cout, Cin, k, k) ||
+        d->SetConvolution2dDescriptor(pl->conv, p, p, s, s, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT) ||
+        d->SetConvolutionMathType(pl->conv, dnn_math(c->prec))) { /* the heuristics' hint */
+        dnn_plan_clear(d, pl); /* the key stays: this shape is im2col's */
+        memcpy(pl->key, key, sizeof key);
+        dnn_refuse(d, key, -1, fits ? "descriptors refused" : "over 2^31 elements");
+        return NULL;
+    }
+    return pl;
+}
+/* the first (fastest by cuDNN's heuristics) usable algorithm of a _v7 list:
+ * deterministic, workspace within CONV_WS_BYTES, no conversion to fp16; in
+ * fp32 no FFT or Winograd, and run with FMA math (an entry listed with FMA
+ * math first, else the first usable one with FMA forced: cuDNN refuses the
+ * call if it cannot, and the direction goes to im2col) */
+template <class Perf>
+static void dnn_pick(Cuda *c, DnnPlan *pl, int dir, const Perf *r, int n, int (*fft_or_wino)(int)) {
+    int fp32 = c->prec == KRONA_PREC_FP32, first = -1;
+    pl->algo[dir] = -1;
+    for (int i = 0; i < n; i++) {
+        if (r[i].status != CUDNN_STATUS_SUCCESS || r[i].determinism != CUDNN_DETERMINISTIC ||
+            r[i].memory > CONV_WS_BYTES || r[i].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION ||
+            (fp32 && fft_or_wino((int)r[i].algo)))
+            continue;
+        if (first < 0) first = i;
+        if (!fp32 || r[i].mathType == CUDNN_FMA_MATH) {
+            first = i;
+            break;
+        }
+    }
+    if (first < 0) {
+        dnn_refuse(c->dnn, pl->key, dir, "no deterministic algorithm of this precision fits the workspace");
+        return;
+    }
+    pl->algo[dir] = (int)r[first].algo;
+    pl->math[dir] = fp32 ? CUDNN_FMA_MATH : r[first].mathType;
+    pl->ws[dir] = r[first].memory;
+}
+static int fwd_fft_wino(int a) {
+    return a == CUDNN_CONVOLUTION_FWD_ALGO_FFT || a == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
+           a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD || a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+}
+static int dx_fft_wino(int a) {
+    return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING ||
+           a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
+}
+static int dw_fft_wino(int a) {
+    return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING ||
+           a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
+}
+/* the plan, with an algorithm for direction dir (chosen now if need be), or NULL */
+static DnnPlan *dnn_ready(Cuda *c, int dir, int N, int Cin, int H, int W, int Cout, int k, int s, int p) {
+    DnnPlan *pl = dnn_plan(c, N, Cin, H, W, Cout, k, s, p);
+    if (!pl) return NULL;
+    if (pl->algo[dir] == -2) {
+        Dnn *d = c->dnn;
+        int n = 0;
+        cudnnStatus_t st;
+        /* the heuristics' list (host only: no trial runs, nothing queued) */
+        if (dir == DNN_FWD) {
+            cudnnConvolutionFwdAlgoPerf_t r[16];
+            st = d->GetConvolutionForwardAlgorithm_v7(d->h, pl->x, pl->w, pl->conv, pl->y, 16, &n, r);
+            if (st == CUDNN_STATUS_SUCCESS) dnn_pick(c, pl, dir, r, n, fwd_fft_wino);
+        } else if (dir == DNN_DX) {
+            cudnnConvolutionBwdDataAlgoPerf_t r[16];
+            st = d->GetConvolutionBackwardDataAlgorithm_v7(d->h, pl->w, pl->y, pl->conv, pl->x, 16, &n, r);
+            if (st == CUDNN_STATUS_SUCCESS) dnn_pick(c, pl, dir, r, n, dx_fft_wino);
+        } else {
+            cudnnConvolutionBwdFilterAlgoPerf_t r[16];
+            st = d->GetConvolutionBackwardFilterAlgorithm_v7(d->h, pl->x, pl->y, pl->conv, pl->w, 16, &n, r);
+            if (st == CUDNN_STATUS_SUCCESS) dnn_pick(c, pl, dir, r, n, dw_fft_wino);
+        }
+        if (st != CUDNN_STATUS_SUCCESS) {
+            pl->algo[dir] = -1;
+            dnn_refuse(d, pl->key, dir, d->GetErrorString(st));
+        }
+    }
+    return pl->algo[dir] >= 0 ? pl : NULL;
+}
+/* run direction dir of plan pl: 0, or -1 when cuDNN failed (the direction
+ * falls back to im2col from now on, and this call too: nothing was written
+ * that the caller's im2col pass does not overwrite or has not yet added to) */
+static int dnn_run(Cuda *c, DnnPlan *pl, int dir, const void *x, const void *w, const void *y, void *out,
+                   float beta) {
+    Dnn *d = c->dnn;
+    void *ws = pl->ws[dir] ? dalloc(c, pl->ws[dir]) : NULL;
+    if (pl->ws[dir] && !ws) return 0; /* the error is recorded, as for every workspace */
+    float one = 1.f;
+    cudnnStatus_t st = d->SetConvolutionMathType(pl->conv, pl->math[dir]);
+    {
+        PROF_STAGE(c, "cudnn");
+        if (st != CUDNN_STATUS_SUCCESS) {}
+        else if (dir == DNN_FWD)
+            st = d->ConvolutionForward(d->h, &one, pl->x, x, pl->w, w, pl->conv,
+                                       (cudnnConvolutionFwdAlgo_t)pl->algo[dir], ws, pl->ws[dir], &beta, pl->y, out);
+        else if (dir == DNN_DX)
+            st = d->ConvolutionBackwardData(d->h, &one, pl->w, w, pl->y, y, pl->conv,
+                                            (cudnnConvolutionBwdDataAlgo_t)pl->algo[dir], ws, pl->ws[dir], &beta,
+                                            pl->x, out);
+        else
+            st = d->ConvolutionBackwardFilter(d->h, &one, pl->x, x, pl->y, y, pl->conv,
+                                              (cudnnConvolutionBwdFilterAlgo_t)pl->algo[dir], ws, pl->ws[dir],
+                                              &beta, pl->w, out);
+    }
+    dfree(c, ws);
+    if (st == CUDNN_STATUS_SUCCESS) return 0;
+    pl->algo[dir] = -1;
+    dnn_refuse(d, pl->key, dir, d->GetErrorString(st));
+    return -1;
+}
+#else
+typedef struct Dnn { int unused; } Dnn;
+typedef struct DnnPlan { int unused; } DnnPlan;
+static void dnn_free(Dnn *) {}
+static void dnn_setup(Cuda *c) {
+    const char *env = getenv("KRONA_CUDA_CONV");
+    if (env && !strcmp(env, "cudnn")) snprintf(c->conv_note, sizeof c->conv_note, "im2col: built without cuDNN's header");
+}
+static DnnPlan *dnn_ready(Cuda *, int, int, int, int, int, int, int, int, int) { return NULL; }
+static int dnn_run(Cuda *, DnnPlan *, int, const void *, const void *, const void *, void *, float) { return -1; }
+#endif
+
+/* device_name: the card, and which convolutions run when cuDNN's were asked for */
+static const char *conv_describe(Cuda *c) {
+    if (!c->conv_note[0]) return c->dev_name;
+#if HAVE_CUDNN
+    if (c->dnn && c->dnn->refused) {
+        snprintf(c->desc, sizeof c->desc, "%s (convolutions: %s; im2col for %ld shapes or directions, first %s)",
+                 c->dev_name, c->conv_note, c->dnn->refused, c->dnn->first);
+        return c->desc;
+    }
+#endif
+    snprintf(c->desc, sizeof c->desc, "%s (convolutions: %s)", c->dev_name, c->conv_note);
+    return c->desc;
+}
+
+/* BF16 mode's widening of cuDNN's bf16 results: y = yb + b[c] (b may be NULL)
+ * per (image, channel) plane; dx += dxb */
+__global__ void from_bf16_bias_k(const __nv_bfloat16 *yb, const float *b, float *y, int C, int64_t HW,
+                                 int64_t planes) {
+    PLANES(pl, planes) {
+        float v = b ? b[pl % C] : 0.f;
+        const __nv_bfloat16 *s = yb + pl * HW;
+        float *o = y + pl * HW;
+        GSTRIDE(i, HW) o[i] = __bfloat162float(s[i]) + v;
+    }
+}
+__global__ void add_from_bf16_k(const __nv_bfloat16 *x, float *y, int64_t n) {
+    GSTRIDE(i, n) y[i] += __bfloat162float(x[i]);
+}
+/* the bf16 operand of a cuDNN call: the frozen copy, or a cast copy (*tmp, to free) */
+static const __nv_bfloat16 *dnn_bf16(Cuda *c, const float *x, int64_t n, __nv_bfloat16 **tmp) {
+    const __nv_bfloat16 *f = frozen_bf16(c, x, n);
+    *tmp = f ? NULL : bf16_copy(c, x, n);
+    return f ? f : *tmp;
+}
+/* y = conv(x, w) + b by cuDNN: 0 done, -1 not by cuDNN (im2col then) */
+static int dnn_conv_fwd(Cuda *c, const float *x, const float *w, const float *b, float *y, int N, int Cin, int H,
+                        int W, int Cout, int k, int s, int p, int Ho, int Wo) {
+    DnnPlan *pl = dnn_ready(c, DNN_FWD, N, Cin, H, W, Cout, k, s, p);
+    if (!pl) return -1;
+    int64_t HoWo = (int64_t)Ho * Wo, ny = (int64_t)N * Cout * HoWo;
+    if (c->prec != KRONA_PREC_BF16) {
+        if (dnn_run(c, pl, DNN_FWD, x, w, NULL, y, 0.f)) return -1;
+        if (b) {
+            PROF_STAGE(c, "bias");
+            LAUNCH_PLANES(c, HoWo, (int64_t)N * Cout, add_bias_nchw_k, y, b, Cout, HoWo, (int64_t)N * Cout);
+        }
+        return 0;
+    }
+    __nv_bfloat16 *xt = NULL, *wt = NULL, *yb = NULL;
+    const __nv_bfloat16 *xb = dnn_bf16(c, x, (int64_t)N * Cin * H * W, &xt);
+    const __nv_bfloat16 *wb = xb ? dnn_bf16(c, w, (int64_t)Cout * Cin * k * k, &wt) : NULL;
+    int rc = 0;
+    if (wb && (yb = (__nv_bfloat16 *)dalloc(c, (size_t)ny * sizeof *yb))) {
+        rc = dnn_run(c, pl, DNN_FWD, xb, wb, NULL, yb, 0.f);
+        if (rc == 0) {
+            PROF_STAGE(c, "bias");
+            LAUNCH_PLANES(c, HoWo, (int64_t)N * Cout, from_bf16_bias_k, yb, b, y, Cout, HoWo, (int64_t)N * Cout);
+        }
+    }
+    dfree(c, yb);
+    dfree(c, wt);
+    dfree(c, xt);
+    return rc;
+}
+/* dx += conv's input gradient by cuDNN: 0 done, -1 not by cuDNN */
+static int dnn_conv_dx(Cuda *c, const float *dy, const float *w, float *dx, int N, int Cin, int H, int W, int Cout,
+                       int k, int s, int p, int Ho, int Wo) {
+    DnnPlan *pl = dnn_ready(c, DNN_DX, N, Cin, H, W, Cout, k, s, p);
+    if (!pl) return -1;
+    if (c->prec != KRONA_PREC_BF16) return dnn_run(c, pl, DNN_DX, NULL, w, dy, dx, 1.f);
+    int64_t nx = (int64_t)N * Cin * H * W;
+    __nv_bfloat16 *dyt = NULL, *wt = NULL, *dxb = NULL;
+    const __nv_bfloat16 *dyb = dnn_bf16(c, dy, (int64_t)N * Cout * Ho * Wo, &dyt);
+    const __nv_bfloat16 *wb = dyb ? dnn_bf16(c, w, (int64_t)Cout * Cin * k * k, &wt) : NULL;
+    int rc = 0;
+    if (wb && (dxb = (__nv_bfloat16 *)dalloc(c, (size_t)nx * sizeof *dxb))) {
+        rc = dnn_run(c, pl, DNN_DX, NULL, wb, dyb, dxb, 0.f);
+        if (rc == 0) {
+            PROF_STAGE(c, "dx add");
+            add_from_bf16_k<<<grid_1d(nx), TPB, 0, c->stream>>>(dxb, dx, nx);
+            LAUNCHED(c);
+        }
+    }
+    dfree(c, dxb);
+    dfree(c, wt);
+    dfree(c, dyt);
+    return rc;
+}
+/* dw += conv's weight gradient by cuDNN (fp32 and tf32 only: see above) */
+static int dnn_conv_dw(Cuda *c, const float *dy, const float *x, float *dw, int N, int Cin, int H, int W, int Cout,
+                       int k, int s, int p) {
+    if (c->prec == KRONA_PREC_BF16) return -1;
+    DnnPlan *pl = dnn_ready(c, DNN_DW, N, Cin, H, W, Cout, k, s, p);
+    return pl ? dnn_run(c, pl, DNN_DW, x, NULL, dy, dw, 1.f) : -1;
+}
+
 static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const float *b, float *y,
                           int N, int Cin, int H, int W, int Cout, int k, int s, int p) {
     Cuda *c = CU(be);
     int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
     if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return;
     int64_t HoWo = (int64_t)Ho * Wo, CKK = (int64_t)Cin * k * k, HW = (int64_t)H * W;
-    if (k == 1 && s == 1 && p == 0) { /* 1x1: the image is its own im2col */
+    int one = k == 1 && s == 1 && p == 0; /* 1x1: the image is its own im2col (one GEMM, also for cuDNN) */
+    if (!one && dnn_conv_fwd(c, x, w, b, y, N, Cin, H, W, Cout, k, s, p, Ho, Wo) == 0) return;
+    if (one) {
         gemm_op_sb(c, 0, 0, Cout, HW, Cin, 1.f, w, Cin, 0, x, HW, (int64_t)Cin * HW, 0.f, y, HW,
                 (int64_t)Cout * HW, N);
     } else {
@@ -1200,6 +1564,10 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
         PROF_STAGE(c, "db");
         chan_sum_k<<<dim3(Cout, 1), TPB, 0, c->stream>>>(dy, N, Cout, HoWo, db, 0);
         LAUNCHED(c);
+    }
+    if (!(k == 1 && s == 1 && p == 0)) { /* cuDNN's, when asked for and it takes them */
+        if (dx && dnn_conv_dx(c, dy, w, dx, N, Cin, H, W, Cout, k, s, p, Ho, Wo) == 0) dx = NULL;
+        if (dw && dnn_conv_dw(c, dy, x, dw, N, Cin, H, W, Cout, k, s, p) == 0) dw = NULL;
     }
     if (!dx && !dw) return;
     if (k == 1 && s == 1 && p == 0) {
@@ -2715,6 +3083,7 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     c->prec = c->prec_auto = tf && tf[0] == '0' ? KRONA_PREC_FP32 : KRONA_PREC_TF32;
     apply_math_mode(c);
     fused_setup(c);
+    dnn_setup(c);
     smem_setup(c);
     vmm_setup(c);
     /* cuBLAS's workspace our own, so recorded GEMMs never ask for memory
@@ -2923,6 +3292,7 @@ static void cu_destroy(Backend *be) {
     }
     free(c->pev);
     prof_free(&c->prof);
+    dnn_free(c->dnn);
     cublasDestroy(c->blas);
     if (c->blas_ws) cudaFree(c->blas_ws);
     cudaFreeHost(c->host_scalar);
@@ -2956,7 +3326,7 @@ static int cu_set_precision(Backend *be, int prec) {
     return 0;
 }
 static int cu_precision(Backend *be) { return CU(be)->prec; }
-static const char *cu_device_name(Backend *be) { return CU(be)->dev_name; }
+static const char *cu_device_name(Backend *be) { return conv_describe(CU(be)); }
 /* bytes the caching allocator holds from the driver (live + cached) */
 static size_t cu_reserved(Backend *be) { return CU(be)->reserved; }
 

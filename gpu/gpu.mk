@@ -9,7 +9,8 @@
 #   make cuda        the plugin, build/cuda/tests/test_cuda_ops and build/cuda/bench/bench_train
 #   make test-cuda   compare every CUDA op with the CPU backend (needs a GPU)
 #   make cuda-emu    the same comparison with the plugin's kernels and host code
-#                    run on the CPU (tests/gpu/emu): its logic, on machines without a GPU
+#                    run on the CPU (tests/gpu/emu): its logic, on machines without a GPU;
+#                    then the convolutions again through the emulated cuDNN
 #   make cuda-emu-train  three training steps on the emulated backend against the CPU
 #   make clean-cuda
 # CUDA 13 at /usr/local/cuda; SASS for sm_90 (H100/H200) plus compute_90 PTX
@@ -67,7 +68,7 @@ CUDA_EMU_DEFS := -DGRID_CAP=64 -DATTN_TILE_BYTES=65536 -DCONV_WS_BYTES=65536 -DK
 $(CUDA_EMU)/backend_cuda_emu.cpp: gpu/backend_cuda.cu tests/gpu/emu/translate.py
 	@mkdir -p $(dir $@)
 	python3 tests/gpu/emu/translate.py $< $@
-$(CUDA_EMU)/$(CUDA_PLUGIN): $(CUDA_EMU)/backend_cuda_emu.cpp tests/gpu/emu/emu_cuda.h src/core/backend.h
+$(CUDA_EMU)/$(CUDA_PLUGIN): $(CUDA_EMU)/backend_cuda_emu.cpp tests/gpu/emu/emu_cuda.h tests/gpu/emu/emu_cudnn.h src/core/backend.h
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++17 -O2 -g -fPIC -shared $(CUDA_EMU_DEFS) -Isrc -Itests/gpu/emu -o $@ $<
 $(CUDA_EMU)/test_cuda_ops: tests/gpu/test_cuda_ops.c $(LIBKRONA)
@@ -82,6 +83,9 @@ cuda-emu: $(CUDA_EMU)/test_emu_graph $(CUDA_EMU)/test_cuda_ops $(CUDA_EMU)/$(CUD
 	./$(CUDA_EMU)/test_emu_graph > $(CUDA_EMU)/test_emu_graph.log || { cat $(CUDA_EMU)/test_emu_graph.log; exit 1; }
 	tail -1 $(CUDA_EMU)/test_emu_graph.log
 	sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU) $(EMU_JOBS)
+	@echo "convolutions again, by the emulated cuDNN (KRONA_CUDA_CONV=cudnn):"
+	KRONA_CUDA_CONV=cudnn ONLY=conv2d sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU) $(EMU_JOBS) \
+	  > $(CUDA_EMU)/cudnn.log; rc=$$?; grep -E 'FAIL|^convolutions|comparisons' $(CUDA_EMU)/cudnn.log; exit $$rc
 
 cuda-emu-train: krona-studio $(CUDA_EMU)/$(CUDA_PLUGIN)
 	sh tests/gpu/emu/train-e2e.sh

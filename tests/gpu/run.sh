@@ -46,6 +46,12 @@ else
   export KRONA_BACKEND_PATH="$PWD"
 fi
 ldd "$OPS" "$KRONA_BACKEND_PATH/krona-backend-cuda.so" | grep 'not found' && { echo "run.sh: missing libraries"; exit 1; }
+# cuDNN 9 (KRONA_CUDA_CONV=cudnn: the plugin opens it at run time): the toolkit's,
+# else the one PyTorch's wheels carry
+if ! ldconfig -p | grep -q 'libcudnn.so.9' && [ ! -f /usr/local/cuda/lib64/libcudnn.so.9 ]; then
+  d=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], "lib"))' 2>/dev/null)
+  [ -n "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+fi
 
 stage "device" | tee -a "$LOG"
 say nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader
@@ -62,6 +68,13 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
     stage "1b. ops again with KRONA_CUDA_VMM=0 (plain blocks): failures only" | tee -a "$LOG"
     KRONA_CUDA_VMM=0 OMP_NUM_THREADS=$(nproc) timeout 300 "$OPS" 2>&1 | grep -E 'FAIL|ERROR|PASS|compact' | tee -a "$LOG"
   fi
+
+  # convolutions by cuDNN instead of im2col + GEMM (the blocks of shard 0 again too:
+  # recordings, compact weights, the profile's stages)
+  stage "1c. convolutions by cuDNN (KRONA_CUDA_CONV=cudnn): conv2d ops, CUDA vs CPU" | tee -a "$LOG"
+  KRONA_CUDA_CONV=cudnn OMP_NUM_THREADS=$(nproc) timeout 200 "$OPS" --only conv2d 2>&1 |
+    grep -E 'FAIL|ERROR|PASS|^device|^convolutions' | tee -a "$LOG"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "run.sh: cuDNN convolutions failed" | tee -a "$LOG"; status=1; }
 
   # precision: the CPU in fp32 against CUDA's default (tf32), then both in bf16
   for prec in auto bf16; do
@@ -93,6 +106,9 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
   KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=/tmp/train-e2e-prior \
     EXTRA="--set text_encoder_adapters=1 --set n_class_images=1 --set prior_weight=1" \
     say timeout 200 sh tests/gpu/emu/train-e2e.sh || { status=1; e2e_rc=1; }
+  # the same with cuDNN's convolutions inside the recording
+  KRONA_CUDA_CONV=cudnn KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=/tmp/train-e2e-cudnn \
+    say timeout 200 sh tests/gpu/emu/train-e2e.sh || status=1
  fi
 
   if [ -z "${SKIP_BENCH:-}" ]; then
@@ -108,6 +124,10 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
     KRONA_CUDA_FLASH=0 say timeout 100 "$BENCH" /tmp/bench-sd15-tiles.txt --device cuda --model sd15 \
       --precision bf16 || status=1
     sed -i '1s/$/ (KRONA_CUDA_FLASH=0: attention in row tiles)/' /tmp/bench-sd15-tiles.txt
+    # convolutions: cuDNN's against im2col + GEMM (the rows above), with profiles
+    KRONA_CUDA_CONV=cudnn say timeout 150 "$BENCH" /tmp/bench-sd15-cudnn.txt --device cuda --model sd15 \
+      --precision "$P" --profile || status=1
+    sed -i '1s/$/ (KRONA_CUDA_CONV=cudnn: cuDNN convolutions)/' /tmp/bench-sd15-cudnn.txt
     # the adapters: fused Kronecker kernels against cuBLAS GEMMs
     KRONA_CUDA_FUSED_KRON=0 say timeout 100 "$BENCH" /tmp/bench-sd15-gemm.txt --device cuda --model sd15 \
       --precision tf32 || status=1
@@ -117,7 +137,7 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
       --precision bf16 || status=1
     sed -i '1s/$/ (KRONA_CUDA_GRAPHS=0: op by op)/' /tmp/bench-tiny-nograph.txt
     cat /tmp/bench-tiny.txt /tmp/bench-tiny-b128.txt /tmp/bench-tiny-nograph.txt /tmp/bench-sd15.txt /tmp/bench-sdxl.txt /tmp/bench-sd15-tiles.txt \
-      /tmp/bench-sd15-gemm.txt >"$OUT/bench-cuda.txt" 2>/dev/null
+      /tmp/bench-sd15-gemm.txt /tmp/bench-sd15-cudnn.txt >"$OUT/bench-cuda.txt" 2>/dev/null
   fi
 
   if [ -z "${BENCH_ONLY:-}" ]; then

@@ -809,4 +809,6 @@ static inline cublasStatus_t cublasSgemm_64(cublasHandle_t h, cublasOperation_t 
     return cublasSgemmStridedBatched_64(h, ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
+#include "emu_cudnn.h" /* cuDNN's convolutions, which the plugin opens at run time */
+
 #endif

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Rewrite gpu/backend_cuda.cu into plain C++ for emu_cuda.h:
-CUDA headers -> emu_cuda.h, kern<<<g, b, shm, stream>>>(args) -> EMU_LAUNCH_ON(g, b, stream, kern, args)
+CUDA headers -> emu_cuda.h (cuDNN's too: dlopen & co. -> emu_dl*), kern<<<g, b, shm, stream>>>(args) -> EMU_LAUNCH_ON(g, b, stream, kern, args)
 (the stream, so that launches into a capturing stream are recorded; 0, the legacy stream, when none).
 usage: translate.py IN.cu OUT.cpp"""
 import re
@@ -31,6 +31,10 @@ def main():
     src = re.sub(r'#include <cuda\.h>.*', '', src)
     src = src.replace('#include <cuda_bf16.h>', '')
     src = src.replace('#include <mma.h>', '')
+    # cuDNN comes from emu_cudnn.h, and the plugin's dlopen/dlsym hand it out
+    src = src.replace('__has_include(<cudnn.h>)', '1')
+    src = src.replace('#include <cudnn.h>', '')
+    src = re.sub(r'\b(dlopen|dlsym|dlclose|dlerror)\(', r'emu_\1(', src)
     # dynamic shared memory: one static buffer as large as a block may opt in to
     src = re.sub(r'extern __shared__ __align__\((\d+)\) (\w[\w ]*?) (\w+)\[\];',
                  r'alignas(\1) static \2 \3[EMU_DYN_SMEM];', src)
