@@ -1603,6 +1603,13 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
 
 /* ----------------------------------------------------------- group norm */
 
+__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
+/* dy times SiLU's slope at n (silu_bwd's expression, and the fused norm's) */
+__device__ __forceinline__ float silu_back(float dy, float n) {
+    float s = sigm(n);
+    return dy * s * (1.f + n * (1.f - s));
+}
+
 /* per (n,c) row of HW: mean and sum of squared deviations (two passes: exact) */
 __global__ void gn_chan_stats_k(const float *x, int64_t HW, float *cmean, float *cm2) {
     const float *r = x + (int64_t)blockIdx.x * HW;
@@ -1637,27 +1644,47 @@ __global__ void gn_group_stats_k(const float *cmean, const float *cm2, int N, in
         rstd[t] = rsqrtf(fmaxf(var, 0.f) + eps);
     }
 }
-/* a plane (n, c) per grid row: its group's statistics and its gamma, beta read once */
+/* gn(x) at one element: the one expression of the forward and of the fused
+ * backward's recomputation */
+__device__ __forceinline__ float gn_at(float x, float m, float r, float ga, float be) {
+    float v = (x - m) * r;
+    return v * ga + be;
+}
+/* a plane (n, c) per grid row: its group's statistics and its gamma, beta read
+ * once; silu: y = silu(gn(x)) (group_norm_silu_fwd) */
 __global__ void gn_apply_k(const float *x, const float *gamma, const float *beta, float *y,
                            const float *mean, const float *rstd, int C, int G, int64_t HW,
-                           int64_t planes) {
+                           int64_t planes, int silu) {
     PLANES(pl, planes) {
         int cc = (int)(pl % C);
         int64_t ng = (pl / C) * G + cc / (C / G);
         float m = mean[ng], r = rstd[ng], ga = gamma ? gamma[cc] : 1.f, be = beta ? beta[cc] : 0.f;
         const float *xp = x + pl * HW;
         float *yp = y + pl * HW;
-        GSTRIDE(i, HW) {
-            float v = (xp[i] - m) * r;
-            yp[i] = v * ga + be;
-        }
+        if (silu)
+            GSTRIDE(i, HW) {
+                float n = gn_at(xp[i], m, r, ga, be);
+                yp[i] = n * sigm(n);
+            }
+        else
+            GSTRIDE(i, HW) yp[i] = gn_at(xp[i], m, r, ga, be);
     }
 }
 
+static void gn_fwd(Cuda *c, const float *x, const float *gamma, const float *beta, float *y, float *mean,
+                   float *rstd, int N, int C, int64_t HW, int G, float eps, int silu);
 static void cu_group_norm_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
                               float *y, float *mean, float *rstd, int N, int C, int64_t HW,
                               int G, float eps) {
-    Cuda *c = CU(be);
+    gn_fwd(CU(be), x, gamma, beta, y, mean, rstd, N, C, HW, G, eps, 0);
+}
+static void cu_group_norm_silu_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
+                                   float *y, float *mean, float *rstd, int N, int C, int64_t HW,
+                                   int G, float eps) {
+    gn_fwd(CU(be), x, gamma, beta, y, mean, rstd, N, C, HW, G, eps, 1);
+}
+static void gn_fwd(Cuda *c, const float *x, const float *gamma, const float *beta, float *y, float *mean,
+                   float *rstd, int N, int C, int64_t HW, int G, float eps, int silu) {
     if (N <= 0 || C <= 0 || HW <= 0 || G <= 0) return;
     float *tmp = (float *)dalloc(c, (size_t)(2 * N * C + 2 * N * G) * sizeof(float));
     if (!tmp) return;
@@ -1668,23 +1695,25 @@ static void cu_group_norm_fwd(Backend *be, const float *x, const float *gamma, c
     gn_group_stats_k<<<grid_1d((int64_t)N * G), TPB, 0, c->stream>>>(cmean, cm2, N, C, G, HW,
                                                                        eps, mu, rs);
     LAUNCHED(c);
-    LAUNCH_PLANES(c, HW, (int64_t)N * C, gn_apply_k, x, gamma, beta, y, mu, rs, C, G, HW, (int64_t)N * C);
+    LAUNCH_PLANES(c, HW, (int64_t)N * C, gn_apply_k, x, gamma, beta, y, mu, rs, C, G, HW, (int64_t)N * C, silu);
     dfree(c, tmp);
 }
 
-/* per (n,c): ds = sum dy, dsx = sum dy * xhat */
-__global__ void gn_bwd_chan_k(const float *dy, const float *x, const float *mean,
-                              const float *rstd, int C, int G, int64_t HW, float *ds,
-                              float *dsx) {
+/* per (n,c): ds = sum dy, dsx = sum dy * xhat; silu: dy is of silu(gn(x)),
+ * taken back through SiLU at gn(x) recomputed */
+__global__ void gn_bwd_chan_k(const float *dy, const float *x, const float *gamma, const float *beta,
+                              const float *mean, const float *rstd, int C, int G, int64_t HW, float *ds,
+                              float *dsx, int silu) {
     int64_t row = blockIdx.x;
     int cc = (int)(row % C);
     int64_t ng = (row / C) * G + cc / (C / G);
-    float mu = mean[ng], rs = rstd[ng];
+    float mu = mean[ng], rs = rstd[ng], ga = gamma ? gamma[cc] : 1.f, be = beta ? beta[cc] : 0.f;
     const float *d = dy + row * HW, *xr = x + row * HW;
     float a = 0.f, b = 0.f;
     for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
-        a += d[i];
-        b += d[i] * (xr[i] - mu) * rs;
+        float g = silu ? silu_back(d[i], gn_at(xr[i], mu, rs, ga, be)) : d[i];
+        a += g;
+        b += g * (xr[i] - mu) * rs;
     }
     a = block_sum(a);
     b = block_sum(b);
@@ -1718,33 +1747,46 @@ __global__ void gn_bwd_group_k(const float *ds, const float *dsx, const float *g
         cb[t] = b * inv;
     }
 }
-__global__ void gn_bwd_dx_k(const float *dy, const float *x, const float *gamma,
+__global__ void gn_bwd_dx_k(const float *dy, const float *x, const float *gamma, const float *beta,
                             const float *mean, const float *rstd, const float *ca,
                             const float *cb, float *dx, int C, int G, int64_t HW,
-                            int64_t planes) {
+                            int64_t planes, int silu) {
     PLANES(pl, planes) {
         int cc = (int)(pl % C);
         int64_t ng = (pl / C) * G + cc / (C / G);
-        float m = mean[ng], rs = rstd[ng], ga = gamma ? gamma[cc] : 1.f, a = ca[ng], b = cb[ng];
+        float m = mean[ng], rs = rstd[ng], ga = gamma ? gamma[cc] : 1.f, be = beta ? beta[cc] : 0.f;
+        float a = ca[ng], b = cb[ng];
         const float *dyp = dy + pl * HW, *xp = x + pl * HW;
         float *dxp = dx + pl * HW;
         GSTRIDE(i, HW) {
             float xh = (xp[i] - m) * rs;
-            float g = dyp[i] * ga;
+            float g = (silu ? silu_back(dyp[i], gn_at(xp[i], m, rs, ga, be)) : dyp[i]) * ga;
             dxp[i] += rs * (g - a - xh * b);
         }
     }
 }
 
+static void gn_bwd(Cuda *c, const float *dy, const float *x, const float *gamma, const float *beta,
+                   const float *mean, const float *rstd, float *dx, float *dgamma, float *dbeta, int N, int C,
+                   int64_t HW, int G, int silu);
 static void cu_group_norm_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
                               const float *mean, const float *rstd, float *dx, float *dgamma,
                               float *dbeta, int N, int C, int64_t HW, int G) {
-    Cuda *c = CU(be);
+    gn_bwd(CU(be), dy, x, gamma, NULL, mean, rstd, dx, dgamma, dbeta, N, C, HW, G, 0);
+}
+static void cu_group_norm_silu_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
+                                   const float *beta, const float *mean, const float *rstd, float *dx,
+                                   float *dgamma, float *dbeta, int N, int C, int64_t HW, int G) {
+    gn_bwd(CU(be), dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta, N, C, HW, G, 1);
+}
+static void gn_bwd(Cuda *c, const float *dy, const float *x, const float *gamma, const float *beta,
+                   const float *mean, const float *rstd, float *dx, float *dgamma, float *dbeta, int N, int C,
+                   int64_t HW, int G, int silu) {
     if (N <= 0 || C <= 0 || HW <= 0 || G <= 0 || (!dx && !dgamma && !dbeta)) return;
     float *tmp = (float *)dalloc(c, (size_t)(2 * N * C + 2 * N * G) * sizeof(float));
     if (!tmp) return;
     float *ds = tmp, *dsx = tmp + N * C, *ca = tmp + 2 * N * C, *cb = ca + N * G;
-    gn_bwd_chan_k<<<N * C, TPB, 0, c->stream>>>(dy, x, mean, rstd, C, G, HW, ds, dsx);
+    gn_bwd_chan_k<<<N * C, TPB, 0, c->stream>>>(dy, x, gamma, beta, mean, rstd, C, G, HW, ds, dsx, silu);
     LAUNCHED(c);
     if (dgamma || dbeta) {
         gn_bwd_params_k<<<grid_1d(C), TPB, 0, c->stream>>>(ds, dsx, N, C, dgamma, dbeta);
@@ -1754,8 +1796,8 @@ static void cu_group_norm_bwd(Backend *be, const float *dy, const float *x, cons
         gn_bwd_group_k<<<grid_1d((int64_t)N * G), TPB, 0, c->stream>>>(ds, dsx, gamma, N, C, G,
                                                                          HW, ca, cb);
         LAUNCHED(c);
-        LAUNCH_PLANES(c, HW, (int64_t)N * C, gn_bwd_dx_k, dy, x, gamma, mean, rstd, ca, cb, dx, C, G, HW,
-                      (int64_t)N * C);
+        LAUNCH_PLANES(c, HW, (int64_t)N * C, gn_bwd_dx_k, dy, x, gamma, beta, mean, rstd, ca, cb, dx, C, G, HW,
+                      (int64_t)N * C, silu);
     }
     dfree(c, tmp);
 }
@@ -1869,7 +1911,6 @@ static void cu_layer_norm_bwd(Backend *be, const float *dy, const float *x, cons
 
 /* ------------------------------------------------------------ pointwise */
 
-__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
 __device__ __forceinline__ float gelu_f(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 __device__ __forceinline__ float gelu_d(float x) {
     float cdf = 0.5f * (1.f + erff(x * 0.70710678118654752f));
@@ -1879,10 +1920,7 @@ __device__ __forceinline__ float gelu_d(float x) {
 
 __global__ void silu_fwd_k(const float *x, float *y, int64_t n) { GSTRIDE(i, n) { float v = x[i]; y[i] = v * sigm(v); } }
 __global__ void silu_bwd_k(const float *dy, const float *x, float *dx, int64_t n) {
-    GSTRIDE(i, n) {
-        float v = x[i], s = sigm(v);
-        dx[i] += dy[i] * s * (1.f + v * (1.f - s));
-    }
+    GSTRIDE(i, n) dx[i] += silu_back(dy[i], x[i]);
 }
 __global__ void gelu_fwd_k(const float *x, float *y, int64_t n) { GSTRIDE(i, n) y[i] = gelu_f(x[i]); }
 __global__ void gelu_bwd_k(const float *dy, const float *x, float *dx, int64_t n) {
@@ -3132,6 +3170,8 @@ static Backend *backend_cuda_create(char *err, size_t errlen) {
     be->conv2d_bwd = TIMED(conv2d_bwd);
     be->group_norm_fwd = TIMED(group_norm_fwd);
     be->group_norm_bwd = TIMED(group_norm_bwd);
+    be->group_norm_silu_fwd = TIMED(group_norm_silu_fwd);
+    be->group_norm_silu_bwd = TIMED(group_norm_silu_bwd);
     be->layer_norm_fwd = TIMED(layer_norm_fwd);
     be->layer_norm_bwd = TIMED(layer_norm_bwd);
     be->silu_fwd = TIMED(silu_fwd);

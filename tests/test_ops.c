@@ -489,6 +489,68 @@ static void test_group_norm(void **state) {
     be->free(be, rstd); be->free(be, dR); be->free(be, gx); be->free(be, gg); be->free(be, gb);
 }
 
+static void ref_group_norm_silu(Ref *r) { /* silu(group_norm(x)) */
+    ref_group_norm(r);
+    for (int64_t i = 0; i < r->nout; i++) r->out[i] = r->out[i] / (1.0 + exp(-r->out[i]));
+}
+
+/* group_norm_silu_*: against the double reference and finite differences, and
+ * bit for bit against group_norm_* then silu_* (what it replaces: one
+ * expression on both paths), also with gamma and beta NULL */
+static void test_group_norm_silu(void **state) {
+    Backend *be = *state;
+    Rng rng;
+    rng_seed(&rng, 6);
+    int N = 2, C = 8, HW = 7, G = 4;
+    int64_t nx = N * C * HW;
+    float *x = th_rand(&rng, nx, -2, 3), *gm = th_rand(&rng, C, 0.5, 1.5), *bt = th_rand(&rng, C, -1, 1);
+    float *R = th_rand(&rng, nx, -1, 1);
+    Ref r = {.fwd = ref_group_norm_silu, .in = {th_to_double(x, nx), th_to_double(gm, C), th_to_double(bt, C)},
+             .nin = {nx, C, C}, .out = th_dalloc(nx), .R = th_to_double(R, nx), .nout = nx,
+             .i = {N, C, HW, G}, .d = {1e-5}};
+    float *dx = th_dev(be, x, nx), *dg = th_dev(be, gm, C), *db = th_dev(be, bt, C), *dy = th_dev(be, NULL, nx);
+    float *mean = th_dev(be, NULL, N * G), *rstd = th_dev(be, NULL, N * G), *dR = th_dev(be, R, nx);
+    be->group_norm_silu_fwd(be, dx, dg, db, dy, mean, rstd, N, C, HW, G, 1e-5f);
+    ref_group_norm_silu(&r);
+    float *y = th_host(be, dy, nx);
+    th_check("group_norm_silu fwd", y, r.out, nx, 1e-5, 1e-5);
+    float *gx = th_dev_const(be, nx, PRE), *gg = th_dev_const(be, C, PRE), *gb = th_dev_const(be, C, PRE);
+    be->group_norm_silu_bwd(be, dR, dx, dg, db, mean, rstd, gx, gg, gb, N, C, HW, G);
+    float *hx = th_host(be, gx, nx), *hg = th_host(be, gg, C), *hb = th_host(be, gb, C);
+    check_fd("group_norm_silu dx", &r, 0, hx, 1e-5, 1e-4);
+    check_fd("group_norm_silu dgamma", &r, 1, hg, 1e-5, 1e-4);
+    check_fd("group_norm_silu dbeta", &r, 2, hb, 1e-5, 1e-4);
+
+    /* the two ops it fuses, in turn */
+    for (int aff = 1; aff >= 0; aff--) {
+        const float *g1 = aff ? dg : NULL, *b1 = aff ? db : NULL;
+        float *n = th_dev(be, NULL, nx), *y2 = th_dev(be, NULL, nx), *m2 = th_dev(be, NULL, N * G);
+        float *r2 = th_dev(be, NULL, N * G), *dn = th_dev(be, NULL, nx);
+        float *cx = th_dev_const(be, nx, PRE), *cg = th_dev_const(be, C, PRE), *cb = th_dev_const(be, C, PRE);
+        float *fx = th_dev_const(be, nx, PRE), *fg = th_dev_const(be, C, PRE), *fb = th_dev_const(be, C, PRE);
+        be->group_norm_fwd(be, dx, g1, b1, n, m2, r2, N, C, HW, G, 1e-5f);
+        be->silu_fwd(be, n, y2, nx);
+        be->group_norm_silu_fwd(be, dx, g1, b1, dy, mean, rstd, N, C, HW, G, 1e-5f);
+        be->silu_bwd(be, dR, n, dn, nx);
+        be->group_norm_bwd(be, dn, dx, g1, m2, r2, cx, aff ? cg : NULL, aff ? cb : NULL, N, C, HW, G);
+        be->group_norm_silu_bwd(be, dR, dx, g1, b1, mean, rstd, fx, aff ? fg : NULL, aff ? fb : NULL, N, C, HW, G);
+        float *h[8] = {th_host(be, y2, nx), th_host(be, dy, nx), th_host(be, cx, nx), th_host(be, fx, nx),
+                       th_host(be, cg, C), th_host(be, fg, C), th_host(be, cb, C), th_host(be, fb, C)};
+        assert_memory_equal(h[0], h[1], sizeof(float) * (size_t)nx);
+        assert_memory_equal(h[2], h[3], sizeof(float) * (size_t)nx);
+        assert_memory_equal(h[4], h[5], sizeof(float) * (size_t)C);
+        assert_memory_equal(h[6], h[7], sizeof(float) * (size_t)C);
+        for (int q = 0; q < 8; q++) free(h[q]);
+        float *bufs[11] = {n, y2, m2, r2, dn, cx, cg, cb, fx, fg, fb};
+        for (int q = 0; q < 11; q++) be->free(be, bufs[q]);
+    }
+    free(x); free(gm); free(bt); free(R); free(y); free(hx); free(hg); free(hb);
+    for (int q = 0; q < 3; q++) free(r.in[q]);
+    free(r.out); free(r.R);
+    be->free(be, dx); be->free(be, dg); be->free(be, db); be->free(be, dy); be->free(be, mean);
+    be->free(be, rstd); be->free(be, dR); be->free(be, gx); be->free(be, gg); be->free(be, gb);
+}
+
 static void ref_layer_norm(Ref *r) { /* in: x[M,C], gamma, beta */
     int M = r->i[0], C = r->i[1];
     for (int m = 0; m < M; m++) {
@@ -1268,6 +1330,7 @@ int main(void) {
         cmocka_unit_test(test_conv2d_default_cap),
         cmocka_unit_test(test_group_norm),
         cmocka_unit_test(test_group_norm_big),
+        cmocka_unit_test(test_group_norm_silu),
         cmocka_unit_test(test_layer_norm),
         cmocka_unit_test(test_pointwise),
         cmocka_unit_test(test_embedding_and_arith),

@@ -164,6 +164,18 @@ struct Backend {
                            const float *gamma, const float *mean, const float *rstd,
                            float *dx, float *dgamma, float *dbeta, int N, int C,
                            int64_t HW, int G);
+    /* group norm then SiLU, y = silu(gn(x)) (every ResNet block's two norms):
+     * the normalised values never reach memory. Forward saves mean, rstd as
+     * group_norm_fwd; backward (dy of y) recomputes gn(x) from x, so it takes
+     * beta too; dx, dgamma, dbeta accumulate like group_norm_bwd's. The
+     * results are those of group_norm_* and silu_* in turn. */
+    void (*group_norm_silu_fwd)(Backend *be, const float *x, const float *gamma,
+                                const float *beta, float *y, float *mean, float *rstd,
+                                int N, int C, int64_t HW, int G, float eps);
+    void (*group_norm_silu_bwd)(Backend *be, const float *dy, const float *x,
+                                const float *gamma, const float *beta, const float *mean,
+                                const float *rstd, float *dx, float *dgamma, float *dbeta,
+                                int N, int C, int64_t HW, int G);
     /* layer norm over the last dim: x[M,C]; saves mean,rstd[M]. */
     void (*layer_norm_fwd)(Backend *be, const float *x, const float *gamma,
                            const float *beta, float *y, float *mean, float *rstd,
@@ -289,7 +301,7 @@ static inline int64_t kron_macs_per_row(int a1, int a2, int b1, int b2) {
  * backend_cpu.c; a plugin krona-backend-NAME.so exports
  *     const BackendDriver *krona_backend_plugin(int abi);
  * returning its driver when abi == KRONA_BACKEND_ABI (else NULL: a stale build). */
-#define KRONA_BACKEND_ABI 9 /* bump when struct Backend or BackendDriver changes */
+#define KRONA_BACKEND_ABI 10 /* bump when struct Backend or BackendDriver changes */
 
 typedef struct BackendDriver {
     const char *name;  /* what --device / `device =` names: "cpu", "cuda" */

@@ -756,12 +756,20 @@ static void moments(const float *x, int64_t n, float eps, float *mean, float *rs
     *rstd = (float)(1.0 / sqrt(v + eps));
 }
 
+static inline float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
+/* dy times SiLU's slope at n (silu_bwd's expression, and group_norm_silu_bwd's) */
+static inline float silu_back1(float dy, float n) {
+    float s = sigmoidf(n);
+    return dy * s * (1.f + n * (1.f - s));
+}
+
 typedef struct {
     const float *x, *gamma, *beta, *dy, *mean, *rstd;
     float *y, *mo, *ro, *dx, *sdx, *sd;
     int C, G;
     int64_t HW;
     float eps;
+    int silu; /* group norm then SiLU (group_norm_silu_*) */
     float *part[MAX_CHUNKS];
 } NormJob;
 
@@ -781,18 +789,34 @@ static void gn_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
             float bb = (j->beta ? j->beta[cc] : 0.f) - mu * a;
             const float *xr = j->x + off + c * j->HW;
             float *yr = j->y + off + c * j->HW;
-            for (int64_t i = 0; i < j->HW; i++) yr[i] = xr[i] * a + bb;
+            if (j->silu)
+                for (int64_t i = 0; i < j->HW; i++) {
+                    float n = xr[i] * a + bb;
+                    yr[i] = n * sigmoidf(n);
+                }
+            else
+                for (int64_t i = 0; i < j->HW; i++) yr[i] = xr[i] * a + bb;
         }
     }
 }
 
+static void gn_fwd(Backend *be, const float *x, const float *gamma, const float *beta, float *y, float *mean,
+                   float *rstd, int N, int C, int64_t HW, int G, float eps, int silu) {
+    NormJob j = {.x = x, .gamma = gamma, .beta = beta, .y = y, .mo = mean, .ro = rstd, .C = C, .G = G,
+                 .HW = HW, .eps = eps, .silu = silu};
+    par_run(impl_of(be), (int64_t)N * G, chunks_for((int64_t)N * C * HW, 16384, (int64_t)N * G), gn_fwd_chunk, &j);
+}
 static void cpu_group_norm_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
                                float *y, float *mean, float *rstd, int N, int C, int64_t HW, int G,
                                float eps) {
     PROF_OP(be);
-    NormJob j = {.x = x, .gamma = gamma, .beta = beta, .y = y, .mo = mean, .ro = rstd, .C = C, .G = G,
-                 .HW = HW, .eps = eps};
-    par_run(impl_of(be), (int64_t)N * G, chunks_for((int64_t)N * C * HW, 16384, (int64_t)N * G), gn_fwd_chunk, &j);
+    gn_fwd(be, x, gamma, beta, y, mean, rstd, N, C, HW, G, eps, 0);
+}
+static void cpu_group_norm_silu_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
+                                    float *y, float *mean, float *rstd, int N, int C, int64_t HW, int G,
+                                    float eps) {
+    PROF_OP(be);
+    gn_fwd(be, x, gamma, beta, y, mean, rstd, N, C, HW, G, eps, 1);
 }
 
 static void gn_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
@@ -807,12 +831,15 @@ static void gn_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
         for (int c = 0; c < cpg; c++) {
             int64_t cc = g * cpg + c;
             float gm = j->gamma ? j->gamma[cc] : 1.f;
+            /* with SiLU: dy times SiLU's slope at gn(x), as the forward computed gn(x) */
+            float fa = rs * gm, fb = (j->beta ? j->beta[cc] : 0.f) - mu * fa;
             const float *xr = j->x + off + c * HW, *dr = j->dy + off + c * HW;
             float a = 0.f, bsum = 0.f;
             for (int64_t i = 0; i < HW; i++) {
                 float xh = (xr[i] - mu) * rs;
-                a += dr[i] * xh;
-                bsum += dr[i];
+                float d = j->silu ? silu_back1(dr[i], xr[i] * fa + fb) : dr[i];
+                a += d * xh;
+                bsum += d;
             }
             j->sdx[n * C + cc] = a; /* per (n, c): reduced over n by the caller */
             j->sd[n * C + cc] = bsum;
@@ -825,30 +852,43 @@ static void gn_bwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
         for (int c = 0; c < cpg; c++) {
             int64_t cc = g * cpg + c;
             float gm = j->gamma ? j->gamma[cc] : 1.f;
+            float fa = rs * gm, fb = (j->beta ? j->beta[cc] : 0.f) - mu * fa;
             const float *xr = j->x + off + c * HW, *dr = j->dy + off + c * HW;
             float *o = j->dx + off + c * HW;
             for (int64_t i = 0; i < HW; i++) {
                 float xh = (xr[i] - mu) * rs;
-                o[i] += rs * (gm * dr[i] - m1 - xh * m2);
+                float d = j->silu ? silu_back1(dr[i], xr[i] * fa + fb) : dr[i];
+                o[i] += rs * (gm * d - m1 - xh * m2);
             }
         }
     }
 }
 
-static void cpu_group_norm_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
-                               const float *mean, const float *rstd, float *dx, float *dgamma,
-                               float *dbeta, int N, int C, int64_t HW, int G) {
-    PROF_OP(be);
+static void gn_bwd(Backend *be, const float *dy, const float *x, const float *gamma, const float *beta,
+                   const float *mean, const float *rstd, float *dx, float *dgamma, float *dbeta, int N, int C,
+                   int64_t HW, int G, int silu) {
     CpuImpl *im = impl_of(be);
     float *sdx = scratch(im, 0, 4, (size_t)2 * N * C);
-    NormJob j = {.x = x, .gamma = gamma, .dy = dy, .mean = mean, .rstd = rstd, .dx = dx, .sdx = sdx,
-                 .sd = sdx + (int64_t)N * C, .C = C, .G = G, .HW = HW};
+    NormJob j = {.x = x, .gamma = gamma, .beta = beta, .dy = dy, .mean = mean, .rstd = rstd, .dx = dx,
+                 .sdx = sdx, .sd = sdx + (int64_t)N * C, .C = C, .G = G, .HW = HW, .silu = silu};
     par_run(im, (int64_t)N * G, chunks_for((int64_t)N * C * HW, 16384, (int64_t)N * G), gn_bwd_chunk, &j);
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++) {
             if (dgamma) dgamma[c] += j.sdx[(int64_t)n * C + c];
             if (dbeta) dbeta[c] += j.sd[(int64_t)n * C + c];
         }
+}
+static void cpu_group_norm_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
+                               const float *mean, const float *rstd, float *dx, float *dgamma,
+                               float *dbeta, int N, int C, int64_t HW, int G) {
+    PROF_OP(be);
+    gn_bwd(be, dy, x, gamma, NULL, mean, rstd, dx, dgamma, dbeta, N, C, HW, G, 0);
+}
+static void cpu_group_norm_silu_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
+                                    const float *beta, const float *mean, const float *rstd, float *dx,
+                                    float *dgamma, float *dbeta, int N, int C, int64_t HW, int G) {
+    PROF_OP(be);
+    gn_bwd(be, dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta, N, C, HW, G, 1);
 }
 
 static void ln_fwd_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
@@ -939,7 +979,6 @@ static inline float fast_expf(float x) {
     return x < -87.3f ? 0.f : q * sc;
 }
 
-static inline float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
 static inline float gelu1(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 static inline float gelu_grad1(float x) {
     return 0.5f * (1.f + erff(x * 0.70710678118654752f)) + x * 0.39894228040143268f * expf(-0.5f * x * x);
@@ -965,10 +1004,7 @@ static void pw_chunk(void *p, int64_t lo, int64_t hi, int chunk, int tid) {
         for (int64_t i = lo; i < hi; i++) y[i] = a[i] * sigmoidf(a[i]);
         break;
     case PW_SILU_B: /* a = dy, b = x */
-        for (int64_t i = lo; i < hi; i++) {
-            float s = sigmoidf(b[i]);
-            y[i] += a[i] * s * (1.f + b[i] * (1.f - s));
-        }
+        for (int64_t i = lo; i < hi; i++) y[i] += silu_back1(a[i], b[i]);
         break;
     case PW_GELU:
         for (int64_t i = lo; i < hi; i++) y[i] = gelu1(a[i]);
@@ -2071,6 +2107,8 @@ Backend *backend_cpu_create(void) {
     be->conv2d_bwd = cpu_conv2d_bwd;
     be->group_norm_fwd = cpu_group_norm_fwd;
     be->group_norm_bwd = cpu_group_norm_bwd;
+    be->group_norm_silu_fwd = cpu_group_norm_silu_fwd;
+    be->group_norm_silu_bwd = cpu_group_norm_silu_bwd;
     be->layer_norm_fwd = cpu_layer_norm_fwd;
     be->layer_norm_bwd = cpu_layer_norm_bwd;
     be->silu_fwd = cpu_silu_fwd;

@@ -43,7 +43,7 @@ typedef struct {
     Conv c1, c2, sc;
     Lin temb;
     const float *x;
-    float *n1o, *h1, *n2o;
+    float *h1; /* conv1's output (+ time): the input of norm 2 (norms and SiLU are fused: no more is kept) */
 } Resnet;
 
 typedef struct {
@@ -114,7 +114,7 @@ struct UNet {
 
     /* last forward */
     int fN, fH, fW, fL, have_fwd;
-    float *x_in, *ctx, *tproj, *te1, *temb, *tembs, *addin, *ae1, *h_last, *gno_out;
+    float *x_in, *ctx, *tproj, *te1, *temb, *tembs, *addin, *ae1, *h_last;
     Skip skips[64];
     int n_skips;
     /* backward */
@@ -702,25 +702,21 @@ static float *resnet_fwd(UNet *u, Resnet *r, const float *x, int N, int H, int W
     float *out = take(u, &u->act, N * r->cout * HW);
     int64_t am = u->act.off, tm = u->tmp.off;
     r->x = x;
-    r->n1o = take(u, &u->act, N * r->cin * HW);
     r->n1.mean = take(u, &u->act, N * G); r->n1.rstd = take(u, &u->act, N * G);
     r->h1 = take(u, &u->act, N * r->cout * HW);
-    r->n2o = take(u, &u->act, N * r->cout * HW);
     r->n2.mean = take(u, &u->act, N * G); r->n2.rstd = take(u, &u->act, N * G);
     int cmax = r->cin > r->cout ? r->cin : r->cout;
     float *s = take(u, &u->tmp, N * cmax * HW);
     float *tp = take(u, &u->tmp, (int64_t)N * r->cout);
     float *sc = r->has_sc ? take(u, &u->tmp, N * r->cout * HW) : NULL;
     if (!u->plan) {
-        be->group_norm_fwd(be, x, P(r->n1.g), P(r->n1.b), r->n1o, r->n1.mean, r->n1.rstd, N,
-                           r->cin, HW, G, r->n1.eps);
-        be->silu_fwd(be, r->n1o, s, N * r->cin * HW);
+        be->group_norm_silu_fwd(be, x, P(r->n1.g), P(r->n1.b), s, r->n1.mean, r->n1.rstd, N,
+                                r->cin, HW, G, r->n1.eps);
         be->conv2d_fwd(be, s, P(r->c1.w), P(r->c1.b), r->h1, N, r->cin, H, W, r->cout, 3, 1, 1);
         be->linear_fwd(be, u->tembs, P(r->temb.w), P(r->temb.b), tp, N, r->temb.din, r->cout);
         be->add_channel_bias(be, r->h1, tp, N, r->cout, HW);
-        be->group_norm_fwd(be, r->h1, P(r->n2.g), P(r->n2.b), r->n2o, r->n2.mean, r->n2.rstd, N,
-                           r->cout, HW, G, r->n2.eps);
-        be->silu_fwd(be, r->n2o, s, N * r->cout * HW);
+        be->group_norm_silu_fwd(be, r->h1, P(r->n2.g), P(r->n2.b), s, r->n2.mean, r->n2.rstd, N,
+                                r->cout, HW, G, r->n2.eps);
         be->conv2d_fwd(be, s, P(r->c2.w), P(r->c2.b), out, N, r->cout, H, W, r->cout, 3, 1, 1);
         if (r->has_sc) {
             be->conv2d_fwd(be, x, P(r->sc.w), P(r->sc.b), sc, N, r->cin, H, W, r->cout, 1, 1, 0);
@@ -765,27 +761,30 @@ static void resnet_bwd(UNet *u, Resnet *r, const float *dy, float *dx, int N, in
     float *s = u->trainable ? take(u, &u->tmp, no > ni ? no : ni) : NULL;
     float *dtp = u->want_temb ? takez(u, &u->tmp, (int64_t)N * r->cout) : NULL;
     if (u->plan) { u->tmp.off = tm; return; }
-    /* conv2: input silu(n2o) is only needed for the weight gradient */
-    if (s) be->silu_fwd(be, r->n2o, s, no);
-    be->conv2d_bwd(be, dy, s ? s : r->n2o, P(r->c2.w), d, G(r->c2.w), G(r->c2.b), N, r->cout, H,
-                   W, r->cout, 3, 1, 1);
-    be->silu_bwd(be, d, r->n2o, d2, no);            /* d2 = d n2o */
-    be->zero(be, d, (size_t)no * sizeof(float));
-    be->group_norm_bwd(be, d2, r->h1, P(r->n2.g), r->n2.mean, r->n2.rstd, d, G(r->n2.g),
-                       G(r->n2.b), N, r->cout, HW, G); /* d = d h1 */
+    /* conv2's input silu(gn2(h1)) is needed only for the weight gradient: made
+     * again then (its statistics come out as saved). Without it conv2d_bwd
+     * reads no x: h1 stands in, a buffer of that size. */
+    if (s)
+        be->group_norm_silu_fwd(be, r->h1, P(r->n2.g), P(r->n2.b), s, r->n2.mean, r->n2.rstd, N, r->cout, HW,
+                                G, r->n2.eps);
+    be->conv2d_bwd(be, dy, s ? s : r->h1, P(r->c2.w), d, G(r->c2.w), G(r->c2.b), N, r->cout, H,
+                   W, r->cout, 3, 1, 1);            /* d = d silu(gn2(h1)) */
+    be->group_norm_silu_bwd(be, d, r->h1, P(r->n2.g), P(r->n2.b), r->n2.mean, r->n2.rstd, d2, G(r->n2.g),
+                            G(r->n2.b), N, r->cout, HW, G); /* d2 = d h1 */
+    { float *t = d; d = d2; d2 = t; }              /* d = d h1; d2 free (dirty) */
     if (u->want_temb) { /* the time embedding's gradient: base training or the pooled text */
         be->channel_sum_bwd(be, d, dtp, N, r->cout, HW);
         be->linear_bwd(be, dtp, u->tembs, P(r->temb.w), u->dtembs, G(r->temb.w), G(r->temb.b), N,
                        r->temb.din, r->cout);
     }
-    if (u->trainable) be->silu_fwd(be, r->n1o, s, ni);
+    if (s)
+        be->group_norm_silu_fwd(be, r->x, P(r->n1.g), P(r->n1.b), s, r->n1.mean, r->n1.rstd, N, r->cin, HW, G,
+                                r->n1.eps);
     be->zero(be, d2, (size_t)ni * sizeof(float));
-    be->conv2d_bwd(be, d, s ? s : r->n1o, P(r->c1.w), d2, G(r->c1.w), G(r->c1.b), N, r->cin, H, W,
-                   r->cout, 3, 1, 1);                /* d2 = d silu(n1o) */
-    be->zero(be, d, (size_t)ni * sizeof(float));
-    be->silu_bwd(be, d2, r->n1o, d, ni);             /* d = d n1o */
-    be->group_norm_bwd(be, d, r->x, P(r->n1.g), r->n1.mean, r->n1.rstd, dx, G(r->n1.g), G(r->n1.b),
-                       N, r->cin, HW, G);
+    be->conv2d_bwd(be, d, s ? s : r->x, P(r->c1.w), d2, G(r->c1.w), G(r->c1.b), N, r->cin, H, W,
+                   r->cout, 3, 1, 1);                /* d2 = d silu(gn1(x)) */
+    be->group_norm_silu_bwd(be, d2, r->x, P(r->n1.g), P(r->n1.b), r->n1.mean, r->n1.rstd, dx, G(r->n1.g),
+                            G(r->n1.b), N, r->cin, HW, G);
     if (r->has_sc)
         be->conv2d_bwd(be, dy, r->x, P(r->sc.w), dx, G(r->sc.w), G(r->sc.b), N, r->cin, H, W,
                        r->cout, 1, 1, 0);
@@ -1107,14 +1106,12 @@ static void forward_pass(UNet *u, const float *x, const float *t, const float *c
     u->h_last = h;
     int G = u->norm_out.G;
     int64_t HW = (int64_t)H * W;
-    u->gno_out = take(u, &u->act, (int64_t)N * C * HW);
     u->norm_out.mean = take(u, &u->act, (int64_t)N * G);
     u->norm_out.rstd = take(u, &u->act, (int64_t)N * G);
     float *s = take(u, &u->tmp, (int64_t)N * C * HW);
     if (!u->plan) {
-        be->group_norm_fwd(be, h, P(u->norm_out.g), P(u->norm_out.b), u->gno_out, u->norm_out.mean,
-                           u->norm_out.rstd, N, C, HW, G, u->norm_out.eps);
-        be->silu_fwd(be, u->gno_out, s, (int64_t)N * C * HW);
+        be->group_norm_silu_fwd(be, h, P(u->norm_out.g), P(u->norm_out.b), s, u->norm_out.mean,
+                                u->norm_out.rstd, N, C, HW, G, u->norm_out.eps);
         be->conv2d_fwd(be, s, P(u->conv_out.w), P(u->conv_out.b), out, N, C, H, W,
                        c->out_channels, 3, 1, 1);
     }
@@ -1194,17 +1191,17 @@ static void backward_pass(UNet *u, const float *dout, float *dx) {
     /* conv_out(silu(conv_norm_out(h))) */
     float *ds = next_slot(u, (int64_t)N * C * HW);
     float *s = u->trainable ? take(u, &u->tmp, (int64_t)N * C * HW) : NULL;
-    float *dg = takez(u, &u->tmp, (int64_t)N * C * HW);
-    if (!u->plan) {
-        if (s) be->silu_fwd(be, u->gno_out, s, (int64_t)N * C * HW);
-        be->conv2d_bwd(be, dout, s ? s : u->gno_out, P(u->conv_out.w), ds, G(u->conv_out.w),
+    if (!u->plan) { /* conv_out's input made again for its weight gradient (else h_last stands in, unread) */
+        if (s)
+            be->group_norm_silu_fwd(be, u->h_last, P(u->norm_out.g), P(u->norm_out.b), s, u->norm_out.mean,
+                                    u->norm_out.rstd, N, C, HW, u->norm_out.G, u->norm_out.eps);
+        be->conv2d_bwd(be, dout, s ? s : u->h_last, P(u->conv_out.w), ds, G(u->conv_out.w),
                        G(u->conv_out.b), N, C, H, W, c->out_channels, 3, 1, 1);
-        be->silu_bwd(be, ds, u->gno_out, dg, (int64_t)N * C * HW);
     }
     float *d = next_slot(u, (int64_t)N * C * HW);
     if (!u->plan)
-        be->group_norm_bwd(be, dg, u->h_last, P(u->norm_out.g), u->norm_out.mean, u->norm_out.rstd,
-                           d, G(u->norm_out.g), G(u->norm_out.b), N, C, HW, u->norm_out.G);
+        be->group_norm_silu_bwd(be, ds, u->h_last, P(u->norm_out.g), P(u->norm_out.b), u->norm_out.mean,
+                                u->norm_out.rstd, d, G(u->norm_out.g), G(u->norm_out.b), N, C, HW, u->norm_out.G);
     u->tmp.off = 0;
 
     int sp = 0; /* skips are popped in the forward's up pass from the top: walk back up */

@@ -650,9 +650,8 @@ static float *norm_silu(VAE *v, const Norm *n, const float *x, int N, int64_t HW
     int64_t cnt = (int64_t)N * n->C * HW;
     float *y = nb(v, cnt, what);
     if (!y) return NULL;
-    be->group_norm_fwd(be, x, P(n->g), P(n->b), y, v->gmean, v->grstd, N, n->C, HW,
-                       v->cfg.norm_num_groups, VAE_EPS);
-    if (silu) be->silu_fwd(be, y, y, cnt);
+    (silu ? be->group_norm_silu_fwd : be->group_norm_fwd)(be, x, P(n->g), P(n->b), y, v->gmean, v->grstd, N,
+                                                          n->C, HW, v->cfg.norm_num_groups, VAE_EPS);
     return y;
 }
 

@@ -139,6 +139,12 @@ static void k_group_norm(Backend *be, void **p, const Case *c) {
     be->group_norm_fwd(be, CF(0), CF(1), CF(2), F(3), F(4), F(5), N, C, c->i[2], G, c->f[0]);
     be->group_norm_bwd(be, CF(6), CF(0), CF(1), CF(4), CF(5), F(7), F(8), F(9), N, C, c->i[2], G);
 }
+/* the same, group norm then SiLU (y = silu(gn(x)), backward from x again) */
+static void k_group_norm_silu(Backend *be, void **p, const Case *c) {
+    int N = (int)c->i[0], C = (int)c->i[1], G = (int)c->i[3];
+    be->group_norm_silu_fwd(be, CF(0), CF(1), CF(2), F(3), F(4), F(5), N, C, c->i[2], G, c->f[0]);
+    be->group_norm_silu_bwd(be, CF(6), CF(0), CF(1), CF(2), CF(4), CF(5), F(7), F(8), F(9), N, C, c->i[2], G);
+}
 /* same layout; i: M C */
 static void k_layer_norm(Backend *be, void **p, const Case *c) {
     be->layer_norm_fwd(be, CF(0), CF(1), CF(2), F(3), F(4), F(5), c->i[0], (int)c->i[1], c->f[0]);
@@ -293,12 +299,14 @@ static void conv_cases(int N, int Cin, int H, int W, int Cout, int k, int s, int
     memcpy(c->i, iv, sizeof iv);
 }
 
+/* group: 0 layer norm, 1 group norm, 2 group norm then SiLU */
 static void norm_case(int group, int64_t N_or_M, int C, int64_t HW, int G, int big) {
     char nm[96];
     Case *c;
     if (group) {
-        snprintf(nm, sizeof nm, "group_norm fwd+bwd N=%lld C=%d HW=%lld G=%d", (long long)N_or_M, C, (long long)HW, G);
-        c = add_case(nm, k_group_norm, T_MM, T_MM, big);
+        snprintf(nm, sizeof nm, "group_norm%s fwd+bwd N=%lld C=%d HW=%lld G=%d", group == 2 ? "_silu" : "",
+                 (long long)N_or_M, C, (long long)HW, G);
+        c = add_case(nm, group == 2 ? k_group_norm_silu : k_group_norm, T_MM, T_MM, big);
         int64_t n = N_or_M * C * HW;
         ARG(c, "x", IN, n); arg(c, "gamma", IN, C, 0.5f, 1.5f); ARG(c, "beta", IN, C);
         ARG(c, "y", OUT, n); ARG(c, "mean", OUT, N_or_M * G); ARG(c, "rstd", OUT, N_or_M * G);
@@ -396,6 +404,8 @@ static void build_cases(void) {
     norm_case(1, 2, 320, 4096, 32, 1);
     norm_case(1, 1, 640, 1024, 32, 0);
     norm_case(1, 3, 12, 37, 3, 0);
+    norm_case(2, 2, 320, 4096, 32, 1);
+    norm_case(2, 3, 12, 37, 3, 0);
     norm_case(0, 4096, 320, 0, 0, 0);
     norm_case(0, 154, 768, 0, 0, 0);
     norm_case(0, 37, 1280, 0, 0, 0);
