@@ -57,7 +57,7 @@ typedef struct {
     Attn a1, a2;
     Lin ff0, ff2;
     const float *h0;
-    float *n1, *h1, *n2, *h2, *n3, *ffp, *ffg;
+    float *n1, *h1, *n2, *h2, *ffp; /* what backward reads (norm 3 and GEGLU out are made again) */
 } TBlock;
 
 typedef struct {
@@ -861,16 +861,28 @@ static float *tblock_fwd(UNet *u, TBlock *t, const float *h0, int N, int S, int 
     t->n2 = ln_fwd(u, &t->ln2, t->h1, M);
     t->h2 = attn_fwd(u, &t->a2, t->n2, u->ctx, N, S, L);
     if (!u->plan) be->add(be, t->h2, t->h1, t->h2, M * C);
-    t->n3 = ln_fwd(u, &t->ln3, t->h2, M);
+    /* The feed-forward keeps only GEGLU's input for backward: norm 3's output
+     * and GEGLU's output (5 of a block's 25 floats per token and channel) are
+     * read again only for ff0's and ff2's weight or adapter gradients, and
+     * are made again then (ff_inputs) */
+    t->ln3.mean = take(u, &u->act, M);
+    t->ln3.rstd = take(u, &u->act, M);
     t->ffp = take(u, &u->act, M * 8 * C);
-    t->ffg = take(u, &u->act, M * 4 * C);
-    lin_fwd(u, &t->ff0, t->n3, t->ffp, M);
-    if (!u->plan) be->geglu_fwd(be, t->ffp, t->ffg, M, 4 * C);
-    lin_fwd(u, &t->ff2, t->ffg, h3, M);
+    int64_t tm = u->tmp.off;
+    float *n3 = take(u, &u->tmp, M * C), *ffg = take(u, &u->tmp, M * 4 * C);
+    if (!u->plan)
+        be->layer_norm_fwd(be, t->h2, P(t->ln3.g), P(t->ln3.b), n3, t->ln3.mean, t->ln3.rstd, M, C, t->ln3.eps);
+    lin_fwd(u, &t->ff0, n3, t->ffp, M);
+    if (!u->plan) be->geglu_fwd(be, t->ffp, ffg, M, 4 * C);
+    lin_fwd(u, &t->ff2, ffg, h3, M);
     if (!u->plan) be->add(be, h3, t->h2, h3, M * C);
+    u->tmp.off = tm;
     if (!u->inner) u->act.off = am;
     return h3;
 }
+
+/* does lin_bwd read this linear's input? (its weight's gradient, or an adapter's) */
+static int lin_reads_x(const UNet *u, const Lin *l) { return G(l->w) != NULL || l->ad != NULL; }
 
 /* dh [M,C] holds d(block output) and becomes d(block input), in place */
 static void tblock_bwd(UNet *u, TBlock *t, float *dh, int N, int S, int L) {
@@ -886,9 +898,20 @@ static void tblock_bwd(UNet *u, TBlock *t, float *dh, int N, int S, int L) {
     float *dffg = takez(u, &u->tmp, M * 4 * C);
     float *dffp = takez(u, &u->tmp, M * 8 * C);
     float *dn = takez(u, &u->tmp, M * C);
-    lin_bwd(u, &t->ff2, dh, t->ffg, dffg, M);
+    /* ff2's and ff0's inputs, made again when their gradients read them (the
+     * forward's values: same ops, same inputs); else ffp and h2 stand in,
+     * buffers as large that lin_bwd does not read */
+    int64_t tx = u->tmp.off;
+    float *ffg = lin_reads_x(u, &t->ff2) ? take(u, &u->tmp, M * 4 * C) : t->ffp;
+    if (!u->plan && ffg != t->ffp) be->geglu_fwd(be, t->ffp, ffg, M, 4 * C);
+    lin_bwd(u, &t->ff2, dh, ffg, dffg, M);
+    u->tmp.off = tx;
     if (!u->plan) be->geglu_bwd(be, dffg, t->ffp, dffp, M, 4 * C);
-    lin_bwd(u, &t->ff0, dffp, t->n3, dn, M);
+    float *n3 = lin_reads_x(u, &t->ff0) ? take(u, &u->tmp, M * C) : t->h2;
+    if (!u->plan && n3 != t->h2)
+        be->layer_norm_fwd(be, t->h2, P(t->ln3.g), P(t->ln3.b), n3, t->ln3.mean, t->ln3.rstd, M, C, t->ln3.eps);
+    lin_bwd(u, &t->ff0, dffp, n3, dn, M);
+    u->tmp.off = tx;
     if (!u->plan) {
         be->layer_norm_bwd(be, dn, t->h2, P(t->ln3.g), t->ln3.mean, t->ln3.rstd, dh, G(t->ln3.g),
                            G(t->ln3.b), M, C);
