@@ -57,7 +57,7 @@ typedef struct {
     Attn a1, a2;
     Lin ff0, ff2;
     const float *h0;
-    float *n1, *h1, *n2, *h2, *ffp; /* what backward reads (norm 3 and GEGLU out are made again) */
+    float *h1, *h2, *ffp; /* what backward reads besides h0 (the norms' and GEGLU's outputs are made again) */
 } TBlock;
 
 typedef struct {
@@ -67,7 +67,7 @@ typedef struct {
     Lin pin_l, pout_l;
     TBlock *blocks;
     const float *x;
-    float *gno, *gnl, *seqL, *pon;
+    float *seqL; /* the last block's output (besides the input x, all backward keeps) */
 } Xformer;
 
 typedef struct {
@@ -839,14 +839,26 @@ static void attn_bwd(UNet *u, Attn *a, const float *dy, const float *xq, const f
     u->tmp.off = tm;
 }
 
-static float *ln_fwd(UNet *u, Norm *n, const float *x, int64_t M) {
-    float *y = take(u, &u->act, M * n->C);
+/* A transformer block's layer norms keep only their statistics for backward:
+ * the normalised rows go to the temporary arena (ln_tmp), and backward makes
+ * them again (ln_again: same op, same input, same values) only when a weight
+ * or adapter gradient of the linears they feed reads them. */
+static float *ln_tmp(UNet *u, Norm *n, const float *x, int64_t M) {
     n->mean = take(u, &u->act, M);
     n->rstd = take(u, &u->act, M);
+    float *y = take(u, &u->tmp, M * n->C);
     if (!u->plan)
         u->be->layer_norm_fwd(u->be, x, P(n->g), P(n->b), y, n->mean, n->rstd, M, n->C, n->eps);
     return y;
 }
+static float *ln_again(UNet *u, const Norm *n, const float *x, int64_t M) {
+    float *y = take(u, &u->tmp, M * n->C);
+    if (!u->plan) /* the statistics come out as saved */
+        u->be->layer_norm_fwd(u->be, x, P(n->g), P(n->b), y, n->mean, n->rstd, M, n->C, n->eps);
+    return y;
+}
+/* does lin_bwd read this linear's input? (its weight's gradient, or an adapter's) */
+static int lin_reads_x(const UNet *u, const Lin *l) { return G(l->w) != NULL || l->ad != NULL; }
 
 static float *tblock_fwd(UNet *u, TBlock *t, const float *h0, int N, int S, int L) {
     Backend *be = u->be;
@@ -855,24 +867,21 @@ static float *tblock_fwd(UNet *u, TBlock *t, const float *h0, int N, int S, int 
     float *h3 = take(u, &u->act, M * C);
     int64_t am = u->act.off;
     t->h0 = h0;
-    t->n1 = ln_fwd(u, &t->ln1, h0, M);
-    t->h1 = attn_fwd(u, &t->a1, t->n1, t->n1, N, S, S);
-    if (!u->plan) be->add(be, t->h1, h0, t->h1, M * C);
-    t->n2 = ln_fwd(u, &t->ln2, t->h1, M);
-    t->h2 = attn_fwd(u, &t->a2, t->n2, u->ctx, N, S, L);
-    if (!u->plan) be->add(be, t->h2, t->h1, t->h2, M * C);
-    /* The feed-forward keeps only GEGLU's input for backward: norm 3's output
-     * and GEGLU's output (5 of a block's 25 floats per token and channel) are
-     * read again only for ff0's and ff2's weight or adapter gradients, and
-     * are made again then (ff_inputs) */
-    t->ln3.mean = take(u, &u->act, M);
-    t->ln3.rstd = take(u, &u->act, M);
-    t->ffp = take(u, &u->act, M * 8 * C);
     int64_t tm = u->tmp.off;
-    float *n3 = take(u, &u->tmp, M * C), *ffg = take(u, &u->tmp, M * 4 * C);
-    if (!u->plan)
-        be->layer_norm_fwd(be, t->h2, P(t->ln3.g), P(t->ln3.b), n3, t->ln3.mean, t->ln3.rstd, M, C, t->ln3.eps);
-    lin_fwd(u, &t->ff0, n3, t->ffp, M);
+    float *n = ln_tmp(u, &t->ln1, h0, M);
+    t->h1 = attn_fwd(u, &t->a1, n, n, N, S, S);
+    if (!u->plan) be->add(be, t->h1, h0, t->h1, M * C);
+    u->tmp.off = tm;
+    n = ln_tmp(u, &t->ln2, t->h1, M);
+    t->h2 = attn_fwd(u, &t->a2, n, u->ctx, N, S, L);
+    if (!u->plan) be->add(be, t->h2, t->h1, t->h2, M * C);
+    u->tmp.off = tm;
+    /* The feed-forward keeps only GEGLU's input for backward (GEGLU's output,
+     * like the norms', is made again when ff2's gradients read it) */
+    t->ffp = take(u, &u->act, M * 8 * C);
+    n = ln_tmp(u, &t->ln3, t->h2, M);
+    float *ffg = take(u, &u->tmp, M * 4 * C);
+    lin_fwd(u, &t->ff0, n, t->ffp, M);
     if (!u->plan) be->geglu_fwd(be, t->ffp, ffg, M, 4 * C);
     lin_fwd(u, &t->ff2, ffg, h3, M);
     if (!u->plan) be->add(be, h3, t->h2, h3, M * C);
@@ -880,9 +889,6 @@ static float *tblock_fwd(UNet *u, TBlock *t, const float *h0, int N, int S, int 
     if (!u->inner) u->act.off = am;
     return h3;
 }
-
-/* does lin_bwd read this linear's input? (its weight's gradient, or an adapter's) */
-static int lin_reads_x(const UNet *u, const Lin *l) { return G(l->w) != NULL || l->ad != NULL; }
 
 /* dh [M,C] holds d(block output) and becomes d(block input), in place */
 static void tblock_bwd(UNet *u, TBlock *t, float *dh, int N, int S, int L) {
@@ -907,23 +913,26 @@ static void tblock_bwd(UNet *u, TBlock *t, float *dh, int N, int S, int L) {
     lin_bwd(u, &t->ff2, dh, ffg, dffg, M);
     u->tmp.off = tx;
     if (!u->plan) be->geglu_bwd(be, dffg, t->ffp, dffp, M, 4 * C);
-    float *n3 = lin_reads_x(u, &t->ff0) ? take(u, &u->tmp, M * C) : t->h2;
-    if (!u->plan && n3 != t->h2)
-        be->layer_norm_fwd(be, t->h2, P(t->ln3.g), P(t->ln3.b), n3, t->ln3.mean, t->ln3.rstd, M, C, t->ln3.eps);
-    lin_bwd(u, &t->ff0, dffp, n3, dn, M);
+    float *n = lin_reads_x(u, &t->ff0) ? ln_again(u, &t->ln3, t->h2, M) : t->h2;
+    lin_bwd(u, &t->ff0, dffp, n, dn, M);
     u->tmp.off = tx;
     if (!u->plan) {
         be->layer_norm_bwd(be, dn, t->h2, P(t->ln3.g), t->ln3.mean, t->ln3.rstd, dh, G(t->ln3.g),
                            G(t->ln3.b), M, C);
         be->zero(be, dn, (size_t)M * C * sizeof(float));
     }
-    attn_bwd(u, &t->a2, dh, t->n2, u->ctx, dn, u->dctx, N, S, L);
+    n = lin_reads_x(u, &t->a2.q) ? ln_again(u, &t->ln2, t->h1, M) : t->h1;
+    attn_bwd(u, &t->a2, dh, n, u->ctx, dn, u->dctx, N, S, L);
+    u->tmp.off = tx;
     if (!u->plan) {
         be->layer_norm_bwd(be, dn, t->h1, P(t->ln2.g), t->ln2.mean, t->ln2.rstd, dh, G(t->ln2.g),
                            G(t->ln2.b), M, C);
         be->zero(be, dn, (size_t)M * C * sizeof(float));
     }
-    attn_bwd(u, &t->a1, dh, t->n1, t->n1, dn, dn, N, S, S);
+    n = lin_reads_x(u, &t->a1.q) || lin_reads_x(u, &t->a1.k) || lin_reads_x(u, &t->a1.v)
+            ? ln_again(u, &t->ln1, t->h0, M) : t->h1; /* (h1: a stand-in of the size) */
+    attn_bwd(u, &t->a1, dh, n, n, dn, dn, N, S, S);
+    u->tmp.off = tx;
     if (!u->plan)
         be->layer_norm_bwd(be, dn, t->h0, P(t->ln1.g), t->ln1.mean, t->ln1.rstd, dh, G(t->ln1.g),
                            G(t->ln1.b), M, C);
@@ -937,24 +946,26 @@ static float *xformer_fwd(UNet *u, Xformer *x, const float *in, int N, int H, in
     float *out = take(u, &u->act, n);
     int64_t am = u->act.off, tm = u->tmp.off;
     x->x = in;
-    x->gno = take(u, &u->act, n);
     x->gn.mean = take(u, &u->act, N * G); x->gn.rstd = take(u, &u->act, N * G);
     float *seq = take(u, &u->act, n);
+    /* proj_in's and proj_out's inputs are temporaries: backward makes them
+     * again (xformer_pin_x) only for their weights' gradients */
+    float *gno = take(u, &u->tmp, n);
     if (!u->plan)
-        be->group_norm_fwd(be, in, P(x->gn.g), P(x->gn.b), x->gno, x->gn.mean, x->gn.rstd, N, C,
+        be->group_norm_fwd(be, in, P(x->gn.g), P(x->gn.b), gno, x->gn.mean, x->gn.rstd, N, C,
                            HW, G, x->gn.eps);
     if (x->linear) {
-        x->gnl = take(u, &u->act, n);
-        if (!u->plan) be->nchw_to_nlc(be, x->gno, x->gnl, N, C, HW, 0);
-        lin_fwd(u, &x->pin_l, x->gnl, seq, N * HW);
+        float *gnl = take(u, &u->tmp, n);
+        if (!u->plan) be->nchw_to_nlc(be, gno, gnl, N, C, HW, 0);
+        lin_fwd(u, &x->pin_l, gnl, seq, N * HW);
     } else {
         float *pin = take(u, &u->tmp, n);
         if (!u->plan) {
-            be->conv2d_fwd(be, x->gno, P(x->pin_c.w), P(x->pin_c.b), pin, N, C, H, W, C, 1, 1, 0);
+            be->conv2d_fwd(be, gno, P(x->pin_c.w), P(x->pin_c.b), pin, N, C, H, W, C, 1, 1, 0);
             be->nchw_to_nlc(be, pin, seq, N, C, HW, 0);
         }
-        u->tmp.off = tm;
     }
+    u->tmp.off = tm;
     for (int i = 0; i < x->depth; i++) seq = tblock_fwd(u, &x->blocks[i], seq, N, (int)HW, u->fL);
     x->seqL = seq;
     if (x->linear) {
@@ -962,10 +973,10 @@ static float *xformer_fwd(UNet *u, Xformer *x, const float *in, int N, int H, in
         lin_fwd(u, &x->pout_l, seq, po, N * HW);
         if (!u->plan) be->nlc_to_nchw(be, po, out, N, C, HW, 0);
     } else {
-        x->pon = take(u, &u->act, n);
+        float *pon = take(u, &u->tmp, n);
         if (!u->plan) {
-            be->nlc_to_nchw(be, seq, x->pon, N, C, HW, 0);
-            be->conv2d_fwd(be, x->pon, P(x->pout_c.w), P(x->pout_c.b), out, N, C, H, W, C, 1, 1, 0);
+            be->nlc_to_nchw(be, seq, pon, N, C, HW, 0);
+            be->conv2d_fwd(be, pon, P(x->pout_c.w), P(x->pout_c.b), out, N, C, H, W, C, 1, 1, 0);
         }
     }
     if (!u->plan) be->add(be, out, in, out, n);
@@ -984,20 +995,41 @@ static void xformer_bwd(UNet *u, Xformer *x, const float *dy, float *dx, int N, 
     if (x->linear) {
         if (!u->plan) be->nchw_to_nlc(be, dy, t2, N, C, HW, 1);
         lin_bwd(u, &x->pout_l, t2, x->seqL, dseq, N * HW);
-    } else if (!u->plan) {
-        be->conv2d_bwd(be, dy, x->pon, P(x->pout_c.w), t2, G(x->pout_c.w), G(x->pout_c.b), N, C, H,
-                       W, C, 1, 1, 0);
-        be->nchw_to_nlc(be, t2, dseq, N, C, HW, 1);
+    } else {
+        /* proj_out's input again for its weight gradient (else dy stands in, unread) */
+        const float *pon = dy;
+        if (G(x->pout_c.w)) {
+            float *p = take(u, &u->tmp, n);
+            if (!u->plan) be->nlc_to_nchw(be, x->seqL, p, N, C, HW, 0);
+            pon = p;
+        }
+        if (!u->plan) {
+            be->conv2d_bwd(be, dy, pon, P(x->pout_c.w), t2, G(x->pout_c.w), G(x->pout_c.b), N, C, H,
+                           W, C, 1, 1, 0);
+            be->nchw_to_nlc(be, t2, dseq, N, C, HW, 1);
+        }
     }
     for (int i = x->depth - 1; i >= 0; i--) tblock_bwd(u, &x->blocks[i], dseq, N, (int)HW, u->fL);
     float *dgno = takez(u, &u->tmp, n);
     if (!u->plan) be->zero(be, t2, (size_t)n * sizeof(float));
+    /* proj_in's input again for its weight gradient: group norm of x (its
+     * statistics come out as saved), as rows for the linear (else x stands in) */
+    const float *pin = x->x;
+    if (x->linear ? lin_reads_x(u, &x->pin_l) : G(x->pin_c.w) != NULL) {
+        float *gno = take(u, &u->tmp, n), *gnl = x->linear ? take(u, &u->tmp, n) : gno;
+        if (!u->plan) {
+            be->group_norm_fwd(be, x->x, P(x->gn.g), P(x->gn.b), gno, x->gn.mean, x->gn.rstd, N, C, HW, G,
+                               x->gn.eps);
+            if (x->linear) be->nchw_to_nlc(be, gno, gnl, N, C, HW, 0);
+        }
+        pin = gnl;
+    }
     if (x->linear) {
-        lin_bwd(u, &x->pin_l, dseq, x->gnl, t2, N * HW);
+        lin_bwd(u, &x->pin_l, dseq, pin, t2, N * HW);
         if (!u->plan) be->nlc_to_nchw(be, t2, dgno, N, C, HW, 1);
     } else if (!u->plan) {
         be->nlc_to_nchw(be, dseq, t2, N, C, HW, 1);
-        be->conv2d_bwd(be, t2, x->gno, P(x->pin_c.w), dgno, G(x->pin_c.w), G(x->pin_c.b), N, C, H,
+        be->conv2d_bwd(be, t2, pin, P(x->pin_c.w), dgno, G(x->pin_c.w), G(x->pin_c.b), N, C, H,
                        W, C, 1, 1, 0);
     }
     if (!u->plan)
