@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "models/diffusion.h"
+#include "core/replay.h"
 #include "core/fsutil.h"
 #include "formats/image.h"
 #include "models/model.h"
@@ -156,6 +157,7 @@ typedef struct {
     int *tint;
     Rng rng;
     int step;
+    Replay rp; /* the UNet pass (core/replay.h): one launch a step on a GPU */
     char err[512];
 } Pt;
 
@@ -186,6 +188,7 @@ static void pt_free(Pt *p) {
                     p->target, p->out, p->dout, p->tbuf, p->ctx, p->dctx};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) be->free(be, dev[i]);
+    replay_free(be, &p->rp);
     if (p->u) unet_free(p->u);
     if (p->te) te_free(p->te);
     if (p->tok) tok_free(p->tok);
@@ -347,6 +350,27 @@ static int device_failed(Pt *p) {
     return 1;
 }
 
+/* The device part of a step that is the same ops every step (replay.h): UNet
+ * forward, the loss's gradient, UNet backward. Reads xt, tbuf, ctx and target,
+ * written before it. */
+static int unet_pass(void *user) {
+    Pt *p = user;
+    Backend *be = p->be;
+    int64_t n = p->B * p->per;
+    if (unet_forward(p->u, p->xt, p->tbuf, p->ctx, NULL, p->out, p->B, p->H, p->W, p->L, 1) != 0) {
+        snprintf(p->err, sizeof p->err, "step %d: UNet forward: %s", p->step + 1, unet_last_error(p->u));
+        return -1;
+    }
+    be->zero(be, p->dout, sizeof(float) * (size_t)n);
+    be->mse_bwd(be, p->out, p->target, p->dout, n, 1.0f);
+    be->zero(be, p->dctx, sizeof(float) * (size_t)p->B * p->L * p->ucfg.cross_attention_dim);
+    if (unet_backward_ctx(p->u, p->dout, NULL, p->dctx) != 0) {
+        snprintf(p->err, sizeof p->err, "step %d: UNet backward: %s", p->step + 1, unet_last_error(p->u));
+        return -1;
+    }
+    return 0;
+}
+
 static int train_step(Pt *p, float *loss_out, float *gnorm_out) {
     Backend *be = p->be;
     int B = p->B;
@@ -365,22 +389,20 @@ static int train_step(Pt *p, float *loss_out, float *gnorm_out) {
         snprintf(p->err, sizeof p->err, "step %d: %s", p->step + 1, e);
         return -1;
     }
-    if (unet_forward(p->u, p->xt, p->tbuf, p->ctx, NULL, p->out, B, p->H, p->W, p->L, 1) != 0) {
-        snprintf(p->err, sizeof p->err, "step %d: UNet forward: %s", p->step + 1, unet_last_error(p->u));
-        return -1;
+    if (replay_run(be, &p->rp, unet_pass, p) != 0) return -1;
+    if (!p->rp.told && be->record_begin && (p->rp.replays || replay_off(&p->rp))) {
+        if (p->rp.replays) ptlog(p, "step %d: UNet pass recorded on %s, replayed as one launch from now on",
+                                 p->step + 1, be->name);
+        else ptlog(p, "UNet pass not recorded (runs op by op): %s", p->rp.why);
+        p->rp.told = 1;
     }
+    /* the loss after the backward: reading it waits for the device, so the
+     * host queues the whole pass first */
     float loss = be->mse_fwd(be, p->out, p->target, n);
     if (device_failed(p)) return -1;
     if (!isfinite(loss)) {
         snprintf(p->err, sizeof p->err, "loss became %g at step %d — lower --lr (now %g) and "
                  "resume from the checkpoint", loss, p->step + 1, p->o.lr);
-        return -1;
-    }
-    be->zero(be, p->dout, sizeof(float) * (size_t)n);
-    be->mse_bwd(be, p->out, p->target, p->dout, n, 1.0f);
-    be->zero(be, p->dctx, sizeof(float) * (size_t)B * p->L * p->ucfg.cross_attention_dim);
-    if (unet_backward_ctx(p->u, p->dout, NULL, p->dctx) != 0) {
-        snprintf(p->err, sizeof p->err, "step %d: UNet backward: %s", p->step + 1, unet_last_error(p->u));
         return -1;
     }
     if (te_backward(p->te, p->dctx, e, sizeof e) != 0) {
