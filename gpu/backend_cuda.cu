@@ -1052,8 +1052,11 @@ static void cu_linear_bwd(Backend *be, const float *dy, const float *x, const fl
                           float *dx, float *dW, float *db, int64_t M, int in, int out) {
     Cuda *c = CU(be);
     if (M <= 0) return;
-    if (dx) gemm_op(c, 0, 0, M, in, out, 1.f, dy, out, W, in, 1.f, dx, in);
-    if (dW) gemm_op(c, 1, 0, out, in, M, 1.f, dy, out, x, in, 1.f, dW, in);
+    /* BF16 mode with both products (all weights training): dy cast once for both */
+    __nv_bfloat16 *dyb = dx && dW && c->prec == KRONA_PREC_BF16 && M * out > 0 ? bf16_copy(c, dy, M * out) : NULL;
+    if (dx) gemm_op_sbx(c, 0, 0, M, in, out, 1.f, dy, dyb, out, 0, W, NULL, in, 0, 1.f, dx, in, 0, 1);
+    if (dW) gemm_op_sbx(c, 1, 0, out, in, M, 1.f, dy, dyb, out, 0, x, NULL, in, 0, 1.f, dW, in, 0, 1);
+    dfree(c, dyb);
     if (db) colsum_accum(c, dy, M, out, db, 1.f);
 }
 
@@ -1150,7 +1153,8 @@ static int conv_chunk(int64_t per_image_floats, int N) {
  * then a fixed-order sum, instead of one GEMM launch per image (pretraining the
  * tiny model at batch 128 made 128 launches per convolution). */
 /* x: fp32, or (BF16 mode) xbf, the same values already in bf16 */
-static void conv_dw_accumulate(Cuda *c, const float *dy, int64_t sdy, const float *x,
+/* dybf: dy already in bf16 (BF16 mode), or NULL */
+static void conv_dw_accumulate(Cuda *c, const float *dy, const __nv_bfloat16 *dybf, int64_t sdy, const float *x,
                                const __nv_bfloat16 *xbf, int64_t sx, int m, int Cout, int64_t K,
                                int64_t P, float *dw) {
     int q = conv_chunk((int64_t)Cout * K, m);
@@ -1161,10 +1165,12 @@ static void conv_dw_accumulate(Cuda *c, const float *dy, int64_t sdy, const floa
         const float *xi = x ? x + i0 * sx : NULL;
         const __nv_bfloat16 *xbi = xbf ? xbf + i0 * sx : NULL;
         if (g == 1) {
-            gemm_op_sbx(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, NULL, P, 0, xi, xbi, P, 0, 1.f, dw, K, 0, 1);
+            gemm_op_sbx(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, dybf ? dybf + i0 * sdy : NULL, P, 0, xi, xbi, P, 0,
+                        1.f, dw, K, 0, 1);
             continue;
         }
-        gemm_op_sbx(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, NULL, P, sdy, xi, xbi, P, sx, 0.f, ws, K,
+        gemm_op_sbx(c, 0, 1, Cout, K, P, 1.f, dy + i0 * sdy, dybf ? dybf + i0 * sdy : NULL, P, sdy, xi, xbi, P, sx,
+                    0.f, ws, K,
                     (int64_t)Cout * K, g);
         PROF_STAGE(c, "dw sum");
         partial_final_k<<<grid_1d((int64_t)Cout * K), TPB, 0, c->stream>>>(ws, g, (int)((int64_t)Cout * K), dw, 1.f);
@@ -1491,14 +1497,14 @@ static int dnn_conv_fwd(Cuda *c, const float *x, const float *w, const float *b,
     return rc;
 }
 /* dx += conv's input gradient by cuDNN: 0 done, -1 not by cuDNN */
-static int dnn_conv_dx(Cuda *c, const float *dy, const float *w, float *dx, int N, int Cin, int H, int W, int Cout,
-                       int k, int s, int p, int Ho, int Wo) {
+static int dnn_conv_dx(Cuda *c, const float *dy, const __nv_bfloat16 *dybf, const float *w, float *dx, int N, int Cin,
+                       int H, int W, int Cout, int k, int s, int p, int Ho, int Wo) {
     DnnPlan *pl = dnn_ready(c, DNN_DX, N, Cin, H, W, Cout, k, s, p);
     if (!pl) return -1;
     if (c->prec != KRONA_PREC_BF16) return dnn_run(c, pl, DNN_DX, NULL, w, dy, dx, 1.f);
     int64_t nx = (int64_t)N * Cin * H * W;
     __nv_bfloat16 *dyt = NULL, *wt = NULL, *dxb = NULL;
-    const __nv_bfloat16 *dyb = dnn_bf16(c, dy, (int64_t)N * Cout * Ho * Wo, &dyt);
+    const __nv_bfloat16 *dyb = dybf ? dybf : dnn_bf16(c, dy, (int64_t)N * Cout * Ho * Wo, &dyt);
     const __nv_bfloat16 *wb = dyb ? dnn_bf16(c, w, (int64_t)Cout * Cin * k * k, &wt) : NULL;
     int rc = 0;
     if (wb && (dxb = (__nv_bfloat16 *)dalloc(c, (size_t)nx * sizeof *dxb))) {
@@ -1553,29 +1559,41 @@ static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const flo
     }
 }
 
+static void conv_bwd(Cuda *c, const float *dy, const __nv_bfloat16 *dyb, const float *x, const float *w,
+                     float *dx, float *dw, int N, int Cin, int H, int W, int Cout, int k, int s, int p);
 static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const float *w,
                           float *dx, float *dw, float *db, int N, int Cin, int H, int W,
                           int Cout, int k, int s, int p) {
     Cuda *c = CU(be);
     int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
     if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return;
-    int64_t HoWo = (int64_t)Ho * Wo, CKK = (int64_t)Cin * k * k, HW = (int64_t)H * W;
     if (db) {
         PROF_STAGE(c, "db");
-        chan_sum_k<<<dim3(Cout, 1), TPB, 0, c->stream>>>(dy, N, Cout, HoWo, db, 0);
+        chan_sum_k<<<dim3(Cout, 1), TPB, 0, c->stream>>>(dy, N, Cout, (int64_t)Ho * Wo, db, 0);
         LAUNCHED(c);
     }
+    if (!dx && !dw) return;
+    /* BF16 mode with both gradients (all weights training): dy cast once for both */
+    __nv_bfloat16 *dyb = dx && dw && c->prec == KRONA_PREC_BF16 ? bf16_copy(c, dy, (int64_t)N * Cout * Ho * Wo) : NULL;
+    conv_bwd(c, dy, dyb, x, w, dx, dw, N, Cin, H, W, Cout, k, s, p);
+    dfree(c, dyb);
+}
+/* dx += and dw += of conv2d_bwd; dyb: dy in bf16 already, or NULL */
+static void conv_bwd(Cuda *c, const float *dy, const __nv_bfloat16 *dyb, const float *x, const float *w,
+                     float *dx, float *dw, int N, int Cin, int H, int W, int Cout, int k, int s, int p) {
+    int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
+    int64_t HoWo = (int64_t)Ho * Wo, CKK = (int64_t)Cin * k * k, HW = (int64_t)H * W;
     if (!(k == 1 && s == 1 && p == 0)) { /* cuDNN's, when asked for and it takes them */
-        if (dx && dnn_conv_dx(c, dy, w, dx, N, Cin, H, W, Cout, k, s, p, Ho, Wo) == 0) dx = NULL;
+        if (dx && dnn_conv_dx(c, dy, dyb, w, dx, N, Cin, H, W, Cout, k, s, p, Ho, Wo) == 0) dx = NULL;
         if (dw && dnn_conv_dw(c, dy, x, dw, N, Cin, H, W, Cout, k, s, p) == 0) dw = NULL;
     }
     if (!dx && !dw) return;
     if (k == 1 && s == 1 && p == 0) {
         if (dw) /* dw[Cout,Cin] += sum_n dy_n[Cout,HW] x_n[Cin,HW]^T */
-            conv_dw_accumulate(c, dy, (int64_t)Cout * HW, x, NULL, (int64_t)Cin * HW, N, Cout, Cin, HW, dw);
+            conv_dw_accumulate(c, dy, dyb, (int64_t)Cout * HW, x, NULL, (int64_t)Cin * HW, N, Cout, Cin, HW, dw);
         if (dx)
-            gemm_op_sb(c, 1, 0, Cin, HW, Cout, 1.f, w, Cin, 0, dy, HW, (int64_t)Cout * HW, 1.f, dx,
-                    HW, (int64_t)Cin * HW, N);
+            gemm_op_sbx(c, 1, 0, Cin, HW, Cout, 1.f, w, NULL, Cin, 0, dy, dyb, HW, (int64_t)Cout * HW, 1.f, dx,
+                        HW, (int64_t)Cin * HW, N);
         return;
     }
     /* fp32-sized: dx's dcol needs it; BF16 mode's columns for dw use half of it */
@@ -1585,14 +1603,15 @@ static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const fl
     for (int n0 = 0; n0 < N; n0 += nb) {
         int m = N - n0 < nb ? N - n0 : nb;
         const float *dyc = dy + (int64_t)n0 * Cout * HoWo, *xn = x + (int64_t)n0 * Cin * HW;
+        const __nv_bfloat16 *dybc = dyb ? dyb + (int64_t)n0 * Cout * HoWo : NULL;
         if (dw) {
             im2col(c, xn, col, bf, m, Cin, H, W, k, s, p, Ho, Wo);
-            conv_dw_accumulate(c, dyc, (int64_t)Cout * HoWo, bf ? NULL : col,
+            conv_dw_accumulate(c, dyc, dybc, (int64_t)Cout * HoWo, bf ? NULL : col,
                                bf ? (const __nv_bfloat16 *)col : NULL, CKK * HoWo, m, Cout, CKK, HoWo, dw);
         }
         if (dx) { /* dcol = w^T dy, then scatter-free gather back into dx */
-            gemm_op_sb(c, 1, 0, CKK, HoWo, Cout, 1.f, w, CKK, 0, dyc, HoWo, (int64_t)Cout * HoWo,
-                    0.f, col, HoWo, CKK * HoWo, m);
+            gemm_op_sbx(c, 1, 0, CKK, HoWo, Cout, 1.f, w, NULL, CKK, 0, dyc, dybc, HoWo, (int64_t)Cout * HoWo,
+                        0.f, col, HoWo, CKK * HoWo, m);
             PROF_STAGE(c, "col2im");
             LAUNCH_PLANES(c, HW, (int64_t)m * Cin, col2im_acc_k, col, dx + (int64_t)n0 * Cin * HW, m, Cin, H, W, k, s,
                           p, Ho, Wo);
