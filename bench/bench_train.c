@@ -285,12 +285,14 @@ static int run(const char *device, const char *prec, const char *model, const ch
     Pass ps = {u, x, t, ctx, added, tgt, y, dy, dxin, B, H, W, L, n, na ? set : NULL, mu, vu, nbase};
     Replay rp = {0};
     double flops = 0; /* counted where the ops ran one by one (a replay calls none) */
-    for (int it = -warm; it < reps; it++) { /* warm-up steps first */
+    int failed = 0;
+    for (int it = -warm; it < reps && !failed; it++) { /* warm-up steps first */
         double t0 = now_s();
         fc_reset(fc);
         if (step(&ps, &rp, it + 3) != 0) { /* e.g. out of device memory: say why, skip the row */
             fprintf(stderr, "bench_train: %s: %s\n", what, unet_last_error(u));
-            return -1;
+            failed = 1; /* everything below is freed all the same: the next row gets the device back */
+            break;
         }
         be->sync(be);
         if (fc->flops > flops) flops = fc->flops;
@@ -300,7 +302,7 @@ static int run(const char *device, const char *prec, const char *model, const ch
     if (be->record_begin && replay_off(&rp)) fprintf(stderr, "bench_train: %s: not recorded: %s\n", what, rp.why);
     replay_free(be, &rp);
     if (profile && !be->profile) fprintf(stderr, "bench_train: --profile: the %s backend has no profile\n", be->name);
-    if (profile && be->profile && be->profile(be, 1) == 0) {
+    if (!failed && profile && be->profile && be->profile(be, 1) == 0) {
         /* the timed step's ops, one by one (a replay would be one row) */
         int steps = !tiny && !strcmp(device, "cpu") ? 1 : 3, ok = 1;
         fc_reset(fc);
@@ -315,12 +317,12 @@ static int run(const char *device, const char *prec, const char *model, const ch
         snprintf(title, sizeof title, "profile, %s, %s, batch %d", what, prec, B);
         if (ok) row->prof = profile_text(pr, np < 256 ? np : 256, steps, wall, title, fc);
     }
-    qsort(times, (size_t)reps, sizeof(double), cmp_d);
+    if (!failed) qsort(times, (size_t)reps, sizeof(double), cmp_d);
     snprintf(row->what, sizeof row->what, "%s", what);
     row->batch = B;
     row->trainable = base ? nbase : set ? adapter_set_param_count(set) : 0;
-    row->ms_median = times[reps / 2];
-    row->ms_min = times[0];
+    row->ms_median = failed ? 0 : times[reps / 2];
+    row->ms_min = failed ? 0 : times[0];
     row->peak_mb = be->peak_bytes(be) / 1048576.0;
     row->gflop = flops / 1e9;
     free(times); free(hx); free(hc);
@@ -332,7 +334,7 @@ static int run(const char *device, const char *prec, const char *model, const ch
     unet_free(u);
     backend_destroy(dev);
     free(fc);
-    return 0;
+    return failed ? -1 : 0;
 }
 
 int main(int argc, char **argv) {
