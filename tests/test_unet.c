@@ -512,7 +512,9 @@ static void test_param_counts(void **st) {
     assert_int_equal(unet_memory_plan(&c, 2, 64, 64, 77, 1, 0, 0, &act2, NULL, NULL), 0);
     assert_true(act2 > act * 19 / 10 && act2 < act * 21 / 10); /* linear in the batch */
     assert_int_equal(unet_memory_plan(&c, 1, 64, 64, 77, 0, 0, 0, &act2, NULL, NULL), 0);
-    assert_true(act2 < act / 4);                              /* inference keeps outputs only */
+    /* inference keeps block outputs and skips only (0.29 GB; training 1.09: it
+     * makes norms and GEGLU outputs again in backward rather than keep them) */
+    assert_true(act2 < act / 3);
     assert_int_equal(unet_memory_plan(&c, 1, 60, 60, 77, 1, 0, 0, &act2, NULL, NULL), -1);
     assert_int_equal(unet_config_builtin("sdxl", &c), 0);
     assert_int_equal(unet_memory_plan(&c, 1, 128, 128, 77, 1, 0, 0, &act, &tmp, &grd), 0);
