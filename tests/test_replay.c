@@ -154,6 +154,34 @@ static void test_body_error_runs_for_real(void **state) {
     replay_free(&be, &r);
 }
 
+/* replay_news: one line once the outcome is known (recorded, or stopped), then nothing */
+static void test_news(void **state) {
+    (void)state;
+    char line[512];
+    Backend be = fake(1);
+    Replay r = {0};
+    replay_run(&be, &r, body, NULL); /* ran the usual way: nothing known yet */
+    assert_int_equal(replay_news(&be, &r, "UNet pass", 1, line, sizeof line), 0);
+    replay_run(&be, &r, body, NULL);
+    assert_int_equal(replay_news(&be, &r, "UNet pass", 2, line, sizeof line), 1);
+    assert_string_equal(line, "step 2: UNet pass recorded on fake, replayed as one launch from now on");
+    replay_run(&be, &r, body, NULL);
+    assert_int_equal(replay_news(&be, &r, "UNet pass", 3, line, sizeof line), 0); /* said once */
+    replay_free(&be, &r);
+
+    F.decline = 1;
+    replay_run(&be, &r, body, NULL);
+    replay_run(&be, &r, body, NULL);
+    assert_int_equal(replay_news(&be, &r, "UNet pass", 2, line, sizeof line), 1);
+    assert_string_equal(line, "UNet pass not recorded (runs op by op): fake backend declined to record");
+    replay_free(&be, &r);
+
+    Backend none = fake(0); /* a backend that never records has nothing to say */
+    for (int i = 0; i < 3; i++) replay_run(&none, &r, body, NULL);
+    assert_int_equal(replay_news(&none, &r, "UNet pass", 3, line, sizeof line), 0);
+    replay_free(&none, &r);
+}
+
 static void test_no_recordings(void **state) {
     (void)state;
     Backend be = fake(0);
@@ -174,6 +202,7 @@ int main(void) {
         cmocka_unit_test(test_declined),
         cmocka_unit_test(test_body_error_runs_for_real),
         cmocka_unit_test(test_no_recordings),
+        cmocka_unit_test(test_news),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

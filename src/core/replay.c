@@ -8,6 +8,18 @@ enum { MAX_FAILURES = 2 };
 
 int replay_off(const Replay *r) { return r->failures >= MAX_FAILURES; }
 
+int replay_news(const Backend *be, Replay *r, const char *what, int step, char *line, size_t len) {
+    if (r->told || !be->record_begin) return 0;
+    if (r->replays)
+        snprintf(line, len, "step %d: %s recorded on %s, replayed as one launch from now on", step, what, be->name);
+    else if (replay_off(r))
+        snprintf(line, len, "%s not recorded (runs op by op): %s", what, r->why);
+    else
+        return 0;
+    r->told = 1;
+    return 1;
+}
+
 int replay_run(Backend *be, Replay *r, ReplayBody body, void *user) {
     if (r->rec) {
         if (be->replay(be, r->rec) == 0) {

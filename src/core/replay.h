@@ -22,7 +22,7 @@ typedef struct {
     int failures; /* recordings that failed; at 2 recording stops */
     int replays;  /* calls answered by a replay */
     char why[256];/* why recording stopped ("" while it has not) */
-    int told;     /* the caller's own: whether it has said how this one went */
+    int told;     /* replay_news has said how this one went */
 } Replay;
 
 /* body(user) issues the ops and returns 0, or -1 on a failure of its own */
@@ -32,6 +32,11 @@ typedef int (*ReplayBody)(void *user);
 int replay_run(Backend *be, Replay *r, ReplayBody body, void *user);
 /* 1 once recording has stopped for good (r->why says why) */
 int replay_off(const Replay *r);
+/* once, when it is known: a log line saying that `what` (e.g. "UNet pass") was
+ * recorded at step `step` and is replayed from now on, or why it runs op by op.
+ * 1 with the line in line, 0 when there is nothing (new) to say (also on a
+ * backend that never records) */
+int replay_news(const Backend *be, Replay *r, const char *what, int step, char *line, size_t len);
 void replay_free(Backend *be, Replay *r);
 
 #endif

@@ -390,12 +390,8 @@ static int train_step(Pt *p, float *loss_out, float *gnorm_out) {
         return -1;
     }
     if (replay_run(be, &p->rp, unet_pass, p) != 0) return -1;
-    if (!p->rp.told && be->record_begin && (p->rp.replays || replay_off(&p->rp))) {
-        if (p->rp.replays) ptlog(p, "step %d: UNet pass recorded on %s, replayed as one launch from now on",
-                                 p->step + 1, be->name);
-        else ptlog(p, "UNet pass not recorded (runs op by op): %s", p->rp.why);
-        p->rp.told = 1;
-    }
+    char line[512];
+    if (replay_news(be, &p->rp, "UNet pass", p->step + 1, line, sizeof line)) ptlog(p, "%s", line);
     /* the loss after the backward: reading it waits for the device, so the
      * host queues the whole pass first */
     float loss = be->mse_fwd(be, p->out, p->target, n);

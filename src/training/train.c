@@ -504,15 +504,10 @@ static int unet_pass(void *user) {
 /* one log line per pass (size and kind) when it is first replayed, or when
  * recording it stopped */
 static void say_replay(Trainer *t, Replay *r, int k, int prior) {
-    if (r->told || !t->be->record_begin) return;
-    char what[96];
+    char what[96], line[512];
     snprintf(what, sizeof what, "UNet pass (%dx%d%s)", t->buckets[k].w, t->buckets[k].h,
              prior ? ", prior" : "");
-    if (r->replays) tlog(t, "step %d: %s recorded on %s, replayed as one launch from now on",
-                         t->step + 1, what, t->be->name);
-    else if (replay_off(r)) tlog(t, "%s not recorded (runs op by op): %s", what, r->why);
-    else return;
-    r->told = 1;
+    if (replay_news(t->be, r, what, t->step + 1, line, sizeof line)) tlog(t, "%s", line);
 }
 
 /* One forward/backward on a batch drawn from set with the conditioning ctx
