@@ -1718,22 +1718,23 @@ AINL void geglu_bwd_body(PwJob *j, int64_t lo, int64_t hi, int tid) {
     }
 }
 
-#define ATTN_CLONES(name, body)                                                                    \
+/* the vector kernels (attention, GEGLU) compiled three times; vec_isa picks one at run time */
+#define VEC_CLONES(name, body)                                                                     \
     __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2"))) static void       \
     name##_avx512(void *p, int64_t lo, int64_t hi, int chunk, int tid) { body(p, lo, hi, tid); }   \
     __attribute__((target("avx2,fma,bmi2"))) static void                                            \
     name##_avx2(void *p, int64_t lo, int64_t hi, int chunk, int tid) { body(p, lo, hi, tid); }     \
     static void name##_base(void *p, int64_t lo, int64_t hi, int chunk, int tid) { body(p, lo, hi, tid); }
 
-ATTN_CLONES(attn_fwd_chunk, attn_fwd_body)
-ATTN_CLONES(attn_bwd_chunk, attn_bwd_body)
-ATTN_CLONES(geglu_fwd_chunk, geglu_fwd_body)
-ATTN_CLONES(geglu_bwd_chunk, geglu_bwd_body)
+VEC_CLONES(attn_fwd_chunk, attn_fwd_body)
+VEC_CLONES(attn_bwd_chunk, attn_bwd_body)
+VEC_CLONES(geglu_fwd_chunk, geglu_fwd_body)
+VEC_CLONES(geglu_bwd_chunk, geglu_bwd_body)
 
 #pragma GCC pop_options
 
-/* 2 = AVX-512, 1 = AVX2+FMA, 0 = baseline */
-static int attn_isa(void) {
+/* 2 = AVX-512, 1 = AVX2+FMA, 0 = baseline: the VEC_CLONES this CPU runs */
+static int vec_isa(void) {
 #if defined(__x86_64__)
     static atomic_int isa = -1;
     int v = atomic_load(&isa);
@@ -1750,6 +1751,8 @@ static int attn_isa(void) {
     return 0;
 #endif
 }
+/* the clone of chunk function `name` for this CPU */
+#define VEC_CHUNK(name) (((const ChunkFn[3]){name##_base, name##_avx2, name##_avx512})[vec_isa()])
 
 /* query rows per tile: the score tile (two in backward) stays ~256 KB */
 static int attn_tile(int Lq, int Lkp) {
@@ -1783,9 +1786,8 @@ static void cpu_attention_fwd(Backend *be, const float *q, const float *k, const
     AttnJob j = {.q = q, .k = k, .v = v, .out = o, .lse = lse, .Lq = Lq, .Lk = Lk, .H = H, .D = D,
                  .causal = causal, .scale = scale};
     if (attn_setup(im, &j)) return;
-    static const ChunkFn fns[3] = {attn_fwd_chunk_base, attn_fwd_chunk_avx2, attn_fwd_chunk_avx512};
     int64_t jobs = (int64_t)N * H * j.ntile;
-    par_run(im, jobs, chunks_for(jobs * j.T * j.Lkp * (2 * D + 16), 200000, jobs), fns[attn_isa()], &j);
+    par_run(im, jobs, chunks_for(jobs * j.T * j.Lkp * (2 * D + 16), 200000, jobs), VEC_CHUNK(attn_fwd_chunk), &j);
 }
 
 static void cpu_attention_bwd(Backend *be, const float *dout, const float *q, const float *k,
@@ -1798,22 +1800,19 @@ static void cpu_attention_bwd(Backend *be, const float *dout, const float *q, co
     AttnJob j = {.q = q, .k = k, .v = v, .o = o, .dout = dout, .lse_in = lse, .dq = dq, .dk = dk,
                  .dv = dv, .Lq = Lq, .Lk = Lk, .H = H, .D = D, .causal = causal, .scale = scale};
     if (attn_setup(im, &j)) return;
-    static const ChunkFn fns[3] = {attn_bwd_chunk_base, attn_bwd_chunk_avx2, attn_bwd_chunk_avx512};
     int64_t jobs = (int64_t)N * H;
-    par_run(im, jobs, chunks_for(jobs * Lq * j.Lkp * (4 * D + 32), 200000, jobs), fns[attn_isa()], &j);
+    par_run(im, jobs, chunks_for(jobs * Lq * j.Lkp * (4 * D + 32), 200000, jobs), VEC_CHUNK(attn_bwd_chunk), &j);
 }
 
 static void cpu_geglu_fwd(Backend *be, const float *x, float *y, int64_t M, int D) {
     PROF_OP(be);
     PwJob j = {.D = D, .a = x, .y = y};
-    static const ChunkFn fns[3] = {geglu_fwd_chunk_base, geglu_fwd_chunk_avx2, geglu_fwd_chunk_avx512};
-    par_run(impl_of(be), M, chunks_for(M * 2 * D * 8, 32768, M), fns[attn_isa()], &j);
+    par_run(impl_of(be), M, chunks_for(M * 2 * D * 8, 32768, M), VEC_CHUNK(geglu_fwd_chunk), &j);
 }
 static void cpu_geglu_bwd(Backend *be, const float *dy, const float *x, float *dx, int64_t M, int D) {
     PROF_OP(be);
     PwJob j = {.D = D, .a = dy, .b = x, .y = dx};
-    static const ChunkFn fns[3] = {geglu_bwd_chunk_base, geglu_bwd_chunk_avx2, geglu_bwd_chunk_avx512};
-    par_run(impl_of(be), M, chunks_for(M * 4 * D * 8, 32768, M), fns[attn_isa()], &j);
+    par_run(impl_of(be), M, chunks_for(M * 4 * D * 8, 32768, M), VEC_CHUNK(geglu_bwd_chunk), &j);
 }
 
 /* ------------------------------------------------------------------ diffusion helpers */
