@@ -1399,10 +1399,9 @@ static int dnn_run(Cuda *c, DnnPlan *pl, int dir, const void *x, const void *w, 
     if (pl->ws[dir] && !ws) return 0; /* the error is recorded, as for every workspace */
     float one = 1.f;
     cudnnStatus_t st = d->SetConvolutionMathType(pl->conv, pl->math[dir]);
-    {
+    if (st == CUDNN_STATUS_SUCCESS) {
         PROF_STAGE(c, "cudnn");
-        if (st != CUDNN_STATUS_SUCCESS) {}
-        else if (dir == DNN_FWD)
+        if (dir == DNN_FWD)
             st = d->ConvolutionForward(d->h, &one, pl->x, x, pl->w, w, pl->conv,
                                        (cudnnConvolutionFwdAlgo_t)pl->algo[dir], ws, pl->ws[dir], &beta, pl->y, out);
         else if (dir == DNN_DX)
@@ -1466,6 +1465,27 @@ static const __nv_bfloat16 *dnn_bf16(Cuda *c, const float *x, int64_t n, __nv_bf
     *tmp = f ? NULL : bf16_copy(c, x, n);
     return f ? f : *tmp;
 }
+/* BF16 mode: direction dir (forward or dx) on bf16 copies of its input `in`
+ * (n_in floats; inbf: already in bf16, or NULL) and of w, into a new bf16
+ * result of n_out elements, *outb, for the caller to widen and free. 0, or -1
+ * (im2col then); a failed workspace leaves *outb NULL with the error recorded */
+static int dnn_run_bf16(Cuda *c, DnnPlan *pl, int dir, const float *in, const __nv_bfloat16 *inbf, int64_t n_in,
+                        const float *w, int64_t n_w, int64_t n_out, __nv_bfloat16 **outb) {
+    __nv_bfloat16 *it = NULL, *wt = NULL;
+    const __nv_bfloat16 *ib = inbf ? inbf : dnn_bf16(c, in, n_in, &it);
+    const __nv_bfloat16 *wb = ib ? dnn_bf16(c, w, n_w, &wt) : NULL;
+    *outb = wb ? (__nv_bfloat16 *)dalloc(c, (size_t)n_out * sizeof **outb) : NULL;
+    int rc = 0;
+    if (*outb) /* forward reads x, dx reads dy */
+        rc = dir == DNN_FWD ? dnn_run(c, pl, dir, ib, wb, NULL, *outb, 0.f) : dnn_run(c, pl, dir, NULL, wb, ib, *outb, 0.f);
+    dfree(c, wt);
+    dfree(c, it);
+    if (rc) {
+        dfree(c, *outb);
+        *outb = NULL;
+    }
+    return rc;
+}
 /* y = conv(x, w) + b by cuDNN: 0 done, -1 not by cuDNN (im2col then) */
 static int dnn_conv_fwd(Cuda *c, const float *x, const float *w, const float *b, float *y, int N, int Cin, int H,
                         int W, int Cout, int k, int s, int p, int Ho, int Wo) {
@@ -1480,20 +1500,13 @@ static int dnn_conv_fwd(Cuda *c, const float *x, const float *w, const float *b,
         }
         return 0;
     }
-    __nv_bfloat16 *xt = NULL, *wt = NULL, *yb = NULL;
-    const __nv_bfloat16 *xb = dnn_bf16(c, x, (int64_t)N * Cin * H * W, &xt);
-    const __nv_bfloat16 *wb = xb ? dnn_bf16(c, w, (int64_t)Cout * Cin * k * k, &wt) : NULL;
-    int rc = 0;
-    if (wb && (yb = (__nv_bfloat16 *)dalloc(c, (size_t)ny * sizeof *yb))) {
-        rc = dnn_run(c, pl, DNN_FWD, xb, wb, NULL, yb, 0.f);
-        if (rc == 0) {
-            PROF_STAGE(c, "bias");
-            LAUNCH_PLANES(c, HoWo, (int64_t)N * Cout, from_bf16_bias_k, yb, b, y, Cout, HoWo, (int64_t)N * Cout);
-        }
+    __nv_bfloat16 *yb;
+    int rc = dnn_run_bf16(c, pl, DNN_FWD, x, NULL, (int64_t)N * Cin * H * W, w, (int64_t)Cout * Cin * k * k, ny, &yb);
+    if (yb) {
+        PROF_STAGE(c, "bias");
+        LAUNCH_PLANES(c, HoWo, (int64_t)N * Cout, from_bf16_bias_k, yb, b, y, Cout, HoWo, (int64_t)N * Cout);
+        dfree(c, yb);
     }
-    dfree(c, yb);
-    dfree(c, wt);
-    dfree(c, xt);
     return rc;
 }
 /* dx += conv's input gradient by cuDNN: 0 done, -1 not by cuDNN */
@@ -1503,21 +1516,14 @@ static int dnn_conv_dx(Cuda *c, const float *dy, const __nv_bfloat16 *dybf, cons
     if (!pl) return -1;
     if (c->prec != KRONA_PREC_BF16) return dnn_run(c, pl, DNN_DX, NULL, w, dy, dx, 1.f);
     int64_t nx = (int64_t)N * Cin * H * W;
-    __nv_bfloat16 *dyt = NULL, *wt = NULL, *dxb = NULL;
-    const __nv_bfloat16 *dyb = dybf ? dybf : dnn_bf16(c, dy, (int64_t)N * Cout * Ho * Wo, &dyt);
-    const __nv_bfloat16 *wb = dyb ? dnn_bf16(c, w, (int64_t)Cout * Cin * k * k, &wt) : NULL;
-    int rc = 0;
-    if (wb && (dxb = (__nv_bfloat16 *)dalloc(c, (size_t)nx * sizeof *dxb))) {
-        rc = dnn_run(c, pl, DNN_DX, NULL, wb, dyb, dxb, 0.f);
-        if (rc == 0) {
-            PROF_STAGE(c, "dx add");
-            add_from_bf16_k<<<grid_1d(nx), TPB, 0, c->stream>>>(dxb, dx, nx);
-            LAUNCHED(c);
-        }
+    __nv_bfloat16 *dxb;
+    int rc = dnn_run_bf16(c, pl, DNN_DX, dy, dybf, (int64_t)N * Cout * Ho * Wo, w, (int64_t)Cout * Cin * k * k, nx,
+                          &dxb);
+    if (dxb) {
+        PROF_STAGE(c, "dx add");
+        LAUNCH1D(c, nx, add_from_bf16_k, dxb, dx, nx);
+        dfree(c, dxb);
     }
-    dfree(c, dxb);
-    dfree(c, wt);
-    dfree(c, dyt);
     return rc;
 }
 /* dw += conv's weight gradient by cuDNN (fp32 and tf32 only: see above) */
@@ -1559,25 +1565,6 @@ static void cu_conv2d_fwd(Backend *be, const float *x, const float *w, const flo
     }
 }
 
-static void conv_bwd(Cuda *c, const float *dy, const __nv_bfloat16 *dyb, const float *x, const float *w,
-                     float *dx, float *dw, int N, int Cin, int H, int W, int Cout, int k, int s, int p);
-static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const float *w,
-                          float *dx, float *dw, float *db, int N, int Cin, int H, int W,
-                          int Cout, int k, int s, int p) {
-    Cuda *c = CU(be);
-    int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
-    if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return;
-    if (db) {
-        PROF_STAGE(c, "db");
-        chan_sum_k<<<dim3(Cout, 1), TPB, 0, c->stream>>>(dy, N, Cout, (int64_t)Ho * Wo, db, 0);
-        LAUNCHED(c);
-    }
-    if (!dx && !dw) return;
-    /* BF16 mode with both gradients (all weights training): dy cast once for both */
-    __nv_bfloat16 *dyb = dx && dw && c->prec == KRONA_PREC_BF16 ? bf16_copy(c, dy, (int64_t)N * Cout * Ho * Wo) : NULL;
-    conv_bwd(c, dy, dyb, x, w, dx, dw, N, Cin, H, W, Cout, k, s, p);
-    dfree(c, dyb);
-}
 /* dx += and dw += of conv2d_bwd; dyb: dy in bf16 already, or NULL */
 static void conv_bwd(Cuda *c, const float *dy, const __nv_bfloat16 *dyb, const float *x, const float *w,
                      float *dx, float *dw, int N, int Cin, int H, int W, int Cout, int k, int s, int p) {
@@ -1618,6 +1605,23 @@ static void conv_bwd(Cuda *c, const float *dy, const __nv_bfloat16 *dyb, const f
         }
     }
     dfree(c, col);
+}
+static void cu_conv2d_bwd(Backend *be, const float *dy, const float *x, const float *w,
+                          float *dx, float *dw, float *db, int N, int Cin, int H, int W,
+                          int Cout, int k, int s, int p) {
+    Cuda *c = CU(be);
+    int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
+    if (N <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0) return;
+    if (db) {
+        PROF_STAGE(c, "db");
+        chan_sum_k<<<dim3(Cout, 1), TPB, 0, c->stream>>>(dy, N, Cout, (int64_t)Ho * Wo, db, 0);
+        LAUNCHED(c);
+    }
+    if (!dx && !dw) return;
+    /* BF16 mode with both gradients (all weights training): dy cast once for both */
+    __nv_bfloat16 *dyb = dx && dw && c->prec == KRONA_PREC_BF16 ? bf16_copy(c, dy, (int64_t)N * Cout * Ho * Wo) : NULL;
+    conv_bwd(c, dy, dyb, x, w, dx, dw, N, Cin, H, W, Cout, k, s, p);
+    dfree(c, dyb);
 }
 
 /* ----------------------------------------------------------- group norm */
@@ -1691,18 +1695,6 @@ __global__ void gn_apply_k(const float *x, const float *gamma, const float *beta
 }
 
 static void gn_fwd(Cuda *c, const float *x, const float *gamma, const float *beta, float *y, float *mean,
-                   float *rstd, int N, int C, int64_t HW, int G, float eps, int silu);
-static void cu_group_norm_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
-                              float *y, float *mean, float *rstd, int N, int C, int64_t HW,
-                              int G, float eps) {
-    gn_fwd(CU(be), x, gamma, beta, y, mean, rstd, N, C, HW, G, eps, 0);
-}
-static void cu_group_norm_silu_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
-                                   float *y, float *mean, float *rstd, int N, int C, int64_t HW,
-                                   int G, float eps) {
-    gn_fwd(CU(be), x, gamma, beta, y, mean, rstd, N, C, HW, G, eps, 1);
-}
-static void gn_fwd(Cuda *c, const float *x, const float *gamma, const float *beta, float *y, float *mean,
                    float *rstd, int N, int C, int64_t HW, int G, float eps, int silu) {
     if (N <= 0 || C <= 0 || HW <= 0 || G <= 0) return;
     float *tmp = (float *)dalloc(c, (size_t)(2 * N * C + 2 * N * G) * sizeof(float));
@@ -1716,6 +1708,16 @@ static void gn_fwd(Cuda *c, const float *x, const float *gamma, const float *bet
     LAUNCHED(c);
     LAUNCH_PLANES(c, HW, (int64_t)N * C, gn_apply_k, x, gamma, beta, y, mu, rs, C, G, HW, (int64_t)N * C, silu);
     dfree(c, tmp);
+}
+static void cu_group_norm_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
+                              float *y, float *mean, float *rstd, int N, int C, int64_t HW,
+                              int G, float eps) {
+    gn_fwd(CU(be), x, gamma, beta, y, mean, rstd, N, C, HW, G, eps, 0);
+}
+static void cu_group_norm_silu_fwd(Backend *be, const float *x, const float *gamma, const float *beta,
+                                   float *y, float *mean, float *rstd, int N, int C, int64_t HW,
+                                   int G, float eps) {
+    gn_fwd(CU(be), x, gamma, beta, y, mean, rstd, N, C, HW, G, eps, 1);
 }
 
 /* per (n,c): ds = sum dy, dsx = sum dy * xhat; silu: dy is of silu(gn(x)),
@@ -1787,19 +1789,6 @@ __global__ void gn_bwd_dx_k(const float *dy, const float *x, const float *gamma,
 
 static void gn_bwd(Cuda *c, const float *dy, const float *x, const float *gamma, const float *beta,
                    const float *mean, const float *rstd, float *dx, float *dgamma, float *dbeta, int N, int C,
-                   int64_t HW, int G, int silu);
-static void cu_group_norm_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
-                              const float *mean, const float *rstd, float *dx, float *dgamma,
-                              float *dbeta, int N, int C, int64_t HW, int G) {
-    gn_bwd(CU(be), dy, x, gamma, NULL, mean, rstd, dx, dgamma, dbeta, N, C, HW, G, 0);
-}
-static void cu_group_norm_silu_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
-                                   const float *beta, const float *mean, const float *rstd, float *dx,
-                                   float *dgamma, float *dbeta, int N, int C, int64_t HW, int G) {
-    gn_bwd(CU(be), dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta, N, C, HW, G, 1);
-}
-static void gn_bwd(Cuda *c, const float *dy, const float *x, const float *gamma, const float *beta,
-                   const float *mean, const float *rstd, float *dx, float *dgamma, float *dbeta, int N, int C,
                    int64_t HW, int G, int silu) {
     if (N <= 0 || C <= 0 || HW <= 0 || G <= 0 || (!dx && !dgamma && !dbeta)) return;
     float *tmp = (float *)dalloc(c, (size_t)(2 * N * C + 2 * N * G) * sizeof(float));
@@ -1819,6 +1808,16 @@ static void gn_bwd(Cuda *c, const float *dy, const float *x, const float *gamma,
                       (int64_t)N * C, silu);
     }
     dfree(c, tmp);
+}
+static void cu_group_norm_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
+                              const float *mean, const float *rstd, float *dx, float *dgamma,
+                              float *dbeta, int N, int C, int64_t HW, int G) {
+    gn_bwd(CU(be), dy, x, gamma, NULL, mean, rstd, dx, dgamma, dbeta, N, C, HW, G, 0);
+}
+static void cu_group_norm_silu_bwd(Backend *be, const float *dy, const float *x, const float *gamma,
+                                   const float *beta, const float *mean, const float *rstd, float *dx,
+                                   float *dgamma, float *dbeta, int N, int C, int64_t HW, int G) {
+    gn_bwd(CU(be), dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta, N, C, HW, G, 1);
 }
 
 /* ----------------------------------------------------------- layer norm */
