@@ -99,8 +99,12 @@ test-san: $(SAN_BIN)
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 \
 	  ./tools/run-tests.sh $(SAN_BUILD)/tests $(SAN_BIN)
 
+# the CUDA backend's emulation (gpu/gpu.mk: test-cuda-emu) translates the plugin's source
+# and compares images with python3
 check: deps
+	@./tools/install-deps.sh python3
 	@$(MAKE) --no-print-directory test
+	@$(MAKE) --no-print-directory test-cuda-emu
 	@$(MAKE) --no-print-directory test-san
 
 # not part of check: a full-size SD 1.5 single file (2.1 GB, random weights, kept in

@@ -98,7 +98,14 @@ static int run(int argc, char **argv) {
     }
     char tiled[48] = "";
     if (vae_tiles > 1) snprintf(tiled, sizeof tiled, ", VAE decoded in %d tiles", vae_tiles);
-    printf("wrote %s (%d sample%s, %dpx, %s%s)\n", out, n, n > 1 ? "s" : "", size, m->note, tiled);
+    /* a backend that records (CUDA): whether the sampler's UNet passes were replayed */
+    char replayed[320] = "";
+    if (be->record_begin && m->gen_replayed)
+        snprintf(replayed, sizeof replayed, ", UNet replayed in %d of %d steps", m->gen_replayed, m->gen_passes);
+    else if (be->record_begin && m->gen_why[0])
+        snprintf(replayed, sizeof replayed, ", UNet op by op: %s", m->gen_why);
+    printf("wrote %s (%d sample%s, %dpx, %s%s%s)\n", out, n, n > 1 ? "s" : "", size, m->note, tiled,
+           replayed);
     rc = 0;
 fail:
     if (rc != 0) cli_error(me, "%s", err);

@@ -12,6 +12,8 @@
 #                    run on the CPU (tests/gpu/emu): its logic, on machines without a GPU;
 #                    then the convolutions again through the emulated cuDNN
 #   make cuda-emu-train  three training steps on the emulated backend against the CPU
+#   make cuda-emu-sample a 3-step sample on the emulated backend (UNet pass replayed) against the CPU
+#   make test-cuda-emu   the three above (part of `make check`: no GPU or nvcc needed, ~2 minutes)
 #   make clean-cuda
 # CUDA 13 at /usr/local/cuda; SASS for sm_90 (H100/H200) plus compute_90 PTX
 # that the driver JIT-compiles for newer GPUs. Override CUDA_ARCH for others,
@@ -26,7 +28,7 @@ CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcuda
 CUDA_BUILD := $(BUILD)/cuda
 CUDA_PLUGIN := krona-backend-cuda.so
 
-.PHONY: cuda test-cuda cuda-emu cuda-emu-train clean-cuda
+.PHONY: cuda test-cuda cuda-emu cuda-emu-train cuda-emu-sample test-cuda-emu clean-cuda
 ifneq ($(NVCC),)
 all: $(CUDA_PLUGIN)
 else
@@ -59,7 +61,7 @@ $(CUDA_BUILD)/bench/%: bench/%.c $(LIBKRONA)
 test-cuda: $(CUDA_PLUGIN) $(CUDA_BUILD)/tests/test_cuda_ops
 	KRONA_BACKEND_PATH=$(CURDIR) ./$(CUDA_BUILD)/tests/test_cuda_ops
 
-# CPU emulation of the CUDA backend (no GPU needed; slow, so small shapes),
+# CPU emulation of the CUDA backend (no GPU needed; small shapes: its GEMMs are naive loops),
 # built as the same plugin and loaded through the same registry
 CUDA_EMU := $(CUDA_BUILD)/emu
 # small grids and workspaces so grid-stride loops, attention row tiles, conv
@@ -89,6 +91,23 @@ cuda-emu: $(CUDA_EMU)/test_emu_graph $(CUDA_EMU)/test_cuda_ops $(CUDA_EMU)/$(CUD
 
 cuda-emu-train: krona-studio $(CUDA_EMU)/$(CUDA_PLUGIN)
 	sh tests/gpu/emu/train-e2e.sh
+
+cuda-emu-sample: krona-studio $(CUDA_EMU)/$(CUDA_PLUGIN)
+	sh tests/gpu/emu/sample-e2e.sh
+
+# in `make check`: the op comparisons, then training (im2col; cuDNN with the prior
+# pass and the text encoder's adapters) and sampling, each quiet unless it fails
+EMU_QUIET = > $(CUDA_EMU)/$(1).log 2>&1 || { cat $(CUDA_EMU)/$(1).log; exit 1; }; \
+  grep -E '$(or $(2),relative|channels)' $(CUDA_EMU)/$(1).log
+EMU_OPS_LINES := in the emulator|shards[)]
+test-cuda-emu: krona-studio $(CUDA_EMU)/test_emu_graph $(CUDA_EMU)/test_cuda_ops $(CUDA_EMU)/$(CUDA_PLUGIN)
+	@echo "CUDA backend, emulated on the CPU (tests/gpu/emu):"
+	@$(MAKE) --no-print-directory cuda-emu $(call EMU_QUIET,ops,$(EMU_OPS_LINES))
+	@sh tests/gpu/emu/train-e2e.sh $(call EMU_QUIET,train)
+	@KRONA_CUDA_CONV=cudnn OUT=$(CUDA_EMU)/train-e2e-cudnn \
+	  EXTRA="--set text_encoder_adapters=1 --set n_class_images=1 --set prior_weight=1" \
+	  sh tests/gpu/emu/train-e2e.sh $(call EMU_QUIET,train-cudnn)
+	@sh tests/gpu/emu/sample-e2e.sh $(call EMU_QUIET,sample)
 
 clean-cuda:
 	rm -rf $(CUDA_BUILD) $(CUDA_PLUGIN)

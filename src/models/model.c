@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "core/fsutil.h"
+#include "core/replay.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
 #include "models/adapter_file.h"
@@ -551,7 +552,10 @@ int model_cell_of(const char *spec, int *cell, char *err, size_t errlen) {
     return 0;
 }
 
-/* The sampler's view of the model: one doubled batch [uncond; cond]. */
+/* The sampler's view of the model: one doubled batch [uncond; cond]. Each
+ * step's UNet pass is the same ops on the same buffers (the sampler keeps its
+ * input and output; the timestep goes through tbuf), so it is recorded once
+ * and replayed (replay.h): on a GPU one launch a step instead of hundreds. */
 typedef struct GenCtx {
     Model *m;
     const float *ctx2;   /* [2N, cond_floats] */
@@ -559,14 +563,30 @@ typedef struct GenCtx {
     float *thost;
     int N, H, W;
     const atomic_int *cancel;
+    Replay rp;           /* the UNet pass on (x, out, n2) below */
+    const float *x;
+    float *out;
+    int n2, passes;
 } GenCtx;
+
+static int gen_unet(void *user) {
+    GenCtx *g = user;
+    return model_unet_forward(g->m, g->x, g->tbuf, g->ctx2, g->out, g->n2, g->H, g->W, 0);
+}
 
 static int gen_denoise(void *user, const float *x, float t, float *out, int n2) {
     GenCtx *g = user;
+    Backend *be = g->m->be;
     if (g->cancel && *g->cancel) return -1;
     for (int i = 0; i < n2; i++) g->thost[i] = t;
-    g->m->be->upload(g->m->be, g->tbuf, g->thost, sizeof(float) * (size_t)n2);
-    return model_unet_forward(g->m, x, g->tbuf, g->ctx2, out, n2, g->H, g->W, 0);
+    be->upload(be, g->tbuf, g->thost, sizeof(float) * (size_t)n2);
+    if (x != g->x || out != g->out || n2 != g->n2) { /* other buffers: another recording */
+        g->m->gen_replayed += g->rp.replays;
+        replay_free(be, &g->rp);
+        g->x = x, g->out = out, g->n2 = n2;
+    }
+    g->passes++;
+    return replay_run(be, &g->rp, gen_unet, g);
 }
 
 int model_generate(Model *m, const float *ctx_cond, const float *ctx_uncond, int N, int px,
@@ -593,7 +613,10 @@ int model_generate(Model *m, const float *ctx_cond, const float *ctx_uncond, int
     be->upload(be, x, noise, sizeof(float) * (size_t)(N * per));
     be->copy(be, ctx2, ctx_uncond, ctx_bytes);
     be->copy(be, (char *)ctx2 + ctx_bytes, ctx_cond, ctx_bytes);
-    GenCtx g = {m, ctx2, tbuf, thost, N, H, W, cancel};
+    GenCtx g = {.m = m, .ctx2 = ctx2, .tbuf = tbuf, .thost = thost, .N = N, .H = H, .W = W,
+                .cancel = cancel};
+    m->gen_passes = m->gen_replayed = 0;
+    m->gen_why[0] = 0;
     SamplerOpts so = *o;
     so.cond_batch = 1;
     if (so.guidance <= 1.0f) {
@@ -601,7 +624,12 @@ int model_generate(Model *m, const float *ctx_cond, const float *ctx_uncond, int
         so.cond_batch = 0;
         g.ctx2 = (const float *)((const char *)ctx2 + ctx_bytes);
     }
-    if (diffusion_sample(be, &m->sched, &so, gen_denoise, &g, NULL, NULL, x, N, per) != 0) {
+    int sampled = diffusion_sample(be, &m->sched, &so, gen_denoise, &g, NULL, NULL, x, N, per);
+    m->gen_passes = g.passes;
+    m->gen_replayed += g.rp.replays;
+    snprintf(m->gen_why, sizeof m->gen_why, "%s", g.rp.why);
+    replay_free(be, &g.rp); /* the recording holds its memory until freed */
+    if (sampled != 0) {
         snprintf(err, errlen, (cancel && *cancel) ? "sampling cancelled" : "sampling failed");
         goto done;
     }

@@ -51,6 +51,11 @@ typedef struct Model {
     int pixel_scale;   /* image pixels per UNet cell (1 pixel space, 8 latent) */
     int pretrained;    /* weights came from files */
     char note[256];    /* where the weights came from */
+    /* the last model_generate's UNet passes (one a sampler step) and how many
+     * were replays of a recording (core/replay.h; 0 on a backend that cannot
+     * record), or why they ran op by op */
+    int gen_passes, gen_replayed;
+    char gen_why[256];
 } Model;
 
 /* Files shipped with krona-studio (models/tiny, models/demo, presets/) are
@@ -161,7 +166,8 @@ int model_unet_forward(Model *m, const float *x, const float *t, const float *co
  * ctx_cond[N, cond_floats] (device) with classifier-free guidance against
  * ctx_uncond[N, cond_floats]; latent models decode through the VAE.
  * out_host[N,image_channels,px,px] in [-1,1]. Deterministic in seed. cancel (may be NULL)
- * is polled between sampler steps. */
+ * is polled between sampler steps. The UNet pass, the same ops every sampler
+ * step, is recorded and replayed where the backend can (m->gen_*). */
 int model_generate(Model *m, const float *ctx_cond, const float *ctx_uncond, int N, int px,
                    const SamplerOpts *o, uint64_t seed, const atomic_int *cancel,
                    float *out_host, char *err, size_t errlen);

@@ -109,6 +109,10 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
   # the same with cuDNN's convolutions inside the recording
   KRONA_CUDA_CONV=cudnn KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=/tmp/train-e2e-cudnn \
     say timeout 200 sh tests/gpu/emu/train-e2e.sh || status=1
+  # the sampler's UNet pass recorded at step 2 and replayed: the image the ops give
+  stage "2c. sample, 3 steps at 16 px, CPU vs CUDA (fp32, replayed)" | tee -a "$LOG"
+  KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=/tmp/sample-e2e say timeout 100 sh tests/gpu/emu/sample-e2e.sh ||
+    status=1
  fi
 
   if [ -z "${SKIP_BENCH:-}" ]; then

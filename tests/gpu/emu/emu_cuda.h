@@ -1,7 +1,7 @@
 /* emu_cuda.h — just enough of the CUDA runtime, device intrinsics and cuBLAS to
  * run gpu/backend_cuda.cu on a CPU, for checking its logic on machines without
- * a GPU (see run_emu.sh). Not fast, not a simulator of timing or memory
- * ordering: every CUDA thread is a ucontext coroutine; a block runs its threads
+ * a GPU (gpu/gpu.mk: make test-cuda-emu). Not a simulator of timing or memory
+ * ordering: every CUDA thread is a coroutine; a block runs its threads
  * one after another, switching only at __syncthreads (block barrier) and warp
  * shuffles (warp barrier); a barrier not reached by every live thread aborts. cuBLAS is a naive column-major reference that checks its
  * arguments like the real library. Device memory is malloc'd and filled with
@@ -70,30 +70,106 @@ static inline float __bfloat162float(__nv_bfloat16 b) {
 /* threads run one at a time here, so an atomic add is a plain add */
 static inline float atomicAdd(float *p, float v) { float old = *p; *p = old + v; return old; }
 
+/* Coroutines: on x86-64 a switch saves the callee-saved registers and the
+ * FP control words and swaps stacks (a few nanoseconds); glibc's swapcontext
+ * also saves the signal mask, a system call per switch, which was 90% of the
+ * emulator's time. Elsewhere, and under ASan (which must be told of stack
+ * switches), or with -DEMU_UCONTEXT, ucontext. */
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(EMU_UCONTEXT)
+#define EMU_FAST_SWITCH 1
+/* emu_switch(save, load): *save = this stack, continue on stack load */
+extern "C" __attribute__((visibility("hidden"))) void emu_switch(void **save, void *load);
+asm(".text\n"
+    ".p2align 4\n"
+    ".globl emu_switch\n"
+    ".hidden emu_switch\n"
+    ".type emu_switch,@function\n"
+    "emu_switch:\n"
+    "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+    "  subq $8, %rsp\n  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n  addq $8, %rsp\n"
+    "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
+    "  ret\n"
+    ".size emu_switch, .-emu_switch\n");
+#endif
+
 namespace emu {
 struct Thr {
+#ifdef EMU_FAST_SWITCH
+    void *sp; /* saved stack pointer (emu_switch's frame on top) */
+#else
     ucontext_t ctx;
+#endif
     char *stack;
     int state; /* 0 runnable, 1 at barrier, 2 done */
     int kind;  /* barrier kind, to catch divergent sync */
 };
+#ifdef EMU_FAST_SWITCH
+static void *sched_sp;
+#else
 static ucontext_t sched_ctx;
+#endif
 static Thr *thr;
 static int nthr_cap, cur;
 static float shfl_buf[1024];
-static std::function<void()> *body;
+static const std::function<void()> *body; /* the kernel launch runs */
 static const size_t STACK = 64 * 1024;
 static long launches;
 
+/* back to the scheduler (launch) from thread cur */
+static void yield_to_sched() {
+#ifdef EMU_FAST_SWITCH
+    emu_switch(&thr[cur].sp, sched_sp);
+#else
+    swapcontext(&thr[cur].ctx, &sched_ctx);
+#endif
+}
 static void entry() {
     (*body)();
     thr[cur].state = 2;
-    swapcontext(&thr[cur].ctx, &sched_ctx);
+    yield_to_sched(); /* never resumed */
+    abort();
 }
 static void sync(int kind) {
     thr[cur].state = 1;
     thr[cur].kind = kind;
-    swapcontext(&thr[cur].ctx, &sched_ctx);
+    yield_to_sched();
+}
+/* thread t, fresh: its first switch starts entry() on its own stack */
+static void start_thread(int t) {
+#ifdef EMU_FAST_SWITCH
+    /* the frame emu_switch pops: control words, r15..r12, rbx, rbp, then entry
+     * as the return address; at entry rsp = 8 mod 16, as after a call, and
+     * above it a zero return address (entry never returns) */
+    uintptr_t top = ((uintptr_t)thr[t].stack + STACK) & ~(uintptr_t)15;
+    uint64_t *r = (uint64_t *)(top - 8); /* entry's rsp */
+    r[0] = 0;
+    r[-1] = (uint64_t)(uintptr_t)&entry;
+    for (int i = 2; i <= 7; i++) r[-i] = 0; /* rbp rbx r12 r13 r14 r15 */
+    uint32_t mxcsr;
+    uint16_t fpucw;
+    __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
+    __asm__ volatile("fnstcw %0" : "=m"(fpucw));
+    r[-8] = mxcsr | (uint64_t)fpucw << 32; /* as emu_switch stores them */
+    thr[t].sp = &r[-8];
+#else
+    getcontext(&thr[t].ctx);
+    thr[t].ctx.uc_stack.ss_sp = thr[t].stack;
+    thr[t].ctx.uc_stack.ss_size = STACK;
+    thr[t].ctx.uc_link = NULL;
+    makecontext(&thr[t].ctx, entry, 0);
+#endif
+    thr[t].state = 0;
+}
+/* from the scheduler: run thread t until it syncs or ends */
+static void resume(int t) {
+#ifdef EMU_FAST_SWITCH
+    emu_switch(&sched_sp, thr[t].sp);
+#else
+    swapcontext(&sched_ctx, &thr[t].ctx);
+#endif
 }
 static void set_tid(int t) {
     threadIdx.x = t % blockDim.x;
@@ -139,7 +215,7 @@ static void check_config(dim3 g, dim3 b) {
         abort();
     }
 }
-static void launch(dim3 g, dim3 b, std::function<void()> f, const char *name = "?") {
+static void launch(dim3 g, dim3 b, const std::function<void()> &f, const char *name = "?") {
     check_config(g, b);
     int n = (int)(b.x * b.y * b.z);
     launches++;
@@ -156,20 +232,13 @@ static void launch(dim3 g, dim3 b, std::function<void()> f, const char *name = "
         for (unsigned by = 0; by < g.y; by++)
             for (unsigned bx = 0; bx < g.x; bx++) {
                 blockIdx = dim3(bx, by, bz);
-                for (int t = 0; t < n; t++) {
-                    getcontext(&thr[t].ctx);
-                    thr[t].ctx.uc_stack.ss_sp = thr[t].stack;
-                    thr[t].ctx.uc_stack.ss_size = STACK;
-                    thr[t].ctx.uc_link = NULL;
-                    makecontext(&thr[t].ctx, entry, 0);
-                    thr[t].state = 0;
-                }
+                for (int t = 0; t < n; t++) start_thread(t);
                 for (;;) {
                     for (int t = 0; t < n; t++) {
                         if (thr[t].state != 0) continue;
                         cur = t;
                         set_tid(t);
-                        swapcontext(&sched_ctx, &thr[t].ctx);
+                        resume(t);
                     }
                     /* a warp barrier opens when every lane still running waits at it */
                     int released = 0;
@@ -200,6 +269,7 @@ static void launch(dim3 g, dim3 b, std::function<void()> f, const char *name = "
                         if (thr[t].state == 1) thr[t].state = 0;
                 }
             }
+    body = nullptr; /* f ends with this call */
 }
 } /* namespace emu */
 

@@ -7,7 +7,7 @@
 # CUDA graph and replayed in steps 2 and 3) in one run; every block the
 # model allocates is address-stable (VMM_MIN_MB=0), so the UNet's conv and
 # linear weights are kept in bf16 only, their f32 pages unreadable. `make
-# cuda-emu-train`; about 25 minutes (the emulator runs each GPU thread).
+# cuda-emu-train`; about 20 seconds.
 # Passes when the two adapters are within 2e-3 (relative, as one vector).
 # tests/gpu/run.sh runs it on a real GPU: BACKEND_DIR (the plugin's folder,
 # default the emulator's) and KS (the program) say which. EXTRA adds options,
