@@ -2,14 +2,15 @@
  * AdamW on the adapters) of the tiny UNet at 32x32, batch 1 and 8, without
  * adapters, with KronA (attn, attn+ffn) and with LoRA at a similar parameter
  * count. Prints a table and writes it to the file given as the first argument.
- *   bench_train [OUT] [--device cpu|cuda] [--model tiny|sd15|sdxl] [--batch B]
+ *   bench_train [OUT] [--device cpu|cuda] [--model tiny|sd15|sdxl] [--batch B[,...]]
  *               [--precision auto|fp32|tf32|bf16[,...]] [--profile]
+ * --batch: the batch sizes (default tiny 1,8; SD 1); the GPU check asks tiny 1,32.
  * --precision: every row in each listed GEMM precision (core/backend.h; default
  * auto: cpu fp32, cuda tf32); "vs none" compares rows of the same precision.
  * --model sd15 / sdxl time SD 1.5 at 512x512 (64x64 latents, 77 tokens) and
  * SDXL at 1024x1024 (128x128 latents) with random weights: the step costs the
- * same as with real ones; their KronA rows run with and without gradient
- * checkpointing, and a row whose memory plan exceeds the free memory is
+ * same as with real ones; their KronA rows (the paper's 4x64 and a 16x16) run, the
+ * 4x64 also with gradient checkpointing, and a row whose memory plan exceeds the free memory is
  * skipped with the numbers. `make bench-sd` writes bench/results-sd-cpu.txt.
  * --profile: after each row's timing, a few more steps run op by op with the
  * backend's profile on (core/backend.h), and a table of where a step's time
@@ -339,17 +340,18 @@ static int run(const char *device, const char *prec, const char *model, const ch
 
 int main(int argc, char **argv) {
     const char *out = "bench/results.txt", *device = "cpu", *model = "tiny", *precs = "auto";
-    int only_batch = 0, profile = 0;
+    const char *batch_list = NULL;
+    int profile = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--device") && v) device = argv[++i];
         else if (!strcmp(a, "--model") && v) model = argv[++i];
-        else if (!strcmp(a, "--batch") && v) only_batch = atoi(argv[++i]);
+        else if (!strcmp(a, "--batch") && v) batch_list = argv[++i];
         else if (!strcmp(a, "--precision") && v) precs = argv[++i];
         else if (!strcmp(a, "--profile")) profile = 1;
         else if (a[0] != '-') out = a;
         else {
-            fprintf(stderr, "usage: bench_train [OUT] [--device cpu|cuda] [--model tiny|sd15|sdxl] [--batch B] "
+            fprintf(stderr, "usage: bench_train [OUT] [--device cpu|cuda] [--model tiny|sd15|sdxl] [--batch B[,...]] "
                     "[--precision auto|fp32|tf32|bf16[,...]] [--profile]\n");
             return 2;
         }
@@ -367,6 +369,7 @@ int main(int argc, char **argv) {
     /* tiny: the default preset's 4x4; SD: the paper's large factors (a1 4, a2 64),
      * small factors blow B up at SD widths */
     AdapterSpec krona = {.kind = ADAPTER_KRONA, .a1 = 4, .a2 = tiny ? 4 : 64, .alpha = 1, .modules = ADAPT_ATTN};
+    AdapterSpec krona16 = {.kind = ADAPTER_KRONA, .a1 = 16, .a2 = 16, .alpha = 1, .modules = ADAPT_ATTN};
     AdapterSpec krona_ffn = krona;
     krona_ffn.modules = ADAPT_ATTN | ADAPT_FFN;
     /* LoRA rank with about KronA's parameter count */
@@ -388,7 +391,8 @@ int main(int argc, char **argv) {
 
     char kcname[48];
     snprintf(kcname, sizeof kcname, "%s, ckpt", kname);
-    char kfacname[48];
+    char kfacname[48], k16name[48];
+    snprintf(k16name, sizeof k16name, "KronA %dx%d attn", krona16.a1, krona16.a2);
     snprintf(kfacname, sizeof kfacname, "%s, factored", kname);
     struct { const char *what; const AdapterSpec *spec; int ckpt, base, factored; } cases[] = {
         {"no adapter (fwd+bwd)", NULL, 0, 0, 0},
@@ -398,10 +402,22 @@ int main(int argc, char **argv) {
         {kcname, &krona, 1, 0, 0},
         {"all weights (pretrain)", NULL, 0, 1, 0},
         {kfacname, &krona, 0, 0, 1},
+        {k16name, &krona16, 0, 0, 0},
     };
-    int batches[2] = {1, 8}, nb = 2;
-    if (only_batch > 0) { batches[0] = only_batch; nb = 1; }
-    else if (!tiny) nb = 1; /* SD: batch 1, as in the figures to beat */
+    int batches[4] = {1, 8}, nb = tiny ? 2 : 1; /* SD: batch 1, as in the figures to beat */
+    if (batch_list) {
+        nb = 0;
+        for (const char *q = batch_list; *q;) {
+            char *end;
+            long b = strtol(q, &end, 10);
+            if (end == q || b < 1 || b > 4096 || (*end && *end != ',') || nb == 4) {
+                fprintf(stderr, "bench_train: --batch %s: up to 4 sizes from 1 to 4096, comma-separated\n", batch_list);
+                return 2;
+            }
+            batches[nb++] = (int)b;
+            q = *end ? end + 1 : end;
+        }
+    }
     char plist[4][8];
     int np = 0;
     for (const char *q = precs; *q && np < 4;) {
@@ -414,11 +430,12 @@ int main(int argc, char **argv) {
         np++;
         q += l + (q[l] == ',');
     }
-    Row rows[64];
+    Row rows[4 * 4 * 8]; /* precisions x batches x cases */
     int nr = 0, failed = 0;
-    /* SD: no adapter, KronA attn (the paper's setting) and KronA with gradient checkpointing */
-    int pick_tiny[] = {0, 1, 6, 2, 3, 5}, pick_sd[] = {0, 1, 6, 4};
-    int *pick = tiny ? pick_tiny : pick_sd, nc = tiny ? 6 : 4;
+    /* SD: no adapter, KronA attn (the paper's 4x64, also factored and with gradient
+     * checkpointing; a 16x16) */
+    int pick_tiny[] = {0, 1, 6, 2, 3, 5}, pick_sd[] = {0, 1, 6, 7, 4};
+    int *pick = tiny ? pick_tiny : pick_sd, nc = tiny ? 6 : 5;
     for (int pi = 0; pi < np; pi++)
         for (int b = 0; b < nb; b++)
             for (int k = 0; k < nc; k++) {
