@@ -100,10 +100,7 @@ static int run(int argc, char **argv) {
     if (vae_tiles > 1) snprintf(tiled, sizeof tiled, ", VAE decoded in %d tiles", vae_tiles);
     /* a backend that records (CUDA): whether the sampler's UNet passes were replayed */
     char replayed[320] = "";
-    if (be->record_begin && m->gen_replayed)
-        snprintf(replayed, sizeof replayed, ", UNet replayed in %d of %d steps", m->gen_replayed, m->gen_passes);
-    else if (be->record_begin && m->gen_why[0])
-        snprintf(replayed, sizeof replayed, ", UNet op by op: %s", m->gen_why);
+    if (model_generate_news(m, replayed + 2, sizeof replayed - 2)) memcpy(replayed, ", ", 2);
     printf("wrote %s (%d sample%s, %dpx, %s%s%s)\n", out, n, n > 1 ? "s" : "", size, m->note, tiled,
            replayed);
     rc = 0;

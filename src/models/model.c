@@ -664,6 +664,17 @@ done:
     return rc;
 }
 
+int model_generate_news(const Model *m, char *line, size_t len) {
+    if (!m->be->record_begin) return 0;
+    if (m->gen_replayed)
+        snprintf(line, len, "UNet replayed in %d of %d sampler steps", m->gen_replayed, m->gen_passes);
+    else if (m->gen_why[0])
+        snprintf(line, len, "UNet op by op: %s", m->gen_why);
+    else
+        return 0;
+    return 1;
+}
+
 /* Attach the adapters an adapter file needs (ours: its metadata; LyCORIS's or
  * kohya's: its factor shapes and modules), then load their values. */
 int model_attach_adapters(Model *m, const AdapterSpec *spec, uint64_t seed, char *err, size_t errlen) {

@@ -171,5 +171,10 @@ int model_unet_forward(Model *m, const float *x, const float *t, const float *co
 int model_generate(Model *m, const float *ctx_cond, const float *ctx_uncond, int N, int px,
                    const SamplerOpts *o, uint64_t seed, const atomic_int *cancel,
                    float *out_host, char *err, size_t errlen);
+/* How the last model_generate ran its UNet passes on a backend that records:
+ * "UNet replayed in 19 of 20 sampler steps", or "UNet op by op: <why>". 0 and
+ * nothing in line on a backend that does not record (the CPU) or when there is
+ * nothing to say. */
+int model_generate_news(const Model *m, char *line, size_t len);
 
 #endif

@@ -53,6 +53,7 @@ struct Trainer {
     /* [n_buckets][2]: each size's UNet pass (instance, prior), replayed as one
      * recording where the backend can (CUDA graphs) */
     Replay *replays;
+    int told_samples; /* the log said how sampling ran its UNet passes (model_generate_news) */
     ImageSet img, cls;     /* instance images, class images (prior preservation) */
 
     /* device */
@@ -279,6 +280,11 @@ static int generate(Trainer *t, const float *ctx_cond, const float *ctx_uncond, 
     if (model_generate(m, ctx_cond, ctx_uncond, n, t->px, &so, seed, &t->cancel, out, t->err,
                        sizeof t->err) != 0)
         goto done;
+    char news[320];
+    if (!t->told_samples && model_generate_news(m, news, sizeof news)) {
+        tlog(t, "samples: %s", news);
+        t->told_samples = 1;
+    }
     for (int i = 0; i < n; i++)
         image_from_chw(out + i * ipx, m->image_channels, t->px, t->px, &tiles[i]);
     if (grid) image_grid(tiles, n, n, 2, grid);

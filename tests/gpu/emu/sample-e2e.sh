@@ -19,7 +19,7 @@ sample --device cpu -o "$OUT/cpu.png"
 ( export OMP_NUM_THREADS=1 KRONA_BACKEND_PATH="$BACKEND_DIR" KRONA_CUDA_VMM_MIN_MB="${VMM_MIN_MB:-0}"
   sample --device cuda -o "$OUT/cuda.png" ) > "$OUT/cuda.log" 2>&1 || { cat "$OUT/cuda.log"; exit 1; }
 cat "$OUT/cuda.log"
-if [ "${KRONA_CUDA_GRAPHS:-1}" != 0 ] && ! grep -q 'UNet replayed in 2 of 3 steps' "$OUT/cuda.log"; then
+if [ "${KRONA_CUDA_GRAPHS:-1}" != 0 ] && ! grep -q 'UNet replayed in 2 of 3 sampler steps' "$OUT/cuda.log"; then
   echo "sample-e2e: the sampler's UNet pass was not replayed: FAIL"; exit 1
 fi
 python3 - "$OUT/cuda.png" "$OUT/cpu.png" <<'PY'
