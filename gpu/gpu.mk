@@ -14,6 +14,7 @@
 #   make cuda-emu-train  three training steps on the emulated backend against the CPU
 #   make cuda-emu-sample a 3-step sample on the emulated backend (UNet pass replayed) against the CPU
 #   make test-cuda-emu   the three above (part of `make check`: no GPU or nvcc needed, ~2 minutes)
+#   make cuda-emu-asan   cuda-emu's comparisons under ASan + UBSan, blocks exact (~5 minutes)
 #   make clean-cuda
 # CUDA 13 at /usr/local/cuda; SASS for sm_90 (H100/H200) plus compute_90 PTX
 # that the driver JIT-compiles for newer GPUs. Override CUDA_ARCH for others,
@@ -28,7 +29,7 @@ CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcuda
 CUDA_BUILD := $(BUILD)/cuda
 CUDA_PLUGIN := krona-backend-cuda.so
 
-.PHONY: cuda test-cuda cuda-emu cuda-emu-train cuda-emu-sample test-cuda-emu clean-cuda
+.PHONY: cuda test-cuda cuda-emu cuda-emu-asan cuda-emu-train cuda-emu-sample test-cuda-emu clean-cuda
 ifneq ($(NVCC),)
 all: $(CUDA_PLUGIN)
 else
@@ -76,6 +77,21 @@ $(CUDA_EMU)/$(CUDA_PLUGIN): $(CUDA_EMU)/backend_cuda_emu.cpp tests/gpu/emu/emu_c
 $(CUDA_EMU)/test_cuda_ops: tests/gpu/test_cuda_ops.c $(LIBKRONA)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LINK_KRONA) $(LDLIBS)
+# the same under AddressSanitizer + UBSan (plugin, test and engine), every block
+# exactly its size (KRONA_CUDA_EXACT_ALLOC), so a kernel that reads or writes
+# past a tensor stops with a report: `make cuda-emu-asan`
+CUDA_EMU_SAN := $(CUDA_EMU)/san
+$(CUDA_EMU_SAN)/$(CUDA_PLUGIN): $(CUDA_EMU)/backend_cuda_emu.cpp tests/gpu/emu/emu_cuda.h tests/gpu/emu/emu_cudnn.h src/core/backend.h
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 $(SAN_FLAGS) -fPIC -shared $(CUDA_EMU_DEFS) -DKRONA_CUDA_EXACT_ALLOC -Isrc -Itests/gpu/emu -o $@ $<
+$(CUDA_EMU_SAN)/test_cuda_ops: tests/gpu/test_cuda_ops.c $(SAN_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -o $@ $< -Wl,--whole-archive $(SAN_LIB) -Wl,--no-whole-archive $(LDLIBS)
+cuda-emu-asan: $(CUDA_EMU_SAN)/test_cuda_ops $(CUDA_EMU_SAN)/$(CUDA_PLUGIN)
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU_SAN) $(EMU_JOBS)
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 KRONA_CUDA_CONV=cudnn ONLY=conv2d \
+	  sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU_SAN) $(EMU_JOBS) | grep -E 'FAIL|ERROR|comparisons'
+
 # the emulator's own stream capture and graphs first (seconds), then the
 # cases split over EMU_JOBS processes (default: every CPU)
 $(CUDA_EMU)/test_emu_graph: tests/gpu/emu/test_emu_graph.cpp tests/gpu/emu/emu_cuda.h

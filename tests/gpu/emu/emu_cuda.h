@@ -6,9 +6,10 @@
  * shuffles (warp barrier); a barrier not reached by every live thread aborts. cuBLAS is a naive column-major reference that checks its
  * arguments like the real library. Device memory is malloc'd and filled with
  * NaN so reads of never-written memory show up in results.
- * `make cuda-emu` builds and runs it (gpu/gpu.mk). For out-of-bounds checks
- * compile the translated backend and the test with -fsanitize=address and
- * -DKRONA_CUDA_EXACT_ALLOC (no size rounding in the caching allocator).
+ * `make cuda-emu` builds and runs it (gpu/gpu.mk). `make cuda-emu-asan` checks
+ * for out-of-bounds accesses: plugin, test and engine under ASan, the caching
+ * allocator without size rounding (-DKRONA_CUDA_EXACT_ALLOC) and cudaMalloc's
+ * rounding poisoned, so a kernel reading one float past a tensor is reported.
  * TF32 is not emulated: the tf32 rows repeat the fp32 ones here. bf16 is:
  * __float2bfloat16_rn rounds to nearest even, and cublasGemmStridedBatchedEx
  * multiplies the bf16 values exactly, summing in double like the f32 GEMM.
@@ -73,10 +74,15 @@ static inline float atomicAdd(float *p, float v) { float old = *p; *p = old + v;
 /* Coroutines: on x86-64 a switch saves the callee-saved registers and the
  * FP control words and swaps stacks (a few nanoseconds); glibc's swapcontext
  * also saves the signal mask, a system call per switch, which was 90% of the
- * emulator's time. Elsewhere, and under ASan (which must be told of stack
- * switches), or with -DEMU_UCONTEXT, ucontext. */
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(EMU_UCONTEXT)
+ * emulator's time. Under ASan each switch is announced to it (its fiber
+ * calls). Elsewhere, or with -DEMU_UCONTEXT, ucontext. */
+#if defined(__x86_64__) && !defined(EMU_UCONTEXT)
 #define EMU_FAST_SWITCH 1
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_ASAN 1
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
 /* emu_switch(save, load): *save = this stack, continue on stack load */
 extern "C" __attribute__((visibility("hidden"))) void emu_switch(void **save, void *load);
 asm(".text\n"
@@ -108,6 +114,10 @@ struct Thr {
 };
 #ifdef EMU_FAST_SWITCH
 static void *sched_sp;
+#ifdef EMU_ASAN
+static const void *sched_bottom; /* the scheduler's stack, as ASan reports it */
+static size_t sched_size;
+#endif
 #else
 static ucontext_t sched_ctx;
 #endif
@@ -120,13 +130,21 @@ static long launches;
 
 /* back to the scheduler (launch) from thread cur */
 static void yield_to_sched() {
-#ifdef EMU_FAST_SWITCH
+#ifdef EMU_ASAN
+    void *fake = nullptr; /* a thread that is done leaves for good: no fake stack kept */
+    __sanitizer_start_switch_fiber(thr[cur].state == 2 ? nullptr : &fake, sched_bottom, sched_size);
+    emu_switch(&thr[cur].sp, sched_sp);
+    __sanitizer_finish_switch_fiber(fake, &sched_bottom, &sched_size);
+#elif defined(EMU_FAST_SWITCH)
     emu_switch(&thr[cur].sp, sched_sp);
 #else
     swapcontext(&thr[cur].ctx, &sched_ctx);
 #endif
 }
 static void entry() {
+#ifdef EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &sched_bottom, &sched_size);
+#endif
     (*body)();
     thr[cur].state = 2;
     yield_to_sched(); /* never resumed */
@@ -139,6 +157,10 @@ static void sync(int kind) {
 }
 /* thread t, fresh: its first switch starts entry() on its own stack */
 static void start_thread(int t) {
+#ifdef EMU_ASAN
+    /* the last thread on this stack was left inside its frames: their poison stays */
+    __asan_unpoison_memory_region(thr[t].stack, STACK);
+#endif
 #ifdef EMU_FAST_SWITCH
     /* the frame emu_switch pops: control words, r15..r12, rbx, rbp, then entry
      * as the return address; at entry rsp = 8 mod 16, as after a call, and
@@ -165,7 +187,12 @@ static void start_thread(int t) {
 }
 /* from the scheduler: run thread t until it syncs or ends */
 static void resume(int t) {
-#ifdef EMU_FAST_SWITCH
+#ifdef EMU_ASAN
+    void *fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, thr[t].stack, STACK);
+    emu_switch(&sched_sp, thr[t].sp);
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#elif defined(EMU_FAST_SWITCH)
     emu_switch(&sched_sp, thr[t].sp);
 #else
     swapcontext(&sched_ctx, &thr[t].ctx);
@@ -475,9 +502,13 @@ static inline cudaError_t cudaDeviceSynchronize() {
 }
 static inline cudaError_t cudaMalloc(void **p, size_t n) {
     if (emu_capture_refuses()) return emu_fail(cudaErrorStreamCaptureUnsupported);
-    *p = aligned_alloc(256, (n + 255) & ~(size_t)255);
+    size_t rounded = (n + 255) & ~(size_t)255;
+    *p = aligned_alloc(256, rounded);
     if (!*p) return emu_fail(cudaErrorMemoryAllocation);
     memset(*p, 0xFF, n); /* NaN: catches reads of memory nobody wrote */
+#ifdef EMU_ASAN
+    __asan_poison_memory_region((char *)*p + n, rounded - n); /* past the block: a report */
+#endif
     emu_live_allocs++;
     return cudaSuccess;
 }
