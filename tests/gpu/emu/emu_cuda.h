@@ -865,9 +865,19 @@ static inline void emu_gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t 
                 Bc[j * k + l] = emu_load(Bb, tBd, tb == CUBLAS_OP_N ? l + j * ldb : j + l * ldb);
         for (int64_t j = 0; j < n; j++)
             for (int64_t i = 0; i < m; i++) {
-                double acc = 0;
+                /* four running sums: one chain waits on each add's latency, four
+                 * keep the adds busy (double sums: the order barely matters) */
+                double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
                 const float *a = Ar + i * k, *bb = Bc + j * k;
-                for (int64_t l = 0; l < k; l++) acc += (double)a[l] * bb[l];
+                int64_t l = 0;
+                for (; l + 4 <= k; l += 4) {
+                    s0 += (double)a[l] * bb[l];
+                    s1 += (double)a[l + 1] * bb[l + 1];
+                    s2 += (double)a[l + 2] * bb[l + 2];
+                    s3 += (double)a[l + 3] * bb[l + 3];
+                }
+                for (; l < k; l++) s0 += (double)a[l] * bb[l];
+                double acc = (s0 + s1) + (s2 + s3);
                 float *c = &Cb[i + j * ldc];
                 *c = (float)(alpha * acc + (beta != 0.f ? (double)beta * *c : 0.0));
             }
