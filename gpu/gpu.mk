@@ -14,7 +14,7 @@
 #   make cuda-emu-train  three training steps on the emulated backend against the CPU
 #   make cuda-emu-sample a 3-step sample on the emulated backend (UNet pass replayed) against the CPU
 #   make test-cuda-emu   the three above (part of `make check`: no GPU or nvcc needed, ~2 minutes)
-#   make cuda-emu-asan   cuda-emu's comparisons under ASan + UBSan, blocks exact (~5 minutes)
+#   make cuda-emu-asan   cuda-emu, cuda-emu-train and -sample under ASan + UBSan, blocks exact (~8 minutes)
 #   make clean-cuda
 # CUDA 13 at /usr/local/cuda; SASS for sm_90 (H100/H200) plus compute_90 PTX
 # that the driver JIT-compiles for newer GPUs. Override CUDA_ARCH for others,
@@ -87,10 +87,19 @@ $(CUDA_EMU_SAN)/$(CUDA_PLUGIN): $(CUDA_EMU)/backend_cuda_emu.cpp tests/gpu/emu/e
 $(CUDA_EMU_SAN)/test_cuda_ops: tests/gpu/test_cuda_ops.c $(SAN_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -o $@ $< -Wl,--whole-archive $(SAN_LIB) -Wl,--no-whole-archive $(LDLIBS)
-cuda-emu-asan: $(CUDA_EMU_SAN)/test_cuda_ops $(CUDA_EMU_SAN)/$(CUDA_PLUGIN)
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU_SAN) $(EMU_JOBS)
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 KRONA_CUDA_CONV=cudnn ONLY=conv2d \
-	  sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU_SAN) $(EMU_JOBS) | grep -E 'FAIL|ERROR|comparisons'
+# and the program, for the emulated training and sample (KRONA_HOME: it finds models/tiny)
+$(CUDA_EMU_SAN)/krona-studio: $(CLI_SRC:%.c=$(SAN_BUILD)/%.o) $(TUI_SRC:%.c=$(SAN_BUILD)/%.o) $(SAN_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -o $@ $(filter %.o,$^) -Wl,--whole-archive $(SAN_LIB) -Wl,--no-whole-archive $(LDLIBS)
+EMU_SAN_ENV := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
+cuda-emu-asan: $(CUDA_EMU_SAN)/test_cuda_ops $(CUDA_EMU_SAN)/$(CUDA_PLUGIN) $(CUDA_EMU_SAN)/krona-studio
+	$(EMU_SAN_ENV) sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU_SAN) $(EMU_JOBS) $(call EMU_QUIET,san-ops,$(EMU_OPS_LINES))
+	$(EMU_SAN_ENV) KRONA_CUDA_CONV=cudnn ONLY=conv2d sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU_SAN) $(EMU_JOBS) \
+	  $(call EMU_QUIET,san-cudnn,$(EMU_OPS_LINES))
+	$(EMU_SAN_ENV) KRONA_HOME=$(CURDIR) KS=$(CUDA_EMU_SAN)/krona-studio BACKEND_DIR=$(CUDA_EMU_SAN) \
+	  OUT=$(CUDA_EMU_SAN)/train-e2e sh tests/gpu/emu/train-e2e.sh $(call EMU_QUIET,san-train)
+	$(EMU_SAN_ENV) KRONA_HOME=$(CURDIR) KS=$(CUDA_EMU_SAN)/krona-studio BACKEND_DIR=$(CUDA_EMU_SAN) \
+	  OUT=$(CUDA_EMU_SAN)/sample-e2e sh tests/gpu/emu/sample-e2e.sh $(call EMU_QUIET,san-sample)
 
 # the emulator's own stream capture and graphs first (seconds), then the
 # cases split over EMU_JOBS processes (default: every CPU)

@@ -7,7 +7,7 @@
  * arguments like the real library. Device memory is malloc'd and filled with
  * NaN so reads of never-written memory show up in results.
  * `make cuda-emu` builds and runs it (gpu/gpu.mk). `make cuda-emu-asan` checks
- * for out-of-bounds accesses: plugin, test and engine under ASan, the caching
+ * for out-of-bounds accesses: plugin, program and engine under ASan, the caching
  * allocator without size rounding (-DKRONA_CUDA_EXACT_ALLOC) and cudaMalloc's
  * rounding poisoned, so a kernel reading one float past a tensor is reported.
  * TF32 is not emulated: the tf32 rows repeat the fp32 ones here. bf16 is:
