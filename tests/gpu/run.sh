@@ -21,6 +21,8 @@ OUT=${OUT:-build/gpu-out}
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 : >"$LOG"
+TMPD=$(mktemp -d) # the stages' scratch runs and tables (what is kept goes to $OUT)
+trap 'rm -rf "$TMPD"' EXIT
 status=0
 stage() { echo; echo "=== $* (t=${SECONDS}s, $(date +%T))"; } 2>&1
 say() { "$@" 2>&1 | tee -a "$LOG"; return "${PIPESTATUS[0]}"; }
@@ -80,85 +82,85 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
   for prec in auto bf16; do
     stage "2. whole pretraining steps, CPU vs CUDA, precision $prec (same seed, same batches)" | tee -a "$LOG"
     for dev in cpu cuda; do
-      timeout 120 "$KS" pretrain --device $dev --precision $prec --init-from models/tiny --out "/tmp/e2e-$dev" \
+      timeout 120 "$KS" pretrain --device $dev --precision $prec --init-from models/tiny --out "$TMPD/e2e-$dev" \
         --steps 4 --batch 16 --lr 1e-4 --seed 7 --print-every 1 --sample-every 0 --checkpoint-every 0 \
-        >"/tmp/e2e-$dev.txt" 2>&1
+        >"$TMPD/e2e-$dev.txt" 2>&1
       echo "$dev $prec: exit $?" | tee -a "$LOG"
     done
     # loss and gradient norm of each step (the 4th step's loss already sees 3 updates)
-    paste <(awk '$1 == "step" && $2 ~ /\// {print $2, $4, $10}' /tmp/e2e-cpu.txt) \
-          <(awk '$1 == "step" && $2 ~ /\// {print $4, $10}' /tmp/e2e-cuda.txt) |
+    paste <(awk '$1 == "step" && $2 ~ /\// {print $2, $4, $10}' $TMPD/e2e-cpu.txt) \
+          <(awk '$1 == "step" && $2 ~ /\// {print $4, $10}' $TMPD/e2e-cuda.txt) |
       awk -v prec=$prec 'function rel(a, b) {d = a - b; if (d < 0) d = -d; return d / (b > 1e-9 ? b : 1e-9)}
            {r = rel($4, $2); g = rel($5, $3); ok = r < 5e-3 && g < 1e-2 && NF == 5;
             printf "step %-6s loss cpu %s cuda %s (rel %.1e)  |g| cpu %s cuda %s (rel %.1e)  %s\n",
                    $1, $2, $4, r, $3, $5, g, ok ? "ok" : "FAIL"; bad += !ok; n++}
            END {if (n < 4 || bad) {print "e2e " prec ": FAIL"; exit 1} print "e2e " prec ": PASS"}' | tee -a "$LOG"
     rc=${PIPESTATUS[1]}
-    [ "$rc" -ne 0 ] && { status=1; e2e_rc=$rc; tail -3 /tmp/e2e-cuda.txt | tee -a "$LOG"; }
+    [ "$rc" -ne 0 ] && { status=1; e2e_rc=$rc; tail -3 $TMPD/e2e-cuda.txt | tee -a "$LOG"; }
   done
 
   # a training run's steps on both backends: the UNet pass recorded as a CUDA
   # graph and replayed in steps 2 and 3, every block address-stable (bf16)
   stage "2b. default preset, 3 steps at 16 px, CPU vs CUDA adapters (bf16, replayed)" | tee -a "$LOG"
-  KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=/tmp/train-e2e say timeout 200 sh tests/gpu/emu/train-e2e.sh ||
+  KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=$TMPD/train-e2e say timeout 200 sh tests/gpu/emu/train-e2e.sh ||
     { status=1; e2e_rc=1; }
   # two recorded passes a step (instance and prior) and the text encoder's adapters
-  KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=/tmp/train-e2e-prior \
+  KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=$TMPD/train-e2e-prior \
     EXTRA="--set text_encoder_adapters=1 --set n_class_images=1 --set prior_weight=1" \
     say timeout 200 sh tests/gpu/emu/train-e2e.sh || { status=1; e2e_rc=1; }
   # the same with cuDNN's convolutions inside the recording
-  KRONA_CUDA_CONV=cudnn KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=/tmp/train-e2e-cudnn \
+  KRONA_CUDA_CONV=cudnn KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=$TMPD/train-e2e-cudnn \
     say timeout 200 sh tests/gpu/emu/train-e2e.sh || status=1
   # the sampler's UNet pass recorded at step 2 and replayed: the image the ops give
   stage "2c. sample, 3 steps at 16 px, CPU vs CUDA (fp32, replayed)" | tee -a "$LOG"
-  KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=/tmp/sample-e2e say timeout 100 sh tests/gpu/emu/sample-e2e.sh ||
+  KS=$KS BACKEND_DIR=$KRONA_BACKEND_PATH OUT=$TMPD/sample-e2e say timeout 100 sh tests/gpu/emu/sample-e2e.sh ||
     status=1
  fi
 
   if [ -z "${SKIP_BENCH:-}" ]; then
     stage "3. bench: training step, batch 1 (tiny also 32); each row's profile (ops by device time)" | tee -a "$LOG"
     P=${BENCH_PRECISIONS:-tf32,bf16}
-    say timeout 150 "$BENCH" /tmp/bench-tiny.txt --device cuda --model tiny --batch 1,32 --precision "$P" --profile ||
+    say timeout 150 "$BENCH" $TMPD/bench-tiny.txt --device cuda --model tiny --batch 1,32 --precision "$P" --profile ||
       status=1
     # pretraining's scale (the >= 5,000 samples/s target): the `all weights (pretrain)` row
-    say timeout 150 "$BENCH" /tmp/bench-tiny-b128.txt --device cuda --model tiny --batch 128 --precision bf16 \
+    say timeout 150 "$BENCH" $TMPD/bench-tiny-b128.txt --device cuda --model tiny --batch 128 --precision bf16 \
       --profile || status=1
-    say timeout 150 "$BENCH" /tmp/bench-sd15.txt --device cuda --model sd15 --precision "$P" --profile || status=1
-    say timeout 200 "$BENCH" /tmp/bench-sdxl.txt --device cuda --model sdxl --precision "$P" --profile || status=1
+    say timeout 150 "$BENCH" $TMPD/bench-sd15.txt --device cuda --model sd15 --precision "$P" --profile || status=1
+    say timeout 200 "$BENCH" $TMPD/bench-sdxl.txt --device cuda --model sdxl --precision "$P" --profile || status=1
     # bf16's attention: the fused kernels against the row tiles, same step otherwise
-    KRONA_CUDA_FLASH=0 say timeout 100 "$BENCH" /tmp/bench-sd15-tiles.txt --device cuda --model sd15 \
+    KRONA_CUDA_FLASH=0 say timeout 100 "$BENCH" $TMPD/bench-sd15-tiles.txt --device cuda --model sd15 \
       --precision bf16 || status=1
-    sed -i '1s/$/ (KRONA_CUDA_FLASH=0: attention in row tiles)/' /tmp/bench-sd15-tiles.txt
+    sed -i '1s/$/ (KRONA_CUDA_FLASH=0: attention in row tiles)/' $TMPD/bench-sd15-tiles.txt
     # convolutions: cuDNN's against im2col + GEMM (the rows above), with profiles
-    KRONA_CUDA_CONV=cudnn say timeout 150 "$BENCH" /tmp/bench-sd15-cudnn.txt --device cuda --model sd15 \
+    KRONA_CUDA_CONV=cudnn say timeout 150 "$BENCH" $TMPD/bench-sd15-cudnn.txt --device cuda --model sd15 \
       --precision "$P" --profile || status=1
-    sed -i '1s/$/ (KRONA_CUDA_CONV=cudnn: cuDNN convolutions)/' /tmp/bench-sd15-cudnn.txt
+    sed -i '1s/$/ (KRONA_CUDA_CONV=cudnn: cuDNN convolutions)/' $TMPD/bench-sd15-cudnn.txt
     # the adapters: fused Kronecker kernels against cuBLAS GEMMs
-    KRONA_CUDA_FUSED_KRON=0 say timeout 100 "$BENCH" /tmp/bench-sd15-gemm.txt --device cuda --model sd15 \
+    KRONA_CUDA_FUSED_KRON=0 say timeout 100 "$BENCH" $TMPD/bench-sd15-gemm.txt --device cuda --model sd15 \
       --precision tf32 || status=1
-    sed -i '1s/$/ (KRONA_CUDA_FUSED_KRON=0: Kronecker products as cuBLAS GEMMs)/' /tmp/bench-sd15-gemm.txt
+    sed -i '1s/$/ (KRONA_CUDA_FUSED_KRON=0: Kronecker products as cuBLAS GEMMs)/' $TMPD/bench-sd15-gemm.txt
     # the step replayed as one CUDA graph against op by op (the tiny step is launch-bound)
-    KRONA_CUDA_GRAPHS=0 say timeout 100 "$BENCH" /tmp/bench-tiny-nograph.txt --device cuda --model tiny \
+    KRONA_CUDA_GRAPHS=0 say timeout 100 "$BENCH" $TMPD/bench-tiny-nograph.txt --device cuda --model tiny \
       --precision bf16 || status=1
-    sed -i '1s/$/ (KRONA_CUDA_GRAPHS=0: op by op)/' /tmp/bench-tiny-nograph.txt
-    cat /tmp/bench-tiny.txt /tmp/bench-tiny-b128.txt /tmp/bench-tiny-nograph.txt /tmp/bench-sd15.txt /tmp/bench-sdxl.txt /tmp/bench-sd15-tiles.txt \
-      /tmp/bench-sd15-gemm.txt /tmp/bench-sd15-cudnn.txt >"$OUT/bench-cuda.txt" 2>/dev/null
+    sed -i '1s/$/ (KRONA_CUDA_GRAPHS=0: op by op)/' $TMPD/bench-tiny-nograph.txt
+    cat $TMPD/bench-tiny.txt $TMPD/bench-tiny-b128.txt $TMPD/bench-tiny-nograph.txt $TMPD/bench-sd15.txt $TMPD/bench-sdxl.txt $TMPD/bench-sd15-tiles.txt \
+      $TMPD/bench-sd15-gemm.txt $TMPD/bench-sd15-cudnn.txt >"$OUT/bench-cuda.txt" 2>/dev/null
   fi
 
   if [ -z "${BENCH_ONLY:-}" ]; then
     stage "4. default preset on the GPU, timed, then scored" | tee -a "$LOG"
     t0=$SECONDS
     say timeout 120 "$KS" train --preset presets/default.ini --headless --device cuda --print-every 100 \
-      --set output_dir=/tmp/runs --set run_name=default || status=1
+      --set output_dir=$TMPD/runs --set run_name=default || status=1
     echo "default preset: $((SECONDS - t0)) s wall" | tee -a "$LOG"
-    say timeout 90 "$KS" score --run /tmp/runs/default --device cuda --colours 9 --per-colour 4 || status=1
+    say timeout 90 "$KS" score --run $TMPD/runs/default --device cuda --colours 9 --per-colour 4 || status=1
   fi
 fi
 
 if [ -n "${PRETRAIN_UNTIL:-}" ] && [ $ops_rc -eq 0 ] && [ "$e2e_rc" -eq 0 ]; then
   stage "5. pretraining phase on the GPU until t=${PRETRAIN_UNTIL}s" | tee -a "$LOG"
   B=${PRETRAIN_BATCH:-128}
-  timeout 60 "$KS" pretrain --device cuda --init-from models/tiny --out /tmp/probe --steps 40 --batch $B \
+  timeout 60 "$KS" pretrain --device cuda --init-from models/tiny --out $TMPD/probe --steps 40 --batch $B \
     --time-limit 0.5 --print-every 20 --sample-every 0 --checkpoint-every 0 2>&1 | tee -a "$LOG" | tail -1
   sps=$(grep 'samples/s' "$LOG" | tail -1 | awk '{for (i = 1; i < NF; i++) if ($(i + 1) == "samples/s") v = $i} END {print v + 0}')
   left=$((PRETRAIN_UNTIL - SECONDS - 45)) # 45 s for sampling and writing
@@ -166,16 +168,16 @@ if [ -n "${PRETRAIN_UNTIL:-}" ] && [ $ops_rc -eq 0 ] && [ "$e2e_rc" -eq 0 ]; the
   echo "probe: $sps samples/s at batch $B; $left s left -> $steps steps" | tee -a "$LOG"
   if [ "$steps" -ge 100 ]; then
     mkdir -p "$OUT/pt"
-    timeout $((left + 40)) "$KS" pretrain --device cuda --init-from models/tiny --out /tmp/pt --steps "$steps" \
+    timeout $((left + 40)) "$KS" pretrain --device cuda --init-from models/tiny --out $TMPD/pt --steps "$steps" \
       --batch $B --lr ${PRETRAIN_LR:-6e-4} --warmup 100 --ema ${PRETRAIN_EMA:-0.999} --seed ${PRETRAIN_SEED:-2028} \
       --print-every ${PRETRAIN_PRINT:-50} --sample-every 0 --checkpoint-every 0 --time-limit "$(awk -v l="$left" 'BEGIN {print l / 60}')" \
       >"$OUT/pt/pretrain.txt" 2>&1
     echo "pretrain: exit $?" | tee -a "$LOG"
     tail -4 "$OUT/pt/pretrain.txt" | tee -a "$LOG"
-    cp /tmp/pt/unet.safetensors /tmp/pt/text_encoder.safetensors /tmp/pt/pretrain_log.csv "$OUT/pt/"
-    if [ -f /tmp/pt/unet.safetensors ]; then
+    cp $TMPD/pt/unet.safetensors $TMPD/pt/text_encoder.safetensors $TMPD/pt/pretrain_log.csv "$OUT/pt/"
+    if [ -f $TMPD/pt/unet.safetensors ]; then
       stage "6. acceptance checks of the new weights (tools/check-tiny-model.sh)" | tee -a "$LOG"
-      cp /tmp/pt/unet.safetensors /tmp/pt/text_encoder.safetensors models/tiny/
+      cp $TMPD/pt/unet.safetensors $TMPD/pt/text_encoder.safetensors models/tiny/
       BIN=$KS OUT=runs/checks say timeout 120 sh tools/check-tiny-model.sh
       tar czf "$OUT/checks.tar.gz" runs/checks docs/tiny-model-checks.md docs/tiny-base-samples.png
     fi
