@@ -9,9 +9,10 @@
  * auto: cpu fp32, cuda tf32); "vs none" compares rows of the same precision.
  * --model sd15 / sdxl time SD 1.5 at 512x512 (64x64 latents, 77 tokens) and
  * SDXL at 1024x1024 (128x128 latents) with random weights: the step costs the
- * same as with real ones; their KronA rows (the paper's 4x64 and a 16x16) run, the
- * 4x64 also with gradient checkpointing, and a row whose memory plan exceeds the free memory is
- * skipped with the numbers. `make bench-sd` writes bench/results-sd-cpu.txt.
+ * same as with real ones; their KronA rows are the paper's 4x64 (also factored
+ * and with gradient checkpointing) and a 16x16, and a row whose memory plan
+ * exceeds the free memory is skipped with the numbers. `make bench-sd` writes
+ * bench/results-sd15-cpu.txt and bench/results-sdxl-cpu.txt.
  * --profile: after each row's timing, a few more steps run op by op with the
  * backend's profile on (core/backend.h), and a table of where a step's time
  * goes (ops by time, the stages each names under it) follows the main one.

@@ -725,21 +725,21 @@ static void test_pointwise(void **state) {
     static const int gm[3] = {5, 3, 2}, gd[3] = {6, 37, 64};
     static const float gr[3] = {3, 6, 12};
     for (int q = 0; q < 3; q++) {
-    int M = gm[q], D = gd[q];
-    float *x = th_rand(&rng, M * 2 * D, -gr[q], gr[q]), *R = th_rand(&rng, M * D, -1, 1);
-    Ref r = {.fwd = ref_geglu, .in = {th_to_double(x, M * 2 * D)}, .nin = {M * 2 * D}, .out = th_dalloc(M * D),
-             .R = th_to_double(R, M * D), .nout = M * D, .i = {M, D}};
-    float *dx = th_dev(be, x, M * 2 * D), *dy = th_dev(be, NULL, M * D), *dR = th_dev(be, R, M * D);
-    be->geglu_fwd(be, dx, dy, M, D);
-    ref_geglu(&r);
-    float *y = th_host(be, dy, M * D);
-    th_check("geglu fwd", y, r.out, M * D, 2e-6, 2e-6);
-    float *gx = th_dev_const(be, M * 2 * D, PRE);
-    be->geglu_bwd(be, dR, dx, gx, M, D);
-    float *hx = th_host(be, gx, M * 2 * D);
-    check_fd("geglu dx", &r, 0, hx, 1e-5, 1e-4);
-    free(x); free(R); free(y); free(hx); free(r.in[0]); free(r.out); free(r.R);
-    be->free(be, dx); be->free(be, dy); be->free(be, dR); be->free(be, gx);
+        int M = gm[q], D = gd[q];
+        float *x = th_rand(&rng, M * 2 * D, -gr[q], gr[q]), *R = th_rand(&rng, M * D, -1, 1);
+        Ref r = {.fwd = ref_geglu, .in = {th_to_double(x, M * 2 * D)}, .nin = {M * 2 * D}, .out = th_dalloc(M * D),
+                 .R = th_to_double(R, M * D), .nout = M * D, .i = {M, D}};
+        float *dx = th_dev(be, x, M * 2 * D), *dy = th_dev(be, NULL, M * D), *dR = th_dev(be, R, M * D);
+        be->geglu_fwd(be, dx, dy, M, D);
+        ref_geglu(&r);
+        float *y = th_host(be, dy, M * D);
+        th_check("geglu fwd", y, r.out, M * D, 2e-6, 2e-6);
+        float *gx = th_dev_const(be, M * 2 * D, PRE);
+        be->geglu_bwd(be, dR, dx, gx, M, D);
+        float *hx = th_host(be, gx, M * 2 * D);
+        check_fd("geglu dx", &r, 0, hx, 1e-5, 1e-4);
+        free(x); free(R); free(y); free(hx); free(r.in[0]); free(r.out); free(r.R);
+        be->free(be, dx); be->free(be, dy); be->free(be, dR); be->free(be, gx);
     }
 }
 

@@ -4,9 +4,9 @@
 # backend, both fp32, and the two PNGs compared. On CUDA the sampler's UNet
 # pass is recorded at step 2 and replayed (steps 2 and 3), so this checks that
 # a replayed pass gives the image the ops give. `make cuda-emu-sample`; about
-# 10 seconds. Passes when no 8-bit channel
-# differs by more than 2 and the summary says the UNet was replayed in 2 of 3
-# steps (unless KRONA_CUDA_GRAPHS=0). tests/gpu/run.sh runs it on a real GPU:
+# 10 seconds. Passes when no 8-bit channel differs by more than 2 and the
+# summary says the UNet was replayed in 2 of 3 sampler steps (unless
+# KRONA_CUDA_GRAPHS=0). tests/gpu/run.sh runs it on a real GPU:
 # BACKEND_DIR (the plugin's folder, default the emulator's) and KS (the program).
 set -e
 cd "$(dirname "$0")/../../.."
