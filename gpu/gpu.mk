@@ -10,6 +10,7 @@
 #   make test-cuda   compare every CUDA op with the CPU backend (needs a GPU)
 #   make cuda-emu    the same comparison with the plugin's kernels and host code
 #                    run on the CPU (tests/gpu/emu): its logic, on machines without a GPU;
+#                    again with the threads in another order (a missing barrier shows);
 #                    then the convolutions again through the emulated cuDNN
 #   make cuda-emu-train  three training steps on the emulated backend against the CPU
 #   make cuda-emu-sample a 3-step sample on the emulated backend (UNet pass replayed) against the CPU
@@ -107,9 +108,12 @@ $(CUDA_EMU)/test_emu_graph: tests/gpu/emu/test_emu_graph.cpp tests/gpu/emu/emu_c
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++17 -O1 -Wall -Wextra -Werror -Itests/gpu/emu -o $@ $<
 cuda-emu: $(CUDA_EMU)/test_emu_graph $(CUDA_EMU)/test_cuda_ops $(CUDA_EMU)/$(CUDA_PLUGIN)
-	./$(CUDA_EMU)/test_emu_graph > $(CUDA_EMU)/test_emu_graph.log || { cat $(CUDA_EMU)/test_emu_graph.log; exit 1; }
-	tail -1 $(CUDA_EMU)/test_emu_graph.log
+	./$(CUDA_EMU)/test_emu_graph > $(CUDA_EMU)/test_emu_graph.log 2>&1 || { cat $(CUDA_EMU)/test_emu_graph.log; exit 1; }
+	grep -E "^(PASS|FAIL): stream capture" $(CUDA_EMU)/test_emu_graph.log
 	sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU) $(EMU_JOBS)
+	@echo "again in another order: warp by warp, blocks, warps and lanes from the last (EMU_ORDER=warps-reverse), fp32 and bf16:"
+	@EMU_ORDER=warps-reverse ARGS="--prec fp32,bf16" sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU) $(EMU_JOBS) \
+	  > $(CUDA_EMU)/order.log; rc=$$?; grep -E 'FAIL|ERROR|^emu:|comparisons' $(CUDA_EMU)/order.log; exit $$rc
 	@echo "convolutions again, by the emulated cuDNN (KRONA_CUDA_CONV=cudnn):"
 	KRONA_CUDA_CONV=cudnn ONLY=conv2d sh tests/gpu/emu/ops-shards.sh $(CUDA_EMU) $(EMU_JOBS) \
 	  > $(CUDA_EMU)/cudnn.log; rc=$$?; grep -E 'FAIL|^convolutions|comparisons' $(CUDA_EMU)/cudnn.log; exit $$rc
@@ -121,15 +125,16 @@ cuda-emu-sample: krona-studio $(CUDA_EMU)/$(CUDA_PLUGIN)
 	sh tests/gpu/emu/sample-e2e.sh
 
 # in `make check`: the op comparisons, then training (im2col; cuDNN with the prior
-# pass and the text encoder's adapters) and sampling, each quiet unless it fails
+# pass and the text encoder's adapters, threads run warp by warp from the last)
+# and sampling, each quiet unless it fails
 EMU_QUIET = > $(CUDA_EMU)/$(1).log 2>&1 || { cat $(CUDA_EMU)/$(1).log; exit 1; }; \
   grep -E '$(or $(2),relative|channels)' $(CUDA_EMU)/$(1).log
-EMU_OPS_LINES := in the emulator|shards[)]
+EMU_OPS_LINES := in the emulator|shards[)]|EMU_ORDER|^convolutions again
 test-cuda-emu: krona-studio $(CUDA_EMU)/test_emu_graph $(CUDA_EMU)/test_cuda_ops $(CUDA_EMU)/$(CUDA_PLUGIN)
 	@echo "CUDA backend, emulated on the CPU (tests/gpu/emu):"
 	@$(MAKE) --no-print-directory cuda-emu $(call EMU_QUIET,ops,$(EMU_OPS_LINES))
 	@sh tests/gpu/emu/train-e2e.sh $(call EMU_QUIET,train)
-	@KRONA_CUDA_CONV=cudnn OUT=$(CUDA_EMU)/train-e2e-cudnn \
+	@KRONA_CUDA_CONV=cudnn EMU_ORDER=warps-reverse OUT=$(CUDA_EMU)/train-e2e-cudnn \
 	  EXTRA="--set text_encoder_adapters=1 --set n_class_images=1 --set prior_weight=1" \
 	  sh tests/gpu/emu/train-e2e.sh $(call EMU_QUIET,train-cudnn)
 	@sh tests/gpu/emu/sample-e2e.sh $(call EMU_QUIET,sample)

@@ -11,8 +11,9 @@
  * accumulates" are compared. A gradient's error is measured against the size
  * of what the op added to it, not against the prefill.
  *
- *   test_cuda_ops [--small] [--only SUBSTRING] [--shard K/N]
+ *   test_cuda_ops [--small] [--only SUBSTRING] [--shard K/N] [--prec LIST]
  *     --small  skip the SD-sized cases (quick smoke run)
+ *     --prec   the GPU precisions to compare, e.g. fp32,bf16 (default fp32,tf32,bf16)
  *     --shard  only cases K, K+N, K+2N, ... (and the allocator and compact-weight
  *              checks in shard 0): N processes in parallel cover all (the emulator)
  */
@@ -1005,16 +1006,40 @@ static int test_profile(Backend *be) {
     return fails;
 }
 
+/* is word one of the comma-separated entries of list? */
+static int in_list(const char *list, const char *word) {
+    size_t n = strlen(word);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && !strncmp(p, word, n)) return 1;
+        if (!e) break;
+        p = e + 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int small = 0;
     const char *only = NULL;
     int shard = 0, shards = 1;
+    const char *prec_list = "fp32,tf32,bf16";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--small")) small = 1;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--shard") && i + 1 < argc &&
                  sscanf(argv[++i], "%d/%d", &shard, &shards) == 2 && shards >= 1 && shard >= 0 && shard < shards) {}
-        else { fprintf(stderr, "usage: %s [--small] [--only SUBSTRING] [--shard K/N]\n", argv[0]); return 2; }
+        else if (!strcmp(argv[i], "--prec") && i + 1 < argc) {
+            prec_list = argv[++i];
+            int known = 0, entries = 1;
+            for (const char *q = prec_list; *q; q++) entries += *q == ',';
+            known = in_list(prec_list, "fp32") + in_list(prec_list, "tf32") + in_list(prec_list, "bf16");
+            if (known == 0 || known != entries) {
+                fprintf(stderr, "test_cuda_ops: --prec %s: a list of fp32, tf32 and bf16\n", prec_list);
+                return 2;
+            }
+        }
+        else { fprintf(stderr, "usage: %s [--small] [--only SUBSTRING] [--shard K/N] [--prec fp32,tf32,bf16]\n", argv[0]); return 2; }
     }
     char err[256] = "";
     /* address-stable blocks (BF16 mode) from 1 MiB, not 64: test_compact's block
@@ -1092,13 +1117,17 @@ int main(int argc, char **argv) {
         }
         double ms_cpu = 0, ms_gpu = 0;
         static const int modes[3] = {KRONA_PREC_FP32, KRONA_PREC_TF32, KRONA_PREC_BF16};
+        int ref_prec = -1;
         for (int mi = 0; mi < 3; mi++) {
             int mode = modes[mi];
+            if (!in_list(prec_list, backend_precision_name(mode))) continue;
             /* the CPU reference: fp32 for fp32 and tf32, bf16 for bf16 (which
              * changes only linear and conv2d there: the others keep fp32's) */
-            if (mi == 0 || (mode == KRONA_PREC_BF16 && c->ref_bf16)) {
-                cpu->set_precision(cpu, mode == KRONA_PREC_BF16 ? KRONA_PREC_BF16 : KRONA_PREC_FP32);
+            int want = mode == KRONA_PREC_BF16 && c->ref_bf16 ? KRONA_PREC_BF16 : KRONA_PREC_FP32;
+            if (ref_prec != want) {
+                cpu->set_precision(cpu, want);
                 if (run_on(cpu, c, host, ref, &ms_cpu)) { fails++; break; }
+                ref_prec = want;
             }
             if (gpu->set_precision(gpu, mode) != 0) {
                 printf("%-58s set_precision(%s) refused\n", c->name, backend_precision_name(mode));

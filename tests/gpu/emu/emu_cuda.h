@@ -3,9 +3,14 @@
  * a GPU (gpu/gpu.mk: make test-cuda-emu). Not a simulator of timing or memory
  * ordering: every CUDA thread is a coroutine; a block runs its threads
  * one after another, switching only at __syncthreads (block barrier) and warp
- * shuffles (warp barrier); a barrier not reached by every live thread aborts. cuBLAS is a naive column-major reference that checks its
+ * shuffles (warp barrier); a barrier not reached by every live thread aborts.
+ * EMU_ORDER picks the order (lock-step or warp by warp, from the first or the
+ * last): `make cuda-emu` runs the op comparisons in two, so a missing barrier
+ * shows as a mismatch. cuBLAS is a naive column-major reference that checks its
  * arguments like the real library. Device memory is malloc'd and filled with
- * NaN so reads of never-written memory show up in results.
+ * NaN so reads of never-written memory show up in results; so is a block's
+ * shared memory when it starts. A launch asking more dynamic shared memory
+ * than 48 KiB or its kernel's opt-in (cudaFuncSetAttribute) fails.
  * `make cuda-emu` builds and runs it (gpu/gpu.mk). `make cuda-emu-asan` checks
  * for out-of-bounds accesses: plugin, program and engine under ASan, the caching
  * allocator without size rounding (-DKRONA_CUDA_EXACT_ALLOC) and cudaMalloc's
@@ -100,6 +105,9 @@ asm(".text\n"
     "  ret\n"
     ".size emu_switch, .-emu_switch\n");
 #endif
+
+#define EMU_DYN_SMEM (227 * 1024) /* an H100's opt-in limit per block */
+#define EMU_SMEM_DEFAULT (48 * 1024) /* dynamic shared memory a kernel gets without opting in */
 
 namespace emu {
 struct Thr {
@@ -242,7 +250,60 @@ static void check_config(dim3 g, dim3 b) {
         abort();
     }
 }
-static void launch(dim3 g, dim3 b, const std::function<void()> &f, const char *name = "?") {
+/* The order blocks and threads run in, from EMU_ORDER: "forward" (the
+ * default), "reverse", "warps" or "warps-reverse". Lock-step (forward,
+ * reverse): each round runs every thread of the block to its next barrier,
+ * block or warp, so warps move together. Warp by warp (warps...): one warp
+ * runs through its warp barriers up to the next block barrier before the next
+ * warp starts. "reverse" takes blocks, warps and lanes from the last. A
+ * correct kernel gives the same bits in every order (float atomics aside); a
+ * missing barrier lets a thread read a value another thread writes later, or
+ * overwrite one another thread has yet to read, and which orders show that
+ * depends on who writes and who reads: `make cuda-emu` compares in two
+ * (forward, warps-reverse). */
+static int order = -1; /* bit 0 reverse, bit 1 warp by warp */
+static int sched_order() {
+    if (order < 0) {
+        const char *e = getenv("EMU_ORDER");
+        order = 0;
+        if (e && *e) {
+            if (!strcmp(e, "reverse")) order = 1;
+            else if (!strcmp(e, "warps")) order = 2;
+            else if (!strcmp(e, "warps-reverse")) order = 3;
+            else if (strcmp(e, "forward")) {
+                fprintf(stderr, "emu: EMU_ORDER=%s: use forward, reverse, warps or warps-reverse\n", e);
+                abort();
+            }
+        }
+    }
+    return order;
+}
+/* Shared memory holds garbage when a block starts (NaN bytes here), as it
+ * holds the last block's data on a GPU: a kernel that reads what no thread of
+ * its block wrote gets NaN, not a lucky value left by the block before.
+ * block_serial counts blocks; a static __shared__ array is refreshed by the
+ * first of a block's threads to reach its declaration (translate.py adds the
+ * call), the dynamic buffer at each block's start (the launch's byte count). */
+static long block_serial;
+alignas(128) static unsigned char dyn_smem[EMU_DYN_SMEM];
+static inline void shared_fresh(void *p, size_t n, long *seen) {
+    if (*seen == block_serial) return;
+    *seen = block_serial;
+    memset(p, 0xFF, n);
+}
+/* lanes [w0, w1) of a warp: its barrier opens when every lane still running waits at it */
+static int warp_release(int w0, int w1) {
+    int live = 0, waiting = 0;
+    for (int t = w0; t < w1; t++) {
+        live += thr[t].state != 2;
+        waiting += thr[t].state == 1 && thr[t].kind == 1;
+    }
+    if (!live || waiting != live) return 0;
+    for (int t = w0; t < w1; t++)
+        if (thr[t].state == 1) thr[t].state = 0;
+    return 1;
+}
+static void launch(dim3 g, dim3 b, const std::function<void()> &f, const char *name = "?", size_t shm = 0) {
     check_config(g, b);
     int n = (int)(b.x * b.y * b.z);
     launches++;
@@ -255,47 +316,51 @@ static void launch(dim3 g, dim3 b, const std::function<void()> &f, const char *n
     body = &f;
     gridDim = g;
     blockDim = b;
-    for (unsigned bz = 0; bz < g.z; bz++)
-        for (unsigned by = 0; by < g.y; by++)
-            for (unsigned bx = 0; bx < g.x; bx++) {
-                blockIdx = dim3(bx, by, bz);
-                for (int t = 0; t < n; t++) start_thread(t);
+    int ord = sched_order(), rev = ord & 1, by_warp = ord & 2;
+    int nw = (n + 31) / 32;
+    long nb = (long)g.x * g.y * g.z;
+    for (long bi = 0; bi < nb; bi++) {
+        long bl = rev ? nb - 1 - bi : bi;
+        blockIdx = dim3((unsigned)(bl % g.x), (unsigned)(bl / g.x % g.y), (unsigned)(bl / g.x / g.y));
+        block_serial++;
+        memset(dyn_smem, 0xFF, shm);
+        for (int t = 0; t < n; t++) start_thread(t);
+        for (;;) {
+            /* lock-step: one pass over every warp, then the warp barriers open;
+             * warp by warp: each warp in turn until its lanes wait at a block barrier */
+            for (int wi = 0; wi < nw; wi++) {
+                int w0 = 32 * (rev ? nw - 1 - wi : wi), w1 = w0 + 32 < n ? w0 + 32 : n;
                 for (;;) {
-                    for (int t = 0; t < n; t++) {
+                    for (int li = 0; li < w1 - w0; li++) {
+                        int t = rev ? w1 - 1 - li : w0 + li;
                         if (thr[t].state != 0) continue;
                         cur = t;
                         set_tid(t);
                         resume(t);
                     }
-                    /* a warp barrier opens when every lane still running waits at it */
-                    int released = 0;
-                    for (int w0 = 0; w0 < n; w0 += 32) {
-                        int live = 0, waiting = 0;
-                        for (int t = w0; t < n && t < w0 + 32; t++) {
-                            live += thr[t].state != 2;
-                            waiting += thr[t].state == 1 && thr[t].kind == 1;
-                        }
-                        if (live && waiting == live) {
-                            for (int t = w0; t < n && t < w0 + 32; t++)
-                                if (thr[t].state == 1) thr[t].state = 0;
-                            released = 1;
-                        }
-                    }
-                    if (released) continue;
-                    int live = 0, atbar = 0;
-                    for (int t = 0; t < n; t++) {
-                        live += thr[t].state != 2;
-                        atbar += thr[t].state == 1 && thr[t].kind == 0;
-                    }
-                    if (!live) break;
-                    if (atbar != live) {
-                        fprintf(stderr, "emu: divergent barriers in one block\n");
-                        abort();
-                    }
-                    for (int t = 0; t < n; t++)
-                        if (thr[t].state == 1) thr[t].state = 0;
+                    if (!by_warp || !warp_release(w0, w1)) break;
                 }
             }
+            if (!by_warp) {
+                /* a warp barrier opens when every lane still running waits at it */
+                int released = 0;
+                for (int w0 = 0; w0 < n; w0 += 32) released |= warp_release(w0, w0 + 32 < n ? w0 + 32 : n);
+                if (released) continue;
+            }
+            int live = 0, atbar = 0;
+            for (int t = 0; t < n; t++) {
+                live += thr[t].state != 2;
+                atbar += thr[t].state == 1 && thr[t].kind == 0;
+            }
+            if (!live) break;
+            if (atbar != live) {
+                fprintf(stderr, "emu: divergent barriers in one block\n");
+                abort();
+            }
+            for (int t = 0; t < n; t++)
+                if (thr[t].state == 1) thr[t].state = 0;
+        }
+    }
     body = nullptr; /* f ends with this call */
 }
 } /* namespace emu */
@@ -406,7 +471,6 @@ enum {
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 #define cudaStreamNonBlocking 1
 struct cudaDeviceProp { char name[256]; };
-#define EMU_DYN_SMEM (227 * 1024) /* an H100's opt-in limit per block */
 #define __align__(n) alignas(n)
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
@@ -431,8 +495,26 @@ static inline const char *cudaGetErrorString(cudaError_t e) {
     }
 }
 
-static inline cudaError_t cudaFuncSetAttribute(const void *, cudaFuncAttribute, int v) {
-    return v <= EMU_DYN_SMEM ? cudaSuccess : emu_fail(cudaErrorInvalidValue);
+/* each kernel's opt-in (cudaFuncAttributeMaxDynamicSharedMemorySize): a
+ * launch asking more dynamic shared memory than 48 KiB or its opt-in fails */
+namespace emu {
+struct SmemOptin { const void *fn; int bytes; };
+static SmemOptin smem_optin[64];
+static int nsmem_optin;
+static int smem_limit(const void *fn) {
+    for (int i = 0; i < nsmem_optin; i++)
+        if (smem_optin[i].fn == fn) return smem_optin[i].bytes > EMU_SMEM_DEFAULT ? smem_optin[i].bytes : EMU_SMEM_DEFAULT;
+    return EMU_SMEM_DEFAULT;
+}
+}
+static inline cudaError_t cudaFuncSetAttribute(const void *fn, cudaFuncAttribute, int v) {
+    if (v < 0 || v > EMU_DYN_SMEM) return emu_fail(cudaErrorInvalidValue);
+    int i = 0;
+    while (i < emu::nsmem_optin && emu::smem_optin[i].fn != fn) i++;
+    if (i == 64) return emu_fail(cudaErrorInvalidValue);
+    if (i == emu::nsmem_optin) emu::nsmem_optin++;
+    emu::smem_optin[i] = emu::SmemOptin{fn, v};
+    return cudaSuccess;
 }
 static inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = EMU_DYN_SMEM; return cudaSuccess; }
 
@@ -800,15 +882,22 @@ template <class... P> struct Pack {
 };
 template <class... P> static inline Pack<P...> pack_for(void (*)(P...)) { return Pack<P...>(); }
 template <class... P>
-static inline void launch_on(cudaStream_t s, dim3 g, dim3 b, void (*k)(P...), const char *name,
+static inline void launch_on(cudaStream_t s, dim3 g, dim3 b, size_t shm, void (*k)(P...), const char *name,
                              std::tuple<typename std::decay<P>::type...> args) {
     check_config(g, b); /* a bad configuration fails at the launch, captured or not */
-    emu_enqueue(s, [=]() { launch(g, b, [&]() { std::apply(k, args); }, name); });
+    if (shm > (size_t)smem_limit((const void *)k)) {
+        /* as the runtime: the launch does not run, and the next error check sees it */
+        fprintf(stderr, "emu: %s asks %zu bytes of dynamic shared memory, over its limit %d (cudaFuncSetAttribute)\n",
+                name, shm, smem_limit((const void *)k));
+        emu_fail(cudaErrorInvalidValue);
+        return;
+    }
+    emu_enqueue(s, [=]() { launch(g, b, [&]() { std::apply(k, args); }, name, shm); });
 }
 } /* namespace emu */
-#define EMU_LAUNCH_ON(g, b, s, kern, ...) \
-    emu::launch_on((s), dim3(g), dim3(b), kern, #kern, emu::pack_for(kern)(__VA_ARGS__))
-#define EMU_LAUNCH(g, b, kern, ...) EMU_LAUNCH_ON(g, b, (cudaStream_t)0, kern, __VA_ARGS__)
+#define EMU_LAUNCH_ON(g, b, shm, s, kern, ...) \
+    emu::launch_on((s), dim3(g), dim3(b), (size_t)(shm), kern, #kern, emu::pack_for(kern)(__VA_ARGS__))
+#define EMU_LAUNCH(g, b, kern, ...) EMU_LAUNCH_ON(g, b, 0, (cudaStream_t)0, kern, __VA_ARGS__)
 
 /* ---------------------------------------------------------------- cuBLAS */
 /* a handle remembers its stream: a call on a capturing stream becomes a node */

@@ -3,12 +3,13 @@
 # emulated plugin in DIR, as JOBS processes in parallel (default: the CPU count), each
 # taking every JOBS-th case (--shard). Prints the shards' rows in order and one total;
 # fails when any shard fails or ends without its summary (a crash). ONLY=SUBSTRING
-# runs only the cases named so (shard 0's blocks run all the same).
+# runs only the cases named so (shard 0's blocks run all the same); ARGS, more
+# test_cuda_ops options (e.g. --prec fp32,bf16).
 dir=$1
 jobs=${2:-$(nproc 2>/dev/null || echo 1)}
 k=0
 while [ "$k" -lt "$jobs" ]; do
-  (OMP_NUM_THREADS=1 KRONA_BACKEND_PATH=$dir "$dir/test_cuda_ops" --small ${ONLY:+--only "$ONLY"} --shard "$k/$jobs" \
+  (OMP_NUM_THREADS=1 KRONA_BACKEND_PATH=$dir "$dir/test_cuda_ops" --small ${ONLY:+--only "$ONLY"} --shard "$k/$jobs" $ARGS \
      >"$dir/shard-$k.log" 2>&1; echo $? >"$dir/shard-$k.rc") &
   k=$((k + 1))
 done

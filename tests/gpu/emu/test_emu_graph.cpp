@@ -1,6 +1,8 @@
 /* test_emu_graph.cpp — the emulator's stream capture and CUDA graphs (emu_cuda.h):
  * captured work is recorded, not run, with its arguments as they were at record
  * time; a graph replays it; what a capture forbids fails and invalidates it.
+ * Then its schedules (EMU_ORDER), shared memory fresh (NaN) at each block's
+ * start, and dynamic shared memory over the opt-in refused.
  *   g++ -std=c++17 -O1 -Wall -Wextra -Itests/gpu/emu tests/gpu/emu/test_emu_graph.cpp -o /tmp/test_emu_graph
  * Prints a PASS or FAIL line per check; exits 1 on any failure. */
 #include "emu_cuda.h"
@@ -60,7 +62,7 @@ static void test_replay() {
     check(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) != cudaSuccess && cudaGetLastError() != cudaSuccess &&
               status() == cudaStreamCaptureStatusActive,
           "begin capture on a capturing stream fails, the capture goes on");
-    EMU_LAUNCH_ON(dim3(2), dim3(64), s, affine_k, x, y, a, b, N);
+    EMU_LAUNCH_ON(dim3(2), dim3(64), 0, s, affine_k, x, y, a, b, N);
     check(cudaGetLastError() == cudaSuccess, "captured launch: no error");
     check(all(y, N, 7.f), "captured kernel did not run at record time");
     a = 100.f; /* the graph keeps the values of record time */
@@ -110,11 +112,11 @@ static void test_forbidden(const char *what, bool (*call)()) {
     fill(z, N, 5.f);
     cudaGetLastError();
     cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
-    EMU_LAUNCH_ON(dim3(2), dim3(64), s, affine_k, x, y, 2.f, 1.f, N);
+    EMU_LAUNCH_ON(dim3(2), dim3(64), 0, s, affine_k, x, y, 2.f, 1.f, N);
     char line[160];
     snprintf(line, sizeof line, "%s during capture: refused, capture invalidated", what);
     check(call() && status() == cudaStreamCaptureStatusInvalidated, line);
-    EMU_LAUNCH_ON(dim3(2), dim3(64), s, affine_k, x, z, 2.f, 1.f, N);
+    EMU_LAUNCH_ON(dim3(2), dim3(64), 0, s, affine_k, x, z, 2.f, 1.f, N);
     snprintf(line, sizeof line, "%s: a later launch reports cudaErrorStreamCaptureInvalidated", what);
     check(cudaGetLastError() == cudaErrorStreamCaptureInvalidated && cudaGetLastError() == cudaSuccess, line);
     cudaGraph_t g = (cudaGraph_t)&line;
@@ -152,6 +154,83 @@ static bool vmm_refused() {
     return emu_cuMemAddressReserve(&p, EMU_GRAN, 0, 0, 0) == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED && !p;
 }
 
+/* ------------------------------------------------ thread order, shared memory */
+enum { LOGN = 4 * 64 };
+static int order_log[LOGN], order_pos;
+/* each thread logs its global index, waits at a warp barrier, logs 1000 + it */
+__global__ void order_k() {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    order_log[order_pos++] = t;
+    __syncwarp();
+    order_log[order_pos++] = 1000 + t;
+}
+/* the schedule EMU_ORDER names, written out: 2 blocks of 64 threads (2 warps) */
+static void expected_order(int ord, int *e) {
+    int rev = ord & 1, by_warp = ord & 2, k = 0;
+    for (int bi = 0; bi < 2; bi++)
+        for (int outer = 0; outer < 2; outer++)
+            for (int inner = 0; inner < 2; inner++) {
+                /* lock-step: phase 0 of both warps, then phase 1; warp by warp: both phases of a warp */
+                int p = by_warp ? inner : outer, wi = by_warp ? outer : inner;
+                int b = rev ? 1 - bi : bi, w = rev ? 1 - wi : wi;
+                for (int li = 0; li < 32; li++) e[k++] = p * 1000 + b * 64 + w * 32 + (rev ? 31 - li : li);
+            }
+}
+/* a planted missing barrier: thread t reads what thread t + 1 writes */
+__global__ void race_k(float *out) {
+    __shared__ float sh[64];
+    static long seen = -1; /* as translate.py adds to every static shared array */
+    emu::shared_fresh(sh, sizeof sh, &seen);
+    int t = threadIdx.x;
+    sh[t] = (float)t;
+    out[blockIdx.x * 64 + t] = sh[(t + 1) % 64]; /* no __syncthreads() between */
+}
+/* reads dynamic shared memory that no thread wrote */
+__global__ void dyn_k(float *out) { out[threadIdx.x] = ((const float *)emu::dyn_smem)[threadIdx.x]; }
+
+static void test_order_and_shared() {
+    int want[LOGN];
+    static const char *names[4] = {"forward", "reverse", "warps", "warps-reverse"};
+    for (int ord = 0; ord < 4; ord++) {
+        emu::order = ord;
+        order_pos = 0;
+        EMU_LAUNCH(dim3(2), dim3(64), order_k);
+        expected_order(ord, want);
+        char line[160];
+        snprintf(line, sizeof line, "EMU_ORDER %s: blocks, warps and lanes in its order", names[ord]);
+        check(order_pos == LOGN && !memcmp(order_log, want, sizeof want), line);
+    }
+    float *out;
+    cudaMalloc((void **)&out, 128 * sizeof(float));
+    emu::order = 0;
+    EMU_LAUNCH(dim3(2), dim3(64), race_k, out);
+    /* forward: t reads sh[t + 1] before t + 1 writes it: NaN, in the second block too
+     * (not the first block's values); only thread 63 reads sh[0], written */
+    check(std::isnan(out[0]) && std::isnan(out[62]) && out[63] == 0.f && std::isnan(out[64]) && std::isnan(out[126]),
+          "missing barrier, forward: reads of the unwritten shared array give NaN, in each block");
+    emu::order = 1;
+    EMU_LAUNCH(dim3(2), dim3(64), race_k, out);
+    check(out[0] == 1.f && out[62] == 63.f && std::isnan(out[63]) && out[64] == 1.f && std::isnan(out[127]),
+          "missing barrier, reverse: the other threads' reads differ (a mismatch between orders)");
+    emu::order = -1; /* from EMU_ORDER again */
+
+    EMU_LAUNCH_ON(dim3(1), dim3(32), 128, (cudaStream_t)0, dyn_k, out);
+    check(cudaGetLastError() == cudaSuccess && std::isnan(out[0]) && std::isnan(out[31]),
+          "dynamic shared memory: NaN where no thread wrote");
+    out[0] = 5.f;
+    EMU_LAUNCH_ON(dim3(1), dim3(32), 64 << 10, (cudaStream_t)0, dyn_k, out);
+    check(cudaGetLastError() == cudaErrorInvalidValue && out[0] == 5.f,
+          "dynamic shared memory over 48 KiB without the opt-in: the launch fails, nothing runs");
+    check(cudaFuncSetAttribute((const void *)dyn_k, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 << 10) == cudaSuccess,
+          "opt-in to 64 KiB");
+    EMU_LAUNCH_ON(dim3(1), dim3(32), 64 << 10, (cudaStream_t)0, dyn_k, out);
+    check(cudaGetLastError() == cudaSuccess && std::isnan(out[0]), "with the opt-in, the launch runs");
+    check(cudaFuncSetAttribute((const void *)dyn_k, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 << 10) ==
+              cudaErrorInvalidValue && cudaGetLastError() == cudaErrorInvalidValue,
+          "opt-in over the card's 227 KiB: refused");
+    cudaFree(out);
+}
+
 int main() {
     cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
     cudaMalloc((void **)&x, N * sizeof(float));
@@ -162,10 +241,11 @@ int main() {
     cudaMalloc((void **)&C, 12 * sizeof(float));
     /* outside capture a launch runs at once, as before */
     for (int i = 0; i < N; i++) x[i] = (float)i;
-    EMU_LAUNCH_ON(dim3(2), dim3(64), s, affine_k, x, y, 2.f, 1.f, N);
+    EMU_LAUNCH_ON(dim3(2), dim3(64), 0, s, affine_k, x, y, 2.f, 1.f, N);
     check(y[N - 1] == 2.f * (N - 1) + 1.f, "uncaptured launch runs at once");
 
     test_replay();
+    test_order_and_shared();
     test_forbidden("cudaStreamSynchronize", sync_refused);
     test_forbidden("cudaMalloc", malloc_refused);
     test_forbidden("cudaFree", free_refused);
@@ -184,6 +264,6 @@ int main() {
     cudaFree(B);
     cudaFree(C);
     cudaStreamDestroy(s);
-    printf("%s: stream capture and graphs in the emulator, %d failures\n", failures ? "FAIL" : "PASS", failures);
+    printf("%s: stream capture, graphs, thread orders and shared memory in the emulator, %d failures\n", failures ? "FAIL" : "PASS", failures);
     return failures != 0;
 }

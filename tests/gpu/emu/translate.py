@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Rewrite gpu/backend_cuda.cu into plain C++ for emu_cuda.h:
-CUDA headers -> emu_cuda.h (cuDNN's too: dlopen & co. -> emu_dl*), kern<<<g, b, shm, stream>>>(args) -> EMU_LAUNCH_ON(g, b, stream, kern, args)
-(the stream, so that launches into a capturing stream are recorded; 0, the legacy stream, when none).
+CUDA headers -> emu_cuda.h (cuDNN's too: dlopen & co. -> emu_dl*), kern<<<g, b, shm, stream>>>(args) -> EMU_LAUNCH_ON(g, b, shm, stream, kern, args)
+(the stream, so that launches into a capturing stream are recorded; 0, the legacy stream, when none;
+shm, checked against the kernel's opt-in and poisoned per block), shared memory poisoned per block.
 usage: translate.py IN.cu OUT.cpp"""
 import re
 import sys
+
+nshared = 0
 
 
 def split_top(s):
@@ -35,9 +38,22 @@ def main():
     src = src.replace('__has_include(<cudnn.h>)', '1')
     src = src.replace('#include <cudnn.h>', '')
     src = re.sub(r'\b(dlopen|dlsym|dlclose|dlerror)\(', r'emu_\1(', src)
-    # dynamic shared memory: one static buffer as large as a block may opt in to
+    # dynamic shared memory: the emulator's one buffer (as large as a block may
+    # opt in to, 128-byte aligned), refilled with NaN bytes at each block's start
     src = re.sub(r'extern __shared__ __align__\((\d+)\) (\w[\w ]*?) (\w+)\[\];',
-                 r'alignas(\1) static \2 \3[EMU_DYN_SMEM];', src)
+                 r'static \2 *const \3 = (\2 *)emu::dyn_smem;', src)
+    # static shared arrays: refilled with NaN bytes by the first of a block's
+    # threads to reach the declaration (emu::shared_fresh)
+    def fresh(m):
+        global nshared
+        names = re.findall(r'(\w+)(?:\[[^\]]*\])+', m.group(3))
+        calls = ''
+        for name in names:
+            nshared += 1
+            calls += ' static long emu_seen_%d = -1; emu::shared_fresh(%s, sizeof %s, &emu_seen_%d);' % (
+                nshared, name, name, nshared)
+        return '%s__shared__ %s %s;%s' % (m.group(1), m.group(2), m.group(3), calls)
+    src = re.sub(r'^(\s+)__shared__ (\w+) ([^;]+);', fresh, src, flags=re.M)
     out, pos, n = [], 0, 0
     # kern<<< or a template instance kern<T><<<
     pat = re.compile(r'(\w+(?:<[\w:, ]*>)?)<<<(.*?)>>>\(', re.S)
@@ -56,13 +72,14 @@ def main():
         args = src[m.end():i - 1]
         cfg = split_top(m.group(2))
         out.append(src[pos:m.start()])
+        shm = cfg[2] if len(cfg) > 2 else '0'
         stream = cfg[3] if len(cfg) > 3 else '(cudaStream_t)0'
-        out.append('EMU_LAUNCH_ON((%s), (%s), (%s), %s, %s)' % (cfg[0], cfg[1], stream, m.group(1), args))
+        out.append('EMU_LAUNCH_ON((%s), (%s), (%s), (%s), %s, %s)' % (cfg[0], cfg[1], shm, stream, m.group(1), args))
         pos = i
         n += 1
     out.append(src[pos:])
     open(sys.argv[2], 'w').write(''.join(out))
-    sys.stderr.write('translate.py: %d launches rewritten\n' % n)
+    sys.stderr.write('translate.py: %d launches rewritten, %d shared arrays refreshed per block\n' % (n, nshared))
 
 
 main()
