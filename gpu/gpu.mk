@@ -15,7 +15,8 @@
 #   make cuda-emu-train  three training steps on the emulated backend against the CPU
 #   make cuda-emu-sample a 3-step sample on the emulated backend (UNet pass replayed) against the CPU
 #   make test-cuda-emu   the three above (part of `make check`: no GPU or nvcc needed, ~2 minutes)
-#   make cuda-emu-asan   cuda-emu, cuda-emu-train and -sample under ASan + UBSan, blocks exact (~6 minutes)
+#   make cuda-emu-asan   cuda-emu, cuda-emu-train and -sample under ASan + UBSan, blocks exact,
+#                    dynamic shared memory past a launch's bytes poisoned (~6 minutes)
 #   make clean-cuda
 # CUDA 13 at /usr/local/cuda; SASS for sm_90 (H100/H200) plus compute_90 PTX
 # that the driver JIT-compiles for newer GPUs. Override CUDA_ARCH for others,

@@ -16,6 +16,9 @@
 # for a lease's last minutes, after a passing run); PRETRAIN_UNTIL=SECONDS,
 # PRETRAIN_BATCH (128), PRETRAIN_LR (6e-4), PRETRAIN_EMA (0.999), PRETRAIN_SEED,
 # PRETRAIN_PRINT set the pretraining phase. gpu/NOTES.md records each run.
+# EMU=1: a dry run of this script's own logic with no GPU, on the emulated
+# plugin (tests/gpu/emu): stages 1-2c at small sizes (--small, pretraining
+# batch 2), no bench, no stage 4; a few minutes on 2 cores.
 cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:-build/gpu-out}
 mkdir -p "$OUT"
@@ -27,7 +30,15 @@ status=0
 stage() { echo; echo "=== $* (t=${SECONDS}s, $(date +%T))"; } 2>&1
 say() { "$@" 2>&1 | tee -a "$LOG"; return "${PIPESTATUS[0]}"; }
 
-if [ -d .gpu-carry/bin ]; then
+OPS_ARGS="" E2E_BATCH=16
+if [ -n "${EMU:-}" ]; then
+  stage "build: make all and the emulated plugin (EMU=1: no GPU)" | tee -a "$LOG"
+  say timeout 600 make -j"$(nproc)" --no-print-directory all build/cuda/emu/krona-backend-cuda.so \
+    build/cuda/emu/test_cuda_ops || { echo "run.sh: make failed"; exit 1; }
+  KS=./krona-studio OPS=build/cuda/emu/test_cuda_ops BENCH=false
+  export KRONA_BACKEND_PATH="$PWD/build/cuda/emu"
+  OPS_ARGS=--small E2E_BATCH=2 SKIP_BENCH=1
+elif [ -d .gpu-carry/bin ]; then
   BIN=.gpu-carry/bin
   export LD_LIBRARY_PATH="$PWD/.gpu-carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   [ -f .gpu-carry/lib/libopenblas.so.0.gz ] && gunzip -f .gpu-carry/lib/libopenblas.so.0.gz
@@ -56,25 +67,26 @@ if ! ldconfig -p | grep -q 'libcudnn.so.9' && [ ! -f /usr/local/cuda/lib64/libcu
 fi
 
 stage "device" | tee -a "$LOG"
-say nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader
+if [ -n "${EMU:-}" ]; then say echo "none: the CUDA backend emulated on the CPU (tests/gpu/emu)"
+else say nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader; fi
 
 ops_rc=0 e2e_rc=0
 if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pretraining
  if [ -z "${BENCH_ONLY:-}" ]; then
   stage "1. ops: CUDA vs CPU backend" | tee -a "$LOG"
-  OMP_NUM_THREADS=$(nproc) say timeout 300 "$OPS" # fp32, tf32 and bf16 rows
+  OMP_NUM_THREADS=$(nproc) say timeout 300 "$OPS" $OPS_ARGS # fp32, tf32 and bf16 rows
   ops_rc=$?
   if [ $ops_rc -ne 0 ]; then
     echo "run.sh: op comparison failed (exit $ops_rc)" | tee -a "$LOG"; status=1
     # bf16's address-stable blocks and compact weights (driver VMM) are the newest path: without them
     stage "1b. ops again with KRONA_CUDA_VMM=0 (plain blocks): failures only" | tee -a "$LOG"
-    KRONA_CUDA_VMM=0 OMP_NUM_THREADS=$(nproc) timeout 300 "$OPS" 2>&1 | grep -E 'FAIL|ERROR|PASS|compact' | tee -a "$LOG"
+    KRONA_CUDA_VMM=0 OMP_NUM_THREADS=$(nproc) timeout 300 "$OPS" $OPS_ARGS 2>&1 | grep -E 'FAIL|ERROR|PASS|compact' | tee -a "$LOG"
   fi
 
   # convolutions by cuDNN instead of im2col + GEMM (the blocks of shard 0 again too:
   # recordings, compact weights, the profile's stages)
   stage "1c. convolutions by cuDNN (KRONA_CUDA_CONV=cudnn): conv2d ops, CUDA vs CPU" | tee -a "$LOG"
-  KRONA_CUDA_CONV=cudnn OMP_NUM_THREADS=$(nproc) timeout 200 "$OPS" --only conv2d 2>&1 |
+  KRONA_CUDA_CONV=cudnn OMP_NUM_THREADS=$(nproc) timeout 200 "$OPS" $OPS_ARGS --only conv2d 2>&1 |
     grep -E 'FAIL|ERROR|PASS|^device|^convolutions' | tee -a "$LOG"
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "run.sh: cuDNN convolutions failed" | tee -a "$LOG"; status=1; }
 
@@ -83,7 +95,7 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
     stage "2. whole pretraining steps, CPU vs CUDA, precision $prec (same seed, same batches)" | tee -a "$LOG"
     for dev in cpu cuda; do
       timeout 120 "$KS" pretrain --device $dev --precision $prec --init-from models/tiny --out "$TMPD/e2e-$dev" \
-        --steps 4 --batch 16 --lr 1e-4 --seed 7 --print-every 1 --sample-every 0 --checkpoint-every 0 \
+        --steps 4 --batch $E2E_BATCH --lr 1e-4 --seed 7 --print-every 1 --sample-every 0 --checkpoint-every 0 \
         >"$TMPD/e2e-$dev.txt" 2>&1
       echo "$dev $prec: exit $?" | tee -a "$LOG"
     done
@@ -147,7 +159,7 @@ if [ -z "${SKIP_CHECKS:-}" ]; then # only to spend a lease's last minutes on pre
       $TMPD/bench-sd15-gemm.txt $TMPD/bench-sd15-cudnn.txt >"$OUT/bench-cuda.txt" 2>/dev/null
   fi
 
-  if [ -z "${BENCH_ONLY:-}" ]; then
+  if [ -z "${BENCH_ONLY:-}" ] && [ -z "${EMU:-}" ]; then
     stage "4. default preset on the GPU, timed, then scored" | tee -a "$LOG"
     t0=$SECONDS
     say timeout 120 "$KS" train --preset presets/default.ini --headless --device cuda --print-every 100 \

@@ -3,7 +3,9 @@
  * a GPU (gpu/gpu.mk: make test-cuda-emu). Not a simulator of timing or memory
  * ordering: every CUDA thread is a coroutine; a block runs its threads
  * one after another, switching only at __syncthreads (block barrier) and warp
- * shuffles (warp barrier); a barrier not reached by every live thread aborts.
+ * shuffles (warp barrier); a barrier not reached by every live thread aborts,
+ * and so does a warp-collective call (shuffle, __syncwarp, WMMA: all full
+ * mask here) in a warp with a lane exited or missing.
  * EMU_ORDER picks the order (lock-step or warp by warp, from the first or the
  * last): `make cuda-emu` runs the op comparisons in two, so a missing barrier
  * shows as a mismatch. cuBLAS is a naive column-major reference that checks its
@@ -286,6 +288,18 @@ static int sched_order() {
  * call), the dynamic buffer at each block's start (the launch's byte count). */
 static long block_serial;
 alignas(128) static unsigned char dyn_smem[EMU_DYN_SMEM];
+/* the launch's `bytes` of dynamic shared memory NaN; under ASan the rest of
+ * the buffer poisoned, so a kernel reaching past what it asked for is reported
+ * (on a GPU: an illegal address, the context lost) */
+static void fresh_dyn_smem(size_t bytes) {
+#ifdef EMU_ASAN
+    __asan_unpoison_memory_region(dyn_smem, EMU_DYN_SMEM);
+#endif
+    memset(dyn_smem, 0xFF, bytes);
+#ifdef EMU_ASAN
+    __asan_poison_memory_region(dyn_smem + bytes, EMU_DYN_SMEM - bytes);
+#endif
+}
 static inline void shared_fresh(void *p, size_t n, long *seen) {
     if (*seen == block_serial) return;
     *seen = block_serial;
@@ -299,6 +313,13 @@ static int warp_release(int w0, int w1) {
         waiting += thr[t].state == 1 && thr[t].kind == 1;
     }
     if (!live || waiting != live) return 0;
+    if (live != 32) {
+        /* shuffles, __syncwarp and WMMA name all 32 lanes (full mask): on a GPU a
+         * lane that has exited, or that the block does not have, leaves the
+         * result undefined */
+        fprintf(stderr, "emu: warp barrier (shuffle, __syncwarp or WMMA, full mask) with %d of 32 lanes present\n", live);
+        abort();
+    }
     for (int t = w0; t < w1; t++)
         if (thr[t].state == 1) thr[t].state = 0;
     return 1;
@@ -323,7 +344,7 @@ static void launch(dim3 g, dim3 b, const std::function<void()> &f, const char *n
         long bl = rev ? nb - 1 - bi : bi;
         blockIdx = dim3((unsigned)(bl % g.x), (unsigned)(bl / g.x % g.y), (unsigned)(bl / g.x / g.y));
         block_serial++;
-        memset(dyn_smem, 0xFF, shm);
+        fresh_dyn_smem(shm);
         for (int t = 0; t < n; t++) start_thread(t);
         for (;;) {
             /* lock-step: one pass over every warp, then the warp barriers open;

@@ -7,6 +7,10 @@
  * Prints a PASS or FAIL line per check; exits 1 on any failure. */
 #include "emu_cuda.h"
 
+#include <csignal>
+#include <sys/wait.h>
+#include <unistd.h>
+
 static int failures;
 static void check(bool ok, const char *what) {
     printf("%s: %s\n", ok ? "PASS" : "FAIL", what);
@@ -185,6 +189,24 @@ __global__ void race_k(float *out) {
     sh[t] = (float)t;
     out[blockIdx.x * 64 + t] = sh[(t + 1) % 64]; /* no __syncthreads() between */
 }
+/* thread `gone` leaves before a full-mask shuffle: undefined on a GPU */
+__global__ void exited_lane_k(float *out, int gone) {
+    if ((int)threadIdx.x == gone) return;
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.f, 1);
+}
+/* does the launch abort (the emulator's verdict on undefined warp use)? run in a child */
+static bool launch_aborts(int threads, int gone, float *out) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        freopen("/dev/null", "w", stderr);
+        EMU_LAUNCH(dim3(1), dim3(threads), exited_lane_k, out, gone);
+        _exit(0);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
+}
 /* reads dynamic shared memory that no thread wrote */
 __global__ void dyn_k(float *out) { out[threadIdx.x] = ((const float *)emu::dyn_smem)[threadIdx.x]; }
 
@@ -228,6 +250,11 @@ static void test_order_and_shared() {
     check(cudaFuncSetAttribute((const void *)dyn_k, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 << 10) ==
               cudaErrorInvalidValue && cudaGetLastError() == cudaErrorInvalidValue,
           "opt-in over the card's 227 KiB: refused");
+    out[63] = 0.f;
+    EMU_LAUNCH(dim3(1), dim3(64), exited_lane_k, out, -1);
+    check(out[63] == 1.f, "a full-mask shuffle, every lane there: runs");
+    check(launch_aborts(64, 37, out), "a full-mask shuffle with a lane exited: stops (undefined on a GPU)");
+    check(launch_aborts(48, -1, out), "a full-mask shuffle in a warp of 16 lanes (blockDim 48): stops");
     cudaFree(out);
 }
 
