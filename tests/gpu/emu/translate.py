@@ -2,7 +2,7 @@
 """Rewrite gpu/backend_cuda.cu into plain C++ for emu_cuda.h:
 CUDA headers -> emu_cuda.h (cuDNN's too: dlopen & co. -> emu_dl*), kern<<<g, b, shm, stream>>>(args) -> EMU_LAUNCH_ON(g, b, shm, stream, kern, args)
 (the stream, so that launches into a capturing stream are recorded; 0, the legacy stream, when none;
-shm, checked against the kernel's opt-in and poisoned per block), shared memory poisoned per block.
+shm, checked against the kernel's opt-in), and each __shared__ array refilled with NaN per block.
 usage: translate.py IN.cu OUT.cpp"""
 import re
 import sys
