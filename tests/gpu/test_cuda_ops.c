@@ -1007,37 +1007,35 @@ static int test_profile(Backend *be) {
     return fails;
 }
 
-/* is word one of the comma-separated entries of list? */
-static int in_list(const char *list, const char *word) {
-    size_t n = strlen(word);
-    for (const char *p = list; *p;) {
-        const char *e = strchr(p, ',');
-        size_t len = e ? (size_t)(e - p) : strlen(p);
-        if (len == n && !strncmp(p, word, n)) return 1;
-        if (!e) break;
-        p = e + 1;
-    }
-    return 0;
-}
-
 int main(int argc, char **argv) {
     int small = 0;
     const char *only = NULL;
     int shard = 0, shards = 1;
-    const char *prec_list = "fp32,tf32,bf16";
+    unsigned prec_mask = 1u << KRONA_PREC_FP32 | 1u << KRONA_PREC_TF32 | 1u << KRONA_PREC_BF16; /* --prec */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--small")) small = 1;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--shard") && i + 1 < argc &&
                  sscanf(argv[++i], "%d/%d", &shard, &shards) == 2 && shards >= 1 && shard >= 0 && shard < shards) {}
         else if (!strcmp(argv[i], "--prec") && i + 1 < argc) {
-            prec_list = argv[++i];
-            int known = 0, entries = 1;
-            for (const char *q = prec_list; *q; q++) entries += *q == ',';
-            known = in_list(prec_list, "fp32") + in_list(prec_list, "tf32") + in_list(prec_list, "bf16");
-            if (known == 0 || known != entries) {
-                fprintf(stderr, "test_cuda_ops: --prec %s: a list of fp32, tf32 and bf16\n", prec_list);
-                return 2;
+            /* each entry a precision (core/backend.h's names; not auto), once */
+            const char *list = argv[++i];
+            prec_mask = 0;
+            for (const char *q = list;; q++) {
+                size_t l = strcspn(q, ",");
+                char name[8];
+                int p = -2; /* too long: not a name */
+                if (l < sizeof name) {
+                    snprintf(name, sizeof name, "%.*s", (int)l, q);
+                    p = backend_precision_parse(name); /* "" is auto: refused too */
+                }
+                if (p < 0 || prec_mask & 1u << p) {
+                    fprintf(stderr, "test_cuda_ops: --prec %s: a list of fp32, tf32 and bf16\n", list);
+                    return 2;
+                }
+                prec_mask |= 1u << p;
+                q += l;
+                if (!*q) break;
             }
         }
         else { fprintf(stderr, "usage: %s [--small] [--only SUBSTRING] [--shard K/N] [--prec fp32,tf32,bf16]\n", argv[0]); return 2; }
@@ -1121,7 +1119,7 @@ int main(int argc, char **argv) {
         int ref_prec = -1;
         for (int mi = 0; mi < 3; mi++) {
             int mode = modes[mi];
-            if (!in_list(prec_list, backend_precision_name(mode))) continue;
+            if (!(prec_mask & 1u << mode)) continue;
             /* the CPU reference: fp32 for fp32 and tf32, bf16 for bf16 (which
              * changes only linear and conv2d there: the others keep fp32's) */
             int want = mode == KRONA_PREC_BF16 && c->ref_bf16 ? KRONA_PREC_BF16 : KRONA_PREC_FP32;

@@ -288,16 +288,15 @@ static int sched_order() {
  * call), the dynamic buffer at each block's start (the launch's byte count). */
 static long block_serial;
 alignas(128) static unsigned char dyn_smem[EMU_DYN_SMEM];
-/* the launch's `bytes` of dynamic shared memory NaN; under ASan the rest of
- * the buffer poisoned, so a kernel reaching past what it asked for is reported
- * (on a GPU: an illegal address, the context lost) */
-static void fresh_dyn_smem(size_t bytes) {
+/* at a launch: under ASan the buffer past the launch's `bytes` poisoned, so a
+ * kernel reaching past what it asked for is reported (on a GPU: an illegal
+ * address, the context lost) */
+static void limit_dyn_smem(size_t bytes) {
 #ifdef EMU_ASAN
-    __asan_unpoison_memory_region(dyn_smem, EMU_DYN_SMEM);
-#endif
-    memset(dyn_smem, 0xFF, bytes);
-#ifdef EMU_ASAN
+    __asan_unpoison_memory_region(dyn_smem, bytes);
     __asan_poison_memory_region(dyn_smem + bytes, EMU_DYN_SMEM - bytes);
+#else
+    (void)bytes;
 #endif
 }
 static inline void shared_fresh(void *p, size_t n, long *seen) {
@@ -340,11 +339,12 @@ static void launch(dim3 g, dim3 b, const std::function<void()> &f, const char *n
     int ord = sched_order(), rev = ord & 1, by_warp = ord & 2;
     int nw = (n + 31) / 32;
     long nb = (long)g.x * g.y * g.z;
+    limit_dyn_smem(shm);
     for (long bi = 0; bi < nb; bi++) {
         long bl = rev ? nb - 1 - bi : bi;
         blockIdx = dim3((unsigned)(bl % g.x), (unsigned)(bl / g.x % g.y), (unsigned)(bl / g.x / g.y));
         block_serial++;
-        fresh_dyn_smem(shm);
+        memset(dyn_smem, 0xFF, shm);
         for (int t = 0; t < n; t++) start_thread(t);
         for (;;) {
             /* lock-step: one pass over every warp, then the warp barriers open;
@@ -906,10 +906,11 @@ template <class... P>
 static inline void launch_on(cudaStream_t s, dim3 g, dim3 b, size_t shm, void (*k)(P...), const char *name,
                              std::tuple<typename std::decay<P>::type...> args) {
     check_config(g, b); /* a bad configuration fails at the launch, captured or not */
-    if (shm > (size_t)smem_limit((const void *)k)) {
+    int limit = smem_limit((const void *)k);
+    if (shm > (size_t)limit) {
         /* as the runtime: the launch does not run, and the next error check sees it */
         fprintf(stderr, "emu: %s asks %zu bytes of dynamic shared memory, over its limit %d (cudaFuncSetAttribute)\n",
-                name, shm, smem_limit((const void *)k));
+                name, shm, limit);
         emu_fail(cudaErrorInvalidValue);
         return;
     }
